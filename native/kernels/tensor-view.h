@@ -1,0 +1,44 @@
+// tensor-view.h: non-owning views the kernels compute on. Kernels know nothing of the engine;
+// the engine builds these views over its weights, activations and KV pool.
+#pragma once
+
+#include <cstdint>
+
+#include "dtype.h"
+
+namespace llm {
+
+// A read-only row-major matrix (rows, cols) or vector (rows = 1). cols is contiguous.
+struct TensorView {
+  const void* data = nullptr;
+  DType dtype = DType::f32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  bool present() const { return data != nullptr; }
+};
+
+// The paged KV pool, block-major so one block is one contiguous byte range:
+//   data: [num_blocks][num_layers][2 (K, V)][block_size][num_kv_heads][head_dim]
+// A slot is block_id * block_size + offset; a negative slot means padding (not written).
+struct KVCacheView {
+  void* data = nullptr;
+  DType dtype = DType::f32;
+  int64_t num_blocks = 0;
+  int64_t num_layers = 0;
+  int64_t block_size = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+
+  int64_t token_stride() const { return num_kv_heads * head_dim; }          // elements
+  int64_t kv_stride() const { return block_size * token_stride(); }          // K -> V
+  int64_t layer_stride() const { return 2 * kv_stride(); }
+  int64_t block_stride() const { return num_layers * layer_stride(); }       // elements
+  int64_t block_bytes() const { return block_stride() * dtype_size(dtype); }
+  // Element offset of K (is_value = 0) or V (1) for (block, layer, offset in block).
+  int64_t offset(int64_t block_id, int64_t layer, int is_value, int64_t pos) const {
+    return block_id * block_stride() + layer * layer_stride() + is_value * kv_stride() +
+           pos * token_stride();
+  }
+};
+
+}  // namespace llm
