@@ -1,0 +1,81 @@
+// model-weights.h: the model's parameters (llama2.c's TransformerWeights) as typed views into
+// the memory-mapped safetensors. Nothing is copied; the views live as long as the Model.
+//
+// Owns: Model = config + weights + the mappings they point into.
+// Stays true: every Tensor's shape was checked against the config and its dtype against
+// config.dtype (all weights of one model share one dtype) at load time.
+// Tensor parallelism: load options name (tp_rank, tp_size); at tp_size 1 views are whole.
+// Sharding (heads of wq/wk/wv/wo, columns of gate/up, rows of down) is the TP issue's work;
+// load_model already checks that tp_size divides the q heads, kv heads and intermediate_size,
+// and rejects tp_size > 1 until the slicing lands.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../kernels/tensor-view.h"
+#include "model-config.h"
+#include "model-safetensors.h"
+
+namespace llm {
+
+// A read-only 1-D or 2-D view (rows = 1 for vectors), the same type the kernels take.
+using Tensor = TensorView;
+
+struct LayerWeights {
+  Tensor attn_norm;  // (hidden)                           input_layernorm.weight
+  Tensor wq;         // (num_heads * head_dim, hidden)      self_attn.q_proj.weight
+  Tensor wk;         // (num_kv_heads * head_dim, hidden)   self_attn.k_proj.weight
+  Tensor wv;         // (num_kv_heads * head_dim, hidden)   self_attn.v_proj.weight
+  Tensor bq;         // (num_heads * head_dim)  optional    self_attn.q_proj.bias
+  Tensor bk;         // (num_kv_heads * head_dim) optional  self_attn.k_proj.bias
+  Tensor bv;         // (num_kv_heads * head_dim) optional  self_attn.v_proj.bias
+  Tensor wo;         // (hidden, num_heads * head_dim)      self_attn.o_proj.weight
+  Tensor bo;         // (hidden)  optional                  self_attn.o_proj.bias (Llama attention_bias)
+  Tensor mlp_norm;   // (hidden)                           post_attention_layernorm.weight
+  Tensor w_gate;     // (intermediate, hidden)              mlp.gate_proj.weight
+  Tensor w_up;       // (intermediate, hidden)              mlp.up_proj.weight
+  Tensor w_down;     // (hidden, intermediate)              mlp.down_proj.weight
+  Tensor b_gate;     // (intermediate) optional             mlp.gate_proj.bias (Llama mlp_bias)
+  Tensor b_up;       // (intermediate) optional             mlp.up_proj.bias
+  Tensor b_down;     // (hidden) optional                   mlp.down_proj.bias
+};
+
+struct ModelWeights {
+  Tensor embed;       // (vocab, hidden)   model.embed_tokens.weight
+  std::vector<LayerWeights> layers;
+  Tensor final_norm;  // (hidden)          model.norm.weight
+  Tensor lm_head;     // (vocab, hidden)   lm_head.weight, or embed when tied
+};
+
+struct ModelLoadOptions {
+  int tp_rank = 0;
+  int tp_size = 1;
+};
+
+struct Model {
+  std::string dir;
+  ModelConfig config;
+  ModelWeights weights;
+  std::unique_ptr<SafetensorsModel> files;  // keeps the mappings alive
+  // Bytes of weights this rank reads per decoded token: every bound tensor once, except that
+  // an untied embedding table is left out (a token reads one row of it). A tied table counts
+  // once, as the lm_head it also is.
+  uint64_t weight_bytes = 0;
+};
+
+// Loads config + weights from a Hugging Face model directory.
+// Biases are bound when the config says they exist: bq/bk/bv for Qwen2 or Llama's
+// attention_bias (which also brings bo), b_gate/b_up/b_down for Llama's mlp_bias; otherwise
+// they are not present(). Tensors the model does not use (e.g. rotary_emb.inv_freq) are ignored.
+// Errors: those of load_model_config and SafetensorsModel::open_dir, then
+//   ERR_INVALID_ARGUMENT    bad tp_rank/tp_size, or tp_size > 1 ("tensor parallelism is not
+//                           implemented yet")
+//   ERR_MODEL_TENSOR_MISSING "tensor '<name>' is missing"
+//   ERR_MODEL_TENSOR_SHAPE   "tensor '<name>': expected shape [a, b], got [c, d]"
+//   ERR_MODEL_TENSOR_DTYPE   "tensor '<name>': dtype f16, but the model is bf16"
+Status load_model(const std::string& dir, const ModelLoadOptions& opts, std::unique_ptr<Model>* out);
+
+}  // namespace llm
