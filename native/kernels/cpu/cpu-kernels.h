@@ -1,0 +1,71 @@
+// cpu-kernels.h: the CPU operations of the forward pass, behind one dispatch table.
+//
+// Owns: the reference kernels (plain C++, multi-threaded over the pool) and the table that
+// selects an implementation per op. Faster kernels (AVX-512/AMX/oneDNN) register themselves
+// into the table later; the reference entries stay and are what every fast kernel is tested
+// against.
+// Stays true: activations are fp32; weights and the KV pool may be f32, f16 or bf16 and are
+// converted on load; accumulation is fp32.
+#pragma once
+
+#include <cstdint>
+
+#include "../tensor-view.h"
+#include "thread-pool.h"
+
+namespace llm::cpu {
+
+// Per-sequence description of a flattened batch for attention.
+struct AttentionBatch {
+  int64_t num_seqs = 0;
+  const int32_t* query_start_loc = nullptr;  // [num_seqs + 1] token offsets into q/out
+  const int32_t* seq_lens = nullptr;         // [num_seqs] context length incl. this step's tokens
+  const int32_t* block_tables = nullptr;     // [num_seqs, max_blocks_per_seq]
+  int64_t max_blocks_per_seq = 0;
+  int64_t num_heads = 0;
+  float scale = 1.0f;                        // usually 1/sqrt(head_dim)
+  int64_t sliding_window = 0;                // 0 = none; else keys with pos <= q_pos - window are masked
+};
+
+struct CpuKernels {
+  const char* name;
+
+  // y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N]).  x, y: fp32.
+  void (*matmul)(ThreadPool& pool, const float* x, int64_t M, const TensorView& w,
+                 const TensorView* bias, float* y);
+
+  // out[M, D] = x[M, D] / rms(x) * weight[D].  out may alias x.
+  void (*rmsnorm)(ThreadPool& pool, const float* x, const TensorView& weight, float eps, int64_t M,
+                  int64_t D, float* out);
+
+  // Rotary embedding in place, Hugging Face "rotate_half" layout (pairs i and i + head_dim/2).
+  // q: [T, num_heads, head_dim], k: [T, num_kv_heads, head_dim], inv_freq: [head_dim / 2].
+  void (*rope)(ThreadPool& pool, float* q, float* k, const int32_t* positions, int64_t T,
+               int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const float* inv_freq);
+
+  // out[i] = silu(gate[i]) * up[i] for i in [0, n).  out may alias gate.
+  void (*silu_mul)(ThreadPool& pool, const float* gate, const float* up, float* out, int64_t n);
+
+  // out[T, D] = table[ids[t], :] as fp32.
+  void (*embedding)(ThreadPool& pool, const TensorView& table, const int32_t* ids, int64_t T,
+                    float* out);
+
+  // Writes k, v: [T, num_kv_heads, head_dim] into the pool at slot_mapping[T] for `layer`.
+  void (*cache_write)(ThreadPool& pool, const float* k, const float* v,
+                      const int64_t* slot_mapping, int64_t T, KVCacheView cache, int64_t layer);
+
+  // Causal attention of each sequence's new tokens over its whole context in the paged pool
+  // (cached prefix + this step's tokens, already written by cache_write). GQA: query head h
+  // reads kv head h / (num_heads / num_kv_heads).
+  // q, out: [T, num_heads, head_dim]; the query for token i of sequence s sits at position
+  // seq_lens[s] - q_len(s) + i.
+  void (*paged_attention)(ThreadPool& pool, const float* q, KVCacheView cache, int64_t layer,
+                          const AttentionBatch& batch, float* out);
+};
+
+// The plain reference implementations.
+const CpuKernels& cpu_reference_kernels();
+// The implementation the engine uses (today the reference; the speed issue adds more).
+const CpuKernels& cpu_kernels();
+
+}  // namespace llm::cpu

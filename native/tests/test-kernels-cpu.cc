@@ -1,0 +1,463 @@
+// test-kernels-cpu.cc: the thread pool and every reference CPU kernel against a naive
+// single-threaded double-precision implementation written here.
+//
+// Inputs are rounded to the dtype under test first, and the double reference reads those
+// rounded values, so each bound measures only the kernel's own fp32 arithmetic:
+//   matmul            |y - ref| <= 1e-5 * (sum_k |x_k w_nk| + |b_n|)
+//   rmsnorm, rope     |y - ref| <= 1e-5       (outputs of magnitude <= ~3)
+//   silu_mul          |y - ref| <= 1e-6 * (1 + |ref|)
+//   paged_attention   |y - ref| <= 1e-5       (outputs are averages of values in [-1, 1])
+//   embedding, cache_write   exact (a copy, or one rounding to the pool dtype)
+// Kernels run on a 4-thread pool (more threads than this machine may have) so that every
+// shape is also split across workers unevenly.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/cpu/cpu-kernels.h"
+#include "test-harness.h"
+
+using namespace llm;
+using namespace llm::cpu;
+
+namespace {
+
+const DType kDTypes[] = {DType::f32, DType::f16, DType::bf16};
+
+std::mt19937& rng() {
+  static std::mt19937 gen(1234);
+  return gen;
+}
+
+float uniform(float lo, float hi) { return std::uniform_real_distribution<float>(lo, hi)(rng()); }
+
+std::vector<float> random_floats(int64_t n, float lo = -1.0f, float hi = 1.0f) {
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = uniform(lo, hi);
+  return v;
+}
+
+// A typed buffer plus its values as the kernel sees them (rounded to the dtype).
+struct TypedBuffer {
+  DType dtype = DType::f32;
+  std::vector<uint8_t> bytes;
+  std::vector<double> values;
+
+  TypedBuffer(DType t, const std::vector<float>& src) : dtype(t) {
+    bytes.resize(src.size() * static_cast<size_t>(dtype_size(t)));
+    values.resize(src.size());
+    for (size_t i = 0; i < src.size(); ++i) {
+      store_f32(bytes.data(), t, static_cast<int64_t>(i), src[i]);
+      values[i] = load_f32(bytes.data(), t, static_cast<int64_t>(i));
+    }
+  }
+  TensorView view(int64_t rows, int64_t cols) const { return TensorView{bytes.data(), dtype, rows, cols}; }
+};
+
+// Worst |got - want| / scale over the elements; INFINITY once any element was NaN.
+struct ErrorTracker {
+  double worst = 0.0;
+  void add(double got, double want, double scale) {
+    const double e = std::fabs(got - want) / scale;
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
+  }
+};
+
+ThreadPool& test_pool() {
+  static ThreadPool pool(4);
+  return pool;
+}
+
+const CpuKernels& K() { return cpu_reference_kernels(); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Thread pool
+
+// Runs parallel_for_indexed(n) and checks every index ran exactly once, in contiguous ranges,
+// from distinct workers.
+void check_pool_covers(ThreadPool& pool, int64_t n) {
+  std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+  std::vector<std::atomic<int>> worker_calls(static_cast<size_t>(pool.size()));
+  std::atomic<int> bad_ranges{0};
+  pool.parallel_for_indexed(n, [&](int worker, int64_t begin, int64_t end) {
+    if (worker < 0 || worker >= pool.size() || begin >= end || begin < 0 || end > n) {
+      ++bad_ranges;
+      return;
+    }
+    ++worker_calls[static_cast<size_t>(worker)];
+    for (int64_t i = begin; i < end; ++i) ++hits[static_cast<size_t>(i)];
+  });
+  CHECK_EQ(bad_ranges.load(), 0);
+  for (int64_t i = 0; i < n; ++i) CHECK_EQ(hits[static_cast<size_t>(i)].load(), 1);
+  for (auto& c : worker_calls) CHECK(c.load() <= 1);
+}
+
+TEST(pool_zero_items_runs_nothing) {
+  ThreadPool pool(4);
+  int calls = 0;
+  pool.parallel_for(0, [&](int64_t, int64_t) { ++calls; });
+  pool.parallel_for(-3, [&](int64_t, int64_t) { ++calls; });
+  CHECK_EQ(calls, 0);
+}
+
+TEST(pool_fewer_items_than_threads) {
+  ThreadPool pool(8);
+  CHECK_EQ(pool.size(), 8);
+  for (int64_t n = 1; n <= 9; ++n) check_pool_covers(pool, n);
+}
+
+TEST(pool_many_items_and_sizes) {
+  for (int threads : {1, 2, 3, 5}) {
+    ThreadPool pool(threads);
+    CHECK_EQ(pool.size(), threads);
+    for (int64_t n : {1, 2, 7, 100, 1001}) check_pool_covers(pool, n);
+  }
+  ThreadPool all_cores(0);
+  CHECK(all_cores.size() >= 1);
+  check_pool_covers(all_cores, 17);
+}
+
+TEST(pool_many_calls) {
+  ThreadPool pool(4);
+  std::atomic<int64_t> total{0};
+  int64_t expected = 0;
+  for (int call = 0; call < 3000; ++call) {
+    const int64_t n = call % 13;  // includes 0 and n < threads
+    expected += n * (n - 1) / 2;
+    pool.parallel_for(n, [&](int64_t begin, int64_t end) {
+      int64_t sum = 0;
+      for (int64_t i = begin; i < end; ++i) sum += i;
+      total += sum;
+    });
+  }
+  CHECK_EQ(total.load(), expected);
+}
+
+TEST(pool_shuts_down_idle) {
+  for (int i = 0; i < 20; ++i) ThreadPool pool(3);  // constructed and destroyed without a job
+  CHECK(true);
+}
+
+TEST(dispatch_table_is_complete) {
+  for (const CpuKernels* k : {&cpu_reference_kernels(), &cpu_kernels()}) {
+    CHECK(k->name != nullptr);
+    CHECK(k->matmul && k->rmsnorm && k->rope && k->silu_mul && k->embedding && k->cache_write &&
+          k->paged_attention);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// matmul
+
+TEST(matmul_matches_double_reference) {
+  struct Shape { int64_t M, K, N; };
+  const Shape shapes[] = {{1, 1, 1}, {1, 7, 5}, {3, 33, 17}, {5, 130, 61}, {70, 65, 19}, {2, 256, 300}, {129, 9, 33}};
+  for (DType dt : kDTypes) {
+    for (const Shape& sh : shapes) {
+      for (bool with_bias : {false, true}) {
+        const std::vector<float> x = random_floats(sh.M * sh.K);
+        const TypedBuffer w(dt, random_floats(sh.N * sh.K));
+        const TypedBuffer b(dt, random_floats(sh.N));
+        const TensorView bias = b.view(1, sh.N);
+        std::vector<float> y(static_cast<size_t>(sh.M * sh.N), NAN);
+        K().matmul(test_pool(), x.data(), sh.M, w.view(sh.N, sh.K), with_bias ? &bias : nullptr, y.data());
+        ErrorTracker err;
+        for (int64_t m = 0; m < sh.M; ++m)
+          for (int64_t n = 0; n < sh.N; ++n) {
+            double ref = with_bias ? b.values[n] : 0.0, mag = with_bias ? std::fabs(b.values[n]) : 0.0;
+            for (int64_t k = 0; k < sh.K; ++k) {
+              ref += static_cast<double>(x[m * sh.K + k]) * w.values[n * sh.K + k];
+              mag += std::fabs(static_cast<double>(x[m * sh.K + k]) * w.values[n * sh.K + k]);
+            }
+            err.add(y[m * sh.N + n], ref, mag + 1e-30);
+          }
+        if (!(err.worst <= 1e-5))
+          std::printf("  matmul %s M=%ld K=%ld N=%ld bias=%d: worst relative error %g\n", dtype_name(dt),
+                      (long)sh.M, (long)sh.K, (long)sh.N, with_bias, err.worst);
+        CHECK(err.worst <= 1e-5);
+      }
+    }
+  }
+}
+
+TEST(matmul_empty_batch_writes_nothing) {
+  const TypedBuffer w(DType::bf16, random_floats(6 * 4));
+  float y = 42.0f;
+  K().matmul(test_pool(), nullptr, 0, w.view(6, 4), nullptr, &y);
+  CHECK_EQ(y, 42.0f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// rmsnorm
+
+TEST(rmsnorm_matches_double_reference) {
+  const float eps = 1e-5f;
+  for (DType dt : kDTypes) {
+    for (auto [M, D] : {std::pair<int64_t, int64_t>{1, 7}, {5, 129}, {3, 4096}, {17, 64}}) {
+      for (bool in_place : {false, true}) {
+        std::vector<float> x = random_floats(M * D, -2.0f, 2.0f);
+        const std::vector<float> x0 = x;
+        const TypedBuffer g(dt, random_floats(D, 0.5f, 1.5f));
+        std::vector<float> separate(static_cast<size_t>(M * D));
+        float* out = in_place ? x.data() : separate.data();
+        K().rmsnorm(test_pool(), x.data(), g.view(1, D), eps, M, D, out);
+        ErrorTracker err;
+        for (int64_t m = 0; m < M; ++m) {
+          double ss = 0.0;
+          for (int64_t d = 0; d < D; ++d) ss += static_cast<double>(x0[m * D + d]) * x0[m * D + d];
+          const double inv_rms = 1.0 / std::sqrt(ss / D + eps);
+          for (int64_t d = 0; d < D; ++d) err.add(out[m * D + d], x0[m * D + d] * inv_rms * g.values[d], 1.0);
+        }
+        CHECK(err.worst <= 1e-5);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// rope
+
+TEST(rope_matches_double_reference) {
+  const int32_t positions[] = {0, 1, 17, 4097, 131071};
+  const int64_t T = 5;
+  for (int64_t head_dim : {64, 128}) {
+    for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{4, 4}, {8, 2}, {8, 1}}) {
+      std::vector<float> inv_freq(static_cast<size_t>(head_dim / 2));
+      for (int64_t i = 0; i < head_dim / 2; ++i)
+        inv_freq[i] = static_cast<float>(1.0 / std::pow(500000.0, 2.0 * i / head_dim));
+      std::vector<float> q = random_floats(T * H * head_dim), k = random_floats(T * Hkv * head_dim);
+      const std::vector<float> q0 = q, k0 = k;
+      K().rope(test_pool(), q.data(), k.data(), positions, T, H, Hkv, head_dim, inv_freq.data());
+      // The kernel rounds angle = pos * inv_freq to fp32 like Hugging Face; the reference takes
+      // that same angle and rotates in double.
+      ErrorTracker err;
+      auto check_heads = [&](const std::vector<float>& before, const std::vector<float>& after, int64_t heads) {
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t h = 0; h < heads; ++h)
+            for (int64_t i = 0; i < head_dim / 2; ++i) {
+              const double angle = static_cast<double>(static_cast<float>(positions[t]) * inv_freq[i]);
+              const int64_t lo = (t * heads + h) * head_dim + i, hi = lo + head_dim / 2;
+              const double a = before[lo], b = before[hi];
+              err.add(after[lo], a * std::cos(angle) - b * std::sin(angle), 1.0);
+              err.add(after[hi], b * std::cos(angle) + a * std::sin(angle), 1.0);
+            }
+      };
+      check_heads(q0, q, H);
+      check_heads(k0, k, Hkv);
+      CHECK(err.worst <= 1e-5);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// silu_mul, embedding
+
+TEST(silu_mul_matches_double_reference) {
+  for (int64_t n : {0, 1, 1001}) {
+    std::vector<float> gate = random_floats(n, -8.0f, 8.0f);
+    const std::vector<float> up = random_floats(n, -2.0f, 2.0f), gate0 = gate;
+    K().silu_mul(test_pool(), gate.data(), up.data(), gate.data(), n);  // out aliases gate
+    ErrorTracker err;
+    for (int64_t i = 0; i < n; ++i) {
+      const double g = gate0[i], ref = g / (1.0 + std::exp(-g)) * up[i];
+      err.add(gate[i], ref, 1.0 + std::fabs(ref));
+    }
+    CHECK(err.worst <= 1e-6);
+  }
+}
+
+TEST(embedding_copies_rows_exactly) {
+  const int64_t vocab = 11, D = 13;
+  for (DType dt : kDTypes) {
+    const TypedBuffer table(dt, random_floats(vocab * D));
+    const int32_t ids[] = {10, 0, 3, 3, 7};
+    std::vector<float> out(5 * D);
+    K().embedding(test_pool(), table.view(vocab, D), ids, 5, out.data());
+    for (int64_t t = 0; t < 5; ++t)
+      for (int64_t d = 0; d < D; ++d) CHECK_EQ(static_cast<double>(out[t * D + d]), table.values[ids[t] * D + d]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paged KV pool helpers
+
+struct TestPool {
+  KVCacheView view;
+  std::vector<uint8_t> bytes;
+
+  TestPool(DType dt, int64_t num_blocks, int64_t num_layers, int64_t block_size, int64_t num_kv_heads,
+           int64_t head_dim) {
+    view.dtype = dt;
+    view.num_blocks = num_blocks;
+    view.num_layers = num_layers;
+    view.block_size = block_size;
+    view.num_kv_heads = num_kv_heads;
+    view.head_dim = head_dim;
+    bytes.resize(static_cast<size_t>(num_blocks * view.block_bytes()));
+    view.data = bytes.data();
+  }
+  int64_t elements() const { return view.num_blocks * view.block_stride(); }
+  double get(int64_t i) const { return load_f32(view.data, view.dtype, i); }
+  void set(int64_t i, float v) { store_f32(view.data, view.dtype, i, v); }
+};
+
+TEST(cache_write_stores_rounded_rows_at_slots_only) {
+  const float kSentinel = 7.0f;
+  for (DType dt : kDTypes) {
+    TestPool pool(dt, /*num_blocks=*/5, /*num_layers=*/3, /*block_size=*/4, /*num_kv_heads=*/2, /*head_dim=*/6);
+    for (int64_t i = 0; i < pool.elements(); ++i) pool.set(i, kSentinel);
+    const int64_t layer = 1, row = pool.view.token_stride();
+    const int64_t slots[] = {13, -1, 0, 19, 6};  // slot -1 is padding
+    const int64_t T = 5;
+    const std::vector<float> k = random_floats(T * row), v = random_floats(T * row);
+    K().cache_write(test_pool(), k.data(), v.data(), slots, T, pool.view, layer);
+
+    std::vector<double> expected(static_cast<size_t>(pool.elements()), kSentinel);
+    for (int64_t t = 0; t < T; ++t) {
+      if (slots[t] < 0) continue;
+      const int64_t block_id = slots[t] / 4, offset = slots[t] % 4;
+      for (int64_t e = 0; e < row; ++e) {
+        TestPool one(dt, 1, 1, 1, 1, 2);
+        one.set(0, k[t * row + e]);
+        one.set(1, v[t * row + e]);
+        expected[pool.view.offset(block_id, layer, 0, offset) + e] = one.get(0);
+        expected[pool.view.offset(block_id, layer, 1, offset) + e] = one.get(1);
+      }
+    }
+    int mismatches = 0;
+    for (int64_t i = 0; i < pool.elements(); ++i) mismatches += pool.get(i) != expected[i];
+    CHECK_EQ(mismatches, 0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// paged_attention
+
+// One sequence of the attention batch: `cached` tokens already in the pool plus `new_tokens`.
+struct SeqSpec {
+  int64_t cached;
+  int64_t new_tokens;
+};
+
+// Naive attention in double for one query (token t of sequence s, head h), reading K/V
+// through the block table exactly as laid out in the pool.
+void reference_attention(const TestPool& pool, int64_t layer, const AttentionBatch& b, const float* q,
+                         int64_t t, int64_t s, int64_t h, std::vector<double>* out) {
+  const KVCacheView& kv = pool.view;
+  const int64_t hd = kv.head_dim, kvh = h / (b.num_heads / kv.num_kv_heads);
+  const int64_t q_len = b.query_start_loc[s + 1] - b.query_start_loc[s];
+  const int64_t q_pos = b.seq_lens[s] - q_len + (t - b.query_start_loc[s]);
+  const int32_t* table = b.block_tables + s * b.max_blocks_per_seq;
+  std::vector<double> scores;
+  std::vector<int64_t> keys;
+  for (int64_t j = 0; j <= q_pos; ++j) {
+    if (b.sliding_window > 0 && j <= q_pos - b.sliding_window) continue;
+    const int64_t base = kv.offset(table[j / kv.block_size], layer, 0, j % kv.block_size) + kvh * hd;
+    double dot = 0.0;
+    for (int64_t d = 0; d < hd; ++d) dot += static_cast<double>(q[(t * b.num_heads + h) * hd + d]) * pool.get(base + d);
+    scores.push_back(dot * b.scale);
+    keys.push_back(j);
+  }
+  const double max_score = *std::max_element(scores.begin(), scores.end());
+  double sum = 0.0;
+  for (double& sc : scores) sum += (sc = std::exp(sc - max_score));
+  out->assign(static_cast<size_t>(hd), 0.0);
+  for (size_t c = 0; c < keys.size(); ++c) {
+    const int64_t j = keys[c];
+    const int64_t base = kv.offset(table[j / kv.block_size], layer, 1, j % kv.block_size) + kvh * hd;
+    for (int64_t d = 0; d < hd; ++d) (*out)[d] += scores[c] / sum * pool.get(base + d);
+  }
+}
+
+// Builds a pool whose blocks are handed to the sequences in a random order, fills every used
+// position with random K/V and every other element with a large poison value (a kernel that
+// reads a masked or foreign position gets a visibly wrong answer), runs the kernel and compares.
+double run_attention_case(DType dt, int64_t H, int64_t Hkv, int64_t head_dim, int64_t block_size,
+                          int64_t sliding_window, const std::vector<SeqSpec>& seqs) {
+  const int64_t num_layers = 2, layer = 1, num_seqs = static_cast<int64_t>(seqs.size());
+  std::vector<int32_t> qsl{0}, seq_lens;
+  int64_t max_blocks = 0, total_blocks = 0;
+  for (const SeqSpec& sp : seqs) {
+    qsl.push_back(static_cast<int32_t>(qsl.back() + sp.new_tokens));
+    seq_lens.push_back(static_cast<int32_t>(sp.cached + sp.new_tokens));
+    const int64_t blocks = (seq_lens.back() + block_size - 1) / block_size;
+    max_blocks = std::max(max_blocks, blocks + 1);  // one spare column in every row
+    total_blocks += blocks;
+  }
+  const int64_t num_blocks = total_blocks + 3;  // a few blocks nobody owns
+  std::vector<int32_t> ids(static_cast<size_t>(num_blocks));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::shuffle(ids.begin(), ids.end(), rng());
+  std::vector<int32_t> tables(static_cast<size_t>(num_seqs * max_blocks), -1);
+  size_t next = 0;
+  for (int64_t s = 0; s < num_seqs; ++s)
+    for (int64_t j = 0; j < (seq_lens[s] + block_size - 1) / block_size; ++j) tables[s * max_blocks + j] = ids[next++];
+
+  TestPool pool(dt, num_blocks, num_layers, block_size, Hkv, head_dim);
+  for (int64_t i = 0; i < pool.elements(); ++i) pool.set(i, 1000.0f);
+  for (int64_t s = 0; s < num_seqs; ++s)
+    for (int64_t j = 0; j < seq_lens[s]; ++j)
+      for (int kv = 0; kv < 2; ++kv) {
+        const int64_t base = pool.view.offset(tables[s * max_blocks + j / block_size], layer, kv, j % block_size);
+        for (int64_t e = 0; e < pool.view.token_stride(); ++e) pool.set(base + e, uniform(-1.0f, 1.0f));
+      }
+
+  AttentionBatch b;
+  b.num_seqs = num_seqs;
+  b.query_start_loc = qsl.data();
+  b.seq_lens = seq_lens.data();
+  b.block_tables = tables.data();
+  b.max_blocks_per_seq = max_blocks;
+  b.num_heads = H;
+  b.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  b.sliding_window = sliding_window;
+  const int64_t T = qsl.back();
+  const std::vector<float> q = random_floats(T * H * head_dim, -3.0f, 3.0f);
+  std::vector<float> out(static_cast<size_t>(T * H * head_dim), NAN);
+  K().paged_attention(test_pool(), q.data(), pool.view, layer, b, out.data());
+
+  ErrorTracker err;
+  std::vector<double> ref;
+  for (int64_t s = 0; s < num_seqs; ++s)
+    for (int64_t t = qsl[s]; t < qsl[s + 1]; ++t)
+      for (int64_t h = 0; h < H; ++h) {
+        reference_attention(pool, layer, b, q.data(), t, s, h, &ref);
+        for (int64_t d = 0; d < head_dim; ++d) err.add(out[(t * H + h) * head_dim + d], ref[d], 1.0);
+      }
+  return err.worst;
+}
+
+// A batch that mixes a multi-token prefill chunk over a cached prefix, a decode with context
+// length 1, a decode over a long partial-block context, a fresh prefill, and a full-block decode.
+const std::vector<SeqSpec> kMixedBatch = {{13, 5}, {0, 1}, {32, 1}, {0, 7}, {15, 1}};
+
+TEST(paged_attention_matches_double_reference) {
+  struct Heads { int64_t H, Hkv, head_dim; };
+  const Heads heads[] = {{4, 4, 64}, {8, 2, 128}, {8, 1, 64}, {16, 2, 128}};  // GQA 1, 4, 8, 8
+  for (DType dt : kDTypes)
+    for (const Heads& hc : heads)
+      for (int64_t window : {0, 5}) {
+        const double worst = run_attention_case(dt, hc.H, hc.Hkv, hc.head_dim, /*block_size=*/4, window, kMixedBatch);
+        if (!(worst <= 1e-5))
+          std::printf("  attention %s H=%ld Hkv=%ld hd=%ld window=%ld: worst error %g\n", dtype_name(dt), (long)hc.H,
+                      (long)hc.Hkv, (long)hc.head_dim, (long)window, worst);
+        CHECK(worst <= 1e-5);
+      }
+}
+
+TEST(paged_attention_block_sizes_and_single_tokens) {
+  for (int64_t block_size : {1, 3, 16})
+    for (DType dt : kDTypes) {
+      CHECK(run_attention_case(dt, 4, 2, 64, block_size, 0, {{0, 1}}) <= 1e-5);               // context length 1
+      CHECK(run_attention_case(dt, 4, 2, 64, block_size, 0, {{40, 3}, {2, 1}}) <= 1e-5);
+      CHECK(run_attention_case(dt, 8, 8, 128, block_size, 3, {{0, 20}, {6, 0}, {9, 1}}) <= 1e-5);  // a sequence with no new tokens
+    }
+}
+
+int main() { return llm_test::run_all(); }
