@@ -1,0 +1,68 @@
+// request.h: one generation request as the engine sees it, and its sampling parameters.
+//
+// Owns: the request's tokens (prompt + output so far), its progress (num_computed_tokens), its
+// block hashes and its random generator.
+// Stays true: 0 <= num_computed_tokens <= num_tokens(); block_hashes covers exactly the full
+// blocks of all_token_ids (extended as tokens arrive).
+//
+//   | < computed (num_computed_tokens) > | < scheduled this step > | < not yet > |
+//   |<---------------------- prompt + output tokens ---------------------------->|
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace llm {
+
+struct SamplingParams {
+  float temperature = 1.0f;         // 0 = greedy
+  float top_p = 1.0f;               // (0, 1]
+  int32_t top_k = 0;                // 0 or -1 = off
+  float min_p = 0.0f;               // [0, 1]
+  bool has_seed = false;
+  uint64_t seed = 0;
+  float repetition_penalty = 1.0f;  // > 0; 1 = off (prompt and output tokens)
+  float presence_penalty = 0.0f;    // [-2, 2] (output tokens)
+  float frequency_penalty = 0.0f;   // [-2, 2] (output tokens)
+  std::vector<int32_t> stop_token_ids;
+  bool ignore_eos = false;
+  int64_t max_tokens = 16;          // >= 1
+  int64_t min_tokens = 0;           // EOS and stop tokens are masked until reached
+  int32_t logprobs = -1;            // -1 = none; N >= 0: sampled token's logprob + top N
+};
+
+enum class RequestStatus : int32_t { waiting = 0, running = 1, preempted = 2, finished = 3 };
+
+enum class FinishReason : int32_t { none = 0, stop = 1, length = 2, abort = 3, error = 4 };
+const char* finish_reason_name(FinishReason r);
+
+struct Request {
+  std::string request_id;
+  std::vector<int32_t> prompt_token_ids;
+  std::vector<int32_t> output_token_ids;
+  std::vector<int32_t> all_token_ids;  // prompt + output
+  SamplingParams params;
+
+  RequestStatus status = RequestStatus::waiting;
+  FinishReason finish_reason = FinishReason::none;
+  int32_t stop_token_id = -1;          // the token that ended it, for FinishReason::stop
+  int64_t num_computed_tokens = 0;
+  int64_t num_cached_tokens = -1;      // prefix-cache hit at first scheduling; -1 = not yet
+  int64_t num_preemptions = 0;
+  uint64_t arrival_seq = 0;            // admission order
+  std::vector<uint64_t> block_hashes;  // chained hashes of the full blocks of all_token_ids
+  std::mt19937_64 rng;                 // seeded from params.seed, or from the engine's seed
+
+  int64_t num_tokens() const { return static_cast<int64_t>(all_token_ids.size()); }
+  int64_t num_prompt_tokens() const { return static_cast<int64_t>(prompt_token_ids.size()); }
+  int64_t num_output_tokens() const { return static_cast<int64_t>(output_token_ids.size()); }
+  void append_output_token(int32_t token) {
+    output_token_ids.push_back(token);
+    all_token_ids.push_back(token);
+  }
+};
+
+}  // namespace llm

@@ -1,0 +1,55 @@
+// sampler.h: turns one row of logits into the next token, per request's SamplingParams.
+//
+// Order (vLLM's): penalties (repetition on prompt+output, presence and frequency on output)
+// -> min_tokens masking of EOS/stop ids -> greedy if temperature == 0, else temperature ->
+// top-k -> top-p -> min-p -> draw with the request's own generator. Logprobs (when asked) are
+// log_softmax of the raw logits, before any processing, like vLLM's default.
+// Stays true: the same seed and the same logits give the same token, whatever the batch.
+// Settings (validated by the engine): temperature >= 0 (below 1e-5 is greedy, as in vLLM);
+// top_k 0/-1 off or >= 1; top_p in (0, 1]; min_p in [0, 1]; repetition_penalty > 0.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "request.h"
+
+namespace llm {
+
+struct TokenLogprobs {
+  int32_t token_id = -1;
+  float logprob = 0.0f;
+  std::vector<int32_t> top_ids;       // top N, descending
+  std::vector<float> top_logprobs;
+};
+
+struct SampleResult {
+  int32_t token_id = -1;
+  bool has_logprobs = false;
+  TokenLogprobs logprobs;
+};
+
+class Sampler {
+ public:
+  // logits: [vocab] for this request. On return they hold the values after penalties and
+  // min_tokens masking (before temperature); the raw values are gone.
+  // eos_token_ids: masked while the request has fewer than min_tokens outputs.
+  SampleResult sample(Request* req, float* logits, int64_t vocab,
+                      const std::vector<int64_t>& eos_token_ids);
+
+ private:
+  void apply_penalties(const Request& req, float* logits, int64_t vocab);
+  int32_t draw(Request* req, const float* logits, int64_t vocab);
+  void sort_top(int64_t k, const double* keys, int64_t vocab);
+  TokenLogprobs compute_logprobs(int32_t token_id, int32_t top_n, int64_t vocab);
+
+  // Scratch, reused across calls (sized to the vocabulary on first use).
+  std::vector<double> probs_;    // [vocab] unnormalised probabilities after temperature
+  std::vector<double> keys_;     // [vocab] raw logits as sort keys (NaN -> -inf)
+  std::vector<int32_t> idx_;     // [vocab] token ids, a sorted prefix in front
+  std::vector<float> raw_;       // [vocab] logits before any processing (for logprobs)
+  std::vector<int32_t> counts_;  // [vocab] output-token counts, all zero between calls
+  std::vector<uint8_t> seen_;    // [vocab] repetition-penalty marks, all zero between calls
+};
+
+}  // namespace llm

@@ -1,0 +1,207 @@
+// scheduler.cc: see scheduler.h for the algorithm and its settings.
+//
+// Where a request lives, and who owns it:
+//
+//   add_request ──> waiting_ ──schedule()──> running_ ──update(): stop──> returned to caller
+//                     ^  (front)                │
+//                     └──── preempt (newest) ───┘          abort() ──> aborted_ ──> take_aborted()
+//
+// requests_ owns every live (waiting, preempted or running) Request; waiting_ and running_ hold
+// plain pointers into it. A request leaves requests_ exactly when it finishes or is aborted, and
+// holds KV blocks exactly while it is in running_.
+//
+// Stop conditions, checked after a sampled token is appended, first match wins:
+//   1. the token is in stop_token_ids, or is an EOS id and !ignore_eos -> stop (stop_token_id
+//      records it; the token stays in the output). Suppressed while the token was sampled with
+//      fewer than min_tokens outputs before it, the same rule the sampler masks by;
+//   2. num_output_tokens >= max_tokens -> length;
+//   3. num_tokens >= max_model_len -> length.
+#include "scheduler.h"
+
+#include <algorithm>
+#include <cassert>
+#include <unordered_set>
+#include <utility>
+
+namespace llm {
+
+const char* finish_reason_name(FinishReason r) {
+  switch (r) {
+    case FinishReason::none:
+      return "none";
+    case FinishReason::stop:
+      return "stop";
+    case FinishReason::length:
+      return "length";
+    case FinishReason::abort:
+      return "abort";
+    case FinishReason::error:
+      return "error";
+  }
+  return "error";
+}
+
+Scheduler::Scheduler(const SchedulerConfig& cfg, KVCacheManager* kv) : cfg_(cfg), kv_(kv) {
+  cfg_.max_num_seqs = std::max<int64_t>(cfg_.max_num_seqs, 1);
+  cfg_.max_num_batched_tokens = std::max<int64_t>(cfg_.max_num_batched_tokens, 1);
+  cfg_.max_model_len = std::max<int64_t>(cfg_.max_model_len, 1);
+}
+
+Status Scheduler::add_request(std::unique_ptr<Request> req) {
+  if (!req) return Status(StatusCode::request_invalid, "no request");
+  if (requests_.count(req->request_id))
+    return Status(StatusCode::request_duplicate, "request id '" + req->request_id + "' is already in use");
+  if (req->prompt_token_ids.empty())
+    return Status(StatusCode::request_invalid, "request '" + req->request_id + "' has an empty prompt");
+  if (req->params.max_tokens < 1)
+    return Status(StatusCode::request_invalid, "max_tokens must be >= 1");
+  const int64_t total = req->num_prompt_tokens() + req->params.max_tokens;
+  if (total > cfg_.max_model_len)
+    return Status(StatusCode::request_too_long,
+                  "the request needs " + std::to_string(total) + " tokens (" +
+                      std::to_string(req->num_prompt_tokens()) + " prompt + " +
+                      std::to_string(req->params.max_tokens) + " max_tokens) but max_model_len is " +
+                      std::to_string(cfg_.max_model_len));
+  const int64_t blocks = (total + kv_->block_size() - 1) / kv_->block_size();
+  if (blocks > kv_->pool().num_blocks())
+    return Status(StatusCode::request_too_long,
+                  "the request needs " + std::to_string(blocks) + " KV blocks (" + std::to_string(total) +
+                      " tokens) but the KV cache has " + std::to_string(kv_->pool().num_blocks()));
+
+  Request* r = req.get();
+  r->all_token_ids = r->prompt_token_ids;
+  r->all_token_ids.insert(r->all_token_ids.end(), r->output_token_ids.begin(), r->output_token_ids.end());
+  r->status = RequestStatus::waiting;
+  r->finish_reason = FinishReason::none;
+  r->num_computed_tokens = 0;
+  r->arrival_seq = next_arrival_seq_++;
+  r->block_hashes.clear();
+  kv_->update_block_hashes(r);
+  requests_.emplace(r->request_id, std::move(req));
+  waiting_.push_back(r);
+  return Status::Ok();
+}
+
+bool Scheduler::abort(const std::string& request_id) {
+  auto it = requests_.find(request_id);
+  if (it == requests_.end()) return false;
+  Request* r = it->second.get();
+  running_.erase(std::remove(running_.begin(), running_.end(), r), running_.end());
+  waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), r), waiting_.end());
+  kv_->free(r);
+  r->status = RequestStatus::finished;
+  r->finish_reason = FinishReason::abort;
+  aborted_.push_back(std::move(it->second));
+  requests_.erase(it);
+  return true;
+}
+
+void Scheduler::preempt(Request* req) {
+  assert(!running_.empty() && running_.back() == req);
+  running_.pop_back();
+  kv_->free(req);
+  req->num_computed_tokens = 0;
+  req->status = RequestStatus::preempted;
+  ++req->num_preemptions;
+  ++num_preemptions_;
+  waiting_.push_front(req);
+}
+
+SchedulerOutput Scheduler::schedule() {
+  SchedulerOutput out;
+  int64_t budget = cfg_.max_num_batched_tokens;
+  auto emit = [&](Request* r, int64_t n) {
+    out.scheduled.push_back({r, n, r->num_computed_tokens + n == r->num_tokens()});
+    out.num_scheduled_tokens += n;
+    budget -= n;
+  };
+
+  // 1. Running requests, oldest first; the newest give way when blocks run out.
+  for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
+    Request* r = running_[i];
+    const int64_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
+    if (n <= 0) continue;  // only if update() was not given its sampled token
+    bool allocated = kv_->allocate_slots(r, n, {});
+    while (!allocated) {
+      Request* victim = running_.back();  // never one scheduled already: those are older than r
+      preempt(victim);
+      out.preempted.push_back(victim->request_id);
+      if (victim == r) break;  // r was the newest: it waits, and so does everyone after it
+      allocated = kv_->allocate_slots(r, n, {});
+    }
+    if (!allocated) break;
+    emit(r, n);
+  }
+
+  // 2. Waiting requests in order, only when nobody had to give way this step.
+  if (!out.preempted.empty()) return out;
+  while (!waiting_.empty() && budget > 0 && static_cast<int64_t>(running_.size()) < cfg_.max_num_seqs) {
+    Request* r = waiting_.front();
+    int64_t num_cached = 0;
+    const std::vector<KVBlock*> cached = kv_->get_computed_blocks(r, &num_cached);
+    const int64_t n = std::min(r->num_tokens() - num_cached, budget);
+    if (!kv_->allocate_slots(r, n, cached)) break;
+    waiting_.pop_front();
+    r->num_computed_tokens = num_cached;
+    if (r->num_cached_tokens < 0) r->num_cached_tokens = num_cached;
+    r->status = RequestStatus::running;
+    running_.push_back(r);
+    emit(r, n);
+  }
+  return out;
+}
+
+std::vector<std::unique_ptr<Request>> Scheduler::update(const SchedulerOutput& out,
+                                                        const std::vector<int32_t>& sampled) {
+  std::vector<std::unique_ptr<Request>> finished;
+  // Requests aborted since schedule() are no longer running: skipped, compared by address only.
+  const std::unordered_set<const Request*> live(running_.begin(), running_.end());
+  size_t next_sample = 0;
+  for (const ScheduledRequest& sr : out.scheduled) {
+    const size_t sample_index = sr.samples ? next_sample++ : sampled.size();
+    Request* r = sr.req;
+    if (!live.count(r)) continue;
+    r->num_computed_tokens += sr.num_new_tokens;
+    assert(r->num_computed_tokens <= r->num_tokens());
+
+    FinishReason reason = FinishReason::none;
+    if (sr.samples && sample_index < sampled.size()) {
+      const int32_t token = sampled[sample_index];
+      const bool stops_allowed = r->num_output_tokens() >= r->params.min_tokens;
+      r->append_output_token(token);
+      const auto& stops = r->params.stop_token_ids;
+      const bool is_stop = std::find(stops.begin(), stops.end(), token) != stops.end();
+      const bool is_eos = !r->params.ignore_eos &&
+                          std::find(eos_token_ids_.begin(), eos_token_ids_.end(), token) != eos_token_ids_.end();
+      if (stops_allowed && (is_stop || is_eos)) {
+        reason = FinishReason::stop;
+        r->stop_token_id = token;
+      } else if (r->num_output_tokens() >= r->params.max_tokens ||
+                 r->num_tokens() >= cfg_.max_model_len) {
+        reason = FinishReason::length;
+      }
+    }
+    kv_->cache_blocks(r);
+    if (reason == FinishReason::none) continue;
+
+    r->status = RequestStatus::finished;
+    r->finish_reason = reason;
+    kv_->free(r);
+    auto it = requests_.find(r->request_id);
+    finished.push_back(std::move(it->second));
+    requests_.erase(it);
+  }
+  assert(next_sample == sampled.size());
+  running_.erase(std::remove_if(running_.begin(), running_.end(),
+                                [](const Request* r) { return r->status == RequestStatus::finished; }),
+                 running_.end());
+  return finished;
+}
+
+std::vector<std::unique_ptr<Request>> Scheduler::take_aborted() {
+  std::vector<std::unique_ptr<Request>> out;
+  out.swap(aborted_);
+  return out;
+}
+
+}  // namespace llm

@@ -1,0 +1,106 @@
+// scheduler.h: continuous batching with a per-step token budget and chunked prefill
+// (vLLM v1's scheduler). There are no prefill and decode phases: each step, every scheduled
+// request's num_computed_tokens catches up with its num_tokens by up to its share of the budget.
+//
+// Owns: the waiting queue (FIFO, preempted requests at the front) and the running list
+// (admission order), and every Request until it finishes.
+// Stays true: a running request holds blocks for its computed tokens; sum of scheduled tokens
+// <= max_num_batched_tokens; running.size() <= max_num_seqs.
+// Each step:
+//   1. running requests in order: schedule min(remaining, budget) tokens; when blocks run out,
+//      preempt the newest running request (free its blocks, back to the front of waiting,
+//      recomputed later) and retry; a request that would have to preempt itself waits.
+//   2. if nothing was preempted, admit waiting requests in order while budget, seats and blocks
+//      last, each starting from its longest cached prefix.
+// A request whose prompt + max_tokens can never fit (max_model_len, or the whole pool) is
+// rejected by add_request, never admitted.
+// Settings: max_num_seqs >= 1, max_num_batched_tokens >= 1 (chunks prompts longer than it),
+// max_model_len >= 1.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "../common/status.h"
+#include "kv-cache-manager.h"
+#include "request.h"
+
+namespace llm {
+
+struct SchedulerConfig {
+  int64_t max_num_seqs = 64;
+  int64_t max_num_batched_tokens = 2048;
+  int64_t max_model_len = 4096;
+};
+
+struct ScheduledRequest {
+  Request* req = nullptr;
+  int64_t num_new_tokens = 0;  // tokens computed this step, from req->num_computed_tokens
+  bool samples = false;        // true when this step reaches the end of its tokens
+};
+
+struct SchedulerOutput {
+  std::vector<ScheduledRequest> scheduled;  // in batch order
+  std::vector<std::string> preempted;       // request ids preempted this step
+  int64_t num_scheduled_tokens = 0;
+};
+
+// What happened to a request after a step's sampling.
+struct RequestUpdate {
+  Request* req = nullptr;
+  std::vector<int32_t> new_token_ids;
+};
+
+class Scheduler {
+ public:
+  Scheduler(const SchedulerConfig& cfg, KVCacheManager* kv);
+
+  // Validates and queues a request. Rejects duplicates (ERR_REQUEST_DUPLICATE), empty prompts
+  // and requests that can never fit (ERR_REQUEST_TOO_LONG, message names both lengths).
+  Status add_request(std::unique_ptr<Request> req);
+  // Marks the request aborted and frees its blocks now. Unknown ids are ignored (it may have
+  // finished already). Returns true if it existed.
+  bool abort(const std::string& request_id);
+
+  SchedulerOutput schedule();
+
+  // After the forward pass: advances num_computed_tokens of every scheduled request, caches
+  // newly full blocks, appends sampled tokens, applies stop conditions (stop_token_ids or EOS
+  // unless ignore_eos, then max_tokens, then max_model_len) and frees finished requests'
+  // blocks. `sampled` holds one token per scheduled request with samples=true, in batch order
+  // (requests with samples=false have no entry). Requests aborted between schedule() and
+  // update() are skipped (their Request must still be alive: take_aborted() only after update).
+  // Returns the finished requests (owned by the caller from then on).
+  std::vector<std::unique_ptr<Request>> update(const SchedulerOutput& out,
+                                               const std::vector<int32_t>& sampled);
+
+  // Aborted requests since the last call (owned by the caller from then on).
+  std::vector<std::unique_ptr<Request>> take_aborted();
+
+  void set_eos_token_ids(std::vector<int64_t> eos) { eos_token_ids_ = std::move(eos); }
+
+  int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
+  int64_t num_preemptions() const { return num_preemptions_; }  // cumulative
+  bool has_work() const { return !running_.empty() || !waiting_.empty(); }
+  const SchedulerConfig& config() const { return cfg_; }
+
+ private:
+  void preempt(Request* req);
+
+  SchedulerConfig cfg_;
+  KVCacheManager* kv_;
+  std::vector<int64_t> eos_token_ids_;
+  std::unordered_map<std::string, std::unique_ptr<Request>> requests_;  // every live request
+  std::deque<Request*> waiting_;
+  std::vector<Request*> running_;
+  std::vector<std::unique_ptr<Request>> aborted_;
+  uint64_t next_arrival_seq_ = 0;
+  int64_t num_preemptions_ = 0;
+};
+
+}  // namespace llm

@@ -1,0 +1,240 @@
+// test-sampler.cc: greedy and its ties, temperature, top-k / top-p / min-p supports (by
+// sampling many times), per-request seeds, penalties and logprobs against hand computations,
+// and min_tokens masking.
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "engine/sampler.h"
+#include "test-harness.h"
+
+using namespace llm;
+
+namespace {
+
+Request make_request(float temperature, uint64_t seed = 1) {
+  Request r;
+  r.request_id = "r";
+  r.prompt_token_ids = {0};
+  r.all_token_ids = {0};
+  r.params.temperature = temperature;
+  r.params.max_tokens = 100;
+  r.rng.seed(seed);
+  return r;
+}
+
+int32_t sample(Sampler& s, Request* r, std::vector<float> logits, const std::vector<int64_t>& eos = {}) {
+  return s.sample(r, logits.data(), static_cast<int64_t>(logits.size()), eos).token_id;
+}
+
+// Token frequencies over n draws.
+std::map<int32_t, int> histogram(Request* r, const std::vector<float>& logits, int n) {
+  Sampler s;
+  std::map<int32_t, int> h;
+  for (int i = 0; i < n; ++i) ++h[sample(s, r, logits)];
+  return h;
+}
+
+std::set<int32_t> support(const std::map<int32_t, int>& h) {
+  std::set<int32_t> out;
+  for (auto& kv : h) out.insert(kv.first);
+  return out;
+}
+
+// Logits whose softmax (temperature 1) is exactly proportional to these weights.
+std::vector<float> logits_of(const std::vector<double>& weights) {
+  std::vector<float> out;
+  for (double w : weights) out.push_back(static_cast<float>(std::log(w)));
+  return out;
+}
+
+}  // namespace
+
+TEST(greedy_takes_the_lowest_id_among_ties) {
+  Sampler s;
+  Request r = make_request(0.0f);
+  CHECK_EQ(sample(s, &r, {0.1f, 2.0f, -1.0f, 1.9f}), 1);
+  CHECK_EQ(sample(s, &r, {0.5f, 3.0f, 1.0f, 3.0f, 3.0f}), 1);
+  const float inf = INFINITY;
+  CHECK_EQ(sample(s, &r, {-inf, -inf, 0.0f}), 2);
+  CHECK_EQ(sample(s, &r, {NAN, 1.0f, 0.5f}), 1);
+}
+
+TEST(temperature_zero_and_tiny_are_greedy) {
+  const std::vector<float> logits = {1.0f, 2.0f, 0.5f, 1.5f};
+  Request zero = make_request(0.0f);
+  Request below_eps = make_request(1e-6f);  // below 1e-5: greedy, like vLLM
+  Request tiny = make_request(0.01f);       // sampled, but e^-50 leaves only the argmax
+  for (Request* r : {&zero, &below_eps, &tiny}) CHECK(support(histogram(r, logits, 300)) == std::set<int32_t>{1});
+  Request warm = make_request(1.0f);
+  CHECK_EQ(support(histogram(&warm, logits, 2000)).size(), size_t{4});
+}
+
+TEST(top_k_one_is_greedy) {
+  std::vector<float> logits;
+  for (int i = 0; i < 50; ++i) logits.push_back(std::sin(i * 1.7f) * 3.0f);
+  Sampler s;
+  Request g = make_request(0.0f);
+  const int32_t greedy = sample(s, &g, logits);
+  Request r = make_request(1.5f, 9);
+  r.params.top_k = 1;
+  CHECK(support(histogram(&r, logits, 500)) == std::set<int32_t>{greedy});
+}
+
+TEST(top_k_keeps_the_k_most_likely) {
+  Request r = make_request(1.0f, 3);
+  r.params.top_k = 2;
+  const auto h = histogram(&r, logits_of({0.1, 0.4, 0.2, 0.3}), 4000);
+  CHECK(support(h) == (std::set<int32_t>{1, 3}));
+  CHECK_NEAR(h.at(1) / 4000.0, 0.4 / 0.7, 0.03);  // renormalised over the kept two
+}
+
+TEST(top_p_keeps_the_shortest_prefix_holding_p) {
+  const std::vector<float> logits = logits_of({0.05, 0.3, 0.5, 0.15});
+  Request r = make_request(1.0f, 4);
+  r.params.top_p = 0.75f;  // 0.5 < 0.75 <= 0.5 + 0.3
+  auto h = histogram(&r, logits, 4000);
+  CHECK(support(h) == (std::set<int32_t>{1, 2}));
+  CHECK_NEAR(h.at(2) / 4000.0, 0.5 / 0.8, 0.03);
+  r.params.top_p = 0.9f;  // + 0.15
+  CHECK(support(histogram(&r, logits, 4000)) == (std::set<int32_t>{1, 2, 3}));
+  r.params.top_p = 0.3f;  // the top token alone already holds it
+  CHECK(support(histogram(&r, logits, 500)) == std::set<int32_t>{2});
+  // After top-k = 3 (0.95 kept), top_p = 0.8 keeps 0.5 / 0.95 + 0.3 / 0.95 = 0.84 >= 0.8.
+  r.params.top_k = 3;
+  r.params.top_p = 0.8f;
+  CHECK(support(histogram(&r, logits, 4000)) == (std::set<int32_t>{1, 2}));
+}
+
+TEST(top_p_on_a_large_vocabulary_grows_its_sorted_prefix) {
+  // 5000 tokens, flat: the nucleus of 0.5 is 2500 tokens, beyond the first 64 and 1024 tried.
+  Request r = make_request(1.0f, 11);
+  r.params.top_p = 0.5f;
+  std::vector<float> logits(5000, 0.0f);
+  logits[4321] = 0.01f;  // the most likely, at the end of the id order
+  const auto h = histogram(&r, logits, 1000);
+  for (auto& kv : h) CHECK(kv.first < 2500 || kv.first == 4321);
+  CHECK(support(h).size() > 500);
+}
+
+TEST(min_p_drops_tokens_below_a_fraction_of_the_top) {
+  const std::vector<float> logits = logits_of({0.4, 0.3, 0.08, 0.12, 0.1});
+  Request r = make_request(1.0f, 5);
+  r.params.min_p = 0.24f;  // threshold 0.096: keeps 0.4, 0.3, 0.12, 0.1
+  CHECK(support(histogram(&r, logits, 4000)) == (std::set<int32_t>{0, 1, 3, 4}));
+  r.params.min_p = 0.5f;  // threshold 0.2
+  const auto h = histogram(&r, logits, 4000);
+  CHECK(support(h) == (std::set<int32_t>{0, 1}));
+  CHECK_NEAR(h.at(0) / 4000.0, 0.4 / 0.7, 0.03);
+  r.params.min_p = 1.0f;  // only the top
+  CHECK(support(histogram(&r, logits, 300)) == std::set<int32_t>{0});
+}
+
+TEST(the_draw_is_a_fixed_function_of_the_generator) {
+  // std::mt19937_64's first output for the default seed 5489 is 14514284786278117030 (C++
+  // standard); u = (x >> 11) * 2^-53 = 0.7868..., which falls in the 4th quarter.
+  Request r = make_request(1.0f);
+  r.rng.seed(5489);
+  Sampler s;
+  CHECK_EQ(sample(s, &r, {0.0f, 0.0f, 0.0f, 0.0f}), 3);
+  // The second output, 4620546740167642908, gives u = 0.2504...: the 2nd quarter.
+  CHECK_EQ(sample(s, &r, {0.0f, 0.0f, 0.0f, 0.0f}), 1);
+}
+
+TEST(the_same_seed_gives_the_same_tokens_whatever_the_batch) {
+  std::vector<float> logits;
+  for (int i = 0; i < 64; ++i) logits.push_back(std::cos(i * 0.37f));
+  Request a = make_request(0.8f, 42), b = make_request(0.8f, 42), other = make_request(0.8f, 7);
+  a.params.top_p = b.params.top_p = 0.9f;
+  Sampler s1, s2;
+  std::vector<int32_t> seq_a, seq_b, seq_other;
+  for (int i = 0; i < 100; ++i) {
+    seq_a.push_back(sample(s1, &a, logits));
+    // b shares its sampler with another request, interleaved as in a batch.
+    seq_other.push_back(sample(s2, &other, logits));
+    seq_b.push_back(sample(s2, &b, logits));
+  }
+  CHECK(seq_a == seq_b);
+  CHECK(seq_a != seq_other);
+}
+
+TEST(repetition_presence_and_frequency_penalties) {
+  // Token ids:           0     1     2     3     4
+  std::vector<float> l = {2.0f, -1.0f, 0.5f, 3.0f, 1.0f};
+  Request r = make_request(0.0f);
+  r.prompt_token_ids = {0, 1};
+  r.output_token_ids = {2, 2, 3};
+  r.all_token_ids = {0, 1, 2, 2, 3};
+  r.params.repetition_penalty = 2.0f;
+  r.params.presence_penalty = 0.5f;
+  r.params.frequency_penalty = 0.25f;
+  Sampler s;
+  const int32_t t = s.sample(&r, l.data(), 5, {}).token_id;
+  CHECK_NEAR(l[0], 1.0, 1e-6);                        // prompt, > 0: 2 / 2
+  CHECK_NEAR(l[1], -2.0, 1e-6);                       // prompt, < 0: -1 * 2
+  CHECK_NEAR(l[2], 0.25 - 2 * 0.25 - 0.5, 1e-6);      // output twice: 0.5 / 2, then -0.5, -0.5
+  CHECK_NEAR(l[3], 1.5 - 0.25 - 0.5, 1e-6);           // output once: 3 / 2, then -0.25, -0.5
+  CHECK_NEAR(l[4], 1.0, 1e-6);                        // never seen
+  CHECK_EQ(t, 0);  // 1.0 ties 4's 1.0: the lower id; 3 fell to 0.75
+  // A negative presence penalty encourages repeats.
+  std::vector<float> l2 = {1.0f, 1.2f};
+  Request q = make_request(0.0f);
+  q.output_token_ids = {0};
+  q.all_token_ids = {0, 0};
+  q.params.presence_penalty = -0.5f;
+  CHECK_EQ(s.sample(&q, l2.data(), 2, {}).token_id, 0);
+  CHECK_NEAR(l2[0], 1.5, 1e-6);
+}
+
+TEST(logprobs_are_log_softmax_of_the_raw_logits) {
+  // log Z = log(e + e^2 + 2 e^3) = 3.9175757955891974
+  std::vector<float> l = {1.0f, 2.0f, 3.0f, 3.0f};
+  Request r = make_request(0.0f);
+  r.params.logprobs = 3;
+  r.params.repetition_penalty = 5.0f;  // touches token 0 only, and not the reported logprobs
+  Sampler s;
+  SampleResult res = s.sample(&r, l.data(), 4, {});
+  CHECK(res.has_logprobs);
+  CHECK_EQ(res.token_id, 2);
+  CHECK_EQ(res.logprobs.token_id, 2);
+  CHECK_NEAR(res.logprobs.logprob, -0.9175757955891974, 1e-6);
+  CHECK(res.logprobs.top_ids == (std::vector<int32_t>{2, 3, 1}));  // ties by lower id
+  CHECK_EQ(res.logprobs.top_logprobs.size(), size_t{3});
+  CHECK_NEAR(res.logprobs.top_logprobs[0], -0.9175757955891974, 1e-6);
+  CHECK_NEAR(res.logprobs.top_logprobs[1], -0.9175757955891974, 1e-6);
+  CHECK_NEAR(res.logprobs.top_logprobs[2], -1.9175757955891974, 1e-6);
+
+  r.params.logprobs = 0;  // the sampled token only
+  std::vector<float> l2 = {1.0f, 2.0f, 3.0f, 3.0f};
+  res = s.sample(&r, l2.data(), 4, {});
+  CHECK(res.has_logprobs && res.logprobs.top_ids.empty());
+  r.params.logprobs = 10;  // more than the vocabulary: all of it
+  std::vector<float> l3 = {1.0f, 2.0f, 3.0f, 3.0f};
+  res = s.sample(&r, l3.data(), 4, {});
+  CHECK_EQ(res.logprobs.top_ids.size(), size_t{4});
+  r.params.logprobs = -1;
+  std::vector<float> l4 = {1.0f, 2.0f};
+  CHECK(!s.sample(&r, l4.data(), 2, {}).has_logprobs);
+}
+
+TEST(min_tokens_masks_eos_and_stop_ids) {
+  const std::vector<float> logits = {0.0f, 1.0f, 5.0f, 4.0f, 3.0f};  // EOS 2 is the argmax
+  Request r = make_request(0.0f);
+  r.params.min_tokens = 2;
+  r.params.stop_token_ids = {3};
+  Sampler s;
+  CHECK_EQ(sample(s, &r, logits, {2}), 4);  // 0 outputs: EOS and stop id masked
+  r.append_output_token(4);
+  CHECK_EQ(sample(s, &r, logits, {2}), 4);  // 1 output
+  r.append_output_token(4);
+  CHECK_EQ(sample(s, &r, logits, {2}), 2);  // 2 outputs: allowed
+  // Sampled paths mask too.
+  Request t = make_request(1.0f, 8);
+  t.params.min_tokens = 1;
+  t.params.stop_token_ids = {3};
+  std::set<int32_t> seen;
+  for (int i = 0; i < 1000; ++i) seen.insert(sample(s, &t, logits, {2}));
+  CHECK(seen == (std::set<int32_t>{0, 1, 4}));
+}
+
+int main() { return llm_test::run_all(); }
