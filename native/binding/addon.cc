@@ -1,0 +1,468 @@
+// addon.cc: the N-API binding, the only code that includes napi.h. Its JS surface is defined
+// by ts/native/addon.d.ts; keep the two in step (test/native/addon-exports.test.ts checks).
+//
+// Owns: JS <-> native conversion, the thread-safe function that carries step outputs from the
+// engine thread to JS, and the mapping of Status to JS errors (error.code = StatusCode name).
+// Stays true: nothing here runs a forward pass on the JS thread except Model.forward, a tool
+// for tests; Engine work happens on the engine thread and close() joins it off the JS thread.
+#include <napi.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/engine-thread.h"
+#include "engine/kv-block-hash.h"
+
+namespace {
+
+using llm::Status;
+
+#ifndef KVSERVE_VERSION
+#define KVSERVE_VERSION "0.1.0"
+#endif
+
+[[noreturn]] void throw_status(Napi::Env env, const Status& st) {
+  Napi::Error err = Napi::Error::New(env, st.message());
+  err.Set("code", Napi::String::New(env, st.code_name()));
+  throw err;
+}
+
+[[noreturn]] void throw_invalid(Napi::Env env, const std::string& msg) {
+  throw_status(env, Status(llm::StatusCode::invalid_argument, msg));
+}
+
+// ---- argument readers (the TS wrappers validate; these guard against misuse) ----
+
+Napi::Value required(const Napi::Object& o, const char* key) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) throw_invalid(o.Env(), std::string("missing option '") + key + "'");
+  return v;
+}
+
+double get_number(const Napi::Object& o, const char* key) {
+  Napi::Value v = required(o, key);
+  if (!v.IsNumber()) throw_invalid(o.Env(), std::string("option '") + key + "' must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+int64_t get_int(const Napi::Object& o, const char* key) {
+  const double d = get_number(o, key);
+  if (d != static_cast<double>(static_cast<int64_t>(d)))
+    throw_invalid(o.Env(), std::string("option '") + key + "' must be an integer");
+  return static_cast<int64_t>(d);
+}
+
+bool get_bool(const Napi::Object& o, const char* key) {
+  Napi::Value v = required(o, key);
+  if (!v.IsBoolean()) throw_invalid(o.Env(), std::string("option '") + key + "' must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+std::string get_string(const Napi::Object& o, const char* key) {
+  Napi::Value v = required(o, key);
+  if (!v.IsString()) throw_invalid(o.Env(), std::string("option '") + key + "' must be a string");
+  return v.As<Napi::String>().Utf8Value();
+}
+
+std::vector<int32_t> get_int32_array(Napi::Env env, const Napi::Value& v, const char* what) {
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
+    throw_invalid(env, std::string(what) + " must be an Int32Array");
+  Napi::Int32Array a = v.As<Napi::Int32Array>();
+  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
+}
+
+// ---- native -> JS ----
+
+std::string hash_hex(uint64_t h) {
+  static const char* digits = "0123456789abcdef";
+  std::string s(16, '0');
+  for (int i = 15; i >= 0; --i, h >>= 4) s[i] = digits[h & 0xf];
+  return s;
+}
+
+Napi::Object model_info_to_js(Napi::Env env, const llm::Model& m) {
+  const llm::ModelConfig& c = m.config;
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("architecture", c.architecture);
+  o.Set("dtype", llm::dtype_name(c.dtype));
+  o.Set("vocabSize", static_cast<double>(c.vocab_size));
+  o.Set("hiddenSize", static_cast<double>(c.hidden_size));
+  o.Set("intermediateSize", static_cast<double>(c.intermediate_size));
+  o.Set("numLayers", static_cast<double>(c.num_layers));
+  o.Set("numHeads", static_cast<double>(c.num_heads));
+  o.Set("numKvHeads", static_cast<double>(c.num_kv_heads));
+  o.Set("headDim", static_cast<double>(c.head_dim));
+  o.Set("maxPositionEmbeddings", static_cast<double>(c.max_position_embeddings));
+  o.Set("slidingWindow", static_cast<double>(c.sliding_window));
+  o.Set("ropeTheta", static_cast<double>(c.rope_theta));
+  const char* rope = c.rope_scaling.type == llm::RopeScalingType::linear   ? "linear"
+                     : c.rope_scaling.type == llm::RopeScalingType::llama3 ? "llama3"
+                                                                           : "none";
+  o.Set("ropeScalingType", rope);
+  o.Set("tieWordEmbeddings", c.tie_word_embeddings);
+  o.Set("bosTokenId", static_cast<double>(c.bos_token_id));
+  Napi::Array eos = Napi::Array::New(env, c.eos_token_ids.size());
+  for (size_t i = 0; i < c.eos_token_ids.size(); ++i) eos.Set(i, static_cast<double>(c.eos_token_ids[i]));
+  o.Set("eosTokenIds", eos);
+  o.Set("weightBytes", static_cast<double>(m.weight_bytes));
+  return o;
+}
+
+Napi::Object metrics_to_js(Napi::Env env, const llm::LoadMetrics& m) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("requestActiveSlots", static_cast<double>(m.request_active_slots));
+  o.Set("requestTotalSlots", static_cast<double>(m.request_total_slots));
+  o.Set("kvActiveBlocks", static_cast<double>(m.kv_active_blocks));
+  o.Set("kvTotalBlocks", static_cast<double>(m.kv_total_blocks));
+  o.Set("numRequestsWaiting", static_cast<double>(m.num_requests_waiting));
+  o.Set("kvCacheUsage", m.kv_cache_usage);
+  o.Set("prefixCacheHitRate", m.prefix_cache_hit_rate);
+  o.Set("prefixCacheQueries", static_cast<double>(m.prefix_cache_queries));
+  o.Set("prefixCacheHits", static_cast<double>(m.prefix_cache_hits));
+  o.Set("numPreemptions", static_cast<double>(m.num_preemptions));
+  return o;
+}
+
+Napi::Array hashes_to_js(Napi::Env env, const std::vector<uint64_t>& hashes) {
+  Napi::Array a = Napi::Array::New(env, hashes.size());
+  for (size_t i = 0; i < hashes.size(); ++i) a.Set(i, hash_hex(hashes[i]));
+  return a;
+}
+
+Napi::Object event_to_js(Napi::Env env, const llm::KVEvent& e) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("eventId", static_cast<double>(e.event_id));
+  switch (e.type) {
+    case llm::KVEventType::stored:
+      o.Set("type", "stored");
+      o.Set("parentHash", e.has_parent ? Napi::Value(Napi::String::New(env, hash_hex(e.parent_hash))) : env.Null());
+      o.Set("blockHashes", hashes_to_js(env, e.block_hashes));
+      break;
+    case llm::KVEventType::removed:
+      o.Set("type", "removed");
+      o.Set("blockHashes", hashes_to_js(env, e.block_hashes));
+      break;
+    case llm::KVEventType::cleared: o.Set("type", "cleared"); break;
+  }
+  return o;
+}
+
+Napi::Object output_to_js(Napi::Env env, const llm::RequestOutput& r) {
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("requestId", r.request_id);
+  Napi::Array toks = Napi::Array::New(env, r.new_token_ids.size());
+  for (size_t i = 0; i < r.new_token_ids.size(); ++i) toks.Set(i, r.new_token_ids[i]);
+  o.Set("newTokenIds", toks);
+  if (r.has_logprobs) {
+    Napi::Array lps = Napi::Array::New(env, r.logprobs.size());
+    for (size_t i = 0; i < r.logprobs.size(); ++i) {
+      const llm::TokenLogprobs& t = r.logprobs[i];
+      Napi::Object lp = Napi::Object::New(env);
+      lp.Set("tokenId", t.token_id);
+      lp.Set("logprob", t.logprob);
+      Napi::Array ids = Napi::Array::New(env, t.top_ids.size());
+      Napi::Array vals = Napi::Array::New(env, t.top_logprobs.size());
+      for (size_t k = 0; k < t.top_ids.size(); ++k) ids.Set(k, t.top_ids[k]);
+      for (size_t k = 0; k < t.top_logprobs.size(); ++k) vals.Set(k, t.top_logprobs[k]);
+      lp.Set("topIds", ids);
+      lp.Set("topLogprobs", vals);
+      lps.Set(i, lp);
+    }
+    o.Set("logprobs", lps);
+  }
+  if (r.finish_reason != llm::FinishReason::none) o.Set("finishReason", llm::finish_reason_name(r.finish_reason));
+  if (r.stop_token_id >= 0) o.Set("stopTokenId", r.stop_token_id);
+  o.Set("numPromptTokens", static_cast<double>(r.num_prompt_tokens));
+  o.Set("numCachedTokens", static_cast<double>(r.num_cached_tokens));
+  if (!r.error.empty()) o.Set("error", r.error);
+  return o;
+}
+
+Napi::Object step_to_js(Napi::Env env, const llm::StepResult& s) {
+  Napi::Object o = Napi::Object::New(env);
+  Napi::Array outs = Napi::Array::New(env, s.outputs.size());
+  for (size_t i = 0; i < s.outputs.size(); ++i) outs.Set(i, output_to_js(env, s.outputs[i]));
+  Napi::Array evs = Napi::Array::New(env, s.events.size());
+  for (size_t i = 0; i < s.events.size(); ++i) evs.Set(i, event_to_js(env, s.events[i]));
+  o.Set("outputs", outs);
+  o.Set("kvEvents", evs);
+  o.Set("metrics", metrics_to_js(env, s.metrics));
+  return o;
+}
+
+// ---- Engine ----
+
+class EngineWrap;
+void deliver_step(Napi::Env env, Napi::Function callback, EngineWrap* self, llm::StepResult* step);
+using StepTsfn = Napi::TypedThreadSafeFunction<EngineWrap, llm::StepResult, deliver_step>;
+
+class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Engine",
+                       {InstanceMethod("info", &EngineWrap::Info), InstanceMethod("addRequest", &EngineWrap::AddRequest),
+                        InstanceMethod("abort", &EngineWrap::Abort),
+                        InstanceMethod("replayKvEvents", &EngineWrap::ReplayKvEvents),
+                        InstanceMethod("metrics", &EngineWrap::Metrics), InstanceMethod("close", &EngineWrap::Close)});
+  }
+
+  explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction())
+      throw_invalid(env, "new Engine(options, onStep): options must be an object and onStep a function");
+    Napi::Object o = info[0].As<Napi::Object>();
+    llm::EngineConfig cfg;
+    cfg.model_dir = get_string(o, "modelDir");
+    cfg.worker_id = get_string(o, "workerId");
+    cfg.block_size = get_int(o, "blockSize");
+    cfg.max_model_len = get_int(o, "maxModelLen");
+    cfg.max_num_seqs = get_int(o, "maxNumSeqs");
+    cfg.max_num_batched_tokens = get_int(o, "maxNumBatchedTokens");
+    cfg.num_kv_blocks = get_int(o, "numKvBlocks");
+    cfg.kv_cache_bytes = get_int(o, "kvCacheBytes");
+    cfg.num_threads = static_cast<int>(get_int(o, "numThreads"));
+    cfg.enable_prefix_caching = get_bool(o, "enablePrefixCaching");
+    cfg.seed = static_cast<uint64_t>(get_int(o, "seed"));
+
+    std::unique_ptr<llm::Engine> engine;
+    Status st = llm::Engine::create(cfg, &engine);
+    if (!st.ok()) throw_status(env, st);
+    model_info_ = Napi::Persistent(model_info_to_js(env, engine->model()));
+
+    // Unreferenced while idle, so an idle engine never keeps the process alive; referenced while
+    // requests are in flight (see AddRequest / OnStep).
+    tsfn_ = StepTsfn::New(env, info[1].As<Napi::Function>(), "kvserve-engine", 0, 1, this);
+    tsfn_.Unref(env);
+    thread_ = std::make_unique<llm::EngineThread>(std::move(engine), [this](std::unique_ptr<llm::StepResult> s) {
+      // On the engine thread: hand the step to JS; if JS is gone (closing), drop it.
+      llm::StepResult* raw = s.release();
+      if (tsfn_.NonBlockingCall(raw) != napi_ok) delete raw;
+    });
+  }
+
+  ~EngineWrap() override { Shutdown(); }
+
+  // On the JS thread, for every delivered step.
+  void OnStep(Napi::Env env, Napi::Function callback, const llm::StepResult& step) {
+    for (const llm::RequestOutput& o : step.outputs)
+      if (o.finish_reason != llm::FinishReason::none && inflight_ > 0 && --inflight_ == 0) tsfn_.Unref(env);
+    callback.Call({step_to_js(env, step)});
+  }
+
+  // Stops the engine thread (joining it) and releases the function. Safe to call twice.
+  void Shutdown() {
+    if (thread_) {
+      thread_->stop();
+      thread_.reset();
+    }
+    if (!released_) {
+      released_ = true;
+      tsfn_.Release();
+    }
+  }
+
+ private:
+  llm::EngineThread* live(Napi::Env env) {
+    if (!thread_ || closing_) throw_status(env, Status(llm::StatusCode::engine_closed, "the engine is closed"));
+    return thread_.get();
+  }
+
+  Napi::Value Info(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const llm::EngineInfo& ei = live(env)->engine().info();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("backend", ei.backend);
+    o.Set("kernels", ei.kernels);
+    o.Set("numKvBlocks", static_cast<double>(ei.num_kv_blocks));
+    o.Set("blockSize", static_cast<double>(ei.block_size));
+    o.Set("maxModelLen", static_cast<double>(ei.max_model_len));
+    o.Set("kvCacheDtype", llm::dtype_name(ei.kv_dtype));
+    o.Set("kvBlockBytes", static_cast<double>(ei.kv_block_bytes));
+    o.Set("model", model_info_.Value());
+    return o;
+  }
+
+  Napi::Value AddRequest(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    llm::EngineThread* t = live(env);
+    if (info.Length() < 1 || !info[0].IsObject()) throw_invalid(env, "addRequest(request): request must be an object");
+    Napi::Object o = info[0].As<Napi::Object>();
+    auto req = std::make_unique<llm::Request>();
+    req->request_id = get_string(o, "requestId");
+    req->prompt_token_ids = get_int32_array(env, required(o, "promptTokenIds"), "promptTokenIds");
+    llm::SamplingParams& p = req->params;
+    p.max_tokens = get_int(o, "maxTokens");
+    p.min_tokens = get_int(o, "minTokens");
+    p.temperature = static_cast<float>(get_number(o, "temperature"));
+    p.top_p = static_cast<float>(get_number(o, "topP"));
+    p.top_k = static_cast<int32_t>(get_int(o, "topK"));
+    p.min_p = static_cast<float>(get_number(o, "minP"));
+    const int64_t seed = get_int(o, "seed");
+    p.has_seed = seed >= 0;
+    p.seed = p.has_seed ? static_cast<uint64_t>(seed) : 0;
+    p.repetition_penalty = static_cast<float>(get_number(o, "repetitionPenalty"));
+    p.presence_penalty = static_cast<float>(get_number(o, "presencePenalty"));
+    p.frequency_penalty = static_cast<float>(get_number(o, "frequencyPenalty"));
+    p.stop_token_ids = get_int32_array(env, required(o, "stopTokenIds"), "stopTokenIds");
+    p.ignore_eos = get_bool(o, "ignoreEos");
+    p.logprobs = static_cast<int32_t>(get_int(o, "logprobs"));
+    Status st = t->add_request(std::move(req));
+    if (!st.ok()) throw_status(env, st);
+    if (inflight_++ == 0) tsfn_.Ref(env);
+    return env.Undefined();
+  }
+
+  Napi::Value Abort(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) throw_invalid(env, "abort(requestId): requestId must be a string");
+    live(env)->abort(info[0].As<Napi::String>().Utf8Value());
+    return env.Undefined();
+  }
+
+  Napi::Value ReplayKvEvents(const Napi::CallbackInfo& info) {
+    live(info.Env())->request_replay();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Metrics(const Napi::CallbackInfo& info) {
+    return metrics_to_js(info.Env(), live(info.Env())->metrics());
+  }
+
+  // Joins the engine thread off the JS thread, then (back on it) releases the function, so no
+  // step can be handed to a released function. Resolves when everything is freed.
+  class CloseWorker : public Napi::AsyncWorker {
+   public:
+    CloseWorker(Napi::Env env, EngineWrap* self)
+        : Napi::AsyncWorker(env), self_(self), deferred_(Napi::Promise::Deferred::New(env)) {}
+    Napi::Promise Promise() { return deferred_.Promise(); }
+    void Execute() override { self_->thread_->stop(); }
+    void OnOK() override {
+      self_->Shutdown();
+      self_->Unref();
+      deferred_.Resolve(Env().Undefined());
+    }
+
+   private:
+    EngineWrap* self_;
+    Napi::Promise::Deferred deferred_;
+  };
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (closing_ || !thread_) {
+      auto d = Napi::Promise::Deferred::New(env);
+      d.Resolve(env.Undefined());
+      return d.Promise();
+    }
+    closing_ = true;
+    Ref();  // keep this wrapper alive until the worker is done with it
+    auto* worker = new CloseWorker(env, this);
+    Napi::Promise p = worker->Promise();
+    worker->Queue();
+    return p;
+  }
+
+  std::unique_ptr<llm::EngineThread> thread_;
+  StepTsfn tsfn_;
+  Napi::ObjectReference model_info_;
+  int64_t inflight_ = 0;
+  bool closing_ = false;
+  bool released_ = false;
+};
+
+void deliver_step(Napi::Env env, Napi::Function callback, EngineWrap* self, llm::StepResult* step) {
+  std::unique_ptr<llm::StepResult> owned(step);
+  if (env != nullptr && callback != nullptr) self->OnStep(env, callback, *owned);
+}
+
+// ---- Model (tests and tools) ----
+
+class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
+ public:
+  static Napi::Function Init(Napi::Env env) {
+    return DefineClass(env, "Model",
+                       {InstanceMethod("info", &ModelWrap::Info), InstanceMethod("forward", &ModelWrap::Forward),
+                        InstanceMethod("close", &ModelWrap::Close)});
+  }
+
+  explicit ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber())
+      throw_invalid(env, "new Model(modelDir, numThreads)");
+    num_threads_ = info[1].As<Napi::Number>().Int32Value();
+    Status st = llm::load_model(info[0].As<Napi::String>().Utf8Value(), llm::ModelLoadOptions{}, &model_);
+    if (!st.ok()) throw_status(env, st);
+  }
+
+ private:
+  const llm::Model& live(Napi::Env env) {
+    if (!model_) throw_status(env, Status(llm::StatusCode::engine_closed, "the model is closed"));
+    return *model_;
+  }
+
+  Napi::Value Info(const Napi::CallbackInfo& info) { return model_info_to_js(info.Env(), live(info.Env())); }
+
+  Napi::Value Forward(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const llm::Model& m = live(env);
+    if (info.Length() < 3 || !info[2].IsNumber()) throw_invalid(env, "forward(tokens, blockTable, blockSize)");
+    std::vector<int32_t> tokens = get_int32_array(env, info[0], "tokens");
+    std::vector<int32_t> table = get_int32_array(env, info[1], "blockTable");
+    std::vector<float> logits;
+    Status st = llm::forward_single_sequence(m, num_threads_, tokens, table, info[2].As<Napi::Number>().Int64Value(),
+                                             &logits);
+    if (!st.ok()) throw_status(env, st);
+    Napi::Float32Array out = Napi::Float32Array::New(env, logits.size());
+    std::copy(logits.begin(), logits.end(), out.Data());
+    return out;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo& info) {
+    model_.reset();
+    return info.Env().Undefined();
+  }
+
+  std::unique_ptr<llm::Model> model_;
+  int num_threads_ = 0;
+};
+
+// ---- free functions ----
+
+Napi::Value InspectModel(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw_invalid(env, "inspectModel(modelDir): modelDir must be a string");
+  std::unique_ptr<llm::Model> model;
+  Status st = llm::load_model(info[0].As<Napi::String>().Utf8Value(), llm::ModelLoadOptions{}, &model);
+  if (!st.ok()) throw_status(env, st);
+  return model_info_to_js(env, *model);
+}
+
+Napi::Value BlockHashes(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[1].IsNumber()) throw_invalid(env, "blockHashes(tokens, blockSize)");
+  std::vector<int32_t> tokens = get_int32_array(env, info[0], "tokens");
+  const int64_t block_size = info[1].As<Napi::Number>().Int64Value();
+  if (block_size < 1 || block_size > 1024) throw_invalid(env, "blockSize must be in [1, 1024]");
+  std::vector<uint64_t> hashes;
+  llm::extend_block_hashes(tokens.data(), static_cast<int64_t>(tokens.size()), block_size, &hashes);
+  return hashes_to_js(env, hashes);
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("Engine", EngineWrap::Init(env));
+  exports.Set("Model", ModelWrap::Init(env));
+  exports.Set("inspectModel", Napi::Function::New(env, InspectModel, "inspectModel"));
+  exports.Set("blockHashes", Napi::Function::New(env, BlockHashes, "blockHashes"));
+  exports.Set("version", Napi::String::New(env, KVSERVE_VERSION));
+#ifdef KVSERVE_CUDA
+  exports.Set("cudaCompiled", Napi::Boolean::New(env, true));
+#else
+  exports.Set("cudaCompiled", Napi::Boolean::New(env, false));
+#endif
+  return exports;
+}
+
+}  // namespace
+
+NODE_API_MODULE(kvserve, Init)

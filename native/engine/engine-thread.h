@@ -1,0 +1,65 @@
+// engine-thread.h: runs an Engine's step loop on its own native thread.
+//
+// Owns: the thread, the Engine, a command queue (add / abort / replay) and the set of live
+// request ids.
+// Stays true: only the loop thread touches the Engine after start(); callers on other threads
+// talk to it through the queue. The callback runs on the loop thread, once per step that
+// produced outputs or events or changed the load metrics; it must not block for long.
+// A request id is live from add_request until the output that finishes it has been handed to
+// the callback, so a duplicate id is refused synchronously.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_set>
+
+#include "engine.h"
+
+namespace llm {
+
+class EngineThread {
+ public:
+  using StepCallback = std::function<void(std::unique_ptr<StepResult>)>;
+
+  EngineThread(std::unique_ptr<Engine> engine, StepCallback callback);
+  ~EngineThread();  // stop()
+  EngineThread(const EngineThread&) = delete;
+  EngineThread& operator=(const EngineThread&) = delete;
+
+  const Engine& engine() const { return *engine_; }
+  // Validates on the calling thread, then queues. Fails on a duplicate live id.
+  Status add_request(std::unique_ptr<Request> req);
+  void abort(const std::string& request_id);
+  void request_replay();
+  LoadMetrics metrics();  // the snapshot after the latest step
+  // Stops the loop after the current step and joins; requests still live get no more output.
+  // Idempotent.
+  void stop();
+
+ private:
+  struct Command {
+    enum class Kind { add, abort, replay } kind;
+    std::unique_ptr<Request> req;
+    std::string request_id;
+  };
+  void loop();
+  bool same_metrics(const LoadMetrics& a, const LoadMetrics& b) const;
+
+  std::unique_ptr<Engine> engine_;
+  StepCallback callback_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Command> commands_;
+  std::unordered_set<std::string> live_ids_;
+  LoadMetrics metrics_;
+  bool stop_ = false;
+  bool stopped_ = false;
+  std::thread thread_;
+};
+
+}  // namespace llm

@@ -1,0 +1,376 @@
+// engine.cc: see engine.h. The step loop glues scheduler, runner and sampler together; the
+// batch layout it builds is drawn in model-runner.h.
+#include "engine.h"
+
+#include "../kernels/cpu/cpu-kernels.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace llm {
+namespace {
+
+constexpr int64_t kDefaultKvCacheBytes = int64_t{1} << 30;  // when nothing else is said
+constexpr int32_t kMaxLogprobs = 20;
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+Status invalid(const std::string& msg) { return Status(StatusCode::invalid_argument, msg); }
+Status bad_request(const std::string& msg) { return Status(StatusCode::request_invalid, msg); }
+
+KVCacheView make_kv_view(const ModelConfig& c, void* data, int64_t num_blocks, int64_t block_size) {
+  KVCacheView v;
+  v.data = data;
+  v.dtype = c.dtype;
+  v.num_blocks = num_blocks;
+  v.num_layers = c.num_layers;
+  v.block_size = block_size;
+  v.num_kv_heads = c.num_kv_heads;
+  v.head_dim = c.head_dim;
+  return v;
+}
+
+// Anonymous mapping: zero pages, committed lazily as blocks are first written.
+void* map_pool(size_t bytes) {
+  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? nullptr : p;
+}
+
+}  // namespace
+
+Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
+  // 1. Settings that do not depend on the model.
+  if (cfg.block_size < 1 || cfg.block_size > 1024) return invalid("block_size must be in [1, 1024]");
+  if (cfg.max_num_seqs < 1 || cfg.max_num_seqs > 4096) return invalid("max_num_seqs must be in [1, 4096]");
+  if (cfg.max_num_batched_tokens < 1) return invalid("max_num_batched_tokens must be >= 1");
+  if (cfg.max_model_len < 0 || cfg.num_kv_blocks < 0 || cfg.kv_cache_bytes < 0 || cfg.num_threads < 0)
+    return invalid("max_model_len, num_kv_blocks, kv_cache_bytes and num_threads must be >= 0");
+
+  std::unique_ptr<Engine> e(new Engine());
+  e->cfg_ = cfg;
+
+  // 2. The model (memory-mapped).
+  LLM_RETURN_IF_ERROR(load_model(cfg.model_dir, ModelLoadOptions{}, &e->model_));
+  const ModelConfig& mc = e->model_->config;
+
+  // 3. Context length: asked, else the model's, never beyond the model's or its window.
+  int64_t model_len = mc.max_position_embeddings;
+  if (mc.sliding_window > 0) model_len = std::min(model_len, mc.sliding_window);
+  if (cfg.max_model_len > model_len)
+    return invalid("max_model_len " + std::to_string(cfg.max_model_len) + " exceeds the model's " +
+                   std::to_string(model_len));
+  const int64_t max_model_len = cfg.max_model_len > 0 ? cfg.max_model_len : model_len;
+
+  // 4. The KV pool: [num_blocks][num_layers][2][block_size][num_kv_heads][head_dim].
+  KVCacheView shape = make_kv_view(mc, nullptr, 0, cfg.block_size);
+  const int64_t block_bytes = shape.block_bytes();
+  int64_t num_blocks = cfg.num_kv_blocks;
+  if (num_blocks == 0) {
+    int64_t bytes = cfg.kv_cache_bytes;
+    if (bytes == 0) {
+      const int64_t blocks_per_seq = (max_model_len + cfg.block_size - 1) / cfg.block_size;
+      const double wanted = static_cast<double>(blocks_per_seq) * cfg.max_num_seqs * block_bytes;
+      bytes = static_cast<int64_t>(std::min<double>(wanted, kDefaultKvCacheBytes));
+    }
+    num_blocks = bytes / block_bytes;
+  }
+  if (num_blocks < 1)
+    return invalid("the KV cache holds no block: one block needs " + std::to_string(block_bytes) + " bytes");
+  if (num_blocks > (int64_t{1} << 31) - 1) return invalid("too many KV blocks");
+  e->kv_bytes_ = static_cast<size_t>(num_blocks) * static_cast<size_t>(block_bytes);
+  e->kv_data_ = map_pool(e->kv_bytes_);
+  if (!e->kv_data_)
+    return Status(StatusCode::out_of_memory,
+                  "cannot allocate the KV cache (" + std::to_string(e->kv_bytes_) + " bytes)");
+
+  // 5. Cache manager, scheduler, runner.
+  KVCacheManagerConfig kvc;
+  kvc.num_blocks = num_blocks;
+  kvc.block_size = cfg.block_size;
+  kvc.enable_prefix_caching = cfg.enable_prefix_caching;
+  e->kv_ = std::make_unique<KVCacheManager>(kvc);
+  SchedulerConfig sc;
+  sc.max_num_seqs = cfg.max_num_seqs;
+  sc.max_num_batched_tokens = cfg.max_num_batched_tokens;
+  sc.max_model_len = max_model_len;
+  e->scheduler_ = std::make_unique<Scheduler>(sc, e->kv_.get());
+  e->scheduler_->set_eos_token_ids(mc.eos_token_ids);
+  CpuRunnerOptions ro;
+  ro.num_threads = cfg.num_threads;
+  e->runner_ = make_cpu_runner(*e->model_, make_kv_view(mc, e->kv_data_, num_blocks, cfg.block_size), ro);
+
+  e->info_.backend = e->runner_->backend_name();
+  e->info_.kernels = cpu::cpu_kernels().name;
+  e->info_.num_kv_blocks = num_blocks;
+  e->info_.block_size = cfg.block_size;
+  e->info_.max_model_len = max_model_len;
+  e->info_.kv_dtype = mc.dtype;
+  e->info_.kv_block_bytes = block_bytes;
+  e->max_blocks_per_seq_ = (max_model_len + cfg.block_size - 1) / cfg.block_size;
+  *out = std::move(e);
+  return Status::Ok();
+}
+
+Engine::~Engine() {
+  runner_.reset();  // joins the runner's threads before the pool goes away
+  if (kv_data_) munmap(kv_data_, kv_bytes_);
+}
+
+Status Engine::validate_request(const Request& r) const {
+  const ModelConfig& mc = model_->config;
+  const SamplingParams& p = r.params;
+  if (r.request_id.empty()) return bad_request("request_id must not be empty");
+  if (r.prompt_token_ids.empty()) return bad_request("the prompt must contain at least one token");
+  for (int32_t t : r.prompt_token_ids)
+    if (t < 0 || t >= mc.vocab_size)
+      return bad_request("prompt token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                         std::to_string(mc.vocab_size) + ")");
+  for (int32_t t : p.stop_token_ids)
+    if (t < 0 || t >= mc.vocab_size) return bad_request("stop token id " + std::to_string(t) + " is outside the vocabulary");
+  if (p.max_tokens < 1) return bad_request("max_tokens must be >= 1");
+  if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) return bad_request("min_tokens must be in [0, max_tokens]");
+  if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature)) return bad_request("temperature must be >= 0");
+  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) return bad_request("top_p must be in (0, 1]");
+  if (p.top_k < -1) return bad_request("top_k must be -1, 0 (off) or positive");
+  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) return bad_request("min_p must be in [0, 1]");
+  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty))
+    return bad_request("repetition_penalty must be > 0");
+  if (!(std::fabs(p.presence_penalty) <= 2.0f) || !(std::fabs(p.frequency_penalty) <= 2.0f))
+    return bad_request("presence_penalty and frequency_penalty must be in [-2, 2]");
+  if (p.logprobs < -1 || p.logprobs > kMaxLogprobs)
+    return bad_request("logprobs must be in [0, " + std::to_string(kMaxLogprobs) + "]");
+
+  const int64_t total = r.num_prompt_tokens() + p.max_tokens;
+  if (r.num_prompt_tokens() > info_.max_model_len || total > info_.max_model_len)
+    return Status(StatusCode::request_too_long,
+                  "this model's maximum context length is " + std::to_string(info_.max_model_len) +
+                      " tokens; the request has " + std::to_string(r.num_prompt_tokens()) +
+                      " prompt tokens and asks for " + std::to_string(p.max_tokens) + " more (" +
+                      std::to_string(total) + " in all)");
+  const int64_t blocks = (total + info_.block_size - 1) / info_.block_size;
+  if (blocks > info_.num_kv_blocks)
+    return Status(StatusCode::request_too_long,
+                  "the request needs " + std::to_string(blocks) + " KV blocks (" + std::to_string(total) +
+                      " tokens) but the KV cache has " + std::to_string(info_.num_kv_blocks));
+  return Status::Ok();
+}
+
+Status Engine::add_request(std::unique_ptr<Request> req) {
+  LLM_RETURN_IF_ERROR(validate_request(*req));
+  req->all_token_ids = req->prompt_token_ids;
+  req->rng.seed(req->params.has_seed ? req->params.seed : splitmix64(cfg_.seed + (++seed_counter_)));
+  return scheduler_->add_request(std::move(req));
+}
+
+void Engine::abort(const std::string& request_id) {
+  if (scheduler_->abort(request_id)) {
+    for (auto& r : scheduler_->take_aborted()) pending_aborts_.push_back(std::move(r));
+  }
+}
+
+LoadMetrics Engine::metrics() const {
+  LoadMetrics m;
+  m.request_active_slots = scheduler_->num_running();
+  m.request_total_slots = cfg_.max_num_seqs;
+  m.kv_active_blocks = kv_->num_active_blocks();
+  m.kv_total_blocks = kv_->pool().num_blocks();
+  m.num_requests_waiting = scheduler_->num_waiting();
+  m.kv_cache_usage = kv_->pool().usage();
+  m.prefix_cache_queries = kv_->prefix_cache_queries();
+  m.prefix_cache_hits = kv_->prefix_cache_hits();
+  m.prefix_cache_hit_rate =
+      m.prefix_cache_queries > 0 ? static_cast<double>(m.prefix_cache_hits) / m.prefix_cache_queries : 0.0;
+  m.num_preemptions = scheduler_->num_preemptions();
+  return m;
+}
+
+// Flattens the scheduled requests into the batch arrays (layout in model-runner.h).
+void Engine::build_batch(const SchedulerOutput& sched) {
+  const int64_t bs = info_.block_size;
+  const size_t n_seqs = sched.scheduled.size();
+  token_ids_.clear();
+  positions_.clear();
+  slot_mapping_.clear();
+  logits_indices_.clear();
+  query_start_loc_.assign(1, 0);
+  seq_lens_.clear();
+  block_tables_.assign(n_seqs * static_cast<size_t>(max_blocks_per_seq_), 0);
+
+  for (size_t s = 0; s < n_seqs; ++s) {
+    const ScheduledRequest& sr = sched.scheduled[s];
+    const Request& r = *sr.req;
+    const std::vector<KVBlock*>& blocks = *kv_->blocks_of(r.request_id);
+    const int64_t begin = r.num_computed_tokens;
+    const int64_t end = begin + sr.num_new_tokens;
+    for (int64_t pos = begin; pos < end; ++pos) {
+      token_ids_.push_back(r.all_token_ids[pos]);
+      positions_.push_back(static_cast<int32_t>(pos));
+      slot_mapping_.push_back(static_cast<int64_t>(blocks[pos / bs]->block_id) * bs + pos % bs);
+    }
+    if (sr.samples) logits_indices_.push_back(static_cast<int32_t>(token_ids_.size() - 1));
+    query_start_loc_.push_back(static_cast<int32_t>(token_ids_.size()));
+    seq_lens_.push_back(static_cast<int32_t>(end));
+    int32_t* row = &block_tables_[s * max_blocks_per_seq_];
+    for (size_t b = 0; b < blocks.size() && static_cast<int64_t>(b) < max_blocks_per_seq_; ++b)
+      row[b] = blocks[b]->block_id;
+  }
+}
+
+Status Engine::step(StepResult* out) {
+  out->outputs.clear();
+  out->events.clear();
+  out->num_scheduled_tokens = 0;
+  const int64_t vocab = model_->config.vocab_size;
+
+  // 1. Requests aborted since the last step.
+  for (auto& r : pending_aborts_) {
+    RequestOutput o;
+    o.request_id = r->request_id;
+    o.finish_reason = FinishReason::abort;
+    o.num_prompt_tokens = r->num_prompt_tokens();
+    o.num_cached_tokens = std::max<int64_t>(0, r->num_cached_tokens);
+    out->outputs.push_back(std::move(o));
+  }
+  pending_aborts_.clear();
+
+  // 2. Schedule, 3. run the batch, 4. sample.
+  Status result = Status::Ok();
+  SchedulerOutput sched = scheduler_->schedule();
+  out->num_scheduled_tokens = sched.num_scheduled_tokens;
+  if (!sched.scheduled.empty()) {
+    build_batch(sched);
+    ForwardBatch fb;
+    fb.num_tokens = static_cast<int64_t>(token_ids_.size());
+    fb.token_ids = token_ids_.data();
+    fb.positions = positions_.data();
+    fb.slot_mapping = slot_mapping_.data();
+    fb.num_seqs = static_cast<int64_t>(sched.scheduled.size());
+    fb.query_start_loc = query_start_loc_.data();
+    fb.seq_lens = seq_lens_.data();
+    fb.block_tables = block_tables_.data();
+    fb.max_blocks_per_seq = max_blocks_per_seq_;
+    fb.num_logits = static_cast<int64_t>(logits_indices_.size());
+    fb.logits_indices = logits_indices_.data();
+    logits_.resize(static_cast<size_t>(fb.num_logits) * vocab);
+    result = runner_->forward(fb, logits_.data());
+
+    if (!result.ok()) {
+      // The batch failed as a whole: finish its requests with the error, never leave them hanging.
+      for (const ScheduledRequest& sr : sched.scheduled) scheduler_->abort(sr.req->request_id);
+      for (auto& r : scheduler_->take_aborted()) {
+        RequestOutput o;
+        o.request_id = r->request_id;
+        o.finish_reason = FinishReason::error;
+        o.error = std::string(result.code_name()) + ": " + result.message();
+        o.num_prompt_tokens = r->num_prompt_tokens();
+        out->outputs.push_back(std::move(o));
+      }
+    } else {
+      std::vector<int32_t> sampled;
+      std::vector<SampleResult> samples;
+      std::vector<Request*> sampled_reqs;
+      int64_t row = 0;
+      for (const ScheduledRequest& sr : sched.scheduled) {
+        if (!sr.samples) continue;
+        SampleResult res = sampler_.sample(sr.req, logits_.data() + row * vocab, vocab, model_->config.eos_token_ids);
+        ++row;
+        sampled.push_back(res.token_id);
+        samples.push_back(std::move(res));
+        sampled_reqs.push_back(sr.req);
+      }
+      // 5. Update: tokens appended, stops applied, finished requests handed back.
+      std::vector<std::unique_ptr<Request>> finished = scheduler_->update(sched, sampled);
+      for (size_t i = 0; i < sampled_reqs.size(); ++i) {
+        Request* r = sampled_reqs[i];
+        RequestOutput o;
+        o.request_id = r->request_id;
+        o.new_token_ids.push_back(samples[i].token_id);
+        if (samples[i].has_logprobs) {
+          o.has_logprobs = true;
+          o.logprobs.push_back(std::move(samples[i].logprobs));
+        }
+        o.finish_reason = r->finish_reason;
+        o.stop_token_id = r->stop_token_id;
+        o.num_prompt_tokens = r->num_prompt_tokens();
+        o.num_cached_tokens = std::max<int64_t>(0, r->num_cached_tokens);
+        out->outputs.push_back(std::move(o));
+      }
+    }
+  }
+
+  // 6. Events (a requested replay follows whatever this step changed) and metrics.
+  if (replay_requested_) {
+    kv_->pool().replay_events();
+    replay_requested_ = false;
+  }
+  out->events = kv_->pool().events().take();
+  out->metrics = metrics();
+  return result;
+}
+
+Status forward_single_sequence(const Model& model, int num_threads, const std::vector<int32_t>& tokens,
+                               const std::vector<int32_t>& block_table, int64_t block_size,
+                               std::vector<float>* logits) {
+  const ModelConfig& mc = model.config;
+  if (tokens.empty()) return invalid("tokens must not be empty");
+  if (block_size < 1 || block_size > 1024) return invalid("block_size must be in [1, 1024]");
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t needed = (n + block_size - 1) / block_size;
+  if (static_cast<int64_t>(block_table.size()) < needed)
+    return invalid("the block table has " + std::to_string(block_table.size()) + " blocks; " +
+                   std::to_string(n) + " tokens need " + std::to_string(needed));
+  int32_t max_block = 0;
+  for (int32_t b : block_table) {
+    if (b < 0 || b > (1 << 20)) return invalid("block ids must be in [0, 2^20]");
+    max_block = std::max(max_block, b);
+  }
+  for (int32_t t : tokens)
+    if (t < 0 || t >= mc.vocab_size) return invalid("token id " + std::to_string(t) + " is outside the vocabulary");
+
+  const int64_t num_blocks = static_cast<int64_t>(max_block) + 1;
+  KVCacheView kv = make_kv_view(mc, nullptr, num_blocks, block_size);
+  const size_t bytes = static_cast<size_t>(num_blocks) * static_cast<size_t>(kv.block_bytes());
+  kv.data = map_pool(bytes);
+  if (!kv.data) return Status(StatusCode::out_of_memory, "cannot allocate the KV cache");
+
+  std::vector<int32_t> positions(n), qsl = {0, static_cast<int32_t>(n)}, seq_lens = {static_cast<int32_t>(n)};
+  std::vector<int32_t> logits_indices(n);
+  std::vector<int64_t> slots(n);
+  for (int64_t i = 0; i < n; ++i) {
+    positions[i] = static_cast<int32_t>(i);
+    logits_indices[i] = static_cast<int32_t>(i);
+    slots[i] = static_cast<int64_t>(block_table[i / block_size]) * block_size + i % block_size;
+  }
+  ForwardBatch fb;
+  fb.num_tokens = n;
+  fb.token_ids = tokens.data();
+  fb.positions = positions.data();
+  fb.slot_mapping = slots.data();
+  fb.num_seqs = 1;
+  fb.query_start_loc = qsl.data();
+  fb.seq_lens = seq_lens.data();
+  fb.block_tables = block_table.data();
+  fb.max_blocks_per_seq = static_cast<int64_t>(block_table.size());
+  fb.num_logits = n;
+  fb.logits_indices = logits_indices.data();
+  logits->assign(static_cast<size_t>(n) * mc.vocab_size, 0.0f);
+  Status st;
+  {
+    CpuRunnerOptions ro;
+    ro.num_threads = num_threads;
+    std::unique_ptr<ModelRunner> runner = make_cpu_runner(model, kv, ro);
+    st = runner->forward(fb, logits->data());
+  }
+  munmap(kv.data, bytes);
+  return st;
+}
+
+}  // namespace llm

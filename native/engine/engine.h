@@ -1,0 +1,137 @@
+// engine.h: one engine = one model + one paged KV pool + scheduler + sampler + model runner.
+// Engine::step() is one iteration of continuous batching:
+//
+//   schedule -> build the flattened batch -> forward -> sample -> update -> outputs + events
+//
+// Owns: the KV pool memory, the scheduler (and through it every live Request), the runner.
+// Stays true: Engine is single-threaded (EngineThread owns the thread and the locking);
+// validate_request() reads only immutable facts and may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../common/status.h"
+#include "kv-cache-manager.h"
+#include "kv-events.h"
+#include "model-runner.h"
+#include "model-weights.h"
+#include "request.h"
+#include "sampler.h"
+#include "scheduler.h"
+
+namespace llm {
+
+struct EngineConfig {
+  std::string model_dir;
+  std::string worker_id;
+  int64_t block_size = 16;              // tokens per KV block, [1, 1024]
+  int64_t max_model_len = 0;            // 0 = model's max_position_embeddings (capped by sliding_window)
+  int64_t max_num_seqs = 64;            // [1, 4096]
+  int64_t max_num_batched_tokens = 2048;  // per-step token budget, >= 1
+  int64_t num_kv_blocks = 0;            // 0 = derived from kv_cache_bytes
+  int64_t kv_cache_bytes = 0;           // 0 = default (see engine.cc)
+  int num_threads = 0;                  // 0 = all cores
+  bool enable_prefix_caching = true;
+  uint64_t seed = 0;                    // for requests without their own seed
+};
+
+struct LoadMetrics {
+  int64_t request_active_slots = 0;
+  int64_t request_total_slots = 0;
+  int64_t kv_active_blocks = 0;
+  int64_t kv_total_blocks = 0;
+  int64_t num_requests_waiting = 0;
+  double kv_cache_usage = 0;
+  double prefix_cache_hit_rate = 0;     // hits / queries over the engine's life, tokens
+  int64_t prefix_cache_queries = 0;
+  int64_t prefix_cache_hits = 0;
+  int64_t num_preemptions = 0;
+};
+
+struct RequestOutput {
+  std::string request_id;
+  std::vector<int32_t> new_token_ids;
+  std::vector<TokenLogprobs> logprobs;  // one per new token when the request asked
+  bool has_logprobs = false;
+  FinishReason finish_reason = FinishReason::none;
+  int32_t stop_token_id = -1;
+  int64_t num_prompt_tokens = 0;
+  int64_t num_cached_tokens = 0;
+  std::string error;
+};
+
+struct StepResult {
+  int64_t num_scheduled_tokens = 0;  // tokens the step ran through the model
+  std::vector<RequestOutput> outputs;
+  std::vector<KVEvent> events;
+  LoadMetrics metrics;
+};
+
+struct EngineInfo {
+  std::string backend;
+  std::string kernels;
+  int64_t num_kv_blocks = 0;
+  int64_t block_size = 0;
+  int64_t max_model_len = 0;
+  DType kv_dtype = DType::bf16;
+  int64_t kv_block_bytes = 0;
+};
+
+class Engine {
+ public:
+  static Status create(const EngineConfig& cfg, std::unique_ptr<Engine>* out);
+  ~Engine();
+
+  // Thread-safe: checks a request against immutable limits (token ids, lengths, params).
+  Status validate_request(const Request& req) const;
+  // Queues a validated request (seeds its rng).
+  Status add_request(std::unique_ptr<Request> req);
+  void abort(const std::string& request_id);
+  // The next step's events start with `cleared` + `stored` for the whole cache.
+  void request_replay() { replay_requested_ = true; }
+
+  bool has_work() const { return scheduler_->has_work() || replay_requested_ || !pending_aborts_.empty(); }
+  // One iteration; fills out (outputs, events, metrics). A forward failure finishes the
+  // scheduled requests with FinishReason::error rather than leaving them hanging.
+  Status step(StepResult* out);
+  LoadMetrics metrics() const;
+
+  const Model& model() const { return *model_; }
+  const EngineInfo& info() const { return info_; }
+
+ private:
+  Engine() = default;
+  void build_batch(const SchedulerOutput& sched);
+  void collect_finished(std::vector<std::unique_ptr<Request>>& finished, StepResult* out);
+
+  EngineConfig cfg_;
+  EngineInfo info_;
+  std::unique_ptr<Model> model_;
+  void* kv_data_ = nullptr;  // the pool: num_kv_blocks * kv_block_bytes
+  size_t kv_bytes_ = 0;
+  std::unique_ptr<KVCacheManager> kv_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ModelRunner> runner_;
+  Sampler sampler_;
+  bool replay_requested_ = false;
+  std::vector<std::unique_ptr<Request>> pending_aborts_;
+  uint64_t seed_counter_ = 0;
+
+  // Batch scratch, reused across steps.
+  std::vector<int32_t> token_ids_, positions_, query_start_loc_, seq_lens_, block_tables_,
+      logits_indices_;
+  std::vector<int64_t> slot_mapping_;
+  std::vector<float> logits_;
+  int64_t max_blocks_per_seq_ = 0;
+};
+
+// Runs tokens as one sequence through blocks `block_table` of a private pool (for numerics
+// tests): logits for every position, [tokens.size() * vocab].
+Status forward_single_sequence(const Model& model, int num_threads, const std::vector<int32_t>& tokens,
+                               const std::vector<int32_t>& block_table, int64_t block_size,
+                               std::vector<float>* logits);
+
+}  // namespace llm

@@ -1,0 +1,170 @@
+// addon.d.ts: THE definition of the native API (native/binding). Hand-written; a test checks
+// that the built addon exports exactly these names. The addon takes only primitives and typed
+// arrays, validated first by the TS wrappers in this folder (engine.ts, model.ts); it throws
+// errors whose `code` is one of NativeErrorCode.
+
+export type NativeErrorCode =
+  | 'ERR_INVALID_ARGUMENT'
+  | 'ERR_MODEL_FILE_MISSING'
+  | 'ERR_MODEL_CONFIG_INVALID'
+  | 'ERR_MODEL_ARCH_UNSUPPORTED'
+  | 'ERR_MODEL_FILE_TRUNCATED'
+  | 'ERR_MODEL_HEADER_INVALID'
+  | 'ERR_MODEL_TENSOR_MISSING'
+  | 'ERR_MODEL_TENSOR_SHAPE'
+  | 'ERR_MODEL_TENSOR_DTYPE'
+  | 'ERR_IO'
+  | 'ERR_OUT_OF_MEMORY'
+  | 'ERR_REQUEST_INVALID'
+  | 'ERR_REQUEST_TOO_LONG'
+  | 'ERR_REQUEST_DUPLICATE'
+  | 'ERR_ENGINE_CLOSED'
+  | 'ERR_DEVICE_UNAVAILABLE'
+  | 'ERR_INTERNAL';
+
+export interface NativeModelInfo {
+  architecture: string;
+  dtype: 'f32' | 'f16' | 'bf16';
+  vocabSize: number;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  maxPositionEmbeddings: number;
+  slidingWindow: number; // 0 = none
+  ropeTheta: number;
+  ropeScalingType: 'none' | 'linear' | 'llama3';
+  tieWordEmbeddings: boolean;
+  bosTokenId: number; // -1 = none
+  eosTokenIds: number[];
+  weightBytes: number;
+}
+
+export interface NativeEngineOptions {
+  modelDir: string;
+  workerId: string;
+  blockSize: number;
+  maxModelLen: number; // 0 = the model's max_position_embeddings (capped by sliding_window)
+  maxNumSeqs: number;
+  maxNumBatchedTokens: number;
+  numKvBlocks: number; // 0 = derived from kvCacheBytes
+  kvCacheBytes: number; // used when numKvBlocks is 0
+  numThreads: number; // 0 = all cores
+  enablePrefixCaching: boolean;
+  seed: number; // engine seed for requests without their own (uint32)
+}
+
+// One request as the native side takes it: every field present, already validated.
+export interface NativeRequest {
+  requestId: string;
+  promptTokenIds: Int32Array;
+  maxTokens: number;
+  minTokens: number;
+  temperature: number;
+  topP: number;
+  topK: number; // 0 = off
+  minP: number;
+  seed: number; // -1 = none; else a uint32
+  repetitionPenalty: number;
+  presencePenalty: number;
+  frequencyPenalty: number;
+  stopTokenIds: Int32Array;
+  ignoreEos: boolean;
+  logprobs: number; // -1 = none; N >= 0 = sampled token + top N
+}
+
+export type NativeFinishReason = 'stop' | 'length' | 'abort' | 'error';
+
+export interface NativeTokenLogprobs {
+  tokenId: number;
+  logprob: number;
+  topIds: number[];
+  topLogprobs: number[];
+}
+
+export interface NativeRequestOutput {
+  requestId: string;
+  newTokenIds: number[];
+  logprobs?: NativeTokenLogprobs[]; // one per new token, when asked
+  finishReason?: NativeFinishReason; // present on the request's last output
+  stopTokenId?: number; // the stop/EOS token that ended it (included in newTokenIds)
+  numPromptTokens: number;
+  numCachedTokens: number; // prefix-cache hit, tokens
+  error?: string;
+}
+
+// DESIGN.md section 5: hashes as 16-digit lowercase hex strings.
+export type NativeKvEvent =
+  | { eventId: number; type: 'stored'; parentHash: string | null; blockHashes: string[] }
+  | { eventId: number; type: 'removed'; blockHashes: string[] }
+  | { eventId: number; type: 'cleared' };
+
+export interface NativeLoadMetrics {
+  requestActiveSlots: number;
+  requestTotalSlots: number;
+  kvActiveBlocks: number;
+  kvTotalBlocks: number;
+  numRequestsWaiting: number;
+  kvCacheUsage: number;
+  prefixCacheHitRate: number;
+  prefixCacheQueries: number; // tokens, cumulative
+  prefixCacheHits: number; // tokens, cumulative
+  numPreemptions: number; // cumulative
+}
+
+export interface NativeStepOutput {
+  outputs: NativeRequestOutput[];
+  kvEvents: NativeKvEvent[];
+  metrics: NativeLoadMetrics;
+}
+
+export interface NativeEngineInfo {
+  backend: string; // e.g. 'cpu'
+  kernels: string; // kernel path taken, e.g. 'reference'
+  numKvBlocks: number;
+  blockSize: number;
+  maxModelLen: number;
+  kvCacheDtype: 'f32' | 'f16' | 'bf16';
+  kvBlockBytes: number;
+  model: NativeModelInfo;
+}
+
+// The engine: its loop runs on its own native thread; onStep is called on the JS thread once
+// per engine step that produced outputs, events or changed metrics.
+export declare class Engine {
+  constructor(options: NativeEngineOptions, onStep: (step: NativeStepOutput) => void);
+  info(): NativeEngineInfo;
+  addRequest(request: NativeRequest): void; // throws ERR_REQUEST_* synchronously
+  abort(requestId: string): void; // unknown ids are ignored
+  replayKvEvents(): void; // the next step output carries 'cleared' + 'stored' for the cache
+  metrics(): NativeLoadMetrics;
+  close(): Promise<void>; // stops the thread, frees everything; safe to call twice
+}
+
+// A model with a private KV pool for one sequence, run synchronously on the calling thread.
+// For tests and tools (numerics against references); serving uses Engine.
+export declare class Model {
+  constructor(modelDir: string, numThreads: number);
+  info(): NativeModelInfo;
+  // Runs tokens as one sequence whose blocks are blockTable (block ids in a private pool of
+  // max(blockTable)+1 blocks of blockSize tokens); returns logits for every position,
+  // [tokens.length * vocabSize].
+  forward(tokens: Int32Array, blockTable: Int32Array, blockSize: number): Float32Array;
+  close(): void;
+}
+
+export declare function inspectModel(modelDir: string): NativeModelInfo;
+export declare function blockHashes(tokens: Int32Array, blockSize: number): string[];
+export declare const version: string;
+export declare const cudaCompiled: boolean;
+
+export interface NativeAddon {
+  Engine: typeof Engine;
+  Model: typeof Model;
+  inspectModel: typeof inspectModel;
+  blockHashes: typeof blockHashes;
+  version: string;
+  cudaCompiled: boolean;
+}

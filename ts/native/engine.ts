@@ -1,0 +1,262 @@
+// engine.ts: the typed, validated face of the native engine for the rest of the TS code.
+//
+// Owns: one native Engine, the per-request output streams, and the listeners for KV events and
+// load metrics.
+// Stays true: arguments are validated and normalised here, in labelled steps, before anything
+// reaches native code (which gets only primitives and typed arrays); every stream ends, with
+// its finish reason, with an abort, or with ERR_ENGINE_CLOSED when the engine closes.
+import { loadAddon } from './loader.js';
+import { NativeError, callNative, invalidArgument } from './errors.js';
+import type {
+  NativeEngineInfo,
+  NativeKvEvent,
+  NativeLoadMetrics,
+  NativeRequest,
+  NativeRequestOutput,
+  NativeStepOutput,
+  Engine as NativeEngine,
+} from './addon.js';
+
+export interface EngineOptions {
+  modelDir: string;
+  workerId?: string;
+  blockSize?: number; // [1, 1024], default 16
+  maxModelLen?: number; // 0 / absent = the model's
+  maxNumSeqs?: number; // default 64
+  maxNumBatchedTokens?: number; // default 2048
+  numKvBlocks?: number; // absent = from kvCacheBytes
+  kvCacheBytes?: number; // absent = sized by the engine (at most 1 GiB)
+  numThreads?: number; // 0 / absent = all cores
+  enablePrefixCaching?: boolean; // default true
+  seed?: number; // default 0
+}
+
+export interface SamplingOptions {
+  maxTokens?: number; // default 16
+  minTokens?: number;
+  temperature?: number; // default 1; 0 = greedy
+  topP?: number;
+  topK?: number; // 0 / -1 = off
+  minP?: number;
+  seed?: number; // uint32
+  repetitionPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  stopTokenIds?: number[];
+  ignoreEos?: boolean;
+  logprobs?: number; // top-N logprobs, N in [0, 20]
+}
+
+export type { NativeKvEvent as KvEvent, NativeLoadMetrics as LoadMetrics, NativeRequestOutput as RequestOutput };
+
+// A pull stream of one request's outputs.
+class OutputStream implements AsyncIterable<NativeRequestOutput> {
+  private queue: NativeRequestOutput[] = [];
+  private waiter: (() => void) | undefined;
+  private error: Error | undefined;
+  done = false;
+
+  push(o: NativeRequestOutput): void {
+    this.queue.push(o);
+    if (o.finishReason) this.done = true;
+    this.wake();
+  }
+
+  fail(err: Error): void {
+    this.error = err;
+    this.done = true;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = undefined;
+    w?.();
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<NativeRequestOutput> {
+    for (;;) {
+      if (this.queue.length > 0) {
+        const o = this.queue.shift()!;
+        yield o;
+        if (o.finishReason) return;
+        continue;
+      }
+      if (this.error) throw this.error;
+      if (this.done) return;
+      await new Promise<void>((resolve) => (this.waiter = resolve));
+    }
+  }
+}
+
+function checkInt(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
+    throw invalidArgument(`${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
+  }
+  return v;
+}
+
+function checkNumber(name: string, v: unknown, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isFinite(v) || v < min || v > max) {
+    throw invalidArgument(`${name} must be a number in [${min}, ${max}], got ${String(v)}`);
+  }
+  return v;
+}
+
+const INT_MAX = 2 ** 31 - 1;
+
+export function normaliseSampling(requestId: string, promptTokenIds: ArrayLike<number>, s: SamplingOptions): NativeRequest {
+  // 1. Identity and prompt.
+  if (typeof requestId !== 'string' || requestId.length === 0) throw invalidArgument('requestId must be a non-empty string');
+  const prompt = Int32Array.from(promptTokenIds as ArrayLike<number>);
+  if (prompt.length === 0) throw invalidArgument('the prompt must contain at least one token');
+  for (let i = 0; i < prompt.length; i++) {
+    if (prompt[i] !== (promptTokenIds as ArrayLike<number>)[i]) throw invalidArgument(`prompt token ${i} is not an int32`);
+  }
+  // 2. Lengths.
+  const maxTokens = checkInt('maxTokens', s.maxTokens ?? 16, 1, INT_MAX);
+  const minTokens = checkInt('minTokens', s.minTokens ?? 0, 0, maxTokens);
+  // 3. Sampling.
+  const temperature = checkNumber('temperature', s.temperature ?? 1, 0, 1e6);
+  const topP = checkNumber('topP', s.topP ?? 1, Number.MIN_VALUE, 1);
+  const topK = checkInt('topK', s.topK ?? 0, -1, INT_MAX);
+  const minP = checkNumber('minP', s.minP ?? 0, 0, 1);
+  const seed = s.seed === undefined || s.seed === null ? -1 : checkInt('seed', s.seed, 0, 2 ** 32 - 1);
+  // 4. Penalties and stops.
+  const repetitionPenalty = checkNumber('repetitionPenalty', s.repetitionPenalty ?? 1, Number.MIN_VALUE, 1e6);
+  const presencePenalty = checkNumber('presencePenalty', s.presencePenalty ?? 0, -2, 2);
+  const frequencyPenalty = checkNumber('frequencyPenalty', s.frequencyPenalty ?? 0, -2, 2);
+  const stops = s.stopTokenIds ?? [];
+  if (!Array.isArray(stops)) throw invalidArgument('stopTokenIds must be an array of token ids');
+  const stopTokenIds = Int32Array.from(stops.map((t, i) => checkInt(`stopTokenIds[${i}]`, t, 0, INT_MAX)));
+  const ignoreEos = s.ignoreEos ?? false;
+  if (typeof ignoreEos !== 'boolean') throw invalidArgument('ignoreEos must be a boolean');
+  const logprobs = s.logprobs === undefined || s.logprobs === null ? -1 : checkInt('logprobs', s.logprobs, 0, 20);
+  return {
+    requestId,
+    promptTokenIds: prompt,
+    maxTokens,
+    minTokens,
+    temperature,
+    topP,
+    topK,
+    minP,
+    seed,
+    repetitionPenalty,
+    presencePenalty,
+    frequencyPenalty,
+    stopTokenIds,
+    ignoreEos,
+    logprobs,
+  };
+}
+
+export class Engine {
+  private readonly native: NativeEngine;
+  private readonly streams = new Map<string, OutputStream>();
+  private readonly kvListeners = new Set<(events: NativeKvEvent[]) => void>();
+  private readonly metricsListeners = new Set<(m: NativeLoadMetrics) => void>();
+  private closed = false;
+  readonly info: NativeEngineInfo;
+
+  constructor(opts: EngineOptions) {
+    // 1. Options, normalised with defaults.
+    if (!opts || typeof opts.modelDir !== 'string' || opts.modelDir.length === 0) {
+      throw invalidArgument('modelDir must be a non-empty string');
+    }
+    const native = {
+      modelDir: opts.modelDir,
+      workerId: opts.workerId ?? 'worker-0',
+      blockSize: checkInt('blockSize', opts.blockSize ?? 16, 1, 1024),
+      maxModelLen: checkInt('maxModelLen', opts.maxModelLen ?? 0, 0, INT_MAX),
+      maxNumSeqs: checkInt('maxNumSeqs', opts.maxNumSeqs ?? 64, 1, 4096),
+      maxNumBatchedTokens: checkInt('maxNumBatchedTokens', opts.maxNumBatchedTokens ?? 2048, 1, INT_MAX),
+      numKvBlocks: checkInt('numKvBlocks', opts.numKvBlocks ?? 0, 0, INT_MAX),
+      kvCacheBytes: checkInt('kvCacheBytes', opts.kvCacheBytes ?? 0, 0, Number.MAX_SAFE_INTEGER),
+      numThreads: checkInt('numThreads', opts.numThreads ?? 0, 0, 1024),
+      enablePrefixCaching: opts.enablePrefixCaching ?? true,
+      seed: checkInt('seed', opts.seed ?? 0, 0, 2 ** 32 - 1),
+    };
+    // 2. The native engine: loads the model and starts its thread.
+    const addon = loadAddon();
+    this.native = callNative(() => new addon.Engine(native, (step) => this.onStep(step)));
+    this.info = callNative(() => this.native.info());
+  }
+
+  // Starts a request; its outputs arrive through the returned stream (one item per engine step
+  // that produced tokens, the last one with finishReason). An aborted signal aborts it.
+  generate(requestId: string, promptTokenIds: ArrayLike<number>, sampling: SamplingOptions = {}, signal?: AbortSignal) {
+    if (this.closed) throw new NativeError('ERR_ENGINE_CLOSED', 'the engine is closed');
+    const req = normaliseSampling(requestId, promptTokenIds, sampling);
+    const stream = new OutputStream();
+    callNative(() => this.native.addRequest(req));
+    this.streams.set(requestId, stream);
+    if (signal) {
+      const onAbort = () => this.abort(requestId);
+      if (signal.aborted) onAbort();
+      else signal.addEventListener('abort', onAbort, { once: true });
+    }
+    return stream as AsyncIterable<NativeRequestOutput>;
+  }
+
+  abort(requestId: string): void {
+    if (!this.closed && this.streams.has(requestId)) this.native.abort(requestId);
+  }
+
+  onKvEvents(fn: (events: NativeKvEvent[]) => void): () => void {
+    this.kvListeners.add(fn);
+    return () => this.kvListeners.delete(fn);
+  }
+
+  onMetrics(fn: (m: NativeLoadMetrics) => void): () => void {
+    this.metricsListeners.add(fn);
+    return () => this.metricsListeners.delete(fn);
+  }
+
+  replayKvEvents(): void {
+    if (!this.closed) this.native.replayKvEvents();
+  }
+
+  metrics(): NativeLoadMetrics {
+    if (this.closed) throw new NativeError('ERR_ENGINE_CLOSED', 'the engine is closed');
+    return this.native.metrics();
+  }
+
+  get numInFlight(): number {
+    return this.streams.size;
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.native.close();
+    const err = new NativeError('ERR_ENGINE_CLOSED', 'the engine was closed before the request finished');
+    for (const s of this.streams.values()) s.fail(err);
+    this.streams.clear();
+  }
+
+  private onStep(step: NativeStepOutput): void {
+    if (this.closed) return;
+    for (const o of step.outputs) {
+      const s = this.streams.get(o.requestId);
+      if (!s) continue;
+      s.push(o);
+      if (o.finishReason) this.streams.delete(o.requestId);
+    }
+    if (step.kvEvents.length > 0) for (const fn of this.kvListeners) fn(step.kvEvents);
+    for (const fn of this.metricsListeners) fn(step.metrics);
+  }
+}
+
+// Collects a request's outputs into token ids and the final output (tests and tools).
+export async function collect(stream: AsyncIterable<NativeRequestOutput>) {
+  const tokenIds: number[] = [];
+  const logprobs: NonNullable<NativeRequestOutput['logprobs']> = [];
+  let last: NativeRequestOutput | undefined;
+  for await (const o of stream) {
+    tokenIds.push(...o.newTokenIds);
+    if (o.logprobs) logprobs.push(...o.logprobs);
+    last = o;
+  }
+  return { tokenIds, logprobs, finishReason: last?.finishReason, last };
+}
