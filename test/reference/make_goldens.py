@@ -1,0 +1,161 @@
+"""make_goldens.py: writes test/goldens/<preset>-<dtype>.json from the PyTorch reference.
+
+Usage: /usr/bin/python3 test/reference/make_goldens.py JOBS.json
+(normally run by `npx tsx test/reference/make-goldens.ts`, which generates the models with
+ensureModel, tokenizes the prompt and writes JOBS.json: a list of {preset, dtype, modelDir, spec,
+sha256, promptText, promptTokenIds, outFile}).
+
+Each golden holds: the generator spec and the model's sha256 (the golden is only valid for those
+exact bytes), the prompt token ids, for every prompt position the logits of its top 16 tokens and
+of 64 fixed vocabulary ids (0 .. vocab-1 evenly spaced, so the first and last rows of lm_head are
+covered), the full-vocabulary argmax and its margin (top-1 minus top-2 logit), and 64 greedy
+continuation tokens with their margins.
+
+Tolerance (stored in each file as tolerance.logitAbs, in logit units): the engine, like the
+reference, computes in float32 and rounds K and V to the model dtype; what differs is summation
+order and exp/rsqrt implementations (~1e-7 relative), and, through them, the occasional K or V
+element that lands on the other side of a bf16 rounding boundary: one bf16 ulp (2^-8 relative) in
+that element. Those flips dominate: the bf16 rounding of the cache moves these tiny models' logits
+by up to ~0.08 (std ~4), a single flipped K element by up to ~1e-2. To measure them, the reference
+is rerun in float64 and 8 times in float32 with K and V nudged by 1e-6 relative noise just before
+their rounding (10x a real reordering's error, so ~10x the flips of an engine run, in 8 runs);
+the largest difference from the golden logits over all positions and the whole vocabulary is
+`measuredMaxAbs`, and the bound is max(10 x measuredMaxAbs, 1e-4 x the logit std). A real bug
+(a wrong RoPE band, a missing bias, an f32 instead of bf16 KV cache, an off-by-one in a block
+table) moves logits by a sizeable fraction of their spread. Positions whose argmax margin
+(top-1 minus top-2) is under 2 x the bound are not checked for argmax equality. Greedy tokens are
+checked up to the first step whose margin is under the bound (greedyCheckedSteps: past a near tie
+the engine may legitimately take the other token); the script refuses to write a golden with
+fewer than 16 such steps (choose another seed in the preset then). The bound assumes float32 activations; an engine path that rounds
+activations to bf16 (e.g. AMX GEMMs) needs its own, wider bound.
+"""
+
+import json
+import sys
+
+import torch
+
+from reference_forward import Reference
+
+NUM_TOP = 16
+NUM_FIXED = 64
+NUM_GREEDY = 64
+MIN_CHECKED_GREEDY = 16
+TOLERANCE_FACTOR = 10.0
+NUM_PERTURBED = 8
+PERTURBATION = 1e-6  # relative; ~8 float32 ulps, more than a reordered float32 sum moves K or V
+TOLERANCE_FLOOR_OF_SPREAD = 1e-4
+
+
+def fixed_ids(vocab_size):
+    return [round(i * (vocab_size - 1) / (NUM_FIXED - 1)) for i in range(NUM_FIXED)]
+
+
+def rounded(values):
+    return [float(f"{v:.7g}") for v in values]
+
+
+def checked_greedy_steps(margins, bound):
+    """Greedy tokens before the first near tie: past it, engine and reference may diverge."""
+    return next((i for i, m in enumerate(margins) if m < bound), len(margins))
+
+
+def position_records(logits, fixed):
+    records = []
+    for row in logits:
+        top = torch.topk(row, NUM_TOP)
+        records.append(
+            {
+                "argmax": int(top.indices[0]),
+                "margin": rounded([top.values[0] - top.values[1]])[0],
+                "topIds": [int(i) for i in top.indices],
+                "topLogits": rounded(top.values.tolist()),
+                "fixedLogits": rounded(row[fixed].tolist()),
+            }
+        )
+    return records
+
+
+class PerturbedReference(Reference):
+    """The reference with K and V nudged by relative noise just before their rounding to the
+    model dtype: a stand-in for another summation order, which moves some elements across a
+    rounding boundary."""
+
+    def __init__(self, model_dir, seed):
+        super().__init__(model_dir)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def round_to_cache(self, x):
+        noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype)
+        return super().round_to_cache(x * (1 + PERTURBATION * noise))
+
+
+def measure_tolerance(model_dir, tokens, logits32):
+    runs = [Reference(model_dir, compute_dtype=torch.float64).logits(tokens)]
+    runs += [PerturbedReference(model_dir, seed).logits(tokens) for seed in range(NUM_PERTURBED)]
+    measured = max(float((logits32.double() - run.double()).abs().max()) for run in runs)
+    spread = float(logits32.std())
+    bound = max(TOLERANCE_FACTOR * measured, TOLERANCE_FLOOR_OF_SPREAD * spread)
+    return {
+        "logitAbs": float(f"{bound:.3g}"),
+        "argmaxMinMargin": float(f"{2 * bound:.3g}"),
+        "measuredMaxAbs": float(f"{measured:.3g}"),
+        "logitStd": round(spread, 4),
+        "basis": f"max({TOLERANCE_FACTOR:g} x the largest difference measured against float64 and "
+        f"{NUM_PERTURBED} K/V-perturbed float32 runs, {TOLERANCE_FLOOR_OF_SPREAD:g} x logit std); "
+        "float32 activations, K/V rounded to the model dtype (see test/reference/make_goldens.py)",
+    }
+
+
+def make_golden(job):
+    tokens = job["promptTokenIds"]
+    reference = Reference(job["modelDir"])
+    logits = reference.logits(tokens)
+    tolerance = measure_tolerance(job["modelDir"], tokens, logits)
+    greedy, margins = reference.greedy(tokens, NUM_GREEDY)
+    checked = checked_greedy_steps(margins, tolerance["logitAbs"])
+    if checked < MIN_CHECKED_GREEDY:
+        raise SystemExit(
+            f"{job['preset']}-{job['dtype']}: greedy step {checked} has margin "
+            f"{margins[checked]:.3g} < {tolerance['logitAbs']}: choose another seed"
+        )
+    fixed = fixed_ids(logits.shape[1])
+    header = {
+        "preset": job["preset"],
+        "dtype": job["dtype"],
+        "generator": job["spec"],
+        "modelSha256": job["sha256"],
+        "reference": "test/reference/reference_forward.py: float32, K/V rounded to the model dtype",
+        "tolerance": tolerance,
+        "promptText": job["promptText"],
+        "promptTokenIds": tokens,
+        "fixedIds": fixed,
+        "greedyTokenIds": greedy,
+        "greedyMargins": rounded(margins),
+        "greedyCheckedSteps": checked,
+    }
+    write_golden(job["outFile"], header, position_records(logits, fixed))
+    print(
+        f"{job['outFile']}: tolerance {tolerance['logitAbs']} (measured "
+        f"{tolerance['measuredMaxAbs']}, logit std {tolerance['logitStd']}), "
+        f"greedy tokens checked {checked}/{NUM_GREEDY}"
+    )
+
+
+def write_golden(path, header, positions):
+    """JSON with one line per prompt position, so diffs of a golden stay readable."""
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in header.items()]
+    body = ",\n".join(f"    {json.dumps(p)}" for p in positions)
+    with open(path, "w") as f:
+        f.write("{\n" + "\n".join(lines) + '\n  "positions": [\n' + body + "\n  ]\n}\n")
+
+
+def main():
+    with open(sys.argv[1]) as f:
+        jobs = json.load(f)
+    for job in jobs:
+        make_golden(job)
+
+
+if __name__ == "__main__":
+    main()
