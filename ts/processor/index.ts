@@ -1,0 +1,25 @@
+// index.ts: the processor's public API. The processor sits between the HTTP frontend and the
+// engine workers: request input -> prompt token ids (tokenizer, chat-template, prompt), streamed
+// token ids -> text deltas and finish (detokenizer, stop-strings, output-processor).
+export { ProcessorError, processorErrorStatus, type ProcessorErrorCode } from './errors.js';
+export {
+  TextTokenizer,
+  loadTokenizer,
+  type DecodeOptions,
+  type EncodeOptions,
+  type SpecialToken,
+  type TokenizerSources,
+} from './tokenizer.js';
+export { ChatTemplate, type ChatMessage, type ChatRole, type ChatTextPart, type RenderOptions } from './chat-template.js';
+export { chatPrompt, completionPromptTokenIds, type ChatPrompt } from './prompt.js';
+export { IncrementalDetokenizer, type DetokenizerOptions } from './detokenizer.js';
+export { StopStringMatcher, maxStopStrings, type StopFeedResult, type StopStringOptions } from './stop-strings.js';
+export {
+  OutputProcessor,
+  usageOf,
+  type EngineFinishReason,
+  type FinishReason,
+  type OutputDelta,
+  type OutputProcessorOptions,
+  type Usage,
+} from './output-processor.js';
