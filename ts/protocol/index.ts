@@ -1,0 +1,105 @@
+// ts/protocol: wire types only, shared by the frontend, workers, router and queue.
+// Imports nothing from the project. JSON field names follow DESIGN.md section 5 where it fixes
+// them (KV events, load metrics: snake_case); the internal request plane uses camelCase.
+
+// ---- ids ----
+export type WorkerId = string & { readonly __brand: 'WorkerId' };
+export type RequestId = string & { readonly __brand: 'RequestId' };
+export type BlockHash = string & { readonly __brand: 'BlockHash' }; // 16 lowercase hex digits
+
+export type WorkerRole = 'monolith' | 'decode' | 'prefill';
+
+// ---- discovery ----
+export interface WorkerInfo {
+  workerId: WorkerId;
+  role: WorkerRole;
+  address: string; // request-plane base URL, e.g. http://127.0.0.1:40123
+  model: string; // the served model name
+  modelDir: string;
+  blockSize: number;
+  kvTotalBlocks: number;
+  maxModelLen: number;
+  vocabSize: number;
+  pid: number;
+}
+
+// ---- request plane: processor -> worker `generate`, token deltas back ----
+export interface SamplingParams {
+  maxTokens: number;
+  minTokens?: number;
+  temperature?: number;
+  topP?: number;
+  topK?: number;
+  minP?: number;
+  seed?: number;
+  repetitionPenalty?: number;
+  presencePenalty?: number;
+  frequencyPenalty?: number;
+  stopTokenIds?: number[];
+  ignoreEos?: boolean;
+  logprobs?: number; // top-N, [0, 20]
+}
+
+export interface GenerateRequest {
+  requestId: RequestId;
+  promptTokenIds: number[];
+  sampling: SamplingParams;
+  prefixHitRate?: number; // the router's estimate for the chosen worker, [0, 1]
+}
+
+export interface TokenLogprobs {
+  tokenId: number;
+  logprob: number;
+  topIds: number[];
+  topLogprobs: number[];
+}
+
+export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
+
+// One line of the worker's NDJSON response stream.
+export interface GenerateDelta {
+  requestId: RequestId;
+  tokenIds: number[];
+  logprobs?: TokenLogprobs[];
+  finishReason?: FinishReason; // on the last delta only
+  stopTokenId?: number;
+  numPromptTokens: number;
+  numCachedTokens: number;
+  error?: WireError;
+}
+
+export interface WireError {
+  code: string; // a NativeErrorCode or ERR_WORKER_*
+  message: string;
+}
+
+// ---- event plane (DESIGN.md section 5, contract) ----
+export type KvEventData =
+  | { stored: { parent_hash: BlockHash | null; block_hashes: BlockHash[] } }
+  | { removed: { block_hashes: BlockHash[] } }
+  | { cleared: Record<string, never> };
+
+export interface KvEvent {
+  worker_id: WorkerId;
+  event_id: number;
+  data: KvEventData;
+}
+
+export interface LoadMetrics {
+  request_active_slots: number;
+  request_total_slots: number;
+  kv_active_blocks: number;
+  kv_total_blocks: number;
+  num_requests_waiting: number;
+  kv_cache_usage: number;
+  prefix_cache_hit_rate: number;
+}
+
+// What a worker reports on GET /load: the contract's load metrics plus counters the frontend
+// exports as Prometheus metrics.
+export interface WorkerLoad extends LoadMetrics {
+  worker_id: WorkerId;
+  prefix_cache_queries: number; // tokens, cumulative
+  prefix_cache_hits: number; // tokens, cumulative
+  num_preemptions: number;
+}
