@@ -1,0 +1,36 @@
+// context.ts: what the routes share: the served model, the worker pool, the tokenizer and chat
+// template, the metrics, and the generations in flight. buildApp (app.ts) decorates the fastify
+// instance with it as `app.frontend`.
+//
+// Stays true: every generation in flight is in `active` until its response has ended, so closing
+// the server can abort them (their streams then end at once).
+import type { ChatTemplate, ProcessorError, TextTokenizer } from '../processor/index.ts';
+import { ApiError } from './errors.ts';
+import type { Generation } from './generation.ts';
+import type { FrontendMetrics } from './metrics.ts';
+import type { WorkerPool } from './worker-pool.ts';
+
+export interface FrontendContext {
+  modelName: string;
+  modelDir: string;
+  maxModelLen: number;
+  pool: WorkerPool;
+  tokenizer: TextTokenizer;
+  // The model's chat template, or why it has none usable (chat requests then get that error).
+  chatTemplate: ChatTemplate | ProcessorError;
+  metrics: FrontendMetrics;
+  active: Set<Generation>;
+}
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    frontend: FrontendContext;
+  }
+}
+
+// A request's `model` must name the served model (absent: the served one, as vLLM).
+export function checkModel(ctx: FrontendContext, model: string | undefined): void {
+  if (model !== undefined && model !== ctx.modelName) {
+    throw new ApiError('ERR_MODEL_NOT_FOUND', `The model \`${model}\` does not exist.`, 'model');
+  }
+}

@@ -1,0 +1,95 @@
+// metrics.ts: the frontend's Prometheus metrics, under vLLM v1's names and buckets, in a registry
+// of its own (label model_name on every series).
+//
+// Owns: the registry. Request-path metrics (tokens, finished requests, TTFT, inter-token
+// latency, end-to-end latency) are recorded as requests run. Engine-side ones are read from the
+// workers' GET /load at scrape time (refresh()): the gauges hold the sum over workers
+// (kv_cache_usage_perc: the mean), the prefix-cache counters the sum of the workers' cumulative
+// token counters; kvserve:worker_* gauges carry the same per worker_id.
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { WorkerLoad } from '../protocol/index.ts';
+
+// vLLM v1's buckets (vllm/v1/metrics/loggers.py).
+const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560];
+const ITL_BUCKETS = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80];
+const E2E_BUCKETS = [0.3, 0.5, 0.8, 1, 1.5, 2, 2.5, 5, 10, 15, 20, 30, 40, 50, 60, 120, 240, 480, 960, 1920, 7680];
+
+export interface FinishedRequest {
+  promptTokens: number;
+  choices: { completionTokens: number; finishReason: string }[];
+  ttftSeconds: number | null; // null when no token came
+  e2eSeconds: number;
+}
+
+export class FrontendMetrics {
+  readonly registry = new Registry();
+  private readonly labels: { model_name: string };
+  private readonly running: Gauge;
+  private readonly waiting: Gauge;
+  private readonly kvUsage: Gauge;
+  private readonly prefixQueries: Counter;
+  private readonly prefixHits: Counter;
+  private readonly workerGauges: Record<'running' | 'waiting' | 'kvUsage', Gauge>;
+  private readonly promptTokens: Counter;
+  private readonly generationTokens: Counter;
+  private readonly success: Counter;
+  private readonly ttft: Histogram;
+  private readonly e2e: Histogram;
+  // Observed once per streamed token: the labelled child, resolved once.
+  readonly itl: { observe(seconds: number): void };
+
+  constructor(modelName: string) {
+    this.labels = { model_name: modelName };
+    const registers = [this.registry];
+    const gauge = (name: string, help: string, labelNames = ['model_name']) => new Gauge({ name, help, labelNames, registers });
+    const counter = (name: string, help: string, labelNames = ['model_name']) => new Counter({ name, help, labelNames, registers });
+    const histogram = (name: string, help: string, buckets: number[]) => new Histogram({ name, help, buckets, labelNames: ['model_name'], registers });
+
+    this.running = gauge('vllm:num_requests_running', 'Number of requests running in the engines (sum over workers).');
+    this.waiting = gauge('vllm:num_requests_waiting', 'Number of requests waiting in the engines (sum over workers).');
+    this.kvUsage = gauge('vllm:kv_cache_usage_perc', 'KV-cache usage, 1 = full (mean over workers).');
+    this.prefixQueries = counter('vllm:prefix_cache_queries_total', 'Prefix-cache queries, in tokens (sum of the workers).');
+    this.prefixHits = counter('vllm:prefix_cache_hits_total', 'Prefix-cache hits, in tokens (sum of the workers).');
+    const perWorker = ['model_name', 'worker_id'];
+    this.workerGauges = {
+      running: gauge('kvserve:worker_num_requests_running', 'Requests running in one worker.', perWorker),
+      waiting: gauge('kvserve:worker_num_requests_waiting', 'Requests waiting in one worker.', perWorker),
+      kvUsage: gauge('kvserve:worker_kv_cache_usage_perc', "One worker's KV-cache usage, 1 = full.", perWorker),
+    };
+    this.promptTokens = counter('vllm:prompt_tokens_total', 'Prompt tokens processed.');
+    this.generationTokens = counter('vllm:generation_tokens_total', 'Generation tokens produced.');
+    this.success = counter('vllm:request_success_total', 'Finished requests (choices), by finish reason.', ['model_name', 'finished_reason']);
+    this.ttft = histogram('vllm:time_to_first_token_seconds', 'Time to first token, seconds.', TTFT_BUCKETS);
+    this.itl = histogram('vllm:inter_token_latency_seconds', 'Inter-token latency, seconds.', ITL_BUCKETS).labels(this.labels);
+    this.e2e = histogram('vllm:e2e_request_latency_seconds', 'End-to-end request latency, seconds.', E2E_BUCKETS);
+  }
+
+  recordRequest(r: FinishedRequest): void {
+    this.promptTokens.inc(this.labels, r.promptTokens);
+    for (const c of r.choices) {
+      this.generationTokens.inc(this.labels, c.completionTokens);
+      this.success.inc({ ...this.labels, finished_reason: c.finishReason });
+    }
+    if (r.ttftSeconds !== null) this.ttft.observe(this.labels, r.ttftSeconds);
+    this.e2e.observe(this.labels, r.e2eSeconds);
+  }
+
+  // Sets the engine-side metrics from the workers' loads (call just before a scrape).
+  refresh(loads: readonly WorkerLoad[]): void {
+    const sum = (f: (l: WorkerLoad) => number) => loads.reduce((s, l) => s + f(l), 0);
+    this.running.set(this.labels, sum((l) => l.request_active_slots));
+    this.waiting.set(this.labels, sum((l) => l.num_requests_waiting));
+    this.kvUsage.set(this.labels, loads.length > 0 ? sum((l) => l.kv_cache_usage) / loads.length : 0);
+    this.prefixQueries.reset();
+    this.prefixQueries.inc(this.labels, sum((l) => l.prefix_cache_queries));
+    this.prefixHits.reset();
+    this.prefixHits.inc(this.labels, sum((l) => l.prefix_cache_hits));
+    for (const g of Object.values(this.workerGauges)) g.reset();
+    for (const l of loads) {
+      const labels = { ...this.labels, worker_id: l.worker_id };
+      this.workerGauges.running.set(labels, l.request_active_slots);
+      this.workerGauges.waiting.set(labels, l.num_requests_waiting);
+      this.workerGauges.kvUsage.set(labels, l.kv_cache_usage);
+    }
+  }
+}

@@ -1,0 +1,193 @@
+// openai-shapes.ts: OpenAI's response objects: chat.completion / chat.completion.chunk and
+// text_completion, streamed or whole, with their logprobs and usage.
+//
+// Owns: the per-request state of the shapes (a completion's text_offset per choice, the echo).
+// Stays true: a stream chunk is built as a string from a prefix computed once per request (id,
+// object, created, model), so the hot path JSON-encodes only the delta's text and logprobs;
+// logprobs are clamped at -9999 (vLLM's floor for -inf, which JSON cannot carry); finish_reason
+// and vLLM's stop_reason travel together, on a choice's last chunk.
+import type { TextTokenizer } from '../processor/index.ts';
+import type { TokenLogprobs } from '../protocol/index.ts';
+import type { ChoiceDelta, Usage } from './generation.ts';
+
+export interface ChoiceResult {
+  index: number;
+  text: string;
+  logprobs: TokenLogprobs[] | null;
+  finishReason: string;
+  stopReason: string | number | null;
+}
+
+export interface ResponseShape {
+  // Chunks streamed before any delta (chat: each choice's assistant role; completions: the echo).
+  openingChunks(): string[];
+  chunk(d: ChoiceDelta): string;
+  usageChunk(usage: Usage): string;
+  body(choices: ChoiceResult[], usage: Usage): unknown;
+}
+
+export interface ShapeContext {
+  id: string;
+  created: number; // unix seconds
+  model: string;
+  choices: number; // how many
+  tokenizer: TextTokenizer;
+  returnTokensAsIds: boolean;
+}
+
+const MIN_LOGPROB = -9999;
+
+// Token strings as logprobs report them.
+class TokenNames {
+  constructor(
+    private readonly tokenizer: TextTokenizer,
+    private readonly asIds: boolean,
+  ) {}
+
+  of(id: number): string {
+    return this.asIds ? `token_id:${id}` : this.tokenizer.idToToken(id);
+  }
+}
+
+const clamp = (lp: number) => (lp > MIN_LOGPROB ? lp : MIN_LOGPROB);
+const finishJson = (d: { finishReason: string | null; stopReason: string | number | null }) =>
+  d.finishReason === null ? '"finish_reason":null' : `"finish_reason":${JSON.stringify(d.finishReason)},"stop_reason":${JSON.stringify(d.stopReason)}`;
+
+function chunkPrefix(ctx: ShapeContext, object: string): string {
+  return `{"id":${JSON.stringify(ctx.id)},"object":"${object}","created":${ctx.created},"model":${JSON.stringify(ctx.model)},"choices":[`;
+}
+
+export class ChatShape implements ResponseShape {
+  private readonly prefix: string;
+  private readonly names: TokenNames;
+
+  constructor(private readonly ctx: ShapeContext) {
+    this.prefix = chunkPrefix(ctx, 'chat.completion.chunk');
+    this.names = new TokenNames(ctx.tokenizer, ctx.returnTokensAsIds);
+  }
+
+  openingChunks(): string[] {
+    return Array.from(
+      { length: this.ctx.choices },
+      (_, i) => `${this.prefix}{"index":${i},"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}`,
+    );
+  }
+
+  chunk(d: ChoiceDelta): string {
+    const delta = d.text.length > 0 || d.finishReason === null ? `{"content":${JSON.stringify(d.text)}}` : '{}';
+    const logprobs = d.logprobs === null ? 'null' : JSON.stringify(this.logprobs(d.logprobs));
+    return `${this.prefix}{"index":${d.index},"delta":${delta},"logprobs":${logprobs},${finishJson(d)}}]}`;
+  }
+
+  usageChunk(usage: Usage): string {
+    return `${this.prefix}],"usage":${JSON.stringify(usage)}}`;
+  }
+
+  body(choices: ChoiceResult[], usage: Usage): unknown {
+    return {
+      id: this.ctx.id,
+      object: 'chat.completion',
+      created: this.ctx.created,
+      model: this.ctx.model,
+      choices: choices.map((c) => ({
+        index: c.index,
+        message: { role: 'assistant', content: c.text },
+        logprobs: c.logprobs === null ? null : this.logprobs(c.logprobs),
+        finish_reason: c.finishReason,
+        stop_reason: c.stopReason,
+      })),
+      usage,
+    };
+  }
+
+  private logprobs(lps: readonly TokenLogprobs[]) {
+    const entry = (id: number, logprob: number) => {
+      const token = this.names.of(id);
+      return { token, logprob: clamp(logprob), bytes: [...Buffer.from(token, 'utf8')] };
+    };
+    return {
+      content: lps.map((lp) => ({
+        ...entry(lp.tokenId, lp.logprob),
+        top_logprobs: lp.topIds.map((id, k) => entry(id, lp.topLogprobs[k])),
+      })),
+    };
+  }
+}
+
+export class CompletionShape implements ResponseShape {
+  private readonly prefix: string;
+  private readonly names: TokenNames;
+  private readonly textOffsets: number[];
+
+  constructor(
+    private readonly ctx: ShapeContext,
+    // The prompt texts to echo (one per prompt, choices in order of index), or null.
+    private readonly echo: string[] | null,
+  ) {
+    this.prefix = chunkPrefix(ctx, 'text_completion');
+    this.names = new TokenNames(ctx.tokenizer, ctx.returnTokensAsIds);
+    this.textOffsets = new Array<number>(ctx.choices).fill(0);
+  }
+
+  openingChunks(): string[] {
+    const echo = this.echo;
+    if (echo === null) return [];
+    return Array.from({ length: this.ctx.choices }, (_, i) => this.chunkOf(i, this.echoOf(i), 'null', '"finish_reason":null'));
+  }
+
+  chunk(d: ChoiceDelta): string {
+    const logprobs = d.logprobs === null ? 'null' : JSON.stringify(this.logprobs(d.index, d.logprobs));
+    return this.chunkOf(d.index, d.text, logprobs, finishJson(d));
+  }
+
+  usageChunk(usage: Usage): string {
+    return `${this.prefix}],"usage":${JSON.stringify(usage)}}`;
+  }
+
+  body(choices: ChoiceResult[], usage: Usage): unknown {
+    return {
+      id: this.ctx.id,
+      object: 'text_completion',
+      created: this.ctx.created,
+      model: this.ctx.model,
+      choices: choices.map((c) => ({
+        index: c.index,
+        text: this.echoOf(c.index) + c.text,
+        logprobs: c.logprobs === null ? null : this.logprobs(c.index, c.logprobs),
+        finish_reason: c.finishReason,
+        stop_reason: c.stopReason,
+      })),
+      usage,
+    };
+  }
+
+  private echoOf(index: number): string {
+    if (this.echo === null) return '';
+    const n = this.ctx.choices / this.echo.length; // choices per prompt
+    return this.echo[Math.floor(index / n)];
+  }
+
+  private chunkOf(index: number, text: string, logprobs: string, finish: string): string {
+    return `${this.prefix}{"index":${index},"text":${JSON.stringify(text)},"logprobs":${logprobs},${finish}}]}`;
+  }
+
+  // The legacy logprobs object; text_offset continues across the chunks of one choice.
+  private logprobs(index: number, lps: readonly TokenLogprobs[]) {
+    const tokens: string[] = [];
+    const tokenLogprobs: number[] = [];
+    const top: Record<string, number>[] = [];
+    const textOffset: number[] = [];
+    for (const lp of lps) {
+      const token = this.names.of(lp.tokenId);
+      tokens.push(token);
+      tokenLogprobs.push(clamp(lp.logprob));
+      const map: Record<string, number> = {};
+      lp.topIds.forEach((id, k) => (map[this.names.of(id)] = clamp(lp.topLogprobs[k])));
+      map[token] ??= clamp(lp.logprob);
+      top.push(map);
+      textOffset.push(this.textOffsets[index]);
+      this.textOffsets[index] += token.length;
+    }
+    return { tokens, token_logprobs: tokenLogprobs, top_logprobs: top, text_offset: textOffset };
+  }
+}

@@ -1,0 +1,107 @@
+// request-params.ts: a validated request body -> the plan the generation runs: per-prompt token
+// budgets, the engine's sampling parameters, and what the output processor and the response
+// shapes need.
+//
+// Stays true (as vLLM):
+// - a prompt must leave room for one token: prompt_tokens < max_model_len, else 400 naming both;
+// - max_tokens defaults to the rest of the context (chat) or to 16 within it (completions, the
+//   OpenAI legacy default); an explicit one with prompt_tokens + max_tokens > max_model_len is a
+//   400 naming the three numbers;
+// - choice j of n gets seed + j (mod 2^32), so n > 1 with a seed is reproducible yet varied;
+// - the engine gets stop_token_ids; EOS is the engine's own business (unless ignore_eos); stop
+//   strings stay here, for the output processor.
+import type { OutputProcessorOptions } from '../processor/index.ts';
+import type { SamplingParams } from '../protocol/index.ts';
+import { ApiError } from './errors.ts';
+import type { SamplingBody } from './schemas.ts';
+
+export interface GenerationPlan {
+  prompts: number[][]; // token ids of each prompt (one for chat; a completions batch has several)
+  n: number;
+  maxTokens: number[]; // per prompt
+  sampling: Omit<SamplingParams, 'maxTokens' | 'seed'>;
+  seed: number | undefined;
+  output: OutputProcessorOptions;
+  returnTokensAsIds: boolean;
+  stream: boolean;
+  includeUsage: boolean;
+}
+
+export interface PlanOptions {
+  prompts: number[][];
+  maxModelLen: number;
+  maxTokens: number | null | undefined; // as the request gave it
+  defaultMaxTokens: number; // Infinity: the rest of the context
+  logprobs: number | undefined; // top-N for the engine, undefined = none
+  promptWord: 'messages' | 'prompt'; // for the context-length message
+}
+
+export function planGeneration(body: SamplingBody, opts: PlanOptions): GenerationPlan {
+  // 1. Token budgets against the context.
+  const maxTokens = opts.prompts.map((p) => tokenBudget(p.length, opts));
+  const minTokens = body.min_tokens ?? 0;
+  const smallest = Math.min(...maxTokens);
+  if (minTokens > smallest) {
+    throw new ApiError('ERR_INVALID_REQUEST', `min_tokens (${minTokens}) must be at most max_tokens (${smallest})`, 'min_tokens');
+  }
+  // 2. Engine sampling.
+  const sampling: GenerationPlan['sampling'] = {
+    minTokens,
+    temperature: body.temperature ?? 1,
+    topP: body.top_p ?? 1,
+    topK: body.top_k ?? 0,
+    minP: body.min_p ?? 0,
+    repetitionPenalty: body.repetition_penalty ?? 1,
+    presencePenalty: body.presence_penalty ?? 0,
+    frequencyPenalty: body.frequency_penalty ?? 0,
+    stopTokenIds: body.stop_token_ids ?? [],
+    ignoreEos: body.ignore_eos ?? false,
+  };
+  if (opts.logprobs !== undefined) sampling.logprobs = opts.logprobs;
+  // 3. Output: stop strings and detokenizing.
+  const stop = typeof body.stop === 'string' ? [body.stop] : (body.stop ?? []);
+  return {
+    prompts: opts.prompts,
+    n: body.n ?? 1,
+    maxTokens,
+    sampling,
+    seed: body.seed ?? undefined,
+    output: {
+      stop,
+      includeStopStrInOutput: body.include_stop_str_in_output ?? false,
+      skipSpecialTokens: body.skip_special_tokens ?? true,
+    },
+    returnTokensAsIds: body.return_tokens_as_token_ids ?? false,
+    stream: body.stream ?? false,
+    includeUsage: body.stream_options?.include_usage ?? false,
+  };
+}
+
+// The engine sampling of choice j of n.
+export function choiceSampling(plan: GenerationPlan, promptIndex: number, j: number): SamplingParams {
+  const s: SamplingParams = { ...plan.sampling, maxTokens: plan.maxTokens[promptIndex] };
+  if (plan.seed !== undefined) s.seed = (plan.seed + j) >>> 0;
+  return s;
+}
+
+function tokenBudget(promptTokens: number, opts: PlanOptions): number {
+  const { maxModelLen } = opts;
+  if (promptTokens >= maxModelLen) {
+    throw new ApiError(
+      'ERR_CONTEXT_LENGTH_EXCEEDED',
+      `This model's maximum context length is ${maxModelLen} tokens. However, your request has ${promptTokens} input tokens ` +
+        `(${promptTokens} in the ${opts.promptWord}), which leaves no room for the completion. Please reduce the length of the ${opts.promptWord}.`,
+      opts.promptWord,
+    );
+  }
+  const maxTokens = opts.maxTokens ?? Math.min(opts.defaultMaxTokens, maxModelLen - promptTokens);
+  if (promptTokens + maxTokens > maxModelLen) {
+    throw new ApiError(
+      'ERR_CONTEXT_LENGTH_EXCEEDED',
+      `This model's maximum context length is ${maxModelLen} tokens. However, you requested ${promptTokens + maxTokens} tokens ` +
+        `(${promptTokens} in the ${opts.promptWord}, ${maxTokens} in the completion). Please reduce the length of the ${opts.promptWord} or completion.`,
+      'max_tokens',
+    );
+  }
+  return maxTokens;
+}

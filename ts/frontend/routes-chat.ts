@@ -1,0 +1,56 @@
+// routes-chat.ts: POST /v1/chat/completions: messages -> the model's chat template -> prompt
+// token ids -> n choices (Generation) -> chat.completion or chat.completion.chunk stream.
+//
+// Checks beyond the schema: the model name; response_format other than "text" (unsupported:
+// 400); top_logprobs only with logprobs: true (as OpenAI); message roles and content parts (the
+// processor's chat template, which names the field at fault).
+import type { FastifyPluginAsync } from 'fastify';
+import { chatPrompt, ProcessorError, type ChatMessage } from '../processor/index.ts';
+import { checkModel } from './context.ts';
+import { ApiError } from './errors.ts';
+import { Generation } from './generation.ts';
+import { ChatShape } from './openai-shapes.ts';
+import { requestId } from './ids.ts';
+import { planGeneration } from './request-params.ts';
+import { chatCompletionSchema, type ChatCompletionBody } from './schemas.ts';
+import { serveGeneration } from './serve.ts';
+
+export const chatRoutes: FastifyPluginAsync = async (app) => {
+  const ctx = app.frontend;
+  app.post<{ Body: ChatCompletionBody }>('/v1/chat/completions', { schema: { body: chatCompletionSchema } }, async (request, reply) => {
+    const body = request.body;
+    // 1. What the schema cannot say.
+    checkModel(ctx, body.model);
+    if (body.response_format && body.response_format.type !== 'text') {
+      throw new ApiError('ERR_UNSUPPORTED', `response_format ${JSON.stringify(body.response_format.type)} is not supported`, 'response_format');
+    }
+    if ((body.top_logprobs ?? 0) > 0 && !body.logprobs) {
+      throw new ApiError('ERR_INVALID_REQUEST', 'top_logprobs requires logprobs to be true', 'top_logprobs');
+    }
+    if (ctx.chatTemplate instanceof ProcessorError) throw ctx.chatTemplate;
+    // 2. The prompt.
+    const { promptTokenIds } = chatPrompt(ctx.tokenizer, ctx.chatTemplate, body.messages as unknown as ChatMessage[], {
+      addGenerationPrompt: body.add_generation_prompt ?? true,
+      templateKwargs: body.chat_template_kwargs ?? undefined,
+    });
+    // 3. The plan, and the response.
+    const plan = planGeneration(body, {
+      prompts: [promptTokenIds],
+      maxModelLen: ctx.maxModelLen,
+      maxTokens: body.max_completion_tokens ?? body.max_tokens,
+      defaultMaxTokens: Infinity,
+      logprobs: body.logprobs ? (body.top_logprobs ?? 0) : undefined,
+      promptWord: 'messages',
+    });
+    const id = requestId('chatcmpl');
+    const shape = new ChatShape({
+      id,
+      created: Math.floor(Date.now() / 1000),
+      model: ctx.modelName,
+      choices: plan.n,
+      tokenizer: ctx.tokenizer,
+      returnTokensAsIds: plan.returnTokensAsIds,
+    });
+    return serveGeneration(request, reply, new Generation(ctx, plan, id), shape);
+  });
+};
