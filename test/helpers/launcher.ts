@@ -1,0 +1,121 @@
+// launcher.ts (test helper): runs the real launcher (`npm run start` = ts/launcher/main.ts) as
+// a child process, waits for its "ready:" line, and stops it; also a fake local Hugging Face
+// cache holding a generated model under a real model id.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { packageRoot } from '../../ts/native/loader.ts';
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+export interface Launched {
+  proc: ChildProcess;
+  url: string;
+  output: () => string;
+  exited: Promise<number | null>;
+  stop: (signal?: NodeJS.Signals) => Promise<number | null>;
+}
+
+// Starts the launcher with args; resolves once it prints "ready:" (rejects if it exits first).
+export async function launch(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 180_000): Promise<Launched> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(packageRoot, 'ts/launcher/main.ts'), ...args], {
+    cwd: packageRoot,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  proc.stdout!.on('data', (d) => (out += d));
+  proc.stderr!.on('data', (d) => (out += d));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const url = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`launcher not ready in time:\n${out}`)), timeoutMs);
+    const onData = () => {
+      const m = /ready: (http:\/\/\S+)/.exec(out);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    };
+    proc.stdout!.on('data', onData);
+    void exited.then((code) => {
+      clearTimeout(timer);
+      reject(new Error(`launcher exited (${code}) before ready:\n${out}`));
+    });
+  });
+  return {
+    proc,
+    url,
+    output: () => out,
+    exited,
+    stop: async (signal = 'SIGTERM') => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
+      return exited;
+    },
+  };
+}
+
+// Runs the launcher to completion (for flags that make it exit at once).
+export async function runLauncher(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
+  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(packageRoot, 'ts/launcher/main.ts'), ...args], {
+    cwd: packageRoot,
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  proc.stdout!.on('data', (d) => (output += d));
+  proc.stderr!.on('data', (d) => (output += d));
+  const code = await new Promise<number | null>((resolve) => proc.once('exit', (c) => resolve(c)));
+  return { code, output };
+}
+
+// A fake HF hub cache: <root>/models--ORG--NAME/snapshots/<rev>/ -> a copy of modelDir, with
+// refs/main naming the revision, exactly the layout huggingface_hub writes.
+export function fakeHfCache(modelId: string, modelDir: string): string {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'kvserve-hf-'));
+  const [org, name] = modelId.split('/');
+  const repo = path.join(root, `models--${org}--${name}`);
+  const rev = '0123456789abcdef0123456789abcdef01234567';
+  const snap = path.join(repo, 'snapshots', rev);
+  fs.mkdirSync(snap, { recursive: true });
+  fs.mkdirSync(path.join(repo, 'refs'));
+  fs.writeFileSync(path.join(repo, 'refs', 'main'), rev);
+  for (const f of fs.readdirSync(modelDir)) fs.symlinkSync(path.join(modelDir, f), path.join(snap, f));
+  return root;
+}
+
+// Whether a process id is alive.
+export function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// Pids of the processes whose parent is pid.
+export function childPids(pid: number): number[] {
+  const out: number[] = [];
+  for (const d of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid === pid) out.push(Number(d));
+    } catch {
+      // the process ended while we looked
+    }
+  }
+  return out;
+}

@@ -1,0 +1,202 @@
+// The real launcher, end to end: the seed's Example 1 exactly as written (raw HTTP, its model
+// id resolved in a local HF cache), the official openai client, 32 concurrent streams, flags,
+// and process supervision (shutdown leaves no process, a dead child stops the launcher).
+import fs from 'node:fs';
+import path from 'node:path';
+import OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { ensureModel } from '../../ts/modelgen/index.ts';
+import { alive, childPids, fakeHfCache, freePort, launch, runLauncher, type Launched } from '../helpers/launcher.ts';
+
+const SEED_MODEL = 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B';
+// The body of Example 1 in the seed's README, byte for byte.
+const seedBody = () => {
+  const readme = fs.readFileSync(path.join(__dirname, '../../../shared/seed/vllm_worker_README.md'), 'utf8');
+  const m = /### Example 1:[\s\S]*?-d '(\{[\s\S]*?\})'/.exec(readme);
+  if (!m) throw new Error('Example 1 not found in the seed README');
+  return m[1];
+};
+
+let modelDir: string;
+let hfCache: string;
+let server: Launched;
+
+beforeAll(async () => {
+  modelDir = (await ensureModel('tiny-llama')).dir;
+  hfCache = fakeHfCache(SEED_MODEL, modelDir);
+  // The seed's Example 1 command, plus a free port and a small KV cache for this machine.
+  server = await launch(['--model', SEED_MODEL, '--http-port', String(await freePort()), '--kv-cache-memory', '256MiB'], {
+    HF_HUB_CACHE: hfCache,
+  });
+});
+
+afterAll(async () => {
+  await server?.stop();
+  fs.rmSync(hfCache, { recursive: true, force: true });
+});
+
+describe('seed Example 1', () => {
+  it('answers the seed README request exactly as written', async () => {
+    const res = await fetch(`${server.url}/v1/chat/completions`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json' },
+      body: seedBody(),
+    });
+    expect(res.status).toBe(200);
+    const body = await res.json();
+    expect(body.object).toBe('chat.completion');
+    expect(body.model).toBe(SEED_MODEL);
+    expect(body.choices[0].message.role).toBe('assistant');
+    expect(typeof body.choices[0].message.content).toBe('string');
+    expect(body.usage.completion_tokens).toBeLessThanOrEqual(30);
+    expect(body.usage.prompt_tokens).toBeGreaterThan(150); // 198 with the Llama 3 template
+    expect(body.usage.total_tokens).toBe(body.usage.prompt_tokens + body.usage.completion_tokens);
+  });
+});
+
+describe('openai client', () => {
+  const client = () => new OpenAI({ baseURL: `${server.url}/v1`, apiKey: 'unused' });
+
+  it('lists the model', async () => {
+    const models = await client().models.list();
+    expect(models.data.map((m) => m.id)).toEqual([SEED_MODEL]);
+  });
+
+  it('chat, not streaming', async () => {
+    const r = await client().chat.completions.create({
+      model: SEED_MODEL,
+      messages: [{ role: 'user', content: 'Say hello.' }],
+      max_tokens: 8,
+      temperature: 0,
+    });
+    expect(r.choices[0].finish_reason).toMatch(/stop|length/);
+    expect(r.usage!.completion_tokens).toBeGreaterThan(0);
+  });
+
+  it('chat, streaming with usage: the deltas make the same text as the unary call', async () => {
+    // ignore_eos is vLLM's extension, which the openai client passes through.
+    const params = { model: SEED_MODEL, messages: [{ role: 'user' as const, content: 'Count to five.' }], max_tokens: 16, temperature: 0, ignore_eos: true };
+    const unary = await client().chat.completions.create(params as OpenAI.ChatCompletionCreateParamsNonStreaming);
+    const stream = await client().chat.completions.create({ ...params, stream: true, stream_options: { include_usage: true } } as OpenAI.ChatCompletionCreateParamsStreaming);
+    let text = '';
+    let usage;
+    for await (const chunk of stream) {
+      text += chunk.choices[0]?.delta?.content ?? '';
+      if (chunk.usage) usage = chunk.usage;
+    }
+    expect(text).toBe(unary.choices[0].message.content);
+    expect(usage?.completion_tokens).toBe(16);
+  });
+
+  it('completions, streaming and not, from a string and from token ids', async () => {
+    const c = client();
+    const a = await c.completions.create({ model: SEED_MODEL, prompt: 'Once upon a time', max_tokens: 10, temperature: 0 });
+    const s = await c.completions.create({ model: SEED_MODEL, prompt: 'Once upon a time', max_tokens: 10, temperature: 0, stream: true });
+    let text = '';
+    for await (const chunk of s) text += chunk.choices[0]?.text ?? '';
+    expect(text).toBe(a.choices[0].text);
+    const ids = await c.completions.create({ model: SEED_MODEL, prompt: [791, 2068, 374], max_tokens: 4, temperature: 0 });
+    expect(ids.usage!.prompt_tokens).toBe(3);
+  });
+
+  it('is reproducible with a seed', async () => {
+    const params = { model: SEED_MODEL, prompt: 'The weather today', max_tokens: 12, temperature: 1, seed: 42 };
+    const a = await client().completions.create(params);
+    const b = await client().completions.create(params);
+    expect(b.choices[0].text).toBe(a.choices[0].text);
+  });
+
+  it('serves 32 concurrent streams, each complete', async () => {
+    const c = client();
+    const runs = Array.from({ length: 32 }, async (_, i) => {
+      const stream = await c.chat.completions.create({
+        model: SEED_MODEL,
+        messages: [{ role: 'user', content: `Request number ${i}: tell me something.` }],
+        max_tokens: 12,
+        temperature: 0,
+        ignore_eos: true,
+        stream: true,
+        stream_options: { include_usage: true },
+      } as OpenAI.ChatCompletionCreateParamsStreaming);
+      let finish: string | null | undefined;
+      let tokens = 0;
+      for await (const chunk of stream) {
+        if (chunk.choices[0]?.finish_reason) finish = chunk.choices[0].finish_reason;
+        if (chunk.usage) tokens = chunk.usage.completion_tokens;
+      }
+      return { finish, tokens };
+    });
+    const results = await Promise.all(runs);
+    for (const r of results) expect(r).toEqual({ finish: 'length', tokens: 12 });
+    const health = await fetch(`${server.url}/health`);
+    expect(health.status).toBe(200);
+  });
+});
+
+describe('launcher', () => {
+  it('prints every flag in --help', async () => {
+    const { code, output } = await runLauncher(['--help']);
+    expect(code).toBe(0);
+    for (const flag of ['--model', '--workers', '--decode-workers', '--prefill-workers', '--router', '--decode-tp', '--prefill-tp',
+      '--block-size', '--max-local-prefill-length', '--max-prefill-queue-size', '--http-port', '--redis-url', '--device',
+      '--max-model-len', '--max-num-seqs', '--max-num-batched-tokens', '--kv-cache-memory', '--restart']) {
+      expect(output).toContain(flag);
+    }
+  });
+
+  it.each([
+    [['--bogus'], /bogus/],
+    [['--block-size', 'abc'], /--block-size must be an integer/],
+    [['--device', 'tpu'], /--device must be one of/],
+    [['--kv-cache-memory', 'lots'], /--kv-cache-memory must be a size/],
+    [['--router', 'kv'], /not implemented yet/],
+    [['--prefill-workers', '1'], /not implemented yet/],
+    [['--decode-tp', '4'], /not implemented yet/],
+    [['--device', 'cuda'], /no CUDA backend/],
+  ])('refuses %j with a clear message', async (args, message) => {
+    const { code, output } = await runLauncher(args as string[]);
+    expect(code).toBe(2);
+    expect(output).toMatch(message);
+  });
+
+  it('says where it looked for a missing model', async () => {
+    const { code, output } = await runLauncher(['--model', 'no-such-org/no-such-model'], { HF_HUB_CACHE: '/tmp/kvserve-empty-hub' });
+    expect(code).toBe(1);
+    expect(output).toContain('/tmp/kvserve-empty-hub/models--no-such-org--no-such-model');
+  });
+
+  it('stops every child on SIGTERM, leaving no process behind', async () => {
+    const l = await launch(['--model', modelDir, '--workers', '2', '--http-port', String(await freePort()), '--kv-cache-memory', '64MiB']);
+    const children = childPids(l.proc.pid!);
+    expect(children.length).toBe(3); // 2 workers + the frontend
+    expect(await l.stop('SIGTERM')).toBe(0);
+    for (const pid of children) expect(alive(pid)).toBe(false);
+  });
+
+  it('exits non-zero when a worker dies, and restarts it with --restart', async () => {
+    const port = String(await freePort());
+    const l = await launch(['--model', modelDir, '--http-port', port, '--kv-cache-memory', '64MiB']);
+    const worker = childPids(l.proc.pid!).find((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('worker/main.ts'))!;
+    process.kill(worker, 'SIGKILL');
+    expect(await l.exited).toBe(1);
+    expect(l.output()).toMatch(/worker-0 exited unexpectedly/);
+
+    const r = await launch(['--model', modelDir, '--http-port', port, '--kv-cache-memory', '64MiB', '--restart']);
+    const w2 = childPids(r.proc.pid!).find((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('worker/main.ts'))!;
+    process.kill(w2, 'SIGKILL');
+    // The restarted worker takes the same address: requests succeed again.
+    let ok = false;
+    for (let i = 0; i < 100 && !ok; i++) {
+      await new Promise((res) => setTimeout(res, 200));
+      const res = await fetch(`${r.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: modelDir, prompt: 'hi', max_tokens: 2 }),
+      }).catch(() => undefined);
+      ok = res?.status === 200;
+    }
+    expect(ok).toBe(true);
+    expect(r.output()).toMatch(/restarting it/);
+    expect(await r.stop()).toBe(0);
+  });
+});

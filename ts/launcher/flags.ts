@@ -1,0 +1,195 @@
+// flags.ts: the launcher's command line (DESIGN.md section 1; the seed's flag names, so its six
+// examples run unchanged). Parsing is strict: an unknown flag or a bad value is an error with
+// the flag's name; flags whose feature has not landed yet are refused, never ignored.
+import { parseArgs } from 'node:util';
+
+export interface LauncherFlags {
+  model?: string;
+  workers: number; // monolithic workers, or decode workers when prefill workers exist
+  prefillWorkers: number;
+  router: 'round-robin' | 'kv' | 'random';
+  decodeTp: number;
+  prefillTp: number;
+  blockSize: number;
+  maxLocalPrefillLength?: number;
+  maxPrefillQueueSize?: number;
+  httpPort: number;
+  host: string;
+  redisUrl?: string;
+  device: 'cpu' | 'cuda' | 'auto';
+  maxModelLen?: number;
+  maxNumSeqs?: number;
+  maxNumBatchedTokens?: number;
+  kvCacheMemory?: number; // bytes
+  servedModelName?: string;
+  restart: boolean;
+  logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+  help: boolean;
+}
+
+export class FlagError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'FlagError';
+  }
+}
+
+export const HELP = `Usage: npm run start -- [flags]
+
+Serves an OpenAI-compatible API (POST /v1/chat/completions, /v1/completions, GET /v1/models,
+/health, /ready, /metrics) in front of native engine workers.
+
+Model
+  --model DIR|ORG/NAME          Hugging Face model directory, or an id resolved in the local HF
+                                cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).
+                                Default: a built-in tiny Llama, generated on first use.
+  --served-model-name NAME      the name clients send as "model" (default: the --model value)
+
+Topology
+  --workers N, --decode-workers N
+                                monolithic worker processes (decode workers with prefill
+                                workers) (default 1)
+  --prefill-workers N           prefill worker processes; > 0 turns on disaggregation
+                                (not implemented yet)
+  --router round-robin|kv|random
+                                how requests pick a worker (default round-robin; kv and random
+                                are not implemented yet)
+  --decode-tp N, --worker-tp N, --prefill-tp N
+                                tensor-parallel ranks per worker (only 1 for now)
+  --max-local-prefill-length N  conditional disaggregation threshold (with prefill workers)
+  --max-prefill-queue-size N    ... and queue bound (with prefill workers)
+
+Engine
+  --device cpu|cuda|auto        engine backend (default auto: cuda when usable, else cpu)
+  --block-size N                KV block size in tokens (default 16)
+  --max-model-len N             context length (default: the model's)
+  --max-num-seqs N              sequences batched at once per worker (default 64)
+  --max-num-batched-tokens N    token budget per engine step (default 2048)
+  --kv-cache-memory SIZE        KV cache size per worker, bytes or with a unit: 512MiB, 4GiB
+                                (default: enough for max-num-seqs full sequences, at most 1 GiB)
+
+Serving
+  --http-port N                 OpenAI server port (default 8181)
+  --host ADDR                   address to listen on (default 0.0.0.0)
+  --redis-url URL               use this Redis; otherwise a private redis-server is started
+                                only when a mode needs one (a single worker needs none)
+  --restart                     restart a worker that dies instead of stopping everything
+  --log-level LEVEL             fatal|error|warn|info|debug|trace (default info)
+  -h, --help                    this text
+`;
+
+function int(name: string, v: string | undefined, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  if (v === undefined) return undefined;
+  if (!/^\d+$/.test(v)) throw new FlagError(`--${name} must be an integer, got '${v}'`);
+  const n = Number(v);
+  if (n < min || n > max) throw new FlagError(`--${name} must be in [${min}, ${max}], got ${n}`);
+  return n;
+}
+
+const UNITS: Record<string, number> = { '': 1, b: 1, k: 1e3, kb: 1e3, kib: 1024, m: 1e6, mb: 1e6, mib: 2 ** 20, g: 1e9, gb: 1e9, gib: 2 ** 30 };
+
+export function parseBytes(name: string, v: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([a-z]*)$/i.exec(v.trim());
+  const unit = m ? UNITS[m[2].toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new FlagError(`--${name} must be a size like 536870912, 512MiB or 4GiB, got '${v}'`);
+  const bytes = Math.floor(Number(m[1]) * unit);
+  if (bytes < 1) throw new FlagError(`--${name} must be positive`);
+  return bytes;
+}
+
+function oneOf<T extends string>(name: string, v: string | undefined, allowed: readonly T[], dflt: T): T {
+  if (v === undefined) return dflt;
+  if (!(allowed as readonly string[]).includes(v)) throw new FlagError(`--${name} must be one of ${allowed.join(', ')}, got '${v}'`);
+  return v as T;
+}
+
+export function parseFlags(argv: string[]): LauncherFlags {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      strict: true,
+      allowPositionals: false,
+      options: {
+        model: { type: 'string' },
+        'served-model-name': { type: 'string' },
+        workers: { type: 'string' },
+        'decode-workers': { type: 'string' },
+        'prefill-workers': { type: 'string' },
+        router: { type: 'string' },
+        'decode-tp': { type: 'string' },
+        'worker-tp': { type: 'string' },
+        'prefill-tp': { type: 'string' },
+        'block-size': { type: 'string' },
+        'max-local-prefill-length': { type: 'string' },
+        'max-prefill-queue-size': { type: 'string' },
+        'http-port': { type: 'string' },
+        host: { type: 'string' },
+        'redis-url': { type: 'string' },
+        device: { type: 'string' },
+        'max-model-len': { type: 'string' },
+        'max-num-seqs': { type: 'string' },
+        'max-num-batched-tokens': { type: 'string' },
+        'kv-cache-memory': { type: 'string' },
+        restart: { type: 'boolean' },
+        'log-level': { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+      },
+    });
+  } catch (err) {
+    throw new FlagError(`${(err as Error).message} (see --help)`);
+  }
+  const v = parsed.values;
+  if (v.workers !== undefined && v['decode-workers'] !== undefined && v.workers !== v['decode-workers']) {
+    throw new FlagError('--workers and --decode-workers name the same thing; give one');
+  }
+  if (v['decode-tp'] !== undefined && v['worker-tp'] !== undefined && v['decode-tp'] !== v['worker-tp']) {
+    throw new FlagError('--decode-tp and --worker-tp name the same thing; give one');
+  }
+  const flags: LauncherFlags = {
+    model: v.model,
+    servedModelName: v['served-model-name'],
+    workers: int('workers', v.workers ?? v['decode-workers'], 1, 256) ?? 1,
+    prefillWorkers: int('prefill-workers', v['prefill-workers'], 0, 256) ?? 0,
+    router: oneOf('router', v.router, ['round-robin', 'kv', 'random'] as const, 'round-robin'),
+    decodeTp: int('decode-tp', v['decode-tp'] ?? v['worker-tp'], 1, 64) ?? 1,
+    prefillTp: int('prefill-tp', v['prefill-tp'], 1, 64) ?? 1,
+    blockSize: int('block-size', v['block-size'], 1, 1024) ?? 16,
+    maxLocalPrefillLength: int('max-local-prefill-length', v['max-local-prefill-length'], 0),
+    maxPrefillQueueSize: int('max-prefill-queue-size', v['max-prefill-queue-size'], 0),
+    httpPort: int('http-port', v['http-port'], 0, 65535) ?? 8181,
+    host: v.host ?? '0.0.0.0',
+    redisUrl: v['redis-url'],
+    device: oneOf('device', v.device, ['cpu', 'cuda', 'auto'] as const, 'auto'),
+    maxModelLen: int('max-model-len', v['max-model-len'], 1),
+    maxNumSeqs: int('max-num-seqs', v['max-num-seqs'], 1, 4096),
+    maxNumBatchedTokens: int('max-num-batched-tokens', v['max-num-batched-tokens'], 1),
+    kvCacheMemory: v['kv-cache-memory'] === undefined ? undefined : parseBytes('kv-cache-memory', v['kv-cache-memory']),
+    restart: v.restart ?? false,
+    logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
+    help: v.help ?? false,
+  };
+  if (flags.redisUrl !== undefined && !/^rediss?:\/\//.test(flags.redisUrl)) {
+    throw new FlagError(`--redis-url must look like redis://host:port, got '${flags.redisUrl}'`);
+  }
+  return flags;
+}
+
+// Features whose issues have not landed: refused with a clear message, never ignored.
+export function refuseUnimplemented(f: LauncherFlags): void {
+  if (f.router !== 'round-robin') {
+    throw new FlagError(`--router ${f.router} is not implemented yet (KV-aware routing lands with the router issue); use --router round-robin`);
+  }
+  if (f.prefillWorkers > 0) {
+    throw new FlagError('--prefill-workers is not implemented yet (disaggregated prefill lands with its own issue)');
+  }
+  if (f.maxLocalPrefillLength !== undefined || f.maxPrefillQueueSize !== undefined) {
+    throw new FlagError('--max-local-prefill-length and --max-prefill-queue-size apply to disaggregated serving, which is not implemented yet');
+  }
+  if (f.decodeTp > 1 || f.prefillTp > 1) {
+    throw new FlagError('tensor parallelism (--decode-tp/--prefill-tp > 1) is not implemented yet');
+  }
+  if (f.device === 'cuda') {
+    throw new FlagError('--device cuda: this build has no CUDA backend yet (it lands with the CUDA issue); use --device cpu or auto');
+  }
+}
