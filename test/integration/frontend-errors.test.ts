@@ -3,6 +3,7 @@
 // healthy. Also: no worker -> 503, a worker's refusal -> its 4xx.
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { badInputCases } from '../helpers/bad-inputs.ts';
 import { MAX_MODEL_LEN, MODEL, buildTestApp, startWorker, type TestWorker } from '../helpers/frontend-fixture.ts';
 
 let worker: TestWorker;
@@ -18,87 +19,10 @@ afterAll(async () => {
   await worker?.stop();
 });
 
-const user = [{ role: 'user', content: 'Hi' }];
-const chatBody = (extra: Record<string, unknown>) => ({ model: MODEL, messages: user, max_tokens: 4, ...extra });
+const cases = badInputCases(MODEL, MAX_MODEL_LEN);
+const chatBody = (extra: Record<string, unknown>) => ({ model: MODEL, messages: [{ role: 'user', content: 'Hi' }], max_tokens: 4, ...extra });
 const completionBody = (extra: Record<string, unknown>) => ({ model: MODEL, prompt: 'Hi', max_tokens: 4, ...extra });
-
-interface Case {
-  name: string;
-  url?: string; // default: chat completions
-  body?: unknown; // JSON-encoded unless raw is set
-  raw?: string | Buffer;
-  contentType?: string;
-  status: number;
-  param?: string | null;
-  code?: string;
-  message?: RegExp;
-}
-
 const longPrompt = Array.from({ length: MAX_MODEL_LEN + 200 }, () => 1000);
-
-const cases: Case[] = [
-  { name: 'malformed JSON', raw: '{"model": "tiny", "messages": [', status: 400, code: 'invalid_json' },
-  { name: 'empty body', raw: '', status: 400, code: 'empty_body' },
-  { name: 'wrong content type', raw: 'hello', contentType: 'text/plain', status: 415, code: 'unsupported_media_type' },
-  { name: 'invalid UTF-8', raw: Buffer.from([0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d]), status: 400, code: 'invalid_utf8' },
-  { name: 'body is an array', body: [1, 2], status: 400 },
-  { name: 'body is null', raw: 'null', status: 400 },
-  { name: 'messages missing', body: { model: MODEL }, status: 400, param: 'messages' },
-  { name: 'messages empty', body: chatBody({ messages: [] }), status: 400, param: 'messages' },
-  { name: 'messages not an array', body: chatBody({ messages: 'hi' }), status: 400, param: 'messages' },
-  { name: 'unknown role', body: chatBody({ messages: [{ role: 'wizard', content: 'x' }] }), status: 400, param: 'messages[0].role' },
-  { name: 'message without role', body: chatBody({ messages: [{ content: 'x' }] }), status: 400, param: 'messages[0].role' },
-  { name: 'content of the wrong type', body: chatBody({ messages: [{ role: 'user', content: 42 }] }), status: 400, param: 'messages[0].content' },
-  { name: 'image content part', body: chatBody({ messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'x' } }] }] }), status: 400 },
-  { name: 'temperature too high', body: chatBody({ temperature: 3 }), status: 400, param: 'temperature' },
-  { name: 'temperature a string', body: chatBody({ temperature: 'hot' }), status: 400, param: 'temperature' },
-  { name: 'top_p 0', body: chatBody({ top_p: 0 }), status: 400, param: 'top_p' },
-  { name: 'top_p above 1', body: chatBody({ top_p: 1.5 }), status: 400, param: 'top_p' },
-  { name: 'top_k -2', body: chatBody({ top_k: -2 }), status: 400, param: 'top_k' },
-  { name: 'min_p above 1', body: chatBody({ min_p: 2 }), status: 400, param: 'min_p' },
-  { name: 'presence_penalty 3', body: chatBody({ presence_penalty: 3 }), status: 400, param: 'presence_penalty' },
-  { name: 'frequency_penalty -3', body: chatBody({ frequency_penalty: -3 }), status: 400, param: 'frequency_penalty' },
-  { name: 'repetition_penalty 0', body: chatBody({ repetition_penalty: 0 }), status: 400, param: 'repetition_penalty' },
-  { name: 'repetition_penalty 2.5', body: chatBody({ repetition_penalty: 2.5 }), status: 400, param: 'repetition_penalty' },
-  { name: 'n 0', body: chatBody({ n: 0 }), status: 400, param: 'n' },
-  { name: 'n 129', body: chatBody({ n: 129 }), status: 400, param: 'n' },
-  { name: 'n 1.5', body: chatBody({ n: 1.5 }), status: 400, param: 'n' },
-  { name: 'max_tokens 0', body: chatBody({ max_tokens: 0 }), status: 400, param: 'max_tokens' },
-  { name: 'max_tokens a string', body: chatBody({ max_tokens: '5' }), status: 400, param: 'max_tokens' },
-  {
-    name: 'huge max_tokens',
-    body: chatBody({ max_tokens: 1_000_000_000 }),
-    status: 400,
-    code: 'context_length_exceeded',
-    message: new RegExp(`maximum context length is ${MAX_MODEL_LEN} tokens.*1000000000 in the completion`),
-  },
-  {
-    name: 'over-long prompt',
-    url: '/v1/completions',
-    body: completionBody({ prompt: longPrompt, max_tokens: undefined }),
-    status: 400,
-    code: 'context_length_exceeded',
-    message: new RegExp(`maximum context length is ${MAX_MODEL_LEN} tokens.*${longPrompt.length} input tokens`),
-  },
-  { name: 'unknown model', body: chatBody({ model: 'gpt-17' }), status: 404, code: 'model_not_found', param: 'model' },
-  { name: 'too many stop strings', body: chatBody({ stop: Array.from({ length: 33 }, (_, i) => `s${i}`) }), status: 400, param: 'stop' },
-  { name: 'empty stop string', body: chatBody({ stop: '' }), status: 400, param: 'stop' },
-  { name: 'empty stop string in a list', body: chatBody({ stop: ['ok', ''] }), status: 400, param: 'stop' },
-  { name: 'top_logprobs 21', body: chatBody({ logprobs: true, top_logprobs: 21 }), status: 400, param: 'top_logprobs' },
-  { name: 'top_logprobs without logprobs', body: chatBody({ top_logprobs: 2 }), status: 400, param: 'top_logprobs' },
-  { name: 'chat logprobs not a boolean', body: chatBody({ logprobs: 3 }), status: 400, param: 'logprobs' },
-  { name: 'seed not an integer', body: chatBody({ seed: 1.5 }), status: 400, param: 'seed' },
-  { name: 'stream not a boolean', body: chatBody({ stream: 'yes' }), status: 400, param: 'stream' },
-  { name: 'min_tokens above max_tokens', body: chatBody({ min_tokens: 10 }), status: 400, param: 'min_tokens' },
-  { name: 'response_format json_object', body: chatBody({ response_format: { type: 'json_object' } }), status: 400, param: 'response_format' },
-  { name: 'completions logprobs 21', url: '/v1/completions', body: completionBody({ logprobs: 21 }), status: 400, param: 'logprobs' },
-  { name: 'completions prompt missing', url: '/v1/completions', body: { model: MODEL }, status: 400, param: 'prompt' },
-  { name: 'completions empty prompt list', url: '/v1/completions', body: completionBody({ prompt: [] }), status: 400, param: 'prompt' },
-  { name: 'completions prompt an object', url: '/v1/completions', body: completionBody({ prompt: { text: 'x' } }), status: 400, param: 'prompt' },
-  { name: 'token id outside the vocabulary', url: '/v1/completions', body: completionBody({ prompt: [1, 999_999_999] }), status: 400, param: 'prompt' },
-  { name: 'echo with logprobs', url: '/v1/completions', body: completionBody({ echo: true, logprobs: 1 }), status: 400, param: 'echo' },
-  { name: 'unknown route', url: '/v1/embeddings', body: { input: 'x' }, status: 404, code: 'not_found' },
-];
 
 describe('bad input', () => {
   it.each(cases)('$name -> $status', async (c) => {

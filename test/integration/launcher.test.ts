@@ -6,6 +6,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureModel } from '../../ts/modelgen/index.ts';
+import { badInputCases } from '../helpers/bad-inputs.ts';
 import { alive, childPids, fakeHfCache, freePort, launch, runLauncher, type Launched } from '../helpers/launcher.ts';
 
 const SEED_MODEL = 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B';
@@ -130,6 +131,24 @@ describe('openai client', () => {
     for (const r of results) expect(r).toEqual({ finish: 'length', tokens: 12 });
     const health = await fetch(`${server.url}/health`);
     expect(health.status).toBe(200);
+  });
+});
+
+describe('bad input through the real server', () => {
+  it('answers every case of the matrix with a 4xx and the OpenAI error body, and stays healthy', async () => {
+    const maxModelLen = (await (await fetch(`${server.url}/v1/models`)).json()).data[0].max_model_len;
+    for (const c of badInputCases(SEED_MODEL, maxModelLen)) {
+      const res = await fetch(`${server.url}${c.url ?? '/v1/chat/completions'}`, {
+        method: 'POST',
+        headers: { 'content-type': c.contentType ?? 'application/json' },
+        body: typeof c.raw === 'string' || c.raw === undefined ? (c.raw ?? JSON.stringify(c.body)) : new Uint8Array(c.raw),
+      });
+      expect(res.status, c.name).toBe(c.status);
+      const { error } = await res.json();
+      expect(Object.keys(error).sort(), c.name).toEqual(['code', 'message', 'param', 'type']);
+      if (c.code !== undefined) expect(error.code, c.name).toBe(c.code);
+    }
+    expect((await fetch(`${server.url}/health`)).status).toBe(200);
   });
 });
 
