@@ -7,8 +7,9 @@
 //   tolerance.logitAbs of the reference at the golden's top-16 and 64 fixed vocabulary ids, and
 //   the reference's full-vocabulary argmax wherever its margin is at least
 //   tolerance.argmaxMinMargin;
-// - Engine, greedy with ignore_eos, generates the reference's 64 tokens, compared up to
-//   greedyCheckedSteps (the first near tie, past which the two may legitimately diverge).
+// - Engine, greedy with ignore_eos, generates the reference's 64 tokens, all of them compared
+//   (make_goldens.py only writes goldens whose every greedy step leads by >= 2 x the bound, and
+//   whose continuation has >= 16 distinct tokens; both are re-asserted here).
 // The tolerances and their reasoning are in test/reference/make_goldens.py. Without a built addon
 // these tests fail (loadAddon's error lists what it tried); they are never skipped.
 
@@ -39,10 +40,13 @@ interface Golden {
   fixedIds: number[];
   greedyTokenIds: number[];
   greedyCheckedSteps: number;
+  greedyMargins: number[];
   positions: GoldenPosition[];
 }
 
 const BLOCK_SIZE = 16;
+const MIN_GREEDY_STEPS = 64;
+const MIN_DISTINCT_GREEDY = 16;
 const NUM_THREADS = 2;
 
 const goldensDir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'goldens');
@@ -162,12 +166,19 @@ describe.each(goldenFiles)('golden %s', (file) => {
     }
   });
 
+  it('has a varied greedy path with a clear margin at every one of its steps', () => {
+    expect(golden.greedyTokenIds.length).toBeGreaterThanOrEqual(MIN_GREEDY_STEPS);
+    expect(golden.greedyCheckedSteps).toBe(golden.greedyTokenIds.length);
+    expect(new Set(golden.greedyTokenIds).size).toBeGreaterThanOrEqual(MIN_DISTINCT_GREEDY);
+    expect(golden.greedyMargins).toHaveLength(golden.greedyTokenIds.length);
+    for (const margin of golden.greedyMargins) expect(margin).toBeGreaterThanOrEqual(2 * logitAbs);
+  });
+
   it('generates the reference greedy tokens', async () => {
     const maxTokens = golden.greedyTokenIds.length;
     const run = await engineGreedy(addon, modelDir, golden.promptTokenIds, maxTokens);
     expect(run.finishReason).toBe('length');
     expect(run.tokens).toHaveLength(maxTokens);
-    const checked = golden.greedyCheckedSteps;
-    expect(run.tokens.slice(0, checked)).toEqual(golden.greedyTokenIds.slice(0, checked));
+    expect(run.tokens).toEqual(golden.greedyTokenIds);
   });
 });

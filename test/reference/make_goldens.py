@@ -23,10 +23,11 @@ the largest difference from the golden logits over all positions and the whole v
 `measuredMaxAbs`, and the bound is max(10 x measuredMaxAbs, 1e-4 x the logit std). A real bug
 (a wrong RoPE band, a missing bias, an f32 instead of bf16 KV cache, an off-by-one in a block
 table) moves logits by a sizeable fraction of their spread. Positions whose argmax margin
-(top-1 minus top-2) is under 2 x the bound are not checked for argmax equality. Greedy tokens are
-checked up to the first step whose margin is under the bound (greedyCheckedSteps: past a near tie
-the engine may legitimately take the other token); the script refuses to write a golden with
-fewer than 16 such steps (choose another seed in the preset then). The bound assumes float32 activations; an engine path that rounds
+(top-1 minus top-2) is under 2 x the bound are not checked for argmax equality. All 64 greedy
+tokens are checked (greedyCheckedSteps is always 64): the script refuses to write a golden with
+any greedy step whose margin is under 2 x the bound (past such a near tie the engine could
+legitimately take the other token), or whose continuation has fewer than 16 distinct tokens (a
+repeated token says little about decoding); choose another seed or init in the preset then. The bound assumes float32 activations; an engine path that rounds
 activations to bf16 (e.g. AMX GEMMs) needs its own, wider bound.
 """
 
@@ -40,7 +41,7 @@ from reference_forward import Reference
 NUM_TOP = 16
 NUM_FIXED = 64
 NUM_GREEDY = 64
-MIN_CHECKED_GREEDY = 16
+MIN_DISTINCT_GREEDY = 16
 TOLERANCE_FACTOR = 10.0
 NUM_PERTURBED = 8
 PERTURBATION = 1e-6  # relative; ~8 float32 ulps, more than a reordered float32 sum moves K or V
@@ -55,9 +56,22 @@ def rounded(values):
     return [float(f"{v:.7g}") for v in values]
 
 
-def checked_greedy_steps(margins, bound):
-    """Greedy tokens before the first near tie: past it, engine and reference may diverge."""
-    return next((i for i, m in enumerate(margins) if m < bound), len(margins))
+def check_greedy(name, greedy, margins, bound):
+    """Every greedy step must lead by at least 2 x the bound (so the engine cannot legitimately
+    take another token at any of the NUM_GREEDY steps) and the continuation must be varied."""
+    for step, margin in enumerate(margins):
+        if margin < 2 * bound:
+            raise SystemExit(
+                f"{name}: greedy step {step} has margin {margin:.3g} < 2 x {bound}: "
+                "choose another seed (or init) in the preset"
+            )
+    distinct = len(set(greedy))
+    if distinct < MIN_DISTINCT_GREEDY:
+        raise SystemExit(
+            f"{name}: greedy continuation has {distinct} distinct tokens < {MIN_DISTINCT_GREEDY}: "
+            "choose another seed (or init) in the preset"
+        )
+    return distinct
 
 
 def position_records(logits, fixed):
@@ -113,12 +127,8 @@ def make_golden(job):
     logits = reference.logits(tokens)
     tolerance = measure_tolerance(job["modelDir"], tokens, logits)
     greedy, margins = reference.greedy(tokens, NUM_GREEDY)
-    checked = checked_greedy_steps(margins, tolerance["logitAbs"])
-    if checked < MIN_CHECKED_GREEDY:
-        raise SystemExit(
-            f"{job['preset']}-{job['dtype']}: greedy step {checked} has margin "
-            f"{margins[checked]:.3g} < {tolerance['logitAbs']}: choose another seed"
-        )
+    distinct = check_greedy(f"{job['preset']}-{job['dtype']}", greedy, margins, tolerance["logitAbs"])
+    checked = len(greedy)
     fixed = fixed_ids(logits.shape[1])
     header = {
         "preset": job["preset"],
@@ -133,12 +143,14 @@ def make_golden(job):
         "greedyTokenIds": greedy,
         "greedyMargins": rounded(margins),
         "greedyCheckedSteps": checked,
+        "greedyDistinctTokens": distinct,
     }
     write_golden(job["outFile"], header, position_records(logits, fixed))
     print(
         f"{job['outFile']}: tolerance {tolerance['logitAbs']} (measured "
         f"{tolerance['measuredMaxAbs']}, logit std {tolerance['logitStd']}), "
-        f"greedy tokens checked {checked}/{NUM_GREEDY}"
+        f"greedy tokens checked {checked}/{NUM_GREEDY}, {distinct} distinct, "
+        f"smallest margin {min(margins):.3g}"
     )
 
 

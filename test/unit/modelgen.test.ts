@@ -131,6 +131,20 @@ describe('safetensors layout', () => {
     expect(shapes['lm_head.weight']).toBeUndefined();
   });
 
+  it('draws q/k/v biases with biasStd: Qwen2 only, 0.5 by default', () => {
+    const qwen = { ...SMALL, architecture: 'Qwen2ForCausalLM' } as const;
+    const biasStds = (input: ModelSpecInput) =>
+      modelTensors(resolveSpec(input)).filter((t) => t.name.endsWith('.bias')).map((t) => t.init.std);
+    expect(resolveSpec(qwen).biasStd).toBe(0.5);
+    expect(new Set(biasStds(qwen))).toEqual(new Set([0.5]));
+    expect(biasStds(qwen)).toHaveLength(3 * 2);
+    expect(new Set(biasStds({ ...qwen, biasStd: 0.05 }))).toEqual(new Set([0.05]));
+    expect(resolveSpec(SMALL).biasStd).toBeNull();
+    expect(biasStds(SMALL)).toEqual([]);
+    expect(() => resolveSpec({ ...SMALL, biasStd: 0.1 })).toThrow(/biasStd is for Qwen2/);
+    expect(() => resolveSpec({ ...qwen, biasStd: 0 })).toThrow(/biasStd must be > 0/);
+  });
+
   it('draws RMSNorm weights near 1 and linear weights around 0', async () => {
     const model = await generate(SMALL);
     const file = await readSafetensors(path.join(model.dir, 'model.safetensors'));

@@ -14,7 +14,11 @@
 // - embed_tokens and lm_head ~ N(0, logitStd / sqrt(hidden)): the final RMSNorm gives the last
 //   hidden state unit RMS, so the logits are ~ N(0, logitStd^2) across the vocabulary
 //   (logitStd 4 by default: the winner of 128k logits leads the runner-up by ~1 unit on average);
-// - RMSNorm weights ~ 1 + N(0, 0.1^2); q/k/v biases ~ N(0, 0.5^2).
+// - RMSNorm weights ~ 1 + N(0, 0.1^2); q/k/v biases (Qwen2 only) ~ N(0, biasStd^2), biasStd 0.5
+//   by default. Large biases are a strong, token-independent signal: the k bias flattens the
+//   attention pattern and the v bias (through o_proj) adds the same vector to every position's
+//   residual, so with tied embeddings (which already favour the token just produced) greedy
+//   decoding of a tiny model can lock onto one token; a smaller biasStd keeps it varied.
 
 import type { ModelDtype } from './float-encode.ts';
 
@@ -54,6 +58,7 @@ export interface ModelSpec {
   seed: number; // uint32
   initStd: number | null; // null = 1/sqrt(fan_in) per matrix
   logitStd: number; // > 0
+  biasStd: number | null; // q/k/v bias std: Qwen2 only (default 0.5, > 0); null for the others
   shardBytes: number | null; // null = one model.safetensors; else max tensor bytes per shard
 }
 
@@ -63,7 +68,7 @@ export const LLAMA3_VOCAB_SIZE = 128256;
 export const QWEN2_VOCAB_SIZE = 151936;
 
 const NORM_WEIGHT_STD = 0.1;
-const BIAS_STD = 0.5;
+const DEFAULT_BIAS_STD = 0.5;
 
 export function resolveSpec(input: ModelSpecInput): ModelSpec {
   const isQwen2 = input.architecture === 'Qwen2ForCausalLM';
@@ -88,6 +93,7 @@ export function resolveSpec(input: ModelSpecInput): ModelSpec {
     seed: input.seed ?? 0,
     initStd: input.initStd ?? null,
     logitStd: input.logitStd ?? 4,
+    biasStd: input.biasStd ?? (isQwen2 ? DEFAULT_BIAS_STD : null),
     shardBytes: input.shardBytes ?? null,
   };
   validateSpec(spec);
@@ -118,6 +124,9 @@ function validateSpec(spec: ModelSpec): void {
       'slidingWindow is for MistralForCausalLM only'],
     [spec.slidingWindow === null || spec.slidingWindow > 0, 'slidingWindow must be > 0 or null'],
     [spec.ropeScaling === null || spec.ropeScaling.factor > 0, 'ropeScaling.factor must be > 0'],
+    [(spec.biasStd === null) === (spec.architecture !== 'Qwen2ForCausalLM'),
+      'biasStd is for Qwen2ForCausalLM only (which has q/k/v biases)'],
+    [spec.biasStd === null || spec.biasStd > 0, 'biasStd must be > 0'],
   ];
   for (const [ok, message] of checks) {
     if (!ok) throw new Error(`modelgen: ${message}`);
@@ -141,7 +150,7 @@ export function modelTensors(spec: ModelSpec): TensorSpec[] {
   const { hiddenSize: h, headDim: hd, intermediateSize: ffn } = spec;
   const qDim = spec.numHeads * hd;
   const kvDim = spec.numKvHeads * hd;
-  const hasQkvBias = spec.architecture === 'Qwen2ForCausalLM';
+  const biasStd = spec.biasStd;
   const vocabInit = { mean: 0, std: spec.logitStd / Math.sqrt(h) };
   const norm = (name: string): TensorSpec => ({
     name,
@@ -154,7 +163,7 @@ export function modelTensors(spec: ModelSpec): TensorSpec[] {
     init: { mean: 0, std: spec.initStd ?? 1 / Math.sqrt(inDim) },
   });
   const bias = (name: string, dim: number): TensorSpec[] =>
-    hasQkvBias ? [{ name, shape: [dim], init: { mean: 0, std: BIAS_STD } }] : [];
+    biasStd === null ? [] : [{ name, shape: [dim], init: { mean: 0, std: biasStd } }];
 
   const tensors: TensorSpec[] = [
     { name: 'model.embed_tokens.weight', shape: [spec.vocabSize, h], init: vocabInit },
