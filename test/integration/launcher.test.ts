@@ -6,17 +6,15 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureModel } from '../../ts/modelgen/index.ts';
+import { packageRoot } from '../../ts/native/loader.ts';
 import { badInputCases } from '../helpers/bad-inputs.ts';
 import { alive, childPids, fakeHfCache, freePort, launch, runLauncher, type Launched } from '../helpers/launcher.ts';
 
 const SEED_MODEL = 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B';
-// The body of Example 1 in the seed's README, byte for byte.
-const seedBody = () => {
-  const readme = fs.readFileSync(path.join(__dirname, '../../../shared/seed/vllm_worker_README.md'), 'utf8');
-  const m = /### Example 1:[\s\S]*?-d '(\{[\s\S]*?\})'/.exec(readme);
-  if (!m) throw new Error('Example 1 not found in the seed README');
-  return m[1];
-};
+// The body of Example 1 in the seed's README, byte for byte (test/fixtures/seed-example-1.json;
+// checked against the seed itself where ../shared sits beside the checkout, as in CI).
+const SEED_README = path.join(packageRoot, '..', 'shared', 'seed', 'vllm_worker_README.md');
+const seedBody = () => fs.readFileSync(path.join(packageRoot, 'test', 'fixtures', 'seed-example-1.json'), 'utf8');
 
 let modelDir: string;
 let hfCache: string;
@@ -37,6 +35,10 @@ afterAll(async () => {
 });
 
 describe('seed Example 1', () => {
+  it.runIf(fs.existsSync(SEED_README))('uses the body the seed README gives (where the seed is beside the checkout)', () => {
+    expect(fs.readFileSync(SEED_README, 'utf8')).toContain(`-d '${seedBody()}'`);
+  });
+
   it('answers the seed README request exactly as written', async () => {
     const res = await fetch(`${server.url}/v1/chat/completions`, {
       method: 'POST',

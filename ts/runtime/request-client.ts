@@ -19,7 +19,7 @@ export class RequestPlaneError extends Error {
   }
 }
 
-const agent = new http.Agent({ keepAlive: true, maxSockets: 1024, keepAliveMsecs: 10_000 });
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1024, keepAliveMsecs: 10_000, noDelay: true });
 
 function request(url: URL, method: string, body: string | undefined, signal?: AbortSignal): Promise<http.IncomingMessage> {
   return new Promise((resolve, reject) => {
