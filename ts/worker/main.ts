@@ -3,9 +3,18 @@
 //   --config '<WorkerConfig as JSON>'
 // It reports progress and readiness to the parent over IPC ({type: 'loading' | 'ready' |
 // 'fatal'}), and exits when the parent goes away, so a killed launcher leaves no orphan.
+// With a Redis URL it also joins the planes there (without one nothing of this runs, so a single
+// worker needs no Redis): a discovery lease announced on join and leave (runtime/discovery.ts),
+// its KV events and load reports on the event plane, and replay requests answered
+// (runtime/event-plane.ts). Redis must answer within REDIS_START_TIMEOUT_MS at start-up (else
+// 'fatal' ERR_REDIS_UNAVAILABLE); later outages are ridden out (events buffered, lease
+// re-created on reconnect).
+import { randomUUID } from 'node:crypto';
 import { Engine, type EngineOptions } from '../native/index.ts';
 import type { WorkerId, WorkerInfo, WorkerRole } from '../protocol/index.ts';
-import { connectRedis, WorkerLease } from '../runtime/discovery.ts';
+import { DEFAULT_LEASE_TTL_MS, DEFAULT_NAMESPACE, WorkerLease } from '../runtime/discovery.ts';
+import { EventPlanePublisher } from '../runtime/event-plane.ts';
+import { RedisConnection } from '../runtime/redis-connection.ts';
 import { startWorkerServer } from './server.ts';
 
 export interface WorkerConfig {
@@ -15,7 +24,10 @@ export interface WorkerConfig {
   modelDir: string;
   host: string;
   port: number; // 0 = any free port
-  redisUrl?: string; // when set, the worker holds a discovery lease there
+  redisUrl?: string; // when set: discovery lease, event plane, replay requests there
+  namespace?: string; // Redis key prefix, default 'kvserve'
+  leaseTtlMs?: number; // [1000, 60000], default 3000
+  maxBufferedKvEvents?: number; // KV events held while Redis is away, [1, 10^7], default 100000
   engine: Omit<EngineOptions, 'modelDir' | 'workerId'>;
 }
 
@@ -23,6 +35,8 @@ export type WorkerMessage =
   | { type: 'loading'; workerId: string; message: string }
   | { type: 'ready'; info: WorkerInfo }
   | { type: 'fatal'; workerId: string; code: string; message: string };
+
+const REDIS_START_TIMEOUT_MS = 10_000;
 
 function send(msg: WorkerMessage): void {
   if (process.send) process.send(msg);
@@ -59,15 +73,43 @@ async function main(): Promise<void> {
     vocabSize: engine.info.model.vocabSize,
     pid: process.pid,
   });
+  // The event plane starts before the server, so the opening `cleared` (event_id 1) precedes
+  // every event a request causes.
+  const namespace = cfg.namespace ?? DEFAULT_NAMESPACE;
+  const instanceId = randomUUID();
+  let redis: RedisConnection | undefined;
+  let publisher: EventPlanePublisher | undefined;
+  if (cfg.redisUrl) {
+    redis = new RedisConnection(cfg.redisUrl, { name: cfg.workerId });
+    try {
+      await redis.whenReady(REDIS_START_TIMEOUT_MS);
+      publisher = new EventPlanePublisher({
+        connection: redis,
+        workerId: cfg.workerId as WorkerId,
+        instanceId,
+        source: engine,
+        namespace,
+        maxBufferedEvents: cfg.maxBufferedKvEvents,
+      });
+      await publisher.start();
+    } catch (err) {
+      send({ type: 'fatal', workerId: cfg.workerId, code: 'ERR_REDIS_UNAVAILABLE', message: (err as Error).message });
+      await publisher?.close();
+      await redis.close();
+      await engine.close();
+      process.exitCode = 1;
+      return;
+    }
+  }
+
   let address = '';
   const server = await startWorkerServer({ engine, info: () => info(address), host: cfg.host, port: cfg.port });
   address = server.address;
 
   // Discovery: static (the launcher hands our info to the frontend) unless Redis is in use.
   let lease: WorkerLease | undefined;
-  const redis = cfg.redisUrl ? connectRedis(cfg.redisUrl) : undefined;
   if (redis) {
-    lease = new WorkerLease(redis, info(address));
+    lease = new WorkerLease(redis.redis, info(address), namespace, cfg.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, instanceId);
     await lease.start();
   }
 
@@ -75,8 +117,9 @@ async function main(): Promise<void> {
   const stop = async () => {
     if (stopping) return;
     stopping = true;
+    await publisher?.close();
     await lease?.stop();
-    redis?.disconnect();
+    await redis?.close();
     await server.close();
     await engine.close();
     process.exit(0);

@@ -12,26 +12,10 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { Engine, NativeError } from '../native/index.ts';
-import type { GenerateDelta, GenerateRequest, RequestId, WorkerInfo, WorkerLoad } from '../protocol/index.ts';
+import type { GenerateDelta, GenerateRequest, RequestId, WorkerInfo } from '../protocol/index.ts';
+import { toWorkerLoad } from '../runtime/event-plane.ts';
 
 const MAX_BODY_BYTES = 64 << 20;
-
-export function toWorkerLoad(workerId: WorkerInfo['workerId'], engine: Engine): WorkerLoad {
-  const m = engine.metrics();
-  return {
-    worker_id: workerId,
-    request_active_slots: m.requestActiveSlots,
-    request_total_slots: m.requestTotalSlots,
-    kv_active_blocks: m.kvActiveBlocks,
-    kv_total_blocks: m.kvTotalBlocks,
-    num_requests_waiting: m.numRequestsWaiting,
-    kv_cache_usage: m.kvCacheUsage,
-    prefix_cache_hit_rate: m.prefixCacheHitRate,
-    prefix_cache_queries: m.prefixCacheQueries,
-    prefix_cache_hits: m.prefixCacheHits,
-    num_preemptions: m.numPreemptions,
-  };
-}
 
 function statusOf(err: unknown): number {
   const code = (err as NativeError).code;
@@ -133,7 +117,7 @@ export async function startWorkerServer(opts: {
     } else if (req.method === 'GET' && url === '/info') {
       sendJson(res, 200, opts.info());
     } else if (req.method === 'GET' && url === '/load') {
-      sendJson(res, 200, toWorkerLoad(opts.info().workerId, engine));
+      sendJson(res, 200, toWorkerLoad(opts.info().workerId, engine.metrics()));
     } else if (req.method === 'GET' && url === '/health') {
       sendJson(res, 200, { status: 'ok' });
     } else {

@@ -1,0 +1,125 @@
+// redis-connection.ts: one Redis connection that survives outages, with a connection status.
+//
+// Owns: an ioredis client configured for the planes: it reconnects by itself forever with a
+// capped exponential backoff (50 ms doubling, at most maxBackoffMs), never queues commands
+// while disconnected (they reject at once, so callers keep their own buffers), and rejects
+// the commands in flight when the connection drops (no silent resend: a caller that retries
+// knows it may duplicate, and the event plane's consumers drop duplicates by event_id).
+// Stays true: an 'error' from ioredis never crashes the process (one line per outage on
+// stderr, not one per reconnect attempt); 'status' is emitted on every change between
+// connected and disconnected; isConnected() is true exactly while commands can be sent.
+// After an outage, Redis may be a new, empty server (no persistence): whenReady() callers use
+// serverRunId() to tell, since the run id changes on every redis-server start.
+// Settings: maxBackoffMs in [100, 30000], default 1000.
+import { EventEmitter } from 'node:events';
+import { Redis } from 'ioredis';
+
+export interface RedisConnectionOptions {
+  name: string; // shows in logs and in CLIENT LIST
+  maxBackoffMs?: number;
+  log?: (line: string) => void; // default: stderr
+}
+
+export interface RedisConnectionEvents {
+  status: [connected: boolean];
+}
+
+export class RedisConnection extends EventEmitter<RedisConnectionEvents> {
+  readonly redis: Redis;
+  private connected = false;
+  private closed = false;
+  private reportedOutage = false;
+
+  constructor(
+    readonly url: string,
+    private readonly opts: RedisConnectionOptions,
+  ) {
+    super();
+    const maxBackoffMs = opts.maxBackoffMs ?? 1000;
+    if (maxBackoffMs < 100 || maxBackoffMs > 30_000) throw new RangeError('maxBackoffMs must be in [100, 30000]');
+    const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
+    this.redis = new Redis(url, {
+      connectionName: opts.name,
+      retryStrategy: (attempt) => Math.min(50 * 2 ** Math.min(attempt, 16), maxBackoffMs),
+      maxRetriesPerRequest: 0, // in-flight commands reject when the connection drops
+      enableOfflineQueue: false,
+      autoResendUnfulfilledCommands: false,
+      autoResubscribe: true,
+      lazyConnect: false,
+    });
+    this.redis.on('error', (err: Error) => {
+      if (this.reportedOutage || this.closed) return;
+      this.reportedOutage = true;
+      log(`[redis ${opts.name}] ${err.message}; reconnecting`);
+    });
+    this.redis.on('ready', () => {
+      if (this.reportedOutage) log(`[redis ${opts.name}] reconnected`);
+      this.reportedOutage = false;
+      this.setConnected(true);
+    });
+    this.redis.on('close', () => this.setConnected(false));
+  }
+
+  isConnected(): boolean {
+    return this.connected;
+  }
+
+  // Resolves when commands can be sent (at once if they can now); rejects after timeoutMs, or
+  // when the connection is closed.
+  whenReady(timeoutMs = 0): Promise<void> {
+    if (this.connected) return Promise.resolve();
+    if (this.closed) return Promise.reject(new Error(`redis ${this.opts.name}: connection closed`));
+    return new Promise((resolve, reject) => {
+      let timer: NodeJS.Timeout | undefined;
+      const onStatus = (up: boolean) => {
+        if (!up) return;
+        cleanup();
+        resolve();
+      };
+      const onEnd = () => {
+        cleanup();
+        reject(new Error(`redis ${this.opts.name}: connection closed`));
+      };
+      const cleanup = () => {
+        if (timer) clearTimeout(timer);
+        this.off('status', onStatus);
+        this.redis.off('end', onEnd);
+      };
+      this.on('status', onStatus);
+      this.redis.once('end', onEnd);
+      if (timeoutMs > 0) {
+        timer = setTimeout(() => {
+          cleanup();
+          reject(new Error(`redis at ${this.url} did not answer within ${timeoutMs} ms`));
+        }, timeoutMs);
+      }
+    });
+  }
+
+  // A second connection to the same server (for subscriptions and blocking reads).
+  duplicate(name: string): RedisConnection {
+    return new RedisConnection(this.url, { ...this.opts, name });
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.redis.disconnect(false);
+    this.setConnected(false);
+  }
+
+  private setConnected(up: boolean): void {
+    if (this.connected === up) return;
+    this.connected = up;
+    this.emit('status', up);
+  }
+}
+
+// The server's run id: a new value on every redis-server start (so, with no persistence, a
+// changed run id means the keys, streams and subscriptions of before are gone).
+export async function serverRunId(redis: Redis): Promise<string> {
+  const info = await redis.info('server');
+  const m = /^run_id:(\w+)/m.exec(info);
+  if (!m) throw new Error('INFO server carries no run_id');
+  return m[1];
+}
