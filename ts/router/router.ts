@@ -1,0 +1,416 @@
+// router.ts: the KV router: the worker set, the router's own estimate of each worker's load, the
+// capacity rule, and the bounded wait queue. It owns a KvIndex (fed through applyEvent) and a
+// Policy (policy.ts: the cost and how a worker is picked). Pure TS: the owner feeds it worker
+// joins and leaves, KV events and load metrics, and asks it to route requests whose block hashes
+// it computed (DESIGN.md section 5).
+//
+// Driving it (the owner, e.g. the frontend):
+//   worker joins (discovery)   addWorker(spec): a string back is a refusal to log (block size);
+//                              its first event reports 'gap' unless the owner asks for a replay
+//   worker leaves              removeWorker(id): its cached blocks go; nothing in flight is touched
+//   each KV event              applyEvent(event): 'gap' -> ask that worker to replay its cache
+//                              (`cleared` + `stored`); 'ok' | 'stale' | 'unknown_worker' -> nothing
+//   each load report           updateLoad(id, load)
+//   each request               await route({requestId, blockHashes, signal}) -> send it to
+//                              decision.workerId with decision.prefixHitRate;
+//                              RouterOverloadedError -> HTTP 503
+//   request ends (any reason)  finish(requestId)
+//   shutdown                   close()
+//
+// Active-block estimate, per worker (the `activeBlocks_w` of the cost):
+//   activeBlocks = base + pending
+//   - routing a request of n blocks to w with overlap o adds its new blocks, n - o, to `pending`
+//     and remembers them per request (prompt blocks only: decode growth reaches the estimate
+//     through the next load report);
+//   - a load report sets base = kv_active_blocks and pending = 0: every request routed so far
+//     counts as included in the report;
+//   - finish(request) subtracts the request's blocks from `pending` if it was routed after the
+//     last report, else from `base` (clamped at 0): the report had counted it.
+//   Requests are estimated the same way: base = request_active_slots + num_requests_waiting, plus
+//   one per request routed since the report, minus finished ones. Before a worker's first report,
+//   base = 0 and the estimate is the router's own bookkeeping alone.
+//
+// Capacity: a request of n blocks skips worker w when w is not idle (estimated active blocks or
+// requests > 0) and either
+//   - activeBlocks_w + (n - overlap_w) > kv_total_blocks_w, or
+//   - requests_w > request_total_slots_w: every slot is busy and at least one request waits.
+// An idle worker always takes the request (the engine rejects a prompt that can never fit), so a
+// large request cannot wait forever. When every worker is skipped, the request waits in a FIFO
+// queue; the queue is retried in order after finish(), updateLoad() and addWorker(), and stops at
+// the first request that still does not fit (strict FIFO: a large request is not starved by
+// small ones behind it). A new request waits behind a non-empty queue.
+//
+// Settings (ranges):
+//   blockSize       integer >= 1, required: a worker announcing another block size is refused
+//   policy          'kv' | 'round-robin' | 'random', default 'kv'
+//   overlapWeight   number >= 0, default 1 (policy.ts)
+//   temperature     number >= 0, default 0 (policy.ts)
+//   maxQueued       integer >= 0, default 256: requests that may wait; 0 rejects at once
+//   queueTimeoutMs  number > 0, default 30000: longest wait before RouterOverloadedError
+//   rng             () => [0, 1), default Math.random: tie-breaks and sampling (seed it in tests)
+import type { BlockHash, KvEvent, LoadMetrics, RequestId, WorkerId } from '../protocol/index.ts';
+import { RouterOverloadedError } from './errors.ts';
+import { KvIndex, type ApplyStatus } from './kv-index.ts';
+import { createPolicy, type Candidate, type Policy, type PolicyName, type Rng } from './policy.ts';
+
+export interface RouterSettings {
+  blockSize: number;
+  policy?: PolicyName;
+  overlapWeight?: number;
+  temperature?: number;
+  maxQueued?: number;
+  queueTimeoutMs?: number;
+  rng?: Rng;
+}
+
+// What a worker announces when it joins (discovery's WorkerInfo plus its request slots).
+export interface WorkerSpec {
+  workerId: WorkerId;
+  blockSize: number;
+  kvTotalBlocks: number;
+  requestTotalSlots: number;
+}
+
+export interface RouteRequest {
+  requestId: RequestId;
+  blockHashes: readonly BlockHash[]; // the prompt's full blocks, chained (DESIGN.md section 5)
+  signal?: AbortSignal; // aborting while queued withdraws the request (rejects with signal.reason)
+}
+
+export interface RouteDecision {
+  workerId: WorkerId;
+  requestBlocks: number; // n
+  overlapBlocks: number; // leading blocks already cached on the worker
+  prefixHitRate: number; // overlapBlocks / n (0 when n = 0): travels with the request
+}
+
+// 'unknown_worker': the event's worker has not joined (or has left): ignored. Once it joins, its
+// first event reports 'gap' and the owner asks for a replay.
+export type EventStatus = ApplyStatus | 'unknown_worker';
+
+export interface WorkerMetrics {
+  workerId: WorkerId;
+  routed: number; // decisions that chose this worker
+  overlapBlocks: number; // sum of the overlap of those decisions
+  activeBlocks: number; // current estimate
+  activeRequests: number; // current estimate (running + waiting)
+  cachedBlocks: number; // blocks the index holds for it
+  awaitingReplay: boolean;
+}
+
+export interface RouterMetrics {
+  decisions: number;
+  requestBlocks: number; // sum of n over decisions
+  overlapBlocks: number; // sum of the chosen worker's overlap
+  hitRate: number; // overlapBlocks / requestBlocks (0 before any block)
+  inFlight: number;
+  queueDepth: number;
+  queuedTotal: number; // requests that had to wait
+  rejected: Record<'queue_full' | 'timeout' | 'no_workers', number>;
+  indexedBlocks: number; // distinct hashes in the index
+  unknownParent: number;
+  gaps: number;
+  staleEvents: number;
+  workers: WorkerMetrics[];
+}
+
+interface WorkerState {
+  readonly workerId: WorkerId;
+  readonly joinSeq: number;
+  kvTotalBlocks: number;
+  requestTotalSlots: number;
+  baseBlocks: number;
+  pendingBlocks: number;
+  baseRequests: number;
+  pendingRequests: number;
+  reportSeq: number; // #routeSeq when the last load report arrived
+  routed: number;
+  overlapBlocks: number;
+}
+
+interface InFlight {
+  readonly worker: WorkerState;
+  readonly newBlocks: number;
+  readonly seq: number;
+}
+
+interface Waiting {
+  readonly request: RouteRequest;
+  readonly resolve: (decision: RouteDecision) => void;
+  readonly reject: (error: unknown) => void;
+  readonly timer: NodeJS.Timeout;
+  readonly onAbort: () => void;
+}
+
+export class KvRouter {
+  readonly index = new KvIndex();
+  readonly blockSize: number;
+  readonly #policy: Policy;
+  readonly #maxQueued: number;
+  readonly #queueTimeoutMs: number;
+  readonly #workers = new Map<WorkerId, WorkerState>();
+  readonly #inFlight = new Map<RequestId, InFlight>();
+  readonly #queue: Waiting[] = [];
+  #joinSeq = 0;
+  #routeSeq = 0;
+  #closed = false;
+  #decisions = 0;
+  #requestBlocks = 0;
+  #overlapBlocks = 0;
+  #queuedTotal = 0;
+  readonly #rejected = { queue_full: 0, timeout: 0, no_workers: 0 };
+
+  constructor(settings: RouterSettings) {
+    const { blockSize, policy = 'kv', maxQueued = 256, queueTimeoutMs = 30_000, rng = Math.random } = settings;
+    if (!Number.isInteger(blockSize) || blockSize < 1) {
+      throw new RangeError(`router blockSize must be an integer >= 1, got ${blockSize}`);
+    }
+    if (!Number.isInteger(maxQueued) || maxQueued < 0) {
+      throw new RangeError(`router maxQueued must be an integer >= 0, got ${maxQueued}`);
+    }
+    if (!Number.isFinite(queueTimeoutMs) || queueTimeoutMs <= 0) {
+      throw new RangeError(`router queueTimeoutMs must be a number > 0, got ${queueTimeoutMs}`);
+    }
+    this.blockSize = blockSize;
+    this.#maxQueued = maxQueued;
+    this.#queueTimeoutMs = queueTimeoutMs;
+    this.#policy = createPolicy(policy, { overlapWeight: settings.overlapWeight, temperature: settings.temperature }, rng);
+  }
+
+  get policy(): PolicyName {
+    return this.#policy.name;
+  }
+
+  // ---- workers ----
+
+  // Adds a worker, or updates the capacity of one already known. Returns undefined when accepted,
+  // else why it was refused (the owner logs it; the worker is not routed to).
+  addWorker(spec: WorkerSpec): string | undefined {
+    if (spec.blockSize !== this.blockSize) {
+      return `worker ${spec.workerId} refused: its block size ${spec.blockSize} differs from the router's ${this.blockSize}`;
+    }
+    if (!(spec.kvTotalBlocks > 0) || !(spec.requestTotalSlots > 0)) {
+      return `worker ${spec.workerId} refused: kvTotalBlocks (${spec.kvTotalBlocks}) and requestTotalSlots (${spec.requestTotalSlots}) must be > 0`;
+    }
+    const known = this.#workers.get(spec.workerId);
+    if (known !== undefined) {
+      known.kvTotalBlocks = spec.kvTotalBlocks;
+      known.requestTotalSlots = spec.requestTotalSlots;
+    } else {
+      this.#workers.set(spec.workerId, {
+        workerId: spec.workerId,
+        joinSeq: this.#joinSeq++,
+        kvTotalBlocks: spec.kvTotalBlocks,
+        requestTotalSlots: spec.requestTotalSlots,
+        baseBlocks: 0,
+        pendingBlocks: 0,
+        baseRequests: 0,
+        pendingRequests: 0,
+        reportSeq: this.#routeSeq,
+        routed: 0,
+        overlapBlocks: 0,
+      });
+    }
+    this.#drainQueue();
+    return undefined;
+  }
+
+  // Drops a worker and its cached blocks. Requests in flight on it are left to the owner (it sees
+  // their failure); their finish() is still accepted.
+  removeWorker(workerId: WorkerId): boolean {
+    this.index.removeWorker(workerId);
+    return this.#workers.delete(workerId);
+  }
+
+  // ---- event plane ----
+
+  // Applies one KV event. On 'gap' the owner asks that worker to replay its cache; 'stale' and
+  // 'unknown_worker' need nothing. A malformed event (a hash that is not 16 lowercase hex digits,
+  // a non-integer id) throws a TypeError and changes nothing: the owner logs and drops it.
+  applyEvent(event: KvEvent): EventStatus {
+    if (!this.#workers.has(event.worker_id)) return 'unknown_worker';
+    return this.index.applyEvent(event);
+  }
+
+  // A worker's load report corrects the router's estimate (see the header). Returns false for a
+  // worker that has not joined.
+  updateLoad(workerId: WorkerId, load: LoadMetrics): boolean {
+    const worker = this.#workers.get(workerId);
+    if (worker === undefined) return false;
+    worker.baseBlocks = load.kv_active_blocks;
+    worker.baseRequests = load.request_active_slots + load.num_requests_waiting;
+    worker.pendingBlocks = 0;
+    worker.pendingRequests = 0;
+    worker.reportSeq = this.#routeSeq;
+    if (load.kv_total_blocks > 0) worker.kvTotalBlocks = load.kv_total_blocks;
+    if (load.request_total_slots > 0) worker.requestTotalSlots = load.request_total_slots;
+    this.#drainQueue();
+    return true;
+  }
+
+  // ---- requests ----
+
+  // Routes now if a worker has room and nothing waits ahead, else waits in the queue. Rejects
+  // with RouterOverloadedError (queue full, timeout, no workers, closed) or the signal's reason.
+  // A request id already routed or waiting throws a TypeError at once; so does a malformed block
+  // hash, or it rejects the promise when the request was queued without a routing attempt.
+  route(request: RouteRequest): Promise<RouteDecision> {
+    this.#checkNewRequest(request.requestId);
+    const now = this.tryRoute(request);
+    if (now !== undefined) return Promise.resolve(now);
+    const { signal } = request;
+    if (signal?.aborted) return Promise.reject(signal.reason);
+    if (this.#closed) return Promise.reject(new RouterOverloadedError('closed', 'the router is closed'));
+    if (this.#workers.size === 0) {
+      this.#rejected.no_workers++;
+      return Promise.reject(new RouterOverloadedError('no_workers', 'no worker has joined'));
+    }
+    if (this.#queue.length >= this.#maxQueued) {
+      this.#rejected.queue_full++;
+      return Promise.reject(
+        new RouterOverloadedError('queue_full', `every worker is at capacity and ${this.#queue.length} requests wait`),
+      );
+    }
+    this.#queuedTotal++;
+    return new Promise<RouteDecision>((resolve, reject) => {
+      const onAbort = () => {
+        this.#withdraw(waiting);
+        reject(signal!.reason);
+      };
+      const timer = setTimeout(() => {
+        this.#withdraw(waiting);
+        this.#rejected.timeout++;
+        reject(new RouterOverloadedError('timeout', `no worker had room within ${this.#queueTimeoutMs} ms`));
+      }, this.#queueTimeoutMs);
+      timer.unref();
+      const waiting: Waiting = { request, resolve, reject, timer, onAbort };
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#queue.push(waiting);
+    });
+  }
+
+  // Routes now, or returns undefined (every worker at capacity, none joined, closed, or requests
+  // already waiting: they go first). Synchronous; a decision is committed like route()'s.
+  tryRoute(request: RouteRequest): RouteDecision | undefined {
+    this.#checkNewRequest(request.requestId);
+    if (this.#queue.length > 0 || this.#closed) return undefined;
+    return this.#place(request);
+  }
+
+  // The request's worker is done with it (finished, failed or aborted): its blocks leave the
+  // estimate and waiting requests are retried. Unknown ids are ignored (finish is idempotent).
+  finish(requestId: RequestId): void {
+    const flight = this.#inFlight.get(requestId);
+    if (flight === undefined) return;
+    this.#inFlight.delete(requestId);
+    const worker = flight.worker;
+    if (flight.seq > worker.reportSeq) {
+      worker.pendingBlocks -= flight.newBlocks;
+      worker.pendingRequests -= 1;
+    } else {
+      worker.baseBlocks = Math.max(0, worker.baseBlocks - flight.newBlocks);
+      worker.baseRequests = Math.max(0, worker.baseRequests - 1);
+    }
+    this.#drainQueue();
+  }
+
+  // Rejects every waiting request and every later route() with RouterOverloadedError('closed').
+  close(): void {
+    this.#closed = true;
+    for (const waiting of [...this.#queue]) {
+      this.#withdraw(waiting);
+      waiting.reject(new RouterOverloadedError('closed', 'the router is closed'));
+    }
+  }
+
+  metrics(): RouterMetrics {
+    const stats = this.index.stats();
+    return {
+      decisions: this.#decisions,
+      requestBlocks: this.#requestBlocks,
+      overlapBlocks: this.#overlapBlocks,
+      hitRate: this.#requestBlocks === 0 ? 0 : this.#overlapBlocks / this.#requestBlocks,
+      inFlight: this.#inFlight.size,
+      queueDepth: this.#queue.length,
+      queuedTotal: this.#queuedTotal,
+      rejected: { ...this.#rejected },
+      indexedBlocks: stats.blocks,
+      unknownParent: stats.unknownParent,
+      gaps: stats.gaps,
+      staleEvents: stats.stale,
+      workers: [...this.#workers.values()].map((w) => ({
+        workerId: w.workerId,
+        routed: w.routed,
+        overlapBlocks: w.overlapBlocks,
+        activeBlocks: w.baseBlocks + w.pendingBlocks,
+        activeRequests: w.baseRequests + w.pendingRequests,
+        cachedBlocks: this.index.workerBlocks(w.workerId),
+        awaitingReplay: this.index.awaitingReplay(w.workerId),
+      })),
+    };
+  }
+
+  // Picks and commits a worker with room, or returns undefined.
+  #place(request: RouteRequest): RouteDecision | undefined {
+    const hashes = request.blockHashes;
+    const n = hashes.length;
+    const overlaps = this.index.overlaps(hashes);
+    const candidates: Candidate[] = [];
+    const states: WorkerState[] = [];
+    for (const worker of this.#workers.values()) {
+      const overlap = overlaps.get(worker.workerId) ?? 0;
+      const activeBlocks = worker.baseBlocks + worker.pendingBlocks;
+      const requests = worker.baseRequests + worker.pendingRequests;
+      const idle = activeBlocks <= 0 && requests <= 0;
+      if (!idle && (activeBlocks + n - overlap > worker.kvTotalBlocks || requests > worker.requestTotalSlots)) continue;
+      candidates.push({ workerId: worker.workerId, joinSeq: worker.joinSeq, overlap, activeBlocks });
+      states.push(worker);
+    }
+    if (candidates.length === 0) return undefined;
+
+    const pick = this.#policy.select(candidates, n);
+    const worker = states[pick];
+    const overlap = candidates[pick].overlap;
+    const newBlocks = n - overlap;
+    worker.pendingBlocks += newBlocks;
+    worker.pendingRequests += 1;
+    worker.routed++;
+    worker.overlapBlocks += overlap;
+    this.#inFlight.set(request.requestId, { worker, newBlocks, seq: ++this.#routeSeq });
+    this.#decisions++;
+    this.#requestBlocks += n;
+    this.#overlapBlocks += overlap;
+    return { workerId: worker.workerId, requestBlocks: n, overlapBlocks: overlap, prefixHitRate: n === 0 ? 0 : overlap / n };
+  }
+
+  #checkNewRequest(requestId: RequestId): void {
+    if (this.#inFlight.has(requestId) || this.#queue.some((w) => w.request.requestId === requestId)) {
+      throw new TypeError(`request ${requestId} is already routed or waiting, and not finished`);
+    }
+  }
+
+  #drainQueue(): void {
+    while (this.#queue.length > 0) {
+      const head = this.#queue[0];
+      let decision: RouteDecision | undefined;
+      try {
+        decision = this.#place(head.request);
+      } catch (error) {
+        // A malformed block hash in a request that was queued without a routing attempt.
+        this.#withdraw(head);
+        head.reject(error);
+        continue;
+      }
+      if (decision === undefined) return;
+      this.#withdraw(head);
+      head.resolve(decision);
+    }
+  }
+
+  #withdraw(waiting: Waiting): void {
+    const at = this.#queue.indexOf(waiting);
+    if (at >= 0) this.#queue.splice(at, 1);
+    clearTimeout(waiting.timer);
+    waiting.request.signal?.removeEventListener('abort', waiting.onAbort);
+  }
+}
