@@ -160,7 +160,7 @@ describe('launcher', () => {
     expect(code).toBe(0);
     for (const flag of ['--model', '--workers', '--decode-workers', '--prefill-workers', '--router', '--decode-tp', '--prefill-tp',
       '--block-size', '--max-local-prefill-length', '--max-prefill-queue-size', '--http-port', '--redis-url', '--device',
-      '--max-model-len', '--max-num-seqs', '--max-num-batched-tokens', '--kv-cache-memory', '--restart']) {
+      '--max-model-len', '--max-num-seqs', '--max-num-batched-tokens', '--kv-cache-memory', '--restart', '--kv-overlap-weight', '--router-temperature']) {
       expect(output).toContain(flag);
     }
   });
@@ -170,7 +170,8 @@ describe('launcher', () => {
     [['--block-size', 'abc'], /--block-size must be an integer/],
     [['--device', 'tpu'], /--device must be one of/],
     [['--kv-cache-memory', 'lots'], /--kv-cache-memory must be a size/],
-    [['--router', 'kv'], /not implemented yet/],
+    [['--router', 'nearest'], /--router must be one of/],
+    [['--kv-overlap-weight', '-1'], /--kv-overlap-weight must be a number >= 0/],
     [['--prefill-workers', '1'], /not implemented yet/],
     [['--decode-tp', '4'], /not implemented yet/],
     [['--device', 'cuda'], /no CUDA backend/],

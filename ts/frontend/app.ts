@@ -94,7 +94,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     ],
   }));
   app.get('/metrics', async (_request, reply) => {
-    context.metrics.refresh(await context.pool.loads());
+    context.metrics.refresh(await context.pool.loads(), context.pool.routerMetrics?.());
     return reply.type(context.metrics.registry.contentType).send(await context.metrics.registry.metrics());
   });
   await app.register(chatRoutes);

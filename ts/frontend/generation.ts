@@ -15,10 +15,14 @@
 import type { FinishReason, OutputProcessorOptions, TextTokenizer } from '../processor/index.ts';
 import { OutputProcessor } from '../processor/index.ts';
 import type { GenerateDelta, RequestId, TokenLogprobs } from '../protocol/index.ts';
+import { RequestPlaneError } from '../runtime/request-client.ts';
 import { ApiError, toApiError } from './errors.ts';
 import type { FrontendMetrics } from './metrics.ts';
 import { choiceSampling, type GenerationPlan } from './request-params.ts';
 import type { WorkerPool, WorkerSelection } from './worker-pool.ts';
+
+// Workers tried for one choice before a request-plane failure becomes the client's error.
+const MAX_WORKER_ATTEMPTS = 3;
 
 export interface ChoiceDelta {
   readonly index: number;
@@ -155,19 +159,33 @@ export class Generation {
     };
   }
 
+  // Picks a worker and waits for the choice's first delta. A worker that does not answer at all
+  // (dead, or its lease not yet expired) is reported to the pool and another one is tried.
   private async startChoice(c: Choice): Promise<void> {
     const promptTokenIds = this.plan.prompts[c.promptIndex];
-    c.selection = await this.deps.pool.select(promptTokenIds, c.requestId);
-    c.stream = c.selection.client.generate(
-      {
-        requestId: c.requestId,
-        promptTokenIds,
-        sampling: choiceSampling(this.plan, c.promptIndex, c.index - c.promptIndex * this.plan.n),
-        prefixHitRate: c.selection.prefixHitRate,
-      },
-      c.abort.signal,
-    );
-    c.first = await c.stream.next();
+    for (let attempt = 1; ; attempt++) {
+      c.selection = await this.deps.pool.select(promptTokenIds, c.requestId);
+      c.released = false;
+      c.stream = c.selection.client.generate(
+        {
+          requestId: c.requestId,
+          promptTokenIds,
+          sampling: choiceSampling(this.plan, c.promptIndex, c.index - c.promptIndex * this.plan.n),
+          prefixHitRate: c.selection.prefixHitRate,
+        },
+        c.abort.signal,
+      );
+      try {
+        c.first = await c.stream.next();
+        return;
+      } catch (err) {
+        const unavailable = err instanceof RequestPlaneError && err.code === 'ERR_WORKER_UNAVAILABLE';
+        if (!unavailable || attempt >= MAX_WORKER_ATTEMPTS || c.abort.signal.aborted) throw err;
+        const workerId = c.selection.worker.workerId;
+        await this.close(c);
+        this.deps.pool.reportUnavailable?.(workerId);
+      }
+    }
   }
 
   private async runChoice(c: Choice, onDelta: (d: ChoiceDelta) => void): Promise<void> {

@@ -4,10 +4,13 @@
 // Owns: the registry. Request-path metrics (tokens, finished requests, TTFT, inter-token
 // latency, end-to-end latency) are recorded as requests run. Engine-side ones are read from the
 // workers' GET /load at scrape time (refresh()): the gauges hold the sum over workers
-// (kv_cache_usage_perc: the mean), the prefix-cache counters the sum of the workers' cumulative
-// token counters; kvserve:worker_* gauges carry the same per worker_id.
+// (kv_cache_usage_perc: the mean) and kvserve:worker_* gauges the same per worker_id; the
+// prefix-cache counters are the workers' cumulative token counters, one series per worker_id.
+// With the KV router, kvserve:router_* say what it decided: decisions, and its hit rate (the
+// share of routed prompt blocks that were already cached on the chosen worker).
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { WorkerLoad } from '../protocol/index.ts';
+import type { RouterMetrics } from '../router/index.ts';
 
 // vLLM v1's buckets (vllm/v1/metrics/loggers.py).
 const TTFT_BUCKETS = [0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10, 20, 40, 80, 160, 640, 2560];
@@ -30,6 +33,7 @@ export class FrontendMetrics {
   private readonly prefixQueries: Counter;
   private readonly prefixHits: Counter;
   private readonly workerGauges: Record<'running' | 'waiting' | 'kvUsage', Gauge>;
+  private readonly router: Record<'decisions' | 'hitRate' | 'queueDepth', Gauge>;
   private readonly promptTokens: Counter;
   private readonly generationTokens: Counter;
   private readonly success: Counter;
@@ -48,9 +52,14 @@ export class FrontendMetrics {
     this.running = gauge('vllm:num_requests_running', 'Number of requests running in the engines (sum over workers).');
     this.waiting = gauge('vllm:num_requests_waiting', 'Number of requests waiting in the engines (sum over workers).');
     this.kvUsage = gauge('vllm:kv_cache_usage_perc', 'KV-cache usage, 1 = full (mean over workers).');
-    this.prefixQueries = counter('vllm:prefix_cache_queries_total', 'Prefix-cache queries, in tokens (sum of the workers).');
-    this.prefixHits = counter('vllm:prefix_cache_hits_total', 'Prefix-cache hits, in tokens (sum of the workers).');
     const perWorker = ['model_name', 'worker_id'];
+    this.prefixQueries = counter('vllm:prefix_cache_queries_total', 'Prefix-cache queries, in tokens, per worker.', perWorker);
+    this.prefixHits = counter('vllm:prefix_cache_hits_total', 'Prefix-cache hits, in tokens, per worker.', perWorker);
+    this.router = {
+      decisions: gauge('kvserve:router_decisions', 'Routing decisions the KV router made.'),
+      hitRate: gauge('kvserve:router_prefix_hit_rate', 'Share of routed prompt blocks already cached on the chosen worker.'),
+      queueDepth: gauge('kvserve:router_queue_depth', 'Requests waiting for a worker with room.'),
+    };
     this.workerGauges = {
       running: gauge('kvserve:worker_num_requests_running', 'Requests running in one worker.', perWorker),
       waiting: gauge('kvserve:worker_num_requests_waiting', 'Requests waiting in one worker.', perWorker),
@@ -75,21 +84,26 @@ export class FrontendMetrics {
   }
 
   // Sets the engine-side metrics from the workers' loads (call just before a scrape).
-  refresh(loads: readonly WorkerLoad[]): void {
+  refresh(loads: readonly WorkerLoad[], router?: RouterMetrics): void {
     const sum = (f: (l: WorkerLoad) => number) => loads.reduce((s, l) => s + f(l), 0);
     this.running.set(this.labels, sum((l) => l.request_active_slots));
     this.waiting.set(this.labels, sum((l) => l.num_requests_waiting));
     this.kvUsage.set(this.labels, loads.length > 0 ? sum((l) => l.kv_cache_usage) / loads.length : 0);
     this.prefixQueries.reset();
-    this.prefixQueries.inc(this.labels, sum((l) => l.prefix_cache_queries));
     this.prefixHits.reset();
-    this.prefixHits.inc(this.labels, sum((l) => l.prefix_cache_hits));
     for (const g of Object.values(this.workerGauges)) g.reset();
     for (const l of loads) {
       const labels = { ...this.labels, worker_id: l.worker_id };
+      this.prefixQueries.inc(labels, l.prefix_cache_queries);
+      this.prefixHits.inc(labels, l.prefix_cache_hits);
       this.workerGauges.running.set(labels, l.request_active_slots);
       this.workerGauges.waiting.set(labels, l.num_requests_waiting);
       this.workerGauges.kvUsage.set(labels, l.kv_cache_usage);
+    }
+    if (router) {
+      this.router.decisions.set(this.labels, router.decisions);
+      this.router.hitRate.set(this.labels, router.hitRate);
+      this.router.queueDepth.set(this.labels, router.queueDepth);
     }
   }
 }

@@ -8,6 +8,7 @@
 // Stays true: select() only returns a worker that serves the pool's model and is not a prefill
 // worker; with none, it throws ERR_NO_WORKER (HTTP 503).
 import type { RequestId, WorkerId, WorkerInfo, WorkerLoad } from '../protocol/index.ts';
+import type { RouterMetrics } from '../router/index.ts';
 import { WorkerClient } from '../runtime/request-client.ts';
 import { ApiError } from './errors.ts';
 
@@ -23,6 +24,11 @@ export interface WorkerPool {
   ready(): boolean;
   select(promptTokenIds: readonly number[], requestId: RequestId): Promise<WorkerSelection>;
   release(workerId: WorkerId, requestId: RequestId): void;
+  // The worker did not answer on the request plane (connection refused or reset before any
+  // output): the pool may stop choosing it until it answers again.
+  reportUnavailable?(workerId: WorkerId): void;
+  // What the router decided so far (pools that route by KV cache).
+  routerMetrics?(): RouterMetrics;
   // The current load of every worker that answers (one that does not is left out).
   loads(): Promise<WorkerLoad[]>;
 }

@@ -8,6 +8,8 @@ export interface LauncherFlags {
   workers: number; // monolithic workers, or decode workers when prefill workers exist
   prefillWorkers: number;
   router: 'round-robin' | 'kv' | 'random';
+  kvOverlapWeight: number;
+  routerTemperature: number;
   decodeTp: number;
   prefillTp: number;
   blockSize: number;
@@ -52,8 +54,12 @@ Topology
   --prefill-workers N           prefill worker processes; > 0 turns on disaggregation
                                 (not implemented yet)
   --router round-robin|kv|random
-                                how requests pick a worker (default round-robin; kv and random
-                                are not implemented yet)
+                                how requests pick a worker (default round-robin); kv weighs
+                                each worker's cached prefix of the prompt against its load
+  --kv-overlap-weight W         kv router: weight of the uncached prompt blocks against the
+                                worker's active blocks, W >= 0 (default 1)
+  --router-temperature T        kv router: 0 picks the lowest cost (ties at random); T > 0
+                                samples a softmax over the negated costs (default 0)
   --decode-tp N, --worker-tp N, --prefill-tp N
                                 tensor-parallel ranks per worker (only 1 for now)
   --max-local-prefill-length N  conditional disaggregation threshold (with prefill workers)
@@ -72,7 +78,8 @@ Serving
   --http-port N                 OpenAI server port (default 8181)
   --host ADDR                   address to listen on (default 0.0.0.0)
   --redis-url URL               use this Redis; otherwise a private redis-server is started
-                                only when a mode needs one (a single worker needs none)
+                                when a mode needs one (--router kv or random; a plain
+                                round-robin needs none)
   --restart                     restart a worker that dies instead of stopping everything
   --log-level LEVEL             fatal|error|warn|info|debug|trace (default info)
   -h, --help                    this text
@@ -83,6 +90,13 @@ function int(name: string, v: string | undefined, min: number, max = Number.MAX_
   if (!/^\d+$/.test(v)) throw new FlagError(`--${name} must be an integer, got '${v}'`);
   const n = Number(v);
   if (n < min || n > max) throw new FlagError(`--${name} must be in [${min}, ${max}], got ${n}`);
+  return n;
+}
+
+function num(name: string, v: string | undefined, min: number): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n) || n < min) throw new FlagError(`--${name} must be a number >= ${min}, got '${v}'`);
   return n;
 }
 
@@ -117,6 +131,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'decode-workers': { type: 'string' },
         'prefill-workers': { type: 'string' },
         router: { type: 'string' },
+        'kv-overlap-weight': { type: 'string' },
+        'router-temperature': { type: 'string' },
         'decode-tp': { type: 'string' },
         'worker-tp': { type: 'string' },
         'prefill-tp': { type: 'string' },
@@ -152,6 +168,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
     workers: int('workers', v.workers ?? v['decode-workers'], 1, 256) ?? 1,
     prefillWorkers: int('prefill-workers', v['prefill-workers'], 0, 256) ?? 0,
     router: oneOf('router', v.router, ['round-robin', 'kv', 'random'] as const, 'round-robin'),
+    kvOverlapWeight: num('kv-overlap-weight', v['kv-overlap-weight'], 0) ?? 1,
+    routerTemperature: num('router-temperature', v['router-temperature'], 0) ?? 0,
     decodeTp: int('decode-tp', v['decode-tp'] ?? v['worker-tp'], 1, 64) ?? 1,
     prefillTp: int('prefill-tp', v['prefill-tp'], 1, 64) ?? 1,
     blockSize: int('block-size', v['block-size'], 1, 1024) ?? 16,
@@ -177,9 +195,6 @@ export function parseFlags(argv: string[]): LauncherFlags {
 
 // Features whose issues have not landed: refused with a clear message, never ignored.
 export function refuseUnimplemented(f: LauncherFlags): void {
-  if (f.router !== 'round-robin') {
-    throw new FlagError(`--router ${f.router} is not implemented yet (KV-aware routing lands with the router issue); use --router round-robin`);
-  }
   if (f.prefillWorkers > 0) {
     throw new FlagError('--prefill-workers is not implemented yet (disaggregated prefill lands with its own issue)');
   }

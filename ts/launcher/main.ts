@@ -1,14 +1,16 @@
 // main.ts: `npm run start -- [flags]`: the "leader". It resolves the model, starts the worker
 // processes, then the frontend, prints where everything is, and stops them all on Ctrl-C /
 // SIGTERM. A child that dies is reported, and the launcher exits non-zero unless --restart.
-// Start-up order: flags -> model -> (Redis, when a mode needs it: none does yet) -> workers
-// (each on a fixed free port, so a restarted worker keeps its address) -> frontend.
+// Start-up order: flags -> model -> Redis (only when a mode needs it: --router kv or random, or
+// --redis-url given; a private redis-server unless --redis-url) -> workers (each on a fixed free
+// port, so a restarted worker keeps its address) -> frontend.
 import net from 'node:net';
 import os from 'node:os';
 import type { WorkerInfo } from '../protocol/index.ts';
 import type { WorkerConfig, WorkerMessage } from '../worker/main.ts';
 import { FlagError, HELP, parseFlags, refuseUnimplemented, type LauncherFlags } from './flags.ts';
 import { resolveModel, type ResolvedModel } from './model-resolve.ts';
+import { startPrivateRedis, type PrivateRedis } from './redis.ts';
 import { Supervisor, type Child } from './supervisor.ts';
 
 const WORKER_READY_TIMEOUT_MS = 15 * 60_000; // large models take a while to page in
@@ -29,7 +31,7 @@ async function freePort(host = '127.0.0.1'): Promise<number> {
   });
 }
 
-function workerConfig(f: LauncherFlags, model: ResolvedModel, index: number, port: number): WorkerConfig {
+function workerConfig(f: LauncherFlags, model: ResolvedModel, index: number, port: number, redisUrl: string | undefined): WorkerConfig {
   const cores = os.availableParallelism?.() ?? os.cpus().length;
   return {
     workerId: `worker-${index}`,
@@ -38,7 +40,7 @@ function workerConfig(f: LauncherFlags, model: ResolvedModel, index: number, por
     modelDir: model.dir,
     host: '127.0.0.1',
     port,
-    redisUrl: f.redisUrl,
+    redisUrl,
     engine: {
       blockSize: f.blockSize,
       maxModelLen: f.maxModelLen,
@@ -59,14 +61,26 @@ async function run(f: LauncherFlags): Promise<number> {
   const served = { ...model, name: f.servedModelName ?? model.name };
   log(`model ${served.name} at ${model.dir}`);
 
-  // 2. Children, watched: a death stops everything unless --restart.
+  // 2. Redis, when this mode needs it.
+  const needsRedis = f.router !== 'round-robin' || f.redisUrl !== undefined;
+  let privateRedis: PrivateRedis | undefined;
+  if (needsRedis && f.redisUrl === undefined) {
+    privateRedis = await startPrivateRedis();
+    log(`started a private redis-server at ${privateRedis.url} (--router ${f.router} needs one; pass --redis-url to use yours)`);
+  }
+  const redisUrl = needsRedis ? (f.redisUrl ?? privateRedis!.url) : undefined;
+
+  // 3. Children, watched: a death stops everything unless --restart.
   let exitCode = 0;
   let shuttingDown: Promise<void> | undefined;
   let stopped!: () => void;
   const done = new Promise<void>((resolve) => (stopped = resolve));
   const shutdown = (code: number) => {
     exitCode = Math.max(exitCode, code);
-    shuttingDown ??= supervisor.stopAll().then(stopped);
+    shuttingDown ??= supervisor
+      .stopAll()
+      .then(() => privateRedis?.stop())
+      .then(stopped);
     return shuttingDown;
   };
   const supervisor = new Supervisor((child: Child, code, signal) => {
@@ -87,10 +101,10 @@ async function run(f: LauncherFlags): Promise<number> {
   }
 
   try {
-    // 3. Workers, all loading at once.
+    // 4. Workers, all loading at once.
     const workers = await Promise.all(
       Array.from({ length: f.workers }, async (_, i) => {
-        const child = supervisor.start({ name: `worker-${i}`, entry: 'ts/worker/main.ts', config: workerConfig(f, served, i, await freePort()) });
+        const child = supervisor.start({ name: `worker-${i}`, entry: 'ts/worker/main.ts', config: workerConfig(f, served, i, await freePort(), redisUrl) });
         child.process.on('message', (m: WorkerMessage) => {
           if (m.type === 'loading') log(`${m.workerId}: ${m.message}`);
         });
@@ -108,7 +122,7 @@ async function run(f: LauncherFlags): Promise<number> {
       }),
     );
 
-    // 4. The frontend.
+    // 5. The frontend.
     const frontend = supervisor.start({
       name: 'frontend',
       entry: 'ts/frontend/main.ts',
@@ -120,6 +134,9 @@ async function run(f: LauncherFlags): Promise<number> {
         maxModelLen: Math.min(...workers.map((w) => w.maxModelLen)),
         workers,
         logLevel: f.logLevel,
+        router: redisUrl
+          ? { redisUrl, policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
+          : undefined,
       },
     });
     const url = await supervisor.waitFor<string>(

@@ -18,6 +18,7 @@ export interface WorkerInfo {
   modelDir: string;
   blockSize: number;
   kvTotalBlocks: number;
+  maxNumSeqs: number; // request slots (the contract's request_total_slots)
   maxModelLen: number;
   vocabSize: number;
   pid: number;

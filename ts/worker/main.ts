@@ -70,6 +70,7 @@ async function main(): Promise<void> {
     blockSize: engine.info.blockSize,
     kvTotalBlocks: engine.info.numKvBlocks,
     maxModelLen: engine.info.maxModelLen,
+    maxNumSeqs: engine.metrics().requestTotalSlots,
     vocabSize: engine.info.model.vocabSize,
     pid: process.pid,
   });

@@ -1,0 +1,184 @@
+// routed-worker-pool.ts: the WorkerPool of the modes that use Redis: workers found through
+// discovery leases, chosen by the KV router (ts/router) from the KV events and load metrics
+// they publish on the event plane. This is the router's owner (DESIGN.md: "kv-router (in the
+// frontend)"): it feeds the router joins, leaves, events and loads, and asks workers to
+// replay when the router reports a gap or the event plane says it lost its place.
+//
+// Stays true:
+//   - a worker whose block size differs from the router's is refused with one log line (a
+//     silent mismatch would mean zero overlap forever);
+//   - a worker that leaves (lease gone, kill -9 included) leaves the router and its blocks the
+//     index at once; one that stops answering on the request plane before its lease expires is
+//     set aside (not routed to) and probed every PROBE_INTERVAL_MS until it answers again (then
+//     it rejoins with a replay) or its lease goes;
+//   - while Redis is unreachable select() fails with ERR_REDIS_UNAVAILABLE (HTTP 503) and
+//     ready() is false; once it is back, routing resumes on its own after the replays.
+// The request's block hashes are computed once, here, with the engine's own hash (the addon).
+import type { FastifyBaseLogger } from 'fastify';
+import { blockHashes } from '../native/index.ts';
+import type { BlockHash, RequestId, WorkerId, WorkerInfo, WorkerLoad } from '../protocol/index.ts';
+import { KvRouter, RouterOverloadedError, type PolicyName, type RouterMetrics } from '../router/index.ts';
+import { DiscoveryWatcher, type LeasedWorkerInfo } from '../runtime/discovery.ts';
+import { EventPlaneConsumer } from '../runtime/event-plane.ts';
+import { WorkerClient } from '../runtime/request-client.ts';
+import { ApiError } from './errors.ts';
+import type { WorkerPool, WorkerSelection } from './worker-pool.ts';
+
+const PROBE_INTERVAL_MS = 1000;
+
+export interface RoutedPoolOptions {
+  redisUrl: string;
+  namespace?: string;
+  modelName: string;
+  blockSize: number;
+  policy: PolicyName;
+  overlapWeight?: number;
+  temperature?: number;
+}
+
+export class RoutedWorkerPool implements WorkerPool {
+  private readonly router: KvRouter;
+  private readonly watcher: DiscoveryWatcher;
+  private readonly consumer: EventPlaneConsumer;
+  private readonly members = new Map<WorkerId, { info: LeasedWorkerInfo; client: WorkerClient }>();
+  private readonly suspects = new Map<WorkerId, { info: LeasedWorkerInfo; timer: NodeJS.Timeout }>();
+  private log!: FastifyBaseLogger; // set by start()
+
+  constructor(private readonly opts: RoutedPoolOptions) {
+    this.router = new KvRouter({
+      blockSize: opts.blockSize,
+      policy: opts.policy,
+      overlapWeight: opts.overlapWeight,
+      temperature: opts.temperature,
+    });
+    this.watcher = new DiscoveryWatcher({ url: opts.redisUrl, namespace: opts.namespace });
+    this.watcher.on('join', (w) => this.onJoin(w));
+    this.watcher.on('leave', (id) => this.onLeave(id));
+    this.consumer = new EventPlaneConsumer({
+      url: opts.redisUrl,
+      namespace: opts.namespace,
+      onKvEvent: (event) => {
+        try {
+          if (this.router.applyEvent(event) === 'gap') this.consumer.requestReplay(event.worker_id);
+        } catch (err) {
+          this.log.warn({ workerId: event.worker_id, err: (err as Error).message }, 'malformed KV event ignored');
+        }
+      },
+      onLoad: (load) => this.router.updateLoad(load.worker_id, load),
+      onResync: (reason) => {
+        this.log.info({ reason }, 'event plane resync: asking every worker to replay its KV cache');
+        this.consumer.requestReplay('*');
+      },
+      log: (line) => this.log.warn(line),
+    });
+  }
+
+  async start(log: FastifyBaseLogger): Promise<void> {
+    this.log = log;
+    // Events first, so a worker's replay after its join is not missed.
+    await this.consumer.start();
+    await this.watcher.start();
+  }
+
+  private onJoin(w: LeasedWorkerInfo): void {
+    if (w.model !== this.opts.modelName || w.role === 'prefill') return;
+    this.clearSuspect(w.workerId);
+    const refused = this.router.addWorker({
+      workerId: w.workerId,
+      blockSize: w.blockSize,
+      kvTotalBlocks: w.kvTotalBlocks,
+      requestTotalSlots: w.maxNumSeqs,
+    });
+    if (refused !== undefined) {
+      this.log.error({ workerId: w.workerId, blockSize: w.blockSize, routerBlockSize: this.opts.blockSize }, `worker refused: ${refused}`);
+      return;
+    }
+    this.members.set(w.workerId, { info: w, client: new WorkerClient(w.address) });
+    this.log.info({ workerId: w.workerId, address: w.address }, 'worker joined');
+    // Its cache so far: a worker (re)joining replays, so the index starts from the truth.
+    this.consumer.requestReplay(w.workerId);
+  }
+
+  private onLeave(id: WorkerId): void {
+    this.clearSuspect(id);
+    if (!this.members.delete(id)) return;
+    this.router.removeWorker(id);
+    this.log.warn({ workerId: id }, 'worker left: its blocks leave the index');
+  }
+
+  // The request plane could not reach this worker: stop routing to it and probe it.
+  reportUnavailable(id: WorkerId): void {
+    const m = this.members.get(id);
+    if (!m || this.suspects.has(id)) return;
+    this.members.delete(id);
+    this.router.removeWorker(id);
+    this.log.warn({ workerId: id }, 'worker unreachable: not routed to until it answers again');
+    const timer = setInterval(() => {
+      m.client.load().then(
+        () => {
+          if (!this.suspects.has(id)) return;
+          this.clearSuspect(id);
+          this.onJoin(m.info);
+        },
+        () => undefined,
+      );
+    }, PROBE_INTERVAL_MS);
+    timer.unref();
+    this.suspects.set(id, { info: m.info, timer });
+  }
+
+  private clearSuspect(id: WorkerId): void {
+    const s = this.suspects.get(id);
+    if (!s) return;
+    clearInterval(s.timer);
+    this.suspects.delete(id);
+  }
+
+  private connected(): boolean {
+    return this.watcher.isConnected() && this.consumer.isConnected();
+  }
+
+  workers(): WorkerInfo[] {
+    return [...this.members.values()].map((m) => m.info);
+  }
+
+  ready(): boolean {
+    return this.members.size > 0 && this.connected();
+  }
+
+  async select(promptTokenIds: readonly number[], requestId: RequestId): Promise<WorkerSelection> {
+    if (!this.connected()) throw new ApiError('ERR_REDIS_UNAVAILABLE', 'the routing service (Redis) is unavailable; retry shortly');
+    const hashes = blockHashes(promptTokenIds, this.opts.blockSize) as BlockHash[];
+    try {
+      const d = await this.router.route({ requestId, blockHashes: hashes });
+      const m = this.members.get(d.workerId);
+      if (!m) throw new ApiError('ERR_NO_WORKER', `worker ${d.workerId} has left`);
+      this.log.debug({ requestId, workerId: d.workerId, prefixHitRate: d.prefixHitRate, overlapBlocks: d.overlapBlocks, requestBlocks: d.requestBlocks }, 'routed');
+      return { worker: m.info, client: m.client, prefixHitRate: d.prefixHitRate };
+    } catch (err) {
+      if (err instanceof RouterOverloadedError) {
+        throw new ApiError(err.reason === 'no_workers' ? 'ERR_NO_WORKER' : 'ERR_OVERLOADED', err.message);
+      }
+      throw err;
+    }
+  }
+
+  release(_workerId: WorkerId, requestId: RequestId): void {
+    this.router.finish(requestId);
+  }
+
+  async loads(): Promise<WorkerLoad[]> {
+    const settled = await Promise.allSettled([...this.members.values()].map((m) => m.client.load()));
+    return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+  }
+
+  routerMetrics(): RouterMetrics {
+    return this.router.metrics();
+  }
+
+  async close(): Promise<void> {
+    for (const id of [...this.suspects.keys()]) this.clearSuspect(id);
+    this.router.close();
+    await Promise.all([this.watcher.close(), this.consumer.close()]);
+  }
+}
