@@ -33,7 +33,7 @@ export class FrontendMetrics {
   private readonly prefixQueries: Counter;
   private readonly prefixHits: Counter;
   private readonly workerGauges: Record<'running' | 'waiting' | 'kvUsage', Gauge>;
-  private readonly router: Record<'decisions' | 'hitRate' | 'queueDepth', Gauge>;
+  private readonly router: Record<'decisions' | 'hitRate' | 'queueDepth' | 'indexedBlocks', Gauge>;
   private readonly promptTokens: Counter;
   private readonly generationTokens: Counter;
   private readonly success: Counter;
@@ -59,6 +59,7 @@ export class FrontendMetrics {
       decisions: gauge('kvserve:router_decisions', 'Routing decisions the KV router made.'),
       hitRate: gauge('kvserve:router_prefix_hit_rate', 'Share of routed prompt blocks already cached on the chosen worker.'),
       queueDepth: gauge('kvserve:router_queue_depth', 'Requests waiting for a worker with room.'),
+      indexedBlocks: gauge('kvserve:router_indexed_blocks', "Blocks in the router's index (distinct hashes)."),
     };
     this.workerGauges = {
       running: gauge('kvserve:worker_num_requests_running', 'Requests running in one worker.', perWorker),
@@ -104,6 +105,7 @@ export class FrontendMetrics {
       this.router.decisions.set(this.labels, router.decisions);
       this.router.hitRate.set(this.labels, router.hitRate);
       this.router.queueDepth.set(this.labels, router.queueDepth);
+      this.router.indexedBlocks.set(this.labels, router.indexedBlocks);
     }
   }
 }
