@@ -5,8 +5,11 @@
 //      the frontend's (processor + request plane + SSE) own cost.
 //   2. 64 concurrent streams through HTTP + SSE: streamed tokens/s, and the CPU the frontend
 //      process used (from /proc), so its cost per token and the rate one core would sustain.
+// Every request asks for logprobs (top 0) on both paths, so each engine token makes one SSE event
+// even when its text is held back (a partial UTF-8 character): TTFT and ITL are per token.
 // Writes bench/results/frontend-<time>.json.
 import fs from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -46,7 +49,7 @@ async function direct(modelDir: string, promptIds: number[], n: number, outLen: 
     const t0 = performance.now();
     let last = t0;
     let first = true;
-    for await (const o of engine.generate(`d${i}`, promptIds, { temperature: 0, ignoreEos: true, maxTokens: outLen })) {
+    for await (const o of engine.generate(`d${i}`, promptIds, { temperature: 0, ignoreEos: true, maxTokens: outLen, logprobs: 0 })) {
       const now = performance.now();
       if (first) ttft.push(now - t0);
       else itl.push(now - last);
@@ -59,26 +62,42 @@ async function direct(modelDir: string, promptIds: number[], n: number, outLen: 
   return { ttft, itl };
 }
 
-async function sse(url: string, body: unknown, onChunk: (now: number, tokens: number) => void): Promise<void> {
-  const res = await fetch(`${url}/v1/completions`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
+// One streamed completion over a keep-alive node:http connection (fetch adds milliseconds of its
+// own per request here, which would be billed to the server); onChunk runs per SSE event
+// carrying choices.
+const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
+
+function sse(url: string, body: unknown, onChunk: (now: number) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const data = JSON.stringify(body);
+    const req = http.request(`${url}/v1/completions`, {
+      method: 'POST',
+      agent,
+      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) },
+    }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume();
+        reject(new Error(`HTTP ${res.statusCode}`));
+        return;
+      }
+      res.setEncoding('utf8');
+      let buf = '';
+      res.on('data', (chunk: string) => {
+        const now = performance.now();
+        buf += chunk;
+        let i: number;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const event = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          if (event.startsWith('data: {') && event.includes('"choices":[{')) onChunk(now);
+        }
+      });
+      res.on('end', resolve);
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(data);
   });
-  if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${await res.text()}`);
-  const decoder = new TextDecoder();
-  let buf = '';
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-    buf += decoder.decode(chunk, { stream: true });
-    let i: number;
-    while ((i = buf.indexOf('\n\n')) >= 0) {
-      const event = buf.slice(0, i);
-      buf = buf.slice(i + 2);
-      if (!event.startsWith('data: ') || event === 'data: [DONE]') continue;
-      const data = JSON.parse(event.slice(6));
-      if (data.choices?.length) onChunk(performance.now(), 1);
-    }
-  }
 }
 
 async function main() {
@@ -99,7 +118,7 @@ async function main() {
       const t0 = performance.now();
       let last = t0;
       let first = true;
-      await sse(server.url, { model: dir, prompt: promptIds, max_tokens: outLen, temperature: 0, ignore_eos: true, stream: true }, (now) => {
+      await sse(server.url, { model: dir, prompt: promptIds, max_tokens: outLen, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }, (now) => {
         if (first) h.ttft.push(now - t0);
         else h.itl.push(now - last);
         first = false;
@@ -116,7 +135,7 @@ async function main() {
     const t0 = performance.now();
     await Promise.all(
       Array.from({ length: streams }, (_, i) =>
-        sse(server.url, { model: dir, prompt: `${i}: ${PROMPT}`, max_tokens: streamLen, temperature: 0, ignore_eos: true, stream: true }, () => tokens++),
+        sse(server.url, { model: dir, prompt: `${i}: ${PROMPT}`, max_tokens: streamLen, temperature: 0, ignore_eos: true, stream: true, logprobs: 0 }, () => tokens++),
       ),
     );
     const seconds = (performance.now() - t0) / 1000;
