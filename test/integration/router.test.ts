@@ -142,6 +142,24 @@ describe('kv routing', () => {
   });
 });
 
+describe('Redis outage', () => {
+  it('answers 503 while Redis is down, then routes by cache again on its own', async () => {
+    const prefix = tokens(7000, 320);
+    const owner = (await complete([...prefix, 1, 2, 3])).workerId;
+    const port = redis.port;
+    await redis.stop();
+    await until('503 while Redis is down', async () => (await complete(tokens(7100, 32))).status === 503, 10_000);
+    expect((await fetch(`${server.url}/health`)).status).toBe(200);
+    redis = await startPrivateRedis({ port }); // a new, empty Redis on the same address
+    await until('routing again', async () => (await complete(tokens(7200, 32))).status === 200, 30_000);
+    await until('the replays', async () => {
+      const [line] = await metric('kvserve:router_indexed_blocks');
+      return line !== undefined && Number(line.split(' ').pop()) >= 20;
+    });
+    expect((await complete([...prefix, 4, 5, 6])).workerId).toBe(owner);
+  });
+});
+
 describe("the seed's Examples 2 and 3", () => {
   const body = () => fs.readFileSync('test/fixtures/seed-example-1.json', 'utf8'); // the same request in all three
 
