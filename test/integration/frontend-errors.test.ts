@@ -76,7 +76,7 @@ describe('unavailable and refusing workers', () => {
   });
 
   it('answers 503 when the worker does not answer', async () => {
-    const gone = await buildTestApp([{ ...worker.info, address: 'http://127.0.0.1:1' }]);
+    const gone = await buildTestApp([{ ...worker.info, address: 'http://127.0.0.1:1', requestPlane: 'tcp://127.0.0.1:1' }]);
     try {
       const res = await gone.inject({ method: 'POST', url: '/v1/completions', payload: completionBody({}) });
       expect(res.statusCode).toBe(503);

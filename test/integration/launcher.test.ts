@@ -171,7 +171,7 @@ describe('launcher', () => {
     [['--device', 'tpu'], /--device must be one of/],
     [['--kv-cache-memory', 'lots'], /--kv-cache-memory must be a size/],
     [['--router', 'nearest'], /--router must be one of/],
-    [['--kv-overlap-weight', '-1'], /--kv-overlap-weight must be a number >= 0/],
+    [['--kv-overlap-weight', 'heavy'], /--kv-overlap-weight must be a number >= 0/],
     [['--prefill-workers', '1'], /not implemented yet/],
     [['--decode-tp', '4'], /not implemented yet/],
     [['--device', 'cuda'], /no CUDA backend/],

@@ -93,7 +93,7 @@ export class RoutedWorkerPool implements WorkerPool {
       this.log.error({ workerId: w.workerId, blockSize: w.blockSize, routerBlockSize: this.opts.blockSize }, `worker refused: ${refused}`);
       return;
     }
-    this.members.set(w.workerId, { info: w, client: new WorkerClient(w.address) });
+    this.members.set(w.workerId, { info: w, client: new WorkerClient(w.address, w.requestPlane) });
     this.log.info({ workerId: w.workerId, address: w.address }, 'worker joined');
     // Its cache so far: a worker (re)joining replays, so the index starts from the truth.
     this.consumer.requestReplay(w.workerId);

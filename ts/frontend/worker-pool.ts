@@ -41,7 +41,7 @@ export class StaticWorkerPool implements WorkerPool {
     private readonly all: readonly WorkerInfo[],
     modelName: string,
   ) {
-    this.serving = all.filter((w) => w.model === modelName && w.role !== 'prefill').map((info) => ({ info, client: new WorkerClient(info.address) }));
+    this.serving = all.filter((w) => w.model === modelName && w.role !== 'prefill').map((info) => ({ info, client: new WorkerClient(info.address, info.requestPlane) }));
   }
 
   workers(): WorkerInfo[] {

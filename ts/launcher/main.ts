@@ -2,8 +2,8 @@
 // processes, then the frontend, prints where everything is, and stops them all on Ctrl-C /
 // SIGTERM. A child that dies is reported, and the launcher exits non-zero unless --restart.
 // Start-up order: flags -> model -> Redis (only when a mode needs it: --router kv or random, or
-// --redis-url given; a private redis-server unless --redis-url) -> workers (each on a fixed free
-// port, so a restarted worker keeps its address) -> frontend.
+// --redis-url given; a private redis-server unless --redis-url) -> workers (each on two fixed free
+// ports, HTTP and the TCP request plane, so a restarted worker keeps its addresses) -> frontend.
 import net from 'node:net';
 import os from 'node:os';
 import type { WorkerInfo } from '../protocol/index.ts';
@@ -20,18 +20,32 @@ function log(msg: string): void {
   console.log(`[kvserve] ${msg}`);
 }
 
-async function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
+// n distinct free ports: all n are held open together while they are chosen.
+async function freePorts(n: number, host = '127.0.0.1'): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<net.Server>((resolve, reject) => {
+          const srv = net.createServer();
+          srv.once('error', reject);
+          srv.listen(0, host, () => resolve(srv));
+        }),
+    ),
+  );
+  const ports = servers.map((srv) => (srv.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((srv) => new Promise((resolve) => srv.close(resolve))));
+  return ports;
 }
 
-function workerConfig(f: LauncherFlags, model: ResolvedModel, index: number, port: number, redisUrl: string | undefined): WorkerConfig {
+function workerConfig(
+  f: LauncherFlags,
+  model: ResolvedModel,
+  index: number,
+  port: number,
+  requestPort: number,
+  redisUrl: string | undefined,
+): WorkerConfig {
   const cores = os.availableParallelism?.() ?? os.cpus().length;
   return {
     workerId: `worker-${index}`,
@@ -40,6 +54,7 @@ function workerConfig(f: LauncherFlags, model: ResolvedModel, index: number, por
     modelDir: model.dir,
     host: '127.0.0.1',
     port,
+    requestPort,
     redisUrl,
     engine: {
       blockSize: f.blockSize,
@@ -102,9 +117,11 @@ async function run(f: LauncherFlags): Promise<number> {
 
   try {
     // 4. Workers, all loading at once.
+    const ports = await freePorts(2 * f.workers);
     const workers = await Promise.all(
       Array.from({ length: f.workers }, async (_, i) => {
-        const child = supervisor.start({ name: `worker-${i}`, entry: 'ts/worker/main.ts', config: workerConfig(f, served, i, await freePort(), redisUrl) });
+        const config = workerConfig(f, served, i, ports[2 * i], ports[2 * i + 1], redisUrl);
+        const child = supervisor.start({ name: `worker-${i}`, entry: 'ts/worker/main.ts', config });
         child.process.on('message', (m: WorkerMessage) => {
           if (m.type === 'loading') log(`${m.workerId}: ${m.message}`);
         });

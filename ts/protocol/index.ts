@@ -13,7 +13,11 @@ export type WorkerRole = 'monolith' | 'decode' | 'prefill';
 export interface WorkerInfo {
   workerId: WorkerId;
   role: WorkerRole;
-  address: string; // request-plane base URL, e.g. http://127.0.0.1:40123
+  address: string; // the worker's HTTP base URL (info, load, health; generate for curl), e.g. http://127.0.0.1:40123
+  // The request plane proper: a persistent, multiplexed NDJSON-over-TCP endpoint, e.g.
+  // tcp://127.0.0.1:40124 (runtime/request-client.ts, worker/server.ts). Absent on workers that
+  // predate it: the frontend then streams `generate` over HTTP at `address`.
+  requestPlane?: string;
   model: string; // the served model name
   modelDir: string;
   blockSize: number;
@@ -57,7 +61,7 @@ export interface TokenLogprobs {
 
 export type FinishReason = 'stop' | 'length' | 'abort' | 'error';
 
-// One line of the worker's NDJSON response stream.
+// One line of the worker's NDJSON response stream (HTTP), or the payload of a `delta` frame (TCP).
 export interface GenerateDelta {
   requestId: RequestId;
   tokenIds: number[];
@@ -68,6 +72,18 @@ export interface GenerateDelta {
   numCachedTokens: number;
   error?: WireError;
 }
+
+// ---- request plane over TCP: newline-delimited JSON frames, both directions ----
+// `id` is chosen by the client and unique among the requests open on one connection: it keys the
+// multiplexing (a requestId alone cannot: a request aborted by the client may still be draining
+// in the engine when a retry reuses its requestId).
+export type RequestPlaneClientFrame =
+  | { t: 'gen'; id: number; body: GenerateRequest }
+  | { t: 'abort'; id: number; requestId: RequestId };
+
+export type RequestPlaneWorkerFrame =
+  | ({ t: 'delta'; id: number } & GenerateDelta)
+  | { t: 'err'; id: number; requestId: RequestId; status: number; code: string; message: string };
 
 export interface WireError {
   code: string; // a NativeErrorCode or ERR_WORKER_*

@@ -1,4 +1,7 @@
-// main.ts: the worker process: hosts one native engine and serves the request plane.
+// main.ts: the worker process: hosts one native engine and serves the request plane: `generate`
+// over a persistent, multiplexed TCP connection per frontend (cfg.requestPort, advertised as
+// WorkerInfo.requestPlane) and HTTP at cfg.port (info, load, health; generate for curl). See
+// server.ts for the framing.
 // Started by the launcher (child_process.fork, so it has an IPC channel) with
 //   --config '<WorkerConfig as JSON>'
 // It reports progress and readiness to the parent over IPC ({type: 'loading' | 'ready' |
@@ -23,7 +26,9 @@ export interface WorkerConfig {
   model: string; // served model name
   modelDir: string;
   host: string;
-  port: number; // 0 = any free port
+  port: number; // HTTP; 0 = any free port
+  requestPort?: number; // the TCP request plane; 0 / absent = any free port (the launcher fixes it,
+  // so a restarted worker keeps its address)
   redisUrl?: string; // when set: discovery lease, event plane, replay requests there
   namespace?: string; // Redis key prefix, default 'kvserve'
   leaseTtlMs?: number; // [1000, 60000], default 3000
@@ -61,10 +66,11 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  const info = (address: string): WorkerInfo => ({
+  const info = (address: string, requestPlane: string): WorkerInfo => ({
     workerId: cfg.workerId as WorkerId,
     role: cfg.role,
     address,
+    requestPlane,
     model: cfg.model,
     modelDir: cfg.modelDir,
     blockSize: engine.info.blockSize,
@@ -104,13 +110,21 @@ async function main(): Promise<void> {
   }
 
   let address = '';
-  const server = await startWorkerServer({ engine, info: () => info(address), host: cfg.host, port: cfg.port });
+  let requestPlane = '';
+  const server = await startWorkerServer({
+    engine,
+    info: () => info(address, requestPlane),
+    host: cfg.host,
+    port: cfg.port,
+    requestPort: cfg.requestPort,
+  });
   address = server.address;
+  requestPlane = server.requestPlane;
 
   // Discovery: static (the launcher hands our info to the frontend) unless Redis is in use.
   let lease: WorkerLease | undefined;
   if (redis) {
-    lease = new WorkerLease(redis.redis, info(address), namespace, cfg.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, instanceId);
+    lease = new WorkerLease(redis.redis, info(address, requestPlane), namespace, cfg.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, instanceId);
     await lease.start();
   }
 
@@ -128,7 +142,7 @@ async function main(): Promise<void> {
   process.on('SIGTERM', stop);
   process.on('SIGINT', stop);
   process.on('disconnect', stop); // the launcher is gone
-  send({ type: 'ready', info: info(address) });
+  send({ type: 'ready', info: info(address, requestPlane) });
 }
 
 main().catch((err) => {

@@ -1,19 +1,47 @@
-// server.ts: the worker's internal request-plane server (node:http, keep-alive).
+// server.ts: the worker's side of the request plane: a persistent, multiplexed TCP endpoint for
+// `generate` (what the frontend uses), and a node:http server (keep-alive) for everything else.
 //
+// TCP (WorkerConfig.requestPort; advertised as WorkerInfo.requestPlane = tcp://HOST:PORT), with
+// setNoDelay: newline-delimited JSON frames in both directions, one per line
+// (RequestPlaneClientFrame / RequestPlaneWorkerFrame in protocol/index.ts):
+//   client -> worker  {"t":"gen","id","body":GenerateRequest}   starts a request
+//                     {"t":"abort","id","requestId"}             aborts it (signal / consumer gone)
+//   worker -> client  {"t":"delta","id",...GenerateDelta}        in order, the last with finishReason
+//                     {"t":"err","id","requestId","status","code","message"}
+//                                                                an up-front refusal, instead of
+//                                                                any delta: 400 NativeError refusals,
+//                                                                409 duplicate, 503 closed, 500 other
+//   One connection per (frontend process, worker) carries many requests at once, keyed by the
+//   client's per-connection `id`. After an abort frame nothing more is sent for that id. A
+//   connection that closes aborts every request that came over it (as closing an HTTP stream
+//   did). A malformed frame (bad JSON, unknown type, reused open id, a line over 64 MiB) is a
+//   protocol error: the connection is closed. Backpressure: deltas are small and produced at
+//   engine speed, so a write that returns false is not waited on (Node buffers it; the engine is
+//   never blocked by a slow reader); writes made in one tick are corked into one syscall.
+//
+// HTTP (WorkerConfig.port; WorkerInfo.address), for curl, debugging and the control plane:
 //   POST /generate   GenerateRequest -> 200 NDJSON stream of GenerateDelta, the last with
 //                    finishReason; a request the engine refuses up front -> 4xx {error}.
 //                    Closing the response (client gone) aborts the engine request.
 //   GET  /info       WorkerInfo
 //   GET  /load       WorkerLoad (the contract's load metrics + counters)
 //   GET  /health     {"status":"ok"}
-// Owns: nothing but the HTTP plumbing; the engine belongs to the worker process (main.ts).
+// Owns: nothing but the plumbing; the engine belongs to the worker process (main.ts).
 // Stays true: every accepted request ends with exactly one delta carrying finishReason, unless
-// the client went away first (then the engine request is aborted instead).
+// the client went away or aborted it first (then the engine request is aborted instead).
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { Engine, NativeError } from '../native/index.ts';
-import type { GenerateDelta, GenerateRequest, RequestId, WorkerInfo } from '../protocol/index.ts';
+import net, { type AddressInfo } from 'node:net';
+import { Engine, NativeError, type RequestOutput } from '../native/index.ts';
+import type {
+  GenerateDelta,
+  GenerateRequest,
+  RequestId,
+  RequestPlaneClientFrame,
+  RequestPlaneWorkerFrame,
+  WorkerInfo,
+} from '../protocol/index.ts';
 import { toWorkerLoad } from '../runtime/event-plane.ts';
+import { LineSplitter } from '../runtime/request-client.ts';
 
 const MAX_BODY_BYTES = 64 << 20;
 
@@ -29,6 +57,33 @@ function sendJson(res: http.ServerResponse, status: number, body: unknown): void
   const text = JSON.stringify(body);
   res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
+}
+
+function toDelta(requestId: RequestId, o: RequestOutput): GenerateDelta {
+  const delta: GenerateDelta = {
+    requestId,
+    tokenIds: o.newTokenIds,
+    numPromptTokens: o.numPromptTokens,
+    numCachedTokens: o.numCachedTokens,
+  };
+  if (o.logprobs) delta.logprobs = o.logprobs;
+  if (o.finishReason) delta.finishReason = o.finishReason;
+  if (o.stopTokenId !== undefined) delta.stopTokenId = o.stopTokenId;
+  if (o.error) delta.error = { code: 'ERR_ENGINE', message: o.error };
+  return delta;
+}
+
+// The last delta of a stream the engine failed (e.g. closed) after accepting the request.
+function failedDelta(body: GenerateRequest, err: unknown): GenerateDelta {
+  const e = err as NativeError;
+  return {
+    requestId: body.requestId,
+    tokenIds: [],
+    finishReason: 'error',
+    numPromptTokens: body.promptTokenIds?.length ?? 0,
+    numCachedTokens: 0,
+    error: { code: e.code ?? 'ERR_INTERNAL', message: e.message },
+  };
 }
 
 async function readJson(req: http.IncomingMessage): Promise<unknown> {
@@ -65,38 +120,106 @@ async function handleGenerate(engine: Engine, req: http.IncomingMessage, res: ht
   res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
   try {
     for await (const o of stream) {
-      const delta: GenerateDelta = {
-        requestId: body.requestId as RequestId,
-        tokenIds: o.newTokenIds,
-        numPromptTokens: o.numPromptTokens,
-        numCachedTokens: o.numCachedTokens,
-      };
-      if (o.logprobs) delta.logprobs = o.logprobs;
-      if (o.finishReason) delta.finishReason = o.finishReason;
-      if (o.stopTokenId !== undefined) delta.stopTokenId = o.stopTokenId;
-      if (o.error) delta.error = { code: 'ERR_ENGINE', message: o.error };
       if (o.finishReason) finished = true;
-      res.write(JSON.stringify(delta) + '\n');
+      res.write(JSON.stringify(toDelta(body.requestId, o)) + '\n');
     }
   } catch (err) {
     finished = true;
-    const e = err as NativeError;
-    const last: GenerateDelta = {
-      requestId: body.requestId as RequestId,
-      tokenIds: [],
-      finishReason: 'error',
-      numPromptTokens: body.promptTokenIds?.length ?? 0,
-      numCachedTokens: 0,
-      error: { code: e.code ?? 'ERR_INTERNAL', message: e.message },
-    };
-    if (!res.destroyed) res.write(JSON.stringify(last) + '\n');
+    if (!res.destroyed) res.write(JSON.stringify(failedDelta(body, err)) + '\n');
   }
   res.end();
 }
 
+// ---- the TCP request plane ----
+
+// One client connection: its open requests by the client's id.
+function serveRequestPlane(engine: Engine, socket: net.Socket): void {
+  socket.setNoDelay(true);
+  socket.setEncoding('utf8');
+  const open = new Map<number, AbortController>();
+  let closed = false;
+  let corked = false;
+  const send = (frame: RequestPlaneWorkerFrame): void => {
+    if (closed || socket.destroyed) return;
+    if (!corked) {
+      corked = true;
+      socket.cork();
+      process.nextTick(() => {
+        corked = false;
+        socket.uncork();
+      });
+    }
+    // A false return (the kernel buffer is full) is not waited on: see the header.
+    socket.write(JSON.stringify(frame) + '\n');
+  };
+
+  const pump = async (id: number, body: GenerateRequest, stream: AsyncIterable<RequestOutput>, abort: AbortController): Promise<void> => {
+    try {
+      for await (const o of stream) {
+        if (abort.signal.aborted) continue; // aborted by the client: drain silently
+        send({ t: 'delta', id, ...toDelta(body.requestId, o) });
+      }
+    } catch (err) {
+      if (!abort.signal.aborted) send({ t: 'delta', id, ...failedDelta(body, err) });
+    } finally {
+      if (open.get(id) === abort) open.delete(id);
+    }
+  };
+
+  const start = (id: number, body: GenerateRequest): void => {
+    if (!Number.isSafeInteger(id) || open.has(id)) throw new Error(`bad or reused request id ${String(id)}`);
+    if (body === null || typeof body !== 'object') {
+      send({ t: 'err', id, requestId: '' as RequestId, status: 400, code: 'ERR_WORKER_BAD_BODY', message: 'the gen frame has no body' });
+      return;
+    }
+    const abort = new AbortController();
+    let stream: ReturnType<Engine['generate']>;
+    try {
+      stream = engine.generate(body.requestId, body.promptTokenIds ?? [], body.sampling ?? {}, abort.signal);
+    } catch (err) {
+      const e = err as NativeError;
+      send({ t: 'err', id, requestId: body.requestId, status: statusOf(err), code: e.code ?? 'ERR_INTERNAL', message: e.message });
+      return;
+    }
+    open.set(id, abort);
+    void pump(id, body, stream, abort);
+  };
+
+  const lines = new LineSplitter((line) => {
+    const f = JSON.parse(line) as RequestPlaneClientFrame;
+    if (f.t === 'gen') {
+      start(f.id, f.body);
+    } else if (f.t === 'abort') {
+      const abort = open.get(f.id);
+      if (abort) {
+        open.delete(f.id);
+        abort.abort();
+      }
+    } else {
+      throw new Error(`unknown frame type ${String((f as { t?: unknown }).t)}`);
+    }
+  }, MAX_BODY_BYTES);
+  socket.on('data', (chunk: string) => {
+    try {
+      lines.push(chunk);
+    } catch {
+      socket.destroy(); // a protocol error: 'close' aborts what came over this connection
+    }
+  });
+  socket.on('error', () => {
+    // 'close' follows
+  });
+  socket.on('close', () => {
+    closed = true;
+    for (const abort of open.values()) abort.abort();
+    open.clear();
+  });
+}
+
 export interface WorkerServer {
   server: http.Server;
-  address: string;
+  address: string; // http://HOST:PORT
+  requestPlane: string; // tcp://HOST:PORT
   close(): Promise<void>;
 }
 
@@ -104,7 +227,8 @@ export async function startWorkerServer(opts: {
   engine: Engine;
   info: () => WorkerInfo;
   host?: string;
-  port?: number;
+  port?: number; // HTTP, 0 / absent = any free port
+  requestPort?: number; // the TCP request plane, 0 / absent = any free port
 }): Promise<WorkerServer> {
   const { engine } = opts;
   const server = http.createServer((req, res) => {
@@ -130,13 +254,37 @@ export async function startWorkerServer(opts: {
     server.listen(opts.port ?? 0, opts.host ?? '127.0.0.1', () => resolve());
   });
   const { port } = server.address() as AddressInfo;
+
+  const sockets = new Set<net.Socket>();
+  const tcp = net.createServer({ noDelay: true }, (socket) => {
+    sockets.add(socket);
+    socket.once('close', () => sockets.delete(socket));
+    serveRequestPlane(engine, socket);
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      tcp.once('error', reject);
+      tcp.listen(opts.requestPort ?? 0, opts.host ?? '127.0.0.1', () => resolve());
+    });
+  } catch (err) {
+    server.close();
+    throw err;
+  }
+  const requestPort = (tcp.address() as AddressInfo).port;
   return {
     server,
     address: `http://${opts.host ?? '127.0.0.1'}:${port}`,
+    requestPlane: `tcp://${opts.host ?? '127.0.0.1'}:${requestPort}`,
     close: () =>
-      new Promise<void>((resolve) => {
-        server.close(() => resolve());
-        server.closeAllConnections();
-      }),
+      Promise.all([
+        new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeAllConnections();
+        }),
+        new Promise<void>((resolve) => {
+          tcp.close(() => resolve());
+          for (const socket of sockets) socket.destroy();
+        }),
+      ]).then(() => undefined),
   };
 }
