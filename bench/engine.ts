@@ -6,12 +6,11 @@
 // Flags: --model DIR (another model), --preset NAME (default llama-3.2-1b), --threads N,
 //        --decode-tokens N (per request, default 16), --batches 1,8,32, --prefill-len 512,
 //        --out FILE.
-import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine, collect } from '../ts/native/index.ts';
 import { ensureModel } from '../ts/modelgen/index.ts';
+import { writeResult } from './common.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -100,10 +99,7 @@ async function main() {
     engine: { backend: info.backend, kernels: info.kernels, kvCacheDtype: info.kvCacheDtype, threads: Number(args.threads) },
     results: rows,
   };
-  const out = args.out ?? path.join('bench', 'results', `engine-${result.date.replace(/[:.]/g, '-')}.json`);
-  fs.mkdirSync(path.dirname(out), { recursive: true });
-  fs.writeFileSync(out, JSON.stringify(result, null, 2));
-  console.log(`\nwrote ${out}`);
+  writeResult('engine', result, args.out);
 }
 
 main().catch((err) => {

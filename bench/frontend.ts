@@ -9,14 +9,13 @@
 // even when its text is held back (a partial UTF-8 character): TTFT and ITL are per token.
 // Writes bench/results/frontend-<time>.json.
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { Engine } from '../ts/native/index.ts';
 import { ensureModel } from '../ts/modelgen/index.ts';
 import { loadTokenizer } from '../ts/processor/index.ts';
 import { childPids, freePort, launch } from '../test/helpers/launcher.ts';
+import { streamCompletion, writeResult } from './common.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -62,41 +61,10 @@ async function direct(modelDir: string, promptIds: number[], n: number, outLen: 
   return { ttft, itl };
 }
 
-// One streamed completion over a keep-alive node:http connection (fetch adds milliseconds of its
-// own per request here, which would be billed to the server); onChunk runs per SSE event
-// carrying choices.
-const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
-
-function sse(url: string, body: unknown, onChunk: (now: number) => void): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const data = JSON.stringify(body);
-    const req = http.request(`${url}/v1/completions`, {
-      method: 'POST',
-      agent,
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(data) },
-    }, (res) => {
-      if (res.statusCode !== 200) {
-        res.resume();
-        reject(new Error(`HTTP ${res.statusCode}`));
-        return;
-      }
-      res.setEncoding('utf8');
-      let buf = '';
-      res.on('data', (chunk: string) => {
-        const now = performance.now();
-        buf += chunk;
-        let i: number;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const event = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          if (event.startsWith('data: {') && event.includes('"choices":[{')) onChunk(now);
-        }
-      });
-      res.on('end', resolve);
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(data);
+// One streamed completion; onChunk runs per SSE event carrying a choice.
+function sse(url: string, body: Record<string, unknown>, onChunk: (now: number) => void): Promise<void> {
+  return streamCompletion(url, body, (data, now) => {
+    if (Array.isArray(data.choices) && data.choices.length > 0) onChunk(now);
   });
 }
 
@@ -172,10 +140,7 @@ async function main() {
       addedTtftP50Ms: pct(h.ttft, 50) - pct(d.ttft, 50),
       load,
     };
-    const out = args.out ?? path.join('bench', 'results', `frontend-${result.date.replace(/[:.]/g, '-')}.json`);
-    fs.mkdirSync(path.dirname(out), { recursive: true });
-    fs.writeFileSync(out, JSON.stringify(result, null, 2));
-    console.log(`\nwrote ${out}`);
+    writeResult('frontend', result, args.out);
   } finally {
     await server.stop();
   }

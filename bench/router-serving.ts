@@ -20,14 +20,12 @@
 // control: kv within 10% of round-robin in mean TTFT and throughput.
 // Flags: --num-prompts 64, --rate 2, --seed 1, --workers 4, --out FILE.
 // Writes bench/results/router-serving-<time>.json.
-import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
-import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { ensureModel } from '../ts/modelgen/index.ts';
 import { seededRng } from '../ts/router/index.ts';
 import { freePort, launch, type Launched } from '../test/helpers/launcher.ts';
+import { getText, streamCompletion, writeResult } from './common.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -93,65 +91,23 @@ function controlWorkload(): Request[] {
 
 // ---- client -----------------------------------------------------------------------------------
 
-const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
-
-function get(url: string): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http.get(url, { agent }, (res) => {
-      res.setEncoding('utf8');
-      let body = '';
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new Error(`GET ${url}: HTTP ${res.statusCode}`))));
-      res.on('error', reject);
-    }).on('error', reject);
-  });
-}
-
 // One streamed completion; resolves with its timings and the completion tokens of the usage chunk.
-function complete(url: string, model: string, prompt: number[]): Promise<Outcome> {
-  const body = JSON.stringify({
+async function complete(url: string, model: string, prompt: number[]): Promise<Outcome> {
+  const body = {
     model, prompt, max_tokens: config.outputLen, temperature: 0, ignore_eos: true, stream: true,
     stream_options: { include_usage: true },
-  });
+  };
   const t0 = performance.now();
-  return new Promise((resolve, reject) => {
-    const req = http.request(`${url}/v1/completions`, {
-      method: 'POST',
-      agent,
-      headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
-    }, (res) => {
-      if (res.statusCode !== 200) {
-        res.resume();
-        reject(new Error(`HTTP ${res.statusCode}`));
-        return;
-      }
-      res.setEncoding('utf8');
-      let buf = '';
-      let firstAt: number | undefined;
-      let outputTokens: number | undefined;
-      res.on('data', (chunk: string) => {
-        const now = performance.now();
-        buf += chunk;
-        let i: number;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const event = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          if (!event.startsWith('data: {')) continue;
-          const data = JSON.parse(event.slice(6)) as { choices?: unknown[]; usage?: { completion_tokens: number } | null };
-          if (firstAt === undefined && data.choices?.length) firstAt = now;
-          if (data.usage) outputTokens = data.usage.completion_tokens;
-        }
-      });
-      res.on('end', () => {
-        const end = performance.now();
-        if (firstAt === undefined || outputTokens === undefined) reject(new Error('stream ended without a token or usage'));
-        else resolve({ ttftMs: firstAt - t0, e2eMs: end - t0, outputTokens, end });
-      });
-      res.on('error', reject);
-    });
-    req.on('error', reject);
-    req.end(body);
+  let firstAt: number | undefined;
+  let outputTokens: number | undefined;
+  await streamCompletion(url, body, (data, now) => {
+    const d = data as { choices?: unknown[]; usage?: { completion_tokens: number } | null };
+    if (firstAt === undefined && d.choices?.length) firstAt = now;
+    if (d.usage) outputTokens = d.usage.completion_tokens;
   });
+  const end = performance.now();
+  if (firstAt === undefined || outputTokens === undefined) throw new Error('stream ended without a token or usage');
+  return { ttftMs: firstAt - t0, e2eMs: end - t0, outputTokens, end };
 }
 
 // Sends every request at its arrival time; failures are kept as their messages.
@@ -208,9 +164,9 @@ async function deploy(modelDir: string, policy: Policy): Promise<Launched> {
 async function runPolicy(modelDir: string, policy: Policy, requests: Request[]) {
   const server = await deploy(modelDir, policy);
   try {
-    const before = prefixCounters(await get(`${server.url}/metrics`));
+    const before = prefixCounters(await getText(`${server.url}/metrics`));
     const { start, ok, errors } = await replay(server.url, modelDir, requests);
-    const text = await get(`${server.url}/metrics`);
+    const text = await getText(`${server.url}/metrics`);
     const after = prefixCounters(text);
     const seconds = ok.length ? (Math.max(...ok.map((o) => o.end)) - start) / 1000 : NaN;
     const ttft = ok.map((o) => o.ttftMs);
@@ -287,10 +243,7 @@ async function main() {
 
   const date = new Date().toISOString();
   const result = { date, machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, loadavgAtStart }, model: dir, config, shared, control, targets };
-  const out = args.out ?? path.join('bench', 'results', `router-serving-${date.replace(/[:.]/g, '-')}.json`);
-  fs.mkdirSync(path.dirname(out), { recursive: true });
-  fs.writeFileSync(out, JSON.stringify(result, null, 2));
-  console.log(`\nwrote ${out}`);
+  writeResult('router-serving', result, args.out);
 }
 
 main().catch((err) => {

@@ -121,7 +121,8 @@ function percentile(sorted: Float64Array, p: number): number {
 function main() {
   const workers = Array.from({ length: config.workers }, (_, i) => `worker-${i}` as WorkerId);
   const nextId = new Map(workers.map((w) => [w, 0]));
-  const router = new KvRouter({ blockSize: config.blockSize, policy: config.policy, rng: seededRng(config.seed + 1) });
+  // As the frontend runs it: predictions on (ts/frontend/routed-worker-pool.ts).
+  const router = new KvRouter({ blockSize: config.blockSize, policy: config.policy, predictionGraceMs: 2000, rng: seededRng(config.seed + 1) });
   for (const w of workers) {
     const refused = router.addWorker({ workerId: w, blockSize: config.blockSize, kvTotalBlocks: 32768, requestTotalSlots: 64 });
     if (refused !== undefined) throw new Error(refused);

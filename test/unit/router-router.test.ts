@@ -120,7 +120,8 @@ describe('KvRouter: routing and the active-block estimate', () => {
   });
 
   it('a load report replaces the base; only requests routed after it stay pending', () => {
-    const router = routerWith({ a: [] });
+    const clock = { ms: 0 };
+    const router = routerWith({ a: [] }, { now: () => clock.ms });
     router.tryRoute({ requestId: rid('old'), blockHashes: blocks(0, 5) }); // estimate 5
     router.updateLoad(wid('a'), load({ kv_active_blocks: 12, request_active_slots: 1, num_requests_waiting: 1 }));
     expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 12, activeRequests: 2 });
@@ -130,10 +131,26 @@ describe('KvRouter: routing and the active-block estimate', () => {
     expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 12, activeRequests: 2 });
     router.finish(rid('old')); // counted in the report: leaves the base
     expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 7, activeRequests: 1 });
+    // Reports within 500 ms of those finishes are lowered by their 8 blocks and 2 requests (a
+    // report may have been taken before they finished); later ones are taken as they are.
+    router.updateLoad(wid('a'), load({ kv_active_blocks: 2 }));
+    expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 0, activeRequests: 0 });
+    clock.ms += 600;
     router.updateLoad(wid('a'), load({ kv_active_blocks: 2 }));
     router.finish(rid('old'));
     expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 2, activeRequests: 0 });
     expect(router.updateLoad(wid('nobody'), load({}))).toBe(false);
+  });
+
+  it('a report taken before a request finished does not bring its blocks back', () => {
+    const router = routerWith({ a: [] });
+    router.tryRoute({ requestId: rid('r'), blockHashes: blocks(0, 22) });
+    router.updateLoad(wid('a'), load({ kv_active_blocks: 22, request_active_slots: 1 }));
+    router.finish(rid('r'));
+    expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 0, activeRequests: 0 });
+    // Published while the request still ran, delivered after it finished:
+    router.updateLoad(wid('a'), load({ kv_active_blocks: 22, request_active_slots: 1 }));
+    expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 0, activeRequests: 0 });
   });
 
   it('round-robin and random policies through the router', () => {
@@ -295,5 +312,45 @@ describe('KvRouter: capacity and the wait queue', () => {
     expect(() => new KvRouter({ blockSize: 16, maxQueued: -1 })).toThrow(/maxQueued/);
     expect(() => new KvRouter({ blockSize: 16, queueTimeoutMs: 0 })).toThrow(/queueTimeoutMs/);
     expect(() => new KvRouter({ blockSize: 16, overlapWeight: -2 })).toThrow(/overlapWeight/);
+  });
+});
+
+describe('KvRouter: predictions (predictionGraceMs > 0)', () => {
+  const hashes = (seed: number, n: number) => Array.from({ length: n }, (_, i) => (seed * 1000 + i).toString(16).padStart(16, '0') as BlockHash);
+  const worker = (id: string) => ({ workerId: id as WorkerId, blockSize: 16, kvTotalBlocks: 1000, requestTotalSlots: 64 });
+
+  it('sends a second request of the same prefix to the first one\'s worker before any event arrives', async () => {
+    const router = new KvRouter({ blockSize: 16, predictionGraceMs: 2000, rng: seededRng(3) });
+    for (const id of ['a', 'b', 'c', 'd']) router.addWorker(worker(id));
+    const prefix = hashes(1, 20);
+    const first = await router.route({ requestId: 'r1' as RequestId, blockHashes: [...prefix, ...hashes(2, 2)] });
+    router.finish('r1' as RequestId);
+    const second = await router.route({ requestId: 'r2' as RequestId, blockHashes: [...prefix, ...hashes(3, 2)] });
+    expect(second.workerId).toBe(first.workerId);
+    expect(second.overlapBlocks).toBe(20);
+    router.close();
+  });
+
+  it('forgets a prediction when its worker leaves, and never touches the index', async () => {
+    const router = new KvRouter({ blockSize: 16, predictionGraceMs: 2000, rng: seededRng(4) });
+    for (const id of ['a', 'b']) router.addWorker(worker(id));
+    const prefix = hashes(5, 8);
+    const first = await router.route({ requestId: 'r1' as RequestId, blockHashes: prefix });
+    expect(router.index.stats().blocks).toBe(0);
+    router.removeWorker(first.workerId);
+    const second = await router.route({ requestId: 'r2' as RequestId, blockHashes: prefix });
+    expect(second.workerId).not.toBe(first.workerId);
+    expect(second.overlapBlocks).toBe(0);
+    router.close();
+  });
+
+  it('is off by default', async () => {
+    const router = new KvRouter({ blockSize: 16, rng: seededRng(5) });
+    for (const id of ['a', 'b']) router.addWorker(worker(id));
+    const prefix = hashes(6, 8);
+    await router.route({ requestId: 'r1' as RequestId, blockHashes: prefix });
+    const second = await router.route({ requestId: 'r2' as RequestId, blockHashes: prefix });
+    expect(second.overlapBlocks).toBe(0);
+    router.close();
   });
 });

@@ -25,6 +25,7 @@ import { ApiError } from './errors.ts';
 import type { WorkerPool, WorkerSelection } from './worker-pool.ts';
 
 const PROBE_INTERVAL_MS = 1000;
+const PREDICTION_GRACE_MS = 2000;
 
 export interface RoutedPoolOptions {
   redisUrl: string;
@@ -50,6 +51,8 @@ export class RoutedWorkerPool implements WorkerPool {
       policy: opts.policy,
       overlapWeight: opts.overlapWeight,
       temperature: opts.temperature,
+      // Count a routed prompt as cached on its worker until its KV events arrive.
+      predictionGraceMs: PREDICTION_GRACE_MS,
     });
     this.watcher = new DiscoveryWatcher({ url: opts.redisUrl, namespace: opts.namespace });
     this.watcher.on('join', (w) => this.onJoin(w));

@@ -17,6 +17,10 @@
 //   request ends (any reason)  finish(requestId)
 //   shutdown                   close()
 //
+// Overlap, per worker: the index's count of leading request blocks the worker holds, raised by
+// the router's own predictions (predictions.ts) when predictionGraceMs > 0: a request routed to w
+// a moment ago counts as cached on w until its events arrive.
+//
 // Active-block estimate, per worker (the `activeBlocks_w` of the cost):
 //   activeBlocks = base + pending
 //   - routing a request of n blocks to w with overlap o adds its new blocks, n - o, to `pending`
@@ -25,7 +29,13 @@
 //   - a load report sets base = kv_active_blocks and pending = 0: every request routed so far
 //     counts as included in the report;
 //   - finish(request) subtracts the request's blocks from `pending` if it was routed after the
-//     last report, else from `base` (clamped at 0): the report had counted it.
+//     last report, else from `base` (clamped at 0): the report had counted it;
+//   - a report may have been taken before a request finished and arrive after it: so every report
+//     is lowered by the blocks (and requests) of the requests that finished on that worker in the
+//     last FINISH_WINDOW_MS: all n of a request's blocks, since the engine counts the cached
+//     prefix it references as active too. A report taken after those finishes is under-counted
+//     for that window, which only favours cache affinity; over-counting a finished request's
+//     blocks would instead send the next request of the same prefix elsewhere.
 //   Requests are estimated the same way: base = request_active_slots + num_requests_waiting, plus
 //   one per request routed since the report, minus finished ones. Before a worker's first report,
 //   base = 0 and the estimate is the router's own bookkeeping alone.
@@ -47,10 +57,16 @@
 //   temperature     number >= 0, default 0 (policy.ts)
 //   maxQueued       integer >= 0, default 256: requests that may wait; 0 rejects at once
 //   queueTimeoutMs  number > 0, default 30000: longest wait before RouterOverloadedError
+//   predictionGraceMs number >= 0, default 0 (off): how long a finished request's prediction lives
 //   rng             () => [0, 1), default Math.random: tie-breaks and sampling (seed it in tests)
+//   now             () => ms, default performance.now: the clock of FINISH_WINDOW_MS
 import type { BlockHash, KvEvent, LoadMetrics, RequestId, WorkerId } from '../protocol/index.ts';
 import { RouterOverloadedError } from './errors.ts';
 import { KvIndex, type ApplyStatus } from './kv-index.ts';
+import { PredictedPrefixes } from './predictions.ts';
+
+// How long a finished request's blocks are subtracted from load reports (see the header).
+const FINISH_WINDOW_MS = 500;
 import { createPolicy, type Candidate, type Policy, type PolicyName, type Rng } from './policy.ts';
 
 export interface RouterSettings {
@@ -60,7 +76,9 @@ export interface RouterSettings {
   temperature?: number;
   maxQueued?: number;
   queueTimeoutMs?: number;
+  predictionGraceMs?: number; // 0 = off (predictions.ts)
   rng?: Rng;
+  now?: () => number; // milliseconds, default performance.now (tests pass their own clock)
 }
 
 // What a worker announces when it joins (discovery's WorkerInfo plus its request slots).
@@ -124,6 +142,7 @@ interface WorkerState {
   baseRequests: number;
   pendingRequests: number;
   reportSeq: number; // #routeSeq when the last load report arrived
+  recentFinishes: { at: number; blocks: number }[]; // finishes of the last FINISH_WINDOW_MS, oldest first
   routed: number;
   overlapBlocks: number;
 }
@@ -131,6 +150,7 @@ interface WorkerState {
 interface InFlight {
   readonly worker: WorkerState;
   readonly newBlocks: number;
+  readonly requestBlocks: number; // n: every block the request holds on its worker, cached ones too
   readonly seq: number;
 }
 
@@ -150,6 +170,8 @@ export class KvRouter {
   readonly #queueTimeoutMs: number;
   readonly #workers = new Map<WorkerId, WorkerState>();
   readonly #inFlight = new Map<RequestId, InFlight>();
+  readonly #predicted: PredictedPrefixes | undefined;
+  readonly #now: () => number;
   readonly #queue: Waiting[] = [];
   #joinSeq = 0;
   #routeSeq = 0;
@@ -175,6 +197,10 @@ export class KvRouter {
     this.#maxQueued = maxQueued;
     this.#queueTimeoutMs = queueTimeoutMs;
     this.#policy = createPolicy(policy, { overlapWeight: settings.overlapWeight, temperature: settings.temperature }, rng);
+    this.#now = settings.now ?? (() => performance.now());
+    const grace = settings.predictionGraceMs ?? 0;
+    if (!Number.isFinite(grace) || grace < 0) throw new RangeError(`router predictionGraceMs must be a number >= 0, got ${grace}`);
+    this.#predicted = grace > 0 ? new PredictedPrefixes(grace) : undefined;
   }
 
   get policy(): PolicyName {
@@ -207,6 +233,7 @@ export class KvRouter {
         baseRequests: 0,
         pendingRequests: 0,
         reportSeq: this.#routeSeq,
+        recentFinishes: [],
         routed: 0,
         overlapBlocks: 0,
       });
@@ -219,6 +246,7 @@ export class KvRouter {
   // their failure); their finish() is still accepted.
   removeWorker(workerId: WorkerId): boolean {
     this.index.removeWorker(workerId);
+    this.#predicted?.removeWorker(workerId);
     return this.#workers.delete(workerId);
   }
 
@@ -237,8 +265,12 @@ export class KvRouter {
   updateLoad(workerId: WorkerId, load: LoadMetrics): boolean {
     const worker = this.#workers.get(workerId);
     if (worker === undefined) return false;
-    worker.baseBlocks = load.kv_active_blocks;
-    worker.baseRequests = load.request_active_slots + load.num_requests_waiting;
+    const now = this.#now();
+    const recent = worker.recentFinishes;
+    while (recent.length > 0 && now - recent[0].at > FINISH_WINDOW_MS) recent.shift();
+    const finishedBlocks = recent.reduce((sum, f) => sum + f.blocks, 0);
+    worker.baseBlocks = Math.max(0, load.kv_active_blocks - finishedBlocks);
+    worker.baseRequests = Math.max(0, load.request_active_slots + load.num_requests_waiting - recent.length);
     worker.pendingBlocks = 0;
     worker.pendingRequests = 0;
     worker.reportSeq = this.#routeSeq;
@@ -303,7 +335,9 @@ export class KvRouter {
     const flight = this.#inFlight.get(requestId);
     if (flight === undefined) return;
     this.#inFlight.delete(requestId);
+    this.#predicted?.finish(requestId);
     const worker = flight.worker;
+    worker.recentFinishes.push({ at: this.#now(), blocks: flight.requestBlocks }); // kv_active_blocks counted them all
     if (flight.seq > worker.reportSeq) {
       worker.pendingBlocks -= flight.newBlocks;
       worker.pendingRequests -= 1;
@@ -355,6 +389,7 @@ export class KvRouter {
     const hashes = request.blockHashes;
     const n = hashes.length;
     const overlaps = this.index.overlaps(hashes);
+    this.#predicted?.merge(hashes, overlaps);
     const candidates: Candidate[] = [];
     const states: WorkerState[] = [];
     for (const worker of this.#workers.values()) {
@@ -376,7 +411,8 @@ export class KvRouter {
     worker.pendingRequests += 1;
     worker.routed++;
     worker.overlapBlocks += overlap;
-    this.#inFlight.set(request.requestId, { worker, newBlocks, seq: ++this.#routeSeq });
+    this.#inFlight.set(request.requestId, { worker, newBlocks, requestBlocks: n, seq: ++this.#routeSeq });
+    this.#predicted?.add(request.requestId, worker.workerId, hashes);
     this.#decisions++;
     this.#requestBlocks += n;
     this.#overlapBlocks += overlap;

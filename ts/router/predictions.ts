@@ -1,0 +1,81 @@
+// predictions.ts: where the router has just sent which prefix, before the KV events say so.
+//
+// A routed request's prompt blocks are cached on its worker once its prefill has run, but the
+// `stored` events arrive only after that, and after the event plane's delay. Until then another
+// request with the same prefix would see no overlap anywhere and could be sent to a different
+// worker, which would compute the prefix a second time (measured: a shared-prefix workload's hit
+// rate fell well short of one prefill per prefix, and back-to-back requests sometimes missed).
+// So every routed request is remembered here as a prediction, while it runs and GRACE_MS after it
+// finishes (the events have arrived by then), keyed by its first block hash; a worker's overlap
+// is the larger of the index's and its longest leading match with a prediction on that worker.
+// Predictions never enter the index: the index stays exactly the replay of the events.
+//
+// Cost: one map lookup per routing decision, then a leading-match walk per prediction sharing the
+// request's first block (requests of the same prefix group, usually a few).
+// Settings: graceMs > 0, default 2000.
+import type { BlockHash, RequestId, WorkerId } from '../protocol/index.ts';
+
+interface Prediction {
+  requestId: RequestId;
+  workerId: WorkerId;
+  hashes: readonly BlockHash[];
+  expiresAt: number; // Infinity while the request runs
+}
+
+export class PredictedPrefixes {
+  readonly #byFirst = new Map<BlockHash, Prediction[]>();
+  readonly #byRequest = new Map<RequestId, Prediction>();
+  readonly #graceMs: number;
+
+  constructor(graceMs = 2000) {
+    if (!(graceMs > 0)) throw new RangeError('graceMs must be > 0');
+    this.#graceMs = graceMs;
+  }
+
+  get size(): number {
+    return this.#byRequest.size;
+  }
+
+  add(requestId: RequestId, workerId: WorkerId, hashes: readonly BlockHash[]): void {
+    if (hashes.length === 0) return;
+    const p: Prediction = { requestId, workerId, hashes, expiresAt: Infinity };
+    const bucket = this.#byFirst.get(hashes[0]);
+    if (bucket) bucket.push(p);
+    else this.#byFirst.set(hashes[0], [p]);
+    this.#byRequest.set(requestId, p);
+  }
+
+  // The request ended: its prediction lives on for the grace period.
+  finish(requestId: RequestId, now = performance.now()): void {
+    const p = this.#byRequest.get(requestId);
+    if (p) p.expiresAt = now + this.#graceMs;
+  }
+
+  removeWorker(workerId: WorkerId): void {
+    for (const [first, bucket] of this.#byFirst) this.#keep(first, bucket, (p) => p.workerId !== workerId);
+  }
+
+  // Raises overlaps[w] to the longest leading match of `hashes` with a live prediction on w.
+  merge(hashes: readonly BlockHash[], overlaps: Map<WorkerId, number>, now = performance.now()): void {
+    if (hashes.length === 0) return;
+    const bucket = this.#byFirst.get(hashes[0]);
+    if (!bucket) return;
+    this.#keep(hashes[0], bucket, (p) => p.expiresAt > now);
+    for (const p of bucket) {
+      const limit = Math.min(p.hashes.length, hashes.length);
+      let m = 1; // the first block matched through the key
+      while (m < limit && p.hashes[m] === hashes[m]) m++;
+      if (m > (overlaps.get(p.workerId) ?? 0)) overlaps.set(p.workerId, m);
+    }
+  }
+
+  #keep(first: BlockHash, bucket: Prediction[], live: (p: Prediction) => boolean): void {
+    let j = 0;
+    for (const p of bucket) {
+      if (live(p)) bucket[j++] = p;
+      else if (this.#byRequest.get(p.requestId) === p) this.#byRequest.delete(p.requestId);
+    }
+    bucket.length = j;
+    if (j === 0) this.#byFirst.delete(first);
+  }
+}
