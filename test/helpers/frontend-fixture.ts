@@ -1,6 +1,6 @@
 // frontend-fixture.ts (test helper for test/unit/frontend-*.test.ts): one real worker process on
 // the generated tiny Llama (real Llama 3 tokenizer and chat template), and a frontend app over it.
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../ts/frontend/app.ts';
 import { StaticWorkerPool } from '../../ts/frontend/worker-pool.ts';
@@ -8,6 +8,8 @@ import { ensureModel } from '../../ts/modelgen/index.ts';
 import { loadTokenizer } from '../../ts/processor/index.ts';
 import type { WorkerInfo, WorkerLoad } from '../../ts/protocol/index.ts';
 import { WorkerClient } from '../../ts/runtime/request-client.ts';
+import type { WorkerConfig } from '../../ts/worker/main.ts';
+import { forkWorker } from './worker.ts';
 
 export const MODEL = 'tiny';
 export const MAX_MODEL_LEN = 1024;
@@ -21,7 +23,7 @@ export interface TestWorker {
 
 export async function startWorker(): Promise<TestWorker> {
   const { dir } = await ensureModel('tiny-llama');
-  const config = {
+  const config: WorkerConfig = {
     workerId: 'worker-0',
     role: 'monolith',
     model: MODEL,
@@ -30,26 +32,9 @@ export async function startWorker(): Promise<TestWorker> {
     port: 0,
     engine: { blockSize: 16, kvCacheBytes: 16 << 20, numThreads: 1, maxModelLen: MAX_MODEL_LEN },
   };
-  const proc = fork('ts/worker/main.ts', ['--config', JSON.stringify(config)], { execArgv: ['--import', 'tsx'], stdio: 'inherit' });
-  const info = await new Promise<WorkerInfo>((resolve, reject) => {
-    proc.on('message', (m: { type: string; info?: WorkerInfo; message?: string }) => {
-      if (m.type === 'ready') resolve(m.info!);
-      if (m.type === 'fatal') reject(new Error(m.message));
-    });
-    proc.once('exit', (code) => reject(new Error(`worker exited (${code}) before ready`)));
-  });
+  const { info, proc, stop } = await forkWorker(config);
   const client = new WorkerClient(info.address);
-  return {
-    info,
-    proc,
-    load: () => client.load(),
-    stop: async () => {
-      if (proc.exitCode !== null) return;
-      const exited = new Promise((resolve) => proc.once('exit', resolve));
-      proc.kill('SIGTERM');
-      await exited;
-    },
-  };
+  return { info, proc, load: () => client.load(), stop: () => stop() };
 }
 
 export async function buildTestApp(workers: WorkerInfo[], maxModelLen = MAX_MODEL_LEN): Promise<FastifyInstance> {

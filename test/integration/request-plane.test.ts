@@ -7,13 +7,14 @@
 //   - SIGKILL fails an open stream with ERR_WORKER_UNAVAILABLE, and the same client reconnects
 //     to a new worker on the same request port.
 // Waits are bounded polls; nothing asserts on timing.
-import { fork, type ChildProcess } from 'node:child_process';
-import net from 'node:net';
+import type { ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { freePort } from '../../ts/launcher/ports.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { GenerateDelta, GenerateRequest, RequestId, SamplingParams, WorkerInfo, WorkerLoad } from '../../ts/protocol/index.ts';
 import { LineSplitter, RequestPlaneError, WorkerClient } from '../../ts/runtime/request-client.ts';
 import type { WorkerConfig } from '../../ts/worker/main.ts';
+import { forkWorker } from '../helpers/worker.ts';
 
 const MAX_MODEL_LEN = 1024;
 
@@ -24,17 +25,6 @@ interface TestWorker {
 }
 
 const live = new Set<TestWorker>();
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 async function startWorker(requestPort: number): Promise<TestWorker> {
   const { dir } = await ensureModel('tiny-llama');
@@ -48,15 +38,7 @@ async function startWorker(requestPort: number): Promise<TestWorker> {
     requestPort,
     engine: { blockSize: 16, kvCacheBytes: 64 << 20, numThreads: 1, maxModelLen: MAX_MODEL_LEN },
   };
-  const proc = fork('ts/worker/main.ts', ['--config', JSON.stringify(config)], { execArgv: ['--import', 'tsx'], stdio: 'inherit' });
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  const info = await new Promise<WorkerInfo>((resolve, reject) => {
-    proc.on('message', (m: { type: string; info?: WorkerInfo; message?: string }) => {
-      if (m.type === 'ready') resolve(m.info!);
-      if (m.type === 'fatal') reject(new Error(m.message));
-    });
-    void exited.then(() => reject(new Error('worker exited before ready')));
-  });
+  const { info, proc, exited } = await forkWorker(config);
   const w = { info, proc, exited };
   live.add(w);
   return w;

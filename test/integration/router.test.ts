@@ -1,13 +1,14 @@
 // KV-aware routing end to end: the real launcher with --router kv over a real Redis, workers
 // publishing KV events, the frontend routing by cached prefix. Also a worker killed with -9
 // under load, a frontend restarted mid-run, and the seed's Examples 2 and 3 as written.
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { WorkerConfig } from '../../ts/worker/main.ts';
 import { childPids, fakeHfCache, freePort, launch, type Launched } from '../helpers/launcher.ts';
+import { forkWorker } from '../helpers/worker.ts';
 
 const SEED_MODEL = 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B';
 let modelDir: string;
@@ -65,8 +66,7 @@ beforeAll(async () => {
     redisUrl: redis.url,
     engine: { kvCacheBytes: 64 << 20, numThreads: 1 },
   };
-  extra = fork('ts/worker/main.ts', ['--config', JSON.stringify(config)], { execArgv: ['--import', 'tsx'], stdio: 'inherit' });
-  await new Promise<void>((resolve) => extra.on('message', (m: { type: string }) => m.type === 'ready' && resolve()));
+  extra = (await forkWorker(config)).proc;
   await until('4 workers in the pool', async () => (await workersSeen()).length === 4);
 });
 

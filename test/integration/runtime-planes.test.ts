@@ -8,7 +8,7 @@
 //     leases come back, the consumer is told to replay and converges.
 // Waits are bounded polls (`until`); nothing asserts on timing except the deadlines the design
 // promises (a kill -9 is seen within 5 s).
-import { fork, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
@@ -18,6 +18,7 @@ import { EventPlaneConsumer, type KvEventMeta, type ResyncReason } from '../../t
 import { RedisConnection } from '../../ts/runtime/redis-connection.ts';
 import { WorkerClient } from '../../ts/runtime/request-client.ts';
 import type { WorkerConfig } from '../../ts/worker/main.ts';
+import { forkWorker } from '../helpers/worker.ts';
 
 const BLOCK_SIZE = 16;
 const NUM_KV_BLOCKS = 32; // small: the prompts below overflow it, so blocks are evicted (`removed`)
@@ -47,24 +48,13 @@ async function startWorker(workerId: string, redisUrl: string, extra: Partial<Wo
     engine: { blockSize: BLOCK_SIZE, numKvBlocks: NUM_KV_BLOCKS, numThreads: 1, maxModelLen: 512 },
     ...extra,
   };
-  const proc = fork('ts/worker/main.ts', ['--config', JSON.stringify(config)], { execArgv: ['--import', 'tsx'], stdio: 'inherit' });
-  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-  const info = await new Promise<WorkerInfo>((resolve, reject) => {
-    proc.on('message', (m: { type: string; info?: WorkerInfo; message?: string }) => {
-      if (m.type === 'ready') resolve(m.info!);
-      if (m.type === 'fatal') reject(new Error(m.message));
-    });
-    void exited.then(() => reject(new Error(`${workerId} exited before ready`)));
-  });
+  const forked = await forkWorker(config);
   const w: TestWorker = {
-    info,
-    proc,
-    client: new WorkerClient(info.address),
-    exited,
+    ...forked,
+    client: new WorkerClient(forked.info.address),
     stop: async (signal = 'SIGTERM') => {
       live.delete(w);
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      await exited;
+      await forked.stop(signal);
     },
   };
   live.add(w);

@@ -44,6 +44,7 @@ export class RoutedWorkerPool implements WorkerPool {
   private readonly members = new Map<WorkerId, { info: LeasedWorkerInfo; client: WorkerClient }>();
   private readonly suspects = new Map<WorkerId, { info: LeasedWorkerInfo; timer: NodeJS.Timeout }>();
   private log!: FastifyBaseLogger; // set by start()
+  private readonly hashes = new WeakMap<readonly number[], BlockHash[]>();
 
   constructor(private readonly opts: RoutedPoolOptions) {
     this.router = new KvRouter({
@@ -151,7 +152,11 @@ export class RoutedWorkerPool implements WorkerPool {
 
   async select(promptTokenIds: readonly number[], requestId: RequestId): Promise<WorkerSelection> {
     if (!this.connected()) throw new ApiError('ERR_REDIS_UNAVAILABLE', 'the routing service (Redis) is unavailable; retry shortly');
-    const hashes = blockHashes(promptTokenIds, this.opts.blockSize) as BlockHash[];
+    let hashes = this.hashes.get(promptTokenIds); // the n choices of one prompt share its hashes
+    if (hashes === undefined) {
+      hashes = blockHashes(promptTokenIds, this.opts.blockSize) as BlockHash[];
+      this.hashes.set(promptTokenIds, hashes);
+    }
     try {
       const d = await this.router.route({ requestId, blockHashes: hashes });
       const m = this.members.get(d.workerId);

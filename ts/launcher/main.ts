@@ -4,11 +4,11 @@
 // Start-up order: flags -> model -> Redis (only when a mode needs it: --router kv or random, or
 // --redis-url given; a private redis-server unless --redis-url) -> workers (each on two fixed free
 // ports, HTTP and the TCP request plane, so a restarted worker keeps its addresses) -> frontend.
-import net from 'node:net';
 import os from 'node:os';
 import type { WorkerInfo } from '../protocol/index.ts';
 import type { WorkerConfig, WorkerMessage } from '../worker/main.ts';
 import { FlagError, HELP, parseFlags, refuseUnimplemented, type LauncherFlags } from './flags.ts';
+import { freePorts } from './ports.ts';
 import { resolveModel, type ResolvedModel } from './model-resolve.ts';
 import { startPrivateRedis, type PrivateRedis } from './redis.ts';
 import { Supervisor, type Child } from './supervisor.ts';
@@ -18,24 +18,6 @@ const FRONTEND_READY_TIMEOUT_MS = 120_000;
 
 function log(msg: string): void {
   console.log(`[kvserve] ${msg}`);
-}
-
-// n distinct free ports: all n are held open together while they are chosen.
-async function freePorts(n: number, host = '127.0.0.1'): Promise<number[]> {
-  const servers = await Promise.all(
-    Array.from(
-      { length: n },
-      () =>
-        new Promise<net.Server>((resolve, reject) => {
-          const srv = net.createServer();
-          srv.once('error', reject);
-          srv.listen(0, host, () => resolve(srv));
-        }),
-    ),
-  );
-  const ports = servers.map((srv) => (srv.address() as net.AddressInfo).port);
-  await Promise.all(servers.map((srv) => new Promise((resolve) => srv.close(resolve))));
-  return ports;
 }
 
 function workerConfig(

@@ -9,6 +9,7 @@
 // is used as is, e.g. to restart a server on the same port), timeoutMs default 10000.
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import { freePort } from './ports.ts';
 
 export interface PrivateRedis {
   url: string;
@@ -24,17 +25,6 @@ export interface PrivateRedisOptions {
 }
 
 const HOST = '127.0.0.1';
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.once('error', reject);
-    srv.listen(0, HOST, () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-  });
-}
 
 // The process id of the server answering on the port (INFO server over a raw socket), or
 // undefined while none answers: tells our server from another one already on that port.
@@ -103,7 +93,7 @@ export async function startPrivateRedis(opts: PrivateRedisOptions = {}): Promise
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await startOn(await freePort(), opts);
+      return await startOn(await freePort(HOST), opts);
     } catch (err) {
       lastError = err as Error;
       if (/not found|could not start/.test(lastError.message)) throw lastError;
