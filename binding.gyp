@@ -6,6 +6,7 @@
     {
       "target_name": "kvserve",
       "sources": [
+        "<!@(node -p \"require('fs').readdirSync('native/common').filter(f => f.endsWith('.cc')).map(f => 'native/common/' + f).join(' ')\")",
         "<!@(node -p \"require('fs').readdirSync('native/engine').filter(f => f.endsWith('.cc')).map(f => 'native/engine/' + f).join(' ')\")",
         "<!@(node -p \"require('fs').readdirSync('native/kernels/cpu').filter(f => f.endsWith('.cc')).map(f => 'native/kernels/cpu/' + f).join(' ')\")",
         "<!@(node -p \"require('fs').readdirSync('native/binding').filter(f => f.endsWith('.cc')).map(f => 'native/binding/' + f).join(' ')\")"

@@ -204,7 +204,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                        {InstanceMethod("info", &EngineWrap::Info), InstanceMethod("addRequest", &EngineWrap::AddRequest),
                         InstanceMethod("abort", &EngineWrap::Abort),
                         InstanceMethod("replayKvEvents", &EngineWrap::ReplayKvEvents),
-                        InstanceMethod("metrics", &EngineWrap::Metrics), InstanceMethod("close", &EngineWrap::Close)});
+                        InstanceMethod("metrics", &EngineWrap::Metrics), InstanceMethod("kvRegion", &EngineWrap::KvRegion),
+                        InstanceMethod("close", &EngineWrap::Close)});
   }
 
   explicit EngineWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<EngineWrap>(info) {
@@ -223,6 +224,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.kv_cache_bytes = get_int(o, "kvCacheBytes");
     cfg.num_threads = static_cast<int>(get_int(o, "numThreads"));
     cfg.enable_prefix_caching = get_bool(o, "enablePrefixCaching");
+    cfg.kv_shared_memory = get_bool(o, "kvSharedMemory");
     cfg.seed = static_cast<uint64_t>(get_int(o, "seed"));
 
     std::unique_ptr<llm::Engine> engine;
@@ -280,6 +282,22 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("kvCacheDtype", llm::dtype_name(ei.kv_dtype));
     o.Set("kvBlockBytes", static_cast<double>(ei.kv_block_bytes));
     o.Set("model", model_info_.Value());
+    return o;
+  }
+
+  Napi::Value KvRegion(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const llm::KvRegion r = live(env)->engine().kv_region();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("shmName", r.shm_name);
+    o.Set("bytes", static_cast<double>(r.bytes));
+    o.Set("numBlocks", static_cast<double>(r.num_blocks));
+    o.Set("blockBytes", static_cast<double>(r.block_bytes));
+    o.Set("numLayers", static_cast<double>(r.num_layers));
+    o.Set("blockSize", static_cast<double>(r.block_size));
+    o.Set("numKvHeads", static_cast<double>(r.num_kv_heads));
+    o.Set("headDim", static_cast<double>(r.head_dim));
+    o.Set("dtype", llm::dtype_name(r.dtype));
     return o;
   }
 

@@ -86,7 +86,13 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     return invalid("the KV cache holds no block: one block needs " + std::to_string(block_bytes) + " bytes");
   if (num_blocks > (int64_t{1} << 31) - 1) return invalid("too many KV blocks");
   e->kv_bytes_ = static_cast<size_t>(num_blocks) * static_cast<size_t>(block_bytes);
-  e->kv_data_ = map_pool(e->kv_bytes_);
+  if (cfg.kv_shared_memory) {
+    SharedMemory::remove_stale_segments();
+    LLM_RETURN_IF_ERROR(SharedMemory::create(SharedMemory::unique_name("kv"), e->kv_bytes_, &e->kv_shm_));
+    e->kv_data_ = e->kv_shm_->data();
+  } else {
+    e->kv_data_ = map_pool(e->kv_bytes_);
+  }
   if (!e->kv_data_)
     return Status(StatusCode::out_of_memory,
                   "cannot allocate the KV cache (" + std::to_string(e->kv_bytes_) + " bytes)");
@@ -121,7 +127,23 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
 
 Engine::~Engine() {
   runner_.reset();  // joins the runner's threads before the pool goes away
-  if (kv_data_) munmap(kv_data_, kv_bytes_);
+  if (kv_data_ && !kv_shm_) munmap(kv_data_, kv_bytes_);
+}
+
+KvRegion Engine::kv_region() const {
+  const ModelConfig& mc = model_->config;
+  KvRegion r;
+  r.data = kv_data_;
+  r.bytes = kv_bytes_;
+  r.shm_name = kv_shm_ ? kv_shm_->name() : std::string();
+  r.num_blocks = info_.num_kv_blocks;
+  r.block_bytes = info_.kv_block_bytes;
+  r.num_layers = mc.num_layers;
+  r.block_size = info_.block_size;
+  r.num_kv_heads = mc.num_kv_heads;
+  r.head_dim = mc.head_dim;
+  r.dtype = mc.dtype;
+  return r;
 }
 
 Status Engine::validate_request(const Request& r) const {

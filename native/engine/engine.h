@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "../common/shared-memory.h"
 #include "../common/status.h"
 #include "kv-cache-manager.h"
 #include "kv-events.h"
@@ -35,6 +36,7 @@ struct EngineConfig {
   int64_t kv_cache_bytes = 0;           // 0 = default (see engine.cc)
   int num_threads = 0;                  // 0 = all cores
   bool enable_prefix_caching = true;
+  bool kv_shared_memory = false;        // pool in a named shm segment (disaggregation, see kv_region)
   uint64_t seed = 0;                    // for requests without their own seed
 };
 
@@ -70,6 +72,22 @@ struct StepResult {
   LoadMetrics metrics;
 };
 
+// Where the KV pool lives, for the transfer agent (native/transfer): block b is the byte range
+// [b * block_bytes, (b + 1) * block_bytes) of the segment `shm_name` (empty when the pool is
+// private memory and cannot be shared).
+struct KvRegion {
+  void* data = nullptr;
+  size_t bytes = 0;
+  std::string shm_name;
+  int64_t num_blocks = 0;
+  int64_t block_bytes = 0;
+  int64_t num_layers = 0;
+  int64_t block_size = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  DType dtype = DType::bf16;
+};
+
 struct EngineInfo {
   std::string backend;
   std::string kernels;
@@ -101,6 +119,7 @@ class Engine {
 
   const Model& model() const { return *model_; }
   const EngineInfo& info() const { return info_; }
+  KvRegion kv_region() const;
 
  private:
   Engine() = default;
@@ -112,6 +131,7 @@ class Engine {
   std::unique_ptr<Model> model_;
   void* kv_data_ = nullptr;  // the pool: num_kv_blocks * kv_block_bytes
   size_t kv_bytes_ = 0;
+  std::unique_ptr<SharedMemory> kv_shm_;  // owns kv_data_ when cfg_.kv_shared_memory
   std::unique_ptr<KVCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ModelRunner> runner_;

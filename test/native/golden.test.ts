@@ -106,6 +106,7 @@ async function engineGreedy(addon: NativeAddon, modelDir: string, prompt: number
         kvCacheBytes: 0,
         numThreads: NUM_THREADS,
         enablePrefixCaching: false,
+        kvSharedMemory: false,
         seed: 0,
       },
       (step) => {

@@ -53,6 +53,7 @@ export interface NativeEngineOptions {
   kvCacheBytes: number; // used when numKvBlocks is 0
   numThreads: number; // 0 = all cores
   enablePrefixCaching: boolean;
+  kvSharedMemory: boolean; // the KV pool lives in a named shm segment (for the transfer agent)
   seed: number; // engine seed for requests without their own (uint32)
 }
 
@@ -131,6 +132,20 @@ export interface NativeEngineInfo {
   model: NativeModelInfo;
 }
 
+// Where the engine's KV pool lives (DESIGN.md section 6): block b is bytes
+// [b * blockBytes, (b + 1) * blockBytes) of the shm segment shmName ('' = private, not shareable).
+export interface NativeKvRegion {
+  shmName: string;
+  bytes: number;
+  numBlocks: number;
+  blockBytes: number;
+  numLayers: number;
+  blockSize: number;
+  numKvHeads: number;
+  headDim: number;
+  dtype: 'f32' | 'f16' | 'bf16';
+}
+
 // The engine: its loop runs on its own native thread; onStep is called on the JS thread once
 // per engine step that produced outputs, events or changed metrics.
 export declare class Engine {
@@ -140,6 +155,7 @@ export declare class Engine {
   abort(requestId: string): void; // unknown ids are ignored
   replayKvEvents(): void; // the next step output carries 'cleared' + 'stored' for the cache
   metrics(): NativeLoadMetrics;
+  kvRegion(): NativeKvRegion;
   close(): Promise<void>; // stops the thread, frees everything; safe to call twice
 }
 

@@ -10,6 +10,7 @@ import { NativeError, callNative, invalidArgument } from './errors.js';
 import type {
   NativeEngineInfo,
   NativeKvEvent,
+  NativeKvRegion,
   NativeLoadMetrics,
   NativeRequest,
   NativeRequestOutput,
@@ -28,6 +29,7 @@ export interface EngineOptions {
   kvCacheBytes?: number; // absent = sized by the engine (at most 1 GiB)
   numThreads?: number; // 0 / absent = all cores
   enablePrefixCaching?: boolean; // default true
+  kvSharedMemory?: boolean; // default false: put the KV pool in shm for the transfer agent
   seed?: number; // default 0
 }
 
@@ -175,6 +177,7 @@ export class Engine {
       kvCacheBytes: checkInt('kvCacheBytes', opts.kvCacheBytes ?? 0, 0, Number.MAX_SAFE_INTEGER),
       numThreads: checkInt('numThreads', opts.numThreads ?? 0, 0, 1024),
       enablePrefixCaching: opts.enablePrefixCaching ?? true,
+      kvSharedMemory: opts.kvSharedMemory ?? false,
       seed: checkInt('seed', opts.seed ?? 0, 0, 2 ** 32 - 1),
     };
     // 2. The native engine: loads the model and starts its thread.
@@ -220,6 +223,11 @@ export class Engine {
   metrics(): NativeLoadMetrics {
     if (this.closed) throw new NativeError('ERR_ENGINE_CLOSED', 'the engine is closed');
     return this.native.metrics();
+  }
+
+  kvRegion(): NativeKvRegion {
+    if (this.closed) throw new NativeError('ERR_ENGINE_CLOSED', 'the engine is closed');
+    return this.native.kvRegion();
   }
 
   get numInFlight(): number {
