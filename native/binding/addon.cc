@@ -176,6 +176,12 @@ Napi::Object output_to_js(Napi::Env env, const llm::RequestOutput& r) {
   o.Set("numPromptTokens", static_cast<double>(r.num_prompt_tokens));
   o.Set("numCachedTokens", static_cast<double>(r.num_cached_tokens));
   if (!r.error.empty()) o.Set("error", r.error);
+  if (r.awaiting_kv) o.Set("awaitingKv", true);
+  if (r.awaiting_kv || r.finish_reason == llm::FinishReason::prefilled) {
+    Napi::Array ids = Napi::Array::New(env, r.block_ids.size());
+    for (size_t i = 0; i < r.block_ids.size(); ++i) ids.Set(i, r.block_ids[i]);
+    o.Set("blockIds", ids);
+  }
   return o;
 }
 
@@ -203,6 +209,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return DefineClass(env, "Engine",
                        {InstanceMethod("info", &EngineWrap::Info), InstanceMethod("addRequest", &EngineWrap::AddRequest),
                         InstanceMethod("abort", &EngineWrap::Abort),
+                        InstanceMethod("completeExternalKv", &EngineWrap::CompleteExternalKv),
+                        InstanceMethod("releaseHeld", &EngineWrap::ReleaseHeld),
                         InstanceMethod("replayKvEvents", &EngineWrap::ReplayKvEvents),
                         InstanceMethod("metrics", &EngineWrap::Metrics), InstanceMethod("kvRegion", &EngineWrap::KvRegion),
                         InstanceMethod("close", &EngineWrap::Close)});
@@ -325,6 +333,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     p.stop_token_ids = get_int32_array(env, required(o, "stopTokenIds"), "stopTokenIds");
     p.ignore_eos = get_bool(o, "ignoreEos");
     p.logprobs = static_cast<int32_t>(get_int(o, "logprobs"));
+    req->num_external_tokens = get_int(o, "numExternalTokens");
+    req->prefill_only = get_bool(o, "prefillOnly");
     Status st = t->add_request(std::move(req));
     if (!st.ok()) throw_status(env, st);
     if (inflight_++ == 0) tsfn_.Ref(env);
@@ -335,6 +345,21 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsString()) throw_invalid(env, "abort(requestId): requestId must be a string");
     live(env)->abort(info[0].As<Napi::String>().Utf8Value());
+    return env.Undefined();
+  }
+
+  Napi::Value CompleteExternalKv(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 2 || !info[0].IsString() || !info[1].IsBoolean())
+      throw_invalid(env, "completeExternalKv(requestId, ok): requestId must be a string and ok a boolean");
+    live(env)->complete_external_kv(info[0].As<Napi::String>().Utf8Value(), info[1].As<Napi::Boolean>().Value());
+    return env.Undefined();
+  }
+
+  Napi::Value ReleaseHeld(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsString()) throw_invalid(env, "releaseHeld(requestId): requestId must be a string");
+    live(env)->release_held(info[0].As<Napi::String>().Utf8Value());
     return env.Undefined();
   }
 

@@ -25,17 +25,23 @@ Status EngineThread::add_request(std::unique_ptr<Request> req) {
   return Status::Ok();
 }
 
-void EngineThread::abort(const std::string& request_id) {
+void EngineThread::push(Command c) {
   std::lock_guard<std::mutex> lock(mu_);
-  commands_.push_back(Command{Command::Kind::abort, nullptr, request_id});
+  commands_.push_back(std::move(c));
   cv_.notify_one();
 }
 
-void EngineThread::request_replay() {
-  std::lock_guard<std::mutex> lock(mu_);
-  commands_.push_back(Command{Command::Kind::replay, nullptr, {}});
-  cv_.notify_one();
+void EngineThread::abort(const std::string& request_id) { push(Command{Command::Kind::abort, nullptr, request_id}); }
+
+void EngineThread::complete_external_kv(const std::string& request_id, bool ok) {
+  push(Command{ok ? Command::Kind::kv_arrived : Command::Kind::kv_failed, nullptr, request_id});
 }
+
+void EngineThread::release_held(const std::string& request_id) {
+  push(Command{Command::Kind::release, nullptr, request_id});
+}
+
+void EngineThread::request_replay() { push(Command{Command::Kind::replay, nullptr, {}}); }
 
 LoadMetrics EngineThread::metrics() {
   std::lock_guard<std::mutex> lock(mu_);
@@ -88,6 +94,9 @@ void EngineThread::loop() {
         }
         case Command::Kind::abort: engine_->abort(c.request_id); break;
         case Command::Kind::replay: engine_->request_replay(); break;
+        case Command::Kind::kv_arrived: engine_->complete_external_kv(c.request_id, true); break;
+        case Command::Kind::kv_failed: engine_->complete_external_kv(c.request_id, false); break;
+        case Command::Kind::release: engine_->release_held(c.request_id); break;
       }
     }
     batch.clear();

@@ -1,6 +1,6 @@
 // engine-thread.h: runs an Engine's step loop on its own native thread.
 //
-// Owns: the thread, the Engine, a command queue (add / abort / replay) and the set of live
+// Owns: the thread, the Engine, a command queue (add / abort / replay / remote-prefill hooks) and the set of live
 // request ids.
 // Stays true: only the loop thread touches the Engine after start(); callers on other threads
 // talk to it through the queue. The callback runs on the loop thread, once per step that
@@ -35,6 +35,8 @@ class EngineThread {
   // Validates on the calling thread, then queues. Fails on a duplicate live id.
   Status add_request(std::unique_ptr<Request> req);
   void abort(const std::string& request_id);
+  void complete_external_kv(const std::string& request_id, bool ok);
+  void release_held(const std::string& request_id);
   void request_replay();
   LoadMetrics metrics();  // the snapshot after the latest step
   // Stops the loop after the current step and joins; requests still live get no more output.
@@ -43,11 +45,12 @@ class EngineThread {
 
  private:
   struct Command {
-    enum class Kind { add, abort, replay } kind;
+    enum class Kind { add, abort, replay, kv_arrived, kv_failed, release } kind;
     std::unique_ptr<Request> req;
     std::string request_id;
   };
   void loop();
+  void push(Command c);
   bool same_metrics(const LoadMetrics& a, const LoadMetrics& b) const;
 
   std::unique_ptr<Engine> engine_;

@@ -198,6 +198,21 @@ void Engine::abort(const std::string& request_id) {
   }
 }
 
+void Engine::complete_external_kv(const std::string& request_id, bool ok) {
+  scheduler_->complete_external_kv(request_id, ok);  // not parked (any more): a duplicate, ignored
+}
+
+void Engine::release_held(const std::string& request_id) { scheduler_->release_held(request_id); }
+
+RequestOutput Engine::block_output(const Request& r) const {
+  RequestOutput o;
+  o.request_id = r.request_id;
+  o.num_prompt_tokens = r.num_prompt_tokens();
+  o.num_cached_tokens = std::max<int64_t>(0, r.num_cached_tokens);
+  for (const KVBlock* b : *kv_->blocks_of(r.request_id)) o.block_ids.push_back(b->block_id);
+  return o;
+}
+
 LoadMetrics Engine::metrics() const {
   LoadMetrics m;
   m.request_active_slots = scheduler_->num_running();
@@ -328,7 +343,19 @@ Status Engine::step(StepResult* out) {
     }
   }
 
-  // 6. Events (a requested replay follows whatever this step changed) and metrics.
+  // 6. Remote prefill: requests parked for external KV, prefill-only requests done.
+  for (const Request* r : sched.parked) {
+    RequestOutput o = block_output(*r);
+    o.awaiting_kv = true;
+    out->outputs.push_back(std::move(o));
+  }
+  for (const Request* r : scheduler_->take_prefilled()) {
+    RequestOutput o = block_output(*r);
+    o.finish_reason = FinishReason::prefilled;
+    out->outputs.push_back(std::move(o));
+  }
+
+  // 7. Events (a requested replay follows whatever this step changed) and metrics.
   if (replay_requested_) {
     kv_->pool().replay_events();
     replay_requested_ = false;

@@ -63,6 +63,10 @@ struct RequestOutput {
   int64_t num_prompt_tokens = 0;
   int64_t num_cached_tokens = 0;
   std::string error;
+  // Remote prefill: awaiting_kv is set once, when the request is parked for external KV;
+  // block_ids then lists its blocks (and, for FinishReason::prefilled, the held blocks).
+  bool awaiting_kv = false;
+  std::vector<int32_t> block_ids;
 };
 
 struct StepResult {
@@ -108,6 +112,9 @@ class Engine {
   // Queues a validated request (seeds its rng).
   Status add_request(std::unique_ptr<Request> req);
   void abort(const std::string& request_id);
+  // Remote prefill (request.h): see Scheduler::complete_external_kv / release_held.
+  void complete_external_kv(const std::string& request_id, bool ok);
+  void release_held(const std::string& request_id);
   // The next step's events start with `cleared` + `stored` for the whole cache.
   void request_replay() { replay_requested_ = true; }
 
@@ -124,7 +131,7 @@ class Engine {
  private:
   Engine() = default;
   void build_batch(const SchedulerOutput& sched);
-  void collect_finished(std::vector<std::unique_ptr<Request>>& finished, StepResult* out);
+  RequestOutput block_output(const Request& r) const;
 
   EngineConfig cfg_;
   EngineInfo info_;

@@ -34,9 +34,13 @@ struct SamplingParams {
   int32_t logprobs = -1;            // -1 = none; N >= 0: sampled token's logprob + top N
 };
 
-enum class RequestStatus : int32_t { waiting = 0, running = 1, preempted = 2, finished = 3 };
+// awaiting_kv: admitted with blocks for its prompt, waiting for external KV (remote prefill);
+// held: a prefill-only request whose prompt KV is computed, holding its blocks until released.
+enum class RequestStatus : int32_t { waiting = 0, running = 1, preempted = 2, finished = 3, awaiting_kv = 4, held = 5 };
 
-enum class FinishReason : int32_t { none = 0, stop = 1, length = 2, abort = 3, error = 4 };
+// prefilled: a prefill-only request computed its prompt (except the last token); its blocks
+// stay held until Engine::release_held.
+enum class FinishReason : int32_t { none = 0, stop = 1, length = 2, abort = 3, error = 4, prefilled = 5 };
 const char* finish_reason_name(FinishReason r);
 
 struct Request {
@@ -56,8 +60,18 @@ struct Request {
   std::vector<uint64_t> block_hashes;  // chained hashes of the full blocks of all_token_ids
   std::mt19937_64 rng;                 // seeded from params.seed, or from the engine's seed
 
+  // Remote prefill (DESIGN.md sections 4-5). The KV of the first num_external_tokens prompt
+  // tokens comes from another worker unless this worker's prefix cache covers them: such a
+  // request is admitted with blocks for its prompt and parked (awaiting_kv) until
+  // complete_external_kv. A prefill_only request computes its prompt except the last token,
+  // samples nothing and then holds its blocks (held) until release_held.
+  int64_t num_external_tokens = 0;     // [0, prompt tokens - 1]
+  bool prefill_only = false;
+
   int64_t num_tokens() const { return static_cast<int64_t>(all_token_ids.size()); }
   int64_t num_prompt_tokens() const { return static_cast<int64_t>(prompt_token_ids.size()); }
+  // The tokens this request computes: all of them, or for prefill_only the prompt but its last.
+  int64_t num_target_tokens() const { return prefill_only ? num_prompt_tokens() - 1 : num_tokens(); }
   int64_t num_output_tokens() const { return static_cast<int64_t>(output_token_ids.size()); }
   void append_output_token(int32_t token) {
     output_token_ids.push_back(token);

@@ -37,6 +37,8 @@ const char* finish_reason_name(FinishReason r) {
       return "abort";
     case FinishReason::error:
       return "error";
+    case FinishReason::prefilled:
+      return "prefilled";
   }
   return "error";
 }
@@ -55,6 +57,8 @@ Status Scheduler::add_request(std::unique_ptr<Request> req) {
     return Status(StatusCode::request_invalid, "request '" + req->request_id + "' has an empty prompt");
   if (req->params.max_tokens < 1)
     return Status(StatusCode::request_invalid, "max_tokens must be >= 1");
+  if (req->num_external_tokens < 0 || req->num_external_tokens > req->num_prompt_tokens() - 1)
+    return Status(StatusCode::request_invalid, "num_external_tokens must be in [0, prompt tokens - 1]");
   const int64_t total = req->num_prompt_tokens() + req->params.max_tokens;
   if (total > cfg_.max_model_len)
     return Status(StatusCode::request_too_long,
@@ -86,7 +90,7 @@ bool Scheduler::abort(const std::string& request_id) {
   auto it = requests_.find(request_id);
   if (it == requests_.end()) return false;
   Request* r = it->second.get();
-  running_.erase(std::remove(running_.begin(), running_.end(), r), running_.end());
+  for (auto* list : {&running_, &parked_, &held_, &prefilled_}) list->erase(std::remove(list->begin(), list->end(), r), list->end());
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), r), waiting_.end());
   kv_->free(r);
   r->status = RequestStatus::finished;
@@ -119,7 +123,7 @@ SchedulerOutput Scheduler::schedule() {
   // 1. Running requests, oldest first; the newest give way when blocks run out.
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     Request* r = running_[i];
-    const int64_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
+    const int64_t n = std::min(r->num_target_tokens() - r->num_computed_tokens, budget);
     if (n <= 0) continue;  // only if update() was not given its sampled token
     bool allocated = kv_->allocate_slots(r, n, {});
     while (!allocated) {
@@ -135,19 +139,73 @@ SchedulerOutput Scheduler::schedule() {
 
   // 2. Waiting requests in order, only when nobody had to give way this step.
   if (!out.preempted.empty()) return out;
-  while (!waiting_.empty() && budget > 0 && static_cast<int64_t>(running_.size()) < cfg_.max_num_seqs) {
+  while (!waiting_.empty() && budget > 0 && num_running() < cfg_.max_num_seqs) {
     Request* r = waiting_.front();
     int64_t num_cached = 0;
     const std::vector<KVBlock*> cached = kv_->get_computed_blocks(r, &num_cached);
-    const int64_t n = std::min(r->num_tokens() - num_cached, budget);
+    if (r->num_external_tokens <= num_cached) r->num_external_tokens = 0;  // the cache has it all
+    const bool parks = r->num_external_tokens > 0;
+    // A parked request gets blocks for all its target tokens now: the remote side writes them.
+    const int64_t n = parks ? r->num_target_tokens() - num_cached
+                            : std::min(r->num_target_tokens() - num_cached, budget);
     if (!kv_->allocate_slots(r, n, cached)) break;
     waiting_.pop_front();
     r->num_computed_tokens = num_cached;
     if (r->num_cached_tokens < 0) r->num_cached_tokens = num_cached;
+    if (parks) {
+      r->status = RequestStatus::awaiting_kv;
+      parked_.push_back(r);
+      out.parked.push_back(r);
+    } else if (n == 0) {  // prefill_only, all of it cached already
+      hold(r);
+    } else {
+      r->status = RequestStatus::running;
+      running_.push_back(r);
+      emit(r, n);
+    }
+  }
+  return out;
+}
+
+void Scheduler::hold(Request* r) {
+  r->status = RequestStatus::held;
+  held_.push_back(r);
+  prefilled_.push_back(r);
+}
+
+bool Scheduler::complete_external_kv(const std::string& request_id, bool ok) {
+  auto it = std::find_if(parked_.begin(), parked_.end(), [&](const Request* r) { return r->request_id == request_id; });
+  if (it == parked_.end()) return false;
+  Request* r = *it;
+  parked_.erase(it);
+  if (ok) {
+    r->num_computed_tokens = std::max(r->num_computed_tokens, r->num_external_tokens);
+    kv_->cache_blocks(r);
+  }
+  r->num_external_tokens = 0;
+  if (r->num_computed_tokens >= r->num_target_tokens()) {
+    hold(r);  // prefill_only with nothing left to compute
+  } else {
     r->status = RequestStatus::running;
     running_.push_back(r);
-    emit(r, n);
   }
+  return true;
+}
+
+bool Scheduler::release_held(const std::string& request_id) {
+  auto it = std::find_if(held_.begin(), held_.end(), [&](const Request* r) { return r->request_id == request_id; });
+  if (it == held_.end()) return false;
+  Request* r = *it;
+  held_.erase(it);
+  prefilled_.erase(std::remove(prefilled_.begin(), prefilled_.end(), r), prefilled_.end());
+  kv_->free(r);
+  requests_.erase(request_id);
+  return true;
+}
+
+std::vector<Request*> Scheduler::take_prefilled() {
+  std::vector<Request*> out;
+  out.swap(prefilled_);
   return out;
 }
 
@@ -182,6 +240,10 @@ std::vector<std::unique_ptr<Request>> Scheduler::update(const SchedulerOutput& o
       }
     }
     kv_->cache_blocks(r);
+    if (r->prefill_only && r->num_computed_tokens >= r->num_target_tokens()) {
+      hold(r);
+      continue;
+    }
     if (reason == FinishReason::none) continue;
 
     r->status = RequestStatus::finished;
@@ -193,7 +255,9 @@ std::vector<std::unique_ptr<Request>> Scheduler::update(const SchedulerOutput& o
   }
   assert(next_sample == sampled.size());
   running_.erase(std::remove_if(running_.begin(), running_.end(),
-                                [](const Request* r) { return r->status == RequestStatus::finished; }),
+                                [](const Request* r) {
+                                  return r->status == RequestStatus::finished || r->status == RequestStatus::held;
+                                }),
                  running_.end());
   return finished;
 }

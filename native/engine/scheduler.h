@@ -14,6 +14,10 @@
 //      last, each starting from its longest cached prefix.
 // A request whose prompt + max_tokens can never fit (max_model_len, or the whole pool) is
 // rejected by add_request, never admitted.
+// Remote prefill (request.h): a request with num_external_tokens beyond its cached prefix is
+// admitted with blocks for its target tokens and parked in parked_ (a seat, its blocks, never
+// preempted: another worker may be writing into them) until complete_external_kv; a
+// prefill_only request that reaches its target moves to held_ until release_held.
 // Settings: max_num_seqs >= 1, max_num_batched_tokens >= 1 (chunks prompts longer than it),
 // max_model_len >= 1.
 #pragma once
@@ -46,6 +50,7 @@ struct ScheduledRequest {
 struct SchedulerOutput {
   std::vector<ScheduledRequest> scheduled;  // in batch order
   std::vector<std::string> preempted;       // request ids preempted this step
+  std::vector<Request*> parked;             // admitted this step to wait for external KV
   int64_t num_scheduled_tokens = 0;
 };
 
@@ -68,6 +73,16 @@ class Scheduler {
 
   SchedulerOutput schedule();
 
+  // A parked request's external KV arrived (ok: its first num_external_tokens tokens are
+  // computed and their full blocks become cached) or will not (!ok: it computes them itself,
+  // from its cached prefix). Returns false for an id that is not parked (e.g. a duplicate).
+  bool complete_external_kv(const std::string& request_id, bool ok);
+  // Frees a held request's blocks. Returns false for an id that is not held.
+  bool release_held(const std::string& request_id);
+  // prefill_only requests that reached their target since the last call (still owned here,
+  // status held, valid until released or aborted).
+  std::vector<Request*> take_prefilled();
+
   // After the forward pass: advances num_computed_tokens of every scheduled request, caches
   // newly full blocks, appends sampled tokens, applies stop conditions (stop_token_ids or EOS
   // unless ignore_eos, then max_tokens, then max_model_len) and frees finished requests'
@@ -83,14 +98,16 @@ class Scheduler {
 
   void set_eos_token_ids(std::vector<int64_t> eos) { eos_token_ids_ = std::move(eos); }
 
-  int64_t num_running() const { return static_cast<int64_t>(running_.size()); }
+  int64_t num_running() const { return static_cast<int64_t>(running_.size() + parked_.size()); }
+  int64_t num_held() const { return static_cast<int64_t>(held_.size()); }
   int64_t num_waiting() const { return static_cast<int64_t>(waiting_.size()); }
   int64_t num_preemptions() const { return num_preemptions_; }  // cumulative
-  bool has_work() const { return !running_.empty() || !waiting_.empty(); }
+  bool has_work() const { return !running_.empty() || !waiting_.empty() || !prefilled_.empty(); }
   const SchedulerConfig& config() const { return cfg_; }
 
  private:
   void preempt(Request* req);
+  void hold(Request* req);
 
   SchedulerConfig cfg_;
   KVCacheManager* kv_;
@@ -98,6 +115,9 @@ class Scheduler {
   std::unordered_map<std::string, std::unique_ptr<Request>> requests_;  // every live request
   std::deque<Request*> waiting_;
   std::vector<Request*> running_;
+  std::vector<Request*> parked_;     // awaiting_kv: hold blocks and a seat
+  std::vector<Request*> held_;       // prefill_only, done: hold blocks until released
+  std::vector<Request*> prefilled_;  // newly held, for take_prefilled()
   std::vector<std::unique_ptr<Request>> aborted_;
   uint64_t next_arrival_seq_ = 0;
   int64_t num_preemptions_ = 0;

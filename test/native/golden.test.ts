@@ -86,6 +86,8 @@ function greedyRequest(requestId: string, prompt: number[], maxTokens: number): 
     stopTokenIds: new Int32Array(0),
     ignoreEos: true,
     logprobs: -1,
+    numExternalTokens: 0,
+    prefillOnly: false,
   };
 }
 

@@ -74,9 +74,16 @@ export interface NativeRequest {
   stopTokenIds: Int32Array;
   ignoreEos: boolean;
   logprobs: number; // -1 = none; N >= 0 = sampled token + top N
+  // Remote prefill (DESIGN.md section 4): the KV of the first numExternalTokens prompt tokens
+  // (<= prompt length - 1) comes from another worker unless the prefix cache has it: the request
+  // is parked with blocks for its prompt (an output with awaitingKv) until completeExternalKv.
+  numExternalTokens: number;
+  // Compute the prompt except its last token, sample nothing, finish with 'prefilled' and hold
+  // the blocks (listed in that output) until releaseHeld.
+  prefillOnly: boolean;
 }
 
-export type NativeFinishReason = 'stop' | 'length' | 'abort' | 'error';
+export type NativeFinishReason = 'stop' | 'length' | 'abort' | 'error' | 'prefilled';
 
 export interface NativeTokenLogprobs {
   tokenId: number;
@@ -94,6 +101,8 @@ export interface NativeRequestOutput {
   numPromptTokens: number;
   numCachedTokens: number; // prefix-cache hit, tokens
   error?: string;
+  awaitingKv?: true; // parked for external KV (once); blockIds = the request's blocks
+  blockIds?: number[]; // with awaitingKv, and with finishReason 'prefilled' (the held blocks)
 }
 
 // DESIGN.md section 5: hashes as 16-digit lowercase hex strings.
@@ -153,6 +162,10 @@ export declare class Engine {
   info(): NativeEngineInfo;
   addRequest(request: NativeRequest): void; // throws ERR_REQUEST_* synchronously
   abort(requestId: string): void; // unknown ids are ignored
+  // A parked request's external KV is in its blocks (ok) or will not come (it computes it
+  // itself). Ids not parked (duplicates, late completions) are ignored.
+  completeExternalKv(requestId: string, ok: boolean): void;
+  releaseHeld(requestId: string): void; // frees a prefilled request's blocks; unknown ids ignored
   replayKvEvents(): void; // the next step output carries 'cleared' + 'stored' for the cache
   metrics(): NativeLoadMetrics;
   kvRegion(): NativeKvRegion;

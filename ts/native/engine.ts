@@ -49,6 +49,12 @@ export interface SamplingOptions {
   logprobs?: number; // top-N logprobs, N in [0, 20]
 }
 
+// Remote prefill hooks (DESIGN.md section 4; see NativeRequest in addon.d.ts).
+export interface RemotePrefillOptions {
+  numExternalTokens?: number; // [0, prompt length - 1], default 0
+  prefillOnly?: boolean; // default false
+}
+
 export type { NativeKvEvent as KvEvent, NativeLoadMetrics as LoadMetrics, NativeRequestOutput as RequestOutput };
 
 // A pull stream of one request's outputs.
@@ -107,7 +113,12 @@ function checkNumber(name: string, v: unknown, min: number, max: number): number
 
 const INT_MAX = 2 ** 31 - 1;
 
-export function normaliseSampling(requestId: string, promptTokenIds: ArrayLike<number>, s: SamplingOptions): NativeRequest {
+export function normaliseSampling(
+  requestId: string,
+  promptTokenIds: ArrayLike<number>,
+  s: SamplingOptions,
+  remote: RemotePrefillOptions = {},
+): NativeRequest {
   // 1. Identity and prompt.
   if (typeof requestId !== 'string' || requestId.length === 0) throw invalidArgument('requestId must be a non-empty string');
   const prompt = Int32Array.from(promptTokenIds as ArrayLike<number>);
@@ -134,6 +145,10 @@ export function normaliseSampling(requestId: string, promptTokenIds: ArrayLike<n
   const ignoreEos = s.ignoreEos ?? false;
   if (typeof ignoreEos !== 'boolean') throw invalidArgument('ignoreEos must be a boolean');
   const logprobs = s.logprobs === undefined || s.logprobs === null ? -1 : checkInt('logprobs', s.logprobs, 0, 20);
+  // 5. Remote prefill.
+  const numExternalTokens = checkInt('numExternalTokens', remote.numExternalTokens ?? 0, 0, prompt.length - 1);
+  const prefillOnly = remote.prefillOnly ?? false;
+  if (typeof prefillOnly !== 'boolean') throw invalidArgument('prefillOnly must be a boolean');
   return {
     requestId,
     promptTokenIds: prompt,
@@ -150,6 +165,8 @@ export function normaliseSampling(requestId: string, promptTokenIds: ArrayLike<n
     stopTokenIds,
     ignoreEos,
     logprobs,
+    numExternalTokens,
+    prefillOnly,
   };
 }
 
@@ -188,9 +205,15 @@ export class Engine {
 
   // Starts a request; its outputs arrive through the returned stream (one item per engine step
   // that produced tokens, the last one with finishReason). An aborted signal aborts it.
-  generate(requestId: string, promptTokenIds: ArrayLike<number>, sampling: SamplingOptions = {}, signal?: AbortSignal) {
+  generate(
+    requestId: string,
+    promptTokenIds: ArrayLike<number>,
+    sampling: SamplingOptions = {},
+    signal?: AbortSignal,
+    remote?: RemotePrefillOptions,
+  ) {
     if (this.closed) throw new NativeError('ERR_ENGINE_CLOSED', 'the engine is closed');
-    const req = normaliseSampling(requestId, promptTokenIds, sampling);
+    const req = normaliseSampling(requestId, promptTokenIds, sampling, remote);
     const stream = new OutputStream();
     callNative(() => this.native.addRequest(req));
     this.streams.set(requestId, stream);
@@ -204,6 +227,15 @@ export class Engine {
 
   abort(requestId: string): void {
     if (!this.closed && this.streams.has(requestId)) this.native.abort(requestId);
+  }
+
+  // Remote prefill hooks; ids that are not parked / held are ignored by the engine.
+  completeExternalKv(requestId: string, ok: boolean): void {
+    if (!this.closed) this.native.completeExternalKv(requestId, ok);
+  }
+
+  releaseHeld(requestId: string): void {
+    if (!this.closed) this.native.releaseHeld(requestId);
   }
 
   onKvEvents(fn: (events: NativeKvEvent[]) => void): () => void {

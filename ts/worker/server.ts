@@ -67,7 +67,7 @@ function toDelta(requestId: RequestId, o: RequestOutput): GenerateDelta {
     numCachedTokens: o.numCachedTokens,
   };
   if (o.logprobs) delta.logprobs = o.logprobs;
-  if (o.finishReason) delta.finishReason = o.finishReason;
+  if (o.finishReason && o.finishReason !== 'prefilled') delta.finishReason = o.finishReason; // prefilled: never on the request plane
   if (o.stopTokenId !== undefined) delta.stopTokenId = o.stopTokenId;
   if (o.error) delta.error = { code: 'ERR_ENGINE', message: o.error };
   return delta;
