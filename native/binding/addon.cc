@@ -13,6 +13,10 @@
 
 #include "engine/engine-thread.h"
 #include "engine/kv-block-hash.h"
+#include "kernels/cpu/bandwidth-probe.h"
+#include "kernels/cpu/cpu-kernels.h"
+#include "napi-util.h"
+#include "transfer-binding.h"
 
 namespace {
 
@@ -22,55 +26,7 @@ using llm::Status;
 #define KVSERVE_VERSION "0.1.0"
 #endif
 
-[[noreturn]] void throw_status(Napi::Env env, const Status& st) {
-  Napi::Error err = Napi::Error::New(env, st.message());
-  err.Set("code", Napi::String::New(env, st.code_name()));
-  throw err;
-}
-
-[[noreturn]] void throw_invalid(Napi::Env env, const std::string& msg) {
-  throw_status(env, Status(llm::StatusCode::invalid_argument, msg));
-}
-
-// ---- argument readers (the TS wrappers validate; these guard against misuse) ----
-
-Napi::Value required(const Napi::Object& o, const char* key) {
-  Napi::Value v = o.Get(key);
-  if (v.IsUndefined()) throw_invalid(o.Env(), std::string("missing option '") + key + "'");
-  return v;
-}
-
-double get_number(const Napi::Object& o, const char* key) {
-  Napi::Value v = required(o, key);
-  if (!v.IsNumber()) throw_invalid(o.Env(), std::string("option '") + key + "' must be a number");
-  return v.As<Napi::Number>().DoubleValue();
-}
-
-int64_t get_int(const Napi::Object& o, const char* key) {
-  const double d = get_number(o, key);
-  if (d != static_cast<double>(static_cast<int64_t>(d)))
-    throw_invalid(o.Env(), std::string("option '") + key + "' must be an integer");
-  return static_cast<int64_t>(d);
-}
-
-bool get_bool(const Napi::Object& o, const char* key) {
-  Napi::Value v = required(o, key);
-  if (!v.IsBoolean()) throw_invalid(o.Env(), std::string("option '") + key + "' must be a boolean");
-  return v.As<Napi::Boolean>().Value();
-}
-
-std::string get_string(const Napi::Object& o, const char* key) {
-  Napi::Value v = required(o, key);
-  if (!v.IsString()) throw_invalid(o.Env(), std::string("option '") + key + "' must be a string");
-  return v.As<Napi::String>().Utf8Value();
-}
-
-std::vector<int32_t> get_int32_array(Napi::Env env, const Napi::Value& v, const char* what) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array)
-    throw_invalid(env, std::string(what) + " must be an Int32Array");
-  Napi::Int32Array a = v.As<Napi::Int32Array>();
-  return std::vector<int32_t>(a.Data(), a.Data() + a.ElementLength());
-}
+using namespace llm::napi_util;
 
 // ---- native -> JS ----
 
@@ -492,11 +448,47 @@ Napi::Value BlockHashes(const Napi::CallbackInfo& info) {
   return hashes_to_js(env, hashes);
 }
 
+// readBandwidthGBs(bytes = 1 GiB, threads = 0): the STREAM-like read probe (bandwidth-probe.h).
+// Blocks the calling thread for about a second: for benchmarks, not the serving path.
+Napi::Value ReadBandwidthGBs(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int64_t bytes = int64_t{1} << 30;
+  int threads = 0;
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    if (!info[0].IsNumber()) throw_invalid(env, "readBandwidthGBs(bytes, threads): bytes must be a number");
+    bytes = info[0].As<Napi::Number>().Int64Value();
+  }
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    if (!info[1].IsNumber()) throw_invalid(env, "readBandwidthGBs(bytes, threads): threads must be a number");
+    threads = info[1].As<Napi::Number>().Int32Value();
+  }
+  double gbs = 0.0;
+  Status st = llm::cpu::read_bandwidth_gbs(bytes, threads, &gbs);
+  if (!st.ok()) throw_status(env, st);
+  return Napi::Number::New(env, gbs);
+}
+
+// cpuKernelInfo(): the ISA the dispatch detected and the kernel path it picked (cpu-kernels.h).
+Napi::Value CpuKernelInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const llm::cpu::CpuKernelInfo k = llm::cpu::cpu_kernel_info();
+  Napi::Array isa = Napi::Array::New(env, k.isa.size());
+  for (size_t i = 0; i < k.isa.size(); ++i) isa.Set(static_cast<uint32_t>(i), k.isa[i]);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("isa", isa);
+  o.Set("path", k.path);
+  o.Set("onednn", k.onednn);
+  return o;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineWrap::Init(env));
   exports.Set("Model", ModelWrap::Init(env));
   exports.Set("inspectModel", Napi::Function::New(env, InspectModel, "inspectModel"));
   exports.Set("blockHashes", Napi::Function::New(env, BlockHashes, "blockHashes"));
+  exports.Set("readBandwidthGBs", Napi::Function::New(env, ReadBandwidthGBs, "readBandwidthGBs"));
+  exports.Set("cpuKernelInfo", Napi::Function::New(env, CpuKernelInfo, "cpuKernelInfo"));
+  llm::register_transfer_exports(env, exports);
   exports.Set("version", Napi::String::New(env, KVSERVE_VERSION));
 #ifdef KVSERVE_CUDA
   exports.Set("cudaCompiled", Napi::Boolean::New(env, true));

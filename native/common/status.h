@@ -29,6 +29,9 @@ namespace llm {
   X(request_duplicate, "ERR_REQUEST_DUPLICATE")                                          \
   X(engine_closed, "ERR_ENGINE_CLOSED")                                                  \
   X(device_unavailable, "ERR_DEVICE_UNAVAILABLE")                                        \
+  X(transfer_invalid, "ERR_TRANSFER_INVALID")              /* block ids, layout */       \
+  X(transfer_peer, "ERR_TRANSFER_PEER")                    /* unknown, stale, gone */    \
+  X(transfer_closed, "ERR_TRANSFER_CLOSED")                                              \
   X(internal, "ERR_INTERNAL")
 
 enum class StatusCode : int {

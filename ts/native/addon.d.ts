@@ -1,7 +1,7 @@
 // addon.d.ts: THE definition of the native API (native/binding). Hand-written; a test checks
 // that the built addon exports exactly these names. The addon takes only primitives and typed
-// arrays, validated first by the TS wrappers in this folder (engine.ts, model.ts); it throws
-// errors whose `code` is one of NativeErrorCode.
+// arrays, validated first by the TS wrappers in this folder (engine.ts, model.ts, transfer.ts);
+// it throws errors whose `code` is one of NativeErrorCode.
 
 export type NativeErrorCode =
   | 'ERR_INVALID_ARGUMENT'
@@ -20,6 +20,9 @@ export type NativeErrorCode =
   | 'ERR_REQUEST_DUPLICATE'
   | 'ERR_ENGINE_CLOSED'
   | 'ERR_DEVICE_UNAVAILABLE'
+  | 'ERR_TRANSFER_INVALID' // bad block ids (range, list lengths), metadata or KV layout
+  | 'ERR_TRANSFER_PEER' // unknown, stale (restarted), gone or unreachable remote agent
+  | 'ERR_TRANSFER_CLOSED'
   | 'ERR_INTERNAL';
 
 export interface NativeModelInfo {
@@ -184,8 +187,53 @@ export declare class Model {
   close(): void;
 }
 
+export interface NativeTransferAgentOptions {
+  name: string; // unique among the agents that connect to each other, 1 to 256 bytes
+  listenHost: string; // '0.0.0.0' / '::' advertise the hostname in the metadata
+  listenPort: number; // 0 = ephemeral
+}
+
+export type NativeTransferBackend = 'auto' | 'shm' | 'tcp';
+
+export interface NativeTransferStats {
+  writes: number; // this agent's own write() and read() calls, cumulative
+  reads: number;
+  bytesWritten: number;
+  bytesRead: number;
+  writeSeconds: number;
+  readSeconds: number;
+  notificationsReceived: number;
+}
+
+// The KV transfer agent of one worker (DESIGN.md section 6, native/transfer/transfer-agent.h).
+// onNotification is called on the JS thread for each notification another agent's write
+// delivered, after that write's blocks are in this pool.
+export declare class TransferAgent {
+  constructor(options: NativeTransferAgentOptions, onNotification: (from: string, message: string) => void);
+  registerRegion(region: NativeKvRegion): void; // once; the region must have a shmName
+  metadata(): string; // JSON, for discovery
+  // Blocks the JS thread for a TCP connect and one round trip (5 s at most); -> the remote's name.
+  connect(metadata: string, backend: NativeTransferBackend): string;
+  // Copies local blocks localBlocks[i] into the remote's remoteBlocks[i], then delivers the
+  // notification ('' = none); resolves once the remote has it.
+  write(localBlocks: Int32Array, remote: string, remoteBlocks: Int32Array, notification: string): Promise<void>;
+  // Copies the remote's remoteBlocks[i] into local blocks localBlocks[i].
+  read(remote: string, remoteBlocks: Int32Array, localBlocks: Int32Array): Promise<void>;
+  stats(): NativeTransferStats;
+  close(): Promise<void>; // stops the listener and drops connections; safe to call twice
+}
+
 export declare function inspectModel(modelDir: string): NativeModelInfo;
 export declare function blockHashes(tokens: Int32Array, blockSize: number): string[];
+// STREAM-like memory read bandwidth in GB/s: a fresh buffer of `bytes` (>= 64 MiB, default
+// 1 GiB) summed by `threads` workers (0 = every CPU), best of 4 passes. Blocks for ~1 s.
+export declare function readBandwidthGBs(bytes?: number, threads?: number): number;
+export interface NativeCpuKernelInfo {
+  isa: string[]; // detected: 'avx2', 'avx512', 'avx512_bf16', 'amx_bf16'
+  path: string; // the kernel path in use: 'reference' | 'avx2' | 'avx512' | 'amx' (KVSERVE_CPU_KERNELS forces one)
+  onednn: boolean; // whether a oneDNN GEMM is in the path
+}
+export declare function cpuKernelInfo(): NativeCpuKernelInfo;
 export declare const version: string;
 export declare const cudaCompiled: boolean;
 
@@ -194,6 +242,9 @@ export interface NativeAddon {
   Model: typeof Model;
   inspectModel: typeof inspectModel;
   blockHashes: typeof blockHashes;
+  readBandwidthGBs: typeof readBandwidthGBs;
+  cpuKernelInfo: typeof cpuKernelInfo;
+  TransferAgent: typeof TransferAgent;
   version: string;
   cudaCompiled: boolean;
 }

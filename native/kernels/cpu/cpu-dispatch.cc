@@ -1,13 +1,70 @@
 // cpu-dispatch.cc: picks the kernel table the engine runs (see cpu-kernels.h).
 //
-// Today every op runs the reference. This is the seam for faster kernels: a later issue
-// checks the CPU once here (AVX2, AVX-512, AVX-512 BF16, AMX) and returns a copy of the
-// reference table with the ops it speeds up replaced entry by entry, so an op without a fast
-// version keeps its reference entry and every fast entry is tested against the reference.
+// Once per process: cpu_isa() says what the CPU runs; KVSERVE_CPU_KERNELS (reference, avx2,
+// avx512, amx) may name a path, else the best one is taken. A named path the CPU cannot run,
+// or an unknown name, falls back to the best path and says so on stderr once. The ISA paths
+// exist only in builds that compiled their files (LLM_CPU_X86_PATHS, set by CMakeLists.txt).
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "cpu-isa.h"
 #include "cpu-kernels.h"
+#include "cpu-paths.h"
 
 namespace llm::cpu {
 
-const CpuKernels& cpu_kernels() { return cpu_reference_kernels(); }
+namespace {
+
+const CpuKernels& best_kernels() {
+  for (CpuPath p : {CpuPath::amx, CpuPath::avx512, CpuPath::avx2})
+    if (const CpuKernels* k = cpu_kernels_for(p)) return *k;
+  return cpu_reference_kernels();
+}
+
+const CpuKernels& choose_kernels() {
+  const char* forced = std::getenv("KVSERVE_CPU_KERNELS");
+  if (!forced || !*forced) return best_kernels();
+  for (auto [name, path] : {std::pair<const char*, CpuPath>{"reference", CpuPath::reference},
+                            {"avx2", CpuPath::avx2}, {"avx512", CpuPath::avx512}, {"amx", CpuPath::amx}}) {
+    if (std::strcmp(forced, name) != 0) continue;
+    if (const CpuKernels* k = cpu_kernels_for(path)) return *k;
+    std::fprintf(stderr, "kvserve: KVSERVE_CPU_KERNELS=%s: this CPU cannot run it; using %s\n", forced,
+                 best_kernels().name);
+    return best_kernels();
+  }
+  std::fprintf(stderr, "kvserve: KVSERVE_CPU_KERNELS=%s is not one of reference, avx2, avx512, amx; using %s\n",
+               forced, best_kernels().name);
+  return best_kernels();
+}
+
+}  // namespace
+
+const CpuKernels* cpu_kernels_for(CpuPath path) {
+#if defined(LLM_CPU_X86_PATHS)
+  const CpuIsa& isa = cpu_isa();
+  switch (path) {
+    case CpuPath::reference: return &cpu_reference_kernels();
+    case CpuPath::avx2: return isa.avx2 ? &cpu_avx2_kernels() : nullptr;
+    case CpuPath::avx512: return isa.avx512 ? &cpu_avx512_kernels() : nullptr;
+    case CpuPath::amx: return isa.amx_bf16 ? &cpu_amx_kernels() : nullptr;
+  }
+  return nullptr;
+#else  // built without the ISA files (binding.gyp, or not x86-64)
+  return path == CpuPath::reference ? &cpu_reference_kernels() : nullptr;
+#endif
+}
+
+const CpuKernels& cpu_kernels() {
+  static const CpuKernels& chosen = choose_kernels();
+  return chosen;
+}
+
+CpuKernelInfo cpu_kernel_info() {
+  CpuKernelInfo info;
+  info.isa = cpu_isa().names();
+  info.path = cpu_kernels().name;
+  return info;
+}
 
 }  // namespace llm::cpu

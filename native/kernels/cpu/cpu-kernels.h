@@ -1,14 +1,19 @@
 // cpu-kernels.h: the CPU operations of the forward pass, behind one dispatch table.
 //
 // Owns: the reference kernels (plain C++, multi-threaded over the pool) and the table that
-// selects an implementation per op. Faster kernels (AVX-512/AMX/oneDNN) register themselves
-// into the table later; the reference entries stay and are what every fast kernel is tested
-// against.
+// selects an implementation per op. The fast paths (cpu-avx2.cc, cpu-avx512.cc, cpu-amx.cc)
+// are copies of the reference table with the ops they speed up replaced; the reference entries
+// stay and are what every fast kernel is tested against (test-kernels-fast.cc).
+// Path choice (cpu-dispatch.cc): the best the CPU runs (amx > avx512 > avx2 > reference), or
+// the one named by KVSERVE_CPU_KERNELS=reference|avx2|avx512|amx (a path the CPU cannot run
+// falls back to the best it can).
 // Stays true: activations are fp32; weights and the KV pool may be f32, f16 or bf16 and are
 // converted on load; accumulation is fp32.
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "../tensor-view.h"
 #include "thread-pool.h"
@@ -63,9 +68,21 @@ struct CpuKernels {
                           const AttentionBatch& batch, float* out);
 };
 
+enum class CpuPath { reference, avx2, avx512, amx };
+
 // The plain reference implementations.
 const CpuKernels& cpu_reference_kernels();
-// The implementation the engine uses (today the reference; the speed issue adds more).
+// The table of one path, or nullptr when this CPU cannot run it (tests force paths this way).
+const CpuKernels* cpu_kernels_for(CpuPath path);
+// The implementation the engine uses: chosen once per process (see above); name = the path.
 const CpuKernels& cpu_kernels();
+
+// What the dispatch saw and chose, for logs and the addon's cpuKernelInfo().
+struct CpuKernelInfo {
+  std::vector<std::string> isa;  // detected: "avx2", "avx512", "avx512_bf16", "amx_bf16"
+  std::string path;              // cpu_kernels().name
+  bool onednn = false;           // whether a oneDNN GEMM is in the path
+};
+CpuKernelInfo cpu_kernel_info();
 
 }  // namespace llm::cpu

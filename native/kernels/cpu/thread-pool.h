@@ -3,14 +3,21 @@
 // Owns: num_threads - 1 helper threads (the calling thread is worker 0 and runs the first chunk).
 // Stays true: parallel_for returns only when every chunk has run; chunks never overlap;
 // it is not re-entrant (a kernel must not call parallel_for from inside a chunk) and takes one
-// caller at a time (the thread that owns the pool).
-// Setting: num_threads in [1, hardware_concurrency]; 0 (or less) means hardware_concurrency.
+// caller at a time (the thread that owns the pool). An idle helper spins at most kSpinMicros
+// after its last job (the kernels of one forward pass follow each other closely), then sleeps on
+// a condition variable: many engine processes can share a few cores.
+// Pinning: when the pool has no more threads than the CPUs this process may run on
+// (sched_getaffinity), helper i is pinned to the i-th of those CPUs and the calling thread, on its
+// first parallel_for, to the first; with more threads than CPUs nothing is pinned.
+// Setting: num_threads in [1, CPUs]; 0 (or less) means every CPU this process may run on.
 // More threads than cores is allowed (tests do it) but only oversubscribes.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -19,12 +26,15 @@ namespace llm::cpu {
 
 class ThreadPool {
  public:
+  static constexpr int kSpinMicros = 50;
+
   explicit ThreadPool(int num_threads = 0);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int size() const { return num_threads_; }
+  bool pinned() const { return !cpus_.empty(); }
 
   // Splits [0, n) into at most size() contiguous ranges and runs fn(begin, end) on each.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
@@ -32,18 +42,27 @@ class ThreadPool {
   void parallel_for_indexed(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn);
 
  private:
+  // A helper's mailbox: the caller bumps `generation` (release) after publishing the job;
+  // only helpers that have a chunk of the job are bumped.
+  struct alignas(64) Slot {
+    std::atomic<uint64_t> generation{0};
+  };
+
   void worker_main(int index);
 
   int num_threads_ = 1;
+  std::vector<int> cpus_;                    // CPU of worker i; empty = not pinned
+  std::thread::id pinned_caller_;
   std::vector<std::thread> threads_;
-  std::mutex mu_;
-  std::condition_variable cv_start_;
-  std::condition_variable cv_done_;
+  std::unique_ptr<Slot[]> slots_;            // [num_threads] (slot 0 unused)
   const std::function<void(int, int64_t, int64_t)>* job_ = nullptr;
   int64_t job_n_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  int64_t job_chunks_ = 0;
+  std::atomic<int> pending_{0};              // helpers still running the current job
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;                            // guards sleeping only (cv waits)
+  std::condition_variable cv_start_;
+  std::condition_variable cv_done_;
 };
 
 }  // namespace llm::cpu

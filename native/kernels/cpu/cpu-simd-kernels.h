@@ -1,0 +1,403 @@
+// cpu-simd-kernels.h: the vectorized CPU kernels, written once over a SIMD type S and
+// instantiated by cpu-avx2.cc (S = 8 fp32 lanes) and cpu-avx512.cc (S = 16 lanes), each compiled
+// with its own -m flags.
+//
+// Owns: matmul (fp32 activations and accumulation, f32/f16/bf16 weights read in place),
+// rmsnorm, silu_mul and paged_attention (tiled, online softmax). rope, embedding and
+// cache_write stay the reference entries (a few rows per step each).
+// Stays true: results match the reference kernels within the bounds in test-kernels-fast.cc;
+// only summation order differs (no reduced-precision arithmetic here).
+//
+// Include only from a file compiled for S's ISA, and only there: everything below sits in an
+// anonymous namespace so that no function compiled with wide-vector flags can be picked by the
+// linker for a caller on the baseline path. For the same reason this code keeps away from
+// out-of-line library templates (std::vector and friends): scratch memory is cpu-scratch.h.
+//
+// S provides: V (a vector of W floats), M (a lane mask), kMB x kNB (the matmul register tile),
+// zero, set1, load, store, fmadd(a, b, c) = a * b + c, mul, add, sub, max, min, hsum, hmax,
+// round (to nearest), pow2n (2^n for integral n in [-126, 127]), lt (a < b lane mask),
+// select(m, a, b) (m ? a : b), iota (0, 1, ..., W - 1), load_bf16, load_f16 (W elements -> V).
+#pragma once
+
+#include <cmath>
+#include <cstring>
+
+#include "cpu-kernels.h"
+#include "cpu-scratch.h"
+
+namespace llm::cpu {
+namespace {
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Element i of a weight/norm/bias buffer of type DT as fp32.
+template <DType DT>
+float scalar_at(const void* p, int64_t i) {
+  if constexpr (DT == DType::f32) {
+    return static_cast<const float*>(p)[i];
+  } else if constexpr (DT == DType::bf16) {
+    const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  } else {
+    return _cvtsh_ss(static_cast<const uint16_t*>(p)[i]);
+  }
+}
+
+inline float scalar_any(const void* p, DType dt, int64_t i) {
+  switch (dt) {
+    case DType::f32: return scalar_at<DType::f32>(p, i);
+    case DType::f16: return scalar_at<DType::f16>(p, i);
+    case DType::bf16: return scalar_at<DType::bf16>(p, i);
+  }
+  return 0.0f;
+}
+
+template <class S>
+struct SimdKernels {
+  using V = typename S::V;
+  static constexpr int W = S::W;
+
+  using M_t = typename S::M;
+
+  // exp(x), relative error < 3e-7 for x in [-87, 88]; below -87.3 (and -inf) it is 0, above 88
+  // it is exp(88). Cephes expf: x = n ln2 + r, |r| <= ln2 / 2, exp(r) by a degree-6 polynomial.
+  static V exp(V x) {
+    const V underflow = S::set1(-87.33654f);
+    const M_t tiny = S::lt(x, underflow);
+    x = S::min(S::max(x, underflow), S::set1(88.0f));
+    const V n = S::round(S::mul(x, S::set1(1.44269504088896341f)));
+    V r = S::fmadd(n, S::set1(-0.693359375f), x);
+    r = S::fmadd(n, S::set1(2.12194440e-4f), r);
+    V p = S::set1(1.9875691500e-4f);
+    p = S::fmadd(p, r, S::set1(1.3981999507e-3f));
+    p = S::fmadd(p, r, S::set1(8.3334519073e-3f));
+    p = S::fmadd(p, r, S::set1(4.1665795894e-2f));
+    p = S::fmadd(p, r, S::set1(1.6666665459e-1f));
+    p = S::fmadd(p, r, S::set1(5.0000001201e-1f));
+    p = S::fmadd(p, S::mul(r, r), S::add(r, S::set1(1.0f)));
+    return S::select(tiny, S::zero(), S::mul(p, S::pow2n(n)));
+  }
+
+  // W elements of a DT buffer from element i, as fp32.
+  template <DType DT>
+  static V load_as_f32(const void* p, int64_t i) {
+    if constexpr (DT == DType::f32) return S::load(static_cast<const float*>(p) + i);
+    else if constexpr (DT == DType::bf16) return S::load_bf16(static_cast<const uint16_t*>(p) + i);
+    else return S::load_f16(static_cast<const uint16_t*>(p) + i);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // matmul: y[M, N] = x[M, K] @ w[N, K]^T (+ bias[N])
+  //
+  // Register tile: MB rows of x by NB rows of w, MB * NB vector accumulators over K, reduced at
+  // the end. The last K % W columns go through a zero-padded copy. Work items are
+  // (panel of kPanelN weight rows) x (kBlockM rows of x), panel-major: a thread's contiguous
+  // range streams each weight panel from memory once and re-reads it from L2 for the next
+  // block of x rows. At M = 1 this is the decode GEMV: every weight byte is read once, by one
+  // of the threads, in long sequential runs.
+
+  static constexpr int64_t kPanelN = 64;
+  static constexpr int64_t kBlockM = 64;
+
+  template <DType DT, int MB, int NB>
+  static void tile(const float* x, int64_t K, const void* w, int64_t n0, const float* bias, float* y,
+                   int64_t N) {
+    V acc[MB][NB];
+    for (int m = 0; m < MB; ++m)
+      for (int n = 0; n < NB; ++n) acc[m][n] = S::zero();
+    const int64_t K_main = K - K % W;
+    for (int64_t k = 0; k < K_main; k += W) {
+      V xv[MB];
+      for (int m = 0; m < MB; ++m) xv[m] = S::load(x + m * K + k);
+      for (int n = 0; n < NB; ++n) {
+        const V wv = load_as_f32<DT>(w, (n0 + n) * K + k);
+        for (int m = 0; m < MB; ++m) acc[m][n] = S::fmadd(xv[m], wv, acc[m][n]);
+      }
+    }
+    if (K_main < K) {  // tail: zero-padded copies of the last K % W columns
+      const int64_t rem = K - K_main, esize = DT == DType::f32 ? 4 : 2;
+      alignas(64) float xt[MB][W];
+      alignas(64) unsigned char wt[NB][W * 4];
+      std::memset(xt, 0, sizeof(xt));
+      std::memset(wt, 0, sizeof(wt));
+      for (int m = 0; m < MB; ++m) std::memcpy(xt[m], x + m * K + K_main, static_cast<size_t>(rem * 4));
+      for (int n = 0; n < NB; ++n)
+        std::memcpy(wt[n], static_cast<const unsigned char*>(w) + ((n0 + n) * K + K_main) * esize,
+                    static_cast<size_t>(rem * esize));
+      for (int n = 0; n < NB; ++n) {
+        const V wv = load_as_f32<DT>(wt[n], 0);
+        for (int m = 0; m < MB; ++m) acc[m][n] = S::fmadd(S::load(xt[m]), wv, acc[m][n]);
+      }
+    }
+    for (int m = 0; m < MB; ++m)
+      for (int n = 0; n < NB; ++n) y[m * N + n0 + n] = S::hsum(acc[m][n]) + (bias ? bias[n] : 0.0f);
+  }
+
+  // tile<DT, mb, NB> for a runtime mb in [1, MB].
+  template <DType DT, int NB, int MB = S::kMB>
+  static void tile_rows(int mb, const float* x, int64_t K, const void* w, int64_t n0, const float* bias,
+                        float* y, int64_t N) {
+    if (mb == MB) return tile<DT, MB, NB>(x, K, w, n0, bias, y, N);
+    if constexpr (MB > 1) tile_rows<DT, NB, MB - 1>(mb, x, K, w, n0, bias, y, N);
+  }
+
+  template <DType DT>
+  static void matmul_typed(ThreadPool& pool, const float* x, int64_t M, const TensorView& w,
+                           const TensorView* bias, float* y) {
+    const int64_t N = w.rows, K = w.cols;
+    const int64_t m_blocks = (M + kBlockM - 1) / kBlockM, panels = (N + kPanelN - 1) / kPanelN;
+    pool.parallel_for(panels * m_blocks, [&](int64_t begin, int64_t end) {
+      float bias_panel[kPanelN];
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t p0 = item / m_blocks * kPanelN, p1 = min64(N, p0 + kPanelN);
+        const int64_t m0 = item % m_blocks * kBlockM, m1 = min64(M, m0 + kBlockM);
+        const float* b = nullptr;
+        if (bias && bias->present()) {
+          for (int64_t n = p0; n < p1; ++n) bias_panel[n - p0] = scalar_any(bias->data, bias->dtype, n);
+          b = bias_panel;
+        }
+        for (int64_t m = m0; m < m1; m += S::kMB) {
+          const int mb = static_cast<int>(min64(S::kMB, m1 - m));
+          const float* xm = x + m * K;
+          float* ym = y + m * N;
+          int64_t n = p0;
+          for (; n + S::kNB <= p1; n += S::kNB)
+            tile_rows<DT, S::kNB>(mb, xm, K, w.data, n, b ? b + (n - p0) : nullptr, ym, N);
+          for (; n < p1; ++n) tile_rows<DT, 1>(mb, xm, K, w.data, n, b ? b + (n - p0) : nullptr, ym, N);
+        }
+      }
+    });
+  }
+
+  static void matmul(ThreadPool& pool, const float* x, int64_t M, const TensorView& w,
+                     const TensorView* bias, float* y) {
+    if (M <= 0) return;
+    switch (w.dtype) {
+      case DType::f32: return matmul_typed<DType::f32>(pool, x, M, w, bias, y);
+      case DType::f16: return matmul_typed<DType::f16>(pool, x, M, w, bias, y);
+      case DType::bf16: return matmul_typed<DType::bf16>(pool, x, M, w, bias, y);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // rmsnorm: out[m, :] = x[m, :] / sqrt(mean(x[m, :]^2) + eps) * weight
+
+  template <DType DT>
+  static void rmsnorm_typed(ThreadPool& pool, const float* x, const void* g, float eps, int64_t M,
+                            int64_t D, float* out) {
+    const int64_t D_main = D - D % W;
+    pool.parallel_for(M, [&](int64_t begin, int64_t end) {
+      for (int64_t m = begin; m < end; ++m) {
+        const float* xm = x + m * D;
+        float* om = out + m * D;
+        V ss = S::zero();
+        for (int64_t d = 0; d < D_main; d += W) ss = S::fmadd(S::load(xm + d), S::load(xm + d), ss);
+        float sum = S::hsum(ss);
+        for (int64_t d = D_main; d < D; ++d) sum += xm[d] * xm[d];
+        const float inv_rms = 1.0f / std::sqrt(sum / static_cast<float>(D) + eps);
+        const V inv = S::set1(inv_rms);
+        for (int64_t d = 0; d < D_main; d += W)
+          S::store(om + d, S::mul(S::mul(S::load(xm + d), inv), load_as_f32<DT>(g, d)));
+        for (int64_t d = D_main; d < D; ++d) om[d] = xm[d] * inv_rms * scalar_at<DT>(g, d);
+      }
+    });
+  }
+
+  static void rmsnorm(ThreadPool& pool, const float* x, const TensorView& weight, float eps, int64_t M,
+                      int64_t D, float* out) {
+    switch (weight.dtype) {
+      case DType::f32: return rmsnorm_typed<DType::f32>(pool, x, weight.data, eps, M, D, out);
+      case DType::f16: return rmsnorm_typed<DType::f16>(pool, x, weight.data, eps, M, D, out);
+      case DType::bf16: return rmsnorm_typed<DType::bf16>(pool, x, weight.data, eps, M, D, out);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // silu_mul: out = gate / (1 + exp(-gate)) * up
+
+  static void silu_mul(ThreadPool& pool, const float* gate, const float* up, float* out, int64_t n) {
+    constexpr int64_t kChunk = 1024;  // every range but the last starts vector-aligned
+    pool.parallel_for((n + kChunk - 1) / kChunk, [&](int64_t begin, int64_t end) {
+      const int64_t i1 = min64(n, end * kChunk);
+      int64_t i = begin * kChunk;
+      for (; i + W <= i1; i += W) {
+        const V g = S::load(gate + i);
+        const V sigmoid = S::div(S::set1(1.0f), S::add(S::set1(1.0f), exp(S::sub(S::zero(), g))));
+        S::store(out + i, S::mul(S::mul(g, sigmoid), S::load(up + i)));
+      }
+      for (; i < i1; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
+    });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // paged_attention: flash-attention style, one work item per (sequence, kv head, tile of query
+  // tokens). The item's rows are every (query token, query head of this kv head) pair, so each
+  // K/V row of the context is converted to fp32 once per item and used by all of them: at
+  // decode (one token per sequence) that is once per step. Keys go by in chunks of W:
+  //
+  //   for each chunk of W keys j0..j0+W-1 (up to the tile's last query position):
+  //     Kc, Vc = K, V rows of the chunk as fp32                        (each read once)
+  //     for each row r:  s = scale * q_r . Kc^T, masked to [first_r, pos_r]
+  //                      m' = max(m_r, max s);  p = exp(s - m')
+  //                      l_r = l_r e^(m_r - m') + sum p;  O_r = O_r e^(m_r - m') + p Vc
+  //   out_r = O_r / l_r
+  //
+  // Scores come from per-key dot products while the item has few rows (decode), and from the
+  // transposed chunk Kc^T (one broadcast-FMA per head_dim element, no horizontal sums) when it
+  // has at least kTransposeRows (prefill).
+
+  static constexpr int64_t kMaxRows = 32;        // query rows per item (tokens x heads per kv head)
+  static constexpr int64_t kTransposeRows = 8;
+
+  template <DType DT>
+  static void attention_typed(ThreadPool& pool, const float* q, const KVCacheView& cache, int64_t layer,
+                              const AttentionBatch& batch, float* out) {
+    const int64_t H = batch.num_heads, hd = cache.head_dim, Hkv = cache.num_kv_heads;
+    const int64_t group = H / Hkv;
+    const int64_t tile_tokens = max64(1, kMaxRows / group);
+    // items_before[s]: work items of the sequences before s; items of s are (kv head, tile).
+    thread_local Scratch<int64_t> index_buf;
+    int64_t* items_before = index_buf.get(batch.num_seqs + 1);
+    items_before[0] = 0;
+    for (int64_t s = 0; s < batch.num_seqs; ++s) {
+      const int64_t q_len = batch.query_start_loc[s + 1] - batch.query_start_loc[s];
+      items_before[s + 1] = items_before[s] + Hkv * ((q_len + tile_tokens - 1) / tile_tokens);
+    }
+    pool.parallel_for(items_before[batch.num_seqs], [&](int64_t begin, int64_t end) {
+      thread_local Scratch<float> buf;
+      const int64_t rows_max = tile_tokens * group;
+      float* kc = buf.get(2 * W * hd + 2 * rows_max * hd + rows_max * W + 2 * rows_max);
+      float* vc = kc + W * hd;            // (W, hd)     the chunk's V rows
+      float* kt = vc + W * hd;            // (hd, W)     the chunk's K, transposed
+      float* o = kt + W * hd;             // (rows, hd)  unnormalised outputs
+      float* sc = o + rows_max * hd;      // (rows, W)   scores, then weights
+      float* m_run = sc + rows_max * W;   // (rows)      running max
+      float* l_run = m_run + rows_max;    // (rows)      running sum
+      int64_t s = 0;
+      for (int64_t item = begin; item < end; ++item) {
+        while (items_before[s + 1] <= item) ++s;
+        const int64_t local = item - items_before[s];
+        const int64_t tiles = (items_before[s + 1] - items_before[s]) / Hkv;
+        const int64_t kvh = local / tiles, tile_idx = local % tiles;
+        const int64_t qsl = batch.query_start_loc[s], q_len = batch.query_start_loc[s + 1] - qsl;
+        const int64_t t0 = qsl + tile_idx * tile_tokens, t1 = min64(qsl + q_len, t0 + tile_tokens);
+        const int64_t pos0 = batch.seq_lens[s] - q_len + (t0 - qsl);  // position of token t0
+        const int64_t rows = (t1 - t0) * group;
+        const int32_t* block_table = batch.block_tables + s * batch.max_blocks_per_seq;
+        // Row r = (token t0 + r / group, head kvh * group + r % group).
+        auto row_pos = [&](int64_t r) { return pos0 + r / group; };
+        auto row_first = [&](int64_t r) {
+          return batch.sliding_window > 0 ? max64(0, row_pos(r) - batch.sliding_window + 1) : int64_t{0};
+        };
+        auto q_row = [&](int64_t r) { return q + ((t0 + r / group) * H + kvh * group + r % group) * hd; };
+        for (int64_t r = 0; r < rows; ++r) {
+          m_run[r] = -INFINITY;
+          l_run[r] = 0.0f;
+        }
+        std::memset(o, 0, static_cast<size_t>(rows * hd * 4));
+        const bool transposed = rows >= kTransposeRows;
+        const int64_t j_last = row_pos(rows - 1);
+        for (int64_t j0 = row_first(0); j0 <= j_last; j0 += W) {
+          const int64_t n = min64(W, j_last + 1 - j0);
+          // Kc, Vc: the chunk's rows as fp32 (rows past n zeroed).
+          for (int64_t c = 0; c < W; ++c) {
+            float* kr = kc + c * hd;
+            float* vr = vc + c * hd;
+            if (c >= n) {
+              std::memset(kr, 0, static_cast<size_t>(hd * 4));
+              std::memset(vr, 0, static_cast<size_t>(hd * 4));
+              continue;
+            }
+            const int64_t j = j0 + c;
+            const int64_t block = block_table[j / cache.block_size], off = j % cache.block_size;
+            const int64_t k_at = cache.offset(block, layer, 0, off) + kvh * hd;
+            const int64_t v_at = cache.offset(block, layer, 1, off) + kvh * hd;
+            for (int64_t d = 0; d < hd; d += W) {
+              S::store(kr + d, load_as_f32<DT>(cache.data, k_at + d));
+              S::store(vr + d, load_as_f32<DT>(cache.data, v_at + d));
+            }
+          }
+          // sc[r, :] = scale * q_r . Kc^T
+          if (transposed) {
+            for (int64_t c = 0; c < W; ++c)
+              for (int64_t d = 0; d < hd; ++d) kt[d * W + c] = kc[c * hd + d];
+            for (int64_t r = 0; r < rows; ++r) {
+              const float* qr = q_row(r);
+              V acc = S::zero();
+              for (int64_t d = 0; d < hd; ++d) acc = S::fmadd(S::set1(qr[d]), S::load(kt + d * W), acc);
+              S::store(sc + r * W, S::mul(acc, S::set1(batch.scale)));
+            }
+          } else {
+            for (int64_t r = 0; r < rows; ++r) {
+              const float* qr = q_row(r);
+              for (int64_t c = 0; c < W; ++c) {
+                V acc = S::zero();
+                for (int64_t d = 0; d < hd; d += W) acc = S::fmadd(S::load(qr + d), S::load(kc + c * hd + d), acc);
+                sc[r * W + c] = S::hsum(acc) * batch.scale;
+              }
+            }
+          }
+          // Online softmax update of every row that sees a key of this chunk.
+          const V key_pos = S::add(S::set1(static_cast<float>(j0)), S::iota());
+          for (int64_t r = 0; r < rows; ++r) {
+            const int64_t first = row_first(r), pos = row_pos(r);
+            if (pos < j0 || first >= j0 + n) continue;
+            V score = S::load(sc + r * W);
+            const V neg_inf = S::set1(-INFINITY);
+            score = S::select(S::lt(key_pos, S::set1(static_cast<float>(first))), neg_inf, score);
+            score = S::select(S::lt(S::set1(static_cast<float>(pos)), key_pos), neg_inf, score);
+            const float m_new = std::fmax(m_run[r], S::hmax(score));
+            const float corr = std::exp(m_run[r] - m_new);
+            const V p = exp(S::sub(score, S::set1(m_new)));
+            l_run[r] = l_run[r] * corr + S::hsum(p);
+            m_run[r] = m_new;
+            S::store(sc + r * W, p);
+            float* orow = o + r * hd;
+            if (corr != 1.0f)
+              for (int64_t d = 0; d < hd; d += W) S::store(orow + d, S::mul(S::load(orow + d), S::set1(corr)));
+            for (int64_t c = 0; c < n; ++c) {
+              const float pc = sc[r * W + c];
+              if (pc == 0.0f) continue;
+              const V pv = S::set1(pc);
+              for (int64_t d = 0; d < hd; d += W)
+                S::store(orow + d, S::fmadd(pv, S::load(vc + c * hd + d), S::load(orow + d)));
+            }
+          }
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          float* dst = out + ((t0 + r / group) * H + kvh * group + r % group) * hd;
+          const V inv = S::set1(1.0f / l_run[r]);
+          for (int64_t d = 0; d < hd; d += W) S::store(dst + d, S::mul(S::load(o + r * hd + d), inv));
+        }
+      }
+    });
+  }
+
+  static void paged_attention(ThreadPool& pool, const float* q, KVCacheView cache, int64_t layer,
+                              const AttentionBatch& batch, float* out) {
+    if (cache.head_dim % W != 0)  // every vector loop below runs whole vectors of head_dim
+      return cpu_reference_kernels().paged_attention(pool, q, cache, layer, batch, out);
+    switch (cache.dtype) {
+      case DType::f32: return attention_typed<DType::f32>(pool, q, cache, layer, batch, out);
+      case DType::f16: return attention_typed<DType::f16>(pool, q, cache, layer, batch, out);
+      case DType::bf16: return attention_typed<DType::bf16>(pool, q, cache, layer, batch, out);
+    }
+  }
+
+  // The reference table with every entry above replaced.
+  static CpuKernels table(const char* name) {
+    CpuKernels k = cpu_reference_kernels();
+    k.name = name;
+    k.matmul = matmul;
+    k.rmsnorm = rmsnorm;
+    k.silu_mul = silu_mul;
+    k.paged_attention = paged_attention;
+    return k;
+  }
+};
+
+}  // namespace
+}  // namespace llm::cpu

@@ -1,0 +1,150 @@
+// test-kernels-fast.cc: every fast CPU kernel path (avx2, avx512, amx: each forced through
+// cpu_kernels_for) against the reference kernels (cpu_reference_kernels()), op by op, on awkward
+// shapes, like llama.cpp's test-backend-ops. A path this CPU cannot run is reported and skipped.
+//
+// Bounds (fast - reference, both on the same inputs already rounded to the dtype under test):
+//   matmul, fp32 activations (avx2, avx512; amx for the shapes it hands to avx512)
+//                     |d| <= 2e-5 * (sum_k |x_k w_nk| + |b_n|)   (each is within 1e-5 of exact)
+//   matmul, amx (x as bf16 hi + lo: |dx| <= 2^-18 |x| = 3.8e-6 |x|)
+//                     |d| <= 3e-5 * (sum_k |x_k w_nk| + |b_n|)   (3.8e-6 plus fp32 sums)
+//   rmsnorm           |d| <= 2e-5          (outputs of magnitude <= ~3)
+//   silu_mul          |d| <= 1e-6 * (1 + |ref|)   (vector exp: relative error < 3e-7)
+//   paged_attention   |d| <= 2e-5          (outputs are averages of values in [-1, 1])
+// Shapes: odd K, N not a multiple of 16/32, M = 1, 3, 4, 33, 70; GQA ratios 1, 4, 8; block sizes
+// 1, 3, 16; context length 1 and a long one (300 tokens), partial blocks, sliding windows.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <vector>
+
+#include "kernel-fixtures.h"
+#include "kernels/cpu/cpu-kernels.h"
+#include "test-harness.h"
+
+using namespace llm;
+using namespace llm::cpu;
+using namespace llm_test;
+
+namespace {
+
+const CpuKernels& R() { return cpu_reference_kernels(); }
+
+// The fast paths this CPU runs (skipped ones are printed once).
+std::vector<std::pair<CpuPath, const CpuKernels*>> fast_paths() {
+  std::vector<std::pair<CpuPath, const CpuKernels*>> out;
+  static bool reported = false;
+  for (auto [path, name] : {std::pair<CpuPath, const char*>{CpuPath::avx2, "avx2"},
+                            {CpuPath::avx512, "avx512"}, {CpuPath::amx, "amx"}}) {
+    if (const CpuKernels* k = cpu_kernels_for(path)) out.emplace_back(path, k);
+    else if (!reported) std::printf("  skipped: this CPU cannot run the %s path\n", name);
+  }
+  reported = true;
+  return out;
+}
+
+}  // namespace
+
+TEST(dispatch_names_and_forcing) {
+  CHECK(cpu_kernels_for(CpuPath::reference) == &cpu_reference_kernels());
+  for (auto [path, k] : fast_paths()) {
+    CHECK(k->matmul && k->rmsnorm && k->rope && k->silu_mul && k->embedding && k->cache_write && k->paged_attention);
+    CHECK(k != &cpu_reference_kernels());
+  }
+  const CpuKernelInfo info = cpu_kernel_info();
+  CHECK(info.path == cpu_kernels().name);
+}
+
+TEST(matmul_fast_matches_reference) {
+  struct Shape { int64_t M, K, N; };
+  const Shape shapes[] = {{1, 1, 1},    {1, 7, 5},    {1, 64, 40},   {3, 96, 33},  {4, 64, 32},   {5, 130, 61},
+                          {17, 128, 100}, {33, 64, 70}, {48, 96, 64},  {70, 65, 19}, {70, 256, 96}, {2, 256, 300}};
+  for (auto [path, k] : fast_paths())
+    for (DType dt : kDTypes)
+      for (const Shape& sh : shapes)
+        for (bool with_bias : {false, true}) {
+          const std::vector<float> x = random_floats(sh.M * sh.K);
+          const TypedBuffer w(dt, random_floats(sh.N * sh.K));
+          const TypedBuffer b(dt, random_floats(sh.N));
+          const TensorView bias = b.view(1, sh.N);
+          const TensorView* bp = with_bias ? &bias : nullptr;
+          std::vector<float> y(static_cast<size_t>(sh.M * sh.N), NAN), y_ref(y);
+          k->matmul(test_pool(), x.data(), sh.M, w.view(sh.N, sh.K), bp, y.data());
+          R().matmul(test_pool(), x.data(), sh.M, w.view(sh.N, sh.K), bp, y_ref.data());
+          ErrorTracker err;
+          for (int64_t m = 0; m < sh.M; ++m)
+            for (int64_t n = 0; n < sh.N; ++n) {
+              double mag = with_bias ? std::fabs(b.values[n]) : 0.0;
+              for (int64_t i = 0; i < sh.K; ++i) mag += std::fabs(x[m * sh.K + i] * w.values[n * sh.K + i]);
+              err.add(y[m * sh.N + n], y_ref[m * sh.N + n], mag + 1e-30);
+            }
+          const double bound = path == CpuPath::amx ? 3e-5 : 2e-5;
+          if (!(err.worst <= bound))
+            std::printf("  matmul %s %s M=%ld K=%ld N=%ld bias=%d: worst relative error %g\n", k->name, dtype_name(dt),
+                        (long)sh.M, (long)sh.K, (long)sh.N, with_bias, err.worst);
+          CHECK(err.worst <= bound);
+        }
+}
+
+TEST(rmsnorm_fast_matches_reference) {
+  for (auto [path, k] : fast_paths())
+    for (DType dt : kDTypes)
+      for (auto [M, D] : {std::pair<int64_t, int64_t>{1, 7}, {5, 129}, {3, 2048}, {17, 64}}) {
+        const std::vector<float> x = random_floats(M * D, -2.0f, 2.0f);
+        const TypedBuffer g(dt, random_floats(D, 0.5f, 1.5f));
+        std::vector<float> out(x), out_ref(x.size());
+        k->rmsnorm(test_pool(), out.data(), g.view(1, D), 1e-5f, M, D, out.data());  // in place
+        R().rmsnorm(test_pool(), x.data(), g.view(1, D), 1e-5f, M, D, out_ref.data());
+        ErrorTracker err;
+        for (size_t i = 0; i < x.size(); ++i) err.add(out[i], out_ref[i], 1.0);
+        CHECK(err.worst <= 2e-5);
+      }
+}
+
+TEST(silu_mul_fast_matches_reference) {
+  for (auto [path, k] : fast_paths())
+    for (int64_t n : {0, 1, 15, 1001, 5000}) {
+      std::vector<float> gate = random_floats(n, -30.0f, 30.0f);
+      const std::vector<float> up = random_floats(n, -2.0f, 2.0f), gate0 = gate;
+      if (n > 4) gate[1] = -100.0f, gate[2] = 100.0f, gate[3] = 0.0f;  // saturation and zero
+      std::vector<float> ref(static_cast<size_t>(n));
+      R().silu_mul(test_pool(), gate.data(), up.data(), ref.data(), n);
+      k->silu_mul(test_pool(), gate.data(), up.data(), gate.data(), n);  // out aliases gate
+      ErrorTracker err;
+      for (int64_t i = 0; i < n; ++i) err.add(gate[i], ref[i], 1.0 + std::fabs(ref[i]));
+      CHECK(err.worst <= 1e-6);
+    }
+}
+
+// One attention batch on a fast path and on the reference; worst |difference|.
+double attention_difference(const CpuKernels& k, DType dt, int64_t H, int64_t Hkv, int64_t head_dim,
+                            int64_t block_size, int64_t window, const std::vector<SeqSpec>& seqs) {
+  const AttentionCase c(dt, H, Hkv, head_dim, block_size, window, seqs);
+  const std::vector<float> out = c.run(k), ref = c.run(R());
+  ErrorTracker err;
+  for (size_t i = 0; i < out.size(); ++i) err.add(out[i], ref[i], 1.0);
+  if (!(err.worst <= 2e-5))
+    std::printf("  attention %s %s H=%ld Hkv=%ld hd=%ld bs=%ld window=%ld: worst error %g\n", k.name, dtype_name(dt),
+                (long)H, (long)Hkv, (long)head_dim, (long)block_size, (long)window, err.worst);
+  return err.worst;
+}
+
+TEST(paged_attention_fast_matches_reference) {
+  // Prefill over a cached prefix, context length 1, a long partial-block decode, a fresh prefill
+  // longer than a query tile, a full-block decode, a sequence with no new tokens.
+  const std::vector<SeqSpec> mixed = {{13, 5}, {0, 1}, {300, 1}, {0, 40}, {15, 1}, {6, 0}};
+  struct Heads { int64_t H, Hkv, head_dim; };
+  const Heads heads[] = {{4, 4, 64}, {8, 2, 128}, {8, 1, 64}, {16, 2, 128}};  // GQA 1, 4, 8, 8
+  for (auto [path, k] : fast_paths())
+    for (DType dt : kDTypes)
+      for (const Heads& hc : heads)
+        for (int64_t window : {0, 5})
+          for (int64_t block_size : {1, 3, 16})
+            CHECK(attention_difference(*k, dt, hc.H, hc.Hkv, hc.head_dim, block_size, window, mixed) <= 2e-5);
+}
+
+TEST(paged_attention_fast_odd_head_dim_falls_back) {
+  for (auto [path, k] : fast_paths())
+    CHECK(attention_difference(*k, DType::bf16, 4, 2, 36, 4, 0, {{5, 3}, {0, 1}}) <= 2e-5);
+}
+
+int main() { return llm_test::run_all(); }

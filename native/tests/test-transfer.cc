@@ -1,0 +1,507 @@
+// test-transfer.cc: the KV transfer agent (native/transfer): metadata, both backends between
+// two agents in one process and across two processes (fork), data integrity on random block
+// lists, bounds and layout checks, unknown and stale agents, notification order (each one only
+// after its data), the listener's own checks on raw frames, and the TCP backend across two
+// network namespaces joined by a veth pair (root only; skipped with the reason otherwise).
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <thread>
+
+#include "common/shared-memory.h"
+#include "test-harness.h"
+#include "transfer/transfer-agent.h"
+
+using llm::SharedMemory;
+using llm::Status;
+using llm::StatusCode;
+using namespace llm::transfer;
+
+namespace {
+
+// 2 layers, block_size 4, 2 kv heads, head_dim 8, bf16: 512 bytes a block.
+Layout test_layout(int64_t num_blocks, int64_t block_size = 4) {
+  Layout l;
+  l.num_blocks = num_blocks;
+  l.num_layers = 2;
+  l.block_size = block_size;
+  l.num_kv_heads = 2;
+  l.head_dim = 8;
+  l.dtype = llm::DType::bf16;
+  l.block_bytes = 2 * l.num_layers * l.block_size * l.num_kv_heads * l.head_dim * 2;
+  return l;
+}
+
+// The byte a pool filled with `seed` holds at offset j of block id.
+uint8_t pattern(uint32_t seed, int32_t id, int64_t j) {
+  uint32_t x = seed * 0x9e3779b9u ^ static_cast<uint32_t>(id) * 0x85ebca6bu ^ static_cast<uint32_t>(j) * 0xc2b2ae35u;
+  x ^= x >> 15;
+  x *= 0x2c1b3c6du;
+  return static_cast<uint8_t>(x >> 24);
+}
+
+// A KV pool in a shm segment, as an engine with kvSharedMemory has, and the agent serving it.
+struct Side {
+  std::unique_ptr<SharedMemory> shm;
+  Layout layout;
+  std::unique_ptr<Agent> agent;
+
+  uint8_t* block(int32_t id) const { return static_cast<uint8_t*>(shm->data()) + id * layout.block_bytes; }
+  void fill(uint32_t seed) {
+    for (int32_t b = 0; b < layout.num_blocks; ++b)
+      for (int64_t j = 0; j < layout.block_bytes; ++j) block(b)[j] = pattern(seed, b, j);
+  }
+  bool holds(int32_t id, uint32_t seed, int32_t src_id) const {
+    for (int64_t j = 0; j < layout.block_bytes; ++j)
+      if (block(id)[j] != pattern(seed, src_id, j)) return false;
+    return true;
+  }
+  std::string metadata() const {
+    std::string m;
+    CHECK(agent->metadata(&m).ok());
+    return m;
+  }
+};
+
+Side make_side(const std::string& name, int64_t num_blocks, uint32_t seed, AgentConfig cfg = {},
+               int64_t block_size = 4) {
+  Side s;
+  s.layout = test_layout(num_blocks, block_size);
+  const size_t bytes = static_cast<size_t>(num_blocks * s.layout.block_bytes);
+  CHECK(SharedMemory::create(SharedMemory::unique_name("xfer"), bytes, &s.shm).ok());
+  s.fill(seed);
+  cfg.name = name;
+  Status st = Agent::create(cfg, &s.agent);
+  CHECK(st.ok());
+  if (st.ok()) CHECK(s.agent->register_region(s.shm->name(), bytes, s.layout).ok());
+  return s;
+}
+
+AgentConfig named(const std::string& name) {
+  AgentConfig cfg;
+  cfg.name = name;
+  return cfg;
+}
+
+Connection connect(Side& from, const Side& to, Backend backend) {
+  Connection c;
+  Status st = from.agent->connect(to.metadata(), backend, &c);
+  if (!st.ok()) std::printf("  connect: %s\n", st.message().c_str());
+  CHECK(st.ok());
+  return c;
+}
+
+// n distinct ids in [0, num_blocks), in random order.
+std::vector<int32_t> random_ids(std::mt19937& rng, int64_t num_blocks, size_t n) {
+  std::vector<int32_t> all(static_cast<size_t>(num_blocks));
+  for (size_t i = 0; i < all.size(); ++i) all[i] = static_cast<int32_t>(i);
+  std::shuffle(all.begin(), all.end(), rng);
+  all.resize(n);
+  return all;
+}
+
+// Polls the queue until `n` notifications have arrived (10 s at most).
+std::vector<Notification> wait_notifications(Agent& a, size_t n) {
+  std::vector<Notification> got;
+  for (int i = 0; i < 10000 && got.size() < n; ++i) {
+    for (Notification& x : a.take_notifications()) got.push_back(std::move(x));
+    if (got.size() < n) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return got;
+}
+
+const Backend kBackends[] = {Backend::shm, Backend::tcp};
+
+}  // namespace
+
+TEST(metadata_round_trips_and_rejects_bad_input) {
+  Metadata m;
+  m.name = "decode-\"0\"\n";
+  m.incarnation = 0x0123456789abcdefULL;
+  m.host = this_host();
+  m.tcp_host = "127.0.0.1";
+  m.tcp_port = 4242;
+  m.shm_name = "/kvserve-1-kv-0";
+  m.layout = test_layout(8);
+  m.shm_bytes = 8 * m.layout.block_bytes;
+  const std::string json = metadata_to_json(m);
+  Metadata back;
+  CHECK(metadata_from_json(json, &back).ok());
+  CHECK(back.name == m.name && back.incarnation == m.incarnation && back.host == m.host);
+  CHECK(back.tcp_port == 4242 && back.shm_name == m.shm_name && back.shm_bytes == m.shm_bytes);
+  CHECK(layout_mismatch(back.layout, m.layout).empty() && back.layout.num_blocks == 8);
+  CHECK(!m.host.boot_id.empty());
+
+  auto edited = [&](const std::string& from, const std::string& to) {
+    std::string j = json;
+    const size_t at = j.find(from);
+    CHECK(at != std::string::npos);
+    return j.replace(at, from.size(), to);
+  };
+  const std::string bad[] = {
+      "", "[]", "{", json.substr(0, json.size() - 1),
+      edited("\"dtype\":\"bf16\"", "\"dtype\":\"int8\""),
+      edited("\"block_bytes\":512", "\"block_bytes\":500"),        // not the layout's product
+      edited("\"shm_bytes\":4096", "\"shm_bytes\":4095"),          // cannot hold 8 blocks
+      edited("\"incarnation\":\"0123456789abcdef\"", "\"incarnation\":\"0x23456789abcdef\""),
+      edited("\"tcp_port\":4242", "\"tcp_port\":0"),
+      edited("\"num_blocks\":8", "\"num_blocks\":-8"),
+      edited("\"head_dim\":8", "\"head_dim\":2147483647"),         // block_bytes overflow check
+      edited(",\"tp_rank\":0", ""),
+  };
+  for (const std::string& b : bad) {
+    Status st = metadata_from_json(b, &back);
+    CHECK(!st.ok() && st.code() == StatusCode::transfer_invalid);
+  }
+}
+
+TEST(layout_mismatch_names_what_differs) {
+  Layout a = test_layout(8), b = test_layout(64);
+  CHECK(layout_mismatch(a, b).empty());  // pools of different sizes still exchange blocks
+  b = test_layout(8, 16);
+  const std::string d = layout_mismatch(a, b);
+  CHECK(d.find("block_size 4 vs 16") != std::string::npos && d.find("block_bytes") != std::string::npos);
+  b = a;
+  b.dtype = llm::DType::f16;
+  CHECK(layout_mismatch(a, b) == "dtype bf16 vs f16");
+  CHECK(check_layout(a).ok());
+  b = a;
+  b.block_bytes += 2;
+  CHECK(check_layout(b).code() == StatusCode::transfer_invalid);
+}
+
+TEST(write_and_read_random_block_lists_on_both_backends) {
+  for (Backend backend : kBackends) {
+    Side a = make_side("prefill-0", 32, 1);
+    Side b = make_side("decode-0", 48, 2);
+    const Connection c = connect(a, b, backend);
+    CHECK(c.remote_name == "decode-0" && c.backend == backend);
+    std::mt19937 rng(7);
+    for (size_t n : {1, 5, 32}) {
+      const std::vector<int32_t> local = random_ids(rng, 32, n), remote = random_ids(rng, 40, n);
+      CHECK(a.agent->write(local, "decode-0", remote, "req-" + std::to_string(n)).ok());
+      bool same = true;
+      for (size_t i = 0; i < n; ++i) same = same && b.holds(remote[i], 1, local[i]);
+      CHECK(same);
+      const std::vector<Notification> got = b.agent->take_notifications();  // queued before write() returned
+      CHECK(got.size() == 1 && got[0].from == "prefill-0" && got[0].message == "req-" + std::to_string(n));
+    }
+    // Read back: B's blocks 40..47, never written (seed 2), into A's 0..7.
+    const std::vector<int32_t> remote = {47, 40, 45, 41, 46, 42, 44, 43}, local = {0, 1, 2, 3, 4, 5, 6, 7};
+    CHECK(a.agent->read("decode-0", remote, local).ok());
+    bool same = true;
+    for (size_t i = 0; i < local.size(); ++i) same = same && a.holds(local[i], 2, remote[i]);
+    CHECK(same);
+    // A write with no notification moves the data and queues nothing.
+    CHECK(a.agent->write({31}, "decode-0", {0}, "").ok());
+    CHECK(b.holds(0, 1, 31) && b.agent->take_notifications().empty());
+
+    const AgentStats s = a.agent->stats();
+    CHECK_EQ(s.writes, 4);
+    CHECK_EQ(s.reads, 1);
+    CHECK_EQ(s.bytes_written, (1 + 5 + 32 + 1) * 512);
+    CHECK_EQ(s.bytes_read, 8 * 512);
+    CHECK(s.write_seconds > 0 && s.read_seconds > 0);
+    CHECK_EQ(b.agent->stats().notifications_received, 3);
+  }
+}
+
+TEST(automatic_backend_is_shm_on_this_host_and_tcp_when_the_segment_does_not_open) {
+  Side a = make_side("a", 8, 1), b = make_side("b", 8, 2);
+  CHECK(connect(a, b, Backend::automatic).backend == Backend::shm);
+  std::string meta = b.metadata();
+  const std::string name = b.shm->name();
+  meta.replace(meta.find(name), name.size(), "/kvserve-no-such-segment");
+  Connection c;
+  CHECK(a.agent->connect(meta, Backend::automatic, &c).ok() && c.backend == Backend::tcp);
+  CHECK(a.agent->write({3}, "b", {4}, "x").ok() && b.holds(4, 1, 3));
+  CHECK(a.agent->connect(meta, Backend::shm, &c).code() == StatusCode::transfer_peer);
+}
+
+TEST(block_ids_and_list_lengths_are_checked_before_anything_moves) {
+  for (Backend backend : kBackends) {
+    Side a = make_side("a", 8, 1), b = make_side("b", 16, 2);
+    connect(a, b, backend);
+    const std::vector<std::vector<int32_t>> bad_local = {{8}, {-1}, {0, 8}}, bad_remote = {{16}, {-5}, {1, 16}};
+    for (const auto& l : bad_local) {
+      const std::vector<int32_t> r(l.size(), 0);
+      CHECK(a.agent->write(l, "b", r, "n").code() == StatusCode::transfer_invalid);
+      CHECK(a.agent->read("b", r, l).code() == StatusCode::transfer_invalid);
+    }
+    for (const auto& r : bad_remote) {
+      const std::vector<int32_t> l(r.size(), 0);
+      CHECK(a.agent->write(l, "b", r, "n").code() == StatusCode::transfer_invalid);
+      CHECK(a.agent->read("b", r, l).code() == StatusCode::transfer_invalid);
+    }
+    CHECK(a.agent->write({0, 1}, "b", {0}, "n").code() == StatusCode::transfer_invalid);
+    CHECK(a.agent->read("b", {0}, {0, 1}).code() == StatusCode::transfer_invalid);
+    bool untouched = true;
+    for (int32_t id = 0; id < 16; ++id) untouched = untouched && b.holds(id, 2, id);
+    for (int32_t id = 0; id < 8; ++id) untouched = untouched && a.holds(id, 1, id);
+    CHECK(untouched);
+    CHECK(b.agent->take_notifications().empty());
+    CHECK(a.agent->write({7}, "b", {15}, "").ok());  // the connection is still good
+  }
+}
+
+TEST(the_listener_checks_block_ids_of_raw_frames_itself) {
+  Side b = make_side("b", 4, 2);
+  Metadata bm;
+  CHECK(metadata_from_json(b.metadata(), &bm).ok());
+  Socket s;
+  CHECK(tcp_connect(bm.tcp_host, bm.tcp_port, &s).ok());
+  Metadata me = bm;
+  me.name = "raw";
+  Status carried;
+  // A stale incarnation first, then the right one.
+  CHECK(send_frame(s, FrameType::hello, metadata_to_json(me), {}, bm.incarnation + 1).ok());
+  CHECK(recv_reply(s, &carried).ok() && carried.code() == StatusCode::transfer_peer);
+  CHECK(send_frame(s, FrameType::hello, metadata_to_json(me), {}, bm.incarnation).ok());
+  CHECK(recv_reply(s, &carried).ok() && carried.ok());
+  // Out-of-range ids: the data is drained, nothing lands, the reply says why.
+  const std::vector<char> data(2 * 512, 'x');
+  CHECK(send_frame(s, FrameType::write, "bad", {1, 4}, 0).ok() && send_all(s, data.data(), data.size()).ok());
+  CHECK(recv_reply(s, &carried).ok() && carried.code() == StatusCode::transfer_invalid);
+  CHECK(send_frame(s, FrameType::read, "", {-1}, 0).ok());
+  CHECK(recv_reply(s, &carried).ok() && carried.code() == StatusCode::transfer_invalid);
+  CHECK(b.holds(1, 2, 1) && b.agent->take_notifications().empty());
+  // Still in step: a good write lands.
+  CHECK(send_frame(s, FrameType::write, "good", {3}, 0).ok() && send_all(s, data.data(), 512).ok());
+  CHECK(recv_reply(s, &carried).ok() && carried.ok() && b.block(3)[0] == 'x');
+  const std::vector<Notification> got = b.agent->take_notifications();
+  CHECK(got.size() == 1 && got[0].from == "raw" && got[0].message == "good");
+}
+
+TEST(another_layout_is_refused_on_connect) {
+  Side a = make_side("a", 8, 1), b = make_side("b", 8, 2, {}, 16);
+  Connection c;
+  Status st = a.agent->connect(b.metadata(), Backend::automatic, &c);
+  CHECK(st.code() == StatusCode::transfer_invalid && st.message().find("block_size") != std::string::npos);
+  CHECK(a.agent->write({0}, "b", {0}, "").code() == StatusCode::transfer_peer);  // never connected
+}
+
+TEST(unknown_and_stale_agents_are_peer_errors) {
+  for (Backend backend : kBackends) {
+    Side a = make_side("a", 8, 1), b = make_side("b", 8, 2);
+    CHECK(a.agent->write({0}, "nobody", {0}, "").code() == StatusCode::transfer_peer);
+    CHECK(a.agent->read("nobody", {0}, {0}).code() == StatusCode::transfer_peer);
+    connect(a, b, backend);
+    const std::string old_meta = b.metadata();
+    // B restarts: its old connection dies, and its old metadata is stale.
+    b.agent.reset();
+    Status st = a.agent->write({0}, "b", {0}, "n");
+    CHECK(st.code() == StatusCode::transfer_peer);
+    CHECK(a.agent->read("b", {0}, {0}).code() == StatusCode::transfer_peer);
+    Connection c;
+    CHECK(a.agent->connect(old_meta, backend, &c).code() == StatusCode::transfer_peer);  // refused
+    CHECK(Agent::create(named("b"), &b.agent).ok());
+    CHECK(b.agent->register_region(b.shm->name(), b.shm->size(), b.layout).ok());
+    // Old metadata edited to the new listener: the incarnation still gives it away.
+    Metadata fresh, old;
+    CHECK(metadata_from_json(b.metadata(), &fresh).ok() && metadata_from_json(old_meta, &old).ok());
+    old.tcp_port = fresh.tcp_port;
+    st = a.agent->connect(metadata_to_json(old), backend, &c);
+    CHECK(st.code() == StatusCode::transfer_peer && st.message().find("restarted") != std::string::npos);
+    // Reconnecting with the new metadata replaces the dead connection.
+    connect(a, b, backend);
+    CHECK(a.agent->write({5}, "b", {6}, "again").ok() && b.holds(6, 1, 5));
+  }
+}
+
+TEST(closed_agents_refuse_everything) {
+  Side a = make_side("a", 8, 1), b = make_side("b", 8, 2);
+  connect(a, b, Backend::tcp);
+  a.agent->close();
+  a.agent->close();
+  std::string m;
+  Connection c;
+  CHECK(a.agent->metadata(&m).code() == StatusCode::transfer_closed);
+  CHECK(a.agent->connect(b.metadata(), Backend::tcp, &c).code() == StatusCode::transfer_closed);
+  CHECK(a.agent->write({0}, "b", {0}, "").code() == StatusCode::transfer_closed);
+  CHECK(a.agent->read("b", {0}, {0}).code() == StatusCode::transfer_closed);
+}
+
+TEST(registering_a_region_is_checked) {
+  std::unique_ptr<Agent> a;
+  CHECK(Agent::create(named(""), &a).code() == StatusCode::transfer_invalid);
+  CHECK(Agent::create(named("a"), &a).ok());
+  std::string m;
+  CHECK(a->metadata(&m).code() == StatusCode::transfer_invalid);  // no region yet
+  const Layout l = test_layout(4);
+  std::unique_ptr<SharedMemory> shm;
+  CHECK(SharedMemory::create(SharedMemory::unique_name("xfer"), 4 * 512, &shm).ok());
+  CHECK(a->register_region("", 4 * 512, l).code() == StatusCode::transfer_invalid);
+  CHECK(a->register_region(shm->name(), 3 * 512, l).code() == StatusCode::transfer_invalid);  // too small
+  CHECK(a->register_region("/kvserve-no-such-segment", 4 * 512, l).code() == StatusCode::transfer_invalid);
+  CHECK(a->register_region(shm->name(), 4 * 512, l).ok());
+  CHECK(a->register_region(shm->name(), 4 * 512, l).code() == StatusCode::transfer_invalid);  // once
+}
+
+TEST(notifications_arrive_in_order_and_only_after_their_data) {
+  for (Backend backend : kBackends) {
+    // B checks, in its callback, that the block named by each notification already holds A's data.
+    std::vector<std::string> seen;
+    bool data_first = true;
+    Side* pb = nullptr;
+    AgentConfig cfg;
+    cfg.on_notification = [&](Notification n) {
+      const int32_t i = std::stoi(n.message);
+      data_first = data_first && pb->holds(i, 1, i);
+      seen.push_back(n.message);
+    };
+    Side a = make_side("a", 24, 1), b = make_side("b", 24, 2, cfg);
+    pb = &b;
+    connect(a, b, backend);
+    for (int32_t i = 0; i < 24; ++i) CHECK(a.agent->write({i}, "b", {i}, std::to_string(i)).ok());
+    CHECK_EQ(seen.size(), size_t{24});
+    bool in_order = true;
+    for (size_t i = 0; i < seen.size(); ++i) in_order = in_order && seen[i] == std::to_string(i);
+    CHECK(in_order && data_first);
+    CHECK(b.agent->take_notifications().empty());  // the callback took them all
+  }
+}
+
+TEST(concurrent_writers_to_one_peer_all_land) {
+  for (Backend backend : kBackends) {
+    Side a = make_side("a", 64, 1), b = make_side("b", 64, 2);
+    connect(a, b, backend);
+    std::vector<std::thread> threads;
+    for (int32_t t = 0; t < 4; ++t)
+      threads.emplace_back([&, t] {
+        for (int32_t k = 0; k < 16; ++k) {
+          const int32_t id = t * 16 + k;
+          CHECK(a.agent->write({id}, "b", {63 - id}, "").ok());
+        }
+      });
+    for (auto& th : threads) th.join();
+    bool all = true;
+    for (int32_t id = 0; id < 64; ++id) all = all && b.holds(63 - id, 1, id);
+    CHECK(all);
+  }
+}
+
+// ---- two processes ----
+
+namespace {
+
+[[noreturn]] void child_exit(bool ok) {
+  std::fflush(stdout);
+  _exit(ok && llm_test::failures() == 0 ? 0 : 1);
+}
+
+// Runs the receiving side ("decode", in a child) and the sending side ("prefill", in another
+// child) of one transfer, each after its setup (e.g. entering a network namespace); the decode
+// side's metadata goes over a pipe. The prefill side writes 6 blocks with "done", reads 4 blocks
+// back and says "bye"; the decode side checks, on "done", that the 6 blocks are in place.
+// Returns true when both children exit 0.
+struct ProcessSide {
+  std::string listen_host;
+  std::function<bool()> setup;
+};
+
+bool two_processes(Backend backend, const ProcessSide& decode_side, const ProcessSide& prefill_side) {
+  const std::vector<int32_t> local = {3, 0, 7, 12, 5, 9}, remote = {14, 2, 8, 1, 11, 6};
+  const std::vector<int32_t> back_remote = {0, 15, 4, 10}, back_local = {1, 2, 4, 6};
+  int fds[2];
+  if (pipe(fds) != 0) return false;
+  std::fflush(stdout);  // or both children would print what is buffered
+  const pid_t decode = fork();
+  if (decode == 0) {
+    llm_test::failures() = 0;  // count this child's checks only
+    ::close(fds[0]);
+    if (!decode_side.setup()) child_exit(false);
+    AgentConfig cfg;
+    cfg.listen_host = decode_side.listen_host;
+    Side d = make_side("decode", 16, 2, cfg);
+    if (!d.agent) child_exit(false);
+    const std::string meta = d.metadata();
+    const uint32_t len = static_cast<uint32_t>(meta.size());
+    if (write(fds[1], &len, sizeof len) != sizeof len || write(fds[1], meta.data(), len) != len) child_exit(false);
+    ::close(fds[1]);
+    const std::vector<Notification> got = wait_notifications(*d.agent, 2);  // "bye": the read is done
+    bool ok = got.size() == 2 && got[0].from == "prefill" && got[0].message == "done" && got[1].message == "bye";
+    for (size_t i = 0; ok && i < local.size(); ++i) ok = d.holds(remote[i], 1, local[i]);
+    child_exit(ok);
+  }
+  ::close(fds[1]);
+  const pid_t prefill = fork();
+  if (prefill == 0) {
+    llm_test::failures() = 0;
+    if (!prefill_side.setup()) child_exit(false);
+    uint32_t len = 0;
+    if (read(fds[0], &len, sizeof len) != sizeof len) child_exit(false);
+    std::string meta(len, '\0');
+    for (size_t got = 0; got < len;) {
+      const ssize_t n = read(fds[0], &meta[got], len - got);
+      if (n <= 0) child_exit(false);
+      got += static_cast<size_t>(n);
+    }
+    AgentConfig cfg;
+    cfg.listen_host = prefill_side.listen_host;
+    Side p = make_side("prefill", 16, 1, cfg);
+    if (!p.agent) child_exit(false);
+    Connection c;
+    Status st = p.agent->connect(meta, backend, &c);
+    if (!st.ok()) std::printf("  prefill connect: %s\n", st.message().c_str());
+    bool ok = st.ok() && c.backend == backend && p.agent->write(local, "decode", remote, "done").ok() &&
+              p.agent->read("decode", back_remote, back_local).ok();
+    for (size_t i = 0; ok && i < back_local.size(); ++i) ok = p.holds(back_local[i], 2, back_remote[i]);
+    child_exit(p.agent->write({}, "decode", {}, "bye").ok() && ok);
+  }
+  ::close(fds[0]);
+  int sd = -1, sp = -1;
+  waitpid(decode, &sd, 0);
+  waitpid(prefill, &sp, 0);
+  if (sd != 0 || sp != 0) std::printf("  decode exit %d, prefill exit %d\n", sd, sp);
+  return sd == 0 && sp == 0;
+}
+
+bool shell(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
+
+bool enter_netns(const std::string& ns) {
+  const int fd = open(("/run/netns/" + ns).c_str(), O_RDONLY | O_CLOEXEC);
+  const bool ok = fd >= 0 && setns(fd, CLONE_NEWNET) == 0;
+  if (fd >= 0) ::close(fd);
+  return ok;
+}
+
+}  // namespace
+
+TEST(two_processes_on_both_backends) {
+  const ProcessSide plain{"127.0.0.1", [] { return true; }};
+  for (Backend backend : kBackends) CHECK(two_processes(backend, plain, plain));
+}
+
+TEST(tcp_across_two_network_namespaces_joined_by_a_veth_pair) {
+  if (geteuid() != 0) {
+    std::printf("  skip: not root, so no network namespaces (the TCP backend ran over loopback above)\n");
+    return;
+  }
+  const std::string tag = "kvx" + std::to_string(getpid());
+  const std::string ns_d = tag + "d", ns_p = tag + "p";
+  const bool up = shell("ip netns add " + ns_d) && shell("ip netns add " + ns_p) &&
+                  shell("ip link add " + tag + "vd type veth peer name " + tag + "vp") &&
+                  shell("ip link set " + tag + "vd netns " + ns_d) && shell("ip link set " + tag + "vp netns " + ns_p) &&
+                  shell("ip -n " + ns_d + " addr add 10.231.0.1/24 dev " + tag + "vd") &&
+                  shell("ip -n " + ns_p + " addr add 10.231.0.2/24 dev " + tag + "vp") &&
+                  shell("ip -n " + ns_d + " link set " + tag + "vd up") &&
+                  shell("ip -n " + ns_p + " link set " + tag + "vp up");
+  if (!up) {
+    std::printf("  skip: this machine does not allow network namespaces with a veth pair (`ip netns add` or "
+                "`ip link add type veth` failed); the TCP backend ran over loopback above\n");
+  } else {
+    CHECK(two_processes(Backend::tcp, {"10.231.0.1", [&] { return enter_netns(ns_d); }},
+                        {"10.231.0.2", [&] { return enter_netns(ns_p); }}));
+  }
+  shell("ip netns del " + ns_d);  // deleting a namespace deletes its end of the veth pair, and so both
+  shell("ip netns del " + ns_p);
+}
+
+int main() { return llm_test::run_all(); }

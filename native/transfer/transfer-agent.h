@@ -1,0 +1,153 @@
+// transfer-agent.h: the NIXL-style KV transfer agent (DESIGN.md section 6). One per worker.
+//
+// Owns: the mapping of this worker's KV pool (a named shm segment), a TCP listener that serves
+// other agents (their writes, reads and notifications), the connections to remote agents, and
+// the queue of notifications received.
+//
+//   decode worker                               prefill worker
+//   agent "decode-0"                            agent "prefill-0"
+//     register_region(pool)                       register_region(pool)
+//     metadata() ---------- discovery ---------->  connect(meta)         shm on one host, else tcp
+//                                                  read(...)    <- its cached prefix blocks
+//                                                  write(..., "req-7 done")  -> the new blocks
+//     take_notifications() -> {prefill-0, "req-7 done"}   (only after the blocks are in place)
+//
+// Backends, chosen by connect() (or forced):
+//   shm  the peer is on this host (same hostname and boot id) and its segment opens: write and
+//        read are one memcpy per block straight into / out of the peer's pool; the notification
+//        of a write goes over the TCP connection after the copy.
+//   tcp  the blocks travel over the TCP connection; the listener bounds-checks and copies them
+//        into its pool, then queues the notification.
+// Stays true:
+//   - nothing is read or written out of bounds: every block id is checked against both pools
+//     before any byte moves (the listener checks its own again); a bad list is
+//     ERR_TRANSFER_INVALID and moves nothing;
+//   - two pools exchange blocks only when their layouts agree (layout_mismatch);
+//   - a notification is delivered only after its write's data is in place, and notifications
+//     from one agent arrive in the order its writes completed; write() returns once the remote
+//     side has queued it (or handed it to on_notification);
+//   - unknown agent names, a peer that restarted (new incarnation), is gone or unreachable are
+//     ERR_TRANSFER_PEER; after close(), every call is ERR_TRANSFER_CLOSED;
+//   - thread-safe: write/read/connect may run on any threads at once; transfers to one peer
+//     take turns (one request at a time on its connection), transfers to different peers and
+//     the listener's work run in parallel.
+// Settings: name (non-empty, <= 256 bytes), listen_host ("0.0.0.0"/"::" advertise the hostname),
+// listen_port (0 = ephemeral).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/shared-memory.h"
+#include "transfer-metadata.h"
+#include "transfer-wire.h"
+
+namespace llm {
+namespace transfer {
+
+enum class Backend { automatic, shm, tcp };
+const char* backend_name(Backend b);
+
+struct Notification {
+  std::string from;     // the writing agent's name
+  std::string message;
+};
+
+struct AgentConfig {
+  std::string name;
+  std::string listen_host = "127.0.0.1";
+  int listen_port = 0;
+  // When set, each notification is handed to it (on a listener thread) instead of queued.
+  std::function<void(Notification)> on_notification;
+};
+
+// Cumulative, for this agent's own write() and read() calls.
+struct AgentStats {
+  int64_t writes = 0;
+  int64_t reads = 0;
+  int64_t bytes_written = 0;
+  int64_t bytes_read = 0;
+  double write_seconds = 0;
+  double read_seconds = 0;
+  int64_t notifications_received = 0;
+};
+
+struct Connection {
+  std::string remote_name;
+  Backend backend = Backend::tcp;
+};
+
+class Agent {
+ public:
+  // Starts the listener.
+  static Status create(const AgentConfig& cfg, std::unique_ptr<Agent>* out);
+  ~Agent();
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+
+  // Maps this worker's pool: segment `shm_name` of exactly `bytes`, holding layout.num_blocks
+  // blocks. Once per agent, before metadata() and connect().
+  Status register_region(const std::string& shm_name, size_t bytes, const Layout& layout);
+  // This agent's metadata (JSON), for discovery; needs the region.
+  Status metadata(std::string* out) const;
+  // Connects to the agent `remote_metadata` describes (replacing an earlier connection to an
+  // agent of that name: a restarted peer is reconnected with its new metadata). Blocks for a
+  // TCP connect and one round trip, kConnectTimeoutSeconds at most.
+  Status connect(const std::string& remote_metadata, Backend backend, Connection* out);
+
+  // Copies local blocks local_blocks[i] into the remote's remote_blocks[i], then delivers
+  // `notification` to it ("" = none).
+  Status write(const std::vector<int32_t>& local_blocks, const std::string& remote,
+               const std::vector<int32_t>& remote_blocks, const std::string& notification);
+  // Copies the remote's remote_blocks[i] into local blocks local_blocks[i].
+  Status read(const std::string& remote, const std::vector<int32_t>& remote_blocks,
+              const std::vector<int32_t>& local_blocks);
+
+  // Drains the queued notifications, oldest first (empty when on_notification is set).
+  std::vector<Notification> take_notifications();
+  AgentStats stats() const;
+  // Stops the listener and drops every connection (joining the listener threads); calls in
+  // flight on other threads fail with ERR_TRANSFER_PEER or ERR_TRANSFER_CLOSED. Safe twice.
+  void close();
+
+ private:
+  struct Peer;
+  struct Inbound;
+  Agent() = default;
+
+  // The peer a transfer goes to, after checking the block lists against both pools.
+  Status prepare(const std::string& remote, const std::vector<int32_t>& local_blocks,
+                 const std::vector<int32_t>& remote_blocks, std::shared_ptr<Peer>* peer);
+  Status open_peer(const Metadata& meta, Backend backend, std::shared_ptr<Peer>* out);
+  void accept_loop();
+  void serve(Inbound* in);
+  Status serve_hello(const std::string& text, uint64_t expected, std::string* peer_name);
+  Status serve_write(const Socket& s, const std::string& peer_name, const std::string& text,
+                     const std::vector<int32_t>& ids);
+  Status serve_read(const Socket& s, const std::vector<int32_t>& ids);
+  void deliver(Notification n);
+  char* block(int32_t id) const;
+
+  AgentConfig cfg_;
+  Metadata self_;                          // incarnation, host and listener from create()
+  std::unique_ptr<SharedMemory> region_;   // set once by register_region
+  Socket listener_;
+  std::thread accept_thread_;
+
+  mutable std::mutex mu_;                  // guards everything below
+  bool closed_ = false;
+  std::map<std::string, std::shared_ptr<Peer>> peers_;
+  std::vector<std::unique_ptr<Inbound>> inbound_;
+  std::deque<Notification> notifications_;
+  AgentStats stats_;
+};
+
+}  // namespace transfer
+}  // namespace llm

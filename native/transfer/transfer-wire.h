@@ -1,0 +1,89 @@
+// transfer-wire.h: the agents' TCP protocol: sockets and the frames they carry.
+//
+// Owns: listening/connecting sockets (Socket owns one fd) and the frame format below.
+// Stays true: a connection carries one request and then its reply at a time, client first;
+// every request gets exactly one reply. Integers travel in host byte order: hello's magic
+// tells a peer of the other order (or anything that is not an agent) from a peer of ours.
+// Every I/O failure (reset, EOF, timeout) is ERR_TRANSFER_PEER; a frame whose sizes exceed the
+// limits below is refused before anything is allocated.
+//
+//   frame = FrameHeader, text (text_bytes), block ids (num_blocks int32; requests only),
+//           block data (num_blocks * block_bytes, in id order; write requests and read replies)
+//   hello  client -> listener  text: the client's metadata JSON; arg: the listener's
+//                              incarnation the client expects
+//   write  client -> listener  text: the notification ("" = none); ids: listener's blocks; data
+//   read   client -> listener  ids: listener's blocks
+//   reply  listener -> client  code: StatusCode (ok or the error), text: the error's message;
+//                              a successful read reply is followed by the blocks' data
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/status.h"
+
+namespace llm {
+namespace transfer {
+
+constexpr uint32_t kFrameMagic = 0x4b565846;  // "KVXF"
+constexpr uint32_t kMaxFrameBlocks = 1u << 24;
+constexpr uint32_t kMaxFrameText = 1u << 20;   // metadata and notifications
+constexpr int kConnectTimeoutSeconds = 5;      // a client's connect and hello (connect() blocks)
+constexpr int kClientIoTimeoutSeconds = 30;    // then each of its sends and reply waits
+
+enum class FrameType : uint32_t { hello = 1, write = 2, read = 3, reply = 4 };
+
+struct FrameHeader {
+  uint32_t magic = kFrameMagic;
+  uint32_t type = 0;
+  uint32_t num_blocks = 0;
+  uint32_t text_bytes = 0;
+  int32_t code = 0;
+  uint32_t reserved = 0;
+  uint64_t arg = 0;
+};
+
+// Owns one socket fd (closed on destruction); shutdown() wakes a thread blocked on it.
+class Socket {
+ public:
+  Socket() = default;
+  explicit Socket(int fd) : fd_(fd) {}
+  ~Socket();
+  Socket(Socket&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  Socket& operator=(Socket&& o) noexcept;
+  Socket(const Socket&) = delete;
+  Socket& operator=(const Socket&) = delete;
+
+  int fd() const { return fd_; }
+  void shutdown() const;
+  // True when the other end has closed or reset the connection (a non-blocking check; the
+  // listener never sends unsolicited data, so anything readable on an idle client means that).
+  bool peer_closed() const;
+
+ private:
+  int fd_ = -1;
+};
+
+// Listens on host:port (port 0 = ephemeral); *bound_port is the port actually bound.
+Status tcp_listen(const std::string& host, int port, Socket* out, int* bound_port);
+// Connects; sends and receives on the socket time out after kConnectTimeoutSeconds.
+Status tcp_connect(const std::string& host, int port, Socket* out);
+// Sets the socket's send and receive timeouts.
+void set_io_timeout(const Socket& s, int seconds);
+Status tcp_accept(const Socket& listener, Socket* out);
+
+Status send_all(const Socket& s, const void* data, size_t bytes);
+Status recv_all(const Socket& s, void* data, size_t bytes);
+
+Status send_frame(const Socket& s, FrameType type, const std::string& text, const std::vector<int32_t>& ids,
+                  uint64_t arg = 0);
+Status send_reply(const Socket& s, const Status& st);
+// Reads header, text and (requests) ids; a bad magic or sizes beyond the limits is an error.
+Status recv_frame(const Socket& s, FrameHeader* h, std::string* text, std::vector<int32_t>* ids);
+// Reads a reply: the return value is the I/O's status, *carried the listener's answer.
+Status recv_reply(const Socket& s, Status* carried);
+
+}  // namespace transfer
+}  // namespace llm

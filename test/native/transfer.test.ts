@@ -1,0 +1,170 @@
+// The KV transfer agent through the addon: two engines with their KV pools in shm, one agent
+// each, blocks written from one pool into the other and read back over both backends, checked
+// byte for byte through /dev/shm (Linux); bad inputs give the right error codes.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Engine, NativeError, packageRoot, type NativeKvRegion } from '../../ts/native/index.ts';
+import { TransferAgent } from '../../ts/native/transfer.ts';
+import { ensureModel } from '../../ts/modelgen/index.ts';
+
+let modelDir: string;
+const engines: Engine[] = [];
+const agents: TransferAgent[] = [];
+
+function engine(opts: Partial<ConstructorParameters<typeof Engine>[0]> = {}): NativeKvRegion {
+  const e = new Engine({ modelDir, numThreads: 1, blockSize: 4, maxModelLen: 256, kvSharedMemory: true, ...opts });
+  engines.push(e);
+  return e.kvRegion();
+}
+
+// An agent over `region` whose notifications are kept in `inbox`, in arrival order.
+function agent(name: string, region?: NativeKvRegion) {
+  const inbox: { from: string; message: string }[] = [];
+  let wake: (() => void) | undefined;
+  const a = new TransferAgent({ name }, (from, message) => {
+    inbox.push({ from, message });
+    wake?.();
+  });
+  agents.push(a);
+  if (region) a.registerRegion(region);
+  const next = async (count: number) => {
+    while (inbox.length < count) await new Promise<void>((resolve) => (wake = resolve));
+    return inbox.slice(0, count);
+  };
+  return { a, inbox, next };
+}
+
+// The pool's bytes, seen through its shm segment.
+function block(r: NativeKvRegion, id: number): Buffer {
+  const buf = Buffer.alloc(r.blockBytes);
+  const fd = fs.openSync(`/dev/shm${r.shmName}`, 'r');
+  try {
+    fs.readSync(fd, buf, 0, r.blockBytes, id * r.blockBytes);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return buf;
+}
+
+function fillRandom(r: NativeKvRegion, seed: number): void {
+  let x = seed >>> 0 || 1;
+  const buf = Buffer.alloc(r.numBlocks * r.blockBytes);
+  for (let i = 0; i < buf.length; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    buf[i] = x & 0xff;
+  }
+  fs.writeFileSync(`/dev/shm${r.shmName}`, buf);
+}
+
+function shuffled(n: number, seed: number): number[] {
+  const ids = Array.from({ length: n }, (_, i) => i);
+  let x = seed;
+  for (let i = n - 1; i > 0; i--) {
+    x = (x * 1103515245 + 12345) >>> 0;
+    const j = x % (i + 1);
+    [ids[i], ids[j]] = [ids[j], ids[i]];
+  }
+  return ids;
+}
+
+async function code(p: Promise<unknown> | (() => unknown)): Promise<string | undefined> {
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (err) {
+    expect(err).toBeInstanceOf(NativeError);
+    return (err as NativeError).code;
+  }
+  return undefined;
+}
+
+beforeAll(async () => {
+  modelDir = (await ensureModel('test-llama-gqa-llama3rope')).dir;
+});
+
+afterAll(async () => {
+  for (const a of agents) await a.close();
+  for (const e of engines) await e.close();
+});
+
+describe('transfer agent', () => {
+  it.each(['shm', 'tcp'] as const)('writes blocks into another engine pool and reads them back (%s)', async (backend) => {
+    const prefill = engine({ numKvBlocks: 32 });
+    const decode = engine({ numKvBlocks: 48 });
+    fillRandom(prefill, 1);
+    fillRandom(decode, 2);
+    const p = agent(`prefill-${backend}`, prefill);
+    const d = agent(`decode-${backend}`, decode);
+    expect(p.a.connect(d.a.metadata(), backend)).toBe(`decode-${backend}`);
+
+    const local = shuffled(32, 3).slice(0, 20);
+    const remote = shuffled(40, 4).slice(0, 20); // decode blocks 40..47 stay untouched
+    await p.a.write(local, `decode-${backend}`, remote, 'req-1 done');
+    expect(await d.next(1)).toEqual([{ from: `prefill-${backend}`, message: 'req-1 done' }]);
+    for (let i = 0; i < local.length; i++) expect(block(decode, remote[i]).equals(block(prefill, local[i]))).toBe(true);
+
+    const before = [40, 41, 42, 43].map((id) => block(decode, id));
+    await p.a.read(`decode-${backend}`, [40, 41, 42, 43], [0, 1, 2, 3]);
+    for (let i = 0; i < 4; i++) expect(block(prefill, i).equals(before[i])).toBe(true);
+
+    const s = p.a.stats();
+    expect(s).toMatchObject({ writes: 1, reads: 1, bytesWritten: 20 * prefill.blockBytes, bytesRead: 4 * prefill.blockBytes });
+    expect(d.a.stats().notificationsReceived).toBe(1);
+  });
+
+  it('delivers notifications in the order of the writes', async () => {
+    const r1 = engine({ numKvBlocks: 16 });
+    const r2 = engine({ numKvBlocks: 16 });
+    const p = agent('order-p', r1);
+    const d = agent('order-d', r2);
+    p.a.connect(d.a.metadata());
+    for (let i = 0; i < 10; i++) await p.a.write([i], 'order-d', [15 - i], `n${i}`);
+    expect((await d.next(10)).map((n) => n.message)).toEqual(Array.from({ length: 10 }, (_, i) => `n${i}`));
+  });
+
+  it('gives the right error codes for bad inputs', async () => {
+    const r1 = engine({ numKvBlocks: 8 });
+    const r2 = engine({ numKvBlocks: 8 });
+    const p = agent('err-p', r1);
+    const d = agent('err-d', r2);
+    p.a.connect(d.a.metadata(), 'tcp');
+
+    expect(await code(p.a.write([8], 'err-d', [0]))).toBe('ERR_TRANSFER_INVALID'); // local out of range
+    expect(await code(p.a.write([0], 'err-d', [-1]))).toBe('ERR_TRANSFER_INVALID'); // remote out of range
+    expect(await code(p.a.read('err-d', [0, 1], [0]))).toBe('ERR_TRANSFER_INVALID'); // lengths differ
+    expect(await code(p.a.write([0.5], 'err-d', [0]))).toBe('ERR_INVALID_ARGUMENT');
+    expect(await code(p.a.write([0], '', [0]))).toBe('ERR_INVALID_ARGUMENT');
+    expect(await code(() => p.a.connect(d.a.metadata(), 'rdma' as 'tcp'))).toBe('ERR_INVALID_ARGUMENT');
+    expect(await code(p.a.write([0], 'nobody', [0]))).toBe('ERR_TRANSFER_PEER');
+    expect(await code(() => p.a.connect('{"name": 1}'))).toBe('ERR_TRANSFER_INVALID');
+
+    // Another KV layout (block size 8) is refused at connect.
+    const other = agent('err-other', engine({ numKvBlocks: 8, blockSize: 8 }));
+    expect(await code(() => p.a.connect(other.a.metadata()))).toBe('ERR_TRANSFER_INVALID');
+    // A pool that is not in shm cannot be registered; metadata needs a region.
+    const priv = agent('err-private');
+    expect(await code(() => priv.a.metadata())).toBe('ERR_TRANSFER_INVALID');
+    expect(await code(() => priv.a.registerRegion(engine({ numKvBlocks: 8, kvSharedMemory: false })))).toBe(
+      'ERR_TRANSFER_INVALID',
+    );
+
+    // The remote goes away: its connection is stale; a closed agent refuses everything.
+    const staleMeta = d.a.metadata();
+    await d.a.close();
+    expect(await code(p.a.write([0], 'err-d', [0], 'x'))).toBe('ERR_TRANSFER_PEER');
+    expect(await code(() => p.a.connect(staleMeta))).toBe('ERR_TRANSFER_PEER');
+    expect(await code(d.a.write([0], 'err-p', [0]))).toBe('ERR_TRANSFER_CLOSED');
+    expect(await code(() => d.a.metadata())).toBe('ERR_TRANSFER_CLOSED');
+  });
+
+  const addon = path.join(packageRoot, 'build', 'Release', 'kvserve.node');
+  it.skipIf(!fs.existsSync(addon))('never keeps the process alive', () => {
+    const script = `const { TransferAgent } = require(${JSON.stringify(addon)});
+      new TransferAgent({ name: 'idle', listenHost: '127.0.0.1', listenPort: 0 }, () => {});`;
+    const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
+    expect(r.status).toBe(0);
+  });
+});
