@@ -160,7 +160,8 @@ describe('launcher', () => {
     expect(code).toBe(0);
     for (const flag of ['--model', '--workers', '--decode-workers', '--prefill-workers', '--router', '--decode-tp', '--prefill-tp',
       '--block-size', '--max-local-prefill-length', '--max-prefill-queue-size', '--http-port', '--redis-url', '--device',
-      '--max-model-len', '--max-num-seqs', '--max-num-batched-tokens', '--kv-cache-memory', '--restart', '--kv-overlap-weight', '--router-temperature']) {
+      '--max-model-len', '--max-num-seqs', '--max-num-batched-tokens', '--kv-cache-memory', '--restart', '--kv-overlap-weight', '--router-temperature',
+      '--prefill-deadline-ms']) {
       expect(output).toContain(flag);
     }
   });
@@ -172,7 +173,8 @@ describe('launcher', () => {
     [['--kv-cache-memory', 'lots'], /--kv-cache-memory must be a size/],
     [['--router', 'nearest'], /--router must be one of/],
     [['--kv-overlap-weight', 'heavy'], /--kv-overlap-weight must be a number >= 0/],
-    [['--prefill-workers', '1'], /not implemented yet/],
+    [['--max-local-prefill-length', '10'], /applies to disaggregated serving: add --prefill-workers/],
+    [['--prefill-workers', '1', '--prefill-deadline-ms', '5'], /--prefill-deadline-ms must be in \[100, /],
     [['--decode-tp', '4'], /not implemented yet/],
     [['--device', 'cuda'], /no CUDA backend/],
   ])('refuses %j with a clear message', async (args, message) => {

@@ -7,9 +7,11 @@
 // (kv_cache_usage_perc: the mean) and kvserve:worker_* gauges the same per worker_id; the
 // prefix-cache counters are the workers' cumulative token counters, one series per worker_id.
 // With the KV router, kvserve:router_* say what it decided: decisions, and its hit rate (the
-// share of routed prompt blocks that were already cached on the chosen worker).
+// share of routed prompt blocks that were already cached on the chosen worker). With prefill
+// workers, each decode worker's disaggregation counters (remote vs local prefills, fallbacks,
+// queue depth, KV bytes moved) appear per worker_id under kvserve:*.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { WorkerLoad } from '../protocol/index.ts';
+import type { DisaggCounters, WorkerLoad } from '../protocol/index.ts';
 import type { RouterMetrics } from '../router/index.ts';
 
 // vLLM v1's buckets (vllm/v1/metrics/loggers.py).
@@ -32,7 +34,8 @@ export class FrontendMetrics {
   private readonly kvUsage: Gauge;
   private readonly prefixQueries: Counter;
   private readonly prefixHits: Counter;
-  private readonly workerGauges: Record<'running' | 'waiting' | 'kvUsage', Gauge>;
+  private readonly workerGauges: Record<'running' | 'waiting' | 'kvUsage' | 'kvActiveBlocks', Gauge>;
+  private readonly disagg: Record<keyof DisaggCounters, Counter | Gauge>;
   private readonly router: Record<'decisions' | 'hitRate' | 'queueDepth' | 'indexedBlocks', Gauge>;
   private readonly promptTokens: Counter;
   private readonly generationTokens: Counter;
@@ -65,6 +68,19 @@ export class FrontendMetrics {
       running: gauge('kvserve:worker_num_requests_running', 'Requests running in one worker.', perWorker),
       waiting: gauge('kvserve:worker_num_requests_waiting', 'Requests waiting in one worker.', perWorker),
       kvUsage: gauge('kvserve:worker_kv_cache_usage_perc', "One worker's KV-cache usage, 1 = full.", perWorker),
+      kvActiveBlocks: gauge('kvserve:worker_kv_active_blocks', 'KV blocks held by requests in one worker.', perWorker),
+    };
+    // Disaggregation, per decode worker (its GET /load `disagg`).
+    this.disagg = {
+      remote_prefills: counter('kvserve:remote_prefills_total', 'Prompts prefilled by a prefill worker.', perWorker),
+      local_prefills: counter('kvserve:local_prefills_total', 'Prompts prefilled locally by decision (short, or queue full).', perWorker),
+      fallbacks: counter('kvserve:remote_prefill_fallbacks_total', 'Remote prefills given up (deadline, failure) and done locally.', perWorker),
+      prefill_queue_depth: gauge('kvserve:prefill_queue_depth', 'Jobs waiting in the prefill queue, as the decode worker last saw.', perWorker),
+      remote_prefill_seconds: counter('kvserve:remote_prefill_seconds_total', 'Time from pushing a prefill job to its notification, summed.', perWorker),
+      prefill_jobs: counter('kvserve:prefill_jobs_total', 'Prefill jobs written (prefill workers).', perWorker),
+      prefill_jobs_dropped: counter('kvserve:prefill_jobs_dropped_total', 'Prefill jobs dropped (prefill workers).', perWorker),
+      transfer_bytes: counter('kvserve:kv_transfer_bytes_total', 'KV bytes moved between workers.', perWorker),
+      transfer_seconds: counter('kvserve:kv_transfer_seconds_total', 'Time in KV transfers (prefill workers).', perWorker),
     };
     this.promptTokens = counter('vllm:prompt_tokens_total', 'Prompt tokens processed.');
     this.generationTokens = counter('vllm:generation_tokens_total', 'Generation tokens produced.');
@@ -93,6 +109,7 @@ export class FrontendMetrics {
     this.prefixQueries.reset();
     this.prefixHits.reset();
     for (const g of Object.values(this.workerGauges)) g.reset();
+    for (const m of Object.values(this.disagg)) m.reset();
     for (const l of loads) {
       const labels = { ...this.labels, worker_id: l.worker_id };
       this.prefixQueries.inc(labels, l.prefix_cache_queries);
@@ -100,6 +117,13 @@ export class FrontendMetrics {
       this.workerGauges.running.set(labels, l.request_active_slots);
       this.workerGauges.waiting.set(labels, l.num_requests_waiting);
       this.workerGauges.kvUsage.set(labels, l.kv_cache_usage);
+      this.workerGauges.kvActiveBlocks.set(labels, l.kv_active_blocks);
+      if (l.disagg) {
+        for (const [k, m] of Object.entries(this.disagg) as [keyof DisaggCounters, Counter | Gauge][]) {
+          if (m instanceof Gauge) m.set(labels, l.disagg[k]);
+          else m.inc(labels, l.disagg[k]);
+        }
+      }
     }
     if (router) {
       this.router.decisions.set(this.labels, router.decisions);

@@ -13,8 +13,9 @@ export interface LauncherFlags {
   decodeTp: number;
   prefillTp: number;
   blockSize: number;
-  maxLocalPrefillLength?: number;
-  maxPrefillQueueSize?: number;
+  maxLocalPrefillLength: number;
+  maxPrefillQueueSize: number;
+  prefillDeadlineMs: number;
   httpPort: number;
   host: string;
   redisUrl?: string;
@@ -51,8 +52,10 @@ Topology
   --workers N, --decode-workers N
                                 monolithic worker processes (decode workers with prefill
                                 workers) (default 1)
-  --prefill-workers N           prefill worker processes; > 0 turns on disaggregation
-                                (not implemented yet)
+  --prefill-workers N           prefill worker processes; > 0 turns on disaggregation: decode
+                                workers push long prompts to a prefill queue (Redis), a
+                                prefill worker computes their KV and writes it into the decode
+                                worker's cache (default 0)
   --router round-robin|kv|random
                                 how requests pick a worker (default round-robin); kv weighs
                                 each worker's cached prefix of the prompt against its load
@@ -62,8 +65,12 @@ Topology
                                 samples a softmax over the negated costs (default 0)
   --decode-tp N, --worker-tp N, --prefill-tp N
                                 tensor-parallel ranks per worker (only 1 for now)
-  --max-local-prefill-length N  conditional disaggregation threshold (with prefill workers)
-  --max-prefill-queue-size N    ... and queue bound (with prefill workers)
+  --max-local-prefill-length N  with prefill workers: prefill remotely only when more than N
+                                prompt tokens are not in the decode worker's cache (default 1000)
+  --max-prefill-queue-size N    ... and only while the prefill queue holds fewer than N jobs
+                                (default 2)
+  --prefill-deadline-ms N       ... and if the job is not done N ms after it was queued, the
+                                decode worker prefills locally (default 30000)
 
 Engine
   --device cpu|cuda|auto        engine backend (default auto: cuda when usable, else cpu)
@@ -139,6 +146,7 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'block-size': { type: 'string' },
         'max-local-prefill-length': { type: 'string' },
         'max-prefill-queue-size': { type: 'string' },
+        'prefill-deadline-ms': { type: 'string' },
         'http-port': { type: 'string' },
         host: { type: 'string' },
         'redis-url': { type: 'string' },
@@ -173,8 +181,9 @@ export function parseFlags(argv: string[]): LauncherFlags {
     decodeTp: int('decode-tp', v['decode-tp'] ?? v['worker-tp'], 1, 64) ?? 1,
     prefillTp: int('prefill-tp', v['prefill-tp'], 1, 64) ?? 1,
     blockSize: int('block-size', v['block-size'], 1, 1024) ?? 16,
-    maxLocalPrefillLength: int('max-local-prefill-length', v['max-local-prefill-length'], 0),
-    maxPrefillQueueSize: int('max-prefill-queue-size', v['max-prefill-queue-size'], 0),
+    maxLocalPrefillLength: int('max-local-prefill-length', v['max-local-prefill-length'], 0) ?? 1000,
+    maxPrefillQueueSize: int('max-prefill-queue-size', v['max-prefill-queue-size'], 0) ?? 2,
+    prefillDeadlineMs: int('prefill-deadline-ms', v['prefill-deadline-ms'], 100, 3_600_000) ?? 30_000,
     httpPort: int('http-port', v['http-port'], 0, 65535) ?? 8181,
     host: v.host ?? '0.0.0.0',
     redisUrl: v['redis-url'],
@@ -187,6 +196,11 @@ export function parseFlags(argv: string[]): LauncherFlags {
     logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
     help: v.help ?? false,
   };
+  const disaggKnobs = ['max-local-prefill-length', 'max-prefill-queue-size', 'prefill-deadline-ms'] as const;
+  const givenKnob = disaggKnobs.find((k) => v[k] !== undefined);
+  if (flags.prefillWorkers === 0 && givenKnob) {
+    throw new FlagError(`--${givenKnob} applies to disaggregated serving: add --prefill-workers N`);
+  }
   if (flags.redisUrl !== undefined && !/^rediss?:\/\//.test(flags.redisUrl)) {
     throw new FlagError(`--redis-url must look like redis://host:port, got '${flags.redisUrl}'`);
   }
@@ -195,12 +209,6 @@ export function parseFlags(argv: string[]): LauncherFlags {
 
 // Features whose issues have not landed: refused with a clear message, never ignored.
 export function refuseUnimplemented(f: LauncherFlags): void {
-  if (f.prefillWorkers > 0) {
-    throw new FlagError('--prefill-workers is not implemented yet (disaggregated prefill lands with its own issue)');
-  }
-  if (f.maxLocalPrefillLength !== undefined || f.maxPrefillQueueSize !== undefined) {
-    throw new FlagError('--max-local-prefill-length and --max-prefill-queue-size apply to disaggregated serving, which is not implemented yet');
-  }
   if (f.decodeTp > 1 || f.prefillTp > 1) {
     throw new FlagError('tensor parallelism (--decode-tp/--prefill-tp > 1) is not implemented yet');
   }

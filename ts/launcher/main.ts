@@ -1,11 +1,11 @@
 // main.ts: `npm run start -- [flags]`: the "leader". It resolves the model, starts the worker
 // processes, then the frontend, prints where everything is, and stops them all on Ctrl-C /
 // SIGTERM. A child that dies is reported, and the launcher exits non-zero unless --restart.
-// Start-up order: flags -> model -> Redis (only when a mode needs it: --router kv or random, or
-// --redis-url given; a private redis-server unless --redis-url) -> workers (each on two fixed free
+// Start-up order: flags -> model -> Redis (only when a mode needs it: --router kv or random,
+// --prefill-workers, or --redis-url given; a private redis-server unless --redis-url) -> workers (each on two fixed free
 // ports, HTTP and the TCP request plane, so a restarted worker keeps its addresses) -> frontend.
 import os from 'node:os';
-import type { WorkerInfo } from '../protocol/index.ts';
+import type { WorkerInfo, WorkerRole } from '../protocol/index.ts';
 import type { WorkerConfig, WorkerMessage } from '../worker/main.ts';
 import { FlagError, HELP, parseFlags, refuseUnimplemented, type LauncherFlags } from './flags.ts';
 import { freePorts } from './ports.ts';
@@ -23,15 +23,16 @@ function log(msg: string): void {
 function workerConfig(
   f: LauncherFlags,
   model: ResolvedModel,
-  index: number,
+  role: WorkerRole,
+  workerId: string,
   port: number,
   requestPort: number,
   redisUrl: string | undefined,
 ): WorkerConfig {
   const cores = os.availableParallelism?.() ?? os.cpus().length;
   return {
-    workerId: `worker-${index}`,
-    role: 'monolith',
+    workerId,
+    role,
     model: model.name,
     modelDir: model.dir,
     host: '127.0.0.1',
@@ -44,8 +45,18 @@ function workerConfig(
       maxNumSeqs: f.maxNumSeqs,
       maxNumBatchedTokens: f.maxNumBatchedTokens,
       kvCacheBytes: f.kvCacheMemory,
-      numThreads: Math.max(1, Math.floor(cores / f.workers)),
+      numThreads: Math.max(1, Math.floor(cores / (f.workers + f.prefillWorkers))),
     },
+    logLevel: f.logLevel,
+    disagg:
+      role === 'monolith'
+        ? undefined
+        : {
+            maxLocalPrefillLength: f.maxLocalPrefillLength,
+            maxPrefillQueueSize: f.maxPrefillQueueSize,
+            deadlineMs: f.prefillDeadlineMs,
+            prefillConcurrency: Math.min(f.maxNumSeqs ?? 8, 8),
+          },
   };
 }
 
@@ -59,11 +70,12 @@ async function run(f: LauncherFlags): Promise<number> {
   log(`model ${served.name} at ${model.dir}`);
 
   // 2. Redis, when this mode needs it.
-  const needsRedis = f.router !== 'round-robin' || f.redisUrl !== undefined;
+  const needsRedis = f.router !== 'round-robin' || f.redisUrl !== undefined || f.prefillWorkers > 0;
   let privateRedis: PrivateRedis | undefined;
   if (needsRedis && f.redisUrl === undefined) {
     privateRedis = await startPrivateRedis();
-    log(`started a private redis-server at ${privateRedis.url} (--router ${f.router} needs one; pass --redis-url to use yours)`);
+    const why = f.prefillWorkers > 0 ? 'the prefill queue needs one' : `--router ${f.router} needs one`;
+    log(`started a private redis-server at ${privateRedis.url} (${why}; pass --redis-url to use yours)`);
   }
   const redisUrl = needsRedis ? (f.redisUrl ?? privateRedis!.url) : undefined;
 
@@ -98,12 +110,17 @@ async function run(f: LauncherFlags): Promise<number> {
   }
 
   try {
-    // 4. Workers, all loading at once.
-    const ports = await freePorts(2 * f.workers);
-    const workers = await Promise.all(
-      Array.from({ length: f.workers }, async (_, i) => {
-        const config = workerConfig(f, served, i, ports[2 * i], ports[2 * i + 1], redisUrl);
-        const child = supervisor.start({ name: `worker-${i}`, entry: 'ts/worker/main.ts', config });
+    // 4. Workers (decode workers when prefill workers exist, then those), all loading at once.
+    const disagg = f.prefillWorkers > 0;
+    const roles: { role: WorkerRole; id: string }[] = [
+      ...Array.from({ length: f.workers }, (_, i) => ({ role: (disagg ? 'decode' : 'monolith') as WorkerRole, id: `worker-${i}` })),
+      ...Array.from({ length: f.prefillWorkers }, (_, i) => ({ role: 'prefill' as WorkerRole, id: `prefill-${i}` })),
+    ];
+    const ports = await freePorts(2 * roles.length);
+    const started = await Promise.all(
+      roles.map(async ({ role, id }, i) => {
+        const config = workerConfig(f, served, role, id, ports[2 * i], ports[2 * i + 1], redisUrl);
+        const child = supervisor.start({ name: id, entry: 'ts/worker/main.ts', config });
         child.process.on('message', (m: WorkerMessage) => {
           if (m.type === 'loading') log(`${m.workerId}: ${m.message}`);
         });
@@ -116,10 +133,11 @@ async function run(f: LauncherFlags): Promise<number> {
           },
           WORKER_READY_TIMEOUT_MS,
         );
-        log(`${info.workerId} ready at ${info.address} (${info.kvTotalBlocks} KV blocks of ${info.blockSize} tokens, max model len ${info.maxModelLen})`);
+        log(`${info.workerId} (${info.role}) ready at ${info.address} (${info.kvTotalBlocks} KV blocks of ${info.blockSize} tokens, max model len ${info.maxModelLen})`);
         return info;
       }),
     );
+    const workers = started.filter((w) => w.role !== 'prefill');
 
     // 5. The frontend.
     const frontend = supervisor.start({
@@ -143,7 +161,9 @@ async function run(f: LauncherFlags): Promise<number> {
       (m) => ((m as { type?: string }).type === 'ready' ? (m as { url: string }).url : undefined),
       FRONTEND_READY_TIMEOUT_MS,
     );
-    log(`ready: ${url}  (model "${served.name}", ${workers.length} worker${workers.length > 1 ? 's' : ''}; Ctrl-C to stop)`);
+    const plural = (n: number, what: string) => `${n} ${what}${n > 1 ? 's' : ''}`;
+    const topology = disagg ? `${plural(workers.length, 'decode worker')} + ${plural(f.prefillWorkers, 'prefill worker')}` : plural(workers.length, 'worker');
+    log(`ready: ${url}  (model "${served.name}", ${topology}; Ctrl-C to stop)`);
   } catch (err) {
     if (!supervisor.isStopping) log(`start-up failed: ${(err as Error).message}`);
     await shutdown(1);

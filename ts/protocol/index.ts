@@ -26,6 +26,9 @@ export interface WorkerInfo {
   maxModelLen: number;
   vocabSize: number;
   pid: number;
+  // Decode and prefill workers: the transfer agent's metadata (native/transfer, DESIGN.md
+  // section 6), for peers to connect to; it changes when the worker restarts.
+  transfer?: string;
 }
 
 // ---- request plane: processor -> worker `generate`, token deltas back ----
@@ -119,4 +122,46 @@ export interface WorkerLoad extends LoadMetrics {
   prefix_cache_queries: number; // tokens, cumulative
   prefix_cache_hits: number; // tokens, cumulative
   num_preemptions: number;
+  disagg?: DisaggCounters; // decode workers only
+}
+
+// ---- disaggregation (DESIGN.md section 5, contract) ----
+// A remote-prefill job on the BullMQ queue `prefill` (key prefix: the namespace). The decode
+// worker has allocated block_ids for the whole prompt and holds the first computed_block_count
+// of them from its own prefix cache; the prefill worker reads those, computes the rest of the
+// prompt except its last token, writes the new blocks into block_ids, then notifies.
+export interface RemotePrefillJob {
+  request_id: RequestId;
+  decode_worker_id: WorkerId;
+  token_ids: number[];
+  block_ids: number[];
+  computed_block_count: number;
+  sampling_params: SamplingParams;
+  deadline_ms: number; // epoch ms: after it the decode worker prefills locally
+  // Beyond the DESIGN contract: the decode worker's discovery instanceId when it pushed the
+  // job; a prefill worker that finds another instance under that worker id (a restart) drops
+  // the job instead of writing into a pool whose block ids mean something else now.
+  decode_instance_id: string;
+}
+
+// The notification a prefill worker sends with its last write (transfer agent message).
+export interface RemotePrefillDone {
+  request_id: RequestId;
+  prefill_worker_id: WorkerId;
+  blocks_written: number;
+  blocks_read: number;
+}
+
+// A worker's disaggregation counters (cumulative, except the queue depth). Decode workers
+// fill the first five, prefill workers the last four.
+export interface DisaggCounters {
+  remote_prefills: number; // decode: completed by a prefill worker
+  local_prefills: number; // decode: decided local (short enough, queue full or unreachable)
+  fallbacks: number; // decode: sent remote, then prefilled locally (deadline, failure)
+  prefill_queue_depth: number; // decode: jobs waiting, as last seen
+  remote_prefill_seconds: number; // decode: job pushed -> notification, summed
+  prefill_jobs: number; // prefill: jobs written
+  prefill_jobs_dropped: number; // prefill: past the deadline, taken back, or decode restarted
+  transfer_bytes: number; // KV bytes moved (decode: into/out of its pool; prefill: by its agent)
+  transfer_seconds: number; // prefill: time spent in the agent's reads and writes
 }

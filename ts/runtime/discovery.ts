@@ -101,6 +101,12 @@ export class WorkerLease {
   }
 }
 
+// One worker's lease, or null when it holds none (gone, or never there).
+export async function getWorker(redis: Redis, namespace: string, workerId: string): Promise<LeasedWorkerInfo | null> {
+  const v = await redis.get(workerKey(namespace, workerId));
+  return v === null ? null : (JSON.parse(v) as LeasedWorkerInfo);
+}
+
 // Every worker holding a lease now: one SCAN pass and one MGET.
 export async function listWorkers(redis: Redis, namespace = DEFAULT_NAMESPACE): Promise<LeasedWorkerInfo[]> {
   const keys: string[] = [];

@@ -6,6 +6,9 @@
 //   --config '<WorkerConfig as JSON>'
 // It reports progress and readiness to the parent over IPC ({type: 'loading' | 'ready' |
 // 'fatal'}), and exits when the parent goes away, so a killed launcher leaves no orphan.
+// A decode or prefill worker (disaggregation) keeps its KV pool in shared memory, runs a transfer
+// agent (its metadata published in discovery) and the queue's producer or consumer
+// (remote-prefill.ts has the protocol).
 // With a Redis URL it also joins the planes there (without one nothing of this runs, so a single
 // worker needs no Redis): a discovery lease announced on join and leave (runtime/discovery.ts),
 // its KV events and load reports on the event plane, and replay requests answered
@@ -13,12 +16,14 @@
 // 'fatal' ERR_REDIS_UNAVAILABLE); later outages are ridden out (events buffered, lease
 // re-created on reconnect).
 import { randomUUID } from 'node:crypto';
-import { Engine, type EngineOptions } from '../native/index.ts';
-import type { WorkerId, WorkerInfo, WorkerRole } from '../protocol/index.ts';
-import { DEFAULT_LEASE_TTL_MS, DEFAULT_NAMESPACE, WorkerLease } from '../runtime/discovery.ts';
+import { Engine, TransferAgent, type EngineOptions } from '../native/index.ts';
+import type { DisaggCounters, WorkerId, WorkerInfo, WorkerRole } from '../protocol/index.ts';
+import { PrefillClaims, PrefillConsumer, PrefillQueue } from '../queue/prefill-queue.ts';
+import { DEFAULT_LEASE_TTL_MS, DEFAULT_NAMESPACE, WorkerLease, getWorker } from '../runtime/discovery.ts';
 import { EventPlanePublisher } from '../runtime/event-plane.ts';
 import { RedisConnection } from '../runtime/redis-connection.ts';
-import { startWorkerServer } from './server.ts';
+import { PrefillJobRunner, RemotePrefillDecoder, type Log } from './remote-prefill.ts';
+import { startWorkerServer, type GenerateFn } from './server.ts';
 
 export interface WorkerConfig {
   workerId: string;
@@ -34,6 +39,15 @@ export interface WorkerConfig {
   leaseTtlMs?: number; // [1000, 60000], default 3000
   maxBufferedKvEvents?: number; // KV events held while Redis is away, [1, 10^7], default 100000
   engine: Omit<EngineOptions, 'modelDir' | 'workerId'>;
+  disagg?: DisaggConfig; // decode and prefill workers (needs redisUrl)
+  logLevel?: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace'; // default info
+}
+
+export interface DisaggConfig {
+  maxLocalPrefillLength: number; // decode: prefill remotely only above this many uncached tokens
+  maxPrefillQueueSize: number; // decode: ... and only while the queue holds fewer jobs
+  deadlineMs: number; // decode: a job not done by then is prefilled locally
+  prefillConcurrency: number; // prefill: jobs in flight at once
 }
 
 export type WorkerMessage =
@@ -57,9 +71,23 @@ function parseConfig(argv: string[]): WorkerConfig {
 async function main(): Promise<void> {
   const cfg = parseConfig(process.argv.slice(2));
   send({ type: 'loading', workerId: cfg.workerId, message: `loading ${cfg.modelDir}` });
+  const disaggregated = cfg.role !== 'monolith';
+  if (disaggregated && (!cfg.redisUrl || !cfg.disagg)) {
+    send({ type: 'fatal', workerId: cfg.workerId, code: 'ERR_INVALID_ARGUMENT', message: `a ${cfg.role} worker needs redisUrl and disagg settings` });
+    process.exitCode = 1;
+    return;
+  }
   let engine: Engine;
+  let agent: TransferAgent | undefined;
+  let onNotification: (message: string) => void = () => undefined;
   try {
-    engine = new Engine({ ...cfg.engine, modelDir: cfg.modelDir, workerId: cfg.workerId });
+    // A worker taking part in disaggregation keeps its KV pool in shared memory, so a prefill
+    // worker on this host copies blocks straight into it (native/transfer).
+    engine = new Engine({ ...cfg.engine, modelDir: cfg.modelDir, workerId: cfg.workerId, kvSharedMemory: disaggregated });
+    if (disaggregated) {
+      agent = new TransferAgent({ name: cfg.workerId, listenHost: cfg.host, listenPort: 0 }, (_from, message) => onNotification(message));
+      agent.registerRegion(engine.kvRegion());
+    }
   } catch (err) {
     const e = err as { code?: string; message: string };
     send({ type: 'fatal', workerId: cfg.workerId, code: e.code ?? 'ERR_INTERNAL', message: e.message });
@@ -79,6 +107,7 @@ async function main(): Promise<void> {
     maxNumSeqs: engine.metrics().requestTotalSlots,
     vocabSize: engine.info.model.vocabSize,
     pid: process.pid,
+    transfer: agent?.metadata(),
   });
   // The event plane starts before the server, so the opening `cleared` (event_id 1) precedes
   // every event a request causes.
@@ -109,6 +138,55 @@ async function main(): Promise<void> {
     }
   }
 
+  // Disaggregation: the decode side wraps generate; the prefill side pulls jobs.
+  const log: Log = (level, msg) => {
+    const shown = { debug: ['debug', 'trace'], info: ['info', 'debug', 'trace'], warn: ['warn', 'info', 'debug', 'trace'] }[level];
+    if (shown.includes(cfg.logLevel ?? 'info')) console.error(`[${cfg.workerId}] ${level}: ${msg}`);
+  };
+  let generate: GenerateFn | undefined;
+  let disaggCounters: (() => DisaggCounters) | undefined;
+  let queue: PrefillQueue | undefined;
+  let consumer: PrefillConsumer | undefined;
+  if (disaggregated && redis && agent) {
+    const claims = new PrefillClaims(redis.redis, namespace);
+    if (cfg.role === 'decode') {
+      queue = new PrefillQueue(cfg.redisUrl!, namespace);
+      const decoder = new RemotePrefillDecoder({
+        engine,
+        workerId: cfg.workerId as WorkerId,
+        instanceId,
+        blockSize: engine.info.blockSize,
+        ...cfg.disagg!,
+        queue,
+        claims,
+        isWriterAlive: async (writer) => {
+          const [id, instance] = writer.split('/');
+          return (await getWorker(redis!.redis, namespace, id!))?.instanceId === instance;
+        },
+        log,
+      });
+      onNotification = (message) => decoder.onNotification(message);
+      generate = (body, signal) => decoder.generate(body, signal);
+      disaggCounters = () => ({ ...decoder.counters });
+    } else {
+      const runner = new PrefillJobRunner({
+        engine,
+        transfer: agent,
+        workerId: cfg.workerId as WorkerId,
+        instanceId,
+        blockSize: engine.info.blockSize,
+        claims,
+        lookupWorker: (id) => getWorker(redis!.redis, namespace, id),
+        log,
+      });
+      consumer = new PrefillConsumer(
+        { redisUrl: cfg.redisUrl!, namespace, workerId: cfg.workerId, concurrency: cfg.disagg!.prefillConcurrency },
+        (job, attempt) => runner.run(job, attempt),
+      );
+      disaggCounters = () => ({ ...runner.counters });
+    }
+  }
+
   let address = '';
   let requestPlane = '';
   const server = await startWorkerServer({
@@ -117,6 +195,8 @@ async function main(): Promise<void> {
     host: cfg.host,
     port: cfg.port,
     requestPort: cfg.requestPort,
+    generate,
+    disagg: disaggCounters,
   });
   address = server.address;
   requestPlane = server.requestPlane;
@@ -132,10 +212,13 @@ async function main(): Promise<void> {
   const stop = async () => {
     if (stopping) return;
     stopping = true;
+    await consumer?.close();
+    await queue?.close();
     await publisher?.close();
     await lease?.stop();
     await redis?.close();
     await server.close();
+    await agent?.close();
     await engine.close();
     process.exit(0);
   };

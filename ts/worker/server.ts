@@ -33,6 +33,7 @@ import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { Engine, NativeError, type RequestOutput } from '../native/index.ts';
 import type {
+  DisaggCounters,
   GenerateDelta,
   GenerateRequest,
   RequestId,
@@ -97,7 +98,11 @@ async function readJson(req: http.IncomingMessage): Promise<unknown> {
   return JSON.parse(Buffer.concat(chunks).toString('utf8'));
 }
 
-async function handleGenerate(engine: Engine, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+// Starts a request: the engine's, or disaggregation's wrapper of it (remote-prefill.ts). Throws
+// synchronously when the engine refuses the request up front.
+export type GenerateFn = (body: GenerateRequest, signal: AbortSignal) => AsyncIterable<RequestOutput>;
+
+async function handleGenerate(generate: GenerateFn, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
   let body: GenerateRequest;
   try {
     body = (await readJson(req)) as GenerateRequest;
@@ -105,9 +110,9 @@ async function handleGenerate(engine: Engine, req: http.IncomingMessage, res: ht
     return sendJson(res, 400, { error: { code: 'ERR_WORKER_BAD_BODY', message: (err as Error).message } });
   }
   const abort = new AbortController();
-  let stream: ReturnType<Engine['generate']>;
+  let stream: AsyncIterable<RequestOutput>;
   try {
-    stream = engine.generate(body.requestId, body.promptTokenIds ?? [], body.sampling ?? {}, abort.signal);
+    stream = generate(body, abort.signal);
   } catch (err) {
     const e = err as NativeError;
     return sendJson(res, statusOf(err), { error: { code: e.code ?? 'ERR_INTERNAL', message: e.message } });
@@ -133,7 +138,7 @@ async function handleGenerate(engine: Engine, req: http.IncomingMessage, res: ht
 // ---- the TCP request plane ----
 
 // One client connection: its open requests by the client's id.
-function serveRequestPlane(engine: Engine, socket: net.Socket): void {
+function serveRequestPlane(generate: GenerateFn, socket: net.Socket): void {
   socket.setNoDelay(true);
   socket.setEncoding('utf8');
   const open = new Map<number, AbortController>();
@@ -173,9 +178,9 @@ function serveRequestPlane(engine: Engine, socket: net.Socket): void {
       return;
     }
     const abort = new AbortController();
-    let stream: ReturnType<Engine['generate']>;
+    let stream: AsyncIterable<RequestOutput>;
     try {
-      stream = engine.generate(body.requestId, body.promptTokenIds ?? [], body.sampling ?? {}, abort.signal);
+      stream = generate(body, abort.signal);
     } catch (err) {
       const e = err as NativeError;
       send({ t: 'err', id, requestId: body.requestId, status: statusOf(err), code: e.code ?? 'ERR_INTERNAL', message: e.message });
@@ -229,19 +234,25 @@ export async function startWorkerServer(opts: {
   host?: string;
   port?: number; // HTTP, 0 / absent = any free port
   requestPort?: number; // the TCP request plane, 0 / absent = any free port
+  generate?: GenerateFn; // default: the engine's own
+  disagg?: () => DisaggCounters; // reported in GET /load
 }): Promise<WorkerServer> {
   const { engine } = opts;
+  const generate: GenerateFn =
+    opts.generate ?? ((body, signal) => engine.generate(body.requestId, body.promptTokenIds ?? [], body.sampling ?? {}, signal));
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
     if (req.method === 'POST' && url === '/generate') {
-      handleGenerate(engine, req, res).catch((err) => {
+      handleGenerate(generate, req, res).catch((err) => {
         if (!res.headersSent) sendJson(res, 500, { error: { code: 'ERR_INTERNAL', message: String(err) } });
         else res.destroy();
       });
     } else if (req.method === 'GET' && url === '/info') {
       sendJson(res, 200, opts.info());
     } else if (req.method === 'GET' && url === '/load') {
-      sendJson(res, 200, toWorkerLoad(opts.info().workerId, engine.metrics()));
+      const load = toWorkerLoad(opts.info().workerId, engine.metrics());
+      if (opts.disagg) load.disagg = opts.disagg();
+      sendJson(res, 200, load);
     } else if (req.method === 'GET' && url === '/health') {
       sendJson(res, 200, { status: 'ok' });
     } else {
@@ -259,7 +270,7 @@ export async function startWorkerServer(opts: {
   const tcp = net.createServer({ noDelay: true }, (socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
-    serveRequestPlane(engine, socket);
+    serveRequestPlane(generate, socket);
   });
   try {
     await new Promise<void>((resolve, reject) => {

@@ -1,0 +1,132 @@
+// Disaggregated prefill and decode end to end (the seed's Example 4): the real launcher with
+// --decode-workers 1 --prefill-workers 1 over a real Redis, BullMQ's prefill queue, and the
+// native transfer agent writing KV blocks from the prefill worker's pool into the decode
+// worker's shared-memory pool. Checked against an aggregated deployment of the same model:
+// the same greedy tokens, whether the prompt was prefilled remotely, locally (short, queue
+// full), after a missed deadline, or after the prefill worker was killed mid-job.
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
+import { ensureModel } from '../../ts/modelgen/index.ts';
+import { getWorker } from '../../ts/runtime/discovery.ts';
+import { freePort, launch, type Launched } from '../helpers/launcher.ts';
+
+const MAX_LOCAL = 64;
+const DEADLINE_MS = 8000;
+let redis: PrivateRedis;
+let client: Redis;
+let agg: Launched;
+let disagg: Launched;
+
+function tokens(seed: number, len: number): number[] {
+  let x = seed * 7919 + 17;
+  return Array.from({ length: len }, () => {
+    x = (x * 1103515245 + 12345) >>> 0;
+    return 1000 + (x % 30000);
+  });
+}
+
+async function complete(url: string, prompt: number[]): Promise<string> {
+  const res = await fetch(`${url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ prompt, max_tokens: 12, temperature: 0, ignore_eos: true }),
+  });
+  const body = (await res.json()) as { choices?: { text: string }[]; error?: unknown };
+  if (res.status !== 200) throw new Error(`HTTP ${res.status}: ${JSON.stringify(body)}`);
+  return body.choices![0]!.text;
+}
+
+// The decode worker's value of a per-worker series on the frontend's /metrics.
+async function metric(name: string): Promise<number> {
+  const text = await (await fetch(`${disagg.url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(name) && l.includes('worker_id="worker-0"'));
+  return line ? Number(line.slice(line.lastIndexOf(' ') + 1)) : 0;
+}
+
+async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000, everyMs = 100): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  throw new Error(`timed out waiting for ${what}`);
+}
+
+const prefillPid = async () => (await getWorker(client, 'kvserve', 'prefill-0'))!.pid;
+
+beforeAll(async () => {
+  const modelDir = (await ensureModel('tiny-llama')).dir;
+  redis = await startPrivateRedis();
+  client = new Redis(redis.url);
+  [agg, disagg] = await Promise.all([
+    launch(['--model', modelDir, '--http-port', String(await freePort()), '--kv-cache-memory', '64MiB']),
+    launch(['--model', modelDir, '--decode-workers', '1', '--prefill-workers', '1', '--redis-url', redis.url,
+      '--http-port', String(await freePort()), '--kv-cache-memory', '64MiB', '--max-local-prefill-length', String(MAX_LOCAL),
+      '--prefill-deadline-ms', String(DEADLINE_MS), '--restart']),
+  ]);
+}, 240_000);
+
+afterAll(async () => {
+  await Promise.all([agg?.stop(), disagg?.stop()]);
+  client?.disconnect();
+  await redis?.stop();
+});
+
+describe('disaggregated serving', () => {
+  it('gives the tokens of aggregated serving, prefilling long prompts remotely and short ones locally', async () => {
+    const long = tokens(1, 700);
+    const sharing = [...long.slice(0, 512), ...tokens(2, 200)]; // hits the decode worker's cache
+    const short = tokens(3, MAX_LOCAL - 10);
+    const before = { remote: await metric('kvserve:remote_prefills_total'), local: await metric('kvserve:local_prefills_total') };
+    for (const prompt of [long, sharing]) expect(await complete(disagg.url, prompt)).toBe(await complete(agg.url, prompt));
+    expect(await metric('kvserve:remote_prefills_total')).toBe(before.remote + 2);
+    expect(await metric('kvserve:kv_transfer_bytes_total')).toBeGreaterThan(0);
+
+    expect(await complete(disagg.url, short)).toBe(await complete(agg.url, short));
+    expect(await metric('kvserve:local_prefills_total')).toBe(before.local + 1);
+    expect(await metric('kvserve:remote_prefills_total')).toBe(before.remote + 2);
+    await until('no KV blocks held', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
+  }, 60_000);
+
+  it('prefills locally when the queue is full, and after a missed deadline, with the same tokens', async () => {
+    const pid = await prefillPid();
+    process.kill(pid, 'SIGSTOP'); // jobs pile up in the queue (default size 2)
+    try {
+      const prompts = [tokens(10, 300), tokens(11, 300), tokens(12, 300)];
+      const before = { local: await metric('kvserve:local_prefills_total'), fallbacks: await metric('kvserve:remote_prefill_fallbacks_total') };
+      const started = Date.now();
+      const first = [complete(disagg.url, prompts[0]!), complete(disagg.url, prompts[1]!)];
+      await until('two jobs queued', async () => (await client.llen('kvserve:prefill:wait')) === 2);
+      const third = await complete(disagg.url, prompts[2]!); // the queue holds 2: local at once
+      expect(Date.now() - started).toBeLessThan(DEADLINE_MS);
+      expect(await metric('kvserve:local_prefills_total')).toBe(before.local + 1);
+      const texts = await Promise.all(first); // nobody took them: local after the deadline
+      expect(Date.now() - started).toBeGreaterThanOrEqual(DEADLINE_MS);
+      expect(await metric('kvserve:remote_prefill_fallbacks_total')).toBe(before.fallbacks + 2);
+      expect([...texts, third]).toEqual(await Promise.all(prompts.map((p) => complete(agg.url, p))));
+    } finally {
+      process.kill(pid, 'SIGCONT'); // it finds the stale jobs and drops them unwritten
+    }
+    await until('stale jobs drained', async () => (await client.llen('kvserve:prefill:wait')) === 0);
+    await until('no KV blocks held', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
+  }, 60_000);
+
+  it('completes a request whose prefill worker is killed with -9 mid-job, within the deadline plus a margin', async () => {
+    const prompt = tokens(20, 3000);
+    const pid = await prefillPid();
+    const started = Date.now();
+    const text = complete(disagg.url, prompt);
+    await until('the job is active', async () => (await client.llen('kvserve:prefill:active')) > 0, 10_000, 5);
+    process.kill(pid, 'SIGKILL');
+    expect(await text).toBe(await complete(agg.url, prompt));
+    expect(Date.now() - started).toBeLessThan(DEADLINE_MS + 10_000);
+    await until('no KV blocks held', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
+    // The launcher (--restart) brings a new prefill worker, which serves the next long prompt.
+    await until('a new prefill worker', async () => (await getWorker(client, 'kvserve', 'prefill-0'))?.pid !== pid, 60_000);
+    const before = await metric('kvserve:remote_prefills_total');
+    const next = tokens(21, 400);
+    expect(await complete(disagg.url, next)).toBe(await complete(agg.url, next));
+    expect(await metric('kvserve:remote_prefills_total')).toBe(before + 1);
+  }, 120_000);
+});

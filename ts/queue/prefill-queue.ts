@@ -1,0 +1,137 @@
+// prefill-queue.ts: the remote-prefill queue (DESIGN.md section 5) on BullMQ, and the claim that
+// decides, per job, whether the prefill worker may still write into the decode worker's blocks.
+//
+// Owns: the BullMQ Queue (decode side: push, depth) and Worker (prefill side: pull), both on
+// queue `prefill` under the namespace's key prefix, and the claim keys
+// `<namespace>:prefill-claim:<request_id>`.
+// Delivery is at least once: a prefill worker that dies mid-job stops renewing its lock, the job
+// is stalled after lockDurationMs and handed to another worker (up to MAX_ATTEMPTS attempts).
+// The claim makes late writes impossible. A job's claim moves, by atomic compare-and-set, from
+//   pending --(prefill worker, just before writing)--> writing:<prefill worker id>/<instance id>
+//   pending --(decode worker: deadline passed, or request aborted)--> local | aborted
+//   writing:P --(decode worker, once P's lease is gone or held by another instance)--> local | aborted
+// so once the decode worker has moved a claim off `pending`, no prefill worker starts a write,
+// and while it reads `writing:P` it keeps the blocks until P's notification or P's death.
+// Stays true: every key expires (claims after CLAIM_TTL_MS); a Redis error rejects the call
+// (callers decide: the decode side falls back to local prefill).
+import { Queue, Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import type { RemotePrefillJob } from '../protocol/index.ts';
+
+export const PREFILL_QUEUE = 'prefill';
+export const MAX_ATTEMPTS = 3;
+export const CLAIM_TTL_MS = 10 * 60_000;
+
+export type ClaimState = 'pending' | 'local' | 'aborted' | `writing:${string}`;
+
+// Sets KEYS[1] to ARGV[2] (with a TTL of ARGV[3] ms) if it holds ARGV[1]; returns 1 if it did.
+const CAS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end return 0`;
+
+// BullMQ needs its own connections that retry commands (its blocking reads do).
+function bullConnection(url: string, name: string): Redis {
+  const r = new Redis(url, { connectionName: name, maxRetriesPerRequest: null, retryStrategy: (n) => Math.min(50 * 2 ** Math.min(n, 10), 1000) });
+  r.on('error', () => {
+    // reconnects by itself; callers see rejected commands
+  });
+  return r;
+}
+
+export class PrefillClaims {
+  constructor(
+    private readonly redis: Redis,
+    private readonly namespace: string,
+  ) {}
+
+  key(requestId: string): string {
+    return `${this.namespace}:prefill-claim:${requestId}`;
+  }
+
+  async create(requestId: string): Promise<void> {
+    await this.redis.set(this.key(requestId), 'pending', 'PX', CLAIM_TTL_MS);
+  }
+
+  async get(requestId: string): Promise<ClaimState | null> {
+    return (await this.redis.get(this.key(requestId))) as ClaimState | null;
+  }
+
+  async move(requestId: string, from: ClaimState, to: ClaimState): Promise<boolean> {
+    return (await this.redis.eval(CAS, 1, this.key(requestId), from, to, String(CLAIM_TTL_MS))) === 1;
+  }
+
+  async remove(requestId: string): Promise<void> {
+    await this.redis.del(this.key(requestId));
+  }
+}
+
+// Decode side.
+export class PrefillQueue {
+  private readonly queue: Queue;
+  private readonly connection: Redis;
+
+  constructor(redisUrl: string, namespace: string) {
+    this.connection = bullConnection(redisUrl, 'prefill-queue');
+    this.queue = new Queue(PREFILL_QUEUE, { connection: this.connection, prefix: namespace });
+    this.queue.on('error', () => {
+      // a Redis outage: push() and depth() reject meanwhile
+    });
+  }
+
+  async push(job: RemotePrefillJob): Promise<void> {
+    await this.queue.add('prefill', job, {
+      attempts: MAX_ATTEMPTS,
+      backoff: { type: 'fixed', delay: 100 },
+      removeOnComplete: true,
+      removeOnFail: true,
+    });
+  }
+
+  // Jobs not yet taken by a prefill worker.
+  async depth(): Promise<number> {
+    return this.queue.getWaitingCount();
+  }
+
+  async close(): Promise<void> {
+    await this.queue.close();
+    this.connection.disconnect();
+  }
+}
+
+export interface PrefillConsumerOptions {
+  redisUrl: string;
+  namespace: string;
+  workerId: string;
+  concurrency: number; // jobs in flight at once (the engine batches them)
+  lockDurationMs?: number; // a dead worker's job is retried after this, default 5000
+}
+
+// Prefill side: runs `handle` for each job; a throw fails the attempt (retried up to MAX_ATTEMPTS).
+export class PrefillConsumer {
+  private readonly worker: Worker<RemotePrefillJob>;
+  private readonly connection: Redis;
+
+  constructor(opts: PrefillConsumerOptions, handle: (job: RemotePrefillJob, attempt: number) => Promise<void>) {
+    this.connection = bullConnection(opts.redisUrl, `prefill-consumer-${opts.workerId}`);
+    const lockDuration = opts.lockDurationMs ?? 5000;
+    this.worker = new Worker<RemotePrefillJob>(
+      PREFILL_QUEUE,
+      (job: Job<RemotePrefillJob>) => handle(job.data, job.attemptsMade + 1),
+      {
+        connection: this.connection,
+        prefix: opts.namespace,
+        concurrency: opts.concurrency,
+        lockDuration,
+        stalledInterval: Math.max(500, Math.floor(lockDuration / 2)),
+        maxStalledCount: MAX_ATTEMPTS,
+        drainDelay: 1,
+      },
+    );
+    this.worker.on('error', () => {
+      // a Redis outage: BullMQ reconnects and resumes
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.worker.close();
+    this.connection.disconnect();
+  }
+}

@@ -1,0 +1,344 @@
+// remote-prefill.ts: both halves of disaggregated prefill in a worker (DESIGN.md sections 4-6).
+//
+// Decode side (RemotePrefillDecoder), per request, in order:
+//   1. prompts whose uncached part cannot exceed --max-local-prefill-length (n - 1 tokens at
+//      most) go straight to the engine: decided local, no round trip;
+//   2. the others are admitted with numExternalTokens = n - 1: the engine parks them with
+//      blocks for the whole prompt and reports its own prefix-cache hit (awaitingKv);
+//   3. decision: remote only if uncached = n - cached > max-local-prefill-length and the queue
+//      holds fewer than --max-prefill-queue-size jobs (each decision logged at debug, with
+//      its reason); local: completeExternalKv(false), the engine prefills from its cache;
+//   4. remote: claim `pending`, push the job (queue/prefill-queue.ts) and wait for the prefill
+//      worker's notification (completeExternalKv(true)), or for the deadline: then the claim
+//      is taken back (pending -> local) and the engine prefills locally. A client abort of a
+//      parked request takes the claim back the same way before the engine frees the blocks,
+//      so no prefill worker ever writes into blocks that were given to someone else.
+// Prefill side (PrefillJobRunner), per job: drop it if past its deadline or if the decode
+// worker restarted; run the prompt prefill-only, reading first the decode worker's cached
+// blocks this worker lacks; claim pending -> writing:<me> (else someone gave up on the job:
+// drop it); write the new blocks with the notification; release the held blocks.
+// Owns: the decode side's pending remote prefills and its counters.
+// Stays true: a parked request ends in exactly one of: notified, fallen back, aborted; a
+// duplicate or late notification is ignored.
+import type { Engine, RequestOutput } from '../native/index.ts';
+import type {
+  DisaggCounters,
+  GenerateRequest,
+  RemotePrefillDone,
+  RemotePrefillJob,
+  RequestId,
+  WorkerId,
+} from '../protocol/index.ts';
+import type { ClaimState, PrefillClaims, PrefillQueue } from '../queue/prefill-queue.ts';
+
+// What the worker needs of the native transfer agent (ts/native/transfer.ts).
+export interface KvTransfer {
+  connect(metadata: string): string; // -> the remote agent's name
+  read(remote: string, remoteBlocks: Int32Array, localBlocks: Int32Array): Promise<void>;
+  write(localBlocks: Int32Array, remote: string, remoteBlocks: Int32Array, notification: string): Promise<void>;
+}
+
+export type Log = (level: 'debug' | 'info' | 'warn', msg: string) => void;
+
+const SETTLE_RETRY_MS = 250;
+
+export function newDisaggCounters(): DisaggCounters {
+  return {
+    remote_prefills: 0,
+    local_prefills: 0,
+    fallbacks: 0,
+    prefill_queue_depth: 0,
+    remote_prefill_seconds: 0,
+    prefill_jobs: 0,
+    prefill_jobs_dropped: 0,
+    transfer_bytes: 0,
+    transfer_seconds: 0,
+  };
+}
+
+interface Pending {
+  aborted: boolean;
+  pushedAt: number; // performance.now()
+  pushed: boolean; // a job (and its claim) exists
+  timer?: NodeJS.Timeout;
+  settling: boolean;
+}
+
+export interface DecoderOptions {
+  engine: Engine;
+  workerId: WorkerId;
+  instanceId: string;
+  blockSize: number;
+  maxLocalPrefillLength: number;
+  maxPrefillQueueSize: number;
+  deadlineMs: number;
+  queue: PrefillQueue;
+  claims: PrefillClaims;
+  // Whether a writer (`<workerId>/<instanceId>`, from a writing:... claim) still holds its lease:
+  // a restarted worker keeps its id but not its instance.
+  isWriterAlive: (writer: string) => Promise<boolean>;
+  log: Log;
+}
+
+export class RemotePrefillDecoder {
+  readonly counters: DisaggCounters = newDisaggCounters();
+  private readonly pending = new Map<string, Pending>();
+
+  constructor(private readonly opts: DecoderOptions) {}
+
+  // Like Engine.generate: throws synchronously when the engine refuses the request.
+  generate(body: GenerateRequest, signal: AbortSignal): AsyncIterable<RequestOutput> {
+    const { engine, maxLocalPrefillLength } = this.opts;
+    const prompt = body.promptTokenIds ?? [];
+    if (prompt.length - 1 <= maxLocalPrefillLength) {
+      this.counters.local_prefills++;
+      this.opts.log('debug', `${body.requestId}: prefill local: prompt ${prompt.length} tokens, at most ${prompt.length - 1} uncached <= max-local-prefill-length ${maxLocalPrefillLength}`);
+      return engine.generate(body.requestId, prompt, body.sampling ?? {}, signal);
+    }
+    const stream = engine.generate(body.requestId, prompt, body.sampling ?? {}, undefined, {
+      numExternalTokens: prompt.length - 1,
+    });
+    return this.follow(body, stream, signal);
+  }
+
+  // The transfer agent's notification callback.
+  onNotification(message: string): void {
+    let done: RemotePrefillDone;
+    try {
+      done = JSON.parse(message) as RemotePrefillDone;
+    } catch {
+      this.opts.log('warn', `remote prefill: unreadable notification ${message.slice(0, 200)}`);
+      return;
+    }
+    const id = done.request_id;
+    const p = this.pending.get(id);
+    if (!p || !p.pushed) return; // duplicate, late, or not ours: ignored
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    this.counters.remote_prefills++;
+    this.counters.remote_prefill_seconds += (performance.now() - p.pushedAt) / 1000;
+    this.counters.transfer_bytes += (done.blocks_written + done.blocks_read) * this.opts.engine.info.kvBlockBytes;
+    this.opts.claims.remove(id).catch(() => undefined); // it expires anyway
+    this.opts.log('debug', `${id}: remote prefill by ${done.prefill_worker_id} done (${done.blocks_written} blocks written, ${done.blocks_read} read)`);
+    if (p.aborted) this.opts.engine.abort(id);
+    else this.opts.engine.completeExternalKv(id, true);
+  }
+
+  private async *follow(body: GenerateRequest, stream: AsyncIterable<RequestOutput>, signal: AbortSignal) {
+    const id = body.requestId;
+    const onAbort = () => this.abort(id);
+    if (signal.aborted) onAbort();
+    else signal.addEventListener('abort', onAbort, { once: true });
+    try {
+      for await (const o of stream) {
+        if (o.awaitingKv) void this.decide(body, o);
+        else yield o;
+      }
+    } finally {
+      signal.removeEventListener('abort', onAbort);
+    }
+  }
+
+  private abort(id: RequestId): void {
+    const p = this.pending.get(id);
+    if (!p) return this.opts.engine.abort(id); // not parked (or not yet): nothing can write
+    p.aborted = true;
+    if (p.pushed) void this.settle(id, p);
+    // still deciding: decide() sees the flag
+  }
+
+  private async decide(body: GenerateRequest, parked: RequestOutput): Promise<void> {
+    const { engine, blockSize, maxLocalPrefillLength, maxPrefillQueueSize, log } = this.opts;
+    const id = body.requestId;
+    const p: Pending = { aborted: this.pending.get(id)?.aborted ?? false, pushedAt: 0, pushed: false, settling: false };
+    this.pending.set(id, p);
+    const n = body.promptTokenIds.length;
+    const uncached = n - parked.numCachedTokens;
+    let reason: string | undefined;
+    if (uncached <= maxLocalPrefillLength) {
+      reason = `uncached ${uncached} <= max-local-prefill-length ${maxLocalPrefillLength}`;
+    } else {
+      try {
+        const depth = await this.opts.queue.depth();
+        this.counters.prefill_queue_depth = depth;
+        if (depth >= maxPrefillQueueSize) reason = `prefill queue holds ${depth} >= max-prefill-queue-size ${maxPrefillQueueSize}`;
+      } catch (err) {
+        reason = `prefill queue unreachable (${(err as Error).message})`;
+      }
+    }
+    if (p.aborted) {
+      this.pending.delete(id);
+      return engine.abort(id);
+    }
+    if (reason !== undefined) {
+      this.pending.delete(id);
+      this.counters.local_prefills++;
+      log('debug', `${id}: prefill local: ${reason}`);
+      return engine.completeExternalKv(id, false);
+    }
+    const job: RemotePrefillJob = {
+      request_id: id,
+      decode_worker_id: this.opts.workerId,
+      decode_instance_id: this.opts.instanceId,
+      token_ids: body.promptTokenIds,
+      block_ids: parked.blockIds ?? [],
+      computed_block_count: Math.floor(parked.numCachedTokens / blockSize),
+      sampling_params: body.sampling,
+      deadline_ms: Date.now() + this.opts.deadlineMs,
+    };
+    try {
+      await this.opts.claims.create(id);
+      p.pushed = true; // from here on only the claim decides who may write
+      p.pushedAt = performance.now();
+      await this.opts.queue.push(job);
+    } catch (err) {
+      log('debug', `${id}: prefill local: cannot queue the job (${(err as Error).message})`);
+      if (!p.pushed) {
+        this.pending.delete(id);
+        this.counters.local_prefills++;
+        return p.aborted ? engine.abort(id) : engine.completeExternalKv(id, false);
+      }
+      return this.settle(id, p); // the claim exists: take it back before prefilling locally
+    }
+    log('debug', `${id}: prefill remote: uncached ${uncached} > ${maxLocalPrefillLength}, ${job.block_ids.length - job.computed_block_count} blocks to write`);
+    p.timer = setTimeout(() => void this.settle(id, p), this.opts.deadlineMs);
+    if (p.aborted) void this.settle(id, p);
+  }
+
+  // Takes the claim back (pending -> local/aborted; writing:P -> ... once P is dead), then
+  // prefills locally or aborts. Retries while Redis is away; a notification meanwhile wins.
+  private async settle(id: RequestId, p: Pending): Promise<void> {
+    if (p.settling) return;
+    p.settling = true;
+    clearTimeout(p.timer);
+    const to: ClaimState = p.aborted ? 'aborted' : 'local';
+    while (this.pending.get(id) === p) {
+      try {
+        let state: ClaimState | null = 'pending';
+        if (!(await this.opts.claims.move(id, 'pending', to))) {
+          state = await this.opts.claims.get(id);
+          if (state === null) break; // expired: nobody holds it any more
+          if (state.startsWith('writing:')) {
+            const writer = state.slice('writing:'.length);
+            if (await this.opts.isWriterAlive(writer)) {
+              await new Promise((r) => setTimeout(r, SETTLE_RETRY_MS));
+              continue; // its notification is on the way
+            }
+            if (!(await this.opts.claims.move(id, state, to))) continue;
+          } else if (state !== to) {
+            continue;
+          }
+        }
+        break;
+      } catch {
+        await new Promise((r) => setTimeout(r, SETTLE_RETRY_MS));
+      }
+    }
+    if (this.pending.get(id) !== p) return; // notified meanwhile
+    this.pending.delete(id);
+    if (p.aborted) return this.opts.engine.abort(id);
+    this.counters.fallbacks++;
+    this.opts.log('info', `${id}: remote prefill missed its deadline: prefilling locally`);
+    this.opts.engine.completeExternalKv(id, false);
+  }
+
+  get numPending(): number {
+    return this.pending.size;
+  }
+}
+
+export interface RunnerOptions {
+  engine: Engine;
+  transfer: KvTransfer;
+  workerId: WorkerId;
+  instanceId: string; // this process's discovery instance: names it in writing:... claims
+  blockSize: number;
+  claims: PrefillClaims;
+  // The decode worker's current lease: its instanceId and transfer metadata (null: gone).
+  lookupWorker: (workerId: string) => Promise<{ instanceId: string; transfer?: string } | null>;
+  log: Log;
+}
+
+export class PrefillJobRunner {
+  readonly counters: DisaggCounters = newDisaggCounters();
+  private readonly peers = new Map<string, { metadata: string; name: string }>();
+
+  constructor(private readonly opts: RunnerOptions) {}
+
+  async run(job: RemotePrefillJob, attempt: number): Promise<void> {
+    const { engine, transfer, blockSize, claims, log, workerId } = this.opts;
+    const id = job.request_id;
+    if (Date.now() > job.deadline_ms) return this.drop(id, 'past its deadline');
+    const peer = await this.peer(job);
+    if (!peer) return this.drop(id, `decode worker ${job.decode_worker_id} restarted or left`);
+
+    const localId = `${id}#prefill-${attempt}`;
+    const first = job.computed_block_count;
+    let held: number[] | undefined;
+    let read = 0;
+    const stream = engine.generate(localId, job.token_ids, { maxTokens: 1, temperature: 0 }, undefined, {
+      prefillOnly: true,
+      numExternalTokens: first * blockSize,
+    });
+    try {
+      for await (const o of stream) {
+        if (o.awaitingKv) {
+          // Blocks [cached, first) are on the decode worker only: read them, or compute them.
+          const from = Math.floor(o.numCachedTokens / blockSize);
+          const t0 = performance.now();
+          try {
+            await transfer.read(peer, Int32Array.from(job.block_ids.slice(from, first)), Int32Array.from(o.blockIds!.slice(from, first)));
+            read = first - from;
+            this.count(read, t0);
+            engine.completeExternalKv(localId, true);
+          } catch (err) {
+            log('warn', `${id}: reading the decode worker's cached blocks failed (${(err as Error).message}): computing them`);
+            engine.completeExternalKv(localId, false);
+          }
+        } else if (o.finishReason === 'prefilled') {
+          held = o.blockIds;
+        } else if (o.finishReason) {
+          throw new Error(`prefill of ${id} ended with ${o.finishReason}${o.error ? `: ${o.error}` : ''}`);
+        }
+      }
+      if (!held) throw new Error(`prefill of ${id} ended without its blocks`);
+      if (Date.now() > job.deadline_ms) return this.drop(id, 'computed after its deadline');
+      const writing: ClaimState = `writing:${workerId}/${this.opts.instanceId}`;
+      if (!(await claims.move(id, 'pending', writing))) return this.drop(id, 'the decode worker took it back');
+      const done: RemotePrefillDone = { request_id: id, prefill_worker_id: workerId, blocks_written: held.length - first, blocks_read: read };
+      const t0 = performance.now();
+      try {
+        await transfer.write(Int32Array.from(held.slice(first)), peer, Int32Array.from(job.block_ids.slice(first, held.length)), JSON.stringify(done));
+      } catch (err) {
+        await claims.move(id, writing, 'pending').catch(() => undefined); // a retry or the fallback takes it
+        throw err;
+      }
+      this.count(done.blocks_written, t0);
+      this.counters.prefill_jobs++;
+    } finally {
+      if (held) engine.releaseHeld(localId);
+      else engine.abort(localId);
+    }
+  }
+
+  private drop(id: string, why: string): void {
+    this.counters.prefill_jobs_dropped++;
+    this.opts.log('debug', `${id}: job dropped: ${why}`);
+  }
+
+  private count(blocks: number, since: number): void {
+    this.counters.transfer_bytes += blocks * this.opts.engine.info.kvBlockBytes;
+    this.counters.transfer_seconds += (performance.now() - since) / 1000;
+  }
+
+  // The decode worker's agent, connected once per instance (reconnected after a restart).
+  private async peer(job: RemotePrefillJob): Promise<string | undefined> {
+    const lease = await this.opts.lookupWorker(job.decode_worker_id);
+    if (!lease || lease.instanceId !== job.decode_instance_id || !lease.transfer) return undefined;
+    const known = this.peers.get(job.decode_worker_id);
+    if (known && known.metadata === lease.transfer) return known.name;
+    const name = this.opts.transfer.connect(lease.transfer);
+    this.peers.set(job.decode_worker_id, { metadata: lease.transfer, name });
+    return name;
+  }
+}
