@@ -477,7 +477,6 @@ Napi::Value CpuKernelInfo(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("isa", isa);
   o.Set("path", k.path);
-  o.Set("onednn", k.onednn);
   return o;
 }
 

@@ -231,7 +231,6 @@ export declare function readBandwidthGBs(bytes?: number, threads?: number): numb
 export interface NativeCpuKernelInfo {
   isa: string[]; // detected: 'avx2', 'avx512', 'avx512_bf16', 'amx_bf16'
   path: string; // the kernel path in use: 'reference' | 'avx2' | 'avx512' | 'amx' (KVSERVE_CPU_KERNELS forces one)
-  onednn: boolean; // whether a oneDNN GEMM is in the path
 }
 export declare function cpuKernelInfo(): NativeCpuKernelInfo;
 export declare const version: string;

@@ -16,7 +16,7 @@
 // 'fatal' ERR_REDIS_UNAVAILABLE); later outages are ridden out (events buffered, lease
 // re-created on reconnect).
 import { randomUUID } from 'node:crypto';
-import { Engine, TransferAgent, type EngineOptions } from '../native/index.ts';
+import { Engine, TransferAgent, loadAddon, type EngineOptions } from '../native/index.ts';
 import type { DisaggCounters, WorkerId, WorkerInfo, WorkerRole } from '../protocol/index.ts';
 import { PrefillClaims, PrefillConsumer, PrefillQueue } from '../queue/prefill-queue.ts';
 import { DEFAULT_LEASE_TTL_MS, DEFAULT_NAMESPACE, WorkerLease, getWorker } from '../runtime/discovery.ts';
@@ -94,6 +94,8 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
+  const cpu = loadAddon().cpuKernelInfo();
+  console.error(`[${cfg.workerId}] engine: ${engine.info.backend}, ${engine.info.kernels} kernels (path ${cpu.path}; CPU has ${cpu.isa.join(', ') || 'no SIMD extension we use'})`);
   const info = (address: string, requestPlane: string): WorkerInfo => ({
     workerId: cfg.workerId as WorkerId,
     role: cfg.role,

@@ -81,7 +81,6 @@ const CpuKernels& cpu_kernels();
 struct CpuKernelInfo {
   std::vector<std::string> isa;  // detected: "avx2", "avx512", "avx512_bf16", "amx_bf16"
   std::string path;              // cpu_kernels().name
-  bool onednn = false;           // whether a oneDNN GEMM is in the path
 };
 CpuKernelInfo cpu_kernel_info();
 
