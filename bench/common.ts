@@ -8,7 +8,9 @@ import path from 'node:path';
 const agent = new http.Agent({ keepAlive: true, maxSockets: 256 });
 
 // POSTs body to `${url}/v1/completions` with stream: true and calls onEvent for every SSE data
-// event that carries JSON, with the time its bytes arrived. Resolves when the stream ends.
+// event that carries JSON, with the time its bytes arrived. Resolves when the stream ends;
+// rejects on a status other than 200 with the status and the error body's message, and with
+// what onEvent throws (the request is then dropped).
 export function streamCompletion(url: string, body: unknown, onEvent: (data: Record<string, unknown>, now: number) => void): Promise<void> {
   const text = JSON.stringify(body);
   return new Promise((resolve, reject) => {
@@ -16,21 +18,27 @@ export function streamCompletion(url: string, body: unknown, onEvent: (data: Rec
       `${url}/v1/completions`,
       { method: 'POST', agent, headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) } },
       (res) => {
+        res.setEncoding('utf8');
         if (res.statusCode !== 200) {
-          res.resume();
-          reject(new Error(`HTTP ${res.statusCode}`));
+          let body = '';
+          res.on('data', (d: string) => (body += d));
+          res.on('end', () => reject(new Error(`HTTP ${res.statusCode}: ${errorMessage(body)}`)));
           return;
         }
-        res.setEncoding('utf8');
         let buf = '';
         res.on('data', (chunk: string) => {
           const now = performance.now();
           buf += chunk;
           let i: number;
-          while ((i = buf.indexOf('\n\n')) >= 0) {
-            const event = buf.slice(0, i);
-            buf = buf.slice(i + 2);
-            if (event.startsWith('data: {')) onEvent(JSON.parse(event.slice(6)) as Record<string, unknown>, now);
+          try {
+            while ((i = buf.indexOf('\n\n')) >= 0) {
+              const event = buf.slice(0, i);
+              buf = buf.slice(i + 2);
+              if (event.startsWith('data: {')) onEvent(JSON.parse(event.slice(6)) as Record<string, unknown>, now);
+            }
+          } catch (err) {
+            req.destroy();
+            reject(err as Error);
           }
         });
         res.on('end', resolve);
@@ -40,6 +48,17 @@ export function streamCompletion(url: string, body: unknown, onEvent: (data: Rec
     req.on('error', reject);
     req.end(text);
   });
+}
+
+// The message of an OpenAI error body, else the body itself (cut short).
+function errorMessage(body: string): string {
+  try {
+    const message = (JSON.parse(body) as { error?: { message?: unknown } }).error?.message;
+    if (typeof message === 'string') return message;
+  } catch {
+    // not JSON: the text itself
+  }
+  return body.slice(0, 200);
 }
 
 // GETs a URL's body as text over the same keep-alive agent.
