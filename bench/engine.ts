@@ -1,28 +1,56 @@
-// bench/engine.ts: `npm run bench:engine`: engine speed on a Llama-3.2-1B-shaped bf16 model
-// (16 layers, hidden 2048, 32 heads, 8 KV heads, FFN 8192, vocab 128256, tied), generated once
-// and cached. Measures decode tokens/s at batch 1, 8 and 32 and prefill tokens/s for a
-// 512-token prompt; prints a table and writes JSON (bench/results/engine-<time>.json).
+// bench/engine.ts: `npm run bench:engine`: the engine's CPU speed against the hardware and against
+// llama.cpp, on a Llama-3.2-1B-shaped bf16 model (16 layers, hidden 2048, 32 heads, 8 KV heads,
+// FFN 8192, vocab 128256, tied; random weights: speed depends only on shapes and dtypes),
+// generated once and cached. One run measures:
+// - ours: decode tokens/s at batch 1, 8 and 32, prefill tokens/s of a 512-token prompt;
+// - memory read bandwidth (the addon's STREAM-like readBandwidthGBs probe) and the batch-1 decode
+//   roofline: bandwidth / weight bytes read per token (all weights; the lm_head included);
+// - llama.cpp (node-llama-cpp 3.21.1, CPU, same thread count) on GGUFs of the same model in BF16
+//   and F16 (written by bench/gguf, cached next to the model): batch-1 decode and prompt
+//   processing of the same 512 tokens;
+// then prints a table of our/llama.cpp ratios against issue 6's targets and writes JSON
+// (bench/results/engine-<time>.json).
 //
-// Flags: --model DIR (another model), --preset NAME (default llama-3.2-1b), --threads N,
-//        --decode-tokens N (per request, default 16), --batches 1,8,32, --prefill-len 512,
-//        --out FILE.
+// Flags: --model DIR (another Llama model), --preset NAME (default llama-3.2-1b), --threads N
+//        (default 2), --decode-tokens N (per request, default 16), --batches 1,8,32,
+//        --prefill-len 512, --llamacpp bf16,f16 (GGUF dtypes; 'none' skips llama.cpp),
+//        --repeat N (rounds; each figure is the fastest of its N: the machine is shared), --out FILE.
+
 import os from 'node:os';
 import { parseArgs } from 'node:util';
-import { Engine, collect } from '../ts/native/index.ts';
+
 import { ensureModel } from '../ts/modelgen/index.ts';
+import { collect, Engine, loadAddon } from '../ts/native/index.ts';
 import { writeResult } from './common.ts';
+import { ensureGguf, type GgufDtype } from './gguf/hf-to-gguf.ts';
+import { llamaCppSpeed, openLlamaCpp, type LlamaCppSession, type LlamaCppSpeed } from './llamacpp.ts';
 
 const { values: args } = parseArgs({
   options: {
     model: { type: 'string' },
     preset: { type: 'string', default: 'llama-3.2-1b' },
-    threads: { type: 'string', default: '0' },
+    threads: { type: 'string', default: '2' },
     'decode-tokens': { type: 'string', default: '16' },
     batches: { type: 'string', default: '1,8,32' },
     'prefill-len': { type: 'string', default: '512' },
+    llamacpp: { type: 'string', default: 'bf16,f16' },
+    repeat: { type: 'string', default: '1' },
     out: { type: 'string' },
   },
 });
+
+// Issue 6's targets on this 2-core machine.
+const TARGET = { decodeVsLlamaCppBf16: 1.2, decodeRooflineFraction: 0.87, prefillTokensPerSecond: 800, prefillVsLlamaCppBf16: 5, batch32VsBatch1: 10 };
+
+interface Rate {
+  tokens: number;
+  seconds: number;
+  tokensPerSecond: number;
+}
+
+function rate(tokens: number, seconds: number): Rate {
+  return { tokens, seconds, tokensPerSecond: tokens / seconds };
+}
 
 function promptOf(seed: number, len: number): number[] {
   let x = seed + 1;
@@ -32,16 +60,40 @@ function promptOf(seed: number, len: number): number[] {
   });
 }
 
-async function main() {
-  const t0 = performance.now();
-  const modelDir = args.model ?? (await ensureModel(args.preset!)).dir;
-  console.log(`model: ${modelDir} (ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
-  const prefillLen = Number(args['prefill-len']);
-  const decodeTokens = Number(args['decode-tokens']);
-  const batches = args.batches!.split(',').map(Number);
+const threads = Number(args.threads);
+const prefillLen = Number(args['prefill-len']);
+const decodeTokens = Number(args['decode-tokens']);
+const batches = args.batches!.split(',').map(Number);
+const ggufDtypes = args.llamacpp === 'none' ? [] : (args.llamacpp!.split(',') as GgufDtype[]);
+const repeat = Number(args.repeat);
+const prefillPrompt = promptOf(99, prefillLen);
+
+// Decode: B requests with 16-token prompts; timed from the step where the last first token
+// arrived to the end, counting only tokens produced in that window.
+async function measureDecode(engine: Engine, B: number, idPrefix: string): Promise<Rate> {
+  let firstAt = 0;
+  let firstSeen = 0;
+  let tokensAfter = 0;
+  await Promise.all(
+    Array.from({ length: B }, async (_, i) => {
+      let seen = false;
+      for await (const o of engine.generate(`${idPrefix}-${i}`, promptOf(i, 16), { temperature: 0, ignoreEos: true, maxTokens: decodeTokens })) {
+        if (!seen) {
+          seen = true;
+          if (++firstSeen === B) firstAt = performance.now();
+          continue;
+        }
+        if (firstSeen === B) tokensAfter += o.newTokenIds.length;
+      }
+    }),
+  );
+  return rate(tokensAfter, (performance.now() - firstAt) / 1000);
+}
+
+function openEngine(modelDir: string): Engine {
   const engine = new Engine({
     modelDir,
-    numThreads: Number(args.threads),
+    numThreads: threads,
     maxModelLen: Math.max(prefillLen + 8, 512),
     maxNumSeqs: Math.max(...batches),
     maxNumBatchedTokens: Math.max(prefillLen, ...batches),
@@ -49,55 +101,151 @@ async function main() {
     kvCacheBytes: 1 << 30,
   });
   const info = engine.info;
-  console.log(`engine: backend ${info.backend}, kernels ${info.kernels}, KV ${info.kvCacheDtype}, ${info.numKvBlocks} blocks`);
+  console.log(`engine: backend ${info.backend}, kernels ${info.kernels}, KV ${info.kvCacheDtype}, ${info.numKvBlocks} blocks, ${threads} threads`);
+  return engine;
+}
 
-  const rows: { name: string; tokens: number; seconds: number; tokensPerSecond: number }[] = [];
-  let id = 0;
+interface OurRound {
+  decode: (Rate & { batch: number })[];
+  prefill: Rate;
+}
 
-  // Decode: B requests with short prompts; time from the step where the last first token
-  // arrived to the end, counting only tokens produced in that window.
-  for (const B of batches) {
-    let firstAt = 0;
-    let firstSeen = 0;
-    let tokensAfter = 0;
-    const runs = Array.from({ length: B }, (_, i) =>
-      (async () => {
-        let seen = false;
-        for await (const o of engine.generate(`d${id++}`, promptOf(i, 16), { temperature: 0, ignoreEos: true, maxTokens: decodeTokens })) {
-          if (!seen) {
-            seen = true;
-            if (++firstSeen === B) firstAt = performance.now();
-            continue;
-          }
-          if (firstSeen === B) tokensAfter += o.newTokenIds.length;
-        }
-      })(),
-    );
-    await Promise.all(runs);
-    const seconds = (performance.now() - firstAt) / 1000;
-    rows.push({ name: `decode batch ${B}`, tokens: tokensAfter, seconds, tokensPerSecond: tokensAfter / seconds });
-    console.log(`decode batch ${B}: ${(tokensAfter / seconds).toFixed(2)} tok/s`);
+// One round of our measurements, after a warm-up request that pages the weights in
+// (llamaCppSpeed does the same for llama.cpp).
+async function measureOurs(engine: Engine, round: number): Promise<OurRound> {
+  await collect(engine.generate(`warmup-${round}`, promptOf(0, 8), { temperature: 0, maxTokens: 2 }));
+  const decode: OurRound['decode'] = [];
+  for (const B of batches) decode.push({ batch: B, ...(await measureDecode(engine, B, `d${B}-${round}`)) });
+  const start = performance.now();
+  await collect(engine.generate(`prefill-${round}`, prefillPrompt, { temperature: 0, maxTokens: 1 }));
+  const prefill = rate(prefillLen, (performance.now() - start) / 1000);
+  console.log(`ours: decode ${decode.map((d) => `batch ${d.batch} ${d.tokensPerSecond.toFixed(2)}`).join(', ')} tok/s; prefill ${prefillLen} ${prefill.tokensPerSecond.toFixed(1)} tok/s`);
+  return { decode, prefill };
+}
+
+interface Peer {
+  dtype: GgufDtype;
+  gguf: string;
+  session: LlamaCppSession;
+}
+
+async function openPeers(modelDir: string): Promise<Peer[]> {
+  const peers: Peer[] = [];
+  for (const dtype of ggufDtypes) {
+    const t0 = performance.now();
+    const gguf = await ensureGguf(modelDir, dtype);
+    console.log(`llama.cpp ${dtype}: ${gguf} (ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+    peers.push({ dtype, gguf, session: await openLlamaCpp(gguf, { threads, contextSize: prefillLen + 64, batchSize: prefillLen }) });
   }
+  return peers;
+}
 
-  // Prefill: one prompt of prefillLen tokens, one output token.
-  {
-    const start = performance.now();
-    await collect(engine.generate(`p${id++}`, promptOf(99, prefillLen), { temperature: 0, maxTokens: 1 }));
-    const seconds = (performance.now() - start) / 1000;
-    rows.push({ name: `prefill ${prefillLen}`, tokens: prefillLen, seconds, tokensPerSecond: prefillLen / seconds });
-    console.log(`prefill ${prefillLen}: ${(prefillLen / seconds).toFixed(1)} tok/s`);
+async function measurePeer(peer: Peer): Promise<LlamaCppSpeed> {
+  const speed = await llamaCppSpeed(peer.session.seq, prefillPrompt, decodeTokens);
+  console.log(`llama.cpp ${peer.dtype}: decode batch 1 ${speed.decodeTokensPerSecond.toFixed(2)} tok/s; prefill ${prefillLen} ${speed.prefillTokensPerSecond.toFixed(1)} tok/s`);
+  return speed;
+}
+
+const faster = <T extends { tokensPerSecond: number }>(a: T, b: T): T => (b.tokensPerSecond > a.tokensPerSecond ? b : a);
+
+function probeBandwidth(): number {
+  const GBs = loadAddon().readBandwidthGBs(undefined, threads);
+  console.log(`bandwidth: ${GBs.toFixed(1)} GB/s read, ${threads} threads`);
+  return GBs;
+}
+
+const fmt = (x: number | undefined, digits = 2) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(digits));
+const times = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? '-' : `${x.toFixed(2)}x`);
+const pct = (x: number | undefined) => (x === undefined ? '-' : `${(100 * x).toFixed(0)}%`);
+
+async function main() {
+  const loadBefore = os.loadavg();
+  const t0 = performance.now();
+  const modelDir = args.model ?? (await ensureModel(args.preset!)).dir;
+  console.log(`model: ${modelDir} (ready in ${((performance.now() - t0) / 1000).toFixed(1)} s); load average ${loadBefore.map((l) => l.toFixed(2)).join(' ')}`);
+
+  const engine = openEngine(modelDir);
+  const info = engine.info;
+  const peers = await openPeers(modelDir);
+  // Rounds interleave the bandwidth probe, ours and llama.cpp, so that load from other processes
+  // hits all alike; each figure is the best of its rounds.
+  const rounds: { GBs: number; ours: OurRound; peers: LlamaCppSpeed[] }[] = [];
+  try {
+    for (let round = 0; round < repeat; round++) {
+      const GBs = probeBandwidth();
+      const ours = await measureOurs(engine, round);
+      const speeds: LlamaCppSpeed[] = [];
+      for (const peer of peers) speeds.push(await measurePeer(peer));
+      rounds.push({ GBs, ours, peers: speeds });
+    }
+  } finally {
+    await engine.close();
+    for (const peer of peers) await peer.session.close();
   }
-  await engine.close();
+  const bandwidth = { GBs: Math.max(...rounds.map((r) => r.GBs)), threads };
+  const ours: OurRound = {
+    decode: batches.map((_, i) => rounds.map((r) => r.ours.decode[i]!).reduce(faster)),
+    prefill: rounds.map((r) => r.ours.prefill).reduce(faster),
+  };
+  const llamacpp: Partial<Record<GgufDtype, LlamaCppSpeed & { gguf: string }>> = {};
+  peers.forEach((peer, i) => {
+    const runs = rounds.map((r) => r.peers[i]!);
+    llamacpp[peer.dtype] = {
+      gguf: peer.gguf,
+      ...runs[0]!,
+      decodeTokensPerSecond: Math.max(...runs.map((r) => r.decodeTokensPerSecond)),
+      prefillTokensPerSecond: Math.max(...runs.map((r) => r.prefillTokensPerSecond)),
+    };
+  });
 
-  console.log('\n| measurement | tokens | seconds | tokens/s |\n|---|---:|---:|---:|');
-  for (const r of rows) console.log(`| ${r.name} | ${r.tokens} | ${r.seconds.toFixed(2)} | ${r.tokensPerSecond.toFixed(2)} |`);
+  const bytesPerToken = info.model.weightBytes;
+  const rooflineTokensPerSecond = (bandwidth.GBs * 1e9) / bytesPerToken;
+  const b1 = ours.decode.find((d) => d.batch === 1)?.tokensPerSecond;
+  const b32 = ours.decode.find((d) => d.batch === 32)?.tokensPerSecond;
+  const prefill = ours.prefill.tokensPerSecond;
+  const { bf16, f16 } = llamacpp;
+  const ofRoofline = (x: number | undefined) => (x === undefined ? undefined : x / rooflineTokensPerSecond);
+  const ratio = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a / b);
+
+  const targets = [
+    { name: 'batch-1 decode / llama.cpp BF16', value: ratio(b1, bf16?.decodeTokensPerSecond), target: TARGET.decodeVsLlamaCppBf16, show: times },
+    { name: 'batch-1 decode / roofline', value: ofRoofline(b1), target: TARGET.decodeRooflineFraction, show: pct },
+    { name: `prefill ${prefillLen}, tok/s`, value: prefill, target: TARGET.prefillTokensPerSecond, show: (x?: number) => fmt(x, 1) },
+    { name: 'prefill / llama.cpp BF16', value: ratio(prefill, bf16?.prefillTokensPerSecond), target: TARGET.prefillVsLlamaCppBf16, show: times },
+    { name: 'batch-32 decode / batch-1 decode', value: ratio(b32, b1), target: TARGET.batch32VsBatch1, show: times },
+  ];
+
+  console.log(`\nroofline: ${(bytesPerToken / 1e9).toFixed(2)} GB of weights per decoded token / ${bandwidth.GBs.toFixed(1)} GB/s = ${fmt(rooflineTokensPerSecond)} tok/s`);
+  console.log('\n| tokens/s | ours | llama.cpp BF16 | llama.cpp F16 | ours / BF16 | ours / F16 |\n|---|---:|---:|---:|---:|---:|');
+  for (const d of ours.decode) {
+    const [lb, lf] = d.batch === 1 ? [bf16?.decodeTokensPerSecond, f16?.decodeTokensPerSecond] : [undefined, undefined];
+    console.log(`| decode batch ${d.batch} | ${fmt(d.tokensPerSecond)} | ${fmt(lb)} | ${fmt(lf)} | ${times(ratio(d.tokensPerSecond, lb))} | ${times(ratio(d.tokensPerSecond, lf))} |`);
+  }
+  console.log(`| prefill ${prefillLen} | ${fmt(prefill, 1)} | ${fmt(bf16?.prefillTokensPerSecond, 1)} | ${fmt(f16?.prefillTokensPerSecond, 1)} | ${times(ratio(prefill, bf16?.prefillTokensPerSecond))} | ${times(ratio(prefill, f16?.prefillTokensPerSecond))} |`);
+  console.log(`| batch-1 decode / roofline | ${pct(ofRoofline(b1))} | ${pct(ofRoofline(bf16?.decodeTokensPerSecond))} | ${pct(ofRoofline(f16?.decodeTokensPerSecond))} | | |`);
+  console.log('\n| issue 6 target | measured | target | met |\n|---|---:|---:|---|');
+  for (const t of targets) {
+    const met = t.value === undefined ? '-' : t.value >= t.target ? 'yes' : 'no';
+    console.log(`| ${t.name} | ${t.show(t.value)} | >= ${t.show(t.target)} | ${met} |`);
+  }
 
   const result = {
     date: new Date().toISOString(),
-    machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, memoryGiB: Math.round(os.totalmem() / 2 ** 30) },
+    machine: {
+      cpus: os.cpus().length,
+      model: os.cpus()[0]?.model,
+      memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+      loadAverageBefore: loadBefore,
+      loadAverageAfter: os.loadavg(),
+    },
     model: { dir: modelDir, ...info.model },
-    engine: { backend: info.backend, kernels: info.kernels, kvCacheDtype: info.kvCacheDtype, threads: Number(args.threads) },
-    results: rows,
+    engine: { backend: info.backend, kernels: info.kernels, kvCacheDtype: info.kvCacheDtype, threads, cpuKernelInfo: loadAddon().cpuKernelInfo() },
+    repeat,
+    bandwidth,
+    roofline: { weightBytesPerToken: bytesPerToken, tokensPerSecond: rooflineTokensPerSecond },
+    ours: { decode: ours.decode, prefill: { promptTokens: prefillLen, ...ours.prefill } },
+    llamacpp: { package: 'node-llama-cpp 3.21.1', ...llamacpp },
+    targets: targets.map(({ show: _, ...t }) => ({ ...t, met: t.value === undefined ? null : t.value >= t.target })),
   };
   writeResult('engine', result, args.out);
 }
