@@ -8,6 +8,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
+import type { WorkerLoad } from '../../ts/protocol/index.ts';
 import { getWorker } from '../../ts/runtime/discovery.ts';
 import { freePort, launch, type Launched } from '../helpers/launcher.ts';
 
@@ -112,13 +113,46 @@ describe('disaggregated serving', () => {
     await until('no KV blocks held', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
   }, 60_000);
 
+  it('a client that gives up on a queued prompt frees its blocks, and the job is dropped unwritten', async () => {
+    const prefill = (await getWorker(client, 'kvserve', 'prefill-0'))!;
+    const counters = async () => ((await (await fetch(`${prefill.address}/load`)).json()) as WorkerLoad).disagg!;
+    const before = await counters();
+    const pid = prefill.pid;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      const abort = new AbortController();
+      const res = fetch(`${disagg.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ prompt: tokens(30, 400), max_tokens: 8, stream: true }),
+        signal: abort.signal,
+      }).then((r) => r.text());
+      await until('the job queued', async () => (await client.llen('kvserve:prefill:wait')) === 1);
+      expect(await metric('kvserve:worker_kv_active_blocks')).toBeGreaterThan(0);
+      abort.abort();
+      await expect(res).rejects.toThrow();
+      await until('blocks freed', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
+      const claims = await client.keys('kvserve:prefill-claim:*');
+      expect(await Promise.all(claims.map((k) => client.get(k)))).toContain('aborted');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    // The prefill worker takes the job, finds its claim taken back, and drops it unwritten.
+    await until('the job dropped', async () => (await counters()).prefill_jobs_dropped > before.prefill_jobs_dropped);
+    expect((await counters()).prefill_jobs).toBe(before.prefill_jobs);
+    expect(await metric('kvserve:worker_kv_active_blocks')).toBe(0);
+  }, 60_000);
+
   it('completes a request whose prefill worker is killed with -9 mid-job, within the deadline plus a margin', async () => {
-    const prompt = tokens(20, 3000);
+    const prompt = tokens(20, 6000);
     const pid = await prefillPid();
     const started = Date.now();
     const text = complete(disagg.url, prompt);
     await until('the job is active', async () => (await client.llen('kvserve:prefill:active')) > 0, 10_000, 5);
     process.kill(pid, 'SIGKILL');
+    // It died mid-job: the job's claim is still `pending` (a prefill worker claims just before writing).
+    const claims = await client.keys('kvserve:prefill-claim:*');
+    expect(await Promise.all(claims.map((k) => client.get(k)))).toContain('pending');
     expect(await text).toBe(await complete(agg.url, prompt));
     expect(Date.now() - started).toBeLessThan(DEADLINE_MS + 10_000);
     await until('no KV blocks held', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);

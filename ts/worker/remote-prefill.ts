@@ -56,10 +56,16 @@ export function newDisaggCounters(): DisaggCounters {
   };
 }
 
+// A long prompt's life on the decode side:
+//   parking   admitted with numExternalTokens, not yet parked by the engine (or its awaitingKv
+//             output not yet read): no job can exist, an abort goes straight to the engine;
+//   deciding  decide() runs (awaits the queue depth, the claim): an abort only sets the flag,
+//             and decide() acts on it at its end;
+//   pushed    the claim exists: only settle() (claim taken back) or the notification ends it.
 interface Pending {
+  state: 'parking' | 'deciding' | 'pushed';
   aborted: boolean;
   pushedAt: number; // performance.now()
-  pushed: boolean; // a job (and its claim) exists
   timer?: NodeJS.Timeout;
   settling: boolean;
 }
@@ -98,6 +104,7 @@ export class RemotePrefillDecoder {
     const stream = engine.generate(body.requestId, prompt, body.sampling ?? {}, undefined, {
       numExternalTokens: prompt.length - 1,
     });
+    this.pending.set(body.requestId, { state: 'parking', aborted: false, pushedAt: 0, settling: false });
     return this.follow(body, stream, signal);
   }
 
@@ -112,7 +119,7 @@ export class RemotePrefillDecoder {
     }
     const id = done.request_id;
     const p = this.pending.get(id);
-    if (!p || !p.pushed) return; // duplicate, late, or not ours: ignored
+    if (!p || p.state !== 'pushed') return; // duplicate, late, or not ours: ignored
     this.pending.delete(id);
     clearTimeout(p.timer);
     this.counters.remote_prefills++;
@@ -136,22 +143,28 @@ export class RemotePrefillDecoder {
       }
     } finally {
       signal.removeEventListener('abort', onAbort);
+      if (this.pending.get(id)?.state === 'parking') this.pending.delete(id); // ended unparked (refused, failed)
     }
   }
 
   private abort(id: RequestId): void {
     const p = this.pending.get(id);
-    if (!p) return this.opts.engine.abort(id); // not parked (or not yet): nothing can write
+    if (!p) return this.opts.engine.abort(id); // decided local, or done: nothing can write
     p.aborted = true;
-    if (p.pushed) void this.settle(id, p);
-    // still deciding: decide() sees the flag
+    if (p.state === 'parking') {
+      this.pending.delete(id); // decide() will find nothing to do
+      this.opts.engine.abort(id);
+    } else if (p.state === 'pushed') {
+      void this.settle(id, p);
+    } // deciding: decide() acts on the flag when it ends
   }
 
   private async decide(body: GenerateRequest, parked: RequestOutput): Promise<void> {
     const { engine, blockSize, maxLocalPrefillLength, maxPrefillQueueSize, log } = this.opts;
     const id = body.requestId;
-    const p: Pending = { aborted: this.pending.get(id)?.aborted ?? false, pushedAt: 0, pushed: false, settling: false };
-    this.pending.set(id, p);
+    const p = this.pending.get(id);
+    if (!p || p.state !== 'parking') return; // aborted while parking: the engine freed it
+    p.state = 'deciding';
     const n = body.promptTokenIds.length;
     const uncached = n - parked.numCachedTokens;
     let reason: string | undefined;
@@ -188,17 +201,20 @@ export class RemotePrefillDecoder {
     };
     try {
       await this.opts.claims.create(id);
-      p.pushed = true; // from here on only the claim decides who may write
-      p.pushedAt = performance.now();
+    } catch (err) {
+      this.pending.delete(id);
+      if (p.aborted) return engine.abort(id);
+      this.counters.local_prefills++;
+      log('debug', `${id}: prefill local: cannot create the job's claim (${(err as Error).message})`);
+      return engine.completeExternalKv(id, false);
+    }
+    p.state = 'pushed'; // from here on only the claim decides who may write
+    p.pushedAt = performance.now();
+    try {
       await this.opts.queue.push(job);
     } catch (err) {
-      log('debug', `${id}: prefill local: cannot queue the job (${(err as Error).message})`);
-      if (!p.pushed) {
-        this.pending.delete(id);
-        this.counters.local_prefills++;
-        return p.aborted ? engine.abort(id) : engine.completeExternalKv(id, false);
-      }
-      return this.settle(id, p); // the claim exists: take it back before prefilling locally
+      log('debug', `${id}: cannot queue the job (${(err as Error).message}): taking its claim back`);
+      return this.settle(id, p);
     }
     log('debug', `${id}: prefill remote: uncached ${uncached} > ${maxLocalPrefillLength}, ${job.block_ids.length - job.computed_block_count} blocks to write`);
     p.timer = setTimeout(() => void this.settle(id, p), this.opts.deadlineMs);
