@@ -83,9 +83,13 @@ describe('disaggregated serving', () => {
     for (const prompt of [long, sharing]) expect(await complete(disagg.url, prompt)).toBe(await complete(agg.url, prompt));
     expect(await metric('kvserve:remote_prefills_total')).toBe(before.remote + 2);
     expect(await metric('kvserve:kv_transfer_bytes_total')).toBeGreaterThan(0);
+    expect(await metric('kvserve:kv_transfer_seconds_total')).toBeGreaterThan(0);
 
     expect(await complete(disagg.url, short)).toBe(await complete(agg.url, short));
-    expect(await metric('kvserve:local_prefills_total')).toBe(before.local + 1);
+    // Long, but all but its last 32 tokens are in the decode worker's cache: uncached 32 <= 64.
+    const mostlyCached = [...long, ...tokens(4, 32)];
+    expect(await complete(disagg.url, mostlyCached)).toBe(await complete(agg.url, mostlyCached));
+    expect(await metric('kvserve:local_prefills_total')).toBe(before.local + 2);
     expect(await metric('kvserve:remote_prefills_total')).toBe(before.remote + 2);
     await until('no KV blocks held', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
   }, 60_000);

@@ -80,7 +80,7 @@ export class FrontendMetrics {
       prefill_jobs: counter('kvserve:prefill_jobs_total', 'Prefill jobs written (prefill workers).', perWorker),
       prefill_jobs_dropped: counter('kvserve:prefill_jobs_dropped_total', 'Prefill jobs dropped (prefill workers).', perWorker),
       transfer_bytes: counter('kvserve:kv_transfer_bytes_total', 'KV bytes moved between workers.', perWorker),
-      transfer_seconds: counter('kvserve:kv_transfer_seconds_total', 'Time in KV transfers (prefill workers).', perWorker),
+      transfer_seconds: counter('kvserve:kv_transfer_seconds_total', 'Time in KV transfers for this worker (measured by the prefill workers).', perWorker),
     };
     this.promptTokens = counter('vllm:prompt_tokens_total', 'Prompt tokens processed.');
     this.generationTokens = counter('vllm:generation_tokens_total', 'Generation tokens produced.');

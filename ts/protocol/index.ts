@@ -150,10 +150,12 @@ export interface RemotePrefillDone {
   prefill_worker_id: WorkerId;
   blocks_written: number;
   blocks_read: number;
+  transfer_seconds: number; // the prefill worker's time in the read and the write
 }
 
 // A worker's disaggregation counters (cumulative, except the queue depth). Decode workers
-// fill the first five, prefill workers the last four.
+// fill the first five and the transfer pair (from the notifications), prefill workers the last
+// four.
 export interface DisaggCounters {
   remote_prefills: number; // decode: completed by a prefill worker
   local_prefills: number; // decode: decided local (short enough, queue full or unreachable)
@@ -163,5 +165,5 @@ export interface DisaggCounters {
   prefill_jobs: number; // prefill: jobs written
   prefill_jobs_dropped: number; // prefill: past the deadline, taken back, or decode restarted
   transfer_bytes: number; // KV bytes moved (decode: into/out of its pool; prefill: by its agent)
-  transfer_seconds: number; // prefill: time spent in the agent's reads and writes
+  transfer_seconds: number; // time in the agent's reads and writes (measured by the prefill worker)
 }

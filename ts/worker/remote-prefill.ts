@@ -125,6 +125,7 @@ export class RemotePrefillDecoder {
     this.counters.remote_prefills++;
     this.counters.remote_prefill_seconds += (performance.now() - p.pushedAt) / 1000;
     this.counters.transfer_bytes += (done.blocks_written + done.blocks_read) * this.opts.engine.info.kvBlockBytes;
+    this.counters.transfer_seconds += done.transfer_seconds;
     this.opts.claims.remove(id).catch(() => undefined); // it expires anyway
     this.opts.log('debug', `${id}: remote prefill by ${done.prefill_worker_id} done (${done.blocks_written} blocks written, ${done.blocks_read} read)`);
     if (p.aborted) this.opts.engine.abort(id);
@@ -292,6 +293,7 @@ export class PrefillJobRunner {
     const first = job.computed_block_count;
     let held: number[] | undefined;
     let read = 0;
+    let readSeconds = 0;
     const stream = engine.generate(localId, job.token_ids, { maxTokens: 1, temperature: 0 }, undefined, {
       prefillOnly: true,
       numExternalTokens: first * blockSize,
@@ -305,7 +307,7 @@ export class PrefillJobRunner {
           try {
             await transfer.read(peer, Int32Array.from(job.block_ids.slice(from, first)), Int32Array.from(o.blockIds!.slice(from, first)));
             read = first - from;
-            this.count(read, t0);
+            readSeconds = this.count(read, t0);
             engine.completeExternalKv(localId, true);
           } catch (err) {
             log('warn', `${id}: reading the decode worker's cached blocks failed (${(err as Error).message}): computing them`);
@@ -321,15 +323,25 @@ export class PrefillJobRunner {
       if (Date.now() > job.deadline_ms) return this.drop(id, 'computed after its deadline');
       const writing: ClaimState = `writing:${workerId}/${this.opts.instanceId}`;
       if (!(await claims.move(id, 'pending', writing))) return this.drop(id, 'the decode worker took it back');
-      const done: RemotePrefillDone = { request_id: id, prefill_worker_id: workerId, blocks_written: held.length - first, blocks_read: read };
+      // The blocks, then (so the notification can say how long they took) the notification: the
+      // agent delivers a peer's notifications after the data of its earlier writes.
+      const written = held.length - first;
       const t0 = performance.now();
       try {
-        await transfer.write(Int32Array.from(held.slice(first)), peer, Int32Array.from(job.block_ids.slice(first, held.length)), JSON.stringify(done));
+        await transfer.write(Int32Array.from(held.slice(first)), peer, Int32Array.from(job.block_ids.slice(first, held.length)), '');
+        const writeSeconds = this.count(written, t0);
+        const done: RemotePrefillDone = {
+          request_id: id,
+          prefill_worker_id: workerId,
+          blocks_written: written,
+          blocks_read: read,
+          transfer_seconds: readSeconds + writeSeconds,
+        };
+        await transfer.write(new Int32Array(0), peer, new Int32Array(0), JSON.stringify(done));
       } catch (err) {
         await claims.move(id, writing, 'pending').catch(() => undefined); // a retry or the fallback takes it
         throw err;
       }
-      this.count(done.blocks_written, t0);
       this.counters.prefill_jobs++;
     } finally {
       if (held) engine.releaseHeld(localId);
@@ -342,9 +354,12 @@ export class PrefillJobRunner {
     this.opts.log('debug', `${id}: job dropped: ${why}`);
   }
 
-  private count(blocks: number, since: number): void {
+  // Counts a transfer of `blocks` that started at `since`; returns its seconds.
+  private count(blocks: number, since: number): number {
+    const seconds = (performance.now() - since) / 1000;
     this.counters.transfer_bytes += blocks * this.opts.engine.info.kvBlockBytes;
-    this.counters.transfer_seconds += (performance.now() - since) / 1000;
+    this.counters.transfer_seconds += seconds;
+    return seconds;
   }
 
   // The decode worker's agent, connected once per instance (reconnected after a restart).
