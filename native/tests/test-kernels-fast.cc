@@ -1,4 +1,4 @@
-// test-kernels-fast.cc: every fast CPU kernel path (avx2, avx512, amx: each forced through
+// test-kernels-fast.cc: every fast CPU kernel path (avx2, avx512, amx, amx-bf16: each forced through
 // cpu_kernels_for) against the reference kernels (cpu_reference_kernels()), op by op, on awkward
 // shapes, like llama.cpp's test-backend-ops. A path this CPU cannot run is reported and skipped.
 //
@@ -7,10 +7,13 @@
 //                     |d| <= 2e-5 * (sum_k |x_k w_nk| + |b_n|)   (each is within 1e-5 of exact)
 //   matmul, amx (x as bf16 hi + lo: |dx| <= 2^-18 |x| = 3.8e-6 |x|)
 //                     |d| <= 3e-5 * (sum_k |x_k w_nk| + |b_n|)   (3.8e-6 plus fp32 sums)
+//   matmul, amx-bf16 (x as one bf16 term: |dx| <= 2^-9 |x| = 2e-3 |x|)
+//                     |d| <= 2.5e-3 * (sum_k |x_k w_nk| + |b_n|)
 //   rmsnorm           |d| <= 2e-5          (outputs of magnitude <= ~3)
 //   silu_mul          |d| <= 1e-6 * (1 + |ref|)   (vector exp: relative error < 3e-7)
 //   paged_attention   |d| <= 2e-5          (outputs are averages of values in [-1, 1])
-// Shapes: odd K, N not a multiple of 16/32, M = 1, 3, 4, 33, 70; GQA ratios 1, 4, 8; block sizes
+// Shapes: odd K, N not a multiple of 16/32, M = 1, 3, 4, 32, 33, 70, K and N large enough for
+// several of the AMX matmul's weight groups and K chunks; GQA ratios 1, 4, 8; block sizes
 // 1, 3, 16; context length 1 and a long one (300 tokens), partial blocks, sliding windows.
 #include <cmath>
 #include <cstdint>
@@ -34,7 +37,8 @@ std::vector<std::pair<CpuPath, const CpuKernels*>> fast_paths() {
   std::vector<std::pair<CpuPath, const CpuKernels*>> out;
   static bool reported = false;
   for (auto [path, name] : {std::pair<CpuPath, const char*>{CpuPath::avx2, "avx2"},
-                            {CpuPath::avx512, "avx512"}, {CpuPath::amx, "amx"}}) {
+                            {CpuPath::avx512, "avx512"}, {CpuPath::amx, "amx"},
+                            {CpuPath::amx_bf16, "amx-bf16"}}) {
     if (const CpuKernels* k = cpu_kernels_for(path)) out.emplace_back(path, k);
     else if (!reported) std::printf("  skipped: this CPU cannot run the %s path\n", name);
   }
@@ -57,7 +61,9 @@ TEST(dispatch_names_and_forcing) {
 TEST(matmul_fast_matches_reference) {
   struct Shape { int64_t M, K, N; };
   const Shape shapes[] = {{1, 1, 1},    {1, 7, 5},    {1, 64, 40},   {3, 96, 33},  {4, 64, 32},   {5, 130, 61},
-                          {17, 128, 100}, {33, 64, 70}, {48, 96, 64},  {70, 65, 19}, {70, 256, 96}, {2, 256, 300}};
+                          {17, 128, 100}, {33, 64, 70}, {48, 96, 64},  {70, 65, 19}, {70, 256, 96}, {2, 256, 300},
+                          // amx: several weight groups and K chunks (the last one partial), M > 32
+                          {70, 288, 600}, {33, 160, 544}, {32, 320, 96}};
   for (auto [path, k] : fast_paths())
     for (DType dt : kDTypes)
       for (const Shape& sh : shapes)
@@ -77,7 +83,7 @@ TEST(matmul_fast_matches_reference) {
               for (int64_t i = 0; i < sh.K; ++i) mag += std::fabs(x[m * sh.K + i] * w.values[n * sh.K + i]);
               err.add(y[m * sh.N + n], y_ref[m * sh.N + n], mag + 1e-30);
             }
-          const double bound = path == CpuPath::amx ? 3e-5 : 2e-5;
+          const double bound = path == CpuPath::amx_bf16 ? 2.5e-3 : path == CpuPath::amx ? 3e-5 : 2e-5;
           if (!(err.worst <= bound))
             std::printf("  matmul %s %s M=%ld K=%ld N=%ld bias=%d: worst relative error %g\n", k->name, dtype_name(dt),
                         (long)sh.M, (long)sh.K, (long)sh.N, with_bias, err.worst);

@@ -1,23 +1,31 @@
-// cpu-amx.cc: the AMX kernel path: the AVX-512 table with matmul on AMX-BF16 tiles.
+// cpu-amx.cc: the AMX kernel paths: the AVX-512 table with matmul on AMX-BF16 tiles.
 //
-// y[M, N] = x[M, K] @ w[N, K]^T (+ bias) is computed as y^T = w @ x^T, so the weights are the
-// A operand and are read in place (tile rows are weight rows, stride K): no prepacking, the
-// memory-mapped bf16 weights are what the tiles load. x is the B operand, split into two bf16
-// terms, hi = bf16(x) and lo = bf16(x - hi) (x to about 16 significant bits, where bf16 alone
-// keeps 8), packed once per call into VNNI tiles:
-//   xp  // [ceil(M / 16)][K / 32][hi, lo] tiles of 16 (k pairs) x 16 (m) x 2 bf16 = 1 KiB each
-// and every product is w hi + w lo. One term alone would be twice as fast but moves the logits
-// of the golden tests 4-20x past their bounds and makes a sequence's tokens depend on the batch
-// it ran in (a preempted and recomputed request diverged); two terms keep both within fp32-path
-// behaviour.
-// Each work item is 32 weight rows (two A tiles) against 32 rows of x (two B tiles), four C
-// accumulators, written to y as C^T through a 16 x 16 transpose. A thread takes its weight rows
-// in groups of ~1 MiB: the group stays in L2 while every 32 rows of x go by.
+// y[M, N] = x[M, K] @ w[N, K]^T (+ bias) is computed as y^T = w @ x^T: the bf16 weights are the
+// A operand, x the B operand, packed once per call into VNNI tiles:
+//   xp  // [ceil(M / 16)][K / 32][terms] tiles of 16 (k pairs) x 16 (m) x 2 bf16 = 1 KiB each
+// Two paths differ only in the terms of x:
+//   amx       x = hi + lo, hi = bf16(x), lo = bf16(x - hi) (x to about 16 significant bits, where
+//             bf16 alone keeps 8); every product is w hi + w lo. One term alone moves the logits
+//             of the golden tests 4-20x past their bounds and makes a sequence's tokens depend
+//             on the batch it ran in (a preempted and recomputed request diverged); two terms
+//             keep both within fp32-path behaviour. The default.
+//   amx-bf16  x = bf16(x): half the tile work, about 1.7x the prefill speed. Only when
+//             KVSERVE_CPU_KERNELS=amx-bf16 names it.
+// Work: blocks of 32 weight rows (two A tiles) by 32 rows of x (two B tiles), four C tiles.
+//   M <= 32 (batched decode): each weight block is used once; its tiles load in place from the
+//     weights (stride K, prefetched ahead) over all of K. No copy.
+//   M > 32 (prefill): a thread's blocks go in groups of 8, K in chunks (256 columns for one
+//     term, 128 for two, so that the x pair's chunk is 16 KiB and stays in L1). Each chunk of
+//     the group is copied into contiguous A tiles (2 x 64 KiB per thread, double-buffered: the
+//     next chunk is copied between the blocks of this one, so weights stream in while the tiles
+//     work) and meets every row of x; C waits in a per-thread fp32 buffer between chunks
+//     (M / 32 x 8 x 4 KiB = 512 KiB at M = 512). The weights are read from memory once per
+//     call; no prepacked copy is kept.
 // Settings: AMX runs for bf16 weights with K % 32 == 0 and M >= kMinRows; every other shape,
 // and the last N % 32 weight rows, go to the AVX-512 matmul.
-// Stays true: only x is rounded (hi + lo leaves |dx| <= 2^-18 |x|); products and sums are fp32
-// (bound in test-kernels-fast.cc). Tiles are configured at the
-// start of each thread's chunk and released at its end.
+// Stays true: only x is rounded (amx: hi + lo leaves |dx| <= 2^-18 |x|; amx-bf16: 2^-9 |x|);
+// products and sums are fp32 (bounds in test-kernels-fast.cc). Tiles are configured at the
+// start of each thread's chunk of work and released at its end.
 // Compiled with AVX-512 + AVX512_BF16 + AMX flags (CMakeLists.txt); called only when
 // cpu_isa().amx_bf16 is set (which includes the Linux XTILEDATA permission).
 #include <immintrin.h>
@@ -32,9 +40,7 @@ namespace llm::cpu {
 namespace {
 
 constexpr int64_t kMinRows = 4;
-constexpr int64_t kGroupBytes = int64_t{1} << 20;
-
-int64_t max_i64(int64_t a, int64_t b) { return a > b ? a : b; }
+constexpr int64_t kGroupBlocks = 8;  // 32-row weight blocks per group (packed path)
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1;
@@ -51,6 +57,9 @@ void configure_tiles() {
     cfg.rows[t] = 16;
     cfg.colsb[t] = 64;
   }
+  // GCC 12 does not see that ldtilecfg reads cfg and may drop the stores above (seen at -O2):
+  // make them visible first.
+  asm volatile("" : : "m"(cfg) : "memory");
   _tile_loadconfig(&cfg);
 }
 
@@ -79,8 +88,9 @@ void transpose16(__m512i r[16]) {
   }
 }
 
-// Packs rows [16 mt, 16 mt + 16) of x (rows past M are zeros) into xp's tiles (mt, 0 .. K/32),
-// each followed by the tile of its rounding remainders: hi = bf16(x), lo = bf16(x - hi).
+// Packs rows [16 mt, 16 mt + 16) of x (rows past M are zeros) into xp's tiles (mt, 0 .. K/32):
+// per 32 columns the tile of hi = bf16(x), then (kTerms == 2) the tile of lo = bf16(x - hi).
+template <int kTerms>
 void pack_x_tiles(const float* x, int64_t M, int64_t K, int64_t mt, uint16_t* xp) {
   const int64_t kb_count = K / 32;
   for (int64_t kb = 0; kb < kb_count; ++kb) {
@@ -102,12 +112,24 @@ void pack_x_tiles(const float* x, int64_t M, int64_t K, int64_t mt, uint16_t* xp
       lo[m] = _mm512_inserti64x4(_mm512_castsi256_si512(l[0]), l[1], 1);
     }
     transpose16(hi);  // [k pair] = 16 m
-    transpose16(lo);
-    uint16_t* tile = xp + (mt * kb_count + kb) * 1024;
-    for (int i = 0; i < 16; ++i) {
-      _mm512_store_si512(tile + i * 32, hi[i]);
-      _mm512_store_si512(tile + 512 + i * 32, lo[i]);
+    uint16_t* tile = xp + (mt * kb_count + kb) * 512 * kTerms;
+    for (int i = 0; i < 16; ++i) _mm512_store_si512(tile + i * 32, hi[i]);
+    if (kTerms == 2) {
+      transpose16(lo);
+      for (int i = 0; i < 16; ++i) _mm512_store_si512(tile + 512 + i * 32, lo[i]);
     }
+  }
+}
+
+// Copies rows [r0, r1) of the group's weight rows [32 g0, ...), columns [32 kb0, 32 (kb0 + kbn)),
+// into the group's A tiles: ap[block][kb][half] = rows 32 (g0 + block) + 16 half .. + 16 of
+// columns 32 (kb0 + kb) .. + 32, 1 KiB each.
+void pack_w_rows(const uint16_t* w, int64_t K, int64_t g0, int64_t r0, int64_t r1, int64_t kb0, int64_t kbn,
+                 uint16_t* ap) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint16_t* src = w + (g0 * 32 + r) * K + kb0 * 32;
+    uint16_t* dst = ap + (r / 32) * kbn * 1024 + (r % 32 / 16) * 512 + (r % 16) * 32;
+    for (int64_t kb = 0; kb < kbn; ++kb) _mm512_store_si512(dst + kb * 1024, _mm512_loadu_si512(src + kb * 32));
   }
 }
 
@@ -120,34 +142,52 @@ void store_transposed(const float* c, const float* bias, int64_t m0, int64_t row
   for (int64_t m = 0; m < rows; ++m) _mm512_storeu_ps(y + (m0 + m) * N + n0, _mm512_add_ps(_mm512_castsi512_ps(r[m]), b));
 }
 
-// C tiles 0-3 = weight rows [a0, a0 + 16) and [a1, a1 + 16) times the x tiles b0 (and b1).
-// While the first rows of x go by, the weight rows are read from memory: prefetch them a few
-// tiles ahead (tile loads with a stride of K elements defeat the hardware prefetcher).
-template <bool kTwoB>
-void block(const uint16_t* a0, const uint16_t* a1, int64_t K, const uint16_t* b0, const uint16_t* b1, bool prefetch,
-           float* c) {
-  constexpr int64_t kAhead = 4;  // tiles of 32 columns
-  _tile_zero(0);
-  _tile_zero(1);
-  if (kTwoB) {
-    _tile_zero(2);
-    _tile_zero(3);
+// Where block() reads its two A tiles of 16 weight rows for column tile kb: a0 + kb * step and
+// a1 + kb * step, rows `stride` bytes apart. Packed tiles (step 1024, stride 64) or the weights
+// in place (step 32, stride 2K; prefetch: fetch the rows a few tiles ahead, as tile loads with
+// a stride of K elements defeat the hardware prefetcher).
+struct ATiles {
+  const uint16_t* a0;
+  const uint16_t* a1;
+  int64_t step, stride;
+  bool prefetch;
+};
+
+// C tiles 0-3 (+)= the A tiles (32 weight rows, kbn x 32 columns) times the x tiles b0 (and
+// b1): c[0] = (rows 0-15, b0), c[1] = (rows 16-31, b0), c[2], c[3] the same with b1. The C
+// tiles start from zero (first = true) or from c, and are stored back to c.
+template <bool kTwoB, int kTerms>
+void block(const ATiles& a, int64_t kbn, const uint16_t* b0, const uint16_t* b1, bool first, float* c) {
+  constexpr int64_t kAhead = 4;  // column tiles
+  if (first) {
+    _tile_zero(0);
+    _tile_zero(1);
+    if (kTwoB) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+  } else {
+    _tile_loadd(0, c, 64);
+    _tile_loadd(1, c + 256, 64);
+    if (kTwoB) {
+      _tile_loadd(2, c + 512, 64);
+      _tile_loadd(3, c + 768, 64);
+    }
   }
-  const int64_t stride = K * 2;
-  for (int64_t kb = 0; kb < K / 32; ++kb) {
-    if (prefetch && kb + kAhead < K / 32)
+  for (int64_t kb = 0; kb < kbn; ++kb) {
+    if (a.prefetch && kb + kAhead < kbn)
       for (int r = 0; r < 16; ++r) {
-        _mm_prefetch(reinterpret_cast<const char*>(a0 + r * K + (kb + kAhead) * 32), _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(a1 + r * K + (kb + kAhead) * 32), _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(a.a0) + r * a.stride + (kb + kAhead) * a.step * 2, _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(a.a1) + r * a.stride + (kb + kAhead) * a.step * 2, _MM_HINT_T0);
       }
-    _tile_loadd(4, a0 + kb * 32, stride);
-    _tile_loadd(5, a1 + kb * 32, stride);
-    for (int part = 0; part < 2; ++part) {  // hi, then lo: C += A hi + A lo
-      _tile_loadd(6, b0 + kb * 1024 + part * 512, 64);
+    _tile_loadd(4, a.a0 + kb * a.step, a.stride);
+    _tile_loadd(5, a.a1 + kb * a.step, a.stride);
+    for (int part = 0; part < kTerms; ++part) {  // hi, then lo: C += A hi + A lo
+      _tile_loadd(6, b0 + (kb * kTerms + part) * 512, 64);
       _tile_dpbf16ps(0, 4, 6);
       _tile_dpbf16ps(1, 5, 6);
       if (kTwoB) {
-        _tile_loadd(7, b1 + kb * 1024 + part * 512, 64);
+        _tile_loadd(7, b1 + (kb * kTerms + part) * 512, 64);
         _tile_dpbf16ps(2, 4, 7);
         _tile_dpbf16ps(3, 5, 7);
       }
@@ -158,6 +198,17 @@ void block(const uint16_t* a0, const uint16_t* a1, int64_t K, const uint16_t* b0
   if (kTwoB) {
     _tile_stored(2, c + 512, 64);
     _tile_stored(3, c + 768, 64);
+  }
+}
+
+// y[m0 .. m0 + rows0 + rows1, n0 .. n0 + 32) = the C tiles c (see block) + bias b (or none).
+void store_block(const float* c, const float* b, int64_t m0, int64_t rows0, int64_t rows1, int64_t n0, int64_t N,
+                 float* y) {
+  store_transposed(c, b, m0, rows0, n0, N, y);
+  store_transposed(c + 256, b ? b + 16 : nullptr, m0, rows0, n0 + 16, N, y);
+  if (rows1 > 0) {
+    store_transposed(c + 512, b, m0 + 16, rows1, n0, N, y);
+    store_transposed(c + 768, b ? b + 16 : nullptr, m0 + 16, rows1, n0 + 16, N, y);
   }
 }
 
@@ -175,52 +226,99 @@ float bias_at(const TensorView& b, int64_t i) {
   return 0.0f;
 }
 
+template <int kTerms>
 void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
   const int64_t N = w.rows, K = w.cols;
   const int64_t N32 = N / 32 * 32;
   if (w.dtype != DType::bf16 || K % 32 != 0 || M < kMinRows || N32 == 0)
     return matmul_avx512(pool, x, M, w, bias, y);
-  const int64_t m_tiles = (M + 15) / 16, kb_count = K / 32;
+  const int64_t m_tiles = (M + 15) / 16, m_pairs = (m_tiles + 1) / 2, kb_count = K / 32;
+  const int64_t x_tile = 512 * kTerms;  // uint16 per (mt, kb) in xp
   thread_local Scratch<uint16_t> pack;
-  uint16_t* xp = pack.get(m_tiles * kb_count * 1024);
+  uint16_t* xp = pack.get(m_tiles * kb_count * x_tile);
   pool.parallel_for(m_tiles, [&](int64_t begin, int64_t end) {
-    for (int64_t mt = begin; mt < end; ++mt) pack_x_tiles(x, M, K, mt, xp);
+    for (int64_t mt = begin; mt < end; ++mt) pack_x_tiles<kTerms>(x, M, K, mt, xp);
   });
   const bool has_bias = bias && bias->present();
   const uint16_t* wd = static_cast<const uint16_t*>(w.data);
-  // A thread's weight rows go by in groups of about kGroupBytes (kept in L2 while every 32 rows
-  // of x pass; x's 32 rows stay in L2 across the group).
-  const int64_t group = max_i64(1, kGroupBytes / (32 * K * 2));
-  pool.parallel_for(N32 / 32, [&](int64_t begin, int64_t end) {
-    configure_tiles();
-    alignas(64) float c[4][16 * 16];  // C tiles: (n0, mt), (n0 + 16, mt), (n0, mt + 1), (n0 + 16, mt + 1)
-    alignas(64) float b[32] = {};
-    for (int64_t g0 = begin; g0 < end; g0 += group) {
-      const int64_t g1 = g0 + group < end ? g0 + group : end;
-      for (int64_t mt = 0; mt < m_tiles; mt += 2) {
-        const uint16_t* b0 = xp + mt * kb_count * 1024;
-        const bool two = mt + 1 < m_tiles;
-        const int64_t rows0 = M - mt * 16 < 16 ? M - mt * 16 : 16;
-        const int64_t rows1 = two ? (M - mt * 16 - 16 < 16 ? M - mt * 16 - 16 : 16) : 0;
-        for (int64_t nb = g0; nb < g1; ++nb) {
-          const int64_t n0 = nb * 32;
-          if (has_bias)
-            for (int i = 0; i < 32; ++i) b[i] = bias_at(*bias, n0 + i);
-          const uint16_t* a0 = wd + n0 * K;
-          const uint16_t* a1 = a0 + 16 * K;
-          if (two) block<true>(a0, a1, K, b0, b0 + kb_count * 1024, mt == 0, c[0]);
-          else block<false>(a0, a1, K, b0, nullptr, mt == 0, c[0]);
-          store_transposed(c[0], has_bias ? b : nullptr, mt * 16, rows0, n0, N, y);
-          store_transposed(c[1], has_bias ? b + 16 : nullptr, mt * 16, rows0, n0 + 16, N, y);
-          if (two) {
-            store_transposed(c[2], has_bias ? b : nullptr, mt * 16 + 16, rows1, n0, N, y);
-            store_transposed(c[3], has_bias ? b + 16 : nullptr, mt * 16 + 16, rows1, n0 + 16, N, y);
+  auto block_bias = [&](int64_t n0, float* b) -> const float* {
+    if (!has_bias) return nullptr;
+    for (int j = 0; j < 32; ++j) b[j] = bias_at(*bias, n0 + j);
+    return b;
+  };
+  auto rows_of = [&](int64_t mt) { return mt >= m_tiles ? 0 : (M - mt * 16 < 16 ? M - mt * 16 : 16); };
+  if (m_pairs == 1) {
+    // Up to 32 rows of x (batched decode): each weight block is used once, so its tiles are
+    // loaded in place over the whole of K.
+    pool.parallel_for(N32 / 32, [&](int64_t begin, int64_t end) {
+      configure_tiles();
+      alignas(64) float c[1024];
+      alignas(64) float b[32];
+      for (int64_t nb = begin; nb < end; ++nb) {
+        const ATiles a{wd + nb * 32 * K, wd + (nb * 32 + 16) * K, 32, K * 2, true};
+        if (m_tiles == 2) block<true, kTerms>(a, kb_count, xp, xp + kb_count * x_tile, true, c);
+        else block<false, kTerms>(a, kb_count, xp, nullptr, true, c);
+        store_block(c, block_bias(nb * 32, b), 0, rows_of(0), rows_of(1), nb * 32, N, y);
+      }
+      _tile_release();
+    });
+  } else {
+    // A thread's 32-row weight blocks go by in groups of kGroupBlocks, and K in chunks of
+    // kChunkKb column tiles: the group's chunk, packed into A tiles (8 KiB per block, L2), is multiplied
+    // by every row of x, 32 rows at a time (the x pair's chunk, 16 KiB, stays in L1 across the
+    // group's blocks). C (group x M, fp32) waits in cb between chunks. Chunk j + 1 is packed
+    // into the other half of ap a slice at a time between the blocks of chunk j, so that its
+    // weights stream from memory while the tiles work.
+    constexpr int64_t kChunkKb = 8 / kTerms;
+    pool.parallel_for(N32 / 32, [&](int64_t begin, int64_t end) {
+      auto chunk_at = [&](int64_t g0, int64_t kb0, int64_t* gn, int64_t* kbn) {
+        *gn = end - g0 < kGroupBlocks ? end - g0 : kGroupBlocks;
+        *kbn = kb_count - kb0 < kChunkKb ? kb_count - kb0 : kChunkKb;
+      };
+      thread_local Scratch<uint16_t> a_buf;
+      thread_local Scratch<float> c_buf;
+      const int64_t ap_half = kGroupBlocks * kChunkKb * 1024;
+      uint16_t* ap_both = a_buf.get(2 * ap_half);
+      float* cb = c_buf.get(m_pairs * kGroupBlocks * 1024);
+      configure_tiles();
+      alignas(64) float b[32];
+      int64_t gn, kbn;
+      chunk_at(begin, 0, &gn, &kbn);
+      pack_w_rows(wd, K, begin, 0, gn * 32, 0, kbn, ap_both);
+      int64_t parity = 0;
+      for (int64_t g0 = begin; g0 < end; g0 += kGroupBlocks) {
+        for (int64_t kb0 = 0; kb0 < kb_count; kb0 += kChunkKb, parity ^= 1) {
+          chunk_at(g0, kb0, &gn, &kbn);
+          const bool first = kb0 == 0, last = kb0 + kbn == kb_count;
+          const uint16_t* ap = ap_both + parity * ap_half;
+          // The next chunk: this group's next columns, or the next group's first.
+          const int64_t ng0 = last ? g0 + kGroupBlocks : g0, nkb0 = last ? 0 : kb0 + kbn;
+          int64_t ngn = 0, nkbn = 0;
+          if (ng0 < end) chunk_at(ng0, nkb0, &ngn, &nkbn);
+          uint16_t* next_ap = ap_both + (parity ^ 1) * ap_half;
+          const int64_t rows_per_block = (ngn * 32 + m_pairs * gn - 1) / (m_pairs * gn);
+          int64_t packed = 0;
+          for (int64_t mp = 0; mp < m_pairs; ++mp) {
+            const int64_t mt = 2 * mp;
+            const uint16_t* b0 = xp + (mt * kb_count + kb0) * x_tile;
+            for (int64_t i = 0; i < gn; ++i) {
+              float* c = cb + (mp * kGroupBlocks + i) * 1024;
+              const ATiles a{ap + i * kbn * 1024, ap + i * kbn * 1024 + 512, 1024, 64, false};
+              if (mt + 1 < m_tiles) block<true, kTerms>(a, kbn, b0, b0 + kb_count * x_tile, first, c);
+              else block<false, kTerms>(a, kbn, b0, nullptr, first, c);
+              if (packed < ngn * 32) {
+                const int64_t r1 = packed + rows_per_block < ngn * 32 ? packed + rows_per_block : ngn * 32;
+                pack_w_rows(wd, K, ng0, packed, r1, nkb0, nkbn, next_ap);
+                packed = r1;
+              }
+              if (last) store_block(c, block_bias((g0 + i) * 32, b), mt * 16, rows_of(mt), rows_of(mt + 1), (g0 + i) * 32, N, y);
+            }
           }
         }
       }
-    }
-    _tile_release();
-  });
+      _tile_release();
+    });
+  }
   if (N32 == N) return;
   // The last N % 32 weight rows: AVX-512 into a (M, N - N32) buffer, then into y's columns.
   const int64_t n_tail = N - N32;
@@ -233,15 +331,22 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
   for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N + N32, tail + m * n_tail, static_cast<size_t>(n_tail * 4));
 }
 
+CpuKernels amx_table(const char* name, decltype(CpuKernels::matmul) matmul) {
+  CpuKernels k = cpu_avx512_kernels();
+  k.name = name;
+  k.matmul = matmul;
+  return k;
+}
+
 }  // namespace
 
 const CpuKernels& cpu_amx_kernels() {
-  static const CpuKernels table = [] {
-    CpuKernels k = cpu_avx512_kernels();
-    k.name = "amx";
-    k.matmul = matmul_amx;
-    return k;
-  }();
+  static const CpuKernels table = amx_table("amx", matmul_amx<2>);
+  return table;
+}
+
+const CpuKernels& cpu_amx_bf16_kernels() {
+  static const CpuKernels table = amx_table("amx-bf16", matmul_amx<1>);
   return table;
 }
 

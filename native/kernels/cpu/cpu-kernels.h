@@ -5,8 +5,8 @@
 // are copies of the reference table with the ops they speed up replaced; the reference entries
 // stay and are what every fast kernel is tested against (test-kernels-fast.cc).
 // Path choice (cpu-dispatch.cc): the best the CPU runs (amx > avx512 > avx2 > reference), or
-// the one named by KVSERVE_CPU_KERNELS=reference|avx2|avx512|amx (a path the CPU cannot run
-// falls back to the best it can).
+// the one named by KVSERVE_CPU_KERNELS=reference|avx2|avx512|amx|amx-bf16 (a path the CPU
+// cannot run falls back to the best it can).
 // Stays true: activations are fp32; weights and the KV pool may be f32, f16 or bf16 and are
 // converted on load; accumulation is fp32.
 #pragma once
@@ -68,7 +68,9 @@ struct CpuKernels {
                           const AttentionBatch& batch, float* out);
 };
 
-enum class CpuPath { reference, avx2, avx512, amx };
+// amx_bf16 ("amx-bf16") is never chosen by itself: it is the amx path with x rounded to a single
+// bf16 term in the matmul (about 2x the prefill speed, outside the golden tests' bounds).
+enum class CpuPath { reference, avx2, avx512, amx, amx_bf16 };
 
 // The plain reference implementations.
 const CpuKernels& cpu_reference_kernels();

@@ -10,6 +10,7 @@ namespace llm::cpu {
 const CpuKernels& cpu_avx2_kernels();    // cpu-avx2.cc
 const CpuKernels& cpu_avx512_kernels();  // cpu-avx512.cc
 const CpuKernels& cpu_amx_kernels();     // cpu-amx.cc: the AVX-512 table, matmul on AMX tiles
+const CpuKernels& cpu_amx_bf16_kernels();  // cpu-amx.cc: the same with x rounded to one bf16 term
 
 // The AVX-512 matmul, for the shapes the AMX matmul hands back (cpu-avx512.cc).
 void matmul_avx512(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias,

@@ -102,14 +102,21 @@ struct SimdKernels {
   static constexpr int64_t kPanelN = 64;
   static constexpr int64_t kBlockM = 64;
 
+  // ahead: also prefetch the next NB weight rows (when they exist), one line of each per line
+  // of this tile's rows, so that their streams are in flight before this tile ends (the decode
+  // GEMV: the hardware prefetcher stops at every 4 KiB page, which is every row at K = 2048).
   template <DType DT, int MB, int NB>
   static void tile(const float* x, int64_t K, const void* w, int64_t n0, const float* bias, float* y,
-                   int64_t N) {
+                   int64_t N, bool ahead = false) {
     V acc[MB][NB];
     for (int m = 0; m < MB; ++m)
       for (int n = 0; n < NB; ++n) acc[m][n] = S::zero();
     const int64_t K_main = K - K % W;
+    constexpr int64_t esize = DT == DType::f32 ? 4 : 2, line = 64 / esize;  // elements per line
+    const char* next = static_cast<const char*>(w) + (n0 + NB) * K * esize;
     for (int64_t k = 0; k < K_main; k += W) {
+      if (ahead && k % line == 0)
+        for (int n = 0; n < NB; ++n) _mm_prefetch(next + (n * K + k) * esize, _MM_HINT_T0);
       V xv[MB];
       for (int m = 0; m < MB; ++m) xv[m] = S::load(x + m * K + k);
       for (int n = 0; n < NB; ++n) {
@@ -139,9 +146,9 @@ struct SimdKernels {
   // tile<DT, mb, NB> for a runtime mb in [1, MB].
   template <DType DT, int NB, int MB = S::kMB>
   static void tile_rows(int mb, const float* x, int64_t K, const void* w, int64_t n0, const float* bias,
-                        float* y, int64_t N) {
-    if (mb == MB) return tile<DT, MB, NB>(x, K, w, n0, bias, y, N);
-    if constexpr (MB > 1) tile_rows<DT, NB, MB - 1>(mb, x, K, w, n0, bias, y, N);
+                        float* y, int64_t N, bool ahead = false) {
+    if (mb == MB) return tile<DT, MB, NB>(x, K, w, n0, bias, y, N, ahead);
+    if constexpr (MB > 1) tile_rows<DT, NB, MB - 1>(mb, x, K, w, n0, bias, y, N, ahead);
   }
 
   template <DType DT>
@@ -165,7 +172,8 @@ struct SimdKernels {
           float* ym = y + m * N;
           int64_t n = p0;
           for (; n + S::kNB <= p1; n += S::kNB)
-            tile_rows<DT, S::kNB>(mb, xm, K, w.data, n, b ? b + (n - p0) : nullptr, ym, N);
+            tile_rows<DT, S::kNB>(mb, xm, K, w.data, n, b ? b + (n - p0) : nullptr, ym, N,
+                                  M <= S::kMB && n + 2 * S::kNB <= N);
           for (; n < p1; ++n) tile_rows<DT, 1>(mb, xm, K, w.data, n, b ? b + (n - p0) : nullptr, ym, N);
         }
       }
@@ -249,7 +257,7 @@ struct SimdKernels {
   // transposed chunk Kc^T (one broadcast-FMA per head_dim element, no horizontal sums) when it
   // has at least kTransposeRows (prefill).
 
-  static constexpr int64_t kMaxRows = 32;        // query rows per item (tokens x heads per kv head)
+  static constexpr int64_t kMaxRows = 64;        // query rows per item (tokens x heads per kv head)
   static constexpr int64_t kTransposeRows = 8;
 
   template <DType DT>
@@ -324,7 +332,17 @@ struct SimdKernels {
           if (transposed) {
             for (int64_t c = 0; c < W; ++c)
               for (int64_t d = 0; d < hd; ++d) kt[d * W + c] = kc[c * hd + d];
-            for (int64_t r = 0; r < rows; ++r) {
+            int64_t r = 0;
+            for (; r + 4 <= rows; r += 4) {  // four independent sums share each load of Kc^T
+              const float* qr[4] = {q_row(r), q_row(r + 1), q_row(r + 2), q_row(r + 3)};
+              V acc[4] = {S::zero(), S::zero(), S::zero(), S::zero()};
+              for (int64_t d = 0; d < hd; ++d) {
+                const V kv = S::load(kt + d * W);
+                for (int i = 0; i < 4; ++i) acc[i] = S::fmadd(S::set1(qr[i][d]), kv, acc[i]);
+              }
+              for (int i = 0; i < 4; ++i) S::store(sc + (r + i) * W, S::mul(acc[i], S::set1(batch.scale)));
+            }
+            for (; r < rows; ++r) {
               const float* qr = q_row(r);
               V acc = S::zero();
               for (int64_t d = 0; d < hd; ++d) acc = S::fmadd(S::set1(qr[d]), S::load(kt + d * W), acc);
@@ -358,12 +376,22 @@ struct SimdKernels {
             float* orow = o + r * hd;
             if (corr != 1.0f)
               for (int64_t d = 0; d < hd; d += W) S::store(orow + d, S::mul(S::load(orow + d), S::set1(corr)));
-            for (int64_t c = 0; c < n; ++c) {
-              const float pc = sc[r * W + c];
-              if (pc == 0.0f) continue;
-              const V pv = S::set1(pc);
-              for (int64_t d = 0; d < hd; d += W)
-                S::store(orow + d, S::fmadd(pv, S::load(vc + c * hd + d), S::load(orow + d)));
+            // O_r += p Vc, four vectors of O_r at a time held in registers over the chunk's keys
+            // (head_dim is a multiple of W; a last group of fewer than four goes one by one).
+            int64_t d0 = 0;
+            for (; d0 + 4 * W <= hd; d0 += 4 * W) {
+              V acc[4];
+              for (int i = 0; i < 4; ++i) acc[i] = S::load(orow + d0 + i * W);
+              for (int64_t c = 0; c < n; ++c) {
+                const V pv = S::set1(sc[r * W + c]);
+                for (int i = 0; i < 4; ++i) acc[i] = S::fmadd(pv, S::load(vc + c * hd + d0 + i * W), acc[i]);
+              }
+              for (int i = 0; i < 4; ++i) S::store(orow + d0 + i * W, acc[i]);
+            }
+            for (; d0 < hd; d0 += W) {
+              V acc = S::load(orow + d0);
+              for (int64_t c = 0; c < n; ++c) acc = S::fmadd(S::set1(sc[r * W + c]), S::load(vc + c * hd + d0), acc);
+              S::store(orow + d0, acc);
             }
           }
         }
