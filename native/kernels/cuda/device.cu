@@ -1,0 +1,41 @@
+// device.cu: probe_device (see cuda-common.h).
+#include <cstdio>
+
+#include "cuda-common.cuh"
+
+namespace llm::cuda {
+
+namespace {
+__global__ void probe_kernel() {}
+}  // namespace
+
+std::string DeviceInfo::describe() const {
+  char buf[256];
+  std::snprintf(buf, sizeof(buf), "%s (sm_%d%d, %d SMs, %.1f GiB)", name.c_str(), sm_major, sm_minor, num_sms,
+                static_cast<double>(total_memory) / (1024.0 * 1024.0 * 1024.0));
+  return buf;
+}
+
+Status probe_device(DeviceInfo* info) {
+  auto unavailable = [](const char* what, cudaError_t err) {
+    return Status(StatusCode::device_unavailable, std::string(what) + ": " + cudaGetErrorString(err));
+  };
+  int count = 0;
+  cudaError_t err = cudaGetDeviceCount(&count);
+  if (err != cudaSuccess) return unavailable("cudaGetDeviceCount", err);
+  if (count == 0) return Status(StatusCode::device_unavailable, "no CUDA device");
+  cudaDeviceProp prop;
+  if ((err = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) return unavailable("cudaGetDeviceProperties", err);
+  // A kernel of this build must have code the device runs (SASS for its arch, or PTX to JIT).
+  cudaFuncAttributes attr;
+  if ((err = cudaFuncGetAttributes(&attr, probe_kernel)) != cudaSuccess) return unavailable("kernel image", err);
+  info->device = 0;
+  info->name = prop.name;
+  info->sm_major = prop.major;
+  info->sm_minor = prop.minor;
+  info->num_sms = prop.multiProcessorCount;
+  info->total_memory = prop.totalGlobalMem;
+  return Status::Ok();
+}
+
+}  // namespace llm::cuda

@@ -1,0 +1,47 @@
+// paged-attention.h: attention over the paged KV pool (CUDA), decode and prefill in one call.
+// Same meaning as CpuKernels::paged_attention: causal attention of each sequence's new tokens
+// over its whole context (cached prefix + this step's tokens, already written by cache_write),
+// GQA (query head h reads kv head h / (num_heads / num_kv_heads)), optional sliding window.
+//
+// One tiled kernel (paged-attention.cu) serves both shapes of a mixed batch:
+//   decode  (sequences with one new token): the group's query heads share each K/V tile, and
+//           the context is split into partitions run by separate blocks (flash-decoding) when
+//           the batch alone would not fill the GPU; a second kernel combines the partitions.
+//   prefill (sequences with more new tokens): tiles of query tokens x the group's heads, an
+//           online softmax over K/V tiles read through the block table (flash-attention style,
+//           no score matrix beyond one tile).
+// head_dim 64 and 128 have code; other values return ERR_INVALID_ARGUMENT.
+#pragma once
+
+#include "cuda-common.h"
+
+namespace llm::cuda {
+
+// cpu::AttentionBatch with device pointers, plus the host-side sizes a launch needs.
+struct AttentionBatch {
+  int64_t num_seqs = 0;
+  const int32_t* query_start_loc = nullptr;  // [num_seqs + 1] token offsets into q/out
+  const int32_t* seq_lens = nullptr;         // [num_seqs] context length incl. this step's tokens
+  const int32_t* block_tables = nullptr;     // [num_seqs, max_blocks_per_seq]
+  int64_t max_blocks_per_seq = 0;
+  int64_t num_heads = 0;
+  float scale = 1.0f;                        // usually 1/sqrt(head_dim)
+  int64_t sliding_window = 0;                // 0 = none; else keys with pos <= q_pos - window are masked
+  // Host-side sizes (upper bounds are fine; they size the grid and the workspace):
+  int64_t num_tokens = 0;                    // T = query_start_loc[num_seqs]
+  int64_t max_query_len = 0;                 // max over sequences of their new tokens
+  int64_t max_seq_len = 0;                   // max over sequences of seq_lens
+};
+
+// Scratch bytes paged_attention needs for this batch (the split-decode partials; 0 when the
+// decode part runs unsplit). Depends on the batch sizes and the device's SM count.
+size_t paged_attention_workspace_bytes(const AttentionBatch& batch, const KVCacheView& cache);
+
+// out = attention(q, pool) for every new token of the batch.
+//   q, out:     [T, num_heads, head_dim], cache.dtype
+//   cache.data: [num_blocks][num_layers][2][block_size][num_kv_heads][head_dim]
+//   workspace:  at least paged_attention_workspace_bytes(batch, cache) bytes (may be null if 0)
+Status paged_attention(const void* q, KVCacheView cache, int64_t layer, const AttentionBatch& batch, void* out,
+                       void* workspace, size_t workspace_bytes, cudaStream_t stream);
+
+}  // namespace llm::cuda

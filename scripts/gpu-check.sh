@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# gpu-check.sh: the GPU check for a machine with CMake, nvcc and Python (PyTorch) but no Node
+# and no network. Builds the CUDA kernel tests and benchmark as plain CMake targets, runs them,
+# and prints one summary. Meant to finish well under 8 minutes on a fresh machine.
+#
+#   bash scripts/gpu-check.sh
+#
+# Steps (each timed; a failed step is recorded and the rest still run where they can):
+#   1. GPU: nvidia-smi; without a GPU it says so, still builds (a compile check) and exits 2.
+#   2. cuBLAS: the kernels dlopen libcublas.so.13/.12 (gemm.cu); when the loader cannot find
+#      it, the copy inside PyTorch's nvidia-cublas wheel is added to LD_LIBRARY_PATH.
+#   3. configure build-gpu/ (Release, LLM_BUILD_TESTS=ON, LLM_CUDA=ON, sm_80 + sm_90).
+#   4. build test-cuda-kernels and bench-cuda-kernels only, with every core.
+#   5. test-cuda-kernels: every CUDA kernel against the CPU reference (per-op error bounds).
+#   6. bench-cuda-kernels: bandwidth, decode/prefill attention, cuBLAS GEMM figures.
+# Settings: KVSERVE_GPU_BUILD (build dir, default build-gpu), XXHASH_INCLUDE_DIR (a directory
+# with xxhash.h, for a machine without libxxhash-dev; build-gpu-deps/ is used when present).
+# Exit: 0 all passed; 1 a step failed; 2 no GPU (build checked only).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+build="${KVSERVE_GPU_BUILD:-$root/build-gpu}"
+logs="$build/gpu-check-logs"
+jobs="$(nproc 2>/dev/null || echo 4)"
+started=$SECONDS
+summary=()
+failed=0
+
+# run_step NAME LOG CMD...: runs CMD, tees its output to LOG, records PASS/FAIL and the time.
+run_step() {
+  local name=$1 log=$2
+  shift 2
+  local t0=$SECONDS rc=0
+  echo
+  echo "==> $name"
+  "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+  if [[ $rc -eq 0 ]]; then
+    summary+=("PASS  $name ($((SECONDS - t0))s)")
+  else
+    summary+=("FAIL  $name ($((SECONDS - t0))s, exit $rc; log $log)")
+    failed=1
+  fi
+  return $rc
+}
+
+print_summary() {
+  echo
+  echo "==================== gpu-check summary ($((SECONDS - started))s) ===================="
+  echo "GPU: ${gpu_line:-none}"
+  printf '%s\n' "${summary[@]}"
+  if [[ -f "$logs/test.log" ]]; then
+    echo "-- per-test results (test-cuda-kernels):"
+    grep -E '^(ok  |FAIL|SKIP)|passed, .* failed|<-- FAIL' "$logs/test.log" || true
+  fi
+  if [[ -f "$logs/bench.log" ]]; then
+    echo "-- benchmark (bench-cuda-kernels):"
+    cat "$logs/bench.log"
+  fi
+}
+
+mkdir -p "$logs"
+
+# 1. GPU
+echo "==> GPU"
+have_gpu=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi
+  gpu_line="$(nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader | head -1)"
+  have_gpu=1
+else
+  gpu_line="none"
+  echo "gpu-check: NO GPU: nvidia-smi is missing or finds no device; building only (a compile check)."
+fi
+
+# Tools
+if ! command -v nvcc >/dev/null 2>&1 && [[ -x /usr/local/cuda/bin/nvcc ]]; then
+  export PATH="/usr/local/cuda/bin:$PATH"
+fi
+for tool in cmake nvcc; do
+  if ! command -v "$tool" >/dev/null 2>&1; then
+    echo "gpu-check: $tool not found"
+    exit 1
+  fi
+done
+echo "cmake: $(cmake --version | head -1); nvcc: $(nvcc --version | tail -1); cores: $jobs"
+
+# 2. cuBLAS (only needed at run time)
+if [[ -z "${KVSERVE_CUBLAS:-}" ]] && ! ldconfig -p 2>/dev/null | grep -qE 'libcublas\.so\.1[23] '; then
+  wheel_lib="$(timeout 60 python3 -c 'import nvidia.cublas as m; print(list(m.__path__)[0] + "/lib")' 2>/dev/null || true)"
+  if [[ -n "$wheel_lib" && -d "$wheel_lib" ]]; then
+    export LD_LIBRARY_PATH="$wheel_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    echo "cuBLAS: from PyTorch's wheel, $wheel_lib"
+  else
+    echo "cuBLAS: not found by the loader nor in PyTorch's wheel (the GEMM test will fail; set KVSERVE_CUBLAS)"
+  fi
+else
+  echo "cuBLAS: ${KVSERVE_CUBLAS:-found by the dynamic loader}"
+fi
+
+# 3. configure
+xxhash_dir="${XXHASH_INCLUDE_DIR:-}"
+if [[ -z "$xxhash_dir" && -f "$root/build-gpu-deps/xxhash.h" ]]; then xxhash_dir="$root/build-gpu-deps"; fi
+cmake_args=(-S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLM_BUILD_TESTS=ON -DLLM_CUDA=ON -DLLM_ASAN=OFF)
+if [[ -n "$xxhash_dir" ]]; then cmake_args+=("-DXXHASH_INCLUDE_DIR=$xxhash_dir"); fi
+if ! run_step "configure" "$logs/configure.log" cmake "${cmake_args[@]}"; then
+  print_summary
+  exit 1
+fi
+
+# 4. build
+if ! run_step "build (test-cuda-kernels, bench-cuda-kernels)" "$logs/build.log" \
+    cmake --build "$build" --target test-cuda-kernels bench-cuda-kernels --parallel "$jobs"; then
+  print_summary
+  exit 1
+fi
+
+if [[ $have_gpu -eq 0 ]]; then
+  run_step "test-cuda-kernels (expects SKIP without a GPU)" "$logs/test.log" "$build/test-cuda-kernels" || true
+  print_summary
+  echo
+  echo "gpu-check: NO GPU: built only; no kernel was run, nothing numeric was checked."
+  exit 2
+fi
+
+# 5. tests, 6. benchmark
+run_step "test-cuda-kernels" "$logs/test.log" timeout 300 "$build/test-cuda-kernels" || true
+if grep -q '^SKIP' "$logs/test.log"; then
+  summary+=("FAIL  test-cuda-kernels skipped although nvidia-smi sees a GPU")
+  failed=1
+fi
+run_step "bench-cuda-kernels" "$logs/bench.log" timeout 180 "$build/bench-cuda-kernels" || true
+
+print_summary
+exit $failed
