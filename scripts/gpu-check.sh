@@ -14,7 +14,10 @@
 #   5. test-cuda-kernels: every CUDA kernel against the CPU reference (per-op error bounds).
 #   6. bench-cuda-kernels: bandwidth, decode/prefill attention, cuBLAS GEMM figures.
 # Settings: KVSERVE_GPU_BUILD (build dir, default build-gpu), XXHASH_INCLUDE_DIR (a directory
-# with xxhash.h, for a machine without libxxhash-dev; build-gpu-deps/ is used when present).
+# with xxhash.h, for a machine without libxxhash-dev; build-gpu-deps/ is used when present:
+# it is git-ignored, so before sending the tree to a GPU machine run
+#   mkdir -p build-gpu-deps && cp /usr/include/xxhash.h build-gpu-deps/
+# and carry build-gpu-deps along).
 # Exit: 0 all passed; 1 a step failed; 2 no GPU (build checked only).
 set -euo pipefail
 
