@@ -148,7 +148,7 @@ describe('disaggregated serving', () => {
   }, 60_000);
 
   it('completes a request whose prefill worker is killed with -9 mid-job, within the deadline plus a margin', async () => {
-    const prompt = tokens(20, 6000);
+    const prompt = tokens(20, 4000);
     const pid = await prefillPid();
     const started = Date.now();
     const text = complete(disagg.url, prompt);
@@ -157,8 +157,9 @@ describe('disaggregated serving', () => {
     // It died mid-job: the job's claim is still `pending` (a prefill worker claims just before writing).
     const claims = await client.keys('kvserve:prefill-claim:*');
     expect(await Promise.all(claims.map((k) => client.get(k)))).toContain('pending');
-    expect(await text).toBe(await complete(agg.url, prompt));
-    expect(Date.now() - started).toBeLessThan(DEADLINE_MS + 10_000);
+    const got = await text;
+    expect(Date.now() - started).toBeLessThan(DEADLINE_MS + 15_000); // retried, or prefilled locally after the deadline
+    expect(got).toBe(await complete(agg.url, prompt));
     await until('no KV blocks held', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
     // The launcher (--restart) brings a new prefill worker, which serves the next long prompt.
     await until('a new prefill worker', async () => (await getWorker(client, 'kvserve', 'prefill-0'))?.pid !== pid, 60_000);
