@@ -22,6 +22,21 @@ export const PRESETS = {
     tieWordEmbeddings: true,
     seed: 1,
   },
+  // A small Llama for serving benchmarks on CPU (bench/serve scenario router): big enough that
+  // a 1,024-token prefill costs far more than a request's fixed overheads, as on real models,
+  // small enough that 4 workers decode at interactive speed on 2 cores (~90M parameters).
+  'small-llama': {
+    architecture: 'LlamaForCausalLM',
+    hiddenSize: 512,
+    intermediateSize: 1536,
+    numLayers: 8,
+    numHeads: 8,
+    numKvHeads: 2,
+    maxPositionEmbeddings: 8192,
+    ropeTheta: 500000,
+    tieWordEmbeddings: true,
+    seed: 1,
+  },
   'llama-3.2-1b': {
     architecture: 'LlamaForCausalLM',
     hiddenSize: 2048,
