@@ -90,6 +90,7 @@ bool Scheduler::abort(const std::string& request_id) {
   auto it = requests_.find(request_id);
   if (it == requests_.end()) return false;
   Request* r = it->second.get();
+  unregister_prefill(r);
   for (auto* list : {&running_, &parked_, &held_, &prefilled_}) list->erase(std::remove(list->begin(), list->end(), r), list->end());
   waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), r), waiting_.end());
   kv_->free(r);
@@ -103,6 +104,7 @@ bool Scheduler::abort(const std::string& request_id) {
 void Scheduler::preempt(Request* req) {
   assert(!running_.empty() && running_.back() == req);
   running_.pop_back();
+  unregister_prefill(req);
   kv_->free(req);
   req->num_computed_tokens = 0;
   req->status = RequestStatus::preempted;
@@ -139,17 +141,21 @@ SchedulerOutput Scheduler::schedule() {
 
   // 2. Waiting requests in order, only when nobody had to give way this step.
   if (!out.preempted.empty()) return out;
-  while (!waiting_.empty() && budget > 0 && num_running() < cfg_.max_num_seqs) {
-    Request* r = waiting_.front();
+  for (size_t i = 0; i < waiting_.size() && budget > 0 && num_running() < cfg_.max_num_seqs;) {
+    Request* r = waiting_[i];
     int64_t num_cached = 0;
     const std::vector<KVBlock*> cached = kv_->get_computed_blocks(r, &num_cached);
     if (r->num_external_tokens <= num_cached) r->num_external_tokens = 0;  // the cache has it all
     const bool parks = r->num_external_tokens > 0;
+    if (!parks && waits_for_inflight_prefix(r, num_cached)) {
+      ++i;  // its prefix is being computed: it starts from the cache once that is done
+      continue;
+    }
     // A parked request gets blocks for all its target tokens now: the remote side writes them.
     const int64_t n = parks ? r->num_target_tokens() - num_cached
                             : std::min(r->num_target_tokens() - num_cached, budget);
     if (!kv_->allocate_slots(r, n, cached)) break;
-    waiting_.pop_front();
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
     r->num_computed_tokens = num_cached;
     if (r->num_cached_tokens < 0) r->num_cached_tokens = num_cached;
     if (parks) {
@@ -161,10 +167,36 @@ SchedulerOutput Scheduler::schedule() {
     } else {
       r->status = RequestStatus::running;
       running_.push_back(r);
+      register_prefill(r, num_cached);
       emit(r, n);
     }
   }
   return out;
+}
+
+void Scheduler::register_prefill(Request* r, int64_t num_cached) {
+  const size_t first = static_cast<size_t>(num_cached / kv_->block_size());
+  const size_t end = std::min(r->block_hashes.size(), static_cast<size_t>(r->num_prompt_tokens() / kv_->block_size()));
+  if (first >= end) return;
+  std::vector<uint64_t>& mine = inflight_of_[r];
+  for (size_t b = first; b < end; ++b) {
+    ++inflight_blocks_[r->block_hashes[b]];
+    mine.push_back(r->block_hashes[b]);
+  }
+}
+
+void Scheduler::unregister_prefill(Request* r) {
+  auto it = inflight_of_.find(r);
+  if (it == inflight_of_.end()) return;
+  for (uint64_t h : it->second)
+    if (--inflight_blocks_[h] == 0) inflight_blocks_.erase(h);
+  inflight_of_.erase(it);
+}
+
+bool Scheduler::waits_for_inflight_prefix(const Request* r, int64_t num_cached) const {
+  const size_t next = static_cast<size_t>(num_cached / kv_->block_size());
+  return next < r->block_hashes.size() && next < static_cast<size_t>(r->num_prompt_tokens() / kv_->block_size()) &&
+         inflight_blocks_.count(r->block_hashes[next]) > 0;
 }
 
 void Scheduler::hold(Request* r) {
@@ -221,6 +253,8 @@ std::vector<std::unique_ptr<Request>> Scheduler::update(const SchedulerOutput& o
     if (!live.count(r)) continue;
     r->num_computed_tokens += sr.num_new_tokens;
     assert(r->num_computed_tokens <= r->num_tokens());
+    if (r->num_computed_tokens >= std::min(r->num_prompt_tokens(), r->num_target_tokens()))
+      unregister_prefill(r);  // done with its prompt: its full blocks are cached below
 
     FinishReason reason = FinishReason::none;
     if (sr.samples && sample_index < sampled.size()) {

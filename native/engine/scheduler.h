@@ -14,6 +14,10 @@
 //      last, each starting from its longest cached prefix.
 // A request whose prompt + max_tokens can never fit (max_model_len, or the whole pool) is
 // rejected by add_request, never admitted.
+// In-flight prefixes: while a running request is still prefilling prompt blocks beyond its
+// cached prefix, a waiting request whose first uncached block is one of them (same chained hash:
+// same prefix) is not admitted yet; it waits (later requests may go ahead of it) until those
+// blocks are cached and then starts from them, instead of computing the same prefix twice.
 // Remote prefill (request.h): a request with num_external_tokens beyond its cached prefix is
 // admitted with blocks for its target tokens and parked in parked_ (a seat, its blocks, never
 // preempted: another worker may be writing into them) until complete_external_kv; a
@@ -108,6 +112,11 @@ class Scheduler {
  private:
   void preempt(Request* req);
   void hold(Request* req);
+  // In-flight prefixes (see the header): r's prompt blocks it will compute, registered while it
+  // prefills; r waits while its first uncached block is someone else's.
+  void register_prefill(Request* r, int64_t num_cached);
+  void unregister_prefill(Request* r);
+  bool waits_for_inflight_prefix(const Request* r, int64_t num_cached) const;
 
   SchedulerConfig cfg_;
   KVCacheManager* kv_;
@@ -118,6 +127,8 @@ class Scheduler {
   std::vector<Request*> parked_;     // awaiting_kv: hold blocks and a seat
   std::vector<Request*> held_;       // prefill_only, done: hold blocks until released
   std::vector<Request*> prefilled_;  // newly held, for take_prefilled()
+  std::unordered_map<uint64_t, int> inflight_blocks_;  // block hash -> running requests computing it
+  std::unordered_map<const Request*, std::vector<uint64_t>> inflight_of_;  // what each registered
   std::vector<std::unique_ptr<Request>> aborted_;
   uint64_t next_arrival_seq_ = 0;
   int64_t num_preemptions_ = 0;

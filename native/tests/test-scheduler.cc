@@ -131,7 +131,8 @@ TEST(decode_and_prefill_share_a_step) {
 
 TEST(max_num_seqs_limits_the_running_set) {
   Fixture f(64, 4, config(2, 100, 64));
-  for (const char* id : {"a", "b", "c"}) CHECK(f.sched.add_request(make_request(id, 5, 3)).ok());
+  int32_t first_token = 1000;  // distinct prompts: identical ones would wait for each other's prefix
+  for (const char* id : {"a", "b", "c"}) CHECK(f.sched.add_request(make_request(id, 5, 3, first_token += 100)).ok());
   SchedulerOutput out = f.sched.schedule();
   CHECK_EQ(out.scheduled.size(), size_t{2});
   CHECK_EQ(f.sched.num_running(), int64_t{2});
@@ -356,6 +357,42 @@ TEST(admission_starts_from_the_cached_prefix) {
   f.sched.update(out, fake_samples(out));
   CHECK_EQ(f.kv.prefix_cache_hits(), int64_t{8});
   CHECK_EQ(f.kv.prefix_cache_queries(), int64_t{22});
+}
+
+TEST(a_prefix_being_computed_is_waited_for_not_computed_twice) {
+  Fixture f(64, 4, config(8, 16, 128));  // 16 tokens per step: a 20-token prompt takes 2 steps
+  CHECK(f.sched.add_request(make_request("a", 20, 1)).ok());
+  SchedulerOutput first = f.sched.schedule();  // a computes 16 of its 20 prompt tokens
+  f.sched.update(first, fake_samples(first));
+  CHECK(f.sched.add_request(make_request("b", 22, 1)).ok());        // shares a's 20 tokens
+  CHECK(f.sched.add_request(make_request("c", 6, 1, 5000)).ok());   // shares nothing
+  SchedulerOutput out = f.sched.schedule();
+  // b's first uncached block (tokens 16..19) is a's to compute: b waits, c goes ahead of it.
+  CHECK(find(out, "b") == nullptr);
+  CHECK(find(out, "c") != nullptr);
+  std::map<std::string, std::unique_ptr<Request>> done;
+  for (auto& r : f.sched.update(out, fake_samples(out))) done[r->request_id] = std::move(r);
+  for (int i = 0; i < 20 && (!done.count("b") || !done.count("a")); ++i) {
+    SchedulerOutput o = f.sched.schedule();
+    for (auto& r : f.sched.update(o, fake_samples(o))) done[r->request_id] = std::move(r);
+  }
+  CHECK(done.count("a") && done.count("b"));
+  // b started from a's 5 cached blocks: it computed only its last 2 tokens.
+  CHECK_EQ(done["b"]->num_cached_tokens, int64_t{20});
+}
+
+TEST(a_waiting_request_goes_on_when_the_prefix_owner_is_aborted) {
+  Fixture f(64, 4, config(8, 8, 128));
+  CHECK(f.sched.add_request(make_request("a", 20, 1)).ok());
+  SchedulerOutput first = f.sched.schedule();
+  f.sched.update(first, fake_samples(first));
+  CHECK(f.sched.add_request(make_request("b", 22, 1)).ok());
+  SchedulerOutput waiting = f.sched.schedule();
+  CHECK(find(waiting, "b") == nullptr);
+  f.sched.update(waiting, fake_samples(waiting));
+  f.sched.abort("a");
+  SchedulerOutput out = f.sched.schedule();
+  CHECK(find(out, "b") != nullptr);
 }
 
 TEST(finish_reason_names) {
