@@ -255,13 +255,13 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Object o = Napi::Object::New(env);
     o.Set("shmName", r.shm_name);
     o.Set("bytes", static_cast<double>(r.bytes));
-    o.Set("numBlocks", static_cast<double>(r.num_blocks));
-    o.Set("blockBytes", static_cast<double>(r.block_bytes));
-    o.Set("numLayers", static_cast<double>(r.num_layers));
-    o.Set("blockSize", static_cast<double>(r.block_size));
-    o.Set("numKvHeads", static_cast<double>(r.num_kv_heads));
-    o.Set("headDim", static_cast<double>(r.head_dim));
-    o.Set("dtype", llm::dtype_name(r.dtype));
+    o.Set("numBlocks", static_cast<double>(r.view.num_blocks));
+    o.Set("blockBytes", static_cast<double>(r.view.block_bytes()));
+    o.Set("numLayers", static_cast<double>(r.view.num_layers));
+    o.Set("blockSize", static_cast<double>(r.view.block_size));
+    o.Set("numKvHeads", static_cast<double>(r.view.num_kv_heads));
+    o.Set("headDim", static_cast<double>(r.view.head_dim));
+    o.Set("dtype", llm::dtype_name(r.view.dtype));
     return o;
   }
 

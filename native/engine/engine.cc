@@ -131,18 +131,10 @@ Engine::~Engine() {
 }
 
 KvRegion Engine::kv_region() const {
-  const ModelConfig& mc = model_->config;
   KvRegion r;
-  r.data = kv_data_;
+  r.view = make_kv_view(model_->config, kv_data_, info_.num_kv_blocks, info_.block_size);
   r.bytes = kv_bytes_;
   r.shm_name = kv_shm_ ? kv_shm_->name() : std::string();
-  r.num_blocks = info_.num_kv_blocks;
-  r.block_bytes = info_.kv_block_bytes;
-  r.num_layers = mc.num_layers;
-  r.block_size = info_.block_size;
-  r.num_kv_heads = mc.num_kv_heads;
-  r.head_dim = mc.head_dim;
-  r.dtype = mc.dtype;
   return r;
 }
 

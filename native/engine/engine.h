@@ -76,20 +76,13 @@ struct StepResult {
   LoadMetrics metrics;
 };
 
-// Where the KV pool lives, for the transfer agent (native/transfer): block b is the byte range
-// [b * block_bytes, (b + 1) * block_bytes) of the segment `shm_name` (empty when the pool is
-// private memory and cannot be shared).
+// Where the KV pool lives, for the transfer agent (native/transfer): the pool's view (block b is
+// the byte range [b * view.block_bytes(), (b + 1) * view.block_bytes())) in the segment
+// `shm_name` (empty when the pool is private memory and cannot be shared).
 struct KvRegion {
-  void* data = nullptr;
+  KVCacheView view;
   size_t bytes = 0;
   std::string shm_name;
-  int64_t num_blocks = 0;
-  int64_t block_bytes = 0;
-  int64_t num_layers = 0;
-  int64_t block_size = 0;
-  int64_t num_kv_heads = 0;
-  int64_t head_dim = 0;
-  DType dtype = DType::bf16;
 };
 
 struct EngineInfo {

@@ -41,4 +41,17 @@ struct KVCacheView {
   }
 };
 
+// Per-sequence description of a flattened batch for attention (CPU and CUDA kernels; for
+// CUDA the pointers are device pointers).
+struct AttentionBatch {
+  int64_t num_seqs = 0;
+  const int32_t* query_start_loc = nullptr;  // [num_seqs + 1] token offsets into q/out
+  const int32_t* seq_lens = nullptr;         // [num_seqs] context length incl. this step's tokens
+  const int32_t* block_tables = nullptr;     // [num_seqs, max_blocks_per_seq]
+  int64_t max_blocks_per_seq = 0;
+  int64_t num_heads = 0;
+  float scale = 1.0f;                        // usually 1/sqrt(head_dim)
+  int64_t sliding_window = 0;                // 0 = none; else keys with pos <= q_pos - window are masked
+};
+
 }  // namespace llm

@@ -99,11 +99,12 @@ std::vector<int32_t> serve_alone(const Fixture& f, const std::vector<int32_t>& p
 // Copies blocks src_ids[i] of `from` into dst_ids[i] of `to`, for i in [begin, end).
 void copy_blocks(const Engine& from, const std::vector<int32_t>& src_ids, const Engine& to,
                  const std::vector<int32_t>& dst_ids, size_t begin, size_t end) {
-  const KvRegion a = from.kv_region(), b = to.kv_region();
-  CHECK_EQ(a.block_bytes, b.block_bytes);
+  const KVCacheView a = from.kv_region().view, b = to.kv_region().view;
+  const int64_t block_bytes = a.block_bytes();
+  CHECK_EQ(block_bytes, b.block_bytes());
   for (size_t i = begin; i < end; ++i)
-    std::memcpy(static_cast<char*>(b.data) + dst_ids[i] * b.block_bytes,
-                static_cast<const char*>(a.data) + src_ids[i] * a.block_bytes, a.block_bytes);
+    std::memcpy(static_cast<char*>(b.data) + dst_ids[i] * block_bytes,
+                static_cast<const char*>(a.data) + src_ids[i] * block_bytes, block_bytes);
 }
 
 }  // namespace

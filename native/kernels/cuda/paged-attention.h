@@ -17,20 +17,12 @@
 
 namespace llm::cuda {
 
-// cpu::AttentionBatch with device pointers, plus the host-side sizes a launch needs.
-struct AttentionBatch {
-  int64_t num_seqs = 0;
-  const int32_t* query_start_loc = nullptr;  // [num_seqs + 1] token offsets into q/out
-  const int32_t* seq_lens = nullptr;         // [num_seqs] context length incl. this step's tokens
-  const int32_t* block_tables = nullptr;     // [num_seqs, max_blocks_per_seq]
-  int64_t max_blocks_per_seq = 0;
-  int64_t num_heads = 0;
-  float scale = 1.0f;                        // usually 1/sqrt(head_dim)
-  int64_t sliding_window = 0;                // 0 = none; else keys with pos <= q_pos - window are masked
-  // Host-side sizes (upper bounds are fine; they size the grid and the workspace):
-  int64_t num_tokens = 0;                    // T = query_start_loc[num_seqs]
-  int64_t max_query_len = 0;                 // max over sequences of their new tokens
-  int64_t max_seq_len = 0;                   // max over sequences of seq_lens
+// llm::AttentionBatch (tensor-view.h) with device pointers, plus the host-side sizes a launch
+// needs (upper bounds are fine; they size the grid and the workspace).
+struct AttentionBatch : llm::AttentionBatch {
+  int64_t num_tokens = 0;     // T = query_start_loc[num_seqs]
+  int64_t max_query_len = 0;  // max over sequences of their new tokens
+  int64_t max_seq_len = 0;    // max over sequences of seq_lens
 };
 
 // Scratch bytes paged_attention needs for this batch (the split-decode partials; 0 when the
