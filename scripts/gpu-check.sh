@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# gpu-check.sh: the GPU check for a machine with CMake, nvcc and Python (PyTorch) but no Node
-# and no network. Builds the CUDA kernel tests and benchmark as plain CMake targets, runs them,
-# and prints one summary. Meant to finish well under 8 minutes on a fresh machine.
+# gpu-check.sh: the GPU check for a machine with CMake, nvcc and Python (PyTorch, transformers)
+# but no Node and no network. Builds the engine core, its CUDA tests and benchmarks as plain CMake
+# targets, runs them, and prints one summary. Meant to finish in under 8 minutes on a fresh
+# machine (the 8B benchmark takes most of it; KVSERVE_GPU_SKIP_8B=1 leaves it out).
 #
 #   bash scripts/gpu-check.sh
 #
@@ -9,13 +10,21 @@
 #   1. GPU: nvidia-smi; without a GPU it says so, still builds (a compile check) and exits 2.
 #   2. cuBLAS: the kernels dlopen libcublas.so.13/.12 (gemm.cu); when the loader cannot find
 #      it, the copy inside PyTorch's nvidia-cublas wheel is added to LD_LIBRARY_PATH.
-#   3. configure build-gpu/ (Release, LLM_BUILD_TESTS=ON, LLM_CUDA=ON, sm_80 + sm_90).
-#   4. build test-cuda-kernels and bench-cuda-kernels only, with every core.
+#   3. configure build-gpu/ (Release, LLM_BUILD_TESTS=ON, LLM_CUDA=ON, the GPU's own
+#      architecture only, to build fast: CMake's default is sm_80 + sm_90).
+#   4. build test-cuda-kernels, test-cuda-forward, bench-cuda-kernels, bench-cuda-engine.
 #   5. test-cuda-kernels: every CUDA kernel against the CPU reference (per-op error bounds).
-#   6. bench-cuda-kernels: bandwidth, decode/prefill attention, cuBLAS GEMM figures.
-# Settings: KVSERVE_GPU_BUILD (build dir, default build-gpu), XXHASH_INCLUDE_DIR (a directory
-# with xxhash.h, for a machine without libxxhash-dev; build-gpu-deps/ is used when present:
-# it is git-ignored, so before sending the tree to a GPU machine run
+#   6. test-cuda-forward on generated models (gpu-reference.py make-models): the CUDA runner and
+#      the engine on CUDA against the CPU runner, greedy tokens and logits.
+#   7. gpu-reference.py compare-hf: the same models' logits against HF transformers on the GPU.
+#   8. bench-cuda-kernels: bandwidth, decode/prefill attention, cuBLAS GEMM figures.
+#   9. the 8B benchmark: gpu-reference.py make-8b (random weights, Llama-3.1-8B's shape, bf16),
+#      bench-cuda-engine on it, and gpu-reference.py torch-bench (HF generate, SDPA) on it.
+# Settings: KVSERVE_GPU_BUILD (build dir, default build-gpu), KVSERVE_GPU_MODELS (where models
+# are generated, default /tmp/kvserve-gpu-models), KVSERVE_GPU_SKIP_8B=1, KVSERVE_GPU_SKIP_TORCH=1
+# (leaves out the PyTorch comparison), KVSERVE_GPU_SKIP_HF=1 (leaves out compare-hf), XXHASH_INCLUDE_DIR (a
+# directory with xxhash.h, for a machine without libxxhash-dev; build-gpu-deps/ is used when
+# present: it is git-ignored, so before sending the tree to a GPU machine run
 #   mkdir -p build-gpu-deps && cp /usr/include/xxhash.h build-gpu-deps/
 # and carry build-gpu-deps along).
 # Exit: 0 all passed; 1 a step failed; 2 no GPU (build checked only).
@@ -55,10 +64,20 @@ print_summary() {
     echo "-- per-test results (test-cuda-kernels):"
     grep -E '^(ok  |FAIL|SKIP)|passed, .* failed|<-- FAIL' "$logs/test.log" || true
   fi
-  if [[ -f "$logs/bench.log" ]]; then
-    echo "-- benchmark (bench-cuda-kernels):"
-    cat "$logs/bench.log"
+  if [[ -f "$logs/forward.log" ]]; then
+    echo "-- test-cuda-forward:"
+    grep -E '^(ok  |FAIL|SKIP|device)|worst|equal|skipped|passed, .* failed|failed' "$logs/forward.log" || true
   fi
+  if [[ -f "$logs/compare-hf.log" ]]; then
+    echo "-- against HF transformers:"
+    grep -E 'vs HF|compare-hf' "$logs/compare-hf.log" || true
+  fi
+  for b in bench bench-engine torch-bench; do
+    if [[ -f "$logs/$b.log" ]]; then
+      echo "-- $b:"
+      grep -vE '^(torch |made )' "$logs/$b.log" || true
+    fi
+  done
 }
 
 mkdir -p "$logs"
@@ -104,6 +123,10 @@ fi
 xxhash_dir="${XXHASH_INCLUDE_DIR:-}"
 if [[ -z "$xxhash_dir" && -f "$root/build-gpu-deps/xxhash.h" ]]; then xxhash_dir="$root/build-gpu-deps"; fi
 cmake_args=(-S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLM_BUILD_TESTS=ON -DLLM_CUDA=ON -DLLM_ASAN=OFF)
+if [[ $have_gpu -eq 1 ]]; then
+  arch="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')"
+  [[ -n "$arch" ]] && cmake_args+=("-DCMAKE_CUDA_ARCHITECTURES=$arch")
+fi
 if [[ -n "$xxhash_dir" ]]; then cmake_args+=("-DXXHASH_INCLUDE_DIR=$xxhash_dir"); fi
 if ! run_step "configure" "$logs/configure.log" cmake "${cmake_args[@]}"; then
   print_summary
@@ -111,8 +134,9 @@ if ! run_step "configure" "$logs/configure.log" cmake "${cmake_args[@]}"; then
 fi
 
 # 4. build
-if ! run_step "build (test-cuda-kernels, bench-cuda-kernels)" "$logs/build.log" \
-    cmake --build "$build" --target test-cuda-kernels bench-cuda-kernels --parallel "$jobs"; then
+if ! run_step "build" "$logs/build.log" \
+    cmake --build "$build" --target test-cuda-kernels test-cuda-forward bench-cuda-kernels bench-cuda-engine \
+    --parallel "$jobs"; then
   print_summary
   exit 1
 fi
@@ -125,13 +149,43 @@ if [[ $have_gpu -eq 0 ]]; then
   exit 2
 fi
 
-# 5. tests, 6. benchmark
+# 5. kernel tests
 run_step "test-cuda-kernels" "$logs/test.log" timeout 300 "$build/test-cuda-kernels" || true
 if grep -q '^SKIP' "$logs/test.log"; then
   summary+=("FAIL  test-cuda-kernels skipped although nvidia-smi sees a GPU")
   failed=1
 fi
+
+# 6. end to end on generated models, 7. against HF transformers
+models="${KVSERVE_GPU_MODELS:-/tmp/kvserve-gpu-models}"
+if run_step "make test models" "$logs/make-models.log" python3 "$root/scripts/gpu-reference.py" make-models "$models"; then
+  dirs="$models/llama-gqa4-f32:$models/llama-gqa4-bf16:$models/qwen2-bias-tied-bf16:$models/mistral-window-bf16"
+  run_step "test-cuda-forward" "$logs/forward.log" env KVSERVE_CUDA_TEST_MODELS="$dirs" timeout 300 \
+    "$build/test-cuda-forward" || true
+  if [[ "${KVSERVE_GPU_SKIP_HF:-0}" != 1 ]]; then
+    run_step "compare-hf" "$logs/compare-hf.log" timeout 300 python3 "$root/scripts/gpu-reference.py" compare-hf \
+      ${dirs//:/ } || true
+  fi
+fi
+
+# 8. kernel benchmark
 run_step "bench-cuda-kernels" "$logs/bench.log" timeout 180 "$build/bench-cuda-kernels" || true
+
+# 9. the 8B benchmark and PyTorch on the same model
+if [[ "${KVSERVE_GPU_SKIP_8B:-0}" != 1 ]]; then
+  # 16 GB of weights: in /dev/shm (memory) when it has room, so writing and reading them is fast.
+  big="$models/llama-8b"
+  if [[ -d /dev/shm ]] && (( $(df --output=avail -k /dev/shm | tail -1) > 24 * 1024 * 1024 )); then
+    big=/dev/shm/kvserve-llama-8b
+  fi
+  if run_step "make-8b" "$logs/make-8b.log" timeout 300 python3 "$root/scripts/gpu-reference.py" make-8b "$big"; then
+    run_step "bench-cuda-engine (8B)" "$logs/bench-engine.log" timeout 300 "$build/bench-cuda-engine" "$big" || true
+    if [[ "${KVSERVE_GPU_SKIP_TORCH:-0}" != 1 ]]; then
+      run_step "torch-bench (8B)" "$logs/torch-bench.log" timeout 300 python3 "$root/scripts/gpu-reference.py" \
+        torch-bench "$big" || true
+    fi
+  fi
+fi
 
 print_summary
 exit $failed

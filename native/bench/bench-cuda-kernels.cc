@@ -30,6 +30,9 @@ using namespace llm;
 
 namespace {
 
+constexpr cuda::AttentionVariant kAttentionVariants[] = {
+    cuda::AttentionVariant::fast, cuda::AttentionVariant::pipelined_tiles, cuda::AttentionVariant::plain_tiles};
+
 void die(const std::string& what) {
   std::fprintf(stderr, "bench-cuda-kernels: %s\n", what.c_str());
   std::exit(1);
@@ -143,20 +146,43 @@ int main() {
                                 AttentionRun{"Llama-3.1-8B  batch 1  ctx 4096", 1, 4095, 1, 32, 8, 128},
                                 AttentionRun{"Llama-3.1-8B  batch 64 ctx 1024", 64, 1023, 1, 32, 8, 128},
                                 AttentionRun{"Llama-3.2-1B  batch 32 ctx 4096", 32, 4095, 1, 32, 8, 64}}) {
-    const double s = time_attention(r);
-    const double kv_bytes = 2.0 * r.num_seqs * (r.cached + 1) * r.Hkv * r.head_dim * 2;
-    const double io_bytes = 2.0 * r.num_seqs * r.H * r.head_dim * 2;  // q + out
-    const double achieved = (kv_bytes + io_bytes) / s;
-    std::printf("  %-34s %8.1f us  %6.0f GB/s  fraction %.2f\n", r.label, s * 1e6, achieved / 1e9, achieved / bw);
+    for (cuda::AttentionVariant variant : kAttentionVariants) {
+      cuda::set_attention_variant(variant);
+      const double s = time_attention(r);
+      const double kv_bytes = 2.0 * r.num_seqs * (r.cached + 1) * r.Hkv * r.head_dim * 2;
+      const double io_bytes = 2.0 * r.num_seqs * r.H * r.head_dim * 2;  // q + out
+      const double achieved = (kv_bytes + io_bytes) / s;
+      std::printf("  %-34s %-11s %8.1f us  %6.0f GB/s  fraction %.2f\n", r.label, cuda::attention_variant_name(variant),
+                  s * 1e6, achieved / 1e9, achieved / bw);
+    }
   }
+  cuda::set_attention_variant(cuda::AttentionVariant::fast);
+
+  std::printf("\nfast decode kernel, blocks per SM the context is split for (default 2):\n");
+  for (int64_t per_sm : {2, 4, 8, 16}) {
+    cuda::set_decode_blocks_per_sm(per_sm);
+    for (const AttentionRun& r : {AttentionRun{"Llama-3.1-8B  batch 32 ctx 4096", 32, 4095, 1, 32, 8, 128},
+                                  AttentionRun{"Llama-3.1-8B  batch 1  ctx 4096", 1, 4095, 1, 32, 8, 128}}) {
+      const double s = time_attention(r);
+      const double bytes = 2.0 * r.num_seqs * (r.cached + 1) * r.Hkv * r.head_dim * 2 + 2.0 * r.num_seqs * r.H * r.head_dim * 2;
+      std::printf("  %-34s %2lld/SM %8.1f us  fraction %.2f\n", r.label, static_cast<long long>(per_sm), s * 1e6,
+                  bytes / s / bw);
+    }
+  }
+  cuda::set_decode_blocks_per_sm(2);
 
   std::printf("\nprefill attention, bf16, one prompt:\n");
   for (const AttentionRun& r : {AttentionRun{"Llama-3.1-8B  2048 tokens", 1, 0, 2048, 32, 8, 128},
                                 AttentionRun{"Llama-3.2-1B  2048 tokens", 1, 0, 2048, 32, 8, 64}}) {
-    const double s = time_attention(r);
-    const double pairs = static_cast<double>(r.new_tokens) * (r.new_tokens + 1) / 2;
-    std::printf("  %-34s %8.1f us  %6.1f TFLOP/s\n", r.label, s * 1e6, 4.0 * r.H * r.head_dim * pairs / s / 1e12);
+    for (cuda::AttentionVariant variant : kAttentionVariants) {
+      cuda::set_attention_variant(variant);
+      const double s = time_attention(r);
+      const double pairs = static_cast<double>(r.new_tokens) * (r.new_tokens + 1) / 2;
+      std::printf("  %-34s %-11s %8.1f us  %6.1f TFLOP/s\n", r.label, cuda::attention_variant_name(variant), s * 1e6,
+                  4.0 * r.H * r.head_dim * pairs / s / 1e12);
+    }
   }
+  cuda::set_attention_variant(cuda::AttentionVariant::fast);
 
   std::unique_ptr<cuda::CublasGemm> gemm;
   check(cuda::CublasGemm::create(&gemm), "cuBLAS");
@@ -182,5 +208,6 @@ int main() {
       std::printf("  %-24s M %5lld %8.1f us  %6.1f TFLOP/s  %6.0f GB/s (fraction %.2f)\n", p.name,
                   static_cast<long long>(M), s * 1e6, tflops, bytes / s / 1e9, bytes / s / bw);
     }
+
   return 0;
 }

@@ -189,6 +189,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.num_threads = static_cast<int>(get_int(o, "numThreads"));
     cfg.enable_prefix_caching = get_bool(o, "enablePrefixCaching");
     cfg.kv_shared_memory = get_bool(o, "kvSharedMemory");
+    cfg.device = get_string(o, "device");
     cfg.seed = static_cast<uint64_t>(get_int(o, "seed"));
 
     std::unique_ptr<llm::Engine> engine;
@@ -480,6 +481,20 @@ Napi::Value CpuKernelInfo(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// cudaDevice(): whether this build has the CUDA backend and a device it can use
+// (model-runner-cuda.h): {compiled, usable, description}, description naming the device when
+// usable, else why not.
+Napi::Value CudaDevice(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string description;
+  const Status st = llm::cuda_device_usable(&description);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("compiled", llm::cuda_backend_built());
+  o.Set("usable", st.ok());
+  o.Set("description", st.ok() ? description : st.message());
+  return o;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineWrap::Init(env));
   exports.Set("Model", ModelWrap::Init(env));
@@ -489,11 +504,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuKernelInfo", Napi::Function::New(env, CpuKernelInfo, "cpuKernelInfo"));
   llm::register_transfer_exports(env, exports);
   exports.Set("version", Napi::String::New(env, KVSERVE_VERSION));
-#ifdef KVSERVE_CUDA
-  exports.Set("cudaCompiled", Napi::Boolean::New(env, true));
-#else
-  exports.Set("cudaCompiled", Napi::Boolean::New(env, false));
-#endif
+  exports.Set("cudaCompiled", Napi::Boolean::New(env, llm::cuda_backend_built()));
+  exports.Set("cudaDevice", Napi::Function::New(env, CudaDevice, "cudaDevice"));
   return exports;
 }
 

@@ -69,6 +69,26 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
                    std::to_string(model_len));
   const int64_t max_model_len = cfg.max_model_len > 0 ? cfg.max_model_len : model_len;
 
+  // The device: auto takes CUDA when this build has it and a device is usable.
+  std::string device = cfg.device.empty() ? "cpu" : cfg.device;
+  if (device != "cpu" && device != "cuda" && device != "auto")
+    return invalid("device must be cpu, cuda or auto, not '" + device + "'");
+  if (device == "auto") device = cuda_device_usable(nullptr).ok() ? "cuda" : "cpu";
+  std::unique_ptr<CudaModelRunner> cuda_runner;
+  if (device == "cuda") {
+    std::string why;
+    if (Status st = cuda_device_usable(&why); !st.ok())
+      return Status(StatusCode::device_unavailable, "device cuda: " + st.message());
+    if (cfg.kv_shared_memory)
+      return invalid("device cuda: disaggregated prefill/decode needs the CUDA IPC transfer backend, which is not "
+                     "built yet; use device cpu");
+    CudaRunnerOptions co;
+    co.max_num_tokens = cfg.max_num_batched_tokens;
+    co.cuda_graphs = cfg.cuda_graphs;
+    co.max_graph_batch = std::min<int64_t>(cfg.max_num_seqs, 512);
+    LLM_RETURN_IF_ERROR(CudaModelRunner::create(*e->model_, co, &cuda_runner));
+  }
+
   // 4. The KV pool: [num_blocks][num_layers][2][block_size][num_kv_heads][head_dim].
   KVCacheView shape = make_kv_view(mc, nullptr, 0, cfg.block_size);
   const int64_t block_bytes = shape.block_bytes();
@@ -78,7 +98,11 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     if (bytes == 0) {
       const int64_t blocks_per_seq = (max_model_len + cfg.block_size - 1) / cfg.block_size;
       const double wanted = static_cast<double>(blocks_per_seq) * cfg.max_num_seqs * block_bytes;
-      bytes = static_cast<int64_t>(std::min<double>(wanted, kDefaultKvCacheBytes));
+      // CPU: a fixed default; CUDA: up to 90% of what the weights and activations leave free
+      // (vLLM's gpu_memory_utilization).
+      const double room = cuda_runner ? 0.9 * static_cast<double>(cuda_runner->free_device_bytes())
+                                      : static_cast<double>(kDefaultKvCacheBytes);
+      bytes = static_cast<int64_t>(std::min<double>(wanted, room));
     }
     num_blocks = bytes / block_bytes;
   }
@@ -86,14 +110,16 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     return invalid("the KV cache holds no block: one block needs " + std::to_string(block_bytes) + " bytes");
   if (num_blocks > (int64_t{1} << 31) - 1) return invalid("too many KV blocks");
   e->kv_bytes_ = static_cast<size_t>(num_blocks) * static_cast<size_t>(block_bytes);
-  if (cfg.kv_shared_memory) {
+  if (cuda_runner) {
+    LLM_RETURN_IF_ERROR(cuda_runner->allocate_kv_cache(make_kv_view(mc, nullptr, num_blocks, cfg.block_size)));
+  } else if (cfg.kv_shared_memory) {
     SharedMemory::remove_stale_segments();
     LLM_RETURN_IF_ERROR(SharedMemory::create(SharedMemory::unique_name("kv"), e->kv_bytes_, &e->kv_shm_));
     e->kv_data_ = e->kv_shm_->data();
   } else {
     e->kv_data_ = map_pool(e->kv_bytes_);
   }
-  if (!e->kv_data_)
+  if (!e->kv_data_ && !cuda_runner)
     return Status(StatusCode::out_of_memory,
                   "cannot allocate the KV cache (" + std::to_string(e->kv_bytes_) + " bytes)");
 
@@ -109,12 +135,16 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   sc.max_model_len = max_model_len;
   e->scheduler_ = std::make_unique<Scheduler>(sc, e->kv_.get());
   e->scheduler_->set_eos_token_ids(mc.eos_token_ids);
-  CpuRunnerOptions ro;
-  ro.num_threads = cfg.num_threads;
-  e->runner_ = make_cpu_runner(*e->model_, make_kv_view(mc, e->kv_data_, num_blocks, cfg.block_size), ro);
-
+  if (cuda_runner) {
+    e->info_.kernels = cuda_runner->describe();
+    e->runner_ = std::move(cuda_runner);
+  } else {
+    CpuRunnerOptions ro;
+    ro.num_threads = cfg.num_threads;
+    e->runner_ = make_cpu_runner(*e->model_, make_kv_view(mc, e->kv_data_, num_blocks, cfg.block_size), ro);
+    e->info_.kernels = cpu::cpu_kernels().name;
+  }
   e->info_.backend = e->runner_->backend_name();
-  e->info_.kernels = cpu::cpu_kernels().name;
   e->info_.num_kv_blocks = num_blocks;
   e->info_.block_size = cfg.block_size;
   e->info_.max_model_len = max_model_len;
@@ -127,12 +157,12 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
 
 Engine::~Engine() {
   runner_.reset();  // joins the runner's threads before the pool goes away
-  if (kv_data_ && !kv_shm_) munmap(kv_data_, kv_bytes_);
+  if (kv_data_ && !kv_shm_) munmap(kv_data_, kv_bytes_);  // null on CUDA: the runner freed its pool
 }
 
 KvRegion Engine::kv_region() const {
   KvRegion r;
-  r.view = make_kv_view(model_->config, kv_data_, info_.num_kv_blocks, info_.block_size);
+  r.view = make_kv_view(model_->config, kv_data_, info_.num_kv_blocks, info_.block_size);  // data null on CUDA
   r.bytes = kv_bytes_;
   r.shm_name = kv_shm_ ? kv_shm_->name() : std::string();
   return r;
@@ -288,8 +318,18 @@ Status Engine::step(StepResult* out) {
     fb.max_blocks_per_seq = max_blocks_per_seq_;
     fb.num_logits = static_cast<int64_t>(logits_indices_.size());
     fb.logits_indices = logits_indices_.data();
-    logits_.resize(static_cast<size_t>(fb.num_logits) * vocab);
-    result = runner_->forward(fb, logits_.data());
+    // Every sampled request plain greedy, on a runner that takes the argmax where the logits
+    // are (CUDA): only the ids come back, and the sampler is not needed.
+    bool device_greedy = runner_->greedy_on_device() && fb.num_logits > 0;
+    for (const ScheduledRequest& sr : sched.scheduled)
+      if (sr.samples && !Sampler::is_plain_greedy(*sr.req)) device_greedy = false;
+    if (device_greedy) {
+      greedy_ids_.resize(static_cast<size_t>(fb.num_logits));
+      result = runner_->forward_greedy(fb, greedy_ids_.data());
+    } else {
+      logits_.resize(static_cast<size_t>(fb.num_logits) * vocab);
+      result = runner_->forward(fb, logits_.data());
+    }
 
     if (!result.ok()) {
       // The batch failed as a whole: finish its requests with the error, never leave them hanging.
@@ -309,7 +349,12 @@ Status Engine::step(StepResult* out) {
       int64_t row = 0;
       for (const ScheduledRequest& sr : sched.scheduled) {
         if (!sr.samples) continue;
-        SampleResult res = sampler_.sample(sr.req, logits_.data() + row * vocab, vocab, model_->config.eos_token_ids);
+        SampleResult res;
+        if (device_greedy) {
+          res.token_id = greedy_ids_[static_cast<size_t>(row)];
+        } else {
+          res = sampler_.sample(sr.req, logits_.data() + row * vocab, vocab, model_->config.eos_token_ids);
+        }
         ++row;
         sampled.push_back(res.token_id);
         samples.push_back(std::move(res));

@@ -17,6 +17,7 @@
 #include "../common/status.h"
 #include "kv-cache-manager.h"
 #include "kv-events.h"
+#include "model-runner-cuda.h"
 #include "model-runner.h"
 #include "model-weights.h"
 #include "request.h"
@@ -35,6 +36,8 @@ struct EngineConfig {
   int64_t num_kv_blocks = 0;            // 0 = derived from kv_cache_bytes
   int64_t kv_cache_bytes = 0;           // 0 = default (see engine.cc)
   int num_threads = 0;                  // 0 = all cores
+  std::string device = "cpu";           // cpu | cuda | auto (cuda when a device is usable, else cpu)
+  bool cuda_graphs = true;              // CUDA: decode steps replay captured graphs
   bool enable_prefix_caching = true;
   bool kv_shared_memory = false;        // pool in a named shm segment (disaggregation, see kv_region)
   uint64_t seed = 0;                    // for requests without their own seed
@@ -86,8 +89,8 @@ struct KvRegion {
 };
 
 struct EngineInfo {
-  std::string backend;
-  std::string kernels;
+  std::string backend;                  // "cpu" or "cuda"
+  std::string kernels;                  // the CPU kernel path, or the device and cuBLAS
   int64_t num_kv_blocks = 0;
   int64_t block_size = 0;
   int64_t max_model_len = 0;
@@ -129,7 +132,7 @@ class Engine {
   EngineConfig cfg_;
   EngineInfo info_;
   std::unique_ptr<Model> model_;
-  void* kv_data_ = nullptr;  // the pool: num_kv_blocks * kv_block_bytes
+  void* kv_data_ = nullptr;  // the host pool: num_kv_blocks * kv_block_bytes (null on CUDA: the runner owns it)
   size_t kv_bytes_ = 0;
   std::unique_ptr<SharedMemory> kv_shm_;  // owns kv_data_ when cfg_.kv_shared_memory
   std::unique_ptr<KVCacheManager> kv_;
@@ -145,6 +148,7 @@ class Engine {
       logits_indices_;
   std::vector<int64_t> slot_mapping_;
   std::vector<float> logits_;
+  std::vector<int32_t> greedy_ids_;
   int64_t max_blocks_per_seq_ = 0;
 };
 

@@ -18,41 +18,6 @@
 
 namespace llm {
 
-// ---------------------------------------------------------------------------------------------
-// Rotary frequencies
-
-constexpr double kPi = 3.14159265358979323846;
-
-std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
-  const int64_t half = cfg.head_dim / 2;
-  const RopeScaling& rs = cfg.rope_scaling;
-  std::vector<float> inv_freq(static_cast<size_t>(half));
-  for (int64_t i = 0; i < half; ++i) {
-    // inv_freq_i = 1 / theta^(2i / head_dim)
-    double f = 1.0 / std::pow(static_cast<double>(cfg.rope_theta), 2.0 * i / cfg.head_dim);
-    if (rs.type == RopeScalingType::linear) {
-      // linear: every frequency slowed by `factor`
-      f /= rs.factor;
-    } else if (rs.type == RopeScalingType::llama3) {
-      // llama3 (HF _compute_llama3_parameters): long wavelengths slowed by `factor`, short ones
-      // kept, and the band between blended smoothly.
-      const double original = static_cast<double>(rs.original_max_position_embeddings);
-      const double low_freq_wavelen = original / rs.low_freq_factor;
-      const double high_freq_wavelen = original / rs.high_freq_factor;
-      const double wavelen = 2.0 * kPi / f;
-      if (wavelen > low_freq_wavelen) {
-        f /= rs.factor;
-      } else if (wavelen >= high_freq_wavelen) {
-        const double smooth =
-            (original / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
-        f = (1.0 - smooth) * f / rs.factor + smooth * f;
-      }
-    }
-    inv_freq[static_cast<size_t>(i)] = static_cast<float>(f);
-  }
-  return inv_freq;
-}
-
 namespace {
 
 Status invalid(const std::string& message) { return Status(StatusCode::invalid_argument, message); }
@@ -125,6 +90,7 @@ class CpuModelRunner final : public ModelRunner {
   }
 
   const char* backend_name() const override { return "cpu"; }
+  int64_t vocab_size() const override { return model_.config.vocab_size; }
 
   Status forward(const ForwardBatch& batch, float* logits) override;
 
@@ -162,65 +128,8 @@ class CpuModelRunner final : public ModelRunner {
   int64_t intermediate_ = 0;     // FFN width on this rank
 };
 
-// Checks everything a kernel will index with, so that a bad batch is an error, never a stray
-// read or write: token ids, query_start_loc, seq_lens, the block ids each sequence's context
-// needs, positions, slot_mapping (each slot must be where its position lives in the block
-// table, or negative = padding) and logits_indices.
 Status CpuModelRunner::validate(const ForwardBatch& b) const {
-  const ModelConfig& c = model_.config;
-  const KVCacheView& kv = kv_cache_;
-  if (static_cast<int64_t>(model_.weights.layers.size()) != c.num_layers)
-    return invalid("the model has " + std::to_string(model_.weights.layers.size()) + " layers of weights, its config " +
-                   std::to_string(c.num_layers));
-  if (num_heads_ <= 0 || num_kv_heads_ <= 0 || num_heads_ % num_kv_heads_ != 0 || c.head_dim % 2 != 0)
-    return invalid("the model's head counts or head_dim are inconsistent");
-  if (kv.data == nullptr || kv.block_size <= 0 || kv.num_layers < c.num_layers ||
-      kv.num_kv_heads != num_kv_heads_ || kv.head_dim != c.head_dim)
-    return invalid("the KV cache view does not match the model");
-  if (b.num_tokens < 0 || b.num_seqs < 0 || b.num_logits < 0 || b.max_blocks_per_seq < 0)
-    return invalid("batch sizes must not be negative");
-  if (b.num_tokens > 0 && (!b.token_ids || !b.positions || !b.slot_mapping))
-    return invalid("token_ids, positions and slot_mapping are required");
-  if (b.num_tokens > 0 && b.num_seqs == 0) return invalid("tokens without sequences");
-  if (b.num_seqs > 0 && (!b.query_start_loc || !b.seq_lens || (!b.block_tables && b.max_blocks_per_seq > 0)))
-    return invalid("query_start_loc, seq_lens and block_tables are required");
-  if (b.num_logits > 0 && !b.logits_indices) return invalid("logits_indices is required");
-
-  for (int64_t t = 0; t < b.num_tokens; ++t)
-    if (b.token_ids[t] < 0 || b.token_ids[t] >= c.vocab_size)
-      return invalid("token id " + std::to_string(b.token_ids[t]) + " at " + std::to_string(t) +
-                     " is outside the vocabulary");
-
-  const int64_t bs = kv.block_size;
-  if (b.num_seqs > 0 && b.query_start_loc[0] != 0) return invalid("query_start_loc[0] must be 0");
-  for (int64_t s = 0; s < b.num_seqs; ++s) {
-    const int64_t q_begin = b.query_start_loc[s], q_end = b.query_start_loc[s + 1];
-    const int64_t q_len = q_end - q_begin, seq_len = b.seq_lens[s];
-    const std::string seq = "sequence " + std::to_string(s);
-    if (q_len < 0 || q_end > b.num_tokens) return invalid(seq + ": query_start_loc out of order or range");
-    if (seq_len < q_len) return invalid(seq + ": seq_len is shorter than its new tokens");
-    if (seq_len > b.max_blocks_per_seq * bs) return invalid(seq + ": seq_len exceeds its block table");
-    const int32_t* table = b.block_tables + s * b.max_blocks_per_seq;
-    for (int64_t j = 0; j < (seq_len + bs - 1) / bs; ++j)
-      if (table[j] < 0 || table[j] >= kv.num_blocks)
-        return invalid(seq + ": block id " + std::to_string(table[j]) + " is outside the pool");
-    for (int64_t t = q_begin; t < q_end; ++t) {
-      const int64_t pos = seq_len - q_len + (t - q_begin);
-      if (b.positions[t] != pos)
-        return invalid(seq + ": token " + std::to_string(t) + " has position " +
-                       std::to_string(b.positions[t]) + ", expected " + std::to_string(pos));
-      const int64_t slot = b.slot_mapping[t];
-      if (slot >= 0 && slot != static_cast<int64_t>(table[pos / bs]) * bs + pos % bs)
-        return invalid(seq + ": token " + std::to_string(t) + " has slot " + std::to_string(slot) +
-                       ", not where its block table puts position " + std::to_string(pos));
-    }
-  }
-  if (b.num_seqs > 0 && b.query_start_loc[b.num_seqs] != b.num_tokens)
-    return invalid("query_start_loc does not end at num_tokens");
-  for (int64_t i = 0; i < b.num_logits; ++i)
-    if (b.logits_indices[i] < 0 || b.logits_indices[i] >= b.num_tokens)
-      return invalid("logits index " + std::to_string(b.logits_indices[i]) + " is outside the batch");
-  return Status::Ok();
+  return validate_forward_batch(model_, num_heads_, num_kv_heads_, kv_cache_, b);
 }
 
 Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {

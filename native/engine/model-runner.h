@@ -42,9 +42,27 @@ class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
   virtual const char* backend_name() const = 0;
+  virtual int64_t vocab_size() const = 0;
   // logits: [num_logits, vocab_size] fp32.
   virtual Status forward(const ForwardBatch& batch, float* logits) = 0;
+  // token_ids: [num_logits], the argmax of each logits row (the sampler's greedy choice: NaN
+  // counts as -inf, the lowest id wins a tie). Here: forward, then the argmax on the host; a GPU
+  // runner takes it on the device and copies back only the ids.
+  virtual Status forward_greedy(const ForwardBatch& batch, int32_t* token_ids);
+  // Whether forward_greedy saves work over forward + the sampler (the engine then uses it for
+  // steps whose every sampled request is plain greedy).
+  virtual bool greedy_on_device() const { return false; }
+
+ private:
+  std::vector<float> greedy_logits_;  // forward_greedy's scratch
 };
+
+// Checks everything a kernel will index with, so that a bad batch is an error, never a stray
+// read or write: token ids, query_start_loc, seq_lens, the block ids each sequence's context
+// needs, positions, slot_mapping (each slot must be where its position lives in the block
+// table, or negative = padding) and logits_indices. num_heads and num_kv_heads are this rank's.
+Status validate_forward_batch(const Model& model, int64_t num_heads, int64_t num_kv_heads, const KVCacheView& kv,
+                              const ForwardBatch& batch);
 
 struct CpuRunnerOptions {
   int num_threads = 0;  // 0 = all cores

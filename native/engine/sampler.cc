@@ -43,6 +43,12 @@ int32_t argmax(const float* x, int64_t n) {
 
 }  // namespace
 
+bool Sampler::is_plain_greedy(const Request& req) {
+  const SamplingParams& p = req.params;
+  return p.temperature < kGreedyTemperature && p.logprobs < 0 && p.repetition_penalty == 1.0f &&
+         p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f && req.num_output_tokens() >= p.min_tokens;
+}
+
 SampleResult Sampler::sample(Request* req, float* logits, int64_t vocab,
                              const std::vector<int64_t>& eos_token_ids) {
   SampleResult res;

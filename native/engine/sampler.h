@@ -37,6 +37,11 @@ class Sampler {
   SampleResult sample(Request* req, float* logits, int64_t vocab,
                       const std::vector<int64_t>& eos_token_ids);
 
+  // True when sample() would return the plain argmax of the raw logits for this request now:
+  // greedy, no penalty, no logprobs, and no EOS/stop masking (min_tokens reached). A runner may
+  // then take the argmax itself (ModelRunner::forward_greedy).
+  static bool is_plain_greedy(const Request& req);
+
  private:
   void apply_penalties(const Request& req, float* logits, int64_t vocab);
   int32_t draw(Request* req, const float* logits, int64_t vocab);

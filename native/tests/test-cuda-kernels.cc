@@ -14,6 +14,7 @@
 //   paged_attention    2e-5    2e-3    1.6e-2
 //   gemm (out f32)     1e-4 for every input dtype (fp32 sums of K products, K <= 2048)
 //   gemm (out = in)    -       3e-3    2.4e-2   (cuBLAS rounds y, the bias add rounds again)
+// Attention runs twice, with and without the pipelined (cp.async) K/V loads.
 // Shapes: partial last blocks, block sizes 1, 7, 16; context lengths 1 and 4097; GQA ratios
 // 1, 4 and 8; head_dim 64 and 128; batches mixing prefill chunks (fresh and on a cached prefix)
 // with decodes; split and unsplit decode; a sliding window; padding slots; ties and NaN for argmax.
@@ -27,6 +28,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -46,6 +48,9 @@ using namespace llm;
 using namespace llm_test;
 
 namespace {
+
+constexpr cuda::AttentionVariant kAttentionVariants[] = {
+    cuda::AttentionVariant::fast, cuda::AttentionVariant::pipelined_tiles, cuda::AttentionVariant::plain_tiles};
 
 const cpu::CpuKernels& R() { return cpu::cpu_reference_kernels(); }
 
@@ -142,12 +147,17 @@ TEST(cache_write_matches_cpu) {
   for (DType dt : kDTypes)
     for (int64_t block_size : {1, 7, 16}) {
       const int64_t Hkv = 2, head_dim = 64, T = 21;
-      TestPool cpu_pool(dt, 6, 3, block_size, Hkv, head_dim);
+      const int64_t num_blocks = (T + block_size - 1) / block_size + 3, num_slots = num_blocks * block_size;
+      TestPool cpu_pool(dt, num_blocks, 3, block_size, Hkv, head_dim);
       for (int64_t i = 0; i < cpu_pool.elements(); ++i) cpu_pool.set(i, uniform(-1.0f, 1.0f));
       auto gpu_pool = upload(cpu_pool.bytes);
-      // Slots: scattered over blocks, some partial, every 5th token padding.
+      // Slots: distinct (as in any real step: two tokens never share a slot, and the GPU writes
+      // them in no particular order), scattered over blocks by a stride coprime to the slot
+      // count, some blocks partial, every 5th token padding.
+      int64_t stride = 7;
+      while (std::gcd(stride, num_slots) != 1) ++stride;
       std::vector<int64_t> slots(static_cast<size_t>(T));
-      for (int64_t t = 0; t < T; ++t) slots[t] = t % 5 == 4 ? -1 : (t * 7 + 3) % (6 * block_size);
+      for (int64_t t = 0; t < T; ++t) slots[t] = t % 5 == 4 ? -1 : (t * stride + 3) % num_slots;
       const std::vector<float> k = rounded(dt, random_floats(T * Hkv * head_dim));
       const std::vector<float> v = rounded(dt, random_floats(T * Hkv * head_dim));
       R().cache_write(test_pool(), k.data(), v.data(), slots.data(), T, cpu_pool.view, 1);
@@ -195,12 +205,18 @@ void check_attention(DType dt, const AttentionShape& sh, const char* label) {
   }
   const size_t ws_bytes = cuda::paged_attention_workspace_bytes(b, view);
   DeviceBuffer ws(ws_bytes);
-  CHECK_OK(cuda::paged_attention(d_q->ptr, view, AttentionCase::kLayer, b, d_out.ptr, ws.ptr, ws_bytes, nullptr));
-  char what[160];
-  std::snprintf(what, sizeof(what), "attention %s D%lld G%lld bs%lld %s%s", dtype_name(dt),
-                static_cast<long long>(sh.head_dim), static_cast<long long>(sh.H / sh.Hkv),
-                static_cast<long long>(sh.block_size), label, ws_bytes ? " (split)" : "");
-  expect_close(what, download_f32(d_out, dt, n_out), want, kAttention.of(dt));
+  // Both ways of loading K/V tiles (cp.async double buffering, and load-then-compute).
+  for (cuda::AttentionVariant variant : kAttentionVariants) {
+    cuda::set_attention_variant(variant);
+    CHECK_OK(cuda::paged_attention(d_q->ptr, view, AttentionCase::kLayer, b, d_out.ptr, ws.ptr, ws_bytes, nullptr));
+    char what[160];
+    std::snprintf(what, sizeof(what), "attention %s D%lld G%lld bs%lld %s%s%s", dtype_name(dt),
+                  static_cast<long long>(sh.head_dim), static_cast<long long>(sh.H / sh.Hkv),
+                  static_cast<long long>(sh.block_size), label, ws_bytes ? " (split)" : "",
+                  (std::string(" ") + cuda::attention_variant_name(variant)).c_str());
+    expect_close(what, download_f32(d_out, dt, n_out), want, kAttention.of(dt));
+  }
+  cuda::set_attention_variant(cuda::AttentionVariant::fast);
 }
 
 TEST(paged_attention_mixed_batches_match_cpu) {
@@ -393,6 +409,8 @@ TEST(gemm_matches_cpu_matmul) {
         expect_close(what, download_f32(d_y, out, s.M * s.N), want, bound);
       }
 }
+
+
 
 }  // namespace
 

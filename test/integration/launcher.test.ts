@@ -6,7 +6,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureModel } from '../../ts/modelgen/index.ts';
-import { packageRoot } from '../../ts/native/loader.ts';
+import { loadAddon, packageRoot } from '../../ts/native/loader.ts';
 import { badInputCases } from '../helpers/bad-inputs.ts';
 import { alive, childPids, fakeHfCache, freePort, launch, runLauncher, type Launched } from '../helpers/launcher.ts';
 
@@ -176,7 +176,8 @@ describe('launcher', () => {
     [['--max-local-prefill-length', '10'], /applies to disaggregated serving: add --prefill-workers/],
     [['--prefill-workers', '1', '--prefill-deadline-ms', '5'], /--prefill-deadline-ms must be in \[100, /],
     [['--decode-tp', '4'], /not implemented yet/],
-    [['--device', 'cuda'], /no CUDA backend/],
+    [['--device', 'cuda', '--prefill-workers', '1'], /needs the CUDA IPC transfer backend/],
+    ...(loadAddon().cudaDevice().usable ? [] : [[['--device', 'cuda'], /--device cuda: no usable CUDA device \(/]]),
   ])('refuses %j with a clear message', async (args, message) => {
     const { code, output } = await runLauncher(args as string[]);
     expect(code).toBe(2);

@@ -39,8 +39,13 @@ describe('native addon exports', () => {
     expect(proto.sort()).toEqual([...methods.get(name)!].sort());
   });
 
-  it('reports whether CUDA was compiled in', () => {
+  it('reports whether CUDA was compiled in, and whether a device is usable', () => {
     expect(typeof addon.cudaCompiled).toBe('boolean');
     expect(typeof addon.version).toBe('string');
+    const cuda = loadAddon().cudaDevice();
+    expect(cuda.compiled).toBe(addon.cudaCompiled);
+    expect(typeof cuda.usable).toBe('boolean');
+    expect(cuda.description.length).toBeGreaterThan(0); // the device, or why there is none
+    if (!cuda.compiled) expect(cuda.usable).toBe(false);
   });
 });

@@ -1,7 +1,7 @@
 // The engine through the addon: continuous batching, prefix caching, preemption, sampling
 // seeds, aborts, KV events and metrics. Equivalences are exact (greedy tokens), never timing.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Engine, Model, NativeError, collect, type KvEvent } from '../../ts/native/index.ts';
+import { Engine, Model, NativeError, collect, loadAddon, type KvEvent } from '../../ts/native/index.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 
 let modelDir: string;
@@ -33,6 +33,24 @@ afterAll(async () => {
 });
 
 describe('engine', () => {
+  it('runs on the device asked for: cpu, auto (cuda only with a usable GPU), cuda refused clearly without one', () => {
+    const cuda = loadAddon().cudaDevice();
+    expect(open({ device: 'cpu' }).info.backend).toBe('cpu');
+    expect(open({ device: 'auto' }).info.backend).toBe(cuda.usable ? 'cuda' : 'cpu');
+    expect(() => open({ device: 'tpu' as never })).toThrow(/device must be 'cpu', 'cuda' or 'auto'/);
+    if (!cuda.usable) {
+      let err: unknown;
+      try {
+        open({ device: 'cuda' });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(NativeError);
+      expect((err as NativeError).code).toBe('ERR_DEVICE_UNAVAILABLE');
+      expect((err as NativeError).message).toMatch(/^device cuda: /);
+    }
+  });
+
   it('generates max_tokens tokens and reports usage', async () => {
     const e = open();
     const r = await collect(e.generate('a', prompt(1, 20), { ...greedy, maxTokens: 12 }));

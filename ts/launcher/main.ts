@@ -5,6 +5,8 @@
 // --prefill-workers, or --redis-url given; a private redis-server unless --redis-url) -> workers (each on two fixed free
 // ports, HTTP and the TCP request plane, so a restarted worker keeps its addresses) -> frontend.
 import os from 'node:os';
+import { loadAddon } from '../native/loader.ts';
+import type { EngineDevice } from '../native/engine.ts';
 import type { WorkerInfo, WorkerRole } from '../protocol/index.ts';
 import type { WorkerConfig, WorkerMessage } from '../worker/main.ts';
 import { FlagError, HELP, parseFlags, refuseUnimplemented, type LauncherFlags } from './flags.ts';
@@ -20,8 +22,26 @@ function log(msg: string): void {
   console.log(`[kvserve] ${msg}`);
 }
 
+// --device: cuda when asked (refused, clearly, without a usable device), auto = cuda when a device
+// is usable and the deployment does not move KV between workers (that needs CUDA IPC), else cpu.
+function resolveDevice(f: LauncherFlags): Exclude<EngineDevice, 'auto'> {
+  if (f.device === 'cpu') return 'cpu';
+  const cuda = loadAddon().cudaDevice();
+  if (f.device === 'cuda') {
+    if (!cuda.usable) throw new FlagError(`--device cuda: no usable CUDA device (${cuda.description}); use --device cpu or auto`);
+    return 'cuda';
+  }
+  if (!cuda.usable) return 'cpu';
+  if (f.prefillWorkers > 0) {
+    log(`--device auto: ${cuda.description} is usable, but disaggregated workers need the CUDA IPC transfer backend (not built yet): using the CPU`);
+    return 'cpu';
+  }
+  return 'cuda';
+}
+
 function workerConfig(
   f: LauncherFlags,
+  device: Exclude<EngineDevice, 'auto'>,
   model: ResolvedModel,
   role: WorkerRole,
   workerId: string,
@@ -46,6 +66,7 @@ function workerConfig(
       maxNumBatchedTokens: f.maxNumBatchedTokens,
       kvCacheBytes: f.kvCacheMemory,
       numThreads: Math.max(1, Math.floor(cores / (f.workers + f.prefillWorkers))),
+      device,
     },
     logLevel: f.logLevel,
     disagg:
@@ -62,6 +83,8 @@ function workerConfig(
 
 async function run(f: LauncherFlags): Promise<number> {
   refuseUnimplemented(f);
+  const device = resolveDevice(f);
+  log(`device: ${device === 'cuda' ? `cuda, ${loadAddon().cudaDevice().description}` : 'cpu'}`);
 
   // 1. The model.
   if (!f.model) log('no --model given: using the built-in tiny model (generated on first use)');
@@ -119,7 +142,7 @@ async function run(f: LauncherFlags): Promise<number> {
     const ports = await freePorts(2 * roles.length);
     const started = await Promise.all(
       roles.map(async ({ role, id }, i) => {
-        const config = workerConfig(f, served, role, id, ports[2 * i], ports[2 * i + 1], redisUrl);
+        const config = workerConfig(f, device, served, role, id, ports[2 * i], ports[2 * i + 1], redisUrl);
         const child = supervisor.start({ name: id, entry: 'ts/worker/main.ts', config });
         child.process.on('message', (m: WorkerMessage) => {
           if (m.type === 'loading') log(`${m.workerId}: ${m.message}`);

@@ -57,6 +57,7 @@ export interface NativeEngineOptions {
   numThreads: number; // 0 = all cores
   enablePrefixCaching: boolean;
   kvSharedMemory: boolean; // the KV pool lives in a named shm segment (for the transfer agent)
+  device: string; // 'cpu' | 'cuda' | 'auto' (cuda when usable, else cpu)
   seed: number; // engine seed for requests without their own (uint32)
 }
 
@@ -235,6 +236,12 @@ export interface NativeCpuKernelInfo {
 export declare function cpuKernelInfo(): NativeCpuKernelInfo;
 export declare const version: string;
 export declare const cudaCompiled: boolean;
+export interface NativeCudaDevice {
+  compiled: boolean; // this build has the CUDA backend (nvcc was found)
+  usable: boolean; // ... and a device it can run on
+  description: string; // the device when usable ("NVIDIA H100 80GB HBM3 (sm_90, ...)"), else why not
+}
+export declare function cudaDevice(): NativeCudaDevice;
 
 export interface NativeAddon {
   Engine: typeof Engine;
@@ -246,4 +253,5 @@ export interface NativeAddon {
   TransferAgent: typeof TransferAgent;
   version: string;
   cudaCompiled: boolean;
+  cudaDevice: typeof cudaDevice;
 }

@@ -18,6 +18,8 @@ import type {
   Engine as NativeEngine,
 } from './addon.js';
 
+export type EngineDevice = 'cpu' | 'cuda' | 'auto';
+
 export interface EngineOptions {
   modelDir: string;
   workerId?: string;
@@ -30,6 +32,7 @@ export interface EngineOptions {
   numThreads?: number; // 0 / absent = all cores
   enablePrefixCaching?: boolean; // default true
   kvSharedMemory?: boolean; // default false: put the KV pool in shm for the transfer agent
+  device?: EngineDevice; // default 'cpu'; 'auto' = cuda when a device is usable, else cpu
   seed?: number; // default 0
 }
 
@@ -101,6 +104,11 @@ function checkInt(name: string, v: unknown, min: number, max: number): number {
   if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) {
     throw invalidArgument(`${name} must be an integer in [${min}, ${max}], got ${String(v)}`);
   }
+  return v;
+}
+
+function checkDevice(v: unknown): EngineDevice {
+  if (v !== 'cpu' && v !== 'cuda' && v !== 'auto') throw invalidArgument(`device must be 'cpu', 'cuda' or 'auto', got ${String(v)}`);
   return v;
 }
 
@@ -195,6 +203,7 @@ export class Engine {
       numThreads: checkInt('numThreads', opts.numThreads ?? 0, 0, 1024),
       enablePrefixCaching: opts.enablePrefixCaching ?? true,
       kvSharedMemory: opts.kvSharedMemory ?? false,
+      device: checkDevice(opts.device ?? 'cpu'),
       seed: checkInt('seed', opts.seed ?? 0, 0, 2 ** 32 - 1),
     };
     // 2. The native engine: loads the model and starts its thread.

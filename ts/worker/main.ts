@@ -94,8 +94,12 @@ async function main(): Promise<void> {
     process.exitCode = 1;
     return;
   }
-  const cpu = loadAddon().cpuKernelInfo();
-  console.error(`[${cfg.workerId}] engine: ${engine.info.backend}, ${engine.info.kernels} kernels (path ${cpu.path}; CPU has ${cpu.isa.join(', ') || 'no SIMD extension we use'})`);
+  if (engine.info.backend === 'cuda') {
+    console.error(`[${cfg.workerId}] engine: cuda, ${engine.info.kernels}`);
+  } else {
+    const cpu = loadAddon().cpuKernelInfo();
+    console.error(`[${cfg.workerId}] engine: ${engine.info.backend}, ${engine.info.kernels} kernels (path ${cpu.path}; CPU has ${cpu.isa.join(', ') || 'no SIMD extension we use'})`);
+  }
   const info = (address: string, requestPlane: string): WorkerInfo => ({
     workerId: cfg.workerId as WorkerId,
     role: cfg.role,

@@ -3,6 +3,8 @@
 // AMX also needs arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) on Linux >= 5.16.
 #include "cpu-isa.h"
 
+#include <cstdint>
+
 #if defined(__x86_64__) && defined(__linux__)
 #include <cpuid.h>
 #include <sys/syscall.h>

@@ -22,6 +22,9 @@ Status probe_device(DeviceInfo* info) {
   };
   int count = 0;
   cudaError_t err = cudaGetDeviceCount(&count);
+  if (err == cudaErrorInsufficientDriver || err == cudaErrorNoDevice)  // also what a machine without a driver gets
+    return Status(StatusCode::device_unavailable,
+                  std::string("no NVIDIA GPU with a driver for CUDA 12+ found (") + cudaGetErrorString(err) + ")");
   if (err != cudaSuccess) return unavailable("cudaGetDeviceCount", err);
   if (count == 0) return Status(StatusCode::device_unavailable, "no CUDA device");
   cudaDeviceProp prop;

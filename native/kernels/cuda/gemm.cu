@@ -46,6 +46,7 @@ struct Cublas {
                             const void*, cudaDataType_t, int, const void*, cudaDataType_t, int, const void*, void*,
                             cudaDataType_t, int, cublasComputeType_t, cublasGemmAlgo_t);
   const char* (*status_string)(cublasStatus_t);
+  cublasStatus_t (*set_workspace)(cublasHandle_t, void*, size_t);
 };
 
 // Loads cuBLAS once; *error says why not (every path tried) when it returns null.
@@ -84,6 +85,7 @@ const Cublas* load_cublas(std::string* error) {
     lib.set_stream = reinterpret_cast<decltype(lib.set_stream)>(sym("cublasSetStream_v2"));
     lib.gemm_ex = reinterpret_cast<decltype(lib.gemm_ex)>(sym("cublasGemmEx"));
     lib.status_string = reinterpret_cast<decltype(lib.status_string)>(sym("cublasGetStatusString"));
+    lib.set_workspace = reinterpret_cast<decltype(lib.set_workspace)>(sym("cublasSetWorkspace_v2"));
     if (!missing.empty()) {
       why = lib.path + " lacks " + missing;
       return;
@@ -144,6 +146,14 @@ CublasGemm::~CublasGemm() {
 const std::string& CublasGemm::library() const {
   std::string unused;
   return load_cublas(&unused)->path;
+}
+
+Status CublasGemm::set_workspace(void* workspace, size_t bytes) {
+  std::string unused;
+  const Cublas* lib = load_cublas(&unused);
+  const cublasStatus_t st = lib->set_workspace(handle_, workspace, bytes);
+  if (st != 0) return Status(StatusCode::internal, std::string("cublasSetWorkspace: ") + lib->status_string(st));
+  return Status::Ok();
 }
 
 Status CublasGemm::run(const GemmArgs& a, cudaStream_t stream) {

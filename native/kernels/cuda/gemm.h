@@ -33,6 +33,9 @@ class CublasGemm {
   CublasGemm& operator=(const CublasGemm&) = delete;
 
   Status run(const GemmArgs& args, cudaStream_t stream);
+  // Gives cuBLAS a workspace of the caller's (device memory, kept alive by the caller), so it
+  // allocates nothing of its own inside a captured CUDA graph.
+  Status set_workspace(void* workspace, size_t bytes);
   const std::string& library() const;  // the file cuBLAS was loaded from
 
  private:

@@ -25,6 +25,19 @@ struct AttentionBatch : llm::AttentionBatch {
   int64_t max_seq_len = 0;    // max over sequences of seq_lens
 };
 
+// Process-wide choice of kernels, for tests and benchmarks (all compute the same values):
+//   fast             decode by decode_kernel (registers, no staging) when a kv head serves at most
+//                    8 query heads, prefill by the tiled kernel with cp.async double buffering
+//   pipelined_tiles  decode and prefill by the tiled kernel, double-buffered
+//   plain_tiles      the tiled kernel loading a tile, then computing it
+enum class AttentionVariant : int { fast = 0, pipelined_tiles = 1, plain_tiles = 2 };
+void set_attention_variant(AttentionVariant v);
+AttentionVariant attention_variant();
+const char* attention_variant_name(AttentionVariant v);
+// The fast decode kernel splits long contexts until the grid has about this many blocks per SM
+// (default 2; a benchmark knob: changing it changes the workspace size).
+void set_decode_blocks_per_sm(int64_t blocks);
+
 // Scratch bytes paged_attention needs for this batch (the split-decode partials; 0 when the
 // decode part runs unsplit). Depends on the batch sizes and the device's SM count.
 size_t paged_attention_workspace_bytes(const AttentionBatch& batch, const KVCacheView& cache);

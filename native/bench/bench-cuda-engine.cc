@@ -1,0 +1,158 @@
+// bench-cuda-engine.cc: the engine on CUDA, end to end (scheduler, runner, on-device greedy), on a
+// model directory (scripts/gpu-reference.py make-8b writes one with Llama-3.1-8B's shape).
+//
+//   bench-cuda-engine MODEL_DIR
+//
+// Measures, on one engine (device cuda, bf16, block size 16, prefix caching off):
+//   bandwidth   cudaMemcpy device to device, (read + write bytes) / time, the HBM roofline's base
+//   decode      batch 1, 32, 64: 128-token prompts, 16 warm-up steps (graph capture), then the
+//               mean of 64 timed steps; ms/step and tokens/s. Batch 1 also against the roofline:
+//               weight bytes read per token / bandwidth, and the fraction reached.
+//               Batch 1 is measured again with CUDA graphs off (an engine of its own).
+//   prefill     one 2,048-token prompt per step, best of 3: tokens/s.
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <memory>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+using namespace llm;
+
+namespace {
+
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void die(const Status& st, const char* what) {
+  if (st.ok()) return;
+  std::fprintf(stderr, "bench-cuda-engine: %s: %s %s\n", what, st.code_name(), st.message().c_str());
+  std::exit(1);
+}
+
+double d2d_bandwidth_gbs() {
+  const size_t bytes = size_t{1} << 30;
+  void *a = nullptr, *b = nullptr;
+  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) return 0;
+  cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaDeviceSynchronize();
+  const int reps = 20;
+  const double t0 = now_ms();
+  for (int i = 0; i < reps; ++i) cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
+  cudaDeviceSynchronize();
+  const double ms = now_ms() - t0;
+  cudaFree(a);
+  cudaFree(b);
+  return 2.0 * bytes * reps / (ms * 1e-3) / 1e9;
+}
+
+std::mt19937 rng(7);
+
+std::unique_ptr<Request> request(const std::string& id, int64_t prompt_len, int64_t vocab, int64_t max_tokens) {
+  auto r = std::make_unique<Request>();
+  r->request_id = id;
+  std::uniform_int_distribution<int32_t> tok(1, static_cast<int32_t>(vocab - 1));
+  for (int64_t i = 0; i < prompt_len; ++i) r->prompt_token_ids.push_back(tok(rng));
+  r->params.temperature = 0.0f;
+  r->params.ignore_eos = true;
+  r->params.max_tokens = max_tokens;
+  return r;
+}
+
+std::unique_ptr<Engine> make_engine(const std::string& dir, bool graphs) {
+  EngineConfig cfg;
+  cfg.model_dir = dir;
+  cfg.device = "cuda";
+  cfg.cuda_graphs = graphs;
+  cfg.max_model_len = 4096;
+  cfg.max_num_seqs = 64;
+  cfg.max_num_batched_tokens = 2048;
+  cfg.enable_prefix_caching = false;
+  std::unique_ptr<Engine> e;
+  const double t0 = now_ms();
+  die(Engine::create(cfg, &e), "creating the engine");
+  std::printf("engine: %s, %lld KV blocks, loaded in %.1f s\n", e->info().kernels.c_str(),
+              static_cast<long long>(e->info().num_kv_blocks), (now_ms() - t0) / 1e3);
+  return e;
+}
+
+// Decode at batch B: ms per step (every request decoding one token).
+double decode_ms(Engine& e, int64_t B, int tag) {
+  const int64_t vocab = e.model().config.vocab_size;
+  const int warm = 16, timed = 64;
+  for (int64_t i = 0; i < B; ++i)
+    die(e.add_request(request("d" + std::to_string(tag) + "-" + std::to_string(i), 128, vocab, 1 + warm + timed + 4)), "add");
+  StepResult out;
+  // Steps until every request has its first token (every prompt done), then warm-up steps.
+  std::set<std::string> started;
+  for (int guard = 0; guard < 100 && static_cast<int64_t>(started.size()) < B; ++guard) {
+    die(e.step(&out), "step");
+    for (const RequestOutput& o : out.outputs)
+      if (!o.new_token_ids.empty()) started.insert(o.request_id);
+  }
+  for (int i = 0; i < warm; ++i) die(e.step(&out), "step");
+  const double t0 = now_ms();
+  for (int i = 0; i < timed; ++i) {
+    die(e.step(&out), "step");
+    if (out.num_scheduled_tokens != B) std::fprintf(stderr, "warning: step ran %lld tokens, not %lld\n",
+                                                    static_cast<long long>(out.num_scheduled_tokens), static_cast<long long>(B));
+  }
+  const double ms = (now_ms() - t0) / timed;
+  while (e.has_work()) die(e.step(&out), "step");
+  return ms;
+}
+
+double prefill_tok_s(Engine& e, int64_t len) {
+  const int64_t vocab = e.model().config.vocab_size;
+  double best = 1e30;
+  for (int round = 0; round < 3; ++round) {
+    die(e.add_request(request("p" + std::to_string(round), len, vocab, 1)), "add");
+    StepResult out;
+    const double t0 = now_ms();
+    die(e.step(&out), "step");
+    const double ms = now_ms() - t0;
+    if (out.num_scheduled_tokens != len) std::fprintf(stderr, "warning: the prefill step ran %lld tokens\n",
+                                                      static_cast<long long>(out.num_scheduled_tokens));
+    best = std::min(best, ms);
+    while (e.has_work()) die(e.step(&out), "step");
+  }
+  return len * 1000.0 / best;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    std::fprintf(stderr, "usage: bench-cuda-engine MODEL_DIR\n");
+    return 2;
+  }
+  const std::string dir = argv[1];
+  const double bw = d2d_bandwidth_gbs();
+  std::printf("bandwidth (cudaMemcpy D2D, read + write): %.0f GB/s\n", bw);
+
+  double eager_b1 = 0;
+  {
+    auto e = make_engine(dir, false);
+    eager_b1 = decode_ms(*e, 1, 0);
+  }
+  auto e = make_engine(dir, true);
+  const double weight_gb = static_cast<double>(e->model().weight_bytes) / 1e9;
+  const double roofline_ms = weight_gb / bw * 1e3;
+  const double b1 = decode_ms(*e, 1, 1);
+  std::printf("decode batch  1: %7.2f ms/token; roofline %.2f ms (%.2f GB of weights / %.0f GB/s): %.0f%% of it\n",
+              b1, roofline_ms, weight_gb, bw, 100.0 * roofline_ms / b1);
+  std::printf("                 %7.2f ms/token without CUDA graphs\n", eager_b1);
+  for (int64_t B : {32, 64}) {
+    const double ms = decode_ms(*e, B, static_cast<int>(B));
+    std::printf("decode batch %2lld: %7.2f ms/step, %8.1f tokens/s\n", static_cast<long long>(B), ms, B * 1000.0 / ms);
+  }
+  std::printf("prefill 2048 tokens: %.0f tokens/s\n", prefill_tok_s(*e, 2048));
+  return 0;
+}

@@ -1,0 +1,51 @@
+// model-runner-cuda.h: the forward pass on an NVIDIA GPU (model-runner.h's contract, CUDA kernels
+// of native/kernels/cuda). Plain C++: callers need no CUDA header.
+//
+// Owns: CudaModelRunner = the weights copied to the device, the paged KV pool in device memory,
+// the activations (in the model's dtype, as Hugging Face computes in bf16), a cuBLAS handle, one
+// stream, and the CUDA graphs of decode steps.
+// Stays true: the pool on the device has the CPU pool's layout (tensor-view.h), so block ids,
+// slots and tables mean the same on both; a batch is validated on the host (the CPU runner's
+// checks) before anything is copied, so no kernel reads or writes outside the pool.
+// Decode steps (every sequence one new token, every one sampled, batch <= the largest graph
+// size) replay a CUDA graph captured once per padded batch size; everything else runs eagerly.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "model-runner.h"
+
+namespace llm {
+
+struct CudaRunnerOptions {
+  bool cuda_graphs = true;        // decode steps replay captured graphs (KVSERVE_CUDA_GRAPHS=0 turns them off)
+  int64_t max_graph_batch = 64;   // graphs for padded batch sizes 1, 2, 4, 8, 16, 24, 32, 48, 64, ... up to this
+  int64_t max_num_tokens = 2048;  // activations are sized for this many tokens up front (they grow if needed)
+};
+
+class CudaModelRunner : public ModelRunner {
+ public:
+  // Copies the weights to device 0 (ERR_DEVICE_UNAVAILABLE without a usable device or cuBLAS,
+  // ERR_OUT_OF_MEMORY when they do not fit). The KV pool comes next, with allocate_kv_cache.
+  static Status create(const Model& model, const CudaRunnerOptions& opts, std::unique_ptr<CudaModelRunner>* out);
+
+  // Free device memory now, in bytes (what a KV pool may take, less a margin for activations).
+  virtual size_t free_device_bytes() const = 0;
+  // Allocates the pool: shape.num_blocks blocks of shape's layout, zeroed (shape.data is ignored).
+  virtual Status allocate_kv_cache(const KVCacheView& shape) = 0;
+  // The pool's view; data is a device pointer.
+  virtual KVCacheView kv_cache() const = 0;
+  // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB), cuBLAS libcublas.so.13, graphs on"
+  virtual std::string describe() const = 0;
+};
+
+// OK when a CUDA device is usable by this build (driver, device, code for its architecture);
+// otherwise ERR_DEVICE_UNAVAILABLE saying why. *description names the device on OK.
+Status cuda_device_usable(std::string* description);
+
+// Whether this build has the CUDA backend at all (compiled with nvcc).
+bool cuda_backend_built();
+
+}  // namespace llm
