@@ -31,6 +31,17 @@ describe('kv policy: cost', () => {
     expect(kvCost(list[0]!, 10, 0.5)).toBe(5);
   });
 
+  it('leaves out of the load the blocks held for requests in flight that the request shares', () => {
+    // n = 68: [overlap, active, held] -> 1 * (68 - overlap) + max(0, active - held)
+    const rows: Candidate[] = [
+      { workerId: 'w0' as WorkerId, joinSeq: 0, overlap: 64, activeBlocks: 68, heldBlocks: 64 }, // 4 + 4 = 8
+      { workerId: 'w1' as WorkerId, joinSeq: 1, overlap: 0, activeBlocks: 0, heldBlocks: 0 }, // 68 + 0 = 68
+      { workerId: 'w2' as WorkerId, joinSeq: 2, overlap: 64, activeBlocks: 10, heldBlocks: 30 }, // 4 + 0 (never below 0)
+    ];
+    expect(rows.map((c) => kvCost(c, 68, 1))).toEqual([8, 68, 4]);
+    expect(kvCost({ ...rows[0]!, heldBlocks: undefined }, 68, 1)).toBe(72); // the plain DESIGN cost
+  });
+
   it('picks the lowest cost', () => {
     const rng = seededRng(1);
     expect(createPolicy('kv', {}, rng).select(list, 10)).toBe(0);

@@ -102,21 +102,49 @@ describe('KvRouter: routing and the active-block estimate', () => {
 
   it('route adds the new blocks, finish removes them, and the cost follows', () => {
     const router = routerWith({ a: blocks(0, 6), b: [] });
-    // r1 (n = 10): a costs 4 + 0, b 10 + 0 -> a, +4 active blocks.
-    expect(router.tryRoute({ requestId: rid('r1'), blockHashes: blocks(0, 10) })!.workerId).toBe('a');
+    // Requests of n = 10: the 6 blocks a caches, then 4 of their own.
+    const req = (i: number) => ({ requestId: rid(`r${i}`), blockHashes: [...blocks(0, 6), ...blocks(100 * i, 4)] });
+    // r1: a costs 4 + 0, b 10 + 0 -> a, +4 active blocks.
+    expect(router.tryRoute(req(1))!.workerId).toBe('a');
     expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 4, activeRequests: 1 });
-    // r2 (n = 10): a costs 4 + 4 = 8, b 10 + 0 = 10 -> a, 8 active.
-    expect(router.tryRoute({ requestId: rid('r2'), blockHashes: blocks(0, 10) })!.workerId).toBe('a');
+    // r2: a holds r2's first 6 blocks for r1, so 4 + max(0, 4 - 6) = 4; b 10 -> a, 8 active.
+    expect(router.tryRoute(req(2))!.workerId).toBe('a');
     expect(activeOf(router, 'a').activeBlocks).toBe(8);
-    // r3 (n = 10): a costs 4 + 8 = 12, b 10 -> b, 10 active.
-    expect(router.tryRoute({ requestId: rid('r3'), blockHashes: blocks(0, 10) })!.workerId).toBe('b');
-    expect(activeOf(router, 'b').activeBlocks).toBe(10);
+    // r3: a 4 + (8 - 6) = 6, b 10 -> a, 12 active; r4: a 4 + (12 - 6) = 10 = b: a tie.
+    expect(router.tryRoute(req(3))!.workerId).toBe('a');
+    expect(activeOf(router, 'a').activeBlocks).toBe(12);
     router.finish(rid('r1'));
     router.finish(rid('r1')); // idempotent
-    expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 4, activeRequests: 1 });
-    router.finish(rid('r2'));
-    router.finish(rid('r3'));
+    expect(activeOf(router, 'a')).toMatchObject({ activeBlocks: 8, activeRequests: 2 });
+    // r5 after r1 left: a 4 + (8 - 6) = 6 -> a, 12 active; r6: a 4 + (12 - 6) = 10; r7: 14 > 10 -> b.
+    expect(router.tryRoute(req(5))!.workerId).toBe('a');
+    router.tryRoute(req(6));
+    const sixth = activeOf(router, 'a').activeRequests === 4 ? 'a' : 'b';
+    expect(router.tryRoute(req(7))!.workerId).toBe(sixth === 'a' ? 'b' : 'a');
+    for (const i of [2, 3, 5, 6, 7]) router.finish(rid(`r${i}`));
     expect(router.metrics().workers.map((w) => [w.activeBlocks, w.activeRequests])).toEqual([[0, 0], [0, 0]]);
+  });
+
+  it('does not count as load the blocks a request shares with requests in flight on a worker', () => {
+    // The shared-prefix case: a caches a 64-block prefix and runs one request of its group; b is
+    // idle. Without the held term a would cost 4 + 68 = 72 against b's 68 + 0, and the group's
+    // next request would compute the prefix again on b.
+    const prefix = blocks(0, 64);
+    const router = routerWith({ a: prefix, b: [] });
+    expect(router.tryRoute({ requestId: rid('q1'), blockHashes: [...prefix, ...blocks(1000, 4)] })!.workerId).toBe('a');
+    router.updateLoad(wid('a'), load({ kv_active_blocks: 68, request_active_slots: 1, kv_total_blocks: 1000 }));
+    router.updateLoad(wid('b'), load({ kv_total_blocks: 1000 }));
+    // q2: a costs 4 + max(0, 68 - 64) = 8, b 68 + 0 -> a.
+    const d = router.tryRoute({ requestId: rid('q2'), blockHashes: [...prefix, ...blocks(2000, 4)] })!;
+    expect(d).toMatchObject({ workerId: 'a', overlapBlocks: 64 });
+    // An unrelated request gets nothing held anywhere: a 68 + 72, b 68 + 0 -> b.
+    expect(router.tryRoute({ requestId: rid('u'), blockHashes: blocks(5000, 68) })!.workerId).toBe('b');
+    // Once the group's requests finish, a holds nothing for them: the plain DESIGN cost again.
+    router.finish(rid('q1'));
+    router.finish(rid('q2'));
+    router.updateLoad(wid('a'), load({ kv_active_blocks: 60, kv_total_blocks: 1000 }));
+    // q3: a 4 + 60 = 64 against b 68 + 68 (u's blocks, nothing held for q3) = 136 -> a.
+    expect(router.tryRoute({ requestId: rid('q3'), blockHashes: [...prefix, ...blocks(3000, 4)] })!.workerId).toBe('a');
   });
 
   it('a load report replaces the base; only requests routed after it stay pending', () => {
@@ -195,8 +223,9 @@ describe('KvRouter: capacity and the wait queue', () => {
     router.updateLoad(wid('a'), load({ kv_active_blocks: 15, kv_total_blocks: 20, request_active_slots: 1 }));
     // n = 16: on a, 15 active + 6 new = 21 > 20 -> skipped despite its 10 cached blocks.
     expect(router.tryRoute({ requestId: rid('r1'), blockHashes: blocks(0, 16) })!.workerId).toBe('b');
-    // n = 12: 15 + 2 = 17 <= 20 -> a fits, cost 2 + 15 = 17 vs b 12 + 16 = 28.
-    expect(router.tryRoute({ requestId: rid('r2'), blockHashes: blocks(0, 12) })!.workerId).toBe('a');
+    // n = 12, 10 of them a's: 15 + 2 = 17 <= 20 -> a fits, cost 2 + 15 = 17 vs b 12 + (16 - 10) = 18
+    // (b holds the first 10 for r1, in flight there).
+    expect(router.tryRoute({ requestId: rid('r2'), blockHashes: [...blocks(0, 10), ...blocks(50, 2)] })!.workerId).toBe('a');
   });
 
   it('skips a worker whose slots are full with requests waiting', () => {

@@ -10,9 +10,14 @@
 // is the larger of the index's and its longest leading match with a prediction on that worker.
 // Predictions never enter the index: the index stays exactly the replay of the events.
 //
-// Cost: one map lookup per routing decision, then a leading-match walk per prediction sharing the
+// The same records, while their requests run, say which blocks each worker holds for requests in
+// flight: held() gives, per worker, the longest leading match of a request with a running one
+// there (the kv cost does not count those blocks as load the request adds: policy.ts). With
+// graceMs 0 a record goes when its request finishes, and only held() uses them.
+//
+// Cost: one map lookup per routing decision, then a leading-match walk per record sharing the
 // request's first block (requests of the same prefix group, usually a few).
-// Settings: graceMs > 0, default 2000.
+// Settings: graceMs >= 0, default 2000.
 import type { BlockHash, RequestId, WorkerId } from '../protocol/index.ts';
 
 interface Prediction {
@@ -28,7 +33,7 @@ export class PredictedPrefixes {
   readonly #graceMs: number;
 
   constructor(graceMs = 2000) {
-    if (!(graceMs > 0)) throw new RangeError('graceMs must be > 0');
+    if (!(graceMs >= 0)) throw new RangeError('graceMs must be >= 0');
     this.#graceMs = graceMs;
   }
 
@@ -45,10 +50,15 @@ export class PredictedPrefixes {
     this.#byRequest.set(requestId, p);
   }
 
-  // The request ended: its prediction lives on for the grace period.
+  // The request ended: its prediction lives on for the grace period (none: it goes now).
   finish(requestId: RequestId, now = performance.now()): void {
     const p = this.#byRequest.get(requestId);
-    if (p) p.expiresAt = now + this.#graceMs;
+    if (!p) return;
+    p.expiresAt = now + this.#graceMs;
+    if (this.#graceMs === 0) {
+      const bucket = this.#byFirst.get(p.hashes[0]);
+      if (bucket) this.#keep(p.hashes[0], bucket, (q) => q !== p);
+    }
   }
 
   removeWorker(workerId: WorkerId): void {
@@ -66,6 +76,21 @@ export class PredictedPrefixes {
       let m = 1; // the first block matched through the key
       while (m < limit && p.hashes[m] === hashes[m]) m++;
       if (m > (overlaps.get(p.workerId) ?? 0)) overlaps.set(p.workerId, m);
+    }
+  }
+
+  // held[w] = the longest leading match of `hashes` with a request still running on w: blocks
+  // that w holds for requests in flight and that this request would share there.
+  held(hashes: readonly BlockHash[], held: Map<WorkerId, number>): void {
+    if (hashes.length === 0) return;
+    const bucket = this.#byFirst.get(hashes[0]);
+    if (!bucket) return;
+    for (const p of bucket) {
+      if (p.expiresAt !== Infinity) continue;
+      const limit = Math.min(p.hashes.length, hashes.length);
+      let m = 1;
+      while (m < limit && p.hashes[m] === hashes[m]) m++;
+      if (m > (held.get(p.workerId) ?? 0)) held.set(p.workerId, m);
     }
   }
 

@@ -20,6 +20,8 @@
 // Overlap, per worker: the index's count of leading request blocks the worker holds, raised by
 // the router's own predictions (predictions.ts) when predictionGraceMs > 0: a request routed to w
 // a moment ago counts as cached on w until its events arrive.
+// Held blocks, per worker: the leading request blocks that requests in flight on w hold there
+// (predictions.ts held(), whatever predictionGraceMs): the cost does not count them as load.
 //
 // Active-block estimate, per worker (the `activeBlocks_w` of the cost):
 //   activeBlocks = base + pending
@@ -170,7 +172,8 @@ export class KvRouter {
   readonly #queueTimeoutMs: number;
   readonly #workers = new Map<WorkerId, WorkerState>();
   readonly #inFlight = new Map<RequestId, InFlight>();
-  readonly #predicted: PredictedPrefixes | undefined;
+  readonly #predicted: PredictedPrefixes; // running requests' prefixes (held blocks); with a grace, predictions
+  readonly #predictOverlap: boolean;
   readonly #now: () => number;
   readonly #queue: Waiting[] = [];
   #joinSeq = 0;
@@ -200,7 +203,8 @@ export class KvRouter {
     this.#now = settings.now ?? (() => performance.now());
     const grace = settings.predictionGraceMs ?? 0;
     if (!Number.isFinite(grace) || grace < 0) throw new RangeError(`router predictionGraceMs must be a number >= 0, got ${grace}`);
-    this.#predicted = grace > 0 ? new PredictedPrefixes(grace) : undefined;
+    this.#predicted = new PredictedPrefixes(grace);
+    this.#predictOverlap = grace > 0;
   }
 
   get policy(): PolicyName {
@@ -246,7 +250,7 @@ export class KvRouter {
   // their failure); their finish() is still accepted.
   removeWorker(workerId: WorkerId): boolean {
     this.index.removeWorker(workerId);
-    this.#predicted?.removeWorker(workerId);
+    this.#predicted.removeWorker(workerId);
     return this.#workers.delete(workerId);
   }
 
@@ -335,7 +339,7 @@ export class KvRouter {
     const flight = this.#inFlight.get(requestId);
     if (flight === undefined) return;
     this.#inFlight.delete(requestId);
-    this.#predicted?.finish(requestId);
+    this.#predicted.finish(requestId, this.#now());
     const worker = flight.worker;
     worker.recentFinishes.push({ at: this.#now(), blocks: flight.requestBlocks }); // kv_active_blocks counted them all
     if (flight.seq > worker.reportSeq) {
@@ -389,7 +393,9 @@ export class KvRouter {
     const hashes = request.blockHashes;
     const n = hashes.length;
     const overlaps = this.index.overlaps(hashes);
-    this.#predicted?.merge(hashes, overlaps);
+    if (this.#predictOverlap) this.#predicted.merge(hashes, overlaps, this.#now());
+    const held = new Map<WorkerId, number>();
+    this.#predicted.held(hashes, held);
     const candidates: Candidate[] = [];
     const states: WorkerState[] = [];
     for (const worker of this.#workers.values()) {
@@ -398,7 +404,8 @@ export class KvRouter {
       const requests = worker.baseRequests + worker.pendingRequests;
       const idle = activeBlocks <= 0 && requests <= 0;
       if (!idle && (activeBlocks + n - overlap > worker.kvTotalBlocks || requests > worker.requestTotalSlots)) continue;
-      candidates.push({ workerId: worker.workerId, joinSeq: worker.joinSeq, overlap, activeBlocks });
+      const heldBlocks = held.get(worker.workerId) ?? 0;
+      candidates.push({ workerId: worker.workerId, joinSeq: worker.joinSeq, overlap, activeBlocks, heldBlocks });
       states.push(worker);
     }
     if (candidates.length === 0) return undefined;
@@ -412,7 +419,7 @@ export class KvRouter {
     worker.routed++;
     worker.overlapBlocks += overlap;
     this.#inFlight.set(request.requestId, { worker, newBlocks, requestBlocks: n, seq: ++this.#routeSeq });
-    this.#predicted?.add(request.requestId, worker.workerId, hashes);
+    this.#predicted.add(request.requestId, worker.workerId, hashes);
     this.#decisions++;
     this.#requestBlocks += n;
     this.#overlapBlocks += overlap;
