@@ -5,7 +5,10 @@
 //   binding.gyp     the CPU-only fallback for machines without CMake (node-gyp).
 //   prebuilds/      made by `npm run prebuild` (prebuildify through scripts/prebuildify-cmake-shim.mjs),
 //                   loaded by node-gyp-build when one fits this platform.
-// Usage: node scripts/build-native.mjs [--debug]
+// Usage: node scripts/build-native.mjs [--debug] [--if-no-prebuild]
+//   --if-no-prebuild (the npm install script): do nothing when a prebuild in prebuilds/ fits.
+// (Not `node-gyp-build <cmd>`: that runs <cmd> and then `node-gyp rebuild` as well, which
+// replaced the CMake build in build/Release with the CPU-only fallback.)
 import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import os from 'node:os';
@@ -22,6 +25,18 @@ function run(cmd, args) {
   const r = spawnSync(cmd, args, { cwd: root, stdio: 'inherit' });
   if (r.error) return { ok: false, why: r.error.message };
   return { ok: r.status === 0, why: `exit code ${r.status}` };
+}
+
+if (process.argv.includes('--if-no-prebuild')) {
+  try {
+    const found = require('node-gyp-build').path(root);
+    if (found.includes(`${path.sep}prebuilds${path.sep}`)) {
+      console.log(`build-native: using the prebuild ${found}`);
+      process.exit(0);
+    }
+  } catch {
+    // no prebuild fits: build
+  }
 }
 
 const hasCmake = spawnSync('cmake', ['--version'], { stdio: 'ignore' }).status === 0;
