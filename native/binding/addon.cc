@@ -189,7 +189,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.num_threads = static_cast<int>(get_int(o, "numThreads"));
     cfg.enable_prefix_caching = get_bool(o, "enablePrefixCaching");
     cfg.kv_shared_memory = get_bool(o, "kvSharedMemory");
-    cfg.device = get_string(o, "device");
+    cfg.device = o.Has("device") ? get_string(o, "device") : std::string("cpu");
     cfg.seed = static_cast<uint64_t>(get_int(o, "seed"));
 
     std::unique_ptr<llm::Engine> engine;

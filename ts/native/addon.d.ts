@@ -57,7 +57,7 @@ export interface NativeEngineOptions {
   numThreads: number; // 0 = all cores
   enablePrefixCaching: boolean;
   kvSharedMemory: boolean; // the KV pool lives in a named shm segment (for the transfer agent)
-  device: string; // 'cpu' | 'cuda' | 'auto' (cuda when usable, else cpu)
+  device?: string; // 'cpu' (default) | 'cuda' | 'auto' (cuda when usable, else cpu)
   seed: number; // engine seed for requests without their own (uint32)
 }
 
