@@ -427,26 +427,8 @@ Status forward_single_sequence(const Model& model, int num_threads, const std::v
   kv.data = map_pool(bytes);
   if (!kv.data) return Status(StatusCode::out_of_memory, "cannot allocate the KV cache");
 
-  std::vector<int32_t> positions(n), qsl = {0, static_cast<int32_t>(n)}, seq_lens = {static_cast<int32_t>(n)};
-  std::vector<int32_t> logits_indices(n);
-  std::vector<int64_t> slots(n);
-  for (int64_t i = 0; i < n; ++i) {
-    positions[i] = static_cast<int32_t>(i);
-    logits_indices[i] = static_cast<int32_t>(i);
-    slots[i] = static_cast<int64_t>(block_table[i / block_size]) * block_size + i % block_size;
-  }
-  ForwardBatch fb;
-  fb.num_tokens = n;
-  fb.token_ids = tokens.data();
-  fb.positions = positions.data();
-  fb.slot_mapping = slots.data();
-  fb.num_seqs = 1;
-  fb.query_start_loc = qsl.data();
-  fb.seq_lens = seq_lens.data();
-  fb.block_tables = block_table.data();
-  fb.max_blocks_per_seq = static_cast<int64_t>(block_table.size());
-  fb.num_logits = n;
-  fb.logits_indices = logits_indices.data();
+  const SingleSequenceBatch one(tokens, 0, block_table, block_size, /*all_logits=*/true);
+  const ForwardBatch fb = one.batch();
   logits->assign(static_cast<size_t>(n) * mc.vocab_size, 0.0f);
   Status st;
   {

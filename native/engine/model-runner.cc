@@ -2,6 +2,7 @@
 // validation, and the host-side greedy fallback.
 #include <cmath>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "model-runner.h"
@@ -106,6 +107,40 @@ Status validate_forward_batch(const Model& model, int64_t num_heads, int64_t num
     if (b.logits_indices[i] < 0 || b.logits_indices[i] >= b.num_tokens)
       return invalid("logits index " + std::to_string(b.logits_indices[i]) + " is outside the batch");
   return Status::Ok();
+}
+
+SingleSequenceBatch::SingleSequenceBatch(std::vector<int32_t> tokens, int64_t start, std::vector<int32_t> table,
+                                         int64_t block_size, bool all_logits)
+    : token_ids(std::move(tokens)), block_table(std::move(table)) {
+  const int64_t n = static_cast<int64_t>(token_ids.size());
+  query_start_loc = {0, static_cast<int32_t>(n)};
+  seq_lens = {static_cast<int32_t>(start + n)};
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t pos = start + i;
+    positions.push_back(static_cast<int32_t>(pos));
+    // A position past the table gets slot -1 (nothing written): validation then reports it.
+    const int64_t b = pos / block_size;
+    slot_mapping.push_back(b < static_cast<int64_t>(block_table.size())
+                               ? static_cast<int64_t>(block_table[static_cast<size_t>(b)]) * block_size + pos % block_size
+                               : -1);
+    if (all_logits || i == n - 1) logits_indices.push_back(static_cast<int32_t>(i));
+  }
+}
+
+ForwardBatch SingleSequenceBatch::batch() const {
+  ForwardBatch fb;
+  fb.num_tokens = static_cast<int64_t>(token_ids.size());
+  fb.token_ids = token_ids.data();
+  fb.positions = positions.data();
+  fb.slot_mapping = slot_mapping.data();
+  fb.num_seqs = 1;
+  fb.query_start_loc = query_start_loc.data();
+  fb.seq_lens = seq_lens.data();
+  fb.block_tables = block_table.data();
+  fb.max_blocks_per_seq = static_cast<int64_t>(block_table.size());
+  fb.num_logits = static_cast<int64_t>(logits_indices.size());
+  fb.logits_indices = logits_indices.data();
+  return fb;
 }
 
 // The sampler's greedy choice (sampler.cc): NaN counts as -inf, the lowest id wins a tie.

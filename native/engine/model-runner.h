@@ -57,6 +57,18 @@ class ModelRunner {
   std::vector<float> greedy_logits_;  // forward_greedy's scratch
 };
 
+// One sequence's step as a batch (tests, benchmarks, forward_single_sequence): `tokens` at
+// positions [start, start + tokens.size()) of a sequence whose KV lives in `block_table`; logits
+// for every token (all_logits) or the last. Owns the arrays batch() points into.
+struct SingleSequenceBatch {
+  SingleSequenceBatch(std::vector<int32_t> tokens, int64_t start, std::vector<int32_t> block_table, int64_t block_size,
+                      bool all_logits);
+  ForwardBatch batch() const;
+
+  std::vector<int32_t> token_ids, positions, query_start_loc, seq_lens, block_table, logits_indices;
+  std::vector<int64_t> slot_mapping;
+};
+
 // Checks everything a kernel will index with, so that a bad batch is an error, never a stray
 // read or write: token ids, query_start_loc, seq_lens, the block ids each sequence's context
 // needs, positions, slot_mapping (each slot must be where its position lives in the block

@@ -95,41 +95,19 @@ struct Side {
   // Runs tokens at positions [len, len + n); returns logits of every one (all_logits) or the last.
   Status run(const std::vector<int32_t>& tokens, bool all_logits, std::vector<float>* logits, bool greedy = false,
              std::vector<int32_t>* ids = nullptr) {
-    const int64_t n = static_cast<int64_t>(tokens.size()), V = model->config.vocab_size;
-    std::vector<int32_t> pos(n), qsl = {0, static_cast<int32_t>(n)}, seq_lens = {static_cast<int32_t>(len + n)};
-    std::vector<int64_t> slots(n);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t p = len + i;
-      pos[i] = static_cast<int32_t>(p);
-      slots[i] = static_cast<int64_t>(table[p / block_size]) * block_size + p % block_size;
-    }
-    std::vector<int32_t> rows;
-    if (all_logits) {
-      for (int64_t i = 0; i < n; ++i) rows.push_back(static_cast<int32_t>(i));
-    } else {
-      rows.push_back(static_cast<int32_t>(n - 1));
-    }
-    ForwardBatch fb;
-    fb.num_tokens = n;
-    fb.token_ids = tokens.data();
-    fb.positions = pos.data();
-    fb.slot_mapping = slots.data();
-    fb.num_seqs = 1;
-    fb.query_start_loc = qsl.data();
-    fb.seq_lens = seq_lens.data();
-    fb.block_tables = table.data();
-    fb.max_blocks_per_seq = static_cast<int64_t>(table.size());
-    fb.num_logits = static_cast<int64_t>(rows.size());
-    fb.logits_indices = rows.data();
+    const int64_t V = model->config.vocab_size;
+    const SingleSequenceBatch one(tokens, len, table, block_size, all_logits);
+    const ForwardBatch fb = one.batch();
+    const size_t rows = one.logits_indices.size();
     Status st;
     if (greedy) {
-      ids->assign(rows.size(), -1);
+      ids->assign(rows, -1);
       st = runner->forward_greedy(fb, ids->data());
     } else {
-      logits->assign(rows.size() * static_cast<size_t>(V), 0.0f);
+      logits->assign(rows * static_cast<size_t>(V), 0.0f);
       st = runner->forward(fb, logits->data());
     }
-    if (st.ok()) len += n;
+    if (st.ok()) len += static_cast<int64_t>(tokens.size());
     return st;
   }
 };
