@@ -9,7 +9,11 @@
 //   tolerance.argmaxMinMargin;
 // - Engine, greedy with ignore_eos, generates the reference's 64 tokens, all of them compared
 //   (make_goldens.py only writes goldens whose every greedy step leads by >= 2 x the bound, and
-//   whose continuation has >= 16 distinct tokens; both are re-asserted here).
+//   whose continuation has >= 16 distinct tokens; both are re-asserted here);
+// - Model.forward over the prompt and those 64 tokens picks each of them (teacher-forced).
+// On the default amx path (the matmul's x rounded to bf16, as HF computes a bf16 model) bf16
+// models are held to a reference that rounds the same inputs (bf16MatmulInputs), the free-running
+// tokens up to the first near-tie, and the teacher-forced ones at every step leading by 0.1.
 // The tolerances and their reasoning are in test/reference/make_goldens.py. Without a built addon
 // these tests fail (loadAddon's error lists what it tried); they are never skipped.
 
@@ -42,9 +46,20 @@ interface Golden {
   greedyCheckedSteps: number;
   greedyMargins: number[];
   positions: GoldenPosition[];
+  // bf16 models: the reference with matmul inputs rounded to bf16 where the engine's default amx
+  // path rounds them (see test/reference/make_goldens.py); logits[pos] are at
+  // [...positions[pos].topIds, ...fixedIds].
+  bf16MatmulInputs?: { tolerance: { logitAbs: number }; logits: number[][] };
 }
 
 const BLOCK_SIZE = 16;
+const AMX_GREEDY_MARGIN = 0.1;
+
+// The number of leading margins at or above `min` (the first step under it, or all).
+function firstStepUnder(margins: number[], min: number): number {
+  const i = margins.findIndex((m) => m < min);
+  return i < 0 ? margins.length : i;
+}
 const MIN_GREEDY_STEPS = 64;
 const MIN_DISTINCT_GREEDY = 16;
 const NUM_THREADS = 2;
@@ -147,6 +162,12 @@ describe.each(goldenFiles)('golden %s', (file) => {
     );
   });
 
+  // The kernel path this process runs: amx (amx-bf16 is the same) rounds the matmul's x to bf16,
+  // which the float32 reference's tolerance does not cover; it is held to the reference that
+  // rounds the same inputs (bf16 goldens). Every other path (and f32 models) to the float32 one.
+  const kernels = loadAddon().cpuKernelInfo().path;
+  const roundsX = (kernels === 'amx' || kernels === 'amx-bf16') && golden.bf16MatmulInputs !== undefined;
+
   it('matches the reference logits at every prompt position', () => {
     const model = new addon.Model(modelDir, NUM_THREADS);
     try {
@@ -157,9 +178,11 @@ describe.each(goldenFiles)('golden %s', (file) => {
       golden.positions.forEach((expected, pos) => {
         const row = logits.subarray(pos * vocab, (pos + 1) * vocab);
         const ids = [...expected.topIds, ...golden.fixedIds];
-        const want = [...expected.topLogits, ...expected.fixedLogits];
+        const want = roundsX ? golden.bf16MatmulInputs!.logits[pos]! : [...expected.topLogits, ...expected.fixedLogits];
+        const bound = roundsX ? golden.bf16MatmulInputs!.tolerance.logitAbs : logitAbs;
         const worst = Math.max(...ids.map((id, i) => Math.abs(row[id]! - want[i]!)));
-        expect(worst, `position ${pos}: largest logit difference`).toBeLessThanOrEqual(logitAbs);
+        if (process.env.KVSERVE_GOLDEN_VERBOSE) console.log(`${file} ${kernels} position ${pos}: ${worst} (bound ${bound})`);
+        expect(worst, `position ${pos}: largest logit difference`).toBeLessThanOrEqual(bound);
         if (expected.margin >= argmaxMinMargin) {
           expect(argmax(row), `position ${pos}: argmax`).toBe(expected.argmax);
         }
@@ -182,6 +205,41 @@ describe.each(goldenFiles)('golden %s', (file) => {
     const run = await engineGreedy(addon, modelDir, golden.promptTokenIds, maxTokens);
     expect(run.finishReason).toBe('length');
     expect(run.tokens).toHaveLength(maxTokens);
-    expect(run.tokens).toEqual(golden.greedyTokenIds);
+    // On the float32 paths, every step (each leads by >= 2 x the float32 bound). On amx (x
+    // rounded to bf16 in every matmul, decode included) a near-tie may legitimately go the other
+    // way: the engine's logits sit up to ~0.04 from the reference that rounds the same inputs
+    // (largest difference measured by the logits test above, llama), and an x element next to a
+    // bf16 rounding boundary rounds either way. So there the tokens are compared up to the first
+    // step whose float32 margin is under AMX_GREEDY_MARGIN (2 x 0.05): after it the engine may
+    // take another token and the rest of its path differs. Measured: llama 34 steps checked,
+    // mistral 55, qwen2 1 (its second step is a near-tie); the full 64 on the float32 paths.
+    // The next test checks every clear step of the path, teacher-forced.
+    const checked = roundsX ? firstStepUnder(golden.greedyMargins, AMX_GREEDY_MARGIN) : maxTokens;
+    expect(checked).toBeGreaterThanOrEqual(1);
+    expect(run.tokens.slice(0, checked)).toEqual(golden.greedyTokenIds.slice(0, checked));
+  });
+
+  it('picks the reference token at every clear step of its greedy path, teacher-forced', () => {
+    // Model.forward over the prompt and the reference's greedy tokens: step i's logits are the
+    // row of the position before token i, whatever the engine took at earlier near-ties. On the
+    // float32 paths every step is checked; on amx every step the reference leads by at least
+    // AMX_GREEDY_MARGIN (measured: llama 62 of 64, mistral 59, qwen2 46).
+    const model = new addon.Model(modelDir, NUM_THREADS);
+    try {
+      const vocab = model.info().vocabSize;
+      const seq = Int32Array.from([...golden.promptTokenIds, ...golden.greedyTokenIds]);
+      const logits = model.forward(seq, scatteredBlockTable(seq.length), BLOCK_SIZE);
+      const start = golden.promptTokenIds.length - 1;
+      const minMargin = roundsX ? AMX_GREEDY_MARGIN : 0;
+      let checked = 0;
+      golden.greedyTokenIds.forEach((token, i) => {
+        if (golden.greedyMargins[i]! < minMargin) return;
+        checked++;
+        expect(argmax(logits.subarray((start + i) * vocab, (start + i + 1) * vocab)), `step ${i}`).toBe(token);
+      });
+      expect(checked).toBeGreaterThanOrEqual(roundsX ? golden.greedyTokenIds.length / 2 : golden.greedyTokenIds.length);
+    } finally {
+      model.close();
+    }
   });
 });

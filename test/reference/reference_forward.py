@@ -97,7 +97,7 @@ def rotate_half(x):
 
 
 class Reference:
-    def __init__(self, model_dir, round_kv=True, compute_dtype=torch.float32):
+    def __init__(self, model_dir, round_kv=True, compute_dtype=torch.float32, round_matmul_x=False):
         with open(os.path.join(model_dir, "config.json")) as f:
             self.config = c = json.load(f)
         self.dtype = compute_dtype
@@ -112,6 +112,11 @@ class Reference:
         self.sliding_window = self._sliding_window(c)
         tied = c.get("tie_word_embeddings", False)
         self.lm_head = self.w["model.embed_tokens.weight" if tied else "lm_head.weight"]
+        # round_matmul_x: model the engine's default CPU matmul (amx, native/kernels/cpu/cpu-amx.cc),
+        # which multiplies a bf16 weight whose in_features are a multiple of 32 by x rounded to
+        # bf16 once (round to nearest even; |dx| <= 2^-9 |x|), at any number of rows (every
+        # other weight sees x itself, there and here).
+        self.round_matmul_x = round_matmul_x and c["torch_dtype"] == "bfloat16"
 
     @staticmethod
     def _sliding_window(c):
@@ -125,8 +130,18 @@ class Reference:
         variance = x.pow(2).mean(-1, keepdim=True)
         return weight * (x * torch.rsqrt(variance + self.eps))
 
+    def round_x(self, x):
+        """x as the engine's one-term AMX matmul reads it: rounded to bf16."""
+        return x.to(torch.bfloat16).to(self.dtype)
+
+    def matmul(self, x, w):
+        """x @ w.T, with x rounded where the engine's amx matmul rounds it (round_matmul_x)."""
+        if not self.round_matmul_x or w.shape[1] % 32 != 0:
+            return x @ w.T
+        return self.round_x(x) @ w.T
+
     def linear(self, x, name):
-        y = x @ self.w[name + ".weight"].T
+        y = self.matmul(x, self.w[name + ".weight"])
         bias = self.w.get(name + ".bias")
         return y if bias is None else y + bias
 
@@ -181,7 +196,7 @@ class Reference:
         return self.rms_norm(x, self.w["model.norm.weight"])
 
     def logits(self, tokens):
-        return self.hidden_states(tokens) @ self.lm_head.T
+        return self.matmul(self.hidden_states(tokens), self.lm_head)
 
     def greedy(self, tokens, n):
         """n greedy tokens after `tokens`, and each step's top-1 minus top-2 logit margin."""

@@ -231,7 +231,7 @@ export declare function blockHashes(tokens: Int32Array, blockSize: number): stri
 export declare function readBandwidthGBs(bytes?: number, threads?: number): number;
 export interface NativeCpuKernelInfo {
   isa: string[]; // detected: 'avx2', 'avx512', 'avx512_bf16', 'amx_bf16'
-  path: string; // the kernel path in use: 'reference' | 'avx2' | 'avx512' | 'amx' | 'amx-bf16' (KVSERVE_CPU_KERNELS forces one; amx-bf16 only then)
+  path: string; // the kernel path in use: 'reference' | 'avx2' | 'avx512' | 'amx' | 'amx-exact' | 'amx-bf16' (KVSERVE_CPU_KERNELS forces one; amx-exact and amx-bf16 only then)
 }
 export declare function cpuKernelInfo(): NativeCpuKernelInfo;
 export declare const version: string;

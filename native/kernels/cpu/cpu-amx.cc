@@ -3,14 +3,19 @@
 // y[M, N] = x[M, K] @ w[N, K]^T (+ bias) is computed as y^T = w @ x^T: the bf16 weights are the
 // A operand, x the B operand, packed once per call into VNNI tiles:
 //   xp  // [ceil(M / 16)][K / 32][terms] tiles of 16 (k pairs) x 16 (m) x 2 bf16 = 1 KiB each
-// Two paths differ only in the terms of x:
-//   amx       x = hi + lo, hi = bf16(x), lo = bf16(x - hi) (x to about 16 significant bits, where
-//             bf16 alone keeps 8); every product is w hi + w lo. One term alone moves the logits
-//             of the golden tests 4-20x past their bounds and makes a sequence's tokens depend
-//             on the batch it ran in (a preempted and recomputed request diverged); two terms
-//             keep both within fp32-path behaviour. The default.
-//   amx-bf16  x = bf16(x): half the tile work, about 1.7x the prefill speed. Only when
-//             KVSERVE_CPU_KERNELS=amx-bf16 names it.
+// Two tables differ only in the terms of x:
+//   amx       the default (also named amx-bf16): x = bf16(x), one term (|dx| <= 2^-9 |x|), as
+//             Hugging Face transformers in bf16, llama.cpp's BF16 path and oneDNN's bf16 matmul
+//             do. At every M, decode included, and in the columns and shapes this file hands to
+//             the AVX-512 matmul (rounded_x): a weight AMX can run (bf16, K % 32 == 0) sees the
+//             same rounded x whatever the batch, so that a sequence's tokens do not depend on
+//             the batch it ran in (a preempted and recomputed request, a request alone or
+//             batched: test/native/engine.test.ts). One term is ~1.4x the prefill speed of two
+//             and free at batch-1 decode (the AVX-512 GEMV on rounded x).
+//   amx-exact x = hi + lo, hi = bf16(x), lo = bf16(x - hi) (x to about 16 significant bits, where
+//             bf16 alone keeps 8); every product is w hi + w lo; the AVX-512 parts see x itself.
+//             Within the fp32 paths' bounds (the default before). Only when
+//             KVSERVE_CPU_KERNELS=amx-exact names it.
 // Work: blocks of 32 weight rows (two A tiles) by 32 rows of x (two B tiles), four C tiles.
 //   M <= 32 (batched decode): each weight block is used once; its tiles load in place from the
 //     weights (stride K, prefetched ahead) over all of K. No copy.
@@ -23,7 +28,7 @@
 //     call; no prepacked copy is kept.
 // Settings: AMX runs for bf16 weights with K % 32 == 0 and M >= kMinRows; every other shape,
 // and the last N % 32 weight rows, go to the AVX-512 matmul.
-// Stays true: only x is rounded (amx: hi + lo leaves |dx| <= 2^-18 |x|; amx-bf16: 2^-9 |x|);
+// Stays true: only x is rounded (two terms leave |dx| <= 2^-18 |x|, one term 2^-9 |x|);
 // products and sums are fp32 (bounds in test-kernels-fast.cc). Tiles are configured at the
 // start of each thread's chunk of work and released at its end.
 // Compiled with AVX-512 + AVX512_BF16 + AMX flags (CMakeLists.txt); called only when
@@ -226,12 +231,34 @@ float bias_at(const TensorView& b, int64_t i) {
   return 0.0f;
 }
 
+// x rounded to bf16 (round to nearest even, as the tiles' packing does), as fp32, in a
+// per-thread buffer: what the AVX-512 matmul multiplies where the one-term path hands it a
+// weight AMX would have run (few rows, the last N % 32 rows), so that every row of x and every
+// output column is rounded alike whatever the batch.
+const float* rounded_x(const float* x, int64_t n) {
+  thread_local Scratch<float> buf;
+  float* out = buf.get(n);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(x + i)));
+    _mm512_storeu_ps(out + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  }
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(m, x + i)));
+    _mm512_mask_storeu_ps(out + i, m, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)));
+  }
+  return out;
+}
+
 template <int kTerms>
 void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
   const int64_t N = w.rows, K = w.cols;
   const int64_t N32 = N / 32 * 32;
-  if (w.dtype != DType::bf16 || K % 32 != 0 || M < kMinRows || N32 == 0)
-    return matmul_avx512(pool, x, M, w, bias, y);
+  if (w.dtype != DType::bf16 || K % 32 != 0) return matmul_avx512(pool, x, M, w, bias, y);
+  // One term: the weights AMX runs (bf16, K % 32 == 0) see x rounded to bf16 at every M, in
+  // every column; two terms: the AVX-512 parts see x itself (its hi + lo is x to 2^-18).
+  if (M < kMinRows || N32 == 0) return matmul_avx512(pool, kTerms == 1 ? rounded_x(x, M * K) : x, M, w, bias, y);
   const int64_t m_tiles = (M + 15) / 16, m_pairs = (m_tiles + 1) / 2, kb_count = K / 32;
   const int64_t x_tile = 512 * kTerms;  // uint16 per (mt, kb) in xp
   thread_local Scratch<uint16_t> pack;
@@ -327,7 +354,7 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
   if (has_bias) b_tail = TensorView{static_cast<const char*>(bias->data) + N32 * (bias->dtype == DType::f32 ? 4 : 2), bias->dtype, 1, n_tail};
   thread_local Scratch<float> tail_buf;
   float* tail = tail_buf.get(M * n_tail);
-  matmul_avx512(pool, x, M, w_tail, has_bias ? &b_tail : nullptr, tail);
+  matmul_avx512(pool, kTerms == 1 ? rounded_x(x, M * K) : x, M, w_tail, has_bias ? &b_tail : nullptr, tail);
   for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N + N32, tail + m * n_tail, static_cast<size_t>(n_tail * 4));
 }
 
@@ -341,7 +368,12 @@ CpuKernels amx_table(const char* name, decltype(CpuKernels::matmul) matmul) {
 }  // namespace
 
 const CpuKernels& cpu_amx_kernels() {
-  static const CpuKernels table = amx_table("amx", matmul_amx<2>);
+  static const CpuKernels table = amx_table("amx", matmul_amx<1>);
+  return table;
+}
+
+const CpuKernels& cpu_amx_exact_kernels() {
+  static const CpuKernels table = amx_table("amx-exact", matmul_amx<2>);
   return table;
 }
 

@@ -1,8 +1,9 @@
 // cpu-dispatch.cc: picks the kernel table the engine runs (see cpu-kernels.h).
 //
 // Once per process: cpu_isa() says what the CPU runs; KVSERVE_CPU_KERNELS (reference, avx2,
-// avx512, amx, amx-bf16) may name a path, else the best one is taken (never amx-bf16, which
-// trades matmul precision for speed; see cpu-kernels.h). A named path the CPU cannot run,
+// avx512, amx, amx-exact, amx-bf16) may name a path, else the best one is taken (amx; never
+// amx-exact, which differs from it only in the matmul's rounding of x; amx-bf16 is amx under its
+// old name; see cpu-kernels.h). A named path the CPU cannot run,
 // or an unknown name, falls back to the best path and says so on stderr once. The ISA paths
 // exist only in builds that compiled their files (LLM_CPU_X86_PATHS, set by CMakeLists.txt).
 #include <cstdio>
@@ -28,14 +29,14 @@ const CpuKernels& choose_kernels() {
   if (!forced || !*forced) return best_kernels();
   for (auto [name, path] : {std::pair<const char*, CpuPath>{"reference", CpuPath::reference},
                             {"avx2", CpuPath::avx2}, {"avx512", CpuPath::avx512}, {"amx", CpuPath::amx},
-                            {"amx-bf16", CpuPath::amx_bf16}}) {
+                            {"amx-exact", CpuPath::amx_exact}, {"amx-bf16", CpuPath::amx_bf16}}) {
     if (std::strcmp(forced, name) != 0) continue;
     if (const CpuKernels* k = cpu_kernels_for(path)) return *k;
     std::fprintf(stderr, "kvserve: KVSERVE_CPU_KERNELS=%s: this CPU cannot run it; using %s\n", forced,
                  best_kernels().name);
     return best_kernels();
   }
-  std::fprintf(stderr, "kvserve: KVSERVE_CPU_KERNELS=%s is not one of reference, avx2, avx512, amx, amx-bf16; using %s\n",
+  std::fprintf(stderr, "kvserve: KVSERVE_CPU_KERNELS=%s is not one of reference, avx2, avx512, amx, amx-exact, amx-bf16; using %s\n",
                forced, best_kernels().name);
   return best_kernels();
 }
@@ -51,6 +52,7 @@ const CpuKernels* cpu_kernels_for(CpuPath path) {
     case CpuPath::avx512: return isa.avx512 ? &cpu_avx512_kernels() : nullptr;
     case CpuPath::amx: return isa.amx_bf16 ? &cpu_amx_kernels() : nullptr;
     case CpuPath::amx_bf16: return isa.amx_bf16 ? &cpu_amx_bf16_kernels() : nullptr;
+    case CpuPath::amx_exact: return isa.amx_bf16 ? &cpu_amx_exact_kernels() : nullptr;
   }
   return nullptr;
 #else  // built without the ISA files (binding.gyp, or not x86-64)

@@ -5,10 +5,11 @@
 // are copies of the reference table with the ops they speed up replaced; the reference entries
 // stay and are what every fast kernel is tested against (test-kernels-fast.cc).
 // Path choice (cpu-dispatch.cc): the best the CPU runs (amx > avx512 > avx2 > reference), or
-// the one named by KVSERVE_CPU_KERNELS=reference|avx2|avx512|amx|amx-bf16 (a path the CPU
-// cannot run falls back to the best it can).
+// the one named by KVSERVE_CPU_KERNELS=reference|avx2|avx512|amx|amx-exact|amx-bf16 (a path
+// the CPU cannot run falls back to the best it can).
 // Stays true: activations are fp32; weights and the KV pool may be f32, f16 or bf16 and are
-// converted on load; accumulation is fp32.
+// converted on load; accumulation is fp32. The amx paths round the matmul's x to bf16 (amx: one
+// term, |dx| <= 2^-9 |x|; amx-exact: two terms, 2^-18 |x|), nothing else; see cpu-amx.cc.
 #pragma once
 
 #include <cstdint>
@@ -58,9 +59,11 @@ struct CpuKernels {
                           const AttentionBatch& batch, float* out);
 };
 
-// amx_bf16 ("amx-bf16") is never chosen by itself: it is the amx path with x rounded to a single
-// bf16 term in the matmul (about 2x the prefill speed, outside the golden tests' bounds).
-enum class CpuPath { reference, avx2, avx512, amx, amx_bf16 };
+// amx: the matmul's x rounded to bf16 (one term) wherever the weight is one AMX can run (bf16,
+// K % 32 == 0), at every M. amx_bf16 ("amx-bf16", the name of that rounding before it became the
+// default) is the same table under that name. amx_exact ("amx-exact": x as two bf16 terms, within
+// the fp32 bounds) is never chosen by itself, only when named.
+enum class CpuPath { reference, avx2, avx512, amx, amx_bf16, amx_exact };
 
 // The plain reference implementations.
 const CpuKernels& cpu_reference_kernels();

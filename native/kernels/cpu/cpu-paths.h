@@ -9,8 +9,9 @@ namespace llm::cpu {
 
 const CpuKernels& cpu_avx2_kernels();    // cpu-avx2.cc
 const CpuKernels& cpu_avx512_kernels();  // cpu-avx512.cc
-const CpuKernels& cpu_amx_kernels();     // cpu-amx.cc: the AVX-512 table, matmul on AMX tiles
-const CpuKernels& cpu_amx_bf16_kernels();  // cpu-amx.cc: the same with x rounded to one bf16 term
+const CpuKernels& cpu_amx_kernels();     // cpu-amx.cc: the AVX-512 table, matmul on AMX tiles, x as bf16
+const CpuKernels& cpu_amx_exact_kernels();  // cpu-amx.cc: the same with x as two bf16 terms
+const CpuKernels& cpu_amx_bf16_kernels();  // cpu-amx.cc: cpu_amx_kernels() named "amx-bf16"
 
 // The AVX-512 matmul, for the shapes the AMX matmul hands back (cpu-avx512.cc).
 void matmul_avx512(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias,
