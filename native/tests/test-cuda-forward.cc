@@ -44,15 +44,6 @@ using namespace llm;
 
 namespace {
 
-#define CHECK_OK(expr)                                                                               \
-  do {                                                                                               \
-    const ::llm::Status _st = (expr);                                                                \
-    if (!_st.ok()) {                                                                                 \
-      std::printf("  %s:%d: %s: %s %s\n", __FILE__, __LINE__, #expr, _st.code_name(), _st.message().c_str()); \
-      ++llm_test::failures();                                                                        \
-    }                                                                                                \
-  } while (0)
-
 std::vector<std::string> model_dirs() {
   std::vector<std::string> dirs;
   const char* env = std::getenv("KVSERVE_CUDA_TEST_MODELS");

@@ -54,15 +54,6 @@ constexpr cuda::AttentionVariant kAttentionVariants[] = {
 
 const cpu::CpuKernels& R() { return cpu::cpu_reference_kernels(); }
 
-#define CHECK_OK(expr)                                                                               \
-  do {                                                                                               \
-    const ::llm::Status _st = (expr);                                                                \
-    if (!_st.ok()) {                                                                                 \
-      std::printf("  %s:%d: %s: %s %s\n", __FILE__, __LINE__, #expr, _st.code_name(), _st.message().c_str()); \
-      ++llm_test::failures();                                                                        \
-    }                                                                                                \
-  } while (0)
-
 #define CHECK_CUDA(expr)                                                                      \
   do {                                                                                        \
     const cudaError_t _e = (expr);                                                            \
@@ -409,7 +400,6 @@ TEST(gemm_matches_cpu_matmul) {
         expect_close(what, download_f32(d_y, out, s.M * s.N), want, bound);
       }
 }
-
 
 
 }  // namespace

@@ -1,7 +1,7 @@
 // test-harness.h: a minimal test runner for the plain C++ tests (no dependency, so the GPU
 // machine and ASan builds need nothing extra). Each test-*.cc is one executable run by ctest.
 //
-//   TEST(pool_reuses_prefix) { CHECK(x == 1); CHECK_NEAR(a, b, 1e-6); }
+//   TEST(pool_reuses_prefix) { CHECK(x == 1); CHECK_NEAR(a, b, 1e-6); CHECK_OK(status); }
 //   int main() { return llm_test::run_all(); }
 #pragma once
 
@@ -59,6 +59,16 @@ inline int run_all() {
       std::printf("  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond);         \
       ++llm_test::failures();                                                        \
     }                                                                                \
+  } while (0)
+
+// expr: a Status (anything with ok(), code_name() and message()); prints the code and message.
+#define CHECK_OK(expr)                                                                                 \
+  do {                                                                                                 \
+    const auto _st = (expr);                                                                           \
+    if (!_st.ok()) {                                                                                   \
+      std::printf("  %s:%d: %s: %s %s\n", __FILE__, __LINE__, #expr, _st.code_name(), _st.message().c_str()); \
+      ++llm_test::failures();                                                                          \
+    }                                                                                                  \
   } while (0)
 
 #define CHECK_EQ(a, b)                                                                       \
