@@ -26,18 +26,6 @@ uint64_t splitmix64(uint64_t x) {
 Status invalid(const std::string& msg) { return Status(StatusCode::invalid_argument, msg); }
 Status bad_request(const std::string& msg) { return Status(StatusCode::request_invalid, msg); }
 
-KVCacheView make_kv_view(const ModelConfig& c, void* data, int64_t num_blocks, int64_t block_size) {
-  KVCacheView v;
-  v.data = data;
-  v.dtype = c.dtype;
-  v.num_blocks = num_blocks;
-  v.num_layers = c.num_layers;
-  v.block_size = block_size;
-  v.num_kv_heads = c.num_kv_heads;
-  v.head_dim = c.head_dim;
-  return v;
-}
-
 // Anonymous mapping: zero pages, committed lazily as blocks are first written.
 void* map_pool(size_t bytes) {
   void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);

@@ -181,7 +181,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   CudaModelRunnerImpl(const Model& model, const CudaRunnerOptions& opts) : model_(model), opts_(opts) {}
 
   ~CudaModelRunnerImpl() override {
-    for (auto& [size, graph] : graphs_) cudaGraphExecDestroy(graph.exec);
+    drop_graphs();
     gemm_.reset();
     if (stream_) cudaStreamDestroy(stream_);
   }
@@ -213,6 +213,11 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   };
 
   size_t activation_bytes(int64_t tokens, int64_t logits_rows) const;
+  // Destroys every captured graph: called when a buffer a graph points at moves.
+  void drop_graphs() {
+    for (auto& [size, graph] : graphs_) cudaGraphExecDestroy(graph.exec);
+    graphs_.clear();
+  }
   Status reserve_activations(int64_t tokens, int64_t logits_rows);
   Status reserve_workspace(const cuda::AttentionBatch& attn);
   // Packs the batch into pinned staging at `layout`, padded to S = T = L = pad_to when pad_to > 0.
@@ -291,30 +296,27 @@ Status CudaModelRunnerImpl::init() {
   dtype_ = model_.weights.embed.dtype;
 
   // Weights: one allocation, each distinct host tensor copied once (a tied lm_head is the
-  // embedding's copy).
+  // embedding's copy), laid out in for_each_tensor's order (run_layers fuses neighbours).
+  struct Slot {
+    size_t offset, bytes;
+  };
+  std::map<const void*, Slot> slots;  // host tensor -> its place in weight_memory_
   size_t total = 0;
-  std::map<const void*, size_t> offsets;
   for_each_tensor(model_.weights, [&](const Tensor& t) {
-    if (!t.present() || offsets.count(t.data)) return;
-    offsets[t.data] = total;
-    total = align_up(total + static_cast<size_t>(t.rows * t.cols * dtype_size(t.dtype)), 256);
+    if (!t.present() || slots.count(t.data)) return;
+    const size_t bytes = static_cast<size_t>(t.rows * t.cols * dtype_size(t.dtype));
+    slots[t.data] = Slot{total, bytes};
+    total = align_up(total + bytes, 256);
   });
   LLM_RETURN_IF_ERROR(weight_memory_.reserve(total, "weights"));
+  char* base = weight_memory_.as<char>();
+  for (const auto& [host, slot] : slots)
+    LLM_CUDA_RETURN_IF_ERROR("copying the weights to the device",
+                             cudaMemcpy(base + slot.offset, host, slot.bytes, cudaMemcpyHostToDevice));
   weights_ = model_.weights;
-  Status copy = Status::Ok();
-  std::map<const void*, bool> copied;
   for_each_tensor(weights_, [&](Tensor& t) {
-    if (!t.present()) return;
-    char* dst = weight_memory_.as<char>() + offsets.at(t.data);
-    if (!copied[t.data] && copy.ok()) {
-      copied[t.data] = true;
-      const cudaError_t err = cudaMemcpy(dst, t.data, static_cast<size_t>(t.rows * t.cols * dtype_size(t.dtype)),
-                                         cudaMemcpyHostToDevice);
-      if (err != cudaSuccess) copy = cuda_error("copying the weights to the device", err);
-    }
-    t.data = dst;
+    if (t.present()) t.data = base + slots.at(t.data).offset;
   });
-  LLM_RETURN_IF_ERROR(copy);
 
   const std::vector<float> inv_freq = rope_inv_freq(c);
   LLM_RETURN_IF_ERROR(inv_freq_.reserve(inv_freq.size() * sizeof(float), "rope frequencies"));
@@ -330,8 +332,7 @@ Status CudaModelRunnerImpl::allocate_kv_cache(const KVCacheView& shape) {
   LLM_CUDA_RETURN_IF_ERROR("zeroing the KV cache", cudaMemset(kv_memory_.get(), 0, bytes));
   kv_view_ = shape;
   kv_view_.data = kv_memory_.get();
-  for (auto& [size, graph] : graphs_) cudaGraphExecDestroy(graph.exec);
-  graphs_.clear();
+  drop_graphs();
   return Status::Ok();
 }
 
@@ -346,9 +347,7 @@ size_t CudaModelRunnerImpl::activation_bytes(int64_t tokens, int64_t logits_rows
 
 Status CudaModelRunnerImpl::reserve_activations(int64_t tokens, int64_t logits_rows) {
   if (tokens <= capacity_tokens_ && logits_rows <= capacity_logits_) return Status::Ok();
-  // Graphs point at the old buffers: drop them (they are captured again when next needed).
-  for (auto& [size, graph] : graphs_) cudaGraphExecDestroy(graph.exec);
-  graphs_.clear();
+  drop_graphs();  // they point at the old buffers (captured again when next needed)
   const ModelConfig& c = model_.config;
   const size_t e = static_cast<size_t>(dtype_size(dtype_));
   const int64_t T = std::max(tokens, capacity_tokens_), L = std::max(logits_rows, capacity_logits_);
@@ -375,8 +374,7 @@ Status CudaModelRunnerImpl::reserve_activations(int64_t tokens, int64_t logits_r
 Status CudaModelRunnerImpl::reserve_workspace(const cuda::AttentionBatch& attn) {
   const size_t need = cuda::paged_attention_workspace_bytes(attn, kv_view_);
   if (need <= workspace_.bytes()) return Status::Ok();
-  for (auto& [size, graph] : graphs_) cudaGraphExecDestroy(graph.exec);  // they point at the old one
-  graphs_.clear();
+  drop_graphs();  // they point at the old one
   return workspace_.reserve(need, "attention workspace");
 }
 

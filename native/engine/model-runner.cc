@@ -143,6 +143,18 @@ ForwardBatch SingleSequenceBatch::batch() const {
   return fb;
 }
 
+KVCacheView make_kv_view(const ModelConfig& c, void* data, int64_t num_blocks, int64_t block_size) {
+  KVCacheView v;
+  v.data = data;
+  v.dtype = c.dtype;
+  v.num_blocks = num_blocks;
+  v.num_layers = c.num_layers;
+  v.block_size = block_size;
+  v.num_kv_heads = c.num_kv_heads;
+  v.head_dim = c.head_dim;
+  return v;
+}
+
 // The sampler's greedy choice (sampler.cc): NaN counts as -inf, the lowest id wins a tie.
 Status ModelRunner::forward_greedy(const ForwardBatch& batch, int32_t* token_ids) {
   const int64_t vocab = vocab_size();

@@ -57,6 +57,10 @@ class ModelRunner {
   std::vector<float> greedy_logits_;  // forward_greedy's scratch
 };
 
+// The KV pool's view for this model's shape (model dtype, layers, kv heads, head_dim): num_blocks
+// blocks of block_size tokens at `data` (null for a shape only).
+KVCacheView make_kv_view(const ModelConfig& c, void* data, int64_t num_blocks, int64_t block_size);
+
 // One sequence's step as a batch (tests, benchmarks, forward_single_sequence): `tokens` at
 // positions [start, start + tokens.size()) of a sequence whose KV lives in `block_table`; logits
 // for every token (all_logits) or the last. Owns the arrays batch() points into.

@@ -140,13 +140,7 @@ void check_runner(const std::string& dir) {
   const bool f32 = c.dtype == DType::f32;
   const double bound = f32 ? 1e-3 : 5e-2;
 
-  KVCacheView shape;
-  shape.dtype = c.dtype;
-  shape.num_blocks = num_blocks;
-  shape.num_layers = c.num_layers;
-  shape.block_size = block_size;
-  shape.num_kv_heads = c.num_kv_heads;
-  shape.head_dim = c.head_dim;
+  const KVCacheView shape = make_kv_view(c, nullptr, num_blocks, block_size);
   const size_t pool_bytes = static_cast<size_t>(num_blocks * shape.block_bytes());
   void* host_pool = mmap(nullptr, pool_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   KVCacheView cpu_view = shape;

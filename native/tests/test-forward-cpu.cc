@@ -562,66 +562,48 @@ TEST(bad_batches_are_rejected_without_touching_memory) {
   KvPool pool(c, DType::f32, 2, block_size);
   auto runner = make_cpu_runner(m->model, pool.view, three_threads());
 
-  // A valid two-token batch, broken one field at a time.
-  struct Fields {
-    std::vector<int32_t> token_ids{5, 6}, positions{0, 1}, qsl{0, 2}, seq_lens{2}, block_tables{1, 0}, logits{1};
-    std::vector<int64_t> slots{4, 5};
-    ForwardBatch batch() {
-      ForwardBatch b;
-      b.num_tokens = 2;
-      b.token_ids = token_ids.data();
-      b.positions = positions.data();
-      b.slot_mapping = slots.data();
-      b.num_seqs = 1;
-      b.query_start_loc = qsl.data();
-      b.seq_lens = seq_lens.data();
-      b.block_tables = block_tables.data();
-      b.max_blocks_per_seq = 2;
-      b.num_logits = 1;
-      b.logits_indices = logits.data();
-      return b;
-    }
-  };
+  // A valid two-token batch (slots 4 and 5 of block 1, logits of the last), broken one field at a time.
+  auto valid = [&] { return SingleSequenceBatch({5, 6}, 0, {1, 0}, block_size, /*all_logits=*/false); };
   std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-  auto expect_invalid = [&](Fields fields, const char* what) {
+  auto expect_invalid = [&](const SingleSequenceBatch& fields, const char* what) {
     const Status st = runner->forward(fields.batch(), logits.data());
     if (st.code() != StatusCode::invalid_argument) std::printf("  %s was not rejected\n", what);
     CHECK(st.code() == StatusCode::invalid_argument);
   };
-  Fields f;
+  SingleSequenceBatch f = valid();
   f.token_ids[1] = static_cast<int32_t>(c.vocab_size);
   expect_invalid(f, "token id == vocab");
-  f = Fields();
+  f = valid();
   f.token_ids[0] = -1;
   expect_invalid(f, "negative token id");
-  f = Fields();
-  f.block_tables[0] = 2;
-  f.slots = {8, 9};
+  f = valid();
+  f.block_table[0] = 2;
+  f.slot_mapping = {8, 9};
   expect_invalid(f, "block id outside the pool");
-  f = Fields();
-  f.slots[1] = 2;
+  f = valid();
+  f.slot_mapping[1] = 2;
   expect_invalid(f, "slot not where the block table puts it");
-  f = Fields();
+  f = valid();
   f.seq_lens[0] = 1;
   expect_invalid(f, "seq_len shorter than the new tokens");
-  f = Fields();
+  f = valid();
   f.seq_lens[0] = 9;
   expect_invalid(f, "seq_len beyond the block table");
-  f = Fields();
+  f = valid();
   f.positions[1] = 5;
   expect_invalid(f, "position inconsistent with seq_len");
-  f = Fields();
-  f.qsl[1] = 3;
+  f = valid();
+  f.query_start_loc[1] = 3;
   expect_invalid(f, "query_start_loc past num_tokens");
-  f = Fields();
-  f.logits[0] = 2;
+  f = valid();
+  f.logits_indices[0] = 2;
   expect_invalid(f, "logits index outside the batch");
 
   // Padding slots are allowed, and the runner still works after the rejections.
-  f = Fields();
-  f.slots[0] = -1;
+  f = valid();
+  f.slot_mapping[0] = -1;
   CHECK(runner->forward(f.batch(), logits.data()).ok());
-  f = Fields();
+  f = valid();
   CHECK(runner->forward(f.batch(), logits.data()).ok());
   ForwardBatch empty;
   CHECK(runner->forward(empty, nullptr).ok());
