@@ -114,7 +114,15 @@ describe('kv routing', () => {
     // The new frontend's index is rebuilt from every worker's replay (cleared + stored): all of
     // the blocks, not just the first replays to arrive (earlier tests' blocks are in it too).
     await until('the replays', async () => (await indexed()) >= before);
+    // Before each request, every worker's latest load report shows it idle: a report taken while
+    // the previous request ran but delivered late (a loaded CI machine) would otherwise charge its
+    // worker that request's blocks, and this test is about the cache, not about load.
+    const idle = async () => {
+      const lines = await metric('kvserve:worker_kv_active_blocks{');
+      return lines.length === 4 && lines.every((l) => Number(l.split(' ').pop()) === 0);
+    };
     for (let i = 0; i < prefixes.length; i++) {
+      await until('idle workers', idle);
       const r = await complete([...prefixes[i], 10, 11, 12]);
       expect(r.workerId).toBe(owners[i]);
     }
