@@ -10,6 +10,7 @@
 //               weight bytes read per token / bandwidth, and the fraction reached.
 //               Batch 1 is measured again with CUDA graphs off (an engine of its own).
 //   prefill     one 2,048-token prompt per step, best of 3: tokens/s.
+//   per op      batch 1 and 32 without graphs, traced: GPU time per op (cuda_op_trace_start).
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -22,6 +23,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/model-runner-cuda.h"
 
 using namespace llm;
 
@@ -83,8 +85,9 @@ std::unique_ptr<Engine> make_engine(const std::string& dir, bool graphs) {
   return e;
 }
 
-// Decode at batch B: ms per step (every request decoding one token).
-double decode_ms(Engine& e, int64_t B, int tag) {
+// Decode at batch B: ms per step (every request decoding one token). With `trace`, the timed
+// steps also print the GPU time per op (an engine without graphs: graph steps are not traced).
+double decode_ms(Engine& e, int64_t B, int tag, bool trace = false) {
   const int64_t vocab = e.model().config.vocab_size;
   const int warm = 16, timed = 64;
   for (int64_t i = 0; i < B; ++i)
@@ -98,6 +101,7 @@ double decode_ms(Engine& e, int64_t B, int tag) {
       if (!o.new_token_ids.empty()) started.insert(o.request_id);
   }
   for (int i = 0; i < warm; ++i) die(e.step(&out), "step");
+  if (trace) cuda_op_trace_start();
   const double t0 = now_ms();
   for (int i = 0; i < timed; ++i) {
     die(e.step(&out), "step");
@@ -105,6 +109,9 @@ double decode_ms(Engine& e, int64_t B, int tag) {
                                                     static_cast<long long>(out.num_scheduled_tokens), static_cast<long long>(B));
   }
   const double ms = (now_ms() - t0) / timed;
+  if (trace)
+    std::printf("GPU time per op, batch %lld without graphs (traced: %.2f ms/step):\n%s", static_cast<long long>(B), ms,
+                cuda_op_trace_stop().c_str());
   while (e.has_work()) die(e.step(&out), "step");
   return ms;
 }
@@ -141,6 +148,8 @@ int main(int argc, char** argv) {
   {
     auto e = make_engine(dir, false);
     eager_b1 = decode_ms(*e, 1, 0);
+    decode_ms(*e, 1, 100, true);
+    decode_ms(*e, 32, 101, true);
   }
   auto e = make_engine(dir, true);
   const double weight_gb = static_cast<double>(e->model().weight_bytes) / 1e9;

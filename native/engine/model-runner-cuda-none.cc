@@ -19,4 +19,7 @@ Status cuda_device_usable(std::string*) { return not_built(); }
 
 bool cuda_backend_built() { return false; }
 
+void cuda_op_trace_start() {}
+std::string cuda_op_trace_stop() { return std::string(); }
+
 }  // namespace llm

@@ -4,7 +4,7 @@
 //   host: validate the batch, pack its arrays into pinned memory  -> one H2D copy
 //   device: embedding, then per layer
 //     xb = rmsnorm(x += delta)            (the residual add of the previous block, fused)
-//     q, k, v = xb @ wq/wk/wv^T (+ bias); rope(q, k); cache_write(k, v)
+//     q, k, v = xb @ wq/wk/wv^T (+ bias); rope(q, k) and cache_write(k, v) in one kernel
 //     att = paged_attention(q, pool);  delta = att @ wo^T (+ bias)
 //     xb = rmsnorm(x += delta)
 //     gate, up = xb @ w_gate/w_up^T (+ bias); gate = silu(gate) * up;  delta = gate @ w_down^T
@@ -46,7 +46,6 @@
 #include "../kernels/cuda/gemm.h"
 #include "../kernels/cuda/paged-attention.h"
 #include "../kernels/cuda/rmsnorm.h"
-#include "../kernels/cuda/rope.h"
 #include "../kernels/cuda/silu-mul.h"
 
 namespace llm {
@@ -125,6 +124,73 @@ class PinnedMemory {
  private:
   void* ptr_ = nullptr;
   size_t bytes_ = 0;
+};
+
+// GPU time per op of eager steps, for benchmarks (cuda_op_trace_start / _stop): run_layers
+// records an event after each op, and once the step has synchronised, the gap before each
+// event is added to its op's total. Graph steps are not traced (an event in a capture times
+// nothing), so a traced run is an eager one. One per process, used from the engine's thread.
+class OpTrace {
+ public:
+  static OpTrace& instance() {
+    static OpTrace* trace = new OpTrace();
+    return *trace;
+  }
+  bool on = false;
+  void mark(const char* op, cudaStream_t stream) {
+    if (used_ == events_.size()) {
+      cudaEvent_t e = nullptr;
+      if (cudaEventCreate(&e) != cudaSuccess) return;
+      events_.push_back(e);
+    }
+    cudaEventRecord(events_[used_], stream);
+    names_.resize(used_ + 1);
+    names_[used_++] = op;
+  }
+  // After the step's stream has synchronised.
+  void end_step() {
+    for (size_t i = 1; i < used_; ++i) {
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, events_[i - 1], events_[i]) != cudaSuccess) continue;
+      Total& t = totals_[names_[i]];
+      t.ms += ms;
+      t.count += 1;
+    }
+    if (used_ > 1) steps_ += 1;
+    used_ = 0;
+  }
+  void reset() {
+    totals_.clear();
+    steps_ = 0;
+  }
+  std::string report() const {
+    double all = 0;
+    for (const auto& [op, t] : totals_) all += t.ms;
+    std::string out;
+    char line[160];
+    std::snprintf(line, sizeof(line), "%-18s %10s %8s %10s %6s\n", "op", "ms/step", "calls", "us/call", "share");
+    out += line;
+    for (const auto& [op, t] : totals_) {
+      std::snprintf(line, sizeof(line), "%-18s %10.3f %8.1f %10.2f %5.1f%%\n", op.c_str(), t.ms / std::max<int64_t>(steps_, 1),
+                    static_cast<double>(t.count) / std::max<int64_t>(steps_, 1), 1000.0 * t.ms / std::max<int64_t>(t.count, 1),
+                    all > 0 ? 100.0 * t.ms / all : 0.0);
+      out += line;
+    }
+    std::snprintf(line, sizeof(line), "%-18s %10.3f   (%lld traced steps)\n", "total", all / std::max<int64_t>(steps_, 1),
+                  static_cast<long long>(steps_));
+    return out + line;
+  }
+
+ private:
+  struct Total {
+    double ms = 0;
+    int64_t count = 0;
+  };
+  std::vector<cudaEvent_t> events_;
+  std::vector<const char*> names_;
+  size_t used_ = 0;
+  std::map<std::string, Total> totals_;
+  int64_t steps_ = 0;
 };
 
 // Calls f(tensor) for every weight view of the model, in a fixed order.
@@ -274,6 +340,15 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
 
   bool graphs_enabled_ = true;
   std::map<int64_t, Graph> graphs_;
+  OpTrace* trace_ = nullptr;  // set for a traced eager step
+
+  void mark(const char* op) {
+    if (trace_) trace_->mark(op, stream_);
+  }
+  void end_trace() {
+    if (trace_) trace_->end_step();
+    trace_ = nullptr;
+  }
 };
 
 Status CudaModelRunnerImpl::init() {
@@ -458,11 +533,13 @@ Status CudaModelRunnerImpl::run_layers(const DeviceBatch& d) {
   const float eps = static_cast<float>(c.rms_norm_eps);
   const Tensor none{};
   LLM_RETURN_IF_ERROR(cuda::embedding(w.embed, d.token_ids, T, x_.get(), stream_));
+  mark("embedding");
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& lw = w.layers[static_cast<size_t>(l)];
     // xb = rmsnorm(x += delta): delta is the previous layer's MLP output (none before layer 0)
     LLM_RETURN_IF_ERROR(cuda::rmsnorm_residual(x_.get(), l == 0 ? nullptr : delta_.get(), lw.attn_norm.data, eps, T, D,
                                                xb_.get(), dtype_, stream_));
+    mark("rmsnorm");
     // q, k, v = xb @ wq/wk/wv^T (+ bias): one GEMM for a one-token step (see the top)
     void *q = q_.get(), *k = k_.get(), *v = v_.get();
     if (T == 1 && !lw.bq.present() && back_to_back(lw.wq, lw.wk) && back_to_back(lw.wk, lw.wv)) {
@@ -476,34 +553,50 @@ Status CudaModelRunnerImpl::run_layers(const DeviceBatch& d) {
       LLM_RETURN_IF_ERROR(gemm(xb_.get(), T, lw.wk, lw.bk, k, dtype_));
       LLM_RETURN_IF_ERROR(gemm(xb_.get(), T, lw.wv, lw.bv, v, dtype_));
     }
-    LLM_RETURN_IF_ERROR(cuda::rope(q, k, d.positions, T, num_heads_, num_kv_heads_, c.head_dim, inv_freq_.as<float>(),
-                                   dtype_, stream_));
-    LLM_RETURN_IF_ERROR(cuda::cache_write(k, v, d.slot_mapping, T, kv_view_, l, stream_));
+    mark("gemm qkv");
+    // rope(q, k), then k and v into the pool: one launch
+    cuda::RopeArgs rope;
+    rope.q = q;
+    rope.positions = d.positions;
+    rope.inv_freq = inv_freq_.as<float>();
+    rope.num_heads = num_heads_;
+    LLM_RETURN_IF_ERROR(cuda::cache_write(k, v, d.slot_mapping, T, kv_view_, l, stream_, &rope));
+    mark("rope, cache_write");
     LLM_RETURN_IF_ERROR(cuda::paged_attention(q, kv_view_, l, d.attn, att_.get(), workspace_.get(), workspace_.bytes(),
                                               stream_));
+    mark("attention");
     // delta = att @ wo^T (+ bias)
     LLM_RETURN_IF_ERROR(gemm(att_.get(), T, lw.wo, lw.bo, delta_.get(), dtype_));
+    mark("gemm o");
     LLM_RETURN_IF_ERROR(cuda::rmsnorm_residual(x_.get(), delta_.get(), lw.mlp_norm.data, eps, T, D, xb_.get(), dtype_,
                                                stream_));
+    mark("rmsnorm");
     // gate = silu(xb @ w_gate^T) * (xb @ w_up^T) (+ biases): one GEMM for gate and up for a
     // one-token step; delta = gate @ w_down^T (+ bias)
     if (T == 1 && !lw.b_gate.present() && back_to_back(lw.w_gate, lw.w_up)) {
       const Tensor w_gate_up{lw.w_gate.data, lw.w_gate.dtype, 2 * F, D};
       LLM_RETURN_IF_ERROR(gemm(xb_.get(), T, w_gate_up, none, gate_up_.get(), dtype_));
+      mark("gemm gate_up");
       LLM_RETURN_IF_ERROR(cuda::silu_mul(gate_up_.get(), gate_up_.as<char>() + F * e, gate_.get(), F, dtype_, stream_));
     } else {
       LLM_RETURN_IF_ERROR(gemm(xb_.get(), T, lw.w_gate, lw.b_gate, gate_.get(), dtype_));
       LLM_RETURN_IF_ERROR(gemm(xb_.get(), T, lw.w_up, lw.b_up, up_.get(), dtype_));
+      mark("gemm gate_up");
       LLM_RETURN_IF_ERROR(cuda::silu_mul(gate_.get(), up_.get(), gate_.get(), T * F, dtype_, stream_));
     }
+    mark("silu_mul");
     LLM_RETURN_IF_ERROR(gemm(gate_.get(), T, lw.w_down, lw.b_down, delta_.get(), dtype_));
+    mark("gemm down");
   }
   // xb = final_norm(x += delta); x_out = xb[logits_indices]; logits = x_out @ lm_head^T (fp32)
   LLM_RETURN_IF_ERROR(cuda::rmsnorm_residual(x_.get(), delta_.get(), w.final_norm.data, eps, T, D, xb_.get(), dtype_,
                                              stream_));
   const TensorView rows{xb_.get(), dtype_, T, D};
   LLM_RETURN_IF_ERROR(cuda::embedding(rows, d.logits_indices, d.num_logits, x_out_.get(), stream_));
-  return gemm(x_out_.get(), d.num_logits, w.lm_head, none, logits_.get(), DType::f32);
+  mark("final norm, rows");
+  LLM_RETURN_IF_ERROR(gemm(x_out_.get(), d.num_logits, w.lm_head, none, logits_.get(), DType::f32));
+  mark("lm_head");
+  return Status::Ok();
 }
 
 int64_t CudaModelRunnerImpl::graph_size_for(const ForwardBatch& b) const {
@@ -539,6 +632,7 @@ Status CudaModelRunnerImpl::capture(int64_t G, int64_t max_blocks, Graph* g) {
 }
 
 Status CudaModelRunnerImpl::enqueue_graph(const ForwardBatch& b, int64_t G) {
+  trace_ = nullptr;  // a capture must record no event
   // Everything the graph points at is reserved first (a reservation that grows drops graphs).
   LLM_RETURN_IF_ERROR(reserve_activations(G, G));
   const BatchLayout o = BatchLayout::of(G, G, G, b.max_blocks_per_seq);
@@ -579,8 +673,11 @@ Status CudaModelRunnerImpl::enqueue(const ForwardBatch& b) {
   LLM_RETURN_IF_ERROR(batch_.reserve(o.bytes, "batch"));
   // The previous step's copy out of staging has finished: forward() synchronised the stream.
   pack(b, o, 0);
+  trace_ = OpTrace::instance().on ? &OpTrace::instance() : nullptr;
+  mark("start");
   LLM_CUDA_RETURN_IF_ERROR("copying the batch",
                            cudaMemcpyAsync(batch_.get(), staging_.as<void>(), o.bytes, cudaMemcpyHostToDevice, stream_));
+  mark("upload");
   const DeviceBatch d = device_batch(b, o, batch_.get(), 0);
   LLM_RETURN_IF_ERROR(reserve_workspace(d.attn));
   return run_layers(d);
@@ -596,6 +693,7 @@ Status CudaModelRunnerImpl::forward(const ForwardBatch& b, float* logits) {
   LLM_CUDA_RETURN_IF_ERROR("copying the logits",
                            cudaMemcpyAsync(host_out_.as<void>(), logits_.get(), bytes, cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_RETURN_IF_ERROR("the forward pass", cudaStreamSynchronize(stream_));
+  end_trace();
   std::memcpy(logits, host_out_.as<void>(), bytes);
   return Status::Ok();
 }
@@ -607,11 +705,13 @@ Status CudaModelRunnerImpl::forward_greedy(const ForwardBatch& b, int32_t* token
   LLM_RETURN_IF_ERROR(enqueue(b));
   LLM_RETURN_IF_ERROR(cuda::argmax(logits_.get(), b.num_logits, model_.config.vocab_size, DType::f32, tokens_.as<int32_t>(),
                                    stream_));
+  mark("argmax");
   const size_t bytes = static_cast<size_t>(b.num_logits) * 4;
   LLM_RETURN_IF_ERROR(host_out_.reserve(std::max<size_t>(bytes, 4), "sampled ids staging"));
   LLM_CUDA_RETURN_IF_ERROR("copying the sampled ids",
                            cudaMemcpyAsync(host_out_.as<void>(), tokens_.get(), bytes, cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_RETURN_IF_ERROR("the forward pass", cudaStreamSynchronize(stream_));
+  end_trace();
   std::memcpy(token_ids, host_out_.as<void>(), bytes);
   return Status::Ok();
 }
@@ -633,5 +733,17 @@ Status cuda_device_usable(std::string* description) {
 }
 
 bool cuda_backend_built() { return true; }
+
+void cuda_op_trace_start() {
+  OpTrace& t = OpTrace::instance();
+  t.reset();
+  t.on = true;
+}
+
+std::string cuda_op_trace_stop() {
+  OpTrace& t = OpTrace::instance();
+  t.on = false;
+  return t.report();
+}
 
 }  // namespace llm

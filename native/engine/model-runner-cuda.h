@@ -48,4 +48,9 @@ Status cuda_device_usable(std::string* description);
 // Whether this build has the CUDA backend at all (compiled with nvcc).
 bool cuda_backend_built();
 
+// For benchmarks: from cuda_op_trace_start, eager steps record the GPU time of each op (an
+// event after each); cuda_op_trace_stop ends it and returns the table of ms per step and us per
+// call, by op. Graph steps are not traced. Only from the thread that steps the engine.
+void cuda_op_trace_start();
+std::string cuda_op_trace_stop();
 }  // namespace llm

@@ -9,7 +9,7 @@
 // below; cache_write, embedding and argmax copy or choose and must match exactly.
 //   op                 f32     f16     bf16
 //   rmsnorm_residual   1e-5    2e-3    1.6e-2   (the updated residual x: exact)
-//   rope               1e-5    2e-3    1.6e-2
+//   rope               1e-5    2e-3    1.6e-2   (in cache_write: q, k and the pool)
 //   silu_mul           1e-5    2e-3    1.6e-2
 //   paged_attention    2e-5    2e-3    1.6e-2
 //   gemm (out f32)     1e-4 for every input dtype (fp32 sums of K products, K <= 2048)
@@ -40,7 +40,6 @@
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/paged-attention.h"
 #include "kernels/cuda/rmsnorm.h"
-#include "kernels/cuda/rope.h"
 #include "kernels/cuda/silu-mul.h"
 #include "test-harness.h"
 
@@ -237,7 +236,7 @@ TEST(paged_attention_edge_batches_match_cpu) {
 
 TEST(rmsnorm_residual_matches_cpu) {
   for (DType dt : kDTypes)
-    for (int64_t D : {64, 1000, 4096})
+    for (int64_t D : {64, 1000, 1001, 4096, 40000})  // 1001: the scalar path; 40000: > 4 vectors a thread
       for (bool with_delta : {false, true}) {
         const int64_t M = 5;
         const float eps = 1e-5f;
@@ -265,6 +264,8 @@ TEST(rmsnorm_residual_matches_cpu) {
       }
 }
 
+// cache_write with rope: q and k rotated in place, then the rotated k and v in the pool; against
+// the CPU's rope followed by its cache_write.
 TEST(rope_matches_cpu_for_every_scaling) {
   for (DType dt : kDTypes)
     for (int64_t head_dim : {64, 128})
@@ -275,16 +276,29 @@ TEST(rope_matches_cpu_for_every_scaling) {
         cfg.rope_scaling.type = scaling;
         cfg.rope_scaling.factor = scaling == RopeScalingType::linear ? 4.0f : 8.0f;
         const std::vector<float> inv_freq = rope_inv_freq(cfg);
-        const int64_t H = 8, Hkv = 2;
+        const int64_t H = 8, Hkv = 2, block_size = 4, num_blocks = 3;
         const std::vector<int32_t> positions = {0, 1, 15, 16, 4095, 4096, 131071};
+        const std::vector<int64_t> slots = {5, 0, 11, -1, 2, 7, 8};  // distinct; one padding token
         const int64_t T = static_cast<int64_t>(positions.size());
         std::vector<float> q = rounded(dt, random_floats(T * H * head_dim, -2.0f, 2.0f));
         std::vector<float> k = rounded(dt, random_floats(T * Hkv * head_dim, -2.0f, 2.0f));
-        auto d_q = upload(bytes_of(dt, q)), d_k = upload(bytes_of(dt, k));
-        auto d_pos = upload(positions), d_freq = upload(inv_freq);
+        const std::vector<float> v = rounded(dt, random_floats(T * Hkv * head_dim, -2.0f, 2.0f));
+        auto d_q = upload(bytes_of(dt, q)), d_k = upload(bytes_of(dt, k)), d_v = upload(bytes_of(dt, v));
+        auto d_pos = upload(positions), d_freq = upload(inv_freq), d_slots = upload(slots);
+        TestPool cpu_pool(dt, num_blocks, 2, block_size, Hkv, head_dim);
+        auto gpu_pool = upload(cpu_pool.bytes);
         R().rope(test_pool(), q.data(), k.data(), positions.data(), T, H, Hkv, head_dim, inv_freq.data());
-        CHECK_OK(cuda::rope(d_q->ptr, d_k->ptr, d_pos->as<int32_t>(), T, H, Hkv, head_dim, d_freq->as<float>(), dt,
-                            nullptr));
+        // The CPU writes k as the GPU computed it (the rotation is checked separately below), so
+        // that the pool comparison checks placement exactly, rounding aside.
+        R().cache_write(test_pool(), rounded(dt, k).data(), v.data(), slots.data(), T, cpu_pool.view, 1);
+        cuda::RopeArgs rope;
+        rope.q = d_q->ptr;
+        rope.positions = d_pos->as<int32_t>();
+        rope.inv_freq = d_freq->as<float>();
+        rope.num_heads = H;
+        KVCacheView view = cpu_pool.view;
+        view.data = gpu_pool->ptr;
+        CHECK_OK(cuda::cache_write(d_k->ptr, d_v->ptr, d_slots->as<int64_t>(), T, view, 1, nullptr, &rope));
         char what[96];
         std::snprintf(what, sizeof(what), "rope %s D%lld scaling %d (q, k)", dtype_name(dt),
                       static_cast<long long>(head_dim), static_cast<int>(scaling));
@@ -293,6 +307,17 @@ TEST(rope_matches_cpu_for_every_scaling) {
         got.insert(got.end(), got_k.begin(), got_k.end());
         want.insert(want.end(), k.begin(), k.end());
         expect_close(what, got, want, kElementwise.of(dt));
+        std::snprintf(what, sizeof(what), "rope %s D%lld scaling %d (pool)", dtype_name(dt),
+                      static_cast<long long>(head_dim), static_cast<int>(scaling));
+        std::vector<float> want_pool(static_cast<size_t>(cpu_pool.elements()));
+        for (int64_t i = 0; i < cpu_pool.elements(); ++i) want_pool[static_cast<size_t>(i)] = static_cast<float>(cpu_pool.get(i));
+        expect_close(what, download_f32(*gpu_pool, dt, cpu_pool.elements()), want_pool, kElementwise.of(dt));
+        // Rope alone (no slots): q and k rotate, nothing is written.
+        auto d_q2 = upload(bytes_of(dt, rounded(dt, random_floats(T * H * head_dim)))), d_pool2 = upload(cpu_pool.bytes);
+        rope.q = d_q2->ptr;
+        view.data = d_pool2->ptr;
+        CHECK_OK(cuda::cache_write(d_k->ptr, d_v->ptr, nullptr, T, view, 1, nullptr, &rope));
+        CHECK(download(*d_pool2) == cpu_pool.bytes);
       }
 }
 

@@ -40,7 +40,7 @@ namespace {
 constexpr int kThreads = 128;
 constexpr int kDecodeRows = 8;
 constexpr int kPrefillRows = 32;
-constexpr int64_t kMinPartition = 256;  // the fewest keys a split-decode block is given
+constexpr int64_t kMinPartition = 64;  // the fewest keys a split-decode block is given (one tile)
 constexpr int64_t kDecodeBlocksPerSm = 2;  // split decode until the grid has about this many blocks per SM (tiled)
 AttentionVariant g_variant = AttentionVariant::fast;  // set_attention_variant
 constexpr int kWarpDecodeWarps = 4;      // decode_kernel: warps per block
