@@ -12,8 +12,10 @@
 #      it, the copy inside PyTorch's nvidia-cublas wheel is added to LD_LIBRARY_PATH.
 #   3. configure build-gpu/ (Release, LLM_BUILD_TESTS=ON, LLM_CUDA=ON, the GPU's own
 #      architecture only, to build fast: CMake's default is sm_80 + sm_90).
-#   4. build test-cuda-kernels, test-cuda-forward, bench-cuda-kernels, bench-cuda-engine.
-#   5. test-cuda-kernels: every CUDA kernel against the CPU reference (per-op error bounds).
+#   4. build test-cuda-kernels, test-cuda-forward, test-cuda-ipc, bench-cuda-kernels, bench-cuda-engine.
+#   5. test-cuda-kernels: every CUDA kernel against the CPU reference (per-op error bounds);
+#      test-cuda-ipc: prefill in a second process, KV blocks moved by CUDA IPC, the decode
+#      output against local serving.
 #   6. test-cuda-forward on generated models (gpu-reference.py make-models): the CUDA runner and
 #      the engine on CUDA against the CPU runner, greedy tokens and logits.
 #   7. gpu-reference.py compare-hf: the same models' logits against HF transformers on the GPU.
@@ -22,7 +24,7 @@
 #      bench-cuda-engine on it, and gpu-reference.py torch-bench (HF generate, SDPA) on it.
 # Settings: KVSERVE_GPU_BUILD (build dir, default build-gpu), KVSERVE_GPU_MODELS (where models
 # are generated, default /tmp/kvserve-gpu-models), KVSERVE_GPU_SKIP_8B=1, KVSERVE_GPU_SKIP_TORCH=1
-# (leaves out the PyTorch comparison), KVSERVE_GPU_SKIP_HF=1 (leaves out compare-hf), XXHASH_INCLUDE_DIR (a
+# (leaves out the PyTorch comparison), KVSERVE_GPU_SKIP_HF=1 (leaves out compare-hf), KVSERVE_GPU_SKIP_KERNEL_BENCH=1 (leaves out step 8), XXHASH_INCLUDE_DIR (a
 # directory with xxhash.h, for a machine without libxxhash-dev; build-gpu-deps/ is used when
 # present: it is git-ignored, so before sending the tree to a GPU machine run
 #   mkdir -p build-gpu-deps && cp /usr/include/xxhash.h build-gpu-deps/
@@ -67,6 +69,10 @@ print_summary() {
   if [[ -f "$logs/forward.log" ]]; then
     echo "-- test-cuda-forward:"
     grep -E '^(ok  |FAIL|SKIP|device)|worst|equal|skipped|passed, .* failed|failed' "$logs/forward.log" || true
+  fi
+  if [[ -f "$logs/ipc.log" ]]; then
+    echo "-- test-cuda-ipc:"
+    grep -E '^(ok  |FAIL|SKIP)|blocks written|answered|got|CHECK|passed, .* failed' "$logs/ipc.log" || true
   fi
   if [[ -f "$logs/compare-hf.log" ]]; then
     echo "-- against HF transformers:"
@@ -135,7 +141,7 @@ fi
 
 # 4. build
 if ! run_step "build" "$logs/build.log" \
-    cmake --build "$build" --target test-cuda-kernels test-cuda-forward bench-cuda-kernels bench-cuda-engine \
+    cmake --build "$build" --target test-cuda-kernels test-cuda-forward test-cuda-ipc bench-cuda-kernels bench-cuda-engine \
     --parallel "$jobs"; then
   print_summary
   exit 1
@@ -156,6 +162,13 @@ if grep -q '^SKIP' "$logs/test.log"; then
   failed=1
 fi
 
+# 6a. disaggregated prefill/decode by CUDA IPC (two processes, one GPU)
+run_step "test-cuda-ipc" "$logs/ipc.log" timeout 300 "$build/test-cuda-ipc" || true
+if grep -q '^SKIP' "$logs/ipc.log"; then
+  summary+=("FAIL  test-cuda-ipc skipped although nvidia-smi sees a GPU")
+  failed=1
+fi
+
 # 6. end to end on generated models, 7. against HF transformers
 models="${KVSERVE_GPU_MODELS:-/tmp/kvserve-gpu-models}"
 if run_step "make test models" "$logs/make-models.log" python3 "$root/scripts/gpu-reference.py" make-models "$models"; then
@@ -169,7 +182,9 @@ if run_step "make test models" "$logs/make-models.log" python3 "$root/scripts/gp
 fi
 
 # 8. kernel benchmark
-run_step "bench-cuda-kernels" "$logs/bench.log" timeout 180 "$build/bench-cuda-kernels" || true
+if [[ "${KVSERVE_GPU_SKIP_KERNEL_BENCH:-0}" != 1 ]]; then
+  run_step "bench-cuda-kernels" "$logs/bench.log" timeout 180 "$build/bench-cuda-kernels" || true
+fi
 
 # 9. the 8B benchmark and PyTorch on the same model
 if [[ "${KVSERVE_GPU_SKIP_8B:-0}" != 1 ]]; then

@@ -254,7 +254,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Env env = info.Env();
     const llm::KvRegion r = live(env)->engine().kv_region();
     Napi::Object o = Napi::Object::New(env);
+    o.Set("memory", r.device_data ? "cuda" : "host");
     o.Set("shmName", r.shm_name);
+    // A GPU pool: its device pointer, opaque to JS, for TransferAgent.registerRegion.
+    if (r.device_data) o.Set("deviceRegion", Napi::External<void>::New(env, r.device_data));
     o.Set("bytes", static_cast<double>(r.bytes));
     o.Set("numBlocks", static_cast<double>(r.view.num_blocks));
     o.Set("blockBytes", static_cast<double>(r.view.block_bytes()));

@@ -132,7 +132,13 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
     if (!transfer::dtype_from_name(dtype, &l.dtype)) throw_invalid(env, "unknown dtype '" + dtype + "'");
     const int64_t bytes = get_int(o, "bytes");
     if (bytes < 0) throw_invalid(env, "option 'bytes' must be >= 0");
-    check(env, agent_->register_region(get_string(o, "shmName"), static_cast<size_t>(bytes), l));
+    if (o.Has("memory") && get_string(o, "memory") == "cuda") {
+      const Napi::Value device = o.Get("deviceRegion");
+      if (!device.IsExternal()) throw_invalid(env, "a GPU region needs its deviceRegion (from Engine.kvRegion())");
+      check(env, agent_->register_device_region(device.As<Napi::External<void>>().Data(), static_cast<size_t>(bytes), l));
+    } else {
+      check(env, agent_->register_region(get_string(o, "shmName"), static_cast<size_t>(bytes), l));
+    }
     return env.Undefined();
   }
 
@@ -150,7 +156,8 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
     transfer::Backend backend = transfer::Backend::automatic;
     if (name == "shm") backend = transfer::Backend::shm;
     else if (name == "tcp") backend = transfer::Backend::tcp;
-    else if (name != "auto") throw_invalid(env, "backend must be 'auto', 'shm' or 'tcp'");
+    else if (name == "cuda_ipc") backend = transfer::Backend::cuda_ipc;
+    else if (name != "auto") throw_invalid(env, "backend must be 'auto', 'shm', 'tcp' or 'cuda_ipc'");
     transfer::Connection c;
     check(env, agent_->connect(metadata, backend, &c));
     return Napi::String::New(env, c.remote_name);

@@ -67,9 +67,6 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     std::string why;
     if (Status st = cuda_device_usable(&why); !st.ok())
       return Status(StatusCode::device_unavailable, "device cuda: " + st.message());
-    if (cfg.kv_shared_memory)
-      return invalid("device cuda: disaggregated prefill/decode needs the CUDA IPC transfer backend, which is not "
-                     "built yet; use device cpu");
     CudaRunnerOptions co;
     co.max_num_tokens = cfg.max_num_batched_tokens;
     co.cuda_graphs = cfg.cuda_graphs;
@@ -100,6 +97,7 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   e->kv_bytes_ = static_cast<size_t>(num_blocks) * static_cast<size_t>(block_bytes);
   if (cuda_runner) {
     LLM_RETURN_IF_ERROR(cuda_runner->allocate_kv_cache(make_kv_view(mc, nullptr, num_blocks, cfg.block_size)));
+    e->kv_device_data_ = cuda_runner->kv_cache().data;
   } else if (cfg.kv_shared_memory) {
     SharedMemory::remove_stale_segments();
     LLM_RETURN_IF_ERROR(SharedMemory::create(SharedMemory::unique_name("kv"), e->kv_bytes_, &e->kv_shm_));
@@ -150,9 +148,11 @@ Engine::~Engine() {
 
 KvRegion Engine::kv_region() const {
   KvRegion r;
-  r.view = make_kv_view(model_->config, kv_data_, info_.num_kv_blocks, info_.block_size);  // data null on CUDA
+  r.view = make_kv_view(model_->config, kv_device_data_ ? kv_device_data_ : kv_data_, info_.num_kv_blocks,
+                        info_.block_size);
   r.bytes = kv_bytes_;
   r.shm_name = kv_shm_ ? kv_shm_->name() : std::string();
+  r.device_data = kv_device_data_;
   return r;
 }
 

@@ -39,7 +39,8 @@ struct EngineConfig {
   std::string device = "cpu";           // cpu | cuda | auto (cuda when a device is usable, else cpu)
   bool cuda_graphs = true;              // CUDA: decode steps replay captured graphs
   bool enable_prefix_caching = true;
-  bool kv_shared_memory = false;        // pool in a named shm segment (disaggregation, see kv_region)
+  bool kv_shared_memory = false;        // pool shareable with other processes (disaggregation, see kv_region):
+                                        // a named shm segment on the CPU; on CUDA every pool is (CUDA IPC)
   uint64_t seed = 0;                    // for requests without their own seed
 };
 
@@ -81,11 +82,13 @@ struct StepResult {
 
 // Where the KV pool lives, for the transfer agent (native/transfer): the pool's view (block b is
 // the byte range [b * view.block_bytes(), (b + 1) * view.block_bytes())) in the segment
-// `shm_name` (empty when the pool is private memory and cannot be shared).
+// `shm_name` (empty when the pool is private memory and cannot be shared), or, on CUDA, in the
+// device allocation `device_data` (view.data too; the agent exports it by CUDA IPC).
 struct KvRegion {
   KVCacheView view;
   size_t bytes = 0;
   std::string shm_name;
+  void* device_data = nullptr;
 };
 
 struct EngineInfo {
@@ -133,6 +136,7 @@ class Engine {
   EngineInfo info_;
   std::unique_ptr<Model> model_;
   void* kv_data_ = nullptr;  // the host pool: num_kv_blocks * kv_block_bytes (null on CUDA: the runner owns it)
+  void* kv_device_data_ = nullptr;  // the CUDA runner's pool (device memory)
   size_t kv_bytes_ = 0;
   std::unique_ptr<SharedMemory> kv_shm_;  // owns kv_data_ when cfg_.kv_shared_memory
   std::unique_ptr<KVCacheManager> kv_;

@@ -130,12 +130,13 @@ TEST(metadata_round_trips_and_rejects_bad_input) {
   m.tcp_port = 4242;
   m.shm_name = "/kvserve-1-kv-0";
   m.layout = test_layout(8);
-  m.shm_bytes = 8 * m.layout.block_bytes;
+  m.region_bytes = 8 * m.layout.block_bytes;
   const std::string json = metadata_to_json(m);
   Metadata back;
   CHECK(metadata_from_json(json, &back).ok());
   CHECK(back.name == m.name && back.incarnation == m.incarnation && back.host == m.host);
-  CHECK(back.tcp_port == 4242 && back.shm_name == m.shm_name && back.shm_bytes == m.shm_bytes);
+  CHECK(back.tcp_port == 4242 && back.shm_name == m.shm_name && back.region_bytes == m.region_bytes &&
+        back.memory == Memory::host);
   CHECK(layout_mismatch(back.layout, m.layout).empty() && back.layout.num_blocks == 8);
   CHECK(!m.host.boot_id.empty());
 
@@ -149,7 +150,11 @@ TEST(metadata_round_trips_and_rejects_bad_input) {
       "", "[]", "{", json.substr(0, json.size() - 1),
       edited("\"dtype\":\"bf16\"", "\"dtype\":\"int8\""),
       edited("\"block_bytes\":512", "\"block_bytes\":500"),        // not the layout's product
-      edited("\"shm_bytes\":4096", "\"shm_bytes\":4095"),          // cannot hold 8 blocks
+      edited("\"region_bytes\":4096", "\"region_bytes\":4095"),    // cannot hold 8 blocks
+      edited("\"memory\":\"host\"", "\"memory\":\"disk\""),
+      edited("\"shm_name\":\"/kvserve-1-kv-0\"", "\"shm_name\":\"\""),       // a host pool without a segment
+      edited("\"cuda_device\":\"\"", "\"cuda_device\":\"GPU-1\""),           // a host pool with a GPU
+      edited("\"memory\":\"host\"", "\"memory\":\"cuda\""),                  // a GPU pool without a handle
       edited("\"incarnation\":\"0123456789abcdef\"", "\"incarnation\":\"0x23456789abcdef\""),
       edited("\"tcp_port\":4242", "\"tcp_port\":0"),
       edited("\"num_blocks\":8", "\"num_blocks\":-8"),
@@ -160,6 +165,49 @@ TEST(metadata_round_trips_and_rejects_bad_input) {
     Status st = metadata_from_json(b, &back);
     CHECK(!st.ok() && st.code() == StatusCode::transfer_invalid);
   }
+
+  // A GPU pool: a CUDA IPC handle and device, no segment.
+  Metadata g = m;
+  g.memory = Memory::cuda;
+  g.shm_name.clear();
+  g.cuda_ipc_handle = std::string(128, 'a');
+  g.cuda_device = "GPU-00112233-4455-6677-8899-aabbccddeeff";
+  CHECK(metadata_from_json(metadata_to_json(g), &back).ok());
+  CHECK(back.memory == Memory::cuda && back.cuda_ipc_handle == g.cuda_ipc_handle && back.cuda_device == g.cuda_device);
+  for (const std::string& handle : {std::string(127, 'a'), std::string(128, 'A'), std::string(128, 'g')}) {
+    Metadata h = g;
+    h.cuda_ipc_handle = handle;
+    CHECK(metadata_from_json(metadata_to_json(h), &back).code() == StatusCode::transfer_invalid);
+  }
+}
+
+// What a host pool does with a GPU one, and the cuda_ipc backend without GPU pools: refused
+// before anything moves (the GPU-to-GPU path itself is test-cuda-ipc.cc, on a GPU).
+TEST(gpu_pools_are_refused_by_host_pools_and_cuda_ipc_needs_them) {
+  Side a = make_side("a", 8, 1), b = make_side("b", 8, 2);
+  Metadata g;
+  CHECK(metadata_from_json(b.metadata(), &g).ok());
+  g.memory = Memory::cuda;
+  g.shm_name.clear();
+  g.cuda_ipc_handle = std::string(128, '0');
+  g.cuda_device = "GPU-00000000-0000-0000-0000-000000000000";
+  Connection c;
+  for (Backend backend : {Backend::automatic, Backend::shm, Backend::tcp, Backend::cuda_ipc}) {
+    Status st = a.agent->connect(metadata_to_json(g), backend, &c);
+    CHECK(st.code() == StatusCode::transfer_invalid && st.message().find("GPU memory") != std::string::npos);
+  }
+  Status st = a.agent->connect(b.metadata(), Backend::cuda_ipc, &c);
+  CHECK(st.code() == StatusCode::transfer_invalid && st.message().find("GPU KV pools on both sides") != std::string::npos);
+  // Host memory is not a GPU region, whatever this build has.
+  std::unique_ptr<Agent> d;
+  CHECK(Agent::create(named("d"), &d).ok());
+  std::vector<char> host(8 * 512);
+  st = d->register_device_region(host.data(), host.size(), test_layout(8));
+  CHECK(st.code() == StatusCode::transfer_invalid);
+  std::printf("  register_device_region(host memory): %s\n", st.message().c_str());
+  CHECK(d->register_device_region(nullptr, host.size(), test_layout(8)).code() == StatusCode::transfer_invalid);
+  std::string m;
+  CHECK(d->metadata(&m).code() == StatusCode::transfer_invalid);  // still no region
 }
 
 TEST(layout_mismatch_names_what_differs) {

@@ -18,12 +18,14 @@ struct Agent::Peer {
   Metadata meta;
   Backend backend = Backend::tcp;
   std::unique_ptr<SharedMemory> shm;  // shm backend: the peer's pool, mapped here
+  std::unique_ptr<DeviceMapping> device;  // cuda_ipc backend: the peer's pool, opened here
   Socket socket;                      // requests and replies (and, tcp backend, block data)
   std::mutex mu;                      // one request at a time on socket; guards lost
   bool lost = false;                  // an I/O error broke the connection
 
   char* block(int32_t id) const {
-    return static_cast<char*>(shm->data()) + static_cast<int64_t>(id) * meta.layout.block_bytes;
+    char* base = shm ? static_cast<char*>(shm->data()) : device->data();
+    return base + static_cast<int64_t>(id) * meta.layout.block_bytes;
   }
 
   Status lost_error(const std::string& why) const {
@@ -47,7 +49,8 @@ struct Agent::Peer {
     return lost_error(io.message());
   }
 
-  // shm backend, with mu held: the peer must still be there before bytes move in its pool.
+  // shm and cuda_ipc backends, with mu held: the peer must still be there before bytes move in
+  // its pool.
   Status check_alive() {
     if (lost) return lost_error("the connection was lost");
     if (!socket.peer_closed()) return Status::Ok();
@@ -93,6 +96,7 @@ const char* backend_name(Backend b) {
     case Backend::automatic: return "auto";
     case Backend::shm: return "shm";
     case Backend::tcp: return "tcp";
+    case Backend::cuda_ipc: return "cuda_ipc";
   }
   return "?";
 }
@@ -143,13 +147,34 @@ Status Agent::register_region(const std::string& shm_name, size_t bytes, const L
                    std::to_string(layout.num_blocks) + " blocks of " + std::to_string(layout.block_bytes) + " bytes");
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) return closed_error();
-  if (region_) return invalid("a KV region is already registered");
+  if (has_region()) return invalid("a KV region is already registered");
   std::unique_ptr<SharedMemory> shm;
   Status st = SharedMemory::open(shm_name, bytes, &shm);
   if (!st.ok()) return invalid("cannot map the KV region: " + st.message());
   region_ = std::move(shm);
+  self_.memory = Memory::host;
   self_.shm_name = shm_name;
-  self_.shm_bytes = static_cast<int64_t>(bytes);
+  self_.region_bytes = static_cast<int64_t>(bytes);
+  self_.layout = layout;
+  return Status::Ok();
+}
+
+Status Agent::register_device_region(void* data, size_t bytes, const Layout& layout) {
+  LLM_RETURN_IF_ERROR(check_layout(layout));
+  if (!data) return invalid("the KV region's device pointer is null");
+  if (bytes / static_cast<size_t>(layout.block_bytes) < static_cast<size_t>(layout.num_blocks))
+    return invalid("a region of " + std::to_string(bytes) + " bytes cannot hold " +
+                   std::to_string(layout.num_blocks) + " blocks of " + std::to_string(layout.block_bytes) + " bytes");
+  std::string handle, device;
+  LLM_RETURN_IF_ERROR(export_device_region(data, &handle, &device));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (closed_) return closed_error();
+  if (has_region()) return invalid("a KV region is already registered");
+  device_region_ = static_cast<char*>(data);
+  self_.memory = Memory::cuda;
+  self_.cuda_ipc_handle = handle;
+  self_.cuda_device = device;
+  self_.region_bytes = static_cast<int64_t>(bytes);
   self_.layout = layout;
   return Status::Ok();
 }
@@ -157,7 +182,7 @@ Status Agent::register_region(const std::string& shm_name, size_t bytes, const L
 Status Agent::metadata(std::string* out) const {
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) return closed_error();
-  if (!region_) return invalid("register a KV region before asking for metadata");
+  if (!has_region()) return invalid("register a KV region before asking for metadata");
   *out = metadata_to_json(self_);
   return Status::Ok();
 }
@@ -170,7 +195,7 @@ Status Agent::connect(const std::string& remote_metadata, Backend backend, Conne
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return closed_error();
-    if (!region_) return invalid("register a KV region before connecting");
+    if (!has_region()) return invalid("register a KV region before connecting");
   }
   const std::string mismatch = layout_mismatch(self_.layout, m.layout);
   if (!mismatch.empty()) return invalid("agent '" + m.name + "' has another KV layout: " + mismatch);
@@ -187,17 +212,30 @@ Status Agent::open_peer(const Metadata& m, Backend backend, std::shared_ptr<Peer
   auto p = std::make_shared<Peer>();
   p->meta = m;
   const std::string who = "agent '" + m.name + "'";
-  if (backend != Backend::tcp) {
+  if (self_.memory == Memory::cuda || m.memory == Memory::cuda) {
+    if (self_.memory != m.memory)
+      return invalid(who + "'s KV pool is in " + (m.memory == Memory::cuda ? "GPU" : "host") + " memory and this one's in " +
+                     (self_.memory == Memory::cuda ? "GPU" : "host") +
+                     " memory: blocks move between two GPU pools (cuda_ipc) or two host pools (shm, tcp)");
+    if (backend != Backend::automatic && backend != Backend::cuda_ipc)
+      return invalid(std::string("GPU KV pools move only by cuda_ipc, not ") + backend_name(backend));
+    if (!(m.host == self_.host)) return Status(StatusCode::transfer_peer, who + " is on another host; CUDA IPC needs one host");
+    Status st = DeviceMapping::open(m.cuda_ipc_handle, m.cuda_device, &p->device);
+    if (!st.ok()) return Status(StatusCode::transfer_peer, who + "'s GPU pool cannot be opened: " + st.message());
+    p->backend = Backend::cuda_ipc;
+  } else if (backend == Backend::cuda_ipc) {
+    return invalid("the cuda_ipc backend needs GPU KV pools on both sides (register_device_region)");
+  } else if (backend != Backend::tcp) {
     if (!(m.host == self_.host)) {
       if (backend == Backend::shm)
         return Status(StatusCode::transfer_peer, who + " is on another host; the shm backend needs one host");
     } else {
-      Status st = SharedMemory::open(m.shm_name, static_cast<size_t>(m.shm_bytes), &p->shm);
+      Status st = SharedMemory::open(m.shm_name, static_cast<size_t>(m.region_bytes), &p->shm);
       if (!st.ok() && backend == Backend::shm)
         return Status(StatusCode::transfer_peer, who + "'s KV segment cannot be opened (stale metadata?): " + st.message());
     }
   }
-  p->backend = p->shm ? Backend::shm : Backend::tcp;
+  if (!p->device) p->backend = p->shm ? Backend::shm : Backend::tcp;
   Status st = tcp_connect(m.tcp_host, m.tcp_port, &p->socket);
   if (!st.ok()) return Status(StatusCode::transfer_peer, who + " is unreachable (stale metadata?): " + st.message());
   std::lock_guard<std::mutex> lock(p->mu);
@@ -212,7 +250,7 @@ Status Agent::prepare(const std::string& remote, const std::vector<int32_t>& loc
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (closed_) return closed_error();
-    if (!region_) return invalid("no KV region is registered");
+    if (!has_region()) return invalid("no KV region is registered");
     auto it = peers_.find(remote);
     if (it == peers_.end()) return Status(StatusCode::transfer_peer, "no agent named '" + remote + "' is connected");
     *peer = it->second;
@@ -234,9 +272,15 @@ Status Agent::write(const std::vector<int32_t>& local_blocks, const std::string&
   const size_t bytes = static_cast<size_t>(self_.layout.block_bytes);
   {
     std::lock_guard<std::mutex> lock(p->mu);
-    if (p->backend == Backend::shm) {
+    if (p->backend == Backend::shm || p->backend == Backend::cuda_ipc) {
       LLM_RETURN_IF_ERROR(p->check_alive());
-      for (size_t i = 0; i < local_blocks.size(); ++i) std::memcpy(p->block(remote_blocks[i]), block(local_blocks[i]), bytes);
+      if (p->backend == Backend::shm) {
+        for (size_t i = 0; i < local_blocks.size(); ++i) std::memcpy(p->block(remote_blocks[i]), block(local_blocks[i]), bytes);
+      } else {
+        std::vector<DeviceCopy> copies;
+        for (size_t i = 0; i < local_blocks.size(); ++i) copies.push_back({block(local_blocks[i]), p->block(remote_blocks[i])});
+        LLM_RETURN_IF_ERROR(device_copy(copies, bytes, self_.cuda_device));
+      }
       // The copies are done before the notification's send (a system call) starts.
       if (!notification.empty()) LLM_RETURN_IF_ERROR(p->request(FrameType::write, notification, {}, 0, {}, {}));
     } else {
@@ -263,6 +307,11 @@ Status Agent::read(const std::string& remote, const std::vector<int32_t>& remote
     if (p->backend == Backend::shm) {
       LLM_RETURN_IF_ERROR(p->check_alive());
       for (size_t i = 0; i < local_blocks.size(); ++i) std::memcpy(block(local_blocks[i]), p->block(remote_blocks[i]), bytes);
+    } else if (p->backend == Backend::cuda_ipc) {
+      LLM_RETURN_IF_ERROR(p->check_alive());
+      std::vector<DeviceCopy> copies;
+      for (size_t i = 0; i < local_blocks.size(); ++i) copies.push_back({p->block(remote_blocks[i]), block(local_blocks[i])});
+      LLM_RETURN_IF_ERROR(device_copy(copies, bytes, self_.cuda_device));
     } else {
       std::vector<char*> into;
       for (int32_t id : local_blocks) into.push_back(block(id));
@@ -290,7 +339,8 @@ AgentStats Agent::stats() const {
 }
 
 char* Agent::block(int32_t id) const {
-  return static_cast<char*>(region_->data()) + static_cast<int64_t>(id) * self_.layout.block_bytes;
+  char* base = region_ ? static_cast<char*>(region_->data()) : device_region_;
+  return base + static_cast<int64_t>(id) * self_.layout.block_bytes;
 }
 
 // ---- listener side ----
@@ -349,7 +399,7 @@ void Agent::serve(Inbound* in) {
 Status Agent::serve_hello(const std::string& text, uint64_t expected, std::string* peer_name) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!region_) return invalid("agent '" + self_.name + "' has no KV region registered");
+    if (!has_region()) return invalid("agent '" + self_.name + "' has no KV region registered");
   }
   if (expected != self_.incarnation)
     return Status(StatusCode::transfer_peer, "stale metadata: agent '" + self_.name + "' has restarted since");
@@ -366,7 +416,9 @@ Status Agent::serve_hello(const std::string& text, uint64_t expected, std::strin
 Status Agent::serve_write(const Socket& s, const std::string& peer_name, const std::string& text,
                           const std::vector<int32_t>& ids) {
   const size_t bytes = static_cast<size_t>(self_.layout.block_bytes);
-  const Status st = check_blocks(ids, self_.layout.num_blocks, "remote");
+  Status st = check_blocks(ids, self_.layout.num_blocks, "remote");
+  if (st.ok() && device_region_ && !ids.empty())  // a GPU pool takes blocks only by cuda_ipc (no host copy of it here)
+    st = invalid("agent '" + self_.name + "' has a GPU KV pool: blocks move by cuda_ipc, not over TCP");
   std::vector<char> scratch(st.ok() ? 0 : bytes);
   for (int32_t id : ids) LLM_RETURN_IF_ERROR(recv_all(s, st.ok() ? block(id) : scratch.data(), bytes));
   if (st.ok() && !text.empty()) deliver(Notification{peer_name, text});
@@ -374,7 +426,9 @@ Status Agent::serve_write(const Socket& s, const std::string& peer_name, const s
 }
 
 Status Agent::serve_read(const Socket& s, const std::vector<int32_t>& ids) {
-  const Status st = check_blocks(ids, self_.layout.num_blocks, "remote");
+  Status st = check_blocks(ids, self_.layout.num_blocks, "remote");
+  if (st.ok() && device_region_ && !ids.empty())
+    st = invalid("agent '" + self_.name + "' has a GPU KV pool: blocks move by cuda_ipc, not over TCP");
   LLM_RETURN_IF_ERROR(send_reply(s, st));
   for (size_t i = 0; st.ok() && i < ids.size(); ++i)
     LLM_RETURN_IF_ERROR(send_all(s, block(ids[i]), static_cast<size_t>(self_.layout.block_bytes)));

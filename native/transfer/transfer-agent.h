@@ -13,11 +13,15 @@
 //     take_notifications() -> {prefill-0, "req-7 done"}   (only after the blocks are in place)
 //
 // Backends, chosen by connect() (or forced):
-//   shm  the peer is on this host (same hostname and boot id) and its segment opens: write and
-//        read are one memcpy per block straight into / out of the peer's pool; the notification
-//        of a write goes over the TCP connection after the copy.
-//   tcp  the blocks travel over the TCP connection; the listener bounds-checks and copies them
-//        into its pool, then queues the notification.
+//   shm       the peer is on this host (same hostname and boot id) and its segment opens: write
+//             and read are one memcpy per block straight into / out of the peer's pool; the
+//             notification of a write goes over the TCP connection after the copy.
+//   tcp       the blocks travel over the TCP connection; the listener bounds-checks and copies
+//             them into its pool, then queues the notification.
+//   cuda_ipc  both pools are in GPU memory (register_device_region) on this host: the peer's
+//             allocation is opened by CUDA IPC (device-ipc.h), write and read are device-to-device
+//             copies (adjacent blocks merged) that finish before the notification is sent.
+//             GPU pools move only this way; a GPU pool and a host pool cannot exchange blocks.
 // Stays true:
 //   - nothing is read or written out of bounds: every block id is checked against both pools
 //     before any byte moves (the listener checks its own again); a bad list is
@@ -46,13 +50,14 @@
 #include <vector>
 
 #include "common/shared-memory.h"
+#include "device-ipc.h"
 #include "transfer-metadata.h"
 #include "transfer-wire.h"
 
 namespace llm {
 namespace transfer {
 
-enum class Backend { automatic, shm, tcp };
+enum class Backend { automatic, shm, tcp, cuda_ipc };
 const char* backend_name(Backend b);
 
 struct Notification {
@@ -95,6 +100,10 @@ class Agent {
   // Maps this worker's pool: segment `shm_name` of exactly `bytes`, holding layout.num_blocks
   // blocks. Once per agent, before metadata() and connect().
   Status register_region(const std::string& shm_name, size_t bytes, const Layout& layout);
+  // Or: the pool is the GPU allocation that starts at `data` (a device pointer of this process,
+  // the allocation's first byte), `bytes` long; it is exported by CUDA IPC. The pool must outlive
+  // the agent (close the agent first).
+  Status register_device_region(void* data, size_t bytes, const Layout& layout);
   // This agent's metadata (JSON), for discovery; needs the region.
   Status metadata(std::string* out) const;
   // Connects to the agent `remote_metadata` describes (replacing an earlier connection to an
@@ -134,10 +143,12 @@ class Agent {
   Status serve_read(const Socket& s, const std::vector<int32_t>& ids);
   void deliver(Notification n);
   char* block(int32_t id) const;
+  bool has_region() const { return region_ || device_region_; }  // with mu_ held, or once registered
 
   AgentConfig cfg_;
   Metadata self_;                          // incarnation, host and listener from create()
   std::unique_ptr<SharedMemory> region_;   // set once by register_region
+  char* device_region_ = nullptr;          // or by register_device_region
   Socket listener_;
   std::thread accept_thread_;
 

@@ -100,6 +100,8 @@ HostIdentity this_host() {
   return h;
 }
 
+const char* memory_name(Memory m) { return m == Memory::cuda ? "cuda" : "host"; }
+
 std::string metadata_to_json(const Metadata& m) {
   char inc[17];
   std::snprintf(inc, sizeof inc, "%016" PRIx64, m.incarnation);
@@ -107,7 +109,9 @@ std::string metadata_to_json(const Metadata& m) {
   return "{\"name\":" + json_quote(m.name) + ",\"incarnation\":\"" + inc + "\",\"hostname\":" +
          json_quote(m.host.hostname) + ",\"boot_id\":" + json_quote(m.host.boot_id) +
          ",\"tcp_host\":" + json_quote(m.tcp_host) + ",\"tcp_port\":" + std::to_string(m.tcp_port) +
-         ",\"shm_name\":" + json_quote(m.shm_name) + ",\"shm_bytes\":" + std::to_string(m.shm_bytes) +
+         ",\"memory\":\"" + memory_name(m.memory) + "\",\"shm_name\":" + json_quote(m.shm_name) +
+         ",\"cuda_ipc_handle\":" + json_quote(m.cuda_ipc_handle) + ",\"cuda_device\":" + json_quote(m.cuda_device) +
+         ",\"region_bytes\":" + std::to_string(m.region_bytes) +
          ",\"layout\":{\"num_blocks\":" + std::to_string(l.num_blocks) + ",\"block_bytes\":" +
          std::to_string(l.block_bytes) + ",\"num_layers\":" + std::to_string(l.num_layers) +
          ",\"block_size\":" + std::to_string(l.block_size) + ",\"num_kv_heads\":" + std::to_string(l.num_kv_heads) +
@@ -129,8 +133,12 @@ Status metadata_from_json(const std::string& json, Metadata* out) {
   LLM_RETURN_IF_ERROR(read_string(root, "boot_id", &m.host.boot_id));
   LLM_RETURN_IF_ERROR(read_string(root, "tcp_host", &m.tcp_host));
   LLM_RETURN_IF_ERROR(read_int(root, "tcp_port", 1, 65535, &port));
+  std::string memory;
+  LLM_RETURN_IF_ERROR(read_string(root, "memory", &memory));
   LLM_RETURN_IF_ERROR(read_string(root, "shm_name", &m.shm_name));
-  LLM_RETURN_IF_ERROR(read_int(root, "shm_bytes", 1, INT64_MAX, &m.shm_bytes));
+  LLM_RETURN_IF_ERROR(read_string(root, "cuda_ipc_handle", &m.cuda_ipc_handle));
+  LLM_RETURN_IF_ERROR(read_string(root, "cuda_device", &m.cuda_device));
+  LLM_RETURN_IF_ERROR(read_int(root, "region_bytes", 1, INT64_MAX, &m.region_bytes));
   const JsonValue* lj = root.get("layout");
   if (!lj || !lj->is_object()) return invalid("transfer metadata: 'layout' must be an object");
   Layout& l = m.layout;
@@ -150,8 +158,21 @@ Status metadata_from_json(const std::string& json, Metadata* out) {
   m.incarnation = std::strtoull(inc.c_str(), nullptr, 16);
   m.tcp_port = static_cast<int>(port);
   LLM_RETURN_IF_ERROR(check_layout(l));
-  if (m.shm_bytes / l.block_bytes < l.num_blocks)
-    return invalid("transfer metadata: a segment of " + std::to_string(m.shm_bytes) + " bytes cannot hold " +
+  if (memory == "host") {
+    m.memory = Memory::host;
+    if (m.shm_name.empty() || !m.cuda_ipc_handle.empty() || !m.cuda_device.empty())
+      return invalid("transfer metadata: a host pool has a segment name and no CUDA handle or device");
+  } else if (memory == "cuda") {
+    m.memory = Memory::cuda;
+    if (!m.shm_name.empty() || m.cuda_device.empty() || m.cuda_ipc_handle.size() != 128 ||
+        m.cuda_ipc_handle.find_first_not_of("0123456789abcdef") != std::string::npos)
+      return invalid("transfer metadata: a GPU pool has a CUDA IPC handle (128 lowercase hex digits), a device, "
+                     "and no segment name");
+  } else {
+    return invalid("transfer metadata: 'memory' must be \"host\" or \"cuda\", not '" + memory + "'");
+  }
+  if (m.region_bytes / l.block_bytes < l.num_blocks)
+    return invalid("transfer metadata: a region of " + std::to_string(m.region_bytes) + " bytes cannot hold " +
                    std::to_string(l.num_blocks) + " blocks of " + std::to_string(l.block_bytes) + " bytes");
   *out = std::move(m);
   return Status::Ok();

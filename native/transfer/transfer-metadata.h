@@ -2,8 +2,9 @@
 //
 // Owns: the KV pool's Layout, the agent's Metadata and their JSON form, the host identity.
 // Stays true: metadata_from_json accepts only complete, self-consistent metadata (every field
-// present and in range, block_bytes equal to the layout's product, the segment large enough
-// for num_blocks blocks); anything else is ERR_TRANSFER_INVALID. Two pools can exchange blocks
+// present and in range, block_bytes equal to the layout's product, the region large enough
+// for num_blocks blocks, a host pool with a segment name and no CUDA handle, a GPU pool with a
+// CUDA IPC handle and device and no segment); anything else is ERR_TRANSFER_INVALID. Two pools can exchange blocks
 // only when layout_mismatch() is empty: every field but num_blocks and tp_rank agrees.
 #pragma once
 
@@ -46,14 +47,21 @@ struct HostIdentity {
 };
 HostIdentity this_host();
 
+// Where a KV pool lives: host memory (a shared-memory segment) or GPU memory (CUDA IPC).
+enum class Memory { host, cuda };
+const char* memory_name(Memory m);  // "host" | "cuda"
+
 struct Metadata {
   std::string name;         // the agent's name, unique among connected agents
   uint64_t incarnation = 0; // random per agent instance: a restarted agent has a new one
   HostIdentity host;
   std::string tcp_host;     // where its listener accepts connections
   int tcp_port = 0;
-  std::string shm_name;     // its KV pool's segment
-  int64_t shm_bytes = 0;
+  Memory memory = Memory::host;
+  std::string shm_name;         // host: its KV pool's segment
+  std::string cuda_ipc_handle;  // cuda: the pool allocation's IPC handle, 128 hex digits
+  std::string cuda_device;      // cuda: the UUID of the GPU holding it
+  int64_t region_bytes = 0;     // the pool's region (the segment or the allocation)
   Layout layout;
 };
 

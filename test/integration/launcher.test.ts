@@ -176,8 +176,12 @@ describe('launcher', () => {
     [['--max-local-prefill-length', '10'], /applies to disaggregated serving: add --prefill-workers/],
     [['--prefill-workers', '1', '--prefill-deadline-ms', '5'], /--prefill-deadline-ms must be in \[100, /],
     [['--decode-tp', '4'], /not implemented yet/],
-    [['--device', 'cuda', '--prefill-workers', '1'], /needs the CUDA IPC transfer backend/],
-    ...(loadAddon().cudaDevice().usable ? [] : [[['--device', 'cuda'], /--device cuda: no usable CUDA device \(/]]),
+    ...((loadAddon().cudaDevice().usable
+      ? [[['--device', 'cuda', '--workers', '2'], /2 workers on one GPU: give each worker's KV cache with --kv-cache-memory/]]
+      : [
+          [['--device', 'cuda'], /--device cuda: no usable CUDA device \(/],
+          [['--device', 'cuda', '--prefill-workers', '1'], /--device cuda: no usable CUDA device \(/],
+        ]) as [string[], RegExp][]),
   ])('refuses %j with a clear message', async (args, message) => {
     const { code, output } = await runLauncher(args as string[]);
     expect(code).toBe(2);

@@ -212,7 +212,4 @@ export function refuseUnimplemented(f: LauncherFlags): void {
   if (f.decodeTp > 1 || f.prefillTp > 1) {
     throw new FlagError('tensor parallelism (--decode-tp/--prefill-tp > 1) is not implemented yet');
   }
-  if (f.device === 'cuda' && f.prefillWorkers > 0) {
-    throw new FlagError('--device cuda with --prefill-workers: moving KV blocks between GPU workers needs the CUDA IPC transfer backend, which is not built yet; use --device cpu');
-  }
 }

@@ -23,17 +23,24 @@ function log(msg: string): void {
 }
 
 // --device: cuda when asked (refused, clearly, without a usable device), auto = cuda when a device
-// is usable and the deployment does not move KV between workers (that needs CUDA IPC), else cpu.
+// is usable, else cpu. Workers on the GPU move KV blocks by CUDA IPC. Each engine on CUDA sizes
+// its KV cache to 90% of the GPU memory free when it starts, so several workers on one GPU need
+// --kv-cache-memory: cuda refuses without it, auto then takes the CPU.
 function resolveDevice(f: LauncherFlags): Exclude<EngineDevice, 'auto'> {
   if (f.device === 'cpu') return 'cpu';
   const cuda = loadAddon().cudaDevice();
+  const engines = f.workers + f.prefillWorkers;
+  const shareGpu = engines > 1 && f.kvCacheMemory === undefined;
   if (f.device === 'cuda') {
     if (!cuda.usable) throw new FlagError(`--device cuda: no usable CUDA device (${cuda.description}); use --device cpu or auto`);
+    if (shareGpu) {
+      throw new FlagError(`--device cuda with ${engines} workers on one GPU: give each worker's KV cache with --kv-cache-memory (alone, each would take 90% of the free GPU memory)`);
+    }
     return 'cuda';
   }
   if (!cuda.usable) return 'cpu';
-  if (f.prefillWorkers > 0) {
-    log(`--device auto: ${cuda.description} is usable, but disaggregated workers need the CUDA IPC transfer backend (not built yet): using the CPU`);
+  if (shareGpu) {
+    log(`--device auto: ${cuda.description} is usable, but ${engines} workers would share it without --kv-cache-memory: using the CPU`);
     return 'cpu';
   }
   return 'cuda';

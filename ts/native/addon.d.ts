@@ -146,9 +146,12 @@ export interface NativeEngineInfo {
 }
 
 // Where the engine's KV pool lives (DESIGN.md section 6): block b is bytes
-// [b * blockBytes, (b + 1) * blockBytes) of the shm segment shmName ('' = private, not shareable).
+// [b * blockBytes, (b + 1) * blockBytes) of the shm segment shmName ('' = private, not shareable),
+// or, with memory 'cuda', of the GPU allocation deviceRegion (opaque; moved by CUDA IPC).
 export interface NativeKvRegion {
+  memory: 'host' | 'cuda';
   shmName: string;
+  deviceRegion?: unknown;
   bytes: number;
   numBlocks: number;
   blockBytes: number;
@@ -194,7 +197,7 @@ export interface NativeTransferAgentOptions {
   listenPort: number; // 0 = ephemeral
 }
 
-export type NativeTransferBackend = 'auto' | 'shm' | 'tcp';
+export type NativeTransferBackend = 'auto' | 'shm' | 'tcp' | 'cuda_ipc';
 
 export interface NativeTransferStats {
   writes: number; // this agent's own write() and read() calls, cumulative
@@ -211,7 +214,7 @@ export interface NativeTransferStats {
 // delivered, after that write's blocks are in this pool.
 export declare class TransferAgent {
   constructor(options: NativeTransferAgentOptions, onNotification: (from: string, message: string) => void);
-  registerRegion(region: NativeKvRegion): void; // once; the region must have a shmName
+  registerRegion(region: NativeKvRegion): void; // once; a host region must have a shmName
   metadata(): string; // JSON, for discovery
   // Blocks the JS thread for a TCP connect and one round trip (5 s at most); -> the remote's name.
   connect(metadata: string, backend: NativeTransferBackend): string;

@@ -20,7 +20,7 @@ export interface TransferAgentOptions {
 }
 
 // Absent = automatic: shm when the remote is on this host and its segment opens, else tcp.
-export type TransferBackend = 'shm' | 'tcp';
+export type TransferBackend = 'shm' | 'tcp' | 'cuda_ipc';
 
 export type { NativeTransferStats as TransferStats };
 
@@ -73,7 +73,8 @@ export class TransferAgent {
     this.name = name;
   }
 
-  // This worker's KV pool (Engine.kvRegion() of an engine created with kvSharedMemory); once.
+  // This worker's KV pool (Engine.kvRegion() of an engine created with kvSharedMemory, or of any
+  // engine on CUDA: its pool moves by CUDA IPC); once.
   registerRegion(region: NativeKvRegion): void {
     if (!region || typeof region !== 'object') throw invalidArgument('region must be a KV region');
     callNative(() => this.native.registerRegion(region));
@@ -89,8 +90,8 @@ export class TransferAgent {
   // (e.g. restarted, with new metadata) replaces the old connection.
   connect(metadata: string, backend?: TransferBackend): string {
     checkString('metadata', metadata, false);
-    if (backend !== undefined && backend !== 'shm' && backend !== 'tcp') {
-      throw invalidArgument(`backend must be 'shm' or 'tcp', got ${String(backend)}`);
+    if (backend !== undefined && backend !== 'shm' && backend !== 'tcp' && backend !== 'cuda_ipc') {
+      throw invalidArgument(`backend must be 'shm', 'tcp' or 'cuda_ipc', got ${String(backend)}`);
     }
     return callNative(() => this.native.connect(metadata, backend ?? 'auto'));
   }

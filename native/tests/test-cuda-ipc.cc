@@ -1,0 +1,366 @@
+// test-cuda-ipc.cc: disaggregated prefill/decode on one GPU through the transfer agent's CUDA IPC
+// backend (native/transfer/device-ipc.h), the way a prefill and a decode worker use it:
+//   - this process is the decode side: a CUDA engine parks a request with blocks for its prompt;
+//   - a child process (CUDA IPC cannot open a handle in the process that exported it) is the
+//     prefill side: a CUDA engine computes the prompt but its last token and holds the blocks;
+//   - write: the prefill agent copies the blocks device to device into the decode pool and sends
+//     a notification; read: the decode agent copies the held blocks out of the prefill pool;
+//   - the decode engine completes the request. Its greedy tokens must equal those of a CUDA
+//     engine serving the request alone (an f32 model, so the two paths agree to rounding).
+// Also: tcp and shm are refused for GPU pools, and the agents' byte counts add up.
+// The child is this program run again (fork + exec, so it starts without the parent's CUDA
+// state) with --prefill-child; it answers one line per command on its stdout.
+//
+// Without a usable device it prints "SKIP: no CUDA device (reason)" and exits 0.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/model-runner-cuda.h"
+#include "model-writer.h"
+#include "test-harness.h"
+#include "transfer/transfer-agent.h"
+
+using namespace llm;
+
+namespace {
+
+constexpr int64_t kBlockSize = 16;
+constexpr int64_t kVocab = 64;
+
+std::unique_ptr<Engine> cuda_engine(const std::string& dir) {
+  EngineConfig c;
+  c.model_dir = dir;
+  c.device = "cuda";
+  c.block_size = kBlockSize;
+  c.num_kv_blocks = 64;
+  c.max_num_batched_tokens = 128;
+  c.kv_shared_memory = true;
+  std::unique_ptr<Engine> e;
+  Status st = Engine::create(c, &e);
+  if (!st.ok()) std::fprintf(stderr, "  Engine::create: %s\n", st.message().c_str());
+  return e;
+}
+
+transfer::Layout layout_of(const KvRegion& r) {
+  transfer::Layout l;
+  l.num_blocks = r.view.num_blocks;
+  l.block_bytes = r.view.block_bytes();
+  l.num_layers = r.view.num_layers;
+  l.block_size = r.view.block_size;
+  l.num_kv_heads = r.view.num_kv_heads;
+  l.head_dim = r.view.head_dim;
+  l.dtype = r.view.dtype;
+  return l;
+}
+
+std::unique_ptr<transfer::Agent> agent_for(const std::string& name, const Engine& e) {
+  transfer::AgentConfig cfg;
+  cfg.name = name;
+  std::unique_ptr<transfer::Agent> a;
+  if (!transfer::Agent::create(cfg, &a).ok()) return nullptr;
+  const KvRegion r = e.kv_region();
+  Status st = a->register_device_region(r.device_data, r.bytes, layout_of(r));
+  if (!st.ok()) {
+    std::fprintf(stderr, "  register_device_region: %s\n", st.message().c_str());
+    return nullptr;
+  }
+  return a;
+}
+
+std::string join(const std::vector<int32_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s.empty() ? "-" : s;
+}
+
+std::vector<int32_t> split(const std::string& s) {
+  std::vector<int32_t> v;
+  if (s == "-") return v;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ',')) v.push_back(static_cast<int32_t>(std::stol(item)));
+  return v;
+}
+
+std::unique_ptr<Request> request(const std::string& id, std::vector<int32_t> prompt, int64_t external,
+                                 bool prefill_only) {
+  auto r = std::make_unique<Request>();
+  r->request_id = id;
+  r->prompt_token_ids = std::move(prompt);
+  r->params.temperature = 0.0f;
+  r->params.ignore_eos = true;
+  r->params.max_tokens = 12;
+  r->num_external_tokens = external;
+  r->prefill_only = prefill_only;
+  return r;
+}
+
+// Steps until `id` gives an output matching pred (500 steps at most); its tokens along the way.
+struct Seen {
+  std::vector<int32_t> tokens;
+  RequestOutput last;
+  bool found = false;
+};
+template <typename Pred>
+Seen step_until(Engine& e, const std::string& id, Pred pred) {
+  Seen seen;
+  for (int i = 0; i < 500 && !seen.found; ++i) {
+    StepResult s;
+    if (!e.step(&s).ok()) break;
+    for (auto& o : s.outputs) {
+      if (o.request_id != id) continue;
+      seen.tokens.insert(seen.tokens.end(), o.new_token_ids.begin(), o.new_token_ids.end());
+      if (pred(o)) {
+        seen.last = o;
+        seen.found = true;
+      }
+    }
+  }
+  return seen;
+}
+bool finished(const RequestOutput& o) { return o.finish_reason != FinishReason::none; }
+bool awaiting(const RequestOutput& o) { return o.awaiting_kv; }
+
+// ---- the prefill side (child process) ----------------------------------------------------------
+// Commands (stdin), one line each, answered by one line (stdout):
+//   connect JSON                      -> ok | error MSG
+//   prefill ID PROMPT DECODE_BLOCKS write  -> written N (N blocks copied, then "done ID" notified)
+//   prefill ID PROMPT - hold          -> held BLOCKS (kept until release)
+//   release ID                        -> ok
+//   quit
+int prefill_child(const std::string& dir) {
+  auto engine = cuda_engine(dir);
+  if (!engine) return 3;
+  auto agent = agent_for("prefill", *engine);
+  if (!agent) return 3;
+  std::string meta;
+  if (!agent->metadata(&meta).ok()) return 3;
+  std::cout << "meta " << meta << std::endl;
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::istringstream in(line);
+    std::string cmd;
+    in >> cmd;
+    if (cmd == "quit") return 0;
+    if (cmd == "connect") {
+      std::string json;
+      std::getline(in >> std::ws, json);
+      transfer::Connection c;
+      Status st = agent->connect(json, transfer::Backend::cuda_ipc, &c);
+      std::cout << (st.ok() ? "ok" : "error " + st.message()) << std::endl;
+    } else if (cmd == "prefill") {
+      std::string id, prompt, decode_blocks, mode;
+      in >> id >> prompt >> decode_blocks >> mode;
+      if (!engine->add_request(request(id, split(prompt), 0, true)).ok()) return 4;
+      Seen p = step_until(*engine, id, finished);
+      if (!p.found || p.last.finish_reason != FinishReason::prefilled || !p.tokens.empty()) return 5;
+      const std::vector<int32_t>& held = p.last.block_ids;
+      if (mode == "hold") {
+        std::cout << "held " << join(held) << std::endl;
+        continue;
+      }
+      std::vector<int32_t> remote = split(decode_blocks);
+      remote.resize(held.size());
+      Status st = agent->write(held, "decode", remote, "done " + id);
+      engine->release_held(id);
+      std::cout << (st.ok() ? "written " + std::to_string(held.size()) : "error " + st.message()) << std::endl;
+    } else if (cmd == "release") {
+      std::string id;
+      in >> id;
+      engine->release_held(id);
+      std::cout << "ok" << std::endl;
+    } else {
+      return 6;
+    }
+  }
+  return 0;
+}
+
+// ---- the decode side (this process) ------------------------------------------------------------
+
+std::string g_self;  // this program, for the child
+
+struct Child {
+  pid_t pid = -1;
+  FILE* to = nullptr;
+  FILE* from = nullptr;
+
+  explicit Child(const std::string& dir) {
+    int in[2], out[2];
+    if (pipe(in) != 0 || pipe(out) != 0) return;
+    pid = fork();
+    if (pid == 0) {
+      dup2(in[0], 0);
+      dup2(out[1], 1);
+      close(in[1]);
+      close(out[0]);
+      execl(g_self.c_str(), g_self.c_str(), "--prefill-child", dir.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    to = fdopen(in[1], "w");
+    from = fdopen(out[0], "r");
+  }
+  std::string ask(const std::string& cmd) {
+    std::fprintf(to, "%s\n", cmd.c_str());
+    std::fflush(to);
+    return read_line();
+  }
+  std::string read_line() {
+    std::string s;
+    for (int c; (c = std::fgetc(from)) != EOF && c != '\n';) s += static_cast<char>(c);
+    return s;
+  }
+  int finish() {
+    if (to) {
+      std::fprintf(to, "quit\n");
+      std::fclose(to);
+    }
+    if (from) std::fclose(from);
+    int status = 0;
+    if (pid > 0) waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+};
+
+std::vector<int32_t> prompt_of(int64_t n, int32_t salt) {
+  std::vector<int32_t> p(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) p[static_cast<size_t>(i)] = static_cast<int32_t>((i * 7 + salt * 13 + 3) % kVocab);
+  return p;
+}
+
+void expect_reply(const std::string& got, const std::string& want) {
+  if (got == want) return;
+  std::printf("  the prefill side answered '%s', not '%s'\n", got.c_str(), want.c_str());
+  ++llm_test::failures();
+}
+
+// Polls until `message` arrives (10 s at most).
+bool wait_notification(transfer::Agent& a, const std::string& message) {
+  for (int i = 0; i < 10000; ++i) {
+    for (const transfer::Notification& n : a.take_notifications())
+      if (n.from == "prefill" && n.message == message) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
+
+}  // namespace
+
+TEST(cuda_ipc_prefill_gives_the_tokens_of_local_serving) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.sub("model");
+  llm_test::TinyModelSpec spec;
+  spec.vocab_size = kVocab;
+  spec.hidden_size = 128;
+  spec.intermediate_size = 256;
+  spec.num_heads = 2;
+  spec.num_kv_heads = 1;  // head_dim 64: the CUDA kernels have code for 64 and 128
+  spec.dtype = DType::f32;
+  llm_test::write_model(dir, spec);
+
+  auto alone = cuda_engine(dir), decode = cuda_engine(dir);
+  CHECK(alone && decode);
+  if (!alone || !decode) return;
+  auto agent = agent_for("decode", *decode);
+  CHECK(agent != nullptr);
+  if (!agent) return;
+  Child child(dir);
+  const std::string meta_line = child.read_line();
+  CHECK(meta_line.rfind("meta ", 0) == 0);
+  if (meta_line.rfind("meta ", 0) != 0) {
+    child.finish();
+    return;
+  }
+  const std::string prefill_meta = meta_line.substr(5);
+
+  // GPU pools refuse the host backends; cuda_ipc opens the child's pool.
+  transfer::Connection c;
+  for (transfer::Backend b : {transfer::Backend::tcp, transfer::Backend::shm})
+    CHECK(agent->connect(prefill_meta, b, &c).code() == StatusCode::transfer_invalid);
+  Status st = agent->connect(prefill_meta, transfer::Backend::automatic, &c);
+  if (!st.ok()) std::printf("  connect: %s\n", st.message().c_str());
+  CHECK(st.ok() && c.backend == transfer::Backend::cuda_ipc);
+  std::string my_meta;
+  CHECK(agent->metadata(&my_meta).ok());
+  expect_reply(child.ask("connect " + my_meta), "ok");
+
+  const int64_t block_bytes = decode->kv_region().view.block_bytes();
+  int64_t written_blocks = 0, read_blocks = 0;
+  int round = 0;
+  // Lengths: a partial last block, (n - 1) % block_size == 0, two blocks and a bit, the shortest.
+  for (int64_t n : {37, 33, 50, 2}) {
+    for (const char* mode : {"write", "read"}) {
+      const std::string id = "r" + std::to_string(round++);
+      const std::vector<int32_t> prompt = prompt_of(n, static_cast<int32_t>(n) + round);
+      CHECK(alone->add_request(request("alone-" + id, prompt, 0, false)).ok());
+      const std::vector<int32_t> want = step_until(*alone, "alone-" + id, finished).tokens;
+
+      CHECK(decode->add_request(request(id, prompt, n - 1, false)).ok());
+      Seen d = step_until(*decode, id, awaiting);
+      CHECK(d.found && d.tokens.empty());
+      const size_t held = static_cast<size_t>((n - 1 + kBlockSize - 1) / kBlockSize);
+      if (std::strcmp(mode, "write") == 0) {
+        const std::string reply = child.ask("prefill " + id + " " + join(prompt) + " " + join(d.last.block_ids) + " write");
+        expect_reply(reply, "written " + std::to_string(held));
+        CHECK(wait_notification(*agent, "done " + id));
+        written_blocks += static_cast<int64_t>(held);
+      } else {
+        const std::string reply = child.ask("prefill " + id + " " + join(prompt) + " - hold");
+        CHECK(reply.rfind("held", 0) == 0);
+        const std::vector<int32_t> remote = split(reply.size() > 5 ? reply.substr(5) : "-");
+        CHECK_EQ(remote.size(), held);
+        std::vector<int32_t> local = d.last.block_ids;
+        local.resize(remote.size());
+        CHECK(agent->read("prefill", remote, local).ok());
+        expect_reply(child.ask("release " + id), "ok");
+        read_blocks += static_cast<int64_t>(held);
+      }
+      decode->complete_external_kv(id, true);
+      Seen done = step_until(*decode, id, finished);
+      CHECK(done.found);
+      if (done.tokens != want)
+        std::printf("  %s (%s, %lld prompt tokens): got %s, want %s\n", id.c_str(), mode, static_cast<long long>(n),
+                    join(done.tokens).c_str(), join(want).c_str());
+      CHECK(done.tokens == want);
+      CHECK_EQ(want.size(), size_t{12});
+    }
+  }
+  const transfer::AgentStats s = agent->stats();
+  CHECK_EQ(s.bytes_read, read_blocks * block_bytes);
+  CHECK_EQ(s.notifications_received, static_cast<int64_t>(4));
+  CHECK_EQ(decode->metrics().kv_active_blocks, 0);
+  std::printf("  %lld blocks written and %lld read by CUDA IPC (%lld bytes each), tokens equal to local serving\n",
+              static_cast<long long>(written_blocks), static_cast<long long>(read_blocks),
+              static_cast<long long>(block_bytes));
+  agent->close();
+  CHECK_EQ(child.finish(), 0);
+}
+
+int main(int argc, char** argv) {
+  g_self = "/proc/self/exe";
+  if (argc == 3 && std::strcmp(argv[1], "--prefill-child") == 0) return prefill_child(argv[2]);
+  char self[4096];
+  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (n > 0) g_self.assign(self, static_cast<size_t>(n));
+  std::string why;
+  const Status st = cuda_device_usable(&why);
+  if (!st.ok()) {
+    std::printf("SKIP: no CUDA device (%s)\n", st.message().c_str());
+    return 0;
+  }
+  std::printf("device: %s\n", why.c_str());
+  return llm_test::run_all();
+}
