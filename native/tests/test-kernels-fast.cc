@@ -18,6 +18,7 @@
 //   rmsnorm           |d| <= 2e-5          (outputs of magnitude <= ~3)
 //   silu_mul          |d| <= 1e-6 * (1 + |ref|)   (vector exp: relative error < 3e-7)
 //   paged_attention   |d| <= 2e-5          (outputs are averages of values in [-1, 1])
+// And, exactly: on the amx paths a row of the matmul's y is the same bits in any batch of M >= 4.
 // Shapes: odd K, N not a multiple of 16/32, M = 1, 3, 4, 32, 33, 70, K and N large enough for
 // several of the AMX matmul's weight groups and K chunks; GQA ratios 1, 4, 8; block sizes
 // 1, 3, 16; context length 1 and a long one (300 tokens), partial blocks, sliding windows.
@@ -105,6 +106,30 @@ TEST(matmul_fast_matches_reference) {
                         (long)sh.M, (long)sh.K, (long)sh.N, with_bias, err.worst);
           CHECK(err.worst <= bound);
         }
+}
+
+// The amx paths: a row of y is the same bits whatever the other rows of x and their number
+// (M >= 4, where AMX runs: 4..32 rows take the in-place path, more the copied one), so that a
+// request's tokens do not depend on the batch it ran in.
+TEST(matmul_amx_rows_do_not_depend_on_the_batch) {
+  const int64_t K = 288, N = 600, M = 70;
+  const std::vector<float> x = random_floats(M * K);
+  const TypedBuffer w(DType::bf16, random_floats(N * K));
+  for (auto [path, k] : fast_paths()) {
+    if (path != CpuPath::amx && path != CpuPath::amx_exact && path != CpuPath::amx_bf16) continue;
+    std::vector<float> y_all(static_cast<size_t>(M * N));
+    k->matmul(test_pool(), x.data(), M, w.view(N, K), nullptr, y_all.data());
+    for (int64_t first : {0, 3})
+      for (int64_t rows : {4, 5, 32, 33, 48}) {
+        std::vector<float> y(static_cast<size_t>(rows * N));
+        k->matmul(test_pool(), x.data() + first * K, rows, w.view(N, K), nullptr, y.data());
+        bool same = true;
+        for (int64_t i = 0; i < rows * N; ++i) same = same && y[i] == y_all[first * N + i];
+        if (!same) std::printf("  %s: rows %ld..%ld differ from the same rows in a batch of %ld\n", k->name,
+                               (long)first, (long)(first + rows), (long)M);
+        CHECK(same);
+      }
+  }
 }
 
 TEST(rmsnorm_fast_matches_reference) {
