@@ -244,9 +244,11 @@ struct SimdKernels {
   // paged_attention: flash-attention style, one work item per (sequence, kv head, tile of query
   // tokens). The item's rows are every (query token, query head of this kv head) pair, so each
   // K/V row of the context is converted to fp32 once per item and used by all of them: at
-  // decode (one token per sequence) that is once per step. Keys go by in chunks of W:
+  // decode (one token per sequence) that is once per step. Keys go by in chunks of C = kChunkVectors
+  // x W (64 keys with AVX-512): the per-row softmax bookkeeping (maxima, sums, the rescale of O)
+  // is paid once per C keys; with chunks of W it cost about as much as the dot products.
   //
-  //   for each chunk of W keys j0..j0+W-1 (up to the tile's last query position):
+  //   for each chunk of C keys j0..j0+C-1 (up to the tile's last query position):
   //     Kc, Vc = K, V rows of the chunk as fp32                        (each read once)
   //     for each row r:  s = scale * q_r . Kc^T, masked to [first_r, pos_r]
   //                      m' = max(m_r, max s);  p = exp(s - m')
@@ -259,6 +261,48 @@ struct SimdKernels {
 
   static constexpr int64_t kMaxRows = 64;        // query rows per item (tokens x heads per kv head)
   static constexpr int64_t kTransposeRows = 8;
+  static constexpr int64_t kChunkVectors = 4;    // keys per chunk, in vectors of W
+  static constexpr int64_t C = kChunkVectors * W;
+
+  // O[r] += sum over c < n of P[r, c] Vc[c] for rows r0 .. r0 + NR: NR rows x DV vectors of
+  // head_dim held in registers over the keys, so each load of Vc serves NR rows and each
+  // broadcast of P serves DV vectors.
+  template <int NR, int DV>
+  static void update_rows(float* o, const float* p, const float* vc, int64_t r0, int64_t n, int64_t hd) {
+    for (int64_t d0 = 0; d0 < hd; d0 += DV * W) {
+      V acc[NR][DV];
+      for (int i = 0; i < NR; ++i)
+        for (int v = 0; v < DV; ++v) acc[i][v] = S::load(o + (r0 + i) * hd + d0 + v * W);
+      for (int64_t c = 0; c < n; ++c) {
+        V vv[DV];
+        for (int v = 0; v < DV; ++v) vv[v] = S::load(vc + c * hd + d0 + v * W);
+        for (int i = 0; i < NR; ++i) {
+          const V pb = S::set1(p[(r0 + i) * C + c]);
+          for (int v = 0; v < DV; ++v) acc[i][v] = S::fmadd(pb, vv[v], acc[i][v]);
+        }
+      }
+      for (int i = 0; i < NR; ++i)
+        for (int v = 0; v < DV; ++v) S::store(o + (r0 + i) * hd + d0 + v * W, acc[i][v]);
+    }
+  }
+
+  template <int NR>
+  static void update_block(float* o, const float* p, const float* vc, int64_t r0, int64_t n, int64_t hd) {
+    const int64_t vectors = hd / W;
+    if (vectors % 4 == 0) {
+      update_rows<NR, 4>(o, p, vc, r0, n, hd);
+    } else if (vectors % 2 == 0) {
+      update_rows<NR, 2>(o, p, vc, r0, n, hd);
+    } else {
+      update_rows<NR, 1>(o, p, vc, r0, n, hd);
+    }
+  }
+
+  static void update_outputs(float* o, const float* p, const float* vc, int64_t rows, int64_t n, int64_t hd) {
+    int64_t r0 = 0;
+    for (; r0 + 4 <= rows; r0 += 4) update_block<4>(o, p, vc, r0, n, hd);
+    for (; r0 < rows; ++r0) update_block<1>(o, p, vc, r0, n, hd);
+  }
 
   template <DType DT>
   static void attention_typed(ThreadPool& pool, const float* q, const KVCacheView& cache, int64_t layer,
@@ -277,12 +321,12 @@ struct SimdKernels {
     pool.parallel_for(items_before[batch.num_seqs], [&](int64_t begin, int64_t end) {
       thread_local Scratch<float> buf;
       const int64_t rows_max = tile_tokens * group;
-      float* kc = buf.get(2 * W * hd + 2 * rows_max * hd + rows_max * W + 2 * rows_max);
-      float* vc = kc + W * hd;            // (W, hd)     the chunk's V rows
-      float* kt = vc + W * hd;            // (hd, W)     the chunk's K, transposed
-      float* o = kt + W * hd;             // (rows, hd)  unnormalised outputs
-      float* sc = o + rows_max * hd;      // (rows, W)   scores, then weights
-      float* m_run = sc + rows_max * W;   // (rows)      running max
+      float* kc = buf.get(3 * C * hd + rows_max * hd + rows_max * C + 2 * rows_max);  // (C, hd)  the chunk's K rows
+      float* vc = kc + C * hd;            // (C, hd)     the chunk's V rows
+      float* kt = vc + C * hd;            // (hd, C)     the chunk's K, transposed
+      float* o = kt + C * hd;             // (rows, hd)  unnormalised outputs
+      float* sc = o + rows_max * hd;      // (rows, C)   scores, then weights
+      float* m_run = sc + rows_max * C;   // (rows)      running max
       float* l_run = m_run + rows_max;    // (rows)      running sum
       int64_t s = 0;
       for (int64_t item = begin; item < end; ++item) {
@@ -308,10 +352,10 @@ struct SimdKernels {
         std::memset(o, 0, static_cast<size_t>(rows * hd * 4));
         const bool transposed = rows >= kTransposeRows;
         const int64_t j_last = row_pos(rows - 1);
-        for (int64_t j0 = row_first(0); j0 <= j_last; j0 += W) {
-          const int64_t n = min64(W, j_last + 1 - j0);
+        for (int64_t j0 = row_first(0); j0 <= j_last; j0 += C) {
+          const int64_t n = min64(C, j_last + 1 - j0);
           // Kc, Vc: the chunk's rows as fp32 (rows past n zeroed).
-          for (int64_t c = 0; c < W; ++c) {
+          for (int64_t c = 0; c < C; ++c) {
             float* kr = kc + c * hd;
             float* vr = vc + c * hd;
             if (c >= n) {
@@ -330,70 +374,87 @@ struct SimdKernels {
           }
           // sc[r, :] = scale * q_r . Kc^T
           if (transposed) {
-            for (int64_t c = 0; c < W; ++c)
-              for (int64_t d = 0; d < hd; ++d) kt[d * W + c] = kc[c * hd + d];
+            for (int64_t c = 0; c < C; ++c)
+              for (int64_t d = 0; d < hd; ++d) kt[d * C + c] = kc[c * hd + d];
+            // 4 rows x C keys of sums in registers: each load of Kc^T serves 4 rows, each
+            // broadcast of q serves C keys (keys past n have zero K rows and are masked below).
+            const V scale = S::set1(batch.scale);
             int64_t r = 0;
-            for (; r + 4 <= rows; r += 4) {  // four independent sums share each load of Kc^T
+            for (; r + 4 <= rows; r += 4) {
               const float* qr[4] = {q_row(r), q_row(r + 1), q_row(r + 2), q_row(r + 3)};
-              V acc[4] = {S::zero(), S::zero(), S::zero(), S::zero()};
+              V acc[4][kChunkVectors];
+              for (int i = 0; i < 4; ++i)
+                for (int v = 0; v < kChunkVectors; ++v) acc[i][v] = S::zero();
               for (int64_t d = 0; d < hd; ++d) {
-                const V kv = S::load(kt + d * W);
-                for (int i = 0; i < 4; ++i) acc[i] = S::fmadd(S::set1(qr[i][d]), kv, acc[i]);
+                V kv[kChunkVectors];
+                for (int v = 0; v < kChunkVectors; ++v) kv[v] = S::load(kt + d * C + v * W);
+                for (int i = 0; i < 4; ++i) {
+                  const V qb = S::set1(qr[i][d]);
+                  for (int v = 0; v < kChunkVectors; ++v) acc[i][v] = S::fmadd(qb, kv[v], acc[i][v]);
+                }
               }
-              for (int i = 0; i < 4; ++i) S::store(sc + (r + i) * W, S::mul(acc[i], S::set1(batch.scale)));
+              for (int i = 0; i < 4; ++i)
+                for (int v = 0; v < kChunkVectors; ++v) S::store(sc + (r + i) * C + v * W, S::mul(acc[i][v], scale));
             }
             for (; r < rows; ++r) {
               const float* qr = q_row(r);
-              V acc = S::zero();
-              for (int64_t d = 0; d < hd; ++d) acc = S::fmadd(S::set1(qr[d]), S::load(kt + d * W), acc);
-              S::store(sc + r * W, S::mul(acc, S::set1(batch.scale)));
+              V acc[kChunkVectors];
+              for (int v = 0; v < kChunkVectors; ++v) acc[v] = S::zero();
+              for (int64_t d = 0; d < hd; ++d) {
+                const V qb = S::set1(qr[d]);
+                for (int v = 0; v < kChunkVectors; ++v) acc[v] = S::fmadd(qb, S::load(kt + d * C + v * W), acc[v]);
+              }
+              for (int v = 0; v < kChunkVectors; ++v) S::store(sc + r * C + v * W, S::mul(acc[v], scale));
             }
           } else {
             for (int64_t r = 0; r < rows; ++r) {
               const float* qr = q_row(r);
-              for (int64_t c = 0; c < W; ++c) {
+              for (int64_t c = 0; c < C; ++c) {
+                if (c >= n) {
+                  sc[r * C + c] = 0.0f;
+                  continue;
+                }
                 V acc = S::zero();
                 for (int64_t d = 0; d < hd; d += W) acc = S::fmadd(S::load(qr + d), S::load(kc + c * hd + d), acc);
-                sc[r * W + c] = S::hsum(acc) * batch.scale;
+                sc[r * C + c] = S::hsum(acc) * batch.scale;
               }
             }
           }
           // Online softmax update of every row that sees a key of this chunk.
-          const V key_pos = S::add(S::set1(static_cast<float>(j0)), S::iota());
+          const int64_t nv = (n + W - 1) / W;  // vectors of keys holding the chunk's n keys
           for (int64_t r = 0; r < rows; ++r) {
             const int64_t first = row_first(r), pos = row_pos(r);
-            if (pos < j0 || first >= j0 + n) continue;
-            V score = S::load(sc + r * W);
-            const V neg_inf = S::set1(-INFINITY);
-            score = S::select(S::lt(key_pos, S::set1(static_cast<float>(first))), neg_inf, score);
-            score = S::select(S::lt(S::set1(static_cast<float>(pos)), key_pos), neg_inf, score);
-            const float m_new = std::fmax(m_run[r], S::hmax(score));
+            if (pos < j0 || first >= j0 + n) {  // sees no key of this chunk: weights 0
+              for (int64_t v = 0; v < nv; ++v) S::store(sc + r * C + v * W, S::zero());
+              continue;
+            }
+            const V neg_inf = S::set1(-INFINITY), first_v = S::set1(static_cast<float>(first)),
+                    pos_v = S::set1(static_cast<float>(pos));
+            V chunk_max = neg_inf;
+            for (int64_t v = 0; v < nv; ++v) {  // mask keys outside [first, pos]: scores -> -inf
+              const V key_pos = S::add(S::set1(static_cast<float>(j0 + v * W)), S::iota());
+              V score = S::load(sc + r * C + v * W);
+              score = S::select(S::lt(key_pos, first_v), neg_inf, score);
+              score = S::select(S::lt(pos_v, key_pos), neg_inf, score);
+              S::store(sc + r * C + v * W, score);
+              chunk_max = S::max(chunk_max, score);
+            }
+            const float m_new = std::fmax(m_run[r], S::hmax(chunk_max));
             const float corr = std::exp(m_run[r] - m_new);
-            const V p = exp(S::sub(score, S::set1(m_new)));
-            l_run[r] = l_run[r] * corr + S::hsum(p);
+            V p_sum = S::zero();
+            for (int64_t v = 0; v < nv; ++v) {
+              const V p = exp(S::sub(S::load(sc + r * C + v * W), S::set1(m_new)));
+              p_sum = S::add(p_sum, p);
+              S::store(sc + r * C + v * W, p);
+            }
+            l_run[r] = l_run[r] * corr + S::hsum(p_sum);
             m_run[r] = m_new;
-            S::store(sc + r * W, p);
             float* orow = o + r * hd;
             if (corr != 1.0f)
               for (int64_t d = 0; d < hd; d += W) S::store(orow + d, S::mul(S::load(orow + d), S::set1(corr)));
-            // O_r += p Vc, four vectors of O_r at a time held in registers over the chunk's keys
-            // (head_dim is a multiple of W; a last group of fewer than four goes one by one).
-            int64_t d0 = 0;
-            for (; d0 + 4 * W <= hd; d0 += 4 * W) {
-              V acc[4];
-              for (int i = 0; i < 4; ++i) acc[i] = S::load(orow + d0 + i * W);
-              for (int64_t c = 0; c < n; ++c) {
-                const V pv = S::set1(sc[r * W + c]);
-                for (int i = 0; i < 4; ++i) acc[i] = S::fmadd(pv, S::load(vc + c * hd + d0 + i * W), acc[i]);
-              }
-              for (int i = 0; i < 4; ++i) S::store(orow + d0 + i * W, acc[i]);
-            }
-            for (; d0 < hd; d0 += W) {
-              V acc = S::load(orow + d0);
-              for (int64_t c = 0; c < n; ++c) acc = S::fmadd(S::set1(sc[r * W + c]), S::load(vc + c * hd + d0), acc);
-              S::store(orow + d0, acc);
-            }
           }
+          // O += P Vc over the chunk's n keys (P = the weights in sc, 0 outside each row's keys).
+          update_outputs(o, sc, vc, rows, n, hd);
         }
         for (int64_t r = 0; r < rows; ++r) {
           float* dst = out + ((t0 + r / group) * H + kvh * group + r % group) * hd;
