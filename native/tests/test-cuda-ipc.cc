@@ -27,11 +27,16 @@
 
 #include "engine/engine.h"
 #include "engine/model-runner-cuda.h"
+#include "engine-steps.h"
 #include "model-writer.h"
 #include "test-harness.h"
 #include "transfer/transfer-agent.h"
 
 using namespace llm;
+using llm_test::awaiting;
+using llm_test::finished;
+using llm_test::Seen;
+using llm_test::step_until;
 
 namespace {
 
@@ -95,42 +100,8 @@ std::vector<int32_t> split(const std::string& s) {
 
 std::unique_ptr<Request> request(const std::string& id, std::vector<int32_t> prompt, int64_t external,
                                  bool prefill_only) {
-  auto r = std::make_unique<Request>();
-  r->request_id = id;
-  r->prompt_token_ids = std::move(prompt);
-  r->params.temperature = 0.0f;
-  r->params.ignore_eos = true;
-  r->params.max_tokens = 12;
-  r->num_external_tokens = external;
-  r->prefill_only = prefill_only;
-  return r;
+  return llm_test::greedy_request(id, std::move(prompt), external, prefill_only, 12);
 }
-
-// Steps until `id` gives an output matching pred (500 steps at most); its tokens along the way.
-struct Seen {
-  std::vector<int32_t> tokens;
-  RequestOutput last;
-  bool found = false;
-};
-template <typename Pred>
-Seen step_until(Engine& e, const std::string& id, Pred pred) {
-  Seen seen;
-  for (int i = 0; i < 500 && !seen.found; ++i) {
-    StepResult s;
-    if (!e.step(&s).ok()) break;
-    for (auto& o : s.outputs) {
-      if (o.request_id != id) continue;
-      seen.tokens.insert(seen.tokens.end(), o.new_token_ids.begin(), o.new_token_ids.end());
-      if (pred(o)) {
-        seen.last = o;
-        seen.found = true;
-      }
-    }
-  }
-  return seen;
-}
-bool finished(const RequestOutput& o) { return o.finish_reason != FinishReason::none; }
-bool awaiting(const RequestOutput& o) { return o.awaiting_kv; }
 
 // ---- the prefill side (child process) ----------------------------------------------------------
 // Commands (stdin), one line each, answered by one line (stdout):

@@ -9,11 +9,16 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine-steps.h"
 #include "model-writer.h"
 #include "test-harness.h"
 
 using namespace llm;
 using llm_test::TempDir;
+using llm_test::awaiting;
+using llm_test::finished;
+using llm_test::Seen;
+using llm_test::step_until;
 
 namespace {
 
@@ -51,44 +56,8 @@ std::vector<int32_t> prompt_of(int64_t n, int32_t salt) {
 
 std::unique_ptr<Request> request(const std::string& id, std::vector<int32_t> prompt, int64_t external = 0,
                                  bool prefill_only = false) {
-  auto r = std::make_unique<Request>();
-  r->request_id = id;
-  r->prompt_token_ids = std::move(prompt);
-  r->params.temperature = 0.0f;
-  r->params.ignore_eos = true;
-  r->params.max_tokens = 8;
-  r->num_external_tokens = external;
-  r->prefill_only = prefill_only;
-  return r;
+  return llm_test::greedy_request(id, std::move(prompt), external, prefill_only);
 }
-
-// Steps until `id` produces an output matching `pred` (or 200 steps); collects its tokens.
-struct Seen {
-  std::vector<int32_t> tokens;
-  RequestOutput last;
-  std::vector<KVEvent> events;
-  bool found = false;
-};
-template <typename Pred>
-Seen step_until(Engine& e, const std::string& id, Pred pred, Seen seen = {}) {
-  for (int i = 0; i < 200 && !seen.found; ++i) {
-    StepResult s;
-    CHECK(e.step(&s).ok());
-    for (auto& ev : s.events) seen.events.push_back(ev);
-    for (auto& o : s.outputs) {
-      if (o.request_id != id) continue;
-      seen.tokens.insert(seen.tokens.end(), o.new_token_ids.begin(), o.new_token_ids.end());
-      if (pred(o)) {
-        seen.last = o;
-        seen.found = true;
-      }
-    }
-  }
-  CHECK(seen.found);
-  return seen;
-}
-bool finished(const RequestOutput& o) { return o.finish_reason != FinishReason::none; }
-bool awaiting(const RequestOutput& o) { return o.awaiting_kv; }
 
 std::vector<int32_t> serve_alone(const Fixture& f, const std::vector<int32_t>& prompt) {
   auto e = f.engine();
