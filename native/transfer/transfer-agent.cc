@@ -272,15 +272,11 @@ Status Agent::write(const std::vector<int32_t>& local_blocks, const std::string&
   const size_t bytes = static_cast<size_t>(self_.layout.block_bytes);
   {
     std::lock_guard<std::mutex> lock(p->mu);
-    if (p->backend == Backend::shm || p->backend == Backend::cuda_ipc) {
+    if (p->backend != Backend::tcp) {
       LLM_RETURN_IF_ERROR(p->check_alive());
-      if (p->backend == Backend::shm) {
-        for (size_t i = 0; i < local_blocks.size(); ++i) std::memcpy(p->block(remote_blocks[i]), block(local_blocks[i]), bytes);
-      } else {
-        std::vector<DeviceCopy> copies;
-        for (size_t i = 0; i < local_blocks.size(); ++i) copies.push_back({block(local_blocks[i]), p->block(remote_blocks[i])});
-        LLM_RETURN_IF_ERROR(device_copy(copies, bytes, self_.cuda_device));
-      }
+      std::vector<DeviceCopy> copies;
+      for (size_t i = 0; i < local_blocks.size(); ++i) copies.push_back({block(local_blocks[i]), p->block(remote_blocks[i])});
+      LLM_RETURN_IF_ERROR(copy_direct(*p, copies));
       // The copies are done before the notification's send (a system call) starts.
       if (!notification.empty()) LLM_RETURN_IF_ERROR(p->request(FrameType::write, notification, {}, 0, {}, {}));
     } else {
@@ -304,14 +300,11 @@ Status Agent::read(const std::string& remote, const std::vector<int32_t>& remote
   const size_t bytes = static_cast<size_t>(self_.layout.block_bytes);
   {
     std::lock_guard<std::mutex> lock(p->mu);
-    if (p->backend == Backend::shm) {
-      LLM_RETURN_IF_ERROR(p->check_alive());
-      for (size_t i = 0; i < local_blocks.size(); ++i) std::memcpy(block(local_blocks[i]), p->block(remote_blocks[i]), bytes);
-    } else if (p->backend == Backend::cuda_ipc) {
+    if (p->backend != Backend::tcp) {
       LLM_RETURN_IF_ERROR(p->check_alive());
       std::vector<DeviceCopy> copies;
       for (size_t i = 0; i < local_blocks.size(); ++i) copies.push_back({p->block(remote_blocks[i]), block(local_blocks[i])});
-      LLM_RETURN_IF_ERROR(device_copy(copies, bytes, self_.cuda_device));
+      LLM_RETURN_IF_ERROR(copy_direct(*p, copies));
     } else {
       std::vector<char*> into;
       for (int32_t id : local_blocks) into.push_back(block(id));
@@ -336,6 +329,13 @@ std::vector<Notification> Agent::take_notifications() {
 AgentStats Agent::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   return stats_;
+}
+
+Status Agent::copy_direct(const Peer& p, const std::vector<DeviceCopy>& copies) const {
+  const size_t bytes = static_cast<size_t>(self_.layout.block_bytes);
+  if (p.backend == Backend::cuda_ipc) return device_copy(copies, bytes, self_.cuda_device);
+  for (const DeviceCopy& c : copies) std::memcpy(c.dst, c.src, bytes);
+  return Status::Ok();
 }
 
 char* Agent::block(int32_t id) const {

@@ -142,6 +142,8 @@ class Agent {
                      const std::vector<int32_t>& ids);
   Status serve_read(const Socket& s, const std::vector<int32_t>& ids);
   void deliver(Notification n);
+  // shm and cuda_ipc: each copy's block bytes from src to dst (memcpy, or device to device).
+  Status copy_direct(const Peer& p, const std::vector<DeviceCopy>& copies) const;
   char* block(int32_t id) const;
   bool has_region() const { return region_ || device_region_; }  // with mu_ held, or once registered
 
