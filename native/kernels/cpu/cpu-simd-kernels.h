@@ -245,8 +245,7 @@ struct SimdKernels {
   // tokens). The item's rows are every (query token, query head of this kv head) pair, so each
   // K/V row of the context is converted to fp32 once per item and used by all of them: at
   // decode (one token per sequence) that is once per step. Keys go by in chunks of C = kChunkVectors
-  // x W (64 keys with AVX-512): the per-row softmax bookkeeping (maxima, sums, the rescale of O)
-  // is paid once per C keys; with chunks of W it cost about as much as the dot products.
+  // x W (64 keys with AVX-512), so the softmax bookkeeping is paid once per C keys:
   //
   //   for each chunk of C keys j0..j0+C-1 (up to the tile's last query position):
   //     Kc, Vc = K, V rows of the chunk as fp32                        (each read once)
@@ -255,20 +254,25 @@ struct SimdKernels {
   //                      l_r = l_r e^(m_r - m') + sum p;  O_r = O_r e^(m_r - m') + p Vc
   //   out_r = O_r / l_r
   //
-  // Scores come from per-key dot products while the item has few rows (decode), and from the
-  // transposed chunk Kc^T (one broadcast-FMA per head_dim element, no horizontal sums) when it
-  // has at least kTransposeRows (prefill).
+  // Two layouts of the same arithmetic:
+  //   few rows (decode, < kTransposeRows): per row, scores by dot products along head_dim, the
+  //     row's maximum and sum by horizontal reductions.
+  //   many rows (prefill): the item's q is transposed once (rows across vector lanes), so scores
+  //     come out key-major, s^T[c] = a vector of rows, from broadcasts of K and no horizontal
+  //     sum; the maxima, sums and rescales of all rows are then vector operations across keys.
+  // Both accumulate O += P Vc with rows x head_dim vectors in registers (update_outputs).
 
   static constexpr int64_t kMaxRows = 64;        // query rows per item (tokens x heads per kv head)
   static constexpr int64_t kTransposeRows = 8;
   static constexpr int64_t kChunkVectors = 4;    // keys per chunk, in vectors of W
   static constexpr int64_t C = kChunkVectors * W;
 
-  // O[r] += sum over c < n of P[r, c] Vc[c] for rows r0 .. r0 + NR: NR rows x DV vectors of
-  // head_dim held in registers over the keys, so each load of Vc serves NR rows and each
-  // broadcast of P serves DV vectors.
+  // O[r] += sum over c < n of P[r, c] Vc[c] for rows r0 .. r0 + NR, P[r, c] at p[r * prs + c * pcs]:
+  // NR rows x DV vectors of head_dim held in registers over the keys, so each load of Vc serves
+  // NR rows and each broadcast of P serves DV vectors.
   template <int NR, int DV>
-  static void update_rows(float* o, const float* p, const float* vc, int64_t r0, int64_t n, int64_t hd) {
+  static void update_rows(float* o, const float* p, int64_t prs, int64_t pcs, const float* vc, int64_t r0, int64_t n,
+                          int64_t hd) {
     for (int64_t d0 = 0; d0 < hd; d0 += DV * W) {
       V acc[NR][DV];
       for (int i = 0; i < NR; ++i)
@@ -277,7 +281,7 @@ struct SimdKernels {
         V vv[DV];
         for (int v = 0; v < DV; ++v) vv[v] = S::load(vc + c * hd + d0 + v * W);
         for (int i = 0; i < NR; ++i) {
-          const V pb = S::set1(p[(r0 + i) * C + c]);
+          const V pb = S::set1(p[(r0 + i) * prs + c * pcs]);
           for (int v = 0; v < DV; ++v) acc[i][v] = S::fmadd(pb, vv[v], acc[i][v]);
         }
       }
@@ -287,21 +291,47 @@ struct SimdKernels {
   }
 
   template <int NR>
-  static void update_block(float* o, const float* p, const float* vc, int64_t r0, int64_t n, int64_t hd) {
+  static void update_block(float* o, const float* p, int64_t prs, int64_t pcs, const float* vc, int64_t r0, int64_t n,
+                           int64_t hd) {
     const int64_t vectors = hd / W;
     if (vectors % 4 == 0) {
-      update_rows<NR, 4>(o, p, vc, r0, n, hd);
+      update_rows<NR, 4>(o, p, prs, pcs, vc, r0, n, hd);
     } else if (vectors % 2 == 0) {
-      update_rows<NR, 2>(o, p, vc, r0, n, hd);
+      update_rows<NR, 2>(o, p, prs, pcs, vc, r0, n, hd);
     } else {
-      update_rows<NR, 1>(o, p, vc, r0, n, hd);
+      update_rows<NR, 1>(o, p, prs, pcs, vc, r0, n, hd);
     }
   }
 
-  static void update_outputs(float* o, const float* p, const float* vc, int64_t rows, int64_t n, int64_t hd) {
+  static void update_outputs(float* o, const float* p, int64_t prs, int64_t pcs, const float* vc, int64_t rows,
+                             int64_t n, int64_t hd) {
     int64_t r0 = 0;
-    for (; r0 + 4 <= rows; r0 += 4) update_block<4>(o, p, vc, r0, n, hd);
-    for (; r0 < rows; ++r0) update_block<1>(o, p, vc, r0, n, hd);
+    for (; r0 + 4 <= rows; r0 += 4) update_block<4>(o, p, prs, pcs, vc, r0, n, hd);
+    for (; r0 < rows; ++r0) update_block<1>(o, p, prs, pcs, vc, r0, n, hd);
+  }
+
+  // s^T[c * rp + r] = scale * q_r . Kc[c] for the chunk's keys c < C (keys past n have zero rows)
+  // and every row vector: 4 keys x RB row vectors of sums in registers, from qt (hd x rp, the
+  // item's q transposed) and broadcasts of Kc.
+  template <int RB>
+  static void scores_key_major(const float* qt, int64_t rp, const float* kc, int64_t hd, float scale, float* st) {
+    const V sv = S::set1(scale);
+    for (int64_t c0 = 0; c0 < C; c0 += 4)
+      for (int64_t rv0 = 0; rv0 < rp; rv0 += RB * W) {
+        V acc[4][RB];
+        for (int k = 0; k < 4; ++k)
+          for (int b = 0; b < RB; ++b) acc[k][b] = S::zero();
+        for (int64_t d = 0; d < hd; ++d) {
+          V qv[RB];
+          for (int b = 0; b < RB; ++b) qv[b] = S::load(qt + d * rp + rv0 + b * W);
+          for (int k = 0; k < 4; ++k) {
+            const V kb = S::set1(kc[(c0 + k) * hd + d]);
+            for (int b = 0; b < RB; ++b) acc[k][b] = S::fmadd(kb, qv[b], acc[k][b]);
+          }
+        }
+        for (int k = 0; k < 4; ++k)
+          for (int b = 0; b < RB; ++b) S::store(st + (c0 + k) * rp + rv0 + b * W, S::mul(acc[k][b], sv));
+      }
   }
 
   template <DType DT>
@@ -321,13 +351,17 @@ struct SimdKernels {
     pool.parallel_for(items_before[batch.num_seqs], [&](int64_t begin, int64_t end) {
       thread_local Scratch<float> buf;
       const int64_t rows_max = tile_tokens * group;
-      float* kc = buf.get(3 * C * hd + rows_max * hd + rows_max * C + 2 * rows_max);  // (C, hd)  the chunk's K rows
-      float* vc = kc + C * hd;            // (C, hd)     the chunk's V rows
-      float* kt = vc + C * hd;            // (hd, C)     the chunk's K, transposed
-      float* o = kt + C * hd;             // (rows, hd)  unnormalised outputs
-      float* sc = o + rows_max * hd;      // (rows, C)   scores, then weights
-      float* m_run = sc + rows_max * C;   // (rows)      running max
-      float* l_run = m_run + rows_max;    // (rows)      running sum
+      const int64_t rp_max = (rows_max + W - 1) / W * W;  // rows rounded up to whole vectors
+      float* kc = buf.get(2 * C * hd + rows_max * hd + C * rp_max + hd * rp_max + 5 * rp_max);  // (C, hd) K rows
+      float* vc = kc + C * hd;            // (C, hd)        the chunk's V rows
+      float* o = vc + C * hd;             // (rows, hd)     unnormalised outputs
+      float* sc = o + rows_max * hd;      // (rows, C) or, key-major, (C, rp): scores, then weights
+      float* qt = sc + C * rp_max;        // (hd, rp)       q transposed (key-major layout)
+      float* m_run = qt + hd * rp_max;    // (rp)           running max
+      float* l_run = m_run + rp_max;      // (rp)           running sum
+      float* corr = l_run + rp_max;       // (rp)           this chunk's rescale of O
+      float* first_f = corr + rp_max;     // (rp)           first key position a row sees
+      float* pos_f = first_f + rp_max;    // (rp)           last key position a row sees (-1: padding)
       int64_t s = 0;
       for (int64_t item = begin; item < end; ++item) {
         while (items_before[s + 1] <= item) ++s;
@@ -345,12 +379,21 @@ struct SimdKernels {
           return batch.sliding_window > 0 ? max64(0, row_pos(r) - batch.sliding_window + 1) : int64_t{0};
         };
         auto q_row = [&](int64_t r) { return q + ((t0 + r / group) * H + kvh * group + r % group) * hd; };
-        for (int64_t r = 0; r < rows; ++r) {
+        const bool key_major = rows >= kTransposeRows;
+        const int64_t rp = key_major ? (rows + W - 1) / W * W : rows;
+        for (int64_t r = 0; r < rp; ++r) {
           m_run[r] = -INFINITY;
           l_run[r] = 0.0f;
         }
         std::memset(o, 0, static_cast<size_t>(rows * hd * 4));
-        const bool transposed = rows >= kTransposeRows;
+        if (key_major) {
+          for (int64_t r = 0; r < rp; ++r) {
+            const float* qr = r < rows ? q_row(r) : nullptr;
+            for (int64_t d = 0; d < hd; ++d) qt[d * rp + r] = qr ? qr[d] : 0.0f;
+            first_f[r] = r < rows ? static_cast<float>(row_first(r)) : 0.0f;
+            pos_f[r] = r < rows ? static_cast<float>(row_pos(r)) : -1.0f;
+          }
+        }
         const int64_t j_last = row_pos(rows - 1);
         for (int64_t j0 = row_first(0); j0 <= j_last; j0 += C) {
           const int64_t n = min64(C, j_last + 1 - j0);
@@ -372,52 +415,27 @@ struct SimdKernels {
               S::store(vr + d, load_as_f32<DT>(cache.data, v_at + d));
             }
           }
-          // sc[r, :] = scale * q_r . Kc^T
-          if (transposed) {
-            for (int64_t c = 0; c < C; ++c)
-              for (int64_t d = 0; d < hd; ++d) kt[d * C + c] = kc[c * hd + d];
-            // 4 rows x C keys of sums in registers: each load of Kc^T serves 4 rows, each
-            // broadcast of q serves C keys (keys past n have zero K rows and are masked below).
-            const V scale = S::set1(batch.scale);
-            int64_t r = 0;
-            for (; r + 4 <= rows; r += 4) {
-              const float* qr[4] = {q_row(r), q_row(r + 1), q_row(r + 2), q_row(r + 3)};
-              V acc[4][kChunkVectors];
-              for (int i = 0; i < 4; ++i)
-                for (int v = 0; v < kChunkVectors; ++v) acc[i][v] = S::zero();
-              for (int64_t d = 0; d < hd; ++d) {
-                V kv[kChunkVectors];
-                for (int v = 0; v < kChunkVectors; ++v) kv[v] = S::load(kt + d * C + v * W);
-                for (int i = 0; i < 4; ++i) {
-                  const V qb = S::set1(qr[i][d]);
-                  for (int v = 0; v < kChunkVectors; ++v) acc[i][v] = S::fmadd(qb, kv[v], acc[i][v]);
-                }
-              }
-              for (int i = 0; i < 4; ++i)
-                for (int v = 0; v < kChunkVectors; ++v) S::store(sc + (r + i) * C + v * W, S::mul(acc[i][v], scale));
-            }
-            for (; r < rows; ++r) {
-              const float* qr = q_row(r);
-              V acc[kChunkVectors];
-              for (int v = 0; v < kChunkVectors; ++v) acc[v] = S::zero();
-              for (int64_t d = 0; d < hd; ++d) {
-                const V qb = S::set1(qr[d]);
-                for (int v = 0; v < kChunkVectors; ++v) acc[v] = S::fmadd(qb, S::load(kt + d * C + v * W), acc[v]);
-              }
-              for (int v = 0; v < kChunkVectors; ++v) S::store(sc + r * C + v * W, S::mul(acc[v], scale));
-            }
-          } else {
+          if (key_major) {
+            key_major_chunk(qt, rp, kc, hd, batch.scale, j0, n, first_f, pos_f, sc, m_run, l_run, corr);
             for (int64_t r = 0; r < rows; ++r) {
-              const float* qr = q_row(r);
-              for (int64_t c = 0; c < C; ++c) {
-                if (c >= n) {
-                  sc[r * C + c] = 0.0f;
-                  continue;
-                }
-                V acc = S::zero();
-                for (int64_t d = 0; d < hd; d += W) acc = S::fmadd(S::load(qr + d), S::load(kc + c * hd + d), acc);
-                sc[r * C + c] = S::hsum(acc) * batch.scale;
+              if (corr[r] == 1.0f) continue;
+              float* orow = o + r * hd;
+              for (int64_t d = 0; d < hd; d += W) S::store(orow + d, S::mul(S::load(orow + d), S::set1(corr[r])));
+            }
+            update_outputs(o, sc, 1, rp, vc, rows, n, hd);
+            continue;
+          }
+          // Few rows: sc[r, c] = scale * q_r . Kc[c] by dot products along head_dim.
+          for (int64_t r = 0; r < rows; ++r) {
+            const float* qr = q_row(r);
+            for (int64_t c = 0; c < C; ++c) {
+              if (c >= n) {
+                sc[r * C + c] = 0.0f;
+                continue;
               }
+              V acc = S::zero();
+              for (int64_t d = 0; d < hd; d += W) acc = S::fmadd(S::load(qr + d), S::load(kc + c * hd + d), acc);
+              sc[r * C + c] = S::hsum(acc) * batch.scale;
             }
           }
           // Online softmax update of every row that sees a key of this chunk.
@@ -440,21 +458,21 @@ struct SimdKernels {
               chunk_max = S::max(chunk_max, score);
             }
             const float m_new = std::fmax(m_run[r], S::hmax(chunk_max));
-            const float corr = std::exp(m_run[r] - m_new);
+            const float cr = std::exp(m_run[r] - m_new);
             V p_sum = S::zero();
             for (int64_t v = 0; v < nv; ++v) {
               const V p = exp(S::sub(S::load(sc + r * C + v * W), S::set1(m_new)));
               p_sum = S::add(p_sum, p);
               S::store(sc + r * C + v * W, p);
             }
-            l_run[r] = l_run[r] * corr + S::hsum(p_sum);
+            l_run[r] = l_run[r] * cr + S::hsum(p_sum);
             m_run[r] = m_new;
             float* orow = o + r * hd;
-            if (corr != 1.0f)
-              for (int64_t d = 0; d < hd; d += W) S::store(orow + d, S::mul(S::load(orow + d), S::set1(corr)));
+            if (cr != 1.0f)
+              for (int64_t d = 0; d < hd; d += W) S::store(orow + d, S::mul(S::load(orow + d), S::set1(cr)));
           }
           // O += P Vc over the chunk's n keys (P = the weights in sc, 0 outside each row's keys).
-          update_outputs(o, sc, vc, rows, n, hd);
+          update_outputs(o, sc, C, 1, vc, rows, n, hd);
         }
         for (int64_t r = 0; r < rows; ++r) {
           float* dst = out + ((t0 + r / group) * H + kvh * group + r % group) * hd;
@@ -463,6 +481,48 @@ struct SimdKernels {
         }
       }
     });
+  }
+
+  // One chunk of keys [j0, j0 + n) for an item in the key-major layout: the scores s^T (C x rp),
+  // masked to each row's [first, pos], the online softmax of every row at once (vectors of rows
+  // across the keys), the weights left in st, and corr[r] = e^(m_old - m_new) for O's rescale.
+  // A row that has seen no key yet keeps m = -inf, weights 0 and corr 0 (its O and l are 0).
+  static void key_major_chunk(const float* qt, int64_t rp, const float* kc, int64_t hd, float scale, int64_t j0,
+                              int64_t n, const float* first_f, const float* pos_f, float* st, float* m_run,
+                              float* l_run, float* corr) {
+    const int64_t rvs = rp / W;
+    if (rvs % 4 == 0) {
+      scores_key_major<4>(qt, rp, kc, hd, scale, st);
+    } else if (rvs % 2 == 0) {
+      scores_key_major<2>(qt, rp, kc, hd, scale, st);
+    } else {
+      scores_key_major<1>(qt, rp, kc, hd, scale, st);
+    }
+    const V neg_inf = S::set1(-INFINITY), lowest = S::set1(-3.0e38f);
+    for (int64_t rv = 0; rv < rp; rv += W) {
+      const V first = S::load(first_f + rv), pos = S::load(pos_f + rv), m_old = S::load(m_run + rv);
+      V m_new = m_old;
+      for (int64_t c = 0; c < n; ++c) {  // mask keys outside [first, pos]: scores -> -inf
+        const V key = S::set1(static_cast<float>(j0 + c));
+        V score = S::load(st + c * rp + rv);
+        score = S::select(S::lt(key, first), neg_inf, score);
+        score = S::select(S::lt(pos, key), neg_inf, score);
+        S::store(st + c * rp + rv, score);
+        m_new = S::max(m_new, score);
+      }
+      // Rows with no key so far subtract 0 instead of -inf (their weights and corr come out 0).
+      const V m_safe = S::select(S::lt(m_new, lowest), S::zero(), m_new);
+      V sum = S::zero();
+      for (int64_t c = 0; c < n; ++c) {
+        const V p = exp(S::sub(S::load(st + c * rp + rv), m_safe));
+        sum = S::add(sum, p);
+        S::store(st + c * rp + rv, p);
+      }
+      const V cr = exp(S::sub(m_old, m_safe));
+      S::store(corr + rv, cr);
+      S::store(l_run + rv, S::add(S::mul(S::load(l_run + rv), cr), sum));
+      S::store(m_run + rv, m_new);
+    }
   }
 
   static void paged_attention(ThreadPool& pool, const float* q, KVCacheView cache, int64_t layer,
