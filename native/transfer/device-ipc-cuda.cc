@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include "device-ipc.h"
 
@@ -26,17 +27,24 @@ std::string uuid_text(const cudaUUID_t& u) {
   return s;
 }
 
-// The index of the device named `uuid` in this process, or -1.
+// The index of the device named `uuid` in this process, or -1. The UUIDs of this process's
+// devices are read once (cudaGetDeviceProperties is slow, and every transfer asks).
 int device_of(const std::string& uuid) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    cudaGetLastError();
-    return -1;
-  }
-  for (int d = 0; d < count; ++d) {
-    cudaDeviceProp prop;
-    if (cudaGetDeviceProperties(&prop, d) == cudaSuccess && uuid_text(prop.uuid) == uuid) return d;
-  }
+  static const std::vector<std::string> uuids = [] {
+    std::vector<std::string> all;
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+      cudaGetLastError();
+      return all;
+    }
+    for (int d = 0; d < count; ++d) {
+      cudaDeviceProp prop;
+      all.push_back(cudaGetDeviceProperties(&prop, d) == cudaSuccess ? uuid_text(prop.uuid) : std::string());
+    }
+    return all;
+  }();
+  for (size_t d = 0; d < uuids.size(); ++d)
+    if (!uuid.empty() && uuids[d] == uuid) return static_cast<int>(d);
   return -1;
 }
 
