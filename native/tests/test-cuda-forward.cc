@@ -38,6 +38,7 @@
 
 #include "engine/engine.h"
 #include "engine/model-runner-cuda.h"
+#include "cuda-test-main.h"
 #include "test-harness.h"
 
 using namespace llm;
@@ -330,13 +331,4 @@ TEST(device_choice_is_explicit) {
 
 }  // namespace
 
-int main() {
-  std::string why;
-  const Status st = cuda_device_usable(&why);
-  if (!st.ok()) {
-    std::printf("SKIP: no CUDA device (%s)\n", st.message().c_str());
-    return 0;
-  }
-  std::printf("device: %s\n", why.c_str());
-  return llm_test::run_all();
-}
+int main() { return llm_test::run_all_on_cuda(); }

@@ -29,6 +29,7 @@
 #include "engine/model-runner-cuda.h"
 #include "engine-steps.h"
 #include "model-writer.h"
+#include "cuda-test-main.h"
 #include "test-harness.h"
 #include "transfer/transfer-agent.h"
 
@@ -160,8 +161,6 @@ int prefill_child(const std::string& dir) {
 
 // ---- the decode side (this process) ------------------------------------------------------------
 
-std::string g_self;  // this program, for the child
-
 struct Child {
   pid_t pid = -1;
   FILE* to = nullptr;
@@ -176,7 +175,7 @@ struct Child {
       dup2(out[1], 1);
       close(in[1]);
       close(out[0]);
-      execl(g_self.c_str(), g_self.c_str(), "--prefill-child", dir.c_str(), static_cast<char*>(nullptr));
+      execl("/proc/self/exe", "test-cuda-ipc", "--prefill-child", dir.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
     close(in[0]);
@@ -321,17 +320,6 @@ TEST(cuda_ipc_prefill_gives_the_tokens_of_local_serving) {
 }
 
 int main(int argc, char** argv) {
-  g_self = "/proc/self/exe";
   if (argc == 3 && std::strcmp(argv[1], "--prefill-child") == 0) return prefill_child(argv[2]);
-  char self[4096];
-  const ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
-  if (n > 0) g_self.assign(self, static_cast<size_t>(n));
-  std::string why;
-  const Status st = cuda_device_usable(&why);
-  if (!st.ok()) {
-    std::printf("SKIP: no CUDA device (%s)\n", st.message().c_str());
-    return 0;
-  }
-  std::printf("device: %s\n", why.c_str());
-  return llm_test::run_all();
+  return llm_test::run_all_on_cuda();
 }

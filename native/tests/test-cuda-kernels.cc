@@ -41,6 +41,7 @@
 #include "kernels/cuda/paged-attention.h"
 #include "kernels/cuda/rmsnorm.h"
 #include "kernels/cuda/silu-mul.h"
+#include "cuda-test-main.h"
 #include "test-harness.h"
 
 using namespace llm;
@@ -429,13 +430,4 @@ TEST(gemm_matches_cpu_matmul) {
 
 }  // namespace
 
-int main() {
-  cuda::DeviceInfo info;
-  const Status st = cuda::probe_device(&info);
-  if (!st.ok()) {
-    std::printf("SKIP: no CUDA device (%s)\n", st.message().c_str());
-    return 0;
-  }
-  std::printf("device: %s\n", info.describe().c_str());
-  return llm_test::run_all();
-}
+int main() { return llm_test::run_all_on_cuda(); }
