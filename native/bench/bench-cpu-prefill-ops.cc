@@ -2,7 +2,7 @@
 // on the Llama-3.2-1B shapes (hidden 2048, 32 heads, 8 kv heads, head_dim 64, FFN 8192, 16
 // layers), random bf16 weights and a bf16 KV pool. Not a test: timing only.
 // Build: the CMake target bench-cpu-prefill-ops (x86 builds with LLM_BUILD_TESTS=ON).
-// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-exact,avx512] [only=all|matmul] [threads=2] [huge]
+// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512] [only=all|matmul] [threads=2] [huge]
 // Prints per op the best-of-rounds time for one layer and its share of the 16-layer total.
 #include <chrono>
 #include <cmath>
@@ -81,10 +81,10 @@ int main(int argc, char** argv) {
   const auto wv = random_bf16(kHkv * kHd * kD, 0.02f, 3), wo = random_bf16(kD * kD, 0.02f, 4);
   const auto wg = random_bf16(kF * kD, 0.02f, 5), wu = random_bf16(kF * kD, 0.02f, 6);
   const auto wd = random_bf16(kD * kF, 0.02f, 7), norm = random_bf16(kD, 1.0f, 8);
-  const TensorView vq{wq.data(), DType::bf16, kD, kD}, vk{wk.data(), DType::bf16, kHkv * kHd, kD};
-  const TensorView vv{wv.data(), DType::bf16, kHkv * kHd, kD}, vo{wo.data(), DType::bf16, kD, kD};
-  const TensorView vg{wg.data(), DType::bf16, kF, kD}, vu{wu.data(), DType::bf16, kF, kD};
-  const TensorView vd{wd.data(), DType::bf16, kD, kF}, vn{norm.data(), DType::bf16, 1, kD};
+  const TensorView rq{wq.data(), DType::bf16, kD, kD}, rk{wk.data(), DType::bf16, kHkv * kHd, kD};
+  const TensorView rv{wv.data(), DType::bf16, kHkv * kHd, kD}, ro{wo.data(), DType::bf16, kD, kD};
+  const TensorView rg{wg.data(), DType::bf16, kF, kD}, ru{wu.data(), DType::bf16, kF, kD};
+  const TensorView rd{wd.data(), DType::bf16, kD, kF}, vn{norm.data(), DType::bf16, 1, kD};
 
   // Activations.
   auto x = random_f32(T * kD, 1.0f, 10);
@@ -124,13 +124,24 @@ int main(int argc, char** argv) {
     if (p1 == std::string::npos) p1 = paths.size();
     const std::string name = paths.substr(p0, p1 - p0);
     p0 = p1 + 1;
-    const CpuPath path = name == "amx" ? CpuPath::amx : name == "amx-exact" ? CpuPath::amx_exact : CpuPath::avx512;
+    const bool tiles = name == "amx-tiles";  // the amx path on weights in Layout::amx_tiles (as the runner keeps them)
+    const CpuPath path =
+        name == "amx" || tiles ? CpuPath::amx : name == "amx-exact" ? CpuPath::amx_exact : CpuPath::avx512;
     const CpuKernels* kp = cpu_kernels_for(path);
     if (!kp) {
       std::printf("%s: not on this CPU\n", name.c_str());
       continue;
     }
     const CpuKernels& K = *kp;
+    std::vector<Buf<uint16_t>> packed;
+    auto weight = [&](const TensorView& w) {
+      if (!tiles) return w;
+      packed.emplace_back(static_cast<size_t>(w.rows * w.cols));
+      return pack_amx_tiles(w, packed.back().data());
+    };
+    packed.reserve(7);
+    const TensorView vq = weight(rq), vk = weight(rk), vv = weight(rv), vo = weight(ro);
+    const TensorView vg = weight(rg), vu = weight(ru), vd = weight(rd);
     struct Op {
       const char* name;
       double flops;

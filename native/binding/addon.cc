@@ -187,6 +187,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     cfg.num_kv_blocks = get_int(o, "numKvBlocks");
     cfg.kv_cache_bytes = get_int(o, "kvCacheBytes");
     cfg.num_threads = static_cast<int>(get_int(o, "numThreads"));
+    cfg.cpu_tile_weights = get_bool(o, "cpuTileWeights");
     cfg.enable_prefix_caching = get_bool(o, "enablePrefixCaching");
     cfg.kv_shared_memory = get_bool(o, "kvSharedMemory");
     cfg.device = o.Has("device") ? get_string(o, "device") : std::string("cpu");

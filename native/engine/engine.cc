@@ -127,8 +127,9 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   } else {
     CpuRunnerOptions ro;
     ro.num_threads = cfg.num_threads;
+    ro.tile_weights = cfg.cpu_tile_weights;
     e->runner_ = make_cpu_runner(*e->model_, make_kv_view(mc, e->kv_data_, num_blocks, cfg.block_size), ro);
-    e->info_.kernels = cpu::cpu_kernels().name;
+    e->info_.kernels = e->runner_->describe();
   }
   e->info_.backend = e->runner_->backend_name();
   e->info_.num_kv_blocks = num_blocks;

@@ -36,6 +36,7 @@ struct EngineConfig {
   int64_t num_kv_blocks = 0;            // 0 = derived from kv_cache_bytes
   int64_t kv_cache_bytes = 0;           // 0 = default (see engine.cc)
   int num_threads = 0;                  // 0 = all cores
+  bool cpu_tile_weights = true;         // CPU: CpuRunnerOptions::tile_weights
   std::string device = "cpu";           // cpu | cuda | auto (cuda when a device is usable, else cpu)
   bool cuda_graphs = true;              // CUDA: decode steps replay captured graphs
   bool enable_prefix_caching = true;

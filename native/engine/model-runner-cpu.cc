@@ -8,6 +8,9 @@
 // two all_reduce() calls mark where ranks add their partial sums.
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+
+#include <sys/mman.h>
 #include <memory>
 #include <new>
 #include <string>
@@ -22,8 +25,8 @@ namespace {
 
 Status invalid(const std::string& message) { return Status(StatusCode::invalid_argument, message); }
 
-// Tensor (the weights) and TensorView (what kernels take) share their fields.
-TensorView view(const Tensor& t) { return TensorView{t.data, t.dtype, t.rows, t.cols}; }
+// Tensor (the weights) and TensorView (what kernels take) are one type.
+const TensorView& view(const Tensor& t) { return t; }
 
 // ---------------------------------------------------------------------------------------------
 // RunState: the activations of one step (llama2.c's RunState), sized for the largest batch
@@ -76,6 +79,7 @@ class CpuModelRunner final : public ModelRunner {
  public:
   CpuModelRunner(const Model& model, KVCacheView kv_cache, const CpuRunnerOptions& opts)
       : model_(model),
+        weights_(model.weights),
         kv_cache_(kv_cache),
         kernels_(cpu::cpu_kernels()),
         pool_(opts.num_threads),
@@ -87,9 +91,17 @@ class CpuModelRunner final : public ModelRunner {
     num_heads_ = l0 ? l0->wq.rows / c.head_dim : c.num_heads;
     num_kv_heads_ = l0 ? l0->wk.rows / c.head_dim : c.num_kv_heads;
     intermediate_ = l0 ? l0->w_gate.rows : c.intermediate_size;
+    if (kernels_.amx_tiles && opts.tile_weights) pack_weights();
   }
 
   const char* backend_name() const override { return "cpu"; }
+  // The kernel path, and how many weight matrices are in tile order (amx paths).
+  std::string describe() const override {
+    std::string s = kernels_.name;
+    if (kernels_.amx_tiles)
+      s += packed_count_ ? ", " + std::to_string(packed_count_) + " weight matrices in tile order" : ", weights row-major";
+    return s;
+  }
   int64_t vocab_size() const override { return model_.config.vocab_size; }
 
   Status forward(const ForwardBatch& batch, float* logits) override;
@@ -117,7 +129,45 @@ class CpuModelRunner final : public ModelRunner {
   // With one rank the sum is already whole.
   void all_reduce(float* x, int64_t n) {}
 
+  // On the amx paths, the matmul weights (and an lm_head, tied or not) go into Layout::amx_tiles,
+  // in one buffer this runner owns: a prefill then reads its weight tiles where they lie instead
+  // of copying them into tile order on every matmul (about a fifth of its matmul time at 512
+  // tokens), and decode reads them at the same bandwidth. weights_ points there; the embedding
+  // table and the norms stay the model's views. The results are the same bits (cpu-kernels.h).
+  // When the buffer cannot be allocated, the weights stay row-major.
+  void pack_weights() {
+    std::vector<Tensor*> todo;
+    for (LayerWeights& l : weights_.layers)
+      for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
+        if (cpu::can_pack_amx_tiles(*t)) todo.push_back(t);
+    if (cpu::can_pack_amx_tiles(weights_.lm_head)) todo.push_back(&weights_.lm_head);
+    size_t total = 0;
+    for (const Tensor* t : todo) total += static_cast<size_t>(t->rows * t->cols);
+    if (total == 0) return;
+    constexpr size_t kHuge = size_t{2} << 20;
+    const size_t bytes = (total * 2 + kHuge - 1) / kHuge * kHuge;
+    packed_.reset(static_cast<uint16_t*>(std::aligned_alloc(kHuge, bytes)));
+    if (!packed_) return;
+    // Transparent huge pages where the system allows them ("madvise" mode, as on our machine):
+    // the decode GEMV streams all of it every token (bench-cpu-gemv: 2.47 GB in 89-91 ms against
+    // 94-106 in 4 KiB pages; `npm run bench:engine` batch 1: 9.3-9.7 against 7.6-8.5 tok/s).
+    madvise(packed_.get(), bytes, MADV_HUGEPAGE);
+    uint16_t* at = packed_.get();
+    for (Tensor* t : todo) {
+      *t = cpu::pack_amx_tiles(*t, at);
+      at += t->rows * t->cols;
+    }
+    packed_count_ = static_cast<int64_t>(todo.size());
+  }
+
+  struct FreeDeleter {
+    void operator()(uint16_t* p) const { std::free(p); }
+  };
+
   const Model& model_;
+  ModelWeights weights_;                            // model_.weights, or their packed copies
+  std::unique_ptr<uint16_t, FreeDeleter> packed_;  // the packed weights (amx paths)
+  int64_t packed_count_ = 0;                        // matrices in packed_
   KVCacheView kv_cache_;
   const cpu::CpuKernels& kernels_;
   cpu::ThreadPool pool_;
@@ -134,7 +184,7 @@ Status CpuModelRunner::validate(const ForwardBatch& b) const {
 
 Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = model_.weights;
+  const ModelWeights& w = weights_;
   const int64_t T = b.num_tokens;
   const int64_t D = c.hidden_size;
   const int64_t head_dim = c.head_dim;

@@ -42,6 +42,8 @@ class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
   virtual const char* backend_name() const = 0;
+  // The kernels it runs, for logs and EngineInfo::kernels.
+  virtual std::string describe() const { return backend_name(); }
   virtual int64_t vocab_size() const = 0;
   // logits: [num_logits, vocab_size] fp32.
   virtual Status forward(const ForwardBatch& batch, float* logits) = 0;
@@ -82,6 +84,10 @@ Status validate_forward_batch(const Model& model, int64_t num_heads, int64_t num
 
 struct CpuRunnerOptions {
   int num_threads = 0;  // 0 = all cores
+  // On the amx kernel paths, a private copy of the matmul weights in AMX tile order (faster
+  // prefill; model-runner-cpu.cc). false: every weight stays in the model files' mapping, which
+  // the processes that load the same model share.
+  bool tile_weights = true;
 };
 
 // Rotary inverse frequencies [head_dim / 2] with the config's rope_scaling applied.

@@ -8,12 +8,25 @@
 
 namespace llm {
 
-// A read-only row-major matrix (rows, cols) or vector (rows = 1). cols is contiguous.
+// How a matrix's elements are ordered in memory.
+//   row_major  element (r, c) at r * cols + c.
+//   amx_tiles  the order the AMX matmul's A tiles read (cpu-amx.cc), so that a prefill reads its
+//              tiles where they lie instead of copying the weights into that order on every call:
+//              16-row blocks one after the other; in each, cols / 32 tiles of 16 rows x 32
+//              columns (1 KiB in bf16), row by row. Element (r, c) at
+//              ((r / 16) * (cols / 32) + c / 32) * 512 + (r % 16) * 32 + c % 32.
+//              Only bf16, rows % 16 == 0 and cols % 32 == 0; only the kernel tables with
+//              CpuKernels::amx_tiles read it (the CPU runner converts its weights at load).
+enum class Layout : uint8_t { row_major, amx_tiles };
+
+// A read-only matrix (rows, cols) or vector (rows = 1); row-major (cols contiguous) unless
+// layout says otherwise.
 struct TensorView {
   const void* data = nullptr;
   DType dtype = DType::f32;
   int64_t rows = 0;
   int64_t cols = 0;
+  Layout layout = Layout::row_major;
   bool present() const { return data != nullptr; }
 };
 

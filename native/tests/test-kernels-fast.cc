@@ -132,6 +132,48 @@ TEST(matmul_amx_rows_do_not_depend_on_the_batch) {
   }
 }
 
+// Layout::amx_tiles (the CPU runner's weights on the amx paths): pack_amx_tiles puts every
+// element where tensor-view.h says, and the amx matmul on the packed weights gives the same bits
+// as on the row-major ones, on every route through it: few rows (the AVX-512 GEMV, 1 to 3 rows
+// of x at a time), 4..32 rows (tiles in place), more (K chunks, weight groups), N % 32 == 16
+// (the AVX-512 tail), with and without a bias, K one tile or several chunks.
+TEST(matmul_amx_tiles_layout_gives_the_same_bits) {
+  const TensorView not_bf16{nullptr, DType::f32, 16, 32};
+  CHECK(!can_pack_amx_tiles(not_bf16));
+  for (auto [N, K] : {std::pair<int64_t, int64_t>{16, 32}, {48, 64}, {96, 288}, {592, 544}}) {
+    const TypedBuffer w(DType::bf16, random_floats(N * K));
+    const TypedBuffer bias(DType::bf16, random_floats(N));
+    CHECK(can_pack_amx_tiles(w.view(N, K)));
+    CHECK(!can_pack_amx_tiles(w.view(N - 1, K)) && !can_pack_amx_tiles(w.view(N, K - 16)));
+    std::vector<uint16_t> packed(static_cast<size_t>(N * K));
+    const TensorView wt = pack_amx_tiles(w.view(N, K), packed.data());
+    CHECK(wt.layout == Layout::amx_tiles && wt.rows == N && wt.cols == K && wt.data == packed.data());
+    const auto* src = static_cast<const uint16_t*>(w.view(N, K).data);
+    bool placed = true;
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t c = 0; c < K; ++c)
+        placed = placed && packed[((r / 16) * (K / 32) + c / 32) * 512 + (r % 16) * 32 + c % 32] == src[r * K + c];
+    CHECK(placed);
+    for (auto [path, k] : fast_paths()) {
+      if (!k->amx_tiles) continue;
+      for (int64_t M : {1, 2, 3, 4, 5, 17, 32, 33, 70, 130})
+        for (bool with_bias : {false, true}) {
+          const std::vector<float> x = random_floats(M * K);
+          const TensorView b = bias.view(1, N);
+          std::vector<float> y(static_cast<size_t>(M * N)), y_tiles(y.size());
+          k->matmul(test_pool(), x.data(), M, w.view(N, K), with_bias ? &b : nullptr, y.data());
+          k->matmul(test_pool(), x.data(), M, wt, with_bias ? &b : nullptr, y_tiles.data());
+          bool same = true;
+          for (size_t i = 0; i < y.size(); ++i) same = same && y[i] == y_tiles[i];
+          if (!same)
+            std::printf("  %s: M %ld N %ld K %ld bias %d: tiles differ from row-major\n", k->name, (long)M, (long)N,
+                        (long)K, (int)with_bias);
+          CHECK(same);
+        }
+    }
+  }
+}
+
 TEST(rmsnorm_fast_matches_reference) {
   for (auto [path, k] : fast_paths())
     for (DType dt : kDTypes)

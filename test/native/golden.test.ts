@@ -122,6 +122,7 @@ async function engineGreedy(addon: NativeAddon, modelDir: string, prompt: number
         numKvBlocks: 64,
         kvCacheBytes: 0,
         numThreads: NUM_THREADS,
+        cpuTileWeights: true,
         enablePrefixCaching: false,
         kvSharedMemory: false,
         seed: 0,

@@ -30,6 +30,10 @@ export interface EngineOptions {
   numKvBlocks?: number; // absent = from kvCacheBytes
   kvCacheBytes?: number; // absent = sized by the engine (at most 1 GiB)
   numThreads?: number; // 0 / absent = all cores
+  // CPU, amx kernel path: keep a private copy of the matmul weights in AMX tile order (default
+  // true: faster prefill, one more copy of the weights in memory); false reads them from the
+  // model files' mapping, which every process loading that model shares.
+  cpuTileWeights?: boolean;
   enablePrefixCaching?: boolean; // default true
   kvSharedMemory?: boolean; // default false: put the KV pool in shm for the transfer agent
   device?: EngineDevice; // default 'cpu'; 'auto' = cuda when a device is usable, else cpu
@@ -201,6 +205,7 @@ export class Engine {
       numKvBlocks: checkInt('numKvBlocks', opts.numKvBlocks ?? 0, 0, INT_MAX),
       kvCacheBytes: checkInt('kvCacheBytes', opts.kvCacheBytes ?? 0, 0, Number.MAX_SAFE_INTEGER),
       numThreads: checkInt('numThreads', opts.numThreads ?? 0, 0, 1024),
+      cpuTileWeights: opts.cpuTileWeights ?? true,
       enablePrefixCaching: opts.enablePrefixCaching ?? true,
       kvSharedMemory: opts.kvSharedMemory ?? false,
       device: checkDevice(opts.device ?? 'cpu'),

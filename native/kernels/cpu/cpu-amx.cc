@@ -17,17 +17,21 @@
 //             Within the fp32 paths' bounds (the default before). Only when
 //             KVSERVE_CPU_KERNELS=amx-exact names it.
 // Work: blocks of 32 weight rows (two A tiles) by 32 rows of x (two B tiles), four C tiles.
+// The weights come row-major or in Layout::amx_tiles (tensor-view.h: the CPU runner converts them
+// at load), where every A tile is 1 KiB in one piece and nothing needs copying.
 //   M <= 32 (batched decode): each weight block is used once; its tiles load in place from the
-//     weights (stride K, prefetched ahead) over all of K. No copy.
-//   M > 32 (prefill): a thread's blocks go in groups of 8, K in chunks (256 columns for one
-//     term, 128 for two, so that the x pair's chunk is 16 KiB and stays in L1). Each chunk of
-//     the group is copied into contiguous A tiles (2 x 64 KiB per thread, double-buffered: the
-//     next chunk is copied between the blocks of this one, so weights stream in while the tiles
-//     work) and meets every row of x; C waits in a per-thread fp32 buffer between chunks
-//     (M / 32 x 8 x 4 KiB = 512 KiB at M = 512). The weights are read from memory once per
-//     call; no prepacked copy is kept.
+//     weights (row-major: stride K; prefetched ahead) over all of K. No copy.
+//   M > 32 (prefill): a thread's blocks go in groups of 8, K in chunks (row-major: 256 columns
+//     for one term, 128 for two, so that the x pair's chunk is 16 KiB and stays in L1; tiled:
+//     half that). Row-major, each chunk of the group is copied into contiguous A tiles (2 x 64
+//     KiB per thread, double-buffered: the next chunk is copied between the blocks of this one,
+//     so weights stream in while the tiles work); tiled, the next chunk is prefetched into L2
+//     in the same slices instead. The chunk meets every row of x; C waits in a per-thread fp32
+//     buffer between chunks (M / 32 x 8 x 4 KiB = 512 KiB at M = 512). The weights are read
+//     from memory once per call.
 // Settings: AMX runs for bf16 weights with K % 32 == 0 and M >= kMinRows; every other shape,
-// and the last N % 32 weight rows, go to the AVX-512 matmul.
+// and the last N % 32 weight rows, go to the AVX-512 matmul (tiled weights: gemv_tiles, the
+// same arithmetic in the same order, so that both layouts give the same bits).
 // Stays true: only x is rounded (two terms leave |dx| <= 2^-18 |x|, one term 2^-9 |x|);
 // products and sums are fp32 (bounds in test-kernels-fast.cc). Tiles are configured at the
 // start of each thread's chunk of work and released at its end.
@@ -206,14 +210,85 @@ const float* rounded_x(const float* x, int64_t n) {
   return out;
 }
 
+// The AVX-512 matmul on weights in Layout::amx_tiles, for what matmul_amx hands to AVX-512 (few
+// rows of x, the last N % 32 weight rows): y[m, n0 + n] for the 16-row blocks [b0, b1) of w. The
+// same arithmetic as matmul_avx512 in the same order (per row of w, lane j sums the products
+// of columns j, j + 16, j + 32, ... by fmadd, then one horizontal sum, then the bias), so the
+// bits equal the row-major path's. A block's rows are 16 x K contiguous elements, read once in
+// order: for MB = 1 (the decode GEMV) each thread streams one contiguous range, prefetched
+// kAhead tiles ahead; for MB > 1 a block goes in two passes of 8 rows (the second from L2).
+template <int MB>
+void gemv_tiles(const float* x, int64_t K, const uint16_t* w, int64_t total_blocks, int64_t b0, int64_t b1,
+                const TensorView* bias, int64_t N, float* y) {
+  constexpr int kRows = MB == 1 ? 16 : 8;
+  // Tiles (1 KiB each) prefetched ahead of the one in use. bench-cpu-gemv, the 1B model's 2.47 GB
+  // at batch 1: 2 ahead reads at the row-major path's speed (4 KiB pages: 94-106 ms, 89-91 ms in
+  // huge pages); 4 and more fall behind it (6: 107-117 ms), and so does none (117 ms).
+  constexpr int64_t kAhead = 2;
+  const int64_t kb_count = K / 32;
+  const char* end = reinterpret_cast<const char*>(w + total_blocks * 16 * K);
+  for (int64_t b = b0; b < b1; ++b) {
+    const uint16_t* blk = w + b * 16 * K;
+    for (int r0 = 0; r0 < 16; r0 += kRows) {
+      __m512 acc[MB][kRows];
+      for (int m = 0; m < MB; ++m)
+        for (int r = 0; r < kRows; ++r) acc[m][r] = _mm512_setzero_ps();
+      for (int64_t kb = 0; kb < kb_count; ++kb) {
+        const uint16_t* tile = blk + kb * 512 + r0 * 32;
+        if (MB == 1) {
+          const char* ahead = reinterpret_cast<const char*>(tile + kAhead * 512);
+          if (ahead < end)
+            for (int line = 0; line < 16; ++line) _mm_prefetch(ahead + line * 64, _MM_HINT_T0);
+        }
+        for (int half = 0; half < 2; ++half) {
+          __m512 xv[MB];
+          for (int m = 0; m < MB; ++m) xv[m] = _mm512_loadu_ps(x + m * K + kb * 32 + half * 16);
+          for (int r = 0; r < kRows; ++r) {
+            const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tile + r * 32 + half * 16));
+            const __m512 wv = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+            for (int m = 0; m < MB; ++m) acc[m][r] = _mm512_fmadd_ps(xv[m], wv, acc[m][r]);
+          }
+        }
+      }
+      for (int r = 0; r < kRows; ++r) {
+        const int64_t n = b * 16 + r0 + r;
+        const float bn = bias && bias->present() ? bias_at(*bias, n) : 0.0f;
+        for (int m = 0; m < MB; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m][r]) + bn;
+      }
+    }
+  }
+}
+
+// y[M, N] (columns [16 b0, 16 b1)) = x @ w^T (+ bias) for w in Layout::amx_tiles, by gemv_tiles,
+// rows of x three at a time; the blocks are split across the pool (parallel = true) or not.
+void matmul_tiles_avx512(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias,
+                         int64_t b0, int64_t b1, float* y) {
+  const int64_t K = w.cols, N = w.rows, total = N / 16;
+  const uint16_t* wd = static_cast<const uint16_t*>(w.data);
+  pool.parallel_for(b1 - b0, [&](int64_t begin, int64_t end) {
+    for (int64_t m = 0; m < M;) {
+      const float* xm = x + m * K;
+      float* ym = y + m * N;
+      if (M - m >= 3) gemv_tiles<3>(xm, K, wd, total, b0 + begin, b0 + end, bias, N, ym), m += 3;
+      else if (M - m == 2) gemv_tiles<2>(xm, K, wd, total, b0 + begin, b0 + end, bias, N, ym), m += 2;
+      else gemv_tiles<1>(xm, K, wd, total, b0 + begin, b0 + end, bias, N, ym), m += 1;
+    }
+  });
+}
+
 template <int kTerms>
 void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
   const int64_t N = w.rows, K = w.cols;
   const int64_t N32 = N / 32 * 32;
-  if (w.dtype != DType::bf16 || K % 32 != 0) return matmul_avx512(pool, x, M, w, bias, y);
+  const bool tiled = w.layout == Layout::amx_tiles;  // else row-major
+  if (!tiled && (w.dtype != DType::bf16 || K % 32 != 0)) return matmul_avx512(pool, x, M, w, bias, y);
   // One term: the weights AMX runs (bf16, K % 32 == 0) see x rounded to bf16 at every M, in
   // every column; two terms: the AVX-512 parts see x itself (its hi + lo is x to 2^-18).
-  if (M < kMinRows || N32 == 0) return matmul_avx512(pool, kTerms == 1 ? rounded_x(x, M * K) : x, M, w, bias, y);
+  if (M < kMinRows || N32 == 0) {
+    const float* xr = kTerms == 1 ? rounded_x(x, M * K) : x;
+    if (tiled) return matmul_tiles_avx512(pool, xr, M, w, bias, 0, N / 16, y);
+    return matmul_avx512(pool, xr, M, w, bias, y);
+  }
   const int64_t m_tiles = (M + 15) / 16, m_pairs = (m_tiles + 1) / 2, kb_count = K / 32;
   const int64_t x_tile = 512 * kTerms;  // uint16 per (mt, kb) in xp
   thread_local Scratch<uint16_t> pack;
@@ -229,6 +304,8 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
     return b;
   };
   auto rows_of = [&](int64_t mt) { return mt >= m_tiles ? 0 : (M - mt * 16 < 16 ? M - mt * 16 : 16); };
+  // Tiled weights: the A tile of 16-row block b, column tile kb (tensor-view.h).
+  auto tile_at = [&](int64_t b, int64_t kb) { return wd + (b * kb_count + kb) * 512; };
   if (m_pairs == 1) {
     // Up to 32 rows of x (batched decode): each weight block is used once, so its tiles are
     // loaded in place over the whole of K.
@@ -237,7 +314,8 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
       alignas(64) float c[1024];
       alignas(64) float b[32];
       for (int64_t nb = begin; nb < end; ++nb) {
-        const ATiles a{wd + nb * 32 * K, wd + (nb * 32 + 16) * K, 32, K * 2, true};
+        const ATiles a = tiled ? ATiles{tile_at(2 * nb, 0), tile_at(2 * nb + 1, 0), 512, 64, true}
+                               : ATiles{wd + nb * 32 * K, wd + (nb * 32 + 16) * K, 32, K * 2, true};
         if (m_tiles == 2) block<true, kTerms>(a, kb_count, xp, xp + kb_count * x_tile, true, c);
         else block<false, kTerms>(a, kb_count, xp, nullptr, true, c);
         store_block(c, block_bias(nb * 32, b), 0, rows_of(0), rows_of(1), nb * 32, N, y);
@@ -246,52 +324,65 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
     });
   } else {
     // A thread's 32-row weight blocks go by in groups of kGroupBlocks, and K in chunks of
-    // kChunkKb column tiles: the group's chunk, packed into A tiles (8 KiB per block, L2), is multiplied
+    // kChunkKb column tiles: the group's chunk (8 KiB of A tiles per block, L2) is multiplied
     // by every row of x, 32 rows at a time (the x pair's chunk, 16 KiB, stays in L1 across the
-    // group's blocks). C (group x M, fp32) waits in cb between chunks. Chunk j + 1 is packed
-    // into the other half of ap a slice at a time between the blocks of chunk j, so that its
-    // weights stream from memory while the tiles work.
-    constexpr int64_t kChunkKb = 8 / kTerms;
+    // group's blocks). C (group x M, fp32) waits in cb between chunks. The next chunk is made
+    // ready a slice at a time between the blocks of this one, so that its weights stream from
+    // memory while the tiles work: row-major weights are copied into A tiles (the other half
+    // of ap), tiled weights are read where they lie and only prefetched into L2.
+    // Chunks: 256 columns of one term (128 of two) for copied tiles, half that for tiled
+    // weights, which are not copied and so do not need the longer chunk to pay for the copy
+    // (measured at 512 tokens on the 1B shape: 16 % less matmul time than 256 columns).
+    const int64_t kChunkKb = (tiled ? 4 : 8) / kTerms;
     pool.parallel_for(N32 / 32, [&](int64_t begin, int64_t end) {
       auto chunk_at = [&](int64_t g0, int64_t kb0, int64_t* gn, int64_t* kbn) {
         *gn = end - g0 < kGroupBlocks ? end - g0 : kGroupBlocks;
         *kbn = kb_count - kb0 < kChunkKb ? kb_count - kb0 : kChunkKb;
       };
+      // Rows [r0, r1) of group g0's chunk (kb0, kbn): copied into ap (row-major) or prefetched.
+      auto prepare = [&](int64_t g0, int64_t r0, int64_t r1, int64_t kb0, int64_t kbn, uint16_t* ap) {
+        if (!tiled) return pack_w_rows(wd, K, g0, r0, r1, kb0, kbn, ap);
+        for (int64_t r = r0; r < r1; ++r) {
+          const char* row = reinterpret_cast<const char*>(tile_at(2 * g0 + r / 16, kb0) + r % 16 * 32);
+          for (int64_t kb = 0; kb < kbn; ++kb) _mm_prefetch(row + kb * 1024, _MM_HINT_T1);
+        }
+      };
       thread_local Scratch<uint16_t> a_buf;
       thread_local Scratch<float> c_buf;
       const int64_t ap_half = kGroupBlocks * kChunkKb * 1024;
-      uint16_t* ap_both = a_buf.get(2 * ap_half);
+      uint16_t* ap_both = tiled ? nullptr : a_buf.get(2 * ap_half);
       float* cb = c_buf.get(m_pairs * kGroupBlocks * 1024);
       configure_tiles();
       alignas(64) float b[32];
       int64_t gn, kbn;
       chunk_at(begin, 0, &gn, &kbn);
-      pack_w_rows(wd, K, begin, 0, gn * 32, 0, kbn, ap_both);
+      prepare(begin, 0, gn * 32, 0, kbn, ap_both);
       int64_t parity = 0;
       for (int64_t g0 = begin; g0 < end; g0 += kGroupBlocks) {
         for (int64_t kb0 = 0; kb0 < kb_count; kb0 += kChunkKb, parity ^= 1) {
           chunk_at(g0, kb0, &gn, &kbn);
           const bool first = kb0 == 0, last = kb0 + kbn == kb_count;
-          const uint16_t* ap = ap_both + parity * ap_half;
+          const uint16_t* ap = tiled ? nullptr : ap_both + parity * ap_half;
           // The next chunk: this group's next columns, or the next group's first.
           const int64_t ng0 = last ? g0 + kGroupBlocks : g0, nkb0 = last ? 0 : kb0 + kbn;
           int64_t ngn = 0, nkbn = 0;
           if (ng0 < end) chunk_at(ng0, nkb0, &ngn, &nkbn);
-          uint16_t* next_ap = ap_both + (parity ^ 1) * ap_half;
+          uint16_t* next_ap = tiled ? nullptr : ap_both + (parity ^ 1) * ap_half;
           const int64_t rows_per_block = (ngn * 32 + m_pairs * gn - 1) / (m_pairs * gn);
-          int64_t packed = 0;
+          int64_t prepared = 0;
           for (int64_t mp = 0; mp < m_pairs; ++mp) {
             const int64_t mt = 2 * mp;
             const uint16_t* b0 = xp + (mt * kb_count + kb0) * x_tile;
             for (int64_t i = 0; i < gn; ++i) {
               float* c = cb + (mp * kGroupBlocks + i) * 1024;
-              const ATiles a{ap + i * kbn * 1024, ap + i * kbn * 1024 + 512, 1024, 64, false};
+              const ATiles a = tiled ? ATiles{tile_at(2 * (g0 + i), kb0), tile_at(2 * (g0 + i) + 1, kb0), 512, 64, false}
+                                     : ATiles{ap + i * kbn * 1024, ap + i * kbn * 1024 + 512, 1024, 64, false};
               if (mt + 1 < m_tiles) block<true, kTerms>(a, kbn, b0, b0 + kb_count * x_tile, first, c);
               else block<false, kTerms>(a, kbn, b0, nullptr, first, c);
-              if (packed < ngn * 32) {
-                const int64_t r1 = packed + rows_per_block < ngn * 32 ? packed + rows_per_block : ngn * 32;
-                pack_w_rows(wd, K, ng0, packed, r1, nkb0, nkbn, next_ap);
-                packed = r1;
+              if (prepared < ngn * 32) {
+                const int64_t r1 = prepared + rows_per_block < ngn * 32 ? prepared + rows_per_block : ngn * 32;
+                prepare(ng0, prepared, r1, nkb0, nkbn, next_ap);
+                prepared = r1;
               }
               if (last) store_block(c, block_bias((g0 + i) * 32, b), mt * 16, rows_of(mt), rows_of(mt + 1), (g0 + i) * 32, N, y);
             }
@@ -302,14 +393,17 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
     });
   }
   if (N32 == N) return;
-  // The last N % 32 weight rows: AVX-512 into a (M, N - N32) buffer, then into y's columns.
+  // The last N % 32 weight rows: AVX-512 (tiled: straight into y's columns; row-major: into a
+  // (M, N - N32) buffer, then into y's columns).
+  const float* xr = kTerms == 1 ? rounded_x(x, M * K) : x;
+  if (tiled) return matmul_tiles_avx512(pool, xr, M, w, bias, N32 / 16, N / 16, y);
   const int64_t n_tail = N - N32;
   const TensorView w_tail{wd + N32 * K, DType::bf16, n_tail, K};
   TensorView b_tail;
   if (has_bias) b_tail = TensorView{static_cast<const char*>(bias->data) + N32 * (bias->dtype == DType::f32 ? 4 : 2), bias->dtype, 1, n_tail};
   thread_local Scratch<float> tail_buf;
   float* tail = tail_buf.get(M * n_tail);
-  matmul_avx512(pool, kTerms == 1 ? rounded_x(x, M * K) : x, M, w_tail, has_bias ? &b_tail : nullptr, tail);
+  matmul_avx512(pool, xr, M, w_tail, has_bias ? &b_tail : nullptr, tail);
   for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N + N32, tail + m * n_tail, static_cast<size_t>(n_tail * 4));
 }
 
@@ -317,6 +411,7 @@ CpuKernels amx_table(const char* name, decltype(CpuKernels::matmul) matmul) {
   CpuKernels k = cpu_avx512_kernels();
   k.name = name;
   k.matmul = matmul;
+  k.amx_tiles = true;
   return k;
 }
 

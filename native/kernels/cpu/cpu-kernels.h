@@ -57,7 +57,20 @@ struct CpuKernels {
   // seq_lens[s] - q_len(s) + i.
   void (*paged_attention)(ThreadPool& pool, const float* q, KVCacheView cache, int64_t layer,
                           const AttentionBatch& batch, float* out);
+
+  // matmul also takes weights in Layout::amx_tiles (the amx tables), and is fastest on them: the
+  // CPU runner converts every weight that can_pack_amx_tiles() into it at load.
+  bool amx_tiles = false;
 };
+
+// Whether w can be stored in Layout::amx_tiles (tensor-view.h): row-major bf16, rows % 16 == 0,
+// cols % 32 == 0.
+bool can_pack_amx_tiles(const TensorView& w);
+// Writes w (can_pack_amx_tiles) into out (w.rows * w.cols bf16) in Layout::amx_tiles and returns
+// the view of out. The matmul's results on it are the same bits as on w. On the calling thread
+// alone: a ThreadPool would pin its caller (thread-pool.h), and the CPU runner packs on the
+// thread that creates the engine (the addon's caller).
+TensorView pack_amx_tiles(const TensorView& w, uint16_t* out);
 
 // amx: the matmul's x rounded to bf16 (one term) wherever the weight is one AMX can run (bf16,
 // K % 32 == 0), at every M. amx_bf16 ("amx-bf16", the name of that rounding before it became the

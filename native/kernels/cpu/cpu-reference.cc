@@ -11,6 +11,7 @@
 // any kernel runs.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "cpu-kernels.h"
@@ -287,6 +288,25 @@ void paged_attention_reference(ThreadPool& pool, const float* q, KVCacheView cac
 }
 
 }  // namespace
+
+bool can_pack_amx_tiles(const TensorView& w) {
+  return w.present() && w.layout == Layout::row_major && w.dtype == DType::bf16 && w.rows > 0 && w.rows % 16 == 0 &&
+         w.cols > 0 && w.cols % 32 == 0;
+}
+
+TensorView pack_amx_tiles(const TensorView& w, uint16_t* out) {
+  const int64_t K = w.cols, kb_count = K / 32;
+  const auto* src = static_cast<const uint16_t*>(w.data);
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const uint16_t* row = src + r * K;
+    uint16_t* dst = out + (r / 16) * 16 * K + (r % 16) * 32;
+    for (int64_t kb = 0; kb < kb_count; ++kb) std::memcpy(dst + kb * 512, row + kb * 32, 64);
+  }
+  TensorView packed = w;
+  packed.data = out;
+  packed.layout = Layout::amx_tiles;
+  return packed;
+}
 
 const CpuKernels& cpu_reference_kernels() {
   static const CpuKernels table = {
