@@ -99,7 +99,9 @@ class CpuModelRunner final : public ModelRunner {
   std::string describe() const override {
     std::string s = kernels_.name;
     if (kernels_.amx_tiles)
-      s += packed_count_ ? ", " + std::to_string(packed_count_) + " weight matrices in tile order" : ", weights row-major";
+      s += packed_count_ ? ", " + std::to_string(packed_count_) + " weight matrices in tile order (gate/up fused with silu in " +
+                               std::to_string(fused_count_) + " layers)"
+                         : ", weights row-major";
     return s;
   }
   int64_t vocab_size() const override { return model_.config.vocab_size; }
@@ -135,14 +137,24 @@ class CpuModelRunner final : public ModelRunner {
   // tokens), and decode reads them at the same bandwidth. weights_ points there; the embedding
   // table and the norms stay the model's views. The results are the same bits (cpu-kernels.h).
   // When the buffer cannot be allocated, the weights stay row-major.
+  // A layer's gate and up go in together (gate_up_[l], for kernels_.gate_up_silu) where they can
+  // and have no biases.
   void pack_weights() {
     std::vector<Tensor*> todo;
-    for (LayerWeights& l : weights_.layers)
+    std::vector<size_t> fused;  // layers whose gate and up go into gate_up_
+    gate_up_.assign(weights_.layers.size(), Tensor{});
+    for (size_t i = 0; i < weights_.layers.size(); ++i) {
+      LayerWeights& l = weights_.layers[i];
+      const bool fuse = kernels_.gate_up_silu && cpu::can_pack_amx_gate_up(l.w_gate, l.w_up) && !l.b_gate.present() &&
+                        !l.b_up.present();
+      if (fuse) fused.push_back(i);
       for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
-        if (cpu::can_pack_amx_tiles(*t)) todo.push_back(t);
+        if (!(fuse && (t == &l.w_gate || t == &l.w_up)) && cpu::can_pack_amx_tiles(*t)) todo.push_back(t);
+    }
     if (cpu::can_pack_amx_tiles(weights_.lm_head)) todo.push_back(&weights_.lm_head);
     size_t total = 0;
     for (const Tensor* t : todo) total += static_cast<size_t>(t->rows * t->cols);
+    for (size_t i : fused) total += static_cast<size_t>(2 * weights_.layers[i].w_gate.rows * weights_.layers[i].w_gate.cols);
     if (total == 0) return;
     constexpr size_t kHuge = size_t{2} << 20;
     const size_t bytes = (total * 2 + kHuge - 1) / kHuge * kHuge;
@@ -157,7 +169,12 @@ class CpuModelRunner final : public ModelRunner {
       *t = cpu::pack_amx_tiles(*t, at);
       at += t->rows * t->cols;
     }
-    packed_count_ = static_cast<int64_t>(todo.size());
+    for (size_t i : fused) {
+      gate_up_[i] = cpu::pack_amx_gate_up(weights_.layers[i].w_gate, weights_.layers[i].w_up, at);
+      at += gate_up_[i].rows * gate_up_[i].cols;
+    }
+    packed_count_ = static_cast<int64_t>(todo.size() + 2 * fused.size());
+    fused_count_ = static_cast<int64_t>(fused.size());
   }
 
   struct FreeDeleter {
@@ -168,6 +185,8 @@ class CpuModelRunner final : public ModelRunner {
   ModelWeights weights_;                            // model_.weights, or their packed copies
   std::unique_ptr<uint16_t, FreeDeleter> packed_;  // the packed weights (amx paths)
   int64_t packed_count_ = 0;                        // matrices in packed_
+  int64_t fused_count_ = 0;                         // layers with gate_up_
+  std::vector<Tensor> gate_up_;                     // per layer: gate and up packed together, or absent
   KVCacheView kv_cache_;
   const cpu::CpuKernels& kernels_;
   cpu::ThreadPool pool_;
@@ -236,11 +255,16 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
     // ---- feed-forward block ----
     // xb = rmsnorm(x) * mlp_norm
     rmsnorm(s.x.data(), lw.mlp_norm, T, s.xb.data());
-    // hb = xb @ w_gate^T + b_gate;  hb2 = xb @ w_up^T + b_up   (biases: Llama mlp_bias)
-    matmul(s.xb.data(), T, lw.w_gate, &lw.b_gate, s.hb.data());
-    matmul(s.xb.data(), T, lw.w_up, &lw.b_up, s.hb2.data());
-    // hb = silu(hb) * hb2
-    kernels_.silu_mul(pool_, s.hb.data(), s.hb2.data(), s.hb.data(), T * F);
+    if (!gate_up_.empty() && gate_up_[static_cast<size_t>(l)].present()) {
+      // hb = silu(xb @ w_gate^T) * (xb @ w_up^T) in one pass (the same bits as below)
+      kernels_.gate_up_silu(pool_, s.xb.data(), T, gate_up_[static_cast<size_t>(l)], s.hb.data());
+    } else {
+      // hb = xb @ w_gate^T + b_gate;  hb2 = xb @ w_up^T + b_up   (biases: Llama mlp_bias)
+      matmul(s.xb.data(), T, lw.w_gate, &lw.b_gate, s.hb.data());
+      matmul(s.xb.data(), T, lw.w_up, &lw.b_up, s.hb2.data());
+      // hb = silu(hb) * hb2
+      kernels_.silu_mul(pool_, s.hb.data(), s.hb2.data(), s.hb.data(), T * F);
+    }
     // xb = hb @ w_down^T + b_down
     matmul(s.hb.data(), T, lw.w_down, &lw.b_down, s.xb.data());
     all_reduce(s.xb.data(), T * D);

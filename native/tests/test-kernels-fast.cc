@@ -174,6 +174,38 @@ TEST(matmul_amx_tiles_layout_gives_the_same_bits) {
   }
 }
 
+// gate_up_silu (the amx paths' fused MLP half, on pack_amx_gate_up's layout): the same bits as
+// the table's matmul on gate and on up, then its silu_mul, on every route (1..3 rows of x, 4..32,
+// more), with gate values large enough to saturate the sigmoid both ways.
+TEST(gate_up_silu_gives_the_same_bits_as_matmul_then_silu) {
+  const TypedBuffer g16(DType::bf16, random_floats(48 * 64));
+  CHECK(!can_pack_amx_gate_up(g16.view(48, 64), g16.view(48, 64)));  // F % 32 != 0
+  CHECK(!can_pack_amx_gate_up(g16.view(32, 64), g16.view(32, 32)));  // shapes differ
+  for (auto [F, K] : {std::pair<int64_t, int64_t>{32, 32}, {64, 96}, {160, 288}}) {
+    const TypedBuffer gate(DType::bf16, random_floats(F * K, -3.0f, 3.0f)), up(DType::bf16, random_floats(F * K));
+    CHECK(can_pack_amx_gate_up(gate.view(F, K), up.view(F, K)));
+    std::vector<uint16_t> packed(static_cast<size_t>(2 * F * K));
+    const TensorView w = pack_amx_gate_up(gate.view(F, K), up.view(F, K), packed.data());
+    CHECK(w.rows == 2 * F && w.cols == K && w.layout == Layout::amx_tiles);
+    for (auto [path, k] : fast_paths()) {
+      CHECK((k->gate_up_silu != nullptr) == k->amx_tiles);
+      if (!k->gate_up_silu) continue;
+      for (int64_t M : {1, 2, 3, 4, 5, 32, 33, 70}) {
+        const std::vector<float> x = random_floats(M * K, -2.0f, 2.0f);
+        std::vector<float> g(static_cast<size_t>(M * F)), u(g.size()), want(g.size()), got(g.size());
+        k->matmul(test_pool(), x.data(), M, gate.view(F, K), nullptr, g.data());
+        k->matmul(test_pool(), x.data(), M, up.view(F, K), nullptr, u.data());
+        k->silu_mul(test_pool(), g.data(), u.data(), want.data(), M * F);
+        k->gate_up_silu(test_pool(), x.data(), M, w, got.data());
+        bool same = true;
+        for (size_t i = 0; i < got.size(); ++i) same = same && got[i] == want[i];
+        if (!same) std::printf("  %s: M %ld F %ld K %ld: gate_up_silu differs\n", k->name, (long)M, (long)F, (long)K);
+        CHECK(same);
+      }
+    }
+  }
+}
+
 TEST(rmsnorm_fast_matches_reference) {
   for (auto [path, k] : fast_paths())
     for (DType dt : kDTypes)

@@ -42,6 +42,7 @@
 #include <cstring>
 
 #include "cpu-amx-tiles.h"
+#include "cpu-avx512-simd.h"
 #include "cpu-paths.h"
 #include "cpu-scratch.h"
 
@@ -176,6 +177,22 @@ void store_block(const float* c, const float* b, int64_t m0, int64_t rows0, int6
   }
 }
 
+// The fused gate/up matmul (gate_up_silu): c holds a gate tile and the up tile of the same 16
+// rows (c and c + 256: 16 rows n x 16 rows m of x). out[m0 + m, f0 + n] = silu(gate) * up for
+// m < rows, with the AVX-512 path's silu_mul arithmetic; each C value gets + 0 first, as
+// store_transposed gives an unfused matmul's (so that a -0 turns +0 alike).
+void store_silu_pair(const float* c, int64_t m0, int64_t rows, int64_t f0, int64_t F, float* out) {
+  __m512i g[16], u[16];
+  for (int i = 0; i < 16; ++i) g[i] = _mm512_load_si512(c + i * 16), u[i] = _mm512_load_si512(c + 256 + i * 16);
+  transpose16(g);
+  transpose16(u);
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t m = 0; m < rows; ++m) {
+    const __m512 gv = _mm512_add_ps(_mm512_castsi512_ps(g[m]), zero), uv = _mm512_add_ps(_mm512_castsi512_ps(u[m]), zero);
+    _mm512_storeu_ps(out + (m0 + m) * F + f0, SimdKernels<Avx512>::silu_mul_v(gv, uv));
+  }
+}
+
 float bias_at(const TensorView& b, int64_t i) {
   switch (b.dtype) {
     case DType::f32: return static_cast<const float*>(b.data)[i];
@@ -276,8 +293,11 @@ void matmul_tiles_avx512(ThreadPool& pool, const float* x, int64_t M, const Tens
   });
 }
 
+// y = x @ w^T (+ bias), or with pairs (gate_up_silu: w from pack_amx_gate_up, no bias) y =
+// out[M, N / 2] = silu(gate) * up, each pair of 16-row blocks combined where it is stored.
 template <int kTerms>
-void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
+void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y,
+                     bool pairs) {
   const int64_t N = w.rows, K = w.cols;
   const int64_t N32 = N / 32 * 32;
   const bool tiled = w.layout == Layout::amx_tiles;  // else row-major
@@ -286,8 +306,18 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
   // every column; two terms: the AVX-512 parts see x itself (its hi + lo is x to 2^-18).
   if (M < kMinRows || N32 == 0) {
     const float* xr = kTerms == 1 ? rounded_x(x, M * K) : x;
-    if (tiled) return matmul_tiles_avx512(pool, xr, M, w, bias, 0, N / 16, y);
-    return matmul_avx512(pool, xr, M, w, bias, y);
+    if (!tiled) return matmul_avx512(pool, xr, M, w, bias, y);
+    if (!pairs) return matmul_tiles_avx512(pool, xr, M, w, bias, 0, N / 16, y);
+    // Pairs: gate and up rows into a (M, N) buffer as the unfused matmuls would, then combined.
+    thread_local Scratch<float> both_buf;
+    float* both = both_buf.get(M * N);
+    matmul_tiles_avx512(pool, xr, M, w, nullptr, 0, N / 16, both);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t j = 0; j < N / 32; ++j) {
+        const float* g = both + m * N + 32 * j;
+        _mm512_storeu_ps(y + m * (N / 2) + 16 * j, SimdKernels<Avx512>::silu_mul_v(_mm512_loadu_ps(g), _mm512_loadu_ps(g + 16)));
+      }
+    return;
   }
   const int64_t m_tiles = (M + 15) / 16, m_pairs = (m_tiles + 1) / 2, kb_count = K / 32;
   const int64_t x_tile = 512 * kTerms;  // uint16 per (mt, kb) in xp
@@ -304,6 +334,12 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
     return b;
   };
   auto rows_of = [&](int64_t mt) { return mt >= m_tiles ? 0 : (M - mt * 16 < 16 ? M - mt * 16 : 16); };
+  // The C tiles of 32-row weight block nb by x row tiles mt, mt + 1 into y.
+  auto store = [&](const float* c, int64_t nb, int64_t mt, float* b) {
+    if (!pairs) return store_block(c, block_bias(nb * 32, b), mt * 16, rows_of(mt), rows_of(mt + 1), nb * 32, N, y);
+    store_silu_pair(c, mt * 16, rows_of(mt), nb * 16, N / 2, y);
+    if (rows_of(mt + 1) > 0) store_silu_pair(c + 512, mt * 16 + 16, rows_of(mt + 1), nb * 16, N / 2, y);
+  };
   // Tiled weights: the A tile of 16-row block b, column tile kb (tensor-view.h).
   auto tile_at = [&](int64_t b, int64_t kb) { return wd + (b * kb_count + kb) * 512; };
   if (m_pairs == 1) {
@@ -318,7 +354,7 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
                                : ATiles{wd + nb * 32 * K, wd + (nb * 32 + 16) * K, 32, K * 2, true};
         if (m_tiles == 2) block<true, kTerms>(a, kb_count, xp, xp + kb_count * x_tile, true, c);
         else block<false, kTerms>(a, kb_count, xp, nullptr, true, c);
-        store_block(c, block_bias(nb * 32, b), 0, rows_of(0), rows_of(1), nb * 32, N, y);
+        store(c, nb, 0, b);
       }
       _tile_release();
     });
@@ -384,7 +420,7 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
                 prepare(ng0, prepared, r1, nkb0, nkbn, next_ap);
                 prepared = r1;
               }
-              if (last) store_block(c, block_bias((g0 + i) * 32, b), mt * 16, rows_of(mt), rows_of(mt + 1), (g0 + i) * 32, N, y);
+              if (last) store(c, g0 + i, mt, b);
             }
           }
         }
@@ -392,7 +428,7 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
       _tile_release();
     });
   }
-  if (N32 == N) return;
+  if (N32 == N) return;  // always so with pairs (N = 2 F, F % 16 == 0)
   // The last N % 32 weight rows: AVX-512 (tiled: straight into y's columns; row-major: into a
   // (M, N - N32) buffer, then into y's columns).
   const float* xr = kTerms == 1 ? rounded_x(x, M * K) : x;
@@ -407,28 +443,40 @@ void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w
   for (int64_t m = 0; m < M; ++m) std::memcpy(y + m * N + N32, tail + m * n_tail, static_cast<size_t>(n_tail * 4));
 }
 
-CpuKernels amx_table(const char* name, decltype(CpuKernels::matmul) matmul) {
+template <int kTerms>
+void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
+  matmul_amx_impl<kTerms>(pool, x, M, w, bias, y, false);
+}
+
+template <int kTerms>
+void gate_up_silu_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, float* out) {
+  matmul_amx_impl<kTerms>(pool, x, M, w, nullptr, out, true);
+}
+
+CpuKernels amx_table(const char* name, decltype(CpuKernels::matmul) matmul,
+                     decltype(CpuKernels::gate_up_silu) gate_up_silu) {
   CpuKernels k = cpu_avx512_kernels();
   k.name = name;
   k.matmul = matmul;
   k.amx_tiles = true;
+  k.gate_up_silu = gate_up_silu;
   return k;
 }
 
 }  // namespace
 
 const CpuKernels& cpu_amx_kernels() {
-  static const CpuKernels table = amx_table("amx", matmul_amx<1>);
+  static const CpuKernels table = amx_table("amx", matmul_amx<1>, gate_up_silu_amx<1>);
   return table;
 }
 
 const CpuKernels& cpu_amx_exact_kernels() {
-  static const CpuKernels table = amx_table("amx-exact", matmul_amx<2>);
+  static const CpuKernels table = amx_table("amx-exact", matmul_amx<2>, gate_up_silu_amx<2>);
   return table;
 }
 
 const CpuKernels& cpu_amx_bf16_kernels() {
-  static const CpuKernels table = amx_table("amx-bf16", matmul_amx<1>);
+  static const CpuKernels table = amx_table("amx-bf16", matmul_amx<1>, gate_up_silu_amx<1>);
   return table;
 }
 

@@ -61,6 +61,11 @@ struct CpuKernels {
   // matmul also takes weights in Layout::amx_tiles (the amx tables), and is fastest on them: the
   // CPU runner converts every weight that can_pack_amx_tiles() into it at load.
   bool amx_tiles = false;
+
+  // The MLP's first half in one pass: out[M, F] = silu(x @ gate^T) * (x @ up^T), w = gate and up
+  // packed together by pack_amx_gate_up. The same bits as matmul into gate and up, then silu_mul
+  // (this table's). nullptr where a table has none (every path but amx): matmul twice, silu_mul.
+  void (*gate_up_silu)(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, float* out) = nullptr;
 };
 
 // Whether w can be stored in Layout::amx_tiles (tensor-view.h): row-major bf16, rows % 16 == 0,
@@ -71,6 +76,13 @@ bool can_pack_amx_tiles(const TensorView& w);
 // alone: a ThreadPool would pin its caller (thread-pool.h), and the CPU runner packs on the
 // thread that creates the engine (the addon's caller).
 TensorView pack_amx_tiles(const TensorView& w, uint16_t* out);
+// Whether gate and up can be packed together: both can_pack_amx_tiles, the same shape F x K, and
+// F % 32 == 0 (unfused, every row then runs on AMX, as in the fused matmul: the same bits).
+bool can_pack_amx_gate_up(const TensorView& gate, const TensorView& up);
+// gate and up (can_pack_amx_gate_up) into out (2 F x K bf16) for gate_up_silu: Layout::amx_tiles
+// of 2 F rows whose 16-row blocks alternate, gate rows [16 j, 16 j + 16) at block 2 j and the
+// same rows of up at block 2 j + 1.
+TensorView pack_amx_gate_up(const TensorView& gate, const TensorView& up, uint16_t* out);
 
 // amx: the matmul's x rounded to bf16 (one term) wherever the weight is one AMX can run (bf16,
 // K % 32 == 0), at every M. amx_bf16 ("amx-bf16", the name of that rounding before it became the

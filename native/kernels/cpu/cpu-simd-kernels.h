@@ -226,16 +226,18 @@ struct SimdKernels {
   // ---------------------------------------------------------------------------------------------
   // silu_mul: out = gate / (1 + exp(-gate)) * up
 
+  // One vector of it (also the amx path's fused gate/up matmul, which must give the same bits).
+  static V silu_mul_v(V g, V up) {
+    const V sigmoid = S::div(S::set1(1.0f), S::add(S::set1(1.0f), exp(S::sub(S::zero(), g))));
+    return S::mul(S::mul(g, sigmoid), up);
+  }
+
   static void silu_mul(ThreadPool& pool, const float* gate, const float* up, float* out, int64_t n) {
     constexpr int64_t kChunk = 1024;  // every range but the last starts vector-aligned
     pool.parallel_for((n + kChunk - 1) / kChunk, [&](int64_t begin, int64_t end) {
       const int64_t i1 = min64(n, end * kChunk);
       int64_t i = begin * kChunk;
-      for (; i + W <= i1; i += W) {
-        const V g = S::load(gate + i);
-        const V sigmoid = S::div(S::set1(1.0f), S::add(S::set1(1.0f), exp(S::sub(S::zero(), g))));
-        S::store(out + i, S::mul(S::mul(g, sigmoid), S::load(up + i)));
-      }
+      for (; i + W <= i1; i += W) S::store(out + i, silu_mul_v(S::load(gate + i), S::load(up + i)));
       for (; i < i1; ++i) out[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
     });
   }
