@@ -2,7 +2,8 @@
 // on the Llama-3.2-1B shapes (hidden 2048, 32 heads, 8 kv heads, head_dim 64, FFN 8192, 16
 // layers), random bf16 weights and a bf16 KV pool. Not a test: timing only.
 // Build: the CMake target bench-cpu-prefill-ops (x86 builds with LLM_BUILD_TESTS=ON).
-// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512] [only=all|matmul] [threads=2] [huge]
+// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512] (amx-tiles: weights in
+//      Layout::amx_tiles and gate/up fused with silu, as the CPU runner runs them) [only=all|matmul] [threads=2] [huge]
 // Prints per op the best-of-rounds time for one layer and its share of the 16-layer total.
 #include <chrono>
 #include <cmath>
@@ -139,9 +140,14 @@ int main(int argc, char** argv) {
       packed.emplace_back(static_cast<size_t>(w.rows * w.cols));
       return pack_amx_tiles(w, packed.back().data());
     };
-    packed.reserve(7);
+    packed.reserve(8);
     const TensorView vq = weight(rq), vk = weight(rk), vv = weight(rv), vo = weight(ro);
     const TensorView vg = weight(rg), vu = weight(ru), vd = weight(rd);
+    TensorView vgu;  // amx-tiles: gate and up together, for gate_up_silu (as the runner packs them)
+    if (tiles && K.gate_up_silu) {
+      packed.emplace_back(static_cast<size_t>(2 * kF * kD));
+      vgu = pack_amx_gate_up(rg, ru, packed.back().data());
+    }
     struct Op {
       const char* name;
       double flops;
@@ -163,6 +169,11 @@ int main(int argc, char** argv) {
         {"silu_mul", 0, [&] { K.silu_mul(pool, hb.data(), hb2.data(), hb.data(), T * kF); }},
         {"matmul down", 2.0 * T * kD * kF, [&] { K.matmul(pool, hb.data(), T, vd, nullptr, xb.data()); }},
     };
+    if (vgu.present()) {  // the three ops above as the runner runs them: one
+      ops.erase(ops.begin() + 9, ops.begin() + 12);
+      ops.insert(ops.begin() + 9, Op{"matmul gate_up+silu", 4.0 * T * kD * kF,
+                                     [&] { K.gate_up_silu(pool, xb.data(), T, vgu, hb.data()); }});
+    }
     // Keep the attention input sane: softmax over random q.k is fine at scale 1/8.
     for (int r = 0; r < rounds; ++r)
       for (auto& op : ops) {
@@ -178,7 +189,7 @@ int main(int argc, char** argv) {
       total += op.best;
       if (std::strncmp(op.name, "matmul", 6) == 0) mm += op.best;
     }
-    std::printf("path %s, T=%lld, best of %d\n", K.name, static_cast<long long>(T), rounds);
+    std::printf("path %s, T=%lld, best of %d\n", name.c_str(), static_cast<long long>(T), rounds);
     for (auto& op : ops) {
       if (op.best > 1e8) continue;
       std::printf("  %-12s %8.2f ms  %5.1f%%", op.name, op.best * 1e3, 100 * op.best / total);
