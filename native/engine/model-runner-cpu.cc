@@ -7,14 +7,17 @@
 // Tensor parallelism: the per-rank head and FFN counts are read off the weight shapes, and the
 // two all_reduce() calls mark where ranks add their partial sums.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
-
-#include <sys/mman.h>
+#include <functional>
 #include <memory>
 #include <new>
 #include <string>
+#include <thread>
 #include <vector>
+
+#include <sys/mman.h>
 
 #include "../kernels/cpu/cpu-kernels.h"
 #include "model-runner.h"
@@ -164,15 +167,28 @@ class CpuModelRunner final : public ModelRunner {
     // the decode GEMV streams all of it every token (bench-cpu-gemv: 2.47 GB in 89-91 ms against
     // 94-106 in 4 KiB pages; `npm run bench:engine` batch 1: 9.3-9.7 against 7.6-8.5 tok/s).
     madvise(packed_.get(), bytes, MADV_HUGEPAGE);
+    // Each matrix's place in packed_, then the copies on as many threads as the pool has (plain
+    // threads: the pool would pin this thread, the engine's creator; thread-pool.h). The copies
+    // read the model files (page cache, or disk the first time) and fault in the huge pages.
+    std::vector<std::function<void()>> jobs;
     uint16_t* at = packed_.get();
     for (Tensor* t : todo) {
-      *t = cpu::pack_amx_tiles(*t, at);
+      jobs.push_back([t, at] { *t = cpu::pack_amx_tiles(*t, at); });
       at += t->rows * t->cols;
     }
     for (size_t i : fused) {
-      gate_up_[i] = cpu::pack_amx_gate_up(weights_.layers[i].w_gate, weights_.layers[i].w_up, at);
-      at += gate_up_[i].rows * gate_up_[i].cols;
+      LayerWeights& l = weights_.layers[i];
+      jobs.push_back([this, i, &l, at] { gate_up_[i] = cpu::pack_amx_gate_up(l.w_gate, l.w_up, at); });
+      at += 2 * l.w_gate.rows * l.w_gate.cols;
     }
+    std::atomic<size_t> next{0};
+    auto work = [&] {
+      for (size_t j; (j = next.fetch_add(1)) < jobs.size();) jobs[j]();
+    };
+    std::vector<std::thread> threads;
+    for (int i = 1; i < pool_.size(); ++i) threads.emplace_back(work);
+    work();
+    for (std::thread& th : threads) th.join();
     packed_count_ = static_cast<int64_t>(todo.size() + 2 * fused.size());
     fused_count_ = static_cast<int64_t>(fused.size());
   }
