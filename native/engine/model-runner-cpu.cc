@@ -170,15 +170,29 @@ class CpuModelRunner final : public ModelRunner {
     // Each matrix's place in packed_, then the copies on as many threads as the pool has (plain
     // threads: the pool would pin this thread, the engine's creator; thread-pool.h). The copies
     // read the model files (page cache, or disk the first time) and fault in the huge pages.
+    // Then the model file's pages of what was copied are unmapped (they stay in the page cache):
+    // this process's memory counts the weights once. A tied lm_head's table is the embedding,
+    // which maps its rows in again as tokens need them.
     std::vector<std::function<void()>> jobs;
     uint16_t* at = packed_.get();
+    auto release = [this](const Tensor& t) {
+      if (model_.files) model_.files->release_pages(t.data, static_cast<uint64_t>(t.rows * t.cols) * 2);
+    };
     for (Tensor* t : todo) {
-      jobs.push_back([t, at] { *t = cpu::pack_amx_tiles(*t, at); });
+      jobs.push_back([t, at, release] {
+        const Tensor source = *t;
+        *t = cpu::pack_amx_tiles(source, at);
+        release(source);
+      });
       at += t->rows * t->cols;
     }
     for (size_t i : fused) {
       LayerWeights& l = weights_.layers[i];
-      jobs.push_back([this, i, &l, at] { gate_up_[i] = cpu::pack_amx_gate_up(l.w_gate, l.w_up, at); });
+      jobs.push_back([this, i, &l, at, release] {
+        gate_up_[i] = cpu::pack_amx_gate_up(l.w_gate, l.w_up, at);
+        release(l.w_gate);
+        release(l.w_up);
+      });
       at += 2 * l.w_gate.rows * l.w_gate.cols;
     }
     std::atomic<size_t> next{0};

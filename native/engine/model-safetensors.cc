@@ -162,6 +162,18 @@ MappedFile::~MappedFile() {
 
 // ---- SafetensorsModel ------------------------------------------------------------------------
 
+void SafetensorsModel::release_pages(const void* data, uint64_t nbytes) const {
+  const auto page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<uintptr_t>(data), end = begin + nbytes;
+  for (const auto& f : files_) {
+    const auto fb = reinterpret_cast<uintptr_t>(f->data()), fe = fb + f->size();
+    if (f->size() == 0 || begin < fb || end > fe) continue;
+    const uintptr_t first = (begin + page - 1) / page * page, last = end / page * page;
+    // A private, read-only file mapping: the pages go back to the page cache, unchanged.
+    if (first < last) ::madvise(reinterpret_cast<void*>(first), last - first, MADV_DONTNEED);
+  }
+}
+
 Status SafetensorsModel::add_file(const std::string& path) {
   std::unique_ptr<MappedFile> file;
   LLM_RETURN_IF_ERROR(MappedFile::open(path, &file));

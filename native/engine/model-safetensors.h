@@ -67,6 +67,10 @@ class SafetensorsModel {
   const TensorInfo* find(const std::string& name) const;  // nullptr if absent
   const std::map<std::string, TensorInfo>& tensors() const { return tensors_; }
   uint64_t total_bytes() const;
+  // Drops this process's mapping of the whole pages inside [data, data + nbytes) (tensor data of
+  // one of the files) without changing what it reads: the next read maps them in again from the
+  // file. For weights the caller has copied elsewhere, so that they stop counting in its memory.
+  void release_pages(const void* data, uint64_t nbytes) const;
 
  private:
   Status add_file(const std::string& path);
