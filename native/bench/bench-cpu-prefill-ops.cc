@@ -3,7 +3,7 @@
 // layers), random bf16 weights and a bf16 KV pool. Not a test: timing only.
 // Build: the CMake target bench-cpu-prefill-ops (x86 builds with LLM_BUILD_TESTS=ON).
 // Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512] (amx-tiles: weights in
-//      Layout::amx_tiles and gate/up fused with silu, as the CPU runner runs them) [only=all|matmul] [threads=2] [huge]
+//      Layout::amx_tiles, gate/up fused with silu and q/k/v in one pass, as the CPU runner runs them) [only=all|matmul] [threads=2] [huge]
 // Prints per op the best-of-rounds time for one layer and its share of the 16-layer total.
 #include <chrono>
 #include <cmath>
@@ -140,13 +140,22 @@ int main(int argc, char** argv) {
       packed.emplace_back(static_cast<size_t>(w.rows * w.cols));
       return pack_amx_tiles(w, packed.back().data());
     };
-    packed.reserve(8);
+    packed.reserve(9);
     const TensorView vq = weight(rq), vk = weight(rk), vv = weight(rv), vo = weight(ro);
     const TensorView vg = weight(rg), vu = weight(ru), vd = weight(rd);
     TensorView vgu;  // amx-tiles: gate and up together, for gate_up_silu (as the runner packs them)
     if (tiles && K.gate_up_silu) {
       packed.emplace_back(static_cast<size_t>(2 * kF * kD));
       vgu = pack_amx_gate_up(rg, ru, packed.back().data());
+    }
+    TensorView vqkv;  // amx-tiles: q, k, v one after another, for matmul_qkv
+    if (tiles && K.matmul_qkv) {
+      packed.emplace_back(static_cast<size_t>((kD + 2 * kHkv * kHd) * kD));
+      uint16_t* at = packed.back().data();
+      pack_amx_tiles(rq, at);
+      pack_amx_tiles(rk, at + kD * kD);
+      pack_amx_tiles(rv, at + (kD + kHkv * kHd) * kD);
+      vqkv = TensorView{at, DType::bf16, kD + 2 * kHkv * kHd, kD, Layout::amx_tiles};
     }
     struct Op {
       const char* name;
@@ -169,10 +178,16 @@ int main(int argc, char** argv) {
         {"silu_mul", 0, [&] { K.silu_mul(pool, hb.data(), hb2.data(), hb.data(), T * kF); }},
         {"matmul down", 2.0 * T * kD * kF, [&] { K.matmul(pool, hb.data(), T, vd, nullptr, xb.data()); }},
     };
-    if (vgu.present()) {  // the three ops above as the runner runs them: one
+    if (vgu.present()) {  // gate, up and silu_mul as the runner runs them: one op
       ops.erase(ops.begin() + 9, ops.begin() + 12);
       ops.insert(ops.begin() + 9, Op{"matmul gate_up+silu", 4.0 * T * kD * kF,
                                      [&] { K.gate_up_silu(pool, xb.data(), T, vgu, hb.data()); }});
+    }
+    if (vqkv.present()) {  // q, k and v likewise
+      ops.erase(ops.begin() + 1, ops.begin() + 4);
+      ops.insert(ops.begin() + 1, Op{"matmul qkv", 2.0 * T * kD * (kD + 1024), [&] {
+                                       K.matmul_qkv(pool, xb.data(), T, vqkv, kD, kHkv * kHd, q.data(), k.data(), v.data());
+                                     }});
     }
     // Keep the attention input sane: softmax over random q.k is fine at scale 1/8.
     for (int r = 0; r < rounds; ++r)

@@ -103,7 +103,7 @@ class CpuModelRunner final : public ModelRunner {
     std::string s = kernels_.name;
     if (kernels_.amx_tiles)
       s += packed_count_ ? ", " + std::to_string(packed_count_) + " weight matrices in tile order (gate/up fused with silu in " +
-                               std::to_string(fused_count_) + " layers)"
+                               std::to_string(fused_count_) + " layers, q/k/v in " + std::to_string(qkv_count()) + ")"
                          : ", weights row-major";
     return s;
   }
@@ -140,17 +140,25 @@ class CpuModelRunner final : public ModelRunner {
   // tokens), and decode reads them at the same bandwidth. weights_ points there; the embedding
   // table and the norms stay the model's views. The results are the same bits (cpu-kernels.h).
   // When the buffer cannot be allocated, the weights stay row-major.
-  // A layer's gate and up go in together (gate_up_[l], for kernels_.gate_up_silu) where they can
-  // and have no biases.
+  // A layer's gate and up go in together (gate_up_[l], for kernels_.gate_up_silu), and so do its
+  // q, k and v (qkv_[l], for kernels_.matmul_qkv: packed one right after the other), where they
+  // can and have no biases.
   void pack_weights() {
     std::vector<Tensor*> todo;
     std::vector<size_t> fused;  // layers whose gate and up go into gate_up_
     gate_up_.assign(weights_.layers.size(), Tensor{});
+    qkv_.assign(weights_.layers.size(), Tensor{});
     for (size_t i = 0; i < weights_.layers.size(); ++i) {
       LayerWeights& l = weights_.layers[i];
       const bool fuse = kernels_.gate_up_silu && cpu::can_pack_amx_gate_up(l.w_gate, l.w_up) && !l.b_gate.present() &&
                         !l.b_up.present();
       if (fuse) fused.push_back(i);
+      // q, k, v stay in this order in todo (and so in packed_): qkv_[i] then views all three.
+      if (kernels_.matmul_qkv && !l.bq.present() && !l.bk.present() && !l.bv.present())
+        if (cpu::can_pack_amx_tiles(l.wq) && cpu::can_pack_amx_tiles(l.wk) && cpu::can_pack_amx_tiles(l.wv) &&
+            l.wq.rows % 32 == 0 && l.wk.rows % 32 == 0 && l.wk.rows == l.wv.rows && l.wq.cols == l.wk.cols &&
+            l.wk.cols == l.wv.cols)
+          qkv_[i] = Tensor{nullptr, DType::bf16, l.wq.rows + 2 * l.wk.rows, l.wq.cols, Layout::amx_tiles};
       for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
         if (!(fuse && (t == &l.w_gate || t == &l.w_up)) && cpu::can_pack_amx_tiles(*t)) todo.push_back(t);
     }
@@ -203,6 +211,8 @@ class CpuModelRunner final : public ModelRunner {
     for (int i = 1; i < pool_.size(); ++i) threads.emplace_back(work);
     work();
     for (std::thread& th : threads) th.join();
+    for (size_t i = 0; i < qkv_.size(); ++i)
+      if (qkv_[i].rows) qkv_[i].data = weights_.layers[i].wq.data;  // wk and wv follow it
     packed_count_ = static_cast<int64_t>(todo.size() + 2 * fused.size());
     fused_count_ = static_cast<int64_t>(fused.size());
   }
@@ -216,7 +226,11 @@ class CpuModelRunner final : public ModelRunner {
   std::unique_ptr<uint16_t, FreeDeleter> packed_;  // the packed weights (amx paths)
   int64_t packed_count_ = 0;                        // matrices in packed_
   int64_t fused_count_ = 0;                         // layers with gate_up_
+  int64_t qkv_count() const {
+    return std::count_if(qkv_.begin(), qkv_.end(), [](const Tensor& t) { return t.present(); });
+  }
   std::vector<Tensor> gate_up_;                     // per layer: gate and up packed together, or absent
+  std::vector<Tensor> qkv_;                         // per layer: q, k, v packed one after another, or absent
   KVCacheView kv_cache_;
   const cpu::CpuKernels& kernels_;
   cpu::ThreadPool pool_;
@@ -265,10 +279,16 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
     // ---- attention block ----
     // xb = rmsnorm(x) * attn_norm
     rmsnorm(s.x.data(), lw.attn_norm, T, s.xb.data());
-    // q = xb @ wq^T + bq;  k = xb @ wk^T + bk;  v = xb @ wv^T + bv   (biases: Qwen2)
-    matmul(s.xb.data(), T, lw.wq, &lw.bq, s.q.data());
-    matmul(s.xb.data(), T, lw.wk, &lw.bk, s.k.data());
-    matmul(s.xb.data(), T, lw.wv, &lw.bv, s.v.data());
+    const size_t li = static_cast<size_t>(l);
+    if (!qkv_.empty() && qkv_[li].present()) {
+      // q, k, v = xb @ (wq, wk, wv)^T in one pass (the same bits as below)
+      kernels_.matmul_qkv(pool_, s.xb.data(), T, qkv_[li], q_dim, kv_dim, s.q.data(), s.k.data(), s.v.data());
+    } else {
+      // q = xb @ wq^T + bq;  k = xb @ wk^T + bk;  v = xb @ wv^T + bv   (biases: Qwen2)
+      matmul(s.xb.data(), T, lw.wq, &lw.bq, s.q.data());
+      matmul(s.xb.data(), T, lw.wk, &lw.bk, s.k.data());
+      matmul(s.xb.data(), T, lw.wv, &lw.bv, s.v.data());
+    }
     // q, k = rope(q, k) at each token's position
     kernels_.rope(pool_, s.q.data(), s.k.data(), b.positions, T, num_heads_, num_kv_heads_, head_dim,
                   inv_freq_.data());
@@ -285,9 +305,9 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
     // ---- feed-forward block ----
     // xb = rmsnorm(x) * mlp_norm
     rmsnorm(s.x.data(), lw.mlp_norm, T, s.xb.data());
-    if (!gate_up_.empty() && gate_up_[static_cast<size_t>(l)].present()) {
+    if (!gate_up_.empty() && gate_up_[li].present()) {
       // hb = silu(xb @ w_gate^T) * (xb @ w_up^T) in one pass (the same bits as below)
-      kernels_.gate_up_silu(pool_, s.xb.data(), T, gate_up_[static_cast<size_t>(l)], s.hb.data());
+      kernels_.gate_up_silu(pool_, s.xb.data(), T, gate_up_[li], s.hb.data());
     } else {
       // hb = xb @ w_gate^T + b_gate;  hb2 = xb @ w_up^T + b_up   (biases: Llama mlp_bias)
       matmul(s.xb.data(), T, lw.w_gate, &lw.b_gate, s.hb.data());

@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <tuple>
 #include <vector>
 
 #include "kernel-fixtures.h"
@@ -200,6 +201,36 @@ TEST(gate_up_silu_gives_the_same_bits_as_matmul_then_silu) {
         bool same = true;
         for (size_t i = 0; i < got.size(); ++i) same = same && got[i] == want[i];
         if (!same) std::printf("  %s: M %ld F %ld K %ld: gate_up_silu differs\n", k->name, (long)M, (long)F, (long)K);
+        CHECK(same);
+      }
+    }
+  }
+}
+
+// matmul_qkv (the amx paths' q, k and v in one pass, on the three packed one after another): the
+// same bits as three matmuls, on every route (1..3 rows of x, 4..32, more).
+TEST(matmul_qkv_gives_the_same_bits_as_three_matmuls) {
+  for (auto [nq, nkv, K] : {std::tuple<int64_t, int64_t, int64_t>{32, 32, 32}, {128, 32, 96}, {256, 64, 288}}) {
+    const TypedBuffer wq(DType::bf16, random_floats(nq * K)), wk(DType::bf16, random_floats(nkv * K));
+    const TypedBuffer wv(DType::bf16, random_floats(nkv * K));
+    std::vector<uint16_t> packed(static_cast<size_t>((nq + 2 * nkv) * K));
+    pack_amx_tiles(wq.view(nq, K), packed.data());
+    pack_amx_tiles(wk.view(nkv, K), packed.data() + nq * K);
+    pack_amx_tiles(wv.view(nkv, K), packed.data() + (nq + nkv) * K);
+    const TensorView w{packed.data(), DType::bf16, nq + 2 * nkv, K, Layout::amx_tiles};
+    for (auto [path, k] : fast_paths()) {
+      CHECK((k->matmul_qkv != nullptr) == k->amx_tiles);
+      if (!k->matmul_qkv) continue;
+      for (int64_t M : {1, 2, 3, 4, 5, 32, 33, 70}) {
+        const std::vector<float> x = random_floats(M * K);
+        std::vector<float> q(static_cast<size_t>(M * nq)), kk(static_cast<size_t>(M * nkv)), v(kk.size());
+        std::vector<float> q2(q.size()), k2(kk.size()), v2(v.size());
+        k->matmul(test_pool(), x.data(), M, wq.view(nq, K), nullptr, q.data());
+        k->matmul(test_pool(), x.data(), M, wk.view(nkv, K), nullptr, kk.data());
+        k->matmul(test_pool(), x.data(), M, wv.view(nkv, K), nullptr, v.data());
+        k->matmul_qkv(test_pool(), x.data(), M, w, nq, nkv, q2.data(), k2.data(), v2.data());
+        const bool same = q == q2 && kk == k2 && v == v2;
+        if (!same) std::printf("  %s: M %ld nq %ld nkv %ld K %ld: matmul_qkv differs\n", k->name, (long)M, (long)nq, (long)nkv, (long)K);
         CHECK(same);
       }
     }

@@ -293,11 +293,20 @@ void matmul_tiles_avx512(ThreadPool& pool, const float* x, int64_t M, const Tens
   });
 }
 
-// y = x @ w^T (+ bias), or with pairs (gate_up_silu: w from pack_amx_gate_up, no bias) y =
-// out[M, N / 2] = silu(gate) * up, each pair of 16-row blocks combined where it is stored.
+// Where matmul_amx_impl puts x @ w^T: y[M, N] (+ bias); silu_pairs (gate_up_silu: w from
+// pack_amx_gate_up, no bias): y[M, N / 2] = silu(gate) * up, each pair of 16-row blocks combined
+// where it is stored; split (matmul_qkv: w is 3 matrices stacked, no bias): columns go to
+// part[0..2][M, width[p]] in turn (widths multiples of 32), y unused.
+struct Output {
+  enum Kind { plain, silu_pairs, split } kind = plain;
+  float* part[3] = {};
+  int64_t width[3] = {};
+};
+
 template <int kTerms>
 void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y,
-                     bool pairs) {
+                     const Output& out) {
+  const bool pairs = out.kind == Output::silu_pairs;
   const int64_t N = w.rows, K = w.cols;
   const int64_t N32 = N / 32 * 32;
   const bool tiled = w.layout == Layout::amx_tiles;  // else row-major
@@ -307,16 +316,23 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
   if (M < kMinRows || N32 == 0) {
     const float* xr = kTerms == 1 ? rounded_x(x, M * K) : x;
     if (!tiled) return matmul_avx512(pool, xr, M, w, bias, y);
-    if (!pairs) return matmul_tiles_avx512(pool, xr, M, w, bias, 0, N / 16, y);
-    // Pairs: gate and up rows into a (M, N) buffer as the unfused matmuls would, then combined.
-    thread_local Scratch<float> both_buf;
-    float* both = both_buf.get(M * N);
-    matmul_tiles_avx512(pool, xr, M, w, nullptr, 0, N / 16, both);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t j = 0; j < N / 32; ++j) {
-        const float* g = both + m * N + 32 * j;
-        _mm512_storeu_ps(y + m * (N / 2) + 16 * j, SimdKernels<Avx512>::silu_mul_v(_mm512_loadu_ps(g), _mm512_loadu_ps(g + 16)));
+    if (out.kind == Output::plain) return matmul_tiles_avx512(pool, xr, M, w, bias, 0, N / 16, y);
+    // Pairs, split: every row into a (M, N) buffer as the unfused matmuls would, then combined
+    // or copied out.
+    thread_local Scratch<float> all_buf;
+    float* all = all_buf.get(M * N);
+    matmul_tiles_avx512(pool, xr, M, w, nullptr, 0, N / 16, all);
+    for (int64_t m = 0; m < M; ++m) {
+      if (pairs) {
+        for (int64_t j = 0; j < N / 32; ++j) {
+          const float* g = all + m * N + 32 * j;
+          _mm512_storeu_ps(y + m * (N / 2) + 16 * j, SimdKernels<Avx512>::silu_mul_v(_mm512_loadu_ps(g), _mm512_loadu_ps(g + 16)));
+        }
+      } else {
+        for (int p = 0, n0 = 0; p < 3; n0 += out.width[p++])
+          std::memcpy(out.part[p] + m * out.width[p], all + m * N + n0, static_cast<size_t>(out.width[p] * 4));
       }
+    }
     return;
   }
   const int64_t m_tiles = (M + 15) / 16, m_pairs = (m_tiles + 1) / 2, kb_count = K / 32;
@@ -336,7 +352,13 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
   auto rows_of = [&](int64_t mt) { return mt >= m_tiles ? 0 : (M - mt * 16 < 16 ? M - mt * 16 : 16); };
   // The C tiles of 32-row weight block nb by x row tiles mt, mt + 1 into y.
   auto store = [&](const float* c, int64_t nb, int64_t mt, float* b) {
-    if (!pairs) return store_block(c, block_bias(nb * 32, b), mt * 16, rows_of(mt), rows_of(mt + 1), nb * 32, N, y);
+    if (out.kind == Output::plain)
+      return store_block(c, block_bias(nb * 32, b), mt * 16, rows_of(mt), rows_of(mt + 1), nb * 32, N, y);
+    if (out.kind == Output::split) {
+      int64_t p = 0, n0 = nb * 32;
+      while (n0 >= out.width[p]) n0 -= out.width[p++];
+      return store_block(c, nullptr, mt * 16, rows_of(mt), rows_of(mt + 1), n0, out.width[p], out.part[p]);
+    }
     store_silu_pair(c, mt * 16, rows_of(mt), nb * 16, N / 2, y);
     if (rows_of(mt + 1) > 0) store_silu_pair(c + 512, mt * 16 + 16, rows_of(mt + 1), nb * 16, N / 2, y);
   };
@@ -428,7 +450,7 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
       _tile_release();
     });
   }
-  if (N32 == N) return;  // always so with pairs (N = 2 F, F % 16 == 0)
+  if (N32 == N) return;  // always so with pairs and split
   // The last N % 32 weight rows: AVX-512 (tiled: straight into y's columns; row-major: into a
   // (M, N - N32) buffer, then into y's columns).
   const float* xr = kTerms == 1 ? rounded_x(x, M * K) : x;
@@ -445,38 +467,45 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
 
 template <int kTerms>
 void matmul_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
-  matmul_amx_impl<kTerms>(pool, x, M, w, bias, y, false);
+  matmul_amx_impl<kTerms>(pool, x, M, w, bias, y, Output{});
 }
 
 template <int kTerms>
 void gate_up_silu_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, float* out) {
-  matmul_amx_impl<kTerms>(pool, x, M, w, nullptr, out, true);
+  matmul_amx_impl<kTerms>(pool, x, M, w, nullptr, out, Output{Output::silu_pairs, {}, {}});
 }
 
-CpuKernels amx_table(const char* name, decltype(CpuKernels::matmul) matmul,
-                     decltype(CpuKernels::gate_up_silu) gate_up_silu) {
+template <int kTerms>
+void matmul_qkv_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, int64_t nq, int64_t nkv, float* q,
+                    float* k, float* v) {
+  matmul_amx_impl<kTerms>(pool, x, M, w, nullptr, nullptr, Output{Output::split, {q, k, v}, {nq, nkv, nkv}});
+}
+
+template <int kTerms>
+CpuKernels amx_table(const char* name) {
   CpuKernels k = cpu_avx512_kernels();
   k.name = name;
-  k.matmul = matmul;
+  k.matmul = matmul_amx<kTerms>;
   k.amx_tiles = true;
-  k.gate_up_silu = gate_up_silu;
+  k.gate_up_silu = gate_up_silu_amx<kTerms>;
+  k.matmul_qkv = matmul_qkv_amx<kTerms>;
   return k;
 }
 
 }  // namespace
 
 const CpuKernels& cpu_amx_kernels() {
-  static const CpuKernels table = amx_table("amx", matmul_amx<1>, gate_up_silu_amx<1>);
+  static const CpuKernels table = amx_table<1>("amx");
   return table;
 }
 
 const CpuKernels& cpu_amx_exact_kernels() {
-  static const CpuKernels table = amx_table("amx-exact", matmul_amx<2>, gate_up_silu_amx<2>);
+  static const CpuKernels table = amx_table<2>("amx-exact");
   return table;
 }
 
 const CpuKernels& cpu_amx_bf16_kernels() {
-  static const CpuKernels table = amx_table("amx-bf16", matmul_amx<1>, gate_up_silu_amx<1>);
+  static const CpuKernels table = amx_table<1>("amx-bf16");
   return table;
 }
 

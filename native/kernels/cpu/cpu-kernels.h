@@ -66,6 +66,13 @@ struct CpuKernels {
   // packed together by pack_amx_gate_up. The same bits as matmul into gate and up, then silu_mul
   // (this table's). nullptr where a table has none (every path but amx): matmul twice, silu_mul.
   void (*gate_up_silu)(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, float* out) = nullptr;
+
+  // q, k, v in one pass: w = wq, wk, wv stacked in Layout::amx_tiles (nq + 2 nkv rows, each a
+  // multiple of 32: pack each of them with pack_amx_tiles right after the one before), q[M, nq],
+  // k[M, nkv], v[M, nkv]. The same bits as three matmuls; x is packed once. nullptr where a
+  // table has none (every path but amx).
+  void (*matmul_qkv)(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, int64_t nq, int64_t nkv,
+                     float* q, float* k, float* v) = nullptr;
 };
 
 // Whether w can be stored in Layout::amx_tiles (tensor-view.h): row-major bf16, rows % 16 == 0,
