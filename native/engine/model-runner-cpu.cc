@@ -154,11 +154,11 @@ class CpuModelRunner final : public ModelRunner {
                         !l.b_up.present();
       if (fuse) fused.push_back(i);
       // q, k, v stay in this order in todo (and so in packed_): qkv_[i] then views all three.
-      if (kernels_.matmul_qkv && !l.bq.present() && !l.bk.present() && !l.bv.present())
-        if (cpu::can_pack_amx_tiles(l.wq) && cpu::can_pack_amx_tiles(l.wk) && cpu::can_pack_amx_tiles(l.wv) &&
-            l.wq.rows % 32 == 0 && l.wk.rows % 32 == 0 && l.wk.rows == l.wv.rows && l.wq.cols == l.wk.cols &&
-            l.wk.cols == l.wv.cols)
-          qkv_[i] = Tensor{nullptr, DType::bf16, l.wq.rows + 2 * l.wk.rows, l.wq.cols, Layout::amx_tiles};
+      const bool qkv = kernels_.matmul_qkv && !l.bq.present() && !l.bk.present() && !l.bv.present() &&
+                       cpu::can_pack_amx_tiles(l.wq) && cpu::can_pack_amx_tiles(l.wk) && cpu::can_pack_amx_tiles(l.wv) &&
+                       l.wq.rows % 32 == 0 && l.wk.rows % 32 == 0 && l.wk.rows == l.wv.rows &&
+                       l.wq.cols == l.wk.cols && l.wk.cols == l.wv.cols;
+      if (qkv) qkv_[i] = Tensor{nullptr, DType::bf16, l.wq.rows + 2 * l.wk.rows, l.wq.cols, Layout::amx_tiles};
       for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
         if (!(fuse && (t == &l.w_gate || t == &l.w_up)) && cpu::can_pack_amx_tiles(*t)) todo.push_back(t);
     }
