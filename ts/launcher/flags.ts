@@ -60,7 +60,8 @@ Topology
                                 how requests pick a worker (default round-robin); kv weighs
                                 each worker's cached prefix of the prompt against its load
   --kv-overlap-weight W         kv router: weight of the uncached prompt blocks against the
-                                worker's active blocks, W >= 0 (default 1)
+                                worker's active blocks, W >= 0 (default 1; 2 keeps long shared
+                                prefixes on their busy worker, for prefill-heavy traffic)
   --router-temperature T        kv router: 0 picks the lowest cost (ties at random); T > 0
                                 samples a softmax over the negated costs (default 0)
   --decode-tp N, --worker-tp N, --prefill-tp N
