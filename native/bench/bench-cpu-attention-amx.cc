@@ -22,18 +22,18 @@
 #include <random>
 #include <vector>
 
+#include "bench-common.h"
 #include "kernels/cpu/cpu-amx-tiles.h"
 #include "kernels/cpu/cpu-kernels.h"
 #include "kernels/dtype.h"
 
 using namespace llm;
 using namespace llm::cpu;
+using namespace llm_bench;
 
 namespace {
 
 constexpr int64_t kH = 32, kHkv = 8, kHd = 64, kBlock = 16;
-
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // e^x for x <= 0 (Cephes-style: 2^n * poly), about 1e-7 relative.
 __m512 exp512(__m512 x) {
@@ -178,17 +178,9 @@ int main(int argc, char** argv) {
   std::vector<uint16_t> pool_mem(static_cast<size_t>(cache.num_blocks * cache.block_stride()));
   for (auto& e : pool_mem) e = f32_to_bf16(u(rng));
   cache.data = pool_mem.data();
-  std::vector<int32_t> block_table(cache.num_blocks);
-  for (int64_t i = 0; i < cache.num_blocks; ++i) block_table[i] = static_cast<int32_t>(i);
-  const int32_t qsl[2] = {0, static_cast<int32_t>(T)}, seq_len = static_cast<int32_t>(T);
-  AttentionBatch batch;
-  batch.num_seqs = 1;
-  batch.query_start_loc = qsl;
-  batch.seq_lens = &seq_len;
-  batch.block_tables = block_table.data();
-  batch.max_blocks_per_seq = cache.num_blocks;
-  batch.num_heads = kH;
-  batch.scale = 0.125f;
+  const OneSequence seq(T, cache.num_blocks, kH, 0.125f);
+  const AttentionBatch& batch = seq.batch;
+  const std::vector<int32_t>& block_table = seq.block_table;
   const CpuKernels* avx = cpu_kernels_for(CpuPath::avx512);
   std::vector<uint16_t> kt(kHkv * T * kHd), vt(kHkv * T * kHd);
   auto amx_attention = [&] {

@@ -14,17 +14,17 @@
 
 #include <sys/mman.h>
 
+#include "bench-common.h"
 #include "kernels/cpu/cpu-kernels.h"
 #include "kernels/dtype.h"
 
 using namespace llm;
 using namespace llm::cpu;
+using namespace llm_bench;
 
 namespace {
 
 constexpr int64_t kD = 2048, kKv = 512, kF = 8192, kVocab = 128256, kLayers = 16;
-
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 struct Shape {
   int64_t rows, cols;
@@ -49,12 +49,7 @@ int main(int argc, char** argv) {
   for (const Shape& s : shapes) total += static_cast<size_t>(s.rows * s.cols);
   const size_t bytes = (total * 2 + (size_t{2} << 20) - 1) / (size_t{2} << 20) * (size_t{2} << 20);
   std::vector<float> x(kF, 0.5f), y(kVocab);
-  size_t p0 = 0;
-  while (p0 <= layouts.size()) {
-    size_t p1 = layouts.find(',', p0);
-    if (p1 == std::string::npos) p1 = layouts.size();
-    const std::string name = layouts.substr(p0, p1 - p0);
-    p0 = p1 + 1;
+  for (const std::string& name : split_list(layouts)) {
     const bool tiles = name.rfind("tiles", 0) == 0, huge = name.find("huge") != std::string::npos;
     auto* src = static_cast<uint16_t*>(std::aligned_alloc(size_t{2} << 20, bytes));
     if (huge) madvise(src, bytes, MADV_HUGEPAGE);

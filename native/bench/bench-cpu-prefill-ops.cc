@@ -16,11 +16,13 @@
 
 #include <sys/mman.h>
 
+#include "bench-common.h"
 #include "kernels/cpu/cpu-kernels.h"
 #include "kernels/dtype.h"
 
 using namespace llm;
 using namespace llm::cpu;
+using namespace llm_bench;
 
 namespace {
 
@@ -48,8 +50,6 @@ struct HugeAlloc {
 };
 template <class T>
 using Buf = std::vector<T, HugeAlloc<T>>;
-
-double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 Buf<uint16_t> random_bf16(int64_t n, float scale, uint32_t seed) {
   std::mt19937 rng(seed);
@@ -104,27 +104,14 @@ int main(int argc, char** argv) {
   Buf<uint16_t> pool_mem(static_cast<size_t>(cache.num_blocks * cache.block_stride()));
   cache.data = pool_mem.data();
   std::vector<int64_t> slots(T);
-  std::vector<int32_t> positions(T), block_table(cache.num_blocks);
+  std::vector<int32_t> positions(T);
   for (int64_t i = 0; i < T; ++i) slots[i] = i, positions[i] = static_cast<int32_t>(i);
-  for (int64_t i = 0; i < cache.num_blocks; ++i) block_table[i] = static_cast<int32_t>(i);
-  const int32_t qsl[2] = {0, static_cast<int32_t>(T)}, seq_len = static_cast<int32_t>(T);
-  AttentionBatch batch;
-  batch.num_seqs = 1;
-  batch.query_start_loc = qsl;
-  batch.seq_lens = &seq_len;
-  batch.block_tables = block_table.data();
-  batch.max_blocks_per_seq = cache.num_blocks;
-  batch.num_heads = kH;
-  batch.scale = 1.0f / 8.0f;
+  const OneSequence seq(T, cache.num_blocks, kH, 1.0f / 8.0f);
+  const AttentionBatch& batch = seq.batch;
   std::vector<float> inv_freq(kHd / 2);
   for (int64_t i = 0; i < kHd / 2; ++i) inv_freq[i] = std::pow(500000.0f, -2.0f * i / kHd);
 
-  size_t p0 = 0;
-  while (p0 <= paths.size()) {
-    size_t p1 = paths.find(',', p0);
-    if (p1 == std::string::npos) p1 = paths.size();
-    const std::string name = paths.substr(p0, p1 - p0);
-    p0 = p1 + 1;
+  for (const std::string& name : split_list(paths)) {
     const bool tiles = name == "amx-tiles";  // the amx path on weights in Layout::amx_tiles (as the runner keeps them)
     const CpuPath path =
         name == "amx" || tiles ? CpuPath::amx : name == "amx-exact" ? CpuPath::amx_exact : CpuPath::avx512;

@@ -103,7 +103,8 @@ class CpuModelRunner final : public ModelRunner {
     std::string s = kernels_.name;
     if (kernels_.amx_tiles)
       s += packed_count_ ? ", " + std::to_string(packed_count_) + " weight matrices in tile order (gate/up fused with silu in " +
-                               std::to_string(fused_count_) + " layers, q/k/v in " + std::to_string(qkv_count()) + ")"
+                               std::to_string(present_count(gate_up_)) + " layers, q/k/v in " +
+                               std::to_string(present_count(qkv_)) + ")"
                          : ", weights row-major";
     return s;
   }
@@ -214,7 +215,6 @@ class CpuModelRunner final : public ModelRunner {
     for (size_t i = 0; i < qkv_.size(); ++i)
       if (qkv_[i].rows) qkv_[i].data = weights_.layers[i].wq.data;  // wk and wv follow it
     packed_count_ = static_cast<int64_t>(todo.size() + 2 * fused.size());
-    fused_count_ = static_cast<int64_t>(fused.size());
   }
 
   struct FreeDeleter {
@@ -225,9 +225,8 @@ class CpuModelRunner final : public ModelRunner {
   ModelWeights weights_;                            // model_.weights, or their packed copies
   std::unique_ptr<uint16_t, FreeDeleter> packed_;  // the packed weights (amx paths)
   int64_t packed_count_ = 0;                        // matrices in packed_
-  int64_t fused_count_ = 0;                         // layers with gate_up_
-  int64_t qkv_count() const {
-    return std::count_if(qkv_.begin(), qkv_.end(), [](const Tensor& t) { return t.present(); });
+  static int64_t present_count(const std::vector<Tensor>& ts) {
+    return std::count_if(ts.begin(), ts.end(), [](const Tensor& t) { return t.present(); });
   }
   std::vector<Tensor> gate_up_;                     // per layer: gate and up packed together, or absent
   std::vector<Tensor> qkv_;                         // per layer: q, k, v packed one after another, or absent

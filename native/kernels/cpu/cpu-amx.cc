@@ -51,7 +51,7 @@ namespace llm::cpu {
 namespace {
 
 constexpr int64_t kMinRows = 4;
-constexpr int64_t kGroupBlocks = 8;  // 32-row weight blocks per group (packed path)
+constexpr int64_t kGroupBlocks = 8;  // 32-row weight blocks per group (M > 32)
 
 // Packs rows [16 mt, 16 mt + 16) of x (rows past M are zeros) into xp's tiles (mt, 0 .. K/32):
 // per 32 columns the tile of hi = bf16(x), then (kTerms == 2) the tile of lo = bf16(x - hi).
