@@ -294,6 +294,21 @@ TEST(paged_attention_fast_matches_reference) {
             CHECK(attention_difference(*k, dt, hc.H, hc.Hkv, hc.head_dim, block_size, window, mixed) <= 2e-5);
 }
 
+TEST(paged_attention_fast_prefill_chunks_match_reference) {
+  // The amx paths run sequences of 16 or more new tokens on AMX tiles (cpu-amx-attention.cc):
+  // prefills from position 0 and after a cached prefix, query tiles cut at 16, 33 and 50 rows,
+  // decodes and short chunks between them (run on AVX-512), sliding windows shorter and longer
+  // than a 32-key chunk.
+  const std::vector<SeqSpec> prefills = {{0, 1}, {37, 50}, {0, 16}, {5, 1}, {100, 33}, {3, 15}, {0, 64}};
+  struct Heads { int64_t H, Hkv, head_dim; };
+  const Heads heads[] = {{4, 4, 64}, {8, 2, 128}, {4, 1, 32}};
+  for (auto [path, k] : fast_paths())
+    for (const Heads& hc : heads)
+      for (int64_t window : {0, 5, 40})
+        for (int64_t block_size : {3, 16})
+          CHECK(attention_difference(*k, DType::bf16, hc.H, hc.Hkv, hc.head_dim, block_size, window, prefills) <= 2e-5);
+}
+
 TEST(paged_attention_fast_odd_head_dim_falls_back) {
   for (auto [path, k] : fast_paths())
     CHECK(attention_difference(*k, DType::bf16, 4, 2, 36, 4, 0, {{5, 3}, {0, 1}}) <= 2e-5);

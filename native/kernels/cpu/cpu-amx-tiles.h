@@ -1,5 +1,5 @@
 // cpu-amx-tiles.h: the AMX tile set-up and the 16 x 16 register transpose, shared by the AMX
-// kernel path (cpu-amx.cc) and the AMX attention prototype (native/bench/bench-cpu-attention-amx.cc).
+// matmul (cpu-amx.cc) and the AMX prefill attention (cpu-amx-attention.cc).
 // Include only from files compiled with the AVX-512 + AMX flags (CMakeLists.txt); everything here
 // is inline and in an anonymous namespace, like cpu-simd-kernels.h, so no wide-vector code can be
 // picked by the linker for a caller on the baseline path.

@@ -489,6 +489,7 @@ CpuKernels amx_table(const char* name) {
   k.amx_tiles = true;
   k.gate_up_silu = gate_up_silu_amx<kTerms>;
   k.matmul_qkv = matmul_qkv_amx<kTerms>;
+  k.paged_attention = paged_attention_amx;
   return k;
 }
 

@@ -17,4 +17,9 @@ const CpuKernels& cpu_amx_bf16_kernels();  // cpu-amx.cc: cpu_amx_kernels() name
 void matmul_avx512(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias,
                    float* y);
 
+// The amx tables' paged attention: prefills on AMX tiles, the rest by the AVX-512 attention
+// (cpu-amx-attention.cc).
+void paged_attention_amx(ThreadPool& pool, const float* q, KVCacheView cache, int64_t layer,
+                         const AttentionBatch& batch, float* out);
+
 }  // namespace llm::cpu
