@@ -5,13 +5,17 @@
 // tokens, f32/f16 caches, odd head dims) runs the AVX-512 paged_attention, in runs of
 // consecutive sequences (sub-batches that share q, out and the absolute query offsets).
 //
-// Per (sequence, kv head), K and V are packed once per call into VNNI B tiles over the keys
-// [0, seq_len) rounded up to 32 (keys past seq_len are zeros):
-//   kt  [chunk c][dim tile dt][key half nt]: 16 dim pairs (32 dt ..) x 16 keys (32 c + 16 nt ..) x 2
-//   vt  [chunk c][dim tile dn]:              16 key pairs (32 c ..)  x 16 dims (16 dn ..) x 2
-// A work item is (sequence, query head, 32 query tokens): the online-softmax loop over chunks of
-// 32 keys with S = Q K^T in four C tiles (rows 0-15 / 16-31 x keys 0-15 / 16-31), the softmax in
-// AVX-512 (the AVX-512 path's exp), and O += P V loaded into and stored from C tiles.
+// Key-major, so that the softmax's vectors run along 16 queries and need no horizontal
+// reductions: S^T = K Q^T and O^T += V^T P^T on the tiles. Per (sequence, kv head), K and V^T
+// are packed once per call, per chunk of 32 keys over [0, seq_len) rounded up to 32 (keys past
+// seq_len are zeros):
+//   k_rows  [32 keys][head_dim]          A tiles of 16 keys x 32 dims (row stride head_dim)
+//   v_t     [head_dim / 16][16 dims][32 keys]  A tiles of 16 dims x 32 keys
+// A work item is (sequence, query head, 32 query tokens): Q^T as VNNI B tiles (16 dim pairs x 16
+// queries x 2), then per chunk S^T in four C tiles (keys 0-15 / 16-31 x queries 0-15 / 16-31),
+// the online softmax in AVX-512 (the AVX-512 path's exp; P^T written as VNNI B tiles), and
+// O^T (fp32, [dim][32 queries]) loaded into C tiles, accumulated and stored back. The next
+// chunk's S^T runs on the tiles while the vector units do this chunk's softmax.
 // Precision: K and V are bf16 already, so their products are exact; q (times the scale) and P are
 // split into two bf16 terms, v = hi + lo with hi = bf16(v), lo = bf16(v - hi), so each stands for
 // its value to about 2^-17 relative (one term would keep 2^-9), and every product is summed in
@@ -55,10 +59,10 @@ void split_bf16(__m512 v, uint16_t* hi, uint16_t* lo) {
   _mm256_store_si256(reinterpret_cast<__m256i*>(lo), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf))));
 }
 
-// Tiles of one (sequence, kv head): chunks of 32 keys, hd / 8 tiles of 512 bf16 per chunk.
-int64_t chunk_elems(int64_t hd) { return hd / 8 * 512; }
+// Packed keys of one (sequence, kv head): chunks of 32 keys, 64 hd bf16 per chunk (layout above).
+int64_t chunk_elems(int64_t hd) { return 64 * hd; }
 
-// Packs K^T and V of kv head kvh, keys [0, seq_len), into kv (layout above).
+// Packs K and V^T of kv head kvh, keys [0, seq_len), into kv (layout above).
 void pack_kv(const KVCacheView& cache, int64_t layer, const int32_t* block_table, int64_t seq_len, int64_t kvh,
              uint16_t* kv) {
   const int64_t hd = cache.head_dim, chunks = (seq_len + 31) / 32, per = chunk_elems(hd);
@@ -71,49 +75,45 @@ void pack_kv(const KVCacheView& cache, int64_t layer, const int32_t* block_table
   for (int i = 0; i < 16; ++i) ix[2 * i] = static_cast<uint16_t>(i), ix[2 * i + 1] = static_cast<uint16_t>(16 + i);
   const __m512i interleave = _mm512_load_si512(ix);
   for (int64_t c = 0; c < chunks; ++c) {
-    uint16_t* kt = kv + c * per;
-    uint16_t* vt = kt + hd / 16 * 512;
-    for (int64_t dt = 0; dt < hd / 32; ++dt)
-      for (int nt = 0; nt < 2; ++nt) {
-        __m512i r[16];  // [key] = its 32 dims of tile dt as 16 pairs
-        for (int n = 0; n < 16; ++n) {
-          const uint16_t* k = row(c * 32 + nt * 16 + n, 0);
-          r[n] = k ? _mm512_loadu_si512(k + dt * 32) : _mm512_setzero_si512();
-        }
-        transpose16(r);  // [dim pair] = 16 keys
-        uint16_t* tile = kt + (dt * 2 + nt) * 512;
-        for (int i = 0; i < 16; ++i) _mm512_store_si512(tile + i * 32, r[i]);
-      }
+    uint16_t* k_rows = kv + c * per;
+    uint16_t* v_t = k_rows + 32 * hd;
+    for (int64_t j = 0; j < 32; ++j) {
+      const uint16_t* k = row(c * 32 + j, 0);
+      if (k) std::memcpy(k_rows + j * hd, k, static_cast<size_t>(hd * 2));
+      else std::memset(k_rows + j * hd, 0, static_cast<size_t>(hd * 2));
+    }
     for (int64_t dn = 0; dn < hd / 16; ++dn) {
-      uint16_t* tile = vt + dn * 512;
+      __m512i r[16];  // [key pair] = (key 2 kp, key 2 kp + 1) of dims 16 dn .. + 16, as 16 pairs
       for (int kp = 0; kp < 16; ++kp) {
         const uint16_t* a = row(c * 32 + 2 * kp, 1);
         const uint16_t* b = row(c * 32 + 2 * kp + 1, 1);
         const __m256i va = a ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + dn * 16)) : _mm256_setzero_si256();
         const __m256i vb = b ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + dn * 16)) : _mm256_setzero_si256();
-        const __m512i ab = _mm512_inserti64x4(_mm512_castsi256_si512(va), vb, 1);
-        _mm512_store_si512(tile + kp * 32, _mm512_permutexvar_epi16(interleave, ab));
+        r[kp] = _mm512_permutexvar_epi16(interleave, _mm512_inserti64x4(_mm512_castsi256_si512(va), vb, 1));
       }
+      transpose16(r);  // [dim] = its 32 keys in order
+      uint16_t* tile = v_t + dn * 512;
+      for (int d = 0; d < 16; ++d) _mm512_store_si512(tile + d * 32, r[d]);
     }
   }
 }
 
-// Per-thread buffers of one work item (32 query rows).
+// Per-thread buffers of one work item (32 query rows; "query half" nh = rows 16 nh .. + 16).
 struct ItemBuffers {
-  alignas(64) uint16_t q_hi[32 * kMaxHeadDim];
-  alignas(64) uint16_t q_lo[32 * kMaxHeadDim];
-  alignas(64) float o[32 * kMaxHeadDim];
-  alignas(64) float s[32 * 32];
-  alignas(64) uint16_t p_hi[32 * 32];
-  alignas(64) uint16_t p_lo[32 * 32];
-  float m_run[32], l_run[32];
+  alignas(64) uint16_t qt_hi[kMaxHeadDim / 32][2][512];  // Q^T B tiles [dim tile][query half]
+  alignas(64) uint16_t qt_lo[kMaxHeadDim / 32][2][512];
+  alignas(64) float ot[kMaxHeadDim * 32];                // O^T: [dim][32 queries]
+  alignas(64) float st[2][32 * 32];                      // S^T of chunks c and c + 1: [key][32 queries]
+  alignas(64) uint16_t pt_hi[2][512];                    // P^T B tiles [query half]: 16 key pairs x 16 queries x 2
+  alignas(64) uint16_t pt_lo[2][512];
 };
 
-// C tiles 0-3 += (A tiles from a and a + a_rows16: rows 0-15, 16-31; stride a_stride bytes) x
-// (B tiles b0, b1), in the order C0 = (0, b0), C1 = (0, b1), C2 = (16, b0), C3 = (16, b1).
-inline void dp4(const uint16_t* a, int64_t a_rows16, int64_t a_stride, const uint16_t* b0, const uint16_t* b1) {
+// C tiles 0-3 += (A tiles a and a + a_next: rows 0-15, 16-31 of the output; stride a_stride
+// bytes) x (B tiles b0, b1: queries 0-15, 16-31): C0 = (a, b0), C1 = (a, b1), C2 = (a_next, b0),
+// C3 = (a_next, b1).
+inline void dp4(const uint16_t* a, int64_t a_next, int64_t a_stride, const uint16_t* b0, const uint16_t* b1) {
   _tile_loadd(4, a, a_stride);
-  _tile_loadd(5, a + a_rows16, a_stride);
+  _tile_loadd(5, a + a_next, a_stride);
   _tile_loadd(6, b0, 64);
   _tile_loadd(7, b1, 64);
   _tile_dpbf16ps(0, 4, 6);
@@ -122,102 +122,160 @@ inline void dp4(const uint16_t* a, int64_t a_rows16, int64_t a_stride, const uin
   _tile_dpbf16ps(3, 5, 7);
 }
 
+// The four C tiles to or from a [32][32] fp32 block (rows row_stride floats apart): rows 0-15 /
+// 16-31 x columns 0-15 / 16-31, in dp4's order.
+inline void load_c(const float* m, int64_t row_stride) {
+  _tile_loadd(0, m, row_stride * 4);
+  _tile_loadd(1, m + 16, row_stride * 4);
+  _tile_loadd(2, m + 16 * row_stride, row_stride * 4);
+  _tile_loadd(3, m + 16 * row_stride + 16, row_stride * 4);
+}
+inline void store_c(float* m, int64_t row_stride) {
+  _tile_stored(0, m, row_stride * 4);
+  _tile_stored(1, m + 16, row_stride * 4);
+  _tile_stored(2, m + 16 * row_stride, row_stride * 4);
+  _tile_stored(3, m + 16 * row_stride + 16, row_stride * 4);
+}
+
+// (hi, lo) VNNI rows of P^T from the weights of keys 2 kp and 2 kp + 1 (16 queries each).
+inline void store_p_pair(__m512 p_even, __m512 p_odd, __m512i interleave, uint16_t* hi, uint16_t* lo) {
+  auto widen = [](__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); };
+  const __m256i he = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(p_even));
+  const __m256i ho = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(p_odd));
+  const __m256i le = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(p_even, widen(he))));
+  const __m256i lo_odd = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(p_odd, widen(ho))));
+  _mm512_store_si512(hi, _mm512_permutexvar_epi16(interleave, _mm512_inserti64x4(_mm512_castsi256_si512(he), ho, 1)));
+  _mm512_store_si512(lo, _mm512_permutexvar_epi16(interleave, _mm512_inserti64x4(_mm512_castsi256_si512(le), lo_odd, 1)));
+}
+
 // out rows of query head h for tokens [t0, t0 + rows) (rows <= 32) at positions pos0 .., over the
-// packed keys kv of its kv head.
+// packed keys kv of its kv head. Key-major: S^T = K Q^T and O^T += V^T P^T on the tiles, so that
+// the softmax's vectors run along the queries (no horizontal reductions).
 void attend_item(const float* q, int64_t H, int64_t hd, int64_t h, int64_t t0, int64_t rows, int64_t pos0,
                  int64_t window, float scale, const uint16_t* kv, float* out, ItemBuffers& w) {
-  const int64_t per = chunk_elems(hd);
-  const __m512 scale_v = _mm512_set1_ps(scale);
-  for (int64_t r = 0; r < 32; ++r) {
-    for (int64_t d = 0; d < hd; d += 16) {
-      const __m512 v = r < rows ? _mm512_mul_ps(_mm512_loadu_ps(q + ((t0 + r) * H + h) * hd + d), scale_v) : _mm512_setzero_ps();
-      split_bf16(v, w.q_hi + r * hd + d, w.q_lo + r * hd + d);
+  const int64_t per = chunk_elems(hd), dts = hd / 32;
+  // Q^T tiles: rows of q (scaled; rows past `rows` are zeros) as (hi, lo) pairs, transposed.
+  for (int nh = 0; nh < 2; ++nh)
+    for (int64_t dt = 0; dt < dts; ++dt) {
+      __m512i hi[16], lo[16];  // [query] = its 32 dims of tile dt as 16 pairs
+      for (int n = 0; n < 16; ++n) {
+        const int64_t r = nh * 16 + n;
+        if (r >= rows) {
+          hi[n] = lo[n] = _mm512_setzero_si512();
+          continue;
+        }
+        alignas(64) uint16_t h16[32], l16[32];
+        const float* qr = q + ((t0 + r) * H + h) * hd + dt * 32;
+        split_bf16(_mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_set1_ps(scale)), h16, l16);
+        split_bf16(_mm512_mul_ps(_mm512_loadu_ps(qr + 16), _mm512_set1_ps(scale)), h16 + 16, l16 + 16);
+        hi[n] = _mm512_load_si512(h16);
+        lo[n] = _mm512_load_si512(l16);
+      }
+      transpose16(hi);  // [dim pair] = 16 queries
+      transpose16(lo);
+      for (int i = 0; i < 16; ++i) {
+        _mm512_store_si512(w.qt_hi[dt][nh] + i * 32, hi[i]);
+        _mm512_store_si512(w.qt_lo[dt][nh] + i * 32, lo[i]);
+      }
     }
-    w.m_run[r] = -INFINITY;
-    w.l_run[r] = 0.0f;
-  }
-  std::memset(w.o, 0, sizeof(float) * 32 * hd);
-  std::memset(w.p_hi, 0, sizeof(w.p_hi));  // rows past `rows` stay zero: their outputs are not read
-  std::memset(w.p_lo, 0, sizeof(w.p_lo));
+  std::memset(w.ot, 0, sizeof(float) * 32 * hd);
   auto first_key = [&](int64_t pos) { return window > 0 && pos - window + 1 > 0 ? pos - window + 1 : int64_t{0}; };
   const int64_t last_pos = pos0 + rows - 1;
   const int64_t c_begin = first_key(pos0) / 32, c_end = last_pos / 32;
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  const __m512 neg_inf = _mm512_set1_ps(-INFINITY);
-  for (int64_t c = c_begin; c <= c_end; ++c) {
-    const uint16_t* kt = kv + c * per;
-    const uint16_t* vt = kt + hd / 16 * 512;
-    // S = (q_hi + q_lo) K^T
+  alignas(64) uint16_t ix[32];
+  for (int i = 0; i < 16; ++i) ix[2 * i] = static_cast<uint16_t>(i), ix[2 * i + 1] = static_cast<uint16_t>(16 + i);
+  const __m512i interleave = _mm512_load_si512(ix);
+  const __m512 neg_inf = _mm512_set1_ps(-INFINITY), one = _mm512_set1_ps(1.0f);
+  __m512i pos_v[2], first_v[2];  // per query half: each query's position and first visible key
+  __m512 m_run[2], l_run[2];
+  for (int nh = 0; nh < 2; ++nh) {
+    pos_v[nh] = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(pos0 + 16 * nh)), iota);
+    first_v[nh] = window > 0 ? _mm512_max_epi32(_mm512_sub_epi32(pos_v[nh], _mm512_set1_epi32(static_cast<int>(window - 1))),
+                                                _mm512_setzero_si512())
+                             : _mm512_setzero_si512();
+    m_run[nh] = neg_inf;
+    l_run[nh] = _mm512_setzero_ps();
+  }
+  // S^T of chunk c into the C tiles: keys 0-15 / 16-31 x queries 0-15 / 16-31.
+  auto scores = [&](int64_t c) {
+    const uint16_t* k_rows = kv + c * per;
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
     _tile_zero(3);
-    for (int64_t dt = 0; dt < hd / 32; ++dt) {
-      const uint16_t* b0 = kt + (dt * 2) * 512;
-      dp4(w.q_hi + dt * 32, 16 * hd, hd * 2, b0, b0 + 512);
-      dp4(w.q_lo + dt * 32, 16 * hd, hd * 2, b0, b0 + 512);
+    for (int64_t dt = 0; dt < dts; ++dt) {
+      dp4(k_rows + dt * 32, 16 * hd, hd * 2, w.qt_hi[dt][0], w.qt_hi[dt][1]);
+      dp4(k_rows + dt * 32, 16 * hd, hd * 2, w.qt_lo[dt][0], w.qt_lo[dt][1]);
     }
-    _tile_stored(0, w.s, 128);
-    _tile_stored(1, w.s + 16, 128);
-    _tile_stored(2, w.s + 16 * 32, 128);
-    _tile_stored(3, w.s + 16 * 32 + 16, 128);
-    // Online softmax. Keys of this chunk outside a row's [first_key, pos] are masked.
+  };
+  // Software-pipelined: chunk c + 1's S^T runs on the tiles while the vector units do chunk c's
+  // softmax (nothing in between depends on it), then is stored before chunk c's P V needs them.
+  scores(c_begin);
+  store_c(w.st[c_begin % 2], 32);
+  for (int64_t c = c_begin; c <= c_end; ++c) {
+    const uint16_t* v_t = kv + c * per + 32 * hd;
+    const float* st = w.st[c % 2];
+    if (c < c_end) scores(c + 1);
+    // Online softmax along the queries. Keys of this chunk outside a query's [first, pos] are masked.
     const int64_t key0 = c * 32;
     const bool masked = key0 + 31 > pos0 || (window > 0 && key0 < first_key(last_pos));
-    const __m512i keys0 = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(key0)), iota);
-    const __m512i keys1 = _mm512_add_epi32(keys0, _mm512_set1_epi32(16));
-    for (int64_t r = 0; r < rows; ++r) {
-      __m512 s0 = _mm512_load_ps(w.s + r * 32), s1 = _mm512_load_ps(w.s + r * 32 + 16);
-      if (masked) {
-        const __m512i lo = _mm512_set1_epi32(static_cast<int>(first_key(pos0 + r)));
-        const __m512i hi = _mm512_set1_epi32(static_cast<int>(pos0 + r));
-        const __mmask16 v0 = _mm512_cmpge_epi32_mask(keys0, lo) & _mm512_cmple_epi32_mask(keys0, hi);
-        const __mmask16 v1 = _mm512_cmpge_epi32_mask(keys1, lo) & _mm512_cmple_epi32_mask(keys1, hi);
-        s0 = _mm512_mask_blend_ps(v0, neg_inf, s0);
-        s1 = _mm512_mask_blend_ps(v1, neg_inf, s1);
+    __m512 corr[2];
+    for (int nh = 0; nh < 2; ++nh) {
+      __m512 sv[32];
+      __m512 m_c = neg_inf;
+      for (int j = 0; j < 32; ++j) {
+        sv[j] = _mm512_load_ps(st + j * 32 + nh * 16);
+        if (masked) {
+          const __m512i key = _mm512_set1_epi32(static_cast<int>(key0 + j));
+          const __mmask16 ok = _mm512_cmpge_epi32_mask(key, first_v[nh]) & _mm512_cmple_epi32_mask(key, pos_v[nh]);
+          sv[j] = _mm512_mask_blend_ps(ok, neg_inf, sv[j]);
+        }
+        m_c = _mm512_max_ps(m_c, sv[j]);
       }
-      const float m_new = std::fmax(w.m_run[r], _mm512_reduce_max_ps(_mm512_max_ps(s0, s1)));
-      uint16_t* ph = w.p_hi + r * 32;
-      uint16_t* pl = w.p_lo + r * 32;
-      if (m_new == -INFINITY) {  // no key of this row so far (sliding window): nothing to add
-        std::memset(ph, 0, 64);
-        std::memset(pl, 0, 64);
-        continue;
+      const __m512 m_new = _mm512_max_ps(m_run[nh], m_c);
+      // A query that has seen no key yet (sliding window) keeps m = -inf: subtract 0 instead,
+      // so that its weights are exp(-inf) = 0, not NaN.
+      const __m512 m_safe = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(m_new, neg_inf, _CMP_EQ_OQ), m_new, _mm512_setzero_ps());
+      corr[nh] = Vec::exp(_mm512_sub_ps(m_run[nh], m_safe));
+      __m512 sum = _mm512_setzero_ps();
+      for (int j = 0; j < 32; j += 2) {
+        const __m512 pe = Vec::exp(_mm512_sub_ps(sv[j], m_safe)), po = Vec::exp(_mm512_sub_ps(sv[j + 1], m_safe));
+        sum = _mm512_add_ps(sum, _mm512_add_ps(pe, po));
+        store_p_pair(pe, po, interleave, w.pt_hi[nh] + j * 16, w.pt_lo[nh] + j * 16);
       }
-      const float corr = std::exp(w.m_run[r] - m_new);
-      const __m512 m_v = _mm512_set1_ps(m_new);
-      const __m512 p0 = Vec::exp(_mm512_sub_ps(s0, m_v)), p1 = Vec::exp(_mm512_sub_ps(s1, m_v));
-      w.l_run[r] = w.l_run[r] * corr + _mm512_reduce_add_ps(_mm512_add_ps(p0, p1));
-      w.m_run[r] = m_new;
-      split_bf16(p0, ph, pl);
-      split_bf16(p1, ph + 16, pl + 16);
-      if (corr != 1.0f) {
-        float* orow = w.o + r * hd;
-        const __m512 cv = _mm512_set1_ps(corr);
-        for (int64_t d = 0; d < hd; d += 16) _mm512_store_ps(orow + d, _mm512_mul_ps(_mm512_load_ps(orow + d), cv));
-      }
+      l_run[nh] = _mm512_fmadd_ps(l_run[nh], corr[nh], sum);
+      m_run[nh] = m_new;
     }
-    // O += (p_hi + p_lo) V, 32 dims at a time.
-    for (int64_t dp = 0; dp < hd / 32; ++dp) {
-      float* o0 = w.o + dp * 32;
-      _tile_loadd(0, o0, hd * 4);
-      _tile_loadd(1, o0 + 16, hd * 4);
-      _tile_loadd(2, o0 + 16 * hd, hd * 4);
-      _tile_loadd(3, o0 + 16 * hd + 16, hd * 4);
-      const uint16_t* b0 = vt + (dp * 2) * 512;
-      dp4(w.p_hi, 16 * 32, 64, b0, b0 + 512);
-      dp4(w.p_lo, 16 * 32, 64, b0, b0 + 512);
-      _tile_stored(0, o0, hd * 4);
-      _tile_stored(1, o0 + 16, hd * 4);
-      _tile_stored(2, o0 + 16 * hd, hd * 4);
-      _tile_stored(3, o0 + 16 * hd + 16, hd * 4);
+    if (_mm512_cmp_ps_mask(corr[0], one, _CMP_NEQ_UQ) | _mm512_cmp_ps_mask(corr[1], one, _CMP_NEQ_UQ))
+      for (int64_t d = 0; d < hd; ++d) {
+        _mm512_store_ps(w.ot + d * 32, _mm512_mul_ps(_mm512_load_ps(w.ot + d * 32), corr[0]));
+        _mm512_store_ps(w.ot + d * 32 + 16, _mm512_mul_ps(_mm512_load_ps(w.ot + d * 32 + 16), corr[1]));
+      }
+    if (c < c_end) store_c(w.st[(c + 1) % 2], 32);
+    // O^T += V^T (p_hi + p_lo)^T, 32 dims at a time.
+    for (int64_t dp = 0; dp < dts; ++dp) {
+      float* ot = w.ot + dp * 32 * 32;
+      load_c(ot, 32);
+      dp4(v_t + (2 * dp) * 512, 512, 64, w.pt_hi[0], w.pt_hi[1]);
+      dp4(v_t + (2 * dp) * 512, 512, 64, w.pt_lo[0], w.pt_lo[1]);
+      store_c(ot, 32);
     }
   }
-  for (int64_t r = 0; r < rows; ++r) {
-    float* dst = out + ((t0 + r) * H + h) * hd;
-    const __m512 inv = _mm512_set1_ps(1.0f / w.l_run[r]);
-    for (int64_t d = 0; d < hd; d += 16) _mm512_storeu_ps(dst + d, _mm512_mul_ps(_mm512_load_ps(w.o + r * hd + d), inv));
-  }
+  // out = (O^T)^T / l, 16 dims x 16 queries at a time.
+  alignas(64) float inv_l[32];
+  _mm512_store_ps(inv_l, _mm512_div_ps(one, l_run[0]));
+  _mm512_store_ps(inv_l + 16, _mm512_div_ps(one, l_run[1]));
+  for (int nh = 0; nh < 2 && nh * 16 < rows; ++nh)
+    for (int64_t d0 = 0; d0 < hd; d0 += 16) {
+      __m512i r[16];  // [dim] = 16 queries
+      for (int i = 0; i < 16; ++i) r[i] = _mm512_load_si512(w.ot + (d0 + i) * 32 + nh * 16);
+      transpose16(r);  // [query] = 16 dims
+      for (int n = 0; n < 16 && nh * 16 + n < rows; ++n) {
+        const int64_t qi = nh * 16 + n;
+        _mm512_storeu_ps(out + ((t0 + qi) * H + h) * hd + d0, _mm512_mul_ps(_mm512_castsi512_ps(r[n]), _mm512_set1_ps(inv_l[qi])));
+      }
+    }
 }
 
 }  // namespace
