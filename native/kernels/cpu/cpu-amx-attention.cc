@@ -52,11 +52,10 @@ bool amx_shape(const KVCacheView& cache) {
 int64_t q_len_of(const AttentionBatch& b, int64_t s) { return b.query_start_loc[s + 1] - b.query_start_loc[s]; }
 
 // hi = bf16(v), lo = bf16(v - hi), 16 values each.
-void split_bf16(__m512 v, uint16_t* hi, uint16_t* lo) {
-  const __m256i h = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
-  const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-  _mm256_store_si256(reinterpret_cast<__m256i*>(hi), h);
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lo), reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf))));
+inline void split_bf16(__m512 v, __m256i* hi, __m256i* lo) {
+  *hi = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(v));
+  const __m512 hf = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(*hi), 16));
+  *lo = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf)));
 }
 
 // Packed keys of one (sequence, kv head): chunks of 32 keys, 64 hd bf16 per chunk (layout above).
@@ -139,11 +138,9 @@ inline void store_c(float* m, int64_t row_stride) {
 
 // (hi, lo) VNNI rows of P^T from the weights of keys 2 kp and 2 kp + 1 (16 queries each).
 inline void store_p_pair(__m512 p_even, __m512 p_odd, __m512i interleave, uint16_t* hi, uint16_t* lo) {
-  auto widen = [](__m256i h) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16)); };
-  const __m256i he = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(p_even));
-  const __m256i ho = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(p_odd));
-  const __m256i le = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(p_even, widen(he))));
-  const __m256i lo_odd = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(p_odd, widen(ho))));
+  __m256i he, le, ho, lo_odd;
+  split_bf16(p_even, &he, &le);
+  split_bf16(p_odd, &ho, &lo_odd);
   _mm512_store_si512(hi, _mm512_permutexvar_epi16(interleave, _mm512_inserti64x4(_mm512_castsi256_si512(he), ho, 1)));
   _mm512_store_si512(lo, _mm512_permutexvar_epi16(interleave, _mm512_inserti64x4(_mm512_castsi256_si512(le), lo_odd, 1)));
 }
@@ -164,12 +161,12 @@ void attend_item(const float* q, int64_t H, int64_t hd, int64_t h, int64_t t0, i
           hi[n] = lo[n] = _mm512_setzero_si512();
           continue;
         }
-        alignas(64) uint16_t h16[32], l16[32];
         const float* qr = q + ((t0 + r) * H + h) * hd + dt * 32;
-        split_bf16(_mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_set1_ps(scale)), h16, l16);
-        split_bf16(_mm512_mul_ps(_mm512_loadu_ps(qr + 16), _mm512_set1_ps(scale)), h16 + 16, l16 + 16);
-        hi[n] = _mm512_load_si512(h16);
-        lo[n] = _mm512_load_si512(l16);
+        __m256i h0, l0, h1, l1;
+        split_bf16(_mm512_mul_ps(_mm512_loadu_ps(qr), _mm512_set1_ps(scale)), &h0, &l0);
+        split_bf16(_mm512_mul_ps(_mm512_loadu_ps(qr + 16), _mm512_set1_ps(scale)), &h1, &l1);
+        hi[n] = _mm512_inserti64x4(_mm512_castsi256_si512(h0), h1, 1);
+        lo[n] = _mm512_inserti64x4(_mm512_castsi256_si512(l0), l1, 1);
       }
       transpose16(hi);  // [dim pair] = 16 queries
       transpose16(lo);
