@@ -3,7 +3,7 @@
 // layers), random bf16 weights and a bf16 KV pool. Not a test: timing only.
 // Build: the CMake target bench-cpu-prefill-ops (x86 builds with LLM_BUILD_TESTS=ON).
 // Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512] (amx-tiles: weights in
-//      Layout::amx_tiles, gate/up fused with silu and q/k/v in one pass, as the CPU runner runs them) [only=all|matmul] [threads=2] [huge]
+//      Layout::amx_tiles, the MLP in one op (kernels.mlp) and q/k/v in one pass, as the CPU runner runs them) [only=all|matmul] [threads=2] [huge]
 // Prints per op the best-of-rounds time for one layer and its share of the 16-layer total.
 #include <chrono>
 #include <cmath>
@@ -165,10 +165,10 @@ int main(int argc, char** argv) {
         {"silu_mul", 0, [&] { K.silu_mul(pool, hb.data(), hb2.data(), hb.data(), T * kF); }},
         {"matmul down", 2.0 * T * kD * kF, [&] { K.matmul(pool, hb.data(), T, vd, nullptr, xb.data()); }},
     };
-    if (vgu.present()) {  // gate, up and silu_mul as the runner runs them: one op
-      ops.erase(ops.begin() + 9, ops.begin() + 12);
-      ops.insert(ops.begin() + 9, Op{"matmul gate_up+silu", 4.0 * T * kD * kF,
-                                     [&] { K.gate_up_silu(pool, xb.data(), T, vgu, hb.data()); }});
+    if (vgu.present()) {  // gate, up, silu_mul and down as the runner runs them: one op
+      ops.erase(ops.begin() + 9, ops.begin() + 13);
+      ops.insert(ops.begin() + 9, Op{"matmul mlp", 6.0 * T * kD * kF,
+                                     [&] { K.mlp(pool, xb.data(), T, vgu, vd, nullptr, hb.data(), yo.data()); }});
     }
     if (vqkv.present()) {  // q, k and v likewise
       ops.erase(ops.begin() + 1, ops.begin() + 4);

@@ -151,7 +151,7 @@ class CpuModelRunner final : public ModelRunner {
     qkv_.assign(weights_.layers.size(), Tensor{});
     for (size_t i = 0; i < weights_.layers.size(); ++i) {
       LayerWeights& l = weights_.layers[i];
-      const bool fuse = kernels_.gate_up_silu && cpu::can_pack_amx_gate_up(l.w_gate, l.w_up) && !l.b_gate.present() &&
+      const bool fuse = kernels_.gate_up_silu && kernels_.mlp && cpu::can_pack_amx_gate_up(l.w_gate, l.w_up) && !l.b_gate.present() &&
                         !l.b_up.present();
       if (fuse) fused.push_back(i);
       // q, k, v stay in this order in todo (and so in packed_): qkv_[i] then views all three.
@@ -305,17 +305,20 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
     // xb = rmsnorm(x) * mlp_norm
     rmsnorm(s.x.data(), lw.mlp_norm, T, s.xb.data());
     if (!gate_up_.empty() && gate_up_[li].present()) {
-      // hb = silu(xb @ w_gate^T) * (xb @ w_up^T) in one pass (the same bits as below)
-      kernels_.gate_up_silu(pool_, s.xb.data(), T, gate_up_[li], s.hb.data());
+      // xb = (silu(xb @ w_gate^T) * (xb @ w_up^T)) @ w_down^T + b_down, gate and up in one pass
+      // and their product handed to down without the fp32 round trip (the same bits as below)
+      const TensorView b_down = view(lw.b_down);
+      kernels_.mlp(pool_, s.xb.data(), T, gate_up_[li], view(lw.w_down), b_down.present() ? &b_down : nullptr,
+                   s.hb.data(), s.xb.data());
     } else {
       // hb = xb @ w_gate^T + b_gate;  hb2 = xb @ w_up^T + b_up   (biases: Llama mlp_bias)
       matmul(s.xb.data(), T, lw.w_gate, &lw.b_gate, s.hb.data());
       matmul(s.xb.data(), T, lw.w_up, &lw.b_up, s.hb2.data());
       // hb = silu(hb) * hb2
       kernels_.silu_mul(pool_, s.hb.data(), s.hb2.data(), s.hb.data(), T * F);
+      // xb = hb @ w_down^T + b_down
+      matmul(s.hb.data(), T, lw.w_down, &lw.b_down, s.xb.data());
     }
-    // xb = hb @ w_down^T + b_down
-    matmul(s.hb.data(), T, lw.w_down, &lw.b_down, s.xb.data());
     all_reduce(s.xb.data(), T * D);
     // x = x + xb
     add_in_place(s.x.data(), s.xb.data(), T * D);

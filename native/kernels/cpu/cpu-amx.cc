@@ -193,6 +193,25 @@ void store_silu_pair(const float* c, int64_t m0, int64_t rows, int64_t f0, int64
   }
 }
 
+// The fused gate/up matmul writing the down matmul's x tiles (mlp): c holds a gate tile and the
+// up tile of the same 16 features f0 .. f0 + 15 (c and c + 256: 16 rows n x 16 rows m of x).
+// silu(gate) * up as store_silu_pair computes it, rounded to bf16 as pack_x_tiles<1> rounds,
+// written where pack_x_tiles<1> would put it: x tile (mt, f0 / 32) of xp (kb_count tiles per mt),
+// k pairs (f0 % 32) / 2 .. + 8, as two C rows (features 2i, 2i + 1) interleaved per m.
+void store_silu_packed(const float* c, __m512i interleave, int64_t mt, int64_t f0, int64_t kb_count, uint16_t* xp) {
+  const __m512 zero = _mm512_setzero_ps();
+  uint16_t* tile = xp + (mt * kb_count + f0 / 32) * 512 + (f0 % 32) / 2 * 32;
+  for (int i = 0; i < 8; ++i) {
+    const __m512 h_even = SimdKernels<Avx512>::silu_mul_v(_mm512_add_ps(_mm512_load_ps(c + 32 * i), zero),
+                                                          _mm512_add_ps(_mm512_load_ps(c + 256 + 32 * i), zero));
+    const __m512 h_odd = SimdKernels<Avx512>::silu_mul_v(_mm512_add_ps(_mm512_load_ps(c + 32 * i + 16), zero),
+                                                         _mm512_add_ps(_mm512_load_ps(c + 256 + 32 * i + 16), zero));
+    const __m256i e = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(h_even));
+    const __m256i o = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(h_odd));
+    _mm512_store_si512(tile + i * 32, _mm512_permutexvar_epi16(interleave, _mm512_inserti64x4(_mm512_castsi256_si512(e), o, 1)));
+  }
+}
+
 float bias_at(const TensorView& b, int64_t i) {
   switch (b.dtype) {
     case DType::f32: return static_cast<const float*>(b.data)[i];
@@ -297,10 +316,16 @@ void matmul_tiles_avx512(ThreadPool& pool, const float* x, int64_t M, const Tens
 // pack_amx_gate_up, no bias): y[M, N / 2] = silu(gate) * up, each pair of 16-row blocks combined
 // where it is stored; split (matmul_qkv: w is 3 matrices stacked, no bias): columns go to
 // part[0..2][M, width[p]] in turn (widths multiples of 32), y unused.
+// silu_packed (mlp: w from pack_amx_gate_up, no bias, one term, M >= kMinRows): silu(gate) * up
+// goes to packed, as the next matmul's x tiles (pack_x_tiles<1>'s layout, N / 64 column tiles),
+// y unused. x_packed (any kind, one term, M >= kMinRows): x is already in tiles there (from a
+// silu_packed call), x unused.
 struct Output {
-  enum Kind { plain, silu_pairs, split } kind = plain;
+  enum Kind { plain, silu_pairs, split, silu_packed } kind = plain;
   float* part[3] = {};
   int64_t width[3] = {};
+  uint16_t* packed = nullptr;
+  const uint16_t* x_packed = nullptr;
 };
 
 template <int kTerms>
@@ -338,10 +363,14 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
   const int64_t m_tiles = (M + 15) / 16, m_pairs = (m_tiles + 1) / 2, kb_count = K / 32;
   const int64_t x_tile = 512 * kTerms;  // uint16 per (mt, kb) in xp
   thread_local Scratch<uint16_t> pack;
-  uint16_t* xp = pack.get(m_tiles * kb_count * x_tile);
-  pool.parallel_for(m_tiles, [&](int64_t begin, int64_t end) {
-    for (int64_t mt = begin; mt < end; ++mt) pack_x_tiles<kTerms>(x, M, K, mt, xp);
-  });
+  const uint16_t* xp = out.x_packed;
+  if (!xp) {
+    uint16_t* packing = pack.get(m_tiles * kb_count * x_tile);
+    pool.parallel_for(m_tiles, [&](int64_t begin, int64_t end) {
+      for (int64_t mt = begin; mt < end; ++mt) pack_x_tiles<kTerms>(x, M, K, mt, packing);
+    });
+    xp = packing;
+  }
   const bool has_bias = bias && bias->present();
   const uint16_t* wd = static_cast<const uint16_t*>(w.data);
   auto block_bias = [&](int64_t n0, float* b) -> const float* {
@@ -349,6 +378,9 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
     for (int j = 0; j < 32; ++j) b[j] = bias_at(*bias, n0 + j);
     return b;
   };
+  alignas(64) uint16_t ix[32];  // 16-bit interleave of two 16-lane halves (store_silu_packed)
+  for (int i = 0; i < 16; ++i) ix[2 * i] = static_cast<uint16_t>(i), ix[2 * i + 1] = static_cast<uint16_t>(16 + i);
+  const __m512i interleave = _mm512_load_si512(ix);
   auto rows_of = [&](int64_t mt) { return mt >= m_tiles ? 0 : (M - mt * 16 < 16 ? M - mt * 16 : 16); };
   // The C tiles of 32-row weight block nb by x row tiles mt, mt + 1 into y.
   auto store = [&](const float* c, int64_t nb, int64_t mt, float* b) {
@@ -358,6 +390,11 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
       int64_t p = 0, n0 = nb * 32;
       while (n0 >= out.width[p]) n0 -= out.width[p++];
       return store_block(c, nullptr, mt * 16, rows_of(mt), rows_of(mt + 1), n0, out.width[p], out.part[p]);
+    }
+    if (out.kind == Output::silu_packed) {
+      store_silu_packed(c, interleave, mt, nb * 16, N / 64, out.packed);
+      if (rows_of(mt + 1) > 0) store_silu_packed(c + 512, interleave, mt + 1, nb * 16, N / 64, out.packed);
+      return;
     }
     store_silu_pair(c, mt * 16, rows_of(mt), nb * 16, N / 2, y);
     if (rows_of(mt + 1) > 0) store_silu_pair(c + 512, mt * 16 + 16, rows_of(mt + 1), nb * 16, N / 2, y);
@@ -475,6 +512,28 @@ void gate_up_silu_amx(ThreadPool& pool, const float* x, int64_t M, const TensorV
   matmul_amx_impl<kTerms>(pool, x, M, w, nullptr, out, Output{Output::silu_pairs, {}, {}});
 }
 
+// The whole MLP: y = (silu(x gate^T) * (x up^T)) down^T (+ b_down). With one term, M >=
+// kMinRows and D % 32 == 0, silu(gate) * up goes straight into the down matmul's x tiles (bf16,
+// as that matmul would round and pack it), so hb is neither written nor read; otherwise
+// gate_up_silu into hb, then matmul. The same bits either way.
+template <int kTerms>
+void mlp_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w_gate_up, const TensorView& w_down,
+             const TensorView* b_down, float* hb, float* y) {
+  const int64_t F = w_gate_up.rows / 2;
+  if (kTerms != 1 || M < kMinRows || w_down.rows % 32 != 0 || w_down.cols != F) {
+    gate_up_silu_amx<kTerms>(pool, x, M, w_gate_up, hb);
+    return matmul_amx<kTerms>(pool, hb, M, w_down, b_down, y);
+  }
+  thread_local Scratch<uint16_t> h_tiles;
+  uint16_t* hp = h_tiles.get((M + 15) / 16 * F * 16);
+  Output first{Output::silu_packed, {}, {}};
+  first.packed = hp;
+  matmul_amx_impl<1>(pool, x, M, w_gate_up, nullptr, nullptr, first);
+  Output second;
+  second.x_packed = hp;
+  matmul_amx_impl<1>(pool, nullptr, M, w_down, b_down, y, second);
+}
+
 template <int kTerms>
 void matmul_qkv_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, int64_t nq, int64_t nkv, float* q,
                     float* k, float* v) {
@@ -488,6 +547,7 @@ CpuKernels amx_table(const char* name) {
   k.matmul = matmul_amx<kTerms>;
   k.amx_tiles = true;
   k.gate_up_silu = gate_up_silu_amx<kTerms>;
+  k.mlp = mlp_amx<kTerms>;
   k.matmul_qkv = matmul_qkv_amx<kTerms>;
   k.paged_attention = paged_attention_amx;
   return k;

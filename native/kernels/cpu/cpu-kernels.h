@@ -67,6 +67,13 @@ struct CpuKernels {
   // (this table's). nullptr where a table has none (every path but amx): matmul twice, silu_mul.
   void (*gate_up_silu)(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, float* out) = nullptr;
 
+  // The whole MLP: y[M, D] = (silu(x @ gate^T) * (x @ up^T)) @ w_down^T (+ b_down), w_gate_up
+  // from pack_amx_gate_up, hb an [M, F] buffer it may use. The same bits as gate_up_silu into hb
+  // and then matmul; faster where the silu output can go to the down matmul without the fp32
+  // round trip. nullptr where a table has none (every path but amx).
+  void (*mlp)(ThreadPool& pool, const float* x, int64_t M, const TensorView& w_gate_up, const TensorView& w_down,
+              const TensorView* b_down, float* hb, float* y) = nullptr;
+
   // q, k, v in one pass: w = wq, wk, wv stacked in Layout::amx_tiles (nq + 2 nkv rows, each a
   // multiple of 32: pack each of them with pack_amx_tiles right after the one before), q[M, nq],
   // k[M, nkv], v[M, nkv]. The same bits as three matmuls; x is packed once. nullptr where a
