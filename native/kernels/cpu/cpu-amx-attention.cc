@@ -6,12 +6,12 @@
 // consecutive sequences (sub-batches that share q, out and the absolute query offsets).
 //
 // Key-major, so that the softmax's vectors run along 16 queries and need no horizontal
-// reductions: S^T = K Q^T and O^T += V^T P^T on the tiles. Per (sequence, kv head), K and V^T
-// are packed once per call, per chunk of 32 keys over [0, seq_len) rounded up to 32 (keys past
-// seq_len are zeros):
+// reductions: S^T = K Q^T and O^T += V^T P^T on the tiles. A thread packs the K and V^T of the
+// (sequence, kv head) it works on into its own buffer (the keys its query tiles see, in chunks of
+// 32; keys past them are zeros), then runs that kv head's query heads:
 //   k_rows  [32 keys][head_dim]          A tiles of 16 keys x 32 dims (row stride head_dim)
 //   v_t     [head_dim / 16][16 dims][32 keys]  A tiles of 16 dims x 32 keys
-// A work item is (sequence, query head, 32 query tokens): Q^T as VNNI B tiles (16 dim pairs x 16
+// A work item (attend_item) is (sequence, query head, 32 query tokens): Q^T as VNNI B tiles (16 dim pairs x 16
 // queries x 2), then per chunk S^T in four C tiles (keys 0-15 / 16-31 x queries 0-15 / 16-31),
 // the online softmax in AVX-512 (the AVX-512 path's exp; P^T written as VNNI B tiles), and
 // O^T (fp32, [dim][32 queries]) loaded into C tiles, accumulated and stored back. The next
@@ -61,7 +61,8 @@ inline void split_bf16(__m512 v, __m256i* hi, __m256i* lo) {
 // Packed keys of one (sequence, kv head): chunks of 32 keys, 64 hd bf16 per chunk (layout above).
 int64_t chunk_elems(int64_t hd) { return 64 * hd; }
 
-// Packs K and V^T of kv head kvh, keys [0, seq_len), into kv (layout above).
+// Packs K and V^T of kv head kvh, keys [0, seq_len) (the rest of the last chunk: zeros), into kv
+// (layout above).
 void pack_kv(const KVCacheView& cache, int64_t layer, const int32_t* block_table, int64_t seq_len, int64_t kvh,
              uint16_t* kv) {
   const int64_t hd = cache.head_dim, chunks = (seq_len + 31) / 32, per = chunk_elems(hd);
@@ -301,47 +302,35 @@ void paged_attention_amx(ThreadPool& pool, const float* q, KVCacheView cache, in
   }
   if (amx_seqs == 0) return;
   const int64_t H = batch.num_heads, Hkv = cache.num_kv_heads, hd = cache.head_dim, group = H / Hkv;
-  // Packed elements of one kv head of sequence s.
-  auto head_elems = [&](int64_t s) { return (batch.seq_lens[s] + 31) / 32 * chunk_elems(hd); };
-  // The AMX sequences, where their packed keys start, and their work items before them.
-  thread_local Scratch<int64_t> index_buf;
-  int64_t* seq = index_buf.get(3 * amx_seqs + 1);
-  int64_t* kv_at = seq + amx_seqs;
-  int64_t* items_before = kv_at + amx_seqs;
-  int64_t kv_total = 0, n = 0;
-  items_before[0] = 0;
-  for (int64_t s = 0; s < batch.num_seqs; ++s) {
-    if (!on_amx(s)) continue;
-    seq[n] = s;
-    kv_at[n] = kv_total;
-    kv_total += Hkv * head_elems(s);
-    items_before[n + 1] = items_before[n] + H * ((q_len_of(batch, s) + 31) / 32);
-    ++n;
-  }
-  thread_local Scratch<uint16_t> kv_buf;
-  uint16_t* kv = kv_buf.get(kv_total);
-  pool.parallel_for(amx_seqs * Hkv, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t a = i / Hkv, kvh = i % Hkv, s = seq[a];
-      pack_kv(cache, layer, batch.block_tables + s * batch.max_blocks_per_seq, batch.seq_lens[s], kvh,
-              kv + kv_at[a] + kvh * head_elems(s));
-    }
-  });
-  pool.parallel_for(items_before[amx_seqs], [&](int64_t begin, int64_t end) {
+  // Work units: (AMX sequence, kv head, part): the unit packs its kv head's keys into its thread's
+  // buffer and runs that kv head's query heads over the query tiles part, part + parts, ...
+  // (interleaved: causal tiles grow in cost). parts > 1 only when there would be fewer units than
+  // twice the threads (few kv heads).
+  thread_local Scratch<int64_t> seq_buf;
+  int64_t* seq = seq_buf.get(amx_seqs);
+  for (int64_t s = 0, n = 0; s < batch.num_seqs; ++s)
+    if (on_amx(s)) seq[n++] = s;
+  const int64_t want = 2 * pool.size(), parts = amx_seqs * Hkv >= want ? 1 : (want + amx_seqs * Hkv - 1) / (amx_seqs * Hkv);
+  pool.parallel_for(amx_seqs * Hkv * parts, [&](int64_t begin, int64_t end) {
     thread_local Scratch<ItemBuffers> bufs;
+    thread_local Scratch<uint16_t> kv_buf;
     ItemBuffers& w = *bufs.get(1);
     configure_tiles();
-    int64_t a = 0;
-    for (int64_t item = begin; item < end; ++item) {
-      while (items_before[a + 1] <= item) ++a;
-      const int64_t s = seq[a], local = item - items_before[a];
+    for (int64_t u = begin; u < end; ++u) {
+      const int64_t s = seq[u / (Hkv * parts)], kvh = u / parts % Hkv, part = u % parts;
       const int64_t q_len = q_len_of(batch, s), tiles = (q_len + 31) / 32;
-      const int64_t h = local / tiles, tile = local % tiles;
-      const int64_t t0 = batch.query_start_loc[s] + tile * 32;
-      const int64_t rows = q_len - tile * 32 < 32 ? q_len - tile * 32 : 32;
-      const int64_t pos0 = batch.seq_lens[s] - q_len + tile * 32;
-      attend_item(q, H, hd, h, t0, rows, pos0, batch.sliding_window, batch.scale,
-                  kv + kv_at[a] + (h / group) * head_elems(s), out, w);
+      if (part >= tiles) continue;
+      const int64_t last_tile = part + (tiles - 1 - part) / parts * parts;
+      const int64_t past = batch.seq_lens[s] - q_len;  // keys before this step's tokens
+      const int64_t keys = past + (q_len < (last_tile + 1) * 32 ? q_len : (last_tile + 1) * 32);
+      uint16_t* kv = kv_buf.get((keys + 31) / 32 * chunk_elems(hd));
+      pack_kv(cache, layer, batch.block_tables + s * batch.max_blocks_per_seq, keys, kvh, kv);
+      for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
+        for (int64_t tile = part; tile < tiles; tile += parts) {
+          const int64_t rows = q_len - tile * 32 < 32 ? q_len - tile * 32 : 32;
+          attend_item(q, H, hd, h, batch.query_start_loc[s] + tile * 32, rows, past + tile * 32, batch.sliding_window,
+                      batch.scale, kv, out, w);
+        }
     }
     _tile_release();
   });
