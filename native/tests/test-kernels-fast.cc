@@ -340,6 +340,12 @@ TEST(paged_attention_fast_prefill_chunks_match_reference) {
       for (int64_t window : {0, 5, 40})
         for (int64_t block_size : {3, 16})
           CHECK(attention_difference(*k, DType::bf16, hc.H, hc.Hkv, hc.head_dim, block_size, window, prefills) <= 2e-5);
+  // One sequence on one or two kv heads: fewer (sequence, kv head) units than twice the pool's
+  // threads, so the query tiles are split across threads too.
+  for (auto [path, k] : fast_paths())
+    for (int64_t Hkv : {1, 2})
+      for (int64_t window : {0, 40})
+        CHECK(attention_difference(*k, DType::bf16, 4, Hkv, 64, 16, window, {{20, 150}}) <= 2e-5);
 }
 
 TEST(paged_attention_fast_odd_head_dim_falls_back) {
