@@ -348,6 +348,53 @@ TEST(paged_attention_fast_prefill_chunks_match_reference) {
         CHECK(attention_difference(*k, DType::bf16, 4, Hkv, 64, 16, window, {{20, 150}}) <= 2e-5);
 }
 
+// On the amx paths a token's attention does not depend on the step that computes it: in a whole
+// prefill, in a chunk after a cached prefix, in a decode step, alone or next to other sequences,
+// its output has the same bits (so that a request served from the prefix cache, preempted and
+// recomputed, or batched differently streams the same logprobs:
+// test/integration/request-plane.test.ts). The AVX2 / AVX-512 attention does not promise this
+// (its few-row and key-major routes sum in different orders).
+TEST(paged_attention_amx_rows_do_not_depend_on_the_step) {
+  for (auto [path, k] : fast_paths())
+    if (k->amx_tiles)
+    for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{8, 2}, {4, 4}})
+      for (int64_t window : {0, 21}) {
+        const int64_t hd = 64, L = 70;
+        const AttentionCase whole(DType::bf16, H, Hkv, hd, 16, window, {{0, L}});
+        const std::vector<float> ref = whole.run(*k);
+        for (int64_t tail : {1, 3, 9, 40}) {  // the last `tail` tokens as this step's, the rest cached
+          for (bool with_other : {false, true}) {
+            // This step: the sequence's last `tail` tokens, then (with_other) a 1-token decode of the same
+            // sequence's context again as a second sequence, so the batch mixes shapes.
+            std::vector<int32_t> qsl{0, static_cast<int32_t>(tail)}, lens{static_cast<int32_t>(L)};
+            std::vector<int32_t> tables(whole.tables.begin(), whole.tables.begin() + whole.batch.max_blocks_per_seq);
+            if (with_other) {
+              qsl.push_back(static_cast<int32_t>(tail + 1));
+              lens.push_back(static_cast<int32_t>(L - 30));
+              tables.insert(tables.end(), whole.tables.begin(), whole.tables.begin() + whole.batch.max_blocks_per_seq);
+            }
+            AttentionBatch b = whole.batch;
+            b.num_seqs = with_other ? 2 : 1;
+            b.query_start_loc = qsl.data();
+            b.seq_lens = lens.data();
+            b.block_tables = tables.data();
+            std::vector<float> q(whole.q.end() - tail * H * hd, whole.q.end());
+            if (with_other) q.insert(q.end(), whole.q.begin() + (L - 31) * H * hd, whole.q.begin() + (L - 30) * H * hd);
+            std::vector<float> got(q.size(), NAN);
+            k->paged_attention(test_pool(), q.data(), whole.pool.view, AttentionCase::kLayer, b, got.data());
+            bool same = true;
+            for (int64_t i = 0; i < tail * H * hd; ++i) same = same && got[i] == ref[(L - tail) * H * hd + i];
+            if (with_other)
+              for (int64_t i = 0; i < H * hd; ++i) same = same && got[tail * H * hd + i] == ref[(L - 31) * H * hd + i];
+            if (!same)
+              std::printf("  %s H=%ld Hkv=%ld window=%ld tail=%ld%s: rows differ from the whole prefill\n", k->name, (long)H,
+                          (long)Hkv, (long)window, (long)tail, with_other ? " (+ a decode)" : "");
+            CHECK(same);
+          }
+        }
+      }
+}
+
 TEST(paged_attention_fast_odd_head_dim_falls_back) {
   for (auto [path, k] : fast_paths())
     CHECK(attention_difference(*k, DType::bf16, 4, 2, 36, 4, 0, {{5, 3}, {0, 1}}) <= 2e-5);
