@@ -70,9 +70,7 @@ void pack_kv(const KVCacheView& cache, int64_t layer, const int32_t* block_table
              bool with_k, uint16_t* kv) {
   const int64_t hd = cache.head_dim, chunks = (seq_len + 31) / 32, per = chunk_elems(hd), bs = cache.block_size;
   const uint16_t* pool = static_cast<const uint16_t*>(cache.data);
-  alignas(64) uint16_t ix[32];
-  for (int i = 0; i < 16; ++i) ix[2 * i] = static_cast<uint16_t>(i), ix[2 * i + 1] = static_cast<uint16_t>(16 + i);
-  const __m512i interleave = _mm512_load_si512(ix);
+  const __m512i interleave = pair_interleave();
   const uint16_t* k_row[32];  // the chunk's rows (nullptr past seq_len)
   const uint16_t* v_row[32];
   int64_t block = 0, off = 0;  // of key j, walked along (no division per key)
@@ -209,9 +207,7 @@ void attend_item(const Lanes& ln, int64_t hd, int64_t window, float scale, const
   int64_t min_pos = ln.pos[0], max_pos = ln.pos[0];
   for (int64_t r = 1; r < rows; ++r) min_pos = ln.pos[r] < min_pos ? ln.pos[r] : min_pos, max_pos = ln.pos[r] > max_pos ? ln.pos[r] : max_pos;
   const int64_t c_begin = first_key(min_pos) / 32, c_end = max_pos / 32;
-  alignas(64) uint16_t ix[32];
-  for (int i = 0; i < 16; ++i) ix[2 * i] = static_cast<uint16_t>(i), ix[2 * i + 1] = static_cast<uint16_t>(16 + i);
-  const __m512i interleave = _mm512_load_si512(ix);
+  const __m512i interleave = pair_interleave();
   const __m512 neg_inf = _mm512_set1_ps(-INFINITY), one = _mm512_set1_ps(1.0f);
   __m512i pos_v[2], first_v[2];  // per query half: each lane's position and first visible key
   __m512 m_run[2], l_run[2];

@@ -34,6 +34,14 @@ inline void configure_tiles() {
   _tile_loadconfig(&cfg);
 }
 
+// The _mm512_permutexvar_epi16 index that interleaves a register's two halves of 16 bf16
+// (a0 .. a15, b0 .. b15) into pairs (a0, b0, a1, b1, ...): two rows become one VNNI row.
+inline __m512i pair_interleave() {
+  alignas(64) uint16_t ix[32];
+  for (int i = 0; i < 16; ++i) ix[2 * i] = static_cast<uint16_t>(i), ix[2 * i + 1] = static_cast<uint16_t>(16 + i);
+  return _mm512_load_si512(ix);
+}
+
 // In-register transpose of a 16 x 16 matrix of 32-bit elements (r[i] is row i).
 inline void transpose16(__m512i r[16]) {
   __m512i t[16], u[16];

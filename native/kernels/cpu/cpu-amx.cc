@@ -378,9 +378,7 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
     for (int j = 0; j < 32; ++j) b[j] = bias_at(*bias, n0 + j);
     return b;
   };
-  alignas(64) uint16_t ix[32];  // 16-bit interleave of two 16-lane halves (store_silu_packed)
-  for (int i = 0; i < 16; ++i) ix[2 * i] = static_cast<uint16_t>(i), ix[2 * i + 1] = static_cast<uint16_t>(16 + i);
-  const __m512i interleave = _mm512_load_si512(ix);
+  const __m512i interleave = pair_interleave();
   auto rows_of = [&](int64_t mt) { return mt >= m_tiles ? 0 : (M - mt * 16 < 16 ? M - mt * 16 : 16); };
   // The C tiles of 32-row weight block nb by x row tiles mt, mt + 1 into y.
   auto store = [&](const float* c, int64_t nb, int64_t mt, float* b) {
