@@ -208,16 +208,18 @@ TEST(gate_up_silu_gives_the_same_bits_as_matmul_then_silu) {
 }
 
 // mlp (the amx paths' whole MLP: silu(gate) * up handed to down as its bf16 x tiles where it
-// can): the same bits as gate_up_silu then matmul, on both of its routes (few rows or D % 32 != 0:
-// the two calls; else the packed hand-over), with down in tile order or row-major, with a bias.
+// can): the same bits as gate_up_silu then matmul, on both of its routes (few rows, D % 32 != 0 or
+// an f32 down: the two calls; else the packed hand-over), with down in tile order or row-major,
+// with a bias.
 TEST(mlp_gives_the_same_bits_as_gate_up_silu_then_matmul) {
   for (auto [F, K, D] : {std::tuple<int64_t, int64_t, int64_t>{32, 32, 32}, {64, 96, 64}, {160, 288, 96}, {64, 64, 48}}) {
     const TypedBuffer gate(DType::bf16, random_floats(F * K, -3.0f, 3.0f)), up(DType::bf16, random_floats(F * K));
-    const TypedBuffer down(DType::bf16, random_floats(D * F)), bias(DType::bf16, random_floats(D));
+    const std::vector<float> down_values = random_floats(D * F);
+    const TypedBuffer down(DType::bf16, down_values), down_f32(DType::f32, down_values), bias(DType::bf16, random_floats(D));
     std::vector<uint16_t> packed(static_cast<size_t>(2 * F * K)), down_tiles(static_cast<size_t>(D * F));
     const TensorView w = pack_amx_gate_up(gate.view(F, K), up.view(F, K), packed.data());
     const TensorView b = bias.view(1, D);
-    for (const TensorView& wd : {down.view(D, F), pack_amx_tiles(down.view(D, F), down_tiles.data())})
+    for (const TensorView& wd : {down.view(D, F), pack_amx_tiles(down.view(D, F), down_tiles.data()), down_f32.view(D, F)})
       for (auto [path, k] : fast_paths()) {
         CHECK((k->mlp != nullptr) == k->amx_tiles);
         if (!k->mlp) continue;
@@ -233,7 +235,7 @@ TEST(mlp_gives_the_same_bits_as_gate_up_silu_then_matmul) {
             for (size_t i = 0; i < got.size(); ++i) same = same && got[i] == want[i];
             if (!same)
               std::printf("  %s: M %ld F %ld K %ld D %ld %s%s: mlp differs\n", k->name, (long)M, (long)F, (long)K, (long)D,
-                          wd.layout == Layout::amx_tiles ? "tiles" : "row-major", bp ? " bias" : "");
+                          wd.layout == Layout::amx_tiles ? "tiles" : wd.dtype == DType::f32 ? "f32" : "row-major", bp ? " bias" : "");
             CHECK(same);
           }
       }

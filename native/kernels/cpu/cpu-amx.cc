@@ -511,14 +511,14 @@ void gate_up_silu_amx(ThreadPool& pool, const float* x, int64_t M, const TensorV
 }
 
 // The whole MLP: y = (silu(x gate^T) * (x up^T)) down^T (+ b_down). With one term, M >=
-// kMinRows and D % 32 == 0, silu(gate) * up goes straight into the down matmul's x tiles (bf16,
+// kMinRows, a bf16 down and D % 32 == 0, silu(gate) * up goes straight into the down matmul's x tiles (bf16,
 // as that matmul would round and pack it), so hb is neither written nor read; otherwise
 // gate_up_silu into hb, then matmul. The same bits either way.
 template <int kTerms>
 void mlp_amx(ThreadPool& pool, const float* x, int64_t M, const TensorView& w_gate_up, const TensorView& w_down,
              const TensorView* b_down, float* hb, float* y) {
   const int64_t F = w_gate_up.rows / 2;
-  if (kTerms != 1 || M < kMinRows || w_down.rows % 32 != 0 || w_down.cols != F) {
+  if (kTerms != 1 || M < kMinRows || w_down.dtype != DType::bf16 || w_down.rows % 32 != 0 || w_down.cols != F) {
     gate_up_silu_amx<kTerms>(pool, x, M, w_gate_up, hb);
     return matmul_amx<kTerms>(pool, hb, M, w_down, b_down, y);
   }
