@@ -141,7 +141,7 @@ class CpuModelRunner final : public ModelRunner {
   // tokens), and decode reads them at the same bandwidth. weights_ points there; the embedding
   // table and the norms stay the model's views. The results are the same bits (cpu-kernels.h).
   // When the buffer cannot be allocated, the weights stay row-major.
-  // A layer's gate and up go in together (gate_up_[l], for kernels_.gate_up_silu), and so do its
+  // A layer's gate and up go in together (gate_up_[l], for kernels_.mlp), and so do its
   // q, k and v (qkv_[l], for kernels_.matmul_qkv: packed one right after the other), where they
   // can and have no biases.
   void pack_weights() {
@@ -151,7 +151,7 @@ class CpuModelRunner final : public ModelRunner {
     qkv_.assign(weights_.layers.size(), Tensor{});
     for (size_t i = 0; i < weights_.layers.size(); ++i) {
       LayerWeights& l = weights_.layers[i];
-      const bool fuse = kernels_.gate_up_silu && kernels_.mlp && cpu::can_pack_amx_gate_up(l.w_gate, l.w_up) && !l.b_gate.present() &&
+      const bool fuse = kernels_.mlp && cpu::can_pack_amx_gate_up(l.w_gate, l.w_up) && !l.b_gate.present() &&
                         !l.b_up.present();
       if (fuse) fused.push_back(i);
       // q, k, v stay in this order in todo (and so in packed_): qkv_[i] then views all three.

@@ -10,10 +10,10 @@
 // reductions: S^T = K Q^T and O^T += V^T P^T on the tiles. A thread packs what it needs of the
 // (sequence, kv head) it works on into its own buffer, per chunk of 32 keys (keys past the
 // sequence are zeros), and then runs that kv head's queries:
+//   v_t     [head_dim / 16][16 dims][32 keys]  A tiles of 16 dims x 32 keys
 //   k_rows  [32 keys][head_dim]          A tiles of 16 keys x 32 dims; only when the cache's
 //                                        block_size % 16 != 0, else the tiles load from the
 //                                        cache's K rows in place (16 keys of one block)
-//   v_t     [head_dim / 16][16 dims][32 keys]  A tiles of 16 dims x 32 keys
 // A work item (attend_item) is up to 32 queries (lanes): one query head's 32 tokens of a
 // prefill, or all of a kv head's (token, head) pairs of a decode step or short chunk. Q^T goes
 // in as VNNI B tiles (16 dim pairs x 16 lanes x 2); per chunk, S^T in C tiles (keys 0-15 / 16-31
@@ -61,14 +61,15 @@ inline void split_bf16(__m512 v, __m256i* hi, __m256i* lo) {
   *lo = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(v, hf)));
 }
 
-// Packed keys of one (sequence, kv head): chunks of 32 keys, 64 hd bf16 per chunk (layout above).
-int64_t chunk_elems(int64_t hd) { return 64 * hd; }
+// Packed keys of one (sequence, kv head): chunks of 32 keys, v_t then (with_k) k_rows, 32 hd bf16
+// each (layout above).
+int64_t chunk_elems(int64_t hd, bool with_k) { return (with_k ? 64 : 32) * hd; }
 
 // Packs K and V^T of kv head kvh, keys [0, seq_len) (the rest of the last chunk: zeros), into kv
 // (layout above).
 void pack_kv(const KVCacheView& cache, int64_t layer, const int32_t* block_table, int64_t seq_len, int64_t kvh,
              bool with_k, uint16_t* kv) {
-  const int64_t hd = cache.head_dim, chunks = (seq_len + 31) / 32, per = chunk_elems(hd), bs = cache.block_size;
+  const int64_t hd = cache.head_dim, chunks = (seq_len + 31) / 32, per = chunk_elems(hd, with_k), bs = cache.block_size;
   const uint16_t* pool = static_cast<const uint16_t*>(cache.data);
   const __m512i interleave = pair_interleave();
   const uint16_t* k_row[32];  // the chunk's rows (nullptr past seq_len)
@@ -81,8 +82,8 @@ void pack_kv(const KVCacheView& cache, int64_t layer, const int32_t* block_table
       v_row[j] = in ? pool + cache.offset(block_table[block], layer, 1, off) + kvh * hd : nullptr;
       if (in && ++off == bs) off = 0, ++block;
     }
-    uint16_t* k_rows = kv + c * per;
-    uint16_t* v_t = k_rows + 32 * hd;
+    uint16_t* v_t = kv + c * per;
+    uint16_t* k_rows = v_t + 32 * hd;
     for (int64_t j = 0; j < (with_k ? 32 : 0); ++j) {
       if (k_row[j]) std::memcpy(k_rows + j * hd, k_row[j], static_cast<size_t>(hd * 2));
       else std::memset(k_rows + j * hd, 0, static_cast<size_t>(hd * 2));
@@ -174,9 +175,9 @@ struct Lanes {
 // sum runs in the same order (dims, then keys in 32-key chunks from key 0) whatever the other
 // lanes are, and chunks past a lane's position add exact zeros; so a token gets the same bits in
 // a prefill tile, a short chunk or a decode step.
-void attend_item(const Lanes& ln, int64_t hd, int64_t window, float scale, const uint16_t* kv,
+void attend_item(const Lanes& ln, int64_t hd, int64_t window, float scale, const uint16_t* kv, int64_t per,
                  const uint16_t* const* k_at, int64_t k_stride, ItemBuffers& w) {
-  const int64_t per = chunk_elems(hd), dts = hd / 32, rows = ln.rows;
+  const int64_t dts = hd / 32, rows = ln.rows;
   const int halves = rows > 16 ? 2 : 1;  // query halves with a lane in them
   // Q^T tiles: the lanes' q rows (scaled; padding lanes are zeros) as (hi, lo) pairs, transposed.
   for (int nh = 0; nh < halves; ++nh)
@@ -252,7 +253,7 @@ void attend_item(const Lanes& ln, int64_t hd, int64_t window, float scale, const
   scores(c_begin);
   store_scores(w.st[c_begin % 2]);
   for (int64_t c = c_begin; c <= c_end; ++c) {
-    const uint16_t* v_t = kv + c * per + 32 * hd;
+    const uint16_t* v_t = kv + c * per;
     const float* st = w.st[c % 2];
     if (c < c_end) scores(c + 1);
     // Online softmax along the lanes. Keys of this chunk outside a lane's [first, pos] are masked.
@@ -359,7 +360,8 @@ void paged_attention_amx(ThreadPool& pool, const float* q, KVCacheView cache, in
       const int64_t past = batch.seq_lens[s] - q_len;  // keys before this step's tokens
       const int64_t keys = past + (one_item || q_len < (last_tile + 1) * 32 ? q_len : (last_tile + 1) * 32);
       const int64_t chunks = (keys + 31) / 32;
-      uint16_t* kv = kv_buf.get(chunks * chunk_elems(hd));
+      const int64_t per = chunk_elems(hd, !direct_k);
+      uint16_t* kv = kv_buf.get(chunks * per);
       const int32_t* table = batch.block_tables + s * batch.max_blocks_per_seq;
       pack_kv(cache, layer, table, keys, kvh, !direct_k, kv);
       // Where the scores read each chunk's two 16-key A tiles: the cache's own K rows (a half
@@ -370,7 +372,7 @@ void paged_attention_amx(ThreadPool& pool, const float* q, KVCacheView cache, in
           const int64_t j = c * 32 + (kh == 1 && c * 32 + 16 < keys ? 16 : 0);
           k_at[2 * c + kh] = direct_k ? static_cast<const uint16_t*>(cache.data) +
                                             cache.offset(table[j / cache.block_size], layer, 0, j % cache.block_size) + kvh * hd
-                                      : kv + c * chunk_elems(hd) + (j - c * 32) * hd;
+                                      : kv + c * per + (32 + j - c * 32) * hd;
         }
       auto lane = [&](int64_t r, int64_t t, int64_t h) {
         ln.q[r] = q + ((qsl + t) * H + h) * hd;
@@ -381,14 +383,14 @@ void paged_attention_amx(ThreadPool& pool, const float* q, KVCacheView cache, in
         ln.rows = q_len * group;
         for (int64_t t = 0; t < q_len; ++t)
           for (int64_t g = 0; g < group; ++g) lane(t * group + g, t, kvh * group + g);
-        attend_item(ln, hd, batch.sliding_window, batch.scale, kv, k_at, k_stride, w);
+        attend_item(ln, hd, batch.sliding_window, batch.scale, kv, per, k_at, k_stride, w);
         continue;
       }
       for (int64_t h = kvh * group; h < (kvh + 1) * group; ++h)
         for (int64_t tile = part; tile < tiles; tile += parts) {
           ln.rows = q_len - tile * 32 < 32 ? q_len - tile * 32 : 32;
           for (int64_t r = 0; r < ln.rows; ++r) lane(r, tile * 32 + r, h);
-          attend_item(ln, hd, batch.sliding_window, batch.scale, kv, k_at, k_stride, w);
+          attend_item(ln, hd, batch.sliding_window, batch.scale, kv, per, k_at, k_stride, w);
         }
     }
     _tile_release();
