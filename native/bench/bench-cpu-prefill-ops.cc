@@ -155,7 +155,7 @@ int main(int argc, char** argv) {
         {"matmul q", 2.0 * T * kD * kD, [&] { K.matmul(pool, xb.data(), T, vq, nullptr, q.data()); }},
         {"matmul k", 2.0 * T * kD * 512, [&] { K.matmul(pool, xb.data(), T, vk, nullptr, k.data()); }},
         {"matmul v", 2.0 * T * kD * 512, [&] { K.matmul(pool, xb.data(), T, vv, nullptr, v.data()); }},
-        {"rope", 0, [&] { K.rope(pool, q.data(), k.data(), positions.data(), T, kH, kHkv, kHd, inv_freq.data()); }},
+        {"rope", 0, [&] { K.rope(pool, q.data(), k.data(), positions.data(), T, kH, kHkv, kHd, inv_freq.data(), 1.0f); }},
         {"cache_write", 0, [&] { K.cache_write(pool, k.data(), v.data(), slots.data(), T, cache, 0); }},
         {"attention", 4.0 * kH * kHd * T * (T + 1) / 2, [&] { K.paged_attention(pool, q.data(), cache, 0, batch, att.data()); }},
         {"matmul o", 2.0 * T * kD * kD, [&] { K.matmul(pool, att.data(), T, vo, nullptr, yo.data()); }},

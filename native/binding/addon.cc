@@ -52,10 +52,10 @@ Napi::Object model_info_to_js(Napi::Env env, const llm::Model& m) {
   o.Set("maxPositionEmbeddings", static_cast<double>(c.max_position_embeddings));
   o.Set("slidingWindow", static_cast<double>(c.sliding_window));
   o.Set("ropeTheta", static_cast<double>(c.rope_theta));
-  const char* rope = c.rope_scaling.type == llm::RopeScalingType::linear   ? "linear"
-                     : c.rope_scaling.type == llm::RopeScalingType::llama3 ? "llama3"
-                                                                           : "none";
-  o.Set("ropeScalingType", rope);
+  o.Set("ropeScalingType", c.rope_scaling.type == llm::RopeScalingType::none ? "none"
+                                                                              : llm::rope_type_name(c.rope_scaling.type));
+  o.Set("ropeAttentionFactor", static_cast<double>(c.rope_scaling.attention_factor));
+  o.Set("qkNorm", c.qk_norm);
   o.Set("tieWordEmbeddings", c.tie_word_embeddings);
   o.Set("bosTokenId", static_cast<double>(c.bos_token_id));
   Napi::Array eos = Napi::Array::New(env, c.eos_token_ids.size());

@@ -1,4 +1,4 @@
-// model-runner-cpu.cc: the CPU forward pass (see model-runner.h), Llama / Mistral / Qwen2.
+// model-runner-cpu.cc: the CPU forward pass (see model-runner.h), Llama / Mistral / Qwen2 / Qwen3.
 //
 // Owns: CpuModelRunner = the kernel table, a thread pool, and the RunState activations.
 // Stays true: a batch is validated before any kernel runs, so the kernels never read or write
@@ -288,9 +288,14 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
       matmul(s.xb.data(), T, lw.wk, &lw.bk, s.k.data());
       matmul(s.xb.data(), T, lw.wv, &lw.bv, s.v.data());
     }
-    // q, k = rope(q, k) at each token's position
+    if (lw.q_norm.present()) {
+      // q, k = rmsnorm(q) * q_norm, rmsnorm(k) * k_norm, each head on its own   (Qwen3)
+      kernels_.rmsnorm(pool_, s.q.data(), view(lw.q_norm), c.rms_norm_eps, T * num_heads_, head_dim, s.q.data());
+      kernels_.rmsnorm(pool_, s.k.data(), view(lw.k_norm), c.rms_norm_eps, T * num_kv_heads_, head_dim, s.k.data());
+    }
+    // q, k = rope(q, k) at each token's position (cos and sin times yarn's attention factor)
     kernels_.rope(pool_, s.q.data(), s.k.data(), b.positions, T, num_heads_, num_kv_heads_, head_dim,
-                  inv_freq_.data());
+                  inv_freq_.data(), c.rope_scaling.attention_factor);
     // kv_cache[l][slot_mapping] = k, v
     kernels_.cache_write(pool_, s.k.data(), s.v.data(), b.slot_mapping, T, kv_cache_, l);
     // att = softmax(q K^T / sqrt(head_dim), causal, sliding window) V over each sequence's context

@@ -198,7 +198,7 @@ template <typename W, typename F>
 void for_each_tensor(W& w, F&& f) {
   f(w.embed);
   for (auto& l : w.layers) {
-    for (auto* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.bq, &l.bk, &l.bv, &l.wo, &l.bo, &l.mlp_norm, &l.w_gate,
+    for (auto* t : {&l.attn_norm, &l.wq, &l.wk, &l.wv, &l.bq, &l.bk, &l.bv, &l.wo, &l.bo, &l.q_norm, &l.k_norm, &l.mlp_norm, &l.w_gate,
                     &l.w_up, &l.w_down, &l.b_gate, &l.b_up, &l.b_down})
       f(*t);
   }
@@ -554,11 +554,20 @@ Status CudaModelRunnerImpl::run_layers(const DeviceBatch& d) {
       LLM_RETURN_IF_ERROR(gemm(xb_.get(), T, lw.wv, lw.bv, v, dtype_));
     }
     mark("gemm qkv");
-    // rope(q, k), then k and v into the pool: one launch
+    if (lw.q_norm.present()) {
+      // q, k = rmsnorm(q) * q_norm, rmsnorm(k) * k_norm, each head a row   (Qwen3)
+      LLM_RETURN_IF_ERROR(cuda::rmsnorm_residual(q, nullptr, lw.q_norm.data, eps, T * num_heads_, c.head_dim, q,
+                                                 dtype_, stream_));
+      LLM_RETURN_IF_ERROR(cuda::rmsnorm_residual(k, nullptr, lw.k_norm.data, eps, T * num_kv_heads_, c.head_dim, k,
+                                                 dtype_, stream_));
+      mark("q/k norm");
+    }
+    // rope(q, k) (cos and sin times yarn's attention factor), then k and v into the pool: one launch
     cuda::RopeArgs rope;
     rope.q = q;
     rope.positions = d.positions;
     rope.inv_freq = inv_freq_.as<float>();
+    rope.scale = c.rope_scaling.attention_factor;
     rope.num_heads = num_heads_;
     LLM_RETURN_IF_ERROR(cuda::cache_write(k, v, d.slot_mapping, T, kv_view_, l, stream_, &rope));
     mark("rope, cache_write");

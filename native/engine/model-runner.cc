@@ -1,5 +1,6 @@
 // model-runner.cc: what every ModelRunner shares (model-runner.h): rotary frequencies, batch
 // validation, and the host-side greedy fallback.
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -18,13 +19,35 @@ Status invalid(const std::string& message) { return Status(StatusCode::invalid_a
 
 constexpr double kPi = 3.14159265358979323846;
 
+// transformers' yarn find_correction_dim: the dimension whose wavelength turns `rotations` times
+// over the original context.
+double yarn_correction_dim(double rotations, double dim, double base, double original) {
+  return dim * std::log(original / (rotations * 2.0 * kPi)) / (2.0 * std::log(base));
+}
+
 std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
   const int64_t half = cfg.head_dim / 2;
+  const double dim = static_cast<double>(cfg.head_dim);
+  const double base = static_cast<double>(cfg.rope_theta);
   const RopeScaling& rs = cfg.rope_scaling;
+  // yarn's ramp over the pairs: [low, high] blends interpolated into extrapolated frequencies.
+  double yarn_low = 0, yarn_high = 0;
+  if (rs.type == RopeScalingType::yarn) {
+    const double original = static_cast<double>(rs.original_max_position_embeddings);
+    yarn_low = yarn_correction_dim(rs.beta_fast, dim, base, original);
+    yarn_high = yarn_correction_dim(rs.beta_slow, dim, base, original);
+    if (rs.truncate) {
+      yarn_low = std::floor(yarn_low);
+      yarn_high = std::ceil(yarn_high);
+    }
+    yarn_low = std::max(yarn_low, 0.0);
+    yarn_high = std::min(yarn_high, dim - 1);
+    if (yarn_low == yarn_high) yarn_high += 0.001;  // as transformers: no division by zero
+  }
   std::vector<float> inv_freq(static_cast<size_t>(half));
   for (int64_t i = 0; i < half; ++i) {
     // inv_freq_i = 1 / theta^(2i / head_dim)
-    double f = 1.0 / std::pow(static_cast<double>(cfg.rope_theta), 2.0 * i / cfg.head_dim);
+    double f = 1.0 / std::pow(base, 2.0 * i / dim);
     if (rs.type == RopeScalingType::linear) {
       // linear: every frequency slowed by `factor`
       f /= rs.factor;
@@ -42,7 +65,16 @@ std::vector<float> rope_inv_freq(const ModelConfig& cfg) {
             (original / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
         f = (1.0 - smooth) * f / rs.factor + smooth * f;
       }
+    } else if (rs.type == RopeScalingType::yarn) {
+      // yarn (HF _compute_yarn_parameters): pairs below `low` keep their frequency
+      // (extrapolation), pairs above `high` are slowed by `factor` (interpolation), a linear
+      // ramp between.
+      const double ramp = std::clamp((static_cast<double>(i) - yarn_low) / (yarn_high - yarn_low), 0.0, 1.0);
+      const double extrapolation = 1.0 - ramp;
+      f = f / rs.factor * (1.0 - extrapolation) + f * extrapolation;
     }
+    // dynamic: transformers' dynamic NTK changes the base only for sequences longer than
+    // max_position_embeddings, which the engine never runs: the default frequencies.
     inv_freq[static_cast<size_t>(i)] = static_cast<float>(f);
   }
   return inv_freq;

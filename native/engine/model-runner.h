@@ -90,7 +90,9 @@ struct CpuRunnerOptions {
   bool tile_weights = true;
 };
 
-// Rotary inverse frequencies [head_dim / 2] with the config's rope_scaling applied.
+// Rotary inverse frequencies [head_dim / 2] with the config's rope_scaling applied (default,
+// linear, llama3, dynamic, yarn). The rope kernels also multiply cos and sin by
+// cfg.rope_scaling.attention_factor (yarn's; 1 otherwise), as transformers does.
 std::vector<float> rope_inv_freq(const ModelConfig& cfg);
 
 std::unique_ptr<ModelRunner> make_cpu_runner(const Model& model, KVCacheView kv_cache,

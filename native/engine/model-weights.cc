@@ -98,10 +98,14 @@ Status bind_layer(Binder& b, const ModelConfig& cfg, int64_t i, LayerWeights* l)
     LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.q_proj.bias", q_dim, &l->bq));
     LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.k_proj.bias", kv_dim, &l->bk));
     LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.v_proj.bias", kv_dim, &l->bv));
-    // Llama's attention_bias covers o_proj too; Qwen2's o_proj has none.
-    if (cfg.arch == ModelArch::llama) {
+    // The attention_bias of Llama and Qwen3 covers o_proj too; Qwen2's o_proj has none.
+    if (cfg.arch == ModelArch::llama || cfg.arch == ModelArch::qwen3) {
       LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.o_proj.bias", hidden, &l->bo));
     }
+  }
+  if (cfg.qk_norm) {
+    LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.q_norm.weight", cfg.head_dim, &l->q_norm));
+    LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.k_norm.weight", cfg.head_dim, &l->k_norm));
   }
   LLM_RETURN_IF_ERROR(b.vector(p + "post_attention_layernorm.weight", hidden, &l->mlp_norm));
   LLM_RETURN_IF_ERROR(b.matrix(p + "mlp.gate_proj.weight", inter, hidden, &l->w_gate));

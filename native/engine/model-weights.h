@@ -33,7 +33,9 @@ struct LayerWeights {
   Tensor bk;         // (num_kv_heads * head_dim) optional  self_attn.k_proj.bias
   Tensor bv;         // (num_kv_heads * head_dim) optional  self_attn.v_proj.bias
   Tensor wo;         // (hidden, num_heads * head_dim)      self_attn.o_proj.weight
-  Tensor bo;         // (hidden)  optional                  self_attn.o_proj.bias (Llama attention_bias)
+  Tensor bo;         // (hidden)  optional                  self_attn.o_proj.bias (Llama/Qwen3 attention_bias)
+  Tensor q_norm;     // (head_dim) optional                 self_attn.q_norm.weight (Qwen3)
+  Tensor k_norm;     // (head_dim) optional                 self_attn.k_norm.weight (Qwen3)
   Tensor mlp_norm;   // (hidden)                           post_attention_layernorm.weight
   Tensor w_gate;     // (intermediate, hidden)              mlp.gate_proj.weight
   Tensor w_up;       // (intermediate, hidden)              mlp.up_proj.weight
@@ -67,9 +69,9 @@ struct Model {
 };
 
 // Loads config + weights from a Hugging Face model directory.
-// Biases are bound when the config says they exist: bq/bk/bv for Qwen2 or Llama's
-// attention_bias (which also brings bo), b_gate/b_up/b_down for Llama's mlp_bias; otherwise
-// they are not present(). Tensors the model does not use (e.g. rotary_emb.inv_freq) are ignored.
+// Biases are bound when the config says they exist: bq/bk/bv for Qwen2 or the attention_bias
+// of Llama and Qwen3 (which also brings bo), b_gate/b_up/b_down for Llama's mlp_bias; q_norm
+// and k_norm for Qwen3; otherwise they are not present(). Tensors the model does not use (e.g. rotary_emb.inv_freq) are ignored.
 // Errors: those of load_model_config and SafetensorsModel::open_dir, then
 //   ERR_INVALID_ARGUMENT    bad tp_rank/tp_size, or tp_size > 1 ("tensor parallelism is not
 //                           implemented yet")

@@ -288,7 +288,7 @@ TEST(rope_matches_cpu_for_every_scaling) {
         auto d_pos = upload(positions), d_freq = upload(inv_freq), d_slots = upload(slots);
         TestPool cpu_pool(dt, num_blocks, 2, block_size, Hkv, head_dim);
         auto gpu_pool = upload(cpu_pool.bytes);
-        R().rope(test_pool(), q.data(), k.data(), positions.data(), T, H, Hkv, head_dim, inv_freq.data());
+        R().rope(test_pool(), q.data(), k.data(), positions.data(), T, H, Hkv, head_dim, inv_freq.data(), 1.0f);
         // The CPU writes k as the GPU computed it (the rotation is checked separately below), so
         // that the pool comparison checks placement exactly, rounding aside.
         R().cache_write(test_pool(), rounded(dt, k).data(), v.data(), slots.data(), T, cpu_pool.view, 1);

@@ -74,7 +74,7 @@ std::unique_ptr<Weight> random_weight(DType dt, int64_t rows, int64_t cols, floa
 }
 
 struct NaiveLayer {
-  const Weight *attn_norm, *wq, *wk, *wv, *bq, *bk, *bv, *wo, *mlp_norm, *w_gate, *w_up, *w_down;
+  const Weight *attn_norm, *wq, *wk, *wv, *bq, *bk, *bv, *wo, *q_norm, *k_norm, *mlp_norm, *w_gate, *w_up, *w_down;
 };
 
 struct TinyModel {
@@ -89,7 +89,7 @@ struct TinyModel {
   }
 };
 
-enum class Flavor { llama_gqa_llama3, mistral_window_linear, qwen2_bias_tied };
+enum class Flavor { llama_gqa_llama3, mistral_window_linear, qwen2_bias_tied, qwen3_qknorm_yarn };
 
 std::unique_ptr<TinyModel> make_tiny_model(Flavor flavor, DType dt) {
   auto m = std::make_unique<TinyModel>();
@@ -133,8 +133,25 @@ std::unique_ptr<TinyModel> make_tiny_model(Flavor flavor, DType dt) {
       c.tie_word_embeddings = true;
       c.attention_bias = true;
       break;
+    case Flavor::qwen3_qknorm_yarn:
+      c.arch = ModelArch::qwen3;
+      c.architecture = "Qwen3ForCausalLM";
+      c.num_heads = 4;
+      c.num_kv_heads = 2;
+      c.head_dim = 32;  // hidden_size 64 below: q is twice as wide as the residual stream
+      c.intermediate_size = 96;
+      c.rope_theta = 1000000.0f;
+      c.tie_word_embeddings = true;
+      c.qk_norm = true;
+      // yarn over an original 32 positions: at head_dim 32 and theta 1e6 the ramp runs from pair
+      // 3 to 8, so all three regions occur; attention factor 0.1 ln 4 + 1.
+      c.rope_scaling.type = RopeScalingType::yarn;
+      c.rope_scaling.factor = 4.0f;
+      c.rope_scaling.original_max_position_embeddings = 32;
+      c.rope_scaling.attention_factor = static_cast<float>(0.1 * std::log(4.0) + 1.0);
+      break;
   }
-  c.hidden_size = c.num_heads * c.head_dim;
+  c.hidden_size = c.qk_norm ? 64 : c.num_heads * c.head_dim;
   const int64_t D = c.hidden_size, F = c.intermediate_size;
   const int64_t q_dim = c.num_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   const float wd = 1.0f / std::sqrt(static_cast<float>(D)), wf = 1.0f / std::sqrt(static_cast<float>(F));
@@ -153,6 +170,10 @@ std::unique_ptr<TinyModel> make_tiny_model(Flavor flavor, DType dt) {
       nl.bv = m->add(dt, 1, kv_dim, -0.5f, 0.5f);
     }
     nl.wo = m->add(dt, D, q_dim, -wd, wd);
+    if (c.qk_norm) {
+      nl.q_norm = m->add(dt, 1, c.head_dim, 0.8f, 1.2f);
+      nl.k_norm = m->add(dt, 1, c.head_dim, 0.8f, 1.2f);
+    }
     nl.mlp_norm = m->add(dt, 1, D, 0.8f, 1.2f);
     nl.w_gate = m->add(dt, F, D, -wd, wd);
     nl.w_up = m->add(dt, F, D, -wd, wd);
@@ -170,6 +191,10 @@ std::unique_ptr<TinyModel> make_tiny_model(Flavor flavor, DType dt) {
       lw.bv = nl.bv->tensor();
     }
     lw.wo = nl.wo->tensor();
+    if (c.qk_norm) {
+      lw.q_norm = nl.q_norm->tensor();
+      lw.k_norm = nl.k_norm->tensor();
+    }
     lw.mlp_norm = nl.mlp_norm->tensor();
     lw.w_gate = nl.w_gate->tensor();
     lw.w_up = nl.w_up->tensor();
@@ -213,6 +238,21 @@ std::vector<double> hf_inv_freq(const ModelConfig& c) {
       const bool is_medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
       f = is_medium ? smoothed : llama;
     }
+  } else if (rs.type == RopeScalingType::yarn) {
+    const double dim = static_cast<double>(c.head_dim), base = c.rope_theta;
+    const double original = static_cast<double>(rs.original_max_position_embeddings);
+    auto correction_dim = [&](double rotations) {
+      return dim * std::log(original / (rotations * 2 * M_PI)) / (2 * std::log(base));
+    };
+    double low = std::floor(correction_dim(rs.beta_fast)), high = std::ceil(correction_dim(rs.beta_slow));
+    low = std::max(low, 0.0);
+    high = std::min(high, dim - 1);
+    if (low == high) high += 0.001;
+    for (int64_t i = 0; i < half; ++i) {
+      const double ramp = std::min(1.0, std::max(0.0, (i - low) / (high - low)));
+      const double extrapolation_factor = 1 - ramp;
+      inv[i] = inv[i] / rs.factor * (1 - extrapolation_factor) + inv[i] * extrapolation_factor;
+    }
   }
   return inv;
 }
@@ -249,16 +289,25 @@ Vec naive_matvec(const Weight& w, const Vec& x_in, const Weight* bias) {
   return y;
 }
 
-void naive_rope(Vec& x, int64_t heads, int64_t hd, int64_t pos, const Vec& inv_freq) {
+void naive_rope(Vec& x, int64_t heads, int64_t hd, int64_t pos, const Vec& inv_freq, double scale) {
   for (int64_t h = 0; h < heads; ++h)
     for (int64_t i = 0; i < hd / 2; ++i) {
       const double angle = pos * inv_freq[i];
       double& a = x[h * hd + i];
       double& b = x[h * hd + i + hd / 2];
       const double a0 = a, b0 = b;
-      a = a0 * std::cos(angle) - b0 * std::sin(angle);
-      b = b0 * std::cos(angle) + a0 * std::sin(angle);
+      a = scale * (a0 * std::cos(angle) - b0 * std::sin(angle));
+      b = scale * (b0 * std::cos(angle) + a0 * std::sin(angle));
     }
+}
+
+// Qwen3's per-head norm: each head_dim slice of x through RMSNorm with g.
+void naive_head_norm(Vec& x, int64_t heads, int64_t hd, const Weight& g, double eps) {
+  for (int64_t h = 0; h < heads; ++h) {
+    const Vec head(x.begin() + h * hd, x.begin() + (h + 1) * hd);
+    const Vec normed = naive_rmsnorm(head, g, eps);
+    std::copy(normed.begin(), normed.end(), x.begin() + h * hd);
+  }
 }
 
 // Logits (T, vocab) for every position of one sequence.
@@ -276,8 +325,12 @@ std::vector<Vec> naive_forward(const TinyModel& m, const std::vector<int32_t>& t
       q[t] = naive_matvec(*L.wq, xb, L.bq);
       k[t] = naive_matvec(*L.wk, xb, L.bk);
       v[t] = naive_matvec(*L.wv, xb, L.bv);
-      naive_rope(q[t], H, hd, t, inv_freq);
-      naive_rope(k[t], c.num_kv_heads, hd, t, inv_freq);
+      if (L.q_norm) {
+        naive_head_norm(q[t], H, hd, *L.q_norm, c.rms_norm_eps);
+        naive_head_norm(k[t], c.num_kv_heads, hd, *L.k_norm, c.rms_norm_eps);
+      }
+      naive_rope(q[t], H, hd, t, inv_freq, c.rope_scaling.attention_factor);
+      naive_rope(k[t], c.num_kv_heads, hd, t, inv_freq, c.rope_scaling.attention_factor);
     }
     for (int64_t t = 0; t < T; ++t) {
       Vec att(static_cast<size_t>(H * hd), 0.0);
@@ -419,12 +472,14 @@ double logits_diff(const std::vector<std::vector<float>>& a, const std::vector<V
   return logits_diff(a, b);
 }
 
-const Flavor kFlavors[] = {Flavor::llama_gqa_llama3, Flavor::mistral_window_linear, Flavor::qwen2_bias_tied};
+const Flavor kFlavors[] = {Flavor::llama_gqa_llama3, Flavor::mistral_window_linear, Flavor::qwen2_bias_tied,
+                           Flavor::qwen3_qknorm_yarn};
 const char* flavor_name(Flavor f) {
   switch (f) {
     case Flavor::llama_gqa_llama3: return "llama";
     case Flavor::mistral_window_linear: return "mistral";
     case Flavor::qwen2_bias_tied: return "qwen2";
+    case Flavor::qwen3_qknorm_yarn: return "qwen3";
   }
   return "?";
 }

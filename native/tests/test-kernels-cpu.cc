@@ -184,12 +184,13 @@ TEST(rope_matches_double_reference) {
   const int64_t T = 5;
   for (int64_t head_dim : {64, 128}) {
     for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{4, 4}, {8, 2}, {8, 1}}) {
+     for (float scale : {1.0f, 1.1386294f}) {  // 1, and yarn's attention factor at factor 4
       std::vector<float> inv_freq(static_cast<size_t>(head_dim / 2));
       for (int64_t i = 0; i < head_dim / 2; ++i)
         inv_freq[i] = static_cast<float>(1.0 / std::pow(500000.0, 2.0 * i / head_dim));
       std::vector<float> q = random_floats(T * H * head_dim), k = random_floats(T * Hkv * head_dim);
       const std::vector<float> q0 = q, k0 = k;
-      K().rope(test_pool(), q.data(), k.data(), positions, T, H, Hkv, head_dim, inv_freq.data());
+      K().rope(test_pool(), q.data(), k.data(), positions, T, H, Hkv, head_dim, inv_freq.data(), scale);
       // The kernel rounds angle = pos * inv_freq to fp32 like Hugging Face; the reference takes
       // that same angle and rotates in double.
       ErrorTracker err;
@@ -200,13 +201,14 @@ TEST(rope_matches_double_reference) {
               const double angle = static_cast<double>(static_cast<float>(positions[t]) * inv_freq[i]);
               const int64_t lo = (t * heads + h) * head_dim + i, hi = lo + head_dim / 2;
               const double a = before[lo], b = before[hi];
-              err.add(after[lo], a * std::cos(angle) - b * std::sin(angle), 1.0);
-              err.add(after[hi], b * std::cos(angle) + a * std::sin(angle), 1.0);
+              err.add(after[lo], scale * (a * std::cos(angle) - b * std::sin(angle)), 1.0);
+              err.add(after[hi], scale * (b * std::cos(angle) + a * std::sin(angle)), 1.0);
             }
       };
       check_heads(q0, q, H);
       check_heads(k0, k, Hkv);
       CHECK(err.worst <= 1e-5);
+     }
     }
   }
 }

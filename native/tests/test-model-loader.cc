@@ -512,6 +512,120 @@ TEST(error_bad_index) {
   CHECK(expect_error(load_status(dir), StatusCode::model_file_missing, shard2));
 }
 
+// transformers 4 (rope_theta + rope_scaling) and transformers 5 (rope_parameters) forms of the
+// same config read into the same numbers, alone or together; yarn's defaults and attention
+// factor are transformers'.
+TEST(config_rope_forms) {
+  llm_test::TempDir tmp;
+  TinyModelSpec s;
+  const std::string dir = write(tmp, "m", s);
+  auto load_with = [&](const std::vector<std::pair<std::string, const char*>>& set, const std::vector<std::string>& drop,
+                       llm::ModelConfig* c) {
+    llm_test::JsonFields f = llm_test::config_fields(s);
+    for (const auto& [k, v] : set) llm_test::set_field(&f, k, v);
+    for (const std::string& k : drop) llm_test::remove_field(&f, k);
+    write_config(dir, f);
+    const llm::Status st = llm::load_model_config(dir, c);
+    if (!st.ok()) std::fprintf(stderr, "  %s\n", st.message().c_str());
+    return st.ok();
+  };
+  struct Form {
+    const char* scaling;     // transformers 4 rope_scaling
+    const char* parameters;  // transformers 5 rope_parameters (theta 500000)
+  };
+  const Form forms[] = {
+      {"null", "{\"rope_type\": \"default\", \"rope_theta\": 500000.0}"},
+      {"{\"rope_type\": \"linear\", \"factor\": 2.0}", "{\"rope_type\": \"linear\", \"factor\": 2.0, \"rope_theta\": 500000.0}"},
+      {"{\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, "
+       "\"original_max_position_embeddings\": 64}",
+       "{\"factor\": 8.0, \"high_freq_factor\": 4.0, \"low_freq_factor\": 1.0, \"original_max_position_embeddings\": 64, "
+       "\"rope_theta\": 500000.0, \"rope_type\": \"llama3\"}"},
+      {"{\"type\": \"dynamic\", \"factor\": 2.0}", "{\"rope_type\": \"dynamic\", \"factor\": 2.0, \"rope_theta\": 500000.0}"},
+      {"{\"rope_type\": \"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32}",
+       "{\"rope_type\": \"yarn\", \"factor\": 4.0, \"original_max_position_embeddings\": 32, \"rope_theta\": 500000.0}"},
+  };
+  for (const Form& form : forms) {
+    llm::ModelConfig t4, t5, both;
+    CHECK(load_with({{"rope_theta", "500000.0"}, {"rope_scaling", form.scaling}}, {}, &t4));
+    CHECK(load_with({{"rope_parameters", form.parameters}}, {"rope_theta", "rope_scaling"}, &t5));
+    CHECK(load_with({{"rope_theta", "500000.0"}, {"rope_scaling", form.scaling}, {"rope_parameters", form.parameters}}, {},
+                    &both));
+    CHECK(t4.rope_scaling == t5.rope_scaling);
+    CHECK(t4.rope_scaling == both.rope_scaling);
+    CHECK_NEAR(t4.rope_theta, 500000.0, 0);
+    CHECK_NEAR(t5.rope_theta, 500000.0, 0);
+  }
+
+  // Both forms, disagreeing: refused naming both.
+  llm::ModelConfig bad;
+  CHECK(!load_with({{"rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 2.0}"},
+                    {"rope_parameters", "{\"rope_type\": \"linear\", \"factor\": 4.0, \"rope_theta\": 10000.0}"}},
+                   {}, &bad));
+  {
+    llm_test::JsonFields f = llm_test::config_fields(s);
+    llm_test::set_field(&f, "rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 2.0}");
+    llm_test::set_field(&f, "rope_parameters", "{\"rope_type\": \"yarn\", \"factor\": 2.0, \"rope_theta\": 10000.0}");
+    write_config(dir, f);
+    CHECK(expect_error(llm::load_model_config(dir, &bad), StatusCode::model_config_invalid,
+                       "'rope_scaling' (rope_type linear, factor 2.000000) and 'rope_parameters' (rope_type yarn, factor "
+                       "2.000000) disagree"));
+  }
+
+  // yarn: beta 32 / 1, truncate, original = max_position_embeddings by default; the attention
+  // factor 0.1 ln(factor) + 1, or mscale / mscale_all_dim, or the one given.
+  llm::ModelConfig c;
+  CHECK(load_with({{"rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4.0}"}}, {}, &c));
+  CHECK(c.rope_scaling.type == llm::RopeScalingType::yarn);
+  CHECK_EQ(c.rope_scaling.original_max_position_embeddings, 128);
+  CHECK_NEAR(c.rope_scaling.beta_fast, 32.0, 0);
+  CHECK_NEAR(c.rope_scaling.beta_slow, 1.0, 0);
+  CHECK(c.rope_scaling.truncate);
+  CHECK_NEAR(c.rope_scaling.attention_factor, 0.1 * std::log(4.0) + 1.0, 1e-6);
+  CHECK(load_with({{"rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 40.0, \"mscale\": 1.0, \"mscale_all_dim\": 0.707}"}},
+                  {}, &c));
+  CHECK_NEAR(c.rope_scaling.attention_factor, (0.1 * std::log(40.0) + 1.0) / (0.1 * 0.707 * std::log(40.0) + 1.0), 1e-6);
+  CHECK(load_with({{"rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4.0, \"attention_factor\": 0.5, "
+                                    "\"beta_fast\": 16, \"beta_slow\": 2, \"truncate\": false}"}},
+                  {}, &c));
+  CHECK_NEAR(c.rope_scaling.attention_factor, 0.5, 0);
+  CHECK_NEAR(c.rope_scaling.beta_fast, 16.0, 0);
+  CHECK(!c.rope_scaling.truncate);
+}
+
+// Qwen3: q/k norms, head_dim of its own, attention_bias read (not implied as for Qwen2).
+TEST(config_qwen3) {
+  llm_test::TempDir tmp;
+  TinyModelSpec s;
+  const std::string dir = write(tmp, "m", s);
+  llm_test::JsonFields f = llm_test::config_fields(s);
+  llm_test::set_field(&f, "architectures", "[\"Qwen3ForCausalLM\"]");
+  llm_test::remove_field(&f, "mlp_bias");
+  llm_test::set_field(&f, "head_dim", "8");
+  llm_test::set_field(&f, "layer_types", "[\"full_attention\", \"full_attention\"]");
+  llm_test::set_field(&f, "max_window_layers", "2");
+  llm_test::set_field(&f, "use_sliding_window", "false");
+  llm_test::set_field(&f, "sliding_window", "null");
+  write_config(dir, f);
+  llm::ModelConfig c;
+  const llm::Status st = llm::load_model_config(dir, &c);
+  CHECK(st.ok());
+  if (!st.ok()) std::fprintf(stderr, "  %s\n", st.message().c_str());
+  CHECK(c.arch == llm::ModelArch::qwen3);
+  CHECK(c.qk_norm);
+  CHECK(!c.attention_bias);
+  CHECK_EQ(c.head_dim, 8);
+  CHECK_EQ(c.sliding_window, 0);
+  // A sliding layer caps the context at the window.
+  llm_test::set_field(&f, "layer_types", "[\"full_attention\", \"sliding_attention\"]");
+  llm_test::set_field(&f, "sliding_window", "64");
+  write_config(dir, f);
+  CHECK(llm::load_model_config(dir, &c).ok());
+  CHECK_EQ(c.sliding_window, 64);
+  llm_test::set_field(&f, "layer_types", "[\"full_attention\", \"chunked_attention\"]");
+  write_config(dir, f);
+  CHECK(expect_error(llm::load_model_config(dir, &c), StatusCode::model_config_invalid, "\"chunked_attention\""));
+}
+
 TEST(error_bad_config_values) {
   llm_test::TempDir tmp;
   TinyModelSpec s;
@@ -538,7 +652,19 @@ TEST(error_bad_config_values) {
       {"rms_norm_eps", "0", "out of range"},
       {"rms_norm_eps", "\"x\"", "must be a number"},
       {"rope_theta", "-1", "out of range"},
-      {"rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4}", "'yarn' is not supported"},
+      {"rope_scaling", "{\"rope_type\": \"longrope\", \"factor\": 4}", "rope_type 'longrope' is not supported"},
+      {"rope_scaling", "{\"rope_type\": \"yarn\"}", "'factor'"},
+      {"rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 2, \"low_freq_factor\": 1}",
+       "'low_freq_factor' = 1 is not used by rope_type 'linear'"},
+      {"rope_scaling", "{\"rope_type\": \"yarn\", \"type\": \"linear\", \"factor\": 2}", "disagree"},
+      {"rope_scaling", "{\"rope_type\": \"dynamic\", \"factor\": 2, \"original_max_position_embeddings\": 64}",
+       "'original_max_position_embeddings' = 64"},
+      {"rope_parameters", "{\"rope_type\": \"mrope\", \"rope_theta\": 10000.0}", "rope_type 'mrope' is not supported"},
+      {"rope_parameters", "{\"rope_type\": \"default\", \"rope_theta\": 500000.0}",
+       "'rope_theta' = 10000 and 'rope_parameters.rope_theta' = 500000 disagree"},
+      {"rope_parameters", "{\"full_attention\": {\"rope_type\": \"default\"}, \"rope_type\": \"default\"}",
+       "rope parameters per layer type ('full_attention')"},
+      {"rope_parameters", "{\"rope_type\": \"default\", \"partial_rotary_factor\": 0.5}", "'partial_rotary_factor' = 0.5"},
       {"rope_scaling", "{\"factor\": 4}", "missing 'rope_type'"},
       {"rope_scaling", "{\"rope_type\": \"linear\"}", "'factor'"},
       {"rope_scaling", "{\"rope_type\": \"llama3\", \"factor\": 8, \"low_freq_factor\": 4, \"high_freq_factor\": 1, "
@@ -549,6 +675,21 @@ TEST(error_bad_config_values) {
       {"eos_token_id", "32", "eos_token_id"},  // == vocab_size
       {"bos_token_id", "-1", "out of range"},
       {"architectures", "[]", "architectures"},
+      // Keys that change the numbers and are not implemented: refused, naming key and value.
+      {"hidden_act", "\"gelu\"", "'hidden_act' = \"gelu\" is not supported"},
+      {"partial_rotary_factor", "0.5", "'partial_rotary_factor' = 0.5 is not supported"},
+      {"attn_logit_softcapping", "50.0", "'attn_logit_softcapping' = 50 is not supported"},
+      {"final_logit_softcapping", "30.0", "'final_logit_softcapping' = 30 is not supported"},
+      {"qk_norm", "true", "'qk_norm' = true is not supported"},
+      {"use_qk_norm", "true", "'use_qk_norm' = true is not supported"},
+      {"quantization_config", "{\"quant_method\": \"awq\"}", "'quantization_config' = {...} is not supported"},
+      {"num_local_experts", "8", "'num_local_experts' = 8 is not supported"},
+      {"use_mrope", "true", "'use_mrope' = true is not supported"},
+      {"query_pre_attn_scalar", "256", "'query_pre_attn_scalar' = 256 is not supported"},
+      {"logits_scaling", "4.0", "'logits_scaling' = 4 is not supported"},
+      {"sliding_window", "4096", "key 'sliding_window' = 4096 is not known to this engine for LlamaForCausalLM"},
+      {"some_new_key", "1", "key 'some_new_key' = 1 is not known to this engine"},
+      {"dtype", "\"float16\"", "'dtype' = \"float16\" and 'torch_dtype' = \"bfloat16\" disagree"},
       {"architectures", "[7]", "architectures"},
   };
   for (const Case& c : cases) {

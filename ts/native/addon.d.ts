@@ -38,7 +38,9 @@ export interface NativeModelInfo {
   maxPositionEmbeddings: number;
   slidingWindow: number; // 0 = none
   ropeTheta: number;
-  ropeScalingType: 'none' | 'linear' | 'llama3';
+  ropeScalingType: 'none' | 'linear' | 'llama3' | 'dynamic' | 'yarn';
+  ropeAttentionFactor: number; // yarn's factor on cos and sin (1 for the other types)
+  qkNorm: boolean; // Qwen3: per-head RMSNorm of q and k
   tieWordEmbeddings: boolean;
   bosTokenId: number; // -1 = none
   eosTokenIds: number[];

@@ -34,10 +34,11 @@ struct CpuKernels {
   void (*rmsnorm)(ThreadPool& pool, const float* x, const TensorView& weight, float eps, int64_t M,
                   int64_t D, float* out);
 
-  // Rotary embedding in place, Hugging Face "rotate_half" layout (pairs i and i + head_dim/2).
+  // Rotary embedding in place, Hugging Face "rotate_half" layout (pairs i and i + head_dim/2),
+  // with cos and sin multiplied by `scale` (yarn's attention factor; 1 otherwise).
   // q: [T, num_heads, head_dim], k: [T, num_kv_heads, head_dim], inv_freq: [head_dim / 2].
   void (*rope)(ThreadPool& pool, float* q, float* k, const int32_t* positions, int64_t T,
-               int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const float* inv_freq);
+               int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const float* inv_freq, float scale);
 
   // out[i] = silu(gate[i]) * up[i] for i in [0, n).  out may alias gate.
   void (*silu_mul)(ThreadPool& pool, const float* gate, const float* up, float* out, int64_t n);

@@ -147,7 +147,8 @@ void rmsnorm_reference(ThreadPool& pool, const float* x, const TensorView& weigh
 }
 
 // ---------------------------------------------------------------------------------------------
-// rope: for each head and i < head_dim / 2, with angle = position * inv_freq[i]:
+// rope: for each head and i < head_dim / 2, with angle = position * inv_freq[i],
+// cos = scale * cos(angle) and sin = scale * sin(angle) (transformers' attention_scaling):
 //   (x[i], x[i + half]) <- (x[i] cos - x[i + half] sin, x[i + half] cos + x[i] sin)
 
 void rotate_heads(float* x, int64_t num_heads, int64_t head_dim, const float* cos_a, const float* sin_a) {
@@ -164,7 +165,7 @@ void rotate_heads(float* x, int64_t num_heads, int64_t head_dim, const float* co
 }
 
 void rope_reference(ThreadPool& pool, float* q, float* k, const int32_t* positions, int64_t T,
-                    int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const float* inv_freq) {
+                    int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, const float* inv_freq, float scale) {
   const int64_t half = head_dim / 2;
   pool.parallel_for(T, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> cos_sin;  // (2, half) cos then sin of this token's angles
@@ -175,8 +176,8 @@ void rope_reference(ThreadPool& pool, float* q, float* k, const int32_t* positio
       // angle_i = pos * inv_freq_i, in fp32 like Hugging Face
       for (int64_t i = 0; i < half; ++i) {
         const float angle = static_cast<float>(positions[t]) * inv_freq[i];
-        cos_a[i] = std::cos(angle);
-        sin_a[i] = std::sin(angle);
+        cos_a[i] = std::cos(angle) * scale;
+        sin_a[i] = std::sin(angle) * scale;
       }
       rotate_heads(q + t * num_heads * head_dim, num_heads, head_dim, cos_a, sin_a);
       rotate_heads(k + t * num_kv_heads * head_dim, num_kv_heads, head_dim, cos_a, sin_a);

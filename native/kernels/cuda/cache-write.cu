@@ -12,7 +12,7 @@ namespace {
 
 template <typename T>
 __global__ void cache_write_kernel(T* q, T* k, const T* __restrict__ v, const int32_t* __restrict__ positions,
-                                   const float* __restrict__ inv_freq, int64_t num_heads, int64_t num_kv_heads,
+                                   const float* __restrict__ inv_freq, float scale, int64_t num_heads, int64_t num_kv_heads,
                                    int64_t head_dim, const int64_t* __restrict__ slot_mapping, T* pool,
                                    PoolStrides strides, int64_t layer) {
   const int64_t t = blockIdx.y;
@@ -32,6 +32,8 @@ __global__ void cache_write_kernel(T* q, T* k, const T* __restrict__ v, const in
     if (inv_freq) {
       float s, c;
       sincosf(static_cast<float>(positions[t]) * inv_freq[i], &s, &c);
+      s *= scale;
+      c *= scale;
       const float fa = to_float(a), fb = to_float(b);
       a = from_float<T>(fa * c - fb * s);
       b = from_float<T>(fb * c + fa * s);
@@ -66,7 +68,8 @@ Status cache_write(void* k, const void* v, const int64_t* slot_mapping, int64_t 
     using E = decltype(tag);
     cache_write_kernel<E><<<grid, 256, 0, stream>>>(
         rope ? static_cast<E*>(rope->q) : nullptr, static_cast<E*>(k), static_cast<const E*>(v),
-        rope ? rope->positions : nullptr, rope ? rope->inv_freq : nullptr, rope ? rope->num_heads : 0,
+        rope ? rope->positions : nullptr, rope ? rope->inv_freq : nullptr, rope ? rope->scale : 1.0f,
+        rope ? rope->num_heads : 0,
         cache.num_kv_heads, cache.head_dim, slot_mapping, static_cast<E*>(cache.data), PoolStrides(cache), layer);
     return launch_status("cache_write");
   });

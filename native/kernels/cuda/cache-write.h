@@ -1,10 +1,10 @@
 // cache-write.h: writes this step's K and V into the paged KV pool (CUDA), applying the rotary
 // embedding to q and k on the way when asked (one launch per layer for both).
 // Same meaning as CpuKernels::rope followed by CpuKernels::cache_write, with q, k and v already
-// in the pool's dtype. Rope is Hugging Face's "rotate_half" layout; its scaling (none, linear,
-// llama3) lives entirely in inv_freq, computed once on the host by rope_inv_freq
+// in the pool's dtype. Rope is Hugging Face's "rotate_half" layout; its scaling (default, linear,
+// llama3, dynamic, yarn) lives in inv_freq, computed once on the host by rope_inv_freq
 // (engine/model-runner.h) and copied to the device, so CPU and GPU rotate by the same
-// frequencies.
+// frequencies, and in `scale` (yarn's attention factor).
 #pragma once
 
 #include "cuda-common.h"
@@ -12,13 +12,14 @@
 namespace llm::cuda {
 
 // The rotary embedding cache_write applies first: for each token t, head, and i < head_dim / 2,
-// with angle = float(positions[t]) * inv_freq[i]:
+// with angle = float(positions[t]) * inv_freq[i], cos = scale * cos(angle), sin = scale * sin(angle):
 //   (x[i], x[i + half]) <- (x[i] cos - x[i + half] sin, x[i + half] cos + x[i] sin)
 // for x = q[t, head] and x = k[t, kv head].
 struct RopeArgs {
   void* q = nullptr;                  // [T, num_heads, head_dim], rotated in place
   const int32_t* positions = nullptr; // [T] int32
   const float* inv_freq = nullptr;    // [head_dim / 2] fp32
+  float scale = 1.0f;                 // multiplies cos and sin (yarn's attention factor)
   int64_t num_heads = 0;
 };
 
