@@ -4,8 +4,9 @@ PyTorch and Hugging Face transformers but no Node and no network.
 
   make-models OUT      small generated models (HF layout: config.json + model.safetensors) for
                        test-cuda-forward: f32 and bf16 Llama (GQA 4, llama3 RoPE), a bf16 Qwen2
-                       (q/k/v biases, tied embeddings, GQA 1, head_dim 128) and a bf16 Mistral
-                       (sliding window 32, shorter than the test's sequences, GQA 8).
+                       (q/k/v biases, tied embeddings, GQA 1, head_dim 128), a bf16 Qwen3
+                       (per-head q/k norms, head_dim 128 on hidden 256, yarn rope) and a bf16
+                       Mistral (sliding window 32, shorter than the test's sequences, GQA 8).
   make-8b OUT          a random-weight model with Llama-3.1-8B's shape in bf16 (16 GB), for the
                        benchmark; generated on the GPU, written as 4 safetensors shards.
   compare-hf DIR...    HF transformers (on the GPU, eager attention) against the logits that
@@ -40,6 +41,13 @@ TEST_MODELS = {
     "qwen2-bias-tied-bf16": dict(arch="Qwen2ForCausalLM", model_type="qwen2", dtype="bfloat16", vocab=1024, hidden=256,
                                  inter=640, layers=2, heads=2, kv_heads=2, head_dim=128, tie=True, qkv_bias=True,
                                  rope_theta=1e6),
+    # Qwen3: per-head q/k norms, q twice as wide as the residual stream, yarn rope (all three
+    # ramp regions at head_dim 128 over an original 64 positions; attention factor 0.1 ln 4 + 1).
+    "qwen3-qknorm-yarn-bf16": dict(arch="Qwen3ForCausalLM", model_type="qwen3", dtype="bfloat16", vocab=1024,
+                                   hidden=256, inter=512, layers=2, heads=4, kv_heads=2, head_dim=128, tie=True,
+                                   qk_norm=True, rope_theta=1e6,
+                                   rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                 "original_max_position_embeddings": 64}),
     "mistral-window-bf16": dict(arch="MistralForCausalLM", model_type="mistral", dtype="bfloat16", vocab=1024,
                                 hidden=256, inter=512, layers=2, heads=8, kv_heads=1, head_dim=64, sliding_window=32,
                                 rope_theta=10000.0),
@@ -67,9 +75,11 @@ def config_json(s):
         c["rope_scaling"] = s["rope_scaling"]
     if s["model_type"] == "mistral":
         c["sliding_window"] = s["sliding_window"]
-    if s["model_type"] == "qwen2":
+    if s["model_type"] in ("qwen2", "qwen3"):
         c["use_sliding_window"] = False
         c["sliding_window"] = None
+    if s["model_type"] == "qwen3":
+        c["attention_bias"] = False
     return c
 
 
@@ -98,6 +108,9 @@ def tensors(s, device, seed):
             yield p + "self_attn.q_proj.bias", normal((q,), 0.05)
             yield p + "self_attn.k_proj.bias", normal((kv,), 0.05)
             yield p + "self_attn.v_proj.bias", normal((kv,), 0.05)
+        if s.get("qk_norm"):
+            yield p + "self_attn.q_norm.weight", (1.0 + normal((D,), 0.1).float()).to(dt)
+            yield p + "self_attn.k_norm.weight", (1.0 + normal((D,), 0.1).float()).to(dt)
         yield p + "mlp.gate_proj.weight", normal((F, H), H ** -0.5)
         yield p + "mlp.up_proj.weight", normal((F, H), H ** -0.5)
         yield p + "mlp.down_proj.weight", normal((H, F), F ** -0.5)
