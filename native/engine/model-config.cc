@@ -1,9 +1,11 @@
 // model-config.cc: config.json + generation_config.json -> ModelConfig.
 //
-// Reading is done in labelled steps (architecture, sizes, attention options, rope, dtype, token
-// ids, generation config), then one validation pass of the cross-field rules. Every key is read
-// through FieldReader, so a wrong type, a missing required key or an out-of-range value always
-// gives an ERR_MODEL_CONFIG_INVALID naming the file and the key.
+// Reading is done in labelled steps: the architecture, then every key of config.json checked
+// against kConfigKeys (the one list of the keys we know and what each gets), then sizes, rope
+// (either transformers form), attention options, dtype, token ids, the generation config, and
+// one validation pass of the cross-field rules. Every key is read through FieldReader, so a
+// wrong type, a missing required key or an out-of-range value always gives an
+// ERR_MODEL_CONFIG_INVALID naming the file and the key.
 #include "model-config.h"
 
 #include <cmath>
