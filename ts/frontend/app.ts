@@ -13,7 +13,7 @@
 // closing the app aborts every generation in flight, so their streams end and close() returns.
 import { isUtf8 } from 'node:buffer';
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
-import { ChatTemplate, ProcessorError, type TextTokenizer } from '../processor/index.ts';
+import { ChatTemplate, ProcessorError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
 import type { FrontendContext } from './context.ts';
 import { ApiError, toApiError } from './errors.ts';
 import { FrontendMetrics } from './metrics.ts';
@@ -29,6 +29,8 @@ export interface AppOptions {
   pool: WorkerPool;
   tokenizer: TextTokenizer;
   maxModelLen: number;
+  samplingDefaults?: SamplingDefaults; // none when absent
+  reasoningParser?: ReasoningParserName;
   logger?: FastifyServerOptions['logger'];
 }
 
@@ -48,6 +50,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     pool: opts.pool,
     tokenizer: opts.tokenizer,
     chatTemplate: chatTemplateOf(opts.tokenizer),
+    samplingDefaults: opts.samplingDefaults ?? {},
+    reasoningParser: opts.reasoningParser,
     metrics: new FrontendMetrics(opts.modelName),
     active: new Set(),
   };

@@ -4,7 +4,7 @@
 //
 // Stays true: every generation in flight is in `active` until its response has ended, so closing
 // the server can abort them (their streams then end at once).
-import type { ChatTemplate, ProcessorError, TextTokenizer } from '../processor/index.ts';
+import type { ChatTemplate, ProcessorError, ReasoningParserName, SamplingDefaults, TextTokenizer } from '../processor/index.ts';
 import { ApiError } from './errors.ts';
 import type { Generation } from './generation.ts';
 import type { FrontendMetrics } from './metrics.ts';
@@ -18,6 +18,10 @@ export interface FrontendContext {
   tokenizer: TextTokenizer;
   // The model's chat template, or why it has none usable (chat requests then get that error).
   chatTemplate: ChatTemplate | ProcessorError;
+  // For requests that leave them unset (generation_config.json; {} with --generation-config vllm).
+  samplingDefaults: SamplingDefaults;
+  // --reasoning-parser: splits chat answers into reasoning_content and content; absent: off.
+  reasoningParser?: ReasoningParserName;
   metrics: FrontendMetrics;
   active: Set<Generation>;
 }

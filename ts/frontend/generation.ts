@@ -26,7 +26,8 @@ const MAX_WORKER_ATTEMPTS = 3;
 
 export interface ChoiceDelta {
   readonly index: number;
-  readonly text: string;
+  readonly text: string; // the content, with a reasoning parser
+  readonly reasoning: string | null; // null: no reasoning parser
   readonly logprobs: readonly TokenLogprobs[] | null; // of the tokens shown in this delta; null = not asked
   readonly finishReason: FinishReason | null;
   readonly stopReason: string | number | null;
@@ -196,7 +197,8 @@ export class Generation {
     }
     // The stream ended unfinished: aborted (client gone or server closing).
     c.finish = 'abort';
-    onDelta({ index: c.index, text: '', logprobs: this.wantsLogprobs ? [] : null, finishReason: 'abort', stopReason: null });
+    const reasoning = c.processor.reasoning === null ? null : '';
+    onDelta({ index: c.index, text: '', reasoning, logprobs: this.wantsLogprobs ? [] : null, finishReason: 'abort', stopReason: null });
   }
 
   // Feeds one delta of choice c; true once the choice has finished.
@@ -216,8 +218,9 @@ export class Generation {
     let logprobs: readonly TokenLogprobs[] | null = null;
     if (this.wantsLogprobs) logprobs = d.finishReason === 'stop' ? (d.logprobs ?? []).slice(0, -1) : (d.logprobs ?? []);
     if (out.finished) c.finish = out.finishReason;
-    if (out.text.length > 0 || out.finished || (logprobs !== null && logprobs.length > 0)) {
-      onDelta({ index: c.index, text: out.text, logprobs, finishReason: out.finishReason, stopReason: out.stopReason });
+    const shows = out.text.length > 0 || (out.reasoning !== null && out.reasoning.length > 0);
+    if (shows || out.finished || (logprobs !== null && logprobs.length > 0)) {
+      onDelta({ index: c.index, text: out.text, reasoning: out.reasoning, logprobs, finishReason: out.finishReason, stopReason: out.stopReason });
     }
     return out.finished;
   }

@@ -8,10 +8,23 @@
 // With `router` set, workers are found through discovery leases in Redis and chosen by the KV
 // router (routed-worker-pool.ts) instead; `workers` still sizes the context limit.
 //
+// `reasoningParser` (--reasoning-parser) splits chat answers into reasoning_content and content;
+// `generationConfig` (--generation-config: auto, the default, vllm or a directory) says where the
+// sampling defaults come from; they are logged at start, one line, and a bad file is fatal.
+//
 // maxModelLen is capped by the smallest worker's KV capacity (kvTotalBlocks * blockSize): a
 // request longer than that could never be scheduled, so its default max_tokens must not reach it.
 import type { WorkerInfo } from '../protocol/index.ts';
-import { loadTokenizer } from '../processor/index.ts';
+import {
+  describeSamplingDefaults,
+  isReasoningParserName,
+  loadSamplingDefaults,
+  loadTokenizer,
+  reasoningMarkers,
+  unknownReasoningParserMessage,
+  type ReasoningParserName,
+  type TextTokenizer,
+} from '../processor/index.ts';
 import type { PolicyName } from '../router/index.ts';
 import { buildApp } from './app.ts';
 import { RoutedWorkerPool } from './routed-worker-pool.ts';
@@ -25,6 +38,8 @@ export interface FrontendConfig {
   maxModelLen: number;
   workers: WorkerInfo[];
   logLevel?: string;
+  reasoningParser?: string;
+  generationConfig?: string; // 'auto' when absent
   router?: {
     redisUrl: string;
     namespace?: string;
@@ -48,9 +63,28 @@ function parseConfig(argv: string[]): FrontendConfig {
   return JSON.parse(argv[i + 1]) as FrontendConfig;
 }
 
+// The parser finds its markers in the text; a tokenizer that has them as tokens marked special
+// would drop them from the text (skip_special_tokens), which the line warns of.
+function describeReasoningParser(name: ReasoningParserName, tokenizer: TextTokenizer): string {
+  const markers = Object.values(reasoningMarkers(name));
+  const special = markers.filter((m) => {
+    const id = tokenizer.tokenToId(m);
+    return id !== undefined && tokenizer.isSpecial(id);
+  });
+  const single = markers.filter((m) => tokenizer.tokenToId(m) !== undefined);
+  const tokens = single.length === markers.length ? 'each one token' : `${markers.filter((m) => !single.includes(m)).join(', ')} not one token: matched in the text as it arrives`;
+  const warn = special.length > 0 ? `; WARNING: ${special.join(', ')} marked special, so requests with skip_special_tokens (the default) lose them` : '';
+  return `reasoning parser ${name}: chat answers split at ${markers.join(' / ')} into reasoning_content and content (${tokens})${warn}`;
+}
+
 async function main(): Promise<void> {
   const cfg = parseConfig(process.argv.slice(2));
   const tokenizer = await loadTokenizer(cfg.modelDir);
+  if (cfg.reasoningParser !== undefined && !isReasoningParserName(cfg.reasoningParser)) {
+    throw new Error(unknownReasoningParserMessage(cfg.reasoningParser));
+  }
+  const reasoningParser = cfg.reasoningParser as ReasoningParserName | undefined;
+  const sampling = loadSamplingDefaults(cfg.generationConfig ?? 'auto', cfg.modelDir);
   const kvLimit = Math.min(...cfg.workers.map((w) => w.kvTotalBlocks * w.blockSize));
   const routed = cfg.router ? new RoutedWorkerPool({ ...cfg.router, modelName: cfg.modelName }) : undefined;
   const pool: WorkerPool = routed ?? new StaticWorkerPool(cfg.workers, cfg.modelName);
@@ -60,8 +94,12 @@ async function main(): Promise<void> {
     maxModelLen: Math.min(cfg.maxModelLen, kvLimit),
     pool,
     tokenizer,
+    samplingDefaults: sampling.defaults,
+    reasoningParser,
     logger: { level: cfg.logLevel ?? 'info' },
   });
+  app.log.info(describeSamplingDefaults(sampling));
+  if (reasoningParser) app.log.info(describeReasoningParser(reasoningParser, tokenizer));
   if (routed) {
     await routed.start(app.log); // it logs through the app's logger
 

@@ -6,6 +6,9 @@
 // object, created, model), so the hot path JSON-encodes only the delta's text and logprobs;
 // logprobs are clamped at -9999 (vLLM's floor for -inf, which JSON cannot carry); finish_reason
 // and vLLM's stop_reason travel together, on a choice's last chunk.
+// With a reasoning parser (chat only), as vLLM: a whole message carries reasoning_content (a
+// string) and content (null when empty); a chunk's delta carries reasoning_content and/or content,
+// whichever the delta has, and is {} when it has neither.
 import type { TextTokenizer } from '../processor/index.ts';
 import type { TokenLogprobs } from '../protocol/index.ts';
 import type { ChoiceDelta, Usage } from './generation.ts';
@@ -13,6 +16,7 @@ import type { ChoiceDelta, Usage } from './generation.ts';
 export interface ChoiceResult {
   index: number;
   text: string;
+  reasoning: string | null; // null: no reasoning parser
   logprobs: TokenLogprobs[] | null;
   finishReason: string;
   stopReason: string | number | null;
@@ -53,6 +57,15 @@ const clamp = (lp: number) => (lp > MIN_LOGPROB ? lp : MIN_LOGPROB);
 const finishJson = (d: { finishReason: string | null; stopReason: string | number | null }) =>
   d.finishReason === null ? '"finish_reason":null' : `"finish_reason":${JSON.stringify(d.finishReason)},"stop_reason":${JSON.stringify(d.stopReason)}`;
 
+const contentDelta = (d: ChoiceDelta) => (d.text.length > 0 || d.finishReason === null ? `{"content":${JSON.stringify(d.text)}}` : '{}');
+
+function reasoningDelta(reasoning: string, content: string): string {
+  const parts: string[] = [];
+  if (reasoning.length > 0) parts.push(`"reasoning_content":${JSON.stringify(reasoning)}`);
+  if (content.length > 0) parts.push(`"content":${JSON.stringify(content)}`);
+  return `{${parts.join(',')}}`;
+}
+
 function chunkPrefix(ctx: ShapeContext, object: string): string {
   return `{"id":${JSON.stringify(ctx.id)},"object":"${object}","created":${ctx.created},"model":${JSON.stringify(ctx.model)},"choices":[`;
 }
@@ -74,7 +87,7 @@ export class ChatShape implements ResponseShape {
   }
 
   chunk(d: ChoiceDelta): string {
-    const delta = d.text.length > 0 || d.finishReason === null ? `{"content":${JSON.stringify(d.text)}}` : '{}';
+    const delta = d.reasoning === null ? contentDelta(d) : reasoningDelta(d.reasoning, d.text);
     const logprobs = d.logprobs === null ? 'null' : JSON.stringify(this.logprobs(d.logprobs));
     return `${this.prefix}{"index":${d.index},"delta":${delta},"logprobs":${logprobs},${finishJson(d)}}]}`;
   }
@@ -91,7 +104,7 @@ export class ChatShape implements ResponseShape {
       model: this.ctx.model,
       choices: choices.map((c) => ({
         index: c.index,
-        message: { role: 'assistant', content: c.text },
+        message: c.reasoning === null ? { role: 'assistant', content: c.text } : { role: 'assistant', reasoning_content: c.reasoning, content: c.text.length > 0 ? c.text : null },
         logprobs: c.logprobs === null ? null : this.logprobs(c.logprobs),
         finish_reason: c.finishReason,
         stop_reason: c.stopReason,

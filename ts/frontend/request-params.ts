@@ -9,8 +9,12 @@
 //   400 naming the three numbers;
 // - choice j of n gets seed + j (mod 2^32), so n > 1 with a seed is reproducible yet varied;
 // - the engine gets stop_token_ids; EOS is the engine's own business (unless ignore_eos); stop
-//   strings stay here, for the output processor.
-import type { OutputProcessorOptions } from '../processor/index.ts';
+//   strings stay here, for the output processor;
+// - temperature, top_p, top_k, min_p and repetition_penalty a request leaves unset (or null) come
+//   from the model's generation config when it has them (--generation-config auto), else are
+//   neutral; its max_new_tokens caps max_tokens, after the context checks (vLLM's order);
+// - the reasoning parser reaches the output processor only where the route passes it (chat).
+import type { OutputProcessorOptions, ReasoningParserName, SamplingDefaults } from '../processor/index.ts';
 import type { SamplingParams } from '../protocol/index.ts';
 import { ApiError } from './errors.ts';
 import type { SamplingBody } from './schemas.ts';
@@ -34,11 +38,15 @@ export interface PlanOptions {
   defaultMaxTokens: number; // Infinity: the rest of the context
   logprobs: number | undefined; // top-N for the engine, undefined = none
   promptWord: 'messages' | 'prompt'; // for the context-length message
+  samplingDefaults?: SamplingDefaults; // the model's generation config
+  reasoningParser?: ReasoningParserName;
 }
 
 export function planGeneration(body: SamplingBody, opts: PlanOptions): GenerationPlan {
   // 1. Token budgets against the context.
-  const maxTokens = opts.prompts.map((p) => tokenBudget(p.length, opts));
+  const defaults = opts.samplingDefaults ?? {};
+  const cap = defaults.maxTokens ?? Infinity;
+  const maxTokens = opts.prompts.map((p) => Math.min(tokenBudget(p.length, opts), cap));
   const minTokens = body.min_tokens ?? 0;
   const smallest = Math.min(...maxTokens);
   if (minTokens > smallest) {
@@ -47,11 +55,11 @@ export function planGeneration(body: SamplingBody, opts: PlanOptions): Generatio
   // 2. Engine sampling.
   const sampling: GenerationPlan['sampling'] = {
     minTokens,
-    temperature: body.temperature ?? 1,
-    topP: body.top_p ?? 1,
-    topK: body.top_k ?? 0,
-    minP: body.min_p ?? 0,
-    repetitionPenalty: body.repetition_penalty ?? 1,
+    temperature: body.temperature ?? defaults.temperature ?? 1,
+    topP: body.top_p ?? defaults.topP ?? 1,
+    topK: body.top_k ?? defaults.topK ?? 0,
+    minP: body.min_p ?? defaults.minP ?? 0,
+    repetitionPenalty: body.repetition_penalty ?? defaults.repetitionPenalty ?? 1,
     presencePenalty: body.presence_penalty ?? 0,
     frequencyPenalty: body.frequency_penalty ?? 0,
     stopTokenIds: body.stop_token_ids ?? [],
@@ -70,6 +78,7 @@ export function planGeneration(body: SamplingBody, opts: PlanOptions): Generatio
       stop,
       includeStopStrInOutput: body.include_stop_str_in_output ?? false,
       skipSpecialTokens: body.skip_special_tokens ?? true,
+      ...(opts.reasoningParser ? { reasoningParser: opts.reasoningParser } : {}),
     },
     returnTokensAsIds: body.return_tokens_as_token_ids ?? false,
     stream: body.stream ?? false,

@@ -1,6 +1,9 @@
 // routes-chat.ts: POST /v1/chat/completions: messages -> the model's chat template -> prompt
 // token ids -> n choices (Generation) -> chat.completion or chat.completion.chunk stream.
 //
+// With --reasoning-parser, each choice's answer is split into reasoning_content and content
+// (ts/processor/reasoning-parser.ts).
+//
 // Checks beyond the schema: the model name; response_format other than "text" (unsupported:
 // 400); top_logprobs only with logprobs: true (as OpenAI); message roles and content parts (the
 // processor's chat template, which names the field at fault).
@@ -41,6 +44,8 @@ export const chatRoutes: FastifyPluginAsync = async (app) => {
       defaultMaxTokens: Infinity,
       logprobs: body.logprobs ? (body.top_logprobs ?? 0) : undefined,
       promptWord: 'messages',
+      samplingDefaults: ctx.samplingDefaults,
+      reasoningParser: ctx.reasoningParser,
     });
     const id = requestId('chatcmpl');
     const shape = new ChatShape({

@@ -44,6 +44,7 @@ export const completionRoutes: FastifyPluginAsync = async (app) => {
       defaultMaxTokens: DEFAULT_MAX_TOKENS,
       logprobs: body.logprobs ?? undefined,
       promptWord: 'prompt',
+      samplingDefaults: ctx.samplingDefaults, // no reasoning parser here: completions are text as generated
     });
     const id = requestId('cmpl');
     const shapeContext = {

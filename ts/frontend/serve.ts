@@ -60,6 +60,7 @@ async function whole(gen: Generation, shape: ResponseShape): Promise<unknown> {
   const results = Array.from({ length: gen.plan.prompts.length * gen.plan.n }, (_, index) => ({
     index,
     parts: [] as string[],
+    reasoningParts: null as string[] | null,
     logprobs: wantsLogprobs ? ([] as TokenLogprobs[]) : null,
     finishReason: 'abort',
     stopReason: null as string | number | null,
@@ -67,12 +68,17 @@ async function whole(gen: Generation, shape: ResponseShape): Promise<unknown> {
   await gen.run((d) => {
     const r = results[d.index];
     r.parts.push(d.text);
+    if (d.reasoning !== null) (r.reasoningParts ??= []).push(d.reasoning);
     if (d.logprobs) r.logprobs!.push(...d.logprobs);
     if (d.finishReason !== null) {
       r.finishReason = d.finishReason;
       r.stopReason = d.stopReason;
     }
   });
-  const choices: ChoiceResult[] = results.map(({ parts, ...r }) => ({ ...r, text: parts.join('') }));
+  const choices: ChoiceResult[] = results.map(({ parts, reasoningParts, ...r }) => ({
+    ...r,
+    text: parts.join(''),
+    reasoning: reasoningParts === null ? null : reasoningParts.join(''),
+  }));
   return shape.body(choices, gen.usage());
 }

@@ -1,7 +1,10 @@
 // flags.ts: the launcher's command line (DESIGN.md section 1; the seed's flag names, so its six
 // examples run unchanged). Parsing is strict: an unknown flag or a bad value is an error with
 // the flag's name; flags whose feature has not landed yet are refused, never ignored.
+import fs from 'node:fs';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { isReasoningParserName, unknownReasoningParserMessage, type ReasoningParserName } from '../processor/reasoning-parser.ts';
 
 export interface LauncherFlags {
   model?: string;
@@ -25,6 +28,8 @@ export interface LauncherFlags {
   maxNumBatchedTokens?: number;
   kvCacheMemory?: number; // bytes
   servedModelName?: string;
+  reasoningParser?: ReasoningParserName;
+  generationConfig: string; // 'auto', 'vllm', or an absolute directory
   restart: boolean;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   help: boolean;
@@ -47,6 +52,12 @@ Model
                                 cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).
                                 Default: a built-in tiny Llama, generated on first use.
   --served-model-name NAME      the name clients send as "model" (default: the --model value)
+  --generation-config auto|vllm|DIR
+                                sampling defaults (temperature, top_p, top_k, min_p,
+                                repetition_penalty; max_new_tokens caps max_tokens) for
+                                requests that leave them unset: auto = the model's
+                                generation_config.json, vllm = none, DIR = the
+                                generation_config.json in DIR (default auto)
 
 Topology
   --workers N, --decode-workers N
@@ -83,6 +94,8 @@ Engine
                                 (default: enough for max-num-seqs full sequences, at most 1 GiB)
 
 Serving
+  --reasoning-parser NAME       split chat answers into reasoning_content and content;
+                                deepseek_r1: reasoning until </think> (default: off)
   --http-port N                 OpenAI server port (default 8181)
   --host ADDR                   address to listen on (default 0.0.0.0)
   --redis-url URL               use this Redis; otherwise a private redis-server is started
@@ -125,6 +138,23 @@ function oneOf<T extends string>(name: string, v: string | undefined, allowed: r
   return v as T;
 }
 
+function reasoningParser(v: string | undefined): ReasoningParserName | undefined {
+  if (v === undefined) return undefined;
+  if (!isReasoningParserName(v)) throw new FlagError(`--reasoning-parser: ${unknownReasoningParserMessage(v)}`);
+  return v;
+}
+
+// auto | vllm | a directory (made absolute; its generation_config.json is checked with the
+// model's, before any worker starts).
+function generationConfig(v: string | undefined): string {
+  if (v === undefined || v === 'auto' || v === 'vllm') return v ?? 'auto';
+  const dir = path.resolve(v);
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+    throw new FlagError(`--generation-config must be auto, vllm or a directory holding a generation_config.json, got '${v}'`);
+  }
+  return dir;
+}
+
 export function parseFlags(argv: string[]): LauncherFlags {
   let parsed;
   try {
@@ -135,6 +165,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
       options: {
         model: { type: 'string' },
         'served-model-name': { type: 'string' },
+        'generation-config': { type: 'string' },
+        'reasoning-parser': { type: 'string' },
         workers: { type: 'string' },
         'decode-workers': { type: 'string' },
         'prefill-workers': { type: 'string' },
@@ -174,6 +206,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
   const flags: LauncherFlags = {
     model: v.model,
     servedModelName: v['served-model-name'],
+    reasoningParser: reasoningParser(v['reasoning-parser']),
+    generationConfig: generationConfig(v['generation-config']),
     workers: int('workers', v.workers ?? v['decode-workers'], 1, 256) ?? 1,
     prefillWorkers: int('prefill-workers', v['prefill-workers'], 0, 256) ?? 0,
     router: oneOf('router', v.router, ['round-robin', 'kv', 'random'] as const, 'round-robin'),

@@ -11,6 +11,7 @@ import { loadAddon } from '../native/loader.ts';
 import type { EngineDevice } from '../native/engine.ts';
 import type { WorkerInfo, WorkerRole } from '../protocol/index.ts';
 import type { WorkerConfig, WorkerMessage } from '../worker/main.ts';
+import { loadSamplingDefaults } from '../processor/generation-config.ts';
 import { FlagError, HELP, parseFlags, refuseUnimplemented, type LauncherFlags } from './flags.ts';
 import { freePorts } from './ports.ts';
 import { resolveModel, type ResolvedModel } from './model-resolve.ts';
@@ -119,6 +120,7 @@ async function run(f: LauncherFlags): Promise<number> {
   const model = await resolveModel(f.model);
   const served = { ...model, name: f.servedModelName ?? model.name };
   log(`model ${served.name} at ${model.dir}`);
+  loadSamplingDefaults(f.generationConfig, model.dir); // a bad generation config stops here, before any worker loads
   const tileWeights = device === 'cpu' && cpuTileWeights(model.dir, f.workers + f.prefillWorkers);
 
   // 2. Redis, when this mode needs it.
@@ -203,6 +205,8 @@ async function run(f: LauncherFlags): Promise<number> {
         maxModelLen: Math.min(...workers.map((w) => w.maxModelLen)),
         workers,
         logLevel: f.logLevel,
+        reasoningParser: f.reasoningParser,
+        generationConfig: f.generationConfig,
         router: redisUrl
           ? { redisUrl, policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
           : undefined,

@@ -12,6 +12,7 @@ export const processorErrorStatus = {
   ERR_CHAT_TEMPLATE_RENDER: 400,
   ERR_INVALID_TOKEN_ID: 400,
   ERR_EMPTY_PROMPT: 400,
+  ERR_GENERATION_CONFIG_INVALID: 500,
 } as const;
 
 export type ProcessorErrorCode = keyof typeof processorErrorStatus;

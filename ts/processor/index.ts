@@ -1,6 +1,7 @@
 // index.ts: the processor's public API. The processor sits between the HTTP frontend and the
 // engine workers: request input -> prompt token ids (tokenizer, chat-template, prompt), streamed
-// token ids -> text deltas and finish (detokenizer, stop-strings, output-processor).
+// token ids -> text deltas and finish (detokenizer, stop-strings, reasoning-parser,
+// output-processor); the model's sampling defaults (generation-config).
 export { ProcessorError, processorErrorStatus, type ProcessorErrorCode } from './errors.js';
 export {
   TextTokenizer,
@@ -23,3 +24,20 @@ export {
   type OutputProcessorOptions,
   type Usage,
 } from './output-processor.js';
+export {
+  createReasoningParser,
+  isReasoningParserName,
+  reasoningMarkers,
+  reasoningParserNames,
+  unknownReasoningParserMessage,
+  type ReasoningParser,
+  type ReasoningParserName,
+  type ReasoningSplit,
+} from './reasoning-parser.js';
+export {
+  loadSamplingDefaults,
+  describeSamplingDefaults,
+  type GenerationConfigSetting,
+  type LoadedSamplingDefaults,
+  type SamplingDefaults,
+} from './generation-config.js';

@@ -1,7 +1,8 @@
 // output-processor.ts: one choice of one request, from the engine's streamed token ids to the
 // text deltas and finish the OpenAI API reports.
 //
-// Per feed: ids -> IncrementalDetokenizer -> StopStringMatcher -> delta. What stays true:
+// Per feed: ids -> IncrementalDetokenizer -> StopStringMatcher -> ReasoningParser (when asked)
+// -> delta. What stays true:
 // - the token that ended a request in the engine (EOS or a stop token id; the last id of the
 //   feed that reports 'stop') is counted but never shown, as in vLLM;
 // - finishReason is 'stop' when a stop string, a stop token or EOS ended the choice, 'length'
@@ -10,8 +11,13 @@
 // - a stop string is found here, not in the engine: the feed that finds it answers
 //   abortEngine: true once, and the caller must then cancel the request in the engine;
 // - completionTokens counts every id fed until the choice finished, stop token included
-//   (vLLM's usage). Ids fed after that are ignored.
+//   (vLLM's usage). Ids fed after that are ignored;
+// - with a reasoning parser, stop strings apply to the text as generated, reasoning included (as
+//   vLLM: a stop string inside the reasoning ends the answer there, with no content), and the
+//   parser splits what they let through: delta.text is then the content, delta.reasoning the
+//   reasoning; without one, delta.reasoning is null.
 import { IncrementalDetokenizer } from './detokenizer.js';
+import { createReasoningParser, type ReasoningParser, type ReasoningParserName } from './reasoning-parser.js';
 import { StopStringMatcher } from './stop-strings.js';
 import type { TextTokenizer } from './tokenizer.js';
 
@@ -23,10 +29,12 @@ export interface OutputProcessorOptions {
   readonly stop?: readonly string[];
   readonly includeStopStrInOutput?: boolean;
   readonly skipSpecialTokens?: boolean;
+  readonly reasoningParser?: ReasoningParserName;
 }
 
 export interface OutputDelta {
-  readonly text: string;
+  readonly text: string; // the content, with a reasoning parser
+  readonly reasoning: string | null; // null: no reasoning parser
   readonly finished: boolean;
   readonly finishReason: FinishReason | null;
   readonly stopReason: string | number | null;
@@ -43,9 +51,11 @@ export interface Usage {
 export class OutputProcessor {
   private readonly detokenizer: IncrementalDetokenizer;
   private readonly stopMatcher: StopStringMatcher | null;
+  private readonly reasoningParser: ReasoningParser | null;
   private finish: { reason: FinishReason; stopReason: string | number | null } | null = null;
   private tokenCount = 0;
   private textSoFar = '';
+  private reasoningSoFar: string | null;
 
   constructor(
     private readonly tokenizer: TextTokenizer,
@@ -56,12 +66,14 @@ export class OutputProcessor {
       options.stop && options.stop.length > 0
         ? new StopStringMatcher(options.stop, { includeStopStrInOutput: options.includeStopStrInOutput })
         : null;
+    this.reasoningParser = options.reasoningParser ? createReasoningParser(options.reasoningParser) : null;
+    this.reasoningSoFar = this.reasoningParser ? '' : null;
   }
 
   // newTokenIds: the ids the engine produced since the last feed; engineFinish: set on the engine's
   // last message for this sequence.
   feed(newTokenIds: readonly number[], engineFinish: EngineFinishReason | null = null): OutputDelta {
-    if (this.finish !== null) return this.delta('', false);
+    if (this.finish !== null) return this.delta('', false, false);
     this.tokenCount += newTokenIds.length;
     const stopTokenId = engineFinish === 'stop' ? newTokenIds.at(-1) : undefined;
     const shown = stopTokenId === undefined ? newTokenIds : newTokenIds.slice(0, -1);
@@ -72,7 +84,7 @@ export class OutputProcessor {
       const matched = this.stopMatcher.feed(text);
       if (matched.stop !== null) {
         this.finish = { reason: 'stop', stopReason: matched.stop };
-        return this.delta(matched.text, engineFinish === null);
+        return this.delta(matched.text, engineFinish === null, true);
       }
       text = matched.text + (engineFinish !== null ? this.stopMatcher.flush() : '');
     }
@@ -80,7 +92,7 @@ export class OutputProcessor {
       const stopReason = stopTokenId === undefined || stopTokenId === this.tokenizer.eosToken?.id ? null : stopTokenId;
       this.finish = { reason: engineFinish, stopReason };
     }
-    return this.delta(text, false);
+    return this.delta(text, false, engineFinish !== null);
   }
 
   get finished(): boolean {
@@ -96,10 +108,25 @@ export class OutputProcessor {
     return this.textSoFar;
   }
 
-  private delta(text: string, abortEngine: boolean): OutputDelta {
+  // All reasoning shown so far; null without a reasoning parser.
+  get reasoning(): string | null {
+    return this.reasoningSoFar;
+  }
+
+  // text: what the stop strings let through; last: the answer ends with it.
+  private delta(text: string, abortEngine: boolean, last: boolean): OutputDelta {
+    let reasoning: string | null = null;
+    if (this.reasoningParser !== null) {
+      const split = this.reasoningParser.feed(text);
+      const rest = last ? this.reasoningParser.flush() : { reasoning: '', content: '' };
+      reasoning = split.reasoning + rest.reasoning;
+      text = split.content + rest.content;
+      this.reasoningSoFar += reasoning;
+    }
     this.textSoFar += text;
     return {
       text,
+      reasoning,
       finished: this.finish !== null,
       finishReason: this.finish?.reason ?? null,
       stopReason: this.finish?.stopReason ?? null,
