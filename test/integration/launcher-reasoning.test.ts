@@ -31,6 +31,13 @@ afterAll(() => {
 });
 
 describe('refused at start', () => {
+  it('--help lists both flags', async () => {
+    const r = await runLauncher(['--help']);
+    expect(r.code).toBe(0);
+    expect(r.output).toContain('--reasoning-parser NAME');
+    expect(r.output).toContain('--generation-config auto|vllm|DIR');
+  });
+
   it('an unknown reasoning parser, listing the known ones', async () => {
     const r = await runLauncher(['--reasoning-parser', 'qwen3']);
     expect(r.code).toBe(2);
