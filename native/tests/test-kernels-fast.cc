@@ -1,4 +1,4 @@
-// test-kernels-fast.cc: every fast CPU kernel path (avx2, avx512, amx, amx-exact, amx-bf16: each forced through
+// test-kernels-fast.cc: every fast CPU kernel path (avx2, avx512, avx512-bf16, amx, amx-exact, amx-bf16: each forced through
 // cpu_kernels_for) against the reference kernels (cpu_reference_kernels()), op by op, on awkward
 // shapes, like llama.cpp's test-backend-ops. A path this CPU cannot run is reported and skipped.
 //
@@ -15,13 +15,17 @@
 //                     |d| <= 3e-5 * (sum_k |x_k w_nk| + |b_n|)
 //   and every other shape against the reference on x, with the fp32 bound. A kernel that skips
 //   the rounding somewhere (a batch-dependent result) fails as surely as a wrong one.
+//   matmul, avx512-bf16 (x as one bf16 term for every bf16 weight, any K: vdpbf16ps): the same
+//   check, against the reference on x rounded to bf16, 3e-5; other weights with the fp32 bound.
 //   rmsnorm           |d| <= 2e-5          (outputs of magnitude <= ~3)
 //   silu_mul          |d| <= 1e-6 * (1 + |ref|)   (vector exp: relative error < 3e-7)
 //   paged_attention   |d| <= 2e-5          (outputs are averages of values in [-1, 1])
-// And, exactly: on the amx paths a row of the matmul's y is the same bits in any batch of M >= 4.
+// And, exactly: on the amx paths a row of the matmul's y is the same bits in any batch of M >= 4;
+// on avx512-bf16 in any batch (M >= 1), for every weight dtype.
 // Shapes: odd K, N not a multiple of 16/32, M = 1, 3, 4, 32, 33, 70, K and N large enough for
 // several of the AMX matmul's weight groups and K chunks; GQA ratios 1, 4, 8; block sizes
 // 1, 3, 16; context length 1 and a long one (300 tokens), partial blocks, sliding windows.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -45,7 +49,7 @@ std::vector<std::pair<CpuPath, const CpuKernels*>> fast_paths() {
   std::vector<std::pair<CpuPath, const CpuKernels*>> out;
   static bool reported = false;
   for (auto [path, name] : {std::pair<CpuPath, const char*>{CpuPath::avx2, "avx2"},
-                            {CpuPath::avx512, "avx512"}, {CpuPath::amx, "amx"},
+                            {CpuPath::avx512, "avx512"}, {CpuPath::avx512_bf16, "avx512-bf16"}, {CpuPath::amx, "amx"},
                             {CpuPath::amx_exact, "amx-exact"}, {CpuPath::amx_bf16, "amx-bf16"}}) {
     if (const CpuKernels* k = cpu_kernels_for(path)) out.emplace_back(path, k);
     else if (!reported) std::printf("  skipped: this CPU cannot run the %s path\n", name);
@@ -71,7 +75,11 @@ TEST(matmul_fast_matches_reference) {
   const Shape shapes[] = {{1, 1, 1},    {1, 7, 5},    {1, 64, 40},   {3, 96, 33},  {4, 64, 32},   {5, 130, 61},
                           {17, 128, 100}, {33, 64, 70}, {48, 96, 64},  {70, 65, 19}, {70, 256, 96}, {2, 256, 300},
                           // amx: several weight groups and K chunks (the last one partial), M > 32
-                          {70, 288, 600}, {33, 160, 544}, {32, 320, 96}, {16, 64, 64}};
+                          {70, 288, 600}, {33, 160, 544}, {32, 320, 96}, {16, 64, 64},
+                          // avx512-bf16: K tails of 1, 16, 17 and 31 columns after whole chunks, a
+                          // long K, N past one weight panel, more rows than one block of x
+                          {6, 33, 13}, {9, 48, 7}, {2, 81, 25}, {5, 95, 12}, {1, 2048, 40}, {7, 4096, 9},
+                          {130, 64, 1100}, {1, 96, 1100}};
   for (auto [path, k] : fast_paths())
     for (DType dt : kDTypes)
       for (const Shape& sh : shapes)
@@ -81,9 +89,11 @@ TEST(matmul_fast_matches_reference) {
           const TypedBuffer b(dt, random_floats(sh.N));
           const TensorView bias = b.view(1, sh.N);
           const TensorView* bp = with_bias ? &bias : nullptr;
-          // amx and amx-bf16 round x to one bf16 term for every weight AMX can run (cpu-amx.cc).
+          // amx and amx-bf16 round x to one bf16 term for every weight AMX can run (cpu-amx.cc);
+          // avx512-bf16 for every bf16 weight (cpu-avx512-bf16.cc).
           const bool one_term =
-              (path == CpuPath::amx || path == CpuPath::amx_bf16) && dt == DType::bf16 && sh.K % 32 == 0;
+              ((path == CpuPath::amx || path == CpuPath::amx_bf16) && dt == DType::bf16 && sh.K % 32 == 0) ||
+              (path == CpuPath::avx512_bf16 && dt == DType::bf16);
           const bool two_terms = path == CpuPath::amx_exact;
           std::vector<float> y(static_cast<size_t>(sh.M * sh.N), NAN), y_ref(y), y_ref_bf16(y);
           k->matmul(test_pool(), x.data(), sh.M, w.view(sh.N, sh.K), bp, y.data());
@@ -131,6 +141,47 @@ TEST(matmul_amx_rows_do_not_depend_on_the_batch) {
         CHECK(same);
       }
   }
+}
+
+// avx512-bf16: a row of y is the same bits whatever the other rows of x and their number (from
+// 1 row to more than one block of rows, starting anywhere in the batch), so that a request's
+// tokens do not depend on the batch it ran in (preemption and disaggregation recompute or move
+// them). For bf16 weights with K a multiple of 32 and not, and for the f32 and f16 weights it
+// hands to the AVX-512 matmul.
+TEST(matmul_avx512_bf16_rows_do_not_depend_on_the_batch) {
+  const CpuKernels* k = cpu_kernels_for(CpuPath::avx512_bf16);
+  if (!k) return;
+  const int64_t M = 140, N = 203;
+  for (DType dt : kDTypes)
+    for (int64_t K : {288, 100}) {
+      const std::vector<float> x = random_floats(M * K);
+      const TypedBuffer w(dt, random_floats(N * K)), b(dt, random_floats(N));
+      const TensorView bias = b.view(1, N);
+      std::vector<float> y_all(static_cast<size_t>(M * N));
+      k->matmul(test_pool(), x.data(), M, w.view(N, K), &bias, y_all.data());
+      for (int64_t first : {0, 3, 67})
+        for (int64_t rows : {1, 2, 3, 4, 5, 8, 32, 33, 64, 65}) {
+          if (first + rows > M) continue;
+          std::vector<float> y(static_cast<size_t>(rows * N));
+          k->matmul(test_pool(), x.data() + first * K, rows, w.view(N, K), &bias, y.data());
+          bool same = true;
+          for (int64_t i = 0; i < rows * N; ++i) same = same && y[i] == y_all[first * N + i];
+          if (!same)
+            std::printf("  avx512-bf16 %s K=%ld: rows %ld..%ld differ from the same rows in a batch of %ld\n",
+                        dtype_name(dt), (long)K, (long)first, (long)(first + rows), (long)M);
+          CHECK(same);
+        }
+      // The same rows among other rows: a batch of the row alone, then between two others.
+      std::vector<float> mixed(static_cast<size_t>(3 * K)), y3(static_cast<size_t>(3 * N));
+      const std::vector<float> other = random_floats(2 * K);
+      std::copy(other.begin(), other.begin() + K, mixed.begin());
+      std::copy(x.begin() + 10 * K, x.begin() + 11 * K, mixed.begin() + K);
+      std::copy(other.begin() + K, other.end(), mixed.begin() + 2 * K);
+      k->matmul(test_pool(), mixed.data(), 3, w.view(N, K), &bias, y3.data());
+      bool same = true;
+      for (int64_t n = 0; n < N; ++n) same = same && y3[N + n] == y_all[10 * N + n];
+      CHECK(same);
+    }
 }
 
 // Layout::amx_tiles (the CPU runner's weights on the amx paths): pack_amx_tiles puts every

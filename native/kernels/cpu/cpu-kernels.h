@@ -4,12 +4,14 @@
 // selects an implementation per op. The fast paths (cpu-avx2.cc, cpu-avx512.cc, cpu-amx.cc)
 // are copies of the reference table with the ops they speed up replaced; the reference entries
 // stay and are what every fast kernel is tested against (test-kernels-fast.cc).
-// Path choice (cpu-dispatch.cc): the best the CPU runs (amx > avx512 > avx2 > reference), or
-// the one named by KVSERVE_CPU_KERNELS=reference|avx2|avx512|amx|amx-exact|amx-bf16 (a path
-// the CPU cannot run falls back to the best it can).
+// Path choice (cpu-dispatch.cc): the best the CPU runs (amx > avx512-bf16 > avx512 > avx2 >
+// reference), or the one named by
+// KVSERVE_CPU_KERNELS=reference|avx2|avx512|avx512-bf16|amx|amx-exact|amx-bf16 (a path the CPU
+// cannot run falls back to the best it can).
 // Stays true: activations are fp32; weights and the KV pool may be f32, f16 or bf16 and are
 // converted on load; accumulation is fp32. The amx paths round the matmul's x to bf16 (amx: one
-// term, |dx| <= 2^-9 |x|; amx-exact: two terms, 2^-18 |x|), nothing else; see cpu-amx.cc.
+// term, |dx| <= 2^-9 |x|; amx-exact: two terms, 2^-18 |x|), nothing else; see cpu-amx.cc;
+// avx512-bf16 rounds it as amx does (one term) for bf16 weights; see cpu-avx512-bf16.cc.
 #pragma once
 
 #include <cstdint>
@@ -103,7 +105,14 @@ TensorView pack_amx_gate_up(const TensorView& gate, const TensorView& up, uint16
 // K % 32 == 0), at every M. amx_bf16 ("amx-bf16", the name of that rounding before it became the
 // default) is the same table under that name. amx_exact ("amx-exact": x as two bf16 terms, within
 // the fp32 bounds) is never chosen by itself, only when named.
-enum class CpuPath { reference, avx2, avx512, amx, amx_bf16, amx_exact };
+// avx512_bf16 ("avx512-bf16"): the AVX-512 table with the matmul on vdpbf16ps, x rounded to bf16 once
+// for bf16 weights, as amx rounds it (cpu-avx512-bf16.cc); chosen where the CPU has AVX512_BF16
+// and no AMX.
+enum class CpuPath { reference, avx2, avx512, amx, amx_bf16, amx_exact, avx512_bf16 };
+
+// The path KVSERVE_CPU_KERNELS names: "reference", "avx2", "avx512", "avx512-bf16", "amx",
+// "amx-exact", "amx-bf16" (a table's name); false for any other name.
+bool cpu_path_from_name(const char* name, CpuPath* path);
 
 // The plain reference implementations.
 const CpuKernels& cpu_reference_kernels();

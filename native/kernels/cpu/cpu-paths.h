@@ -9,6 +9,7 @@ namespace llm::cpu {
 
 const CpuKernels& cpu_avx2_kernels();    // cpu-avx2.cc
 const CpuKernels& cpu_avx512_kernels();  // cpu-avx512.cc
+const CpuKernels& cpu_avx512_bf16_kernels();  // cpu-avx512-bf16.cc: the AVX-512 table, matmul on vdpbf16ps, x as bf16
 const CpuKernels& cpu_amx_kernels();     // cpu-amx.cc: the AVX-512 table, matmul on AMX tiles, x as bf16
 const CpuKernels& cpu_amx_exact_kernels();  // cpu-amx.cc: the same with x as two bf16 terms
 const CpuKernels& cpu_amx_bf16_kernels();  // cpu-amx.cc: cpu_amx_kernels() named "amx-bf16"
