@@ -75,13 +75,19 @@ describe('reaching the frontend', () => {
     expect(res.status).toBe(200);
     return (await res.json()) as Answer;
   };
+  // The frontend's log lines come through their own pipe, and may follow the launcher's "ready:".
+  const logged = async (server: Launched, line: string): Promise<string> => {
+    for (let i = 0; i < 100 && !server.output().includes(line); i++) await new Promise((r) => setTimeout(r, 50));
+    return server.output();
+  };
   const textOf = (a: Answer) => `${a.choices[0].message.reasoning_content ?? ''}|${a.choices[0].message.content ?? ''}`;
 
   it('auto with --reasoning-parser deepseek_r1: the model temperature applies, the answer is split', async () => {
     const server = await launch(['--model', dir, '--served-model-name', 'tiny', '--reasoning-parser', 'deepseek_r1', '--http-port', String(await freePort())]);
     try {
-      expect(server.output()).toContain(`generation config: sampling defaults from ${path.join(dir, 'generation_config.json')} for requests that leave them unset: temperature=0`);
-      expect(server.output()).toContain('reasoning parser deepseek_r1');
+      const defaults = `generation config: sampling defaults from ${path.join(dir, 'generation_config.json')} for requests that leave them unset: temperature=0`;
+      expect(await logged(server, defaults)).toContain(defaults);
+      expect(await logged(server, 'reasoning parser deepseek_r1')).toContain('reasoning parser deepseek_r1');
       const a = await chat(server, { seed: 1 });
       const b = await chat(server, { seed: 2 });
       // Random weights never write </think>: all reasoning, no content.
@@ -100,7 +106,7 @@ describe('reaching the frontend', () => {
   it('--generation-config vllm: no defaults, so two seeds answer differently', async () => {
     const server = await launch(['--model', dir, '--served-model-name', 'tiny', '--generation-config', 'vllm', '--http-port', String(await freePort())]);
     try {
-      expect(server.output()).toContain('generation config: none (--generation-config vllm)');
+      expect(await logged(server, 'generation config: none (--generation-config vllm)')).toContain('generation config: none (--generation-config vllm)');
       const a = await chat(server, { seed: 1 });
       const b = await chat(server, { seed: 2 });
       expect(a.choices[0].message).not.toHaveProperty('reasoning_content');
