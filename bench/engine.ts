@@ -5,6 +5,10 @@
 // - ours: decode tokens/s at batch 1, 8 and 32, prefill tokens/s of a 512-token prompt;
 // - memory read bandwidth (the addon's STREAM-like readBandwidthGBs probe) and the batch-1 decode
 //   roofline: bandwidth / weight bytes read per token (all weights; the lm_head included);
+// - the compute peak of the kernel path's main instruction (computePeakGflops: fp32 FMA, vdpbf16ps
+//   or AMX tdpbf16ps, data in registers), and prefill and batched decode as a fraction of it
+//   (matmul FLOPs as the engine runs them: every token through the layers, the lm_head for a
+//   prefill's last token only, for every decoded token; plus a prefill's causal attention);
 // - llama.cpp (node-llama-cpp 3.21.1, CPU, same thread count) on GGUFs of the same model in BF16
 //   and F16 (written by bench/gguf, cached next to the model): batch-1 decode and prompt
 //   processing of the same 512 tokens;
@@ -14,9 +18,17 @@
 // Flags: --model DIR (another Llama model), --preset NAME (default llama-3.2-1b), --threads N
 //        (default 2), --decode-tokens N (per request, default 16), --batches 1,8,32,
 //        --prefill-len 512, --llamacpp bf16,f16 (GGUF dtypes; 'none' skips llama.cpp),
-//        --repeat N (rounds; each figure is the fastest of its N: the machine is shared), --out FILE.
+//        --repeat N (rounds; each figure is the fastest of its N: the machine is shared), --out FILE,
+//        --paths P (kernel paths, each in a child process with KVSERVE_CPU_KERNELS=P, since the
+//        addon picks its path once per process: a comma list, or 'all' = every one this CPU runs
+//        among avx2, avx512, avx512-bf16, amx; llama.cpp runs in the first child only; then a
+//        table of the paths side by side). Without --paths: the path the addon picks (or the one
+//        KVSERVE_CPU_KERNELS names).
 
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import os from 'node:os';
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 
 import { ensureModel } from '../ts/modelgen/index.ts';
@@ -36,6 +48,7 @@ const { values: args } = parseArgs({
     llamacpp: { type: 'string', default: 'bf16,f16' },
     repeat: { type: 'string', default: '1' },
     out: { type: 'string' },
+    paths: { type: 'string' },
   },
 });
 
@@ -148,6 +161,23 @@ async function measurePeer(peer: Peer): Promise<LlamaCppSpeed> {
 
 const faster = <T extends { tokensPerSecond: number }>(a: T, b: T): T => (b.tokensPerSecond > a.tokensPerSecond ? b : a);
 
+// Matmul FLOPs of one layer per token (q, k, v, o, gate, up, down) and of the lm_head per token.
+function matmulFlops(m: { hiddenSize: number; intermediateSize: number; numHeads: number; numKvHeads: number; headDim: number; numLayers: number; vocabSize: number }) {
+  const D = m.hiddenSize, qd = m.numHeads * m.headDim, kvd = m.numKvHeads * m.headDim;
+  return { layers: 2 * m.numLayers * (D * qd + 2 * D * kvd + qd * D + 3 * D * m.intermediateSize), lmHead: 2 * m.vocabSize * D };
+}
+
+function probePeak(path: string): number | undefined {
+  try {
+    const gflops = loadAddon().computePeakGflops(path, threads);
+    console.log(`compute peak: ${gflops.toFixed(1)} GFLOP/s (${path}'s main instruction, ${threads} threads)`);
+    return gflops;
+  } catch (err) {
+    console.log(`compute peak: none for ${path} (${(err as Error).message})`);
+    return undefined;
+  }
+}
+
 function probeBandwidth(): number {
   const GBs = loadAddon().readBandwidthGBs(undefined, threads);
   console.log(`bandwidth: ${GBs.toFixed(1)} GB/s read, ${threads} threads`);
@@ -169,20 +199,24 @@ async function main() {
   const peers = await openPeers(modelDir);
   // Rounds interleave the bandwidth probe, ours and llama.cpp, so that load from other processes
   // hits all alike; each figure is the best of its rounds.
-  const rounds: { GBs: number; ours: OurRound; peers: LlamaCppSpeed[] }[] = [];
+  const rounds: { GBs: number; peak: number | undefined; ours: OurRound; peers: LlamaCppSpeed[] }[] = [];
+  const kernelPath = loadAddon().cpuKernelInfo().path;
   try {
     for (let round = 0; round < repeat; round++) {
       const GBs = probeBandwidth();
+      const peak = probePeak(kernelPath);
       const ours = await measureOurs(engine, round);
       const speeds: LlamaCppSpeed[] = [];
       for (const peer of peers) speeds.push(await measurePeer(peer));
-      rounds.push({ GBs, ours, peers: speeds });
+      rounds.push({ GBs, peak, ours, peers: speeds });
     }
   } finally {
     await engine.close();
     for (const peer of peers) await peer.session.close();
   }
   const bandwidth = { GBs: Math.max(...rounds.map((r) => r.GBs)), threads };
+  const peaks = rounds.map((r) => r.peak).filter((p): p is number => p !== undefined);
+  const peakGflops = peaks.length ? Math.max(...peaks) : undefined;
   const ours: OurRound = {
     decode: batches.map((_, i) => rounds.map((r) => r.ours.decode[i]!).reduce(faster)),
     prefill: rounds.map((r) => r.ours.prefill).reduce(faster),
@@ -206,6 +240,13 @@ async function main() {
   const { bf16, f16 } = llamacpp;
   const ofRoofline = (x: number | undefined) => (x === undefined ? undefined : x / rooflineTokensPerSecond);
   const ratio = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a / b);
+  // GFLOP/s reached: prefill (matmuls + causal attention) and each decode batch (matmuls).
+  const m = info.model;
+  const flops = matmulFlops(m);
+  const prefillFlops = prefillLen * flops.layers + flops.lmHead + 4 * m.numLayers * m.numHeads * m.headDim * (prefillLen * (prefillLen + 1)) / 2;
+  const prefillGflops = (prefillFlops * ours.prefill.tokensPerSecond) / prefillLen / 1e9;
+  const decodeGflops = ours.decode.map((d) => ({ batch: d.batch, gflops: (d.tokensPerSecond * (flops.layers + flops.lmHead)) / 1e9 }));
+  const ofPeak = (g: number) => (peakGflops === undefined ? undefined : g / peakGflops);
 
   const targets = [
     { name: 'batch-1 decode / llama.cpp BF16', value: ratio(b1, bf16?.decodeTokensPerSecond), target: TARGET.decodeVsLlamaCppBf16, show: times },
@@ -223,6 +264,13 @@ async function main() {
   }
   console.log(`| prefill ${prefillLen} | ${fmt(prefill, 1)} | ${fmt(bf16?.prefillTokensPerSecond, 1)} | ${fmt(f16?.prefillTokensPerSecond, 1)} | ${times(ratio(prefill, bf16?.prefillTokensPerSecond))} | ${times(ratio(prefill, f16?.prefillTokensPerSecond))} |`);
   console.log(`| batch-1 decode / roofline | ${pct(ofRoofline(b1))} | ${pct(ofRoofline(bf16?.decodeTokensPerSecond))} | ${pct(ofRoofline(f16?.decodeTokensPerSecond))} | | |`);
+  console.log(`\ncompute peak (${kernelPath}): ${fmt(peakGflops, 1)} GFLOP/s, ${threads} threads`);
+  console.log('\n| ours, kernels ' + kernelPath + ' | tokens/s | GFLOP/s | of peak | of roofline |\n|---|---:|---:|---:|---:|');
+  console.log(`| prefill ${prefillLen} | ${fmt(prefill, 1)} | ${fmt(prefillGflops, 1)} | ${pct(ofPeak(prefillGflops))} | |`);
+  for (const d of decodeGflops) {
+    const tps = ours.decode.find((x) => x.batch === d.batch)!.tokensPerSecond;
+    console.log(`| decode batch ${d.batch} | ${fmt(tps)} | ${fmt(d.gflops, 1)} | ${pct(ofPeak(d.gflops))} | ${d.batch === 1 ? pct(ofRoofline(tps)) : ''} |`);
+  }
   console.log('\n| issue 6 target | measured | target | met |\n|---|---:|---:|---|');
   for (const t of targets) {
     const met = t.value === undefined ? '-' : t.value >= t.target ? 'yes' : 'no';
@@ -242,6 +290,8 @@ async function main() {
     engine: { backend: info.backend, kernels: info.kernels, kvCacheDtype: info.kvCacheDtype, threads, cpuKernelInfo: loadAddon().cpuKernelInfo() },
     repeat,
     bandwidth,
+    computePeak: { path: kernelPath, gflops: peakGflops, threads },
+    gflops: { prefill: prefillGflops, decode: decodeGflops, prefillFlops, decodeFlopsPerToken: flops.layers + flops.lmHead },
     roofline: { weightBytesPerToken: bytesPerToken, tokensPerSecond: rooflineTokensPerSecond },
     ours: { decode: ours.decode, prefill: { promptTokens: prefillLen, ...ours.prefill } },
     llamacpp: { package: 'node-llama-cpp 3.21.1', ...llamacpp },
@@ -250,7 +300,51 @@ async function main() {
   writeResult('engine', result, args.out);
 }
 
-main().catch((err) => {
-  console.error(err);
-  process.exit(1);
-});
+// --paths: this script again per kernel path, in a child process with KVSERVE_CPU_KERNELS set,
+// each writing its JSON to a temporary file; then the paths side by side.
+function runPaths(list: string): void {
+  const isa = loadAddon().cpuKernelInfo().isa;
+  const has: Record<string, boolean> = { avx2: isa.includes('avx2'), avx512: isa.includes('avx512'), 'avx512-bf16': isa.includes('avx512_bf16'), amx: isa.includes('amx_bf16') };
+  const paths = list === 'all' ? Object.keys(has).filter((p) => has[p]) : list.split(',');
+  const argv = process.argv.slice(2);
+  const rest: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === '--paths') i++;
+    else if (!argv[i]!.startsWith('--paths=')) rest.push(argv[i]!);
+  }
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-engine-'));
+  const results: { path: string; result?: any }[] = [];
+  paths.forEach((p, i) => {
+    const out = path.join(dir, `${p}.json`);
+    const args = [...rest.filter((a, j) => a !== '--out' && rest[j - 1] !== '--out'), '--out', out, ...(i > 0 ? ['--llamacpp', 'none'] : [])];
+    console.log(`\n=== kernels ${p} (KVSERVE_CPU_KERNELS=${p}) ===`);
+    const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, ...args], { stdio: 'inherit', env: { ...process.env, KVSERVE_CPU_KERNELS: p } });
+    results.push({ path: p, result: child.status === 0 && fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, 'utf8')) : undefined });
+  });
+  console.log('\n| kernels | prefill tok/s | prefill GFLOP/s | of peak | decode b1 tok/s | of roofline | b8 tok/s | b32 tok/s | b32 GFLOP/s | of peak | peak GFLOP/s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
+  for (const { path: p, result: r } of results) {
+    if (!r) {
+      console.log(`| ${p} | failed | | | | | | | | | |`);
+      continue;
+    }
+    const peak: number | undefined = r.computePeak.gflops;
+    const dec = (b: number) => r.ours.decode.find((d: { batch: number }) => d.batch === b)?.tokensPerSecond as number | undefined;
+    const g32 = r.gflops.decode.find((d: { batch: number }) => d.batch === 32)?.gflops as number | undefined;
+    const of = (g: number | undefined) => (g === undefined || peak === undefined ? '-' : pct(g / peak));
+    const b1 = dec(1);
+    console.log(
+      `| ${r.engine.cpuKernelInfo.path} | ${fmt(r.ours.prefill.tokensPerSecond, 1)} | ${fmt(r.gflops.prefill, 1)} | ${of(r.gflops.prefill)} | ${fmt(b1)} | ${b1 === undefined ? '-' : pct(b1 / r.roofline.tokensPerSecond)} | ${fmt(dec(8))} | ${fmt(dec(32))} | ${fmt(g32, 1)} | ${of(g32)} | ${fmt(peak, 1)} |`,
+    );
+  }
+  const combined = { date: new Date().toISOString(), paths: results.map((x) => x.path), runs: results.map((x) => x.result ?? null) };
+  writeResult('engine-paths', combined, args.out);
+}
+
+if (args.paths) {
+  runPaths(args.paths);
+} else {
+  main().catch((err) => {
+    console.error(err);
+    process.exit(1);
+  });
+}

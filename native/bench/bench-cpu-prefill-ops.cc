@@ -2,9 +2,10 @@
 // on the Llama-3.2-1B shapes (hidden 2048, 32 heads, 8 kv heads, head_dim 64, FFN 8192, 16
 // layers), random bf16 weights and a bf16 KV pool. Not a test: timing only.
 // Build: the CMake target bench-cpu-prefill-ops (x86 builds with LLM_BUILD_TESTS=ON).
-// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512] (amx-tiles: weights in
+// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512,avx512-bf16] (amx-tiles: weights in
 //      Layout::amx_tiles, the MLP in one op (kernels.mlp) and q/k/v in one pass, as the CPU runner runs them) [only=all|matmul] [threads=2] [huge]
-// Prints per op the best-of-rounds time for one layer and its share of the 16-layer total.
+// Prints per op the best-of-rounds time for one layer and its share of the 16-layer total, and the
+// matmuls' GFLOP/s as a fraction of the path's compute peak (compute-peak.h, measured per path).
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include <sys/mman.h>
 
 #include "bench-common.h"
+#include "kernels/cpu/compute-peak.h"
 #include "kernels/cpu/cpu-kernels.h"
 #include "kernels/dtype.h"
 
@@ -113,8 +115,11 @@ int main(int argc, char** argv) {
 
   for (const std::string& name : split_list(paths)) {
     const bool tiles = name == "amx-tiles";  // the amx path on weights in Layout::amx_tiles (as the runner keeps them)
-    const CpuPath path =
-        name == "amx" || tiles ? CpuPath::amx : name == "amx-exact" ? CpuPath::amx_exact : CpuPath::avx512;
+    const CpuPath path = name == "amx" || tiles        ? CpuPath::amx
+                         : name == "amx-exact"         ? CpuPath::amx_exact
+                         : name == "avx512-bf16"       ? CpuPath::avx512_bf16
+                         : name == "avx2"              ? CpuPath::avx2
+                                                       : CpuPath::avx512;
     const CpuKernels* kp = cpu_kernels_for(path);
     if (!kp) {
       std::printf("%s: not on this CPU\n", name.c_str());
@@ -200,6 +205,14 @@ int main(int argc, char** argv) {
     }
     std::printf("  layer %.2f ms (matmul %.2f ms, %.1f%%); 16 layers %.1f ms = %.0f tok/s (no lm_head/embedding)\n",
                 total * 1e3, mm * 1e3, 100 * mm / total, total * kLayers * 1e3, T / (total * kLayers));
+    double mm_flops = 0;
+    for (auto& op : ops)
+      if (op.best < 1e8 && std::strncmp(op.name, "matmul", 6) == 0) mm_flops += op.flops;
+    double peak = 0.0;
+    const bool has_peak = compute_peak_gflops(path, pool.size(), &peak).ok() && peak > 0;
+    if (mm > 0)
+      std::printf("  matmuls %.1f GFLOP/s; peak %.1f GFLOP/s (%s): %.0f%%\n", mm_flops / mm / 1e9, peak, K.name,
+                  has_peak ? 100 * mm_flops / mm / 1e9 / peak : 0.0);
   }
   return 0;
 }

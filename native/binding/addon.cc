@@ -14,6 +14,7 @@
 #include "engine/engine-thread.h"
 #include "engine/kv-block-hash.h"
 #include "kernels/cpu/bandwidth-probe.h"
+#include "kernels/cpu/compute-peak.h"
 #include "kernels/cpu/cpu-kernels.h"
 #include "napi-util.h"
 #include "transfer-binding.h"
@@ -473,6 +474,29 @@ Napi::Value ReadBandwidthGBs(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, gbs);
 }
 
+// computePeakGflops(path = the path in use, threads = 0): GFLOP/s of the path's main instruction
+// with data in registers (compute-peak.h). Blocks for a fraction of a second: for benchmarks.
+Napi::Value ComputePeakGflops(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::string name = llm::cpu::cpu_kernels().name;
+  int threads = 0;
+  if (info.Length() > 0 && !info[0].IsUndefined()) {
+    if (!info[0].IsString()) throw_invalid(env, "computePeakGflops(path, threads): path must be a string");
+    name = info[0].As<Napi::String>().Utf8Value();
+  }
+  if (info.Length() > 1 && !info[1].IsUndefined()) {
+    if (!info[1].IsNumber()) throw_invalid(env, "computePeakGflops(path, threads): threads must be a number");
+    threads = info[1].As<Napi::Number>().Int32Value();
+  }
+  llm::cpu::CpuPath path;
+  if (!llm::cpu::cpu_path_from_name(name.c_str(), &path))
+    throw_invalid(env, "computePeakGflops(path, threads): unknown kernel path '" + name + "'");
+  double gflops = 0.0;
+  Status st = llm::cpu::compute_peak_gflops(path, threads, &gflops);
+  if (!st.ok()) throw_status(env, st);
+  return Napi::Number::New(env, gflops);
+}
+
 // cpuKernelInfo(): the ISA the dispatch detected and the kernel path it picked (cpu-kernels.h).
 Napi::Value CpuKernelInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -506,6 +530,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("blockHashes", Napi::Function::New(env, BlockHashes, "blockHashes"));
   exports.Set("readBandwidthGBs", Napi::Function::New(env, ReadBandwidthGBs, "readBandwidthGBs"));
   exports.Set("cpuKernelInfo", Napi::Function::New(env, CpuKernelInfo, "cpuKernelInfo"));
+  exports.Set("computePeakGflops", Napi::Function::New(env, ComputePeakGflops, "computePeakGflops"));
   llm::register_transfer_exports(env, exports);
   exports.Set("version", Napi::String::New(env, KVSERVE_VERSION));
   exports.Set("cudaCompiled", Napi::Boolean::New(env, llm::cuda_backend_built()));

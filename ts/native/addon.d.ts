@@ -235,9 +235,14 @@ export declare function blockHashes(tokens: Int32Array, blockSize: number): stri
 // STREAM-like memory read bandwidth in GB/s: a fresh buffer of `bytes` (>= 64 MiB, default
 // 1 GiB) summed by `threads` workers (0 = every CPU), best of 4 passes. Blocks for ~1 s.
 export declare function readBandwidthGBs(bytes?: number, threads?: number): number;
+// GFLOP/s of a kernel path's main instruction with data in registers, on `threads` pinned workers
+// (0 = every CPU): fp32 FMA for 'avx2'/'avx512', vdpbf16ps for 'avx512-bf16', AMX tdpbf16ps for
+// the amx paths; path defaults to the one in use. Throws for 'reference' and for a path this CPU
+// cannot run. Blocks for a fraction of a second.
+export declare function computePeakGflops(path?: string, threads?: number): number;
 export interface NativeCpuKernelInfo {
   isa: string[]; // detected: 'avx2', 'avx512', 'avx512_bf16', 'amx_bf16'
-  path: string; // the kernel path in use: 'reference' | 'avx2' | 'avx512' | 'amx' | 'amx-exact' | 'amx-bf16' (KVSERVE_CPU_KERNELS forces one; amx-exact and amx-bf16 only then)
+  path: string; // the kernel path in use: 'reference' | 'avx2' | 'avx512' | 'avx512-bf16' | 'amx' | 'amx-exact' | 'amx-bf16' (KVSERVE_CPU_KERNELS forces one; amx-exact and amx-bf16 only then)
 }
 export declare function cpuKernelInfo(): NativeCpuKernelInfo;
 export declare const version: string;
@@ -255,6 +260,7 @@ export interface NativeAddon {
   inspectModel: typeof inspectModel;
   blockHashes: typeof blockHashes;
   readBandwidthGBs: typeof readBandwidthGBs;
+  computePeakGflops: typeof computePeakGflops;
   cpuKernelInfo: typeof cpuKernelInfo;
   TransferAgent: typeof TransferAgent;
   version: string;
