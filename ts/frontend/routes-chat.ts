@@ -4,8 +4,9 @@
 // With --reasoning-parser, each choice's answer is split into reasoning_content and content
 // (ts/processor/reasoning-parser.ts).
 //
-// Checks beyond the schema: the model name; response_format other than "text" (unsupported:
-// 400); top_logprobs only with logprobs: true (as OpenAI); message roles and content parts (the
+// Checks beyond the schema: the model name; fields that would change the answer and are not
+// implemented (unsupported-fields.ts: 400 naming them); response_format other than "text"
+// (unsupported: 400); top_logprobs only with logprobs: true (as OpenAI); message roles and content parts (the
 // processor's chat template, which names the field at fault).
 import type { FastifyPluginAsync } from 'fastify';
 import { chatPrompt, ProcessorError, type ChatMessage } from '../processor/index.ts';
@@ -17,6 +18,7 @@ import { requestId } from './ids.ts';
 import { planGeneration } from './request-params.ts';
 import { chatCompletionSchema, type ChatCompletionBody } from './schemas.ts';
 import { serveGeneration } from './serve.ts';
+import { refuseUnsupportedFields } from './unsupported-fields.ts';
 
 export const chatRoutes: FastifyPluginAsync = async (app) => {
   const ctx = app.frontend;
@@ -24,6 +26,7 @@ export const chatRoutes: FastifyPluginAsync = async (app) => {
     const body = request.body;
     // 1. What the schema cannot say.
     checkModel(ctx, body.model);
+    refuseUnsupportedFields(body, 'chat');
     if (body.response_format && body.response_format.type !== 'text') {
       throw new ApiError('ERR_UNSUPPORTED', `response_format ${JSON.stringify(body.response_format.type)} is not supported`, 'response_format');
     }

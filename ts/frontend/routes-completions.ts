@@ -2,7 +2,8 @@
 // either) -> n choices per prompt (choice index = promptIndex * n + j, as vLLM) -> text_completion
 // or its stream.
 //
-// Checks beyond the schema: the model name; token ids inside the vocabulary; echo works, but not
+// Checks beyond the schema: the model name; fields that would change the answer and are not
+// implemented (unsupported-fields.ts: 400 naming them); token ids inside the vocabulary; echo works, but not
 // together with logprobs (prompt logprobs are not computed by the engine: 400).
 import type { FastifyPluginAsync } from 'fastify';
 import { completionPromptTokenIds, type TextTokenizer } from '../processor/index.ts';
@@ -14,6 +15,7 @@ import { CompletionShape } from './openai-shapes.ts';
 import { planGeneration } from './request-params.ts';
 import { completionSchema, type CompletionBody } from './schemas.ts';
 import { serveGeneration } from './serve.ts';
+import { refuseUnsupportedFields } from './unsupported-fields.ts';
 
 // OpenAI's legacy default for /v1/completions (vLLM's too).
 const DEFAULT_MAX_TOKENS = 16;
@@ -24,6 +26,7 @@ export const completionRoutes: FastifyPluginAsync = async (app) => {
     const body = request.body;
     // 1. What the schema cannot say.
     checkModel(ctx, body.model);
+    refuseUnsupportedFields(body, 'completions');
     if (body.echo && body.logprobs !== undefined && body.logprobs !== null) {
       throw new ApiError('ERR_UNSUPPORTED', 'echo together with logprobs (prompt logprobs) is not supported', 'echo');
     }

@@ -1,6 +1,6 @@
 // schemas.ts: the request bodies of /v1/chat/completions and /v1/completions: their TS types and
-// the JSON schemas fastify's ajv checks them against (no type coercion; unknown fields are
-// ignored, as OpenAI clients send many). Ranges (DESIGN.md section 7, reference/anchors.md):
+// the JSON schemas fastify's ajv checks them against (no type coercion; unknown fields pass, as
+// OpenAI clients send many, except the answer-changing ones unsupported-fields.ts refuses). Ranges (DESIGN.md section 7, reference/anchors.md):
 //   n 1..128; stop: a non-empty string or <= 32 of them; max_tokens >= 1; temperature 0..2;
 //   top_p (0, 1]; top_k -1 or >= 0 (-1 and 0 = off); min_p 0..1; presence/frequency penalty
 //   -2..2; repetition_penalty (0, 2]; top_logprobs (chat) and logprobs (completions) 0..20.
