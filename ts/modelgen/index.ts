@@ -7,7 +7,9 @@ export { PRESETS, isPresetName, type PresetName } from './presets.ts';
 export {
   resolveSpec,
   ARCHITECTURES,
+  CONFIG_FORMATS,
   type Architecture,
+  type ConfigFormat,
   type ModelSpec,
   type ModelSpecInput,
   type RopeScaling,

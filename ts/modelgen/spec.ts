@@ -14,7 +14,7 @@
 // - embed_tokens and lm_head ~ N(0, logitStd / sqrt(hidden)): the final RMSNorm gives the last
 //   hidden state unit RMS, so the logits are ~ N(0, logitStd^2) across the vocabulary
 //   (logitStd 4 by default: the winner of 128k logits leads the runner-up by ~1 unit on average);
-// - RMSNorm weights ~ 1 + N(0, 0.1^2); q/k/v biases (Qwen2 only) ~ N(0, biasStd^2), biasStd 0.5
+// - RMSNorm weights ~ 1 + N(0, 0.1^2), Qwen3's per-head q_norm/k_norm ([headDim]) too; q/k/v biases (Qwen2 only) ~ N(0, biasStd^2), biasStd 0.5
 //   by default. Large biases are a strong, token-independent signal: the k bias flattens the
 //   attention pattern and the v bias (through o_proj) adds the same vector to every position's
 //   residual, so with tied embeddings (which already favour the token just produced) greedy
@@ -22,12 +22,19 @@
 
 import type { ModelDtype } from './float-encode.ts';
 
-export type Architecture = 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
+export type Architecture = 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM' | 'Qwen3ForCausalLM';
 export const ARCHITECTURES: readonly Architecture[] = [
   'LlamaForCausalLM',
   'MistralForCausalLM',
   'Qwen2ForCausalLM',
+  'Qwen3ForCausalLM',
 ];
+
+// How config.json spells the rope and the dtype: transformers 4 writes rope_theta + rope_scaling
+// and torch_dtype; transformers 5 one rope_parameters object (rope_theta, rope_type and the
+// type's keys) and dtype. The weights are the same in both.
+export type ConfigFormat = 'transformers4' | 'transformers5';
+export const CONFIG_FORMATS: readonly ConfigFormat[] = ['transformers4', 'transformers5'];
 
 export type RopeScaling =
   | { ropeType: 'linear'; factor: number }
@@ -37,11 +44,25 @@ export type RopeScaling =
       lowFreqFactor: number;
       highFreqFactor: number;
       originalMaxPositionEmbeddings: number;
+    }
+  | { ropeType: 'dynamic'; factor: number }
+  | {
+      // Optional keys are written to config.json only when given (transformers then takes its
+      // defaults: original = max_position_embeddings, beta_fast 32, beta_slow 1, attention factor
+      // from factor, mscale and mscale_all_dim).
+      ropeType: 'yarn';
+      factor: number;
+      originalMaxPositionEmbeddings?: number;
+      betaFast?: number;
+      betaSlow?: number;
+      attentionFactor?: number;
+      mscale?: number;
+      mscaleAllDim?: number;
     };
 
 export interface ModelSpec {
   architecture: Architecture;
-  vocabSize: number; // default: the tokenizer's full vocabulary (128256 llama3, 151936 qwen2)
+  vocabSize: number; // default: the tokenizer's full vocabulary (128256 llama3, 151936 qwen2/3)
   hiddenSize: number;
   intermediateSize: number;
   numLayers: number;
@@ -55,6 +76,7 @@ export interface ModelSpec {
   tieWordEmbeddings: boolean;
   slidingWindow: number | null; // Mistral only
   dtype: ModelDtype;
+  configFormat: ConfigFormat; // default transformers4
   seed: number; // uint32
   initStd: number | null; // null = 1/sqrt(fan_in) per matrix
   logitStd: number; // > 0
@@ -72,11 +94,12 @@ const DEFAULT_BIAS_STD = 0.5;
 
 export function resolveSpec(input: ModelSpecInput): ModelSpec {
   const isQwen2 = input.architecture === 'Qwen2ForCausalLM';
+  const isQwen = isQwen2 || input.architecture === 'Qwen3ForCausalLM';
   const hiddenSize = input.hiddenSize ?? 128;
   const numHeads = input.numHeads ?? 4;
   const spec: ModelSpec = {
     architecture: input.architecture,
-    vocabSize: input.vocabSize ?? (isQwen2 ? QWEN2_VOCAB_SIZE : LLAMA3_VOCAB_SIZE),
+    vocabSize: input.vocabSize ?? (isQwen ? QWEN2_VOCAB_SIZE : LLAMA3_VOCAB_SIZE),
     hiddenSize,
     intermediateSize: input.intermediateSize ?? 2 * hiddenSize,
     numLayers: input.numLayers ?? 2,
@@ -84,12 +107,13 @@ export function resolveSpec(input: ModelSpecInput): ModelSpec {
     numKvHeads: input.numKvHeads ?? numHeads,
     headDim: input.headDim ?? hiddenSize / numHeads,
     maxPositionEmbeddings: input.maxPositionEmbeddings ?? 2048,
-    rmsNormEps: input.rmsNormEps ?? (isQwen2 ? 1e-6 : 1e-5),
+    rmsNormEps: input.rmsNormEps ?? (isQwen ? 1e-6 : 1e-5),
     ropeTheta: input.ropeTheta ?? 10000,
     ropeScaling: input.ropeScaling ?? null,
     tieWordEmbeddings: input.tieWordEmbeddings ?? false,
     slidingWindow: input.slidingWindow ?? null,
     dtype: input.dtype ?? 'bf16',
+    configFormat: input.configFormat ?? 'transformers4',
     seed: input.seed ?? 0,
     initStd: input.initStd ?? null,
     logitStd: input.logitStd ?? 4,
@@ -124,6 +148,8 @@ function validateSpec(spec: ModelSpec): void {
       'slidingWindow is for MistralForCausalLM only'],
     [spec.slidingWindow === null || spec.slidingWindow > 0, 'slidingWindow must be > 0 or null'],
     [spec.ropeScaling === null || spec.ropeScaling.factor > 0, 'ropeScaling.factor must be > 0'],
+    [ropeScalingValid(spec.ropeScaling), 'ropeScaling: optional numbers must be > 0 (an integer for originalMaxPositionEmbeddings)'],
+    [CONFIG_FORMATS.includes(spec.configFormat), 'configFormat must be transformers4 or transformers5'],
     [(spec.biasStd === null) === (spec.architecture !== 'Qwen2ForCausalLM'),
       'biasStd is for Qwen2ForCausalLM only (which has q/k/v biases)'],
     [spec.biasStd === null || spec.biasStd > 0, 'biasStd must be > 0'],
@@ -131,6 +157,16 @@ function validateSpec(spec: ModelSpec): void {
   for (const [ok, message] of checks) {
     if (!ok) throw new Error(`modelgen: ${message}`);
   }
+}
+
+function ropeScalingValid(scaling: RopeScaling | null): boolean {
+  if (scaling === null || scaling.ropeType !== 'yarn') return true;
+  const { originalMaxPositionEmbeddings: original, betaFast, betaSlow, attentionFactor, mscale, mscaleAllDim } = scaling;
+  const positive = (x: number | undefined) => x === undefined || (Number.isFinite(x) && x > 0);
+  return (
+    (original === undefined || (Number.isSafeInteger(original) && original > 0)) &&
+    [betaFast, betaSlow, attentionFactor, mscale, mscaleAllDim].every(positive)
+  );
 }
 
 // How a tensor's values are drawn: mean + std * N(0, 1).
@@ -152,11 +188,16 @@ export function modelTensors(spec: ModelSpec): TensorSpec[] {
   const kvDim = spec.numKvHeads * hd;
   const biasStd = spec.biasStd;
   const vocabInit = { mean: 0, std: spec.logitStd / Math.sqrt(h) };
-  const norm = (name: string): TensorSpec => ({
+  const norm = (name: string, dim = h): TensorSpec => ({
     name,
-    shape: [h],
+    shape: [dim],
     init: { mean: 1, std: NORM_WEIGHT_STD },
   });
+  // Qwen3: RMSNorm of each q and k head (over headDim) after the projection, before rope.
+  const qkNorms = (p: string): TensorSpec[] =>
+    spec.architecture === 'Qwen3ForCausalLM'
+      ? [norm(`${p}.self_attn.q_norm.weight`, hd), norm(`${p}.self_attn.k_norm.weight`, hd)]
+      : [];
   const linear = (name: string, outDim: number, inDim: number): TensorSpec => ({
     name,
     shape: [outDim, inDim],
@@ -178,6 +219,7 @@ export function modelTensors(spec: ModelSpec): TensorSpec[] {
       linear(`${p}.self_attn.v_proj.weight`, kvDim, h),
       ...bias(`${p}.self_attn.v_proj.bias`, kvDim),
       linear(`${p}.self_attn.o_proj.weight`, h, qDim),
+      ...qkNorms(p),
       linear(`${p}.mlp.gate_proj.weight`, ffn, h),
       linear(`${p}.mlp.up_proj.weight`, ffn, h),
       linear(`${p}.mlp.down_proj.weight`, h, ffn),
