@@ -9,12 +9,13 @@
 // last partial chunk loads w under a mask (the padded x is zero there). Each accumulator is
 // summed horizontally once, at the end, then the bias is added.
 // Register tile: MB rows of x by NB rows of w, MB x NB accumulators; per chunk MB + NB loads and
-// MB x NB vdpbf16ps. Work items are panels of weight rows (sized so that a panel stays in L2)
+// MB x NB vdpbf16ps. Work items are panels of kPanel weight rows (48 KiB at K = 2048: about L1)
 // by blocks of kBlockM rows of x, panel-major: a thread's contiguous range streams each panel
-// from memory once and reads it again from L2 for the next blocks of rows. Within an item, each
-// MB rows of x (in L1) meet the panel's weight rows NB at a time over the whole of K. At M = 1
-// this is the decode GEMV: every weight byte is read once, by one thread, prefetched a tile
-// ahead. Threads split the items: N, and M where there are more rows than kBlockM.
+// from memory once and reads it again from L1/L2 for the next rows of x. Within an item, each
+// MB rows of x meet the panel's weight rows NB at a time over the whole of K (blocking K, with
+// the vector accumulators kept in memory between blocks, measured slower on the 1B shapes). At
+// M = 1 this is the decode GEMV: every weight byte is read once, by one thread, the next tile
+// prefetched. Threads split the items: N, and M where there are more rows than kBlockM.
 // Stays true: a row's y does not depend on M or on the other rows of x (every accumulator sees
 // the same chunks in the same order from zero, whichever tile shape computes it): preemption and
 // disaggregation rely on it (test-kernels-fast). Only x is rounded; bf16 x bf16 products are
@@ -38,8 +39,7 @@ constexpr int kMB = 4;  // 4 x 6 accumulators + 4 x + 1 w registers of 32
 constexpr int kNB = 6;
 constexpr int kGemvNB = 8;            // M = 1: weight rows per tile
 constexpr int64_t kBlockM = 64;       // rows of x per work item
-constexpr int64_t kPanelBytes = 192 << 10;  // weight rows per work item: at most this many bytes
-constexpr int64_t kMaxPanel = 516;          // and at most this many rows (a multiple of kNB)
+constexpr int64_t kPanel = 12;        // weight rows per work item (a multiple of kNB and of kGemvNB / 2)
 
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -137,18 +137,12 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
   else pool.parallel_for(M, [&](int64_t m0, int64_t m1) { round_rows(x, K, Kp, m0, m1, xb); });
   const uint16_t* wd = static_cast<const uint16_t*>(w.data);
   const bool has_bias = bias && bias->present();
-  // Panel: kNB-row tiles whose weights fit kPanelBytes (at least one tile), and no more panels
-  // than it takes to give every thread some when N is small.
-  int64_t panel = (kPanelBytes / (2 * Kp)) / kNB * kNB;
-  if (panel < kNB) panel = kNB;
-  if (panel > kMaxPanel) panel = kMaxPanel;
-  const int64_t m_blocks = (M + kBlockM - 1) / kBlockM;
-  const int64_t want = 4 * pool.size();
-  while (panel > kNB && ((N + panel - 1) / panel) * m_blocks < want) panel -= kNB;
-  if (M == 1) panel = (panel + kGemvNB - 1) / kGemvNB * kGemvNB;
-  const int64_t panels = (N + panel - 1) / panel;
+  // Panels of kPanel weight rows (at M = 1, 2 kPanel: whole GEMV tiles) by blocks of kBlockM rows
+  // of x.
+  const int64_t panel = M == 1 ? 2 * kPanel : kPanel;
+  const int64_t m_blocks = (M + kBlockM - 1) / kBlockM, panels = (N + panel - 1) / panel;
   pool.parallel_for(panels * m_blocks, [&](int64_t begin, int64_t end) {
-    alignas(64) float b[kMaxPanel + kGemvNB];
+    alignas(64) float b[2 * kPanel];
     for (int64_t item = begin; item < end; ++item) {
       const int64_t p0 = item / m_blocks * panel, p1 = min_i64(N, p0 + panel);
       const int64_t m0 = item % m_blocks * kBlockM, m1 = min_i64(M, m0 + kBlockM);
