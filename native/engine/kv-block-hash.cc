@@ -6,11 +6,11 @@
 //   later blocks: | le_u64 parent | le_u32 t[iB] | ... | le_u32 t[iB+B-1] |      (8 + 4B bytes)
 //
 // Stays true: the bytes are written explicitly little-endian, so the hash is the same on every
-// host and equals what test/vectors/make-block-hash-vectors.py computes with python-xxhash.
+// host and equals what test/vectors/make-block-hash-vectors.py computes with python-xxhash
+// (xxh3_64_with_seed, xxh3.h, is the project's own XXH3).
 #include "kv-block-hash.h"
 
-#define XXH_INLINE_ALL
-#include <xxhash.h>
+#include "xxh3.h"
 
 namespace llm {
 
@@ -32,7 +32,7 @@ uint64_t block_hash(const uint64_t* parent, const int32_t* tokens, int64_t block
   if (parent) put_le_u64(bytes.data(), *parent);
   for (int64_t i = 0; i < block_size; ++i)
     put_le_u32(bytes.data() + header + 4 * i, static_cast<uint32_t>(tokens[i]));
-  return XXH3_64bits_withSeed(bytes.data(), bytes.size(), kBlockHashSeed);
+  return xxh3_64_with_seed(bytes.data(), bytes.size(), kBlockHashSeed);
 }
 
 void extend_block_hashes(const int32_t* tokens, int64_t num_tokens, int64_t block_size,

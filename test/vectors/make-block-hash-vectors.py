@@ -57,6 +57,14 @@ CASES = [
     ("block size 16, llama-like ids", 16, lcg_tokens(40, 1, 128256)),
     ("block size 128", 128, lcg_tokens(300, 2, 152064)),
     ("2048 tokens, block size 16", 16, lcg_tokens(2048, 3, MAX_TOKEN + 1)),
+    # Larger blocks reach XXH3's other length classes: block size 32 hashes 128 bytes (17-128)
+    # then 136 (129-240); 64 hashes 256 then 264, and 256 and 1024 hash 1024/1032 and 4096/4104
+    # bytes: the long path (> 240 bytes), its seed-derived secret, whole 1024-byte blocks and
+    # the last stripe.
+    ("block size 32: 128 then 136 bytes", 32, lcg_tokens(32 * 4 + 5, 4, 128256)),
+    ("block size 64: 256 then 264 bytes", 64, lcg_tokens(64 * 3, 5, 152064)),
+    ("block size 256: 1024 then 1032 bytes", 256, lcg_tokens(256 * 3 + 17, 6, MAX_TOKEN + 1)),
+    ("block size 1024: 4096 then 4104 bytes", 1024, lcg_tokens(1024 * 3, 7, 128256)),
 ]
 
 
