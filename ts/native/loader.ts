@@ -15,7 +15,7 @@ export class AddonLoadError extends Error {
     super(
       'the kvserve native addon could not be loaded; tried:\n' +
         attempts.map((a) => `  - ${a.from}: ${a.error}`).join('\n') +
-        '\nbuild it with `npm run build:native` (needs cmake and a C++17 compiler, and libxxhash-dev)',
+        '\nbuild it with `npm run build:native` (needs a C++17 compiler, and CMake or else node-gyp for the CPU-only fallback)',
     );
     this.name = 'AddonLoadError';
   }
