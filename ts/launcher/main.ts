@@ -1,10 +1,15 @@
 // main.ts: `npm run start -- [flags]`: the "leader". It resolves the model, starts the worker
 // processes, then the frontend, prints where everything is, and stops them all on Ctrl-C /
 // SIGTERM. A child that dies is reported, and the launcher exits non-zero unless --restart.
+// A fatal error before "ready" (a bad flag, a missing model, a model the engine refuses, a port
+// in use, a child that exits during start-up), whichever process it came from, ends in one line
+// on stderr, `kvserve: error: <message>`, and exit code 2 (flags) or 1 (the rest); the stack
+// behind it only with --log-level debug or trace.
 // Start-up order: flags -> model -> Redis (only when a mode needs it: --router kv or random,
 // --prefill-workers, or --redis-url given; a private redis-server unless --redis-url) -> workers (each on two fixed free
 // ports, HTTP and the TCP request plane, so a restarted worker keeps its addresses) -> frontend.
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { loadAddon } from '../native/loader.ts';
@@ -110,8 +115,23 @@ function workerConfig(
   };
 }
 
+// The OpenAI server's port, tried before anything loads: taken, it is refused at once rather than
+// by the frontend after every worker has loaded the model.
+function checkPortFree(host: string, port: number): Promise<void> {
+  if (port === 0) return Promise.resolve();
+  return new Promise<void>((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      const why = err.code === 'EADDRINUSE' ? 'the address is already in use' : err.message;
+      reject(new Error(`--http-port ${port} on ${host}: ${why} (another kvserve? pick a free port with --http-port)`));
+    });
+    probe.listen({ host, port, exclusive: true }, () => probe.close(() => resolve()));
+  });
+}
+
 async function run(f: LauncherFlags): Promise<number> {
   refuseUnimplemented(f);
+  await checkPortFree(f.host, f.httpPort);
   const device = resolveDevice(f);
   log(`device: ${device === 'cuda' ? `cuda, ${loadAddon().cudaDevice().description}` : 'cpu'}`);
 
@@ -133,8 +153,13 @@ async function run(f: LauncherFlags): Promise<number> {
   }
   const redisUrl = needsRedis ? (f.redisUrl ?? privateRedis!.url) : undefined;
 
-  // 3. Children, watched: a death stops everything unless --restart.
+  // 3. Children, watched: a death stops everything unless --restart. During start-up a child
+  // still awaited reports its own failure (its 'fatal' message, or its exit) through waitFor;
+  // any other child that exits then stops the start-up, named as the reason.
   let exitCode = 0;
+  let starting = true;
+  let startFailure: Error | undefined;
+  const awaited = new Set<Child>();
   let shuttingDown: Promise<void> | undefined;
   let stopped!: () => void;
   const done = new Promise<void>((resolve) => (stopped = resolve));
@@ -148,7 +173,12 @@ async function run(f: LauncherFlags): Promise<number> {
   };
   const supervisor = new Supervisor((child: Child, code, signal) => {
     const how = signal ? `signal ${signal}` : `code ${code}`;
-    if (f.restart) {
+    if (starting) {
+      if (!awaited.has(child)) {
+        startFailure ??= new Error(`${child.spec.name} exited during start-up (${how})`);
+        void shutdown(1);
+      }
+    } else if (f.restart) {
       log(`${child.spec.name} exited (${how}); restarting it (--restart)`);
       supervisor.start(child.spec);
     } else {
@@ -178,15 +208,18 @@ async function run(f: LauncherFlags): Promise<number> {
         child.process.on('message', (m: WorkerMessage) => {
           if (m.type === 'loading') log(`${m.workerId}: ${m.message}`);
         });
-        const info = await supervisor.waitFor<WorkerInfo>(
-          child,
-          (m) => {
-            const msg = m as WorkerMessage;
-            if (msg.type === 'fatal') throw new Error(`${msg.workerId}: ${msg.code}: ${msg.message}`);
-            return msg.type === 'ready' ? msg.info : undefined;
-          },
-          WORKER_READY_TIMEOUT_MS,
-        );
+        awaited.add(child);
+        const info = await supervisor
+          .waitFor<WorkerInfo>(
+            child,
+            (m) => {
+              const msg = m as WorkerMessage;
+              if (msg.type === 'fatal') throw new ChildError(`${msg.workerId}: ${msg.message} (${msg.code})`, msg.stack);
+              return msg.type === 'ready' ? msg.info : undefined;
+            },
+            WORKER_READY_TIMEOUT_MS,
+          )
+          .finally(() => awaited.delete(child));
         log(`${info.workerId} (${info.role}) ready at ${info.address} (${info.kvTotalBlocks} KV blocks of ${info.blockSize} tokens, max model len ${info.maxModelLen})`);
         return info;
       }),
@@ -212,25 +245,55 @@ async function run(f: LauncherFlags): Promise<number> {
           : undefined,
       },
     });
-    const url = await supervisor.waitFor<string>(
-      frontend,
-      (m) => ((m as { type?: string }).type === 'ready' ? (m as { url: string }).url : undefined),
-      FRONTEND_READY_TIMEOUT_MS,
-    );
+    awaited.add(frontend);
+    const url = await supervisor
+      .waitFor<string>(
+        frontend,
+        (m) => {
+          const msg = m as { type?: string; url?: string; message?: string; code?: string; stack?: string };
+          if (msg.type === 'fatal') throw new ChildError(`frontend: ${msg.message}${msg.code ? ` (${msg.code})` : ''}`, msg.stack);
+          return msg.type === 'ready' ? msg.url : undefined;
+        },
+        FRONTEND_READY_TIMEOUT_MS,
+      )
+      .finally(() => awaited.delete(frontend));
+    starting = false;
     const plural = (n: number, what: string) => `${n} ${what}${n > 1 ? 's' : ''}`;
     const topology = disagg ? `${plural(workers.length, 'decode worker')} + ${plural(f.prefillWorkers, 'prefill worker')}` : plural(workers.length, 'worker');
     log(`ready: ${url}  (model "${served.name}", ${topology}; Ctrl-C to stop)`);
   } catch (err) {
-    if (!supervisor.isStopping) log(`start-up failed: ${(err as Error).message}`);
+    // The first failure is the reason; those after it (children stopped because of it) are not.
+    if (!supervisor.isStopping) startFailure ??= err as Error;
     await shutdown(1);
+    if (startFailure) throw startFailure;
     return exitCode;
   }
   await done;
   return exitCode;
 }
 
+// A failure a child reported: its message, and the stack from the child (shown at debug).
+class ChildError extends Error {
+  constructor(
+    message: string,
+    readonly childStack?: string,
+  ) {
+    super(message);
+  }
+}
+
+// --log-level as given, for an error before the flags parsed.
+function rawLogLevel(argv: string[]): string {
+  let level = 'info';
+  argv.forEach((a, i) => {
+    if (a === '--log-level' && argv[i + 1]) level = argv[i + 1]!;
+    else if (a.startsWith('--log-level=')) level = a.slice('--log-level='.length);
+  });
+  return level;
+}
+
 async function main(): Promise<void> {
-  let flags: LauncherFlags;
+  let flags: LauncherFlags | undefined;
   try {
     flags = parseFlags(process.argv.slice(2));
     if (flags.help) {
@@ -239,14 +302,25 @@ async function main(): Promise<void> {
     }
     process.exitCode = await run(flags);
   } catch (err) {
-    if (err instanceof FlagError) {
-      console.error(`kvserve: ${err.message}`);
-      process.exitCode = 2;
-      return;
-    }
-    console.error(`kvserve: ${(err as Error).message}`);
-    process.exitCode = 1;
+    process.exitCode = reportFatal(err, flags?.logLevel);
   }
 }
+
+// The one line of a fatal error (a multi-line message's lines joined, list bullets dropped), the
+// stack after it at debug and trace; returns the exit code: 2 for a flag error, else 1.
+function reportFatal(err: unknown, logLevel: string | undefined): number {
+  const e = err instanceof Error ? err : new Error(String(err));
+  const lines = e.message.split('\n').map((l) => l.trim().replace(/^- /, '')).filter((l) => l !== '');
+  const line = lines.reduce((acc, l) => (acc === '' ? l : `${acc}${acc.endsWith(':') ? ' ' : '; '}${l}`), '');
+  console.error(`kvserve: error: ${line}`);
+  if (['debug', 'trace'].includes(logLevel ?? rawLogLevel(process.argv.slice(2)))) {
+    console.error(e instanceof ChildError ? (e.childStack ?? '(the child sent no stack)') : e.stack);
+  }
+  return e instanceof FlagError ? 2 : 1;
+}
+
+// Thrown outside run()'s own handling (in an event handler): the same line, and exit 1; the
+// children exit by themselves when the launcher's IPC channels close.
+process.on('uncaughtException', (err) => process.exit(reportFatal(err, undefined)));
 
 await main();

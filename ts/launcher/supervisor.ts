@@ -53,8 +53,10 @@ export class Supervisor {
     return child;
   }
 
-  // Resolves with the first IPC message that `accept` takes; rejects if the child exits first
-  // or the timeout passes.
+  // Resolves with the first IPC message that `accept` takes; rejects with what `accept` throws
+  // (a child's 'fatal' message), or when the child exits first or the timeout passes. The exit
+  // is taken from 'close', which comes after every IPC message the child sent: a child that
+  // sends 'fatal' and exits is rejected with its message, not with its exit.
   waitFor<T>(child: Child, accept: (msg: unknown) => T | undefined, timeoutMs: number): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       const timer = setTimeout(() => {
@@ -62,23 +64,30 @@ export class Supervisor {
         reject(new Error(`${child.spec.name} did not become ready within ${Math.round(timeoutMs / 1000)} s`));
       }, timeoutMs);
       const onMessage = (msg: unknown) => {
-        const v = accept(msg);
+        let v: T | undefined;
+        try {
+          v = accept(msg);
+        } catch (err) {
+          cleanup();
+          reject(err);
+          return;
+        }
         if (v !== undefined) {
           cleanup();
           resolve(v);
         }
       };
-      const onExit = (code: number | null, signal: NodeJS.Signals | null) => {
+      const onClose = (code: number | null, signal: NodeJS.Signals | null) => {
         cleanup();
-        reject(new Error(`${child.spec.name} exited during start-up (${signal ?? `code ${code}`})`));
+        reject(new Error(`${child.spec.name} exited during start-up (${signal ? `signal ${signal}` : `code ${code}`})`));
       };
       const cleanup = () => {
         clearTimeout(timer);
         child.process.off('message', onMessage);
-        child.process.off('exit', onExit);
+        child.process.off('close', onClose);
       };
       child.process.on('message', onMessage);
-      child.process.once('exit', onExit);
+      child.process.once('close', onClose);
     });
   }
 

@@ -5,7 +5,10 @@
 // Started by the launcher (child_process.fork, so it has an IPC channel) with
 //   --config '<WorkerConfig as JSON>'
 // It reports progress and readiness to the parent over IPC ({type: 'loading' | 'ready' |
-// 'fatal'}), and exits when the parent goes away, so a killed launcher leaves no orphan.
+// 'fatal'}), and exits when the parent goes away, so a killed launcher leaves no orphan. Every
+// failure before 'ready' ends in one 'fatal' message (code, message, and the stack for the
+// launcher's --log-level debug) and exit code 1; the launcher prints it, the worker prints
+// nothing of it.
 // A decode or prefill worker (disaggregation) keeps its KV pool in shared memory, runs a transfer
 // agent (its metadata published in discovery) and the queue's producer or consumer
 // (remote-prefill.ts has the protocol).
@@ -53,13 +56,16 @@ export interface DisaggConfig {
 export type WorkerMessage =
   | { type: 'loading'; workerId: string; message: string }
   | { type: 'ready'; info: WorkerInfo }
-  | { type: 'fatal'; workerId: string; code: string; message: string };
+  | { type: 'fatal'; workerId: string; code: string; message: string; stack?: string };
 
 const REDIS_START_TIMEOUT_MS = 10_000;
 
-function send(msg: WorkerMessage): void {
-  if (process.send) process.send(msg);
-  else console.log(JSON.stringify(msg));
+function send(msg: WorkerMessage, then?: () => void): void {
+  if (process.send) process.send(msg, undefined, {}, () => then?.());
+  else {
+    console.log(JSON.stringify(msg));
+    then?.();
+  }
 }
 
 function parseConfig(argv: string[]): WorkerConfig {
@@ -89,8 +95,8 @@ async function main(): Promise<void> {
       agent.registerRegion(engine.kvRegion());
     }
   } catch (err) {
-    const e = err as { code?: string; message: string };
-    send({ type: 'fatal', workerId: cfg.workerId, code: e.code ?? 'ERR_INTERNAL', message: e.message });
+    const e = err as { code?: string; message: string; stack?: string };
+    send({ type: 'fatal', workerId: cfg.workerId, code: e.code ?? 'ERR_INTERNAL', message: e.message, stack: e.stack });
     process.exitCode = 1;
     return;
   }
@@ -135,7 +141,7 @@ async function main(): Promise<void> {
       });
       await publisher.start();
     } catch (err) {
-      send({ type: 'fatal', workerId: cfg.workerId, code: 'ERR_REDIS_UNAVAILABLE', message: (err as Error).message });
+      send({ type: 'fatal', workerId: cfg.workerId, code: 'ERR_REDIS_UNAVAILABLE', message: (err as Error).message, stack: (err as Error).stack });
       await publisher?.close();
       await redis.close();
       await engine.close();
@@ -234,7 +240,10 @@ async function main(): Promise<void> {
   send({ type: 'ready', info: info(address, requestPlane) });
 }
 
+// Any other failure on the way to 'ready' (the config, the servers, Redis, the lease): one
+// 'fatal' message, then exit 1 once it is sent.
 main().catch((err) => {
-  console.error(`worker: ${(err as Error).stack ?? err}`);
-  process.exit(1);
+  const e = (err instanceof Error ? err : new Error(String(err))) as Error & { code?: unknown };
+  const workerId = process.env.KVSERVE_PROCESS ?? 'worker';
+  send({ type: 'fatal', workerId, code: typeof e.code === 'string' ? e.code : 'ERR_WORKER_START', message: e.message, stack: e.stack }, () => process.exit(1));
 });
