@@ -14,8 +14,9 @@
 // from memory once and reads it again from L1/L2 for the next rows of x. Within an item, each
 // MB rows of x meet the panel's weight rows NB at a time over the whole of K (blocking K, with
 // the vector accumulators kept in memory between blocks, measured slower on the 1B shapes). At
-// M = 1 this is the decode GEMV: every weight byte is read once, by one thread, the next tile
-// prefetched. Threads split the items: N, and M where there are more rows than kBlockM.
+// M = 1 this is the decode GEMV: every weight byte is read once, by one thread. The first MB
+// rows of an item prefetch the next tile's weight rows as they go (the rest find the panel in
+// cache). Threads split the items: N, and M where there are more rows than kBlockM.
 // Stays true: a row's y does not depend on M or on the other rows of x (every accumulator sees
 // the same chunks in the same order from zero, whichever tile shape computes it): preemption and
 // disaggregation rely on it (test-kernels-fast). Only x is rounded; bf16 x bf16 products are
@@ -164,7 +165,7 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
         float* ym = y + m * N;
         int64_t n = p0;
         for (; n + kNB <= p1; n += kNB)
-          tile_rows<kNB>(mb, xm, Kp, wd, K, n, bp ? bp + (n - p0) : nullptr, ym, N, false);
+          tile_rows<kNB>(mb, xm, Kp, wd, K, n, bp ? bp + (n - p0) : nullptr, ym, N, m == m0 && n + 2 * kNB <= N);
         if (n < p1) tile_cols(static_cast<int>(p1 - n), mb, xm, Kp, wd, K, n, bp ? bp + (n - p0) : nullptr, ym, N);
       }
     }
