@@ -24,11 +24,8 @@
 #      bench-cuda-engine on it, and gpu-reference.py torch-bench (HF generate, SDPA) on it.
 # Settings: KVSERVE_GPU_BUILD (build dir, default build-gpu), KVSERVE_GPU_MODELS (where models
 # are generated, default /tmp/kvserve-gpu-models), KVSERVE_GPU_SKIP_8B=1, KVSERVE_GPU_SKIP_TORCH=1
-# (leaves out the PyTorch comparison), KVSERVE_GPU_SKIP_HF=1 (leaves out compare-hf), KVSERVE_GPU_SKIP_KERNEL_BENCH=1 (leaves out step 8), XXHASH_INCLUDE_DIR (a
-# directory with xxhash.h, for a machine without libxxhash-dev; build-gpu-deps/ is used when
-# present: it is git-ignored, so before sending the tree to a GPU machine run
-#   mkdir -p build-gpu-deps && cp /usr/include/xxhash.h build-gpu-deps/
-# and carry build-gpu-deps along).
+# (leaves out the PyTorch comparison), KVSERVE_GPU_SKIP_HF=1 (leaves out compare-hf),
+# KVSERVE_GPU_SKIP_KERNEL_BENCH=1 (leaves out step 8).
 # Exit: 0 all passed; 1 a step failed; 2 no GPU (build checked only).
 set -euo pipefail
 
@@ -126,14 +123,11 @@ else
 fi
 
 # 3. configure
-xxhash_dir="${XXHASH_INCLUDE_DIR:-}"
-if [[ -z "$xxhash_dir" && -f "$root/build-gpu-deps/xxhash.h" ]]; then xxhash_dir="$root/build-gpu-deps"; fi
 cmake_args=(-S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DLLM_BUILD_TESTS=ON -DLLM_CUDA=ON -DLLM_ASAN=OFF)
 if [[ $have_gpu -eq 1 ]]; then
   arch="$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d ' .')"
   [[ -n "$arch" ]] && cmake_args+=("-DCMAKE_CUDA_ARCHITECTURES=$arch")
 fi
-if [[ -n "$xxhash_dir" ]]; then cmake_args+=("-DXXHASH_INCLUDE_DIR=$xxhash_dir"); fi
 if ! run_step "configure" "$logs/configure.log" cmake "${cmake_args[@]}"; then
   print_summary
   exit 1
