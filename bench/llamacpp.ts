@@ -1,19 +1,61 @@
 // llamacpp.ts: llama.cpp as the peer, through node-llama-cpp (pinned 3.21.1), CPU only.
 //
-// Owns: loading llama.cpp (the prebuilt CPU binaries in node_modules, never a download or a
-// source build), opening a GGUF with a one-sequence context of `threads` threads, greedy
+// Owns: loading llama.cpp (node-llama-cpp from the peer cache, installed there on first use by
+// peer.ts; its prebuilt CPU binaries, never a download or a source build), opening a GGUF with a one-sequence context of `threads` threads, greedy
 // decoding from token ids, teacher-forced next-token log-probabilities, and the two speeds the
 // engine benchmark compares against: prompt processing in one batch, and batch-1 decode.
 // Stays true: token ids go in and come out unchanged (no BOS, no chat template, no detokenizing);
 // greedy is temperature 0 with no repeat penalty; every model and context is disposed.
 
-import { getLlama, LlamaLogLevel, type Llama, type LlamaContextSequence, type Token } from 'node-llama-cpp';
+import { importNodeLlamaCpp } from './peer.ts';
+
+// The part of node-llama-cpp 3.21.1's API used here (the package lives in the peer cache, not in
+// node_modules, so its own declarations are not where tsc looks).
+type Token = number & { __token?: never };
+interface GenerateNextOptions {
+  probabilities: boolean;
+  options: { temperature: number; topK: number; topP: number; minP: number };
+}
+export interface LlamaContextSequence {
+  readonly context: { readonly idealThreads: number; readonly flashAttention: boolean | 'auto' };
+  evaluate(tokens: Token[], options: { temperature: number }): AsyncGenerator<Token, void>;
+  evaluateWithoutGeneratingNewTokens(tokens: Token[]): Promise<void>;
+  controlledEvaluate(
+    input: (Token | [Token, { generateNext: GenerateNextOptions }])[],
+  ): Promise<({ next: { probabilities?: Map<Token, number> } } | undefined)[]>;
+  clearHistory(): Promise<void>;
+}
+interface LlamaContext {
+  getSequence(): LlamaContextSequence;
+  dispose(): Promise<void>;
+}
+interface LlamaModel {
+  createContext(options: {
+    contextSize: number;
+    batchSize: number;
+    threads: { ideal: number; min: number };
+    sequences: number;
+    flashAttention?: boolean;
+    experimentalKvCacheKeyType?: string;
+    experimentalKvCacheValueType?: string;
+  }): Promise<LlamaContext>;
+  dispose(): Promise<void>;
+}
+interface Llama {
+  loadModel(options: { modelPath: string; gpuLayers: number }): Promise<LlamaModel>;
+}
+interface NodeLlamaCpp {
+  getLlama(options: { gpu: false; build: 'never'; logLevel: string }): Promise<Llama>;
+  LlamaLogLevel: { error: string };
+}
 
 let llamaPromise: Promise<Llama> | undefined;
 
 // One llama.cpp instance per process, CPU only, from the prebuilt binaries.
 function loadLlamaCpp(): Promise<Llama> {
-  llamaPromise ??= getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error });
+  llamaPromise ??= importNodeLlamaCpp<NodeLlamaCpp>().then(({ getLlama, LlamaLogLevel }) =>
+    getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error }),
+  );
   return llamaPromise;
 }
 
