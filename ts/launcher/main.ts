@@ -131,7 +131,6 @@ function checkPortFree(host: string, port: number): Promise<void> {
 
 async function run(f: LauncherFlags): Promise<number> {
   refuseUnimplemented(f);
-  await checkPortFree(f.host, f.httpPort);
   const device = resolveDevice(f);
   log(`device: ${device === 'cuda' ? `cuda, ${loadAddon().cudaDevice().description}` : 'cpu'}`);
 
@@ -142,6 +141,7 @@ async function run(f: LauncherFlags): Promise<number> {
   log(`model ${served.name} at ${model.dir}`);
   loadSamplingDefaults(f.generationConfig, model.dir); // a bad generation config stops here, before any worker loads
   const tileWeights = device === 'cpu' && cpuTileWeights(model.dir, f.workers + f.prefillWorkers);
+  await checkPortFree(f.host, f.httpPort); // after every refusal of the flags, before any process starts
 
   // 2. Redis, when this mode needs it.
   const needsRedis = f.router !== 'round-robin' || f.redisUrl !== undefined || f.prefillWorkers > 0;
