@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "engine/engine-thread.h"
-#include "engine/kv-block-hash.h"
+#include "kv/kv-block-hash.h"
 #include "kernels/cpu/bandwidth-probe.h"
 #include "kernels/cpu/compute-peak.h"
 #include "kernels/cpu/cpu-kernels.h"

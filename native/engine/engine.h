@@ -15,14 +15,14 @@
 
 #include "../common/shared-memory.h"
 #include "../common/status.h"
-#include "kv-cache-manager.h"
-#include "kv-events.h"
+#include "../kv/kv-cache-manager.h"
+#include "../kv/kv-events.h"
 #include "model-runner-cuda.h"
 #include "model-runner.h"
-#include "model-weights.h"
-#include "request.h"
-#include "sampler.h"
-#include "scheduler.h"
+#include "../model/model-weights.h"
+#include "../kv/request.h"
+#include "../kv/sampler.h"
+#include "../kv/scheduler.h"
 
 namespace llm {
 

@@ -20,7 +20,7 @@
 
 #include "../common/status.h"
 #include "../kernels/tensor-view.h"
-#include "model-weights.h"
+#include "../model/model-weights.h"
 
 namespace llm {
 

@@ -10,7 +10,7 @@
 #include <sstream>
 #include <string>
 
-#include "engine/kv-block-hash.h"
+#include "kv/kv-block-hash.h"
 #include "test-harness.h"
 
 namespace {

@@ -4,7 +4,7 @@
 #include <algorithm>
 #include <map>
 
-#include "engine/kv-block-pool.h"
+#include "kv/kv-block-pool.h"
 #include "test-harness.h"
 
 using llm::BlockPool;

@@ -3,8 +3,8 @@
 // freeing (seen through eviction order) and the prefix-cache counters.
 #include <memory>
 
-#include "engine/kv-block-hash.h"
-#include "engine/kv-cache-manager.h"
+#include "kv/kv-block-hash.h"
+#include "kv/kv-cache-manager.h"
 #include "test-harness.h"
 
 using namespace llm;

@@ -11,7 +11,7 @@
 #include <random>
 #include <string>
 
-#include "engine/model-weights.h"
+#include "model/model-weights.h"
 #include "model-writer.h"
 #include "test-harness.h"
 

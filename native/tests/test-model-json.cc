@@ -2,7 +2,7 @@
 // malformed input (including a nesting bomb) failing with a byte offset instead of crashing.
 #include <string>
 
-#include "engine/model-json.h"
+#include "model/model-json.h"
 #include "model-writer.h"
 #include "test-harness.h"
 

@@ -4,7 +4,7 @@
 // provoked once and must come back with its code and a message naming the culprit.
 #include <string>
 
-#include "engine/model-weights.h"
+#include "model/model-weights.h"
 #include "model-writer.h"
 #include "test-harness.h"
 

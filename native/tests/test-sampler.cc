@@ -5,7 +5,7 @@
 #include <map>
 #include <set>
 
-#include "engine/sampler.h"
+#include "kv/sampler.h"
 #include "test-harness.h"
 
 using namespace llm;

@@ -5,7 +5,7 @@
 #include <map>
 #include <memory>
 
-#include "engine/scheduler.h"
+#include "kv/scheduler.h"
 #include "test-harness.h"
 
 using namespace llm;

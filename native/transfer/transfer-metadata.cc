@@ -8,7 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 
-#include "engine/model-json.h"
+#include "model/model-json.h"
 
 namespace llm {
 namespace transfer {
