@@ -4,8 +4,6 @@
 
 #include "../kernels/cpu/cpu-kernels.h"
 
-#include <sys/mman.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -25,12 +23,6 @@ uint64_t splitmix64(uint64_t x) {
 
 Status invalid(const std::string& msg) { return Status(StatusCode::invalid_argument, msg); }
 Status bad_request(const std::string& msg) { return Status(StatusCode::request_invalid, msg); }
-
-// Anonymous mapping: zero pages, committed lazily as blocks are first written.
-void* map_pool(size_t bytes) {
-  void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  return p == MAP_FAILED ? nullptr : p;
-}
 
 }  // namespace
 
@@ -94,20 +86,13 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   if (num_blocks < 1)
     return invalid("the KV cache holds no block: one block needs " + std::to_string(block_bytes) + " bytes");
   if (num_blocks > (int64_t{1} << 31) - 1) return invalid("too many KV blocks");
-  e->kv_bytes_ = static_cast<size_t>(num_blocks) * static_cast<size_t>(block_bytes);
-  if (cuda_runner) {
-    LLM_RETURN_IF_ERROR(cuda_runner->allocate_kv_cache(make_kv_view(mc, nullptr, num_blocks, cfg.block_size)));
-    e->kv_device_data_ = cuda_runner->kv_cache().data;
-  } else if (cfg.kv_shared_memory) {
-    SharedMemory::remove_stale_segments();
-    LLM_RETURN_IF_ERROR(SharedMemory::create(SharedMemory::unique_name("kv"), e->kv_bytes_, &e->kv_shm_));
-    e->kv_data_ = e->kv_shm_->data();
-  } else {
-    e->kv_data_ = map_pool(e->kv_bytes_);
-  }
-  if (!e->kv_data_ && !cuda_runner)
-    return Status(StatusCode::out_of_memory,
-                  "cannot allocate the KV cache (" + std::to_string(e->kv_bytes_) + " bytes)");
+  const size_t kv_bytes = static_cast<size_t>(num_blocks) * static_cast<size_t>(block_bytes);
+  const KvPoolMemory::Kind kind = cuda_runner         ? KvPoolMemory::Kind::device
+                                  : cfg.kv_shared_memory ? KvPoolMemory::Kind::shared
+                                                         : KvPoolMemory::Kind::host;
+  LLM_RETURN_IF_ERROR(KvPoolMemory::create(kind, kv_bytes, &e->kv_memory_));
+  const KVCacheView kv_view = make_kv_view(mc, e->kv_memory_->data(), num_blocks, cfg.block_size);
+  if (cuda_runner) LLM_RETURN_IF_ERROR(cuda_runner->set_kv_cache(kv_view));
 
   // 5. Cache manager, scheduler, runner.
   KVCacheManagerConfig kvc;
@@ -128,7 +113,7 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     CpuRunnerOptions ro;
     ro.num_threads = cfg.num_threads;
     ro.tile_weights = cfg.cpu_tile_weights;
-    e->runner_ = make_cpu_runner(*e->model_, make_kv_view(mc, e->kv_data_, num_blocks, cfg.block_size), ro);
+    e->runner_ = make_cpu_runner(*e->model_, kv_view, ro);
     e->info_.kernels = e->runner_->describe();
   }
   e->info_.backend = e->runner_->backend_name();
@@ -144,16 +129,14 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
 
 Engine::~Engine() {
   runner_.reset();  // joins the runner's threads before the pool goes away
-  if (kv_data_ && !kv_shm_) munmap(kv_data_, kv_bytes_);  // null on CUDA: the runner freed its pool
 }
 
 KvRegion Engine::kv_region() const {
   KvRegion r;
-  r.view = make_kv_view(model_->config, kv_device_data_ ? kv_device_data_ : kv_data_, info_.num_kv_blocks,
-                        info_.block_size);
-  r.bytes = kv_bytes_;
-  r.shm_name = kv_shm_ ? kv_shm_->name() : std::string();
-  r.device_data = kv_device_data_;
+  r.view = make_kv_view(model_->config, kv_memory_->data(), info_.num_kv_blocks, info_.block_size);
+  r.bytes = kv_memory_->bytes();
+  r.shm_name = kv_memory_->shm_name();
+  r.device_data = kv_memory_->kind() == KvPoolMemory::Kind::device ? kv_memory_->data() : nullptr;
   return r;
 }
 
@@ -412,9 +395,10 @@ Status forward_single_sequence(const Model& model, int num_threads, const std::v
 
   const int64_t num_blocks = static_cast<int64_t>(max_block) + 1;
   KVCacheView kv = make_kv_view(mc, nullptr, num_blocks, block_size);
-  const size_t bytes = static_cast<size_t>(num_blocks) * static_cast<size_t>(kv.block_bytes());
-  kv.data = map_pool(bytes);
-  if (!kv.data) return Status(StatusCode::out_of_memory, "cannot allocate the KV cache");
+  std::unique_ptr<KvPoolMemory> pool;
+  LLM_RETURN_IF_ERROR(KvPoolMemory::create(KvPoolMemory::Kind::host,
+                                           static_cast<size_t>(num_blocks) * static_cast<size_t>(kv.block_bytes()), &pool));
+  kv.data = pool->data();
 
   const SingleSequenceBatch one(tokens, 0, block_table, block_size, /*all_logits=*/true);
   const ForwardBatch fb = one.batch();
@@ -426,7 +410,6 @@ Status forward_single_sequence(const Model& model, int num_threads, const std::v
     std::unique_ptr<ModelRunner> runner = make_cpu_runner(model, kv, ro);
     st = runner->forward(fb, logits->data());
   }
-  munmap(kv.data, bytes);
   return st;
 }
 

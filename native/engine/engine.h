@@ -13,16 +13,16 @@
 #include <string>
 #include <vector>
 
-#include "../common/shared-memory.h"
 #include "../common/status.h"
 #include "../kv/kv-cache-manager.h"
 #include "../kv/kv-events.h"
-#include "model-runner-cuda.h"
-#include "model-runner.h"
-#include "../model/model-weights.h"
 #include "../kv/request.h"
 #include "../kv/sampler.h"
 #include "../kv/scheduler.h"
+#include "../model/model-weights.h"
+#include "kv-pool-memory.h"
+#include "model-runner-cuda.h"
+#include "model-runner.h"
 
 namespace llm {
 
@@ -136,10 +136,7 @@ class Engine {
   EngineConfig cfg_;
   EngineInfo info_;
   std::unique_ptr<Model> model_;
-  void* kv_data_ = nullptr;  // the host pool: num_kv_blocks * kv_block_bytes (null on CUDA: the runner owns it)
-  void* kv_device_data_ = nullptr;  // the CUDA runner's pool (device memory)
-  size_t kv_bytes_ = 0;
-  std::unique_ptr<SharedMemory> kv_shm_;  // owns kv_data_ when cfg_.kv_shared_memory
+  std::unique_ptr<KvPoolMemory> kv_memory_;  // the pool: host, shared (kv_shared_memory) or device memory
   std::unique_ptr<KVCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ModelRunner> runner_;

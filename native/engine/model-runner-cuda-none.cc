@@ -19,6 +19,9 @@ Status cuda_device_usable(std::string*) { return not_built(); }
 
 bool cuda_backend_built() { return false; }
 
+Status cuda_alloc_zeroed(size_t, void**) { return not_built(); }
+void cuda_free(void*) {}
+
 void cuda_op_trace_start() {}
 std::string cuda_op_trace_stop() { return std::string(); }
 

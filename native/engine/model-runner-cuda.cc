@@ -42,8 +42,10 @@
 
 #include "../kernels/cuda/argmax.h"
 #include "../kernels/cuda/cache-write.h"
+#include "../kernels/cuda/device-memory.h"
 #include "../kernels/cuda/embedding.h"
 #include "../kernels/cuda/gemm.h"
+#include "../kernels/cuda/op-trace.h"
 #include "../kernels/cuda/paged-attention.h"
 #include "../kernels/cuda/rmsnorm.h"
 #include "../kernels/cuda/silu-mul.h"
@@ -52,146 +54,13 @@ namespace llm {
 
 namespace {
 
-Status cuda_error(const std::string& what, cudaError_t err) {
-  return Status(err == cudaErrorMemoryAllocation ? StatusCode::out_of_memory : StatusCode::internal,
-                what + ": " + cudaGetErrorString(err));
-}
-
-#define LLM_CUDA_RETURN_IF_ERROR(what, expr)            \
-  do {                                                  \
-    const cudaError_t _err = (expr);                    \
-    if (_err != cudaSuccess) return cuda_error(what, _err); \
-  } while (0)
+using cuda::DeviceMemory;
+using cuda::PinnedMemory;
+using cuda::cuda_error;
 
 Status invalid(const std::string& message) { return Status(StatusCode::invalid_argument, message); }
 
 size_t align_up(size_t n, size_t a) { return (n + a - 1) / a * a; }
-
-// Device memory that only grows (reserve) and is freed with its owner.
-class DeviceMemory {
- public:
-  DeviceMemory() = default;
-  ~DeviceMemory() { release(); }
-  DeviceMemory(const DeviceMemory&) = delete;
-  DeviceMemory& operator=(const DeviceMemory&) = delete;
-
-  Status reserve(size_t bytes, const char* what) {
-    if (bytes <= bytes_) return Status::Ok();
-    release();
-    LLM_CUDA_RETURN_IF_ERROR(std::string("cudaMalloc ") + what + " (" + std::to_string(bytes) + " bytes)",
-                             cudaMalloc(&ptr_, bytes));
-    bytes_ = bytes;
-    return Status::Ok();
-  }
-  void release() {
-    if (ptr_) cudaFree(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-  }
-  void* get() const { return ptr_; }
-  size_t bytes() const { return bytes_; }
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// Page-locked host memory (async copies need it), grows like DeviceMemory.
-class PinnedMemory {
- public:
-  PinnedMemory() = default;
-  ~PinnedMemory() { release(); }
-  PinnedMemory(const PinnedMemory&) = delete;
-  PinnedMemory& operator=(const PinnedMemory&) = delete;
-
-  Status reserve(size_t bytes, const char* what) {
-    if (bytes <= bytes_) return Status::Ok();
-    release();
-    LLM_CUDA_RETURN_IF_ERROR(std::string("cudaMallocHost ") + what, cudaMallocHost(&ptr_, bytes));
-    bytes_ = bytes;
-    return Status::Ok();
-  }
-  void release() {
-    if (ptr_) cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-  }
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// GPU time per op of eager steps, for benchmarks (cuda_op_trace_start / _stop): run_layers
-// records an event after each op, and once the step has synchronised, the gap before each
-// event is added to its op's total. Graph steps are not traced (an event in a capture times
-// nothing), so a traced run is an eager one. One per process, used from the engine's thread.
-class OpTrace {
- public:
-  static OpTrace& instance() {
-    static OpTrace* trace = new OpTrace();
-    return *trace;
-  }
-  bool on = false;
-  void mark(const char* op, cudaStream_t stream) {
-    if (used_ == events_.size()) {
-      cudaEvent_t e = nullptr;
-      if (cudaEventCreate(&e) != cudaSuccess) return;
-      events_.push_back(e);
-    }
-    cudaEventRecord(events_[used_], stream);
-    names_.resize(used_ + 1);
-    names_[used_++] = op;
-  }
-  // After the step's stream has synchronised.
-  void end_step() {
-    for (size_t i = 1; i < used_; ++i) {
-      float ms = 0;
-      if (cudaEventElapsedTime(&ms, events_[i - 1], events_[i]) != cudaSuccess) continue;
-      Total& t = totals_[names_[i]];
-      t.ms += ms;
-      t.count += 1;
-    }
-    if (used_ > 1) steps_ += 1;
-    used_ = 0;
-  }
-  void reset() {
-    totals_.clear();
-    steps_ = 0;
-  }
-  std::string report() const {
-    double all = 0;
-    for (const auto& [op, t] : totals_) all += t.ms;
-    std::string out;
-    char line[160];
-    std::snprintf(line, sizeof(line), "%-18s %10s %8s %10s %6s\n", "op", "ms/step", "calls", "us/call", "share");
-    out += line;
-    for (const auto& [op, t] : totals_) {
-      std::snprintf(line, sizeof(line), "%-18s %10.3f %8.1f %10.2f %5.1f%%\n", op.c_str(), t.ms / std::max<int64_t>(steps_, 1),
-                    static_cast<double>(t.count) / std::max<int64_t>(steps_, 1), 1000.0 * t.ms / std::max<int64_t>(t.count, 1),
-                    all > 0 ? 100.0 * t.ms / all : 0.0);
-      out += line;
-    }
-    std::snprintf(line, sizeof(line), "%-18s %10.3f   (%lld traced steps)\n", "total", all / std::max<int64_t>(steps_, 1),
-                  static_cast<long long>(steps_));
-    return out + line;
-  }
-
- private:
-  struct Total {
-    double ms = 0;
-    int64_t count = 0;
-  };
-  std::vector<cudaEvent_t> events_;
-  std::vector<const char*> names_;
-  size_t used_ = 0;
-  std::map<std::string, Total> totals_;
-  int64_t steps_ = 0;
-};
 
 // Calls f(tensor) for every weight view of the model, in a fixed order.
 template <typename W, typename F>
@@ -265,7 +134,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     const size_t reserve = activation_bytes(std::max<int64_t>(opts_.max_num_tokens, 1), 256) + (size_t{1} << 30);
     return free > reserve ? free - reserve : 0;
   }
-  Status allocate_kv_cache(const KVCacheView& shape) override;
+  Status set_kv_cache(const KVCacheView& pool) override;
   KVCacheView kv_cache() const override { return kv_view_; }
   std::string describe() const override {
     return device_.describe() + ", cuBLAS " + gemm_->library() + (graphs_enabled_ ? ", decode graphs on" : ", graphs off");
@@ -275,7 +144,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   struct Graph {
     cudaGraphExec_t exec = nullptr;
     int64_t max_blocks = 0;
-    DeviceMemory inputs;  // BatchLayout::of(G, G, G, max_blocks)
+    cuda::DeviceMemory inputs;  // BatchLayout::of(G, G, G, max_blocks)
   };
 
   size_t activation_bytes(int64_t tokens, int64_t logits_rows) const;
@@ -320,7 +189,6 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   DeviceMemory weight_memory_;
   ModelWeights weights_;  // views of weight_memory_
   DeviceMemory inv_freq_;
-  DeviceMemory kv_memory_;
   KVCacheView kv_view_;
   int64_t num_heads_ = 0, num_kv_heads_ = 0, intermediate_ = 0;
   DType dtype_ = DType::bf16;
@@ -340,7 +208,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
 
   bool graphs_enabled_ = true;
   std::map<int64_t, Graph> graphs_;
-  OpTrace* trace_ = nullptr;  // set for a traced eager step
+  cuda::OpTrace* trace_ = nullptr;  // set for a traced eager step
 
   void mark(const char* op) {
     if (trace_) trace_->mark(op, stream_);
@@ -372,26 +240,10 @@ Status CudaModelRunnerImpl::init() {
 
   // Weights: one allocation, each distinct host tensor copied once (a tied lm_head is the
   // embedding's copy), laid out in for_each_tensor's order (run_layers fuses neighbours).
-  struct Slot {
-    size_t offset, bytes;
-  };
-  std::map<const void*, Slot> slots;  // host tensor -> its place in weight_memory_
-  size_t total = 0;
-  for_each_tensor(model_.weights, [&](const Tensor& t) {
-    if (!t.present() || slots.count(t.data)) return;
-    const size_t bytes = static_cast<size_t>(t.rows * t.cols * dtype_size(t.dtype));
-    slots[t.data] = Slot{total, bytes};
-    total = align_up(total + bytes, 256);
-  });
-  LLM_RETURN_IF_ERROR(weight_memory_.reserve(total, "weights"));
-  char* base = weight_memory_.as<char>();
-  for (const auto& [host, slot] : slots)
-    LLM_CUDA_RETURN_IF_ERROR("copying the weights to the device",
-                             cudaMemcpy(base + slot.offset, host, slot.bytes, cudaMemcpyHostToDevice));
   weights_ = model_.weights;
-  for_each_tensor(weights_, [&](Tensor& t) {
-    if (t.present()) t.data = base + slots.at(t.data).offset;
-  });
+  std::vector<Tensor*> tensors;
+  for_each_tensor(weights_, [&](Tensor& t) { tensors.push_back(&t); });
+  LLM_RETURN_IF_ERROR(cuda::upload_tensors(tensors, &weight_memory_));
 
   const std::vector<float> inv_freq = rope_inv_freq(c);
   LLM_RETURN_IF_ERROR(inv_freq_.reserve(inv_freq.size() * sizeof(float), "rope frequencies"));
@@ -400,13 +252,9 @@ Status CudaModelRunnerImpl::init() {
   return reserve_activations(std::max<int64_t>(opts_.max_num_tokens, 1), 64);
 }
 
-Status CudaModelRunnerImpl::allocate_kv_cache(const KVCacheView& shape) {
-  if (shape.num_blocks <= 0) return invalid("the KV cache needs at least one block");
-  const size_t bytes = static_cast<size_t>(shape.num_blocks) * static_cast<size_t>(shape.block_bytes());
-  LLM_RETURN_IF_ERROR(kv_memory_.reserve(bytes, "KV cache"));
-  LLM_CUDA_RETURN_IF_ERROR("zeroing the KV cache", cudaMemset(kv_memory_.get(), 0, bytes));
-  kv_view_ = shape;
-  kv_view_.data = kv_memory_.get();
+Status CudaModelRunnerImpl::set_kv_cache(const KVCacheView& pool) {
+  if (pool.num_blocks <= 0 || !pool.data) return invalid("the KV cache needs at least one block");
+  kv_view_ = pool;
   drop_graphs();
   return Status::Ok();
 }
@@ -682,7 +530,7 @@ Status CudaModelRunnerImpl::enqueue(const ForwardBatch& b) {
   LLM_RETURN_IF_ERROR(batch_.reserve(o.bytes, "batch"));
   // The previous step's copy out of staging has finished: forward() synchronised the stream.
   pack(b, o, 0);
-  trace_ = OpTrace::instance().on ? &OpTrace::instance() : nullptr;
+  trace_ = cuda::OpTrace::instance().on ? &cuda::OpTrace::instance() : nullptr;
   mark("start");
   LLM_CUDA_RETURN_IF_ERROR("copying the batch",
                            cudaMemcpyAsync(batch_.get(), staging_.as<void>(), o.bytes, cudaMemcpyHostToDevice, stream_));
@@ -743,14 +591,33 @@ Status cuda_device_usable(std::string* description) {
 
 bool cuda_backend_built() { return true; }
 
+Status cuda_alloc_zeroed(size_t bytes, void** out) {
+  *out = nullptr;
+  cuda::DeviceInfo device;
+  LLM_RETURN_IF_ERROR(cuda::probe_device(&device));
+  LLM_CUDA_RETURN_IF_ERROR("cudaSetDevice", cudaSetDevice(device.device));
+  void* p = nullptr;
+  LLM_CUDA_RETURN_IF_ERROR("cudaMalloc KV cache (" + std::to_string(bytes) + " bytes)", cudaMalloc(&p, bytes));
+  if (const cudaError_t err = cudaMemset(p, 0, bytes); err != cudaSuccess) {
+    cudaFree(p);
+    return cuda_error("zeroing the KV cache", err);
+  }
+  *out = p;
+  return Status::Ok();
+}
+
+void cuda_free(void* p) {
+  if (p) cudaFree(p);
+}
+
 void cuda_op_trace_start() {
-  OpTrace& t = OpTrace::instance();
+  cuda::OpTrace& t = cuda::OpTrace::instance();
   t.reset();
   t.on = true;
 }
 
 std::string cuda_op_trace_stop() {
-  OpTrace& t = OpTrace::instance();
+  cuda::OpTrace& t = cuda::OpTrace::instance();
   t.on = false;
   return t.report();
 }

@@ -1,8 +1,7 @@
 // model-runner-cuda.h: the forward pass on an NVIDIA GPU (model-runner.h's contract, CUDA kernels
 // of native/kernels/cuda). Plain C++: callers need no CUDA header.
 //
-// Owns: CudaModelRunner = the weights copied to the device, the paged KV pool in device memory,
-// the activations (in the model's dtype, as Hugging Face computes in bf16), a cuBLAS handle, one
+// Owns: CudaModelRunner = the weights copied to the device, the activations (in the model's dtype, as Hugging Face computes in bf16), a cuBLAS handle, one
 // stream, and the CUDA graphs of decode steps.
 // Stays true: the pool on the device has the CPU pool's layout (tensor-view.h), so block ids,
 // slots and tables mean the same on both; a batch is validated on the host (the CPU runner's
@@ -28,13 +27,14 @@ struct CudaRunnerOptions {
 class CudaModelRunner : public ModelRunner {
  public:
   // Copies the weights to device 0 (ERR_DEVICE_UNAVAILABLE without a usable device or cuBLAS,
-  // ERR_OUT_OF_MEMORY when they do not fit). The KV pool comes next, with allocate_kv_cache.
+  // ERR_OUT_OF_MEMORY when they do not fit). The KV pool comes next, with set_kv_cache.
   static Status create(const Model& model, const CudaRunnerOptions& opts, std::unique_ptr<CudaModelRunner>* out);
 
   // Free device memory now, in bytes (what a KV pool may take, less a margin for activations).
   virtual size_t free_device_bytes() const = 0;
-  // Allocates the pool: shape.num_blocks blocks of shape's layout, zeroed (shape.data is ignored).
-  virtual Status allocate_kv_cache(const KVCacheView& shape) = 0;
+  // The pool the runner reads and writes: device memory the engine owns (KvPoolMemory), which
+  // outlives the runner.
+  virtual Status set_kv_cache(const KVCacheView& pool) = 0;
   // The pool's view; data is a device pointer.
   virtual KVCacheView kv_cache() const = 0;
   // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB), cuBLAS libcublas.so.13, graphs on"
@@ -47,6 +47,10 @@ Status cuda_device_usable(std::string* description);
 
 // Whether this build has the CUDA backend at all (compiled with nvcc).
 bool cuda_backend_built();
+
+// Device memory on device 0 for a KV pool (kv-pool-memory.h): `bytes`, zeroed; cuda_free frees it.
+Status cuda_alloc_zeroed(size_t bytes, void** out);
+void cuda_free(void* p);
 
 // For benchmarks: from cuda_op_trace_start, eager steps record the GPU time of each op (an
 // event after each); cuda_op_trace_stop ends it and returns the table of ms per step and us per

@@ -150,7 +150,12 @@ void check_runner(const std::string& dir) {
   std::unique_ptr<CudaModelRunner> gpu;
   CHECK_OK(CudaModelRunner::create(*model, CudaRunnerOptions{}, &gpu));
   if (!gpu) return;
-  CHECK_OK(gpu->allocate_kv_cache(shape));
+  std::unique_ptr<KvPoolMemory> device_pool;
+  CHECK_OK(KvPoolMemory::create(KvPoolMemory::Kind::device, pool_bytes, &device_pool));
+  if (!device_pool) return;
+  KVCacheView gpu_view = shape;
+  gpu_view.data = device_pool->data();
+  CHECK_OK(gpu->set_kv_cache(gpu_view));
 
   std::vector<int32_t> table(num_blocks);
   for (int64_t b = 0; b < num_blocks; ++b) table[b] = static_cast<int32_t>((b * 5 + 3) % num_blocks);  // scattered
