@@ -1,6 +1,7 @@
 // modelgen.test.ts: the model generator: determinism, the safetensors layout (single and
-// sharded), the float conversions on their edge cases, config.json per architecture, the model
-// cache, and that every committed golden's model is still what the generator writes.
+// sharded), the float conversions on their edge cases, config.json per architecture and in both
+// transformers forms, the model cache, that every committed golden's model is still what the
+// generator writes, and that the goldens of one model in both config forms agree.
 
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
@@ -129,6 +130,25 @@ describe('safetensors layout', () => {
     expect(shapes['model.layers.0.mlp.down_proj.weight']).toEqual([64, 96]);
     expect(shapes['model.embed_tokens.weight']).toEqual([1000, 64]);
     expect(shapes['lm_head.weight']).toBeUndefined();
+  });
+
+  it('gives Qwen3 per-head q/k norms of head_dim, drawn like the other RMSNorm weights, and no biases', () => {
+    const spec = resolveSpec({ ...SMALL, architecture: 'Qwen3ForCausalLM', headDim: 32 });
+    expect(spec).toMatchObject({ biasStd: null, rmsNormEps: 1e-6 });
+    expect(resolveSpec({ architecture: 'Qwen3ForCausalLM' }).vocabSize).toBe(151936);
+    const tensors = modelTensors(spec);
+    const byName = Object.fromEntries(tensors.map((t) => [t.name, t]));
+    for (const layer of [0, 1]) {
+      for (const norm of ['q_norm', 'k_norm']) {
+        const t = byName[`model.layers.${layer}.self_attn.${norm}.weight`]!;
+        expect(t.shape).toEqual([32]);
+        expect(t.init).toEqual(byName['model.norm.weight']!.init);
+      }
+    }
+    expect(byName['model.layers.0.self_attn.q_proj.weight']!.shape).toEqual([128, 64]);
+    expect(tensors.filter((t) => t.name.endsWith('.bias'))).toEqual([]);
+    expect(() => resolveSpec({ ...SMALL, architecture: 'Qwen3ForCausalLM', biasStd: 0.1 })).toThrow(/biasStd/);
+    expect(modelTensors(resolveSpec(SMALL)).some((t) => t.name.includes('_norm.weight') && t.name.includes('self_attn'))).toBe(false);
   });
 
   it('draws q/k/v biases with biasStd: Qwen2 only, 0.5 by default', () => {
@@ -297,9 +317,156 @@ describe('config.json', () => {
     expect(qwen.attention_bias).toBeUndefined();
   });
 
+  it('describes Qwen3 as Qwen3Config writes it, with the Qwen3 instruct special tokens', async () => {
+    const model = await generate({ ...SMALL, architecture: 'Qwen3ForCausalLM', headDim: 32, tieWordEmbeddings: true });
+    const read = async (name: string) => JSON.parse(await readFile(path.join(model.dir, name), 'utf8'));
+    const c = await read('config.json');
+    expect(c).toEqual({
+      architectures: ['Qwen3ForCausalLM'],
+      attention_bias: false,
+      attention_dropout: 0,
+      bos_token_id: 151643,
+      eos_token_id: 151645,
+      head_dim: 32,
+      hidden_act: 'silu',
+      hidden_size: 64,
+      initializer_range: 0.02,
+      intermediate_size: 96,
+      max_position_embeddings: 2048,
+      max_window_layers: 2,
+      model_type: 'qwen3',
+      num_attention_heads: 4,
+      num_hidden_layers: 2,
+      num_key_value_heads: 2,
+      rms_norm_eps: 1e-6,
+      rope_scaling: null,
+      rope_theta: 10000,
+      sliding_window: null,
+      tie_word_embeddings: true,
+      torch_dtype: 'bfloat16',
+      transformers_version: '4.51.0',
+      use_cache: true,
+      use_sliding_window: false,
+      vocab_size: 1000,
+    });
+    expect(await read('generation_config.json')).toMatchObject({
+      bos_token_id: 151643,
+      eos_token_id: [151645, 151643],
+      pad_token_id: 151643,
+    });
+    const tokenizer = await read('tokenizer_config.json');
+    expect(tokenizer.eos_token).toBe('<|im_end|>');
+  });
+
+  it('writes dynamic and yarn rope scaling with only the keys given', async () => {
+    const dynamic = await config({ ...SMALL, ropeScaling: { ropeType: 'dynamic', factor: 2 } });
+    expect(dynamic.rope_scaling).toEqual({ rope_type: 'dynamic', factor: 2 });
+    const yarn = await config({ ...SMALL, ropeScaling: { ropeType: 'yarn', factor: 4 } });
+    expect(yarn.rope_scaling).toEqual({ rope_type: 'yarn', factor: 4 });
+    const full = await generate({
+      ...SMALL,
+      ropeScaling: {
+        ropeType: 'yarn',
+        factor: 4,
+        originalMaxPositionEmbeddings: 64,
+        betaFast: 8,
+        betaSlow: 2,
+        attentionFactor: 1.5,
+        mscale: 1,
+        mscaleAllDim: 0.5,
+      },
+    });
+    const text = await readFile(path.join(full.dir, 'config.json'), 'utf8');
+    expect(text).toContain('"mscale": 1.0,');
+    expect(text).toContain('"original_max_position_embeddings": 64,');
+    expect(JSON.parse(text).rope_scaling).toEqual({
+      rope_type: 'yarn',
+      factor: 4,
+      original_max_position_embeddings: 64,
+      beta_fast: 8,
+      beta_slow: 2,
+      attention_factor: 1.5,
+      mscale: 1,
+      mscale_all_dim: 0.5,
+    });
+    expect(() => resolveSpec({ ...SMALL, ropeScaling: { ropeType: 'yarn', factor: 4, betaFast: 0 } })).toThrow(/ropeScaling/);
+    expect(() =>
+      resolveSpec({ ...SMALL, ropeScaling: { ropeType: 'yarn', factor: 4, originalMaxPositionEmbeddings: 6.5 } }),
+    ).toThrow(/ropeScaling/);
+  });
+
+  it('writes the transformers 5 form: rope_parameters and dtype, the same weights', async () => {
+    const llama3 = {
+      ...SMALL,
+      ropeTheta: 500000,
+      ropeScaling: { ropeType: 'llama3', factor: 8, lowFreqFactor: 1, highFreqFactor: 4, originalMaxPositionEmbeddings: 64 },
+    } as const;
+    const t4 = await generate(llama3);
+    const t5 = await generate({ ...llama3, configFormat: 'transformers5' });
+    expect(t4.spec.configFormat).toBe('transformers4');
+    const read = async (m: GeneratedModel) => JSON.parse(await readFile(path.join(m.dir, 'config.json'), 'utf8'));
+    const [c4, c5] = [await read(t4), await read(t5)];
+    expect(c5.rope_parameters).toEqual({ ...c4.rope_scaling, rope_theta: 500000 });
+    expect(c5.dtype).toBe('bfloat16');
+    expect(c5.transformers_version).toBe('5.0.0');
+    for (const key of ['rope_theta', 'rope_scaling', 'torch_dtype']) expect(c5).not.toHaveProperty(key);
+    const { rope_theta: _theta, rope_scaling: _scaling, torch_dtype: _dtype, transformers_version: _v4, ...rest4 } = c4;
+    const { rope_parameters: _parameters, dtype: _dtype5, transformers_version: _v5, ...rest5 } = c5;
+    expect(rest5).toEqual(rest4);
+    const weights = (m: GeneratedModel) => m.files.find((f) => f.name === 'model.safetensors')!.sha256;
+    expect(weights(t5)).toBe(weights(t4));
+    expect(t5.sha256).not.toBe(t4.sha256);
+
+    const plain = await config({ ...SMALL, architecture: 'MistralForCausalLM', configFormat: 'transformers5' });
+    expect(plain.rope_parameters).toEqual({ rope_theta: 10000, rope_type: 'default' });
+    const qwen3 = await config({ ...SMALL, architecture: 'Qwen3ForCausalLM', configFormat: 'transformers5' });
+    expect(qwen3).toMatchObject({ model_type: 'qwen3', dtype: 'bfloat16', rope_parameters: { rope_type: 'default' } });
+    expect(qwen3).not.toHaveProperty('rope_scaling');
+    expect(() => resolveSpec({ ...SMALL, configFormat: 'transformers6' as never })).toThrow(/configFormat/);
+  });
+
   it('defaults the vocabulary to the full tokenizer size', async () => {
     const spec = (await generate({ ...SMALL, vocabSize: undefined, numLayers: 1, hiddenSize: 16 })).spec;
     expect(spec.vocabSize).toBe(128256);
+  });
+});
+
+describe('goldens of one model in both config forms', () => {
+  // The same weights and rope numbers, so the reference computes the same logits from either
+  // config.json. The transformers 4 golden was computed on another machine, whose float32 sums
+  // differ from this one's (its own float64 check measured 1.1e-3): its float32 logits agree
+  // with the transformers 5 golden's to 1.1e-4, not to the 1e-6 of one machine, hence
+  // FLOAT32_AGREEMENT (a misread rope moves logits by whole units). Their bf16MatmulInputs
+  // logits (x rounded to bf16, where such differences flip roundings) agree only to ~0.04, well
+  // within those goldens' own tolerance, so they are held to that tolerance.
+  const FLOAT32_AGREEMENT = 2e-4;
+
+  it('hold the same reference logits (transformers 4 and 5 forms of test-llama-gqa-llama3rope)', async () => {
+    const goldensDir = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'goldens');
+    const read = async (name: string) => JSON.parse(await readFile(path.join(goldensDir, name), 'utf8'));
+    const t4 = await read('test-llama-gqa-llama3rope-bf16.json');
+    const t5 = await read('test-llama-gqa-llama3rope-t5-bf16.json');
+    expect(t5.generator).toEqual({ ...t4.generator, configFormat: 'transformers5' });
+    expect(t4.generator.configFormat ?? 'transformers4').toBe('transformers4');
+    expect(t5.modelSha256).not.toBe(t4.modelSha256);
+    expect(t5.promptTokenIds).toEqual(t4.promptTokenIds);
+    expect(t5.fixedIds).toEqual(t4.fixedIds);
+    expect(t5.greedyTokenIds).toEqual(t4.greedyTokenIds);
+    const close = (a: number[], b: number[], bound: number, what: string) => {
+      expect(a.length, what).toBe(b.length);
+      a.forEach((x, i) => expect(Math.abs(x - b[i]!), `${what}[${i}]`).toBeLessThanOrEqual(bound));
+    };
+    close(t5.greedyMargins, t4.greedyMargins, FLOAT32_AGREEMENT, 'greedyMargins');
+    const bf16Bound = Math.min(t4.bf16MatmulInputs.tolerance.logitAbs, t5.bf16MatmulInputs.tolerance.logitAbs);
+    expect(t5.positions).toHaveLength(t4.positions.length);
+    t4.positions.forEach((p4: { argmax: number; topIds: number[]; topLogits: number[]; fixedLogits: number[] }, i: number) => {
+      const p5 = t5.positions[i];
+      expect(p5.argmax, `position ${i}`).toBe(p4.argmax);
+      expect(p5.topIds, `position ${i}`).toEqual(p4.topIds);
+      close(p5.topLogits, p4.topLogits, FLOAT32_AGREEMENT, `position ${i} topLogits`);
+      close(p5.fixedLogits, p4.fixedLogits, FLOAT32_AGREEMENT, `position ${i} fixedLogits`);
+      close(t5.bf16MatmulInputs.logits[i], t4.bf16MatmulInputs.logits[i], bf16Bound, `position ${i} bf16MatmulInputs`);
+    });
   });
 });
 
