@@ -222,10 +222,11 @@ describe.each(goldenFiles)('golden %s', (file) => {
     // bf16 rounding boundary rounds either way. So there the tokens are compared up to the first
     // step whose float32 margin is under AMX_GREEDY_MARGIN (2 x 0.05): after it the engine may
     // take another token and the rest of its path differs. Measured: llama 34 steps checked,
-    // mistral 55, qwen2 1 (its second step is a near-tie); the full 64 on the float32 paths.
-    // The next test checks every clear step of the path, teacher-forced.
+    // mistral 55, qwen2 1 (its second step is a near-tie), qwen3-yarn-t5 none (its first step
+    // leads by 0.034); the full 64 on the float32 paths. The next test checks every clear step of
+    // the path, teacher-forced.
     const checked = roundsX ? firstStepUnder(golden.greedyMargins, AMX_GREEDY_MARGIN) : maxTokens;
-    expect(checked).toBeGreaterThanOrEqual(1);
+    if (checked === 0) expect(golden.greedyMargins[0]!).toBeLessThan(AMX_GREEDY_MARGIN);
     expect(run.tokens.slice(0, checked)).toEqual(golden.greedyTokenIds.slice(0, checked));
   });
 
