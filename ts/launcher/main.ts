@@ -154,8 +154,9 @@ async function run(f: LauncherFlags): Promise<number> {
   const redisUrl = needsRedis ? (f.redisUrl ?? privateRedis!.url) : undefined;
 
   // 3. Children, watched: a death stops everything unless --restart. During start-up a child
-  // still awaited reports its own failure (its 'fatal' message, or its exit) through waitFor;
-  // any other child that exits then stops the start-up, named as the reason.
+  // still awaited reports its own failure (its 'fatal' message, or its exit) through waitFor,
+  // never restarted; any other child that exits then, without --restart, stops the start-up,
+  // named as the reason.
   let exitCode = 0;
   let starting = true;
   let startFailure: Error | undefined;
@@ -173,14 +174,13 @@ async function run(f: LauncherFlags): Promise<number> {
   };
   const supervisor = new Supervisor((child: Child, code, signal) => {
     const how = signal ? `signal ${signal}` : `code ${code}`;
-    if (starting) {
-      if (!awaited.has(child)) {
-        startFailure ??= new Error(`${child.spec.name} exited during start-up (${how})`);
-        void shutdown(1);
-      }
-    } else if (f.restart) {
+    if (starting && awaited.has(child)) return; // its waitFor reports it
+    if (f.restart) {
       log(`${child.spec.name} exited (${how}); restarting it (--restart)`);
       supervisor.start(child.spec);
+    } else if (starting) {
+      startFailure ??= new Error(`${child.spec.name} exited during start-up (${how})`);
+      void shutdown(1);
     } else {
       log(`${child.spec.name} exited unexpectedly (${how}); stopping (use --restart to restart it instead)`);
       void shutdown(1);
