@@ -16,9 +16,10 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const jobs = String(Math.max(1, os.availableParallelism?.() ?? os.cpus().length));
 const release = process.argv.includes('--release');
 
+class CheckFailed extends Error {}
+
 function fail(message) {
-  console.error(`gyp-fallback-check: ${message}`);
-  process.exit(1);
+  throw new CheckFailed(message);
 }
 
 // node-gyp: npm's own (npm sets npm_config_node_gyp for scripts), else the one bundled with the
@@ -78,6 +79,10 @@ try {
   `;
   const loaded = spawnSync(process.execPath, ['-e', probe], { stdio: 'inherit' });
   if (loaded.status !== 0) fail(`the built addon did not pass the load check (exit code ${loaded.status})`);
+} catch (err) {
+  if (!(err instanceof CheckFailed)) throw err;
+  console.error(`gyp-fallback-check: ${err.message}`);
+  process.exitCode = 1;
 } finally {
   fs.rmSync(dir, { recursive: true, force: true });
 }
