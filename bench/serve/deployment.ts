@@ -29,7 +29,7 @@ export async function startDeployment(launcherArgs: readonly string[]): Promise<
     const m = /^launcher exited \(2\) before ready:\n([\s\S]*)$/.exec((err as Error).message);
     if (!m) throw err;
     const said = m[1]!.split('\n').filter((line) => line.startsWith('kvserve: '));
-    throw new LaunchRefused((said.length ? said : [m[1]!.trim()]).map((line) => line.replace(/^kvserve: /, '')).join('; '));
+    throw new LaunchRefused((said.length ? said : [m[1]!.trim()]).map((line) => line.replace(/^kvserve: (error: )?/, '')).join('; '));
   }
 }
 

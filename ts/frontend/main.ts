@@ -50,7 +50,7 @@ export interface FrontendConfig {
   };
 }
 
-export type FrontendMessage = { type: 'ready'; url: string } | { type: 'fatal'; code: string; message: string };
+export type FrontendMessage = { type: 'ready'; url: string } | { type: 'fatal'; code: string; message: string; stack?: string };
 
 function send(msg: FrontendMessage): void {
   if (process.send) process.send(msg);
@@ -120,9 +120,11 @@ async function main(): Promise<void> {
   send({ type: 'ready', url });
 }
 
+// A start failure goes to the launcher as one 'fatal' message, its stack with it (the launcher
+// prints the message as one line, the stack at debug); run on its own, the frontend prints it.
 main().catch((err) => {
   const e = err as { code?: string; message?: string; stack?: string };
-  send({ type: 'fatal', code: e.code ?? 'ERR_FRONTEND', message: e.message ?? String(err) });
-  console.error(`frontend: ${e.stack ?? err}`);
+  send({ type: 'fatal', code: e.code ?? 'ERR_FRONTEND', message: e.message ?? String(err), stack: e.stack });
+  if (!process.send) console.error(`frontend: ${e.stack ?? err}`);
   process.exit(1);
 });
