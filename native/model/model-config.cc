@@ -246,9 +246,10 @@ const ConfigKey kConfigKeys[] = {
     {"finetuning_task", kAll, KeyUse::inert, Neutral::none, "provenance"},
     {"task_specific_params", kAll, KeyUse::inert, Neutral::none, "pipelines only"},
     {"prefix", kAll, KeyUse::inert, Neutral::none, "pipelines only"},
-    // Generation settings that old configs carry: the server's sampling comes from the request
-    // and generation_config.json (the frontend), never from these.
-    {"max_length", kAll, KeyUse::inert, Neutral::none, "generation setting (the request's max_tokens decides)"},
+    // Generation settings that old configs carry: nothing in the forward pass. The frontend takes
+    // temperature, top_p, top_k, min_p and repetition_penalty from here as request defaults when
+    // the model has no generation_config.json, as vLLM does (ts/processor/generation-config.ts).
+    {"max_length", kAll, KeyUse::inert, Neutral::none, "generation setting"},
     {"min_length", kAll, KeyUse::inert, Neutral::none, "generation setting"},
     {"do_sample", kAll, KeyUse::inert, Neutral::none, "generation setting"},
     {"early_stopping", kAll, KeyUse::inert, Neutral::none, "generation setting"},
