@@ -107,4 +107,14 @@ inline void store_f32(void* p, DType t, int64_t i, float v) {
   }
 }
 
+// Element i of an array of `t` as fp32 (exact for every dtype).
+inline float element_f32(DType t, const void* data, int64_t i) {
+  switch (t) {
+    case DType::f32: return static_cast<const float*>(data)[i];
+    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(data)[i]);
+    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(data)[i]);
+  }
+  return 0.0f;
+}
+
 }  // namespace llm

@@ -212,20 +212,6 @@ void store_silu_packed(const float* c, __m512i interleave, int64_t mt, int64_t f
   }
 }
 
-float bias_at(const TensorView& b, int64_t i) {
-  switch (b.dtype) {
-    case DType::f32: return static_cast<const float*>(b.data)[i];
-    case DType::f16: return _cvtsh_ss(static_cast<const uint16_t*>(b.data)[i]);
-    case DType::bf16: {
-      const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(b.data)[i]) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
-    }
-  }
-  return 0.0f;
-}
-
 // x rounded to bf16 (round to nearest even, as the tiles' packing does), as fp32, in a
 // per-thread buffer: what the AVX-512 matmul multiplies where the one-term path hands it a
 // weight AMX would have run (few rows, the last N % 32 rows), so that every row of x and every
@@ -288,7 +274,7 @@ void gemv_tiles(const float* x, int64_t K, const uint16_t* w, int64_t total_bloc
       }
       for (int r = 0; r < kRows; ++r) {
         const int64_t n = b * 16 + r0 + r;
-        const float bn = bias && bias->present() ? bias_at(*bias, n) : 0.0f;
+        const float bn = bias && bias->present() ? element_f32(bias->dtype, bias->data, n) : 0.0f;
         for (int m = 0; m < MB; ++m) y[m * N + n] = _mm512_reduce_add_ps(acc[m][r]) + bn;
       }
     }
@@ -375,7 +361,7 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
   const uint16_t* wd = static_cast<const uint16_t*>(w.data);
   auto block_bias = [&](int64_t n0, float* b) -> const float* {
     if (!has_bias) return nullptr;
-    for (int j = 0; j < 32; ++j) b[j] = bias_at(*bias, n0 + j);
+    for (int j = 0; j < 32; ++j) b[j] = element_f32(bias->dtype, bias->data, n0 + j);
     return b;
   };
   const __m512i interleave = pair_interleave();

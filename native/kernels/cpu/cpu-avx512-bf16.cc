@@ -44,20 +44,6 @@ constexpr int64_t kPanel = 12;        // weight rows per work item (a multiple o
 
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-float bias_value(const TensorView& b, int64_t i) {
-  switch (b.dtype) {
-    case DType::f32: return static_cast<const float*>(b.data)[i];
-    case DType::f16: return _cvtsh_ss(static_cast<const uint16_t*>(b.data)[i]);
-    case DType::bf16: {
-      const uint32_t bits = static_cast<uint32_t>(static_cast<const uint16_t*>(b.data)[i]) << 16;
-      float f;
-      std::memcpy(&f, &bits, 4);
-      return f;
-    }
-  }
-  return 0.0f;
-}
-
 // Rows [m0, m1) of x as bf16 into xb (row stride Kp), columns K .. Kp zero.
 void round_rows(const float* x, int64_t K, int64_t Kp, int64_t m0, int64_t m1, uint16_t* xb) {
   for (int64_t m = m0; m < m1; ++m) {
@@ -149,7 +135,7 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
       const int64_t m0 = item % m_blocks * kBlockM, m1 = min_i64(M, m0 + kBlockM);
       const float* bp = nullptr;
       if (has_bias) {
-        for (int64_t n = p0; n < p1; ++n) b[n - p0] = bias_value(*bias, n);
+        for (int64_t n = p0; n < p1; ++n) b[n - p0] = element_f32(bias->dtype, bias->data, n);
         bp = b;
       }
       if (M == 1) {  // the GEMV: weight rows kGemvNB at a time, the next ones prefetched
