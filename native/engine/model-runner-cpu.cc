@@ -4,8 +4,9 @@
 // Stays true: a batch is validated before any kernel runs, so the kernels never read or write
 // outside the pool, the weights or the caller's arrays; RunState only grows (a step allocates
 // only when it is larger than every step before it).
-// Tensor parallelism: the per-rank head and FFN counts are read off the weight shapes, and the
-// two all_reduce() calls mark where ranks add their partial sums.
+// Tensor parallelism: the per-rank head and FFN counts are read off the weight shapes (a rank's
+// slices, model-weights.h), and the two all_reduce() calls are where ranks add their partial sums
+// (CpuRunnerOptions::all_reduce).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -86,6 +87,7 @@ class CpuModelRunner final : public ModelRunner {
         kv_cache_(kv_cache),
         kernels_(cpu::cpu_kernels()),
         pool_(opts.num_threads),
+        all_reduce_(opts.all_reduce),
         inv_freq_(rope_inv_freq(model.config)) {
     // This rank's share of heads and FFN columns (everything, without tensor parallelism).
     const ModelConfig& c = model.config;
@@ -130,10 +132,10 @@ class CpuModelRunner final : public ModelRunner {
       for (int64_t i = begin; i < end; ++i) x[i] += y[i];
     });
   }
-  // Tensor-parallel seam: with attention heads (before o_proj) or FFN columns (before down_proj)
-  // split across ranks, each rank's x[n] here is a partial sum and the ranks add theirs together.
-  // With one rank the sum is already whole.
-  void all_reduce(float* x, int64_t n) {}
+  // With attention heads (before o_proj) or FFN columns (before down_proj) split across ranks,
+  // each rank's x[n] here is a partial sum and the ranks add theirs together. With one rank the
+  // sum is already whole.
+  Status all_reduce(float* x, int64_t n) { return all_reduce_ ? all_reduce_(x, n) : Status::Ok(); }
 
   // On the amx paths, the matmul weights (and an lm_head, tied or not) go into Layout::amx_tiles,
   // in one buffer this runner owns: a prefill then reads its weight tiles where they lie instead
@@ -233,6 +235,7 @@ class CpuModelRunner final : public ModelRunner {
   KVCacheView kv_cache_;
   const cpu::CpuKernels& kernels_;
   cpu::ThreadPool pool_;
+  std::function<Status(float*, int64_t)> all_reduce_;  // empty at tp_size 1
   std::vector<float> inv_freq_;  // (head_dim / 2)
   RunState state_;
   int64_t num_heads_ = 0;        // query heads on this rank
@@ -302,7 +305,7 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
     kernels_.paged_attention(pool_, s.q.data(), kv_cache_, l, attn, s.att.data());
     // xb = att @ wo^T + bo   (bias: Llama attention_bias)
     matmul(s.att.data(), T, lw.wo, &lw.bo, s.xb.data());
-    all_reduce(s.xb.data(), T * D);
+    LLM_RETURN_IF_ERROR(all_reduce(s.xb.data(), T * D));
     // x = x + xb
     add_in_place(s.x.data(), s.xb.data(), T * D);
 
@@ -324,7 +327,7 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
       // xb = hb @ w_down^T + b_down
       matmul(s.hb.data(), T, lw.w_down, &lw.b_down, s.xb.data());
     }
-    all_reduce(s.xb.data(), T * D);
+    LLM_RETURN_IF_ERROR(all_reduce(s.xb.data(), T * D));
     // x = x + xb
     add_in_place(s.x.data(), s.xb.data(), T * D);
   }

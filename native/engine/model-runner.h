@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -88,6 +89,10 @@ struct CpuRunnerOptions {
   // prefill; model-runner-cpu.cc). false: every weight stays in the model files' mapping, which
   // the processes that load the same model share.
   bool tile_weights = true;
+  // Tensor parallelism: sums x[n] over the ranks, in place (every rank gets the same bits). The
+  // runner calls it after o_proj and after down_proj, where each rank holds a partial sum (a
+  // model loaded at tp_size > 1: model-weights.h). Empty at tp_size 1.
+  std::function<Status(float* x, int64_t n)> all_reduce;
 };
 
 // Rotary inverse frequencies [head_dim / 2] with the config's rope_scaling applied (default,

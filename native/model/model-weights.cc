@@ -1,7 +1,7 @@
 // model-weights.cc: binds the Hugging Face tensor names of a Llama-family checkpoint to
 // ModelWeights, checking every shape against the config and every dtype against config.dtype.
 //
-// Names (Llama, Mistral and Qwen2 share them):
+// Names (Llama, Mistral, Qwen2 and Qwen3 share them; Qwen3 adds self_attn.{q,k}_norm.weight):
 //   model.embed_tokens.weight                      (vocab, hidden)
 //   model.layers.{i}.input_layernorm.weight        (hidden)
 //   model.layers.{i}.self_attn.{q,k,v,o}_proj.weight, q/k/v (and Llama's o) _proj.bias
@@ -10,6 +10,9 @@
 //   model.norm.weight                              (hidden)
 //   lm_head.weight                                 (vocab, hidden), absent or ignored when tied
 #include "model-weights.h"
+
+#include <cstring>
+#include <new>
 
 namespace llm {
 
@@ -31,10 +34,47 @@ class Binder {
   }
   Status vector(const std::string& name, int64_t n, Tensor* out) { return bind(name, {n}, out); }
 
+  // Rows [row0, row0 + n) of a rows x cols matrix (or elements of a vector, rows = 1): a view.
+  Status matrix_rows(const std::string& name, int64_t rows, int64_t cols, int64_t row0, int64_t n, Tensor* out) {
+    LLM_RETURN_IF_ERROR(bind(name, {rows, cols}, out, /*count=*/false));
+    return take_rows(row0, n, cols, out);
+  }
+  Status vector_slice(const std::string& name, int64_t len, int64_t at, int64_t n, Tensor* out) {
+    LLM_RETURN_IF_ERROR(bind(name, {len}, out, /*count=*/false));
+    out->data = static_cast<const char*>(out->data) + at * dtype_size(out->dtype);
+    out->cols = n;
+    bytes_bound_ += static_cast<uint64_t>(n * dtype_size(out->dtype));
+    return Status::Ok();
+  }
+  // Columns [col0, col0 + n) of a rows x cols matrix, copied into `store` (they are strided in
+  // the file).
+  Status matrix_cols(const std::string& name, int64_t rows, int64_t cols, int64_t col0, int64_t n, Tensor* out,
+                     std::vector<std::unique_ptr<uint8_t[]>>* store) {
+    LLM_RETURN_IF_ERROR(bind(name, {rows, cols}, out, /*count=*/false));
+    const int64_t e = dtype_size(out->dtype);
+    std::unique_ptr<uint8_t[]> copy(new (std::nothrow) uint8_t[static_cast<size_t>(rows * n * e)]);
+    if (!copy) return Status(StatusCode::out_of_memory, "cannot copy this rank's slice of '" + name + "'");
+    const auto* src = static_cast<const uint8_t*>(out->data);
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(copy.get() + r * n * e, src + (r * cols + col0) * e, static_cast<size_t>(n * e));
+    out->data = copy.get();
+    out->cols = n;
+    store->push_back(std::move(copy));
+    bytes_bound_ += static_cast<uint64_t>(rows * n * e);
+    return Status::Ok();
+  }
+
   uint64_t bytes_bound() const { return bytes_bound_; }
 
  private:
-  Status bind(const std::string& name, const std::vector<int64_t>& shape, Tensor* out) {
+  Status take_rows(int64_t row0, int64_t n, int64_t cols, Tensor* out) {
+    out->data = static_cast<const char*>(out->data) + row0 * cols * dtype_size(out->dtype);
+    out->rows = n;
+    bytes_bound_ += static_cast<uint64_t>(n * cols * dtype_size(out->dtype));
+    return Status::Ok();
+  }
+
+  Status bind(const std::string& name, const std::vector<int64_t>& shape, Tensor* out, bool count = true) {
     const TensorInfo* t = files_.find(name);
     if (t == nullptr) return Status(StatusCode::model_tensor_missing, "tensor '" + name + "' is missing");
     if (t->shape != shape) {
@@ -51,7 +91,7 @@ class Binder {
     out->dtype = t->dtype;
     out->rows = shape.size() == 2 ? shape[0] : 1;
     out->cols = shape.back();
-    bytes_bound_ += t->nbytes;
+    if (count) bytes_bound_ += t->nbytes;
     return Status::Ok();
   }
 
@@ -60,46 +100,64 @@ class Binder {
   uint64_t bytes_bound_ = 0;
 };
 
-// Every split a rank would take must be whole: heads (q and kv) and the FFN width.
-Status check_tensor_parallel(const ModelLoadOptions& opts, const ModelConfig& cfg) {
+// The split of a rank must be whole: query heads and FFN columns divide by tp_size, and kv heads
+// either divide by it or divide it (each kv head then on tp / kv ranks), as vLLM requires.
+Status plan_shard(const ModelLoadOptions& opts, const ModelConfig& cfg, RankShard* shard) {
   if (opts.tp_size < 1 || opts.tp_rank < 0 || opts.tp_rank >= opts.tp_size) {
     return Status(StatusCode::invalid_argument, "tp_rank " + std::to_string(opts.tp_rank) +
                                                     " is not in [0, tp_size " +
                                                     std::to_string(opts.tp_size) + ")");
   }
-  const int64_t tp = opts.tp_size;
-  if (cfg.num_heads % tp != 0 || cfg.num_kv_heads % tp != 0 || cfg.intermediate_size % tp != 0) {
+  const int64_t tp = opts.tp_size, kv = cfg.num_kv_heads;
+  if (cfg.num_heads % tp != 0 || cfg.intermediate_size % tp != 0 || (kv % tp != 0 && tp % kv != 0)) {
     return Status(StatusCode::invalid_argument,
-                  "tp_size " + std::to_string(tp) + " does not divide num_attention_heads " +
-                      std::to_string(cfg.num_heads) + ", num_key_value_heads " +
-                      std::to_string(cfg.num_kv_heads) + " and intermediate_size " +
-                      std::to_string(cfg.intermediate_size));
+                  "tp_size " + std::to_string(tp) + " does not split this model: it must divide num_attention_heads " +
+                      std::to_string(cfg.num_heads) + " and intermediate_size " +
+                      std::to_string(cfg.intermediate_size) + ", and divide or be a multiple of num_key_value_heads " +
+                      std::to_string(kv));
   }
-  if (tp != 1) {
-    return Status(StatusCode::invalid_argument, "tensor parallelism is not implemented yet (tp_size " +
-                                                    std::to_string(tp) + ")");
-  }
+  shard->rank = opts.tp_rank;
+  shard->size = opts.tp_size;
+  shard->num_heads = cfg.num_heads / tp;
+  shard->num_kv_heads = kv >= tp ? kv / tp : 1;
+  shard->first_kv_head = kv >= tp ? opts.tp_rank * (kv / tp) : opts.tp_rank / (tp / kv);
+  shard->intermediate = cfg.intermediate_size / tp;
   return Status::Ok();
 }
 
-Status bind_layer(Binder& b, const ModelConfig& cfg, int64_t i, LayerWeights* l) {
+// Layer i's tensors, this rank's slices of them (RankShard): q, k, v, gate, up and their biases
+// by rows; o and down by columns; o's and down's biases on rank 0 only.
+Status bind_layer(Binder& b, const ModelConfig& cfg, const RankShard& sh, int64_t i, LayerWeights* l,
+                  std::vector<std::unique_ptr<uint8_t[]>>* store) {
   const std::string p = "model.layers." + std::to_string(i) + ".";
-  const int64_t hidden = cfg.hidden_size;
-  const int64_t q_dim = cfg.num_heads * cfg.head_dim;
-  const int64_t kv_dim = cfg.num_kv_heads * cfg.head_dim;
+  const int64_t hidden = cfg.hidden_size, hd = cfg.head_dim;
+  const int64_t q_dim = cfg.num_heads * hd, kv_dim = cfg.num_kv_heads * hd;
   const int64_t inter = cfg.intermediate_size;
+  const bool whole = sh.size == 1;
+  const int64_t q0 = sh.rank * sh.num_heads * hd, nq = sh.num_heads * hd;  // this rank's q rows
+  const int64_t k0 = sh.first_kv_head * hd, nk = sh.num_kv_heads * hd;     // its k and v rows
+  const int64_t f0 = sh.rank * sh.intermediate, nf = sh.intermediate;      // its FFN columns
+  auto rows = [&](const std::string& name, int64_t all, int64_t at, int64_t n, int64_t cols, Tensor* out) {
+    return whole ? b.matrix(name, all, cols, out) : b.matrix_rows(name, all, cols, at, n, out);
+  };
+  auto part = [&](const std::string& name, int64_t all, int64_t at, int64_t n, Tensor* out) {
+    return whole ? b.vector(name, all, out) : b.vector_slice(name, all, at, n, out);
+  };
+  auto cols = [&](const std::string& name, int64_t nrows, int64_t all, int64_t at, int64_t n, Tensor* out) {
+    return whole ? b.matrix(name, nrows, all, out) : b.matrix_cols(name, nrows, all, at, n, out, store);
+  };
 
   LLM_RETURN_IF_ERROR(b.vector(p + "input_layernorm.weight", hidden, &l->attn_norm));
-  LLM_RETURN_IF_ERROR(b.matrix(p + "self_attn.q_proj.weight", q_dim, hidden, &l->wq));
-  LLM_RETURN_IF_ERROR(b.matrix(p + "self_attn.k_proj.weight", kv_dim, hidden, &l->wk));
-  LLM_RETURN_IF_ERROR(b.matrix(p + "self_attn.v_proj.weight", kv_dim, hidden, &l->wv));
-  LLM_RETURN_IF_ERROR(b.matrix(p + "self_attn.o_proj.weight", hidden, q_dim, &l->wo));
+  LLM_RETURN_IF_ERROR(rows(p + "self_attn.q_proj.weight", q_dim, q0, nq, hidden, &l->wq));
+  LLM_RETURN_IF_ERROR(rows(p + "self_attn.k_proj.weight", kv_dim, k0, nk, hidden, &l->wk));
+  LLM_RETURN_IF_ERROR(rows(p + "self_attn.v_proj.weight", kv_dim, k0, nk, hidden, &l->wv));
+  LLM_RETURN_IF_ERROR(cols(p + "self_attn.o_proj.weight", hidden, q_dim, q0, nq, &l->wo));
   if (cfg.attention_bias) {
-    LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.q_proj.bias", q_dim, &l->bq));
-    LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.k_proj.bias", kv_dim, &l->bk));
-    LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.v_proj.bias", kv_dim, &l->bv));
+    LLM_RETURN_IF_ERROR(part(p + "self_attn.q_proj.bias", q_dim, q0, nq, &l->bq));
+    LLM_RETURN_IF_ERROR(part(p + "self_attn.k_proj.bias", kv_dim, k0, nk, &l->bk));
+    LLM_RETURN_IF_ERROR(part(p + "self_attn.v_proj.bias", kv_dim, k0, nk, &l->bv));
     // The attention_bias of Llama and Qwen3 covers o_proj too; Qwen2's o_proj has none.
-    if (cfg.arch == ModelArch::llama || cfg.arch == ModelArch::qwen3) {
+    if ((cfg.arch == ModelArch::llama || cfg.arch == ModelArch::qwen3) && sh.rank == 0) {
       LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.o_proj.bias", hidden, &l->bo));
     }
   }
@@ -108,13 +166,13 @@ Status bind_layer(Binder& b, const ModelConfig& cfg, int64_t i, LayerWeights* l)
     LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.k_norm.weight", cfg.head_dim, &l->k_norm));
   }
   LLM_RETURN_IF_ERROR(b.vector(p + "post_attention_layernorm.weight", hidden, &l->mlp_norm));
-  LLM_RETURN_IF_ERROR(b.matrix(p + "mlp.gate_proj.weight", inter, hidden, &l->w_gate));
-  LLM_RETURN_IF_ERROR(b.matrix(p + "mlp.up_proj.weight", inter, hidden, &l->w_up));
-  LLM_RETURN_IF_ERROR(b.matrix(p + "mlp.down_proj.weight", hidden, inter, &l->w_down));
+  LLM_RETURN_IF_ERROR(rows(p + "mlp.gate_proj.weight", inter, f0, nf, hidden, &l->w_gate));
+  LLM_RETURN_IF_ERROR(rows(p + "mlp.up_proj.weight", inter, f0, nf, hidden, &l->w_up));
+  LLM_RETURN_IF_ERROR(cols(p + "mlp.down_proj.weight", hidden, inter, f0, nf, &l->w_down));
   if (cfg.mlp_bias) {
-    LLM_RETURN_IF_ERROR(b.vector(p + "mlp.gate_proj.bias", inter, &l->b_gate));
-    LLM_RETURN_IF_ERROR(b.vector(p + "mlp.up_proj.bias", inter, &l->b_up));
-    LLM_RETURN_IF_ERROR(b.vector(p + "mlp.down_proj.bias", hidden, &l->b_down));
+    LLM_RETURN_IF_ERROR(part(p + "mlp.gate_proj.bias", inter, f0, nf, &l->b_gate));
+    LLM_RETURN_IF_ERROR(part(p + "mlp.up_proj.bias", inter, f0, nf, &l->b_up));
+    if (sh.rank == 0) LLM_RETURN_IF_ERROR(b.vector(p + "mlp.down_proj.bias", hidden, &l->b_down));
   }
   return Status::Ok();
 }
@@ -126,7 +184,7 @@ Status load_model(const std::string& dir, const ModelLoadOptions& opts, std::uni
   m->dir = dir;
   ModelConfig& cfg = m->config;
   LLM_RETURN_IF_ERROR(load_model_config(dir, &cfg));
-  LLM_RETURN_IF_ERROR(check_tensor_parallel(opts, cfg));
+  LLM_RETURN_IF_ERROR(plan_shard(opts, cfg, &m->shard));
   LLM_RETURN_IF_ERROR(SafetensorsModel::open_dir(dir, &m->files));
 
   const std::string embed_name = "model.embed_tokens.weight";
@@ -142,7 +200,7 @@ Status load_model(const std::string& dir, const ModelLoadOptions& opts, std::uni
   const uint64_t embed_bytes = b.bytes_bound();
   w.layers.resize(static_cast<size_t>(cfg.num_layers));
   for (int64_t i = 0; i < cfg.num_layers; ++i) {
-    LLM_RETURN_IF_ERROR(bind_layer(b, cfg, i, &w.layers[static_cast<size_t>(i)]));
+    LLM_RETURN_IF_ERROR(bind_layer(b, cfg, m->shard, i, &w.layers[static_cast<size_t>(i)], &m->slices));
   }
   LLM_RETURN_IF_ERROR(b.vector("model.norm.weight", cfg.hidden_size, &w.final_norm));
   if (cfg.tie_word_embeddings) {

@@ -1,13 +1,17 @@
 // model-weights.h: the model's parameters (llama2.c's TransformerWeights) as typed views into
-// the memory-mapped safetensors. Nothing is copied; the views live as long as the Model.
+// the memory-mapped safetensors, whole or one tensor-parallel rank's slice of them.
 //
-// Owns: Model = config + weights + the mappings they point into.
+// Owns: Model = config + weights + the mappings they point into (+ this rank's copies of the
+// column slices, which are not contiguous in the files).
 // Stays true: every Tensor's shape was checked against the config and its dtype against
 // config.dtype (all weights of one model share one dtype) at load time.
-// Tensor parallelism: load options name (tp_rank, tp_size); at tp_size 1 views are whole.
-// Sharding (heads of wq/wk/wv/wo, columns of gate/up, rows of down) is the TP issue's work;
-// load_model already checks that tp_size divides the q heads, kv heads and intermediate_size,
-// and rejects tp_size > 1 until the slicing lands.
+// Tensor parallelism (Megatron's split; load options tp_rank, tp_size; at tp_size 1 every view is
+// whole): q/k/v and gate/up by output rows (whole heads: rank r takes query heads
+// [r H/tp, (r+1) H/tp) and the kv heads they read), o and down by input columns, each rank adding
+// a partial sum that the ranks all-reduce; the o and down biases on rank 0 only, so they are added
+// once. With more ranks than kv heads, each kv head is on tp / kv_heads ranks (vLLM's
+// replication). Embedding, norms and lm_head are whole on every rank. A rank reads only its slices
+// from the mapping (row slices are views into it; column slices are copied).
 #pragma once
 
 #include <cstdint>
@@ -57,11 +61,23 @@ struct ModelLoadOptions {
   int tp_size = 1;
 };
 
+// This rank's share of the model (the whole of it at tp_size 1).
+struct RankShard {
+  int rank = 0;
+  int size = 1;
+  int64_t num_heads = 0;     // query heads
+  int64_t num_kv_heads = 0;  // kv heads (replicated when ranks outnumber them)
+  int64_t first_kv_head = 0;
+  int64_t intermediate = 0;  // FFN width
+};
+
 struct Model {
   std::string dir;
   ModelConfig config;
   ModelWeights weights;
+  RankShard shard;
   std::unique_ptr<SafetensorsModel> files;  // keeps the mappings alive
+  std::vector<std::unique_ptr<uint8_t[]>> slices;  // this rank's column slices (o, down) at tp_size > 1
   // Bytes of weights this rank reads per decoded token: every bound tensor once, except that
   // an untied embedding table is left out (a token reads one row of it). A tied table counts
   // once, as the lm_head it also is.
@@ -73,8 +89,9 @@ struct Model {
 // of Llama and Qwen3 (which also brings bo), b_gate/b_up/b_down for Llama's mlp_bias; q_norm
 // and k_norm for Qwen3; otherwise they are not present(). Tensors the model does not use (e.g. rotary_emb.inv_freq) are ignored.
 // Errors: those of load_model_config and SafetensorsModel::open_dir, then
-//   ERR_INVALID_ARGUMENT    bad tp_rank/tp_size, or tp_size > 1 ("tensor parallelism is not
-//                           implemented yet")
+//   ERR_INVALID_ARGUMENT    bad tp_rank/tp_size, or a tp_size that does not split the model:
+//                           it must divide num_attention_heads and intermediate_size, and
+//                           divide num_key_value_heads or be a multiple of it (vLLM's rule)
 //   ERR_MODEL_TENSOR_MISSING "tensor '<name>' is missing"
 //   ERR_MODEL_TENSOR_SHAPE   "tensor '<name>': expected shape [a, b], got [c, d]"
 //   ERR_MODEL_TENSOR_DTYPE   "tensor '<name>': dtype f16, but the model is bf16"

@@ -719,11 +719,25 @@ TEST(tensor_parallel_options) {
   const std::string dir = write(tmp, "m", TinyModelSpec());
   std::unique_ptr<llm::Model> m;
   llm::ModelLoadOptions o;
-  o.tp_size = 2;
-  CHECK(expect_error(llm::load_model(dir, o, &m), StatusCode::invalid_argument,
-                     "tensor parallelism is not implemented yet"));
+  o.tp_size = 2;  // 4 heads, 2 kv heads, 24 FFN columns: rank 1 of 2 takes heads 2-3, kv head 1, columns 12-23
+  o.tp_rank = 1;
+  CHECK(llm::load_model(dir, o, &m).ok());
+  if (m) {
+    CHECK(m->shard.num_heads == 2 && m->shard.num_kv_heads == 1 && m->shard.first_kv_head == 1 &&
+          m->shard.intermediate == 12);
+    const llm::LayerWeights& l = m->weights.layers[0];
+    CHECK(l.wq.rows == 8 && l.wq.cols == 16 && l.wk.rows == 4 && l.wo.rows == 16 && l.wo.cols == 8);
+    CHECK(l.w_gate.rows == 12 && l.w_down.rows == 16 && l.w_down.cols == 12);
+    // Rows are views into the file, columns copies: element (r, c) of rank 1's o_proj is (r, 8 + c).
+    CHECK(llm::load_f32(l.wo.data, l.wo.dtype, 1 * 8 + 3) ==
+          llm_test::tensor_value("model.layers.0.self_attn.o_proj.weight", 1 * 16 + 8 + 3));
+    CHECK(llm::load_f32(l.wq.data, l.wq.dtype, 0) ==
+          llm_test::tensor_value("model.layers.0.self_attn.q_proj.weight", 8 * 16));
+  }
+  m.reset();
+  o.tp_rank = 0;
   o.tp_size = 3;
-  CHECK(expect_error(llm::load_model(dir, o, &m), StatusCode::invalid_argument, "does not divide"));
+  CHECK(expect_error(llm::load_model(dir, o, &m), StatusCode::invalid_argument, "does not split this model"));
   o.tp_size = 1;
   o.tp_rank = 1;
   CHECK(expect_error(llm::load_model(dir, o, &m), StatusCode::invalid_argument, "tp_rank"));

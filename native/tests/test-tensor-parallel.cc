@@ -1,0 +1,226 @@
+// test-tensor-parallel.cc: a model loaded as tp_size ranks (each with its slices of the weights,
+// its part of the KV pool and its own runner) gives the logits of the whole model, once the ranks
+// add their partial sums after o_proj and down_proj.
+//
+// The ranks here are threads of one process and the all-reduce is a plain one between them (the
+// sum in rank order 0..tp-1, so every rank gets the same bits); what is under test is the
+// sharding (model-weights.cc) and the runner's use of it, not the transport.
+#include <condition_variable>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/kv-pool-memory.h"
+#include "engine/model-runner.h"
+#include "model-writer.h"
+#include "test-harness.h"
+
+using namespace llm;
+using llm_test::TinyModelSpec;
+
+namespace {
+
+// Sums x over `world` threads in rank order; every caller gets the total.
+class ThreadAllReduce {
+ public:
+  explicit ThreadAllReduce(int world) : world_(world), slots_(static_cast<size_t>(world)) {}
+
+  Status reduce(int rank, float* x, int64_t n) {
+    slots_[static_cast<size_t>(rank)].assign(x, x + n);
+    barrier();
+    for (int64_t i = 0; i < n; ++i) {
+      float s = 0.0f;
+      for (int r = 0; r < world_; ++r) s += slots_[static_cast<size_t>(r)][static_cast<size_t>(i)];
+      x[i] = s;
+    }
+    barrier();  // nobody overwrites a slot before every rank has read it
+    return Status::Ok();
+  }
+
+ private:
+  void barrier() {
+    std::unique_lock<std::mutex> lock(mu_);
+    const int64_t gen = generation_;
+    if (++arrived_ == world_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+    } else {
+      cv_.wait(lock, [&] { return generation_ != gen; });
+    }
+  }
+  const int world_;
+  std::vector<std::vector<float>> slots_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int arrived_ = 0;
+  int64_t generation_ = 0;
+};
+
+struct Rank {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<KvPoolMemory> pool;
+  std::unique_ptr<ModelRunner> runner;
+  std::vector<float> logits;
+  Status status;
+};
+
+constexpr int64_t kBlockSize = 4;
+constexpr int64_t kBlocks = 16;
+
+// Loads rank `rank` of `tp`, with its own pool (its kv heads) and runner.
+Status make_rank(const std::string& dir, int rank, int tp, ThreadAllReduce* ar, Rank* out) {
+  ModelLoadOptions o;
+  o.tp_rank = rank;
+  o.tp_size = tp;
+  LLM_RETURN_IF_ERROR(load_model(dir, o, &out->model));
+  KVCacheView kv = make_kv_view(out->model->config, nullptr, kBlocks, kBlockSize);
+  kv.num_kv_heads = out->model->shard.num_kv_heads;
+  LLM_RETURN_IF_ERROR(KvPoolMemory::create(KvPoolMemory::Kind::host,
+                                           static_cast<size_t>(kBlocks * kv.block_bytes()), &out->pool));
+  kv.data = out->pool->data();
+  CpuRunnerOptions ro;
+  ro.num_threads = 1;
+  if (ar) ro.all_reduce = [ar, rank](float* x, int64_t n) { return ar->reduce(rank, x, n); };
+  out->runner = make_cpu_runner(*out->model, kv, ro);
+  return Status::Ok();
+}
+
+// Every rank runs the same steps (a prompt as two chunks, then a decode step), as the engine's
+// ranks would, and keeps the logits of every position.
+void run_steps(Rank* r, const std::vector<int32_t>& tokens) {
+  std::vector<int32_t> table(kBlocks);
+  for (int64_t b = 0; b < kBlocks; ++b) table[b] = static_cast<int32_t>((b * 5 + 3) % kBlocks);  // scattered
+  const int64_t vocab = r->runner->vocab_size();
+  const size_t split = tokens.size() / 2;
+  for (auto [begin, end] : {std::pair<size_t, size_t>{0, split}, {split, tokens.size() - 1}, {tokens.size() - 1, tokens.size()}}) {
+    const SingleSequenceBatch one({tokens.begin() + begin, tokens.begin() + end}, static_cast<int64_t>(begin), table,
+                                  kBlockSize, /*all_logits=*/true);
+    std::vector<float> logits(static_cast<size_t>((end - begin) * vocab));
+    r->status = r->runner->forward(one.batch(), logits.data());
+    if (!r->status.ok()) return;
+    r->logits.insert(r->logits.end(), logits.begin(), logits.end());
+  }
+}
+
+// The logits of `tp` ranks (rank 0's) and checks that every rank has the same bits.
+bool tp_logits(const std::string& dir, int tp, const std::vector<int32_t>& tokens, std::vector<float>* out) {
+  ThreadAllReduce ar(tp);
+  std::vector<Rank> ranks(static_cast<size_t>(tp));
+  for (int r = 0; r < tp; ++r) {
+    const Status st = make_rank(dir, r, tp, tp > 1 ? &ar : nullptr, &ranks[static_cast<size_t>(r)]);
+    if (!st.ok()) {
+      std::printf("  rank %d of %d: %s\n", r, tp, st.message().c_str());
+      return false;
+    }
+  }
+  std::vector<std::thread> threads;
+  for (Rank& r : ranks) threads.emplace_back(run_steps, &r, tokens);
+  for (std::thread& t : threads) t.join();
+  for (const Rank& r : ranks) {
+    if (!r.status.ok()) {
+      std::printf("  tp %d: %s\n", tp, r.status.message().c_str());
+      return false;
+    }
+    if (r.logits != ranks[0].logits) {
+      std::printf("  tp %d: the ranks' logits differ\n", tp);
+      return false;
+    }
+  }
+  *out = ranks[0].logits;
+  return true;
+}
+
+// max |a - b| / max(1, max |a|)
+double relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
+  double worst = 0, scale = 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    worst = std::max(worst, static_cast<double>(std::fabs(a[i] - b[i])));
+    scale = std::max(scale, static_cast<double>(std::fabs(a[i])));
+  }
+  return worst / scale;
+}
+
+void check_model(const TinyModelSpec& spec, const std::vector<int>& tps) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.path() + "/m";
+  std::filesystem::create_directories(dir);
+  llm_test::write_model(dir, spec);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 11; ++i) tokens.push_back(static_cast<int32_t>((i * 37 + 5) % spec.vocab_size));
+  std::vector<float> whole;
+  CHECK(tp_logits(dir, 1, tokens, &whole));
+  for (int tp : tps) {
+    std::vector<float> split;
+    CHECK(tp_logits(dir, tp, tokens, &split));
+    if (split.size() != whole.size()) continue;
+    // Only the order of fp32 sums differs (each rank's partial, then the ranks').
+    const double diff = relative_difference(whole, split);
+    std::printf("  %s %s, %ld kv heads, tp %d: largest relative logit difference %.2e\n", spec.arch.c_str(),
+                dtype_name(spec.dtype), static_cast<long>(spec.num_kv_heads), tp, diff);
+    CHECK(diff <= 1e-4);
+  }
+}
+
+TinyModelSpec spec_for(const std::string& arch, DType dtype) {
+  TinyModelSpec s;
+  s.arch = arch;
+  s.vocab_size = 64;
+  s.hidden_size = 64;
+  s.num_heads = 8;
+  s.num_kv_heads = 2;
+  s.intermediate_size = 96;
+  s.dtype = dtype;
+  return s;
+}
+
+}  // namespace
+
+// Llama with q/k/v/o and MLP biases (o's and down's on rank 0 only): tp 2 splits the kv heads,
+// tp 4 replicates each on two ranks.
+TEST(llama_with_biases_tp_2_and_4_equal_tp_1) {
+  for (DType dt : {DType::f32, DType::bf16}) {
+    TinyModelSpec s = spec_for("LlamaForCausalLM", dt);
+    s.attention_bias = true;
+    s.mlp_bias = true;
+    check_model(s, {2, 4});
+  }
+}
+
+// Qwen2: q/k/v biases, no o bias; tied embeddings.
+TEST(qwen2_tp_2_and_4_equal_tp_1) {
+  TinyModelSpec s = spec_for("Qwen2ForCausalLM", DType::bf16);
+  s.tie_word_embeddings = true;
+  check_model(s, {2, 4});
+}
+
+// One kv head, eight ranks: every rank holds it.
+TEST(mqa_tp_8_equals_tp_1) {
+  TinyModelSpec s = spec_for("LlamaForCausalLM", DType::f32);
+  s.num_kv_heads = 1;
+  check_model(s, {8});
+}
+
+TEST(a_split_that_is_not_whole_is_refused_naming_the_numbers) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.path() + "/m";
+  std::filesystem::create_directories(dir);
+  TinyModelSpec s = spec_for("LlamaForCausalLM", DType::f32);
+  s.num_kv_heads = 4;
+  llm_test::write_model(dir, s);
+  std::unique_ptr<Model> m;
+  ModelLoadOptions o;
+  o.tp_size = 3;  // divides neither the 8 heads nor the 96 FFN columns
+  Status st = load_model(dir, o, &m);
+  CHECK(st.code() == StatusCode::invalid_argument &&
+        st.message().find("tp_size 3 does not split this model: it must divide num_attention_heads 8") != std::string::npos);
+  o.tp_size = 8;  // divides the heads, but is a multiple of the 4 kv heads: replicated, accepted
+  CHECK(load_model(dir, o, &m).ok());
+  if (m) CHECK(m->shard.num_kv_heads == 1 && m->shard.num_heads == 1 && m->shard.intermediate == 12);
+}
+
+int main() { return llm_test::run_all(); }
