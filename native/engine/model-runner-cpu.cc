@@ -257,6 +257,8 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
   const int64_t kv_dim = num_kv_heads_ * head_dim;
   const int64_t F = intermediate_;
   LLM_RETURN_IF_ERROR(validate(b));
+  if (model_.shard.size > 1 && !all_reduce_)
+    return invalid("a tensor-parallel rank's runner needs CpuRunnerOptions::all_reduce (its sums are partial)");
   if (T == 0) return Status::Ok();
   if (b.num_logits > 0 && !logits) return invalid("logits is required");
   LLM_RETURN_IF_ERROR(state_.grow(T, b.num_logits, D, q_dim, kv_dim, F));

@@ -576,6 +576,9 @@ Status CudaModelRunnerImpl::forward_greedy(const ForwardBatch& b, int32_t* token
 }  // namespace
 
 Status CudaModelRunner::create(const Model& model, const CudaRunnerOptions& opts, std::unique_ptr<CudaModelRunner>* out) {
+  if (model.shard.size > 1)
+    return Status(StatusCode::invalid_argument, "tensor parallelism on CUDA is not implemented yet (tp_size " +
+                                                    std::to_string(model.shard.size) + ")");
   auto runner = std::make_unique<CudaModelRunnerImpl>(model, opts);
   LLM_RETURN_IF_ERROR(runner->init());
   *out = std::move(runner);
