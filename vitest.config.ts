@@ -9,5 +9,6 @@ export default defineConfig({
     hookTimeout: 300_000,
     fileParallelism: false,
     pool: 'forks',
+    globalSetup: ['test/helpers/coverage-setup.ts'],
   },
 });

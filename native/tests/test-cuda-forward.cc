@@ -20,7 +20,7 @@
 // Each model's prompt logits are written next to it (kvserve-prompt.json, kvserve-{cpu,cuda}-
 // logits.f32) for the Hugging Face comparison (gpu-reference.py compare-hf).
 //
-// Without a device it prints "SKIP: no CUDA device (reason)" and exits 0; with a device but no
+// Without a device it prints "SKIP: no CUDA device (reason)" and exits 77 (ctest: skipped); with a device but no
 // models named it fails (the GPU check must not pass by running nothing).
 #include <sys/mman.h>
 

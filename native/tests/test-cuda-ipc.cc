@@ -11,7 +11,7 @@
 // The child is this program run again (fork + exec, so it starts without the parent's CUDA
 // state) with --prefill-child; it answers one line per command on its stdout.
 //
-// Without a usable device it prints "SKIP: no CUDA device (reason)" and exits 0.
+// Without a usable device it prints "SKIP: no CUDA device (reason)" and exits 77 (ctest: skipped).
 #include <sys/wait.h>
 #include <unistd.h>
 

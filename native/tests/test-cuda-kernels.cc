@@ -20,7 +20,7 @@
 // with decodes; split and unsplit decode; a sliding window; padding slots; ties and NaN for argmax.
 //
 // Without a usable device (no driver, no GPU, no code for its architecture) it prints
-// "SKIP: no CUDA device (reason)" and exits 0, so the GPU-less CI stays green.
+// "SKIP: no CUDA device (reason)" and exits 77 (ctest: skipped).
 #include <cuda_runtime_api.h>
 
 #include <cmath>

@@ -7,11 +7,29 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <string>
 #include <vector>
 
 namespace llm_test {
+
+// The exit code of a program that ran nothing for lack of hardware: ctest counts it as skipped
+// (SKIP_RETURN_CODE in CMakeLists.txt), never as passed.
+constexpr int kSkipExitCode = 77;
+
+// For the line `npm test` ends with (scripts/run-tests.mjs): this program exercised, or skipped,
+// `what` ("path amx", "device cuda"), with the reason when skipped. One line appended to
+// $KVSERVE_COVERAGE_FILE when it is set: "exercised\t<what>" or "skipped\t<what>\t<why>".
+inline void record_coverage(const std::string& what, bool exercised, const std::string& why = std::string()) {
+  const char* path = std::getenv("KVSERVE_COVERAGE_FILE");
+  if (!path || !*path) return;
+  if (FILE* f = std::fopen(path, "a")) {
+    std::fprintf(f, "%s\t%s%s%s\n", exercised ? "exercised" : "skipped", what.c_str(), why.empty() ? "" : "\t",
+                 why.c_str());
+    std::fclose(f);
+  }
+}
 
 struct Case {
   const char* name;

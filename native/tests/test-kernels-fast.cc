@@ -44,15 +44,20 @@ namespace {
 
 const CpuKernels& R() { return cpu_reference_kernels(); }
 
-// The fast paths this CPU runs (skipped ones are printed once).
+// The fast paths this CPU runs. Each path, run or skipped, is printed and recorded once (for the
+// line `npm test` ends with), so a run on a CPU without AMX says it never tested the amx paths.
 std::vector<std::pair<CpuPath, const CpuKernels*>> fast_paths() {
   std::vector<std::pair<CpuPath, const CpuKernels*>> out;
   static bool reported = false;
+  if (!reported) record_coverage("path reference", true);
   for (auto [path, name] : {std::pair<CpuPath, const char*>{CpuPath::avx2, "avx2"},
                             {CpuPath::avx512, "avx512"}, {CpuPath::avx512_bf16, "avx512-bf16"}, {CpuPath::amx, "amx"},
                             {CpuPath::amx_exact, "amx-exact"}, {CpuPath::amx_bf16, "amx-bf16"}}) {
-    if (const CpuKernels* k = cpu_kernels_for(path)) out.emplace_back(path, k);
-    else if (!reported) std::printf("  skipped: this CPU cannot run the %s path\n", name);
+    const CpuKernels* k = cpu_kernels_for(path);
+    if (k) out.emplace_back(path, k);
+    if (reported) continue;
+    if (!k) std::printf("  skipped: this CPU cannot run the %s path\n", name);
+    record_coverage(std::string("path ") + name, k != nullptr, k ? "" : "this CPU cannot run it");
   }
   reported = true;
   return out;
