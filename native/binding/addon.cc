@@ -13,6 +13,7 @@
 
 #include "engine/engine-thread.h"
 #include "kv/kv-block-hash.h"
+#include "kv/request-limits.h"
 #include "kernels/cpu/bandwidth-probe.h"
 #include "kernels/cpu/compute-peak.h"
 #include "kernels/cpu/cpu-kernels.h"
@@ -523,6 +524,23 @@ Napi::Value CudaDevice(const Napi::CallbackInfo& info) {
   return o;
 }
 
+// requestLimits(): the engine's constant per-request limits (kv/request-limits.h), for the TS
+// checks that run before a request reaches the engine; the per-engine ones are in Engine.info().
+Napi::Value RequestLimits(const Napi::CallbackInfo& info) {
+  using L = llm::RequestLimits;
+  Napi::Env env = info.Env();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("minMaxTokens", static_cast<double>(L::min_max_tokens));
+  o.Set("minTemperature", static_cast<double>(L::min_temperature));
+  o.Set("maxTopP", static_cast<double>(L::max_top_p));
+  o.Set("minTopK", static_cast<double>(L::min_top_k));
+  o.Set("maxMinP", static_cast<double>(L::max_min_p));
+  o.Set("minPenalty", static_cast<double>(L::min_penalty));
+  o.Set("maxPenalty", static_cast<double>(L::max_penalty));
+  o.Set("maxLogprobs", static_cast<double>(L::max_logprobs));
+  return o;
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Engine", EngineWrap::Init(env));
   exports.Set("Model", ModelWrap::Init(env));
@@ -531,6 +549,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("readBandwidthGBs", Napi::Function::New(env, ReadBandwidthGBs, "readBandwidthGBs"));
   exports.Set("cpuKernelInfo", Napi::Function::New(env, CpuKernelInfo, "cpuKernelInfo"));
   exports.Set("computePeakGflops", Napi::Function::New(env, ComputePeakGflops, "computePeakGflops"));
+  exports.Set("requestLimits", Napi::Function::New(env, RequestLimits, "requestLimits"));
   llm::register_transfer_exports(env, exports);
   exports.Set("version", Napi::String::New(env, KVSERVE_VERSION));
   exports.Set("cudaCompiled", Napi::Boolean::New(env, llm::cuda_backend_built()));

@@ -3,6 +3,7 @@
 #include "engine.h"
 
 #include "../kernels/cpu/cpu-kernels.h"
+#include "../kv/request-limits.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,7 +13,6 @@ namespace llm {
 namespace {
 
 constexpr int64_t kDefaultKvCacheBytes = int64_t{1} << 30;  // when nothing else is said
-constexpr int32_t kMaxLogprobs = 20;
 
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
@@ -22,7 +22,6 @@ uint64_t splitmix64(uint64_t x) {
 }
 
 Status invalid(const std::string& msg) { return Status(StatusCode::invalid_argument, msg); }
-Status bad_request(const std::string& msg) { return Status(StatusCode::request_invalid, msg); }
 
 }  // namespace
 
@@ -104,6 +103,7 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   sc.max_num_seqs = cfg.max_num_seqs;
   sc.max_num_batched_tokens = cfg.max_num_batched_tokens;
   sc.max_model_len = max_model_len;
+  sc.vocab_size = mc.vocab_size;
   e->scheduler_ = std::make_unique<Scheduler>(sc, e->kv_.get());
   e->scheduler_->set_eos_token_ids(mc.eos_token_ids);
   if (cuda_runner) {
@@ -140,46 +140,19 @@ KvRegion Engine::kv_region() const {
   return r;
 }
 
+// The limits live in request-limits.h; this engine's bounds are the scheduler's (create()).
 Status Engine::validate_request(const Request& r) const {
-  const ModelConfig& mc = model_->config;
-  const SamplingParams& p = r.params;
-  if (r.request_id.empty()) return bad_request("request_id must not be empty");
-  if (r.prompt_token_ids.empty()) return bad_request("the prompt must contain at least one token");
-  for (int32_t t : r.prompt_token_ids)
-    if (t < 0 || t >= mc.vocab_size)
-      return bad_request("prompt token id " + std::to_string(t) + " is outside the vocabulary [0, " +
-                         std::to_string(mc.vocab_size) + ")");
-  for (int32_t t : p.stop_token_ids)
-    if (t < 0 || t >= mc.vocab_size) return bad_request("stop token id " + std::to_string(t) + " is outside the vocabulary");
-  if (p.max_tokens < 1) return bad_request("max_tokens must be >= 1");
-  if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) return bad_request("min_tokens must be in [0, max_tokens]");
-  if (!(p.temperature >= 0.0f) || !std::isfinite(p.temperature)) return bad_request("temperature must be >= 0");
-  if (!(p.top_p > 0.0f && p.top_p <= 1.0f)) return bad_request("top_p must be in (0, 1]");
-  if (p.top_k < -1) return bad_request("top_k must be -1, 0 (off) or positive");
-  if (!(p.min_p >= 0.0f && p.min_p <= 1.0f)) return bad_request("min_p must be in [0, 1]");
-  if (!(p.repetition_penalty > 0.0f) || !std::isfinite(p.repetition_penalty))
-    return bad_request("repetition_penalty must be > 0");
-  if (!(std::fabs(p.presence_penalty) <= 2.0f) || !(std::fabs(p.frequency_penalty) <= 2.0f))
-    return bad_request("presence_penalty and frequency_penalty must be in [-2, 2]");
-  if (p.logprobs < -1 || p.logprobs > kMaxLogprobs)
-    return bad_request("logprobs must be in [0, " + std::to_string(kMaxLogprobs) + "]");
-
-  const int64_t total = r.num_prompt_tokens() + p.max_tokens;
-  if (r.num_prompt_tokens() > info_.max_model_len || total > info_.max_model_len)
-    return Status(StatusCode::request_too_long,
-                  "this model's maximum context length is " + std::to_string(info_.max_model_len) +
-                      " tokens; the request has " + std::to_string(r.num_prompt_tokens()) +
-                      " prompt tokens and asks for " + std::to_string(p.max_tokens) + " more (" +
-                      std::to_string(total) + " in all)");
-  const int64_t blocks = (total + info_.block_size - 1) / info_.block_size;
-  if (blocks > info_.num_kv_blocks)
-    return Status(StatusCode::request_too_long,
-                  "the request needs " + std::to_string(blocks) + " KV blocks (" + std::to_string(total) +
-                      " tokens) but the KV cache has " + std::to_string(info_.num_kv_blocks));
-  return Status::Ok();
+  RequestBounds b;
+  b.vocab_size = model_->config.vocab_size;
+  b.max_model_len = info_.max_model_len;
+  b.block_size = info_.block_size;
+  b.num_kv_blocks = info_.num_kv_blocks;
+  return check_request(r, b);
 }
 
 Status Engine::add_request(std::unique_ptr<Request> req) {
+  // Checked before the seed counter moves, so a refused request shifts no other request's seed
+  // (the scheduler's check_request, with the same bounds, then passes).
   LLM_RETURN_IF_ERROR(validate_request(*req));
   req->all_token_ids = req->prompt_token_ids;
   req->rng.seed(req->params.has_seed ? req->params.seed : splitmix64(cfg_.seed + (++seed_counter_)));

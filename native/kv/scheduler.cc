@@ -49,28 +49,22 @@ Scheduler::Scheduler(const SchedulerConfig& cfg, KVCacheManager* kv) : cfg_(cfg)
   cfg_.max_model_len = std::max<int64_t>(cfg_.max_model_len, 1);
 }
 
+RequestBounds Scheduler::bounds() const {
+  RequestBounds b;
+  b.vocab_size = cfg_.vocab_size;
+  b.max_model_len = cfg_.max_model_len;
+  b.block_size = kv_->block_size();
+  b.num_kv_blocks = kv_->pool().num_blocks();
+  return b;
+}
+
 Status Scheduler::add_request(std::unique_ptr<Request> req) {
   if (!req) return Status(StatusCode::request_invalid, "no request");
   if (requests_.count(req->request_id))
     return Status(StatusCode::request_duplicate, "request id '" + req->request_id + "' is already in use");
-  if (req->prompt_token_ids.empty())
-    return Status(StatusCode::request_invalid, "request '" + req->request_id + "' has an empty prompt");
-  if (req->params.max_tokens < 1)
-    return Status(StatusCode::request_invalid, "max_tokens must be >= 1");
+  LLM_RETURN_IF_ERROR(check_request(*req, bounds()));
   if (req->num_external_tokens < 0 || req->num_external_tokens > req->num_prompt_tokens() - 1)
     return Status(StatusCode::request_invalid, "num_external_tokens must be in [0, prompt tokens - 1]");
-  const int64_t total = req->num_prompt_tokens() + req->params.max_tokens;
-  if (total > cfg_.max_model_len)
-    return Status(StatusCode::request_too_long,
-                  "the request needs " + std::to_string(total) + " tokens (" +
-                      std::to_string(req->num_prompt_tokens()) + " prompt + " +
-                      std::to_string(req->params.max_tokens) + " max_tokens) but max_model_len is " +
-                      std::to_string(cfg_.max_model_len));
-  const int64_t blocks = (total + kv_->block_size() - 1) / kv_->block_size();
-  if (blocks > kv_->pool().num_blocks())
-    return Status(StatusCode::request_too_long,
-                  "the request needs " + std::to_string(blocks) + " KV blocks (" + std::to_string(total) +
-                      " tokens) but the KV cache has " + std::to_string(kv_->pool().num_blocks()));
 
   Request* r = req.get();
   r->all_token_ids = r->prompt_token_ids;

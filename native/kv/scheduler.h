@@ -35,6 +35,7 @@
 
 #include "../common/status.h"
 #include "kv-cache-manager.h"
+#include "request-limits.h"
 #include "request.h"
 
 namespace llm {
@@ -43,6 +44,7 @@ struct SchedulerConfig {
   int64_t max_num_seqs = 64;
   int64_t max_num_batched_tokens = 2048;
   int64_t max_model_len = 4096;
+  int64_t vocab_size = 0;  // token ids checked against [0, vocab_size); 0 = not checked (no model)
 };
 
 struct ScheduledRequest {
@@ -68,9 +70,13 @@ class Scheduler {
  public:
   Scheduler(const SchedulerConfig& cfg, KVCacheManager* kv);
 
-  // Validates and queues a request. Rejects duplicates (ERR_REQUEST_DUPLICATE), empty prompts
-  // and requests that can never fit (ERR_REQUEST_TOO_LONG, message names both lengths).
+  // Validates and queues a request. Rejects duplicates (ERR_REQUEST_DUPLICATE), what
+  // check_request refuses against bounds() (request-limits.h: empty prompts, out-of-range
+  // fields, requests that can never fit: ERR_REQUEST_TOO_LONG with the numbers involved) and a
+  // num_external_tokens outside [0, prompt tokens - 1].
   Status add_request(std::unique_ptr<Request> req);
+  // The per-engine bounds check_request applies: vocab_size, max_model_len, the KV pool.
+  RequestBounds bounds() const;
   // Marks the request aborted and frees its blocks now. Unknown ids are ignored (it may have
   // finished already). Returns true if it existed.
   bool abort(const std::string& request_id);

@@ -4,8 +4,15 @@
 //   n 1..128; stop: a non-empty string or <= 32 of them; max_tokens >= 1; temperature 0..2;
 //   top_p (0, 1]; top_k -1 or >= 0 (-1 and 0 = off); min_p 0..1; presence/frequency penalty
 //   -2..2; repetition_penalty (0, 2]; top_logprobs (chat) and logprobs (completions) 0..20.
+// Where a range is the engine's own limit (max_tokens, top_p, top_k, min_p, the penalties,
+// logprobs) its numbers come from REQUEST_LIMITS (ts/native/request-limits.ts, checked against
+// the addon's requestLimits() by test/native/request-limits.test.ts), so the frontend never
+// accepts what the engine refuses. temperature 0..2 and repetition_penalty (0, 2] are the API's
+// ranges (OpenAI's, vLLM's), deliberately narrower than the engine's (any finite value >= 0,
+// > 0), and n, stop and stop_token_ids are the frontend's own: those numbers stay here.
 // Checks a schema cannot express (message roles and content parts, lengths against the context,
 // min_tokens <= max_tokens) are made by request-params.ts and the processor.
+import { REQUEST_LIMITS as ENGINE } from '../native/request-limits.ts';
 
 export interface SamplingBody {
   model?: string;
@@ -61,7 +68,7 @@ const num = (minimum: number, maximum: number) => ({ type: ['number', 'null'], m
 const samplingProperties = {
   model: { type: 'string' },
   n: int(1, 128),
-  max_tokens: int(1),
+  max_tokens: int(ENGINE.minMaxTokens),
   stop: {
     description: 'a non-empty string or an array of at most 32 non-empty strings',
     anyOf: [
@@ -73,14 +80,14 @@ const samplingProperties = {
   stop_token_ids: { type: ['array', 'null'], maxItems: 1024, items: { type: 'integer', minimum: 0 } },
   stream: maybe('boolean'),
   stream_options: { type: ['object', 'null'], properties: { include_usage: maybe('boolean') } },
-  temperature: num(0, 2),
-  top_p: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: 1 },
-  top_k: int(-1),
-  min_p: num(0, 1),
+  temperature: num(0, 2), // OpenAI's range (the engine's has no upper bound)
+  top_p: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: ENGINE.maxTopP },
+  top_k: int(ENGINE.minTopK),
+  min_p: num(0, ENGINE.maxMinP),
   seed: { type: ['integer', 'null'] },
-  presence_penalty: num(-2, 2),
-  frequency_penalty: num(-2, 2),
-  repetition_penalty: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: 2 },
+  presence_penalty: num(ENGINE.minPenalty, ENGINE.maxPenalty),
+  frequency_penalty: num(ENGINE.minPenalty, ENGINE.maxPenalty),
+  repetition_penalty: { type: ['number', 'null'], exclusiveMinimum: 0, maximum: 2 }, // vLLM's range (the engine's: > 0)
   ignore_eos: maybe('boolean'),
   min_tokens: int(0),
   include_stop_str_in_output: maybe('boolean'),
@@ -99,9 +106,9 @@ export const chatCompletionSchema = {
       minItems: 1,
       items: { type: 'object', required: ['role'], properties: { role: { type: 'string' } } },
     },
-    max_completion_tokens: int(1),
+    max_completion_tokens: int(ENGINE.minMaxTokens),
     logprobs: maybe('boolean'),
-    top_logprobs: int(0, 20),
+    top_logprobs: int(0, ENGINE.maxLogprobs),
     chat_template_kwargs: maybe('object'),
     add_generation_prompt: maybe('boolean'),
     response_format: { type: ['object', 'null'], required: ['type'], properties: { type: { type: 'string' } } },
@@ -122,7 +129,7 @@ export const completionSchema = {
         { type: 'array', minItems: 1, items: { type: 'array', minItems: 1, items: { type: 'integer' } } },
       ],
     },
-    logprobs: int(0, 20),
+    logprobs: int(0, ENGINE.maxLogprobs),
     echo: maybe('boolean'),
   },
 } as const;

@@ -245,6 +245,21 @@ export interface NativeCpuKernelInfo {
   path: string; // the kernel path in use: 'reference' | 'avx2' | 'avx512' | 'avx512-bf16' | 'amx' | 'amx-exact' | 'amx-bf16' (KVSERVE_CPU_KERNELS forces one; amx-exact and amx-bf16 only then)
 }
 export declare function cpuKernelInfo(): NativeCpuKernelInfo;
+// The engine's constant per-request limits (native/kv/request-limits.h), the same for every
+// engine; the per-engine ones are in Engine.info() (maxModelLen, numKvBlocks, blockSize,
+// model.vocabSize). ts/native/request-limits.ts mirrors these for code that does not load the
+// addon; test/native/request-limits.test.ts checks the two agree.
+export interface NativeRequestLimits {
+  minMaxTokens: number; // maxTokens >= this (1); minTokens in [0, maxTokens]
+  minTemperature: number; // temperature >= this (0 = greedy), finite; no upper bound
+  maxTopP: number; // topP in (0, maxTopP]
+  minTopK: number; // topK >= this (-1); -1 and 0 = off
+  maxMinP: number; // minP in [0, maxMinP]
+  minPenalty: number; // presencePenalty, frequencyPenalty in [minPenalty, maxPenalty]
+  maxPenalty: number;
+  maxLogprobs: number; // logprobs in [0, maxLogprobs]; -1 = none
+}
+export declare function requestLimits(): NativeRequestLimits;
 export declare const version: string;
 export declare const cudaCompiled: boolean;
 export interface NativeCudaDevice {
@@ -262,6 +277,7 @@ export interface NativeAddon {
   readBandwidthGBs: typeof readBandwidthGBs;
   computePeakGflops: typeof computePeakGflops;
   cpuKernelInfo: typeof cpuKernelInfo;
+  requestLimits: typeof requestLimits;
   TransferAgent: typeof TransferAgent;
   version: string;
   cudaCompiled: boolean;

@@ -7,12 +7,14 @@
 // its finish reason, with an abort, or with ERR_ENGINE_CLOSED when the engine closes.
 import { loadAddon } from './loader.js';
 import { NativeError, callNative, invalidArgument } from './errors.js';
+import { REQUEST_LIMITS } from './request-limits.js';
 import type {
   NativeEngineInfo,
   NativeKvEvent,
   NativeKvRegion,
   NativeLoadMetrics,
   NativeRequest,
+  NativeRequestLimits,
   NativeRequestOutput,
   NativeStepOutput,
   Engine as NativeEngine,
@@ -53,7 +55,7 @@ export interface SamplingOptions {
   frequencyPenalty?: number;
   stopTokenIds?: number[];
   ignoreEos?: boolean;
-  logprobs?: number; // top-N logprobs, N in [0, 20]
+  logprobs?: number; // top-N logprobs, N in [0, maxLogprobs] (20)
 }
 
 // Remote prefill hooks (DESIGN.md section 4; see NativeRequest in addon.d.ts).
@@ -125,12 +127,18 @@ function checkNumber(name: string, v: unknown, min: number, max: number): number
 
 const INT_MAX = 2 ** 31 - 1;
 
+// The engine's limits come from `limits` (Engine passes its addon's requestLimits(); the
+// default is their TS mirror). The other bounds here are TS-side only: INT_MAX and 2^32 - 1 are
+// what the native int32/uint32 fields hold, and temperature and repetitionPenalty stop at 1e6
+// (the engine takes any finite value); a topP or repetitionPenalty of 0 is refused (> 0).
 export function normaliseSampling(
   requestId: string,
   promptTokenIds: ArrayLike<number>,
   s: SamplingOptions,
   remote: RemotePrefillOptions = {},
+  limits: Readonly<NativeRequestLimits> = REQUEST_LIMITS,
 ): NativeRequest {
+  const L = limits;
   // 1. Identity and prompt.
   if (typeof requestId !== 'string' || requestId.length === 0) throw invalidArgument('requestId must be a non-empty string');
   const prompt = Int32Array.from(promptTokenIds as ArrayLike<number>);
@@ -139,24 +147,24 @@ export function normaliseSampling(
     if (prompt[i] !== (promptTokenIds as ArrayLike<number>)[i]) throw invalidArgument(`prompt token ${i} is not an int32`);
   }
   // 2. Lengths.
-  const maxTokens = checkInt('maxTokens', s.maxTokens ?? 16, 1, INT_MAX);
+  const maxTokens = checkInt('maxTokens', s.maxTokens ?? 16, L.minMaxTokens, INT_MAX);
   const minTokens = checkInt('minTokens', s.minTokens ?? 0, 0, maxTokens);
   // 3. Sampling.
-  const temperature = checkNumber('temperature', s.temperature ?? 1, 0, 1e6);
-  const topP = checkNumber('topP', s.topP ?? 1, Number.MIN_VALUE, 1);
-  const topK = checkInt('topK', s.topK ?? 0, -1, INT_MAX);
-  const minP = checkNumber('minP', s.minP ?? 0, 0, 1);
+  const temperature = checkNumber('temperature', s.temperature ?? 1, L.minTemperature, 1e6);
+  const topP = checkNumber('topP', s.topP ?? 1, Number.MIN_VALUE, L.maxTopP);
+  const topK = checkInt('topK', s.topK ?? 0, L.minTopK, INT_MAX);
+  const minP = checkNumber('minP', s.minP ?? 0, 0, L.maxMinP);
   const seed = s.seed === undefined || s.seed === null ? -1 : checkInt('seed', s.seed, 0, 2 ** 32 - 1);
   // 4. Penalties and stops.
   const repetitionPenalty = checkNumber('repetitionPenalty', s.repetitionPenalty ?? 1, Number.MIN_VALUE, 1e6);
-  const presencePenalty = checkNumber('presencePenalty', s.presencePenalty ?? 0, -2, 2);
-  const frequencyPenalty = checkNumber('frequencyPenalty', s.frequencyPenalty ?? 0, -2, 2);
+  const presencePenalty = checkNumber('presencePenalty', s.presencePenalty ?? 0, L.minPenalty, L.maxPenalty);
+  const frequencyPenalty = checkNumber('frequencyPenalty', s.frequencyPenalty ?? 0, L.minPenalty, L.maxPenalty);
   const stops = s.stopTokenIds ?? [];
   if (!Array.isArray(stops)) throw invalidArgument('stopTokenIds must be an array of token ids');
   const stopTokenIds = Int32Array.from(stops.map((t, i) => checkInt(`stopTokenIds[${i}]`, t, 0, INT_MAX)));
   const ignoreEos = s.ignoreEos ?? false;
   if (typeof ignoreEos !== 'boolean') throw invalidArgument('ignoreEos must be a boolean');
-  const logprobs = s.logprobs === undefined || s.logprobs === null ? -1 : checkInt('logprobs', s.logprobs, 0, 20);
+  const logprobs = s.logprobs === undefined || s.logprobs === null ? -1 : checkInt('logprobs', s.logprobs, 0, L.maxLogprobs);
   // 5. Remote prefill.
   const numExternalTokens = checkInt('numExternalTokens', remote.numExternalTokens ?? 0, 0, prompt.length - 1);
   const prefillOnly = remote.prefillOnly ?? false;
@@ -189,6 +197,7 @@ export class Engine {
   private readonly metricsListeners = new Set<(m: NativeLoadMetrics) => void>();
   private closed = false;
   readonly info: NativeEngineInfo;
+  readonly limits: Readonly<NativeRequestLimits>; // the addon's; per-engine ones are in info
 
   constructor(opts: EngineOptions) {
     // 1. Options, normalised with defaults.
@@ -215,6 +224,7 @@ export class Engine {
     const addon = loadAddon();
     this.native = callNative(() => new addon.Engine(native, (step) => this.onStep(step)));
     this.info = callNative(() => this.native.info());
+    this.limits = addon.requestLimits();
   }
 
   // Starts a request; its outputs arrive through the returned stream (one item per engine step
@@ -227,7 +237,7 @@ export class Engine {
     remote?: RemotePrefillOptions,
   ) {
     if (this.closed) throw new NativeError('ERR_ENGINE_CLOSED', 'the engine is closed');
-    const req = normaliseSampling(requestId, promptTokenIds, sampling, remote);
+    const req = normaliseSampling(requestId, promptTokenIds, sampling, remote, this.limits);
     const stream = new OutputStream();
     callNative(() => this.native.addRequest(req));
     this.streams.set(requestId, stream);
