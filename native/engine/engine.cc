@@ -6,7 +6,6 @@
 #include "../kv/request-limits.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstring>
 
 namespace llm {
@@ -151,12 +150,13 @@ Status Engine::validate_request(const Request& r) const {
 }
 
 Status Engine::add_request(std::unique_ptr<Request> req) {
-  // Checked before the seed counter moves, so a refused request shifts no other request's seed
-  // (the scheduler's check_request, with the same bounds, then passes).
-  LLM_RETURN_IF_ERROR(validate_request(*req));
-  req->all_token_ids = req->prompt_token_ids;
-  req->rng.seed(req->params.has_seed ? req->params.seed : splitmix64(cfg_.seed + (++seed_counter_)));
-  return scheduler_->add_request(std::move(req));
+  // The scheduler checks the request (check_request, the engine's bounds) and takes it; only an
+  // accepted request moves the seed counter, so a refused one shifts no other request's seed.
+  // The rng is first used when the request is sampled, after this returns.
+  Request* r = req.get();
+  LLM_RETURN_IF_ERROR(scheduler_->add_request(std::move(req)));
+  r->rng.seed(r->params.has_seed ? r->params.seed : splitmix64(cfg_.seed + (++seed_counter_)));
+  return Status::Ok();
 }
 
 void Engine::abort(const std::string& request_id) {

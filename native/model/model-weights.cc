@@ -34,11 +34,15 @@ class Binder {
   }
   Status vector(const std::string& name, int64_t n, Tensor* out) { return bind(name, {n}, out); }
 
-  // Rows [row0, row0 + n) of a rows x cols matrix (or elements of a vector, rows = 1): a view.
+  // Rows [row0, row0 + n) of a rows x cols matrix: a view (the whole matrix for 0, rows).
   Status matrix_rows(const std::string& name, int64_t rows, int64_t cols, int64_t row0, int64_t n, Tensor* out) {
     LLM_RETURN_IF_ERROR(bind(name, {rows, cols}, out, /*count=*/false));
-    return take_rows(row0, n, cols, out);
+    out->data = static_cast<const char*>(out->data) + row0 * cols * dtype_size(out->dtype);
+    out->rows = n;
+    bytes_bound_ += static_cast<uint64_t>(n * cols * dtype_size(out->dtype));
+    return Status::Ok();
   }
+  // Elements [at, at + n) of a vector of len: a view (the whole vector for 0, len).
   Status vector_slice(const std::string& name, int64_t len, int64_t at, int64_t n, Tensor* out) {
     LLM_RETURN_IF_ERROR(bind(name, {len}, out, /*count=*/false));
     out->data = static_cast<const char*>(out->data) + at * dtype_size(out->dtype);
@@ -46,10 +50,11 @@ class Binder {
     bytes_bound_ += static_cast<uint64_t>(n * dtype_size(out->dtype));
     return Status::Ok();
   }
-  // Columns [col0, col0 + n) of a rows x cols matrix, copied into `store` (they are strided in
-  // the file).
+  // Columns [col0, col0 + n) of a rows x cols matrix: the whole matrix is a view; a part of it is
+  // copied into `store` (its rows are strided in the file).
   Status matrix_cols(const std::string& name, int64_t rows, int64_t cols, int64_t col0, int64_t n, Tensor* out,
                      std::vector<std::unique_ptr<uint8_t[]>>* store) {
+    if (col0 == 0 && n == cols) return matrix(name, rows, cols, out);
     LLM_RETURN_IF_ERROR(bind(name, {rows, cols}, out, /*count=*/false));
     const int64_t e = dtype_size(out->dtype);
     std::unique_ptr<uint8_t[]> copy(new (std::nothrow) uint8_t[static_cast<size_t>(rows * n * e)]);
@@ -67,13 +72,6 @@ class Binder {
   uint64_t bytes_bound() const { return bytes_bound_; }
 
  private:
-  Status take_rows(int64_t row0, int64_t n, int64_t cols, Tensor* out) {
-    out->data = static_cast<const char*>(out->data) + row0 * cols * dtype_size(out->dtype);
-    out->rows = n;
-    bytes_bound_ += static_cast<uint64_t>(n * cols * dtype_size(out->dtype));
-    return Status::Ok();
-  }
-
   Status bind(const std::string& name, const std::vector<int64_t>& shape, Tensor* out, bool count = true) {
     const TensorInfo* t = files_.find(name);
     if (t == nullptr) return Status(StatusCode::model_tensor_missing, "tensor '" + name + "' is missing");
@@ -133,29 +131,19 @@ Status bind_layer(Binder& b, const ModelConfig& cfg, const RankShard& sh, int64_
   const int64_t hidden = cfg.hidden_size, hd = cfg.head_dim;
   const int64_t q_dim = cfg.num_heads * hd, kv_dim = cfg.num_kv_heads * hd;
   const int64_t inter = cfg.intermediate_size;
-  const bool whole = sh.size == 1;
   const int64_t q0 = sh.rank * sh.num_heads * hd, nq = sh.num_heads * hd;  // this rank's q rows
   const int64_t k0 = sh.first_kv_head * hd, nk = sh.num_kv_heads * hd;     // its k and v rows
   const int64_t f0 = sh.rank * sh.intermediate, nf = sh.intermediate;      // its FFN columns
-  auto rows = [&](const std::string& name, int64_t all, int64_t at, int64_t n, int64_t cols, Tensor* out) {
-    return whole ? b.matrix(name, all, cols, out) : b.matrix_rows(name, all, cols, at, n, out);
-  };
-  auto part = [&](const std::string& name, int64_t all, int64_t at, int64_t n, Tensor* out) {
-    return whole ? b.vector(name, all, out) : b.vector_slice(name, all, at, n, out);
-  };
-  auto cols = [&](const std::string& name, int64_t nrows, int64_t all, int64_t at, int64_t n, Tensor* out) {
-    return whole ? b.matrix(name, nrows, all, out) : b.matrix_cols(name, nrows, all, at, n, out, store);
-  };
 
   LLM_RETURN_IF_ERROR(b.vector(p + "input_layernorm.weight", hidden, &l->attn_norm));
-  LLM_RETURN_IF_ERROR(rows(p + "self_attn.q_proj.weight", q_dim, q0, nq, hidden, &l->wq));
-  LLM_RETURN_IF_ERROR(rows(p + "self_attn.k_proj.weight", kv_dim, k0, nk, hidden, &l->wk));
-  LLM_RETURN_IF_ERROR(rows(p + "self_attn.v_proj.weight", kv_dim, k0, nk, hidden, &l->wv));
-  LLM_RETURN_IF_ERROR(cols(p + "self_attn.o_proj.weight", hidden, q_dim, q0, nq, &l->wo));
+  LLM_RETURN_IF_ERROR(b.matrix_rows(p + "self_attn.q_proj.weight", q_dim, hidden, q0, nq, &l->wq));
+  LLM_RETURN_IF_ERROR(b.matrix_rows(p + "self_attn.k_proj.weight", kv_dim, hidden, k0, nk, &l->wk));
+  LLM_RETURN_IF_ERROR(b.matrix_rows(p + "self_attn.v_proj.weight", kv_dim, hidden, k0, nk, &l->wv));
+  LLM_RETURN_IF_ERROR(b.matrix_cols(p + "self_attn.o_proj.weight", hidden, q_dim, q0, nq, &l->wo, store));
   if (cfg.attention_bias) {
-    LLM_RETURN_IF_ERROR(part(p + "self_attn.q_proj.bias", q_dim, q0, nq, &l->bq));
-    LLM_RETURN_IF_ERROR(part(p + "self_attn.k_proj.bias", kv_dim, k0, nk, &l->bk));
-    LLM_RETURN_IF_ERROR(part(p + "self_attn.v_proj.bias", kv_dim, k0, nk, &l->bv));
+    LLM_RETURN_IF_ERROR(b.vector_slice(p + "self_attn.q_proj.bias", q_dim, q0, nq, &l->bq));
+    LLM_RETURN_IF_ERROR(b.vector_slice(p + "self_attn.k_proj.bias", kv_dim, k0, nk, &l->bk));
+    LLM_RETURN_IF_ERROR(b.vector_slice(p + "self_attn.v_proj.bias", kv_dim, k0, nk, &l->bv));
     // The attention_bias of Llama and Qwen3 covers o_proj too; Qwen2's o_proj has none.
     if ((cfg.arch == ModelArch::llama || cfg.arch == ModelArch::qwen3) && sh.rank == 0) {
       LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.o_proj.bias", hidden, &l->bo));
@@ -166,12 +154,12 @@ Status bind_layer(Binder& b, const ModelConfig& cfg, const RankShard& sh, int64_
     LLM_RETURN_IF_ERROR(b.vector(p + "self_attn.k_norm.weight", cfg.head_dim, &l->k_norm));
   }
   LLM_RETURN_IF_ERROR(b.vector(p + "post_attention_layernorm.weight", hidden, &l->mlp_norm));
-  LLM_RETURN_IF_ERROR(rows(p + "mlp.gate_proj.weight", inter, f0, nf, hidden, &l->w_gate));
-  LLM_RETURN_IF_ERROR(rows(p + "mlp.up_proj.weight", inter, f0, nf, hidden, &l->w_up));
-  LLM_RETURN_IF_ERROR(cols(p + "mlp.down_proj.weight", hidden, inter, f0, nf, &l->w_down));
+  LLM_RETURN_IF_ERROR(b.matrix_rows(p + "mlp.gate_proj.weight", inter, hidden, f0, nf, &l->w_gate));
+  LLM_RETURN_IF_ERROR(b.matrix_rows(p + "mlp.up_proj.weight", inter, hidden, f0, nf, &l->w_up));
+  LLM_RETURN_IF_ERROR(b.matrix_cols(p + "mlp.down_proj.weight", hidden, inter, f0, nf, &l->w_down, store));
   if (cfg.mlp_bias) {
-    LLM_RETURN_IF_ERROR(part(p + "mlp.gate_proj.bias", inter, f0, nf, &l->b_gate));
-    LLM_RETURN_IF_ERROR(part(p + "mlp.up_proj.bias", inter, f0, nf, &l->b_up));
+    LLM_RETURN_IF_ERROR(b.vector_slice(p + "mlp.gate_proj.bias", inter, f0, nf, &l->b_gate));
+    LLM_RETURN_IF_ERROR(b.vector_slice(p + "mlp.up_proj.bias", inter, f0, nf, &l->b_up));
     if (sh.rank == 0) LLM_RETURN_IF_ERROR(b.vector(p + "mlp.down_proj.bias", hidden, &l->b_down));
   }
   return Status::Ok();
