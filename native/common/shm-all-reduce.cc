@@ -29,6 +29,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <thread>
@@ -265,7 +266,8 @@ Status ShmAllReduce::barrier(int timeout_ms) {
 
 Status ShmAllReduce::check_peer(int q, uint32_t gen, bool check_pid) const {
   const RankLine& l = lines_[q];
-  const int pid = l.pid.load(std::memory_order_acquire);
+  int pid = l.pid.load(std::memory_order_acquire);
+  if (pid == 0 && static_cast<size_t>(q) < opts_.expected_pids.size()) pid = opts_.expected_pids[static_cast<size_t>(q)];
   const char* what = l.failed.load(std::memory_order_acquire) ? "gave up on the group"
                      : l.left.load(std::memory_order_acquire) ? "left the group"
                      : check_pid && process_gone(pid)         ? "exited"
@@ -286,7 +288,7 @@ Status ShmAllReduce::wait_all(uint32_t gen, int timeout_ms) {
   };
   if (arrived()) return Status::Ok();
   const int64_t start = now_us();
-  const int64_t deadline = start + int64_t{timeout_ms} * 1000;
+  const int64_t deadline = timeout_ms < 0 ? INT64_MAX : start + int64_t{timeout_ms} * 1000;
   int64_t t = start;
   while (t - start < opts_.spin_us) {
     for (int i = 0; i < 64; ++i) {
@@ -383,6 +385,94 @@ Status ShmAllReduce::round(float* x, size_t c, uint64_t total_n, bool first_roun
     if (r == rank_) continue;
     const size_t rlo = lo_of(r), rhi = std::min(c, rlo + slice);
     std::memcpy(x + rlo, slot(set, r) + rlo, (rhi - rlo) * sizeof(float));
+  }
+  return Status::Ok();
+}
+
+Status ShmAllReduce::sync(int timeout_ms) {
+  if (!broken_.ok()) return broken_;
+  if (world_ == 1) return Status::Ok();
+  Status st = barrier(timeout_ms);
+  if (!st.ok()) broken_ = st;
+  return st;
+}
+
+// Rounds of at most one slot's bytes through rank 0's slot; the first carries the total size
+// (rank 0's op_n, published by the barrier).
+Status ShmAllReduce::broadcast(std::vector<uint8_t>* msg, int timeout_ms) {
+  if (!broken_.ok()) return broken_;
+  if (world_ == 1) return Status::Ok();
+  const size_t cap = slot_stride_ * sizeof(float);
+  uint64_t total = rank_ == 0 ? msg->size() : 0;
+  size_t off = 0;
+  bool first = true;
+  do {
+    const int set = static_cast<int>(rounds_++ & 1);
+    auto* s = reinterpret_cast<uint8_t*>(slot(set, 0));
+    if (rank_ == 0) {
+      std::memcpy(s, msg->data() + off, std::min<size_t>(cap, total - off));
+      if (first) lines_[0].op_n[set].store(total, std::memory_order_relaxed);
+    }
+    Status st = barrier(first ? timeout_ms : opts_.timeout_ms);
+    if (!st.ok()) {
+      broken_ = st;
+      return st;
+    }
+    if (rank_ != 0) {
+      if (first) {
+        total = lines_[0].op_n[set].load(std::memory_order_relaxed);
+        msg->resize(static_cast<size_t>(total));
+      }
+      std::memcpy(msg->data() + off, s, std::min<size_t>(cap, total - off));
+    }
+    off += std::min<size_t>(cap, total - off);
+    first = false;
+  } while (off < total);
+  return Status::Ok();
+}
+
+// Round k carries floats [k * slot, (k + 1) * slot) of every rank's part (fewer, or none, for a
+// short part); rank 0 copies them out before it reaches the next barrier.
+Status ShmAllReduce::gather(const float* x, const std::vector<size_t>& counts, float* root_out) {
+  if (!broken_.ok()) return broken_;
+  if (counts.size() != static_cast<size_t>(world_))
+    return Status(StatusCode::invalid_argument, "all-reduce gather: " + std::to_string(counts.size()) +
+                                                    " counts for " + std::to_string(world_) + " ranks");
+  std::vector<size_t> at(counts.size(), 0);
+  size_t total = 0, longest = 0;
+  for (size_t r = 0; r < counts.size(); ++r) {
+    at[r] = total;
+    total += counts[r];
+    longest = std::max(longest, counts[r]);
+  }
+  if (world_ == 1) {
+    std::memcpy(root_out, x, total * sizeof(float));
+    return Status::Ok();
+  }
+  auto part = [&](size_t r, size_t off) { return counts[r] > off ? std::min(slot_stride_, counts[r] - off) : 0; };
+  for (size_t off = 0; off == 0 || off < longest; off += slot_stride_) {
+    const int set = static_cast<int>(rounds_++ & 1);
+    std::memcpy(slot(set, rank_), x + off, part(static_cast<size_t>(rank_), off) * sizeof(float));
+    if (off == 0) lines_[rank_].op_n[set].store(total, std::memory_order_relaxed);
+    Status st = barrier(opts_.timeout_ms);
+    if (st.ok() && off == 0) {
+      for (int r = 0; r < world_; ++r) {
+        const uint64_t theirs = lines_[r].op_n[set].load(std::memory_order_relaxed);
+        if (theirs != total)
+          st = Status(StatusCode::invalid_argument, "all-reduce rank " + std::to_string(rank_) + ", segment " +
+                                                        shm_->name() + ": this rank gathers " + std::to_string(total) +
+                                                        " floats, rank " + std::to_string(r) + " " +
+                                                        std::to_string(theirs));
+      }
+    }
+    if (!st.ok()) {
+      broken_ = st;
+      return st;
+    }
+    if (rank_ == 0)
+      for (int r = 0; r < world_; ++r)
+        std::memcpy(root_out + at[static_cast<size_t>(r)] + off, slot(set, r),
+                    part(static_cast<size_t>(r), off) * sizeof(float));
   }
   return Status::Ok();
 }

@@ -18,8 +18,11 @@
 //    segment. After any error the group is broken: later calls return the same error, and a rank
 //    whose barrier failed marks itself, so that peers arriving later fail too instead of counting
 //    its arrival.
-//  - Every rank must call all_reduce with the same n, in the same order; a mismatch is reported
-//    (invalid_argument) on every rank.
+//  - Every rank must make the same calls (all_reduce with the same n, broadcast, gather with the
+//    same counts, sync) in the same order; a size mismatch is reported (invalid_argument) on
+//    every rank. broadcast and gather go in rounds through the same slots, under the same rule.
+//  - A negative timeout waits without a deadline (a rank idle until rank 0 has work); it still
+//    fails as soon as a rank it waits for has exited, left or given up.
 //  - One thread per rank calls all_reduce at a time. Sleeping waits use futexes and a zombie is
 //    recognized through /proc on Linux; elsewhere waits nap and only vanished pids count as exited.
 // Names: a "/kvserve-<pid>-..." name from SharedMemory::unique_name in the process that launches
@@ -31,6 +34,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "shared-memory.h"
 #include "status.h"
@@ -51,6 +55,9 @@ struct ShmAllReduceOptions {
   // A waiting rank spins this long, then yields the CPU until yield_us, then sleeps on a futex.
   int spin_us = 20;
   int yield_us = 200;
+  // The pids of the ranks (index = rank; 0 = unknown), when the caller started them: a rank that
+  // exits before it has joined then fails the join at once instead of at join_timeout_ms.
+  std::vector<int> expected_pids;
 };
 
 class ShmAllReduce {
@@ -66,6 +73,14 @@ class ShmAllReduce {
 
   // x[0..n) <- the sum over ranks of their x[0..n), in rank order; the same bits on every rank.
   Status all_reduce(float* x, size_t n);
+  // Rank 0's *msg, copied into every other rank's *msg (resized to it). The first round waits
+  // timeout_ms (negative: no deadline), later rounds ShmAllReduceOptions::timeout_ms.
+  Status broadcast(std::vector<uint8_t>* msg, int timeout_ms);
+  // Rank 0's root_out <- every rank's x, concatenated in rank order: counts[r] floats from rank r
+  // (every rank passes the same counts; root_out holds their sum, and is unused elsewhere).
+  Status gather(const float* x, const std::vector<size_t>& counts, float* root_out);
+  // Returns once every rank has called sync (timeout_ms negative: no deadline).
+  Status sync(int timeout_ms);
 
   int rank() const { return rank_; }
   int world_size() const { return world_; }

@@ -35,8 +35,24 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   std::unique_ptr<Engine> e(new Engine());
   e->cfg_ = cfg;
 
-  // 2. The model (memory-mapped).
-  LLM_RETURN_IF_ERROR(load_model(cfg.model_dir, ModelLoadOptions{}, &e->model_));
+  // 2. Tensor parallelism: the other ranks join (they load their slices meanwhile). Then the
+  // model (memory-mapped): all of it, or rank 0's slices.
+  if (cfg.tp_size < 1 || cfg.tp_size > 64) return invalid("tp_size must be in [1, 64]");
+  if (cfg.tp_size > 1) {
+    if (cfg.device != "cpu")
+      return invalid("tensor parallelism (tp_size " + std::to_string(cfg.tp_size) +
+                     ") runs on the CPU only; device '" + cfg.device + "' is not supported with it");
+    if (cfg.tp_group.empty()) return invalid("tp_size > 1 needs tp_group, the ranks' shared-memory segment");
+    // The split is checked before any rank is waited for.
+    ModelConfig peek;
+    LLM_RETURN_IF_ERROR(load_model_config(cfg.model_dir, &peek));
+    RankShard unused;
+    LLM_RETURN_IF_ERROR(plan_rank_shard(peek, 0, cfg.tp_size, &unused));
+    LLM_RETURN_IF_ERROR(TpGroup::join(cfg.tp_group, 0, cfg.tp_size, cfg.tp_rank_pids, &e->tp_));
+  }
+  ModelLoadOptions lo;
+  lo.tp_size = cfg.tp_size;
+  LLM_RETURN_IF_ERROR(load_model(cfg.model_dir, lo, &e->model_));
   const ModelConfig& mc = e->model_->config;
 
   // 3. Context length: asked, else the model's, never beyond the model's or its window.
@@ -64,7 +80,8 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     LLM_RETURN_IF_ERROR(CudaModelRunner::create(*e->model_, co, &cuda_runner));
   }
 
-  // 4. The KV pool: [num_blocks][num_layers][2][block_size][num_kv_heads][head_dim].
+  // 4. The KV pool: [num_blocks][num_layers][2][block_size][num_kv_heads][head_dim], sized for
+  // the whole model (with tensor parallelism each rank holds the same blocks of its kv heads).
   KVCacheView shape = make_kv_view(mc, nullptr, 0, cfg.block_size);
   const int64_t block_bytes = shape.block_bytes();
   int64_t num_blocks = cfg.num_kv_blocks;
@@ -84,12 +101,14 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   if (num_blocks < 1)
     return invalid("the KV cache holds no block: one block needs " + std::to_string(block_bytes) + " bytes");
   if (num_blocks > (int64_t{1} << 31) - 1) return invalid("too many KV blocks");
-  const size_t kv_bytes = static_cast<size_t>(num_blocks) * static_cast<size_t>(block_bytes);
+  if (e->tp_) LLM_RETURN_IF_ERROR(e->tp_->send_init(num_blocks));
+  const KVCacheView rank_shape = make_kv_view(*e->model_, nullptr, num_blocks, cfg.block_size);
+  const size_t kv_bytes = static_cast<size_t>(num_blocks) * static_cast<size_t>(rank_shape.block_bytes());
   const KvPoolMemory::Kind kind = cuda_runner         ? KvPoolMemory::Kind::device
                                   : cfg.kv_shared_memory ? KvPoolMemory::Kind::shared
                                                          : KvPoolMemory::Kind::host;
   LLM_RETURN_IF_ERROR(KvPoolMemory::create(kind, kv_bytes, &e->kv_memory_));
-  const KVCacheView kv_view = make_kv_view(mc, e->kv_memory_->data(), num_blocks, cfg.block_size);
+  const KVCacheView kv_view = make_kv_view(*e->model_, e->kv_memory_->data(), num_blocks, cfg.block_size);
   if (cuda_runner) LLM_RETURN_IF_ERROR(cuda_runner->set_kv_cache(kv_view));
 
   // 5. Cache manager, scheduler, runner.
@@ -112,8 +131,17 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     CpuRunnerOptions ro;
     ro.num_threads = cfg.num_threads;
     ro.tile_weights = cfg.cpu_tile_weights;
+    if (e->tp_) {
+      ro.cpus = e->tp_->cpus(cfg.num_threads);
+      ro.num_threads = static_cast<int>(ro.cpus.size());
+      e->tp_->bind(&ro);
+    }
     e->runner_ = make_cpu_runner(*e->model_, kv_view, ro);
     e->info_.kernels = e->runner_->describe();
+    if (e->tp_) {
+      LLM_RETURN_IF_ERROR(e->tp_->ready());
+      e->info_.kernels += ", tensor-parallel " + std::to_string(cfg.tp_size) + " ranks";
+    }
   }
   e->info_.backend = e->runner_->backend_name();
   e->info_.num_kv_blocks = num_blocks;
@@ -127,16 +155,36 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
 }
 
 Engine::~Engine() {
+  if (tp_) tp_->send_stop();
   runner_.reset();  // joins the runner's threads before the pool goes away
 }
 
-KvRegion Engine::kv_region() const {
+std::vector<KvRegion> Engine::kv_regions() const {
+  std::vector<KvRegion> out;
+  const ModelConfig& mc = model_->config;
   KvRegion r;
-  r.view = make_kv_view(model_->config, kv_memory_->data(), info_.num_kv_blocks, info_.block_size);
+  r.view = make_kv_view(*model_, kv_memory_->data(), info_.num_kv_blocks, info_.block_size);
   r.bytes = kv_memory_->bytes();
   r.shm_name = kv_memory_->shm_name();
   r.device_data = kv_memory_->kind() == KvPoolMemory::Kind::device ? kv_memory_->data() : nullptr;
-  return r;
+  r.first_kv_head = model_->shard.first_kv_head;
+  r.model_kv_heads = mc.num_kv_heads;
+  out.push_back(r);
+  // The other ranks' pools, by the names they created them under (shared memory only).
+  for (int rank = 1; tp_ && rank < tp_->size(); ++rank) {
+    RankShard sh;
+    if (!plan_rank_shard(mc, rank, tp_->size(), &sh).ok()) break;  // checked at create
+    KvRegion o;
+    o.view = make_kv_view(mc, nullptr, info_.num_kv_blocks, info_.block_size);
+    o.view.num_kv_heads = sh.num_kv_heads;
+    o.bytes = static_cast<size_t>(info_.num_kv_blocks) * static_cast<size_t>(o.view.block_bytes());
+    o.shm_name = kv_memory_->kind() == KvPoolMemory::Kind::shared ? tp_->kv_pool_name(rank) : std::string();
+    o.tp_rank = rank;
+    o.first_kv_head = sh.first_kv_head;
+    o.model_kv_heads = mc.num_kv_heads;
+    out.push_back(o);
+  }
+  return out;
 }
 
 // The limits live in request-limits.h; this engine's bounds are the scheduler's (create()).
@@ -268,7 +316,9 @@ Status Engine::step(StepResult* out) {
     bool device_greedy = runner_->greedy_on_device() && fb.num_logits > 0;
     for (const ScheduledRequest& sr : sched.scheduled)
       if (sr.samples && !Sampler::is_plain_greedy(*sr.req)) device_greedy = false;
-    if (device_greedy) {
+    if (tp_ && !(result = tp_->send_batch(fb)).ok()) {
+      // the other ranks cannot run it: the batch fails below
+    } else if (device_greedy) {
       greedy_ids_.resize(static_cast<size_t>(fb.num_logits));
       result = runner_->forward_greedy(fb, greedy_ids_.data());
     } else {

@@ -3,6 +3,9 @@
 //
 //   schedule -> build the flattened batch -> forward -> sample -> update -> outputs + events
 //
+// With tensor parallelism the engine is rank 0: it sends each batch to the other ranks
+// (tensor-parallel.h) before its own forward, and samples from the logits gathered on it.
+//
 // Owns: the KV pool memory, the scheduler (and through it every live Request), the runner.
 // Stays true: Engine is single-threaded (EngineThread owns the thread and the locking);
 // validate_request() reads only immutable facts and may be called from any thread.
@@ -23,6 +26,7 @@
 #include "kv-pool-memory.h"
 #include "model-runner-cuda.h"
 #include "model-runner.h"
+#include "tensor-parallel.h"
 
 namespace llm {
 
@@ -43,6 +47,12 @@ struct EngineConfig {
   bool kv_shared_memory = false;        // pool shareable with other processes (disaggregation, see kv_region):
                                         // a named shm segment on the CPU; on CUDA every pool is (CUDA IPC)
   uint64_t seed = 0;                    // for requests without their own seed
+  // Tensor parallelism (CPU; tensor-parallel.h): this engine is rank 0 of tp_size ranks that meet
+  // in the shared-memory segment tp_group; ranks 1..tp_size-1 are processes already started
+  // (run_tp_rank) with the same config, whose pids tp_rank_pids lists (optional).
+  int tp_size = 1;
+  std::string tp_group;
+  std::vector<int> tp_rank_pids;
 };
 
 struct LoadMetrics {
@@ -85,11 +95,16 @@ struct StepResult {
 // the byte range [b * view.block_bytes(), (b + 1) * view.block_bytes())) in the segment
 // `shm_name` (empty when the pool is private memory and cannot be shared), or, on CUDA, in the
 // device allocation `device_data` (view.data too; the agent exports it by CUDA IPC).
+// With tensor parallelism every rank has a region of its own, holding kv heads [first_kv_head,
+// first_kv_head + view.num_kv_heads) of the model's model_kv_heads (Engine::kv_regions).
 struct KvRegion {
   KVCacheView view;
   size_t bytes = 0;
   std::string shm_name;
   void* device_data = nullptr;
+  int tp_rank = 0;
+  int64_t first_kv_head = 0;
+  int64_t model_kv_heads = 0;
 };
 
 struct EngineInfo {
@@ -126,7 +141,9 @@ class Engine {
 
   const Model& model() const { return *model_; }
   const EngineInfo& info() const { return info_; }
-  KvRegion kv_region() const;
+  // Every rank's KV pool, in rank order (one region without tensor parallelism).
+  std::vector<KvRegion> kv_regions() const;
+  KvRegion kv_region() const { return kv_regions().front(); }  // this rank's (rank 0's)
 
  private:
   Engine() = default;
@@ -140,6 +157,7 @@ class Engine {
   std::unique_ptr<KVCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ModelRunner> runner_;
+  std::unique_ptr<TpGroup> tp_;              // tensor parallelism: this engine is rank 0 of the group
   Sampler sampler_;
   bool replay_requested_ = false;
   std::vector<std::unique_ptr<Request>> pending_aborts_;

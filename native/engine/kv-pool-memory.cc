@@ -7,7 +7,8 @@
 
 namespace llm {
 
-Status KvPoolMemory::create(Kind kind, size_t bytes, std::unique_ptr<KvPoolMemory>* out) {
+Status KvPoolMemory::create(Kind kind, size_t bytes, std::unique_ptr<KvPoolMemory>* out,
+                            const std::string& shm_name) {
   std::unique_ptr<KvPoolMemory> m(new KvPoolMemory());
   m->kind_ = kind;
   m->bytes_ = bytes;
@@ -21,7 +22,7 @@ Status KvPoolMemory::create(Kind kind, size_t bytes, std::unique_ptr<KvPoolMemor
     }
     case Kind::shared:
       SharedMemory::remove_stale_segments();
-      LLM_RETURN_IF_ERROR(SharedMemory::create(SharedMemory::unique_name("kv"), bytes, &m->shm_));
+      LLM_RETURN_IF_ERROR(SharedMemory::create(shm_name.empty() ? SharedMemory::unique_name("kv") : shm_name, bytes, &m->shm_));
       m->data_ = m->shm_->data();
       break;
     case Kind::device:

@@ -22,8 +22,9 @@ class KvPoolMemory {
   enum class Kind { host, shared, device };
 
   // ERR_OUT_OF_MEMORY when `bytes` cannot be had; device: ERR_DEVICE_UNAVAILABLE in a build
-  // without CUDA.
-  static Status create(Kind kind, size_t bytes, std::unique_ptr<KvPoolMemory>* out);
+  // without CUDA. Kind::shared: the segment is `shm_name` (a SharedMemory name: a tensor-parallel
+  // rank's pool, which rank 0's transfer agent opens by name), or a fresh name when empty.
+  static Status create(Kind kind, size_t bytes, std::unique_ptr<KvPoolMemory>* out, const std::string& shm_name = "");
   ~KvPoolMemory();
   KvPoolMemory(const KvPoolMemory&) = delete;
   KvPoolMemory& operator=(const KvPoolMemory&) = delete;

@@ -48,6 +48,8 @@ struct RunState {
   std::vector<float> hb;     // (num_tokens, intermediate)           gate, then silu(gate) * up
   std::vector<float> hb2;    // (num_tokens, intermediate)           up
   std::vector<float> x_out;  // (num_logits, hidden)                 final-normed logits rows
+  std::vector<float> logits_part;  // (num_logits, vocab rows of this rank)  tensor parallelism
+  std::vector<float> logits_all;   // rank 0: every rank's logits_part, in rank order
 
   Status grow(int64_t num_tokens, int64_t num_logits, int64_t hidden, int64_t q_dim, int64_t kv_dim,
               int64_t intermediate) {
@@ -86,8 +88,9 @@ class CpuModelRunner final : public ModelRunner {
         weights_(model.weights),
         kv_cache_(kv_cache),
         kernels_(cpu::cpu_kernels()),
-        pool_(opts.num_threads),
+        pool_(opts.num_threads, opts.cpus),
         all_reduce_(opts.all_reduce),
+        gather_(opts.gather),
         inv_freq_(rope_inv_freq(model.config)) {
     // This rank's share of heads and FFN columns (everything, without tensor parallelism).
     const ModelConfig& c = model.config;
@@ -116,6 +119,7 @@ class CpuModelRunner final : public ModelRunner {
 
  private:
   Status validate(const ForwardBatch& b) const;
+  Status tp_logits(int64_t num_logits, float* logits);
 
   // The kernels, bound to this runner's pool and model.
   void matmul(const float* x, int64_t M, const Tensor& w, const Tensor* bias, float* y) {
@@ -236,6 +240,7 @@ class CpuModelRunner final : public ModelRunner {
   const cpu::CpuKernels& kernels_;
   cpu::ThreadPool pool_;
   std::function<Status(float*, int64_t)> all_reduce_;  // empty at tp_size 1
+  std::function<Status(const float*, const std::vector<size_t>&, float*)> gather_;  // empty at tp_size 1
   std::vector<float> inv_freq_;  // (head_dim / 2)
   RunState state_;
   int64_t num_heads_ = 0;        // query heads on this rank
@@ -257,10 +262,11 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
   const int64_t kv_dim = num_kv_heads_ * head_dim;
   const int64_t F = intermediate_;
   LLM_RETURN_IF_ERROR(validate(b));
-  if (model_.shard.size > 1 && !all_reduce_)
-    return invalid("a tensor-parallel rank's runner needs CpuRunnerOptions::all_reduce (its sums are partial)");
+  const RankShard& sh = model_.shard;
+  if (sh.size > 1 && (!all_reduce_ || !gather_))
+    return invalid("a tensor-parallel rank's runner needs CpuRunnerOptions::all_reduce and gather (its sums are partial)");
   if (T == 0) return Status::Ok();
-  if (b.num_logits > 0 && !logits) return invalid("logits is required");
+  if (b.num_logits > 0 && !logits && sh.rank == 0) return invalid("logits is required");
   LLM_RETURN_IF_ERROR(state_.grow(T, b.num_logits, D, q_dim, kv_dim, F));
   RunState& s = state_;
 
@@ -340,8 +346,44 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
     std::copy(row, row + D, s.x_out.data() + i * D);
   }
   rmsnorm(s.x_out.data(), w.final_norm, b.num_logits, s.x_out.data());
-  // logits = x_out @ lm_head^T
-  matmul(s.x_out.data(), b.num_logits, w.lm_head, nullptr, logits);
+  if (sh.size == 1) {
+    // logits = x_out @ lm_head^T
+    matmul(s.x_out.data(), b.num_logits, w.lm_head, nullptr, logits);
+    return Status::Ok();
+  }
+  return tp_logits(b.num_logits, logits);
+}
+
+// Tensor parallelism: logits_part = x_out @ (this rank's lm_head rows)^T, gathered on rank 0 and
+// laid out as (num_logits, vocab).
+Status CpuModelRunner::tp_logits(int64_t num_logits, float* logits) {
+  const RankShard& sh = model_.shard;
+  const int64_t V = model_.config.vocab_size;
+  RunState& s = state_;
+  std::vector<size_t> counts(static_cast<size_t>(sh.size));
+  std::vector<int64_t> begins(static_cast<size_t>(sh.size));
+  size_t total = 0;
+  for (int r = 0; r < sh.size; ++r) {
+    int64_t count = 0;
+    vocab_part(V, r, sh.size, &begins[static_cast<size_t>(r)], &count);
+    counts[static_cast<size_t>(r)] = static_cast<size_t>(num_logits * count);
+    total += counts[static_cast<size_t>(r)];
+  }
+  try {
+    s.logits_part.resize(counts[static_cast<size_t>(sh.rank)]);
+    if (sh.rank == 0) s.logits_all.resize(total);
+  } catch (const std::bad_alloc&) {
+    return Status(StatusCode::out_of_memory, "cannot allocate logits for " + std::to_string(num_logits) + " rows");
+  }
+  matmul(s.x_out.data(), num_logits, weights_.lm_head, nullptr, s.logits_part.data());
+  LLM_RETURN_IF_ERROR(gather_(s.logits_part.data(), counts, sh.rank == 0 ? s.logits_all.data() : nullptr));
+  if (sh.rank != 0) return Status::Ok();
+  const float* from = s.logits_all.data();
+  for (int r = 0; r < sh.size; ++r) {
+    const int64_t n = static_cast<int64_t>(counts[static_cast<size_t>(r)]) / std::max<int64_t>(1, num_logits);
+    for (int64_t i = 0; i < num_logits; ++i, from += n)
+      std::copy(from, from + n, logits + i * V + begins[static_cast<size_t>(r)]);
+  }
   return Status::Ok();
 }
 

@@ -187,6 +187,12 @@ KVCacheView make_kv_view(const ModelConfig& c, void* data, int64_t num_blocks, i
   return v;
 }
 
+KVCacheView make_kv_view(const Model& m, void* data, int64_t num_blocks, int64_t block_size) {
+  KVCacheView v = make_kv_view(m.config, data, num_blocks, block_size);
+  v.num_kv_heads = m.shard.num_kv_heads;
+  return v;
+}
+
 // The sampler's greedy choice (sampler.cc): NaN counts as -inf, the lowest id wins a tie.
 Status ModelRunner::forward_greedy(const ForwardBatch& batch, int32_t* token_ids) {
   const int64_t vocab = vocab_size();

@@ -63,6 +63,8 @@ class ModelRunner {
 // The KV pool's view for this model's shape (model dtype, layers, kv heads, head_dim): num_blocks
 // blocks of block_size tokens at `data` (null for a shape only).
 KVCacheView make_kv_view(const ModelConfig& c, void* data, int64_t num_blocks, int64_t block_size);
+// The same for the kv heads this rank of `m` holds (RankShard::num_kv_heads).
+KVCacheView make_kv_view(const Model& m, void* data, int64_t num_blocks, int64_t block_size);
 
 // One sequence's step as a batch (tests, benchmarks, forward_single_sequence): `tokens` at
 // positions [start, start + tokens.size()) of a sequence whose KV lives in `block_table`; logits
@@ -84,7 +86,8 @@ Status validate_forward_batch(const Model& model, int64_t num_heads, int64_t num
                               const ForwardBatch& batch);
 
 struct CpuRunnerOptions {
-  int num_threads = 0;  // 0 = all cores
+  int num_threads = 0;  // 0 = all cores (of `cpus`, when given)
+  std::vector<int> cpus;  // the CPUs the pool is pinned to (a tensor-parallel rank's share); empty = all allowed
   // On the amx kernel paths, a private copy of the matmul weights in AMX tile order (faster
   // prefill; model-runner-cpu.cc). false: every weight stays in the model files' mapping, which
   // the processes that load the same model share.
@@ -93,6 +96,10 @@ struct CpuRunnerOptions {
   // runner calls it after o_proj and after down_proj, where each rank holds a partial sum (a
   // model loaded at tp_size > 1: model-weights.h). Empty at tp_size 1.
   std::function<Status(float* x, int64_t n)> all_reduce;
+  // Tensor parallelism: each rank computes the logits of its vocabulary rows (RankShard::vocab_*);
+  // rank 0's root_out <- every rank's x, concatenated in rank order (counts[r] floats from rank r).
+  // Only rank 0 returns logits; the others pass none to forward. Empty at tp_size 1.
+  std::function<Status(const float* x, const std::vector<size_t>& counts, float* root_out)> gather;
 };
 
 // Rotary inverse frequencies [head_dim / 2] with the config's rope_scaling applied (default,

@@ -11,6 +11,7 @@
 //   lm_head.weight                                 (vocab, hidden), absent or ignored when tied
 #include "model-weights.h"
 
+#include <algorithm>
 #include <cstring>
 #include <new>
 
@@ -98,9 +99,14 @@ class Binder {
   uint64_t bytes_bound_ = 0;
 };
 
+}  // namespace
+
 // The split of a rank must be whole: query heads and FFN columns divide by tp_size, and kv heads
 // either divide by it or divide it (each kv head then on tp / kv ranks), as vLLM requires.
-Status plan_shard(const ModelLoadOptions& opts, const ModelConfig& cfg, RankShard* shard) {
+Status plan_rank_shard(const ModelConfig& cfg, int rank, int tp_size, RankShard* shard) {
+  ModelLoadOptions opts;
+  opts.tp_rank = rank;
+  opts.tp_size = tp_size;
   if (opts.tp_size < 1 || opts.tp_rank < 0 || opts.tp_rank >= opts.tp_size) {
     return Status(StatusCode::invalid_argument, "tp_rank " + std::to_string(opts.tp_rank) +
                                                     " is not in [0, tp_size " +
@@ -120,8 +126,14 @@ Status plan_shard(const ModelLoadOptions& opts, const ModelConfig& cfg, RankShar
   shard->num_kv_heads = kv >= tp ? kv / tp : 1;
   shard->first_kv_head = kv >= tp ? opts.tp_rank * (kv / tp) : opts.tp_rank / (tp / kv);
   shard->intermediate = cfg.intermediate_size / tp;
+  if (cfg.vocab_size < tp)
+    return Status(StatusCode::invalid_argument, "tp_size " + std::to_string(tp) + " exceeds vocab_size " +
+                                                    std::to_string(cfg.vocab_size));
+  vocab_part(cfg.vocab_size, opts.tp_rank, opts.tp_size, &shard->vocab_begin, &shard->vocab_count);
   return Status::Ok();
 }
+
+namespace {
 
 // Layer i's tensors, this rank's slices of them (RankShard): q, k, v, gate, up and their biases
 // by rows; o and down by columns; o's and down's biases on rank 0 only.
@@ -167,12 +179,18 @@ Status bind_layer(Binder& b, const ModelConfig& cfg, const RankShard& sh, int64_
 
 }  // namespace
 
+void vocab_part(int64_t vocab, int rank, int size, int64_t* begin, int64_t* count) {
+  const int64_t per = (vocab + size - 1) / size;
+  *begin = std::min<int64_t>(vocab, rank * per);
+  *count = std::min<int64_t>(per, vocab - *begin);
+}
+
 Status load_model(const std::string& dir, const ModelLoadOptions& opts, std::unique_ptr<Model>* out) {
   std::unique_ptr<Model> m(new Model());
   m->dir = dir;
   ModelConfig& cfg = m->config;
   LLM_RETURN_IF_ERROR(load_model_config(dir, &cfg));
-  LLM_RETURN_IF_ERROR(plan_shard(opts, cfg, &m->shard));
+  LLM_RETURN_IF_ERROR(plan_rank_shard(cfg, opts.tp_rank, opts.tp_size, &m->shard));
   LLM_RETURN_IF_ERROR(SafetensorsModel::open_dir(dir, &m->files));
 
   const std::string embed_name = "model.embed_tokens.weight";
@@ -191,12 +209,16 @@ Status load_model(const std::string& dir, const ModelLoadOptions& opts, std::uni
     LLM_RETURN_IF_ERROR(bind_layer(b, cfg, m->shard, i, &w.layers[static_cast<size_t>(i)], &m->slices));
   }
   LLM_RETURN_IF_ERROR(b.vector("model.norm.weight", cfg.hidden_size, &w.final_norm));
+  const RankShard& sh = m->shard;
   if (cfg.tie_word_embeddings) {
-    w.lm_head = w.embed;  // a stray lm_head.weight in a tied checkpoint is ignored
+    // A stray lm_head.weight in a tied checkpoint is ignored.
+    LLM_RETURN_IF_ERROR(b.matrix_rows(embed_name, cfg.vocab_size, cfg.hidden_size, sh.vocab_begin, sh.vocab_count,
+                                      &w.lm_head));
   } else {
-    LLM_RETURN_IF_ERROR(b.matrix("lm_head.weight", cfg.vocab_size, cfg.hidden_size, &w.lm_head));
+    LLM_RETURN_IF_ERROR(b.matrix_rows("lm_head.weight", cfg.vocab_size, cfg.hidden_size, sh.vocab_begin,
+                                      sh.vocab_count, &w.lm_head));
   }
-  m->weight_bytes = b.bytes_bound() - (cfg.tie_word_embeddings ? 0 : embed_bytes);
+  m->weight_bytes = b.bytes_bound() - embed_bytes;  // lm_head (tied or not) counted as its rows
   *out = std::move(m);
   return Status::Ok();
 }

@@ -10,7 +10,8 @@
 // [r H/tp, (r+1) H/tp) and the kv heads they read), o and down by input columns, each rank adding
 // a partial sum that the ranks all-reduce; the o and down biases on rank 0 only, so they are added
 // once. With more ranks than kv heads, each kv head is on tp / kv_heads ranks (vLLM's
-// replication). Embedding, norms and lm_head are whole on every rank. A rank reads only its slices
+// replication). lm_head is split by vocabulary rows (RankShard::vocab_*; the ranks gather the
+// logits). Embedding and norms are whole on every rank. A rank reads only its slices
 // from the mapping (row slices are views into it; column slices are copied).
 #pragma once
 
@@ -53,7 +54,7 @@ struct ModelWeights {
   Tensor embed;       // (vocab, hidden)   model.embed_tokens.weight
   std::vector<LayerWeights> layers;
   Tensor final_norm;  // (hidden)          model.norm.weight
-  Tensor lm_head;     // (vocab, hidden)   lm_head.weight, or embed when tied
+  Tensor lm_head;     // (vocab, hidden)   lm_head.weight, or embed when tied; this rank's rows
 };
 
 struct ModelLoadOptions {
@@ -69,7 +70,18 @@ struct RankShard {
   int64_t num_kv_heads = 0;  // kv heads (replicated when ranks outnumber them)
   int64_t first_kv_head = 0;
   int64_t intermediate = 0;  // FFN width
+  // lm_head rows [vocab_begin, vocab_begin + vocab_count): this rank's logits (the vocabulary in
+  // tp_size parts of ceil(vocab / tp_size), the last one shorter; the whole vocabulary at 1).
+  int64_t vocab_begin = 0;
+  int64_t vocab_count = 0;
 };
+
+// Rank `rank`'s share of a model of config `cfg` split tp_size ways, as load_model takes it;
+// ERR_INVALID_ARGUMENT naming the numbers when tp_size does not split the model.
+Status plan_rank_shard(const ModelConfig& cfg, int rank, int tp_size, RankShard* shard);
+
+// Rank `rank`'s part of the vocabulary, as RankShard::vocab_begin / vocab_count.
+void vocab_part(int64_t vocab, int rank, int size, int64_t* begin, int64_t* count);
 
 struct Model {
   std::string dir;
@@ -79,8 +91,8 @@ struct Model {
   std::unique_ptr<SafetensorsModel> files;  // keeps the mappings alive
   std::vector<std::unique_ptr<uint8_t[]>> slices;  // this rank's column slices (o, down) at tp_size > 1
   // Bytes of weights this rank reads per decoded token: every bound tensor once, except that
-  // an untied embedding table is left out (a token reads one row of it). A tied table counts
-  // once, as the lm_head it also is.
+  // the embedding table is left out (a token reads one row of it); lm_head, tied or not, counts
+  // as this rank's rows of it.
   uint64_t weight_bytes = 0;
 };
 

@@ -4,7 +4,9 @@
 // bit for bit, the fp32 sum in rank order 0..N-1 that the test computes itself, with small slots
 // (many rounds, both algorithms) and the default ones. A rank that exits, leaves, stalls or never
 // joins makes the others fail with an error naming it, in bounded time; a stale segment of the
-// same name does not stop a new group; the creator removes the name.
+// same name does not stop a new group; the creator removes the name. broadcast and gather
+// (a tensor-parallel worker's batch and logits) interleave with all_reduce on the same slots and
+// arrive intact at every size; a rank idle without a deadline leaves once rank 0 has exited.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -345,6 +347,77 @@ TEST(a_stale_segment_of_the_same_name_does_not_stop_a_new_group) {
     return std::memcmp(x.data(), want.data(), x.size() * sizeof(float)) == 0;
   }));
   CHECK(!segment_exists(name));
+}
+
+// Messages of every size class, in rank 0's broadcast, every rank's gather (different counts per
+// rank) and all_reduce, one after another on the same slots: every rank gets rank 0's bytes, rank
+// 0 gets every part in rank order, and the sums stay exact.
+TEST(broadcast_and_gather_interleave_with_all_reduce_intact) {
+  for (int world : {2, 3, 4}) {
+    const std::string name = SharedMemory::unique_name("ar");
+    const ShmAllReduceOptions opts = small_slots();
+    const std::vector<size_t> plan = message_plan(opts.slot_floats, 6);
+    CHECK(run_ranks(world, 120, [&](int rank) {
+      std::unique_ptr<ShmAllReduce> ar;
+      if (!ShmAllReduce::create(name, rank, world, opts, &ar).ok()) return false;
+      for (int it = 0; it < static_cast<int>(plan.size()); ++it) {
+        const size_t n = plan[static_cast<size_t>(it)];
+        // broadcast: n bytes (0 included) from rank 0
+        std::vector<uint8_t> msg;
+        if (rank == 0)
+          for (size_t i = 0; i < n; ++i) msg.push_back(static_cast<uint8_t>(i * 7 + it));
+        if (!ar->broadcast(&msg, 5000).ok() || msg.size() != n) return false;
+        for (size_t i = 0; i < n; ++i)
+          if (msg[i] != static_cast<uint8_t>(i * 7 + it)) return false;
+        // gather: rank r sends n / (r + 1) floats
+        std::vector<size_t> counts;
+        for (int r = 0; r < world; ++r) counts.push_back(n / static_cast<size_t>(r + 1));
+        std::vector<float> mine(counts[static_cast<size_t>(rank)]);
+        fill_input(mine.data(), mine.size(), it, rank);
+        size_t total = 0;
+        for (size_t c : counts) total += c;
+        std::vector<float> all(rank == 0 ? total : 0);
+        if (!ar->gather(mine.data(), counts, rank == 0 ? all.data() : nullptr).ok()) return false;
+        if (rank == 0) {
+          size_t at = 0;
+          for (int r = 0; r < world; ++r) {
+            std::vector<float> theirs(counts[static_cast<size_t>(r)]);
+            fill_input(theirs.data(), theirs.size(), it, r);
+            if (std::memcmp(all.data() + at, theirs.data(), theirs.size() * sizeof(float)) != 0) {
+              std::printf("  gather of %d ranks, message %d: rank %d's part differs\n", world, it, r);
+              return false;
+            }
+            at += theirs.size();
+          }
+        }
+        std::vector<float> x(n);
+        fill_input(x.data(), n, it, rank);
+        if (!ar->all_reduce(x.data(), n).ok()) return false;
+        const std::vector<float> want = expected_sum(n, it, world);
+        if (std::memcmp(x.data(), want.data(), n * sizeof(float)) != 0) return false;
+      }
+      return ar->sync(5000).ok();
+    }));
+  }
+}
+
+// Ranks waiting for rank 0's next message without a deadline fail, naming rank 0, once it is gone.
+TEST(ranks_idle_without_a_deadline_leave_when_rank_0_exits) {
+  const std::string name = SharedMemory::unique_name("ar");
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(run_ranks(3, 30, [&](int rank) {
+    std::unique_ptr<ShmAllReduce> ar;
+    if (!ShmAllReduce::create(name, rank, 3, ShmAllReduceOptions{}, &ar).ok()) return false;
+    if (rank == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      _exit(0);  // as a kill -9 would: no goodbye
+    }
+    std::vector<uint8_t> msg;
+    const Status st = ar->broadcast(&msg, -1);
+    return failed_naming(st, StatusCode::transfer_peer, "rank 0", "exited");
+  }));
+  CHECK(seconds_since(t0) < 10);
+  SharedMemory::remove_stale_segments();
 }
 
 int main() { return llm_test::run_all(); }

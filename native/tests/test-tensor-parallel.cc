@@ -2,9 +2,12 @@
 // its part of the KV pool and its own runner) gives the logits of the whole model, once the ranks
 // add their partial sums after o_proj and down_proj.
 //
-// The ranks here are threads of one process and the all-reduce is a plain one between them (the
-// sum in rank order 0..tp-1, so every rank gets the same bits); what is under test is the
-// sharding (model-weights.cc) and the runner's use of it, not the transport.
+// First the ranks are threads of one process with a plain all-reduce between them (the sum in
+// rank order 0..tp-1, so every rank gets the same bits): what is under test is the sharding
+// (model-weights.cc) and the runner's use of it. Then the real thing: an Engine as rank 0 with
+// ranks 1..tp-1 forked into processes running run_tp_rank (tensor-parallel.h), batched requests
+// with preemption giving the greedy tokens of a TP 1 engine, and a rank killed with SIGKILL
+// failing the step with an error that names it, in bounded time.
 #include <condition_variable>
 #include <cmath>
 #include <cstdio>
@@ -14,7 +17,17 @@
 #include <thread>
 #include <vector>
 
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "common/shared-memory.h"
+#include "engine/engine.h"
 #include "engine/kv-pool-memory.h"
+#include "engine/tensor-parallel.h"
+#include "engine-steps.h"
 #include "engine/model-runner.h"
 #include "model-writer.h"
 #include "test-harness.h"
@@ -38,6 +51,16 @@ class ThreadAllReduce {
       x[i] = s;
     }
     barrier();  // nobody overwrites a slot before every rank has read it
+    return Status::Ok();
+  }
+
+  // Rank 0's out <- every rank's x (counts[r] floats from rank r), in rank order.
+  Status gather(int rank, const float* x, const std::vector<size_t>& counts, float* out) {
+    slots_[static_cast<size_t>(rank)].assign(x, x + counts[static_cast<size_t>(rank)]);
+    barrier();
+    if (rank == 0)
+      for (const std::vector<float>& slot : slots_) out = std::copy(slot.begin(), slot.end(), out);
+    barrier();
     return Status::Ok();
   }
 
@@ -78,14 +101,18 @@ Status make_rank(const std::string& dir, int rank, int tp, ThreadAllReduce* ar, 
   o.tp_rank = rank;
   o.tp_size = tp;
   LLM_RETURN_IF_ERROR(load_model(dir, o, &out->model));
-  KVCacheView kv = make_kv_view(out->model->config, nullptr, kBlocks, kBlockSize);
-  kv.num_kv_heads = out->model->shard.num_kv_heads;
+  KVCacheView kv = make_kv_view(*out->model, nullptr, kBlocks, kBlockSize);
   LLM_RETURN_IF_ERROR(KvPoolMemory::create(KvPoolMemory::Kind::host,
                                            static_cast<size_t>(kBlocks * kv.block_bytes()), &out->pool));
   kv.data = out->pool->data();
   CpuRunnerOptions ro;
   ro.num_threads = 1;
-  if (ar) ro.all_reduce = [ar, rank](float* x, int64_t n) { return ar->reduce(rank, x, n); };
+  if (ar) {
+    ro.all_reduce = [ar, rank](float* x, int64_t n) { return ar->reduce(rank, x, n); };
+    ro.gather = [ar, rank](const float* x, const std::vector<size_t>& counts, float* out) {
+      return ar->gather(rank, x, counts, out);
+    };
+  }
   out->runner = make_cpu_runner(*out->model, kv, ro);
   return Status::Ok();
 }
@@ -101,13 +128,15 @@ void run_steps(Rank* r, const std::vector<int32_t>& tokens) {
     const SingleSequenceBatch one({tokens.begin() + begin, tokens.begin() + end}, static_cast<int64_t>(begin), table,
                                   kBlockSize, /*all_logits=*/true);
     std::vector<float> logits(static_cast<size_t>((end - begin) * vocab));
-    r->status = r->runner->forward(one.batch(), logits.data());
+    const bool root = r->model->shard.rank == 0;  // only rank 0 gets the logits
+    r->status = r->runner->forward(one.batch(), root ? logits.data() : nullptr);
+    if (!root) continue;
     if (!r->status.ok()) return;
     r->logits.insert(r->logits.end(), logits.begin(), logits.end());
   }
 }
 
-// The logits of `tp` ranks (rank 0's) and checks that every rank has the same bits.
+// The logits of `tp` ranks (gathered on rank 0).
 bool tp_logits(const std::string& dir, int tp, const std::vector<int32_t>& tokens, std::vector<float>* out) {
   ThreadAllReduce ar(tp);
   std::vector<Rank> ranks(static_cast<size_t>(tp));
@@ -126,10 +155,7 @@ bool tp_logits(const std::string& dir, int tp, const std::vector<int32_t>& token
       std::printf("  tp %d: %s\n", tp, r.status.message().c_str());
       return false;
     }
-    if (r.logits != ranks[0].logits) {
-      std::printf("  tp %d: the ranks' logits differ\n", tp);
-      return false;
-    }
+
   }
   *out = ranks[0].logits;
   return true;
@@ -221,6 +247,168 @@ TEST(a_split_that_is_not_whole_is_refused_naming_the_numbers) {
   o.tp_size = 8;  // divides the heads, but is a multiple of the 4 kv heads: replicated, accepted
   CHECK(load_model(dir, o, &m).ok());
   if (m) CHECK(m->shard.num_kv_heads == 1 && m->shard.num_heads == 1 && m->shard.intermediate == 12);
+}
+
+namespace {
+
+// Forks ranks 1..cfg.tp_size-1 of cfg's group, each running run_tp_rank (exit 0 when rank 0
+// stopped it, 1 otherwise); their pids.
+std::vector<pid_t> fork_ranks(const EngineConfig& cfg) {
+  std::fflush(stdout);
+  std::vector<pid_t> pids;
+  for (int r = 1; r < cfg.tp_size; ++r) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      const Status st = run_tp_rank(cfg, r);
+      if (!st.ok()) std::printf("  rank %d: %s\n", r, st.message().c_str());
+      std::fflush(stdout);
+      _exit(st.ok() ? 0 : 1);
+    }
+    pids.push_back(pid);
+  }
+  return pids;
+}
+
+// Whether every pid exits within limit_s with status 0 (or, want_zero false, at all).
+bool reap(const std::vector<pid_t>& pids, double limit_s, bool want_zero = true) {
+  const auto t0 = std::chrono::steady_clock::now();
+  bool ok = true;
+  for (pid_t p : pids) {
+    int status = 0;
+    pid_t got = 0;
+    while ((got = waitpid(p, &status, WNOHANG)) == 0 &&
+           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < limit_s)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    if (got == 0) {
+      kill(p, SIGKILL);
+      waitpid(p, &status, 0);
+      std::printf("  rank pid %d still running after %.0f s\n", static_cast<int>(p), limit_s);
+      ok = false;
+    } else if (want_zero && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
+      ok = false;
+    }
+  }
+  return ok;
+}
+
+EngineConfig tp_config(const std::string& dir, int tp) {
+  EngineConfig c;
+  c.model_dir = dir;
+  c.block_size = 4;
+  c.num_kv_blocks = 14;  // three requests of 21 tokens need 18: preemption
+  c.max_num_seqs = 8;
+  c.max_num_batched_tokens = 16;  // prompts in chunks
+  c.num_threads = 1;
+  c.tp_size = tp;
+  if (tp > 1) c.tp_group = SharedMemory::unique_name("tp");
+  return c;
+}
+
+// Three greedy requests at once, stepped to the end: each one's tokens, and the preemptions.
+bool serve_three(Engine& e, std::vector<std::vector<int32_t>>* tokens, int64_t* preemptions) {
+  for (int i = 0; i < 3; ++i) {
+    std::vector<int32_t> prompt;
+    for (int j = 0; j < 9; ++j) prompt.push_back(static_cast<int32_t>((i * 11 + j * 7 + 3) % 64));
+    if (!e.add_request(llm_test::greedy_request("r" + std::to_string(i), prompt, 0, false, 12)).ok()) return false;
+  }
+  tokens->assign(3, {});
+  int done = 0;
+  for (int step = 0; step < 500 && done < 3; ++step) {
+    StepResult s;
+    if (!e.step(&s).ok()) return false;
+    for (const RequestOutput& o : s.outputs) {
+      auto& t = (*tokens)[static_cast<size_t>(o.request_id[1] - '0')];
+      t.insert(t.end(), o.new_token_ids.begin(), o.new_token_ids.end());
+      if (o.finish_reason != FinishReason::none) ++done;
+    }
+    *preemptions = s.metrics.num_preemptions;
+  }
+  return done == 3;
+}
+
+}  // namespace
+
+TEST(an_engine_with_rank_processes_gives_the_greedy_tokens_of_tp_1_batched_and_preempted) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.path() + "/m";
+  std::filesystem::create_directories(dir);
+  llm_test::write_model(dir, spec_for("LlamaForCausalLM", DType::f32));
+  std::vector<std::vector<int32_t>> want;
+  int64_t preemptions = 0;
+  {
+    std::unique_ptr<Engine> e;
+    CHECK(Engine::create(tp_config(dir, 1), &e).ok());
+    CHECK(serve_three(*e, &want, &preemptions));
+    CHECK(preemptions > 0);
+  }
+  for (int tp : {2, 4}) {  // 2 kv heads: split, then each on two ranks
+    EngineConfig cfg = tp_config(dir, tp);
+    cfg.kv_shared_memory = true;
+    const std::vector<pid_t> pids = fork_ranks(cfg);
+    cfg.tp_rank_pids.assign(pids.begin(), pids.end());
+    std::vector<std::vector<int32_t>> got;
+    int64_t p = 0;
+    {
+      std::unique_ptr<Engine> e;
+      const Status st = Engine::create(cfg, &e);
+      if (!st.ok()) std::printf("  tp %d: %s\n", tp, st.message().c_str());
+      CHECK(st.ok());
+      if (!e) {
+        reap(pids, 5, false);
+        continue;
+      }
+      const std::vector<KvRegion> regions = e->kv_regions();
+      CHECK(static_cast<int>(regions.size()) == tp);
+      for (const KvRegion& r : regions) {
+        CHECK(r.view.num_kv_heads == (tp == 2 ? 1 : 1) && r.model_kv_heads == 2 && !r.shm_name.empty());
+        CHECK(r.first_kv_head == (tp == 2 ? r.tp_rank : r.tp_rank / 2));
+      }
+      CHECK(serve_three(*e, &got, &p));
+      std::printf("  tp %d: %lld preemptions, tokens %s those of tp 1\n", tp, static_cast<long long>(p),
+                  got == want ? "equal to" : "DIFFERENT from");
+      CHECK(got == want);
+      CHECK(p == preemptions);
+    }
+    CHECK(reap(pids, 10));  // rank 0 stopped them: exit 0
+  }
+}
+
+TEST(a_tp_size_that_does_not_split_the_model_is_refused_before_any_rank_is_awaited) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.path() + "/m";
+  std::filesystem::create_directories(dir);
+  llm_test::write_model(dir, spec_for("LlamaForCausalLM", DType::f32));
+  std::unique_ptr<Engine> e;
+  const auto t0 = std::chrono::steady_clock::now();
+  const Status st = Engine::create(tp_config(dir, 3), &e);
+  CHECK(st.code() == StatusCode::invalid_argument && st.message().find("tp_size 3") != std::string::npos);
+  CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 2);
+}
+
+TEST(a_killed_rank_fails_the_step_naming_it_and_the_others_leave) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.path() + "/m";
+  std::filesystem::create_directories(dir);
+  llm_test::write_model(dir, spec_for("LlamaForCausalLM", DType::f32));
+  EngineConfig cfg = tp_config(dir, 3 - 1 + 2);  // 4 ranks
+  const std::vector<pid_t> pids = fork_ranks(cfg);
+  cfg.tp_rank_pids.assign(pids.begin(), pids.end());
+  std::unique_ptr<Engine> e;
+  CHECK(Engine::create(cfg, &e).ok());
+  if (!e) return;
+  kill(pids[0], SIGKILL);  // rank 1
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(e->add_request(llm_test::greedy_request("r0", {1, 2, 3, 4, 5})).ok());
+  StepResult s;
+  const Status st = e->step(&s);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("  step after the kill (%.2f s): %s\n", took, st.message().c_str());
+  CHECK(!st.ok() && st.message().find("rank 1") != std::string::npos);
+  CHECK(took < 5);
+  CHECK(s.outputs.size() == 1 && s.outputs[0].finish_reason == FinishReason::error &&
+        s.outputs[0].error.find("rank 1") != std::string::npos);
+  e.reset();
+  CHECK(reap(pids, 10, false));  // ranks 2 and 3 leave (they report the broken group)
 }
 
 int main() { return llm_test::run_all(); }

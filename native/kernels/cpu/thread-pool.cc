@@ -29,7 +29,8 @@ namespace {
 // The c-th of `chunks` contiguous, near-equal ranges of [0, n).
 int64_t chunk_begin(int64_t n, int64_t chunks, int64_t c) { return n * c / chunks; }
 
-// CPUs this process may run on, in order (empty when unknown).
+}  // namespace
+
 std::vector<int> allowed_cpus() {
   std::vector<int> cpus;
 #if defined(__linux__)
@@ -41,6 +42,8 @@ std::vector<int> allowed_cpus() {
 #endif
   return cpus;
 }
+
+namespace {
 
 void pin_current_thread(int cpu) {
 #if defined(__linux__)
@@ -66,12 +69,12 @@ bool spin_until(const Done& done) {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int num_threads) {
-  const std::vector<int> cpus = allowed_cpus();
+ThreadPool::ThreadPool(int num_threads, const std::vector<int>& only_cpus) {
+  const std::vector<int> cpus = only_cpus.empty() ? allowed_cpus() : only_cpus;
   const int available = cpus.empty() ? static_cast<int>(std::thread::hardware_concurrency()) : static_cast<int>(cpus.size());
   if (num_threads <= 0) num_threads = available;
   num_threads_ = std::max(1, num_threads);
-  if (!cpus.empty() && num_threads_ <= static_cast<int>(cpus.size()) && num_threads_ > 1)
+  if (!cpus.empty() && num_threads_ <= static_cast<int>(cpus.size()) && (num_threads_ > 1 || !only_cpus.empty()))
     cpus_.assign(cpus.begin(), cpus.begin() + num_threads_);
   slots_.reset(new Slot[static_cast<size_t>(num_threads_)]);
   threads_.reserve(static_cast<size_t>(num_threads_ - 1));

@@ -10,6 +10,8 @@
 // (sched_getaffinity), helper i is pinned to the i-th of those CPUs and the calling thread, on its
 // first parallel_for, to the first; with more threads than CPUs nothing is pinned.
 // Setting: num_threads in [1, CPUs]; 0 (or less) means every CPU this process may run on.
+// only_cpus (a tensor-parallel rank's share): the CPUs to use instead of all allowed ones; the
+// pool is then pinned to them even with one thread.
 // More threads than cores is allowed (tests do it) but only oversubscribes.
 #pragma once
 
@@ -24,11 +26,14 @@
 
 namespace llm::cpu {
 
+// The CPUs this thread may run on (sched_getaffinity), in order; empty when unknown.
+std::vector<int> allowed_cpus();
+
 class ThreadPool {
  public:
   static constexpr int kSpinMicros = 50;
 
-  explicit ThreadPool(int num_threads = 0);
+  explicit ThreadPool(int num_threads = 0, const std::vector<int>& only_cpus = {});
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;

@@ -1,0 +1,208 @@
+// tensor-parallel.cc: see tensor-parallel.h.
+//
+// A message is five int64s, then (forward only) the batch arrays in ForwardBatch's order:
+//   init     {1, num_blocks, 0, 0, 0}
+//   forward  {2, num_tokens, num_seqs, max_blocks_per_seq, num_logits}
+//            token_ids[T] positions[T] slot_mapping[T] (int64) query_start_loc[S+1] seq_lens[S]
+//            block_tables[S*M] logits_indices[L]
+//   stop     {3, 0, 0, 0, 0}
+#include "tensor-parallel.h"
+
+#include <signal.h>
+#include <unistd.h>
+#if defined(__linux__)
+#include <sys/prctl.h>
+#endif
+
+#include <algorithm>
+#include <cstring>
+
+#include "../kernels/cpu/thread-pool.h"
+#include "../model/model-weights.h"
+#include "engine.h"
+#include "kv-pool-memory.h"
+
+namespace llm {
+namespace {
+
+enum Op : int64_t { kInit = 1, kForward = 2, kStop = 3 };
+constexpr size_t kHeader = 5;
+// A rank waits this long at a barrier of a forward pass before the group counts as broken (a dead
+// rank is noticed sooner, by its pid); generous, since ranks may share cores.
+constexpr int kStepTimeoutMs = 30000;
+constexpr int kJoinTimeoutMs = 60000;
+
+Status invalid(const std::string& msg) { return Status(StatusCode::invalid_argument, msg); }
+
+template <class T>
+void put(std::vector<uint8_t>* m, const T* p, int64_t n) {
+  if (n <= 0) return;
+  const size_t at = m->size();
+  m->resize(at + static_cast<size_t>(n) * sizeof(T));
+  std::memcpy(m->data() + at, p, static_cast<size_t>(n) * sizeof(T));
+}
+
+template <class T>
+bool take(const std::vector<uint8_t>& m, size_t* at, int64_t n, std::vector<T>* out) {
+  const size_t bytes = static_cast<size_t>(std::max<int64_t>(n, 0)) * sizeof(T);
+  if (n < 0 || m.size() - *at < bytes) return false;
+  out->resize(static_cast<size_t>(std::max<int64_t>(n, 0)));
+  if (bytes) std::memcpy(out->data(), m.data() + *at, bytes);
+  *at += bytes;
+  return true;
+}
+
+void put_header(std::vector<uint8_t>* m, int64_t op, int64_t a, int64_t b, int64_t c, int64_t d) {
+  const int64_t h[kHeader] = {op, a, b, c, d};
+  m->clear();
+  put(m, h, kHeader);
+}
+
+}  // namespace
+
+Status TpGroup::join(const std::string& name, int rank, int size, const std::vector<int>& rank_pids,
+                     std::unique_ptr<TpGroup>* out) {
+  std::unique_ptr<TpGroup> g(new TpGroup());
+  g->name_ = name;
+  ShmAllReduceOptions o;
+  o.timeout_ms = kStepTimeoutMs;
+  o.join_timeout_ms = kJoinTimeoutMs;
+  if (rank == 0 && !rank_pids.empty()) {
+    o.expected_pids.assign(1, 0);
+    o.expected_pids.insert(o.expected_pids.end(), rank_pids.begin(), rank_pids.end());
+  }
+  LLM_RETURN_IF_ERROR(ShmAllReduce::create(name, rank, size, o, &g->ar_));
+  *out = std::move(g);
+  return Status::Ok();
+}
+
+std::vector<int> TpGroup::cpus(int num_threads) const {
+  std::vector<int> all = cpu::allowed_cpus();
+  if (all.empty()) return {};
+  if (num_threads > 0 && static_cast<size_t>(num_threads) < all.size()) all.resize(static_cast<size_t>(num_threads));
+  const size_t c = all.size(), n = static_cast<size_t>(size()), r = static_cast<size_t>(rank());
+  if (c < n) return {all[r * c / n]};
+  return std::vector<int>(all.begin() + static_cast<std::ptrdiff_t>(r * c / n),
+                          all.begin() + static_cast<std::ptrdiff_t>((r + 1) * c / n));
+}
+
+void TpGroup::bind(CpuRunnerOptions* opts) {
+  ShmAllReduce* ar = ar_.get();
+  opts->all_reduce = [ar](float* x, int64_t n) { return ar->all_reduce(x, static_cast<size_t>(n)); };
+  opts->gather = [ar](const float* x, const std::vector<size_t>& counts, float* root_out) {
+    return ar->gather(x, counts, root_out);
+  };
+}
+
+Status TpGroup::send_init(int64_t num_blocks) {
+  put_header(&msg_, kInit, num_blocks, 0, 0, 0);
+  return ar_->broadcast(&msg_, kJoinTimeoutMs);
+}
+
+Status TpGroup::recv_init(int64_t* num_blocks) {
+  LLM_RETURN_IF_ERROR(ar_->broadcast(&msg_, -1));
+  std::vector<int64_t> h;
+  size_t at = 0;
+  if (!take(msg_, &at, kHeader, &h) || h[0] != kInit || h[1] < 1 || at != msg_.size())
+    return Status(StatusCode::internal, "tensor-parallel rank " + std::to_string(rank()) + ": a malformed init message");
+  *num_blocks = h[1];
+  return Status::Ok();
+}
+
+Status TpGroup::ready() { return ar_->sync(-1); }
+
+Status TpGroup::send_batch(const ForwardBatch& b) {
+  const int64_t T = b.num_tokens, S = b.num_seqs, M = b.max_blocks_per_seq, L = b.num_logits;
+  put_header(&msg_, kForward, T, S, M, L);
+  put(&msg_, b.token_ids, T);
+  put(&msg_, b.positions, T);
+  put(&msg_, b.slot_mapping, T);
+  const int32_t zero = 0;
+  put(&msg_, S > 0 ? b.query_start_loc : &zero, S > 0 ? S + 1 : 1);
+  put(&msg_, b.seq_lens, S);
+  put(&msg_, b.block_tables, S * M);
+  put(&msg_, b.logits_indices, L);
+  return ar_->broadcast(&msg_, kStepTimeoutMs);
+}
+
+void TpGroup::send_stop() {
+  put_header(&msg_, kStop, 0, 0, 0, 0);
+  ar_->broadcast(&msg_, 1000).ok();  // a broken group's ranks leave on their own
+}
+
+Status TpGroup::recv(bool* stop, ForwardBatch* b) {
+  LLM_RETURN_IF_ERROR(ar_->broadcast(&msg_, -1));
+  std::vector<int64_t> h;
+  size_t at = 0;
+  const Status bad(StatusCode::internal, "tensor-parallel rank " + std::to_string(rank()) + ": a malformed message");
+  if (!take(msg_, &at, kHeader, &h)) return bad;
+  *stop = h[0] == kStop;
+  if (*stop) return Status::Ok();
+  const int64_t T = h[1], S = h[2], M = h[3], L = h[4];
+  if (h[0] != kForward || S < 0 || M < 0 || S * M < 0) return bad;
+  if (!take(msg_, &at, T, &token_ids_) || !take(msg_, &at, T, &positions_) || !take(msg_, &at, T, &slot_mapping_) ||
+      !take(msg_, &at, S > 0 ? S + 1 : 1, &query_start_loc_) || !take(msg_, &at, S, &seq_lens_) ||
+      !take(msg_, &at, S * M, &block_tables_) || !take(msg_, &at, L, &logits_indices_) || at != msg_.size())
+    return bad;
+  *b = ForwardBatch{};
+  b->num_tokens = T;
+  b->token_ids = token_ids_.data();
+  b->positions = positions_.data();
+  b->slot_mapping = slot_mapping_.data();
+  b->num_seqs = S;
+  b->query_start_loc = query_start_loc_.data();
+  b->seq_lens = seq_lens_.data();
+  b->block_tables = block_tables_.data();
+  b->max_blocks_per_seq = M;
+  b->num_logits = L;
+  b->logits_indices = logits_indices_.data();
+  return Status::Ok();
+}
+
+Status run_tp_rank(const EngineConfig& cfg, int rank) {
+  if (cfg.tp_size < 2 || rank < 1 || rank >= cfg.tp_size)
+    return invalid("run_tp_rank: rank " + std::to_string(rank) + " of tp_size " + std::to_string(cfg.tp_size) +
+                   " (rank 0 is the engine)");
+  if (cfg.tp_group.empty()) return invalid("run_tp_rank: tp_group is required");
+  if (cfg.device != "cpu")
+    return invalid("tensor parallelism runs on the CPU only; device '" + cfg.device + "' is not supported");
+#if defined(__linux__)
+  // This rank must not outlive the worker that started it.
+  const pid_t parent = getppid();
+  prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (getppid() != parent) return Status(StatusCode::transfer_peer, "the worker that started this rank is gone");
+#endif
+  std::unique_ptr<TpGroup> group;
+  LLM_RETURN_IF_ERROR(TpGroup::join(cfg.tp_group, rank, cfg.tp_size, {}, &group));
+  ModelLoadOptions lo;
+  lo.tp_rank = rank;
+  lo.tp_size = cfg.tp_size;
+  std::unique_ptr<Model> model;
+  LLM_RETURN_IF_ERROR(load_model(cfg.model_dir, lo, &model));
+  int64_t num_blocks = 0;
+  LLM_RETURN_IF_ERROR(group->recv_init(&num_blocks));
+  KVCacheView kv = make_kv_view(*model, nullptr, num_blocks, cfg.block_size);
+  std::unique_ptr<KvPoolMemory> pool;
+  LLM_RETURN_IF_ERROR(KvPoolMemory::create(cfg.kv_shared_memory ? KvPoolMemory::Kind::shared : KvPoolMemory::Kind::host,
+                                           static_cast<size_t>(num_blocks) * static_cast<size_t>(kv.block_bytes()),
+                                           &pool, cfg.kv_shared_memory ? group->kv_pool_name(rank) : std::string()));
+  kv.data = pool->data();
+  CpuRunnerOptions ro;
+  ro.cpus = group->cpus(cfg.num_threads);
+  ro.num_threads = static_cast<int>(ro.cpus.size());
+  ro.tile_weights = cfg.cpu_tile_weights;
+  group->bind(&ro);
+  std::unique_ptr<ModelRunner> runner = make_cpu_runner(*model, kv, ro);
+  LLM_RETURN_IF_ERROR(group->ready());
+  for (;;) {
+    bool stop = false;
+    ForwardBatch b;
+    LLM_RETURN_IF_ERROR(group->recv(&stop, &b));
+    if (stop) return Status::Ok();
+    // An error here is rank 0's too (the same batch, the same checks), or breaks the group, and
+    // the next recv reports it.
+    runner->forward(b, nullptr).ok();
+  }
+}
+
+}  // namespace llm
