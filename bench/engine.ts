@@ -24,6 +24,9 @@
 //        among avx2, avx512, avx512-bf16, amx; llama.cpp runs in the first child only; then a
 //        table of the paths side by side). Without --paths: the path the addon picks (or the one
 //        KVSERVE_CPU_KERNELS names).
+//        --tp 1,2,4 (tensor parallelism instead: for each size, an engine of that many rank
+//        processes sharing the --threads cores, each rank pinned to its share; decode at
+//        --batches and the prefill, then a table of the sizes; no llama.cpp).
 
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -34,6 +37,7 @@ import { parseArgs } from 'node:util';
 import { ensureModel } from '../ts/modelgen/index.ts';
 import { collect, Engine, loadAddon } from '../ts/native/index.ts';
 import { writeResult } from './common.ts';
+import { startTpRanks } from '../ts/worker/tp-ranks.ts';
 import { ensureGguf, type GgufDtype } from './gguf/hf-to-gguf.ts';
 import { llamaCppSpeed, openLlamaCpp, type LlamaCppSession, type LlamaCppSpeed } from './llamacpp.ts';
 
@@ -49,6 +53,7 @@ const { values: args } = parseArgs({
     repeat: { type: 'string', default: '1' },
     out: { type: 'string' },
     paths: { type: 'string' },
+    tp: { type: 'string' },
   },
 });
 
@@ -103,8 +108,8 @@ async function measureDecode(engine: Engine, B: number, idPrefix: string): Promi
   return rate(tokensAfter, (performance.now() - firstAt) / 1000);
 }
 
-function openEngine(modelDir: string): Engine {
-  const engine = new Engine({
+function openEngine(modelDir: string, tp = 1): Engine {
+  const options = {
     modelDir,
     numThreads: threads,
     maxModelLen: Math.max(prefillLen + 8, 512),
@@ -112,10 +117,51 @@ function openEngine(modelDir: string): Engine {
     maxNumBatchedTokens: Math.max(prefillLen, ...batches),
     enablePrefixCaching: false,
     kvCacheBytes: 1 << 30,
-  });
+  };
+  const ranks = tp > 1 ? startTpRanks(options, tp, 'bench') : undefined;
+  let engine: Engine;
+  try {
+    engine = new Engine(ranks ? { ...options, tpSize: tp, tpGroup: ranks.group, tpRankPids: ranks.pids } : options);
+  } catch (err) {
+    ranks?.kill();
+    throw err;
+  }
+  ranks?.stopping(); // they stop with engine.close()
   const info = engine.info;
-  console.log(`engine: backend ${info.backend}, kernels ${info.kernels}, KV ${info.kvCacheDtype}, ${info.numKvBlocks} blocks, ${threads} threads`);
+  console.log(`engine: backend ${info.backend}, kernels ${info.kernels}, KV ${info.kvCacheDtype}, ${info.numKvBlocks} blocks, ${threads} threads${tp > 1 ? ` over ${tp} tensor-parallel ranks` : ''}`);
   return engine;
+}
+
+// --tp: each size in turn (one engine at a time), best of --repeat rounds.
+async function runTp(modelDir: string, list: string): Promise<void> {
+  const sizes = list.split(',').map(Number);
+  const rows: { tp: number; ours: OurRound }[] = [];
+  for (const tp of sizes) {
+    const engine = openEngine(modelDir, tp);
+    try {
+      let best: OurRound | undefined;
+      for (let round = 0; round < repeat; round++) {
+        const r = await measureOurs(engine, round);
+        if (!best) best = r;
+        else {
+          best.decode = best.decode.map((d, i) => (r.decode[i]!.tokensPerSecond > d.tokensPerSecond ? r.decode[i]! : d));
+          if (r.prefill.tokensPerSecond > best.prefill.tokensPerSecond) best.prefill = r.prefill;
+        }
+      }
+      rows.push({ tp, ours: best! });
+    } finally {
+      await engine.close();
+    }
+  }
+  const cpu = loadAddon().cpuKernelInfo();
+  console.log(`\n${os.cpus()[0]?.model ?? 'CPU'}, path ${cpu.path}, ${threads} threads in all`);
+  console.log(`| TP | threads per rank | prefill ${prefillLen} tok/s | ${batches.map((b) => `decode b${b} tok/s`).join(' | ')} |`);
+  console.log(`|---:|---:|---:|${batches.map(() => '---:').join('|')}|`);
+  for (const { tp, ours } of rows) {
+    const per = threads >= tp ? String(Math.floor(threads / tp)) : `1 (${tp} ranks on ${threads} cores)`;
+    console.log(`| ${tp} | ${per} | ${ours.prefill.tokensPerSecond.toFixed(1)} | ${ours.decode.map((d) => d.tokensPerSecond.toFixed(2)).join(' | ')} |`);
+  }
+  writeResult('engine-tp', { date: new Date().toISOString(), cpu: os.cpus()[0]?.model, kernels: cpu.path, threads, prefillLen, rows }, args.out);
 }
 
 interface OurRound {
@@ -194,6 +240,7 @@ async function main() {
   const modelDir = args.model ?? (await ensureModel(args.preset!)).dir;
   console.log(`model: ${modelDir} (ready in ${((performance.now() - t0) / 1000).toFixed(1)} s); load average ${loadBefore.map((l) => l.toFixed(2)).join(' ')}`);
 
+  if (args.tp) return runTp(modelDir, args.tp);
   const engine = openEngine(modelDir);
   const info = engine.info;
   const peers = await openPeers(modelDir);

@@ -157,6 +157,43 @@ Napi::Object step_to_js(Napi::Env env, const llm::StepResult& s) {
 
 // ---- Engine ----
 
+// EngineOptions (ts/native/engine.ts, already validated there) -> EngineConfig.
+llm::EngineConfig engine_config(Napi::Env env, const Napi::Object& o) {
+  llm::EngineConfig cfg;
+  cfg.model_dir = get_string(o, "modelDir");
+  cfg.worker_id = get_string(o, "workerId");
+  cfg.block_size = get_int(o, "blockSize");
+  cfg.max_model_len = get_int(o, "maxModelLen");
+  cfg.max_num_seqs = get_int(o, "maxNumSeqs");
+  cfg.max_num_batched_tokens = get_int(o, "maxNumBatchedTokens");
+  cfg.num_kv_blocks = get_int(o, "numKvBlocks");
+  cfg.kv_cache_bytes = get_int(o, "kvCacheBytes");
+  cfg.num_threads = static_cast<int>(get_int(o, "numThreads"));
+  cfg.cpu_tile_weights = get_bool(o, "cpuTileWeights");
+  cfg.enable_prefix_caching = get_bool(o, "enablePrefixCaching");
+  cfg.kv_shared_memory = get_bool(o, "kvSharedMemory");
+  cfg.device = o.Has("device") ? get_string(o, "device") : std::string("cpu");
+  cfg.seed = static_cast<uint64_t>(get_int(o, "seed"));
+  cfg.tp_size = o.Has("tpSize") ? static_cast<int>(get_int(o, "tpSize")) : 1;
+  cfg.tp_group = o.Has("tpGroup") ? get_string(o, "tpGroup") : std::string();
+  if (o.Has("tpRankPids")) {
+    for (int32_t pid : get_int32_array(env, o.Get("tpRankPids"), "tpRankPids")) cfg.tp_rank_pids.push_back(pid);
+  }
+  return cfg;
+}
+
+// runTensorParallelRank(options, rank): runs rank `rank` (1..tpSize-1) of options.tpGroup on the
+// calling thread until rank 0 stops it (returns) or the group breaks (throws).
+Napi::Value RunTensorParallelRank(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsNumber())
+    throw_invalid(env, "runTensorParallelRank(options, rank): options must be an object and rank a number");
+  const llm::EngineConfig cfg = engine_config(env, info[0].As<Napi::Object>());
+  const Status st = llm::run_tp_rank(cfg, info[1].As<Napi::Number>().Int32Value());
+  if (!st.ok()) throw_status(env, st);
+  return env.Undefined();
+}
+
 class EngineWrap;
 void deliver_step(Napi::Env env, Napi::Function callback, EngineWrap* self, llm::StepResult* step);
 using StepTsfn = Napi::TypedThreadSafeFunction<EngineWrap, llm::StepResult, deliver_step>;
@@ -171,6 +208,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
                         InstanceMethod("releaseHeld", &EngineWrap::ReleaseHeld),
                         InstanceMethod("replayKvEvents", &EngineWrap::ReplayKvEvents),
                         InstanceMethod("metrics", &EngineWrap::Metrics), InstanceMethod("kvRegion", &EngineWrap::KvRegion),
+                        InstanceMethod("kvRegions", &EngineWrap::KvRegions),
                         InstanceMethod("close", &EngineWrap::Close)});
   }
 
@@ -178,22 +216,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     Napi::Env env = info.Env();
     if (info.Length() < 2 || !info[0].IsObject() || !info[1].IsFunction())
       throw_invalid(env, "new Engine(options, onStep): options must be an object and onStep a function");
-    Napi::Object o = info[0].As<Napi::Object>();
-    llm::EngineConfig cfg;
-    cfg.model_dir = get_string(o, "modelDir");
-    cfg.worker_id = get_string(o, "workerId");
-    cfg.block_size = get_int(o, "blockSize");
-    cfg.max_model_len = get_int(o, "maxModelLen");
-    cfg.max_num_seqs = get_int(o, "maxNumSeqs");
-    cfg.max_num_batched_tokens = get_int(o, "maxNumBatchedTokens");
-    cfg.num_kv_blocks = get_int(o, "numKvBlocks");
-    cfg.kv_cache_bytes = get_int(o, "kvCacheBytes");
-    cfg.num_threads = static_cast<int>(get_int(o, "numThreads"));
-    cfg.cpu_tile_weights = get_bool(o, "cpuTileWeights");
-    cfg.enable_prefix_caching = get_bool(o, "enablePrefixCaching");
-    cfg.kv_shared_memory = get_bool(o, "kvSharedMemory");
-    cfg.device = o.Has("device") ? get_string(o, "device") : std::string("cpu");
-    cfg.seed = static_cast<uint64_t>(get_int(o, "seed"));
+    const llm::EngineConfig cfg = engine_config(env, info[0].As<Napi::Object>());
 
     std::unique_ptr<llm::Engine> engine;
     Status st = llm::Engine::create(cfg, &engine);
@@ -249,13 +272,25 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("maxModelLen", static_cast<double>(ei.max_model_len));
     o.Set("kvCacheDtype", llm::dtype_name(ei.kv_dtype));
     o.Set("kvBlockBytes", static_cast<double>(ei.kv_block_bytes));
+    o.Set("tpSize", static_cast<double>(ei.tp_size));
     o.Set("model", model_info_.Value());
     return o;
   }
 
+  Napi::Value KvRegions(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const std::vector<llm::KvRegion> regions = live(env)->engine().kv_regions();
+    Napi::Array out = Napi::Array::New(env, regions.size());
+    for (size_t i = 0; i < regions.size(); ++i) out.Set(static_cast<uint32_t>(i), kv_region_to_js(env, regions[i]));
+    return out;
+  }
+
   Napi::Value KvRegion(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const llm::KvRegion r = live(env)->engine().kv_region();
+    return kv_region_to_js(env, live(env)->engine().kv_region());
+  }
+
+  static Napi::Object kv_region_to_js(Napi::Env env, const llm::KvRegion& r) {
     Napi::Object o = Napi::Object::New(env);
     o.Set("memory", r.device_data ? "cuda" : "host");
     o.Set("shmName", r.shm_name);
@@ -269,6 +304,9 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("numKvHeads", static_cast<double>(r.view.num_kv_heads));
     o.Set("headDim", static_cast<double>(r.view.head_dim));
     o.Set("dtype", llm::dtype_name(r.view.dtype));
+    o.Set("tpRank", static_cast<double>(r.tp_rank));
+    o.Set("firstKvHead", static_cast<double>(r.first_kv_head));
+    o.Set("modelKvHeads", static_cast<double>(r.model_kv_heads));
     return o;
   }
 
@@ -550,6 +588,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cpuKernelInfo", Napi::Function::New(env, CpuKernelInfo, "cpuKernelInfo"));
   exports.Set("computePeakGflops", Napi::Function::New(env, ComputePeakGflops, "computePeakGflops"));
   exports.Set("requestLimits", Napi::Function::New(env, RequestLimits, "requestLimits"));
+  exports.Set("runTensorParallelRank", Napi::Function::New(env, RunTensorParallelRank, "runTensorParallelRank"));
   llm::register_transfer_exports(env, exports);
   exports.Set("version", Napi::String::New(env, KVSERVE_VERSION));
   exports.Set("cudaCompiled", Napi::Boolean::New(env, llm::cuda_backend_built()));

@@ -138,14 +138,12 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     }
     e->runner_ = make_cpu_runner(*e->model_, kv_view, ro);
     e->info_.kernels = e->runner_->describe();
-    if (e->tp_) {
-      LLM_RETURN_IF_ERROR(e->tp_->ready());
-      e->info_.kernels += ", tensor-parallel " + std::to_string(cfg.tp_size) + " ranks";
-    }
+    if (e->tp_) LLM_RETURN_IF_ERROR(e->tp_->ready());
   }
   e->info_.backend = e->runner_->backend_name();
   e->info_.num_kv_blocks = num_blocks;
   e->info_.block_size = cfg.block_size;
+  e->info_.tp_size = cfg.tp_size;
   e->info_.max_model_len = max_model_len;
   e->info_.kv_dtype = mc.dtype;
   e->info_.kv_block_bytes = block_bytes;

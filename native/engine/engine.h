@@ -114,7 +114,8 @@ struct EngineInfo {
   int64_t block_size = 0;
   int64_t max_model_len = 0;
   DType kv_dtype = DType::bf16;
-  int64_t kv_block_bytes = 0;
+  int64_t kv_block_bytes = 0;            // the whole model's block (every rank's part of it)
+  int tp_size = 1;                       // tensor-parallel ranks
 };
 
 class Engine {

@@ -175,7 +175,8 @@ describe('launcher', () => {
     [['--kv-overlap-weight', 'heavy'], /--kv-overlap-weight must be a number >= 0/],
     [['--max-local-prefill-length', '10'], /applies to disaggregated serving: add --prefill-workers/],
     [['--prefill-workers', '1', '--prefill-deadline-ms', '5'], /--prefill-deadline-ms must be in \[100, /],
-    [['--decode-tp', '4'], /not implemented yet/],
+    [['--prefill-tp', '2'], /--prefill-tp applies to prefill workers: add --prefill-workers N/],
+    [['--worker-tp', '3'], /--decode-tp 3 does not split this model: it must divide num_attention_heads 8 and intermediate_size/],
     ...((loadAddon().cudaDevice().usable
       ? [[['--device', 'cuda', '--workers', '2'], /2 workers on one GPU: give each worker's KV cache with --kv-cache-memory/]]
       : [

@@ -76,7 +76,11 @@ Topology
   --router-temperature T        kv router: 0 picks the lowest cost (ties at random); T > 0
                                 samples a softmax over the negated costs (default 0)
   --decode-tp N, --worker-tp N, --prefill-tp N
-                                tensor-parallel ranks per worker (only 1 for now)
+                                tensor-parallel ranks per worker (CPU; default 1): a worker
+                                is N processes, each with 1/N of the attention heads, FFN
+                                columns and vocabulary and its share of the cores; N must
+                                divide the attention heads and the FFN width, and divide or
+                                be a multiple of the KV heads
   --max-local-prefill-length N  with prefill workers: prefill remotely only when more than N
                                 prompt tokens are not in the decode worker's cache (default 1000)
   --max-prefill-queue-size N    ... and only while the prefill queue holds fewer than N jobs
@@ -242,9 +246,29 @@ export function parseFlags(argv: string[]): LauncherFlags {
   return flags;
 }
 
-// Features whose issues have not landed: refused with a clear message, never ignored.
-export function refuseUnimplemented(f: LauncherFlags): void {
-  if (f.decodeTp > 1 || f.prefillTp > 1) {
-    throw new FlagError('tensor parallelism (--decode-tp/--prefill-tp > 1) is not implemented yet');
+// A tensor-parallel split must be whole, as vLLM requires (the engine checks it again):
+// tp divides the attention heads and the FFN width, and divides or is a multiple of the kv heads.
+export function checkTpSplit(f: LauncherFlags, m: { numHeads: number; numKvHeads: number; intermediateSize: number; vocabSize: number }): void {
+  for (const [flag, tp] of [['--decode-tp', f.decodeTp], ['--prefill-tp', f.prefillTp]] as const) {
+    if (tp === 1) continue;
+    const kv = m.numKvHeads;
+    if (m.numHeads % tp !== 0 || m.intermediateSize % tp !== 0 || (kv % tp !== 0 && tp % kv !== 0) || m.vocabSize < tp) {
+      throw new FlagError(
+        `${flag} ${tp} does not split this model: it must divide num_attention_heads ${m.numHeads} and intermediate_size ` +
+          `${m.intermediateSize}, and divide or be a multiple of num_key_value_heads ${kv}`,
+      );
+    }
+  }
+}
+
+// Combinations that are not implemented: refused with a clear message, never ignored.
+export function refuseUnimplemented(f: LauncherFlags, device: 'cpu' | 'cuda'): void {
+  if ((f.decodeTp > 1 || f.prefillTp > 1) && device === 'cuda') {
+    throw new FlagError(
+      `tensor parallelism (--decode-tp ${f.decodeTp}, --prefill-tp ${f.prefillTp}) runs on the CPU only for now; add --device cpu`,
+    );
+  }
+  if (f.prefillTp > 1 && f.prefillWorkers === 0) {
+    throw new FlagError('--prefill-tp applies to prefill workers: add --prefill-workers N');
   }
 }

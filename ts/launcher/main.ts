@@ -13,11 +13,12 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { loadAddon } from '../native/loader.ts';
+import { inspectModel } from '../native/model.ts';
 import type { EngineDevice } from '../native/engine.ts';
 import type { WorkerInfo, WorkerRole } from '../protocol/index.ts';
 import type { WorkerConfig, WorkerMessage } from '../worker/main.ts';
 import { loadSamplingDefaults } from '../processor/generation-config.ts';
-import { FlagError, HELP, parseFlags, refuseUnimplemented, type LauncherFlags } from './flags.ts';
+import { FlagError, HELP, checkTpSplit, parseFlags, refuseUnimplemented, type LauncherFlags } from './flags.ts';
 import { freePorts } from './ports.ts';
 import { resolveModel, type ResolvedModel } from './model-resolve.ts';
 import { startPrivateRedis, type PrivateRedis } from './redis.ts';
@@ -82,7 +83,11 @@ function workerConfig(
   requestPort: number,
   redisUrl: string | undefined,
 ): WorkerConfig {
+  // The cores split evenly between ranks (a tensor-parallel worker has tp of them, each pinned
+  // to its share of the worker's threads: ts/worker/tp-ranks.ts).
   const cores = os.availableParallelism?.() ?? os.cpus().length;
+  const tp = role === 'prefill' ? f.prefillTp : f.decodeTp;
+  const ranks = f.workers * f.decodeTp + f.prefillWorkers * f.prefillTp;
   return {
     workerId,
     role,
@@ -98,9 +103,10 @@ function workerConfig(
       maxNumSeqs: f.maxNumSeqs,
       maxNumBatchedTokens: f.maxNumBatchedTokens,
       kvCacheBytes: f.kvCacheMemory,
-      numThreads: Math.max(1, Math.floor(cores / (f.workers + f.prefillWorkers))),
+      numThreads: tp * Math.max(1, Math.floor(cores / ranks)),
       cpuTileWeights: tileWeights,
       device,
+      tpSize: tp,
     },
     logLevel: f.logLevel,
     disagg:
@@ -130,8 +136,8 @@ function checkPortFree(host: string, port: number): Promise<void> {
 }
 
 async function run(f: LauncherFlags): Promise<number> {
-  refuseUnimplemented(f);
   const device = resolveDevice(f);
+  refuseUnimplemented(f, device);
   log(`device: ${device === 'cuda' ? `cuda, ${loadAddon().cudaDevice().description}` : 'cpu'}`);
 
   // 1. The model.
@@ -140,6 +146,7 @@ async function run(f: LauncherFlags): Promise<number> {
   const served = { ...model, name: f.servedModelName ?? model.name };
   log(`model ${served.name} at ${model.dir}`);
   loadSamplingDefaults(f.generationConfig, model.dir); // a bad generation config stops here, before any worker loads
+  checkTpSplit(f, inspectModel(model.dir));
   const tileWeights = device === 'cpu' && cpuTileWeights(model.dir, f.workers + f.prefillWorkers);
   await checkPortFree(f.host, f.httpPort); // after every refusal of the flags, before any process starts
 

@@ -144,7 +144,8 @@ export interface NativeEngineInfo {
   blockSize: number;
   maxModelLen: number;
   kvCacheDtype: 'f32' | 'f16' | 'bf16';
-  kvBlockBytes: number;
+  kvBlockBytes: number; // the whole model's block (every tensor-parallel rank's part of it)
+  tpSize: number; // tensor-parallel ranks (1 without)
   model: NativeModelInfo;
 }
 
@@ -178,7 +179,8 @@ export declare class Engine {
   releaseHeld(requestId: string): void; // frees a prefilled request's blocks; unknown ids ignored
   replayKvEvents(): void; // the next step output carries 'cleared' + 'stored' for the cache
   metrics(): NativeLoadMetrics;
-  kvRegion(): NativeKvRegion;
+  kvRegion(): NativeKvRegion; // rank 0's
+  kvRegions(): NativeKvRegion[]; // every rank's, in rank order
   close(): Promise<void>; // stops the thread, frees everything; safe to call twice
 }
 
@@ -260,6 +262,9 @@ export interface NativeRequestLimits {
   maxLogprobs: number; // logprobs in [0, maxLogprobs]; -1 = none
 }
 export declare function requestLimits(): NativeRequestLimits;
+// Runs rank `rank` (1..tpSize-1) of the tensor-parallel group options.tpGroup, blocking the
+// calling thread until rank 0 stops it (returns) or the group breaks (throws, naming why).
+export declare function runTensorParallelRank(options: object, rank: number): void;
 export declare const version: string;
 export declare const cudaCompiled: boolean;
 export interface NativeCudaDevice {
@@ -278,6 +283,7 @@ export interface NativeAddon {
   computePeakGflops: typeof computePeakGflops;
   cpuKernelInfo: typeof cpuKernelInfo;
   requestLimits: typeof requestLimits;
+  runTensorParallelRank: typeof runTensorParallelRank;
   TransferAgent: typeof TransferAgent;
   version: string;
   cudaCompiled: boolean;

@@ -40,6 +40,46 @@ export interface EngineOptions {
   kvSharedMemory?: boolean; // default false: put the KV pool in shm for the transfer agent
   device?: EngineDevice; // default 'cpu'; 'auto' = cuda when a device is usable, else cpu
   seed?: number; // default 0
+  // Tensor parallelism (CPU): this engine is rank 0 of tpSize ranks meeting in the shared-memory
+  // segment tpGroup; ranks 1..tpSize-1 are processes already started with the same options
+  // (runTensorParallelRank; ts/worker/tp-ranks.ts starts them), tpRankPids their pids.
+  tpSize?: number; // [1, 64], default 1
+  tpGroup?: string;
+  tpRankPids?: number[];
+}
+
+// The options as the addon takes them, checked and with defaults (new Engine and the ranks of a
+// tensor-parallel worker both use this).
+export function nativeEngineOptions(opts: EngineOptions) {
+  if (!opts || typeof opts.modelDir !== 'string' || opts.modelDir.length === 0) {
+    throw invalidArgument('modelDir must be a non-empty string');
+  }
+  const tpSize = checkInt('tpSize', opts.tpSize ?? 1, 1, 64);
+  const tpGroup = opts.tpGroup ?? '';
+  if (typeof tpGroup !== 'string' || (tpSize > 1 && !/^\/[A-Za-z0-9._-]{1,200}$/.test(tpGroup))) {
+    throw invalidArgument(`tpGroup must name a shared-memory segment ('/name') when tpSize > 1, got ${String(tpGroup)}`);
+  }
+  const pids = opts.tpRankPids ?? [];
+  if (!Array.isArray(pids)) throw invalidArgument('tpRankPids must be an array of pids');
+  return {
+    modelDir: opts.modelDir,
+    workerId: opts.workerId ?? 'worker-0',
+    blockSize: checkInt('blockSize', opts.blockSize ?? 16, 1, 1024),
+    maxModelLen: checkInt('maxModelLen', opts.maxModelLen ?? 0, 0, INT_MAX),
+    maxNumSeqs: checkInt('maxNumSeqs', opts.maxNumSeqs ?? 64, 1, 4096),
+    maxNumBatchedTokens: checkInt('maxNumBatchedTokens', opts.maxNumBatchedTokens ?? 2048, 1, INT_MAX),
+    numKvBlocks: checkInt('numKvBlocks', opts.numKvBlocks ?? 0, 0, INT_MAX),
+    kvCacheBytes: checkInt('kvCacheBytes', opts.kvCacheBytes ?? 0, 0, Number.MAX_SAFE_INTEGER),
+    numThreads: checkInt('numThreads', opts.numThreads ?? 0, 0, 1024),
+    cpuTileWeights: opts.cpuTileWeights ?? true,
+    enablePrefixCaching: opts.enablePrefixCaching ?? true,
+    kvSharedMemory: opts.kvSharedMemory ?? false,
+    device: checkDevice(opts.device ?? 'cpu'),
+    seed: checkInt('seed', opts.seed ?? 0, 0, 2 ** 32 - 1),
+    tpSize,
+    tpGroup,
+    tpRankPids: Int32Array.from(pids.map((p, i) => checkInt(`tpRankPids[${i}]`, p, 1, INT_MAX))),
+  };
 }
 
 export interface SamplingOptions {
@@ -201,25 +241,7 @@ export class Engine {
 
   constructor(opts: EngineOptions) {
     // 1. Options, normalised with defaults.
-    if (!opts || typeof opts.modelDir !== 'string' || opts.modelDir.length === 0) {
-      throw invalidArgument('modelDir must be a non-empty string');
-    }
-    const native = {
-      modelDir: opts.modelDir,
-      workerId: opts.workerId ?? 'worker-0',
-      blockSize: checkInt('blockSize', opts.blockSize ?? 16, 1, 1024),
-      maxModelLen: checkInt('maxModelLen', opts.maxModelLen ?? 0, 0, INT_MAX),
-      maxNumSeqs: checkInt('maxNumSeqs', opts.maxNumSeqs ?? 64, 1, 4096),
-      maxNumBatchedTokens: checkInt('maxNumBatchedTokens', opts.maxNumBatchedTokens ?? 2048, 1, INT_MAX),
-      numKvBlocks: checkInt('numKvBlocks', opts.numKvBlocks ?? 0, 0, INT_MAX),
-      kvCacheBytes: checkInt('kvCacheBytes', opts.kvCacheBytes ?? 0, 0, Number.MAX_SAFE_INTEGER),
-      numThreads: checkInt('numThreads', opts.numThreads ?? 0, 0, 1024),
-      cpuTileWeights: opts.cpuTileWeights ?? true,
-      enablePrefixCaching: opts.enablePrefixCaching ?? true,
-      kvSharedMemory: opts.kvSharedMemory ?? false,
-      device: checkDevice(opts.device ?? 'cpu'),
-      seed: checkInt('seed', opts.seed ?? 0, 0, 2 ** 32 - 1),
-    };
+    const native = nativeEngineOptions(opts);
     // 2. The native engine: loads the model and starts its thread.
     const addon = loadAddon();
     this.native = callNative(() => new addon.Engine(native, (step) => this.onStep(step)));
@@ -284,6 +306,12 @@ export class Engine {
   kvRegion(): NativeKvRegion {
     if (this.closed) throw new NativeError('ERR_ENGINE_CLOSED', 'the engine is closed');
     return this.native.kvRegion();
+  }
+
+  // Every rank's KV pool, in rank order (one without tensor parallelism).
+  kvRegions(): NativeKvRegion[] {
+    if (this.closed) throw new NativeError('ERR_ENGINE_CLOSED', 'the engine is closed');
+    return this.native.kvRegions();
   }
 
   get numInFlight(): number {

@@ -1,7 +1,7 @@
 // ts/native: the addon loader and the typed binding. addon.d.ts is the native API's definition.
 export { loadAddon, AddonLoadError, packageRoot } from './loader.js';
 export { NativeError } from './errors.js';
-export { Engine, collect, normaliseSampling } from './engine.js';
+export { Engine, collect, nativeEngineOptions, normaliseSampling } from './engine.js';
 export type { EngineOptions, SamplingOptions, RemotePrefillOptions, KvEvent, LoadMetrics, RequestOutput } from './engine.js';
 export { Model, inspectModel, blockHashes } from './model.js';
 export type { ModelInfo } from './model.js';

@@ -9,6 +9,8 @@
 // failure before 'ready' ends in one 'fatal' message (code, message, and the stack for the
 // launcher's --log-level debug) and exit code 1; the launcher prints it, the worker prints
 // nothing of it.
+// With engine.tpSize > 1 the worker is rank 0 of a tensor-parallel group and starts the other
+// ranks as processes of its own (tp-ranks.ts); to the rest of the deployment it is one worker.
 // A decode or prefill worker (disaggregation) keeps its KV pool in shared memory, runs a transfer
 // agent (its metadata published in discovery) and the queue's producer or consumer
 // (remote-prefill.ts has the protocol).
@@ -27,6 +29,7 @@ import { EventPlanePublisher } from '../runtime/event-plane.ts';
 import { RedisConnection } from '../runtime/redis-connection.ts';
 import { PrefillJobRunner, RemotePrefillDecoder, type Log } from './remote-prefill.ts';
 import { startWorkerServer, type GenerateFn } from './server.ts';
+import { startTpRanks, type TpRanks } from './tp-ranks.ts';
 
 export interface WorkerConfig {
   workerId: string;
@@ -86,25 +89,43 @@ async function main(): Promise<void> {
   let engine: Engine;
   let agent: TransferAgent | undefined;
   let onNotification: (message: string) => void = () => undefined;
+  // Tensor parallelism: ranks 1..N-1 start first; the Engine below is rank 0 and waits for them.
+  const tpSize = cfg.engine.tpSize ?? 1;
+  let ranks: TpRanks | undefined;
   try {
     // A worker taking part in disaggregation keeps its KV pool in shared memory, so a prefill
-    // worker on this host copies blocks straight into it (native/transfer).
-    engine = new Engine({ ...cfg.engine, modelDir: cfg.modelDir, workerId: cfg.workerId, kvSharedMemory: disaggregated });
+    // worker on this host copies blocks straight into it (native/transfer); with tensor
+    // parallelism every rank's pool, each holding its kv heads.
+    const engineOptions = { ...cfg.engine, modelDir: cfg.modelDir, workerId: cfg.workerId, kvSharedMemory: disaggregated };
+    if (tpSize > 1) {
+      send({ type: 'loading', workerId: cfg.workerId, message: `starting ${tpSize - 1} tensor-parallel ranks` });
+      ranks = startTpRanks(engineOptions, tpSize, cfg.workerId);
+    }
+    engine = new Engine(ranks ? { ...engineOptions, tpSize, tpGroup: ranks.group, tpRankPids: ranks.pids } : engineOptions);
     if (disaggregated) {
       agent = new TransferAgent({ name: cfg.workerId, listenHost: cfg.host, listenPort: 0 }, (_from, message) => onNotification(message));
-      agent.registerRegion(engine.kvRegion());
+      agent.registerRegions(engine.kvRegions());
     }
   } catch (err) {
+    ranks?.kill();
     const e = err as { code?: string; message: string; stack?: string };
     send({ type: 'fatal', workerId: cfg.workerId, code: e.code ?? 'ERR_INTERNAL', message: e.message, stack: e.stack });
     process.exitCode = 1;
     return;
   }
+  // A rank that dies takes the worker down: the step it was in fails its requests with an error
+  // naming the rank; the rest end when this process exits (the launcher restarts the worker
+  // under --restart, new ranks with it).
+  ranks?.onExit((rank, how) => {
+    console.error(`[${cfg.workerId}] error: tensor-parallel rank ${rank} exited (${how}); the worker stops`);
+    setTimeout(() => process.exit(1), 200).unref();
+  });
   if (engine.info.backend === 'cuda') {
     console.error(`[${cfg.workerId}] engine: cuda, ${engine.info.kernels}`);
   } else {
     const cpu = loadAddon().cpuKernelInfo();
-    console.error(`[${cfg.workerId}] engine: ${engine.info.backend}, ${engine.info.kernels} kernels (path ${cpu.path}; CPU has ${cpu.isa.join(', ') || 'no SIMD extension we use'})`);
+    const tp = engine.info.tpSize > 1 ? `, ${engine.info.tpSize} tensor-parallel ranks` : '';
+    console.error(`[${cfg.workerId}] engine: ${engine.info.backend}, ${engine.info.kernels} kernels (path ${cpu.path}; CPU has ${cpu.isa.join(', ') || 'no SIMD extension we use'})${tp}`);
   }
   const info = (address: string, requestPlane: string): WorkerInfo => ({
     workerId: cfg.workerId as WorkerId,
@@ -231,7 +252,8 @@ async function main(): Promise<void> {
     await redis?.close();
     await server.close();
     await agent?.close();
-    await engine.close();
+    ranks?.stopping();
+    await engine.close(); // stops the ranks
     process.exit(0);
   };
   process.on('SIGTERM', stop);
