@@ -128,15 +128,14 @@ TEST(metadata_round_trips_and_rejects_bad_input) {
   m.host = this_host();
   m.tcp_host = "127.0.0.1";
   m.tcp_port = 4242;
-  m.shm_name = "/kvserve-1-kv-0";
   m.layout = test_layout(8);
-  m.region_bytes = 8 * m.layout.block_bytes;
+  m.regions = {RegionSpec{"/kvserve-1-kv-0", 8 * m.layout.block_bytes, 0, 0, 2}};
   const std::string json = metadata_to_json(m);
   Metadata back;
   CHECK(metadata_from_json(json, &back).ok());
   CHECK(back.name == m.name && back.incarnation == m.incarnation && back.host == m.host);
-  CHECK(back.tcp_port == 4242 && back.shm_name == m.shm_name && back.region_bytes == m.region_bytes &&
-        back.memory == Memory::host);
+  CHECK(back.tcp_port == 4242 && back.regions.size() == 1 && back.regions[0].shm_name == m.regions[0].shm_name &&
+        back.regions[0].bytes == m.regions[0].bytes && back.memory == Memory::host);
   CHECK(layout_mismatch(back.layout, m.layout).empty() && back.layout.num_blocks == 8);
   CHECK(!m.host.boot_id.empty());
 
@@ -169,7 +168,7 @@ TEST(metadata_round_trips_and_rejects_bad_input) {
   // A GPU pool: a CUDA IPC handle and device, no segment.
   Metadata g = m;
   g.memory = Memory::cuda;
-  g.shm_name.clear();
+  g.regions[0].shm_name.clear();
   g.cuda_ipc_handle = std::string(128, 'a');
   g.cuda_device = "GPU-00112233-4455-6677-8899-aabbccddeeff";
   CHECK(metadata_from_json(metadata_to_json(g), &back).ok());
@@ -188,7 +187,7 @@ TEST(gpu_pools_are_refused_by_host_pools_and_cuda_ipc_needs_them) {
   Metadata g;
   CHECK(metadata_from_json(b.metadata(), &g).ok());
   g.memory = Memory::cuda;
-  g.shm_name.clear();
+  g.regions[0].shm_name.clear();
   g.cuda_ipc_handle = std::string(128, '0');
   g.cuda_device = "GPU-00000000-0000-0000-0000-000000000000";
   Connection c;
