@@ -3,6 +3,8 @@
 // lists, bounds and layout checks, unknown and stale agents, notification order (each one only
 // after its data), the listener's own checks on raw frames, and the TCP backend across two
 // network namespaces joined by a veth pair (root only; skipped with the reason otherwise).
+// Tensor-parallel pools (one shm region per rank, each with its slice of the kv heads, filled
+// per global head) exchange blocks with pools of other TP sizes on both backends.
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/wait.h>

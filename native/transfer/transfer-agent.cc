@@ -117,8 +117,19 @@ void copy_heads(const BlockShape& g, const View& src, const View& dst, const Hea
   }
 }
 
-// The staging buffer of a gathered write or a scattered read holds about this much.
-constexpr int64_t kStagingBytes = int64_t{4} << 20;
+// The buffer of a gathered write or a scattered read: `chunk` blocks of one region's layout (about
+// 4 MiB, at least one block, at most the transfer's n), and their slot ids 0..chunk-1.
+struct Staging {
+  Staging(size_t n, int64_t block_bytes)
+      : chunk(std::min(n, static_cast<size_t>(std::max<int64_t>(1, (int64_t{4} << 20) / block_bytes)))),
+        data(chunk * static_cast<size_t>(block_bytes)),
+        slots(chunk) {
+    for (size_t i = 0; i < chunk; ++i) slots[i] = static_cast<int32_t>(i);
+  }
+  size_t chunk;
+  std::vector<char> data;
+  std::vector<int32_t> slots;
+};
 
 // The bytes n blocks take in all of `regions` (every replica counted).
 template <typename View>
@@ -439,15 +450,12 @@ Status Agent::send_blocks(Peer& p, const std::vector<int32_t>& local_blocks, con
       };
     } else {  // gathered into the destination region's layout, a chunk of blocks at a time
       body = [&](const Socket& s) {
-        const size_t chunk = std::min(n, static_cast<size_t>(std::max<int64_t>(1, kStagingBytes / bytes)));
-        std::vector<char> staging(chunk * static_cast<size_t>(bytes));
-        std::vector<int32_t> slots(chunk);
-        for (size_t i = 0; i < chunk; ++i) slots[i] = static_cast<int32_t>(i);
-        const RegionView dst{staging.data(), bytes, p.regions[d].num_kv_heads};
-        for (size_t i = 0; i < n; i += chunk) {
-          const size_t k = std::min(chunk, n - i);
-          for (const HeadCopy& c : runs) copy_heads(g, local_[c.src], dst, c, &local_blocks[i], slots.data(), k);
-          LLM_RETURN_IF_ERROR(send_all(s, staging.data(), k * static_cast<size_t>(bytes)));
+        Staging st(n, bytes);
+        const RegionView dst{st.data.data(), bytes, p.regions[d].num_kv_heads};
+        for (size_t i = 0; i < n; i += st.chunk) {
+          const size_t k = std::min(st.chunk, n - i);
+          for (const HeadCopy& c : runs) copy_heads(g, local_[c.src], dst, c, &local_blocks[i], st.slots.data(), k);
+          LLM_RETURN_IF_ERROR(send_all(s, st.data.data(), k * static_cast<size_t>(bytes)));
         }
         return Status::Ok();
       };
@@ -479,15 +487,12 @@ Status Agent::receive_blocks(Peer& p, const std::vector<int32_t>& remote_blocks,
       };
     } else {  // a chunk of blocks at a time, scattered into the local regions
       body = [&](const Socket& s) {
-        const size_t chunk = std::min(n, static_cast<size_t>(std::max<int64_t>(1, kStagingBytes / bytes)));
-        std::vector<char> staging(chunk * static_cast<size_t>(bytes));
-        std::vector<int32_t> slots(chunk);
-        for (size_t i = 0; i < chunk; ++i) slots[i] = static_cast<int32_t>(i);
-        const RegionView src{staging.data(), bytes, p.regions[s_region].num_kv_heads};
-        for (size_t i = 0; i < n; i += chunk) {
-          const size_t k = std::min(chunk, n - i);
-          LLM_RETURN_IF_ERROR(recv_all(s, staging.data(), k * static_cast<size_t>(bytes)));
-          for (const HeadCopy& c : runs) copy_heads(g, src, local_[c.dst], c, slots.data(), &local_blocks[i], k);
+        Staging st(n, bytes);
+        const RegionView src{st.data.data(), bytes, p.regions[s_region].num_kv_heads};
+        for (size_t i = 0; i < n; i += st.chunk) {
+          const size_t k = std::min(st.chunk, n - i);
+          LLM_RETURN_IF_ERROR(recv_all(s, st.data.data(), k * static_cast<size_t>(bytes)));
+          for (const HeadCopy& c : runs) copy_heads(g, src, local_[c.dst], c, st.slots.data(), &local_blocks[i], k);
         }
         return Status::Ok();
       };
