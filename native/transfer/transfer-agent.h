@@ -91,7 +91,8 @@ struct AgentConfig {
   std::function<void(Notification)> on_notification;
 };
 
-// Cumulative, for this agent's own write() and read() calls.
+// Cumulative, for this agent's own write() and read() calls; bytes are those that landed in the
+// destination regions (the peer's for a write, this agent's for a read), every replica counted.
 struct AgentStats {
   int64_t writes = 0;
   int64_t reads = 0;
