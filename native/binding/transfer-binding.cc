@@ -74,6 +74,7 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
   static Napi::Function Init(Napi::Env env) {
     return DefineClass(env, "TransferAgent",
                        {InstanceMethod("registerRegion", &TransferAgentWrap::RegisterRegion),
+                        InstanceMethod("registerRegions", &TransferAgentWrap::RegisterRegions),
                         InstanceMethod("metadata", &TransferAgentWrap::Metadata),
                         InstanceMethod("connect", &TransferAgentWrap::Connect),
                         InstanceMethod("write", &TransferAgentWrap::Write), InstanceMethod("read", &TransferAgentWrap::Read),
@@ -117,29 +118,90 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
     if (!st.ok()) throw status_error(env, st);
   }
 
+  // registerRegion(region) = registerRegions([region]).
   Napi::Value RegisterRegion(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (info.Length() < 1 || !info[0].IsObject()) throw_invalid(env, "registerRegion(region): region must be an object");
-    Napi::Object o = info[0].As<Napi::Object>();
-    transfer::Layout l;
-    l.num_blocks = get_int(o, "numBlocks");
-    l.block_bytes = get_int(o, "blockBytes");
-    l.num_layers = get_int(o, "numLayers");
-    l.block_size = get_int(o, "blockSize");
-    l.num_kv_heads = get_int(o, "numKvHeads");
-    l.head_dim = get_int(o, "headDim");
-    const std::string dtype = get_string(o, "dtype");
-    if (!transfer::dtype_from_name(dtype, &l.dtype)) throw_invalid(env, "unknown dtype '" + dtype + "'");
-    const int64_t bytes = get_int(o, "bytes");
-    if (bytes < 0) throw_invalid(env, "option 'bytes' must be >= 0");
-    if (o.Has("memory") && get_string(o, "memory") == "cuda") {
-      const Napi::Value device = o.Get("deviceRegion");
-      if (!device.IsExternal()) throw_invalid(env, "a GPU region needs its deviceRegion (from Engine.kvRegion())");
-      check(env, agent_->register_device_region(device.As<Napi::External<void>>().Data(), static_cast<size_t>(bytes), l));
-    } else {
-      check(env, agent_->register_region(get_string(o, "shmName"), static_cast<size_t>(bytes), l));
-    }
+    register_regions(env, {info[0].As<Napi::Object>()});
     return env.Undefined();
+  }
+
+  Napi::Value RegisterRegions(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsArray())
+      throw_invalid(env, "registerRegions(regions): regions must be an array of KV regions");
+    Napi::Array a = info[0].As<Napi::Array>();
+    std::vector<Napi::Object> regions;
+    for (uint32_t i = 0; i < a.Length(); ++i) {
+      if (!a.Get(i).IsObject()) throw_invalid(env, "registerRegions(regions): regions[" + std::to_string(i) + "] must be an object");
+      regions.push_back(a.Get(i).As<Napi::Object>());
+    }
+    register_regions(env, regions);
+    return env.Undefined();
+  }
+
+  // One region per rank of one pool: they must agree on the model-level fields (regions[0]'s);
+  // a region without tpRank / firstKvHead / modelKvHeads is rank 0 holding all its numKvHeads.
+  void register_regions(Napi::Env env, const std::vector<Napi::Object>& regions) {
+    if (regions.empty()) throw_invalid(env, "registerRegions(regions): regions is empty");
+    auto optional_int = [](const Napi::Object& o, const char* key, int64_t fallback) {
+      return o.Get(key).IsUndefined() ? fallback : get_int(o, key);
+    };
+    transfer::Layout model;
+    std::string memory;
+    std::vector<transfer::RegionSpec> specs;
+    for (size_t i = 0; i < regions.size(); ++i) {
+      const Napi::Object& o = regions[i];
+      transfer::Layout l;
+      l.num_blocks = get_int(o, "numBlocks");
+      l.num_layers = get_int(o, "numLayers");
+      l.block_size = get_int(o, "blockSize");
+      l.head_dim = get_int(o, "headDim");
+      const std::string dtype = get_string(o, "dtype");
+      if (!transfer::dtype_from_name(dtype, &l.dtype)) throw_invalid(env, "unknown dtype '" + dtype + "'");
+      transfer::RegionSpec r;
+      r.num_kv_heads = get_int(o, "numKvHeads");
+      r.tp_rank = optional_int(o, "tpRank", 0);
+      r.first_kv_head = optional_int(o, "firstKvHead", 0);
+      l.num_kv_heads = optional_int(o, "modelKvHeads", r.num_kv_heads);
+      r.bytes = get_int(o, "bytes");
+      if (r.bytes < 0) throw_invalid(env, "option 'bytes' must be >= 0");
+      const std::string mem = o.Has("memory") ? get_string(o, "memory") : "host";
+      const std::string what = "KV region " + std::to_string(i) + " (rank " + std::to_string(r.tp_rank) + "): ";
+      if (!transfer::block_bytes_of(l, l.num_kv_heads, &l.block_bytes))
+        check(env, Status(StatusCode::transfer_invalid, what + "its layout is not a valid KV layout"));
+      int64_t block_bytes = 0;
+      if (!transfer::block_bytes_of(l, r.num_kv_heads, &block_bytes) || block_bytes != get_int(o, "blockBytes"))
+        check(env, Status(StatusCode::transfer_invalid, what + "blockBytes " + std::to_string(get_int(o, "blockBytes")) +
+                                                            " is not 2 * layers * blockSize * numKvHeads * headDim * dtype size"));
+      if (i == 0) {
+        model = l;
+        memory = mem;
+      } else {
+        const std::string differs = transfer::layout_mismatch(model, l);
+        if (!differs.empty() || l.num_blocks != model.num_blocks || mem != memory)
+          check(env, Status(StatusCode::transfer_invalid,
+                            what + "another pool than region 0's: " +
+                                (!differs.empty() ? differs : mem != memory ? "memory " + memory + " vs " + mem
+                                                                            : "numBlocks " + std::to_string(model.num_blocks) +
+                                                                                  " vs " + std::to_string(l.num_blocks))));
+      }
+      if (mem != "cuda") r.shm_name = get_string(o, "shmName");
+      specs.push_back(std::move(r));
+    }
+    if (memory == "cuda") {
+      if (specs.size() != 1 || specs[0].tp_rank != 0 || specs[0].first_kv_head != 0 ||
+          specs[0].num_kv_heads != model.num_kv_heads)
+        check(env, Status(StatusCode::transfer_invalid,
+                          "tensor-parallel GPU pools are not supported by the cuda_ipc backend (a GPU pool registers "
+                          "one region holding every kv head)"));
+      const Napi::Value device = regions[0].Get("deviceRegion");
+      if (!device.IsExternal()) throw_invalid(env, "a GPU region needs its deviceRegion (from Engine.kvRegion())");
+      check(env, agent_->register_device_region(device.As<Napi::External<void>>().Data(),
+                                                static_cast<size_t>(specs[0].bytes), model));
+    } else {
+      check(env, agent_->register_regions(specs, model));
+    }
   }
 
   Napi::Value Metadata(const Napi::CallbackInfo& info) {

@@ -3,6 +3,8 @@
 // lists, bounds and layout checks, unknown and stale agents, notification order (each one only
 // after its data), the listener's own checks on raw frames, and the TCP backend across two
 // network namespaces joined by a veth pair (root only; skipped with the reason otherwise).
+// Tensor-parallel pools (one shm region per rank, each with its slice of the kv heads, filled
+// per global head) exchange blocks with pools of other TP sizes on both backends.
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/wait.h>
@@ -128,15 +130,14 @@ TEST(metadata_round_trips_and_rejects_bad_input) {
   m.host = this_host();
   m.tcp_host = "127.0.0.1";
   m.tcp_port = 4242;
-  m.shm_name = "/kvserve-1-kv-0";
   m.layout = test_layout(8);
-  m.region_bytes = 8 * m.layout.block_bytes;
+  m.regions = {RegionSpec{"/kvserve-1-kv-0", 8 * m.layout.block_bytes, 0, 0, 2}};
   const std::string json = metadata_to_json(m);
   Metadata back;
   CHECK(metadata_from_json(json, &back).ok());
   CHECK(back.name == m.name && back.incarnation == m.incarnation && back.host == m.host);
-  CHECK(back.tcp_port == 4242 && back.shm_name == m.shm_name && back.region_bytes == m.region_bytes &&
-        back.memory == Memory::host);
+  CHECK(back.tcp_port == 4242 && back.regions.size() == 1 && back.regions[0].shm_name == m.regions[0].shm_name &&
+        back.regions[0].bytes == m.regions[0].bytes && back.memory == Memory::host);
   CHECK(layout_mismatch(back.layout, m.layout).empty() && back.layout.num_blocks == 8);
   CHECK(!m.host.boot_id.empty());
 
@@ -169,7 +170,7 @@ TEST(metadata_round_trips_and_rejects_bad_input) {
   // A GPU pool: a CUDA IPC handle and device, no segment.
   Metadata g = m;
   g.memory = Memory::cuda;
-  g.shm_name.clear();
+  g.regions[0].shm_name.clear();
   g.cuda_ipc_handle = std::string(128, 'a');
   g.cuda_device = "GPU-00112233-4455-6677-8899-aabbccddeeff";
   CHECK(metadata_from_json(metadata_to_json(g), &back).ok());
@@ -188,7 +189,7 @@ TEST(gpu_pools_are_refused_by_host_pools_and_cuda_ipc_needs_them) {
   Metadata g;
   CHECK(metadata_from_json(b.metadata(), &g).ok());
   g.memory = Memory::cuda;
-  g.shm_name.clear();
+  g.regions[0].shm_name.clear();
   g.cuda_ipc_handle = std::string(128, '0');
   g.cuda_device = "GPU-00000000-0000-0000-0000-000000000000";
   Connection c;
@@ -433,6 +434,356 @@ TEST(concurrent_writers_to_one_peer_all_land) {
     for (int32_t id = 0; id < 64; ++id) all = all && b.holds(63 - id, 1, id);
     CHECK(all);
   }
+}
+
+// ---- tensor-parallel pools: one region per rank, each with a slice of the kv heads ----
+
+namespace {
+
+// 2 layers, block_size 4, `heads` kv heads of head_dim 4, f16: a rank's block is 64 bytes per
+// head (head_dim and block_size larger for transfers larger than the staging buffer).
+Layout model_layout(int64_t num_blocks, int64_t heads, int64_t head_dim = 4, int64_t block_size = 4) {
+  Layout l;
+  l.num_blocks = num_blocks;
+  l.num_layers = 2;
+  l.block_size = block_size;
+  l.num_kv_heads = heads;
+  l.head_dim = head_dim;
+  l.dtype = llm::DType::f16;
+  l.block_bytes = 2 * l.num_layers * l.block_size * heads * l.head_dim * 2;
+  return l;
+}
+
+// The regions of `heads` kv heads over `tp` ranks, as vLLM/Megatron split them: heads >= tp:
+// rank r holds [r * heads / tp, (r + 1) * heads / tp); else each head on tp / heads ranks, rank
+// r holds head r / (tp / heads). Segment names and sizes are filled in by make_tp.
+std::vector<RegionSpec> head_split(int64_t heads, int64_t tp) {
+  std::vector<RegionSpec> out;
+  for (int64_t r = 0; r < tp; ++r) {
+    RegionSpec s;
+    s.tp_rank = r;
+    if (heads >= tp) {
+      s.first_kv_head = r * heads / tp;
+      s.num_kv_heads = heads / tp;
+    } else {
+      s.first_kv_head = r / (tp / heads);
+      s.num_kv_heads = 1;
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+// The f16 bits a pool filled with `seed` holds at (block, layer, K/V, token, GLOBAL kv head, dim):
+// a head in the wrong place, or from the wrong block, reads differently.
+uint16_t element(uint32_t seed, int32_t block, int64_t layer, int64_t kv, int64_t token, int64_t head, int64_t dim) {
+  uint32_t x = seed * 0x9e3779b9u;
+  for (int64_t v : {static_cast<int64_t>(block), layer, kv, token, head, dim}) {
+    x ^= static_cast<uint32_t>(v) + 0x7f4a7c15u + (x << 6) + (x >> 2);
+    x *= 0x85ebca6bu;
+  }
+  return static_cast<uint16_t>(x >> 16);
+}
+
+// A TP worker's pool: one shm segment per rank, and the agent serving all of them.
+struct TpSide {
+  Layout model;
+  std::vector<RegionSpec> regions;
+  std::vector<std::unique_ptr<SharedMemory>> shm;
+  std::unique_ptr<Agent> agent;
+
+  // Calls f(address, expected element of `seed`'s block src_id) for every element of region r's block id.
+  template <typename F>
+  void each(size_t r, int32_t id, uint32_t seed, int32_t src_id, F f) const {
+    const RegionSpec& reg = regions[r];
+    uint16_t* b = static_cast<uint16_t*>(shm[r]->data()) + id * region_block_bytes(model, reg) / 2;
+    for (int64_t layer = 0, i = 0; layer < model.num_layers; ++layer)
+      for (int64_t kv = 0; kv < 2; ++kv)
+        for (int64_t t = 0; t < model.block_size; ++t)
+          for (int64_t h = 0; h < reg.num_kv_heads; ++h)
+            for (int64_t d = 0; d < model.head_dim; ++d, ++i)
+              f(b + i, element(seed, src_id, layer, kv, t, reg.first_kv_head + h, d));
+  }
+  void fill(uint32_t seed) {
+    for (size_t r = 0; r < regions.size(); ++r)
+      for (int32_t id = 0; id < model.num_blocks; ++id) each(r, id, seed, id, [](uint16_t* p, uint16_t v) { *p = v; });
+  }
+  // Whether every region's block id holds seed's block src_id (its own heads of it).
+  bool holds(int32_t id, uint32_t seed, int32_t src_id) const {
+    bool same = true;
+    for (size_t r = 0; r < regions.size(); ++r) each(r, id, seed, src_id, [&](uint16_t* p, uint16_t v) { same = same && *p == v; });
+    return same;
+  }
+  std::string metadata() const {
+    std::string m;
+    CHECK(agent->metadata(&m).ok());
+    return m;
+  }
+};
+
+TpSide make_tp(const std::string& name, int64_t num_blocks, int64_t heads, int64_t tp, uint32_t seed,
+               AgentConfig cfg = {}, int64_t head_dim = 4, int64_t block_size = 4) {
+  TpSide s;
+  s.model = model_layout(num_blocks, heads, head_dim, block_size);
+  s.regions = head_split(heads, tp);
+  for (RegionSpec& r : s.regions) {
+    r.bytes = num_blocks * region_block_bytes(s.model, r);
+    std::unique_ptr<SharedMemory> shm;
+    CHECK(SharedMemory::create(SharedMemory::unique_name("xfer-tp"), static_cast<size_t>(r.bytes), &shm).ok());
+    r.shm_name = shm->name();
+    s.shm.push_back(std::move(shm));
+  }
+  s.fill(seed);
+  cfg.name = name;
+  CHECK(Agent::create(cfg, &s.agent).ok());
+  std::vector<RegionSpec> reversed(s.regions.rbegin(), s.regions.rend());  // any order: sorted by rank
+  Status st = s.agent->register_regions(reversed, s.model);
+  if (!st.ok()) std::printf("  register_regions: %s\n", st.message().c_str());
+  CHECK(st.ok());
+  return s;
+}
+
+}  // namespace
+
+TEST(head_copies_take_each_head_from_the_lowest_rank_holding_it) {
+  auto same = [](const std::vector<HeadCopy>& got, const std::vector<HeadCopy>& want) {
+    bool ok = got.size() == want.size();
+    for (size_t i = 0; ok && i < got.size(); ++i)
+      ok = got[i].src == want[i].src && got[i].dst == want[i].dst && got[i].src_head == want[i].src_head &&
+           got[i].dst_head == want[i].dst_head && got[i].num_heads == want[i].num_heads;
+    return ok;
+  };
+  // TP 1 -> TP 2 over 4 heads: each rank its half.
+  CHECK(same(plan_head_copies(head_split(4, 1), head_split(4, 2)), {{0, 0, 0, 0, 2}, {0, 1, 2, 0, 2}}));
+  // TP 2 -> TP 1: the two halves side by side.
+  CHECK(same(plan_head_copies(head_split(4, 2), head_split(4, 1)), {{0, 0, 0, 0, 2}, {1, 0, 0, 2, 2}}));
+  // 2 heads over TP 4 (each head on ranks 2h, 2h+1) -> TP 1: from ranks 0 and 2.
+  CHECK(same(plan_head_copies(head_split(2, 4), head_split(2, 1)), {{0, 0, 0, 0, 1}, {2, 0, 0, 1, 1}}));
+  // TP 1 -> 2 heads over TP 4: every replica gets its head.
+  CHECK(same(plan_head_copies(head_split(2, 1), head_split(2, 4)),
+             {{0, 0, 0, 0, 1}, {0, 1, 0, 0, 1}, {0, 2, 1, 0, 1}, {0, 3, 1, 0, 1}}));
+  // TP 4 -> TP 2 over 4 heads: two runs per destination.
+  CHECK(same(plan_head_copies(head_split(4, 4), head_split(4, 2)),
+             {{0, 0, 0, 0, 1}, {1, 0, 0, 1, 1}, {2, 1, 0, 0, 1}, {3, 1, 0, 1, 1}}));
+  const std::vector<RegionSpec> a = head_split(4, 2);
+  CHECK(whole_blocks(plan_head_copies(a, a)[0], a, a) && whole_blocks(plan_head_copies(a, a)[1], a, a));
+}
+
+TEST(blocks_move_between_pools_of_different_tp_sizes_on_both_backends) {
+  struct Case {
+    int64_t heads, tp_prefill, tp_decode;
+  };
+  const Case cases[] = {{2, 1, 4}, {2, 2, 1}, {2, 4, 2}, {2, 2, 2}, {2, 4, 1},
+                        {4, 1, 4}, {4, 2, 1}, {4, 4, 2}, {4, 2, 2}, {4, 1, 2}};
+  const std::vector<int32_t> local = {3, 4, 5, 9, 0}, remote = {10, 11, 12, 2, 20};  // runs of adjacent ids
+  const std::vector<int32_t> back_remote = {21, 22, 7}, back_local = {12, 13, 1};
+  for (Backend backend : kBackends) {
+    for (const Case& c : cases) {
+      const std::string label = std::to_string(c.heads) + " kv heads, TP " + std::to_string(c.tp_prefill) + " -> TP " +
+                                std::to_string(c.tp_decode) + " over " + backend_name(backend);
+      // The decode side checks, on the notification, that every region already holds the blocks.
+      TpSide* pd = nullptr;
+      bool data_first = false;
+      AgentConfig cfg;
+      cfg.on_notification = [&](Notification) {
+        data_first = true;
+        for (size_t i = 0; i < local.size(); ++i) data_first = data_first && pd->holds(remote[i], 1, local[i]);
+      };
+      TpSide p = make_tp("prefill", 16, c.heads, c.tp_prefill, 1);
+      TpSide d = make_tp("decode", 24, c.heads, c.tp_decode, 2, cfg);
+      pd = &d;
+      Connection conn;
+      Status st = p.agent->connect(d.metadata(), backend, &conn);
+      CHECK(st.ok() && conn.backend == backend);
+
+      CHECK(p.agent->write(local, "decode", remote, "done").ok());
+      bool ok = data_first;
+      for (int32_t id = 0; id < 24; ++id) {
+        const auto at = std::find(remote.begin(), remote.end(), id);
+        ok = ok && (at == remote.end() ? d.holds(id, 2, id) : d.holds(id, 1, local[at - remote.begin()]));
+      }
+      CHECK(p.agent->read("decode", back_remote, back_local).ok());
+      for (int32_t id = 0; id < 16; ++id) {
+        const auto at = std::find(back_local.begin(), back_local.end(), id);
+        ok = ok && (at == back_local.end() ? p.holds(id, 1, id) : p.holds(id, 2, back_remote[at - back_local.begin()]));
+      }
+      int64_t decode_bytes = 0, prefill_bytes = 0;
+      for (const RegionSpec& r : d.regions) decode_bytes += region_block_bytes(d.model, r);
+      for (const RegionSpec& r : p.regions) prefill_bytes += region_block_bytes(p.model, r);
+      const AgentStats s = p.agent->stats();
+      ok = ok && s.bytes_written == 5 * decode_bytes && s.bytes_read == 3 * prefill_bytes;
+      if (!ok) std::printf("  wrong: %s\n", label.c_str());
+      CHECK(ok);
+    }
+  }
+}
+
+// 32 KiB region blocks: 300 of them are more than the 4 MiB staging buffer of a gathered tcp
+// write or a scattered tcp read, so both go in several chunks.
+TEST(tcp_transfers_larger_than_the_staging_buffer_go_in_chunks) {
+  TpSide p = make_tp("prefill", 320, 4, 1, 1, {}, 128, 16);
+  TpSide d = make_tp("decode", 320, 4, 2, 2, {}, 128, 16);
+  Connection c;
+  CHECK(p.agent->connect(d.metadata(), Backend::tcp, &c).ok() && c.backend == Backend::tcp);
+  std::vector<int32_t> local(300), remote(300);
+  for (int32_t i = 0; i < 300; ++i) {
+    local[i] = i;
+    remote[i] = 319 - i;
+  }
+  CHECK(p.agent->write(local, "decode", remote, "big").ok());
+  bool ok = true;
+  for (int32_t i = 0; i < 300; ++i) ok = ok && d.holds(remote[i], 1, local[i]);
+  for (int32_t id = 0; id < 20; ++id) ok = ok && d.holds(id, 2, id);
+  CHECK(ok);
+  d.fill(3);
+  CHECK(p.agent->read("decode", local, remote).ok());  // decode's 0..299 into prefill's 319..20
+  for (int32_t i = 0; i < 300; ++i) ok = ok && p.holds(remote[i], 3, local[i]);
+  for (int32_t id = 0; id < 20; ++id) ok = ok && p.holds(id, 1, id);
+  CHECK(ok);
+}
+
+TEST(bad_region_lists_are_refused_naming_the_problem) {
+  const Layout model = model_layout(4, 4);
+  std::vector<std::unique_ptr<SharedMemory>> shm(3);
+  for (auto& m : shm) CHECK(SharedMemory::create(SharedMemory::unique_name("xfer-tp"), 4 * 256, &m).ok());
+  auto region = [&](size_t seg, int64_t rank, int64_t first, int64_t heads) {
+    return RegionSpec{shm[seg]->name(), static_cast<int64_t>(shm[seg]->size()), rank, first, heads};
+  };
+  struct Bad {
+    std::vector<RegionSpec> regions;
+    const char* says;
+  };
+  const Bad bad[] = {
+      {{}, "1 to 1024 regions"},
+      {{region(0, 0, 0, 2), region(1, 1, 3, 1)}, "no region holds kv head 2"},
+      {{region(0, 0, 0, 2), region(1, 1, 3, 2)}, "inside the model's [0, 4)"},
+      {{region(0, 0, 0, 2), region(1, 1, 2, 0)}, "non-empty range"},
+      {{region(0, 0, 0, 2), region(1, 0, 2, 2)}, "tp_rank 0 where 1"},
+      {{region(0, 0, 0, 2), region(1, 2, 2, 2)}, "tp_rank 2 where 1"},
+      {{region(0, 0, 0, 2), region(0, 1, 2, 2)}, "is also region 0's"},
+      {{region(0, 0, 0, 4)}, "cannot hold 4 blocks of 512 bytes"},
+      {{region(0, 0, 0, 2), RegionSpec{"", 1024, 1, 2, 2}}, "not in shared memory"},
+      {{region(0, 0, 0, 2), RegionSpec{"/kvserve-no-such-segment", 1024, 1, 2, 2}}, "cannot map the KV region of rank 1"},
+  };
+  std::unique_ptr<Agent> a;
+  CHECK(Agent::create(named("a"), &a).ok());
+  for (const Bad& b : bad) {
+    Status st = a->register_regions(b.regions, model);
+    const bool named_it = st.code() == StatusCode::transfer_invalid && st.message().find(b.says) != std::string::npos;
+    if (!named_it) std::printf("  expected '%s', got: %s\n", b.says, st.message().c_str());
+    CHECK(named_it);
+  }
+  Layout wrong = model;
+  wrong.block_bytes += 2;
+  CHECK(a->register_regions({region(0, 0, 0, 2), region(1, 1, 2, 2)}, wrong).code() == StatusCode::transfer_invalid);
+  std::string m;
+  CHECK(a->metadata(&m).code() == StatusCode::transfer_invalid);  // nothing was registered
+  // Replicas: heads 0 and 1 on two ranks each, listed in any order.
+  CHECK(a->register_regions({region(2, 3, 1, 1), region(0, 0, 0, 1), region(1, 1, 0, 1), region(2, 2, 1, 1)},
+                            model_layout(4, 2))
+            .code() == StatusCode::transfer_invalid);  // segment 2 twice
+  std::unique_ptr<SharedMemory> fourth;
+  CHECK(SharedMemory::create(SharedMemory::unique_name("xfer-tp"), 4 * 256, &fourth).ok());
+  const RegionSpec r3{fourth->name(), 4 * 256, 3, 1, 1};
+  CHECK(a->register_regions({r3, region(0, 0, 0, 1), region(1, 1, 0, 1), region(2, 2, 1, 1)}, model_layout(4, 2)).ok());
+  CHECK(a->metadata(&m).ok());
+  Metadata back;
+  CHECK(metadata_from_json(m, &back).ok() && back.regions.size() == 4 && back.regions[3].shm_name == fourth->name());
+  CHECK(a->register_regions({region(0, 0, 0, 4)}, model_layout(1, 4)).code() == StatusCode::transfer_invalid);  // once
+}
+
+TEST(tp_metadata_is_checked_and_only_the_model_layout_must_agree) {
+  TpSide p = make_tp("p", 4, 4, 2, 1), d = make_tp("d", 8, 4, 4, 2);
+  const std::string json = p.metadata();
+  Metadata m;
+  CHECK(metadata_from_json(json, &m).ok() && m.regions.size() == 2 && m.regions[1].tp_rank == 1 &&
+        m.regions[1].first_kv_head == 2 && m.regions[1].num_kv_heads == 2 && m.regions[1].shm_name == p.shm[1]->name());
+  auto edited = [&](const std::string& from, const std::string& to) {
+    std::string j = json;
+    const size_t at = j.find(from);
+    CHECK(at != std::string::npos);
+    return at == std::string::npos ? j : j.replace(at, from.size(), to);
+  };
+  const std::string regions = json.substr(json.find("\"regions\":"));
+  const std::pair<std::string, const char*> bad[] = {
+      {edited("\"num_kv_heads\":2,\"block_bytes\":256", "\"num_kv_heads\":2,\"block_bytes\":512"), "block_bytes 512"},
+      {edited("\"first_kv_head\":2,\"num_kv_heads\":2,\"block_bytes\":256",
+              "\"first_kv_head\":2,\"num_kv_heads\":1,\"block_bytes\":128"),
+       "no region holds kv head 3"},
+      {edited("\"tp_rank\":1", "\"tp_rank\":0"), "tp_rank 0 where 1"},
+      {edited("\"region_bytes\":1024", "\"region_bytes\":1023"), "cannot hold 4 blocks"},
+      {edited(regions, "\"regions\":[]}"), "'regions' must be an array"},
+      {edited("\"regions\":", "\"region\":"), "'regions' must be an array"},
+      {edited(",\"first_kv_head\":0", ""), "'first_kv_head'"},
+  };
+  for (const auto& b : bad) {
+    Status st = metadata_from_json(b.first, &m);
+    const bool named_it = st.code() == StatusCode::transfer_invalid && st.message().find(b.second) != std::string::npos;
+    if (!named_it) std::printf("  expected '%s', got: %s\n", b.second, st.message().c_str());
+    CHECK(named_it);
+  }
+  // A GPU pool of two ranks: refused, saying why.
+  CHECK(metadata_from_json(json, &m).ok());
+  m.memory = Memory::cuda;
+  m.cuda_ipc_handle = std::string(128, 'a');
+  m.cuda_device = "GPU-00112233-4455-6677-8899-aabbccddeeff";
+  for (RegionSpec& r : m.regions) r.shm_name.clear();
+  Status st = metadata_from_json(metadata_to_json(m), &m);
+  CHECK(st.code() == StatusCode::transfer_invalid &&
+        st.message().find("tensor-parallel GPU pools (2 regions) are not supported by the cuda_ipc backend") !=
+            std::string::npos);
+
+  // Different TP sizes and pool sizes connect; another model (2 kv heads) does not.
+  Connection c;
+  CHECK(p.agent->connect(d.metadata(), Backend::automatic, &c).ok() && c.backend == Backend::shm);
+  CHECK(d.agent->connect(p.metadata(), Backend::tcp, &c).ok());
+  TpSide other = make_tp("other", 4, 2, 2, 3);
+  st = p.agent->connect(other.metadata(), Backend::automatic, &c);
+  CHECK(st.code() == StatusCode::transfer_invalid && st.message().find("model kv heads 4 vs 2") != std::string::npos);
+  // The automatic backend falls back to tcp when any one of the peer's segments does not open.
+  std::string meta = d.metadata();
+  const std::string name = d.shm[3]->name();
+  meta.replace(meta.find(name), name.size(), "/kvserve-no-such-segment");
+  CHECK(p.agent->connect(meta, Backend::automatic, &c).ok() && c.backend == Backend::tcp);
+  CHECK(p.agent->connect(meta, Backend::shm, &c).code() == StatusCode::transfer_peer);
+}
+
+TEST(the_listener_checks_the_region_of_raw_frames) {
+  TpSide d = make_tp("d", 4, 4, 2, 2);
+  Metadata dm;
+  CHECK(metadata_from_json(d.metadata(), &dm).ok());
+  Metadata me = dm;
+  me.name = "raw";
+  auto hello = [&](Socket* s) {
+    Status carried;
+    CHECK(tcp_connect(dm.tcp_host, dm.tcp_port, s).ok());
+    CHECK(send_frame(*s, FrameType::hello, metadata_to_json(me), {}, dm.incarnation).ok());
+    CHECK(recv_reply(*s, &carried).ok() && carried.ok());
+  };
+  const std::vector<char> data(256, 'x');
+  Socket s;
+  hello(&s);
+  Status carried;
+  // Region 2 of two: refused, and the connection ends (its data cannot be sized).
+  CHECK(send_frame(s, FrameType::write, "bad", {1}, 2).ok() && send_all(s, data.data(), data.size()).ok());
+  CHECK(recv_reply(s, &carried).ok() && carried.code() == StatusCode::transfer_invalid &&
+        carried.message().find("no KV region 2") != std::string::npos);
+  CHECK(!recv_reply(s, &carried).ok());
+  CHECK(d.holds(1, 2, 1) && d.agent->take_notifications().empty());
+  // Region 1: lands there only; a read names its region too.
+  Socket s2;
+  hello(&s2);
+  CHECK(send_frame(s2, FrameType::write, "good", {3}, 1).ok() && send_all(s2, data.data(), data.size()).ok());
+  CHECK(recv_reply(s2, &carried).ok() && carried.ok());
+  CHECK(static_cast<char*>(d.shm[1]->data())[3 * 256] == 'x' && static_cast<char*>(d.shm[0]->data())[3 * 256] != 'x');
+  std::vector<char> got(256);
+  CHECK(send_frame(s2, FrameType::read, "", {3}, 0).ok());
+  CHECK(recv_reply(s2, &carried).ok() && carried.ok() && recv_all(s2, got.data(), got.size()).ok());
+  CHECK(std::memcmp(got.data(), static_cast<char*>(d.shm[0]->data()) + 3 * 256, 256) == 0);
+  CHECK(send_frame(s2, FrameType::read, "", {0}, 9).ok());
+  CHECK(recv_reply(s2, &carried).ok() && carried.code() == StatusCode::transfer_invalid);
+  const std::vector<Notification> n = d.agent->take_notifications();
+  CHECK(n.size() == 1 && n[0].message == "good");
 }
 
 // ---- two processes ----

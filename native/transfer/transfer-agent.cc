@@ -5,9 +5,11 @@
 // inbound connection serves its requests in order. mu_ is never held across network I/O.
 #include "transfer-agent.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <random>
 
 namespace llm {
@@ -17,33 +19,31 @@ namespace transfer {
 struct Agent::Peer {
   Metadata meta;
   Backend backend = Backend::tcp;
-  std::unique_ptr<SharedMemory> shm;  // shm backend: the peer's pool, mapped here
+  std::vector<std::unique_ptr<SharedMemory>> shm;  // shm backend: every region of the peer, mapped here
   std::unique_ptr<DeviceMapping> device;  // cuda_ipc backend: the peer's pool, opened here
+  std::vector<RegionView> regions;    // the peer's, by rank (base null for tcp)
+  std::vector<HeadCopy> write_plan;   // this agent's regions -> the peer's
+  std::vector<HeadCopy> read_plan;    // the peer's regions -> this agent's
   Socket socket;                      // requests and replies (and, tcp backend, block data)
   std::mutex mu;                      // one request at a time on socket; guards lost
   bool lost = false;                  // an I/O error broke the connection
-
-  char* block(int32_t id) const {
-    char* base = shm ? static_cast<char*>(shm->data()) : device->data();
-    return base + static_cast<int64_t>(id) * meta.layout.block_bytes;
-  }
 
   Status lost_error(const std::string& why) const {
     return Status(StatusCode::transfer_peer, "agent '" + meta.name + "': " + why +
                                                  "; connect again with its current metadata");
   }
 
-  // One request and its reply, with mu held: sends the frame and then the blocks send_from;
-  // on an ok reply receives the blocks recv_into. An I/O failure marks the connection lost.
+  // One request and its reply, with mu held: sends the frame and then send_body's block data;
+  // on an ok reply recv_body receives the blocks' data. An I/O failure marks the connection lost.
+  using Body = std::function<Status(const Socket&)>;
   Status request(FrameType type, const std::string& text, const std::vector<int32_t>& ids, uint64_t arg,
-                 const std::vector<const char*>& send_from, const std::vector<char*>& recv_into) {
+                 const Body& send_body = nullptr, const Body& recv_body = nullptr) {
     if (lost) return lost_error("the connection was lost");
-    const size_t bytes = static_cast<size_t>(meta.layout.block_bytes);
     Status carried;
     Status io = send_frame(socket, type, text, ids, arg);
-    for (size_t i = 0; io.ok() && i < send_from.size(); ++i) io = send_all(socket, send_from[i], bytes);
+    if (io.ok() && send_body) io = send_body(socket);
     if (io.ok()) io = recv_reply(socket, &carried);
-    for (size_t i = 0; io.ok() && carried.ok() && i < recv_into.size(); ++i) io = recv_all(socket, recv_into[i], bytes);
+    if (io.ok() && carried.ok() && recv_body) io = recv_body(socket);
     if (io.ok()) return carried;
     lost = true;
     return lost_error(io.message());
@@ -78,6 +78,65 @@ Status check_blocks(const std::vector<int32_t>& ids, int64_t num_blocks, const c
       return invalid(std::string(side) + " block id " + std::to_string(id) + " is out of range [0, " +
                      std::to_string(num_blocks) + ")");
   return Status::Ok();
+}
+
+// A block's rows ((layer, K/V, token): 2 * num_layers * block_size of them) and a head's bytes.
+struct BlockShape {
+  int64_t rows = 0;
+  int64_t head_bytes = 0;
+};
+
+BlockShape shape_of(const Layout& l) {
+  return BlockShape{2 * l.num_layers * l.block_size, l.head_dim * dtype_size(l.dtype)};
+}
+
+// Copies run `c` of n blocks: src's blocks src_ids[i] -> dst's dst_ids[i]. Whole blocks (runs of
+// adjacent ids merged) when both regions hold exactly the run's heads; else, per block and row,
+// the run's heads.
+template <typename View>
+void copy_heads(const BlockShape& g, const View& src, const View& dst, const HeadCopy& c, const int32_t* src_ids,
+                const int32_t* dst_ids, size_t n) {
+  if (c.num_heads == src.num_kv_heads && c.num_heads == dst.num_kv_heads) {
+    const size_t bytes = static_cast<size_t>(src.block_bytes);
+    for (size_t i = 0; i < n;) {
+      size_t run = 1;
+      while (i + run < n && src_ids[i + run] == src_ids[i] + static_cast<int32_t>(run) &&
+             dst_ids[i + run] == dst_ids[i] + static_cast<int32_t>(run))
+        ++run;
+      std::memcpy(dst.base + dst_ids[i] * dst.block_bytes, src.base + src_ids[i] * src.block_bytes, run * bytes);
+      i += run;
+    }
+    return;
+  }
+  const int64_t src_row = src.num_kv_heads * g.head_bytes, dst_row = dst.num_kv_heads * g.head_bytes;
+  const size_t bytes = static_cast<size_t>(c.num_heads * g.head_bytes);
+  for (size_t i = 0; i < n; ++i) {
+    const char* from = src.base + src_ids[i] * src.block_bytes + c.src_head * g.head_bytes;
+    char* to = dst.base + dst_ids[i] * dst.block_bytes + c.dst_head * g.head_bytes;
+    for (int64_t r = 0; r < g.rows; ++r) std::memcpy(to + r * dst_row, from + r * src_row, bytes);
+  }
+}
+
+// The buffer of a gathered write or a scattered read: `chunk` blocks of one region's layout (about
+// 4 MiB, at least one block, at most the transfer's n), and their slot ids 0..chunk-1.
+struct Staging {
+  Staging(size_t n, int64_t block_bytes)
+      : chunk(std::min(n, static_cast<size_t>(std::max<int64_t>(1, (int64_t{4} << 20) / block_bytes)))),
+        data(chunk * static_cast<size_t>(block_bytes)),
+        slots(chunk) {
+    for (size_t i = 0; i < chunk; ++i) slots[i] = static_cast<int32_t>(i);
+  }
+  size_t chunk;
+  std::vector<char> data;
+  std::vector<int32_t> slots;
+};
+
+// The bytes n blocks take in all of `regions` (every replica counted).
+template <typename View>
+int64_t bytes_of(const std::vector<View>& regions, size_t n) {
+  int64_t b = 0;
+  for (const View& r : regions) b += r.block_bytes * static_cast<int64_t>(n);
+  return b;
 }
 
 uint64_t random_incarnation() {
@@ -139,43 +198,57 @@ void Agent::close() {
   for (auto& in : inbound) in->thread.join();
 }
 
-Status Agent::register_region(const std::string& shm_name, size_t bytes, const Layout& layout) {
-  LLM_RETURN_IF_ERROR(check_layout(layout));
-  if (shm_name.empty()) return invalid("the KV pool is not in shared memory (create the engine with kvSharedMemory)");
-  if (bytes / static_cast<size_t>(layout.block_bytes) < static_cast<size_t>(layout.num_blocks))
-    return invalid("a region of " + std::to_string(bytes) + " bytes cannot hold " +
-                   std::to_string(layout.num_blocks) + " blocks of " + std::to_string(layout.block_bytes) + " bytes");
+Status Agent::register_regions(const std::vector<RegionSpec>& regions, const Layout& model_layout) {
+  std::vector<RegionSpec> by_rank = regions;
+  std::stable_sort(by_rank.begin(), by_rank.end(),
+                   [](const RegionSpec& a, const RegionSpec& b) { return a.tp_rank < b.tp_rank; });
+  for (const RegionSpec& r : by_rank)
+    if (r.shm_name.empty())
+      return invalid("KV region of rank " + std::to_string(r.tp_rank) +
+                     " is not in shared memory (create the engine with kvSharedMemory)");
+  LLM_RETURN_IF_ERROR(check_regions(by_rank, model_layout, false));
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) return closed_error();
   if (has_region()) return invalid("a KV region is already registered");
-  std::unique_ptr<SharedMemory> shm;
-  Status st = SharedMemory::open(shm_name, bytes, &shm);
-  if (!st.ok()) return invalid("cannot map the KV region: " + st.message());
-  region_ = std::move(shm);
+  std::vector<std::unique_ptr<SharedMemory>> segments;
+  std::vector<RegionView> views;
+  for (const RegionSpec& r : by_rank) {
+    std::unique_ptr<SharedMemory> shm;
+    Status st = SharedMemory::open(r.shm_name, static_cast<size_t>(r.bytes), &shm);
+    if (!st.ok()) return invalid("cannot map the KV region of rank " + std::to_string(r.tp_rank) + ": " + st.message());
+    views.push_back(RegionView{static_cast<char*>(shm->data()), region_block_bytes(model_layout, r), r.num_kv_heads});
+    segments.push_back(std::move(shm));
+  }
+  segments_ = std::move(segments);
+  local_ = std::move(views);
   self_.memory = Memory::host;
-  self_.shm_name = shm_name;
-  self_.region_bytes = static_cast<int64_t>(bytes);
-  self_.layout = layout;
+  self_.layout = model_layout;
+  self_.regions = std::move(by_rank);
   return Status::Ok();
 }
 
+Status Agent::register_region(const std::string& shm_name, size_t bytes, const Layout& layout) {
+  if (bytes > static_cast<size_t>(INT64_MAX)) return invalid("a KV region is larger than 2^63 bytes");
+  return register_regions({RegionSpec{shm_name, static_cast<int64_t>(bytes), 0, 0, layout.num_kv_heads}}, layout);
+}
+
 Status Agent::register_device_region(void* data, size_t bytes, const Layout& layout) {
-  LLM_RETURN_IF_ERROR(check_layout(layout));
   if (!data) return invalid("the KV region's device pointer is null");
-  if (bytes / static_cast<size_t>(layout.block_bytes) < static_cast<size_t>(layout.num_blocks))
-    return invalid("a region of " + std::to_string(bytes) + " bytes cannot hold " +
-                   std::to_string(layout.num_blocks) + " blocks of " + std::to_string(layout.block_bytes) + " bytes");
+  if (bytes > static_cast<size_t>(INT64_MAX)) return invalid("a KV region is larger than 2^63 bytes");
+  const RegionSpec region{"", static_cast<int64_t>(bytes), 0, 0, layout.num_kv_heads};
+  LLM_RETURN_IF_ERROR(check_regions({region}, layout, true));
   std::string handle, device;
   LLM_RETURN_IF_ERROR(export_device_region(data, &handle, &device));
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) return closed_error();
   if (has_region()) return invalid("a KV region is already registered");
   device_region_ = static_cast<char*>(data);
+  local_ = {RegionView{device_region_, layout.block_bytes, layout.num_kv_heads}};
   self_.memory = Memory::cuda;
   self_.cuda_ipc_handle = handle;
   self_.cuda_device = device;
-  self_.region_bytes = static_cast<int64_t>(bytes);
   self_.layout = layout;
+  self_.regions = {region};
   return Status::Ok();
 }
 
@@ -220,6 +293,8 @@ Status Agent::open_peer(const Metadata& m, Backend backend, std::shared_ptr<Peer
     if (backend != Backend::automatic && backend != Backend::cuda_ipc)
       return invalid(std::string("GPU KV pools move only by cuda_ipc, not ") + backend_name(backend));
     if (!(m.host == self_.host)) return Status(StatusCode::transfer_peer, who + " is on another host; CUDA IPC needs one host");
+    if (m.regions.size() != 1 || self_.regions.size() != 1)  // check_regions refuses them already
+      return invalid("tensor-parallel GPU pools are not supported by the cuda_ipc backend");
     Status st = DeviceMapping::open(m.cuda_ipc_handle, m.cuda_device, &p->device);
     if (!st.ok()) return Status(StatusCode::transfer_peer, who + "'s GPU pool cannot be opened: " + st.message());
     p->backend = Backend::cuda_ipc;
@@ -230,16 +305,33 @@ Status Agent::open_peer(const Metadata& m, Backend backend, std::shared_ptr<Peer
       if (backend == Backend::shm)
         return Status(StatusCode::transfer_peer, who + " is on another host; the shm backend needs one host");
     } else {
-      Status st = SharedMemory::open(m.shm_name, static_cast<size_t>(m.region_bytes), &p->shm);
-      if (!st.ok() && backend == Backend::shm)
-        return Status(StatusCode::transfer_peer, who + "'s KV segment cannot be opened (stale metadata?): " + st.message());
+      std::vector<std::unique_ptr<SharedMemory>> maps;
+      for (const RegionSpec& r : m.regions) {
+        std::unique_ptr<SharedMemory> one;
+        Status st = SharedMemory::open(r.shm_name, static_cast<size_t>(r.bytes), &one);
+        if (!st.ok()) {
+          if (backend == Backend::shm)
+            return Status(StatusCode::transfer_peer, who + "'s KV segment of rank " + std::to_string(r.tp_rank) +
+                                                         " cannot be opened (stale metadata?): " + st.message());
+          maps.clear();  // automatic: tcp
+          break;
+        }
+        maps.push_back(std::move(one));
+      }
+      p->shm = std::move(maps);
     }
   }
-  if (!p->device) p->backend = p->shm ? Backend::shm : Backend::tcp;
+  if (!p->device) p->backend = p->shm.empty() ? Backend::tcp : Backend::shm;
+  for (size_t i = 0; i < m.regions.size(); ++i) {
+    char* base = p->device ? p->device->data() : p->shm.empty() ? nullptr : static_cast<char*>(p->shm[i]->data());
+    p->regions.push_back(RegionView{base, region_block_bytes(m.layout, m.regions[i]), m.regions[i].num_kv_heads});
+  }
+  p->write_plan = plan_head_copies(self_.regions, m.regions);
+  p->read_plan = plan_head_copies(m.regions, self_.regions);
   Status st = tcp_connect(m.tcp_host, m.tcp_port, &p->socket);
   if (!st.ok()) return Status(StatusCode::transfer_peer, who + " is unreachable (stale metadata?): " + st.message());
   std::lock_guard<std::mutex> lock(p->mu);
-  LLM_RETURN_IF_ERROR(p->request(FrameType::hello, metadata_to_json(self_), {}, m.incarnation, {}, {}));
+  LLM_RETURN_IF_ERROR(p->request(FrameType::hello, metadata_to_json(self_), {}, m.incarnation));
   set_io_timeout(p->socket, kClientIoTimeoutSeconds);
   *out = std::move(p);
   return Status::Ok();
@@ -269,25 +361,20 @@ Status Agent::write(const std::vector<int32_t>& local_blocks, const std::string&
   LLM_RETURN_IF_ERROR(prepare(remote, local_blocks, remote_blocks, &p));
   if (notification.size() > kMaxFrameText) return invalid("a notification has at most 1 MiB");
   const auto t0 = std::chrono::steady_clock::now();
-  const size_t bytes = static_cast<size_t>(self_.layout.block_bytes);
   {
     std::lock_guard<std::mutex> lock(p->mu);
     if (p->backend != Backend::tcp) {
       LLM_RETURN_IF_ERROR(p->check_alive());
-      std::vector<DeviceCopy> copies;
-      for (size_t i = 0; i < local_blocks.size(); ++i) copies.push_back({block(local_blocks[i]), p->block(remote_blocks[i])});
-      LLM_RETURN_IF_ERROR(copy_direct(*p, copies));
+      LLM_RETURN_IF_ERROR(copy_direct(*p, true, local_blocks, remote_blocks));
       // The copies are done before the notification's send (a system call) starts.
-      if (!notification.empty()) LLM_RETURN_IF_ERROR(p->request(FrameType::write, notification, {}, 0, {}, {}));
+      if (!notification.empty()) LLM_RETURN_IF_ERROR(p->request(FrameType::write, notification, {}, 0));
     } else {
-      std::vector<const char*> from;
-      for (int32_t id : local_blocks) from.push_back(block(id));
-      LLM_RETURN_IF_ERROR(p->request(FrameType::write, notification, remote_blocks, 0, from, {}));
+      LLM_RETURN_IF_ERROR(send_blocks(*p, local_blocks, remote_blocks, notification));
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
   stats_.writes += 1;
-  stats_.bytes_written += static_cast<int64_t>(bytes * local_blocks.size());
+  stats_.bytes_written += bytes_of(p->regions, local_blocks.size());
   stats_.write_seconds += seconds_since(t0);
   return Status::Ok();
 }
@@ -297,23 +384,18 @@ Status Agent::read(const std::string& remote, const std::vector<int32_t>& remote
   std::shared_ptr<Peer> p;
   LLM_RETURN_IF_ERROR(prepare(remote, local_blocks, remote_blocks, &p));
   const auto t0 = std::chrono::steady_clock::now();
-  const size_t bytes = static_cast<size_t>(self_.layout.block_bytes);
   {
     std::lock_guard<std::mutex> lock(p->mu);
     if (p->backend != Backend::tcp) {
       LLM_RETURN_IF_ERROR(p->check_alive());
-      std::vector<DeviceCopy> copies;
-      for (size_t i = 0; i < local_blocks.size(); ++i) copies.push_back({p->block(remote_blocks[i]), block(local_blocks[i])});
-      LLM_RETURN_IF_ERROR(copy_direct(*p, copies));
+      LLM_RETURN_IF_ERROR(copy_direct(*p, false, remote_blocks, local_blocks));
     } else {
-      std::vector<char*> into;
-      for (int32_t id : local_blocks) into.push_back(block(id));
-      LLM_RETURN_IF_ERROR(p->request(FrameType::read, "", remote_blocks, 0, {}, into));
+      LLM_RETURN_IF_ERROR(receive_blocks(*p, remote_blocks, local_blocks));
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
   stats_.reads += 1;
-  stats_.bytes_read += static_cast<int64_t>(bytes * local_blocks.size());
+  stats_.bytes_read += bytes_of(local_, local_blocks.size());
   stats_.read_seconds += seconds_since(t0);
   return Status::Ok();
 }
@@ -331,16 +413,97 @@ AgentStats Agent::stats() const {
   return stats_;
 }
 
-Status Agent::copy_direct(const Peer& p, const std::vector<DeviceCopy>& copies) const {
-  const size_t bytes = static_cast<size_t>(self_.layout.block_bytes);
-  if (p.backend == Backend::cuda_ipc) return device_copy(copies, bytes, self_.cuda_device);
-  for (const DeviceCopy& c : copies) std::memcpy(c.dst, c.src, bytes);
+Status Agent::copy_direct(const Peer& p, bool to_peer, const std::vector<int32_t>& src_ids,
+                          const std::vector<int32_t>& dst_ids) const {
+  if (p.backend == Backend::cuda_ipc) {  // one region each side, all heads: whole blocks
+    std::vector<DeviceCopy> copies;
+    const RegionView& src = to_peer ? local_[0] : p.regions[0];
+    const RegionView& dst = to_peer ? p.regions[0] : local_[0];
+    for (size_t i = 0; i < src_ids.size(); ++i)
+      copies.push_back({src.base + src_ids[i] * src.block_bytes, dst.base + dst_ids[i] * dst.block_bytes});
+    return device_copy(copies, static_cast<size_t>(src.block_bytes), self_.cuda_device);
+  }
+  const BlockShape g = shape_of(self_.layout);
+  for (const HeadCopy& c : to_peer ? p.write_plan : p.read_plan) {
+    const RegionView& src = to_peer ? local_[c.src] : p.regions[c.src];
+    const RegionView& dst = to_peer ? p.regions[c.dst] : local_[c.dst];
+    copy_heads(g, src, dst, c, src_ids.data(), dst_ids.data(), src_ids.size());
+  }
   return Status::Ok();
 }
 
-char* Agent::block(int32_t id) const {
-  char* base = region_ ? static_cast<char*>(region_->data()) : device_region_;
-  return base + static_cast<int64_t>(id) * self_.layout.block_bytes;
+Status Agent::send_blocks(Peer& p, const std::vector<int32_t>& local_blocks, const std::vector<int32_t>& remote_blocks,
+                          const std::string& notification) const {
+  const BlockShape g = shape_of(self_.layout);
+  const size_t n = local_blocks.size();
+  for (size_t d = 0; d < p.regions.size(); ++d) {
+    std::vector<HeadCopy> runs;
+    for (const HeadCopy& c : p.write_plan)
+      if (c.dst == d) runs.push_back(c);
+    const int64_t bytes = p.regions[d].block_bytes;
+    Peer::Body body;
+    if (runs.size() == 1 && whole_blocks(runs[0], self_.regions, p.meta.regions)) {  // straight from the pool
+      const size_t src = runs[0].src;
+      body = [&, src](const Socket& s) {
+        for (int32_t id : local_blocks) LLM_RETURN_IF_ERROR(send_all(s, block(src, id), static_cast<size_t>(bytes)));
+        return Status::Ok();
+      };
+    } else {  // gathered into the destination region's layout, a chunk of blocks at a time
+      body = [&](const Socket& s) {
+        Staging st(n, bytes);
+        const RegionView dst{st.data.data(), bytes, p.regions[d].num_kv_heads};
+        for (size_t i = 0; i < n; i += st.chunk) {
+          const size_t k = std::min(st.chunk, n - i);
+          for (const HeadCopy& c : runs) copy_heads(g, local_[c.src], dst, c, &local_blocks[i], st.slots.data(), k);
+          LLM_RETURN_IF_ERROR(send_all(s, st.data.data(), k * static_cast<size_t>(bytes)));
+        }
+        return Status::Ok();
+      };
+    }
+    // The notification rides with the last region's blocks: the listener queues it only after
+    // every region's data (the earlier requests were answered ok) is in place.
+    const bool last = d + 1 == p.regions.size();
+    LLM_RETURN_IF_ERROR(p.request(FrameType::write, last ? notification : std::string(), remote_blocks, d, body));
+  }
+  return Status::Ok();
+}
+
+Status Agent::receive_blocks(Peer& p, const std::vector<int32_t>& remote_blocks,
+                             const std::vector<int32_t>& local_blocks) const {
+  const BlockShape g = shape_of(self_.layout);
+  const size_t n = local_blocks.size();
+  for (size_t s_region = 0; s_region < p.regions.size(); ++s_region) {
+    std::vector<HeadCopy> runs;
+    for (const HeadCopy& c : p.read_plan)
+      if (c.src == s_region) runs.push_back(c);
+    if (runs.empty()) continue;  // every head it holds comes from a lower rank
+    const int64_t bytes = p.regions[s_region].block_bytes;
+    Peer::Body body;
+    if (runs.size() == 1 && whole_blocks(runs[0], p.meta.regions, self_.regions)) {  // straight into the pool
+      const size_t dst = runs[0].dst;
+      body = [&, dst](const Socket& s) {
+        for (int32_t id : local_blocks) LLM_RETURN_IF_ERROR(recv_all(s, block(dst, id), static_cast<size_t>(bytes)));
+        return Status::Ok();
+      };
+    } else {  // a chunk of blocks at a time, scattered into the local regions
+      body = [&](const Socket& s) {
+        Staging st(n, bytes);
+        const RegionView src{st.data.data(), bytes, p.regions[s_region].num_kv_heads};
+        for (size_t i = 0; i < n; i += st.chunk) {
+          const size_t k = std::min(st.chunk, n - i);
+          LLM_RETURN_IF_ERROR(recv_all(s, st.data.data(), k * static_cast<size_t>(bytes)));
+          for (const HeadCopy& c : runs) copy_heads(g, src, local_[c.dst], c, st.slots.data(), &local_blocks[i], k);
+        }
+        return Status::Ok();
+      };
+    }
+    LLM_RETURN_IF_ERROR(p.request(FrameType::read, "", remote_blocks, s_region, nullptr, body));
+  }
+  return Status::Ok();
+}
+
+char* Agent::block(size_t region, int32_t id) const {
+  return local_[region].base + static_cast<int64_t>(id) * local_[region].block_bytes;
 }
 
 // ---- listener side ----
@@ -388,7 +551,7 @@ void Agent::serve(Inbound* in) {
     if (type == FrameType::hello) {
       if (!send_reply(s, serve_hello(text, h.arg, &peer_name)).ok()) break;
     } else if ((type == FrameType::write || type == FrameType::read) && !peer_name.empty()) {
-      if (!(type == FrameType::write ? serve_write(s, peer_name, text, ids) : serve_read(s, ids)).ok()) break;
+      if (!(type == FrameType::write ? serve_write(s, peer_name, h, text, ids) : serve_read(s, h, ids)).ok()) break;
     } else {
       break;  // a reply, or a transfer before hello: not a client of ours
     }
@@ -411,27 +574,54 @@ Status Agent::serve_hello(const std::string& text, uint64_t expected, std::strin
   return Status::Ok();
 }
 
-// A write request: the blocks go straight into the pool (or, for a bad id list, are drained so
-// the connection stays in step); then the notification; then the reply. Non-ok = I/O failed.
-Status Agent::serve_write(const Socket& s, const std::string& peer_name, const std::string& text,
+namespace {
+
+// The region a write or read frame names (its arg), or the error that ends the connection: the
+// frame's data cannot be drained without knowing its block size.
+Status frame_region(const FrameHeader& h, size_t num_regions, const std::string& self_name, size_t* out) {
+  if (h.arg >= num_regions)
+    return invalid("agent '" + self_name + "' has no KV region " + std::to_string(h.arg) + " (it has " +
+                   std::to_string(num_regions) + ")");
+  *out = static_cast<size_t>(h.arg);
+  return Status::Ok();
+}
+
+}  // namespace
+
+// A write request: the blocks go straight into the region it names (or, for a bad id list, are
+// drained so the connection stays in step); then the notification; then the reply. Non-ok =
+// I/O failed or the connection must end.
+Status Agent::serve_write(const Socket& s, const std::string& peer_name, const FrameHeader& h, const std::string& text,
                           const std::vector<int32_t>& ids) {
-  const size_t bytes = static_cast<size_t>(self_.layout.block_bytes);
+  size_t region = 0;
+  Status bad_region = frame_region(h, local_.size(), self_.name, &region);
+  if (!bad_region.ok()) {
+    LLM_RETURN_IF_ERROR(send_reply(s, bad_region));
+    return bad_region;
+  }
+  const size_t bytes = static_cast<size_t>(local_[region].block_bytes);
   Status st = check_blocks(ids, self_.layout.num_blocks, "remote");
   if (st.ok() && device_region_ && !ids.empty())  // a GPU pool takes blocks only by cuda_ipc (no host copy of it here)
     st = invalid("agent '" + self_.name + "' has a GPU KV pool: blocks move by cuda_ipc, not over TCP");
   std::vector<char> scratch(st.ok() ? 0 : bytes);
-  for (int32_t id : ids) LLM_RETURN_IF_ERROR(recv_all(s, st.ok() ? block(id) : scratch.data(), bytes));
+  for (int32_t id : ids) LLM_RETURN_IF_ERROR(recv_all(s, st.ok() ? block(region, id) : scratch.data(), bytes));
   if (st.ok() && !text.empty()) deliver(Notification{peer_name, text});
   return send_reply(s, st);
 }
 
-Status Agent::serve_read(const Socket& s, const std::vector<int32_t>& ids) {
+Status Agent::serve_read(const Socket& s, const FrameHeader& h, const std::vector<int32_t>& ids) {
+  size_t region = 0;
+  Status bad_region = frame_region(h, local_.size(), self_.name, &region);
+  if (!bad_region.ok()) {
+    LLM_RETURN_IF_ERROR(send_reply(s, bad_region));
+    return bad_region;
+  }
   Status st = check_blocks(ids, self_.layout.num_blocks, "remote");
   if (st.ok() && device_region_ && !ids.empty())
     st = invalid("agent '" + self_.name + "' has a GPU KV pool: blocks move by cuda_ipc, not over TCP");
   LLM_RETURN_IF_ERROR(send_reply(s, st));
   for (size_t i = 0; st.ok() && i < ids.size(); ++i)
-    LLM_RETURN_IF_ERROR(send_all(s, block(ids[i]), static_cast<size_t>(self_.layout.block_bytes)));
+    LLM_RETURN_IF_ERROR(send_all(s, block(region, ids[i]), static_cast<size_t>(local_[region].block_bytes)));
   return Status::Ok();
 }
 

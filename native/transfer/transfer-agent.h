@@ -1,35 +1,53 @@
 // transfer-agent.h: the NIXL-style KV transfer agent (DESIGN.md section 6). One per worker.
 //
-// Owns: the mapping of this worker's KV pool (a named shm segment), a TCP listener that serves
-// other agents (their writes, reads and notifications), the connections to remote agents, and
-// the queue of notifications received.
+// Owns: the mappings of this worker's KV pool (one named shm segment per tensor-parallel rank,
+// each holding that rank's slice of the KV heads, every rank with the same block ids), a TCP
+// listener that serves other agents (their writes, reads and notifications), the connections to
+// remote agents (with every region of theirs mapped, for shm), and the queue of notifications
+// received.
 //
-//   decode worker                               prefill worker
+//   decode worker (TP 2)                        prefill worker (TP 1)
 //   agent "decode-0"                            agent "prefill-0"
-//     register_region(pool)                       register_region(pool)
+//     register_regions({rank 0: heads [0, 4),     register_region(pool)        all 8 heads
+//                       rank 1: heads [4, 8)})
 //     metadata() ---------- discovery ---------->  connect(meta)         shm on one host, else tcp
 //                                                  read(...)    <- its cached prefix blocks
-//                                                  write(..., "req-7 done")  -> the new blocks
+//                                                  write(..., "req-7 done")  -> the new blocks,
+//                                                    heads [0, 4) to rank 0's region, [4, 8) to rank 1's
 //     take_notifications() -> {prefill-0, "req-7 done"}   (only after the blocks are in place)
 //
+// Head slices: the two agents' model-level layouts must agree (layers, block_size, the model's
+// kv heads, head_dim, dtype); their TP sizes and head splits need not. Every destination region
+// gets every head it holds (each replica its own copy) from the lowest-rank source region that
+// holds it (plan_head_copies). Where the two regions hold the same heads, whole blocks are copied
+// (runs of adjacent blocks merged); else, per block, per (layer, K/V, token) row, the bytes of
+// the heads they share.
+//
 // Backends, chosen by connect() (or forced):
-//   shm       the peer is on this host (same hostname and boot id) and its segment opens: write
-//             and read are one memcpy per block straight into / out of the peer's pool; the
-//             notification of a write goes over the TCP connection after the copy.
-//   tcp       the blocks travel over the TCP connection; the listener bounds-checks and copies
-//             them into its pool, then queues the notification.
-//   cuda_ipc  both pools are in GPU memory (register_device_region) on this host: the peer's
-//             allocation is opened by CUDA IPC (device-ipc.h), write and read are device-to-device
-//             copies (adjacent blocks merged) that finish before the notification is sent.
-//             GPU pools move only this way; a GPU pool and a host pool cannot exchange blocks.
+//   shm       the peer is on this host (same hostname and boot id) and every segment of its pool
+//             opens: write and read copy straight into / out of the peer's regions; the
+//             notification of a write goes over the TCP connection after the copies.
+//   tcp       the blocks travel over the TCP connection, one request per region of the listener:
+//             a write sends each of its regions the blocks already in that region's layout
+//             (gathered here from the local regions), the notification in the last request, so
+//             it is queued only after every region's data is in place; a read asks for the blocks
+//             of as many of its regions as hold all heads and scatters them into the local
+//             regions. The listener bounds-checks and copies whole blocks into / out of the
+//             region named.
+//   cuda_ipc  both pools are in GPU memory (register_device_region), one region each holding all
+//             heads, on this host: the peer's allocation is opened by CUDA IPC (device-ipc.h),
+//             write and read are device-to-device copies (adjacent blocks merged) that finish
+//             before the notification is sent. GPU pools move only this way; a GPU pool and a
+//             host pool cannot exchange blocks; tensor-parallel GPU pools are refused.
 // Stays true:
 //   - nothing is read or written out of bounds: every block id is checked against both pools
-//     before any byte moves (the listener checks its own again); a bad list is
-//     ERR_TRANSFER_INVALID and moves nothing;
-//   - two pools exchange blocks only when their layouts agree (layout_mismatch);
-//   - a notification is delivered only after its write's data is in place, and notifications
-//     from one agent arrive in the order its writes completed; write() returns once the remote
-//     side has queued it (or handed it to on_notification);
+//     before any byte moves (the listener checks its own again, and the region index); a bad
+//     list is ERR_TRANSFER_INVALID and moves nothing;
+//   - two pools exchange blocks only when their model-level layouts agree (layout_mismatch), and
+//     each pool's regions hold every kv head (check_regions), so every head has a source;
+//   - a notification is delivered only after its write's data is in place (in every region),
+//     and notifications from one agent arrive in the order its writes completed; write() returns
+//     once the remote side has queued it (or handed it to on_notification);
 //   - unknown agent names, a peer that restarted (new incarnation), is gone or unreachable are
 //     ERR_TRANSFER_PEER; after close(), every call is ERR_TRANSFER_CLOSED;
 //   - thread-safe: write/read/connect may run on any threads at once; transfers to one peer
@@ -73,7 +91,8 @@ struct AgentConfig {
   std::function<void(Notification)> on_notification;
 };
 
-// Cumulative, for this agent's own write() and read() calls.
+// Cumulative, for this agent's own write() and read() calls; bytes are those that landed in the
+// destination regions (the peer's for a write, this agent's for a read), every replica counted.
 struct AgentStats {
   int64_t writes = 0;
   int64_t reads = 0;
@@ -97,10 +116,13 @@ class Agent {
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
 
-  // Maps this worker's pool: segment `shm_name` of exactly `bytes`, holding layout.num_blocks
-  // blocks. Once per agent, before metadata() and connect().
+  // Maps this worker's pool: one region per tensor-parallel rank (any order; ranks 0..n-1), each
+  // a segment of exactly its `bytes` holding model_layout.num_blocks blocks of its heads; together
+  // they hold every kv head (check_regions). Once per agent, before metadata() and connect().
+  Status register_regions(const std::vector<RegionSpec>& regions, const Layout& model_layout);
+  // One region holding all heads: segment `shm_name` of exactly `bytes`.
   Status register_region(const std::string& shm_name, size_t bytes, const Layout& layout);
-  // Or: the pool is the GPU allocation that starts at `data` (a device pointer of this process,
+  // Or: the pool (all heads) is the GPU allocation that starts at `data` (a device pointer of this process,
   // the allocation's first byte), `bytes` long; it is exported by CUDA IPC. The pool must outlive
   // the agent (close the agent first).
   Status register_device_region(void* data, size_t bytes, const Layout& layout);
@@ -111,8 +133,8 @@ class Agent {
   // TCP connect and one round trip, kConnectTimeoutSeconds at most.
   Status connect(const std::string& remote_metadata, Backend backend, Connection* out);
 
-  // Copies local blocks local_blocks[i] into the remote's remote_blocks[i], then delivers
-  // `notification` to it ("" = none).
+  // Copies local blocks local_blocks[i] into the remote's remote_blocks[i] (every head into every
+  // region that holds it), then delivers `notification` to it ("" = none).
   Status write(const std::vector<int32_t>& local_blocks, const std::string& remote,
                const std::vector<int32_t>& remote_blocks, const std::string& notification);
   // Copies the remote's remote_blocks[i] into local blocks local_blocks[i].
@@ -129,6 +151,13 @@ class Agent {
  private:
   struct Peer;
   struct Inbound;
+  // Where one region's blocks are: block b at base + b * block_bytes (base is null for a remote
+  // pool reached over TCP); they hold num_kv_heads heads.
+  struct RegionView {
+    char* base = nullptr;
+    int64_t block_bytes = 0;
+    int64_t num_kv_heads = 0;
+  };
   Agent() = default;
 
   // The peer a transfer goes to, after checking the block lists against both pools.
@@ -138,19 +167,27 @@ class Agent {
   void accept_loop();
   void serve(Inbound* in);
   Status serve_hello(const std::string& text, uint64_t expected, std::string* peer_name);
-  Status serve_write(const Socket& s, const std::string& peer_name, const std::string& text,
+  Status serve_write(const Socket& s, const std::string& peer_name, const FrameHeader& h, const std::string& text,
                      const std::vector<int32_t>& ids);
-  Status serve_read(const Socket& s, const std::vector<int32_t>& ids);
+  Status serve_read(const Socket& s, const FrameHeader& h, const std::vector<int32_t>& ids);
   void deliver(Notification n);
-  // shm and cuda_ipc: each copy's block bytes from src to dst (memcpy, or device to device).
-  Status copy_direct(const Peer& p, const std::vector<DeviceCopy>& copies) const;
-  char* block(int32_t id) const;
-  bool has_region() const { return region_ || device_region_; }  // with mu_ held, or once registered
+  // shm and cuda_ipc, with the peer's mu held: the blocks from src_ids to dst_ids, this agent's
+  // regions to the peer's (to_peer) or back.
+  Status copy_direct(const Peer& p, bool to_peer, const std::vector<int32_t>& src_ids,
+                     const std::vector<int32_t>& dst_ids) const;
+  // tcp, with the peer's mu held: one write request per region of the peer, one read request per
+  // region of the peer that read_plan takes heads from.
+  Status send_blocks(Peer& p, const std::vector<int32_t>& local_blocks, const std::vector<int32_t>& remote_blocks,
+                     const std::string& notification) const;
+  Status receive_blocks(Peer& p, const std::vector<int32_t>& remote_blocks, const std::vector<int32_t>& local_blocks) const;
+  char* block(size_t region, int32_t id) const;
+  bool has_region() const { return !local_.empty(); }  // with mu_ held, or once registered
 
   AgentConfig cfg_;
-  Metadata self_;                          // incarnation, host and listener from create()
-  std::unique_ptr<SharedMemory> region_;   // set once by register_region
+  Metadata self_;                          // incarnation, host and listener from create(); regions
+  std::vector<std::unique_ptr<SharedMemory>> segments_;  // set once by register_regions, by rank
   char* device_region_ = nullptr;          // or by register_device_region
+  std::vector<RegionView> local_;          // the regions above, by rank
   Socket listener_;
   std::thread accept_thread_;
 

@@ -8,13 +8,20 @@
 // limits below is refused before anything is allocated.
 //
 //   frame = FrameHeader, text (text_bytes), block ids (num_blocks int32; requests only),
-//           block data (num_blocks * block_bytes, in id order; write requests and read replies)
+//           block data (num_blocks * the region's block_bytes, in id order; write requests and
+//           read replies)
 //   hello  client -> listener  text: the client's metadata JSON; arg: the listener's
 //                              incarnation the client expects
-//   write  client -> listener  text: the notification ("" = none); ids: listener's blocks; data
-//   read   client -> listener  ids: listener's blocks
+//   write  client -> listener  arg: the listener's region (index in its metadata's regions, by
+//                              tp_rank); text: the notification ("" = none), queued once the
+//                              data is in place; ids: listener's blocks; data: in that region's
+//                              layout (its kv heads only)
+//   read   client -> listener  arg: the listener's region; ids: listener's blocks
 //   reply  listener -> client  code: StatusCode (ok or the error), text: the error's message;
 //                              a successful read reply is followed by the blocks' data
+//   A region the listener does not have is answered with ERR_TRANSFER_INVALID and ends the
+//   connection (the data that follows cannot be sized); bad block ids are answered with it and
+//   the data drained, the connection staying in step.
 #pragma once
 
 #include <cstddef>

@@ -1,6 +1,8 @@
 // The KV transfer agent through the addon: two engines with their KV pools in shm, one agent
 // each, blocks written from one pool into the other and read back over both backends, checked
-// byte for byte through /dev/shm (Linux); bad inputs give the right error codes.
+// byte for byte through /dev/shm (Linux); bad inputs give the right error codes. Tensor-parallel
+// pools (one region per rank, fabricated as /dev/shm segments) exchange blocks with a TP 1 pool,
+// each rank getting its slice of the kv heads.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -88,7 +90,38 @@ beforeAll(async () => {
 afterAll(async () => {
   for (const a of agents) await a.close();
   for (const e of engines) await e.close();
+  for (const name of segments) fs.rmSync(`/dev/shm${name}`, { force: true });
 });
+
+// A fabricated TP pool: 4 kv heads of a 2-layer model (blockSize 4, headDim 8, f16) over `tp`
+// ranks, each rank a /dev/shm segment of numBlocks blocks of its heads.
+const segments: string[] = [];
+const tpModel = { numLayers: 2, blockSize: 4, headDim: 8, modelKvHeads: 4, dtype: 'f16' as const };
+const tpRows = 2 * tpModel.numLayers * tpModel.blockSize; // (layer, K/V, token) rows of a block
+const headBytes = tpModel.headDim * 2;
+function tpPool(tag: string, tp: number, numBlocks: number): NativeKvRegion[] {
+  return Array.from({ length: tp }, (_, rank) => {
+    const numKvHeads = tpModel.modelKvHeads / tp;
+    const blockBytes = tpRows * numKvHeads * headBytes;
+    const shmName = `/kvserve-${process.pid}-tstp-${tag}-${rank}`;
+    fs.writeFileSync(`/dev/shm${shmName}`, Buffer.alloc(numBlocks * blockBytes));
+    segments.push(shmName);
+    return { memory: 'host', shmName, bytes: numBlocks * blockBytes, numBlocks, blockBytes, numKvHeads,
+      tpRank: rank, firstKvHead: rank * numKvHeads, ...tpModel };
+  });
+}
+
+// Block `id` of a whole pool (every head), put together from its regions' rows.
+function wholeBlock(regions: NativeKvRegion[], id: number): Buffer {
+  const rows: Buffer[] = [];
+  for (let row = 0; row < tpRows; row++) {
+    for (const r of regions) {
+      const rowBytes = r.numKvHeads * headBytes;
+      rows.push(block(r, id).subarray(row * rowBytes, (row + 1) * rowBytes));
+    }
+  }
+  return Buffer.concat(rows);
+}
 
 describe('transfer agent', () => {
   it.each(['shm', 'tcp'] as const)('writes blocks into another engine pool and reads them back (%s)', async (backend) => {
@@ -158,6 +191,53 @@ describe('transfer agent', () => {
     expect(await code(() => p.a.connect(staleMeta))).toBe('ERR_TRANSFER_PEER');
     expect(await code(d.a.write([0], 'err-p', [0]))).toBe('ERR_TRANSFER_CLOSED');
     expect(await code(() => d.a.metadata())).toBe('ERR_TRANSFER_CLOSED');
+  });
+
+  it.each(['shm', 'tcp'] as const)('moves blocks between a TP 1 and a TP 2 pool, heads sliced per rank (%s)', async (backend) => {
+    const [whole] = tpPool(`p1-${backend}`, 1, 8);
+    const ranks = tpPool(`d2-${backend}`, 2, 8);
+    fillRandom(whole, 5);
+    const p = agent(`tp1-${backend}`, whole);
+    const d = agent(`tp2-${backend}`);
+    d.a.registerRegions([ranks[1], ranks[0]]); // any order
+    expect(p.a.connect(d.a.metadata(), backend)).toBe(`tp2-${backend}`);
+
+    await p.a.write([1, 2, 3], `tp2-${backend}`, [5, 6, 0], 'req done');
+    expect(await d.next(1)).toEqual([{ from: `tp1-${backend}`, message: 'req done' }]);
+    for (const [src, dst] of [[1, 5], [2, 6], [3, 0]]) expect(wholeBlock(ranks, dst).equals(block(whole, src))).toBe(true);
+    // Rank 1 holds heads 2..3 only: the second half of every row.
+    expect(block(ranks[1], 5).subarray(0, 32).equals(block(whole, 1).subarray(32, 64))).toBe(true);
+    expect(block(ranks[0], 7).equals(Buffer.alloc(ranks[0].blockBytes))).toBe(true); // not named: untouched
+
+    await p.a.read(`tp2-${backend}`, [6], [7]);
+    expect(block(whole, 7).equals(block(whole, 2))).toBe(true);
+    expect(p.a.stats()).toMatchObject({ bytesWritten: 3 * whole.blockBytes, bytesRead: whole.blockBytes });
+  });
+
+  it('refuses bad region lists and pools of another model', async () => {
+    const ranks = tpPool('bad', 2, 4);
+    const a = agent('tp-bad').a;
+    expect(await code(() => a.registerRegions([]))).toBe('ERR_INVALID_ARGUMENT');
+    expect(await code(() => a.registerRegions([ranks[0], null as unknown as NativeKvRegion]))).toBe('ERR_INVALID_ARGUMENT');
+    expect(await code(() => a.registerRegions([ranks[0]]))).toBe('ERR_TRANSFER_INVALID'); // heads 2..3 missing
+    expect(await code(() => a.registerRegions([ranks[0], { ...ranks[1], numLayers: 3 }]))).toBe('ERR_TRANSFER_INVALID');
+    expect(await code(() => a.registerRegions([ranks[0], { ...ranks[1], tpRank: 0 }]))).toBe('ERR_TRANSFER_INVALID');
+    expect(await code(() => a.registerRegions([ranks[0], { ...ranks[1], blockBytes: 64 }]))).toBe('ERR_TRANSFER_INVALID');
+    const gpu = ranks.map((r) => ({ ...r, memory: 'cuda' as const, shmName: '' }));
+    try {
+      a.registerRegions(gpu);
+      expect.unreachable();
+    } catch (err) {
+      expect((err as NativeError).code).toBe('ERR_TRANSFER_INVALID');
+      expect((err as NativeError).message).toContain('tensor-parallel GPU pools are not supported by the cuda_ipc backend');
+    }
+    a.registerRegions(ranks); // nothing above registered anything
+    expect(await code(() => a.registerRegions(ranks))).toBe('ERR_TRANSFER_INVALID'); // once
+
+    // The engine's model has another layout: refused at connect whatever the TP sizes.
+    const e = agent('tp-engine', engine({ numKvBlocks: 8 }));
+    expect(await code(() => e.a.connect(a.metadata()))).toBe('ERR_TRANSFER_INVALID');
+    expect(() => e.a.connect(a.metadata())).toThrow(/another KV layout/);
   });
 
   const addon = path.join(packageRoot, 'build', 'Release', 'kvserve.node');

@@ -152,6 +152,9 @@ export interface NativeEngineInfo {
 // Where the engine's KV pool lives (DESIGN.md section 6): block b is bytes
 // [b * blockBytes, (b + 1) * blockBytes) of the shm segment shmName ('' = private, not shareable),
 // or, with memory 'cuda', of the GPU allocation deviceRegion (opaque; moved by CUDA IPC).
+// A tensor-parallel pool is one region per rank, each holding the kv heads
+// [firstKvHead, firstKvHead + numKvHeads) of the model's modelKvHeads (a transfer agent takes a
+// region without these three as rank 0 holding all modelKvHeads = numKvHeads).
 export interface NativeKvRegion {
   memory: 'host' | 'cuda';
   shmName: string;
@@ -161,9 +164,12 @@ export interface NativeKvRegion {
   blockBytes: number;
   numLayers: number;
   blockSize: number;
-  numKvHeads: number;
+  numKvHeads: number; // the heads in this region
   headDim: number;
   dtype: 'f32' | 'f16' | 'bf16';
+  tpRank: number;
+  firstKvHead: number;
+  modelKvHeads: number;
 }
 
 // The engine: its loop runs on its own native thread; onStep is called on the JS thread once
@@ -219,7 +225,10 @@ export interface NativeTransferStats {
 // delivered, after that write's blocks are in this pool.
 export declare class TransferAgent {
   constructor(options: NativeTransferAgentOptions, onNotification: (from: string, message: string) => void);
-  registerRegion(region: NativeKvRegion): void; // once; a host region must have a shmName
+  registerRegion(region: NativeKvRegion): void; // = registerRegions([region])
+  // Once: every rank's region of this worker's pool (any order), together holding every kv head;
+  // a host region must have a shmName; a GPU pool is one region holding every head.
+  registerRegions(regions: NativeKvRegion[]): void;
   metadata(): string; // JSON, for discovery
   // Blocks the JS thread for a TCP connect and one round trip (5 s at most); -> the remote's name.
   connect(metadata: string, backend: NativeTransferBackend): string;

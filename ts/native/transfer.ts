@@ -74,10 +74,24 @@ export class TransferAgent {
   }
 
   // This worker's KV pool (Engine.kvRegion() of an engine created with kvSharedMemory, or of any
-  // engine on CUDA: its pool moves by CUDA IPC); once.
+  // engine on CUDA: its pool moves by CUDA IPC); once. The same as registerRegions([region]).
   registerRegion(region: NativeKvRegion): void {
-    if (!region || typeof region !== 'object') throw invalidArgument('region must be a KV region');
-    callNative(() => this.native.registerRegion(region));
+    this.registerRegions([region]);
+  }
+
+  // A tensor-parallel worker's pool: one region per rank (any order), each holding its slice of
+  // the kv heads, together every head; once. Blocks then move to and from agents of any TP size
+  // whose model-level layout agrees. GPU pools are one region (cuda_ipc has no TP split).
+  registerRegions(regions: NativeKvRegion[]): void {
+    // 1. A non-empty array of objects.
+    if (!Array.isArray(regions) || regions.length === 0) {
+      throw invalidArgument('regions must be a non-empty array of KV regions');
+    }
+    regions.forEach((region, i) => {
+      if (!region || typeof region !== 'object') throw invalidArgument(`regions[${i}] must be a KV region`);
+    });
+    // 2. The native side checks the regions against each other and maps them.
+    callNative(() => this.native.registerRegions(regions));
   }
 
   // This agent's metadata (JSON), to publish in discovery.
