@@ -161,7 +161,8 @@ async function runTp(modelDir: string, list: string): Promise<void> {
     const per = threads >= tp ? String(Math.floor(threads / tp)) : `1 (${tp} ranks on ${threads} cores)`;
     console.log(`| ${tp} | ${per} | ${ours.prefill.tokensPerSecond.toFixed(1)} | ${ours.decode.map((d) => d.tokensPerSecond.toFixed(2)).join(' | ')} |`);
   }
-  writeResult('engine-tp', { date: new Date().toISOString(), cpu: os.cpus()[0]?.model, kernels: cpu.path, threads, prefillLen, rows }, args.out);
+  const result = { date: new Date().toISOString(), cpu: os.cpus()[0]?.model, kernels: cpu.path, threads, prefillLen, rows };
+  writeResult('engine-tp', result, args.out);
 }
 
 interface OurRound {

@@ -13,8 +13,8 @@
 //                     on the interference workload: long prompts among decode-heavy short ones
 //   engine            `npm run bench:engine` (our engine against llama.cpp; the flags after `--`
 //                     go to it), its speeds and target ratios in the report
-// A topology the launcher refuses (--prefill-workers, TP > 1, until they land) is reported as
-// skipped with the launcher's reason. The user's workload flags override a scenario's, and
+// A topology the launcher refuses (e.g. TP on a model it does not split) is reported as skipped
+// with the launcher's reason. The user's workload flags override a scenario's, and
 // launcher flags after `--` are added to every case's (engine: given to bench:engine).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';

@@ -255,11 +255,29 @@ Status ShmAllReduce::barrier(int timeout_ms) {
     return st;
   }
   for (int r = 0; r < world_; ++r) {
-    if (r != rank_ && lines_[r].failed.load(std::memory_order_acquire))
+    if (r != rank_ && lines_[r].failed.load(std::memory_order_acquire)) {
+      Status exited = exited_rank(gen_);
+      if (!exited.ok()) return exited;
       return Status(StatusCode::transfer_peer, "all-reduce rank " + std::to_string(rank_) + ", segment " +
                                                    shm_->name() + ": rank " + std::to_string(r) + " (pid " +
                                                    std::to_string(lines_[r].pid.load(std::memory_order_relaxed)) +
                                                    ") gave up on the group at barrier " + std::to_string(gen_));
+    }
+  }
+  return Status::Ok();
+}
+
+// The error naming a rank whose process exited without giving up first, if one has: the cause,
+// when other ranks gave up because of it.
+Status ShmAllReduce::exited_rank(uint32_t gen) const {
+  for (int r = 0; r < world_; ++r) {
+    if (r == rank_ || lines_[r].failed.load(std::memory_order_acquire)) continue;  // gave up first: not the cause
+    const int pid = lines_[r].pid.load(std::memory_order_acquire);
+    if (pid > 0 && process_gone(pid))
+      return Status(StatusCode::transfer_peer, "all-reduce rank " + std::to_string(rank_) + ", segment " +
+                                                   shm_->name() + ": rank " + std::to_string(r) + " (pid " +
+                                                   std::to_string(pid) + ") exited before barrier " +
+                                                   std::to_string(gen));
   }
   return Status::Ok();
 }
@@ -273,6 +291,7 @@ Status ShmAllReduce::check_peer(int q, uint32_t gen, bool check_pid) const {
                      : check_pid && process_gone(pid)         ? "exited"
                                                               : nullptr;
   if (!what) return Status::Ok();
+  if (l.failed.load(std::memory_order_acquire)) LLM_RETURN_IF_ERROR(exited_rank(gen));  // name the cause
   return Status(StatusCode::transfer_peer, "all-reduce rank " + std::to_string(rank_) + ", segment " + shm_->name() +
                                                ": rank " + std::to_string(q) +
                                                (pid > 0 ? " (pid " + std::to_string(pid) + ") " : " ") + what +

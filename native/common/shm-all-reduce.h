@@ -15,7 +15,8 @@
 //    futex sleep (ranks may outnumber cores). It gives up at a deadline (timeout_ms), or as soon as
 //    a rank that has not arrived is seen to have exited (its pid gone or a zombie) or to have
 //    destroyed its ShmAllReduce, with an error (StatusCode::transfer_peer) naming that rank and the
-//    segment. After any error the group is broken: later calls return the same error, and a rank
+//    segment (when a rank gave up because another exited, the error names the one that exited).
+//    After any error the group is broken: later calls return the same error, and a rank
 //    whose barrier failed marks itself, so that peers arriving later fail too instead of counting
 //    its arrival.
 //  - Every rank must make the same calls (all_reduce with the same n, broadcast, gather with the
@@ -96,6 +97,7 @@ class ShmAllReduce {
   Status barrier(int timeout_ms);
   Status wait_all(uint32_t gen, int timeout_ms);
   Status check_peer(int q, uint32_t gen, bool check_pid) const;
+  Status exited_rank(uint32_t gen) const;
   Status round(float* x, size_t c, uint64_t total_n, bool first_round);
   float* slot(int set, int r) const;
   void wake_all();
