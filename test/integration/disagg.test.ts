@@ -11,6 +11,7 @@ import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { WorkerLoad } from '../../ts/protocol/index.ts';
 import { getWorker } from '../../ts/runtime/discovery.ts';
 import { freePort, launch, type Launched } from '../helpers/launcher.ts';
+import { promptTokens } from '../helpers/prompts.ts';
 
 const MAX_LOCAL = 64;
 const DEADLINE_MS = 8000;
@@ -19,13 +20,7 @@ let client: Redis;
 let agg: Launched;
 let disagg: Launched;
 
-function tokens(seed: number, len: number): number[] {
-  let x = seed * 7919 + 17;
-  return Array.from({ length: len }, () => {
-    x = (x * 1103515245 + 12345) >>> 0;
-    return 1000 + (x % 30000);
-  });
-}
+const tokens = promptTokens;
 
 async function complete(url: string, prompt: number[]): Promise<string> {
   const res = await fetch(`${url}/v1/completions`, {

@@ -8,19 +8,14 @@ import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import { freePort, launch, type Launched } from '../helpers/launcher.ts';
+import { promptTokens } from '../helpers/prompts.ts';
 
 let modelDir: string;
 let agg: Launched;
 let tp2: Launched;
 let tp4: Launched;
 
-function prompt(seed: number, len: number): number[] {
-  let x = seed * 7919 + 17;
-  return Array.from({ length: len }, () => {
-    x = (x * 1103515245 + 12345) >>> 0;
-    return 1000 + (x % 30000);
-  });
-}
+const prompt = promptTokens;
 
 async function complete(url: string, p: number[], maxTokens = 12): Promise<string> {
   const res = await fetch(`${url}/v1/completions`, {
