@@ -120,6 +120,12 @@ void add_to(float* __restrict d, const float* __restrict s, size_t n) {
   for (size_t i = 0; i < n; ++i) d[i] += s[i];
 }
 
+// dst[dst_at..) <- src[src_at..), n bytes; nothing at all for n == 0, so that an empty message
+// or part (null data) never meets pointer arithmetic or memcpy.
+void copy_bytes(void* dst, size_t dst_at, const void* src, size_t src_at, size_t n) {
+  if (n > 0) std::memcpy(static_cast<char*>(dst) + dst_at, static_cast<const char*>(src) + src_at, n);
+}
+
 // If `name` exists and its creator has exited or closed it, unlinks it. A live group's segment
 // is an error.
 Status remove_if_stale(const std::string& name, size_t header_size) {
@@ -429,7 +435,7 @@ Status ShmAllReduce::broadcast(std::vector<uint8_t>* msg, int timeout_ms) {
     const int set = static_cast<int>(rounds_++ & 1);
     auto* s = reinterpret_cast<uint8_t*>(slot(set, 0));
     if (rank_ == 0) {
-      std::memcpy(s, msg->data() + off, std::min<size_t>(cap, total - off));
+      copy_bytes(s, 0, msg->data(), off, std::min<size_t>(cap, total - off));
       if (first) lines_[0].op_n[set].store(total, std::memory_order_relaxed);
     }
     Status st = barrier(first ? timeout_ms : opts_.timeout_ms);
@@ -442,7 +448,7 @@ Status ShmAllReduce::broadcast(std::vector<uint8_t>* msg, int timeout_ms) {
         total = lines_[0].op_n[set].load(std::memory_order_relaxed);
         msg->resize(static_cast<size_t>(total));
       }
-      std::memcpy(msg->data() + off, s, std::min<size_t>(cap, total - off));
+      copy_bytes(msg->data(), off, s, 0, std::min<size_t>(cap, total - off));
     }
     off += std::min<size_t>(cap, total - off);
     first = false;
@@ -465,13 +471,13 @@ Status ShmAllReduce::gather(const float* x, const std::vector<size_t>& counts, f
     longest = std::max(longest, counts[r]);
   }
   if (world_ == 1) {
-    std::memcpy(root_out, x, total * sizeof(float));
+    copy_bytes(root_out, 0, x, 0, total * sizeof(float));
     return Status::Ok();
   }
   auto part = [&](size_t r, size_t off) { return counts[r] > off ? std::min(slot_stride_, counts[r] - off) : 0; };
   for (size_t off = 0; off == 0 || off < longest; off += slot_stride_) {
     const int set = static_cast<int>(rounds_++ & 1);
-    std::memcpy(slot(set, rank_), x + off, part(static_cast<size_t>(rank_), off) * sizeof(float));
+    copy_bytes(slot(set, rank_), 0, x, off * sizeof(float), part(static_cast<size_t>(rank_), off) * sizeof(float));
     if (off == 0) lines_[rank_].op_n[set].store(total, std::memory_order_relaxed);
     Status st = barrier(opts_.timeout_ms);
     if (st.ok() && off == 0) {
@@ -490,8 +496,8 @@ Status ShmAllReduce::gather(const float* x, const std::vector<size_t>& counts, f
     }
     if (rank_ == 0)
       for (int r = 0; r < world_; ++r)
-        std::memcpy(root_out + at[static_cast<size_t>(r)] + off, slot(set, r),
-                    part(static_cast<size_t>(r), off) * sizeof(float));
+        copy_bytes(root_out, (at[static_cast<size_t>(r)] + off) * sizeof(float), slot(set, r), 0,
+                   part(static_cast<size_t>(r), off) * sizeof(float));
   }
   return Status::Ok();
 }

@@ -383,7 +383,7 @@ TEST(broadcast_and_gather_interleave_with_all_reduce_intact) {
           for (int r = 0; r < world; ++r) {
             std::vector<float> theirs(counts[static_cast<size_t>(r)]);
             fill_input(theirs.data(), theirs.size(), it, r);
-            if (std::memcmp(all.data() + at, theirs.data(), theirs.size() * sizeof(float)) != 0) {
+            if (!theirs.empty() && std::memcmp(all.data() + at, theirs.data(), theirs.size() * sizeof(float)) != 0) {
               std::printf("  gather of %d ranks, message %d: rank %d's part differs\n", world, it, r);
               return false;
             }
@@ -394,7 +394,7 @@ TEST(broadcast_and_gather_interleave_with_all_reduce_intact) {
         fill_input(x.data(), n, it, rank);
         if (!ar->all_reduce(x.data(), n).ok()) return false;
         const std::vector<float> want = expected_sum(n, it, world);
-        if (std::memcmp(x.data(), want.data(), n * sizeof(float)) != 0) return false;
+        if (n > 0 && std::memcmp(x.data(), want.data(), n * sizeof(float)) != 0) return false;
       }
       return ar->sync(5000).ok();
     }));
