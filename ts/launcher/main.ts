@@ -146,7 +146,7 @@ async function run(f: LauncherFlags): Promise<number> {
   const served = { ...model, name: f.servedModelName ?? model.name };
   log(`model ${served.name} at ${model.dir}`);
   loadSamplingDefaults(f.generationConfig, model.dir); // a bad generation config stops here, before any worker loads
-  checkTpSplit(f, inspectModel(model.dir));
+  if (f.decodeTp > 1 || f.prefillTp > 1) checkTpSplit(f, inspectModel(model.dir));
   const tileWeights = device === 'cpu' && cpuTileWeights(model.dir, f.workers + f.prefillWorkers);
   await checkPortFree(f.host, f.httpPort); // after every refusal of the flags, before any process starts
 
