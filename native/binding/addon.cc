@@ -169,6 +169,7 @@ llm::EngineConfig engine_config(Napi::Env env, const Napi::Object& o) {
   cfg.num_kv_blocks = get_int(o, "numKvBlocks");
   cfg.kv_cache_bytes = get_int(o, "kvCacheBytes");
   cfg.num_threads = static_cast<int>(get_int(o, "numThreads"));
+  cfg.cpu_offset = o.Has("cpuOffset") ? static_cast<int>(get_int(o, "cpuOffset")) : -1;
   cfg.cpu_tile_weights = get_bool(o, "cpuTileWeights");
   cfg.enable_prefix_caching = get_bool(o, "enablePrefixCaching");
   cfg.kv_shared_memory = get_bool(o, "kvSharedMemory");

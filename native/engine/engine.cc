@@ -131,8 +131,9 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     CpuRunnerOptions ro;
     ro.num_threads = cfg.num_threads;
     ro.tile_weights = cfg.cpu_tile_weights;
+    ro.cpus = cpu::allowed_cpu_range(cfg.cpu_offset, cfg.num_threads);
     if (e->tp_) {
-      ro.cpus = e->tp_->cpus(cfg.num_threads);
+      ro.cpus = e->tp_->cpus(cfg.num_threads, cfg.cpu_offset);
       ro.num_threads = static_cast<int>(ro.cpus.size());
       e->tp_->bind(&ro);
     }

@@ -40,6 +40,10 @@ struct EngineConfig {
   int64_t num_kv_blocks = 0;            // 0 = derived from kv_cache_bytes
   int64_t kv_cache_bytes = 0;           // 0 = default (see engine.cc)
   int num_threads = 0;                  // 0 = all cores
+  // CPU: >= 0 pins this engine's threads (all its ranks') to the allowed CPUs (sched_getaffinity,
+  // in order) [cpu_offset, cpu_offset + num_threads), so engines started side by side take
+  // disjoint cores; -1 = the pool's own placement (the first num_threads allowed CPUs).
+  int cpu_offset = -1;
   bool cpu_tile_weights = true;         // CPU: CpuRunnerOptions::tile_weights
   std::string device = "cpu";           // cpu | cuda | auto (cuda when a device is usable, else cpu)
   bool cuda_graphs = true;              // CUDA: decode steps replay captured graphs

@@ -76,10 +76,13 @@ Status TpGroup::join(const std::string& name, int rank, int size, const std::vec
   return Status::Ok();
 }
 
-std::vector<int> TpGroup::cpus(int num_threads) const {
-  std::vector<int> all = cpu::allowed_cpus();
+std::vector<int> TpGroup::cpus(int num_threads, int cpu_offset) const {
+  std::vector<int> all = cpu::allowed_cpu_range(cpu_offset, num_threads);
+  if (all.empty()) {
+    all = cpu::allowed_cpus();
+    if (num_threads > 0 && static_cast<size_t>(num_threads) < all.size()) all.resize(static_cast<size_t>(num_threads));
+  }
   if (all.empty()) return {};
-  if (num_threads > 0 && static_cast<size_t>(num_threads) < all.size()) all.resize(static_cast<size_t>(num_threads));
   const size_t c = all.size(), n = static_cast<size_t>(size()), r = static_cast<size_t>(rank());
   if (c < n) return {all[r * c / n]};
   return std::vector<int>(all.begin() + static_cast<std::ptrdiff_t>(r * c / n),
@@ -188,7 +191,7 @@ Status run_tp_rank(const EngineConfig& cfg, int rank) {
                                            &pool, cfg.kv_shared_memory ? group->kv_pool_name(rank) : std::string()));
   kv.data = pool->data();
   CpuRunnerOptions ro;
-  ro.cpus = group->cpus(cfg.num_threads);
+  ro.cpus = group->cpus(cfg.num_threads, cfg.cpu_offset);
   ro.num_threads = static_cast<int>(ro.cpus.size());
   ro.tile_weights = cfg.cpu_tile_weights;
   group->bind(&ro);

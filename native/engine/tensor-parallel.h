@@ -46,9 +46,10 @@ class TpGroup {
   const std::string& name() const { return name_; }
   // The shared-memory segment of rank r's KV pool.
   std::string kv_pool_name(int r) const { return name_ + "-kv" + std::to_string(r); }
-  // This rank's CPUs: its contiguous share of the first num_threads (0: all) CPUs this thread may
-  // run on; with fewer CPUs than ranks, rank r shares CPU r * cpus / size with others.
-  std::vector<int> cpus(int num_threads) const;
+  // This rank's CPUs: its contiguous share of the worker's CPUs (cpu::allowed_cpu_range of
+  // cpu_offset and num_threads; without that range, the first num_threads allowed CPUs, 0: all);
+  // with fewer CPUs than ranks, rank r shares CPU r * cpus / size with others.
+  std::vector<int> cpus(int num_threads, int cpu_offset) const;
   // The runner's all-reduce and logits gather, over this group.
   void bind(CpuRunnerOptions* opts);
 

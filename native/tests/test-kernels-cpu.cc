@@ -95,6 +95,18 @@ TEST(pool_many_calls) {
   CHECK_EQ(total.load(), expected);
 }
 
+TEST(allowed_cpu_range_is_a_slice_of_the_allowed_cpus) {
+  const std::vector<int> all = llm::cpu::allowed_cpus();
+  CHECK(!all.empty());
+  const int n = static_cast<int>(all.size());
+  CHECK(llm::cpu::allowed_cpu_range(0, n) == all);
+  CHECK(llm::cpu::allowed_cpu_range(n - 1, 1) == std::vector<int>{all.back()});
+  CHECK(llm::cpu::allowed_cpu_range(-1, 1).empty());
+  CHECK(llm::cpu::allowed_cpu_range(0, 0).empty());
+  CHECK(llm::cpu::allowed_cpu_range(n, 1).empty());
+  CHECK(llm::cpu::allowed_cpu_range(0, n + 1).empty());
+}
+
 TEST(pool_shuts_down_idle) {
   for (int i = 0; i < 20; ++i) ThreadPool pool(3);  // constructed and destroyed without a job
   CHECK(true);

@@ -199,6 +199,20 @@ describe('launcher', () => {
     const l = await launch(['--model', modelDir, '--workers', '2', '--http-port', String(await freePort()), '--kv-cache-memory', '64MiB']);
     const children = childPids(l.proc.pid!);
     expect(children.length).toBe(3); // 2 workers + the frontend
+    // Each worker's engine threads are pinned to cores of their own (round-robin: one request each
+    // runs a forward on both workers, which pins the engine thread).
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${l.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ model: modelDir, prompt: 'hi', max_tokens: 2 }),
+      });
+      expect(res.status).toBe(200);
+    }
+    const workers = children.filter((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('worker/main.ts'));
+    const pinned = workers.map((pid) => pinnedCpus(pid));
+    for (const cpus of pinned) expect(cpus.size).toBeGreaterThan(0);
+    expect([...pinned[0]!].filter((c) => pinned[1]!.has(c))).toEqual([]);
     expect(await l.stop('SIGTERM')).toBe(0);
     for (const pid of children) expect(alive(pid)).toBe(false);
   });
@@ -230,3 +244,22 @@ describe('launcher', () => {
     expect(await r.stop()).toBe(0);
   });
 });
+
+// The CPUs that threads of `pid` are pinned to: each thread's Cpus_allowed_list when it is
+// narrower than the process's own.
+function pinnedCpus(pid: number): Set<number> {
+  const list = (text: string) => {
+    const spec = /Cpus_allowed_list:\s*(\S+)/.exec(text)![1]!;
+    return spec.split(',').flatMap((r) => {
+      const [a, b] = r.split('-').map(Number);
+      return Array.from({ length: (b ?? a!) - a! + 1 }, (_, i) => a! + i);
+    });
+  };
+  const all = list(fs.readFileSync(`/proc/${pid}/status`, 'utf8')).length;
+  const out = new Set<number>();
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`)) {
+    const cpus = list(fs.readFileSync(`/proc/${pid}/task/${tid}/status`, 'utf8'));
+    if (cpus.length < all) for (const c of cpus) out.add(c);
+  }
+  return out;
+}

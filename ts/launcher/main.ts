@@ -19,6 +19,7 @@ import type { WorkerInfo, WorkerRole } from '../protocol/index.ts';
 import type { WorkerConfig, WorkerMessage } from '../worker/main.ts';
 import { loadSamplingDefaults } from '../processor/generation-config.ts';
 import { FlagError, HELP, checkTpSplit, parseFlags, refuseUnimplemented, type LauncherFlags } from './flags.ts';
+import { cpuShares } from './placement.ts';
 import { freePorts } from './ports.ts';
 import { resolveModel, type ResolvedModel } from './model-resolve.ts';
 import { startPrivateRedis, type PrivateRedis } from './redis.ts';
@@ -82,12 +83,8 @@ function workerConfig(
   port: number,
   requestPort: number,
   redisUrl: string | undefined,
+  cpus: { numThreads: number; cpuOffset?: number },
 ): WorkerConfig {
-  // The cores split evenly between ranks (a tensor-parallel worker has tp of them, each pinned
-  // to its share of the worker's threads: ts/worker/tp-ranks.ts).
-  const cores = os.availableParallelism?.() ?? os.cpus().length;
-  const tp = role === 'prefill' ? f.prefillTp : f.decodeTp;
-  const ranks = f.workers * f.decodeTp + f.prefillWorkers * f.prefillTp;
   return {
     workerId,
     role,
@@ -103,10 +100,11 @@ function workerConfig(
       maxNumSeqs: f.maxNumSeqs,
       maxNumBatchedTokens: f.maxNumBatchedTokens,
       kvCacheBytes: f.kvCacheMemory,
-      numThreads: tp * Math.max(1, Math.floor(cores / ranks)),
+      numThreads: cpus.numThreads,
+      cpuOffset: device === 'cpu' ? cpus.cpuOffset : undefined,
       cpuTileWeights: tileWeights,
       device,
-      tpSize: tp,
+      tpSize: role === 'prefill' ? f.prefillTp : f.decodeTp,
     },
     logLevel: f.logLevel,
     disagg:
@@ -208,9 +206,11 @@ async function run(f: LauncherFlags): Promise<number> {
       ...Array.from({ length: f.prefillWorkers }, (_, i) => ({ role: 'prefill' as WorkerRole, id: `prefill-${i}` })),
     ];
     const ports = await freePorts(2 * roles.length);
+    const cores = os.availableParallelism?.() ?? os.cpus().length;
+    const shares = cpuShares(roles.map(({ role }) => (role === 'prefill' ? f.prefillTp : f.decodeTp)), cores);
     const started = await Promise.all(
       roles.map(async ({ role, id }, i) => {
-        const config = workerConfig(f, device, tileWeights, served, role, id, ports[2 * i], ports[2 * i + 1], redisUrl);
+        const config = workerConfig(f, device, tileWeights, served, role, id, ports[2 * i], ports[2 * i + 1], redisUrl, shares[i]);
         const child = supervisor.start({ name: id, entry: 'ts/worker/main.ts', config });
         child.process.on('message', (m: WorkerMessage) => {
           if (m.type === 'loading') log(`${m.workerId}: ${m.message}`);

@@ -57,6 +57,7 @@ export interface NativeEngineOptions {
   numKvBlocks: number; // 0 = derived from kvCacheBytes
   kvCacheBytes: number; // used when numKvBlocks is 0
   numThreads: number; // 0 = all cores
+  cpuOffset?: number; // >= 0: the threads take the allowed CPUs [cpuOffset, cpuOffset + numThreads); -1 = the first ones
   cpuTileWeights: boolean; // CPU amx path: a private copy of the weights in tile order
   enablePrefixCaching: boolean;
   kvSharedMemory: boolean; // the KV pool lives in a named shm segment (for the transfer agent)

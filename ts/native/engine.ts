@@ -32,6 +32,9 @@ export interface EngineOptions {
   numKvBlocks?: number; // absent = from kvCacheBytes
   kvCacheBytes?: number; // absent = sized by the engine (at most 1 GiB)
   numThreads?: number; // 0 / absent = all cores
+  // CPU: the engine's threads (every rank's) take the allowed CPUs [cpuOffset, cpuOffset +
+  // numThreads), so engines side by side get disjoint cores; absent = the first numThreads.
+  cpuOffset?: number;
   // CPU, amx kernel path: keep a private copy of the matmul weights in AMX tile order (default
   // true: faster prefill, one more copy of the weights in memory); false reads them from the
   // model files' mapping, which every process loading that model shares.
@@ -71,6 +74,7 @@ export function nativeEngineOptions(opts: EngineOptions) {
     numKvBlocks: checkInt('numKvBlocks', opts.numKvBlocks ?? 0, 0, INT_MAX),
     kvCacheBytes: checkInt('kvCacheBytes', opts.kvCacheBytes ?? 0, 0, Number.MAX_SAFE_INTEGER),
     numThreads: checkInt('numThreads', opts.numThreads ?? 0, 0, 1024),
+    cpuOffset: checkInt('cpuOffset', opts.cpuOffset ?? -1, -1, 1023),
     cpuTileWeights: opts.cpuTileWeights ?? true,
     enablePrefixCaching: opts.enablePrefixCaching ?? true,
     kvSharedMemory: opts.kvSharedMemory ?? false,

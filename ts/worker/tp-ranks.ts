@@ -4,8 +4,8 @@
 // Owns: the rank processes. Each gets the engine options and its rank on the command line, and
 // runs runTensorParallelRank until the engine stops it; it dies with this process (a parent-death
 // signal set natively), and this process learns of a rank's exit through onExit.
-// Which cores: every rank's thread pool is pinned to its contiguous share of the CPUs this worker
-// may use (the first numThreads of them, when set): rank r of N takes [r C / N, (r + 1) C / N).
+// Which cores: every rank's thread pool is pinned to its contiguous share of the worker's CPUs
+// (numThreads of them from cpuOffset, given by the launcher): rank r of N takes [r C / N, (r + 1) C / N).
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';

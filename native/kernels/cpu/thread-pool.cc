@@ -43,6 +43,12 @@ std::vector<int> allowed_cpus() {
   return cpus;
 }
 
+std::vector<int> allowed_cpu_range(int offset, int count) {
+  const std::vector<int> all = allowed_cpus();
+  if (offset < 0 || count < 1 || static_cast<size_t>(offset) + static_cast<size_t>(count) > all.size()) return {};
+  return std::vector<int>(all.begin() + offset, all.begin() + offset + count);
+}
+
 namespace {
 
 void pin_current_thread(int cpu) {

@@ -28,6 +28,9 @@ namespace llm::cpu {
 
 // The CPUs this thread may run on (sched_getaffinity), in order; empty when unknown.
 std::vector<int> allowed_cpus();
+// allowed_cpus()[offset, offset + count): a process's own cores when several share a machine;
+// empty when offset < 0, count < 1 or the range passes the allowed CPUs.
+std::vector<int> allowed_cpu_range(int offset, int count);
 
 class ThreadPool {
  public:
