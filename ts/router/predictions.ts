@@ -16,7 +16,10 @@
 // graceMs 0 a record goes when its request finishes, and only held() uses them.
 //
 // Cost: one map lookup per routing decision, then a leading-match walk per record sharing the
-// request's first block (requests of the same prefix group, usually a few).
+// request's first block (requests of the same prefix group, usually a few). Finished records
+// wait in expiry order (one grace for all, so finish order is expiry order) and every add,
+// finish and merge sweeps the expired ones off the front: the number of records is bounded by
+// the requests running plus those finished within the last graceMs, whatever the prefixes.
 // Settings: graceMs >= 0, default 2000.
 import type { BlockHash, RequestId, WorkerId } from '../protocol/index.ts';
 
@@ -31,6 +34,8 @@ export class PredictedPrefixes {
   readonly #byFirst = new Map<BlockHash, Prediction[]>();
   readonly #byRequest = new Map<RequestId, Prediction>();
   readonly #graceMs: number;
+  #expiring: Prediction[] = []; // finished, in expiry order, from #expiringHead on
+  #expiringHead = 0;
 
   constructor(graceMs = 2000) {
     if (!(graceMs >= 0)) throw new RangeError('graceMs must be >= 0');
@@ -41,7 +46,15 @@ export class PredictedPrefixes {
     return this.#byRequest.size;
   }
 
-  add(requestId: RequestId, workerId: WorkerId, hashes: readonly BlockHash[]): void {
+  // First-block keys held (each with at least one record).
+  get keys(): number {
+    return this.#byFirst.size;
+  }
+
+  add(requestId: RequestId, workerId: WorkerId, hashes: readonly BlockHash[], now = performance.now()): void {
+    this.#sweep(now);
+    const old = this.#byRequest.get(requestId);
+    if (old) this.#remove(old); // the id routed again (a retry): the new record replaces it
     if (hashes.length === 0) return;
     const p: Prediction = { requestId, workerId, hashes, expiresAt: Infinity };
     const bucket = this.#byFirst.get(hashes[0]);
@@ -52,13 +65,12 @@ export class PredictedPrefixes {
 
   // The request ended: its prediction lives on for the grace period (none: it goes now).
   finish(requestId: RequestId, now = performance.now()): void {
+    this.#sweep(now);
     const p = this.#byRequest.get(requestId);
-    if (!p) return;
+    if (!p || p.expiresAt !== Infinity) return;
     p.expiresAt = now + this.#graceMs;
-    if (this.#graceMs === 0) {
-      const bucket = this.#byFirst.get(p.hashes[0]);
-      if (bucket) this.#keep(p.hashes[0], bucket, (q) => q !== p);
-    }
+    if (this.#graceMs === 0) this.#remove(p);
+    else this.#expiring.push(p);
   }
 
   removeWorker(workerId: WorkerId): void {
@@ -67,6 +79,7 @@ export class PredictedPrefixes {
 
   // Raises overlaps[w] to the longest leading match of `hashes` with a live prediction on w.
   merge(hashes: readonly BlockHash[], overlaps: Map<WorkerId, number>, now = performance.now()): void {
+    this.#sweep(now);
     if (hashes.length === 0) return;
     const bucket = this.#byFirst.get(hashes[0]);
     if (!bucket) return;
@@ -92,6 +105,23 @@ export class PredictedPrefixes {
       while (m < limit && p.hashes[m] === hashes[m]) m++;
       if (m > (held.get(p.workerId) ?? 0)) held.set(p.workerId, m);
     }
+  }
+
+  // Drops the finished records whose grace has passed.
+  #sweep(now: number): void {
+    const q = this.#expiring;
+    while (this.#expiringHead < q.length && q[this.#expiringHead].expiresAt <= now) this.#remove(q[this.#expiringHead++]);
+    if (this.#expiringHead > 1024 && this.#expiringHead * 2 > q.length) {
+      this.#expiring = q.slice(this.#expiringHead);
+      this.#expiringHead = 0;
+    }
+  }
+
+  // Takes p out of both maps, if it is still there (removeWorker may have dropped it already).
+  #remove(p: Prediction): void {
+    const bucket = this.#byFirst.get(p.hashes[0]);
+    if (bucket) this.#keep(p.hashes[0], bucket, (q) => q !== p);
+    if (this.#byRequest.get(p.requestId) === p) this.#byRequest.delete(p.requestId);
   }
 
   #keep(first: BlockHash, bucket: Prediction[], live: (p: Prediction) => boolean): void {
