@@ -8,10 +8,15 @@
 //   GET  /ready                 503 until the pool has a worker serving the model, then 200
 //   GET  /metrics               Prometheus text (metrics.ts)
 //
+// With apiKey set, every /v1/ route (and /metrics with metricsRequireKey) takes only requests
+// carrying `Authorization: Bearer <apiKey>`; others get 401 with the OpenAI error body, and the
+// key they sent is never logged. /health and /ready stay open for probes.
+//
 // Stays true: every error leaves through setErrorHandler as an OpenAI error body (errors.ts);
 // bodies are JSON (application/json only), valid UTF-8, at most 32 MiB; ajv never coerces types;
 // closing the app aborts every generation in flight, so their streams end and close() returns.
 import { isUtf8 } from 'node:buffer';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { ChatTemplate, ProcessorError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
 import type { FrontendContext } from './context.ts';
@@ -32,6 +37,8 @@ export interface AppOptions {
   samplingDefaults?: SamplingDefaults; // none when absent
   reasoningParser?: ReasoningParserName;
   logger?: FastifyServerOptions['logger'];
+  apiKey?: string;
+  metricsRequireKey?: boolean;
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -79,6 +86,14 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     throw new ApiError('ERR_ROUTE_NOT_FOUND', `no route ${request.method} ${request.url}`);
   });
 
+  if (opts.apiKey !== undefined) {
+    const check = bearerCheck(opts.apiKey);
+    const guarded = (url: string) => url.startsWith('/v1/') || (opts.metricsRequireKey === true && url.split('?')[0] === '/metrics');
+    app.addHook('onRequest', async (request) => {
+      if (guarded(request.url)) check(request.headers.authorization);
+    });
+  }
+
   app.get('/health', async () => ({ status: 'ok' }));
   app.get('/ready', async (_request, reply) =>
     context.pool.ready() ? { status: 'ready' } : reply.code(503).send({ status: 'not ready', message: 'no worker is serving the model yet' }),
@@ -109,6 +124,20 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     for (const gen of context.active) gen.abort();
   });
   return app;
+}
+
+// Checks an Authorization header against the key in constant time (both sides hashed first, so
+// the comparison does not depend on the lengths either); throws the 401.
+function bearerCheck(apiKey: string): (header: string | undefined) => void {
+  const digest = (s: string) => createHash('sha256').update(s).digest();
+  const want = digest(apiKey);
+  return (header) => {
+    if (header === undefined) {
+      throw new ApiError('ERR_UNAUTHORIZED', 'this server requires an API key: send it as the header Authorization: Bearer <key>');
+    }
+    const m = /^Bearer\s+(.+)$/i.exec(header.trim());
+    if (!m || !timingSafeEqual(digest(m[1]!), want)) throw new ApiError('ERR_UNAUTHORIZED', 'the API key in the Authorization header is not valid');
+  };
 }
 
 function chatTemplateOf(tokenizer: TextTokenizer): ChatTemplate | ProcessorError {

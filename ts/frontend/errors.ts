@@ -15,6 +15,7 @@ export const apiErrors = {
   ERR_EMPTY_BODY: { status: 400, type: 'invalid_request_error', code: 'empty_body' },
   ERR_CONTEXT_LENGTH_EXCEEDED: { status: 400, type: 'invalid_request_error', code: 'context_length_exceeded' },
   ERR_UNSUPPORTED: { status: 400, type: 'invalid_request_error', code: 'unsupported_parameter' },
+  ERR_UNAUTHORIZED: { status: 401, type: 'invalid_request_error', code: 'invalid_api_key' },
   ERR_MODEL_NOT_FOUND: { status: 404, type: 'invalid_request_error', code: 'model_not_found' },
   ERR_ROUTE_NOT_FOUND: { status: 404, type: 'invalid_request_error', code: 'not_found' },
   ERR_BODY_TOO_LARGE: { status: 413, type: 'invalid_request_error', code: 'body_too_large' },

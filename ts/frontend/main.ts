@@ -12,6 +12,9 @@
 // `generationConfig` (--generation-config: auto, the default, vllm or a directory) says where the
 // sampling defaults come from; they are logged at start, one line, and a bad file is fatal.
 //
+// The API key comes from the environment (KVSERVE_API_KEY, as the launcher passes it), never from
+// the command line, which other local users can read; metricsRequireKey puts /metrics behind it.
+//
 // maxModelLen is capped by the smallest worker's KV capacity (kvTotalBlocks * blockSize): a
 // request longer than that could never be scheduled, so its default max_tokens must not reach it.
 import type { WorkerInfo } from '../protocol/index.ts';
@@ -40,6 +43,7 @@ export interface FrontendConfig {
   logLevel?: string;
   reasoningParser?: string;
   generationConfig?: string; // 'auto' when absent
+  metricsRequireKey?: boolean;
   router?: {
     redisUrl: string;
     namespace?: string;
@@ -97,6 +101,8 @@ async function main(): Promise<void> {
     samplingDefaults: sampling.defaults,
     reasoningParser,
     logger: { level: cfg.logLevel ?? 'info' },
+    apiKey: process.env.KVSERVE_API_KEY || undefined,
+    metricsRequireKey: cfg.metricsRequireKey,
   });
   app.log.info(describeSamplingDefaults(sampling));
   if (reasoningParser) app.log.info(describeReasoningParser(reasoningParser, tokenizer));

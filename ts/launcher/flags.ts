@@ -31,6 +31,8 @@ export interface LauncherFlags {
   reasoningParser?: ReasoningParserName;
   generationConfig: string; // 'auto', 'vllm', or an absolute directory
   restart: boolean;
+  apiKey?: string; // --api-key, else $KVSERVE_API_KEY
+  metricsRequireKey: boolean;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   help: boolean;
 }
@@ -106,6 +108,11 @@ Serving
                                 when a mode needs one (--router kv or random; a plain
                                 round-robin needs none)
   --restart                     restart a worker that dies instead of stopping everything
+  --api-key KEY                 require Authorization: Bearer KEY on every /v1/ route (401
+                                otherwise); $KVSERVE_API_KEY does the same without putting the
+                                key on a command line other local users can read
+  --metrics-require-key         put /metrics behind the API key too (/health and /ready stay
+                                open for probes)
   --log-level LEVEL             fatal|error|warn|info|debug|trace (default info)
   -h, --help                    this text
 `;
@@ -193,6 +200,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'max-num-batched-tokens': { type: 'string' },
         'kv-cache-memory': { type: 'string' },
         restart: { type: 'boolean' },
+        'api-key': { type: 'string' },
+        'metrics-require-key': { type: 'boolean' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -232,6 +241,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
     maxNumBatchedTokens: int('max-num-batched-tokens', v['max-num-batched-tokens'], 1),
     kvCacheMemory: v['kv-cache-memory'] === undefined ? undefined : parseBytes('kv-cache-memory', v['kv-cache-memory']),
     restart: v.restart ?? false,
+    apiKey: v['api-key'] ?? (process.env.KVSERVE_API_KEY || undefined),
+    metricsRequireKey: v['metrics-require-key'] ?? false,
     logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
     help: v.help ?? false,
   };
@@ -239,6 +250,12 @@ export function parseFlags(argv: string[]): LauncherFlags {
   const givenKnob = disaggKnobs.find((k) => v[k] !== undefined);
   if (flags.prefillWorkers === 0 && givenKnob) {
     throw new FlagError(`--${givenKnob} applies to disaggregated serving: add --prefill-workers N`);
+  }
+  if (flags.apiKey !== undefined && !/^[\x21-\x7e]+$/.test(flags.apiKey)) {
+    throw new FlagError('--api-key (or KVSERVE_API_KEY) must be printable ASCII without spaces, as an HTTP header carries it');
+  }
+  if (flags.metricsRequireKey && flags.apiKey === undefined) {
+    throw new FlagError('--metrics-require-key needs an API key: add --api-key KEY or set KVSERVE_API_KEY');
   }
   if (flags.redisUrl !== undefined && !/^rediss?:\/\//.test(flags.redisUrl)) {
     throw new FlagError(`--redis-url must look like redis://host:port, got '${flags.redisUrl}'`);

@@ -237,6 +237,7 @@ async function run(f: LauncherFlags): Promise<number> {
     const frontend = supervisor.start({
       name: 'frontend',
       entry: 'ts/frontend/main.ts',
+      env: f.apiKey === undefined ? undefined : { KVSERVE_API_KEY: f.apiKey },
       config: {
         host: f.host,
         port: f.httpPort,
@@ -247,6 +248,7 @@ async function run(f: LauncherFlags): Promise<number> {
         logLevel: f.logLevel,
         reasoningParser: f.reasoningParser,
         generationConfig: f.generationConfig,
+        metricsRequireKey: f.metricsRequireKey,
         router: redisUrl
           ? { redisUrl, policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
           : undefined,

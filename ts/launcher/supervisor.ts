@@ -13,6 +13,7 @@ export interface ChildSpec {
   name: string; // e.g. worker-0, frontend
   entry: string; // path relative to the package root, e.g. ts/worker/main.ts
   config: unknown; // passed as --config '<json>'
+  env?: Record<string, string>; // added to the environment (secrets go here, not in config)
 }
 
 export interface Child {
@@ -39,7 +40,7 @@ export class Supervisor {
       cwd: packageRoot,
       execArgv: ['--import', 'tsx'],
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      env: { ...process.env, KVSERVE_PROCESS: spec.name },
+      env: { ...process.env, ...spec.env, KVSERVE_PROCESS: spec.name },
     });
     const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
       proc.once('exit', (code, signal) => {
