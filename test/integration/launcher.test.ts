@@ -161,7 +161,7 @@ describe('launcher', () => {
     for (const flag of ['--model', '--workers', '--decode-workers', '--prefill-workers', '--router', '--decode-tp', '--prefill-tp',
       '--block-size', '--max-local-prefill-length', '--max-prefill-queue-size', '--http-port', '--redis-url', '--device',
       '--max-model-len', '--max-num-seqs', '--max-num-batched-tokens', '--kv-cache-memory', '--restart', '--kv-overlap-weight', '--router-temperature',
-      '--prefill-deadline-ms']) {
+      '--prefill-deadline-ms', '--no-restart', '--shutdown-grace-s', '--api-key', '--metrics-require-key']) {
       expect(output).toContain(flag);
     }
   });
@@ -217,15 +217,15 @@ describe('launcher', () => {
     for (const pid of children) expect(alive(pid)).toBe(false);
   });
 
-  it('exits non-zero when a worker dies, and restarts it with --restart', async () => {
+  it('exits non-zero when a worker dies under --no-restart, and restarts it by default', async () => {
     const port = String(await freePort());
-    const l = await launch(['--model', modelDir, '--http-port', port, '--kv-cache-memory', '64MiB']);
+    const l = await launch(['--model', modelDir, '--http-port', port, '--kv-cache-memory', '64MiB', '--no-restart']);
     const worker = childPids(l.proc.pid!).find((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('worker/main.ts'))!;
     process.kill(worker, 'SIGKILL');
     expect(await l.exited).toBe(1);
     expect(l.output()).toMatch(/worker-0 exited unexpectedly/);
 
-    const r = await launch(['--model', modelDir, '--http-port', port, '--kv-cache-memory', '64MiB', '--restart']);
+    const r = await launch(['--model', modelDir, '--http-port', port, '--kv-cache-memory', '64MiB']);
     const w2 = childPids(r.proc.pid!).find((pid) => fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('worker/main.ts'))!;
     process.kill(w2, 'SIGKILL');
     // The restarted worker takes the same address: requests succeed again.
@@ -241,6 +241,7 @@ describe('launcher', () => {
     }
     expect(ok).toBe(true);
     expect(r.output()).toMatch(/restarting it/);
+    expect(r.output()).toMatch(/worker-0 is serving again/);
     expect(await r.stop()).toBe(0);
   });
 });

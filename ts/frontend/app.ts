@@ -12,6 +12,10 @@
 // carrying `Authorization: Bearer <apiKey>`; others get 401 with the OpenAI error body, and the
 // key they sent is never logged. /health and /ready stay open for probes.
 //
+// drain(app, graceMs) (SIGTERM): from then on /v1/ requests get 503 `shutting_down` with
+// Retry-After and /ready says 503; it resolves once the requests already in flight have ended,
+// or after graceMs, whichever comes first (app.close() then aborts what is left).
+//
 // Stays true: every error leaves through setErrorHandler as an OpenAI error body (errors.ts);
 // bodies are JSON (application/json only), valid UTF-8, at most 32 MiB; ajv never coerces types;
 // closing the app aborts every generation in flight, so their streams end and close() returns.
@@ -39,6 +43,28 @@ export interface AppOptions {
   logger?: FastifyServerOptions['logger'];
   apiKey?: string;
   metricsRequireKey?: boolean;
+}
+
+// /v1/ requests in flight (from their onRequest to their response's close), and whether the
+// server is draining.
+interface DrainState {
+  draining: boolean;
+  inflight: number;
+  idle?: () => void;
+}
+const drainStates = new WeakMap<FastifyInstance, DrainState>();
+
+export function drain(app: FastifyInstance, graceMs: number): Promise<void> {
+  const state = drainStates.get(app)!;
+  state.draining = true;
+  if (state.inflight === 0) return Promise.resolve();
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, graceMs);
+    state.idle = () => {
+      clearTimeout(timer);
+      resolve();
+    };
+  });
 }
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
@@ -78,7 +104,10 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
 
   app.setErrorHandler((err, request, reply) => {
     const e = toApiError(err);
-    if (e.status >= 500) request.log.error({ err, status: e.status, url: request.url }, e.message);
+    // A stack only where it helps: an internal error; an unavailable worker or Redis is a state,
+    // logged as one line (a warning), which may repeat for every request while it lasts.
+    if (e.status === 500) request.log.error({ err, status: e.status, url: request.url }, e.message);
+    else if (e.status > 500) request.log.warn({ status: e.status, code: e.code, url: request.url }, e.message);
     else request.log.info({ status: e.status, code: e.code, param: e.param, url: request.url }, e.message);
     return reply.code(e.status).send(e.body());
   });
@@ -86,6 +115,19 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     throw new ApiError('ERR_ROUTE_NOT_FOUND', `no route ${request.method} ${request.url}`);
   });
 
+  const drainState: DrainState = { draining: false, inflight: 0 };
+  drainStates.set(app, drainState);
+  app.addHook('onRequest', async (request, reply) => {
+    if (!request.url.startsWith('/v1/')) return;
+    if (drainState.draining) {
+      reply.header('retry-after', '5');
+      throw new ApiError('ERR_SHUTTING_DOWN', 'the server is shutting down and takes no new requests; retry on another instance');
+    }
+    drainState.inflight++;
+    reply.raw.once('close', () => {
+      if (--drainState.inflight === 0 && drainState.draining) drainState.idle?.();
+    });
+  });
   if (opts.apiKey !== undefined) {
     const check = bearerCheck(opts.apiKey);
     const guarded = (url: string) => url.startsWith('/v1/') || (opts.metricsRequireKey === true && url.split('?')[0] === '/metrics');
@@ -95,9 +137,10 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   }
 
   app.get('/health', async () => ({ status: 'ok' }));
-  app.get('/ready', async (_request, reply) =>
-    context.pool.ready() ? { status: 'ready' } : reply.code(503).send({ status: 'not ready', message: 'no worker is serving the model yet' }),
-  );
+  app.get('/ready', async (_request, reply) => {
+    if (drainState.draining) return reply.code(503).send({ status: 'draining', message: 'the server is shutting down' });
+    return context.pool.ready() ? { status: 'ready' } : reply.code(503).send({ status: 'not ready', message: 'no worker is serving the model yet' });
+  });
   app.get('/v1/models', async () => ({
     object: 'list',
     data: [

@@ -23,6 +23,7 @@ export const apiErrors = {
   ERR_INTERNAL: { status: 500, type: 'server_error', code: 'internal_error' },
   ERR_WORKER_FAILED: { status: 502, type: 'server_error', code: 'worker_error' },
   ERR_NO_WORKER: { status: 503, type: 'service_unavailable_error', code: 'no_worker_available' },
+  ERR_SHUTTING_DOWN: { status: 503, type: 'service_unavailable_error', code: 'shutting_down' },
   ERR_OVERLOADED: { status: 503, type: 'service_unavailable_error', code: 'overloaded' },
   ERR_REDIS_UNAVAILABLE: { status: 503, type: 'service_unavailable_error', code: 'routing_unavailable' },
 } as const;

@@ -2,8 +2,10 @@
 //   --config '{"host", "port", "modelName", "modelDir", "maxModelLen", "workers": WorkerInfo[], "logLevel"}'
 // it loads the tokenizer, serves the OpenAI API over a StaticWorkerPool of those workers, and
 // tells the parent {type: 'ready', url} over IPC ({type: 'fatal', code, message} if it cannot
-// start). SIGTERM, SIGINT or the parent going away (IPC disconnect) close it cleanly: the streams
-// in flight end, their engine requests are aborted, then the process exits.
+// start). SIGTERM drains first: new requests get 503 with Retry-After while the ones in flight
+// finish, for up to shutdownGraceMs (default 30 s). Then, as at once on SIGINT or when the parent
+// goes away (IPC disconnect), it closes cleanly: the streams still in flight end, their engine
+// requests are aborted, and the process exits.
 //
 // With `router` set, workers are found through discovery leases in Redis and chosen by the KV
 // router (routed-worker-pool.ts) instead; `workers` still sizes the context limit.
@@ -29,7 +31,7 @@ import {
   type TextTokenizer,
 } from '../processor/index.ts';
 import type { PolicyName } from '../router/index.ts';
-import { buildApp } from './app.ts';
+import { buildApp, drain } from './app.ts';
 import { RoutedWorkerPool } from './routed-worker-pool.ts';
 import { StaticWorkerPool, type WorkerPool } from './worker-pool.ts';
 
@@ -44,6 +46,7 @@ export interface FrontendConfig {
   reasoningParser?: string;
   generationConfig?: string; // 'auto' when absent
   metricsRequireKey?: boolean;
+  shutdownGraceMs?: number; // default 30000
   router?: {
     redisUrl: string;
     namespace?: string;
@@ -120,7 +123,15 @@ async function main(): Promise<void> {
     await app.close();
     process.exit(0);
   };
-  process.on('SIGTERM', stop);
+  let draining = false;
+  process.on('SIGTERM', async () => {
+    if (draining || stopping) return void stop();
+    draining = true;
+    const graceMs = cfg.shutdownGraceMs ?? 30_000;
+    app.log.info(`SIGTERM: draining (new requests get 503; those in flight have ${graceMs / 1000} s)`);
+    await drain(app, graceMs);
+    await stop();
+  });
   process.on('SIGINT', stop);
   process.on('disconnect', stop);
   send({ type: 'ready', url });

@@ -30,7 +30,8 @@ export interface LauncherFlags {
   servedModelName?: string;
   reasoningParser?: ReasoningParserName;
   generationConfig: string; // 'auto', 'vllm', or an absolute directory
-  restart: boolean;
+  restart: boolean; // default on; --no-restart turns it off
+  shutdownGraceS: number;
   apiKey?: string; // --api-key, else $KVSERVE_API_KEY
   metricsRequireKey: boolean;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
@@ -107,7 +108,14 @@ Serving
   --redis-url URL               use this Redis; otherwise a private redis-server is started
                                 when a mode needs one (--router kv or random; a plain
                                 round-robin needs none)
-  --restart                     restart a worker that dies instead of stopping everything
+  --restart, --no-restart       a child process that dies is restarted, with backoff, while
+                                the others keep serving, and one that fails to start again 3
+                                times in a row stops the launcher (--restart, the default);
+                                --no-restart stops everything when a child dies
+  --shutdown-grace-s N          on SIGTERM, the frontend answers new requests with 503 and
+                                Retry-After and lets the streams in flight finish for up to N
+                                seconds before everything stops (default 30; SIGINT/Ctrl-C
+                                stops at once)
   --api-key KEY                 require Authorization: Bearer KEY on every /v1/ route (401
                                 otherwise); $KVSERVE_API_KEY does the same without putting the
                                 key on a command line other local users can read
@@ -200,6 +208,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'max-num-batched-tokens': { type: 'string' },
         'kv-cache-memory': { type: 'string' },
         restart: { type: 'boolean' },
+        'no-restart': { type: 'boolean' },
+        'shutdown-grace-s': { type: 'string' },
         'api-key': { type: 'string' },
         'metrics-require-key': { type: 'boolean' },
         'log-level': { type: 'string' },
@@ -240,12 +250,14 @@ export function parseFlags(argv: string[]): LauncherFlags {
     maxNumSeqs: int('max-num-seqs', v['max-num-seqs'], 1, 4096),
     maxNumBatchedTokens: int('max-num-batched-tokens', v['max-num-batched-tokens'], 1),
     kvCacheMemory: v['kv-cache-memory'] === undefined ? undefined : parseBytes('kv-cache-memory', v['kv-cache-memory']),
-    restart: v.restart ?? false,
+    restart: !(v['no-restart'] ?? false),
+    shutdownGraceS: int('shutdown-grace-s', v['shutdown-grace-s'], 0, 3600) ?? 30,
     apiKey: v['api-key'] ?? (process.env.KVSERVE_API_KEY || undefined),
     metricsRequireKey: v['metrics-require-key'] ?? false,
     logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
     help: v.help ?? false,
   };
+  if (v.restart && v['no-restart']) throw new FlagError('--restart and --no-restart contradict each other; give one');
   const disaggKnobs = ['max-local-prefill-length', 'max-prefill-queue-size', 'prefill-deadline-ms'] as const;
   const givenKnob = disaggKnobs.find((k) => v[k] !== undefined);
   if (flags.prefillWorkers === 0 && givenKnob) {

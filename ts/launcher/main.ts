@@ -1,6 +1,12 @@
 // main.ts: `npm run start -- [flags]`: the "leader". It resolves the model, starts the worker
 // processes, then the frontend, prints where everything is, and stops them all on Ctrl-C /
-// SIGTERM. A child that dies is reported, and the launcher exits non-zero unless --restart.
+// SIGTERM. SIGTERM drains: the frontend refuses new requests and lets the streams in flight
+// finish (--shutdown-grace-s) before the workers and Redis stop; SIGINT, or a second signal,
+// stops at once. Started by npm, the launcher also stops when npm is gone.
+// Supervision: a child that dies after it served is restarted at once, and the private Redis
+// on its port; a restart that fails is retried after 0.5 s, 1 s, 2 s ... and after
+// MAX_FAILED_RESTARTS failures in a row the launcher stops with the child's reason. The
+// frontend routes around a worker while it is down. --no-restart: a death stops everything.
 // A fatal error before "ready" (a bad flag, a missing model, a model the engine refuses, a port
 // in use, a child that exits during start-up), whichever process it came from, ends in one line
 // on stderr, `kvserve: error: <message>`, and exit code 2 (flags) or 1 (the rest); the stack
@@ -22,11 +28,13 @@ import { FlagError, HELP, checkTpSplit, parseFlags, refuseUnimplemented, type La
 import { cpuShares } from './placement.ts';
 import { freePorts } from './ports.ts';
 import { resolveModel, type ResolvedModel } from './model-resolve.ts';
-import { startPrivateRedis, type PrivateRedis } from './redis.ts';
+import { startPrivateRedis, superviseRedis, type SupervisedRedis } from './redis.ts';
 import { Supervisor, type Child } from './supervisor.ts';
 
 const WORKER_READY_TIMEOUT_MS = 15 * 60_000; // large models take a while to page in
 const FRONTEND_READY_TIMEOUT_MS = 120_000;
+const MAX_FAILED_RESTARTS = 3;
+const restartDelayMs = (failures: number) => (failures === 0 ? 0 : Math.min(10_000, 500 * 2 ** (failures - 1)));
 
 function log(msg: string): void {
   console.log(`[kvserve] ${msg}`);
@@ -150,52 +158,106 @@ async function run(f: LauncherFlags): Promise<number> {
 
   // 2. Redis, when this mode needs it.
   const needsRedis = f.router !== 'round-robin' || f.redisUrl !== undefined || f.prefillWorkers > 0;
-  let privateRedis: PrivateRedis | undefined;
+  let privateRedis: SupervisedRedis | undefined;
   if (needsRedis && f.redisUrl === undefined) {
-    privateRedis = await startPrivateRedis();
+    const first = await startPrivateRedis();
+    privateRedis = superviseRedis(first, {
+      onRestart: (message) => {
+        if (!f.restart) {
+          log(`${message.replace(/; restarting.*/, '')}; stopping (--no-restart)`);
+          return void shutdown(1);
+        }
+        log(message);
+      },
+      onGiveUp: (err) => fail(err),
+    });
     const why = f.prefillWorkers > 0 ? 'the prefill queue needs one' : `--router ${f.router} needs one`;
-    log(`started a private redis-server at ${privateRedis.url} (${why}; pass --redis-url to use yours)`);
+    log(`started a private redis-server at ${first.url} (${why}; pass --redis-url to use yours)`);
   }
   const redisUrl = needsRedis ? (f.redisUrl ?? privateRedis!.url) : undefined;
 
-  // 3. Children, watched: a death stops everything unless --restart. During start-up a child
-  // still awaited reports its own failure (its 'fatal' message, or its exit) through waitFor,
-  // never restarted; any other child that exits then, without --restart, stops the start-up,
-  // named as the reason.
+  // 3. Children, watched: a death restarts the child (stops everything with --no-restart).
+  // During start-up a child still awaited reports its own failure (its 'fatal' message, or its
+  // exit) through waitFor, never restarted; any other child that exits then, with --no-restart,
+  // stops the start-up, named as the reason.
   let exitCode = 0;
   let starting = true;
   let startFailure: Error | undefined;
+  let runFailure: Error | undefined; // a reason to stop after start-up (a child that cannot come back)
   const awaited = new Set<Child>();
+  const failedRestarts = new Map<string, number>();
   let shuttingDown: Promise<void> | undefined;
   let stopped!: () => void;
   const done = new Promise<void>((resolve) => (stopped = resolve));
-  const shutdown = (code: number) => {
+  // drainMs > 0: the frontend is stopped first and given that long to finish its streams.
+  const shutdown = (code: number, drainMs = 0) => {
     exitCode = Math.max(exitCode, code);
     shuttingDown ??= supervisor
-      .stopAll()
+      .stopAll(drainMs > 0 ? { names: ['frontend'], graceMs: drainMs } : undefined)
       .then(() => privateRedis?.stop())
       .then(stopped);
     return shuttingDown;
   };
-  const supervisor = new Supervisor((child: Child, code, signal) => {
-    const how = signal ? `signal ${signal}` : `code ${code}`;
-    if (starting && awaited.has(child)) return; // its waitFor reports it
-    if (f.restart) {
-      log(`${child.spec.name} exited (${how}); restarting it (--restart)`);
-      supervisor.start(child.spec);
-    } else if (starting) {
-      startFailure ??= new Error(`${child.spec.name} exited during start-up (${how})`);
-      void shutdown(1);
-    } else {
-      log(`${child.spec.name} exited unexpectedly (${how}); stopping (use --restart to restart it instead)`);
-      void shutdown(1);
-    }
-  });
+  const fail = (err: Error) => {
+    if (starting) startFailure ??= err;
+    else runFailure ??= err;
+    void shutdown(1);
+  };
+  const supervisor = new Supervisor(
+    (child: Child, code, signal) => {
+      const name = child.spec.name;
+      const how = signal ? `signal ${signal}` : `code ${code}`;
+      if (starting && awaited.has(child)) return; // its waitFor reports it
+      if (!f.restart) {
+        if (starting) fail(new Error(`${name} exited during start-up (${how})`));
+        else {
+          log(`${name} exited unexpectedly (${how}); stopping (--no-restart)`);
+          void shutdown(1);
+        }
+        return;
+      }
+      // A child that served and died is restarted at once; one whose restart died before it
+      // served again waits longer each time, and after MAX_FAILED_RESTARTS the launcher stops.
+      const failures = child.ready ? 0 : (failedRestarts.get(name) ?? 0) + 1;
+      failedRestarts.set(name, failures);
+      const reason = child.fatal ?? how;
+      if (failures >= MAX_FAILED_RESTARTS) {
+        return fail(new Error(`${name} failed to start again ${failures} times in a row; the last time: ${reason}`));
+      }
+      const delay = restartDelayMs(failures);
+      log(`${name} exited (${reason}); restarting it${delay > 0 ? ` in ${delay / 1000} s` : ''}`);
+      supervisor.restartLater(child.spec, delay);
+    },
+    10_000,
+    (child) => {
+      if (failedRestarts.has(child.spec.name)) {
+        failedRestarts.delete(child.spec.name);
+        log(`${child.spec.name} is serving again`);
+      }
+    },
+  );
+  let signals = 0;
   for (const sig of ['SIGINT', 'SIGTERM'] as const) {
     process.on(sig, () => {
-      log(`${sig}: stopping`);
-      void shutdown(0);
+      const drain = sig === 'SIGTERM' && signals++ === 0 && !starting && f.shutdownGraceS > 0;
+      if (shuttingDown && !drain) {
+        log(`${sig}: stopping now`);
+        return void supervisor.killAll();
+      }
+      log(drain ? `${sig}: draining (new requests get 503; streams in flight have ${f.shutdownGraceS} s), then stopping` : `${sig}: stopping`);
+      void shutdown(0, drain ? f.shutdownGraceS * 1000 + 5000 : 0);
     });
+  }
+  // Started by npm (npm run start): npm forwards SIGTERM and SIGINT, but if npm itself is killed
+  // the launcher would serve on unowned; it stops when its parent changes.
+  if (process.env.npm_lifecycle_event !== undefined) {
+    const parent = process.ppid;
+    setInterval(() => {
+      if (process.ppid !== parent && !shuttingDown) {
+        log(`the parent process (npm, pid ${parent}) is gone: stopping`);
+        void shutdown(0);
+      }
+    }, 1000).unref();
   }
 
   try {
@@ -249,6 +311,7 @@ async function run(f: LauncherFlags): Promise<number> {
         reasoningParser: f.reasoningParser,
         generationConfig: f.generationConfig,
         metricsRequireKey: f.metricsRequireKey,
+        shutdownGraceMs: f.shutdownGraceS * 1000,
         router: redisUrl
           ? { redisUrl, policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
           : undefined,
@@ -278,6 +341,7 @@ async function run(f: LauncherFlags): Promise<number> {
     return exitCode;
   }
   await done;
+  if (runFailure) throw runFailure;
   return exitCode;
 }
 

@@ -4,11 +4,17 @@
 // its data lives and dies with it, which the planes are built for (leases are re-created,
 // consumers are told to ask for replays).
 // Stays true: startPrivateRedis() resolves only once the server it started answers (INFO); a missing binary
-// is one clear error; the child is killed when this process exits, so it never outlives us.
+// is one clear error; the server never outlives this process: it is killed when this process
+// exits, and it is started through setpriv --pdeathsig KILL (util-linux) where that exists, so
+// the kernel kills it even when this process is killed with SIGKILL.
+// superviseRedis() restarts the server on its port when it dies (the planes reconnect and
+// re-create their state by themselves), with backoff, and gives up after a few failed starts.
 // Settings: port (0 / absent = a free one, retried up to 3 times if taken meanwhile; a given port
 // is used as is, e.g. to restart a server on the same port), timeoutMs default 10000.
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { freePort } from './ports.ts';
 
 export interface PrivateRedis {
@@ -48,10 +54,30 @@ function serverPid(port: number): Promise<number | undefined> {
   });
 }
 
+// The absolute path of an executable on PATH (or the path given, if it names one).
+function onPath(bin: string): string | undefined {
+  const isExe = (p: string) => {
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return fs.statSync(p).isFile();
+    } catch {
+      return false;
+    }
+  };
+  if (bin.includes('/')) return isExe(bin) ? bin : undefined;
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) if (dir && isExe(path.join(dir, bin))) return path.join(dir, bin);
+  return undefined;
+}
+
 async function startOn(port: number, opts: PrivateRedisOptions): Promise<PrivateRedis> {
   const bin = opts.redisServer ?? 'redis-server';
   const args = ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--protected-mode', 'yes', '--daemonize', 'no', '--loglevel', 'warning'];
-  const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const exe = onPath(bin);
+  if (!exe) throw new Error(`${bin} not found: install redis-server (e.g. apt-get install redis-server) or pass --redis-url`);
+  const setpriv = onPath('setpriv');
+  const child = setpriv
+    ? spawn(setpriv, ['--pdeathsig', 'KILL', '--', exe, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(exe, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
   child.stdout!.on('data', (d) => (output += d));
   child.stderr!.on('data', (d) => (output += d));
@@ -100,4 +126,55 @@ export async function startPrivateRedis(opts: PrivateRedisOptions = {}): Promise
     }
   }
   throw lastError!;
+}
+
+export interface SupervisedRedis {
+  url: string;
+  port: number;
+  current(): PrivateRedis;
+  stop(): Promise<void>;
+}
+
+// Restarts: the first at once, then 0.5 s, 1 s, 2 s ... (at most 10 s) while restarts keep
+// failing; a server that answered again resets the count. After `maxFailedStarts` failed starts
+// in a row, onGiveUp gets the last error and nothing more is tried.
+export function superviseRedis(
+  first: PrivateRedis,
+  events: { onRestart(message: string): void; onGiveUp(err: Error): void },
+  opts: PrivateRedisOptions & { maxFailedStarts?: number } = {},
+): SupervisedRedis {
+  let server = first;
+  let stopped = false;
+  let timer: NodeJS.Timeout | undefined;
+  const maxFailed = opts.maxFailedStarts ?? 3;
+  const watch = (s: PrivateRedis) =>
+    s.process.once('exit', (code, signal) => {
+      if (stopped) return;
+      events.onRestart(`redis-server on port ${first.port} exited (${signal ? `signal ${signal}` : `code ${code}`}); restarting it on the same port`);
+      void restart(0);
+    });
+  const restart = async (failures: number) => {
+    if (stopped) return;
+    try {
+      const s = await startOn(first.port, { ...opts, port: first.port });
+      if (stopped) return void (await s.stop());
+      server = s;
+      watch(s);
+      events.onRestart(`redis-server is back on port ${first.port} (empty: discovery, events and the prefill queue rebuild themselves)`);
+    } catch (err) {
+      if (failures + 1 >= maxFailed) return events.onGiveUp(new Error(`redis-server on port ${first.port} failed to restart ${failures + 1} times: ${(err as Error).message}`));
+      timer = setTimeout(() => void restart(failures + 1), Math.min(10_000, 500 * 2 ** failures));
+    }
+  };
+  watch(first);
+  return {
+    url: first.url,
+    port: first.port,
+    current: () => server,
+    stop: async () => {
+      stopped = true;
+      clearTimeout(timer);
+      await server.stop();
+    },
+  };
 }

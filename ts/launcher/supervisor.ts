@@ -2,10 +2,15 @@
 //
 // Owns: every child process. Each child is a Node process running one of our TS entry points
 // with an IPC channel; children exit by themselves when that channel closes, so even a
-// launcher killed with SIGKILL leaves no orphan behind.
-// Stays true: after stopAll() resolves, no child is alive (SIGTERM, then SIGKILL after the
-// grace period). A child that exits while we are not stopping is reported to onExit.
+// launcher killed with SIGKILL leaves no orphan behind. A child reports {type: 'ready'} once it
+// serves and {type: 'fatal', message} when it cannot start: the supervisor keeps both on the
+// Child, so the launcher can tell a crash of a serving child from a failed start.
+// Stays true: after stopAll() resolves, no child is alive and no restart is pending (SIGTERM,
+// then SIGKILL after the grace period; a `first` group is stopped, and awaited, before the
+// rest). A child that exits while we are not stopping is reported to onExit, after the
+// shared-memory segments it named after its pid are removed.
 import { fork, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { packageRoot } from '../native/loader.ts';
 
@@ -20,15 +25,19 @@ export interface Child {
   spec: ChildSpec;
   process: ChildProcess;
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  ready: boolean; // it said {type: 'ready'}
+  fatal?: string; // what its {type: 'fatal'} message said
 }
 
 export class Supervisor {
   private readonly children = new Map<string, Child>();
+  private readonly pending = new Set<NodeJS.Timeout>();
   private stopping = false;
 
   constructor(
     private readonly onExit: (child: Child, code: number | null, signal: NodeJS.Signals | null) => void,
     private readonly graceMs = 10_000,
+    private readonly onReady?: (child: Child) => void,
   ) {}
 
   get isStopping(): boolean {
@@ -42,16 +51,32 @@ export class Supervisor {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       env: { ...process.env, ...spec.env, KVSERVE_PROCESS: spec.name },
     });
-    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+    const child: Child = { spec, process: proc, exited: undefined as never, ready: false };
+    proc.on('message', (m: { type?: string; message?: string }) => {
+      if (m?.type === 'ready' && !child.ready) {
+        child.ready = true;
+        this.onReady?.(child);
+      } else if (m?.type === 'fatal') child.fatal = m.message;
+    });
+    child.exited = new Promise((resolve) => {
       proc.once('exit', (code, signal) => {
         if (this.children.get(spec.name)?.process === proc) this.children.delete(spec.name);
+        if (proc.pid !== undefined) removeSegmentsOf(proc.pid);
         resolve({ code, signal });
         if (!this.stopping) this.onExit(child, code, signal);
       });
     });
-    const child: Child = { spec, process: proc, exited };
     this.children.set(spec.name, child);
     return child;
+  }
+
+  // Starts spec again after delayMs, unless stopAll() comes first.
+  restartLater(spec: ChildSpec, delayMs: number): void {
+    const timer = setTimeout(() => {
+      this.pending.delete(timer);
+      if (!this.stopping) this.start(spec);
+    }, delayMs);
+    this.pending.add(timer);
   }
 
   // Resolves with the first IPC message that `accept` takes; rejects with what `accept` throws
@@ -92,16 +117,44 @@ export class Supervisor {
     });
   }
 
-  async stopAll(): Promise<void> {
+  // Stops every child: those named in `first` (the frontend, draining its streams) before the
+  // others, each given its own grace before SIGKILL.
+  async stopAll(first?: { names: string[]; graceMs: number }): Promise<void> {
     this.stopping = true;
-    const all = [...this.children.values()];
-    for (const c of all) c.process.kill('SIGTERM');
+    for (const t of this.pending) clearTimeout(t);
+    this.pending.clear();
+    if (first) await this.stopSome((c) => first.names.includes(c.spec.name), first.graceMs);
+    await this.stopSome(() => true, this.graceMs);
+  }
+
+  // SIGKILL to every child now (a second Ctrl-C while stopping); stopAll() then ends at once.
+  killAll(): void {
+    for (const c of this.children.values()) c.process.kill('SIGKILL');
+  }
+
+  private async stopSome(which: (c: Child) => boolean, graceMs: number): Promise<void> {
+    const some = [...this.children.values()].filter(which);
+    for (const c of some) c.process.kill('SIGTERM');
     await Promise.all(
-      all.map(async (c) => {
-        const timer = setTimeout(() => c.process.kill('SIGKILL'), this.graceMs);
+      some.map(async (c) => {
+        const timer = setTimeout(() => c.process.kill('SIGKILL'), graceMs);
         await c.exited;
         clearTimeout(timer);
       }),
     );
   }
+}
+
+// A process's shared-memory segments are named /kvserve-<pid>-... (native/common/shared-memory.h,
+// and a tensor-parallel worker's group and KV pools): once it has exited, nothing maps them by
+// name any more, and a KV pool is hundreds of MiB of memory.
+function removeSegmentsOf(pid: number): void {
+  const prefix = `kvserve-${pid}-`;
+  let names: string[];
+  try {
+    names = fs.readdirSync('/dev/shm');
+  } catch {
+    return;
+  }
+  for (const n of names) if (n.startsWith(prefix)) fs.rmSync(path.join('/dev/shm', n), { force: true });
 }
