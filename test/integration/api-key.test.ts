@@ -1,6 +1,8 @@
 // API keys through the real launcher: /v1/ routes need `Authorization: Bearer KEY` (the official
 // openai client sends it as apiKey), probes stay open, /metrics follows --metrics-require-key, and
 // the key appears neither in any output nor on a child's command line.
+// Also large prompts: a 10 MB one is refused before tokenizing, large legal ones are tokenized
+// off the event loop while a small request is answered.
 import fs from 'node:fs';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -84,4 +86,32 @@ describe('--api-key', () => {
     expect(b.code).toBe(2);
     expect(b.output).toMatch(/--api-key .* must be printable ASCII/);
   });
+});
+
+describe('large prompts', () => {
+  it('refuses a 10 MB prompt at once, and a large legal one does not stall a small request', async () => {
+    const post = (body: unknown) =>
+      fetch(`${server.url}/v1/completions`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${KEY}` },
+        body: JSON.stringify(body),
+      });
+    let t0 = performance.now();
+    const huge = await post({ model: modelDir, prompt: 'hello world '.repeat(900_000), max_tokens: 1 });
+    expect(huge.status).toBe(400);
+    expect(((await huge.json()) as { error: { code: string } }).error.code).toBe('context_length_exceeded');
+    expect(performance.now() - t0).toBeLessThan(1500); // parsing 10 MB of JSON, no tokenizing
+    // Four prompts of ~0.5 MB each: under the byte bound, so they are tokenized (off the event
+    // loop) before the context check refuses them; a small request meanwhile is answered.
+    const big = Array.from({ length: 4 }, () => post({ model: modelDir, prompt: 'lorem ipsum dolor sit amet '.repeat(20_000), max_tokens: 1 }));
+    await new Promise((r) => setTimeout(r, 50));
+    t0 = performance.now();
+    const small = await post({ model: modelDir, prompt: 'hi', max_tokens: 1 });
+    const smallMs = performance.now() - t0;
+    expect(small.status).toBe(200);
+    const bigDone = await Promise.all(big);
+    const bigMs = performance.now() - t0;
+    for (const r of bigDone) expect(r.status).toBe(400);
+    expect(smallMs).toBeLessThan(bigMs);
+  }, 60_000);
 });

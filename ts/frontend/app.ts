@@ -22,7 +22,7 @@
 import { isUtf8 } from 'node:buffer';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
-import { ChatTemplate, ProcessorError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
+import { ChatTemplate, EncoderPool, ProcessorError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
 import type { FrontendContext } from './context.ts';
 import { ApiError, toApiError } from './errors.ts';
 import { FrontendMetrics } from './metrics.ts';
@@ -37,6 +37,7 @@ export interface AppOptions {
   modelDir: string;
   pool: WorkerPool;
   tokenizer: TextTokenizer;
+  encoder?: EncoderPool; // default: inline only (no threads)
   maxModelLen: number;
   samplingDefaults?: SamplingDefaults; // none when absent
   reasoningParser?: ReasoningParserName;
@@ -82,6 +83,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     maxModelLen: opts.maxModelLen,
     pool: opts.pool,
     tokenizer: opts.tokenizer,
+    encoder: opts.encoder ?? EncoderPool.inline(opts.tokenizer),
     chatTemplate: chatTemplateOf(opts.tokenizer),
     samplingDefaults: opts.samplingDefaults ?? {},
     reasoningParser: opts.reasoningParser,

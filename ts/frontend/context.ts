@@ -4,7 +4,7 @@
 //
 // Stays true: every generation in flight is in `active` until its response has ended, so closing
 // the server can abort them (their streams then end at once).
-import type { ChatTemplate, ProcessorError, ReasoningParserName, SamplingDefaults, TextTokenizer } from '../processor/index.ts';
+import type { ChatTemplate, EncoderPool, ProcessorError, ReasoningParserName, SamplingDefaults, TextTokenizer } from '../processor/index.ts';
 import { ApiError } from './errors.ts';
 import type { Generation } from './generation.ts';
 import type { FrontendMetrics } from './metrics.ts';
@@ -16,6 +16,8 @@ export interface FrontendContext {
   maxModelLen: number;
   pool: WorkerPool;
   tokenizer: TextTokenizer;
+  // Prompts to token ids: long ones on worker threads, after a size check that needs no tokenizing.
+  encoder: EncoderPool;
   // The model's chat template, or why it has none usable (chat requests then get that error).
   chatTemplate: ChatTemplate | ProcessorError;
   // For requests that leave them unset (generation_config.json; {} with --generation-config vllm).
@@ -36,5 +38,19 @@ declare module 'fastify' {
 export function checkModel(ctx: FrontendContext, model: string | undefined): void {
   if (model !== undefined && model !== ctx.modelName) {
     throw new ApiError('ERR_MODEL_NOT_FOUND', `The model \`${model}\` does not exist.`, 'model');
+  }
+}
+
+// A prompt whose UTF-8 length alone shows it cannot fit the context is refused before it is
+// tokenized (a token covers at most encoder.maxTokenBytes bytes), so a huge body costs nothing.
+export function checkPromptSize(ctx: FrontendContext, text: string, param: string): void {
+  const atLeast = ctx.encoder.minTokens(text);
+  if (atLeast >= ctx.maxModelLen) {
+    throw new ApiError(
+      'ERR_CONTEXT_LENGTH_EXCEEDED',
+      `This model's maximum context length is ${ctx.maxModelLen} tokens. However, your ${param} is at least ${atLeast} tokens ` +
+        `(${Buffer.byteLength(text)} bytes, at most ${ctx.encoder.maxTokenBytes} per token). Please reduce the length of the ${param}.`,
+      param,
+    );
   }
 }

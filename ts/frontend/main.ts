@@ -21,6 +21,7 @@
 // request longer than that could never be scheduled, so its default max_tokens must not reach it.
 import type { WorkerInfo } from '../protocol/index.ts';
 import {
+  EncoderPool,
   describeSamplingDefaults,
   isReasoningParserName,
   loadSamplingDefaults,
@@ -87,6 +88,7 @@ function describeReasoningParser(name: ReasoningParserName, tokenizer: TextToken
 async function main(): Promise<void> {
   const cfg = parseConfig(process.argv.slice(2));
   const tokenizer = await loadTokenizer(cfg.modelDir);
+  const encoder = await EncoderPool.start(tokenizer, cfg.modelDir);
   if (cfg.reasoningParser !== undefined && !isReasoningParserName(cfg.reasoningParser)) {
     throw new Error(unknownReasoningParserMessage(cfg.reasoningParser));
   }
@@ -101,6 +103,7 @@ async function main(): Promise<void> {
     maxModelLen: Math.min(cfg.maxModelLen, kvLimit),
     pool,
     tokenizer,
+    encoder,
     samplingDefaults: sampling.defaults,
     reasoningParser,
     logger: { level: cfg.logLevel ?? 'info' },

@@ -9,8 +9,8 @@
 // (unsupported: 400); top_logprobs only with logprobs: true (as OpenAI); message roles and content parts (the
 // processor's chat template, which names the field at fault).
 import type { FastifyPluginAsync } from 'fastify';
-import { chatPrompt, ProcessorError, type ChatMessage } from '../processor/index.ts';
-import { checkModel } from './context.ts';
+import { encodeChatPrompt, ProcessorError, type ChatMessage } from '../processor/index.ts';
+import { checkModel, checkPromptSize } from './context.ts';
 import { ApiError } from './errors.ts';
 import { Generation } from './generation.ts';
 import { ChatShape } from './openai-shapes.ts';
@@ -35,10 +35,13 @@ export const chatRoutes: FastifyPluginAsync = async (app) => {
     }
     if (ctx.chatTemplate instanceof ProcessorError) throw ctx.chatTemplate;
     // 2. The prompt.
-    const { promptTokenIds } = chatPrompt(ctx.tokenizer, ctx.chatTemplate, body.messages as unknown as ChatMessage[], {
-      addGenerationPrompt: body.add_generation_prompt ?? true,
-      templateKwargs: body.chat_template_kwargs ?? undefined,
-    });
+    const { promptTokenIds } = await encodeChatPrompt(
+      ctx.encoder,
+      ctx.chatTemplate,
+      body.messages as unknown as ChatMessage[],
+      { addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: body.chat_template_kwargs ?? undefined },
+      (text) => checkPromptSize(ctx, text, 'messages'),
+    );
     // 3. The plan, and the response.
     const plan = planGeneration(body, {
       prompts: [promptTokenIds],

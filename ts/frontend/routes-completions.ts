@@ -6,8 +6,8 @@
 // implemented (unsupported-fields.ts: 400 naming them); token ids inside the vocabulary; echo works, but not
 // together with logprobs (prompt logprobs are not computed by the engine: 400).
 import type { FastifyPluginAsync } from 'fastify';
-import { completionPromptTokenIds, type TextTokenizer } from '../processor/index.ts';
-import { checkModel } from './context.ts';
+import { encodeCompletionPrompt, type TextTokenizer } from '../processor/index.ts';
+import { checkModel, checkPromptSize } from './context.ts';
 import { ApiError } from './errors.ts';
 import { Generation } from './generation.ts';
 import { requestId } from './ids.ts';
@@ -32,13 +32,17 @@ export const completionRoutes: FastifyPluginAsync = async (app) => {
     }
     // 2. The prompts.
     const inputs = batchOf(body.prompt);
-    const prompts = inputs.map((p, i) => {
-      try {
-        return completionPromptTokenIds(ctx.tokenizer, p);
-      } catch (err) {
-        throw new ApiError('ERR_INVALID_REQUEST', (err as Error).message, inputs.length > 1 ? `prompt[${i}]` : 'prompt');
-      }
-    });
+    const param = (i: number) => (inputs.length > 1 ? `prompt[${i}]` : 'prompt');
+    const prompts = await Promise.all(
+      inputs.map(async (p, i) => {
+        try {
+          return await encodeCompletionPrompt(ctx.encoder, ctx.tokenizer, p, (text) => checkPromptSize(ctx, text, param(i)));
+        } catch (err) {
+          if (err instanceof ApiError) throw err;
+          throw new ApiError('ERR_INVALID_REQUEST', (err as Error).message, param(i));
+        }
+      }),
+    );
     // 3. The plan, and the response.
     const plan = planGeneration(body, {
       prompts,

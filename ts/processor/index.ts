@@ -12,7 +12,8 @@ export {
   type TokenizerSources,
 } from './tokenizer.js';
 export { ChatTemplate, type ChatMessage, type ChatRole, type ChatTextPart, type RenderOptions } from './chat-template.js';
-export { chatPrompt, completionPromptTokenIds, type ChatPrompt } from './prompt.js';
+export { chatPrompt, completionPromptTokenIds, encodeChatPrompt, encodeCompletionPrompt, type ChatPrompt, type PromptEncoder } from './prompt.js';
+export { EncoderPool, type EncoderPoolOptions } from './encoder-pool.js';
 export { IncrementalDetokenizer, type DetokenizerOptions } from './detokenizer.js';
 export { StopStringMatcher, maxStopStrings, type StopFeedResult, type StopStringOptions } from './stop-strings.js';
 export {
