@@ -42,15 +42,17 @@ for t in "${targets[@]}"; do
   log=$build/logs/$t.log
   stamp=$build/logs/$t.start
   touch "$stamp"
+  start=$SECONDS
   set +e
   "$build/$t" "$build/corpus/$t" "$root/native/fuzz/corpus/$t" -max_total_time="$seconds" -print_final_stats=1 \
     -max_len="$max_len" -timeout=10 -artifact_prefix="$build/artifacts/$t/" >"$log" 2>&1
   rc=$?
   set -e
+  ran=$((SECONDS - start))
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
   crashes=$(find "$build/artifacts/$t" -type f -newer "$stamp" | wc -l)  # this run's
   [ "$rc" -eq 0 ] || status=1
-  summary+=("$(printf '%-20s %8s s %12s executions %4s crashes (exit %s)' "$t" "$seconds" "${execs:-?}" "$crashes" "$rc")")
+  summary+=("$(printf '%-20s %6s s %12s executions %4s crashes (exit %s)' "$t" "$ran" "${execs:-?}" "$crashes" "$rc")")
   if [ "$rc" -ne 0 ]; then
     grep -m1 -E 'ERROR: |FUZZ_CHECK|runtime error' "$log" || true
     echo "  log: $log; artifacts: $build/artifacts/$t/"
