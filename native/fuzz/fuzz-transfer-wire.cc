@@ -6,9 +6,9 @@
 // socketpair whose other end is then closed:
 //   even  the listener's side: frames decoded as Agent::serve does (the agent's threads are not
 //         run here): a hello's metadata parsed and checked against this listener's pool (the
-//         two-rank pool of fuzz-common.h), a write's or read's region and block ids checked,
-//         and a valid write's block data drained, so the frames after it are decoded where the
-//         listener would decode them;
+//         two-rank pool of fuzz-common.h), a write's or read's region checked (a bad one ends
+//         the connection), and a write's block data read past (the listener drains it for bad
+//         block ids too), so the frames after it are decoded where the listener would decode them;
 //   odd   the client's side: replies decoded by recv_reply.
 // Findings: metadata that metadata_from_json accepts must pass check_regions, survive a
 // metadata_to_json round trip unchanged, and plan a copy for every head of every region within
