@@ -53,18 +53,22 @@ class FieldReader {
     return Status::Ok();
   }
 
-  // A finite number in the open interval (lo, hi).
+  // A finite number in the open interval (lo, hi), as a float: the rounding to float must stay
+  // inside it too (1e-76 is above 0 but rounds to 0.0f; 0.99999999999 rounds to 1.0f).
   Status get_float(const char* key, bool required, double lo, double hi, float* out) const {
     const JsonValue* v = obj_.get(key);
     if (v == nullptr || v->is_null()) return required ? missing(key) : Status::Ok();
     if (!v->is_number()) return config_invalid(file_, std::string("'") + key + "' must be a number");
     const double d = v->number_value;
-    if (!(d > lo && d < hi)) {
-      return config_invalid(file_, std::string("'") + key + "' = " + std::to_string(d) +
-                                       " is out of range (" + std::to_string(lo) + ", " +
-                                       std::to_string(hi) + ")");
+    const std::string range = " is out of range (" + std::to_string(lo) + ", " + std::to_string(hi) + ")";
+    if (!(d > lo && d < hi)) return config_invalid(file_, std::string("'") + key + "' = " + std::to_string(d) + range);
+    const float f = static_cast<float>(d);  // in range: every bound is inside float's range
+    if (!(f > lo && f < hi)) {
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.9g rounds to the float %.9g, which", d, static_cast<double>(f));
+      return config_invalid(file_, std::string("'") + key + "' = " + buf + range);
     }
-    *out = static_cast<float>(d);
+    *out = f;
     return Status::Ok();
   }
 

@@ -5,7 +5,8 @@
 // Corruptions (seeded, so every run tries the same variants): bit flips and byte overwrites
 // in the safetensors length prefix and header, chosen length prefixes, truncations, data-only
 // flips, config.json keys given wrong types/negative/huge values or removed, random bytes of
-// config.json, shards and the index removed, index edits and random index bytes.
+// config.json, shards and the index removed, index edits and random index bytes. Then the inputs
+// the libFuzzer targets (native/fuzz) found, each kept as a regression case.
 #include <filesystem>
 #include <map>
 #include <random>
@@ -218,6 +219,33 @@ TEST(fuzz_corrupted_models_never_crash) {
   for (const auto& [code, count] : fz.histogram) std::printf("    %-28s %d\n", code.c_str(), count);
   CHECK(fz.variants >= 200);
   CHECK(fz.histogram.size() >= 6);  // the corruptions reach many different checks
+}
+
+// Inputs the libFuzzer targets (native/fuzz, scripts/fuzz.sh) found accepted where they must be
+// refused, each as the smallest config that shows it.
+TEST(fuzzer_findings_are_refused) {
+  llm_test::TempDir tmp;
+  TinyModelSpec s;
+  // A float setting whose value is inside its open range as a double but rounds out of it as a
+  // float: an rms_norm_eps of 1e-76 became 0.0f (a division by zero for an all-zero row).
+  struct Case {
+    const char* key;
+    const char* value;
+  };
+  int n = 0;
+  for (const Case& c : {Case{"rms_norm_eps", "1e-76"}, Case{"rms_norm_eps", "0.99999999999"},
+                        Case{"rope_theta", "1e-50"},
+                        Case{"rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 1e-50}"}}) {
+    llm_test::JsonFields fields = llm_test::config_fields(s);
+    llm_test::set_field(&fields, c.key, c.value);
+    const std::string dir = tmp.sub("case-" + std::to_string(n++));
+    llm_test::write_file(dir + "/config.json", llm_test::json_object(fields));
+    llm::ModelConfig cfg;
+    const llm::Status st = llm::load_model_config(dir, &cfg);
+    if (st.ok()) std::printf("  %s = %s: accepted\n", c.key, c.value);
+    CHECK(st.code() == llm::StatusCode::model_config_invalid);
+    CHECK(st.message().find(c.key == std::string("rope_scaling") ? "factor" : c.key) != std::string::npos);
+  }
 }
 
 int main() { return llm_test::run_all(); }

@@ -95,3 +95,49 @@ export function badInputCases(model: string, maxModelLen: number): BadInputCase[
     { name: 'unknown route', url: '/v1/embeddings', body: { input: 'x' }, status: 404, code: 'not_found' },
   ];
 }
+
+// Requests that are not HTTP fastify can route (found by bench/fuzz-http.ts): Node's parser
+// refuses them, or they lack what HTTP/1.1 requires; written as raw bytes on a socket, they must
+// still get the OpenAI error body (Node's and fastify's defaults answer in shapes of their own).
+export interface BadHttpCase {
+  name: string;
+  raw: string; // the bytes sent, latin1 ("HOST" is replaced by the server's host:port)
+  status: number;
+  code: string;
+}
+
+export function badHttpCases(): BadHttpCase[] {
+  const body = '{"model":"x","prompt":"Hi","max_tokens":1}';
+  const post = (headers: string, b = body) =>
+    `POST /v1/completions HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n${headers}\r\n${b}`;
+  return [
+    { name: 'unknown method', raw: `FOO /v1/completions HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n`, status: 400, code: 'invalid_http' },
+    { name: 'NUL in a header value', raw: post(`Content-Type: application/json\0\r\nContent-Length: ${body.length}\r\n`), status: 400, code: 'invalid_http' },
+    { name: 'content-length and chunked', raw: post(`Content-Type: application/json\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n`, '0\r\n\r\n'), status: 400, code: 'invalid_http' },
+    { name: 'content-length not a number', raw: post('Content-Type: application/json\r\nContent-Length: abc\r\n'), status: 400, code: 'invalid_http' },
+    { name: 'bad chunk size', raw: post('Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n', 'zz\r\n'), status: 400, code: 'invalid_http' },
+    { name: 'headers over the size limit', raw: post(`X-Big: ${'y'.repeat(20_000)}\r\nContent-Length: 0\r\n`, ''), status: 431, code: 'headers_too_large' },
+    { name: 'no Host header', raw: `POST /v1/completions HTTP/1.1\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n${body}`, status: 400, code: 'invalid_http' },
+    { name: 'URL that does not decode', raw: `GET /v1/%zz HTTP/1.1\r\nHost: HOST\r\nConnection: close\r\n\r\n`, status: 400, code: 'invalid_http' },
+  ];
+}
+
+// Sends raw bytes to host:port and resolves with the status and body of the reply, read until
+// the server closes the connection.
+export async function sendRawHttp(host: string, port: number, raw: string): Promise<{ status: number; body: string }> {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    const socket = net.connect({ host, port }, () => socket.write(Buffer.from(raw.replaceAll('HOST', `${host}:${port}`), 'latin1')));
+    socket.setTimeout(10_000, () => socket.destroy(new Error('no reply in 10 s')));
+    socket.on('data', (d) => chunks.push(d));
+    socket.on('error', (err) => (chunks.length ? undefined : reject(err)));
+    socket.on('close', () => {
+      const text = Buffer.concat(chunks).toString('utf8');
+      const end = text.indexOf('\r\n\r\n');
+      const m = /^HTTP\/1\.1 (\d{3})/.exec(text);
+      if (!m || end < 0) return reject(new Error(`no HTTP reply: ${JSON.stringify(text.slice(0, 200))}`));
+      resolve({ status: Number(m[1]), body: text.slice(end + 4) });
+    });
+  });
+}

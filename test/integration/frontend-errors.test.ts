@@ -1,9 +1,10 @@
 // Bad input at the frontend: every case is a 4xx with the OpenAI error body
 // {"error": {"message", "type", "param", "code"}}, never a 422 or a 5xx, and the server stays
-// healthy. Also: no worker -> 503, a worker's refusal -> its 4xx.
+// healthy; the same for bytes that are not HTTP fastify can route, sent on a real socket. Also: no
+// worker -> 503, a worker's refusal -> its 4xx.
 import type { FastifyInstance } from 'fastify';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { badInputCases } from '../helpers/bad-inputs.ts';
+import { badHttpCases, badInputCases, sendRawHttp } from '../helpers/bad-inputs.ts';
 import { MAX_MODEL_LEN, MODEL, buildTestApp, startWorker, type TestWorker } from '../helpers/frontend-fixture.ts';
 
 let worker: TestWorker;
@@ -61,6 +62,32 @@ describe('bad input', () => {
     expect(res.statusCode).toBe(200);
   });
 });
+
+describe('malformed HTTP on a real socket', () => {
+  it.each(badHttpCases())('$name -> $status $code', async (c) => {
+    const port = await listening();
+    const res = await sendRawHttp('127.0.0.1', port, c.raw);
+    expect(res.status).toBe(c.status);
+    const { error } = JSON.parse(res.body);
+    expect(Object.keys(error).sort()).toEqual(['code', 'message', 'param', 'type']);
+    expect(error.code).toBe(c.code);
+    expect(error.type).toBe('invalid_request_error');
+  });
+
+  it('stays healthy afterwards', async () => {
+    expect((await fetch(`http://127.0.0.1:${await listening()}/health`)).status).toBe(200);
+  });
+});
+
+// The shared app, listening on an ephemeral port from the first call on.
+let port: number | undefined;
+async function listening(): Promise<number> {
+  if (port === undefined) {
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    port = (app.server.address() as { port: number }).port;
+  }
+  return port;
+}
 
 describe('unavailable and refusing workers', () => {
   it('answers 503 when no worker serves the model, and /ready says so', async () => {

@@ -7,7 +7,7 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import { loadAddon, packageRoot } from '../../ts/native/loader.ts';
-import { badInputCases } from '../helpers/bad-inputs.ts';
+import { badHttpCases, badInputCases, sendRawHttp } from '../helpers/bad-inputs.ts';
 import { alive, childPids, fakeHfCache, freePort, launch, runLauncher, type Launched } from '../helpers/launcher.ts';
 
 const SEED_MODEL = 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B';
@@ -149,6 +149,18 @@ describe('bad input through the real server', () => {
       const { error } = await res.json();
       expect(Object.keys(error).sort(), c.name).toEqual(['code', 'message', 'param', 'type']);
       if (c.code !== undefined) expect(error.code, c.name).toBe(c.code);
+    }
+    expect((await fetch(`${server.url}/health`)).status).toBe(200);
+  });
+
+  it('answers malformed HTTP on a raw socket with the OpenAI error body too', async () => {
+    const { hostname, port } = new URL(server.url);
+    for (const c of badHttpCases()) {
+      const res = await sendRawHttp(hostname, Number(port), c.raw);
+      expect(res.status, c.name).toBe(c.status);
+      const { error } = JSON.parse(res.body);
+      expect(Object.keys(error).sort(), c.name).toEqual(['code', 'message', 'param', 'type']);
+      expect(error.code, c.name).toBe(c.code);
     }
     expect((await fetch(`${server.url}/health`)).status).toBe(200);
   });

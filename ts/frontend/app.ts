@@ -16,12 +16,17 @@
 // Retry-After and /ready says 503; it resolves once the requests already in flight have ended,
 // or after graceMs, whichever comes first (app.close() then aborts what is left).
 //
-// Stays true: every error leaves through setErrorHandler as an OpenAI error body (errors.ts);
+// Stays true: every error leaves as an OpenAI error body (errors.ts): through setErrorHandler, or,
+// for requests that never become one (bytes that are not HTTP, headers over Node's limit, a
+// header timeout), through clientError, which writes the body on the socket and closes it; a URL
+// that cannot be decoded and an HTTP/1.1 request without Host are 400s of the same shape;
 // bodies are JSON (application/json only), valid UTF-8, at most 32 MiB; ajv never coerces types;
 // closing the app aborts every generation in flight, so their streams end and close() returns.
 import { isUtf8 } from 'node:buffer';
 import { createHash, timingSafeEqual } from 'node:crypto';
-import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
 import { ChatTemplate, EncoderPool, ProcessorError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
 import type { FrontendContext } from './context.ts';
 import { ApiError, toApiError } from './errors.ts';
@@ -75,6 +80,19 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT_BYTES,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false, verbose: true } },
+    // Node would answer a missing Host itself, with an empty body: the hook below answers it.
+    http: { requireHostHeader: false },
+    clientErrorHandler: clientError,
+    frameworkErrors: (err, _request, reply) => {
+      const e = err.code === 'FST_ERR_BAD_URL' || err.code === 'FST_ERR_MAX_PARAM_LENGTH'
+        ? new ApiError('ERR_BAD_HTTP', err.message) : toApiError(err);
+      return (reply as FastifyReply).code(e.status).send(e.body());
+    },
+  });
+  app.addHook('onRequest', async (request) => {
+    if (request.raw.httpVersion === '1.1' && request.headers.host === undefined) {
+      throw new ApiError('ERR_BAD_HTTP', 'an HTTP/1.1 request must have a Host header');
+    }
   });
 
   const context: FrontendContext = {
@@ -169,6 +187,24 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     for (const gen of context.active) gen.abort();
   });
   return app;
+}
+
+// Bytes on a connection that are not an HTTP request fastify can take (a parse error, headers
+// over Node's size limit, headers that did not arrive in time): the OpenAI error body, written
+// straight on the socket, which is then closed (as Node and fastify do by default).
+function clientError(this: FastifyInstance, err: NodeJS.ErrnoException & { reason?: string }, socket: Socket): void {
+  if (err.code === 'ECONNRESET' || socket.destroyed) return;
+  const e =
+    err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? new ApiError('ERR_REQUEST_TIMEOUT', 'the request did not arrive in time')
+    : err.code === 'HPE_HEADER_OVERFLOW' ? new ApiError('ERR_HEADERS_TOO_LARGE', 'the request headers exceed the size limit')
+    : new ApiError('ERR_BAD_HTTP', `the request is not valid HTTP/1.1 (${err.code ?? 'parse error'}${err.reason ? `: ${err.reason}` : ''})`);
+  this.log.info({ status: e.status, code: e.code }, e.message);
+  if (socket.writable && socket.bytesWritten === 0) {  // never inside a reply already started
+    const body = JSON.stringify(e.body());
+    socket.write(`HTTP/1.1 ${e.status} ${STATUS_CODES[e.status]}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+      `Content-Type: application/json\r\nConnection: close\r\n\r\n${body}`);
+  }
+  socket.destroy(err);
 }
 
 // Checks an Authorization header against the key in constant time (both sides hashed first, so
