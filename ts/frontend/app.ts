@@ -16,6 +16,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyServerOptions
 import { ChatTemplate, ProcessorError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
 import type { FrontendContext } from './context.ts';
 import { ApiError, toApiError } from './errors.ts';
+import type { MigrationSettings } from './generation.ts';
 import { FrontendMetrics } from './metrics.ts';
 import { chatRoutes } from './routes-chat.ts';
 import { completionRoutes } from './routes-completions.ts';
@@ -31,8 +32,11 @@ export interface AppOptions {
   maxModelLen: number;
   samplingDefaults?: SamplingDefaults; // none when absent
   reasoningParser?: ReasoningParserName;
+  migration?: MigrationSettings; // default: up to DEFAULT_MIGRATION_LIMIT migrations, no length cap
   logger?: FastifyServerOptions['logger'];
 }
+
+export const DEFAULT_MIGRATION_LIMIT = 3;
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -53,6 +57,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     samplingDefaults: opts.samplingDefaults ?? {},
     reasoningParser: opts.reasoningParser,
     metrics: new FrontendMetrics(opts.modelName),
+    migration: opts.migration ?? { limit: DEFAULT_MIGRATION_LIMIT },
+    log: app.log,
     active: new Set(),
   };
   app.decorate('frontend', context);

@@ -12,6 +12,10 @@
 // `generationConfig` (--generation-config: auto, the default, vllm or a directory) says where the
 // sampling defaults come from; they are logged at start, one line, and a bad file is fatal.
 //
+// `migrationLimit` (--migration-limit, default 3; 0 = off) and `migrationMaxSeqLen`
+// (--migration-max-seq-len, absent = no cap): how often, and up to which prompt + output length,
+// a choice whose worker goes away mid-stream is sent to another worker (generation.ts).
+//
 // maxModelLen is capped by the smallest worker's KV capacity (kvTotalBlocks * blockSize): a
 // request longer than that could never be scheduled, so its default max_tokens must not reach it.
 import type { WorkerInfo } from '../protocol/index.ts';
@@ -26,7 +30,7 @@ import {
   type TextTokenizer,
 } from '../processor/index.ts';
 import type { PolicyName } from '../router/index.ts';
-import { buildApp } from './app.ts';
+import { buildApp, DEFAULT_MIGRATION_LIMIT } from './app.ts';
 import { RoutedWorkerPool } from './routed-worker-pool.ts';
 import { StaticWorkerPool, type WorkerPool } from './worker-pool.ts';
 
@@ -40,6 +44,8 @@ export interface FrontendConfig {
   logLevel?: string;
   reasoningParser?: string;
   generationConfig?: string; // 'auto' when absent
+  migrationLimit?: number; // DEFAULT_MIGRATION_LIMIT when absent
+  migrationMaxSeqLen?: number;
   router?: {
     redisUrl: string;
     namespace?: string;
@@ -96,6 +102,7 @@ async function main(): Promise<void> {
     tokenizer,
     samplingDefaults: sampling.defaults,
     reasoningParser,
+    migration: { limit: cfg.migrationLimit ?? DEFAULT_MIGRATION_LIMIT, maxSeqLen: cfg.migrationMaxSeqLen },
     logger: { level: cfg.logLevel ?? 'info' },
   });
   app.log.info(describeSamplingDefaults(sampling));

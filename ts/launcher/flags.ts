@@ -30,6 +30,8 @@ export interface LauncherFlags {
   servedModelName?: string;
   reasoningParser?: ReasoningParserName;
   generationConfig: string; // 'auto', 'vllm', or an absolute directory
+  migrationLimit: number; // 0 = no request migration
+  migrationMaxSeqLen?: number; // absent = no cap beyond the context length
   restart: boolean;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   help: boolean;
@@ -106,6 +108,12 @@ Serving
                                 when a mode needs one (--router kv or random; a plain
                                 round-robin needs none)
   --restart                     restart a worker that dies instead of stopping everything
+  --migration-limit N           a streaming request whose worker dies or drops its connection
+                                goes on on another worker, with its prompt and the tokens it
+                                got so far, up to N times per choice; 0 = off: the client gets
+                                the error (default 3)
+  --migration-max-seq-len N     migrate only requests of at most N prompt + generated tokens
+                                (default: no cap beyond the context length)
   --log-level LEVEL             fatal|error|warn|info|debug|trace (default info)
   -h, --help                    this text
 `;
@@ -193,6 +201,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'max-num-batched-tokens': { type: 'string' },
         'kv-cache-memory': { type: 'string' },
         restart: { type: 'boolean' },
+        'migration-limit': { type: 'string' },
+        'migration-max-seq-len': { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -232,6 +242,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
     maxNumBatchedTokens: int('max-num-batched-tokens', v['max-num-batched-tokens'], 1),
     kvCacheMemory: v['kv-cache-memory'] === undefined ? undefined : parseBytes('kv-cache-memory', v['kv-cache-memory']),
     restart: v.restart ?? false,
+    migrationLimit: int('migration-limit', v['migration-limit'], 0, 1000) ?? 3,
+    migrationMaxSeqLen: int('migration-max-seq-len', v['migration-max-seq-len'], 1),
     logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
     help: v.help ?? false,
   };

@@ -247,6 +247,8 @@ async function run(f: LauncherFlags): Promise<number> {
         logLevel: f.logLevel,
         reasoningParser: f.reasoningParser,
         generationConfig: f.generationConfig,
+        migrationLimit: f.migrationLimit,
+        migrationMaxSeqLen: f.migrationMaxSeqLen,
         router: redisUrl
           ? { redisUrl, policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
           : undefined,
