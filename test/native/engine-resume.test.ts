@@ -1,12 +1,19 @@
 // A resumed request through the addon (request migration: outputTokenIds): started with the
 // first k tokens of an undisturbed run as its outputs, it gives that run's tokens from step k on,
-// greedy and seeded, with presence/frequency/repetition penalties and min_tokens, and finishes
-// with 'length' at the original max_tokens. Exact token ids; logprobs within 0.01: the resumed
-// request computes the first k outputs' KV in one prefill, the undisturbed one a row per step,
-// and the bf16 paths round those matmuls' other summation order (seen: 2e-3 on avx512-bf16).
+// greedy and seeded (temperature 1 over the whole vocabulary, where any other draw position or
+// any other bit in the logits shows), with presence/frequency/repetition penalties and
+// min_tokens, and finishes with 'length' at the original max_tokens. Token ids and logprobs are
+// compared exactly: the file runs on the reference CPU kernels, which compute a token's KV and
+// logits with the same bits in a prefill (how a resumed request computes its first k outputs) as
+// in a decode step (how the undisturbed run did). The avx512-bf16 path differs there in the last
+// bits (logprobs up to 2e-3 apart on this model, 0.02 on tiny-llama), which can turn a flat
+// seeded draw, or a greedy near-tie.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine, collect, loadAddon, nativeEngineOptions, normaliseSampling, type SamplingOptions } from '../../ts/native/index.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
+
+// Read once per process, when the first engine starts (this file runs in a process of its own).
+process.env.KVSERVE_CPU_KERNELS = 'reference';
 
 let modelDir: string;
 const engines: Engine[] = [];
@@ -63,7 +70,7 @@ async function checkResumes(sampling: SamplingOptions, ks: number[]): Promise<vo
       expect(r.tokenIds, `${name} engine, resumed at ${k}`).toEqual(full.tokenIds.slice(k));
       expect(r.finishReason).toBe('length');
       expect(r.last?.numPromptTokens).toBe(p.length);
-      r.logprobs.forEach((lp, i) => expect(Math.abs(lp.logprob - full.logprobs[k + i].logprob)).toBeLessThan(0.01));
+      expect(r.logprobs).toEqual(full.logprobs.slice(k));
     }
   }
 }
@@ -78,7 +85,7 @@ describe('a resumed request (outputTokenIds)', () => {
   });
 
   it('seeded sampling continues from the right draw, with penalties and min_tokens', async () => {
-    await checkResumes({ temperature: 1, topK: 40, seed: 77, presencePenalty: 0.7, frequencyPenalty: 0.4, minTokens: 30 }, [1, 9, 31]);
+    await checkResumes({ temperature: 1, seed: 77, presencePenalty: 0.7, frequencyPenalty: 0.4, minTokens: 30 }, [1, 9, 31]);
   });
 
   it('is refused with as many outputs as max_tokens, or an output outside the vocabulary', () => {
