@@ -335,6 +335,10 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     p.stop_token_ids = get_int32_array(env, required(o, "stopTokenIds"), "stopTokenIds");
     p.ignore_eos = get_bool(o, "ignoreEos");
     p.logprobs = static_cast<int32_t>(get_int(o, "logprobs"));
+    // A resumed request (request migration): the tokens it generated before, placed after the
+    // prompt and counted as its outputs. Absent: none.
+    const Napi::Value outputs = o.Get("outputTokenIds");
+    if (!outputs.IsUndefined()) req->output_token_ids = get_int32_array(env, outputs, "outputTokenIds");
     req->num_external_tokens = get_int(o, "numExternalTokens");
     req->prefill_only = get_bool(o, "prefillOnly");
     Status st = t->add_request(std::move(req));

@@ -203,6 +203,9 @@ Status Engine::add_request(std::unique_ptr<Request> req) {
   Request* r = req.get();
   LLM_RETURN_IF_ERROR(scheduler_->add_request(std::move(req)));
   r->rng.seed(r->params.has_seed ? r->params.seed : splitmix64(cfg_.seed + (++seed_counter_)));
+  // A resumed request continues its draws where the run it continues left them: the sampler
+  // takes exactly one output of the generator per token drawn (sampler.cc).
+  r->rng.discard(static_cast<unsigned long long>(r->num_output_tokens()));
   return Status::Ok();
 }
 

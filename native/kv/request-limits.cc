@@ -29,6 +29,10 @@ Status check_request(const Request& r, const RequestBounds& b) {
       if (t < 0 || t >= b.vocab_size)
         return bad_request("prompt token id " + std::to_string(t) + " is outside the vocabulary [0, " +
                            std::to_string(b.vocab_size) + ")");
+    for (int32_t t : r.output_token_ids)
+      if (t < 0 || t >= b.vocab_size)
+        return bad_request("output token id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                           std::to_string(b.vocab_size) + ")");
     for (int32_t t : p.stop_token_ids)
       if (t < 0 || t >= b.vocab_size)
         return bad_request("stop token id " + std::to_string(t) + " is outside the vocabulary");
@@ -36,6 +40,9 @@ Status check_request(const Request& r, const RequestBounds& b) {
   // 2. Lengths.
   if (p.max_tokens < L::min_max_tokens) return bad_request("max_tokens must be >= " + std::to_string(L::min_max_tokens));
   if (p.min_tokens < 0 || p.min_tokens > p.max_tokens) return bad_request("min_tokens must be in [0, max_tokens]");
+  if (r.num_output_tokens() >= p.max_tokens)
+    return bad_request("a resumed request's output tokens (" + std::to_string(r.num_output_tokens()) +
+                       ") must be fewer than max_tokens (" + std::to_string(p.max_tokens) + ")");
   // 3. Sampling (written so that NaN fails every check).
   if (!(p.temperature >= L::min_temperature) || !std::isfinite(p.temperature))
     return bad_request("temperature must be >= " + num(L::min_temperature));
@@ -51,7 +58,8 @@ Status check_request(const Request& r, const RequestBounds& b) {
                        num(L::max_penalty) + "]");
   if (p.logprobs < -1 || p.logprobs > L::max_logprobs)
     return bad_request("logprobs must be in [0, " + std::to_string(L::max_logprobs) + "]");
-  // 5. The engine's context and KV pool.
+  // 5. The engine's context and KV pool. Output tokens a resumed request brings count against
+  // max_tokens, so the total is the same as for the request it continues.
   const int64_t total = r.num_prompt_tokens() + p.max_tokens;
   if (total > b.max_model_len)
     return Status(StatusCode::request_too_long,

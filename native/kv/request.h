@@ -7,6 +7,12 @@
 //
 //   | < computed (num_computed_tokens) > | < scheduled this step > | < not yet > |
 //   |<---------------------- prompt + output tokens ---------------------------->|
+//
+// A resumed request (request migration: the worker that ran it went away) arrives with
+// output_token_ids already set, the tokens it generated before: Scheduler::add_request puts
+// them after the prompt, they are prefilled (or found in the prefix cache) like the prompt, and
+// they count as outputs for max_tokens, min_tokens, the presence/frequency penalties and the
+// generator's position (Engine::add_request), so it goes on as the request it continues would.
 #pragma once
 
 #include <cstdint>

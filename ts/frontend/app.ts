@@ -30,6 +30,7 @@ import Fastify, { LogController, type FastifyInstance, type FastifyReply, type F
 import { ChatTemplate, EncoderPool, ProcessorError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
 import type { FrontendContext } from './context.ts';
 import { ApiError, toApiError } from './errors.ts';
+import type { MigrationSettings } from './generation.ts';
 import { FrontendMetrics } from './metrics.ts';
 import { chatRoutes } from './routes-chat.ts';
 import { completionRoutes } from './routes-completions.ts';
@@ -46,6 +47,7 @@ export interface AppOptions {
   maxModelLen: number;
   samplingDefaults?: SamplingDefaults; // none when absent
   reasoningParser?: ReasoningParserName;
+  migration?: MigrationSettings; // default: up to DEFAULT_MIGRATION_LIMIT migrations, no length cap
   logger?: FastifyServerOptions['logger'];
   apiKey?: string;
   metricsRequireKey?: boolean;
@@ -72,6 +74,8 @@ export function drain(app: FastifyInstance, graceMs: number): Promise<void> {
     };
   });
 }
+
+export const DEFAULT_MIGRATION_LIMIT = 3;
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -106,6 +110,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     samplingDefaults: opts.samplingDefaults ?? {},
     reasoningParser: opts.reasoningParser,
     metrics: new FrontendMetrics(opts.modelName),
+    migration: opts.migration ?? { limit: DEFAULT_MIGRATION_LIMIT },
+    log: app.log,
     active: new Set(),
   };
   app.decorate('frontend', context);

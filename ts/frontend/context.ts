@@ -4,9 +4,10 @@
 //
 // Stays true: every generation in flight is in `active` until its response has ended, so closing
 // the server can abort them (their streams then end at once).
+import type { FastifyBaseLogger } from 'fastify';
 import type { ChatTemplate, EncoderPool, ProcessorError, ReasoningParserName, SamplingDefaults, TextTokenizer } from '../processor/index.ts';
 import { ApiError } from './errors.ts';
-import type { Generation } from './generation.ts';
+import type { Generation, MigrationSettings } from './generation.ts';
 import type { FrontendMetrics } from './metrics.ts';
 import type { WorkerPool } from './worker-pool.ts';
 
@@ -25,6 +26,10 @@ export interface FrontendContext {
   // --reasoning-parser: splits chat answers into reasoning_content and content; absent: off.
   reasoningParser?: ReasoningParserName;
   metrics: FrontendMetrics;
+  // --migration-limit, --migration-max-seq-len: a choice whose worker goes away mid-stream goes on
+  // on another worker (generation.ts).
+  migration: MigrationSettings;
+  log: FastifyBaseLogger;
   active: Set<Generation>;
 }
 

@@ -9,9 +9,20 @@
 //   run()    streams every choice to its end, calling onDelta for each delta with something to
 //            show; a stop string aborts that choice's engine request (abortEngine);
 //   abort()  (client gone) aborts every engine request; streams then end as 'abort'.
-// Stays true: every choice that select() placed is release()d exactly once; choice index =
-// promptIndex * n + j (vLLM's rule for batched completions); usage counts each prompt once and
-// every completion token (EOS / stop token included), as vLLM.
+// Migration (--migration-limit, DESIGN.md section 8): when a choice's worker goes away after its
+// stream began (the request plane's ERR_WORKER_UNAVAILABLE, or over HTTP ERR_WORKER_STREAM), the
+// worker is reported unavailable to the pool, its selection released, and the choice sent again
+// to another worker as a new engine request `<requestId>-m<k>`: the original prompt, the token
+// ids the choice got so far as outputTokenIds, the same sampling (max_tokens the original total).
+// The OutputProcessor (detokenizer, stop strings, counts) stays the same object, so the client's
+// stream goes on with no token lost or repeated and usage is as if undisturbed. At most
+// `limit` migrations per choice; not for a choice whose prompt + output passed `maxSeqLen` (its
+// token ids are no longer kept). A migration that cannot be served (no worker, a refusal, the
+// limit) ends the choice with the error it would have had without migration.
+// Stays true: every choice that select() placed is release()d exactly once per engine request;
+// choice index = promptIndex * n + j (vLLM's rule for batched completions); usage counts each
+// prompt once and every completion token (EOS / stop token included), as vLLM.
+import type { FastifyBaseLogger } from 'fastify';
 import type { FinishReason, OutputProcessorOptions, TextTokenizer } from '../processor/index.ts';
 import { OutputProcessor } from '../processor/index.ts';
 import type { GenerateDelta, RequestId, TokenLogprobs } from '../protocol/index.ts';
@@ -39,10 +50,23 @@ export interface Usage {
   total_tokens: number;
 }
 
+// Request migration's settings (--migration-limit, --migration-max-seq-len).
+export interface MigrationSettings {
+  limit: number; // migrations per choice, >= 0; 0 = off
+  maxSeqLen?: number; // prompt + output tokens beyond which a choice is not migrated; absent = no cap
+}
+
 export interface GenerationDeps {
   pool: WorkerPool;
   tokenizer: TextTokenizer;
   metrics: FrontendMetrics;
+  migration?: MigrationSettings; // absent = off
+  log?: FastifyBaseLogger; // one info line per migration
+}
+
+// The request plane's errors that mean the worker's connection went away mid-request.
+function workerGone(err: unknown): boolean {
+  return err instanceof RequestPlaneError && (err.code === 'ERR_WORKER_UNAVAILABLE' || err.code === 'ERR_WORKER_STREAM');
 }
 
 class Choice {
@@ -54,6 +78,12 @@ class Choice {
   finish: FinishReason | null = null;
   lastTokenAt = 0;
   released = false;
+  // The current engine request: requestId, then requestId-m<k> after k migrations.
+  engineRequestId: RequestId;
+  migrations = 0;
+  // Every token id the engine gave this choice, in order (what a migration resends); null when
+  // migration is off or prompt + output passed --migration-max-seq-len.
+  outputTokenIds: number[] | null;
 
   constructor(
     readonly index: number,
@@ -61,8 +91,11 @@ class Choice {
     readonly requestId: RequestId,
     tokenizer: TextTokenizer,
     output: OutputProcessorOptions,
+    keepsOutput: boolean,
   ) {
     this.processor = new OutputProcessor(tokenizer, output);
+    this.engineRequestId = requestId;
+    this.outputTokenIds = keepsOutput ? [] : null;
   }
 
   // Until the processor says otherwise, a choice that ends has been aborted.
@@ -86,7 +119,8 @@ export class Generation {
     plan.prompts.forEach((_, p) => {
       for (let j = 0; j < plan.n; j++) {
         const index = p * plan.n + j;
-        this.choices.push(new Choice(index, p, `${id}-${index}` as RequestId, deps.tokenizer, plan.output));
+        const migrates = (deps.migration?.limit ?? 0) > 0;
+        this.choices.push(new Choice(index, p, `${id}-${index}` as RequestId, deps.tokenizer, plan.output, migrates));
       }
     });
   }
@@ -163,42 +197,111 @@ export class Generation {
   // Picks a worker and waits for the choice's first delta. A worker that does not answer at all
   // (dead, or its lease not yet expired) is reported to the pool and another one is tried.
   private async startChoice(c: Choice): Promise<void> {
-    const promptTokenIds = this.plan.prompts[c.promptIndex];
     for (let attempt = 1; ; attempt++) {
-      c.selection = await this.deps.pool.select(promptTokenIds, c.requestId);
-      c.released = false;
-      c.stream = c.selection.client.generate(
-        {
-          requestId: c.requestId,
-          promptTokenIds,
-          sampling: choiceSampling(this.plan, c.promptIndex, c.index - c.promptIndex * this.plan.n),
-          prefixHitRate: c.selection.prefixHitRate,
-        },
-        c.abort.signal,
-      );
+      await this.place(c);
       try {
-        c.first = await c.stream.next();
+        c.first = await c.stream!.next();
         return;
       } catch (err) {
         const unavailable = err instanceof RequestPlaneError && err.code === 'ERR_WORKER_UNAVAILABLE';
         if (!unavailable || attempt >= MAX_WORKER_ATTEMPTS || c.abort.signal.aborted) throw err;
-        const workerId = c.selection.worker.workerId;
+        const workerId = c.selection!.worker.workerId;
         await this.close(c);
         this.deps.pool.reportUnavailable?.(workerId);
       }
     }
   }
 
+  // Selects a worker for the choice's current engine request and opens its stream: the prompt,
+  // and after a migration the outputs so far.
+  private async place(c: Choice): Promise<void> {
+    const promptTokenIds = this.plan.prompts[c.promptIndex];
+    c.selection = await this.deps.pool.select(promptTokenIds, c.engineRequestId);
+    c.released = false;
+    const outputs = c.migrations > 0 && c.outputTokenIds !== null && c.outputTokenIds.length > 0 ? [...c.outputTokenIds] : undefined;
+    c.stream = c.selection.client.generate(
+      {
+        requestId: c.engineRequestId,
+        promptTokenIds,
+        sampling: choiceSampling(this.plan, c.promptIndex, c.index - c.promptIndex * this.plan.n),
+        prefixHitRate: c.selection.prefixHitRate,
+        ...(outputs ? { outputTokenIds: outputs } : {}),
+      },
+      c.abort.signal,
+    );
+  }
+
   private async runChoice(c: Choice, onDelta: (d: ChoiceDelta) => void): Promise<void> {
     let r = c.first!;
     while (!r.done) {
       if (this.handle(c, r.value, onDelta)) return;
-      r = await c.stream!.next();
+      r = await this.next(c);
     }
     // The stream ended unfinished: aborted (client gone or server closing).
     c.finish = 'abort';
     const reasoning = c.processor.reasoning === null ? null : '';
     onDelta({ index: c.index, text: '', reasoning, logprobs: this.wantsLogprobs ? [] : null, finishReason: 'abort', stopReason: null });
+  }
+
+  // The choice's next delta; when its worker went away, the first delta of its migration.
+  private async next(c: Choice): Promise<IteratorResult<GenerateDelta>> {
+    try {
+      return await c.stream!.next();
+    } catch (err) {
+      return this.migrate(c, err);
+    }
+  }
+
+  private mayMigrate(c: Choice, err: unknown): boolean {
+    const outputs = c.outputTokenIds;
+    const prompt = this.plan.prompts[c.promptIndex].length;
+    const { limit = 0, maxSeqLen = Infinity } = this.deps.migration ?? {};
+    return (
+      workerGone(err) &&
+      !c.abort.signal.aborted &&
+      c.migrations < limit &&
+      outputs !== null &&
+      outputs.length < this.plan.maxTokens[c.promptIndex] &&
+      prompt + outputs.length <= maxSeqLen
+    );
+  }
+
+  // Choice c's worker failed with err: while the choice may migrate, its worker is reported and
+  // released and another one takes the request (with the outputs so far) until one gives its
+  // first delta: that counts as a migration. Else err stands: the client gets the error it would
+  // have had without migration.
+  private async migrate(c: Choice, err: unknown): Promise<IteratorResult<GenerateDelta>> {
+    let cause = err;
+    while (this.mayMigrate(c, cause)) {
+      const from = c.selection!.worker.workerId;
+      await this.close(c);
+      this.deps.pool.reportUnavailable?.(from);
+      c.migrations++;
+      c.engineRequestId = `${c.requestId}-m${c.migrations}` as RequestId;
+      try {
+        await this.place(c);
+        const first = await c.stream!.next();
+        this.deps.metrics.migrations.inc();
+        this.deps.log?.info(
+          {
+            requestId: c.requestId,
+            engineRequestId: c.engineRequestId,
+            fromWorker: from,
+            toWorker: c.selection!.worker.workerId,
+            outputTokens: c.outputTokenIds!.length,
+            migration: c.migrations,
+          },
+          'request migrated: its worker went away mid-stream',
+        );
+        return first;
+      } catch (next) {
+        cause = next;
+      }
+    }
+    if (cause !== err) {
+      this.deps.log?.warn({ requestId: c.requestId, migrations: c.migrations, err: (cause as Error).message }, 'request migration failed');
+    }
+    throw err;
   }
 
   // Feeds one delta of choice c; true once the choice has finished.
@@ -211,6 +314,11 @@ export class Generation {
       this.firstTokenAt ??= now;
       if (c.lastTokenAt > 0) this.deps.metrics.itl.observe((now - c.lastTokenAt) / 1000);
       c.lastTokenAt = now;
+    }
+    if (c.outputTokenIds !== null && d.tokenIds.length > 0) {
+      c.outputTokenIds.push(...d.tokenIds);
+      const cap = this.deps.migration?.maxSeqLen;
+      if (cap !== undefined && this.plan.prompts[c.promptIndex].length + c.outputTokenIds.length > cap) c.outputTokenIds = null;
     }
     const out = c.processor.feed(d.tokenIds, d.finishReason ?? null);
     if (out.abortEngine) c.abort.abort();
@@ -229,7 +337,7 @@ export class Generation {
     await c.stream?.return(undefined);
     if (c.selection && !c.released) {
       c.released = true;
-      this.deps.pool.release(c.selection.worker.workerId, c.requestId);
+      this.deps.pool.release(c.selection.worker.workerId, c.engineRequestId);
     }
   }
 }

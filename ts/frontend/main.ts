@@ -17,6 +17,10 @@
 // The API key comes from the environment (KVSERVE_API_KEY, as the launcher passes it), never from
 // the command line, which other local users can read; metricsRequireKey puts /metrics behind it.
 //
+// `migrationLimit` (--migration-limit, default 3; 0 = off) and `migrationMaxSeqLen`
+// (--migration-max-seq-len, absent = no cap): how often, and up to which prompt + output length,
+// a choice whose worker goes away mid-stream is sent to another worker (generation.ts).
+//
 // maxModelLen is capped by the smallest worker's KV capacity (kvTotalBlocks * blockSize): a
 // request longer than that could never be scheduled, so its default max_tokens must not reach it.
 import type { WorkerInfo } from '../protocol/index.ts';
@@ -32,7 +36,7 @@ import {
   type TextTokenizer,
 } from '../processor/index.ts';
 import type { PolicyName } from '../router/index.ts';
-import { buildApp, drain } from './app.ts';
+import { buildApp, DEFAULT_MIGRATION_LIMIT, drain } from './app.ts';
 import { RoutedWorkerPool } from './routed-worker-pool.ts';
 import { StaticWorkerPool, type WorkerPool } from './worker-pool.ts';
 
@@ -48,6 +52,8 @@ export interface FrontendConfig {
   generationConfig?: string; // 'auto' when absent
   metricsRequireKey?: boolean;
   shutdownGraceMs?: number; // default 30000
+  migrationLimit?: number; // DEFAULT_MIGRATION_LIMIT when absent
+  migrationMaxSeqLen?: number;
   router?: {
     redisUrl: string;
     namespace?: string;
@@ -106,6 +112,7 @@ async function main(): Promise<void> {
     encoder,
     samplingDefaults: sampling.defaults,
     reasoningParser,
+    migration: { limit: cfg.migrationLimit ?? DEFAULT_MIGRATION_LIMIT, maxSeqLen: cfg.migrationMaxSeqLen },
     logger: { level: cfg.logLevel ?? 'info' },
     apiKey: process.env.KVSERVE_API_KEY || undefined,
     metricsRequireKey: cfg.metricsRequireKey,

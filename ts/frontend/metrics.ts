@@ -9,7 +9,8 @@
 // With the KV router, kvserve:router_* say what it decided: decisions, and its hit rate (the
 // share of routed prompt blocks that were already cached on the chosen worker). With prefill
 // workers, each decode worker's disaggregation counters (remote vs local prefills, fallbacks,
-// queue depth, KV bytes moved) appear per worker_id under kvserve:*.
+// queue depth, KV bytes moved) appear per worker_id under kvserve:*. kvserve:request_migrations_total
+// counts the choices sent to another worker after theirs went away mid-stream (generation.ts).
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { DisaggCounters, WorkerLoad } from '../protocol/index.ts';
 import type { RouterMetrics } from '../router/index.ts';
@@ -42,6 +43,8 @@ export class FrontendMetrics {
   private readonly success: Counter;
   private readonly ttft: Histogram;
   private readonly e2e: Histogram;
+  // Incremented once per migration (a choice's request resent to another worker).
+  readonly migrations: { inc(): void };
   // Observed once per streamed token: the labelled child, resolved once.
   readonly itl: { observe(seconds: number): void };
 
@@ -88,6 +91,9 @@ export class FrontendMetrics {
     this.ttft = histogram('vllm:time_to_first_token_seconds', 'Time to first token, seconds.', TTFT_BUCKETS);
     this.itl = histogram('vllm:inter_token_latency_seconds', 'Inter-token latency, seconds.', ITL_BUCKETS).labels(this.labels);
     this.e2e = histogram('vllm:e2e_request_latency_seconds', 'End-to-end request latency, seconds.', E2E_BUCKETS);
+    const migrations = counter('kvserve:request_migrations_total', 'Requests (choices) resent to another worker after theirs went away mid-stream.');
+    migrations.inc(this.labels, 0); // exported from the start, at 0
+    this.migrations = migrations.labels(this.labels);
   }
 
   recordRequest(r: FinishedRequest): void {

@@ -1,7 +1,8 @@
 // worker-pool.ts: which workers the frontend may send a request to, and the choice of one.
 //
 // Owns: the WorkerPool interface the routes use, and StaticWorkerPool (the fixed list of workers
-// the launcher hands over, chosen round-robin). The KV router implements the same interface:
+// the launcher hands over, chosen round-robin; one reported unavailable is passed over while
+// another is up, and probed every PROBE_INTERVAL_MS until it answers again). The KV router implements the same interface:
 // select() sees the prompt's token ids and the engine request id, so a policy can score prefix
 // overlap and count the blocks it routed; release() tells it when that engine request ended
 // (finished, stopped, aborted or refused), exactly once per successful select().
@@ -33,8 +34,11 @@ export interface WorkerPool {
   loads(): Promise<WorkerLoad[]>;
 }
 
+const PROBE_INTERVAL_MS = 1000;
+
 export class StaticWorkerPool implements WorkerPool {
   private readonly serving: { info: WorkerInfo; client: WorkerClient }[];
+  private readonly down = new Map<WorkerId, NodeJS.Timeout>(); // reported unavailable: its probe
   private next = 0;
 
   constructor(
@@ -52,13 +56,34 @@ export class StaticWorkerPool implements WorkerPool {
     return this.serving.length > 0;
   }
 
+  // Round-robin over the workers not reported down; when every one is, over all of them (a
+  // request then fails as it would have, or finds one back).
   async select(): Promise<WorkerSelection> {
     if (this.serving.length === 0) throw new ApiError('ERR_NO_WORKER', 'no worker is serving this model');
-    const w = this.serving[this.next++ % this.serving.length];
+    const up = this.serving.filter((w) => !this.down.has(w.info.workerId));
+    const from = up.length > 0 ? up : this.serving;
+    const w = from[this.next++ % from.length];
     return { worker: w.info, client: w.client, prefixHitRate: 0 };
   }
 
   release(): void {}
+
+  reportUnavailable(id: WorkerId): void {
+    const w = this.serving.find((s) => s.info.workerId === id);
+    if (!w || this.down.has(id)) return;
+    const timer = setInterval(() => {
+      w.client.load().then(
+        () => {
+          if (this.down.get(id) !== timer) return;
+          clearInterval(timer);
+          this.down.delete(id);
+        },
+        () => undefined,
+      );
+    }, PROBE_INTERVAL_MS);
+    timer.unref();
+    this.down.set(id, timer);
+  }
 
   async loads(): Promise<WorkerLoad[]> {
     const settled = await Promise.allSettled(this.serving.map((w) => w.client.load()));

@@ -34,6 +34,8 @@ export interface LauncherFlags {
   shutdownGraceS: number;
   apiKey?: string; // --api-key, else $KVSERVE_API_KEY
   metricsRequireKey: boolean;
+  migrationLimit: number; // 0 = no request migration
+  migrationMaxSeqLen?: number; // absent = no cap beyond the context length
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   help: boolean;
 }
@@ -121,6 +123,12 @@ Serving
                                 key on a command line other local users can read
   --metrics-require-key         put /metrics behind the API key too (/health and /ready stay
                                 open for probes)
+  --migration-limit N           a streaming request whose worker dies or drops its connection
+                                goes on on another worker, with its prompt and the tokens it
+                                got so far, up to N times per choice; 0 = off: the client gets
+                                the error (default 3)
+  --migration-max-seq-len N     migrate only requests of at most N prompt + generated tokens
+                                (default: no cap beyond the context length)
   --log-level LEVEL             fatal|error|warn|info|debug|trace (default info)
   -h, --help                    this text
 `;
@@ -212,6 +220,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'shutdown-grace-s': { type: 'string' },
         'api-key': { type: 'string' },
         'metrics-require-key': { type: 'boolean' },
+        'migration-limit': { type: 'string' },
+        'migration-max-seq-len': { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -254,6 +264,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
     shutdownGraceS: int('shutdown-grace-s', v['shutdown-grace-s'], 0, 3600) ?? 30,
     apiKey: v['api-key'] ?? (process.env.KVSERVE_API_KEY || undefined),
     metricsRequireKey: v['metrics-require-key'] ?? false,
+    migrationLimit: int('migration-limit', v['migration-limit'], 0, 1000) ?? 3,
+    migrationMaxSeqLen: int('migration-max-seq-len', v['migration-max-seq-len'], 1),
     logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
     help: v.help ?? false,
   };

@@ -312,6 +312,8 @@ async function run(f: LauncherFlags): Promise<number> {
         generationConfig: f.generationConfig,
         metricsRequireKey: f.metricsRequireKey,
         shutdownGraceMs: f.shutdownGraceS * 1000,
+        migrationLimit: f.migrationLimit,
+        migrationMaxSeqLen: f.migrationMaxSeqLen,
         router: redisUrl
           ? { redisUrl, policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
           : undefined,

@@ -89,6 +89,10 @@ export interface NativeRequest {
   // Compute the prompt except its last token, sample nothing, finish with 'prefilled' and hold
   // the blocks (listed in that output) until releaseHeld.
   prefillOnly: boolean;
+  // A resumed request (request migration): tokens it generated before, put after the prompt and
+  // counted as outputs (max_tokens, min_tokens, presence/frequency penalties, the seeded
+  // generator's position); fewer than maxTokens. Absent: none.
+  outputTokenIds?: Int32Array;
 }
 
 export type NativeFinishReason = 'stop' | 'length' | 'abort' | 'error' | 'prefilled';

@@ -102,10 +102,14 @@ export interface SamplingOptions {
   logprobs?: number; // top-N logprobs, N in [0, maxLogprobs] (20)
 }
 
-// Remote prefill hooks (DESIGN.md section 4; see NativeRequest in addon.d.ts).
+// How a request starts, beyond its prompt and sampling (see NativeRequest in addon.d.ts).
 export interface RemotePrefillOptions {
+  // Remote prefill hooks (DESIGN.md section 4).
   numExternalTokens?: number; // [0, prompt length - 1], default 0
   prefillOnly?: boolean; // default false
+  // A resumed request (request migration): the tokens it generated before, on a worker that went
+  // away; fewer than maxTokens, which stays the request's total. Default none.
+  outputTokenIds?: ArrayLike<number>;
 }
 
 export type { NativeKvEvent as KvEvent, NativeLoadMetrics as LoadMetrics, NativeRequestOutput as RequestOutput };
@@ -185,11 +189,8 @@ export function normaliseSampling(
   const L = limits;
   // 1. Identity and prompt.
   if (typeof requestId !== 'string' || requestId.length === 0) throw invalidArgument('requestId must be a non-empty string');
-  const prompt = Int32Array.from(promptTokenIds as ArrayLike<number>);
+  const prompt = int32Tokens('prompt', promptTokenIds);
   if (prompt.length === 0) throw invalidArgument('the prompt must contain at least one token');
-  for (let i = 0; i < prompt.length; i++) {
-    if (prompt[i] !== (promptTokenIds as ArrayLike<number>)[i]) throw invalidArgument(`prompt token ${i} is not an int32`);
-  }
   // 2. Lengths.
   const maxTokens = checkInt('maxTokens', s.maxTokens ?? 16, L.minMaxTokens, INT_MAX);
   const minTokens = checkInt('minTokens', s.minTokens ?? 0, 0, maxTokens);
@@ -213,6 +214,11 @@ export function normaliseSampling(
   const numExternalTokens = checkInt('numExternalTokens', remote.numExternalTokens ?? 0, 0, prompt.length - 1);
   const prefillOnly = remote.prefillOnly ?? false;
   if (typeof prefillOnly !== 'boolean') throw invalidArgument('prefillOnly must be a boolean');
+  // 6. A resumed request's output so far.
+  const outputTokenIds = int32Tokens('output', remote.outputTokenIds ?? []);
+  if (outputTokenIds.length >= maxTokens) {
+    throw invalidArgument(`a resumed request's output tokens (${outputTokenIds.length}) must be fewer than maxTokens (${maxTokens})`);
+  }
   return {
     requestId,
     promptTokenIds: prompt,
@@ -231,7 +237,16 @@ export function normaliseSampling(
     logprobs,
     numExternalTokens,
     prefillOnly,
+    outputTokenIds,
   };
+}
+
+function int32Tokens(what: string, ids: ArrayLike<number>): Int32Array {
+  const out = Int32Array.from(ids);
+  for (let i = 0; i < out.length; i++) {
+    if (out[i] !== ids[i]) throw invalidArgument(`${what} token ${i} is not an int32`);
+  }
+  return out;
 }
 
 export class Engine {

@@ -53,6 +53,10 @@ export interface GenerateRequest {
   promptTokenIds: number[];
   sampling: SamplingParams;
   prefixHitRate?: number; // the router's estimate for the chosen worker, [0, 1]
+  // A migrated request: the tokens this request already generated (and the client was shown) on
+  // a worker that went away. The worker continues after them: they follow the prompt and count
+  // as outputs (sampling.maxTokens stays the total; penalties, min_tokens, the seed's position).
+  outputTokenIds?: number[];
 }
 
 export interface TokenLogprobs {

@@ -1,6 +1,8 @@
 // remote-prefill.ts: both halves of disaggregated prefill in a worker (DESIGN.md sections 4-6).
 //
 // Decode side (RemotePrefillDecoder), per request, in order:
+//   0. a resumed request (request migration: it brings output tokens) goes straight to the
+//      engine, prefilled locally: the job contract carries a prompt, not prompt + outputs;
 //   1. prompts whose uncached part cannot exceed --max-local-prefill-length (n - 1 tokens at
 //      most) go straight to the engine: decided local, no round trip;
 //   2. the others are admitted with numExternalTokens = n - 1: the engine parks them with
@@ -96,6 +98,12 @@ export class RemotePrefillDecoder {
   generate(body: GenerateRequest, signal: AbortSignal): AsyncIterable<RequestOutput> {
     const { engine, maxLocalPrefillLength } = this.opts;
     const prompt = body.promptTokenIds ?? [];
+    const outputTokenIds = body.outputTokenIds ?? [];
+    if (outputTokenIds.length > 0) {
+      this.counters.local_prefills++;
+      this.opts.log('debug', `${body.requestId}: prefill local: a resumed request (${prompt.length} prompt + ${outputTokenIds.length} output tokens)`);
+      return engine.generate(body.requestId, prompt, body.sampling ?? {}, signal, { outputTokenIds });
+    }
     if (prompt.length - 1 <= maxLocalPrefillLength) {
       this.counters.local_prefills++;
       this.opts.log('debug', `${body.requestId}: prefill local: prompt ${prompt.length} tokens, at most ${prompt.length - 1} uncached <= max-local-prefill-length ${maxLocalPrefillLength}`);

@@ -239,7 +239,8 @@ export async function startWorkerServer(opts: {
 }): Promise<WorkerServer> {
   const { engine } = opts;
   const generate: GenerateFn =
-    opts.generate ?? ((body, signal) => engine.generate(body.requestId, body.promptTokenIds ?? [], body.sampling ?? {}, signal));
+    opts.generate ??
+    ((body, signal) => engine.generate(body.requestId, body.promptTokenIds ?? [], body.sampling ?? {}, signal, { outputTokenIds: body.outputTokenIds }));
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
     if (req.method === 'POST' && url === '/generate') {
