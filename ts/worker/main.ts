@@ -245,6 +245,8 @@ async function main(): Promise<void> {
   const stop = async () => {
     if (stopping) return;
     stopping = true;
+    // The closes below talk to Redis; if it is gone they must not keep the process alive.
+    setTimeout(() => process.exit(0), 5000);
     await consumer?.close();
     await queue?.close();
     await publisher?.close();
