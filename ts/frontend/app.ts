@@ -29,7 +29,7 @@ import type { Socket } from 'node:net';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
 import { ChatTemplate, EncoderPool, ProcessorError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
 import type { FrontendContext } from './context.ts';
-import { ApiError, toApiError } from './errors.ts';
+import { ApiError, retryAfterSeconds, toApiError } from './errors.ts';
 import type { MigrationSettings } from './generation.ts';
 import { FrontendMetrics } from './metrics.ts';
 import { chatRoutes } from './routes-chat.ts';
@@ -48,6 +48,9 @@ export interface AppOptions {
   samplingDefaults?: SamplingDefaults; // none when absent
   reasoningParser?: ReasoningParserName;
   migration?: MigrationSettings; // default: up to DEFAULT_MIGRATION_LIMIT migrations, no length cap
+  stallTimeoutMs?: number; // default DEFAULT_STALL_TIMEOUT_MS; 0 = off (generation.ts)
+  requestTimeoutMs?: number; // default none; 0 = none
+  maxChoicesPerRequest?: number; // default DEFAULT_MAX_CHOICES_PER_REQUEST (request-params.ts)
   logger?: FastifyServerOptions['logger'];
   apiKey?: string;
   metricsRequireKey?: boolean;
@@ -76,6 +79,8 @@ export function drain(app: FastifyInstance, graceMs: number): Promise<void> {
 }
 
 export const DEFAULT_MIGRATION_LIMIT = 3;
+export const DEFAULT_STALL_TIMEOUT_MS = 5000;
+export const DEFAULT_MAX_CHOICES_PER_REQUEST = 128;
 
 export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -111,6 +116,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     reasoningParser: opts.reasoningParser,
     metrics: new FrontendMetrics(opts.modelName),
     migration: opts.migration ?? { limit: DEFAULT_MIGRATION_LIMIT },
+    stallTimeoutMs: opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
+    requestTimeoutMs: opts.requestTimeoutMs || undefined,
+    maxChoicesPerRequest: opts.maxChoicesPerRequest ?? DEFAULT_MAX_CHOICES_PER_REQUEST,
     log: app.log,
     active: new Set(),
   };
@@ -135,6 +143,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     if (e.status === 500) request.log.error({ err, status: e.status, url: request.url }, e.message);
     else if (e.status > 500) request.log.warn({ status: e.status, code: e.code, url: request.url }, e.message);
     else request.log.info({ status: e.status, code: e.code, param: e.param, url: request.url }, e.message);
+    const retryAfter = retryAfterSeconds(e.code);
+    if (retryAfter !== undefined) reply.header('retry-after', String(retryAfter));
     return reply.code(e.status).send(e.body());
   });
   app.setNotFoundHandler((request) => {

@@ -29,6 +29,11 @@ export interface FrontendContext {
   // --migration-limit, --migration-max-seq-len: a choice whose worker goes away mid-stream goes on
   // on another worker (generation.ts).
   migration: MigrationSettings;
+  // --stall-timeout-s (0 = off) and --request-timeout (absent = none), in ms (generation.ts).
+  stallTimeoutMs: number;
+  requestTimeoutMs?: number;
+  // --max-choices-per-request: n times the number of prompts, at most.
+  maxChoicesPerRequest: number;
   log: FastifyBaseLogger;
   active: Set<Generation>;
 }
@@ -58,4 +63,18 @@ export function checkPromptSize(ctx: FrontendContext, text: string, param: strin
       param,
     );
   }
+}
+
+// n times the number of prompts is at most --max-choices-per-request (OpenAI's own cap on n is
+// 128; vLLM has none): checked before any prompt is tokenized, so a request with 1,000 prompts
+// or n = 10,000 costs nothing. `promptParam` names the batch when it is the larger factor.
+export function checkChoices(ctx: FrontendContext, prompts: number, n: number, promptParam: string): void {
+  const max = ctx.maxChoicesPerRequest;
+  if (prompts * n <= max) return;
+  const param = prompts > n ? promptParam : 'n';
+  throw new ApiError(
+    'ERR_INVALID_REQUEST',
+    `this request asks for ${prompts * n} completions (${prompts} prompt${prompts === 1 ? '' : 's'} times n = ${n}); this server allows at most ${max} per request (--max-choices-per-request)`,
+    param,
+  );
 }

@@ -23,13 +23,22 @@ export const apiErrors = {
   ERR_UNSUPPORTED_MEDIA_TYPE: { status: 415, type: 'invalid_request_error', code: 'unsupported_media_type' },
   ERR_REQUEST_TIMEOUT: { status: 408, type: 'invalid_request_error', code: 'request_timeout' },
   ERR_HEADERS_TOO_LARGE: { status: 431, type: 'invalid_request_error', code: 'headers_too_large' },
+  ERR_CANCELLED: { status: 499, type: 'invalid_request_error', code: 'client_closed_request' },
   ERR_INTERNAL: { status: 500, type: 'server_error', code: 'internal_error' },
   ERR_WORKER_FAILED: { status: 502, type: 'server_error', code: 'worker_error' },
   ERR_NO_WORKER: { status: 503, type: 'service_unavailable_error', code: 'no_worker_available' },
   ERR_SHUTTING_DOWN: { status: 503, type: 'service_unavailable_error', code: 'shutting_down' },
   ERR_OVERLOADED: { status: 503, type: 'service_unavailable_error', code: 'overloaded' },
   ERR_REDIS_UNAVAILABLE: { status: 503, type: 'service_unavailable_error', code: 'routing_unavailable' },
+  ERR_DEADLINE_EXCEEDED: { status: 504, type: 'server_error', code: 'deadline_exceeded' },
 } as const;
+
+// Seconds a client should wait before retrying a 503 (the Retry-After header): an overloaded
+// server frees room within a moment; the other states last longer.
+export function retryAfterSeconds(code: ApiErrorCode): number | undefined {
+  if (code === 'ERR_OVERLOADED') return 1;
+  return apiErrors[code].status === 503 ? 5 : undefined;
+}
 
 export type ApiErrorCode = keyof typeof apiErrors;
 

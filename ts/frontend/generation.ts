@@ -19,6 +19,14 @@
 // `limit` migrations per choice; not for a choice whose prompt + output passed `maxSeqLen` (its
 // token ids are no longer kept). A migration that cannot be served (no worker, a refusal, the
 // limit) ends the choice with the error it would have had without migration.
+// Stall (--stall-timeout-s): a choice whose worker produced nothing for stallTimeoutMs while
+// it was waiting (for its first output or the next one) has that worker probed (GET /load, 1 s);
+// one that does not answer is treated as gone: its engine request is aborted, the worker
+// reported, and the choice placed again (before its first output) or migrated (after). A worker
+// that answers is only slow (a long prefill, a full batch): the choice waits another window.
+// Deadline (--request-timeout): past requestTimeoutMs, every engine request of the generation is
+// aborted (their blocks freed on the workers) and the request fails with ERR_DEADLINE_EXCEEDED
+// (504), a request still waiting for a worker with room included.
 // Stays true: every choice that select() placed is release()d exactly once per engine request;
 // choice index = promptIndex * n + j (vLLM's rule for batched completions); usage counts each
 // prompt once and every completion token (EOS / stop token included), as vLLM.
@@ -34,6 +42,8 @@ import type { WorkerPool, WorkerSelection } from './worker-pool.ts';
 
 // Workers tried for one choice before a request-plane failure becomes the client's error.
 const MAX_WORKER_ATTEMPTS = 3;
+// How long a stalled choice's worker has to answer its probe.
+const STALL_PROBE_TIMEOUT_MS = 1000;
 
 export interface ChoiceDelta {
   readonly index: number;
@@ -61,6 +71,8 @@ export interface GenerationDeps {
   tokenizer: TextTokenizer;
   metrics: FrontendMetrics;
   migration?: MigrationSettings; // absent = off
+  stallTimeoutMs?: number; // absent or 0 = off
+  requestTimeoutMs?: number; // absent or 0 = no deadline
   log?: FastifyBaseLogger; // one info line per migration
 }
 
@@ -74,6 +86,11 @@ class Choice {
   readonly processor: OutputProcessor;
   selection: WorkerSelection | undefined;
   stream: AsyncGenerator<GenerateDelta> | undefined;
+  attempt = new AbortController(); // the current engine request's own (a stall aborts it alone)
+  lastActivityAt = 0; // performance.now() of the placement or the last delta
+  stalled: RequestPlaneError | undefined; // set when a stall probe failed: the attempt was aborted for it
+  probing = false;
+  done = false;
   first: IteratorResult<GenerateDelta> | undefined;
   finish: FinishReason | null = null;
   lastTokenAt = 0;
@@ -109,6 +126,9 @@ export class Generation {
   private readonly startedAt = performance.now();
   private firstTokenAt: number | null = null;
   private readonly wantsLogprobs: boolean;
+  private watchdog: NodeJS.Timeout | undefined;
+  private deadline: NodeJS.Timeout | undefined;
+  private timedOut = false;
 
   constructor(
     private readonly deps: GenerationDeps,
@@ -135,6 +155,18 @@ export class Generation {
   }
 
   async start(): Promise<void> {
+    const { stallTimeoutMs = 0, requestTimeoutMs = 0 } = this.deps;
+    if (requestTimeoutMs > 0) {
+      this.deadline = setTimeout(() => {
+        this.timedOut = true;
+        this.abort();
+      }, requestTimeoutMs);
+      this.deadline.unref();
+    }
+    if (stallTimeoutMs > 0) {
+      this.watchdog = setInterval(() => this.checkStalls(stallTimeoutMs), Math.min(1000, stallTimeoutMs / 2));
+      this.watchdog.unref();
+    }
     const results = await Promise.allSettled(
       this.choices.map((c) =>
         this.startChoice(c).catch((err) => {
@@ -146,11 +178,56 @@ export class Generation {
     const failed = results.find((r) => r.status === 'rejected');
     if (failed) {
       await Promise.all(this.choices.map((c) => this.close(c)));
-      throw toApiError((failed as PromiseRejectedResult).reason);
+      this.stopTimers();
+      throw this.deadlineError() ?? toApiError((failed as PromiseRejectedResult).reason);
+    }
+  }
+
+  private stopTimers(): void {
+    clearInterval(this.watchdog);
+    clearTimeout(this.deadline);
+  }
+
+  private deadlineError(): ApiError | undefined {
+    if (!this.timedOut) return undefined;
+    return new ApiError('ERR_DEADLINE_EXCEEDED', `the request did not finish within --request-timeout (${(this.deps.requestTimeoutMs ?? 0) / 1000} s); it was aborted`);
+  }
+
+  // Every choice that waits on its worker and has heard nothing for stallMs has its worker
+  // probed; no answer aborts the choice's current engine request as stalled (see the header).
+  private checkStalls(stallMs: number): void {
+    const now = performance.now();
+    for (const c of this.choices) {
+      if (c.done || c.probing || c.stalled || !c.selection || now - c.lastActivityAt < stallMs) continue;
+      c.probing = true;
+      const { worker, client } = c.selection;
+      const attempt = c.attempt;
+      client.load(STALL_PROBE_TIMEOUT_MS).then(
+        () => {
+          c.probing = false;
+          c.lastActivityAt = performance.now(); // alive, only slow: another window
+        },
+        () => {
+          c.probing = false;
+          if (c.attempt !== attempt || c.done) return;
+          c.stalled = new RequestPlaneError(
+            503,
+            'ERR_WORKER_UNAVAILABLE',
+            `worker ${worker.workerId} produced nothing for ${stallMs / 1000} s and did not answer its health probe`,
+          );
+          attempt.abort();
+        },
+      );
     }
   }
 
   async run(onDelta: (d: ChoiceDelta) => void): Promise<void> {
+    await this.runChoices(onDelta);
+    const late = this.deadlineError();
+    if (late) throw late;
+  }
+
+  private async runChoices(onDelta: (d: ChoiceDelta) => void): Promise<void> {
     try {
       await Promise.all(
         this.choices.map((c) =>
@@ -162,6 +239,7 @@ export class Generation {
       );
     } finally {
       await Promise.all(this.choices.map((c) => this.close(c)));
+      this.stopTimers();
       const now = performance.now();
       this.deps.metrics.recordRequest({
         promptTokens: this.promptTokens,
@@ -200,7 +278,8 @@ export class Generation {
     for (let attempt = 1; ; attempt++) {
       await this.place(c);
       try {
-        c.first = await c.stream!.next();
+        c.first = await this.receive(c);
+        if (!c.first.done) this.deps.pool.prefilled?.(c.engineRequestId);
         return;
       } catch (err) {
         const unavailable = err instanceof RequestPlaneError && err.code === 'ERR_WORKER_UNAVAILABLE';
@@ -216,8 +295,16 @@ export class Generation {
   // and after a migration the outputs so far.
   private async place(c: Choice): Promise<void> {
     const promptTokenIds = this.plan.prompts[c.promptIndex];
-    c.selection = await this.deps.pool.select(promptTokenIds, c.engineRequestId);
+    try {
+      c.selection = await this.deps.pool.select(promptTokenIds, c.engineRequestId, c.abort.signal);
+    } catch (err) {
+      if (!c.abort.signal.aborted) throw err;
+      throw this.deadlineError() ?? new ApiError('ERR_CANCELLED', 'the request was cancelled while it waited for a worker');
+    }
     c.released = false;
+    c.attempt = new AbortController();
+    c.stalled = undefined;
+    c.lastActivityAt = performance.now();
     const outputs = c.migrations > 0 && c.outputTokenIds !== null && c.outputTokenIds.length > 0 ? [...c.outputTokenIds] : undefined;
     c.stream = c.selection.client.generate(
       {
@@ -227,11 +314,19 @@ export class Generation {
         prefixHitRate: c.selection.prefixHitRate,
         ...(outputs ? { outputTokenIds: outputs } : {}),
       },
-      c.abort.signal,
+      AbortSignal.any([c.abort.signal, c.attempt.signal]),
     );
   }
 
   private async runChoice(c: Choice, onDelta: (d: ChoiceDelta) => void): Promise<void> {
+    try {
+      await this.runChoiceToEnd(c, onDelta);
+    } finally {
+      c.done = true;
+    }
+  }
+
+  private async runChoiceToEnd(c: Choice, onDelta: (d: ChoiceDelta) => void): Promise<void> {
     let r = c.first!;
     while (!r.done) {
       if (this.handle(c, r.value, onDelta)) return;
@@ -246,10 +341,18 @@ export class Generation {
   // The choice's next delta; when its worker went away, the first delta of its migration.
   private async next(c: Choice): Promise<IteratorResult<GenerateDelta>> {
     try {
-      return await c.stream!.next();
+      return await this.receive(c);
     } catch (err) {
       return this.migrate(c, err);
     }
+  }
+
+  // The stream's next item; a stall (the attempt aborted for it) is the worker's failure.
+  private async receive(c: Choice): Promise<IteratorResult<GenerateDelta>> {
+    const r = await c.stream!.next();
+    if (c.stalled) throw c.stalled;
+    c.lastActivityAt = performance.now();
+    return r;
   }
 
   private mayMigrate(c: Choice, err: unknown): boolean {
@@ -280,7 +383,8 @@ export class Generation {
       c.engineRequestId = `${c.requestId}-m${c.migrations}` as RequestId;
       try {
         await this.place(c);
-        const first = await c.stream!.next();
+        const first = await this.receive(c);
+        if (!first.done) this.deps.pool.prefilled?.(c.engineRequestId);
         this.deps.metrics.migrations.inc();
         this.deps.log?.info(
           {

@@ -38,7 +38,7 @@ import {
 import type { PolicyName } from '../router/index.ts';
 import { buildApp, DEFAULT_MIGRATION_LIMIT, drain } from './app.ts';
 import { RoutedWorkerPool } from './routed-worker-pool.ts';
-import { StaticWorkerPool, type WorkerPool } from './worker-pool.ts';
+import { StaticWorkerPool, type OverloadSettings, type WorkerPool } from './worker-pool.ts';
 
 export interface FrontendConfig {
   host: string;
@@ -54,6 +54,10 @@ export interface FrontendConfig {
   shutdownGraceMs?: number; // default 30000
   migrationLimit?: number; // DEFAULT_MIGRATION_LIMIT when absent
   migrationMaxSeqLen?: number;
+  stallTimeoutMs?: number; // DEFAULT_STALL_TIMEOUT_MS when absent; 0 = off
+  requestTimeoutMs?: number; // absent = no deadline
+  maxChoicesPerRequest?: number;
+  overload?: OverloadSettings; // busy thresholds and the wait queue, for either pool
   router?: {
     redisUrl: string;
     namespace?: string;
@@ -101,8 +105,9 @@ async function main(): Promise<void> {
   const reasoningParser = cfg.reasoningParser as ReasoningParserName | undefined;
   const sampling = loadSamplingDefaults(cfg.generationConfig ?? 'auto', cfg.modelDir);
   const kvLimit = Math.min(...cfg.workers.map((w) => w.kvTotalBlocks * w.blockSize));
-  const routed = cfg.router ? new RoutedWorkerPool({ ...cfg.router, modelName: cfg.modelName }) : undefined;
-  const pool: WorkerPool = routed ?? new StaticWorkerPool(cfg.workers, cfg.modelName);
+  const overload = withoutUndefined(cfg.overload ?? {});
+  const routed = cfg.router ? new RoutedWorkerPool({ ...cfg.router, modelName: cfg.modelName, overload }) : undefined;
+  const pool: WorkerPool = routed ?? new StaticWorkerPool(cfg.workers, cfg.modelName, { overload });
   const app = await buildApp({
     modelName: cfg.modelName,
     modelDir: cfg.modelDir,
@@ -113,17 +118,17 @@ async function main(): Promise<void> {
     samplingDefaults: sampling.defaults,
     reasoningParser,
     migration: { limit: cfg.migrationLimit ?? DEFAULT_MIGRATION_LIMIT, maxSeqLen: cfg.migrationMaxSeqLen },
+    stallTimeoutMs: cfg.stallTimeoutMs,
+    requestTimeoutMs: cfg.requestTimeoutMs,
+    maxChoicesPerRequest: cfg.maxChoicesPerRequest,
     logger: { level: cfg.logLevel ?? 'info' },
     apiKey: process.env.KVSERVE_API_KEY || undefined,
     metricsRequireKey: cfg.metricsRequireKey,
   });
   app.log.info(describeSamplingDefaults(sampling));
   if (reasoningParser) app.log.info(describeReasoningParser(reasoningParser, tokenizer));
-  if (routed) {
-    await routed.start(app.log); // it logs through the app's logger
-
-    app.addHook('onClose', () => routed.close());
-  }
+  await pool.start?.(app.log); // it logs through the app's logger
+  app.addHook('onClose', () => pool.close?.());
   const url = await app.listen({ host: cfg.host, port: cfg.port });
 
   let stopping = false;
@@ -148,6 +153,12 @@ async function main(): Promise<void> {
   process.on('SIGINT', stop);
   process.on('disconnect', stop);
   send({ type: 'ready', url });
+}
+
+// JSON drops undefined keys anyway; an object built in TS may still carry them, and the router
+// checks every key it is given.
+function withoutUndefined<T extends object>(o: T): T {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
 }
 
 // A start failure goes to the launcher as one 'fatal' message, its stack with it (the launcher

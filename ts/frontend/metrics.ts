@@ -11,6 +11,9 @@
 // workers, each decode worker's disaggregation counters (remote vs local prefills, fallbacks,
 // queue depth, KV bytes moved) appear per worker_id under kvserve:*. kvserve:request_migrations_total
 // counts the choices sent to another worker after theirs went away mid-stream (generation.ts).
+// Overload: kvserve:router_queue_depth and kvserve:router_queued say who waited for a worker with
+// room, kvserve:router_rejected_total{reason} who got 503, kvserve:worker_busy which workers the
+// router counts busy (its capacity rule or a busy threshold).
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { DisaggCounters, WorkerLoad } from '../protocol/index.ts';
 import type { RouterMetrics } from '../router/index.ts';
@@ -37,7 +40,9 @@ export class FrontendMetrics {
   private readonly prefixHits: Counter;
   private readonly workerGauges: Record<'running' | 'waiting' | 'kvUsage' | 'kvActiveBlocks', Gauge>;
   private readonly disagg: Record<keyof DisaggCounters, Counter | Gauge>;
-  private readonly router: Record<'decisions' | 'hitRate' | 'queueDepth' | 'indexedBlocks', Gauge>;
+  private readonly router: Record<'decisions' | 'hitRate' | 'queueDepth' | 'indexedBlocks' | 'queuedTotal', Gauge>;
+  private readonly rejected: Counter;
+  private readonly busy: Gauge;
   private readonly promptTokens: Counter;
   private readonly generationTokens: Counter;
   private readonly success: Counter;
@@ -66,7 +71,10 @@ export class FrontendMetrics {
       hitRate: gauge('kvserve:router_prefix_hit_rate', 'Share of routed prompt blocks already cached on the chosen worker.'),
       queueDepth: gauge('kvserve:router_queue_depth', 'Requests waiting for a worker with room.'),
       indexedBlocks: gauge('kvserve:router_indexed_blocks', "Blocks in the router's index (distinct hashes)."),
+      queuedTotal: gauge('kvserve:router_queued', 'Requests that had to wait for a worker with room, since start.'),
     };
+    this.rejected = counter('kvserve:router_rejected_total', 'Requests refused with 503 by the router: queue_full, timeout (waited too long), no_workers.', ['model_name', 'reason']);
+    this.busy = gauge('kvserve:worker_busy', 'Whether the router counts this worker busy (1) or with room (0).', perWorker);
     this.workerGauges = {
       running: gauge('kvserve:worker_num_requests_running', 'Requests running in one worker.', perWorker),
       waiting: gauge('kvserve:worker_num_requests_waiting', 'Requests waiting in one worker.', perWorker),
@@ -136,6 +144,11 @@ export class FrontendMetrics {
       this.router.hitRate.set(this.labels, router.hitRate);
       this.router.queueDepth.set(this.labels, router.queueDepth);
       this.router.indexedBlocks.set(this.labels, router.indexedBlocks);
+      this.router.queuedTotal.set(this.labels, router.queuedTotal);
+      this.rejected.reset();
+      for (const [reason, count] of Object.entries(router.rejected)) this.rejected.inc({ ...this.labels, reason }, count);
+      this.busy.reset();
+      for (const w of router.workers) this.busy.set({ ...this.labels, worker_id: w.workerId }, w.busy ? 1 : 0);
     }
   }
 }

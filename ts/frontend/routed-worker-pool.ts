@@ -8,8 +8,8 @@
 //   - a worker whose block size differs from the router's is refused with one log line (a
 //     silent mismatch would mean zero overlap forever);
 //   - a worker that leaves (lease gone, kill -9 included) leaves the router and its blocks the
-//     index at once; one that stops answering on the request plane before its lease expires is
-//     set aside (not routed to) and probed every PROBE_INTERVAL_MS until it answers again (then
+//     index at once; one that does not answer the health probe (worker-health.ts) or the request
+//     plane before its lease expires is set aside (not routed to) until it answers again (then
 //     it rejoins with a replay) or its lease goes;
 //   - while Redis is unreachable select() fails with ERR_REDIS_UNAVAILABLE (HTTP 503) and
 //     ready() is false; once it is back, routing resumes on its own after the replays.
@@ -17,14 +17,14 @@
 import type { FastifyBaseLogger } from 'fastify';
 import { blockHashes } from '../native/index.ts';
 import type { BlockHash, RequestId, WorkerId, WorkerInfo, WorkerLoad } from '../protocol/index.ts';
-import { KvRouter, RouterOverloadedError, type PolicyName, type RouterMetrics } from '../router/index.ts';
+import { KvRouter, type PolicyName, type RouterMetrics } from '../router/index.ts';
 import { DiscoveryWatcher, type LeasedWorkerInfo } from '../runtime/discovery.ts';
 import { EventPlaneConsumer } from '../runtime/event-plane.ts';
 import { WorkerClient } from '../runtime/request-client.ts';
 import { ApiError } from './errors.ts';
-import type { WorkerPool, WorkerSelection } from './worker-pool.ts';
+import { DEFAULT_HEALTH, HealthMonitor, type HealthSettings } from './worker-health.ts';
+import { overloadError, type OverloadSettings, type WorkerPool, type WorkerSelection } from './worker-pool.ts';
 
-const PROBE_INTERVAL_MS = 1000;
 const PREDICTION_GRACE_MS = 2000;
 
 export interface RoutedPoolOptions {
@@ -35,6 +35,8 @@ export interface RoutedPoolOptions {
   policy: PolicyName;
   overlapWeight?: number;
   temperature?: number;
+  overload?: OverloadSettings;
+  health?: HealthSettings;
 }
 
 export class RoutedWorkerPool implements WorkerPool {
@@ -42,7 +44,9 @@ export class RoutedWorkerPool implements WorkerPool {
   private readonly watcher: DiscoveryWatcher;
   private readonly consumer: EventPlaneConsumer;
   private readonly members = new Map<WorkerId, { info: LeasedWorkerInfo; client: WorkerClient }>();
-  private readonly suspects = new Map<WorkerId, { info: LeasedWorkerInfo; timer: NodeJS.Timeout }>();
+  // Members the health probe or the request plane found down: out of the router meanwhile.
+  private readonly suspects = new Map<WorkerId, LeasedWorkerInfo>();
+  private readonly health: HealthMonitor;
   private log!: FastifyBaseLogger; // set by start()
   private readonly hashes = new WeakMap<readonly number[], BlockHash[]>();
 
@@ -54,7 +58,21 @@ export class RoutedWorkerPool implements WorkerPool {
       temperature: opts.temperature,
       // Count a routed prompt as cached on its worker until its KV events arrive.
       predictionGraceMs: PREDICTION_GRACE_MS,
+      ...opts.overload,
     });
+    this.health = new HealthMonitor(
+      {
+        onDown: (id, why) => this.setAside(id, why),
+        onUp: (id) => {
+          const info = this.suspects.get(id);
+          if (!info) return;
+          this.suspects.delete(id);
+          this.onJoin(info);
+        },
+        onLoad: (id, load) => this.router.updateLoad(id, load),
+      },
+      opts.health ?? DEFAULT_HEALTH,
+    );
     this.watcher = new DiscoveryWatcher({ url: opts.redisUrl, namespace: opts.namespace });
     this.watcher.on('join', (w) => this.onJoin(w));
     this.watcher.on('leave', (id) => this.onLeave(id));
@@ -86,7 +104,7 @@ export class RoutedWorkerPool implements WorkerPool {
 
   private onJoin(w: LeasedWorkerInfo): void {
     if (w.model !== this.opts.modelName || w.role === 'prefill') return;
-    this.clearSuspect(w.workerId);
+    this.suspects.delete(w.workerId);
     const refused = this.router.addWorker({
       workerId: w.workerId,
       blockSize: w.blockSize,
@@ -97,45 +115,34 @@ export class RoutedWorkerPool implements WorkerPool {
       this.log.error({ workerId: w.workerId, blockSize: w.blockSize, routerBlockSize: this.opts.blockSize }, `worker refused: ${refused}`);
       return;
     }
-    this.members.set(w.workerId, { info: w, client: new WorkerClient(w.address, w.requestPlane) });
+    const client = new WorkerClient(w.address, w.requestPlane);
+    this.members.set(w.workerId, { info: w, client });
+    this.health.watch(w.workerId, client);
     this.log.info({ workerId: w.workerId, address: w.address }, 'worker joined');
     // Its cache so far: a worker (re)joining replays, so the index starts from the truth.
     this.consumer.requestReplay(w.workerId);
   }
 
   private onLeave(id: WorkerId): void {
-    this.clearSuspect(id);
+    this.health.unwatch(id);
+    this.suspects.delete(id);
     if (!this.members.delete(id)) return;
     this.router.removeWorker(id);
     this.log.warn({ workerId: id }, 'worker left: its blocks leave the index');
   }
 
-  // The request plane could not reach this worker: stop routing to it and probe it.
+  // The request plane could not reach this worker: stop routing to it until it answers again.
   reportUnavailable(id: WorkerId): void {
-    const m = this.members.get(id);
-    if (!m || this.suspects.has(id)) return;
-    this.members.delete(id);
-    this.router.removeWorker(id);
-    this.log.warn({ workerId: id }, 'worker unreachable: not routed to until it answers again');
-    const timer = setInterval(() => {
-      m.client.load().then(
-        () => {
-          if (!this.suspects.has(id)) return;
-          this.clearSuspect(id);
-          this.onJoin(m.info);
-        },
-        () => undefined,
-      );
-    }, PROBE_INTERVAL_MS);
-    timer.unref();
-    this.suspects.set(id, { info: m.info, timer });
+    this.health.markDown(id, 'the request plane could not reach it');
   }
 
-  private clearSuspect(id: WorkerId): void {
-    const s = this.suspects.get(id);
-    if (!s) return;
-    clearInterval(s.timer);
-    this.suspects.delete(id);
+  private setAside(id: WorkerId, why: string): void {
+    const m = this.members.get(id);
+    if (!m) return;
+    this.members.delete(id);
+    this.router.removeWorker(id);
+    this.suspects.set(id, m.info);
+    this.log.warn({ workerId: id, why }, 'worker unreachable: not routed to until it answers again');
   }
 
   private connected(): boolean {
@@ -150,7 +157,7 @@ export class RoutedWorkerPool implements WorkerPool {
     return this.members.size > 0 && this.connected();
   }
 
-  async select(promptTokenIds: readonly number[], requestId: RequestId): Promise<WorkerSelection> {
+  async select(promptTokenIds: readonly number[], requestId: RequestId, signal?: AbortSignal): Promise<WorkerSelection> {
     if (!this.connected()) throw new ApiError('ERR_REDIS_UNAVAILABLE', 'the routing service (Redis) is unavailable; retry shortly');
     let hashes = this.hashes.get(promptTokenIds); // the n choices of one prompt share its hashes
     if (hashes === undefined) {
@@ -158,17 +165,18 @@ export class RoutedWorkerPool implements WorkerPool {
       this.hashes.set(promptTokenIds, hashes);
     }
     try {
-      const d = await this.router.route({ requestId, blockHashes: hashes });
+      const d = await this.router.route({ requestId, blockHashes: hashes, promptTokens: promptTokenIds.length, signal });
       const m = this.members.get(d.workerId);
       if (!m) throw new ApiError('ERR_NO_WORKER', `worker ${d.workerId} has left`);
       this.log.debug({ requestId, workerId: d.workerId, prefixHitRate: d.prefixHitRate, overlapBlocks: d.overlapBlocks, requestBlocks: d.requestBlocks }, 'routed');
       return { worker: m.info, client: m.client, prefixHitRate: d.prefixHitRate };
     } catch (err) {
-      if (err instanceof RouterOverloadedError) {
-        throw new ApiError(err.reason === 'no_workers' ? 'ERR_NO_WORKER' : 'ERR_OVERLOADED', err.message);
-      }
-      throw err;
+      throw overloadError(err);
     }
+  }
+
+  prefilled(requestId: RequestId): void {
+    this.router.prefilled(requestId);
   }
 
   release(_workerId: WorkerId, requestId: RequestId): void {
@@ -185,7 +193,7 @@ export class RoutedWorkerPool implements WorkerPool {
   }
 
   async close(): Promise<void> {
-    for (const id of [...this.suspects.keys()]) this.clearSuspect(id);
+    this.health.close();
     this.router.close();
     await Promise.all([this.watcher.close(), this.consumer.close()]);
   }

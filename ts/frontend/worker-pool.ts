@@ -1,17 +1,24 @@
 // worker-pool.ts: which workers the frontend may send a request to, and the choice of one.
 //
-// Owns: the WorkerPool interface the routes use, and StaticWorkerPool (the fixed list of workers
-// the launcher hands over, chosen round-robin; one reported unavailable is passed over while
-// another is up, and probed every PROBE_INTERVAL_MS until it answers again). The KV router implements the same interface:
-// select() sees the prompt's token ids and the engine request id, so a policy can score prefix
-// overlap and count the blocks it routed; release() tells it when that engine request ended
-// (finished, stopped, aborted or refused), exactly once per successful select().
-// Stays true: select() only returns a worker that serves the pool's model and is not a prefill
-// worker; with none, it throws ERR_NO_WORKER (HTTP 503).
+// Owns: the WorkerPool interface the routes use, and StaticWorkerPool: the fixed list of workers
+// the launcher hands over (no Redis), chosen by a KvRouter with the round-robin policy, so the
+// capacity rule, the busy thresholds and the bounded wait queue (ts/router/router.ts) hold here
+// as with Redis. Its loads come from the health probe (worker-health.ts): a worker that does not
+// answer it, or that the request plane could not reach, leaves the router until it answers again.
+// The KV router's pool (routed-worker-pool.ts) implements the same interface: select() sees the
+// prompt's token ids and the engine request id, so a policy can score prefix overlap and count
+// the blocks it routed; prefilled() says the request's first output came; release() tells it when
+// that engine request ended (finished, stopped, aborted or refused), exactly once per successful
+// select().
+// Stays true: select() only returns a worker that serves the pool's model, is not a prefill
+// worker and is not known to be down; with none, it throws ERR_NO_WORKER (HTTP 503); with every
+// worker busy and the queue full (or the wait over), ERR_OVERLOADED (HTTP 503, Retry-After).
+import type { FastifyBaseLogger } from 'fastify';
 import type { RequestId, WorkerId, WorkerInfo, WorkerLoad } from '../protocol/index.ts';
-import type { RouterMetrics } from '../router/index.ts';
+import { KvRouter, RouterOverloadedError, type RouterMetrics, type RouterSettings } from '../router/index.ts';
 import { WorkerClient } from '../runtime/request-client.ts';
 import { ApiError } from './errors.ts';
+import { DEFAULT_HEALTH, HealthMonitor, type HealthSettings } from './worker-health.ts';
 
 export interface WorkerSelection {
   worker: WorkerInfo;
@@ -19,11 +26,20 @@ export interface WorkerSelection {
   prefixHitRate: number; // the policy's estimate of the prompt's cached share on `worker`, [0, 1]
 }
 
+// Overload settings, shared by both pools (--active-decode-blocks-threshold,
+// --active-prefill-tokens-threshold, --router-queue-threshold).
+export type OverloadSettings = Pick<RouterSettings, 'activeDecodeBlocksThreshold' | 'activePrefillTokensThreshold' | 'maxQueued' | 'queueTimeoutMs'>;
+
 export interface WorkerPool {
+  // Starts background work (discovery, the health probe's logging); logs through `log`.
+  start?(log: FastifyBaseLogger): Promise<void>;
   workers(): WorkerInfo[];
   // True once some worker serves the model.
   ready(): boolean;
-  select(promptTokenIds: readonly number[], requestId: RequestId): Promise<WorkerSelection>;
+  // signal: aborting it while the request waits for a worker with room withdraws it.
+  select(promptTokenIds: readonly number[], requestId: RequestId, signal?: AbortSignal): Promise<WorkerSelection>;
+  // The engine request's first output came: its prompt is no longer waiting for prefill.
+  prefilled?(requestId: RequestId): void;
   release(workerId: WorkerId, requestId: RequestId): void;
   // The worker did not answer on the request plane (connection refused or reset before any
   // output): the pool may stop choosing it until it answers again.
@@ -32,20 +48,63 @@ export interface WorkerPool {
   routerMetrics?(): RouterMetrics;
   // The current load of every worker that answers (one that does not is left out).
   loads(): Promise<WorkerLoad[]>;
+  // Stops background work; waiting requests are refused.
+  close?(): Promise<void>;
 }
 
-const PROBE_INTERVAL_MS = 1000;
+// The pool's error for a router refusal: no worker at all, or every one busy.
+export function overloadError(err: unknown): unknown {
+  if (!(err instanceof RouterOverloadedError)) return err;
+  return new ApiError(err.reason === 'no_workers' ? 'ERR_NO_WORKER' : 'ERR_OVERLOADED', err.message);
+}
+
+export interface StaticPoolOptions {
+  overload?: OverloadSettings;
+  health?: HealthSettings;
+}
 
 export class StaticWorkerPool implements WorkerPool {
-  private readonly serving: { info: WorkerInfo; client: WorkerClient }[];
-  private readonly down = new Map<WorkerId, NodeJS.Timeout>(); // reported unavailable: its probe
-  private next = 0;
+  private readonly serving = new Map<WorkerId, { info: WorkerInfo; client: WorkerClient }>();
+  private readonly router: KvRouter;
+  private readonly health: HealthMonitor;
+  private log: FastifyBaseLogger | undefined;
 
   constructor(
     private readonly all: readonly WorkerInfo[],
     modelName: string,
+    opts: StaticPoolOptions = {},
   ) {
-    this.serving = all.filter((w) => w.model === modelName && w.role !== 'prefill').map((info) => ({ info, client: new WorkerClient(info.address, info.requestPlane) }));
+    const mine = all.filter((w) => w.model === modelName && w.role !== 'prefill');
+    this.router = new KvRouter({ blockSize: mine[0]?.blockSize ?? 16, policy: 'round-robin', ...opts.overload });
+    this.health = new HealthMonitor(
+      {
+        onDown: (id, why) => {
+          this.router.removeWorker(id);
+          this.log?.warn({ workerId: id, why }, 'worker unreachable: not routed to until it answers again');
+        },
+        onUp: (id) => {
+          this.join(this.serving.get(id)!.info);
+          this.log?.info({ workerId: id }, 'worker answers again: routed to');
+        },
+        onLoad: (id, load) => this.router.updateLoad(id, load),
+      },
+      opts.health ?? DEFAULT_HEALTH,
+    );
+    for (const info of mine) {
+      const client = new WorkerClient(info.address, info.requestPlane);
+      this.serving.set(info.workerId, { info, client });
+      this.health.watch(info.workerId, client);
+      this.join(info);
+    }
+  }
+
+  private join(info: WorkerInfo): void {
+    const refused = this.router.addWorker({ workerId: info.workerId, blockSize: info.blockSize, kvTotalBlocks: info.kvTotalBlocks, requestTotalSlots: info.maxNumSeqs });
+    if (refused !== undefined) throw new Error(refused);
+  }
+
+  async start(log: FastifyBaseLogger): Promise<void> {
+    this.log = log;
   }
 
   workers(): WorkerInfo[] {
@@ -53,40 +112,43 @@ export class StaticWorkerPool implements WorkerPool {
   }
 
   ready(): boolean {
-    return this.serving.length > 0;
+    return this.serving.size > 0;
   }
 
-  // Round-robin over the workers not reported down; when every one is, over all of them (a
-  // request then fails as it would have, or finds one back).
-  async select(): Promise<WorkerSelection> {
-    if (this.serving.length === 0) throw new ApiError('ERR_NO_WORKER', 'no worker is serving this model');
-    const up = this.serving.filter((w) => !this.down.has(w.info.workerId));
-    const from = up.length > 0 ? up : this.serving;
-    const w = from[this.next++ % from.length];
-    return { worker: w.info, client: w.client, prefixHitRate: 0 };
+  async select(promptTokenIds: readonly number[], requestId: RequestId, signal?: AbortSignal): Promise<WorkerSelection> {
+    if (this.serving.size === 0) throw new ApiError('ERR_NO_WORKER', 'no worker is serving this model');
+    try {
+      const d = await this.router.route({ requestId, blockHashes: [], promptTokens: promptTokenIds.length, signal });
+      const w = this.serving.get(d.workerId)!;
+      return { worker: w.info, client: w.client, prefixHitRate: 0 };
+    } catch (err) {
+      throw overloadError(err);
+    }
   }
 
-  release(): void {}
+  prefilled(requestId: RequestId): void {
+    this.router.prefilled(requestId);
+  }
+
+  release(_workerId: WorkerId, requestId: RequestId): void {
+    this.router.finish(requestId);
+  }
 
   reportUnavailable(id: WorkerId): void {
-    const w = this.serving.find((s) => s.info.workerId === id);
-    if (!w || this.down.has(id)) return;
-    const timer = setInterval(() => {
-      w.client.load().then(
-        () => {
-          if (this.down.get(id) !== timer) return;
-          clearInterval(timer);
-          this.down.delete(id);
-        },
-        () => undefined,
-      );
-    }, PROBE_INTERVAL_MS);
-    timer.unref();
-    this.down.set(id, timer);
+    this.health.markDown(id, 'the request plane could not reach it');
+  }
+
+  routerMetrics(): RouterMetrics {
+    return this.router.metrics();
   }
 
   async loads(): Promise<WorkerLoad[]> {
-    const settled = await Promise.allSettled(this.serving.map((w) => w.client.load()));
+    const settled = await Promise.allSettled([...this.serving.values()].map((w) => w.client.load()));
     return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+  }
+
+  async close(): Promise<void> {
+    this.health.close();
+    this.router.close();
   }
 }

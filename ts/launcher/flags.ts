@@ -36,6 +36,12 @@ export interface LauncherFlags {
   metricsRequireKey: boolean;
   migrationLimit: number; // 0 = no request migration
   migrationMaxSeqLen?: number; // absent = no cap beyond the context length
+  stallTimeoutS: number; // 0 = off
+  requestTimeoutS?: number; // absent = no deadline
+  activeDecodeBlocksThreshold?: number; // (0, 1]
+  activePrefillTokensThreshold?: number;
+  routerQueueThreshold: number;
+  maxChoicesPerRequest: number;
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   help: boolean;
 }
@@ -129,6 +135,25 @@ Serving
                                 the error (default 3)
   --migration-max-seq-len N     migrate only requests of at most N prompt + generated tokens
                                 (default: no cap beyond the context length)
+
+Overload and stalls
+  --active-decode-blocks-threshold F
+                                a worker whose active KV blocks exceed this share (0-1] of its
+                                cache is busy: new requests go elsewhere (default 1: only when
+                                the request's blocks do not fit)
+  --active-prefill-tokens-threshold N
+                                a worker with more than N prompt tokens routed to it and not yet
+                                prefilled is busy (default: no limit)
+  --router-queue-threshold N    requests that find every worker busy wait in a queue of at most
+                                N (default 256); beyond it they get 503 with Retry-After at once
+  --request-timeout S           a request not finished after S seconds is aborted on its worker
+                                (its KV blocks freed) and fails with 504 (default: no deadline)
+  --stall-timeout-s S           a request whose worker produced nothing for S seconds and does
+                                not answer a health probe goes to another worker (default 5;
+                                0 = off)
+  --max-choices-per-request N   n times the number of prompts a request may ask for (default
+                                128, OpenAI's own cap on n); beyond it, 400
+
   --log-level LEVEL             fatal|error|warn|info|debug|trace (default info)
   -h, --help                    this text
 `;
@@ -138,6 +163,13 @@ function int(name: string, v: string | undefined, min: number, max = Number.MAX_
   if (!/^\d+$/.test(v)) throw new FlagError(`--${name} must be an integer, got '${v}'`);
   const n = Number(v);
   if (n < min || n > max) throw new FlagError(`--${name} must be in [${min}, ${max}], got ${n}`);
+  return n;
+}
+
+function share(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (v.trim() === '' || !(n > 0 && n <= 1)) throw new FlagError(`--${name} must be a number in (0, 1], got '${v}'`);
   return n;
 }
 
@@ -222,6 +254,12 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'metrics-require-key': { type: 'boolean' },
         'migration-limit': { type: 'string' },
         'migration-max-seq-len': { type: 'string' },
+        'stall-timeout-s': { type: 'string' },
+        'request-timeout': { type: 'string' },
+        'active-decode-blocks-threshold': { type: 'string' },
+        'active-prefill-tokens-threshold': { type: 'string' },
+        'router-queue-threshold': { type: 'string' },
+        'max-choices-per-request': { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -266,6 +304,12 @@ export function parseFlags(argv: string[]): LauncherFlags {
     metricsRequireKey: v['metrics-require-key'] ?? false,
     migrationLimit: int('migration-limit', v['migration-limit'], 0, 1000) ?? 3,
     migrationMaxSeqLen: int('migration-max-seq-len', v['migration-max-seq-len'], 1),
+    stallTimeoutS: num('stall-timeout-s', v['stall-timeout-s'], 0) ?? 5,
+    requestTimeoutS: num('request-timeout', v['request-timeout'], 0.001),
+    activeDecodeBlocksThreshold: share('active-decode-blocks-threshold', v['active-decode-blocks-threshold']),
+    activePrefillTokensThreshold: int('active-prefill-tokens-threshold', v['active-prefill-tokens-threshold'], 1),
+    routerQueueThreshold: int('router-queue-threshold', v['router-queue-threshold'], 0, 1_000_000) ?? 256,
+    maxChoicesPerRequest: int('max-choices-per-request', v['max-choices-per-request'], 1, 100_000) ?? 128,
     logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
     help: v.help ?? false,
   };

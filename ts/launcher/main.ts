@@ -314,6 +314,14 @@ async function run(f: LauncherFlags): Promise<number> {
         shutdownGraceMs: f.shutdownGraceS * 1000,
         migrationLimit: f.migrationLimit,
         migrationMaxSeqLen: f.migrationMaxSeqLen,
+        stallTimeoutMs: f.stallTimeoutS * 1000,
+        requestTimeoutMs: f.requestTimeoutS === undefined ? undefined : f.requestTimeoutS * 1000,
+        maxChoicesPerRequest: f.maxChoicesPerRequest,
+        overload: {
+          activeDecodeBlocksThreshold: f.activeDecodeBlocksThreshold,
+          activePrefillTokensThreshold: f.activePrefillTokensThreshold,
+          maxQueued: f.routerQueueThreshold,
+        },
         router: redisUrl
           ? { redisUrl, policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
           : undefined,

@@ -46,6 +46,11 @@
 // requests > 0) and either
 //   - activeBlocks_w + (n - overlap_w) > kv_total_blocks_w, or
 //   - requests_w > request_total_slots_w: every slot is busy and at least one request waits.
+// Busy thresholds (Dynamo's), optional: a worker that is not idle is also skipped while its
+// active blocks exceed activeDecodeBlocksThreshold of its kv_total_blocks, or while the prompt
+// tokens it has yet to prefill exceed activePrefillTokensThreshold. Prefill tokens are the
+// router's own count: a routed request adds its prompt tokens beyond the cached overlap, and
+// prefilled() (its first output) or finish() takes them off.
 // An idle worker always takes the request (the engine rejects a prompt that can never fit), so a
 // large request cannot wait forever. When every worker is skipped, the request waits in a FIFO
 // queue; the queue is retried in order after finish(), updateLoad() and addWorker(), and stops at
@@ -59,6 +64,8 @@
 //   temperature     number >= 0, default 0 (policy.ts)
 //   maxQueued       integer >= 0, default 256: requests that may wait; 0 rejects at once
 //   queueTimeoutMs  number > 0, default 30000: longest wait before RouterOverloadedError
+//   activeDecodeBlocksThreshold number in (0, 1], default 1 (only the capacity rule)
+//   activePrefillTokensThreshold integer >= 1, default none
 //   predictionGraceMs number >= 0, default 0 (off): how long a finished request's prediction lives
 //   rng             () => [0, 1), default Math.random: tie-breaks and sampling (seed it in tests)
 //   now             () => ms, default performance.now: the clock of FINISH_WINDOW_MS
@@ -78,6 +85,8 @@ export interface RouterSettings {
   temperature?: number;
   maxQueued?: number;
   queueTimeoutMs?: number;
+  activeDecodeBlocksThreshold?: number;
+  activePrefillTokensThreshold?: number;
   predictionGraceMs?: number; // 0 = off (predictions.ts)
   rng?: Rng;
   now?: () => number; // milliseconds, default performance.now (tests pass their own clock)
@@ -94,6 +103,7 @@ export interface WorkerSpec {
 export interface RouteRequest {
   requestId: RequestId;
   blockHashes: readonly BlockHash[]; // the prompt's full blocks, chained (DESIGN.md section 5)
+  promptTokens?: number; // the prompt's length, for the prefill-token threshold; default n * blockSize
   signal?: AbortSignal; // aborting while queued withdraws the request (rejects with signal.reason)
 }
 
@@ -114,6 +124,8 @@ export interface WorkerMetrics {
   overlapBlocks: number; // sum of the overlap of those decisions
   activeBlocks: number; // current estimate
   activeRequests: number; // current estimate (running + waiting)
+  prefillTokens: number; // prompt tokens routed to it and not yet prefilled
+  busy: boolean; // a request of one new block would skip it now (capacity or a busy threshold)
   cachedBlocks: number; // blocks the index holds for it
   awaitingReplay: boolean;
 }
@@ -145,6 +157,7 @@ interface WorkerState {
   pendingRequests: number;
   reportSeq: number; // #routeSeq when the last load report arrived
   recentFinishes: { at: number; blocks: number }[]; // finishes of the last FINISH_WINDOW_MS, oldest first
+  prefillTokens: number; // of requests in flight that have not reported their first output
   routed: number;
   overlapBlocks: number;
 }
@@ -154,6 +167,7 @@ interface InFlight {
   readonly newBlocks: number;
   readonly requestBlocks: number; // n: every block the request holds on its worker, cached ones too
   readonly seq: number;
+  prefillTokens: number; // 0 once prefilled
 }
 
 interface Waiting {
@@ -170,6 +184,8 @@ export class KvRouter {
   readonly #policy: Policy;
   readonly #maxQueued: number;
   readonly #queueTimeoutMs: number;
+  readonly #busyBlocks: number;
+  readonly #busyPrefillTokens: number;
   readonly #workers = new Map<WorkerId, WorkerState>();
   readonly #inFlight = new Map<RequestId, InFlight>();
   readonly #predicted: PredictedPrefixes; // running requests' prefixes (held blocks); with a grace, predictions
@@ -196,6 +212,15 @@ export class KvRouter {
     if (!Number.isFinite(queueTimeoutMs) || queueTimeoutMs <= 0) {
       throw new RangeError(`router queueTimeoutMs must be a number > 0, got ${queueTimeoutMs}`);
     }
+    const { activeDecodeBlocksThreshold: busyBlocks = 1, activePrefillTokensThreshold: busyPrefill = Infinity } = settings;
+    if (!(busyBlocks > 0 && busyBlocks <= 1)) {
+      throw new RangeError(`router activeDecodeBlocksThreshold must be a number in (0, 1], got ${busyBlocks}`);
+    }
+    if (busyPrefill !== Infinity && !(Number.isInteger(busyPrefill) && busyPrefill >= 1)) {
+      throw new RangeError(`router activePrefillTokensThreshold must be an integer >= 1, got ${busyPrefill}`);
+    }
+    this.#busyBlocks = busyBlocks;
+    this.#busyPrefillTokens = busyPrefill;
     this.blockSize = blockSize;
     this.#maxQueued = maxQueued;
     this.#queueTimeoutMs = queueTimeoutMs;
@@ -238,6 +263,7 @@ export class KvRouter {
         pendingRequests: 0,
         reportSeq: this.#routeSeq,
         recentFinishes: [],
+        prefillTokens: 0,
         routed: 0,
         overlapBlocks: 0,
       });
@@ -341,6 +367,7 @@ export class KvRouter {
     this.#inFlight.delete(requestId);
     this.#predicted.finish(requestId, this.#now());
     const worker = flight.worker;
+    worker.prefillTokens -= flight.prefillTokens;
     worker.recentFinishes.push({ at: this.#now(), blocks: flight.requestBlocks }); // kv_active_blocks counted them all
     if (flight.seq > worker.reportSeq) {
       worker.pendingBlocks -= flight.newBlocks;
@@ -349,6 +376,16 @@ export class KvRouter {
       worker.baseBlocks = Math.max(0, worker.baseBlocks - flight.newBlocks);
       worker.baseRequests = Math.max(0, worker.baseRequests - 1);
     }
+    this.#drainQueue();
+  }
+
+  // The request's prompt is prefilled (its first output came): its tokens leave the worker's
+  // prefill count, and waiting requests are retried. Unknown ids are ignored.
+  prefilled(requestId: RequestId): void {
+    const flight = this.#inFlight.get(requestId);
+    if (flight === undefined || flight.prefillTokens === 0) return;
+    flight.worker.prefillTokens -= flight.prefillTokens;
+    flight.prefillTokens = 0;
     this.#drainQueue();
   }
 
@@ -382,10 +419,21 @@ export class KvRouter {
         overlapBlocks: w.overlapBlocks,
         activeBlocks: w.baseBlocks + w.pendingBlocks,
         activeRequests: w.baseRequests + w.pendingRequests,
+        prefillTokens: w.prefillTokens,
+        busy: !this.#hasRoom(w, 1),
         cachedBlocks: this.index.workerBlocks(w.workerId),
         awaitingReplay: this.index.awaitingReplay(w.workerId),
       })),
     };
+  }
+
+  // The capacity rule and the busy thresholds (see the header), for a request adding newBlocks.
+  #hasRoom(worker: WorkerState, newBlocks: number): boolean {
+    const activeBlocks = worker.baseBlocks + worker.pendingBlocks;
+    const requests = worker.baseRequests + worker.pendingRequests;
+    if (activeBlocks <= 0 && requests <= 0) return true; // idle
+    if (activeBlocks + newBlocks > worker.kvTotalBlocks || requests > worker.requestTotalSlots) return false;
+    return activeBlocks <= this.#busyBlocks * worker.kvTotalBlocks && worker.prefillTokens <= this.#busyPrefillTokens;
   }
 
   // Picks and commits a worker with room, or returns undefined.
@@ -400,10 +448,8 @@ export class KvRouter {
     const states: WorkerState[] = [];
     for (const worker of this.#workers.values()) {
       const overlap = overlaps.get(worker.workerId) ?? 0;
+      if (!this.#hasRoom(worker, n - overlap)) continue;
       const activeBlocks = worker.baseBlocks + worker.pendingBlocks;
-      const requests = worker.baseRequests + worker.pendingRequests;
-      const idle = activeBlocks <= 0 && requests <= 0;
-      if (!idle && (activeBlocks + n - overlap > worker.kvTotalBlocks || requests > worker.requestTotalSlots)) continue;
       const heldBlocks = held.get(worker.workerId) ?? 0;
       candidates.push({ workerId: worker.workerId, joinSeq: worker.joinSeq, overlap, activeBlocks, heldBlocks });
       states.push(worker);
@@ -414,11 +460,13 @@ export class KvRouter {
     const worker = states[pick];
     const overlap = candidates[pick].overlap;
     const newBlocks = n - overlap;
+    const prefillTokens = Math.max(0, (request.promptTokens ?? n * this.blockSize) - overlap * this.blockSize);
+    worker.prefillTokens += prefillTokens;
     worker.pendingBlocks += newBlocks;
     worker.pendingRequests += 1;
     worker.routed++;
     worker.overlapBlocks += overlap;
-    this.#inFlight.set(request.requestId, { worker, newBlocks, requestBlocks: n, seq: ++this.#routeSeq });
+    this.#inFlight.set(request.requestId, { worker, newBlocks, requestBlocks: n, seq: ++this.#routeSeq, prefillTokens });
     this.#predicted.add(request.requestId, worker.workerId, hashes);
     this.#decisions++;
     this.#requestBlocks += n;

@@ -368,14 +368,15 @@ export class WorkerClient {
     return this.getJson<WorkerInfo>('/info');
   }
 
-  async load(): Promise<WorkerLoad> {
-    return this.getJson<WorkerLoad>('/load');
+  // timeoutMs: how long to wait for the answer (a stopped worker accepts but never answers).
+  async load(timeoutMs = 5000): Promise<WorkerLoad> {
+    return this.getJson<WorkerLoad>('/load', timeoutMs);
   }
 
-  private async getJson<T>(path: string): Promise<T> {
+  private async getJson<T>(path: string, timeoutMs = 5000): Promise<T> {
     let res: http.IncomingMessage;
     try {
-      res = await request(new URL(path, this.address), 'GET', undefined, AbortSignal.timeout(5000));
+      res = await request(new URL(path, this.address), 'GET', undefined, AbortSignal.timeout(timeoutMs));
     } catch (err) {
       throw unavailable(this.address, err);
     }
