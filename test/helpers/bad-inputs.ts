@@ -49,6 +49,10 @@ export function badInputCases(model: string, maxModelLen: number): BadInputCase[
     { name: 'n 0', body: chatBody({ n: 0 }), status: 400, param: 'n' },
     { name: 'n 129', body: chatBody({ n: 129 }), status: 400, param: 'n' },
     { name: 'n 1.5', body: chatBody({ n: 1.5 }), status: 400, param: 'n' },
+    { name: '129 prompts', url: '/v1/completions', body: completionBody({ prompt: Array.from({ length: 129 }, () => 'Hi') }), status: 400, param: 'prompt', message: /129 completions .* at most 128 per request/ },
+    { name: '20 prompts times n 7', url: '/v1/completions', body: completionBody({ prompt: Array.from({ length: 20 }, () => 'Hi'), n: 7 }), status: 400, param: 'prompt' },
+    { name: 'n 100 times 2 prompts', url: '/v1/completions', body: completionBody({ prompt: ['Hi', 'Ho'], n: 100 }), status: 400, param: 'n' },
+    { name: 'stop token id outside the vocabulary', url: '/v1/completions', body: completionBody({ stop_token_ids: [1, 999999999] }), status: 400, param: 'stop_token_ids[1]' },
     { name: 'max_tokens 0', body: chatBody({ max_tokens: 0 }), status: 400, param: 'max_tokens' },
     { name: 'max_tokens a string', body: chatBody({ max_tokens: '5' }), status: 400, param: 'max_tokens' },
     {

@@ -97,6 +97,7 @@ describe('unavailable and refusing workers', () => {
       const res = await empty.inject({ method: 'POST', url: '/v1/chat/completions', payload: chatBody({}) });
       expect(res.statusCode).toBe(503);
       expect(res.json().error).toMatchObject({ code: 'no_worker_available', type: 'service_unavailable_error' });
+      expect(res.headers['retry-after']).toBe('5');
     } finally {
       await empty.close();
     }
@@ -107,6 +108,8 @@ describe('unavailable and refusing workers', () => {
     try {
       const res = await gone.inject({ method: 'POST', url: '/v1/completions', payload: completionBody({}) });
       expect(res.statusCode).toBe(503);
+      expect(res.json().error).toMatchObject({ code: 'worker_unavailable', type: 'service_unavailable_error' });
+      expect(res.headers['retry-after']).toBe('5');
     } finally {
       await gone.close();
     }

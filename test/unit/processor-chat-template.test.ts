@@ -177,6 +177,17 @@ describe('errors', () => {
     });
   });
 
+  it('names chat_template_kwargs when a kwarg makes the template fail, messages otherwise', () => {
+    const template = new ChatTemplate(
+      "{% if strict is defined and strict %}{{ raise_exception('strict mode') }}{% endif %}{% if messages[0].role != 'user' %}{{ raise_exception('user first') }}{% endif %}ok",
+      { bosToken: '', eosToken: '' },
+    );
+    const user = [{ role: 'user', content: 'hi' }] as ChatMessage[];
+    expect(template.render(user, { templateKwargs: { strict: false } })).toBe('ok');
+    expect(errorOf(() => template.render(user, { templateKwargs: { strict: true } }))).toMatchObject({ code: 'ERR_CHAT_TEMPLATE_RENDER', param: 'chat_template_kwargs' });
+    expect(errorOf(() => template.render(conversation, { templateKwargs: { strict: false } }))).toMatchObject({ param: 'messages' });
+  });
+
   it('refuses chat for a model without a chat template', async () => {
     const tokenizerJson = JSON.parse(await readFile(join(qwenDir, 'tokenizer.json'), 'utf8'));
     const bare = new TextTokenizer({ tokenizerJson, tokenizerConfig: {} });

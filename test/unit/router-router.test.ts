@@ -336,11 +336,47 @@ describe('KvRouter: capacity and the wait queue', () => {
     await expect(full.route({ requestId: rid('r3'), blockHashes: [] })).rejects.toMatchObject({ reason: 'closed' });
   });
 
+  it('--active-decode-blocks-threshold: a worker above that share of its cache is busy', async () => {
+    const router = routerWith({ a: [], b: [] }, { activeDecodeBlocksThreshold: 0.5, maxQueued: 0 });
+    router.updateLoad(wid('a'), load({ kv_active_blocks: 51, request_active_slots: 1 }));
+    router.updateLoad(wid('b'), load({ kv_active_blocks: 50, request_active_slots: 1 }));
+    expect(activeOf(router, 'a').busy).toBe(true);
+    expect(activeOf(router, 'b').busy).toBe(false);
+    expect(router.tryRoute({ requestId: rid('r1'), blockHashes: blocks(0, 2) })!.workerId).toBe('b');
+    // b is now at 52 of 100: both busy, and with no queue the next one is refused at once.
+    await expect(router.route({ requestId: rid('r2'), blockHashes: blocks(10, 2) })).rejects.toMatchObject({ reason: 'queue_full' });
+    expect(router.metrics().rejected.queue_full).toBe(1);
+  });
+
+  it('--active-prefill-tokens-threshold: prompt tokens routed and not yet prefilled make a worker busy until prefilled()', async () => {
+    const router = routerWith({ a: [] }, { activePrefillTokensThreshold: 100 });
+    router.tryRoute({ requestId: rid('long'), blockHashes: blocks(0, 8), promptTokens: 130 });
+    expect(activeOf(router, 'a')).toMatchObject({ prefillTokens: 130, busy: true });
+    const waiting = router.route({ requestId: rid('next'), blockHashes: blocks(100, 1), promptTokens: 20 });
+    expect(router.metrics().queueDepth).toBe(1);
+    router.prefilled(rid('long'));
+    await expect(waiting).resolves.toMatchObject({ workerId: 'a' });
+    expect(activeOf(router, 'a').prefillTokens).toBe(20);
+    router.prefilled(rid('long')); // idempotent
+    router.finish(rid('next')); // finishing before its first output takes its tokens off too
+    router.finish(rid('long'));
+    expect(activeOf(router, 'a').prefillTokens).toBe(0);
+  });
+
+  it('counts only the uncached part of a prompt as prefill tokens', () => {
+    const router = routerWith({ a: blocks(0, 4) }, { activePrefillTokensThreshold: 1000 });
+    router.tryRoute({ requestId: rid('r'), blockHashes: blocks(0, 6), promptTokens: 100 });
+    expect(activeOf(router, 'a').prefillTokens).toBe(100 - 4 * 16);
+  });
+
   it('refuses settings out of range', () => {
     expect(() => new KvRouter({ blockSize: 0 })).toThrow(RangeError);
     expect(() => new KvRouter({ blockSize: 16, maxQueued: -1 })).toThrow(/maxQueued/);
     expect(() => new KvRouter({ blockSize: 16, queueTimeoutMs: 0 })).toThrow(/queueTimeoutMs/);
     expect(() => new KvRouter({ blockSize: 16, overlapWeight: -2 })).toThrow(/overlapWeight/);
+    expect(() => new KvRouter({ blockSize: 16, activeDecodeBlocksThreshold: 0 })).toThrow(/activeDecodeBlocksThreshold/);
+    expect(() => new KvRouter({ blockSize: 16, activeDecodeBlocksThreshold: 1.5 })).toThrow(/activeDecodeBlocksThreshold/);
+    expect(() => new KvRouter({ blockSize: 16, activePrefillTokensThreshold: 0.5 })).toThrow(/activePrefillTokensThreshold/);
   });
 });
 

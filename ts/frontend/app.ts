@@ -202,6 +202,9 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
   app.addHook('preClose', async () => {
     for (const gen of context.active) gen.abort();
   });
+  app.addHook('onClose', async () => {
+    await context.pool.close?.();
+  });
   return app;
 }
 

@@ -78,3 +78,12 @@ export function checkChoices(ctx: FrontendContext, prompts: number, n: number, p
     param,
   );
 }
+
+// stop_token_ids inside the vocabulary (the engine would refuse them without naming the field).
+export function checkStopTokenIds(ctx: FrontendContext, ids: readonly number[] | null | undefined): void {
+  if (!ids || ids.length === 0) return;
+  const bad = ids.findIndex((id) => id >= ctx.tokenizer.vocabSize);
+  if (bad >= 0) {
+    throw new ApiError('ERR_INVALID_REQUEST', `stop token id ${ids[bad]} is not in the vocabulary (size ${ctx.tokenizer.vocabSize})`, `stop_token_ids[${bad}]`);
+  }
+}

@@ -27,6 +27,7 @@ export const apiErrors = {
   ERR_INTERNAL: { status: 500, type: 'server_error', code: 'internal_error' },
   ERR_WORKER_FAILED: { status: 502, type: 'server_error', code: 'worker_error' },
   ERR_NO_WORKER: { status: 503, type: 'service_unavailable_error', code: 'no_worker_available' },
+  ERR_WORKER_UNAVAILABLE: { status: 503, type: 'service_unavailable_error', code: 'worker_unavailable' },
   ERR_SHUTTING_DOWN: { status: 503, type: 'service_unavailable_error', code: 'shutting_down' },
   ERR_OVERLOADED: { status: 503, type: 'service_unavailable_error', code: 'overloaded' },
   ERR_REDIS_UNAVAILABLE: { status: 503, type: 'service_unavailable_error', code: 'routing_unavailable' },
@@ -99,7 +100,7 @@ export function toApiError(err: unknown): ApiError {
 function fromRequestPlane(err: RequestPlaneError): ApiError {
   if (err.code === 'ERR_REQUEST_TOO_LONG') return new ApiError('ERR_CONTEXT_LENGTH_EXCEEDED', err.message);
   if (err.status >= 400 && err.status < 500) return new ApiError('ERR_INVALID_REQUEST', err.message);
-  if (err.status === 503) return new ApiError('ERR_NO_WORKER', err.message);
+  if (err.status === 503) return new ApiError('ERR_WORKER_UNAVAILABLE', err.message); // a worker that was chosen, then lost
   return new ApiError('ERR_WORKER_FAILED', `${err.code}: ${err.message}`);
 }
 

@@ -128,7 +128,6 @@ async function main(): Promise<void> {
   app.log.info(describeSamplingDefaults(sampling));
   if (reasoningParser) app.log.info(describeReasoningParser(reasoningParser, tokenizer));
   await pool.start?.(app.log); // it logs through the app's logger
-  app.addHook('onClose', () => pool.close?.());
   const url = await app.listen({ host: cfg.host, port: cfg.port });
 
   let stopping = false;

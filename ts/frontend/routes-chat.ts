@@ -10,7 +10,7 @@
 // processor's chat template, which names the field at fault).
 import type { FastifyPluginAsync } from 'fastify';
 import { encodeChatPrompt, ProcessorError, type ChatMessage } from '../processor/index.ts';
-import { checkChoices, checkModel, checkPromptSize } from './context.ts';
+import { checkChoices, checkModel, checkPromptSize, checkStopTokenIds } from './context.ts';
 import { ApiError } from './errors.ts';
 import { Generation } from './generation.ts';
 import { ChatShape } from './openai-shapes.ts';
@@ -34,6 +34,7 @@ export const chatRoutes: FastifyPluginAsync = async (app) => {
       throw new ApiError('ERR_INVALID_REQUEST', 'top_logprobs requires logprobs to be true', 'top_logprobs');
     }
     checkChoices(ctx, 1, body.n ?? 1, 'messages');
+    checkStopTokenIds(ctx, body.stop_token_ids);
     if (ctx.chatTemplate instanceof ProcessorError) throw ctx.chatTemplate;
     // 2. The prompt.
     const { promptTokenIds } = await encodeChatPrompt(

@@ -7,7 +7,7 @@
 // together with logprobs (prompt logprobs are not computed by the engine: 400).
 import type { FastifyPluginAsync } from 'fastify';
 import { encodeCompletionPrompt, type TextTokenizer } from '../processor/index.ts';
-import { checkChoices, checkModel, checkPromptSize } from './context.ts';
+import { checkChoices, checkModel, checkPromptSize, checkStopTokenIds } from './context.ts';
 import { ApiError } from './errors.ts';
 import { Generation } from './generation.ts';
 import { requestId } from './ids.ts';
@@ -33,6 +33,7 @@ export const completionRoutes: FastifyPluginAsync = async (app) => {
     // 2. The prompts.
     const inputs = batchOf(body.prompt);
     checkChoices(ctx, inputs.length, body.n ?? 1, 'prompt');
+    checkStopTokenIds(ctx, body.stop_token_ids);
     const param = (i: number) => (inputs.length > 1 ? `prompt[${i}]` : 'prompt');
     const prompts = await Promise.all(
       inputs.map(async (p, i) => {

@@ -89,9 +89,27 @@ export class ChatTemplate {
     try {
       return this.template.render(context);
     } catch (err) {
-      throw new ProcessorError('ERR_CHAT_TEMPLATE_RENDER', `chat template error: ${(err as Error).message}`, 'messages');
+      // The field at fault: chat_template_kwargs when the messages render without them.
+      const kwargs = options.templateKwargs !== undefined && Object.keys(options.templateKwargs).length > 0;
+      const param = kwargs && this.renders(withoutKwargs(context, options.templateKwargs!)) ? 'chat_template_kwargs' : 'messages';
+      throw new ProcessorError('ERR_CHAT_TEMPLATE_RENDER', `chat template error: ${(err as Error).message}`, param);
     }
   }
+
+  private renders(context: Record<string, unknown>): boolean {
+    try {
+      this.template.render(context);
+      return true;
+    } catch {
+      return false;
+    }
+  }
+}
+
+// The render context without the request's extra keys (the reserved ones it may not override stay).
+function withoutKwargs(context: Record<string, unknown>, kwargs: Readonly<Record<string, unknown>>): Record<string, unknown> {
+  const reserved = new Set(['messages', 'add_generation_prompt', 'bos_token', 'eos_token']);
+  return Object.fromEntries(Object.entries(context).filter(([k]) => reserved.has(k) || !(k in kwargs)));
 }
 
 function toTemplateMessage(message: ChatMessage, index: number): TemplateMessage {
