@@ -7,11 +7,13 @@
 // Delivery is at least once: a prefill worker that dies mid-job stops renewing its lock, the job
 // is stalled after lockDurationMs and handed to another worker (up to MAX_ATTEMPTS attempts).
 // The claim makes late writes impossible. A job's claim moves, by atomic compare-and-set, from
-//   pending --(prefill worker, just before writing)--> writing:<prefill worker id>/<instance id>
-//   pending --(decode worker: deadline passed, or request aborted)--> local | aborted
+//   pending --(prefill worker P, when it starts the job)--> taken:P   (P = <worker id>/<instance id>)
+//   taken:Q --(prefill worker P: BullMQ handed it the job, Q lost its lock)--> taken:P
+//   taken:P --(P, just before writing)--> writing:P
+//   pending | taken:P --(decode worker: deadline passed, request aborted, or P's lease gone)--> local | aborted
 //   writing:P --(decode worker, once P's lease is gone or held by another instance)--> local | aborted
-// so once the decode worker has moved a claim off `pending`, no prefill worker starts a write,
-// and while it reads `writing:P` it keeps the blocks until P's notification or P's death.
+// so once the decode worker has moved a claim off `pending` / `taken:P`, no prefill worker starts
+// a write, and while it reads `writing:P` it keeps the blocks until P's notification or P's death.
 // Stays true: every key expires (claims after CLAIM_TTL_MS); a Redis error rejects the call
 // (callers decide: the decode side falls back to local prefill).
 import { Queue, Worker, type Job } from 'bullmq';
@@ -22,7 +24,7 @@ export const PREFILL_QUEUE = 'prefill';
 export const MAX_ATTEMPTS = 3;
 export const CLAIM_TTL_MS = 10 * 60_000;
 
-export type ClaimState = 'pending' | 'local' | 'aborted' | `writing:${string}`;
+export type ClaimState = 'pending' | 'local' | 'aborted' | `taken:${string}` | `writing:${string}`;
 
 // Sets KEYS[1] to ARGV[2] (with a TTL of ARGV[3] ms) if it holds ARGV[1]; returns 1 if it did.
 const CAS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end return 0`;
@@ -56,6 +58,18 @@ export class PrefillClaims {
 
   async move(requestId: string, from: ClaimState, to: ClaimState): Promise<boolean> {
     return (await this.redis.eval(CAS, 1, this.key(requestId), from, to, String(CLAIM_TTL_MS))) === 1;
+  }
+
+  // Prefill side: takes the job for `taken` (taken:<me>) from `pending`, or from the prefill
+  // worker that held it before (BullMQ redelivers a job only once its holder lost the lock).
+  // False when the decode worker has taken it back (or the claim expired).
+  async take(requestId: string, taken: ClaimState): Promise<boolean> {
+    for (let tries = 0; tries < 3; tries++) {
+      const state = await this.get(requestId);
+      if (state === null || !(state === 'pending' || state.startsWith('taken:'))) return false;
+      if (await this.move(requestId, state, taken)) return true;
+    }
+    return false;
   }
 
   async remove(requestId: string): Promise<void> {

@@ -12,13 +12,17 @@
 //      its reason); local: completeExternalKv(false), the engine prefills from its cache;
 //   4. remote: claim `pending`, push the job (queue/prefill-queue.ts) and wait for the prefill
 //      worker's notification (completeExternalKv(true)), or for the deadline: then the claim
-//      is taken back (pending -> local) and the engine prefills locally. A client abort of a
-//      parked request takes the claim back the same way before the engine frees the blocks,
-//      so no prefill worker ever writes into blocks that were given to someone else.
+//      is taken back (pending | taken:P -> local) and the engine prefills locally. While jobs
+//      wait, their claims are read every LEASE_CHECK_MS: a job taken by a prefill worker whose
+//      lease has lapsed (dead, stopped, partitioned, or restarted as another instance) is
+//      taken back at once the same way, not at its deadline. A client abort of a parked
+//      request takes the claim back the same way before the engine frees the blocks, so no
+//      prefill worker ever writes into blocks that were given to someone else.
 // Prefill side (PrefillJobRunner), per job: drop it if past its deadline or if the decode
-// worker restarted; run the prompt prefill-only, reading first the decode worker's cached
-// blocks this worker lacks; claim pending -> writing:<me> (else someone gave up on the job:
-// drop it); write the new blocks with the notification; release the held blocks.
+// worker restarted; take its claim (pending or a former holder's -> taken:<me>; else the decode
+// worker took it back: drop it); run the prompt prefill-only, reading first the decode worker's
+// cached blocks this worker lacks; claim taken:<me> -> writing:<me> (else someone gave up on
+// the job: drop it); write the new blocks with the notification; release the held blocks.
 // Owns: the decode side's pending remote prefills and its counters.
 // Stays true: a parked request ends in exactly one of: notified, fallen back, aborted; a
 // duplicate or late notification is ignored.
@@ -43,6 +47,7 @@ export interface KvTransfer {
 export type Log = (level: 'debug' | 'info' | 'warn', msg: string) => void;
 
 const SETTLE_RETRY_MS = 250;
+const LEASE_CHECK_MS = 500;
 
 export function newDisaggCounters(): DisaggCounters {
   return {
@@ -91,8 +96,39 @@ export interface DecoderOptions {
 export class RemotePrefillDecoder {
   readonly counters: DisaggCounters = newDisaggCounters();
   private readonly pending = new Map<string, Pending>();
+  private leaseCheck: NodeJS.Timeout | undefined;
+  private checking = false;
 
   constructor(private readonly opts: DecoderOptions) {}
+
+  // Runs while some job waits: takes back the jobs whose prefill worker's lease has lapsed.
+  private watchLeases(): void {
+    if (this.leaseCheck) return;
+    this.leaseCheck = setInterval(() => void this.checkLeases(), LEASE_CHECK_MS);
+    this.leaseCheck.unref();
+  }
+
+  private async checkLeases(): Promise<void> {
+    const pushed = [...this.pending].filter(([, p]) => p.state === 'pushed' && !p.settling);
+    if (pushed.length === 0) {
+      clearInterval(this.leaseCheck);
+      this.leaseCheck = undefined;
+      return;
+    }
+    if (this.checking) return;
+    this.checking = true;
+    try {
+      for (const [id, p] of pushed) {
+        const state = await this.opts.claims.get(id).catch(() => null);
+        if (!state?.startsWith('taken:') || this.pending.get(id) !== p || p.settling) continue;
+        const holder = state.slice('taken:'.length);
+        if (await this.opts.isWriterAlive(holder).catch(() => true)) continue;
+        void this.settle(id as RequestId, p, `its prefill worker ${holder} lost its lease`);
+      }
+    } finally {
+      this.checking = false;
+    }
+  }
 
   // Like Engine.generate: throws synchronously when the engine refuses the request.
   generate(body: GenerateRequest, signal: AbortSignal): AsyncIterable<RequestOutput> {
@@ -223,16 +259,18 @@ export class RemotePrefillDecoder {
       await this.opts.queue.push(job);
     } catch (err) {
       log('debug', `${id}: cannot queue the job (${(err as Error).message}): taking its claim back`);
-      return this.settle(id, p);
+      return this.settle(id, p, 'the job could not be queued');
     }
     log('debug', `${id}: prefill remote: uncached ${uncached} > ${maxLocalPrefillLength}, ${job.block_ids.length - job.computed_block_count} blocks to write`);
-    p.timer = setTimeout(() => void this.settle(id, p), this.opts.deadlineMs);
+    p.timer = setTimeout(() => void this.settle(id, p, 'it missed its deadline'), this.opts.deadlineMs);
+    this.watchLeases();
     if (p.aborted) void this.settle(id, p);
   }
 
-  // Takes the claim back (pending -> local/aborted; writing:P -> ... once P is dead), then
-  // prefills locally or aborts. Retries while Redis is away; a notification meanwhile wins.
-  private async settle(id: RequestId, p: Pending): Promise<void> {
+  // Takes the claim back (pending or taken:P -> local/aborted; writing:P -> ... once P is dead),
+  // then prefills locally (saying why) or aborts. Retries while Redis is away; a notification
+  // meanwhile wins.
+  private async settle(id: RequestId, p: Pending, why = 'the request was aborted'): Promise<void> {
     if (p.settling) return;
     p.settling = true;
     clearTimeout(p.timer);
@@ -243,7 +281,9 @@ export class RemotePrefillDecoder {
         if (!(await this.opts.claims.move(id, 'pending', to))) {
           state = await this.opts.claims.get(id);
           if (state === null) break; // expired: nobody holds it any more
-          if (state.startsWith('writing:')) {
+          if (state.startsWith('taken:')) {
+            if (!(await this.opts.claims.move(id, state, to))) continue; // its holder moved on: look again
+          } else if (state.startsWith('writing:')) {
             const writer = state.slice('writing:'.length);
             if (await this.opts.isWriterAlive(writer)) {
               await new Promise((r) => setTimeout(r, SETTLE_RETRY_MS));
@@ -263,7 +303,7 @@ export class RemotePrefillDecoder {
     this.pending.delete(id);
     if (p.aborted) return this.opts.engine.abort(id);
     this.counters.fallbacks++;
-    this.opts.log('info', `${id}: remote prefill missed its deadline: prefilling locally`);
+    this.opts.log('info', `${id}: remote prefill given up (${why}): prefilling locally`);
     this.opts.engine.completeExternalKv(id, false);
   }
 
@@ -296,6 +336,8 @@ export class PrefillJobRunner {
     if (Date.now() > job.deadline_ms) return this.drop(id, 'past its deadline');
     const peer = await this.peer(job);
     if (!peer) return this.drop(id, `decode worker ${job.decode_worker_id} restarted or left`);
+    const taken: ClaimState = `taken:${workerId}/${this.opts.instanceId}`;
+    if (!(await claims.take(id, taken))) return this.drop(id, 'the decode worker took it back');
 
     const localId = `${id}#prefill-${attempt}`;
     const first = job.computed_block_count;
@@ -330,7 +372,7 @@ export class PrefillJobRunner {
       if (!held) throw new Error(`prefill of ${id} ended without its blocks`);
       if (Date.now() > job.deadline_ms) return this.drop(id, 'computed after its deadline');
       const writing: ClaimState = `writing:${workerId}/${this.opts.instanceId}`;
-      if (!(await claims.move(id, 'pending', writing))) return this.drop(id, 'the decode worker took it back');
+      if (!(await claims.move(id, taken, writing))) return this.drop(id, 'the decode worker took it back');
       // The blocks, then (so the notification can say how long they took) the notification: the
       // agent delivers a peer's notifications after the data of its earlier writes.
       const written = held.length - first;
@@ -347,7 +389,7 @@ export class PrefillJobRunner {
         };
         await transfer.write(new Int32Array(0), peer, new Int32Array(0), JSON.stringify(done));
       } catch (err) {
-        await claims.move(id, writing, 'pending').catch(() => undefined); // a retry or the fallback takes it
+        await claims.move(id, writing, taken).catch(() => undefined); // a retry or the fallback takes it
         throw err;
       }
       this.counters.prefill_jobs++;
