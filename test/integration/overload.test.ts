@@ -5,6 +5,9 @@
 //   after SIGCONT the stopped worker frees the aborted requests' blocks and is routed to again.
 // - every worker busy and --router-queue-threshold 0: 503 `overloaded` with Retry-After at once,
 //   counted in /metrics.
+// - fair admission: a request with n = 64 on a worker with 4 slots runs at most 16 of its choices
+//   at once, and a small request that comes after it is served within a few of its choices' time,
+//   not after all 64.
 // - --request-timeout: a request past it fails with 504 `deadline_exceeded` (unary) or an error
 //   event (stream), and its blocks are freed on the worker.
 // Deployments run the reference CPU kernels, so a migrated greedy stream is exact (see
@@ -187,6 +190,27 @@ describe('overload and deadlines', () => {
     const metrics = await (await fetch(`${dep.url}/metrics`)).text();
     expect(metrics).toMatch(/^kvserve:router_rejected_total\{[^}]*reason="queue_full"[^}]*\} [1-9]/m);
   }, 60_000);
+
+  it('a request with n = 64 completes every choice, and a small request after it does not wait for all of them', async () => {
+    const fair = await start(['--workers', '1', '--max-num-seqs', '4']);
+    try {
+      const t0 = performance.now();
+      const big = client(fair.url).completions.create({
+        model: modelDir, prompt: promptTokens(800, 16), max_tokens: 40, n: 64, temperature: 1, seed: 7, ignore_eos: true,
+      } as OpenAI.CompletionCreateParamsNonStreaming).then((r) => ({ r, ms: performance.now() - t0 }));
+      await new Promise((r) => setTimeout(r, 150));
+      const s0 = performance.now();
+      const small = await client(fair.url).completions.create({ model: modelDir, prompt: 'Hello', max_tokens: 4 });
+      const smallMs = performance.now() - s0;
+      const { r, ms: bigMs } = await big;
+      expect(small.choices[0]!.finish_reason).toBe('length');
+      expect(r.choices.map((c) => c.index).sort((a, b) => a - b)).toEqual(Array.from({ length: 64 }, (_, i) => i));
+      expect(r.usage?.completion_tokens).toBe(64 * 40);
+      expect(smallMs).toBeLessThan(bigMs / 3);
+    } finally {
+      await fair.stop();
+    }
+  }, 120_000);
 
   it('a request past --request-timeout fails with 504 (unary) or an error event (stream), and frees its blocks', async () => {
     const address = workerAddresses(dep).get('worker-0')!;

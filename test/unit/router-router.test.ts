@@ -336,6 +336,26 @@ describe('KvRouter: capacity and the wait queue', () => {
     await expect(full.route({ requestId: rid('r3'), blockHashes: [] })).rejects.toMatchObject({ reason: 'closed' });
   });
 
+  it("gives a freed slot to the waiting group with the fewest in flight, not to a big request's next choice", async () => {
+    const router = routerWith({ a: [] }, {}, { a: { requestTotalSlots: 1 } });
+    const big = (i: number) => router.route({ requestId: rid(`big-${i}`), blockHashes: [], group: 'big' });
+    await big(0);
+    await big(1); // 2 requests for 1 slot: a is full now
+    const order: string[] = [];
+    const waiting = [2, 3, 4].map((i) => big(i).then(() => order.push(`big-${i}`)));
+    const small = router.route({ requestId: rid('small'), blockHashes: [], group: 'small' }).then(() => order.push('small'));
+    expect(router.metrics().queueDepth).toBe(4);
+    router.finish(rid('big-0'));
+    await small;
+    expect(order).toEqual(['small']); // big holds 1, small 0: small goes first though it came last
+    router.finish(rid('big-1'));
+    router.finish(rid('small'));
+    router.finish(rid('big-2'));
+    router.finish(rid('big-3'));
+    await Promise.all(waiting);
+    expect(order).toEqual(['small', 'big-2', 'big-3', 'big-4']); // then in arrival order
+  });
+
   it('--active-decode-blocks-threshold: a worker above that share of its cache is busy', async () => {
     const router = routerWith({ a: [], b: [] }, { activeDecodeBlocksThreshold: 0.5, maxQueued: 0 });
     router.updateLoad(wid('a'), load({ kv_active_blocks: 51, request_active_slots: 1 }));

@@ -3,11 +3,15 @@
 // AbortController.
 //
 // Lifecycle:
-//   start()  every choice gets a worker and is accepted by it (its first delta is awaited), so a
-//            refusal (no worker, prompt too long for the engine) is still an HTTP error before
-//            any byte of the response is written; the first refusal aborts the other choices;
+//   start()  the first MAX_CHOICES_IN_FLIGHT choices get a worker and are accepted by it (their
+//            first delta is awaited), so a refusal (no worker, prompt too long for the engine)
+//            is still an HTTP error before any byte of the response is written; the first
+//            refusal aborts the other choices;
 //   run()    streams every choice to its end, calling onDelta for each delta with something to
-//            show; a stop string aborts that choice's engine request (abortEngine);
+//            show; a stop string aborts that choice's engine request (abortEngine); each choice
+//            that ends starts the next one not yet started, so one request never holds more
+//            than MAX_CHOICES_IN_FLIGHT engine requests (with the router's fair queue, a request
+//            with n = 128 does not hold back the requests that come after it);
 //   abort()  (client gone) aborts every engine request; streams then end as 'abort'.
 // Migration (--migration-limit, DESIGN.md section 8): when a choice's worker goes away after its
 // stream began (the request plane's ERR_WORKER_UNAVAILABLE, or over HTTP ERR_WORKER_STREAM), the
@@ -42,6 +46,8 @@ import type { WorkerPool, WorkerSelection } from './worker-pool.ts';
 
 // Workers tried for one choice before a request-plane failure becomes the client's error.
 const MAX_WORKER_ATTEMPTS = 3;
+// Engine requests one HTTP request holds at once (n times its prompts beyond it wait their turn).
+export const MAX_CHOICES_IN_FLIGHT = 16;
 // How long a stalled choice's worker has to answer its probe.
 const STALL_PROBE_TIMEOUT_MS = 1000;
 
@@ -168,7 +174,7 @@ export class Generation {
       this.watchdog.unref();
     }
     const results = await Promise.allSettled(
-      this.choices.map((c) =>
+      this.choices.slice(0, MAX_CHOICES_IN_FLIGHT).map((c) =>
         this.startChoice(c).catch((err) => {
           this.abort();
           throw err;
@@ -228,10 +234,18 @@ export class Generation {
   }
 
   private async runChoices(onDelta: (d: ChoiceDelta) => void): Promise<void> {
+    const later = this.choices.slice(MAX_CHOICES_IN_FLIGHT);
+    // One lane per started choice: when its choice ends, it starts and runs the next waiting one.
+    const lane = async (first: Choice) => {
+      for (let c: Choice | undefined = first; c !== undefined; c = later.shift()) {
+        if (c !== first) await this.startLater(c);
+        await this.runChoice(c, onDelta);
+      }
+    };
     try {
       await Promise.all(
-        this.choices.map((c) =>
-          this.runChoice(c, onDelta).catch((err) => {
+        this.choices.slice(0, MAX_CHOICES_IN_FLIGHT).map((c) =>
+          lane(c).catch((err) => {
             this.abort();
             throw err;
           }),
@@ -291,12 +305,21 @@ export class Generation {
     }
   }
 
+  // A choice started after others ended; one the request aborted meanwhile just ends as 'abort'.
+  private async startLater(c: Choice): Promise<void> {
+    if (c.abort.signal.aborted) {
+      c.first = { done: true, value: undefined };
+      return;
+    }
+    await this.startChoice(c);
+  }
+
   // Selects a worker for the choice's current engine request and opens its stream: the prompt,
   // and after a migration the outputs so far.
   private async place(c: Choice): Promise<void> {
     const promptTokenIds = this.plan.prompts[c.promptIndex];
     try {
-      c.selection = await this.deps.pool.select(promptTokenIds, c.engineRequestId, c.abort.signal);
+      c.selection = await this.deps.pool.select(promptTokenIds, c.engineRequestId, { signal: c.abort.signal, group: this.id });
     } catch (err) {
       if (!c.abort.signal.aborted) throw err;
       throw this.deadlineError() ?? new ApiError('ERR_CANCELLED', 'the request was cancelled while it waited for a worker');

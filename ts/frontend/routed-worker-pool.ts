@@ -23,7 +23,7 @@ import { EventPlaneConsumer } from '../runtime/event-plane.ts';
 import { WorkerClient } from '../runtime/request-client.ts';
 import { ApiError } from './errors.ts';
 import { DEFAULT_HEALTH, HealthMonitor, type HealthSettings } from './worker-health.ts';
-import { overloadError, type OverloadSettings, type WorkerPool, type WorkerSelection } from './worker-pool.ts';
+import { overloadError, type OverloadSettings, type SelectOptions, type WorkerPool, type WorkerSelection } from './worker-pool.ts';
 
 const PREDICTION_GRACE_MS = 2000;
 
@@ -157,7 +157,7 @@ export class RoutedWorkerPool implements WorkerPool {
     return this.members.size > 0 && this.connected();
   }
 
-  async select(promptTokenIds: readonly number[], requestId: RequestId, signal?: AbortSignal): Promise<WorkerSelection> {
+  async select(promptTokenIds: readonly number[], requestId: RequestId, opts: SelectOptions = {}): Promise<WorkerSelection> {
     if (!this.connected()) throw new ApiError('ERR_REDIS_UNAVAILABLE', 'the routing service (Redis) is unavailable; retry shortly');
     let hashes = this.hashes.get(promptTokenIds); // the n choices of one prompt share its hashes
     if (hashes === undefined) {
@@ -165,7 +165,7 @@ export class RoutedWorkerPool implements WorkerPool {
       this.hashes.set(promptTokenIds, hashes);
     }
     try {
-      const d = await this.router.route({ requestId, blockHashes: hashes, promptTokens: promptTokenIds.length, signal });
+      const d = await this.router.route({ requestId, blockHashes: hashes, promptTokens: promptTokenIds.length, ...opts });
       const m = this.members.get(d.workerId);
       if (!m) throw new ApiError('ERR_NO_WORKER', `worker ${d.workerId} has left`);
       this.log.debug({ requestId, workerId: d.workerId, prefixHitRate: d.prefixHitRate, overlapBlocks: d.overlapBlocks, requestBlocks: d.requestBlocks }, 'routed');

@@ -30,14 +30,18 @@ export interface WorkerSelection {
 // --active-prefill-tokens-threshold, --router-queue-threshold).
 export type OverloadSettings = Pick<RouterSettings, 'activeDecodeBlocksThreshold' | 'activePrefillTokensThreshold' | 'maxQueued' | 'queueTimeoutMs'>;
 
+export interface SelectOptions {
+  signal?: AbortSignal; // aborting it while the request waits for a worker with room withdraws it
+  group?: string; // the HTTP request the engine request belongs to (fair queueing, router.ts)
+}
+
 export interface WorkerPool {
   // Starts background work (discovery, the health probe's logging); logs through `log`.
   start?(log: FastifyBaseLogger): Promise<void>;
   workers(): WorkerInfo[];
   // True once some worker serves the model.
   ready(): boolean;
-  // signal: aborting it while the request waits for a worker with room withdraws it.
-  select(promptTokenIds: readonly number[], requestId: RequestId, signal?: AbortSignal): Promise<WorkerSelection>;
+  select(promptTokenIds: readonly number[], requestId: RequestId, opts?: SelectOptions): Promise<WorkerSelection>;
   // The engine request's first output came: its prompt is no longer waiting for prefill.
   prefilled?(requestId: RequestId): void;
   release(workerId: WorkerId, requestId: RequestId): void;
@@ -115,10 +119,10 @@ export class StaticWorkerPool implements WorkerPool {
     return this.serving.size > 0;
   }
 
-  async select(promptTokenIds: readonly number[], requestId: RequestId, signal?: AbortSignal): Promise<WorkerSelection> {
+  async select(promptTokenIds: readonly number[], requestId: RequestId, opts: SelectOptions = {}): Promise<WorkerSelection> {
     if (this.serving.size === 0) throw new ApiError('ERR_NO_WORKER', 'no worker is serving this model');
     try {
-      const d = await this.router.route({ requestId, blockHashes: [], promptTokens: promptTokenIds.length, signal });
+      const d = await this.router.route({ requestId, blockHashes: [], promptTokens: promptTokenIds.length, ...opts });
       const w = this.serving.get(d.workerId)!;
       return { worker: w.info, client: w.client, prefixHitRate: 0 };
     } catch (err) {

@@ -52,10 +52,14 @@
 // router's own count: a routed request adds its prompt tokens beyond the cached overlap, and
 // prefilled() (its first output) or finish() takes them off.
 // An idle worker always takes the request (the engine rejects a prompt that can never fit), so a
-// large request cannot wait forever. When every worker is skipped, the request waits in a FIFO
-// queue; the queue is retried in order after finish(), updateLoad() and addWorker(), and stops at
-// the first request that still does not fit (strict FIFO: a large request is not starved by
-// small ones behind it). A new request waits behind a non-empty queue.
+// large request cannot wait forever. When every worker is skipped, the request waits in the
+// queue; the queue is retried after finish(), prefilled(), updateLoad() and addWorker(), always
+// with its fairest request first: the one whose group (RouteRequest.group: the HTTP request its
+// choices belong to) has the fewest requests in flight, the oldest among equals; retrying stops
+// at the first that still does not fit (so a large request is not starved by small ones behind
+// it), and a new request waits behind a non-empty queue. So one HTTP request with many choices
+// waiting does not hold back another that has none in flight: each freed slot goes to the group
+// with the least.
 //
 // Settings (ranges):
 //   blockSize       integer >= 1, required: a worker announcing another block size is refused
@@ -104,6 +108,7 @@ export interface RouteRequest {
   requestId: RequestId;
   blockHashes: readonly BlockHash[]; // the prompt's full blocks, chained (DESIGN.md section 5)
   promptTokens?: number; // the prompt's length, for the prefill-token threshold; default n * blockSize
+  group?: string; // fairness in the queue (see the header); default: the request's own id
   signal?: AbortSignal; // aborting while queued withdraws the request (rejects with signal.reason)
 }
 
@@ -167,6 +172,7 @@ interface InFlight {
   readonly newBlocks: number;
   readonly requestBlocks: number; // n: every block the request holds on its worker, cached ones too
   readonly seq: number;
+  readonly group: string;
   prefillTokens: number; // 0 once prefilled
 }
 
@@ -191,7 +197,8 @@ export class KvRouter {
   readonly #predicted: PredictedPrefixes; // running requests' prefixes (held blocks); with a grace, predictions
   readonly #predictOverlap: boolean;
   readonly #now: () => number;
-  readonly #queue: Waiting[] = [];
+  readonly #queue: Waiting[] = []; // in arrival order
+  readonly #groupInFlight = new Map<string, number>();
   #joinSeq = 0;
   #routeSeq = 0;
   #closed = false;
@@ -367,6 +374,9 @@ export class KvRouter {
     this.#inFlight.delete(requestId);
     this.#predicted.finish(requestId, this.#now());
     const worker = flight.worker;
+    const left = (this.#groupInFlight.get(flight.group) ?? 1) - 1;
+    if (left > 0) this.#groupInFlight.set(flight.group, left);
+    else this.#groupInFlight.delete(flight.group);
     worker.prefillTokens -= flight.prefillTokens;
     worker.recentFinishes.push({ at: this.#now(), blocks: flight.requestBlocks }); // kv_active_blocks counted them all
     if (flight.seq > worker.reportSeq) {
@@ -466,7 +476,9 @@ export class KvRouter {
     worker.pendingRequests += 1;
     worker.routed++;
     worker.overlapBlocks += overlap;
-    this.#inFlight.set(request.requestId, { worker, newBlocks, requestBlocks: n, seq: ++this.#routeSeq, prefillTokens });
+    const group = request.group ?? request.requestId;
+    this.#groupInFlight.set(group, (this.#groupInFlight.get(group) ?? 0) + 1);
+    this.#inFlight.set(request.requestId, { worker, newBlocks, requestBlocks: n, seq: ++this.#routeSeq, group, prefillTokens });
     this.#predicted.add(request.requestId, worker.workerId, hashes);
     this.#decisions++;
     this.#requestBlocks += n;
@@ -480,9 +492,24 @@ export class KvRouter {
     }
   }
 
+  // The waiting request to try first: the oldest of the group with the fewest in flight.
+  #fairest(): Waiting {
+    let best = this.#queue[0];
+    let bestCount = Infinity;
+    for (const w of this.#queue) {
+      const count = this.#groupInFlight.get(w.request.group ?? w.request.requestId) ?? 0;
+      if (count < bestCount) {
+        best = w;
+        bestCount = count;
+        if (count === 0) break;
+      }
+    }
+    return best;
+  }
+
   #drainQueue(): void {
     while (this.#queue.length > 0) {
-      const head = this.#queue[0];
+      const head = this.#fairest();
       let decision: RouteDecision | undefined;
       try {
         decision = this.#place(head.request);
