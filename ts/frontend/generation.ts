@@ -14,7 +14,8 @@
 //            with n = 128 does not hold back the requests that come after it);
 //   abort()  (client gone) aborts every engine request; streams then end as 'abort'.
 // Migration (--migration-limit, DESIGN.md section 8): when a choice's worker goes away after its
-// stream began (the request plane's ERR_WORKER_UNAVAILABLE, or over HTTP ERR_WORKER_STREAM), the
+// stream began (the request plane's ERR_WORKER_UNAVAILABLE, over HTTP ERR_WORKER_STREAM, or an
+// error delta: the engine failed the request it had accepted, ERR_ENGINE_FAILED), the
 // worker is reported unavailable to the pool, its selection released, and the choice sent again
 // to another worker as a new engine request `<requestId>-m<k>`: the original prompt, the token
 // ids the choice got so far as outputTokenIds, the same sampling (max_tokens the original total).
@@ -82,9 +83,11 @@ export interface GenerationDeps {
   log?: FastifyBaseLogger; // one info line per migration
 }
 
-// The request plane's errors that mean the worker's connection went away mid-request.
+// The errors that mean the worker's connection went away mid-request, or its engine failed the
+// request after accepting it (a tensor-parallel rank that died takes its group down so): another
+// worker may finish it.
 function workerGone(err: unknown): boolean {
-  return err instanceof RequestPlaneError && (err.code === 'ERR_WORKER_UNAVAILABLE' || err.code === 'ERR_WORKER_STREAM');
+  return err instanceof RequestPlaneError && (err.code === 'ERR_WORKER_UNAVAILABLE' || err.code === 'ERR_WORKER_STREAM' || err.code === 'ERR_ENGINE_FAILED');
 }
 
 class Choice {
@@ -374,6 +377,10 @@ export class Generation {
   private async receive(c: Choice): Promise<IteratorResult<GenerateDelta>> {
     const r = await c.stream!.next();
     if (c.stalled) throw c.stalled;
+    const d = r.done ? undefined : r.value;
+    if (d && (d.error || d.finishReason === 'error')) {
+      throw new RequestPlaneError(502, 'ERR_ENGINE_FAILED', `the engine failed: ${d.error?.code ?? 'ERR_ENGINE'}: ${d.error?.message ?? 'unknown error'}`);
+    }
     c.lastActivityAt = performance.now();
     return r;
   }
@@ -433,9 +440,6 @@ export class Generation {
 
   // Feeds one delta of choice c; true once the choice has finished.
   private handle(c: Choice, d: GenerateDelta, onDelta: (d: ChoiceDelta) => void): boolean {
-    if (d.error || d.finishReason === 'error') {
-      throw new ApiError('ERR_WORKER_FAILED', `the engine failed: ${d.error?.code ?? 'ERR_ENGINE'}: ${d.error?.message ?? 'unknown error'}`);
-    }
     if (d.tokenIds.length > 0) {
       const now = performance.now();
       this.firstTokenAt ??= now;
@@ -447,7 +451,7 @@ export class Generation {
       const cap = this.deps.migration?.maxSeqLen;
       if (cap !== undefined && this.plan.prompts[c.promptIndex].length + c.outputTokenIds.length > cap) c.outputTokenIds = null;
     }
-    const out = c.processor.feed(d.tokenIds, d.finishReason ?? null);
+    const out = c.processor.feed(d.tokenIds, d.finishReason === 'error' ? null : (d.finishReason ?? null)); // 'error' threw in receive()
     if (out.abortEngine) c.abort.abort();
     // The token that ended the sequence in the engine is not shown, so neither is its logprob.
     let logprobs: readonly TokenLogprobs[] | null = null;
