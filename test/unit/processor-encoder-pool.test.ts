@@ -51,3 +51,38 @@ describe('EncoderPool', () => {
     expect(ticks).toBeGreaterThan(ms / 5 / 4);
   });
 });
+
+describe('EncoderPool.parseJson', () => {
+  const inline = () => EncoderPool.inline(tokenizer);
+  const big = (o: unknown) => Buffer.from(JSON.stringify(o));
+
+  it('parses large bodies on a thread and small ones inline, to the value JSON.parse gives', async () => {
+    const body = { messages: [{ role: 'user', content: 'ünïcödé 🙂 '.repeat(200) }], n: 2, stop: ['x'] };
+    for (const p of [pool, inline()]) {
+      expect(await p.parseJson(big(body))).toEqual(body);
+      expect(await p.parseJson(big({ a: 1 }))).toEqual({ a: 1 });
+    }
+  });
+
+  it('refuses bytes that are not UTF-8 or not JSON, naming which, on a thread as inline', async () => {
+    const pad = Buffer.from('"' + 'x'.repeat(200));
+    for (const p of [pool, inline()]) {
+      await expect(p.parseJson(Buffer.concat([pad, Buffer.from([0xff, 0xfe]), Buffer.from('"')]))).rejects.toMatchObject({ code: 'ERR_INVALID_UTF8' });
+      await expect(p.parseJson(Buffer.concat([Buffer.from('{"a": '), pad]))).rejects.toMatchObject({ code: 'ERR_INVALID_JSON' });
+    }
+  });
+
+  it('with a screen, refuses a prompt whose size alone cannot fit, without sending the body back', async () => {
+    const maxModelLen = 64;
+    const long = 'y'.repeat(pool.maxTokenBytes * maxModelLen);
+    const chat = { messages: [{ role: 'system', content: 'be brief' }, { role: 'user', content: [{ type: 'text', text: long }] }] };
+    const batch = { prompt: ['short', long] };
+    for (const p of [pool, inline()]) {
+      await expect(p.parseJson(big(chat), { kind: 'chat', maxModelLen })).rejects.toMatchObject({ name: 'PromptTooLongError', size: { param: 'messages', atLeast: maxModelLen + 1 } });
+      await expect(p.parseJson(big(batch), { kind: 'completions', maxModelLen })).rejects.toMatchObject({ size: { param: 'prompt[1]', bytes: long.length } });
+      // One byte short of the bound passes, and token-id prompts are left to the exact count.
+      expect(await p.parseJson(big({ prompt: long.slice(1 + pool.maxTokenBytes) }), { kind: 'completions', maxModelLen })).toBeTruthy();
+      expect(await p.parseJson(big({ prompt: Array.from({ length: 500 }, () => 1) }), { kind: 'completions', maxModelLen })).toBeTruthy();
+    }
+  });
+});

@@ -22,13 +22,12 @@
 // that cannot be decoded and an HTTP/1.1 request without Host are 400s of the same shape;
 // bodies are JSON (application/json only), valid UTF-8, at most 32 MiB; ajv never coerces types;
 // closing the app aborts every generation in flight, so their streams end and close() returns.
-import { isUtf8 } from 'node:buffer';
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
-import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyServerOptions } from 'fastify';
-import { ChatTemplate, EncoderPool, ProcessorError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
-import type { FrontendContext } from './context.ts';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
+import { BodyParseError, ChatTemplate, EncoderPool, ProcessorError, PromptTooLongError, type ReasoningParserName, type SamplingDefaults, type TextTokenizer } from '../processor/index.ts';
+import { promptTooLong, type FrontendContext } from './context.ts';
 import { ApiError, retryAfterSeconds, toApiError } from './errors.ts';
 import type { MigrationSettings } from './generation.ts';
 import { FrontendMetrics } from './metrics.ts';
@@ -126,13 +125,18 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
 
   // Bodies: JSON only, checked for UTF-8 first (JSON.parse would silently turn bad bytes into U+FFFD).
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (_request, body: Buffer, done) => {
-    if (body.length === 0) return done(new ApiError('ERR_EMPTY_BODY', 'the request body is empty; send a JSON object'));
-    if (!isUtf8(body)) return done(new ApiError('ERR_INVALID_UTF8', 'the request body is not valid UTF-8'));
+  // Large bodies are decoded and parsed on the encoder threads (EncoderPool.parseJson), and one
+  // whose prompt cannot fit the context by its size alone is refused there.
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, async (request: FastifyRequest, body: Buffer) => {
+    if (body.length === 0) throw new ApiError('ERR_EMPTY_BODY', 'the request body is empty; send a JSON object');
+    const path = request.url.split('?')[0];
+    const kind = path === '/v1/chat/completions' ? 'chat' : path === '/v1/completions' ? 'completions' : undefined;
     try {
-      done(null, JSON.parse(body.toString('utf8')));
+      return await context.encoder.parseJson(body, kind && { kind, maxModelLen: context.maxModelLen });
     } catch (err) {
-      done(new ApiError('ERR_INVALID_JSON', `the request body is not valid JSON: ${(err as Error).message}`));
+      if (err instanceof BodyParseError) throw new ApiError(err.code, err.message);
+      if (err instanceof PromptTooLongError) throw promptTooLong(context, err.size);
+      throw err;
     }
   });
 

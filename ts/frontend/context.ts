@@ -5,7 +5,7 @@
 // Stays true: every generation in flight is in `active` until its response has ended, so closing
 // the server can abort them (their streams then end at once).
 import type { FastifyBaseLogger } from 'fastify';
-import type { ChatTemplate, EncoderPool, ProcessorError, ReasoningParserName, SamplingDefaults, TextTokenizer } from '../processor/index.ts';
+import type { ChatTemplate, EncoderPool, ProcessorError, PromptSize, ReasoningParserName, SamplingDefaults, TextTokenizer } from '../processor/index.ts';
 import { ApiError } from './errors.ts';
 import type { Generation, MigrationSettings } from './generation.ts';
 import type { FrontendMetrics } from './metrics.ts';
@@ -55,14 +55,18 @@ export function checkModel(ctx: FrontendContext, model: string | undefined): voi
 // tokenized (a token covers at most encoder.maxTokenBytes bytes), so a huge body costs nothing.
 export function checkPromptSize(ctx: FrontendContext, text: string, param: string): void {
   const atLeast = ctx.encoder.minTokens(text);
-  if (atLeast >= ctx.maxModelLen) {
-    throw new ApiError(
-      'ERR_CONTEXT_LENGTH_EXCEEDED',
-      `This model's maximum context length is ${ctx.maxModelLen} tokens. However, your ${param} is at least ${atLeast} tokens ` +
-        `(${Buffer.byteLength(text)} bytes, at most ${ctx.encoder.maxTokenBytes} per token). Please reduce the length of the ${param}.`,
-      param,
-    );
-  }
+  if (atLeast >= ctx.maxModelLen) throw promptTooLong(ctx, { param, atLeast, bytes: Buffer.byteLength(text) });
+}
+
+// The refusal of a prompt whose size alone cannot fit (checkPromptSize, or the body's screen).
+export function promptTooLong(ctx: FrontendContext, size: PromptSize): ApiError {
+  const { param, atLeast, bytes } = size;
+  return new ApiError(
+    'ERR_CONTEXT_LENGTH_EXCEEDED',
+    `This model's maximum context length is ${ctx.maxModelLen} tokens. However, your ${param} is at least ${atLeast} tokens ` +
+      `(${bytes} bytes, at most ${ctx.encoder.maxTokenBytes} per token). Please reduce the length of the ${param}.`,
+    param,
+  );
 }
 
 // n times the number of prompts is at most --max-choices-per-request (OpenAI's own cap on n is

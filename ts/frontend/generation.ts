@@ -292,8 +292,15 @@ export class Generation {
   // Picks a worker and waits for the choice's first delta. A worker that does not answer at all
   // (dead, or its lease not yet expired) is reported to the pool and another one is tried.
   private async startChoice(c: Choice): Promise<void> {
+    let lost: unknown; // the worker that did not answer, when another is tried
     for (let attempt = 1; ; attempt++) {
-      await this.place(c);
+      try {
+        await this.place(c);
+      } catch (err) {
+        // No other worker to try: the client hears of the one that did not answer.
+        if (lost !== undefined && err instanceof ApiError && err.code === 'ERR_NO_WORKER') throw lost;
+        throw err;
+      }
       try {
         c.first = await this.receive(c);
         if (!c.first.done) this.deps.pool.prefilled?.(c.engineRequestId);
@@ -302,6 +309,7 @@ export class Generation {
         const unavailable = err instanceof RequestPlaneError && err.code === 'ERR_WORKER_UNAVAILABLE';
         if (!unavailable || attempt >= MAX_WORKER_ATTEMPTS || c.abort.signal.aborted) throw err;
         const workerId = c.selection!.worker.workerId;
+        lost = err;
         await this.close(c);
         this.deps.pool.reportUnavailable?.(workerId);
       }

@@ -59,7 +59,8 @@ export interface WorkerPool {
 // The pool's error for a router refusal: no worker at all, or every one busy.
 export function overloadError(err: unknown): unknown {
   if (!(err instanceof RouterOverloadedError)) return err;
-  return new ApiError(err.reason === 'no_workers' ? 'ERR_NO_WORKER' : 'ERR_OVERLOADED', err.message);
+  if (err.reason === 'no_workers') return new ApiError('ERR_NO_WORKER', 'no worker is available: every worker serving this model is down or unreachable');
+  return new ApiError('ERR_OVERLOADED', err.message);
 }
 
 export interface StaticPoolOptions {

@@ -13,7 +13,7 @@ export {
 } from './tokenizer.js';
 export { ChatTemplate, type ChatMessage, type ChatRole, type ChatTextPart, type RenderOptions } from './chat-template.js';
 export { chatPrompt, completionPromptTokenIds, encodeChatPrompt, encodeCompletionPrompt, type ChatPrompt, type PromptEncoder } from './prompt.js';
-export { EncoderPool, type EncoderPoolOptions } from './encoder-pool.js';
+export { BodyParseError, EncoderPool, PromptTooLongError, type EncoderPoolOptions, type PromptScreen, type PromptSize } from './encoder-pool.js';
 export { IncrementalDetokenizer, type DetokenizerOptions } from './detokenizer.js';
 export { StopStringMatcher, maxStopStrings, type StopFeedResult, type StopStringOptions } from './stop-strings.js';
 export {

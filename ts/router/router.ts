@@ -59,7 +59,11 @@
 // at the first that still does not fit (so a large request is not starved by small ones behind
 // it), and a new request waits behind a non-empty queue. So one HTTP request with many choices
 // waiting does not hold back another that has none in flight: each freed slot goes to the group
-// with the least.
+// with the least. A request whose group already has one in flight (a later choice of an admitted
+// HTTP request) is `bulk`: it takes a worker's slot only while requests_w < BULK_SHARE of
+// request_total_slots_w, so the last quarter of every worker's slots stays for requests that
+// have nothing in flight yet; and it waits without the queue's timeout, outside maxQueued (the
+// HTTP request was admitted; its client's deadline or disconnect ends the wait).
 //
 // Settings (ranges):
 //   blockSize       integer >= 1, required: a worker announcing another block size is refused
@@ -80,6 +84,8 @@ import { PredictedPrefixes } from './predictions.ts';
 
 // How long a finished request's blocks are subtracted from load reports (see the header).
 const FINISH_WINDOW_MS = 500;
+// The share of a worker's request slots bulk requests may fill (see the header).
+const BULK_SHARE = 0.75;
 import { createPolicy, type Candidate, type Policy, type PolicyName, type Rng } from './policy.ts';
 
 export interface RouterSettings {
@@ -180,8 +186,9 @@ interface Waiting {
   readonly request: RouteRequest;
   readonly resolve: (decision: RouteDecision) => void;
   readonly reject: (error: unknown) => void;
-  readonly timer: NodeJS.Timeout;
+  readonly timer: NodeJS.Timeout | undefined; // none for an admitted (bulk) request
   readonly onAbort: () => void;
+  readonly admitted: boolean;
 }
 
 export class KvRouter {
@@ -334,11 +341,13 @@ export class KvRouter {
       this.#rejected.no_workers++;
       return Promise.reject(new RouterOverloadedError('no_workers', 'no worker has joined'));
     }
-    if (this.#queue.length >= this.#maxQueued) {
-      this.#rejected.queue_full++;
-      return Promise.reject(
-        new RouterOverloadedError('queue_full', `every worker is at capacity and ${this.#queue.length} requests wait`),
-      );
+    const admitted = this.#isBulk(request);
+    if (!admitted) {
+      const waiting = this.#queue.reduce((k, w) => k + (w.admitted ? 0 : 1), 0);
+      if (waiting >= this.#maxQueued) {
+        this.#rejected.queue_full++;
+        return Promise.reject(new RouterOverloadedError('queue_full', `every worker is at capacity and ${waiting} requests wait`));
+      }
     }
     this.#queuedTotal++;
     return new Promise<RouteDecision>((resolve, reject) => {
@@ -346,15 +355,19 @@ export class KvRouter {
         this.#withdraw(waiting);
         reject(signal!.reason);
       };
-      const timer = setTimeout(() => {
-        this.#withdraw(waiting);
-        this.#rejected.timeout++;
-        reject(new RouterOverloadedError('timeout', `no worker had room within ${this.#queueTimeoutMs} ms`));
-      }, this.#queueTimeoutMs);
-      timer.unref();
-      const waiting: Waiting = { request, resolve, reject, timer, onAbort };
+      const timer = admitted
+        ? undefined
+        : setTimeout(() => {
+            this.#withdraw(waiting);
+            this.#rejected.timeout++;
+            reject(new RouterOverloadedError('timeout', `no worker had room within ${this.#queueTimeoutMs} ms`));
+          }, this.#queueTimeoutMs);
+      timer?.unref();
+      const waiting: Waiting = { request, resolve, reject, timer, onAbort, admitted };
       signal?.addEventListener('abort', onAbort, { once: true });
       this.#queue.push(waiting);
+      // It may be the fairest of the queue and fit now (bulk requests ahead of it may not).
+      this.#drainQueue();
     });
   }
 
@@ -437,12 +450,19 @@ export class KvRouter {
     };
   }
 
-  // The capacity rule and the busy thresholds (see the header), for a request adding newBlocks.
-  #hasRoom(worker: WorkerState, newBlocks: number): boolean {
+  // Whether the request's group already has one in flight (see the header).
+  #isBulk(request: RouteRequest): boolean {
+    return (this.#groupInFlight.get(request.group ?? request.requestId) ?? 0) > 0;
+  }
+
+  // The capacity rule, the bulk share and the busy thresholds (see the header), for a request
+  // adding newBlocks.
+  #hasRoom(worker: WorkerState, newBlocks: number, bulk = false): boolean {
     const activeBlocks = worker.baseBlocks + worker.pendingBlocks;
     const requests = worker.baseRequests + worker.pendingRequests;
     if (activeBlocks <= 0 && requests <= 0) return true; // idle
     if (activeBlocks + newBlocks > worker.kvTotalBlocks || requests > worker.requestTotalSlots) return false;
+    if (bulk && requests + 1 > Math.max(1, Math.floor(BULK_SHARE * worker.requestTotalSlots))) return false;
     return activeBlocks <= this.#busyBlocks * worker.kvTotalBlocks && worker.prefillTokens <= this.#busyPrefillTokens;
   }
 
@@ -456,9 +476,10 @@ export class KvRouter {
     this.#predicted.held(hashes, held);
     const candidates: Candidate[] = [];
     const states: WorkerState[] = [];
+    const bulk = this.#isBulk(request);
     for (const worker of this.#workers.values()) {
       const overlap = overlaps.get(worker.workerId) ?? 0;
-      if (!this.#hasRoom(worker, n - overlap)) continue;
+      if (!this.#hasRoom(worker, n - overlap, bulk)) continue;
       const activeBlocks = worker.baseBlocks + worker.pendingBlocks;
       const heldBlocks = held.get(worker.workerId) ?? 0;
       candidates.push({ workerId: worker.workerId, joinSeq: worker.joinSeq, overlap, activeBlocks, heldBlocks });

@@ -1,0 +1,222 @@
+// bench/faults/cases.ts: the fault-injection cases of `npm run test:faults` (run.ts runs one).
+import fs from 'node:fs';
+import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
+import { promptTokens } from '../../test/helpers/prompts.ts';
+import { descendants, percentile, streamOnce, type CaseContext, type Deployment, type FaultCase } from './run.ts';
+
+const comm = (pid: number) => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+  } catch {
+    return '';
+  }
+};
+const cmdline = (pid: number) => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
+  } catch {
+    return '';
+  }
+};
+
+async function kill(ctx: CaseContext, name: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<number> {
+  const pid = await ctx.dep.workerPid(name);
+  process.kill(pid, signal);
+  ctx.notes.push(`${signal} ${name} (pid ${pid})`);
+  return pid;
+}
+
+function redisPid(dep: Deployment): number {
+  const pid = dep.descendants().find((p) => comm(p) === 'redis-server');
+  if (pid === undefined) throw new Error('no redis-server under the launcher');
+  return pid;
+}
+
+async function restartEmpty(ctx: CaseContext, own: () => PrivateRedis, replace: (r: PrivateRedis) => void): Promise<void> {
+  const old = own();
+  old.process.kill('SIGKILL');
+  await ctx.sleep(1000);
+  replace(await startPrivateRedis({ port: old.port }));
+  ctx.notes.push(`Redis on port ${old.port} killed and started again empty after 1 s`);
+}
+
+// A case on a Redis of its own (--redis-url), which `restart` kills and starts again empty on its port.
+function withOwnRedis(c: Omit<FaultCase, 'prepare' | 'inject'>, inject: (ctx: CaseContext, restart: () => Promise<void>) => Promise<void>): FaultCase {
+  let redis: PrivateRedis;
+  return {
+    ...c,
+    prepare: async () => {
+      redis = await startPrivateRedis();
+      return { args: ['--redis-url', redis.url], cleanup: () => redis.stop() };
+    },
+    inject: (ctx) => inject(ctx, () => restartEmpty(ctx, () => redis, (r) => (redis = r))),
+  };
+}
+
+// Median TTFT of `count` short streamed requests sent one after another.
+async function ttftMedian(url: string, count: number, seed: number): Promise<number> {
+  const ttft: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const r = await streamOnce(url, promptTokens(seed + i, 24), undefined, 4);
+    if (r.ttftMs !== undefined) ttft.push(r.ttftMs);
+  }
+  return percentile(ttft, 50);
+}
+
+// body: an object, or bytes serialized once (a 10 MB body stringified for every request would
+// stall this process, which measures the TTFT, rather than the server).
+const post = (url: string, path: string, body: unknown) =>
+  fetch(`${url}${path}`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: body instanceof Uint8Array ? (body as unknown as string) : JSON.stringify(body) }).then(
+    async (r) => ({ status: r.status, body: await r.text() }),
+    (err: Error) => ({ status: 0, body: err.message }),
+  );
+
+const disagg = ['--max-local-prefill-length', '16'];
+
+export const cases: FaultCase[] = [
+  {
+    name: 'kill -9 of a worker (monolith)',
+    args: ['--workers', '2'],
+    inject: async (ctx) => void (await kill(ctx, 'worker-0')),
+  },
+  {
+    name: 'kill -9 of a worker, --no-restart',
+    args: ['--workers', '2', '--no-restart'],
+    allowFailures: true,
+    gone: true,
+    inject: async (ctx) => {
+      await kill(ctx, 'worker-0');
+      const code = await ctx.dep.exited;
+      ctx.notes.push(`the launcher stopped the deployment (exit ${code}), as --no-restart asks`);
+    },
+  },
+  {
+    name: 'kill -9 of a decode worker',
+    args: ['--decode-workers', '2', '--prefill-workers', '1', ...disagg],
+    inject: async (ctx) => void (await kill(ctx, 'worker-0')),
+  },
+  {
+    name: 'kill -9 of a prefill worker',
+    args: ['--decode-workers', '1', '--prefill-workers', '2', ...disagg],
+    inject: async (ctx) => void (await kill(ctx, 'prefill-0')),
+  },
+  {
+    name: 'kill -9 of one tensor-parallel rank',
+    args: ['--workers', '2', '--worker-tp', '2'],
+    inject: async (ctx) => {
+      const worker = await ctx.dep.workerPid('worker-0');
+      const rank = descendants(worker).find((p) => cmdline(p).includes('tp-rank-main'));
+      if (rank === undefined) return ctx.fail('worker-0 has no rank process');
+      process.kill(rank, 'SIGKILL');
+      ctx.notes.push(`SIGKILL rank 1 of worker-0 (pid ${rank})`);
+    },
+  },
+  {
+    name: 'SIGSTOP of a worker for 10 s, then SIGCONT',
+    args: ['--workers', '2'],
+    durationMs: 4000,
+    inject: async (ctx) => {
+      const pid = await kill(ctx, 'worker-0', 'SIGSTOP');
+      await ctx.sleep(10_000);
+      process.kill(pid, 'SIGCONT');
+    },
+  },
+  {
+    name: 'kill -9 of Redis (--router kv)',
+    args: ['--workers', '2', '--router', 'kv'],
+    allowFailures: true, // while Redis is away nothing can be routed: 503 routing_unavailable
+    allowedFailures: /^503 routing_unavailable$/,
+    inject: async (ctx) => {
+      const pid = redisPid(ctx.dep);
+      process.kill(pid, 'SIGKILL');
+      ctx.notes.push(`SIGKILL redis-server (pid ${pid}); the launcher restarts it`);
+    },
+  },
+  withOwnRedis({ name: 'Redis restarted empty (--router kv)', args: ['--workers', '2', '--router', 'kv'], allowFailures: true, allowedFailures: /^503 routing_unavailable$/ }, (_ctx, restart) => restart()),
+  withOwnRedis(
+    { name: 'Redis restarted empty (prefill workers)', args: ['--decode-workers', '1', '--prefill-workers', '1', ...disagg], durationMs: 10_000 },
+    (_ctx, restart) => restart(),
+  ),
+  {
+    name: 'network partition of a worker',
+    args: [],
+    skip: () => 'workers bind to loopback in one network namespace; a partition needs the cross-host roles and --advertise-host',
+    inject: async () => undefined,
+  },
+  {
+    name: 'client disconnect storm (100 streams aborted at random times)',
+    args: ['--workers', '2'],
+    inject: async (ctx) => {
+      const storm = Array.from({ length: 100 }, async (_, i) => {
+        const abort = new AbortController();
+        setTimeout(() => abort.abort(), Math.random() * 2000);
+        await streamOnce(ctx.dep.url, promptTokens(2000 + i, 30), abort.signal, 200);
+      });
+      ctx.extra(Promise.all(storm));
+    },
+  },
+  {
+    name: 'SIGTERM to the launcher with streams in flight',
+    args: ['--workers', '2', '--shutdown-grace-s', '30'],
+    allowFailures: true, // after SIGTERM: 503 shutting_down, then connection refused
+    allowedFailures: /^(503 shutting_down|connection: .*)$/,
+    gone: true,
+    inject: async (ctx) => {
+      process.kill(ctx.dep.launcherPid, 'SIGTERM');
+      const code = await ctx.dep.exited;
+      ctx.notes.push(`the launcher exited ${code} after draining`);
+    },
+  },
+  {
+    name: 'SIGTERM to npm run start with streams in flight',
+    args: ['--workers', '2'],
+    viaNpm: true,
+    allowFailures: true,
+    allowedFailures: /^(503 shutting_down|connection: .*)$/,
+    gone: true,
+    inject: async (ctx) => {
+      process.kill(ctx.dep.launcherPid, 'SIGTERM');
+      const code = await ctx.dep.exited;
+      ctx.notes.push(`npm exited ${code} after the drain`);
+    },
+  },
+  {
+    name: 'kill -9 of the launcher',
+    args: ['--workers', '2', '--router', 'kv'],
+    allowFailures: true,
+    allowedFailures: /^(connection: .*|stream service_unavailable_error|stream worker_unavailable|5\d\d \w+)$/,
+    gone: true,
+    durationMs: 3000,
+    inject: async (ctx) => {
+      process.kill(ctx.dep.launcherPid, 'SIGKILL');
+      ctx.notes.push('SIGKILL the launcher');
+    },
+  },
+  {
+    // The issue's own mix: 4 bodies of 10 MB at once, 20 requests with n = 128, 20 with 1,000 prompts.
+    name: 'a 10 MB body, n = 128 and 1,000-prompt requests mixed in',
+    args: ['--workers', '2'],
+    durationMs: 1000,
+    inject: async (ctx) => {
+      const url = ctx.dep.url;
+      const quiet = await ttftMedian(url, 12, 3000);
+      const only = process.env.FAULTS_HEAVY_ONLY; // body | n | prompts: one kind alone, to see which costs what
+      const big = Buffer.from(JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(10 << 20) }] }));
+      const codes = new Map<string, number>();
+      const send = (what: string, path: string, body: unknown) =>
+        post(url, path, body).then((r) => void codes.set(`${what} ${r.status}`, (codes.get(`${what} ${r.status}`) ?? 0) + 1));
+      const times = (n: number, kind: string, f: () => Promise<void>) => (!only || only === kind ? Array.from({ length: n }, f) : []);
+      const heavy = Promise.all([
+        ...times(4, 'body', () => send('10 MB body', '/v1/chat/completions', big)),
+        ...times(20, 'n', () => send('n = 128', '/v1/completions', { prompt: promptTokens(3100, 40), max_tokens: 16, n: 128, ignore_eos: true })),
+        ...times(20, 'prompts', () => send('1,000 prompts', '/v1/completions', { prompt: Array.from({ length: 1000 }, () => 'Hi'), max_tokens: 4 })),
+      ]);
+      await ctx.sleep(300);
+      const loaded = await ttftMedian(url, 12, 3050);
+      await heavy;
+      ctx.notes.push(`median TTFT of a short request beside the load ${quiet.toFixed(0)} ms, with the heavy requests in flight ${loaded.toFixed(0)} ms (${(loaded / quiet).toFixed(2)}x)`);
+      ctx.notes.push(`heavy requests: ${[...codes].map(([k, v]) => `${k}: ${v}`).join(', ')}`);
+      if (!(loaded <= 2 * quiet)) ctx.fail(`TTFT with heavy requests is ${(loaded / quiet).toFixed(2)}x the undisturbed one (> 2x)`);
+    },
+  },
+];
