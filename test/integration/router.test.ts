@@ -63,10 +63,9 @@ beforeAll(async () => {
     modelDir,
     host: '127.0.0.1',
     port: 0,
-    redisUrl: redis.url,
     engine: { kvCacheBytes: 64 << 20, numThreads: 1 },
   };
-  extra = (await forkWorker(config)).proc;
+  extra = (await forkWorker(config, { KVSERVE_REDIS_URL: redis.url })).proc;
   await until('4 workers in the pool', async () => (await workersSeen()).length === 4);
 });
 

@@ -44,11 +44,10 @@ async function startWorker(workerId: string, redisUrl: string, extra: Partial<Wo
     modelDir: dir,
     host: '127.0.0.1',
     port: 0,
-    redisUrl,
     engine: { blockSize: BLOCK_SIZE, numKvBlocks: NUM_KV_BLOCKS, numThreads: 1, maxModelLen: 512 },
     ...extra,
   };
-  const forked = await forkWorker(config);
+  const forked = await forkWorker(config, { KVSERVE_REDIS_URL: redisUrl });
   const w: TestWorker = {
     ...forked,
     client: new WorkerClient(forked.info.address),

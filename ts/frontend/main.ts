@@ -16,6 +16,7 @@
 //
 // The API key comes from the environment (KVSERVE_API_KEY, as the launcher passes it), never from
 // the command line, which other local users can read; metricsRequireKey puts /metrics behind it.
+// So does the router's Redis URL (KVSERVE_REDIS_URL; it may carry a password).
 //
 // `migrationLimit` (--migration-limit, default 3; 0 = off) and `migrationMaxSeqLen`
 // (--migration-max-seq-len, absent = no cap): how often, and up to which prompt + output length,
@@ -55,7 +56,6 @@ export interface FrontendConfig {
   migrationLimit?: number; // DEFAULT_MIGRATION_LIMIT when absent
   migrationMaxSeqLen?: number;
   router?: {
-    redisUrl: string;
     namespace?: string;
     policy: PolicyName;
     blockSize: number;
@@ -101,7 +101,9 @@ async function main(): Promise<void> {
   const reasoningParser = cfg.reasoningParser as ReasoningParserName | undefined;
   const sampling = loadSamplingDefaults(cfg.generationConfig ?? 'auto', cfg.modelDir);
   const kvLimit = Math.min(...cfg.workers.map((w) => w.kvTotalBlocks * w.blockSize));
-  const routed = cfg.router ? new RoutedWorkerPool({ ...cfg.router, modelName: cfg.modelName }) : undefined;
+  const redisUrl = process.env.KVSERVE_REDIS_URL || undefined;
+  if (cfg.router && !redisUrl) throw new Error('the router needs its Redis: KVSERVE_REDIS_URL is not set');
+  const routed = cfg.router ? new RoutedWorkerPool({ ...cfg.router, redisUrl: redisUrl!, modelName: cfg.modelName }) : undefined;
   const pool: WorkerPool = routed ?? new StaticWorkerPool(cfg.workers, cfg.modelName);
   const app = await buildApp({
     modelName: cfg.modelName,

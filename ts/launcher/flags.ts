@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { maskRedisUrl } from '../runtime/redis-connection.ts';
 import { isReasoningParserName, unknownReasoningParserMessage, type ReasoningParserName } from '../processor/reasoning-parser.ts';
 
 export interface LauncherFlags {
@@ -21,7 +22,7 @@ export interface LauncherFlags {
   prefillDeadlineMs: number;
   httpPort: number;
   host: string;
-  redisUrl?: string;
+  redisUrl?: string; // --redis-url, else $KVSERVE_REDIS_URL; may carry a password: log maskRedisUrl(redisUrl)
   device: 'cpu' | 'cuda' | 'auto';
   maxModelLen?: number;
   maxNumSeqs?: number;
@@ -107,9 +108,13 @@ Serving
                                 deepseek_r1: reasoning until </think> (default: off)
   --http-port N                 OpenAI server port (default 8181)
   --host ADDR                   address to listen on (default 0.0.0.0)
-  --redis-url URL               use this Redis; otherwise a private redis-server is started
-                                when a mode needs one (--router kv or random; a plain
-                                round-robin needs none)
+  --redis-url URL               use this Redis; otherwise a private redis-server, with a
+                                random password, is started when a mode needs one (--router
+                                kv or random, --prefill-workers; a plain round-robin needs
+                                none). The URL may carry a password (redis://:PW@HOST:PORT,
+                                rediss://USER:PW@HOST:PORT); it is never logged, and
+                                $KVSERVE_REDIS_URL does the same without putting it on a
+                                command line other local users can read
   --restart, --no-restart       a child process that dies is restarted, with backoff, while
                                 the others keep serving, and one that fails to start again 3
                                 times in a row stops the launcher (--restart, the default);
@@ -254,7 +259,7 @@ export function parseFlags(argv: string[]): LauncherFlags {
     prefillDeadlineMs: int('prefill-deadline-ms', v['prefill-deadline-ms'], 100, 3_600_000) ?? 30_000,
     httpPort: int('http-port', v['http-port'], 0, 65535) ?? 8181,
     host: v.host ?? '0.0.0.0',
-    redisUrl: v['redis-url'],
+    redisUrl: v['redis-url'] ?? (process.env.KVSERVE_REDIS_URL || undefined),
     device: oneOf('device', v.device, ['cpu', 'cuda', 'auto'] as const, 'auto'),
     maxModelLen: int('max-model-len', v['max-model-len'], 1),
     maxNumSeqs: int('max-num-seqs', v['max-num-seqs'], 1, 4096),
@@ -282,7 +287,7 @@ export function parseFlags(argv: string[]): LauncherFlags {
     throw new FlagError('--metrics-require-key needs an API key: add --api-key KEY or set KVSERVE_API_KEY');
   }
   if (flags.redisUrl !== undefined && !/^rediss?:\/\//.test(flags.redisUrl)) {
-    throw new FlagError(`--redis-url must look like redis://host:port, got '${flags.redisUrl}'`);
+    throw new FlagError(`--redis-url (or KVSERVE_REDIS_URL) must look like redis://host:port, got '${maskRedisUrl(flags.redisUrl)}'`);
   }
   return flags;
 }
