@@ -11,8 +11,9 @@ export interface ForkedWorker {
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
-// env: added to the worker's environment, as the launcher passes secrets (KVSERVE_REDIS_URL is
-// emptied unless given, so the test's own environment does not leak into the worker).
+// env: added to the worker's environment, as the launcher passes secrets (KVSERVE_REDIS_URL,
+// KVSERVE_CLUSTER_SECRET); both are emptied unless given, so the test's own environment does not
+// leak into the worker.
 export async function forkWorker(config: WorkerConfig, env: Record<string, string> = {}): Promise<ForkedWorker> {
   const proc = fork('ts/worker/main.ts', ['--config', JSON.stringify(config)], {
     execArgv: ['--import', 'tsx'],

@@ -173,7 +173,7 @@ describe('launcher', () => {
     for (const flag of ['--model', '--workers', '--decode-workers', '--prefill-workers', '--router', '--decode-tp', '--prefill-tp',
       '--block-size', '--max-local-prefill-length', '--max-prefill-queue-size', '--http-port', '--redis-url', '--device',
       '--max-model-len', '--max-num-seqs', '--max-num-batched-tokens', '--kv-cache-memory', '--restart', '--kv-overlap-weight', '--router-temperature',
-      '--prefill-deadline-ms', '--no-restart', '--shutdown-grace-s', '--api-key', '--metrics-require-key', '--migration-limit', '--migration-max-seq-len']) {
+      '--prefill-deadline-ms', '--no-restart', '--shutdown-grace-s', '--api-key', '--metrics-require-key', '--migration-limit', '--migration-max-seq-len', '--cluster-secret']) {
       expect(output).toContain(flag);
     }
   });
@@ -190,6 +190,7 @@ describe('launcher', () => {
     [['--prefill-tp', '2'], /--prefill-tp applies to prefill workers: add --prefill-workers N/],
     [['--migration-limit', 'many'], /--migration-limit must be an integer, got 'many'/],
     [['--migration-max-seq-len', '0'], /--migration-max-seq-len must be in \[1, /],
+    [['--cluster-secret', 'short-secret'], /--cluster-secret \(or KVSERVE_CLUSTER_SECRET\) must have at least 16 printable ASCII characters/],
     [['--worker-tp', '3'], /--decode-tp 3 does not split this model: it must divide num_attention_heads 8 and intermediate_size/],
     ...((loadAddon().cudaDevice().usable
       ? [[['--device', 'cuda', '--workers', '2'], /2 workers on one GPU: give each worker's KV cache with --kv-cache-memory/]]

@@ -16,7 +16,9 @@
 //
 // The API key comes from the environment (KVSERVE_API_KEY, as the launcher passes it), never from
 // the command line, which other local users can read; metricsRequireKey puts /metrics behind it.
-// So does the router's Redis URL (KVSERVE_REDIS_URL; it may carry a password).
+// So does the router's Redis URL (KVSERVE_REDIS_URL; it may carry a password), and the cluster
+// secret the request plane presents to workers (KVSERVE_CLUSTER_SECRET, read by
+// runtime/request-client.ts).
 //
 // `migrationLimit` (--migration-limit, default 3; 0 = off) and `migrationMaxSeqLen`
 // (--migration-max-seq-len, absent = no cap): how often, and up to which prompt + output length,

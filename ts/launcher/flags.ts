@@ -37,6 +37,7 @@ export interface LauncherFlags {
   metricsRequireKey: boolean;
   migrationLimit: number; // 0 = no request migration
   migrationMaxSeqLen?: number; // absent = no cap beyond the context length
+  clusterSecret?: string; // --cluster-secret, else $KVSERVE_CLUSTER_SECRET: the internal planes' handshake
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   help: boolean;
 }
@@ -134,6 +135,14 @@ Serving
                                 the error (default 3)
   --migration-max-seq-len N     migrate only requests of at most N prompt + generated tokens
                                 (default: no cap beyond the context length)
+  --cluster-secret SECRET       every peer of the internal planes (the request plane, the
+                                workers' HTTP, the KV transfer agents) must prove it knows
+                                SECRET (an HMAC handshake once per connection; HTTP: the
+                                x-kvserve-cluster-secret header), else it is refused; at least
+                                16 printable ASCII characters; $KVSERVE_CLUSTER_SECRET does the
+                                same without putting it on a command line. Loopback listeners
+                                (the default) need none; a worker bound to another address
+                                refuses to start without it (default: none)
   --log-level LEVEL             fatal|error|warn|info|debug|trace (default info)
   -h, --help                    this text
 `;
@@ -227,6 +236,7 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'metrics-require-key': { type: 'boolean' },
         'migration-limit': { type: 'string' },
         'migration-max-seq-len': { type: 'string' },
+        'cluster-secret': { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -271,6 +281,7 @@ export function parseFlags(argv: string[]): LauncherFlags {
     metricsRequireKey: v['metrics-require-key'] ?? false,
     migrationLimit: int('migration-limit', v['migration-limit'], 0, 1000) ?? 3,
     migrationMaxSeqLen: int('migration-max-seq-len', v['migration-max-seq-len'], 1),
+    clusterSecret: v['cluster-secret'] ?? (process.env.KVSERVE_CLUSTER_SECRET || undefined),
     logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
     help: v.help ?? false,
   };
@@ -288,6 +299,9 @@ export function parseFlags(argv: string[]): LauncherFlags {
   }
   if (flags.redisUrl !== undefined && !/^rediss?:\/\//.test(flags.redisUrl)) {
     throw new FlagError(`--redis-url (or KVSERVE_REDIS_URL) must look like redis://host:port, got '${maskRedisUrl(flags.redisUrl)}'`);
+  }
+  if (flags.clusterSecret !== undefined && !/^[\x21-\x7e]{16,}$/.test(flags.clusterSecret)) {
+    throw new FlagError('--cluster-secret (or KVSERVE_CLUSTER_SECRET) must have at least 16 printable ASCII characters without spaces, as an HTTP header carries it');
   }
   return flags;
 }

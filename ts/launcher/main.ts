@@ -15,9 +15,9 @@
 // --prefill-workers, or --redis-url given; a private redis-server unless --redis-url) -> workers (each on two fixed free
 // ports, HTTP and the TCP request plane, so a restarted worker keeps its addresses) -> frontend.
 // Secrets never go on a child's command line (its --config JSON is one, readable by every local
-// user): the Redis URL, which may carry a password (the private Redis always has one), and the
-// API key reach children in their environment (KVSERVE_REDIS_URL, KVSERVE_API_KEY), and a logged
-// Redis URL is masked (maskRedisUrl).
+// user): the Redis URL, which may carry a password (the private Redis always has one), the
+// cluster secret and the API key reach children in their environment (KVSERVE_REDIS_URL,
+// KVSERVE_CLUSTER_SECRET, KVSERVE_API_KEY), and a logged Redis URL is masked (maskRedisUrl).
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -180,7 +180,7 @@ async function run(f: LauncherFlags): Promise<number> {
   const redisUrl = needsRedis ? (f.redisUrl ?? privateRedis!.url) : undefined;
   // Every child's secrets, set or emptied (a variable of the launcher's own environment must not
   // reach a child that is not meant to have it).
-  const secretEnv = { KVSERVE_REDIS_URL: redisUrl ?? '' };
+  const secretEnv = { KVSERVE_REDIS_URL: redisUrl ?? '', KVSERVE_CLUSTER_SECRET: f.clusterSecret ?? '' };
 
   // 3. Children, watched: a death restarts the child (stops everything with --no-restart).
   // During start-up a child still awaited reports its own failure (its 'fatal' message, or its

@@ -14,8 +14,11 @@
 // A decode or prefill worker (disaggregation) keeps its KV pool in shared memory, runs a transfer
 // agent (its metadata published in discovery) and the queue's producer or consumer
 // (remote-prefill.ts has the protocol).
-// The Redis URL of the planes comes from the environment (KVSERVE_REDIS_URL), never from --config,
-// which is on a command line every local user can read: the URL may carry a password.
+// Secrets come from the environment, never from --config (a command line every local user can
+// read): KVSERVE_REDIS_URL, the Redis of the planes (it may carry a password), and
+// KVSERVE_CLUSTER_SECRET (see server.ts and the transfer agent: every peer of the request plane,
+// the HTTP server and the transfer listener must prove it knows the secret). A worker whose host
+// is not loopback refuses to start without a cluster secret.
 // With a Redis URL it also joins the planes there (without one nothing of this runs, so a single
 // worker needs no Redis): a discovery lease announced on join and leave (runtime/discovery.ts),
 // its KV events and load reports on the event plane, and replay requests answered
@@ -26,6 +29,7 @@ import { randomUUID } from 'node:crypto';
 import { Engine, TransferAgent, loadAddon, type EngineOptions } from '../native/index.ts';
 import type { DisaggCounters, WorkerId, WorkerInfo, WorkerRole } from '../protocol/index.ts';
 import { PrefillClaims, PrefillConsumer, PrefillQueue } from '../queue/prefill-queue.ts';
+import { clusterSecret, offLoopbackWithoutSecret } from '../runtime/cluster-secret.ts';
 import { DEFAULT_LEASE_TTL_MS, DEFAULT_NAMESPACE, WorkerLease, getWorker } from '../runtime/discovery.ts';
 import { EventPlanePublisher } from '../runtime/event-plane.ts';
 import { RedisConnection } from '../runtime/redis-connection.ts';
@@ -81,6 +85,13 @@ function parseConfig(argv: string[]): WorkerConfig {
 async function main(): Promise<void> {
   const cfg = parseConfig(process.argv.slice(2));
   const redisUrl = process.env.KVSERVE_REDIS_URL || undefined;
+  const secret = clusterSecret();
+  const offLoopback = offLoopbackWithoutSecret(cfg.host, secret);
+  if (offLoopback) {
+    send({ type: 'fatal', workerId: cfg.workerId, code: 'ERR_INVALID_ARGUMENT', message: offLoopback });
+    process.exitCode = 1;
+    return;
+  }
   send({ type: 'loading', workerId: cfg.workerId, message: `loading ${cfg.modelDir}` });
   const disaggregated = cfg.role !== 'monolith';
   if (disaggregated && (!redisUrl || !cfg.disagg)) {
@@ -105,7 +116,9 @@ async function main(): Promise<void> {
     }
     engine = new Engine(ranks ? { ...engineOptions, tpSize, tpGroup: ranks.group, tpRankPids: ranks.pids } : engineOptions);
     if (disaggregated) {
-      agent = new TransferAgent({ name: cfg.workerId, listenHost: cfg.host, listenPort: 0 }, (_from, message) => onNotification(message));
+      agent = new TransferAgent({ name: cfg.workerId, listenHost: cfg.host, listenPort: 0, clusterSecret: secret }, (_from, message) =>
+        onNotification(message),
+      );
       agent.registerRegions(engine.kvRegions());
     }
   } catch (err) {
@@ -232,6 +245,7 @@ async function main(): Promise<void> {
     requestPort: cfg.requestPort,
     generate,
     disagg: disaggCounters,
+    clusterSecret: secret,
   });
   address = server.address;
   requestPlane = server.requestPlane;
