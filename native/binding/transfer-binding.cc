@@ -90,6 +90,7 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
     cfg.name = get_string(o, "name");
     cfg.listen_host = get_string(o, "listenHost");
     cfg.listen_port = static_cast<int>(get_int(o, "listenPort"));
+    cfg.cluster_secret = o.Has("clusterSecret") ? get_string(o, "clusterSecret") : std::string();
     tsfn_ = NotifyTsfn::New(env, info[1].As<Napi::Function>(), "kvserve-transfer", 0, 1, nullptr);
     tsfn_.Unref(env);
     NotifyTsfn tsfn = tsfn_;

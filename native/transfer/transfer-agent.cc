@@ -12,6 +12,8 @@
 #include <functional>
 #include <random>
 
+#include "transfer-auth.h"
+
 namespace llm {
 namespace transfer {
 
@@ -331,10 +333,37 @@ Status Agent::open_peer(const Metadata& m, Backend backend, std::shared_ptr<Peer
   Status st = tcp_connect(m.tcp_host, m.tcp_port, &p->socket);
   if (!st.ok()) return Status(StatusCode::transfer_peer, who + " is unreachable (stale metadata?): " + st.message());
   std::lock_guard<std::mutex> lock(p->mu);
+  if (!cfg_.cluster_secret.empty()) LLM_RETURN_IF_ERROR(authenticate(*p));
   LLM_RETURN_IF_ERROR(p->request(FrameType::hello, metadata_to_json(self_), {}, m.incarnation));
   set_io_timeout(p->socket, kClientIoTimeoutSeconds);
   *out = std::move(p);
   return Status::Ok();
+}
+
+Status Agent::authenticate(Peer& p) const {
+  const std::string who = "agent '" + p.meta.name + "'";
+  const std::string& secret = cfg_.cluster_secret;
+  const std::string client_nonce = random_nonce_hex();
+  if (client_nonce.empty()) return Status(StatusCode::internal, "no randomness for a handshake nonce");
+  // One auth frame and its reply; an I/O failure or a refusal is ERR_TRANSFER_PEER saying which.
+  auto step = [&](const std::string& text, uint64_t arg, std::string* answer) {
+    Status carried;
+    Status io = send_frame(p.socket, FrameType::auth, text, {}, arg);
+    if (io.ok()) io = recv_reply(p.socket, &carried, answer);
+    if (!io.ok())
+      return Status(StatusCode::transfer_peer, who + ": the cluster-secret handshake failed: " + io.message());
+    if (!carried.ok())
+      return Status(StatusCode::transfer_peer, who + " refused the cluster-secret handshake: " + carried.message());
+    return Status::Ok();
+  };
+  std::string answer;
+  LLM_RETURN_IF_ERROR(step(client_nonce, 1, &answer));
+  const size_t space = answer.find(' ');
+  const std::string listener_nonce = answer.substr(0, space);
+  const std::string mac = space == std::string::npos ? std::string() : answer.substr(space + 1);
+  if (listener_nonce.size() != 32 || !equal_constant_time(mac, listener_mac(secret, client_nonce, listener_nonce)))
+    return Status(StatusCode::transfer_peer, who + " did not prove it knows the cluster secret (another secret?)");
+  return step(client_mac(secret, listener_nonce, client_nonce), 2, nullptr);
 }
 
 Status Agent::prepare(const std::string& remote, const std::vector<int32_t>& local_blocks,
@@ -538,17 +567,28 @@ void Agent::accept_loop() {
   }
 }
 
-// Serves one connection until it closes or breaks the protocol: hello first, then writes and
-// reads in order, each answered by one reply.
+// Serves one connection until it closes or breaks the protocol: with a cluster secret the
+// handshake first (anything else before it is refused, naming the secret), then hello, then
+// writes and reads in order, each answered by one reply. The connection is shut down at the end,
+// so the peer sees it close at once.
 void Agent::serve(Inbound* in) {
   const Socket& s = in->socket;
   std::string peer_name;  // set by a successful hello
+  bool authenticated = cfg_.cluster_secret.empty();
+  std::string client_nonce, listener_nonce;
   FrameHeader h;
   std::string text;
   std::vector<int32_t> ids;
   while (recv_frame(s, &h, &text, &ids).ok()) {
     const auto type = static_cast<FrameType>(h.type);
-    if (type == FrameType::hello) {
+    if (type == FrameType::auth) {
+      if (!serve_auth(s, h, text, &client_nonce, &listener_nonce, &authenticated)) break;
+    } else if (!authenticated) {
+      send_reply(s, Status(StatusCode::transfer_peer, "agent '" + self_.name +
+                                                          "' requires the cluster secret (--cluster-secret, "
+                                                          "KVSERVE_CLUSTER_SECRET)"));
+      break;
+    } else if (type == FrameType::hello) {
       if (!send_reply(s, serve_hello(text, h.arg, &peer_name)).ok()) break;
     } else if ((type == FrameType::write || type == FrameType::read) && !peer_name.empty()) {
       if (!(type == FrameType::write ? serve_write(s, peer_name, h, text, ids) : serve_read(s, h, ids)).ok()) break;
@@ -556,7 +596,34 @@ void Agent::serve(Inbound* in) {
       break;  // a reply, or a transfer before hello: not a client of ours
     }
   }
+  s.shutdown();
   in->done = true;
+}
+
+bool Agent::serve_auth(const Socket& s, const FrameHeader& h, const std::string& text, std::string* client_nonce,
+                       std::string* listener_nonce, bool* authenticated) {
+  const std::string& secret = cfg_.cluster_secret;
+  auto refuse = [&](const std::string& why) {
+    send_reply(s, Status(StatusCode::transfer_peer, why));
+    return false;
+  };
+  if (secret.empty())
+    return refuse("agent '" + self_.name +
+                  "' runs without a cluster secret: give every worker the same --cluster-secret");
+  if (*authenticated) return refuse("a second cluster-secret handshake");
+  if (h.arg == 1 && client_nonce->empty() && text.size() == 32) {
+    *listener_nonce = random_nonce_hex();
+    if (listener_nonce->empty()) return refuse("agent '" + self_.name + "' has no randomness for a handshake nonce");
+    *client_nonce = text;
+    return send_ok_reply(s, *listener_nonce + " " + listener_mac(secret, *client_nonce, *listener_nonce)).ok();
+  }
+  if (h.arg == 2 && !client_nonce->empty()) {
+    if (!equal_constant_time(text, client_mac(secret, *listener_nonce, *client_nonce)))
+      return refuse("wrong cluster secret");
+    *authenticated = true;
+    return send_reply(s, Status::Ok()).ok();
+  }
+  return refuse("a malformed cluster-secret handshake");
 }
 
 Status Agent::serve_hello(const std::string& text, uint64_t expected, std::string* peer_name) {

@@ -53,8 +53,12 @@
 //   - thread-safe: write/read/connect may run on any threads at once; transfers to one peer
 //     take turns (one request at a time on its connection), transfers to different peers and
 //     the listener's work run in parallel.
+// Cluster secret: with cluster_secret set, every connection proves both ways that its ends know it
+// (transfer-auth.h), once per connection, before hello: the listener refuses a peer without it
+// or with another one (ERR_TRANSFER_PEER naming why, then the connection closes), and connect()
+// refuses a listener that cannot prove it. The secret never travels.
 // Settings: name (non-empty, <= 256 bytes), listen_host ("0.0.0.0"/"::" advertise the hostname),
-// listen_port (0 = ephemeral).
+// listen_port (0 = ephemeral), cluster_secret ("" = none).
 #pragma once
 
 #include <cstdint>
@@ -87,6 +91,7 @@ struct AgentConfig {
   std::string name;
   std::string listen_host = "127.0.0.1";
   int listen_port = 0;
+  std::string cluster_secret;  // "" = none: peers are not asked for it
   // When set, each notification is handed to it (on a listener thread) instead of queued.
   std::function<void(Notification)> on_notification;
 };
@@ -164,6 +169,11 @@ class Agent {
   Status prepare(const std::string& remote, const std::vector<int32_t>& local_blocks,
                  const std::vector<int32_t>& remote_blocks, std::shared_ptr<Peer>* peer);
   Status open_peer(const Metadata& meta, Backend backend, std::shared_ptr<Peer>* out);
+  // The client's half of the cluster-secret handshake, with the peer's mu held.
+  Status authenticate(Peer& p) const;
+  // The listener's answer to an auth frame; false: the connection ends (the reply is sent).
+  bool serve_auth(const Socket& s, const FrameHeader& h, const std::string& text, std::string* client_nonce,
+                  std::string* listener_nonce, bool* authenticated);
   void accept_loop();
   void serve(Inbound* in);
   Status serve_hello(const std::string& text, uint64_t expected, std::string* peer_name);

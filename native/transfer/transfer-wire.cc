@@ -171,12 +171,22 @@ Status send_reply(const Socket& s, const Status& st) {
   return send_all(s, buf.data(), buf.size());
 }
 
+Status send_ok_reply(const Socket& s, const std::string& text) {
+  FrameHeader h;
+  h.type = static_cast<uint32_t>(FrameType::reply);
+  h.text_bytes = static_cast<uint32_t>(std::min<size_t>(text.size(), kMaxFrameText));
+  std::string buf(reinterpret_cast<const char*>(&h), sizeof h);
+  buf.append(text, 0, h.text_bytes);
+  return send_all(s, buf.data(), buf.size());
+}
+
 Status recv_frame(const Socket& s, FrameHeader* h, std::string* text, std::vector<int32_t>* ids) {
   LLM_RETURN_IF_ERROR(recv_all(s, h, sizeof *h));
   if (h->magic != kFrameMagic) return peer_error("not a kvserve transfer agent (bad frame magic)");
   const bool request = h->type == static_cast<uint32_t>(FrameType::hello) ||
                        h->type == static_cast<uint32_t>(FrameType::write) ||
-                       h->type == static_cast<uint32_t>(FrameType::read);
+                       h->type == static_cast<uint32_t>(FrameType::read) ||
+                       h->type == static_cast<uint32_t>(FrameType::auth);
   if (!request && h->type != static_cast<uint32_t>(FrameType::reply)) return peer_error("unknown frame type");
   if (h->text_bytes > kMaxFrameText || h->num_blocks > kMaxFrameBlocks || (!request && h->num_blocks != 0))
     return peer_error("frame exceeds the protocol's limits");
@@ -186,7 +196,7 @@ Status recv_frame(const Socket& s, FrameHeader* h, std::string* text, std::vecto
   return recv_all(s, ids->data(), ids->size() * sizeof(int32_t));
 }
 
-Status recv_reply(const Socket& s, Status* carried) {
+Status recv_reply(const Socket& s, Status* carried, std::string* ok_text) {
   FrameHeader h;
   std::string text;
   std::vector<int32_t> ids;
@@ -194,6 +204,7 @@ Status recv_reply(const Socket& s, Status* carried) {
   if (h.type != static_cast<uint32_t>(FrameType::reply)) return peer_error("expected a reply frame");
   if (h.code < 0 || h.code > static_cast<int32_t>(StatusCode::internal)) return peer_error("unknown status code");
   *carried = h.code == 0 ? Status::Ok() : Status(static_cast<StatusCode>(h.code), text);
+  if (ok_text) *ok_text = h.code == 0 ? text : std::string();
   return Status::Ok();
 }
 

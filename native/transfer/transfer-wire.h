@@ -17,7 +17,10 @@
 //                              data is in place; ids: listener's blocks; data: in that region's
 //                              layout (its kv heads only)
 //   read   client -> listener  arg: the listener's region; ids: listener's blocks
-//   reply  listener -> client  code: StatusCode (ok or the error), text: the error's message;
+//   auth   client -> listener  the cluster-secret handshake, before hello (transfer-auth.h):
+//                              arg 1, text: the client's nonce; arg 2, text: the client's MAC
+//   reply  listener -> client  code: StatusCode (ok or the error), text: the error's message
+//                              (an ok reply to auth arg 1: the listener's nonce and MAC);
 //                              a successful read reply is followed by the blocks' data
 //   A region the listener does not have is answered with ERR_TRANSFER_INVALID and ends the
 //   connection (the data that follows cannot be sized); bad block ids are answered with it and
@@ -40,7 +43,7 @@ constexpr uint32_t kMaxFrameText = 1u << 20;   // metadata and notifications
 constexpr int kConnectTimeoutSeconds = 5;      // a client's connect and hello (connect() blocks)
 constexpr int kClientIoTimeoutSeconds = 30;    // then each of its sends and reply waits
 
-enum class FrameType : uint32_t { hello = 1, write = 2, read = 3, reply = 4 };
+enum class FrameType : uint32_t { hello = 1, write = 2, read = 3, reply = 4, auth = 5 };
 
 struct FrameHeader {
   uint32_t magic = kFrameMagic;
@@ -87,10 +90,13 @@ Status recv_all(const Socket& s, void* data, size_t bytes);
 Status send_frame(const Socket& s, FrameType type, const std::string& text, const std::vector<int32_t>& ids,
                   uint64_t arg = 0);
 Status send_reply(const Socket& s, const Status& st);
+// An ok reply that carries text (the answer to auth arg 1).
+Status send_ok_reply(const Socket& s, const std::string& text);
 // Reads header, text and (requests) ids; a bad magic or sizes beyond the limits is an error.
 Status recv_frame(const Socket& s, FrameHeader* h, std::string* text, std::vector<int32_t>* ids);
-// Reads a reply: the return value is the I/O's status, *carried the listener's answer.
-Status recv_reply(const Socket& s, Status* carried);
+// Reads a reply: the return value is the I/O's status, *carried the listener's answer, and
+// *ok_text (when given) the text of an ok reply.
+Status recv_reply(const Socket& s, Status* carried, std::string* ok_text = nullptr);
 
 }  // namespace transfer
 }  // namespace llm

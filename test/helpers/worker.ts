@@ -11,8 +11,15 @@ export interface ForkedWorker {
   stop(signal?: NodeJS.Signals): Promise<void>;
 }
 
-export async function forkWorker(config: WorkerConfig): Promise<ForkedWorker> {
-  const proc = fork('ts/worker/main.ts', ['--config', JSON.stringify(config)], { execArgv: ['--import', 'tsx'], stdio: 'inherit' });
+// env: added to the worker's environment, as the launcher passes secrets (KVSERVE_REDIS_URL,
+// KVSERVE_CLUSTER_SECRET); both are emptied unless given, so the test's own environment does not
+// leak into the worker.
+export async function forkWorker(config: WorkerConfig, env: Record<string, string> = {}): Promise<ForkedWorker> {
+  const proc = fork('ts/worker/main.ts', ['--config', JSON.stringify(config)], {
+    execArgv: ['--import', 'tsx'],
+    stdio: 'inherit',
+    env: { ...process.env, KVSERVE_REDIS_URL: '', KVSERVE_CLUSTER_SECRET: '', ...env },
+  });
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
   const info = await new Promise<WorkerInfo>((resolve, reject) => {
     proc.on('message', (m: { type: string; info?: WorkerInfo; message?: string }) => {

@@ -174,7 +174,8 @@ describe('launcher', () => {
       '--block-size', '--max-local-prefill-length', '--max-prefill-queue-size', '--http-port', '--redis-url', '--device',
       '--max-model-len', '--max-num-seqs', '--max-num-batched-tokens', '--kv-cache-memory', '--restart', '--kv-overlap-weight', '--router-temperature',
       '--prefill-deadline-ms', '--no-restart', '--shutdown-grace-s', '--api-key', '--metrics-require-key', '--migration-limit', '--migration-max-seq-len',
-      '--stall-timeout-s', '--request-timeout', '--active-decode-blocks-threshold', '--active-prefill-tokens-threshold', '--router-queue-threshold', '--max-choices-per-request']) {
+      '--stall-timeout-s', '--request-timeout', '--active-decode-blocks-threshold', '--active-prefill-tokens-threshold', '--router-queue-threshold', '--max-choices-per-request',
+      '--cluster-secret']) {
       expect(output).toContain(flag);
     }
   });
@@ -193,6 +194,7 @@ describe('launcher', () => {
     [['--migration-max-seq-len', '0'], /--migration-max-seq-len must be in \[1, /],
     [['--active-decode-blocks-threshold', '1.5'], /--active-decode-blocks-threshold must be a number in \(0, 1\]/],
     [['--stall-timeout-s', 'soon'], /--stall-timeout-s must be a number >= 0/],
+    [['--cluster-secret', 'short-secret'], /--cluster-secret \(or KVSERVE_CLUSTER_SECRET\) must have at least 16 printable ASCII characters/],
     [['--worker-tp', '3'], /--decode-tp 3 does not split this model: it must divide num_attention_heads 8 and intermediate_size/],
     ...((loadAddon().cudaDevice().usable
       ? [[['--device', 'cuda', '--workers', '2'], /2 workers on one GPU: give each worker's KV cache with --kv-cache-memory/]]

@@ -63,10 +63,9 @@ beforeAll(async () => {
     modelDir,
     host: '127.0.0.1',
     port: 0,
-    redisUrl: redis.url,
     engine: { kvCacheBytes: 64 << 20, numThreads: 1 },
   };
-  extra = (await forkWorker(config)).proc;
+  extra = (await forkWorker(config, { KVSERVE_REDIS_URL: redis.url })).proc;
   await until('4 workers in the pool', async () => (await workersSeen()).length === 4);
 });
 
@@ -165,7 +164,7 @@ describe('Redis outage', () => {
     await redis.stop();
     await until('503 while Redis is down', async () => (await complete(tokens(7100, 32))).status === 503, 10_000);
     expect((await fetch(`${server.url}/health`)).status).toBe(200);
-    redis = await startPrivateRedis({ port }); // a new, empty Redis on the same address
+    redis = await startPrivateRedis({ port, password: redis.password }); // a new, empty Redis on the same address and password
     await until('routing again', async () => (await complete(tokens(7200, 32))).status === 200, 30_000);
     await until('the replays', async () => {
       const [line] = await metric('kvserve:router_indexed_blocks');

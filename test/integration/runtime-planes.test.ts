@@ -44,11 +44,10 @@ async function startWorker(workerId: string, redisUrl: string, extra: Partial<Wo
     modelDir: dir,
     host: '127.0.0.1',
     port: 0,
-    redisUrl,
     engine: { blockSize: BLOCK_SIZE, numKvBlocks: NUM_KV_BLOCKS, numThreads: 1, maxModelLen: 512 },
     ...extra,
   };
-  const forked = await forkWorker(config);
+  const forked = await forkWorker(config, { KVSERVE_REDIS_URL: redisUrl });
   const w: TestWorker = {
     ...forked,
     client: new WorkerClient(forked.info.address),
@@ -301,8 +300,8 @@ describe('Redis outage', () => {
     await until('watcher disconnected', () => !watcher!.isConnected());
     for (let i = 1; i < 6; i++) await Promise.all([generate(wa, `a${i}`, prompt(i)), generate(wb, `b${i}`, prompt(i))]);
 
-    // Back, empty, on the same port.
-    redis = await startPrivateRedis({ port });
+    // Back, empty, on the same port, with the same password (as superviseRedis restarts it).
+    redis = await startPrivateRedis({ port, password: redis.password });
     await until('consumer reconnected', () => o.consumer.isConnected(), 15_000);
     await until('watcher reconnected', () => watcher!.isConnected());
     await until('the consumer is told to replay', () => o.resyncs.length === 2);

@@ -2,9 +2,13 @@
 // each, blocks written from one pool into the other and read back over both backends, checked
 // byte for byte through /dev/shm (Linux); bad inputs give the right error codes. Tensor-parallel
 // pools (one region per rank, fabricated as /dev/shm segments) exchange blocks with a TP 1 pool,
-// each rank getting its slice of the kv heads.
+// each rank getting its slice of the kv heads. With a cluster secret, a peer without it, with
+// another one, or a listener without one is refused, and a raw client whose handshake MAC is made
+// with a wrong secret is answered with the reason and the connection closed.
 import { spawnSync } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Engine, NativeError, packageRoot, type NativeKvRegion } from '../../ts/native/index.ts';
@@ -246,5 +250,91 @@ describe('transfer agent', () => {
       new TransferAgent({ name: 'idle', listenHost: '127.0.0.1', listenPort: 0 }, () => {});`;
     const r = spawnSync(process.execPath, ['-e', script], { timeout: 30_000 });
     expect(r.status).toBe(0);
+  });
+});
+
+// Frames of native/transfer/transfer-wire.h, little-endian (this host's order): magic, type,
+// num_blocks, text_bytes, code, reserved, arg (u64), then the text.
+function frame(type: number, text: string, arg: number): Buffer {
+  const h = Buffer.alloc(32);
+  h.writeUInt32LE(0x4b565846, 0);
+  h.writeUInt32LE(type, 4);
+  h.writeUInt32LE(Buffer.byteLength(text), 12);
+  h.writeBigUInt64LE(BigInt(arg), 24);
+  return Buffer.concat([h, Buffer.from(text)]);
+}
+
+// A raw client: sends `first`, then for each reply (code, text) what `next` returns, until the
+// listener closes the connection; resolves with the replies.
+function rawAgentSession(port: number, first: Buffer, next: (reply: { code: number; text: string }) => Buffer | undefined) {
+  return new Promise<{ code: number; text: string }[]>((resolve, reject) => {
+    const socket = net.connect({ host: '127.0.0.1', port }, () => socket.write(first));
+    const replies: { code: number; text: string }[] = [];
+    let buf = Buffer.alloc(0);
+    socket.setTimeout(10_000, () => reject(new Error(`the listener did not close; replies ${JSON.stringify(replies)}`)));
+    socket.on('data', (d: Buffer) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 32 && buf.length >= 32 + buf.readUInt32LE(12)) {
+        const len = buf.readUInt32LE(12);
+        const reply = { code: buf.readInt32LE(16), text: buf.subarray(32, 32 + len).toString() };
+        buf = buf.subarray(32 + len);
+        replies.push(reply);
+        const more = next(reply);
+        if (more) socket.write(more);
+      }
+    });
+    socket.on('error', reject);
+    socket.on('close', () => resolve(replies));
+  });
+}
+
+describe('transfer agent with a cluster secret', () => {
+  const SECRET = 'transfer-secret-0123456789';
+  function secretAgent(name: string, clusterSecret?: string) {
+    const a = new TransferAgent({ name, ...(clusterSecret === undefined ? {} : { clusterSecret }) }, () => {});
+    agents.push(a);
+    a.registerRegions(tpPool(name, 1, 8));
+    return a;
+  }
+
+  it('connects and moves blocks when both ends have the secret', async () => {
+    const listener = secretAgent('sec-l', SECRET);
+    const client = secretAgent('sec-c', SECRET);
+    expect(client.connect(listener.metadata(), 'tcp')).toBe('sec-l');
+    await client.write([1, 2], 'sec-l', [3, 4], 'done');
+  });
+
+  it('refuses a peer without the secret, with another one, and a listener without one', async () => {
+    const listener = secretAgent('sec-l2', SECRET);
+    const refused = (a: TransferAgent, meta: string) => {
+      try {
+        a.connect(meta, 'tcp');
+      } catch (err) {
+        expect(err).toBeInstanceOf(NativeError);
+        expect((err as NativeError).code).toBe('ERR_TRANSFER_PEER');
+        return (err as Error).message;
+      }
+      return 'connected';
+    };
+    expect(refused(secretAgent('sec-none'), listener.metadata())).toMatch(/requires the cluster secret \(--cluster-secret, KVSERVE_CLUSTER_SECRET\)/);
+    expect(refused(secretAgent('sec-other', 'another-secret-0123456789'), listener.metadata())).toMatch(/did not prove it knows the cluster secret/);
+    expect(refused(secretAgent('sec-c2', SECRET), secretAgent('open-l').metadata())).toMatch(/runs without a cluster secret/);
+  });
+
+  it('answers a handshake MAC made with a wrong secret with the reason and closes the connection', async () => {
+    const listener = secretAgent('sec-l3', SECRET);
+    const port = (JSON.parse(listener.metadata()) as { tcp_port: number }).tcp_port;
+    const nonce = 'ab'.repeat(16);
+    const replies = await rawAgentSession(port, frame(5, nonce, 1), (reply) => {
+      if (reply.code !== 0) return undefined;
+      const [listenerNonce, mac] = reply.text.split(' ');
+      // The listener's proof is made with the real secret.
+      expect(mac).toBe(createHmac('sha256', SECRET).update(`kvserve transfer listener\n${nonce}\n${listenerNonce}`).digest('hex'));
+      const wrong = createHmac('sha256', 'another-secret-0123456789').update(`kvserve transfer client\n${listenerNonce}\n${nonce}`).digest('hex');
+      return frame(5, wrong, 2);
+    });
+    expect(replies).toHaveLength(2);
+    expect(replies[1]!.code).not.toBe(0);
+    expect(replies[1]!.text).toBe('wrong cluster secret');
   });
 });

@@ -16,6 +16,9 @@
 //
 // The API key comes from the environment (KVSERVE_API_KEY, as the launcher passes it), never from
 // the command line, which other local users can read; metricsRequireKey puts /metrics behind it.
+// So does the router's Redis URL (KVSERVE_REDIS_URL; it may carry a password), and the cluster
+// secret the request plane presents to workers (KVSERVE_CLUSTER_SECRET, read by
+// runtime/request-client.ts).
 //
 // `migrationLimit` (--migration-limit, default 3; 0 = off) and `migrationMaxSeqLen`
 // (--migration-max-seq-len, absent = no cap): how often, and up to which prompt + output length,
@@ -59,7 +62,6 @@ export interface FrontendConfig {
   maxChoicesPerRequest?: number;
   overload?: OverloadSettings; // busy thresholds and the wait queue, for either pool
   router?: {
-    redisUrl: string;
     namespace?: string;
     policy: PolicyName;
     blockSize: number;
@@ -105,8 +107,10 @@ async function main(): Promise<void> {
   const reasoningParser = cfg.reasoningParser as ReasoningParserName | undefined;
   const sampling = loadSamplingDefaults(cfg.generationConfig ?? 'auto', cfg.modelDir);
   const kvLimit = Math.min(...cfg.workers.map((w) => w.kvTotalBlocks * w.blockSize));
+  const redisUrl = process.env.KVSERVE_REDIS_URL || undefined;
+  if (cfg.router && !redisUrl) throw new Error('the router needs its Redis: KVSERVE_REDIS_URL is not set');
   const overload = withoutUndefined(cfg.overload ?? {});
-  const routed = cfg.router ? new RoutedWorkerPool({ ...cfg.router, modelName: cfg.modelName, overload }) : undefined;
+  const routed = cfg.router ? new RoutedWorkerPool({ ...cfg.router, redisUrl: redisUrl!, modelName: cfg.modelName, overload }) : undefined;
   const pool: WorkerPool = routed ?? new StaticWorkerPool(cfg.workers, cfg.modelName, { overload });
   const app = await buildApp({
     modelName: cfg.modelName,

@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { maskRedisUrl } from '../runtime/redis-connection.ts';
 import { isReasoningParserName, unknownReasoningParserMessage, type ReasoningParserName } from '../processor/reasoning-parser.ts';
 
 export interface LauncherFlags {
@@ -21,7 +22,7 @@ export interface LauncherFlags {
   prefillDeadlineMs: number;
   httpPort: number;
   host: string;
-  redisUrl?: string;
+  redisUrl?: string; // --redis-url, else $KVSERVE_REDIS_URL; may carry a password: log maskRedisUrl(redisUrl)
   device: 'cpu' | 'cuda' | 'auto';
   maxModelLen?: number;
   maxNumSeqs?: number;
@@ -42,6 +43,7 @@ export interface LauncherFlags {
   activePrefillTokensThreshold?: number;
   routerQueueThreshold: number;
   maxChoicesPerRequest: number;
+  clusterSecret?: string; // --cluster-secret, else $KVSERVE_CLUSTER_SECRET: the internal planes' handshake
   logLevel: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
   help: boolean;
 }
@@ -113,9 +115,13 @@ Serving
                                 deepseek_r1: reasoning until </think> (default: off)
   --http-port N                 OpenAI server port (default 8181)
   --host ADDR                   address to listen on (default 0.0.0.0)
-  --redis-url URL               use this Redis; otherwise a private redis-server is started
-                                when a mode needs one (--router kv or random; a plain
-                                round-robin needs none)
+  --redis-url URL               use this Redis; otherwise a private redis-server, with a
+                                random password, is started when a mode needs one (--router
+                                kv or random, --prefill-workers; a plain round-robin needs
+                                none). The URL may carry a password (redis://:PW@HOST:PORT,
+                                rediss://USER:PW@HOST:PORT); it is never logged, and
+                                $KVSERVE_REDIS_URL does the same without putting it on a
+                                command line other local users can read
   --restart, --no-restart       a child process that dies is restarted, with backoff, while
                                 the others keep serving, and one that fails to start again 3
                                 times in a row stops the launcher (--restart, the default);
@@ -135,6 +141,14 @@ Serving
                                 the error (default 3)
   --migration-max-seq-len N     migrate only requests of at most N prompt + generated tokens
                                 (default: no cap beyond the context length)
+  --cluster-secret SECRET       every peer of the internal planes (the request plane, the
+                                workers' HTTP, the KV transfer agents) must prove it knows
+                                SECRET (an HMAC handshake once per connection; HTTP: the
+                                x-kvserve-cluster-secret header), else it is refused; at least
+                                16 printable ASCII characters; $KVSERVE_CLUSTER_SECRET does the
+                                same without putting it on a command line. Loopback listeners
+                                (the default) need none; a worker bound to another address
+                                refuses to start without it (default: none)
 
 Overload and stalls
   --active-decode-blocks-threshold F
@@ -260,6 +274,7 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'active-prefill-tokens-threshold': { type: 'string' },
         'router-queue-threshold': { type: 'string' },
         'max-choices-per-request': { type: 'string' },
+        'cluster-secret': { type: 'string' },
         'log-level': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
@@ -292,7 +307,7 @@ export function parseFlags(argv: string[]): LauncherFlags {
     prefillDeadlineMs: int('prefill-deadline-ms', v['prefill-deadline-ms'], 100, 3_600_000) ?? 30_000,
     httpPort: int('http-port', v['http-port'], 0, 65535) ?? 8181,
     host: v.host ?? '0.0.0.0',
-    redisUrl: v['redis-url'],
+    redisUrl: v['redis-url'] ?? (process.env.KVSERVE_REDIS_URL || undefined),
     device: oneOf('device', v.device, ['cpu', 'cuda', 'auto'] as const, 'auto'),
     maxModelLen: int('max-model-len', v['max-model-len'], 1),
     maxNumSeqs: int('max-num-seqs', v['max-num-seqs'], 1, 4096),
@@ -310,6 +325,7 @@ export function parseFlags(argv: string[]): LauncherFlags {
     activePrefillTokensThreshold: int('active-prefill-tokens-threshold', v['active-prefill-tokens-threshold'], 1),
     routerQueueThreshold: int('router-queue-threshold', v['router-queue-threshold'], 0, 1_000_000) ?? 256,
     maxChoicesPerRequest: int('max-choices-per-request', v['max-choices-per-request'], 1, 100_000) ?? 128,
+    clusterSecret: v['cluster-secret'] ?? (process.env.KVSERVE_CLUSTER_SECRET || undefined),
     logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
     help: v.help ?? false,
   };
@@ -326,7 +342,10 @@ export function parseFlags(argv: string[]): LauncherFlags {
     throw new FlagError('--metrics-require-key needs an API key: add --api-key KEY or set KVSERVE_API_KEY');
   }
   if (flags.redisUrl !== undefined && !/^rediss?:\/\//.test(flags.redisUrl)) {
-    throw new FlagError(`--redis-url must look like redis://host:port, got '${flags.redisUrl}'`);
+    throw new FlagError(`--redis-url (or KVSERVE_REDIS_URL) must look like redis://host:port, got '${maskRedisUrl(flags.redisUrl)}'`);
+  }
+  if (flags.clusterSecret !== undefined && !/^[\x21-\x7e]{16,}$/.test(flags.clusterSecret)) {
+    throw new FlagError('--cluster-secret (or KVSERVE_CLUSTER_SECRET) must have at least 16 printable ASCII characters without spaces, as an HTTP header carries it');
   }
   return flags;
 }

@@ -14,6 +14,10 @@
 // Start-up order: flags -> model -> Redis (only when a mode needs it: --router kv or random,
 // --prefill-workers, or --redis-url given; a private redis-server unless --redis-url) -> workers (each on two fixed free
 // ports, HTTP and the TCP request plane, so a restarted worker keeps its addresses) -> frontend.
+// Secrets never go on a child's command line (its --config JSON is one, readable by every local
+// user): the Redis URL, which may carry a password (the private Redis always has one), the
+// cluster secret and the API key reach children in their environment (KVSERVE_REDIS_URL,
+// KVSERVE_CLUSTER_SECRET, KVSERVE_API_KEY), and a logged Redis URL is masked (maskRedisUrl).
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -28,6 +32,7 @@ import { FlagError, HELP, checkTpSplit, parseFlags, refuseUnimplemented, type La
 import { cpuShares } from './placement.ts';
 import { freePorts } from './ports.ts';
 import { resolveModel, type ResolvedModel } from './model-resolve.ts';
+import { maskRedisUrl } from '../runtime/redis-connection.ts';
 import { startPrivateRedis, superviseRedis, type SupervisedRedis } from './redis.ts';
 import { Supervisor, type Child } from './supervisor.ts';
 
@@ -90,7 +95,6 @@ function workerConfig(
   workerId: string,
   port: number,
   requestPort: number,
-  redisUrl: string | undefined,
   cpus: { numThreads: number; cpuOffset?: number },
 ): WorkerConfig {
   return {
@@ -101,7 +105,6 @@ function workerConfig(
     host: '127.0.0.1',
     port,
     requestPort,
-    redisUrl,
     engine: {
       blockSize: f.blockSize,
       maxModelLen: f.maxModelLen,
@@ -172,9 +175,12 @@ async function run(f: LauncherFlags): Promise<number> {
       onGiveUp: (err) => fail(err),
     });
     const why = f.prefillWorkers > 0 ? 'the prefill queue needs one' : `--router ${f.router} needs one`;
-    log(`started a private redis-server at ${first.url} (${why}; pass --redis-url to use yours)`);
+    log(`started a private redis-server at ${maskRedisUrl(first.url)} (${why}; pass --redis-url to use yours)`);
   }
   const redisUrl = needsRedis ? (f.redisUrl ?? privateRedis!.url) : undefined;
+  // Every child's secrets, set or emptied (a variable of the launcher's own environment must not
+  // reach a child that is not meant to have it).
+  const secretEnv = { KVSERVE_REDIS_URL: redisUrl ?? '', KVSERVE_CLUSTER_SECRET: f.clusterSecret ?? '' };
 
   // 3. Children, watched: a death restarts the child (stops everything with --no-restart).
   // During start-up a child still awaited reports its own failure (its 'fatal' message, or its
@@ -272,8 +278,8 @@ async function run(f: LauncherFlags): Promise<number> {
     const shares = cpuShares(roles.map(({ role }) => (role === 'prefill' ? f.prefillTp : f.decodeTp)), cores);
     const started = await Promise.all(
       roles.map(async ({ role, id }, i) => {
-        const config = workerConfig(f, device, tileWeights, served, role, id, ports[2 * i], ports[2 * i + 1], redisUrl, shares[i]);
-        const child = supervisor.start({ name: id, entry: 'ts/worker/main.ts', config });
+        const config = workerConfig(f, device, tileWeights, served, role, id, ports[2 * i], ports[2 * i + 1], shares[i]);
+        const child = supervisor.start({ name: id, entry: 'ts/worker/main.ts', config, env: secretEnv });
         child.process.on('message', (m: WorkerMessage) => {
           if (m.type === 'loading') log(`${m.workerId}: ${m.message}`);
         });
@@ -299,7 +305,7 @@ async function run(f: LauncherFlags): Promise<number> {
     const frontend = supervisor.start({
       name: 'frontend',
       entry: 'ts/frontend/main.ts',
-      env: f.apiKey === undefined ? undefined : { KVSERVE_API_KEY: f.apiKey },
+      env: { ...secretEnv, KVSERVE_API_KEY: f.apiKey ?? '' },
       config: {
         host: f.host,
         port: f.httpPort,
@@ -323,7 +329,7 @@ async function run(f: LauncherFlags): Promise<number> {
           maxQueued: f.routerQueueThreshold,
         },
         router: redisUrl
-          ? { redisUrl, policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
+          ? { policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
           : undefined,
       },
     });

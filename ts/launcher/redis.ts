@@ -1,40 +1,49 @@
 // redis.ts: a private redis-server for the launcher (and tests) when no --redis-url is given.
 //
-// Owns: one redis-server child on 127.0.0.1, no persistence (`--save ''`, `--appendonly no`):
+// Owns: one redis-server child on 127.0.0.1, no persistence (`save ""`, `appendonly no`):
 // its data lives and dies with it, which the planes are built for (leases are re-created,
-// consumers are told to ask for replays).
+// consumers are told to ask for replays). It requires a password (`requirepass`), 32 random
+// bytes unless one is given: its whole configuration reaches redis-server on stdin (`redis-server
+// -`), never on its command line, which every local user can read; `url` carries the password
+// (redis://:PASSWORD@127.0.0.1:PORT), so it goes to children in their environment and is logged
+// only through maskRedisUrl().
 // Stays true: startPrivateRedis() resolves only once the server it started answers (INFO); a missing binary
 // is one clear error; the server never outlives this process: it is killed when this process
 // exits, and it is started through setpriv --pdeathsig KILL (util-linux) where that exists, so
 // the kernel kills it even when this process is killed with SIGKILL.
-// superviseRedis() restarts the server on its port when it dies (the planes reconnect and
-// re-create their state by themselves), with backoff, and gives up after a few failed starts.
+// superviseRedis() restarts the server on its port, with the same password, when it dies (the
+// planes reconnect and re-create their state by themselves), with backoff, and gives up after a
+// few failed starts.
 // Settings: port (0 / absent = a free one, retried up to 3 times if taken meanwhile; a given port
 // is used as is, e.g. to restart a server on the same port), timeoutMs default 10000.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { freePort } from './ports.ts';
 
 export interface PrivateRedis {
-  url: string;
+  url: string; // redis://:PASSWORD@127.0.0.1:PORT: a secret (log maskRedisUrl(url))
   port: number;
+  password: string;
   process: ChildProcess;
   stop(): Promise<void>; // SIGTERM, then resolves once it has exited
 }
 
 export interface PrivateRedisOptions {
   port?: number;
+  password?: string; // default: 32 random bytes, hex; [A-Za-z0-9_-] only
   redisServer?: string; // the binary, default `redis-server` on PATH
   timeoutMs?: number;
 }
 
 const HOST = '127.0.0.1';
 
-// The process id of the server answering on the port (INFO server over a raw socket), or
-// undefined while none answers: tells our server from another one already on that port.
-function serverPid(port: number): Promise<number | undefined> {
+// The process id of the server answering on the port (AUTH, then INFO server, over a raw
+// socket), or undefined while none answers: tells our server from another one already on that
+// port (which refuses our password, or answers with another pid).
+function serverPid(port: number, password: string): Promise<number | undefined> {
   return new Promise((resolve) => {
     const socket = net.connect({ host: HOST, port });
     let reply = '';
@@ -44,10 +53,10 @@ function serverPid(port: number): Promise<number | undefined> {
     };
     socket.setTimeout(500, () => done(undefined));
     socket.once('error', () => done(undefined));
-    socket.once('connect', () => socket.write('INFO server\r\n'));
+    socket.once('connect', () => socket.write(`AUTH ${password}\r\nINFO server\r\n`));
     socket.on('data', (d) => {
       reply += d.toString('latin1');
-      if (reply.startsWith('-')) return done(undefined); // e.g. -LOADING
+      if (/^-|\r\n-/.test(reply)) return done(undefined); // e.g. -WRONGPASS, -LOADING
       const m = /process_id:(\d+)/.exec(reply);
       if (m) done(Number(m[1]));
     });
@@ -69,18 +78,29 @@ function onPath(bin: string): string | undefined {
   return undefined;
 }
 
-async function startOn(port: number, opts: PrivateRedisOptions): Promise<PrivateRedis> {
+export function newRedisPassword(): string {
+  return randomBytes(32).toString('hex');
+}
+
+async function startOn(port: number, password: string, opts: PrivateRedisOptions): Promise<PrivateRedis> {
   const bin = opts.redisServer ?? 'redis-server';
-  const args = ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'no', '--protected-mode', 'yes', '--daemonize', 'no', '--loglevel', 'warning'];
+  if (!/^[A-Za-z0-9_-]{16,}$/.test(password)) throw new Error('a private Redis password must have 16 or more characters of [A-Za-z0-9_-]');
+  // `-`: the configuration is read from stdin, so the password is on no command line.
+  const config = [`port ${port}`, `bind ${HOST}`, 'save ""', 'appendonly no', 'protected-mode yes', 'daemonize no', 'loglevel warning', `requirepass "${password}"`];
   const exe = onPath(bin);
   if (!exe) throw new Error(`${bin} not found: install redis-server (e.g. apt-get install redis-server) or pass --redis-url`);
   const setpriv = onPath('setpriv');
   const child = setpriv
-    ? spawn(setpriv, ['--pdeathsig', 'KILL', '--', exe, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(exe, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
+    ? spawn(setpriv, ['--pdeathsig', 'KILL', '--', exe, '-'], { stdio: ['pipe', 'pipe', 'pipe'] })
+    : spawn(exe, ['-'], { stdio: ['pipe', 'pipe', 'pipe'] });
+  child.stdin!.on('error', () => {
+    // it exited before reading its configuration: reported below with its output
+  });
+  child.stdin!.end(config.join('\n') + '\n');
+  let output = ''; // read through shown(): a config error would quote the password's line
   child.stdout!.on('data', (d) => (output += d));
   child.stderr!.on('data', (d) => (output += d));
+  const shown = () => output.split(password).join('***').trim();
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const killOnExit = () => child.kill('SIGKILL');
   process.once('exit', killOnExit);
@@ -102,24 +122,25 @@ async function startOn(port: number, opts: PrivateRedisOptions): Promise<Private
   for (;;) {
     if (spawnFailure) throw spawnFailure;
     if (child.exitCode !== null || child.signalCode !== null) {
-      throw new Error(`${bin} exited (${child.exitCode ?? child.signalCode}) on port ${port}: ${output.trim()}`);
+      throw new Error(`${bin} exited (${child.exitCode ?? child.signalCode}) on port ${port}: ${shown()}`);
     }
-    if (child.pid !== undefined && (await serverPid(port)) === child.pid) break;
+    if (child.pid !== undefined && (await serverPid(port, password)) === child.pid) break;
     if (Date.now() > deadline) {
       await stop();
-      throw new Error(`${bin} did not answer on port ${port} in time: ${output.trim()}`);
+      throw new Error(`${bin} did not answer on port ${port} in time: ${shown()}`);
     }
     await new Promise((r) => setTimeout(r, 50));
   }
-  return { url: `redis://${HOST}:${port}`, port, process: child, stop };
+  return { url: `redis://:${password}@${HOST}:${port}`, port, password, process: child, stop };
 }
 
 export async function startPrivateRedis(opts: PrivateRedisOptions = {}): Promise<PrivateRedis> {
-  if (opts.port) return startOn(opts.port, opts);
+  const password = opts.password ?? newRedisPassword();
+  if (opts.port) return startOn(opts.port, password, opts);
   let lastError: Error | undefined;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
-      return await startOn(await freePort(HOST), opts);
+      return await startOn(await freePort(HOST), password, opts);
     } catch (err) {
       lastError = err as Error;
       if (/not found|could not start/.test(lastError.message)) throw lastError;
@@ -129,7 +150,7 @@ export async function startPrivateRedis(opts: PrivateRedisOptions = {}): Promise
 }
 
 export interface SupervisedRedis {
-  url: string;
+  url: string; // with the password, as PrivateRedis.url
   port: number;
   current(): PrivateRedis;
   stop(): Promise<void>;
@@ -156,7 +177,7 @@ export function superviseRedis(
   const restart = async (failures: number) => {
     if (stopped) return;
     try {
-      const s = await startOn(first.port, { ...opts, port: first.port });
+      const s = await startOn(first.port, first.password, { ...opts, port: first.port });
       if (stopped) return void (await s.stop());
       server = s;
       watch(s);

@@ -211,6 +211,7 @@ export interface NativeTransferAgentOptions {
   name: string; // unique among the agents that connect to each other, 1 to 256 bytes
   listenHost: string; // '0.0.0.0' / '::' advertise the hostname in the metadata
   listenPort: number; // 0 = ephemeral
+  clusterSecret?: string; // every peer must prove it knows it (transfer-auth.h); absent = none
 }
 
 export type NativeTransferBackend = 'auto' | 'shm' | 'tcp' | 'cuda_ipc';

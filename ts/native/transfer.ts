@@ -17,6 +17,8 @@ export interface TransferAgentOptions {
   name: string; // unique among connected agents, e.g. the worker id
   listenHost?: string; // default '127.0.0.1'; '0.0.0.0' for other hosts
   listenPort?: number; // default 0 = ephemeral
+  clusterSecret?: string; // every peer, both ways, must prove it knows it, once per connection
+  // (native/transfer/transfer-auth.h); absent = none asked. Never logged, never sent.
 }
 
 // Absent = automatic: shm when the remote is on this host and its segment opens, else tcp.
@@ -64,11 +66,13 @@ export class TransferAgent {
     if (!Number.isInteger(listenPort) || listenPort < 0 || listenPort > 65535) {
       throw invalidArgument(`listenPort must be an integer in [0, 65535], got ${String(listenPort)}`);
     }
+    if (opts.clusterSecret !== undefined) checkString('clusterSecret', opts.clusterSecret, false);
     if (typeof onNotification !== 'function') throw invalidArgument('onNotification must be a function');
     // 2. The native agent: starts its listener.
     const addon = loadAddon();
+    const secret = opts.clusterSecret === undefined ? {} : { clusterSecret: opts.clusterSecret };
     this.native = callNative(
-      () => new addon.TransferAgent({ name, listenHost, listenPort }, onNotification),
+      () => new addon.TransferAgent({ name, listenHost, listenPort, ...secret }, onNotification),
     );
     this.name = name;
   }

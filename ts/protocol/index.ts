@@ -92,6 +92,13 @@ export type RequestPlaneWorkerFrame =
   | ({ t: 'delta'; id: number } & GenerateDelta)
   | { t: 'err'; id: number; requestId: RequestId; status: number; code: string; message: string };
 
+// The cluster-secret handshake before those frames (runtime/cluster-secret.ts has the protocol).
+export type RequestPlaneClientHandshake = { t: 'hello'; nonce: string } | { t: 'auth'; mac: string };
+export type RequestPlaneWorkerHandshake =
+  | { t: 'hello'; nonce: string; mac: string }
+  | { t: 'hello'; nonce: null } // the worker has no secret
+  | { t: 'refused'; reason: string }; // then the worker closes the connection
+
 export interface WireError {
   code: string; // a NativeErrorCode or ERR_WORKER_*
   message: string;

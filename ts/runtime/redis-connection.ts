@@ -10,6 +10,8 @@
 // connected and disconnected; isConnected() is true exactly while commands can be sent.
 // After an outage, Redis may be a new, empty server (no persistence): whenReady() callers use
 // serverRunId() to tell, since the run id changes on every redis-server start.
+// A Redis URL may carry a password (redis://:PASSWORD@host:port, rediss://user:PASSWORD@...):
+// every line that shows one shows maskRedisUrl(url).
 // Settings: maxBackoffMs in [100, 30000], default 1000.
 import { EventEmitter } from 'node:events';
 import { Redis } from 'ioredis';
@@ -90,7 +92,7 @@ export class RedisConnection extends EventEmitter<RedisConnectionEvents> {
       if (timeoutMs > 0) {
         timer = setTimeout(() => {
           cleanup();
-          reject(new Error(`redis at ${this.url} did not answer within ${timeoutMs} ms`));
+          reject(new Error(`redis at ${maskRedisUrl(this.url)} did not answer within ${timeoutMs} ms`));
         }, timeoutMs);
       }
     });
@@ -112,6 +114,22 @@ export class RedisConnection extends EventEmitter<RedisConnectionEvents> {
     if (this.connected === up) return;
     this.connected = up;
     this.emit('status', up);
+  }
+}
+
+// The URL with its password replaced by ***: redis://:***@host:port, rediss://user:***@host:port;
+// a user without a password (redis://NAME@host, which some clients take as the password) is
+// masked too; a string that does not parse as a URL has everything between '//' and the last '@'
+// replaced.
+export function maskRedisUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password === '' && u.username === '') return url;
+    if (u.password === '') u.username = '***';
+    else u.password = '***';
+    return u.toString().replace(/\/$/, url.endsWith('/') ? '/' : '');
+  } catch {
+    return url.replace(/\/\/.*@/, '//***@');
   }
 }
 

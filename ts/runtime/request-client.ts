@@ -18,13 +18,22 @@
 // its status and error code, before any delta; a worker that cannot be reached, or whose
 // connection breaks mid-stream, becomes RequestPlaneError(503, 'ERR_WORKER_UNAVAILABLE') (over
 // HTTP a response cut short is 502 ERR_WORKER_STREAM) unless the stream's own signal aborted it.
+//
+// Cluster secret (KVSERVE_CLUSTER_SECRET in this process's environment): each new TCP connection
+// first runs the handshake of cluster-secret.ts (frames written meanwhile wait for it, so it costs
+// one round trip per connection, not per request); a worker that cannot prove it knows the secret,
+// or that refuses ours, fails the connection's requests as unavailable, with the reason. Every
+// HTTP request carries the secret in the x-kvserve-cluster-secret header.
 import http from 'node:http';
 import net from 'node:net';
+import { CLUSTER_SECRET_HEADER, clusterSecret, newNonce, requestPlaneMac, secretsEqual } from './cluster-secret.ts';
 import type {
   GenerateDelta,
   GenerateRequest,
   RequestPlaneClientFrame,
+  RequestPlaneClientHandshake,
   RequestPlaneWorkerFrame,
+  RequestPlaneWorkerHandshake,
   WireError,
   WorkerInfo,
   WorkerLoad,
@@ -44,6 +53,7 @@ export class RequestPlaneError extends Error {
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1024, keepAliveMsecs: 10_000, noDelay: true });
 
 function request(url: URL, method: string, body: string | undefined, signal?: AbortSignal): Promise<http.IncomingMessage> {
+  const secret = clusterSecret();
   return new Promise((resolve, reject) => {
     const req = http.request(
       url,
@@ -51,7 +61,10 @@ function request(url: URL, method: string, body: string | undefined, signal?: Ab
         method,
         agent,
         signal,
-        headers: body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+        headers: {
+          ...(body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }),
+          ...(secret === undefined ? {} : { [CLUSTER_SECRET_HEADER]: secret }),
+        },
       },
       resolve,
     );
@@ -147,6 +160,8 @@ class RequestPlaneConnection {
   private readonly streams = new Map<number, TcpStream>();
   private nextId = 1;
   private corked = false;
+  // While the socket's handshake runs: the secret, our nonce, and the lines that wait for it.
+  private handshake: { secret: string; nonce: string; waiting: string[] } | undefined;
 
   constructor(readonly address: string) {}
 
@@ -196,7 +211,19 @@ class RequestPlaneConnection {
     const socket = net.connect({ host, port, noDelay: true });
     this.socket = socket;
     socket.setEncoding('utf8');
-    const lines = new LineSplitter((line) => this.onFrame(JSON.parse(line) as RequestPlaneWorkerFrame));
+    const secret = clusterSecret();
+    this.handshake = undefined;
+    if (secret !== undefined) {
+      this.handshake = { secret, nonce: newNonce(), waiting: [] };
+      socket.write(JSON.stringify({ t: 'hello', nonce: this.handshake.nonce } satisfies RequestPlaneClientHandshake) + '\n');
+    }
+    const lines = new LineSplitter((line) => {
+      const f = JSON.parse(line) as RequestPlaneWorkerFrame | RequestPlaneWorkerHandshake;
+      if (f.t === 'refused') this.fail(socket, new Error(`it refused the connection: ${f.reason}`));
+      else if (f.t === 'hello') this.onHello(socket, f);
+      else if (this.handshake) this.fail(socket, new Error(`a '${f.t}' frame before the handshake's end`));
+      else this.onFrame(f);
+    });
     socket.on('data', (chunk: string) => {
       try {
         lines.push(chunk);
@@ -217,10 +244,29 @@ class RequestPlaneConnection {
     return socket;
   }
 
+  // The worker's hello: it proves it knows the secret, and we prove it back; then the frames that
+  // waited go out.
+  private onHello(socket: net.Socket, f: RequestPlaneWorkerHandshake & { t: 'hello' }): void {
+    const h = this.handshake;
+    if (this.socket !== socket || !h) return this.fail(socket, new Error('an unexpected hello'));
+    if (f.nonce === null) {
+      return this.fail(socket, new Error('it has no cluster secret and this process has one: start both with the same --cluster-secret'));
+    }
+    if (typeof f.mac !== 'string' || !secretsEqual(f.mac, requestPlaneMac(h.secret, 'worker', h.nonce, f.nonce))) {
+      return this.fail(socket, new Error('it did not prove it knows the cluster secret (another secret?)'));
+    }
+    this.handshake = undefined;
+    socket.cork();
+    socket.write(JSON.stringify({ t: 'auth', mac: requestPlaneMac(h.secret, 'client', f.nonce, h.nonce) } satisfies RequestPlaneClientHandshake) + '\n');
+    for (const line of h.waiting) socket.write(line);
+    socket.uncork();
+  }
+
   // The socket is gone: every request open on it fails (those aborted by their signal just end).
   private fail(socket: net.Socket, err: Error): void {
     if (this.socket !== socket) return;
     this.socket = undefined;
+    this.handshake = undefined;
     socket.destroy();
     const streams = [...this.streams.values()];
     this.streams.clear();
@@ -252,6 +298,10 @@ class RequestPlaneConnection {
   }
 
   private send(socket: net.Socket, frame: RequestPlaneClientFrame): void {
+    if (this.handshake) {
+      this.handshake.waiting.push(JSON.stringify(frame) + '\n');
+      return;
+    }
     if (!this.corked) {
       this.corked = true;
       socket.cork();

@@ -14,6 +14,11 @@
 // A decode or prefill worker (disaggregation) keeps its KV pool in shared memory, runs a transfer
 // agent (its metadata published in discovery) and the queue's producer or consumer
 // (remote-prefill.ts has the protocol).
+// Secrets come from the environment, never from --config (a command line every local user can
+// read): KVSERVE_REDIS_URL, the Redis of the planes (it may carry a password), and
+// KVSERVE_CLUSTER_SECRET (see server.ts and the transfer agent: every peer of the request plane,
+// the HTTP server and the transfer listener must prove it knows the secret). A worker whose host
+// is not loopback refuses to start without a cluster secret.
 // With a Redis URL it also joins the planes there (without one nothing of this runs, so a single
 // worker needs no Redis): a discovery lease announced on join and leave (runtime/discovery.ts),
 // its KV events and load reports on the event plane, and replay requests answered
@@ -24,6 +29,7 @@ import { randomUUID } from 'node:crypto';
 import { Engine, TransferAgent, loadAddon, type EngineOptions } from '../native/index.ts';
 import type { DisaggCounters, WorkerId, WorkerInfo, WorkerRole } from '../protocol/index.ts';
 import { PrefillClaims, PrefillConsumer, PrefillQueue } from '../queue/prefill-queue.ts';
+import { clusterSecret, offLoopbackWithoutSecret } from '../runtime/cluster-secret.ts';
 import { DEFAULT_LEASE_TTL_MS, DEFAULT_NAMESPACE, WorkerLease, getWorker } from '../runtime/discovery.ts';
 import { EventPlanePublisher } from '../runtime/event-plane.ts';
 import { RedisConnection } from '../runtime/redis-connection.ts';
@@ -40,12 +46,11 @@ export interface WorkerConfig {
   port: number; // HTTP; 0 = any free port
   requestPort?: number; // the TCP request plane; 0 / absent = any free port (the launcher fixes it,
   // so a restarted worker keeps its address)
-  redisUrl?: string; // when set: discovery lease, event plane, replay requests there
   namespace?: string; // Redis key prefix, default 'kvserve'
   leaseTtlMs?: number; // [1000, 60000], default 3000
   maxBufferedKvEvents?: number; // KV events held while Redis is away, [1, 10^7], default 100000
   engine: Omit<EngineOptions, 'modelDir' | 'workerId'>;
-  disagg?: DisaggConfig; // decode and prefill workers (needs redisUrl)
+  disagg?: DisaggConfig; // decode and prefill workers (needs KVSERVE_REDIS_URL)
   logLevel?: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace'; // default info
 }
 
@@ -79,10 +84,18 @@ function parseConfig(argv: string[]): WorkerConfig {
 
 async function main(): Promise<void> {
   const cfg = parseConfig(process.argv.slice(2));
+  const redisUrl = process.env.KVSERVE_REDIS_URL || undefined;
+  const secret = clusterSecret();
+  const offLoopback = offLoopbackWithoutSecret(cfg.host, secret);
+  if (offLoopback) {
+    send({ type: 'fatal', workerId: cfg.workerId, code: 'ERR_INVALID_ARGUMENT', message: offLoopback });
+    process.exitCode = 1;
+    return;
+  }
   send({ type: 'loading', workerId: cfg.workerId, message: `loading ${cfg.modelDir}` });
   const disaggregated = cfg.role !== 'monolith';
-  if (disaggregated && (!cfg.redisUrl || !cfg.disagg)) {
-    send({ type: 'fatal', workerId: cfg.workerId, code: 'ERR_INVALID_ARGUMENT', message: `a ${cfg.role} worker needs redisUrl and disagg settings` });
+  if (disaggregated && (!redisUrl || !cfg.disagg)) {
+    send({ type: 'fatal', workerId: cfg.workerId, code: 'ERR_INVALID_ARGUMENT', message: `a ${cfg.role} worker needs KVSERVE_REDIS_URL and disagg settings` });
     process.exitCode = 1;
     return;
   }
@@ -103,7 +116,9 @@ async function main(): Promise<void> {
     }
     engine = new Engine(ranks ? { ...engineOptions, tpSize, tpGroup: ranks.group, tpRankPids: ranks.pids } : engineOptions);
     if (disaggregated) {
-      agent = new TransferAgent({ name: cfg.workerId, listenHost: cfg.host, listenPort: 0 }, (_from, message) => onNotification(message));
+      agent = new TransferAgent({ name: cfg.workerId, listenHost: cfg.host, listenPort: 0, clusterSecret: secret }, (_from, message) =>
+        onNotification(message),
+      );
       agent.registerRegions(engine.kvRegions());
     }
   } catch (err) {
@@ -148,8 +163,8 @@ async function main(): Promise<void> {
   const instanceId = randomUUID();
   let redis: RedisConnection | undefined;
   let publisher: EventPlanePublisher | undefined;
-  if (cfg.redisUrl) {
-    redis = new RedisConnection(cfg.redisUrl, { name: cfg.workerId });
+  if (redisUrl) {
+    redis = new RedisConnection(redisUrl, { name: cfg.workerId });
     try {
       await redis.whenReady(REDIS_START_TIMEOUT_MS);
       publisher = new EventPlanePublisher({
@@ -183,7 +198,7 @@ async function main(): Promise<void> {
   if (disaggregated && redis && agent) {
     const claims = new PrefillClaims(redis.redis, namespace);
     if (cfg.role === 'decode') {
-      queue = new PrefillQueue(cfg.redisUrl!, namespace);
+      queue = new PrefillQueue(redisUrl!, namespace);
       const decoder = new RemotePrefillDecoder({
         engine,
         workerId: cfg.workerId as WorkerId,
@@ -213,7 +228,7 @@ async function main(): Promise<void> {
         log,
       });
       consumer = new PrefillConsumer(
-        { redisUrl: cfg.redisUrl!, namespace, workerId: cfg.workerId, concurrency: cfg.disagg!.prefillConcurrency },
+        { redisUrl: redisUrl!, namespace, workerId: cfg.workerId, concurrency: cfg.disagg!.prefillConcurrency },
         (job, attempt) => runner.run(job, attempt),
       );
       disaggCounters = () => ({ ...runner.counters });
@@ -230,6 +245,7 @@ async function main(): Promise<void> {
     requestPort: cfg.requestPort,
     generate,
     disagg: disaggCounters,
+    clusterSecret: secret,
   });
   address = server.address;
   requestPlane = server.requestPlane;

@@ -19,6 +19,13 @@
 //   engine speed, so a write that returns false is not waited on (Node buffers it; the engine is
 //   never blocked by a slow reader); writes made in one tick are corked into one syscall.
 //
+// With a cluster secret (KVSERVE_CLUSTER_SECRET, passed here as clusterSecret), a TCP connection
+// first goes through the handshake of runtime/cluster-secret.ts (once per connection, never per
+// frame): anything but hello and a valid auth is answered with one {"t":"refused","reason"} line
+// and the connection is closed; a handshake not done within HANDSHAKE_TIMEOUT_MS is closed too.
+// Every HTTP request must carry the secret in the x-kvserve-cluster-secret header (compared in
+// constant time), else 401 {error: ERR_WORKER_UNAUTHORIZED}.
+//
 // HTTP (WorkerConfig.port; WorkerInfo.address), for curl, debugging and the control plane:
 //   POST /generate   GenerateRequest -> 200 NDJSON stream of GenerateDelta, the last with
 //                    finishReason; a request the engine refuses up front -> 4xx {error}.
@@ -38,13 +45,17 @@ import type {
   GenerateRequest,
   RequestId,
   RequestPlaneClientFrame,
+  RequestPlaneClientHandshake,
   RequestPlaneWorkerFrame,
+  RequestPlaneWorkerHandshake,
   WorkerInfo,
 } from '../protocol/index.ts';
+import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_HEADER, newNonce, requestPlaneMac, secretsEqual } from '../runtime/cluster-secret.ts';
 import { toWorkerLoad } from '../runtime/event-plane.ts';
 import { LineSplitter } from '../runtime/request-client.ts';
 
 const MAX_BODY_BYTES = 64 << 20;
+const HANDSHAKE_TIMEOUT_MS = 10_000;
 
 function statusOf(err: unknown): number {
   const code = (err as NativeError).code;
@@ -137,12 +148,37 @@ async function handleGenerate(generate: GenerateFn, req: http.IncomingMessage, r
 
 // ---- the TCP request plane ----
 
-// One client connection: its open requests by the client's id.
-function serveRequestPlane(generate: GenerateFn, socket: net.Socket): void {
+// One client connection: its open requests by the client's id; with a secret, its handshake first.
+function serveRequestPlane(generate: GenerateFn, socket: net.Socket, secret: string | undefined): void {
   socket.setNoDelay(true);
   socket.setEncoding('utf8');
   const open = new Map<number, AbortController>();
   let closed = false;
+  let handshake: 'hello' | 'auth' | 'done' = secret === undefined ? 'done' : 'hello';
+  let nonces = { client: '', worker: '' };
+  if (handshake !== 'done') socket.setTimeout(HANDSHAKE_TIMEOUT_MS, () => socket.destroy());
+  const refuse = (reason: string): void => {
+    closed = true;
+    socket.end(JSON.stringify({ t: 'refused', reason } satisfies RequestPlaneWorkerHandshake) + '\n');
+  };
+  // The handshake's lines (hello, auth), and whatever comes before it is done.
+  const onHandshake = (f: RequestPlaneClientHandshake | RequestPlaneClientFrame): void => {
+    if (secret === undefined) {
+      // A client with a secret asks; this worker has none, which that client refuses.
+      socket.write(JSON.stringify({ t: 'hello', nonce: null } satisfies RequestPlaneWorkerHandshake) + '\n');
+    } else if (handshake === 'hello' && f.t === 'hello' && typeof f.nonce === 'string' && /^[0-9a-f]{32}$/.test(f.nonce)) {
+      nonces = { client: f.nonce, worker: newNonce() };
+      handshake = 'auth';
+      const mac = requestPlaneMac(secret, 'worker', nonces.client, nonces.worker);
+      socket.write(JSON.stringify({ t: 'hello', nonce: nonces.worker, mac } satisfies RequestPlaneWorkerHandshake) + '\n');
+    } else if (handshake === 'auth' && f.t === 'auth' && typeof f.mac === 'string') {
+      if (!secretsEqual(f.mac, requestPlaneMac(secret, 'client', nonces.worker, nonces.client))) return refuse('wrong cluster secret');
+      handshake = 'done';
+      socket.setTimeout(0);
+    } else {
+      refuse(`this worker requires the cluster secret (--cluster-secret, ${CLUSTER_SECRET_ENV}): a hello and an auth line come first`);
+    }
+  };
   let corked = false;
   const send = (frame: RequestPlaneWorkerFrame): void => {
     if (closed || socket.destroyed) return;
@@ -191,8 +227,11 @@ function serveRequestPlane(generate: GenerateFn, socket: net.Socket): void {
   };
 
   const lines = new LineSplitter((line) => {
-    const f = JSON.parse(line) as RequestPlaneClientFrame;
-    if (f.t === 'gen') {
+    if (closed) return; // refused: the rest of what the peer sent is dropped
+    const f = JSON.parse(line) as RequestPlaneClientFrame | RequestPlaneClientHandshake;
+    if (handshake !== 'done' || f.t === 'hello' || f.t === 'auth') {
+      onHandshake(f);
+    } else if (f.t === 'gen') {
       start(f.id, f.body);
     } else if (f.t === 'abort') {
       const abort = open.get(f.id);
@@ -236,14 +275,20 @@ export async function startWorkerServer(opts: {
   requestPort?: number; // the TCP request plane, 0 / absent = any free port
   generate?: GenerateFn; // default: the engine's own
   disagg?: () => DisaggCounters; // reported in GET /load
+  clusterSecret?: string; // every peer must present it (see the header); absent = none asked
 }): Promise<WorkerServer> {
-  const { engine } = opts;
+  const { engine, clusterSecret } = opts;
   const generate: GenerateFn =
     opts.generate ??
     ((body, signal) => engine.generate(body.requestId, body.promptTokenIds ?? [], body.sampling ?? {}, signal, { outputTokenIds: body.outputTokenIds }));
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
-    if (req.method === 'POST' && url === '/generate') {
+    const presented = req.headers[CLUSTER_SECRET_HEADER];
+    if (clusterSecret !== undefined && !(typeof presented === 'string' && secretsEqual(presented, clusterSecret))) {
+      // The body is not read: the connection is closed after the answer.
+      res.setHeader('connection', 'close');
+      sendJson(res, 401, { error: { code: 'ERR_WORKER_UNAUTHORIZED', message: `this worker requires the cluster secret in the ${CLUSTER_SECRET_HEADER} header` } });
+    } else if (req.method === 'POST' && url === '/generate') {
       handleGenerate(generate, req, res).catch((err) => {
         if (!res.headersSent) sendJson(res, 500, { error: { code: 'ERR_INTERNAL', message: String(err) } });
         else res.destroy();
@@ -271,7 +316,7 @@ export async function startWorkerServer(opts: {
   const tcp = net.createServer({ noDelay: true }, (socket) => {
     sockets.add(socket);
     socket.once('close', () => sockets.delete(socket));
-    serveRequestPlane(generate, socket);
+    serveRequestPlane(generate, socket, clusterSecret);
   });
   try {
     await new Promise<void>((resolve, reject) => {
