@@ -7,6 +7,7 @@
 // per global head) exchange blocks with pools of other TP sizes on both backends.
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -326,6 +327,42 @@ TEST(the_listener_checks_block_ids_of_raw_frames_itself) {
   CHECK(recv_reply(s, &carried).ok() && carried.ok() && b.block(3)[0] == 'x');
   const std::vector<Notification> got = b.agent->take_notifications();
   CHECK(got.size() == 1 && got[0].from == "raw" && got[0].message == "good");
+}
+
+// However many text bytes and block ids a header claims, the decoder allocates only for what
+// has arrived: its buffers start at 64 KiB and grow as the data comes, so a peer that sends a
+// header and stops cannot make a listener (or a client) reserve the 1 MiB of text and 64 MiB of
+// ids the limits allow.
+TEST(a_frame_header_alone_does_not_allocate_what_it_claims) {
+  constexpr size_t kFirstChunk = size_t{64} << 10;
+  struct Claim {
+    uint32_t text_bytes, num_blocks;
+    size_t sent;  // bytes after the header
+  };
+  for (const Claim& c : {Claim{kMaxFrameText, 0, 0}, Claim{0, kMaxFrameBlocks, 400},
+                         Claim{kMaxFrameText, kMaxFrameBlocks, 1000}, Claim{16, kMaxFrameBlocks, 16 + 4 * 100}}) {
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    Socket writer(sv[0]), reader(sv[1]);
+    FrameHeader h;
+    h.type = static_cast<uint32_t>(FrameType::write);
+    h.text_bytes = c.text_bytes;
+    h.num_blocks = c.num_blocks;
+    std::string bytes(reinterpret_cast<const char*>(&h), sizeof h);
+    bytes.append(c.sent, '\x01');
+    CHECK(send_all(writer, bytes.data(), bytes.size()).ok());
+    ::shutdown(writer.fd(), SHUT_WR);
+    FrameHeader got;
+    std::string text;
+    std::vector<int32_t> ids;
+    const Status st = recv_frame(reader, &got, &text, &ids);
+    CHECK(st.code() == StatusCode::transfer_peer);  // the data ends early: an I/O failure
+    const size_t allocated = text.capacity() + ids.capacity() * sizeof(int32_t);
+    if (allocated > kFirstChunk + 2 * c.sent)
+      std::printf("  header claims %u text bytes and %u ids, %zu bytes sent: %zu bytes allocated\n", c.text_bytes,
+                  c.num_blocks, c.sent, allocated);
+    CHECK(allocated <= kFirstChunk + 2 * c.sent);
+  }
 }
 
 TEST(another_layout_is_refused_on_connect) {
