@@ -64,6 +64,17 @@ bool Socket::peer_closed() const {
   return rc != 0;  // readable, hung up, an error, or poll itself failed
 }
 
+std::string peer_address(const Socket& s) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (getpeername(s.fd(), reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+      getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, port, sizeof port,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return "an unknown address";
+  return addr.ss_family == AF_INET6 ? std::string("[") + host + "]:" + port : std::string(host) + ":" + port;
+}
+
 Status tcp_listen(const std::string& host, int port, Socket* out, int* bound_port) {
   addrinfo* ai = nullptr;
   LLM_RETURN_IF_ERROR(resolve(host, port, true, &ai));
@@ -174,6 +185,8 @@ Status send_reply(const Socket& s, const Status& st) {
 
 namespace {
 
+Status protocol_error(const std::string& what) { return Status(StatusCode::transfer_invalid, what); }
+
 // Receives n elements into *out (resized to n), growing it with the data that arrives: room for
 // kFrameFirstChunk bytes first, then twice what has arrived, so a header that claims more than
 // is sent never costs more than that first chunk and twice the bytes sent.
@@ -199,21 +212,21 @@ Status recv_frame(const Socket& s, FrameHeader* h, std::string* text, std::vecto
   if (h->magic != kFrameMagic) {
     char got[16];
     std::snprintf(got, sizeof got, "0x%08x", h->magic);
-    return peer_error(std::string("not a kvserve transfer agent: frame magic ") + got + ", expected 0x4b565846");
+    return protocol_error(std::string("not a kvserve transfer agent: frame magic ") + got + ", expected 0x4b565846");
   }
   const bool request = h->type == static_cast<uint32_t>(FrameType::hello) ||
                        h->type == static_cast<uint32_t>(FrameType::write) ||
                        h->type == static_cast<uint32_t>(FrameType::read);
   if (!request && h->type != static_cast<uint32_t>(FrameType::reply))
-    return peer_error("unknown frame type " + std::to_string(h->type));
+    return protocol_error("unknown frame type " + std::to_string(h->type));
   if (h->text_bytes > kMaxFrameText)
-    return peer_error("frame text_bytes " + std::to_string(h->text_bytes) + " is over the limit " +
+    return protocol_error("frame text_bytes " + std::to_string(h->text_bytes) + " is over the limit " +
                           std::to_string(kMaxFrameText));
   if (h->num_blocks > kMaxFrameBlocks)
-    return peer_error("frame num_blocks " + std::to_string(h->num_blocks) + " is over the limit " +
+    return protocol_error("frame num_blocks " + std::to_string(h->num_blocks) + " is over the limit " +
                           std::to_string(kMaxFrameBlocks));
   if (!request && h->num_blocks != 0)
-    return peer_error("a reply frame with num_blocks " + std::to_string(h->num_blocks) + " (must be 0)");
+    return protocol_error("a reply frame with num_blocks " + std::to_string(h->num_blocks) + " (must be 0)");
   LLM_RETURN_IF_ERROR(recv_growing(s, h->text_bytes, text));
   return recv_growing(s, h->num_blocks, ids);
 }
@@ -224,9 +237,9 @@ Status recv_reply(const Socket& s, Status* carried) {
   std::vector<int32_t> ids;
   LLM_RETURN_IF_ERROR(recv_frame(s, &h, &text, &ids));
   if (h.type != static_cast<uint32_t>(FrameType::reply))
-    return peer_error("frame type " + std::to_string(h.type) + " where a reply was expected");
+    return protocol_error("frame type " + std::to_string(h.type) + " where a reply was expected");
   if (h.code < 0 || h.code > static_cast<int32_t>(StatusCode::internal))
-    return peer_error("a reply with unknown status code " + std::to_string(h.code));
+    return protocol_error("a reply with unknown status code " + std::to_string(h.code));
   *carried = h.code == 0 ? Status::Ok() : Status(static_cast<StatusCode>(h.code), text);
   return Status::Ok();
 }

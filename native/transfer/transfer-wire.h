@@ -4,8 +4,9 @@
 // Stays true: a connection carries one request and then its reply at a time, client first;
 // every request gets exactly one reply. Integers travel in host byte order: hello's magic
 // tells a peer of the other order (or anything that is not an agent) from a peer of ours.
-// Every I/O failure (reset, EOF, timeout) is ERR_TRANSFER_PEER. A frame whose sizes exceed the
-// limits below is refused after its header, naming the field and the limit. Within the limits,
+// Every I/O failure (reset, EOF, timeout) is ERR_TRANSFER_PEER; a frame that breaks the protocol
+// (bad magic, unknown type, a reply where a request belongs or the reverse, sizes over the limits
+// below) is ERR_TRANSFER_INVALID, naming what is wrong, and is refused after its header. Within the limits,
 // allocation follows the data that arrives, not the sizes a header claims: the text and id
 // buffers start with room for kFrameFirstChunk bytes and double as the bytes come, so a peer that
 // sends a header and stops costs at most that chunk.
@@ -84,6 +85,8 @@ Status tcp_connect(const std::string& host, int port, Socket* out);
 // Sets the socket's send and receive timeouts.
 void set_io_timeout(const Socket& s, int seconds);
 Status tcp_accept(const Socket& listener, Socket* out);
+// The other end's address, "host:port" ("[host]:port" for IPv6), for log lines.
+std::string peer_address(const Socket& s);
 
 Status send_all(const Socket& s, const void* data, size_t bytes);
 Status recv_all(const Socket& s, void* data, size_t bytes);
