@@ -34,7 +34,7 @@ void check_invariants(const llm::ModelConfig& c) {
   const llm::RopeScaling& r = c.rope_scaling;
   FUZZ_CHECK(finite_positive(r.factor) && finite_positive(r.low_freq_factor) && finite_positive(r.high_freq_factor));
   FUZZ_CHECK(finite_positive(r.beta_fast) && finite_positive(r.beta_slow));
-  FUZZ_CHECK(std::isfinite(r.attention_factor));
+  FUZZ_CHECK(finite_positive(r.attention_factor) && r.attention_factor < 1e6f);
   FUZZ_CHECK(r.original_max_position_embeddings >= 1 && r.original_max_position_embeddings <= kMaxDim);
   FUZZ_CHECK(c.bos_token_id >= -1 && c.bos_token_id < c.vocab_size);
   for (int64_t id : c.eos_token_ids) FUZZ_CHECK(id >= 0 && id < c.vocab_size);

@@ -12,7 +12,8 @@
 //   odd   the client's side: replies decoded by recv_reply.
 // Findings: metadata that metadata_from_json accepts must pass check_regions, survive a
 // metadata_to_json round trip unchanged, and plan a copy for every head of every region within
-// both pools' bounds; a reply's carried code must be a known StatusCode.
+// both pools' bounds; a reply's carried code must be a known StatusCode; the listener's frame
+// buffers never hold more than kFrameFirstChunk and twice the input, whatever the headers claim.
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -67,14 +68,19 @@ void check_hello(const std::string& text) {
   }
 }
 
-// The listener's loop: Agent::serve, serve_write and serve_read without the pool.
-void serve(const xfer::Socket& s) {
+// The listener's loop: Agent::serve, serve_write and serve_read without the pool. `input_bytes`:
+// all the bytes that arrive on the connection.
+void serve(const xfer::Socket& s, size_t input_bytes) {
   const xfer::Layout self = llm_fuzz::wire_layout();
   const std::vector<xfer::RegionSpec> regions = llm_fuzz::wire_regions(2);
   xfer::FrameHeader h;
   std::string text;
   std::vector<int32_t> ids;
-  while (xfer::recv_frame(s, &h, &text, &ids).ok()) {
+  const size_t bound = xfer::kFrameFirstChunk + 2 * input_bytes;
+  for (;;) {
+    const bool ok = xfer::recv_frame(s, &h, &text, &ids).ok();
+    FUZZ_CHECK(text.capacity() <= bound && ids.capacity() * sizeof(int32_t) <= bound);
+    if (!ok) return;
     FUZZ_CHECK(h.magic == xfer::kFrameMagic && text.size() == h.text_bytes && ids.size() == h.num_blocks);
     const auto type = static_cast<xfer::FrameType>(h.type);
     if (type == xfer::FrameType::hello) {
@@ -109,6 +115,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   xfer::Socket writer(sv[0]), reader(sv[1]);
   FUZZ_CHECK(xfer::send_all(writer, data + 1, size - 1).ok());
   ::shutdown(writer.fd(), SHUT_WR);
-  if (data[0] % 2 == 0) serve(reader); else client(reader);
+  if (data[0] % 2 == 0) serve(reader, size - 1); else client(reader);
   return 0;
 }

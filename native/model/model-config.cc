@@ -464,7 +464,19 @@ Status read_rope_object(const JsonValue& obj, const std::string& file, bool para
       if (r.has("attention_factor")) {
         LLM_RETURN_IF_ERROR(r.get_float("attention_factor", true, 0.0, 1e6, &s.attention_factor));
       } else if (mscale != 0 && mscale_all_dim != 0) {
-        s.attention_factor = static_cast<float>(yarn_mscale(s.factor, mscale) / yarn_mscale(s.factor, mscale_all_dim));
+        // A denominator at or next to zero (a negative mscale_all_dim) gives an infinite, NaN,
+        // negative or huge factor: the computed one must lie where an explicit one may.
+        const double f = yarn_mscale(s.factor, mscale) / yarn_mscale(s.factor, mscale_all_dim);
+        if (!(std::isfinite(f) && f > 0 && f < 1e6)) {
+          char buf[160];
+          std::snprintf(buf, sizeof buf, "factor %.9g, mscale %.9g, mscale_all_dim %.9g",
+                        static_cast<double>(s.factor), static_cast<double>(mscale), static_cast<double>(mscale_all_dim));
+          char value[32];
+          std::snprintf(value, sizeof value, "%.9g", f);
+          return config_invalid(file, std::string("yarn's attention factor from ") + buf + " is " + value +
+                                          ", out of range (0, 1e6)");
+        }
+        s.attention_factor = static_cast<float>(f);
       } else {
         s.attention_factor = static_cast<float>(yarn_mscale(s.factor, 1.0));
       }

@@ -39,8 +39,8 @@ struct RopeScaling {
   float beta_slow = 1.0f;                    // yarn
   bool truncate = true;                      // yarn: floor/ceil the correction range
   // yarn: what cos and sin are multiplied by (so q.k by its square), as transformers computes
-  // it: attention_factor when given, else from mscale / mscale_all_dim, else 0.1 ln(factor) + 1.
-  // 1 for every other type.
+  // it: attention_factor when given, else from mscale / mscale_all_dim, else 0.1 ln(factor) + 1;
+  // in (0, 1e6) (a config whose mscale_all_dim puts it outside is refused). 1 for every other type.
   float attention_factor = 1.0f;
 };
 bool operator==(const RopeScaling& a, const RopeScaling& b);

@@ -226,25 +226,38 @@ TEST(fuzz_corrupted_models_never_crash) {
 TEST(fuzzer_findings_are_refused) {
   llm_test::TempDir tmp;
   TinyModelSpec s;
-  // A float setting whose value is inside its open range as a double but rounds out of it as a
-  // float: an rms_norm_eps of 1e-76 became 0.0f (a division by zero for an all-zero row).
   struct Case {
     const char* key;
     const char* value;
+    const char* named;  // in the refusal
   };
   int n = 0;
-  for (const Case& c : {Case{"rms_norm_eps", "1e-76"}, Case{"rms_norm_eps", "0.99999999999"},
-                        Case{"rope_theta", "1e-50"},
-                        Case{"rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 1e-50}"}}) {
+  for (const Case& c : {
+           // A float setting whose value is inside its open range as a double but rounds out of
+           // it as a float: an rms_norm_eps of 1e-76 became 0.0f (a division by zero for an
+           // all-zero row).
+           Case{"rms_norm_eps", "1e-76", "rms_norm_eps"}, Case{"rms_norm_eps", "0.99999999999", "rms_norm_eps"},
+           Case{"rope_theta", "1e-50", "rope_theta"},
+           Case{"rope_scaling", "{\"rope_type\": \"linear\", \"factor\": 1e-50}", "factor"},
+           // yarn's attention factor, (0.1 mscale ln(factor) + 1) / (0.1 mscale_all_dim ln(factor)
+           // + 1), from a denominator next to zero (-8.07e15; these floats give the smallest
+           // denominator there is, 2.2e-16) and from a negative one (-2.95).
+           Case{"rope_scaling",
+                "{\"rope_type\": \"yarn\", \"factor\": 2764.28784, \"mscale\": 1, \"mscale_all_dim\": -1.26190317}",
+                "mscale_all_dim"},
+           Case{"rope_scaling", "{\"rope_type\": \"yarn\", \"factor\": 4, \"mscale\": 1, \"mscale_all_dim\": -10}",
+                "mscale_all_dim"}}) {
     llm_test::JsonFields fields = llm_test::config_fields(s);
     llm_test::set_field(&fields, c.key, c.value);
     const std::string dir = tmp.sub("case-" + std::to_string(n++));
     llm_test::write_file(dir + "/config.json", llm_test::json_object(fields));
     llm::ModelConfig cfg;
     const llm::Status st = llm::load_model_config(dir, &cfg);
-    if (st.ok()) std::printf("  %s = %s: accepted\n", c.key, c.value);
+    if (st.ok())
+      std::printf("  %s = %s: accepted (attention_factor %g)\n", c.key, c.value,
+                  static_cast<double>(cfg.rope_scaling.attention_factor));
     CHECK(st.code() == llm::StatusCode::model_config_invalid);
-    CHECK(st.message().find(c.key == std::string("rope_scaling") ? "factor" : c.key) != std::string::npos);
+    CHECK(st.message().find(c.named) != std::string::npos);
   }
 }
 

@@ -7,13 +7,16 @@
 // per global head) exchange blocks with pools of other TP sizes on both backends.
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -326,6 +329,42 @@ TEST(the_listener_checks_block_ids_of_raw_frames_itself) {
   CHECK(recv_reply(s, &carried).ok() && carried.ok() && b.block(3)[0] == 'x');
   const std::vector<Notification> got = b.agent->take_notifications();
   CHECK(got.size() == 1 && got[0].from == "raw" && got[0].message == "good");
+}
+
+// However many text bytes and block ids a header claims, the decoder allocates only for what
+// has arrived: its buffers start at 64 KiB and grow as the data comes, so a peer that sends a
+// header and stops cannot make a listener (or a client) reserve the 1 MiB of text and 64 MiB of
+// ids the limits allow.
+TEST(a_frame_header_alone_does_not_allocate_what_it_claims) {
+  constexpr size_t kFirstChunk = size_t{64} << 10;
+  struct Claim {
+    uint32_t text_bytes, num_blocks;
+    size_t sent;  // bytes after the header
+  };
+  for (const Claim& c : {Claim{kMaxFrameText, 0, 0}, Claim{0, kMaxFrameBlocks, 400},
+                         Claim{kMaxFrameText, kMaxFrameBlocks, 1000}, Claim{16, kMaxFrameBlocks, 16 + 4 * 100}}) {
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+    Socket writer(sv[0]), reader(sv[1]);
+    FrameHeader h;
+    h.type = static_cast<uint32_t>(FrameType::write);
+    h.text_bytes = c.text_bytes;
+    h.num_blocks = c.num_blocks;
+    std::string bytes(reinterpret_cast<const char*>(&h), sizeof h);
+    bytes.append(c.sent, '\x01');
+    CHECK(send_all(writer, bytes.data(), bytes.size()).ok());
+    ::shutdown(writer.fd(), SHUT_WR);
+    FrameHeader got;
+    std::string text;
+    std::vector<int32_t> ids;
+    const Status st = recv_frame(reader, &got, &text, &ids);
+    CHECK(st.code() == StatusCode::transfer_peer);  // the data ends early: an I/O failure
+    const size_t allocated = text.capacity() + ids.capacity() * sizeof(int32_t);
+    if (allocated > kFirstChunk + 2 * c.sent)
+      std::printf("  header claims %u text bytes and %u ids, %zu bytes sent: %zu bytes allocated\n", c.text_bytes,
+                  c.num_blocks, c.sent, allocated);
+    CHECK(allocated <= kFirstChunk + 2 * c.sent);
+  }
 }
 
 TEST(another_layout_is_refused_on_connect) {
@@ -784,6 +823,83 @@ TEST(the_listener_checks_the_region_of_raw_frames) {
   CHECK(recv_reply(s2, &carried).ok() && carried.code() == StatusCode::transfer_invalid);
   const std::vector<Notification> n = d.agent->take_notifications();
   CHECK(n.size() == 1 && n[0].message == "good");
+}
+
+// A peer that breaks the protocol (bytes that are not a frame, an unknown frame type, a size
+// over the limits, a hello whose metadata does not parse, a transfer before hello) has its
+// connection closed by the listener at once, with one log line naming why; the listener goes on
+// serving well-behaved peers. "At once": the close is seen within 3 s, where a listener that
+// kept the connection open would leave the read waiting.
+TEST(a_peer_that_breaks_the_protocol_is_disconnected_at_once) {
+  std::mutex log_mu;
+  std::vector<std::string> lines;
+  AgentConfig cfg;
+  cfg.on_log = [&](const std::string& line) {
+    std::lock_guard<std::mutex> lock(log_mu);
+    lines.push_back(line);
+  };
+  Side b = make_side("b", 8, 2, cfg), a = make_side("a", 8, 1);
+  Metadata bm;
+  CHECK(metadata_from_json(b.metadata(), &bm).ok());
+  auto header = [](uint32_t magic, uint32_t type, uint32_t text_bytes, uint32_t num_blocks, uint64_t arg) {
+    FrameHeader h;
+    h.magic = magic;
+    h.type = type;
+    h.text_bytes = text_bytes;
+    h.num_blocks = num_blocks;
+    h.arg = arg;
+    return std::string(reinterpret_cast<const char*>(&h), sizeof h);
+  };
+  const uint32_t hello = static_cast<uint32_t>(FrameType::hello), write = static_cast<uint32_t>(FrameType::write);
+  const std::string bad_metadata = "{\"name\": \"raw\", \"incarnation\": ";
+  struct Case {
+    const char* what;
+    std::string bytes;
+    const char* reason;  // in the log line
+    bool replied;        // the listener answers the frame before closing
+  };
+  const std::vector<Case> cases = {
+      {"bytes that are not a frame", std::string(sizeof(FrameHeader), '\xab'), "magic", false},
+      {"an unknown frame type", header(kFrameMagic, 99, 0, 0, 0), "frame type 99", false},
+      {"text over the limit", header(kFrameMagic, hello, kMaxFrameText + 1, 0, 0), "text_bytes", false},
+      {"block ids over the limit", header(kFrameMagic, write, 0, kMaxFrameBlocks + 1, 0), "num_blocks", false},
+      {"a hello whose metadata does not parse",
+       header(kFrameMagic, hello, static_cast<uint32_t>(bad_metadata.size()), 0, bm.incarnation) + bad_metadata,
+       "metadata", true},
+      {"a write before hello", header(kFrameMagic, write, 0, 0, 0), "before hello", false},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    Socket s;
+    CHECK(tcp_connect(bm.tcp_host, bm.tcp_port, &s).ok());
+    set_io_timeout(s, 3);
+    CHECK(send_all(s, c.bytes.data(), c.bytes.size()).ok());
+    if (c.replied) {
+      Status carried;
+      CHECK(recv_reply(s, &carried).ok() && carried.code() == StatusCode::transfer_invalid);
+    }
+    char buf[64];
+    ssize_t n;
+    do {
+      n = recv(s.fd(), buf, sizeof buf, 0);
+    } while (n > 0 || (n < 0 && errno == EINTR));
+    const bool closed = n == 0 || errno == ECONNRESET;
+    if (!closed) std::printf("  %s: the connection is still open (%s)\n", c.what, std::strerror(errno));
+    CHECK(closed);
+    std::lock_guard<std::mutex> lock(log_mu);
+    const bool logged = lines.size() == i + 1 && lines.back().find(c.reason) != std::string::npos;
+    if (!logged) std::printf("  %s: %zu log lines, the last: %s\n", c.what, lines.size(), lines.empty() ? "" : lines.back().c_str());
+    CHECK(logged);
+  }
+  // A well-behaved peer is still served.
+  connect(a, b, Backend::tcp);
+  CHECK(a.agent->write({1, 2}, "b", {5, 6}, "after").ok());
+  CHECK(b.holds(5, 1, 1) && b.holds(6, 1, 2));
+  std::vector<Notification> n = b.agent->take_notifications();
+  CHECK(n.size() == 1 && n[0].from == "a" && n[0].message == "after");
+  CHECK(a.agent->read("b", {7}, {0}).ok() && a.holds(0, 2, 7));
+  std::lock_guard<std::mutex> lock(log_mu);
+  CHECK(lines.size() == cases.size());  // nothing logged for the good peer
 }
 
 // ---- two processes ----

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <cstring>
 #include <functional>
 #include <random>
@@ -48,6 +49,7 @@ struct Agent::Peer {
     if (io.ok() && carried.ok() && recv_body) io = recv_body(socket);
     if (io.ok()) return carried;
     lost = true;
+    socket.shutdown();  // out of step or broken: never used again
     return lost_error(io.message());
   }
 
@@ -567,19 +569,26 @@ void Agent::accept_loop() {
   }
 }
 
-// Serves one connection until it closes or breaks the protocol: with a cluster secret the
-// handshake first (anything else before it is refused, naming the secret), then hello, then
-// writes and reads in order, each answered by one reply. The connection is shut down at the end,
-// so the peer sees it close at once.
+// Serves one connection until the peer closes it, I/O fails or the peer breaks the protocol:
+// with a cluster secret the handshake first (anything else before it is refused, naming the
+// secret), then hello, then writes and reads in order, each answered by one reply. A protocol
+// break is logged with its reason; in every case the socket is closed here, at once.
 void Agent::serve(Inbound* in) {
   const Socket& s = in->socket;
+  const std::string address = peer_address(s);
   std::string peer_name;  // set by a successful hello
   bool authenticated = cfg_.cluster_secret.empty();
   std::string client_nonce, listener_nonce;
   FrameHeader h;
   std::string text;
   std::vector<int32_t> ids;
-  while (recv_frame(s, &h, &text, &ids).ok()) {
+  Status broke;  // the protocol break that ends the connection (ok: it ended otherwise)
+  for (;;) {
+    Status st = recv_frame(s, &h, &text, &ids);
+    if (!st.ok()) {
+      if (st.code() == StatusCode::transfer_invalid) broke = st;  // else the peer left or I/O failed
+      break;
+    }
     const auto type = static_cast<FrameType>(h.type);
     if (type == FrameType::auth) {
       if (!serve_auth(s, h, text, &client_nonce, &listener_nonce, &authenticated)) break;
@@ -587,16 +596,38 @@ void Agent::serve(Inbound* in) {
       send_reply(s, Status(StatusCode::transfer_peer, "agent '" + self_.name +
                                                           "' requires the cluster secret (--cluster-secret, "
                                                           "KVSERVE_CLUSTER_SECRET)"));
+      broke = Status(StatusCode::transfer_peer, "a frame before the cluster-secret handshake");
       break;
     } else if (type == FrameType::hello) {
-      if (!send_reply(s, serve_hello(text, h.arg, &peer_name)).ok()) break;
-    } else if ((type == FrameType::write || type == FrameType::read) && !peer_name.empty()) {
-      if (!(type == FrameType::write ? serve_write(s, peer_name, h, text, ids) : serve_read(s, h, ids)).ok()) break;
+      bool malformed = false;
+      st = serve_hello(text, h.arg, &peer_name, &malformed);
+      if (!send_reply(s, st).ok()) break;
+      if (malformed) {
+        broke = st;
+        break;
+      }
+    } else if (type == FrameType::write || type == FrameType::read) {
+      if (peer_name.empty()) {
+        broke = invalid(std::string("a ") + (type == FrameType::write ? "write" : "read") + " frame before hello");
+        break;
+      }
+      st = type == FrameType::write ? serve_write(s, peer_name, h, text, ids) : serve_read(s, h, ids);
+      if (!st.ok()) {
+        if (st.code() == StatusCode::transfer_invalid) broke = st;  // a region it does not have
+        break;
+      }
     } else {
-      break;  // a reply, or a transfer before hello: not a client of ours
+      broke = invalid("a reply frame from a client");
+      break;
     }
   }
-  s.shutdown();
+  if (!broke.ok())
+    log("transfer agent '" + self_.name + "': closed the connection from " + address +
+        (peer_name.empty() ? std::string() : " (agent '" + peer_name + "')") + ": " + broke.message());
+  {
+    std::lock_guard<std::mutex> lock(mu_);  // close() shuts inbound sockets down under mu_
+    in->socket = Socket();
+  }
   in->done = true;
 }
 
@@ -626,15 +657,19 @@ bool Agent::serve_auth(const Socket& s, const FrameHeader& h, const std::string&
   return refuse("a malformed cluster-secret handshake");
 }
 
-Status Agent::serve_hello(const std::string& text, uint64_t expected, std::string* peer_name) {
+Status Agent::serve_hello(const std::string& text, uint64_t expected, std::string* peer_name, bool* malformed) {
+  Metadata m;
+  Status st = metadata_from_json(text, &m);
+  if (!st.ok()) {
+    *malformed = true;
+    return invalid("a hello whose metadata does not parse: " + st.message());
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!has_region()) return invalid("agent '" + self_.name + "' has no KV region registered");
   }
   if (expected != self_.incarnation)
     return Status(StatusCode::transfer_peer, "stale metadata: agent '" + self_.name + "' has restarted since");
-  Metadata m;
-  LLM_RETURN_IF_ERROR(metadata_from_json(text, &m));
   const std::string mismatch = layout_mismatch(self_.layout, m.layout);
   if (!mismatch.empty()) return invalid("agent '" + self_.name + "' has another KV layout: " + mismatch);
   *peer_name = m.name;
@@ -690,6 +725,14 @@ Status Agent::serve_read(const Socket& s, const FrameHeader& h, const std::vecto
   for (size_t i = 0; st.ok() && i < ids.size(); ++i)
     LLM_RETURN_IF_ERROR(send_all(s, block(region, ids[i]), static_cast<size_t>(local_[region].block_bytes)));
   return Status::Ok();
+}
+
+void Agent::log(const std::string& line) const {
+  if (cfg_.on_log) {
+    cfg_.on_log(line);
+    return;
+  }
+  std::fprintf(stderr, "kvserve: %s\n", line.c_str());
 }
 
 void Agent::deliver(Notification n) {

@@ -50,6 +50,13 @@
 //     once the remote side has queued it (or handed it to on_notification);
 //   - unknown agent names, a peer that restarted (new incarnation), is gone or unreachable are
 //     ERR_TRANSFER_PEER; after close(), every call is ERR_TRANSFER_CLOSED;
+//   - a connection whose peer breaks the protocol (a frame with a bad magic, an unknown type or
+//     sizes over the limits, a hello whose metadata does not parse, a transfer before hello, a
+//     region the listener does not have) is closed by the listener at once, after the reply
+//     where the frame gets one, with one log line naming the peer's address and the reason; a
+//     client whose request or reply fails closes that connection at once too (the error it
+//     returns says why). A refused hello that parses (stale incarnation, another layout) is
+//     answered and the connection stays open;
 //   - thread-safe: write/read/connect may run on any threads at once; transfers to one peer
 //     take turns (one request at a time on its connection), transfers to different peers and
 //     the listener's work run in parallel.
@@ -94,6 +101,9 @@ struct AgentConfig {
   std::string cluster_secret;  // "" = none: peers are not asked for it
   // When set, each notification is handed to it (on a listener thread) instead of queued.
   std::function<void(Notification)> on_notification;
+  // When set, each line the agent logs (why it disconnected a peer that broke the protocol) is
+  // handed to it (on a listener thread) instead of written to stderr.
+  std::function<void(const std::string&)> on_log;
 };
 
 // Cumulative, for this agent's own write() and read() calls; bytes are those that landed in the
@@ -176,11 +186,13 @@ class Agent {
                   std::string* listener_nonce, bool* authenticated);
   void accept_loop();
   void serve(Inbound* in);
-  Status serve_hello(const std::string& text, uint64_t expected, std::string* peer_name);
+  // *malformed: the hello's metadata did not parse (the connection ends after the reply).
+  Status serve_hello(const std::string& text, uint64_t expected, std::string* peer_name, bool* malformed);
   Status serve_write(const Socket& s, const std::string& peer_name, const FrameHeader& h, const std::string& text,
                      const std::vector<int32_t>& ids);
   Status serve_read(const Socket& s, const FrameHeader& h, const std::vector<int32_t>& ids);
   void deliver(Notification n);
+  void log(const std::string& line) const;
   // shm and cuda_ipc, with the peer's mu held: the blocks from src_ids to dst_ids, this agent's
   // regions to the peer's (to_peer) or back.
   Status copy_direct(const Peer& p, bool to_peer, const std::vector<int32_t>& src_ids,

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace llm {
@@ -61,6 +62,17 @@ bool Socket::peer_closed() const {
   pollfd p{fd_, POLLIN | POLLRDHUP, 0};
   const int rc = poll(&p, 1, 0);
   return rc != 0;  // readable, hung up, an error, or poll itself failed
+}
+
+std::string peer_address(const Socket& s) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  char host[NI_MAXHOST], port[NI_MAXSERV];
+  if (getpeername(s.fd(), reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+      getnameinfo(reinterpret_cast<sockaddr*>(&addr), len, host, sizeof host, port, sizeof port,
+                  NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+    return "an unknown address";
+  return addr.ss_family == AF_INET6 ? std::string("[") + host + "]:" + port : std::string(host) + ":" + port;
 }
 
 Status tcp_listen(const std::string& host, int port, Socket* out, int* bound_port) {
@@ -180,20 +192,53 @@ Status send_ok_reply(const Socket& s, const std::string& text) {
   return send_all(s, buf.data(), buf.size());
 }
 
+namespace {
+
+Status protocol_error(const std::string& what) { return Status(StatusCode::transfer_invalid, what); }
+
+// Receives n elements into *out (resized to n), growing it with the data that arrives: room for
+// kFrameFirstChunk bytes first, then twice what has arrived, so a header that claims more than
+// is sent never costs more than that first chunk and twice the bytes sent.
+template <typename Buffer>
+Status recv_growing(const Socket& s, size_t n, Buffer* out) {
+  using T = typename Buffer::value_type;
+  const size_t first = kFrameFirstChunk / sizeof(T);
+  out->clear();
+  size_t have = 0;
+  while (have < n) {
+    const size_t next = std::min(n, std::max(first, 2 * have));
+    out->resize(next);
+    LLM_RETURN_IF_ERROR(recv_all(s, &(*out)[have], (next - have) * sizeof(T)));
+    have = next;
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status recv_frame(const Socket& s, FrameHeader* h, std::string* text, std::vector<int32_t>* ids) {
   LLM_RETURN_IF_ERROR(recv_all(s, h, sizeof *h));
-  if (h->magic != kFrameMagic) return peer_error("not a kvserve transfer agent (bad frame magic)");
+  if (h->magic != kFrameMagic) {
+    char got[16];
+    std::snprintf(got, sizeof got, "0x%08x", h->magic);
+    return protocol_error(std::string("not a kvserve transfer agent: frame magic ") + got + ", expected 0x4b565846");
+  }
   const bool request = h->type == static_cast<uint32_t>(FrameType::hello) ||
                        h->type == static_cast<uint32_t>(FrameType::write) ||
                        h->type == static_cast<uint32_t>(FrameType::read) ||
                        h->type == static_cast<uint32_t>(FrameType::auth);
-  if (!request && h->type != static_cast<uint32_t>(FrameType::reply)) return peer_error("unknown frame type");
-  if (h->text_bytes > kMaxFrameText || h->num_blocks > kMaxFrameBlocks || (!request && h->num_blocks != 0))
-    return peer_error("frame exceeds the protocol's limits");
-  text->resize(h->text_bytes);
-  LLM_RETURN_IF_ERROR(recv_all(s, &(*text)[0], text->size()));
-  ids->resize(h->num_blocks);
-  return recv_all(s, ids->data(), ids->size() * sizeof(int32_t));
+  if (!request && h->type != static_cast<uint32_t>(FrameType::reply))
+    return protocol_error("unknown frame type " + std::to_string(h->type));
+  if (h->text_bytes > kMaxFrameText)
+    return protocol_error("frame text_bytes " + std::to_string(h->text_bytes) + " is over the limit " +
+                          std::to_string(kMaxFrameText));
+  if (h->num_blocks > kMaxFrameBlocks)
+    return protocol_error("frame num_blocks " + std::to_string(h->num_blocks) + " is over the limit " +
+                          std::to_string(kMaxFrameBlocks));
+  if (!request && h->num_blocks != 0)
+    return protocol_error("a reply frame with num_blocks " + std::to_string(h->num_blocks) + " (must be 0)");
+  LLM_RETURN_IF_ERROR(recv_growing(s, h->text_bytes, text));
+  return recv_growing(s, h->num_blocks, ids);
 }
 
 Status recv_reply(const Socket& s, Status* carried, std::string* ok_text) {
@@ -201,8 +246,10 @@ Status recv_reply(const Socket& s, Status* carried, std::string* ok_text) {
   std::string text;
   std::vector<int32_t> ids;
   LLM_RETURN_IF_ERROR(recv_frame(s, &h, &text, &ids));
-  if (h.type != static_cast<uint32_t>(FrameType::reply)) return peer_error("expected a reply frame");
-  if (h.code < 0 || h.code > static_cast<int32_t>(StatusCode::internal)) return peer_error("unknown status code");
+  if (h.type != static_cast<uint32_t>(FrameType::reply))
+    return protocol_error("frame type " + std::to_string(h.type) + " where a reply was expected");
+  if (h.code < 0 || h.code > static_cast<int32_t>(StatusCode::internal))
+    return protocol_error("a reply with unknown status code " + std::to_string(h.code));
   *carried = h.code == 0 ? Status::Ok() : Status(static_cast<StatusCode>(h.code), text);
   if (ok_text) *ok_text = h.code == 0 ? text : std::string();
   return Status::Ok();

@@ -4,8 +4,12 @@
 // Stays true: a connection carries one request and then its reply at a time, client first;
 // every request gets exactly one reply. Integers travel in host byte order: hello's magic
 // tells a peer of the other order (or anything that is not an agent) from a peer of ours.
-// Every I/O failure (reset, EOF, timeout) is ERR_TRANSFER_PEER; a frame whose sizes exceed the
-// limits below is refused before anything is allocated.
+// Every I/O failure (reset, EOF, timeout) is ERR_TRANSFER_PEER; a frame that breaks the protocol
+// (bad magic, unknown type, a reply where a request belongs or the reverse, sizes over the limits
+// below) is ERR_TRANSFER_INVALID, naming what is wrong, and is refused after its header. Within the limits,
+// allocation follows the data that arrives, not the sizes a header claims: the text and id
+// buffers start with room for kFrameFirstChunk bytes and double as the bytes come, so a peer that
+// sends a header and stops costs at most that chunk.
 //
 //   frame = FrameHeader, text (text_bytes), block ids (num_blocks int32; requests only),
 //           block data (num_blocks * the region's block_bytes, in id order; write requests and
@@ -40,6 +44,7 @@ namespace transfer {
 constexpr uint32_t kFrameMagic = 0x4b565846;  // "KVXF"
 constexpr uint32_t kMaxFrameBlocks = 1u << 24;
 constexpr uint32_t kMaxFrameText = 1u << 20;   // metadata and notifications
+constexpr size_t kFrameFirstChunk = 64u << 10;  // a frame's text or ids: room for this much, then doubling
 constexpr int kConnectTimeoutSeconds = 5;      // a client's connect and hello (connect() blocks)
 constexpr int kClientIoTimeoutSeconds = 30;    // then each of its sends and reply waits
 
@@ -83,6 +88,8 @@ Status tcp_connect(const std::string& host, int port, Socket* out);
 // Sets the socket's send and receive timeouts.
 void set_io_timeout(const Socket& s, int seconds);
 Status tcp_accept(const Socket& listener, Socket* out);
+// The other end's address, "host:port" ("[host]:port" for IPv6), for log lines.
+std::string peer_address(const Socket& s);
 
 Status send_all(const Socket& s, const void* data, size_t bytes);
 Status recv_all(const Socket& s, void* data, size_t bytes);
@@ -92,7 +99,8 @@ Status send_frame(const Socket& s, FrameType type, const std::string& text, cons
 Status send_reply(const Socket& s, const Status& st);
 // An ok reply that carries text (the answer to auth arg 1).
 Status send_ok_reply(const Socket& s, const std::string& text);
-// Reads header, text and (requests) ids; a bad magic or sizes beyond the limits is an error.
+// Reads header, text and (requests) ids; a bad magic, an unknown type or sizes beyond the limits
+// is an error naming what is wrong.
 Status recv_frame(const Socket& s, FrameHeader* h, std::string* text, std::vector<int32_t>* ids);
 // Reads a reply: the return value is the I/O's status, *carried the listener's answer, and
 // *ok_text (when given) the text of an ok reply.
