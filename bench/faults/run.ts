@@ -4,8 +4,8 @@
 //   sent       requests the loops sent
 //   ok         streamed to finish_reason 'length' with the tokens of an undisturbed run
 //   failed     ended with a clean error: an HTTP error or an SSE error event with the OpenAI
-//              error body (its tokens so far a prefix of the undisturbed ones), or a connection
-//              refused (the server is gone)
+//              error body, or finish_reason 'abort' (the server stopping), its tokens so far a
+//              prefix of the undisturbed ones; or a connection refused (the server is gone)
 //   hung       no end within HANG_MS
 //   wrong      other tokens than the undisturbed run, or a stream that ended without a finish
 //              reason or an error
@@ -216,7 +216,11 @@ function classify(r: StreamResult, want: string[], o: Outcome): void {
     o.failed++;
     o.failures.set(r.error, (o.failures.get(r.error) ?? 0) + 1);
   } else if (r.finish === 'length' && r.tokens.length === want.length) o.ok++;
-  else o.wrong++;
+  else if (r.finish === 'abort') {
+    // The server ended the stream on purpose (it is stopping): a clean end, not an answer.
+    o.failed++;
+    o.failures.set('finish abort', (o.failures.get('finish abort') ?? 0) + 1);
+  } else o.wrong++;
 }
 
 async function activeBlocks(dep: Deployment): Promise<number> {
