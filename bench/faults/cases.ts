@@ -36,7 +36,7 @@ async function restartEmpty(ctx: CaseContext, own: () => PrivateRedis, replace: 
   const old = own();
   old.process.kill('SIGKILL');
   await ctx.sleep(1000);
-  replace(await startPrivateRedis({ port: old.port }));
+  replace(await startPrivateRedis({ port: old.port, password: old.password }));
   ctx.notes.push(`Redis on port ${old.port} killed and started again empty after 1 s`);
 }
 
