@@ -139,8 +139,8 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     // Closing waits on the router's Redis connections; with Redis gone (the launcher killed, its
-    // Redis with it) that could wait for ever, so the process exits after 3 s regardless.
-    setTimeout(() => process.exit(0), 3000);
+    // Redis with it) that could wait for ever, so the process exits after 2 s regardless.
+    setTimeout(() => process.exit(0), 2000);
     await app.close();
     process.exit(0);
   };

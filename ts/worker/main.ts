@@ -258,11 +258,13 @@ async function main(): Promise<void> {
   }
 
   let stopping = false;
-  const stop = async () => {
+  // graceMs: the closes below talk to Redis; if it is gone they must not keep the process alive
+  // longer than that. With the launcher gone (its Redis usually with it) there is nobody to be
+  // graceful to: 2 s, so nothing of a killed launcher is left 5 s later.
+  const stop = async (graceMs: number) => {
     if (stopping) return;
     stopping = true;
-    // The closes below talk to Redis; if it is gone they must not keep the process alive.
-    setTimeout(() => process.exit(0), 5000);
+    setTimeout(() => process.exit(0), graceMs);
     await consumer?.close();
     await queue?.close();
     await publisher?.close();
@@ -274,9 +276,9 @@ async function main(): Promise<void> {
     await engine.close(); // stops the ranks
     process.exit(0);
   };
-  process.on('SIGTERM', stop);
-  process.on('SIGINT', stop);
-  process.on('disconnect', stop); // the launcher is gone
+  process.on('SIGTERM', () => void stop(5000));
+  process.on('SIGINT', () => void stop(5000));
+  process.on('disconnect', () => void stop(2000)); // the launcher is gone
   send({ type: 'ready', info: info(address, requestPlane) });
 }
 
