@@ -206,7 +206,8 @@ export const cases: FaultCase[] = [
     inject: async (ctx) => {
       const url = ctx.dep.url;
       const quiet = await ttftMedian(url, 12, 3000);
-      const only = process.env.FAULTS_HEAVY_ONLY; // body | n | prompts: one kind alone, to see which costs what
+      const only = process.env.FAULTS_HEAVY_ONLY || undefined; // body | n | prompts: one kind alone, to see which costs what
+      if (only !== undefined && !['body', 'n', 'prompts'].includes(only)) throw new Error(`FAULTS_HEAVY_ONLY must be body, n or prompts, got '${only}'`);
       const big = Buffer.from(JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(10 << 20) }] }));
       const codes = new Map<string, number>();
       const send = (what: string, path: string, body: unknown) =>

@@ -11,6 +11,11 @@ import { cases } from './cases.ts';
 import { resultsDir, runCase, type CaseResult } from './run.ts';
 
 const { values: args } = parseArgs({ options: { case: { type: 'string' }, streams: { type: 'string', default: '6' } } });
+const streams = Number(args.streams);
+if (!Number.isInteger(streams) || streams < 1) {
+  console.error(`--streams must be an integer >= 1, got '${args.streams}'`);
+  process.exit(2);
+}
 const chosen = cases.filter((c) => args.case === undefined || c.name.includes(args.case));
 if (chosen.length === 0) {
   console.error(`no case matches '${args.case}'; the cases:\n${cases.map((c) => `  ${c.name}`).join('\n')}`);
@@ -18,13 +23,13 @@ if (chosen.length === 0) {
 }
 
 const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-console.log(`fault injection: ${chosen.length} cases, ${args.streams} streaming clients each, tiny model, reference kernels, ${cpu}\n`);
+console.log(`fault injection: ${chosen.length} cases, ${streams} streaming clients each, tiny model, reference kernels, ${cpu}\n`);
 const results: CaseResult[] = [];
 for (const c of chosen) {
   process.stdout.write(`${c.name} ... `);
   let r: CaseResult;
   try {
-    r = await runCase(c, { streams: Number(args.streams) });
+    r = await runCase(c, { streams });
   } catch (err) {
     r = { name: c.name, pass: false, seconds: 0, notes: [`the case could not run: ${(err as Error).message.split('\n')[0]}`], sent: 0, ok: 0, failed: 0, hung: 0, wrong: 0, leaked: 0, ttftMs: [], failures: new Map() };
   }
@@ -47,6 +52,6 @@ for (const r of results) {
 }
 fs.mkdirSync(resultsDir, { recursive: true });
 const file = path.join(resultsDir, `faults-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
-fs.writeFileSync(file, JSON.stringify({ cpu, streams: Number(args.streams), results: results.map((r) => ({ ...r, failures: Object.fromEntries(r.failures), ttftMs: undefined })) }, null, 2));
+fs.writeFileSync(file, JSON.stringify({ cpu, streams, results: results.map((r) => ({ ...r, failures: Object.fromEntries(r.failures), ttftMs: undefined })) }, null, 2));
 console.log(`\nwritten to ${path.relative(process.cwd(), file)}`);
 process.exit(results.every((r) => r.pass) ? 0 : 1);

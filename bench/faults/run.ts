@@ -13,13 +13,12 @@
 // Pass rule: no hang, no wrong answer, no leak; and no failure at all unless the case allows it
 // (no other worker, Redis itself gone, the deployment stopping).
 // References: each prompt's greedy tokens from the same deployment before the fault.
-import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { WorkerLoad } from '../../ts/protocol/index.ts';
 import { packageRoot } from '../../ts/native/loader.ts';
-import { alive, childPids, freePort, launch, type Launched } from '../../test/helpers/launcher.ts';
+import { alive, childPids, freePort, launch, launchNpm, type Launched } from '../../test/helpers/launcher.ts';
 import { promptTokens } from '../../test/helpers/prompts.ts';
 
 export const HANG_MS = 30_000;
@@ -102,42 +101,6 @@ async function deploy(c: FaultCase, modelDir: string): Promise<Deployment> {
     workers,
     workerPid: async (name) => ((await (await fetch(`${workers().get(name)}/info`)).json()) as { pid: number }).pid,
     descendants: () => descendants(l.proc.pid!),
-  };
-}
-
-// `npm run start -- ARGS`, as a user starts it: the npm process is the one signals go to.
-async function launchNpm(args: string[], env: NodeJS.ProcessEnv): Promise<Launched> {
-  const proc: ChildProcess = spawn('npm', ['run', '--silent', 'start', '--', ...args], {
-    cwd: packageRoot,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-  const url = await new Promise<string>((resolve, reject) => {
-    const timer = setInterval(() => {
-      const m = /ready: (http:\/\/\S+)/.exec(out);
-      if (m) {
-        clearInterval(timer);
-        resolve(m[1]!);
-      }
-    }, 100);
-    void exited.then((code) => {
-      clearInterval(timer);
-      reject(new Error(`npm run start exited (${code}) before ready:\n${out}`));
-    });
-  });
-  return {
-    proc,
-    url,
-    output: () => out,
-    exited,
-    stop: async (signal = 'SIGTERM') => {
-      if (proc.exitCode === null && proc.signalCode === null) proc.kill(signal);
-      return exited;
-    },
   };
 }
 

@@ -19,28 +19,33 @@ export interface Launched {
 
 // Starts the launcher with args; resolves once it prints "ready:" (rejects if it exits first).
 export async function launch(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 180_000): Promise<Launched> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(packageRoot, 'ts/launcher/main.ts'), ...args], {
-    cwd: packageRoot,
-    env: { ...process.env, ...env },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  return untilReady('launcher', process.execPath, ['--import', 'tsx', path.join(packageRoot, 'ts/launcher/main.ts'), ...args], env, timeoutMs);
+}
+
+// The same through `npm run start -- ARGS`, as a user starts it: signals go to the npm process.
+export async function launchNpm(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 180_000): Promise<Launched> {
+  return untilReady('npm run start', 'npm', ['run', '--silent', 'start', '--', ...args], env, timeoutMs);
+}
+
+async function untilReady(what: string, command: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<Launched> {
+  const proc = spawn(command, args, { cwd: packageRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
   proc.stderr!.on('data', (d) => (out += d));
   const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
   const url = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`launcher not ready in time:\n${out}`)), timeoutMs);
+    const timer = setTimeout(() => reject(new Error(`${what} not ready in time:\n${out}`)), timeoutMs);
     const onData = () => {
       const m = /ready: (http:\/\/\S+)/.exec(out);
       if (m) {
         clearTimeout(timer);
-        resolve(m[1]);
+        resolve(m[1]!);
       }
     };
     proc.stdout!.on('data', onData);
     void exited.then((code) => {
       clearTimeout(timer);
-      reject(new Error(`launcher exited (${code}) before ready:\n${out}`));
+      reject(new Error(`${what} exited (${code}) before ready:\n${out}`));
     });
   });
   return {
@@ -53,6 +58,17 @@ export async function launch(args: string[], env: NodeJS.ProcessEnv = {}, timeou
       return exited;
     },
   };
+}
+
+// Polls check() every everyMs until it holds (a throw counts as not yet); throws naming `what`
+// when timeoutMs pass first.
+export async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000, everyMs = 200): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (Date.now() < end) {
+    if (await check().catch(() => false)) return;
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+  throw new Error(`timed out waiting for ${what}`);
 }
 
 // Runs the launcher to completion (for flags that make it exit at once).

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
-import { childPids, freePort, launch, type Launched } from '../helpers/launcher.ts';
+import { childPids, freePort, launch, until, type Launched } from '../helpers/launcher.ts';
 
 let modelDir: string;
 
@@ -35,15 +35,6 @@ async function complete(url: string): Promise<Response> {
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ prompt: 'the same long prompt for every request, so the router sees a prefix '.repeat(8), max_tokens: 3 }),
   });
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 function redisCli(port: number, ...args: string[]): string {

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { WorkerConfig } from '../../ts/worker/main.ts';
-import { childPids, fakeHfCache, freePort, launch, type Launched } from '../helpers/launcher.ts';
+import { childPids, fakeHfCache, freePort, launch, until, type Launched } from '../helpers/launcher.ts';
 import { forkWorker } from '../helpers/worker.ts';
 
 const SEED_MODEL = 'deepseek-ai/DeepSeek-R1-Distill-Llama-8B';
@@ -38,15 +38,6 @@ async function complete(prompt: number[], maxTokens = 2): Promise<{ status: numb
 async function metric(name: string): Promise<string[]> {
   const text = await (await fetch(`${server.url}/metrics`)).text();
   return text.split('\n').filter((l) => l.startsWith(name));
-}
-
-async function until(what: string, check: () => Promise<boolean>, timeoutMs = 20_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (Date.now() < end) {
-    if (await check().catch(() => false)) return;
-    await new Promise((r) => setTimeout(r, 200));
-  }
-  throw new Error(`timed out waiting for ${what}`);
 }
 
 const workersSeen = async () => (await metric('kvserve:worker_num_requests_running')).map((l) => /worker_id="([^"]+)"/.exec(l)?.[1]);

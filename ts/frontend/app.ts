@@ -21,7 +21,8 @@
 // header timeout), through clientError, which writes the body on the socket and closes it; a URL
 // that cannot be decoded and an HTTP/1.1 request without Host are 400s of the same shape;
 // bodies are JSON (application/json only), valid UTF-8, at most 32 MiB; ajv never coerces types;
-// closing the app aborts every generation in flight, so their streams end and close() returns.
+// closing the app aborts every generation in flight, so their streams end and close() returns,
+// and a request that arrives while it closes gets 503 shutting_down with the OpenAI body.
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import type { Socket } from 'node:net';
@@ -87,6 +88,8 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     // One line per request comes from serve.ts or the error handler, not fastify's two.
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: BODY_LIMIT_BYTES,
+    // While closing, the drain hook answers (503 shutting_down, the OpenAI body), not fastify.
+    return503OnClosing: false,
     ajv: { customOptions: { coerceTypes: false, removeAdditional: false, useDefaults: false, allErrors: false, verbose: true } },
     // Node would answer a missing Host itself, with an empty body: the hook below answers it.
     http: { requireHostHeader: false },
@@ -204,6 +207,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
 
   // Closing: end the streams in flight (their engine requests are aborted) so close() can finish.
   app.addHook('preClose', async () => {
+    drainState.draining = true;
     for (const gen of context.active) gen.abort();
   });
   app.addHook('onClose', async () => {

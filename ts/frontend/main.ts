@@ -109,7 +109,7 @@ async function main(): Promise<void> {
   const kvLimit = Math.min(...cfg.workers.map((w) => w.kvTotalBlocks * w.blockSize));
   const redisUrl = process.env.KVSERVE_REDIS_URL || undefined;
   if (cfg.router && !redisUrl) throw new Error('the router needs its Redis: KVSERVE_REDIS_URL is not set');
-  const overload = withoutUndefined(cfg.overload ?? {});
+  const overload = cfg.overload;
   const routed = cfg.router ? new RoutedWorkerPool({ ...cfg.router, redisUrl: redisUrl!, modelName: cfg.modelName, overload }) : undefined;
   const pool: WorkerPool = routed ?? new StaticWorkerPool(cfg.workers, cfg.modelName, { overload });
   const app = await buildApp({
@@ -156,12 +156,6 @@ async function main(): Promise<void> {
   process.on('SIGINT', stop);
   process.on('disconnect', stop);
   send({ type: 'ready', url });
-}
-
-// JSON drops undefined keys anyway; an object built in TS may still carry them, and the router
-// checks every key it is given.
-function withoutUndefined<T extends object>(o: T): T {
-  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as T;
 }
 
 // A start failure goes to the launcher as one 'fatal' message, its stack with it (the launcher

@@ -16,14 +16,14 @@
 // The request's block hashes are computed once, here, with the engine's own hash (the addon).
 import type { FastifyBaseLogger } from 'fastify';
 import { blockHashes } from '../native/index.ts';
-import type { BlockHash, RequestId, WorkerId, WorkerInfo, WorkerLoad } from '../protocol/index.ts';
-import { KvRouter, type PolicyName, type RouterMetrics } from '../router/index.ts';
+import type { BlockHash, RequestId, WorkerId, WorkerInfo } from '../protocol/index.ts';
+import { KvRouter, type PolicyName } from '../router/index.ts';
 import { DiscoveryWatcher, type LeasedWorkerInfo } from '../runtime/discovery.ts';
 import { EventPlaneConsumer } from '../runtime/event-plane.ts';
 import { WorkerClient } from '../runtime/request-client.ts';
 import { ApiError } from './errors.ts';
-import { DEFAULT_HEALTH, HealthMonitor, type HealthSettings } from './worker-health.ts';
-import { overloadError, type OverloadSettings, type SelectOptions, type WorkerPool, type WorkerSelection } from './worker-pool.ts';
+import type { HealthSettings } from './worker-health.ts';
+import { overloadError, RouterBackedPool, type OverloadSettings, type SelectOptions, type WorkerPool, type WorkerSelection } from './worker-pool.ts';
 
 const PREDICTION_GRACE_MS = 2000;
 
@@ -39,28 +39,26 @@ export interface RoutedPoolOptions {
   health?: HealthSettings;
 }
 
-export class RoutedWorkerPool implements WorkerPool {
-  private readonly router: KvRouter;
+export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
   private readonly watcher: DiscoveryWatcher;
   private readonly consumer: EventPlaneConsumer;
   private readonly members = new Map<WorkerId, { info: LeasedWorkerInfo; client: WorkerClient }>();
   // Members the health probe or the request plane found down: out of the router meanwhile.
   private readonly suspects = new Map<WorkerId, LeasedWorkerInfo>();
-  private readonly health: HealthMonitor;
   private log!: FastifyBaseLogger; // set by start()
   private readonly hashes = new WeakMap<readonly number[], BlockHash[]>();
 
   constructor(private readonly opts: RoutedPoolOptions) {
-    this.router = new KvRouter({
-      blockSize: opts.blockSize,
-      policy: opts.policy,
-      overlapWeight: opts.overlapWeight,
-      temperature: opts.temperature,
-      // Count a routed prompt as cached on its worker until its KV events arrive.
-      predictionGraceMs: PREDICTION_GRACE_MS,
-      ...opts.overload,
-    });
-    this.health = new HealthMonitor(
+    super(
+      new KvRouter({
+        blockSize: opts.blockSize,
+        policy: opts.policy,
+        overlapWeight: opts.overlapWeight,
+        temperature: opts.temperature,
+        // Count a routed prompt as cached on its worker until its KV events arrive.
+        predictionGraceMs: PREDICTION_GRACE_MS,
+        ...opts.overload,
+      }),
       {
         onDown: (id, why) => this.setAside(id, why),
         onUp: (id) => {
@@ -69,9 +67,8 @@ export class RoutedWorkerPool implements WorkerPool {
           this.suspects.delete(id);
           this.onJoin(info);
         },
-        onLoad: (id, load) => this.router.updateLoad(id, load),
       },
-      opts.health ?? DEFAULT_HEALTH,
+      opts.health,
     );
     this.watcher = new DiscoveryWatcher({ url: opts.redisUrl, namespace: opts.namespace });
     this.watcher.on('join', (w) => this.onJoin(w));
@@ -131,11 +128,6 @@ export class RoutedWorkerPool implements WorkerPool {
     this.log.warn({ workerId: id }, 'worker left: its blocks leave the index');
   }
 
-  // The request plane could not reach this worker: stop routing to it until it answers again.
-  reportUnavailable(id: WorkerId): void {
-    this.health.markDown(id, 'the request plane could not reach it');
-  }
-
   private setAside(id: WorkerId, why: string): void {
     const m = this.members.get(id);
     if (!m) return;
@@ -175,26 +167,12 @@ export class RoutedWorkerPool implements WorkerPool {
     }
   }
 
-  prefilled(requestId: RequestId): void {
-    this.router.prefilled(requestId);
-  }
-
-  release(_workerId: WorkerId, requestId: RequestId): void {
-    this.router.finish(requestId);
-  }
-
-  async loads(): Promise<WorkerLoad[]> {
-    const settled = await Promise.allSettled([...this.members.values()].map((m) => m.client.load()));
-    return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
-  }
-
-  routerMetrics(): RouterMetrics {
-    return this.router.metrics();
+  protected *clients(): Iterable<WorkerClient> {
+    for (const m of this.members.values()) yield m.client;
   }
 
   async close(): Promise<void> {
-    this.health.close();
-    this.router.close();
+    await super.close();
     await Promise.all([this.watcher.close(), this.consumer.close()]);
   }
 }

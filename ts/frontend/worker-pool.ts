@@ -18,7 +18,7 @@ import type { RequestId, WorkerId, WorkerInfo, WorkerLoad } from '../protocol/in
 import { KvRouter, RouterOverloadedError, type RouterMetrics, type RouterSettings } from '../router/index.ts';
 import { WorkerClient } from '../runtime/request-client.ts';
 import { ApiError } from './errors.ts';
-import { DEFAULT_HEALTH, HealthMonitor, type HealthSettings } from './worker-health.ts';
+import { DEFAULT_HEALTH, HealthMonitor, type HealthListener, type HealthSettings } from './worker-health.ts';
 
 export interface WorkerSelection {
   worker: WorkerInfo;
@@ -63,15 +63,57 @@ export function overloadError(err: unknown): unknown {
   return new ApiError('ERR_OVERLOADED', err.message);
 }
 
+// What both pools share: a KvRouter that chooses the worker, a HealthMonitor whose probes feed it
+// their loads, and the per-request bookkeeping, which goes straight to the router. A subclass says
+// what a probe's failure and recovery do to its workers (onDown / onUp) and which workers it has.
+export abstract class RouterBackedPool {
+  protected readonly health: HealthMonitor;
+
+  constructor(
+    protected readonly router: KvRouter,
+    listener: Omit<HealthListener, 'onLoad'>,
+    health: HealthSettings = DEFAULT_HEALTH,
+  ) {
+    this.health = new HealthMonitor({ ...listener, onLoad: (id, load) => this.router.updateLoad(id, load) }, health);
+  }
+
+  // The clients of the workers routed to now (loads() asks each).
+  protected abstract clients(): Iterable<WorkerClient>;
+
+  prefilled(requestId: RequestId): void {
+    this.router.prefilled(requestId);
+  }
+
+  release(_workerId: WorkerId, requestId: RequestId): void {
+    this.router.finish(requestId);
+  }
+
+  reportUnavailable(id: WorkerId): void {
+    this.health.markDown(id, 'the request plane could not reach it');
+  }
+
+  routerMetrics(): RouterMetrics {
+    return this.router.metrics();
+  }
+
+  async loads(): Promise<WorkerLoad[]> {
+    const settled = await Promise.allSettled([...this.clients()].map((c) => c.load()));
+    return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
+  }
+
+  async close(): Promise<void> {
+    this.health.close();
+    this.router.close();
+  }
+}
+
 export interface StaticPoolOptions {
   overload?: OverloadSettings;
   health?: HealthSettings;
 }
 
-export class StaticWorkerPool implements WorkerPool {
+export class StaticWorkerPool extends RouterBackedPool implements WorkerPool {
   private readonly serving = new Map<WorkerId, { info: WorkerInfo; client: WorkerClient }>();
-  private readonly router: KvRouter;
-  private readonly health: HealthMonitor;
   private log: FastifyBaseLogger | undefined;
 
   constructor(
@@ -80,8 +122,8 @@ export class StaticWorkerPool implements WorkerPool {
     opts: StaticPoolOptions = {},
   ) {
     const mine = all.filter((w) => w.model === modelName && w.role !== 'prefill');
-    this.router = new KvRouter({ blockSize: mine[0]?.blockSize ?? 16, policy: 'round-robin', ...opts.overload });
-    this.health = new HealthMonitor(
+    super(
+      new KvRouter({ blockSize: mine[0]?.blockSize ?? 16, policy: 'round-robin', ...opts.overload }),
       {
         onDown: (id, why) => {
           this.router.removeWorker(id);
@@ -91,9 +133,8 @@ export class StaticWorkerPool implements WorkerPool {
           this.join(this.serving.get(id)!.info);
           this.log?.info({ workerId: id }, 'worker answers again: routed to');
         },
-        onLoad: (id, load) => this.router.updateLoad(id, load),
       },
-      opts.health ?? DEFAULT_HEALTH,
+      opts.health,
     );
     for (const info of mine) {
       const client = new WorkerClient(info.address, info.requestPlane);
@@ -131,29 +172,7 @@ export class StaticWorkerPool implements WorkerPool {
     }
   }
 
-  prefilled(requestId: RequestId): void {
-    this.router.prefilled(requestId);
-  }
-
-  release(_workerId: WorkerId, requestId: RequestId): void {
-    this.router.finish(requestId);
-  }
-
-  reportUnavailable(id: WorkerId): void {
-    this.health.markDown(id, 'the request plane could not reach it');
-  }
-
-  routerMetrics(): RouterMetrics {
-    return this.router.metrics();
-  }
-
-  async loads(): Promise<WorkerLoad[]> {
-    const settled = await Promise.allSettled([...this.serving.values()].map((w) => w.client.load()));
-    return settled.flatMap((s) => (s.status === 'fulfilled' ? [s.value] : []));
-  }
-
-  async close(): Promise<void> {
-    this.health.close();
-    this.router.close();
+  protected *clients(): Iterable<WorkerClient> {
+    for (const w of this.serving.values()) yield w.client;
   }
 }
