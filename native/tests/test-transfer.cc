@@ -902,6 +902,57 @@ TEST(a_peer_that_breaks_the_protocol_is_disconnected_at_once) {
   CHECK(lines.size() == cases.size());  // nothing logged for the good peer
 }
 
+// A peer that stops in the middle of a frame is disconnected once nothing has arrived for
+// frame_timeout_ms, with a log line saying so; a connection idle between frames is not.
+TEST(a_peer_stalled_mid_frame_is_disconnected_and_an_idle_one_is_not) {
+  std::mutex log_mu;
+  std::vector<std::string> lines;
+  AgentConfig cfg;
+  cfg.frame_timeout_ms = 300;
+  cfg.on_log = [&](const std::string& line) {
+    std::lock_guard<std::mutex> lock(log_mu);
+    lines.push_back(line);
+  };
+  Side b = make_side("b", 8, 2, cfg);
+  Metadata bm;
+  CHECK(metadata_from_json(b.metadata(), &bm).ok());
+  auto closed_within = [](const Socket& s, int seconds) {
+    set_io_timeout(s, seconds);
+    char buf[64];
+    ssize_t n;
+    do {
+      n = recv(s.fd(), buf, sizeof buf, 0);
+    } while (n > 0 || (n < 0 && errno == EINTR));
+    return n == 0 || errno == ECONNRESET;
+  };
+  // Half a frame header, then silence.
+  Socket stalled;
+  CHECK(tcp_connect(bm.tcp_host, bm.tcp_port, &stalled).ok());
+  FrameHeader h;
+  h.type = static_cast<uint32_t>(FrameType::hello);
+  CHECK(send_all(stalled, &h, sizeof h / 2).ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(closed_within(stalled, 3));
+  const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  CHECK(waited > 0.2 && waited < 2.5);
+  {
+    std::lock_guard<std::mutex> lock(log_mu);
+    const bool logged = lines.size() == 1 && lines[0].find("nothing arrived for 300 ms inside a frame") != std::string::npos;
+    if (!logged) std::printf("  %zu log lines, the last: %s\n", lines.size(), lines.empty() ? "" : lines.back().c_str());
+    CHECK(logged);
+  }
+  // Idle for 3 x the timeout before its first frame: still served (its bad frame is answered by
+  // the protocol check, not by a timeout).
+  Socket idle;
+  CHECK(tcp_connect(bm.tcp_host, bm.tcp_port, &idle).ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));
+  h.type = static_cast<uint32_t>(FrameType::write);
+  CHECK(send_all(idle, &h, sizeof h).ok());
+  CHECK(closed_within(idle, 3));
+  std::lock_guard<std::mutex> lock(log_mu);
+  CHECK(lines.size() == 2 && lines[1].find("before hello") != std::string::npos);
+}
+
 // ---- two processes ----
 
 namespace {

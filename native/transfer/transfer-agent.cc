@@ -5,6 +5,10 @@
 // inbound connection serves its requests in order. mu_ is never held across network I/O.
 #include "transfer-agent.h"
 
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -583,10 +587,19 @@ void Agent::serve(Inbound* in) {
   std::string text;
   std::vector<int32_t> ids;
   Status broke;  // the protocol break that ends the connection (ok: it ended otherwise)
+  // Each receive inside a frame waits at most frame_timeout_ms; the wait for a frame's first byte
+  // has no limit (close() shuts the socket down, which ends it).
+  timeval tv{cfg_.frame_timeout_ms / 1000, (cfg_.frame_timeout_ms % 1000) * 1000};
+  setsockopt(s.fd(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
   for (;;) {
+    pollfd p{s.fd(), POLLIN, 0};
+    while (poll(&p, 1, -1) < 0 && errno == EINTR) {
+    }
     Status st = recv_frame(s, &h, &text, &ids);
     if (!st.ok()) {
       if (st.code() == StatusCode::transfer_invalid) broke = st;  // else the peer left or I/O failed
+      if (st.message().find("receive timed out") != std::string::npos)
+        broke = Status(st.code(), "nothing arrived for " + std::to_string(cfg_.frame_timeout_ms) + " ms inside a frame");
       break;
     }
     const auto type = static_cast<FrameType>(h.type);

@@ -99,6 +99,10 @@ struct AgentConfig {
   std::string listen_host = "127.0.0.1";
   int listen_port = 0;
   std::string cluster_secret;  // "" = none: peers are not asked for it
+  // A frame a peer has begun must keep arriving: a listener connection that receives nothing for
+  // this long inside a frame is closed, with a log line (between frames a connection may idle);
+  // 0: no limit.
+  int frame_timeout_ms = 30000;
   // When set, each notification is handed to it (on a listener thread) instead of queued.
   std::function<void(Notification)> on_notification;
   // When set, each line the agent logs (why it disconnected a peer that broke the protocol) is
