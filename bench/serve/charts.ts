@@ -4,6 +4,7 @@
 //   <base>[-group]-itl.svg          ITL over the run: p50 and p99 of the gaps in 40 time bins
 //   <base>[-group]-throughput.svg   output tokens/s against max concurrency (a sweep: runs that
 //                                   differ in max concurrency)
+//   <base>-<name>.svg               a scenario's own charts (report.extra.charts: the soak's)
 // Stays true: the charts are drawn from the same records as the tables (completed requests).
 import fs from 'node:fs';
 import * as vega from 'vega';
@@ -100,6 +101,11 @@ export async function writeCharts(report: Report, base: string): Promise<string[
       fs.writeFileSync(file, await svgOf(spec));
       files.push(file);
     }
+  }
+  for (const [name, spec] of report.extra?.charts ?? []) {
+    const file = `${base}-${name}.svg`;
+    fs.writeFileSync(file, await svgOf(spec));
+    files.push(file);
   }
   return files;
 }

@@ -50,9 +50,15 @@ Load
 
 Output
   --output-json FILE        the JSON report; charts go beside it (default bench/results/)
-  --scenario NAME[,NAME]    seed-1 .. seed-6, seeds (all six), router, disagg, engine; each case
-                            on a fresh deployment; launcher flags after -- go to every case
-                            (engine: to npm run bench:engine)
+  --scenario NAME[,NAME]    seed-1 .. seed-6, seeds (all six), router, disagg, engine, soak;
+                            each case on a fresh deployment; launcher flags after -- go to
+                            every case (engine: to npm run bench:engine; soak: instead of its
+                            default topology)
+
+Soak (--scenario soak)
+  --duration D              how long the mixed load runs, e.g. 30m, 90s, 1h (default 30m)
+  --sample-interval D       RSS, fds, active blocks and Redis memory sampled this often
+                            (default 10s); --max-concurrency: client loops (default 8)
   -h, --help                this text
 `;
 
@@ -78,6 +84,8 @@ const OPTIONS = {
   goodput: { type: 'string', multiple: true },
   'output-json': { type: 'string' },
   scenario: { type: 'string' },
+  duration: { type: 'string' },
+  'sample-interval': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -204,6 +212,8 @@ export function parseCli(argv: readonly string[]): CliOptions {
   if (o.url !== null && launcherArgs.length > 0) throw new BenchFlagError('launcher flags (after --) start a deployment: leave out --url, or them');
   if (o.url !== null && o.scenarios !== null) throw new BenchFlagError('--scenario starts its own deployments: leave out --url');
   if (o.concurrency !== null && flags['max-concurrency'] !== undefined) throw new BenchFlagError('--concurrency sweeps --max-concurrency: give one of them');
+  const soakOnly = (['duration', 'sample-interval'] as const).filter((f) => flags[f] !== undefined);
+  if (soakOnly.length > 0 && !o.scenarios?.includes('soak')) throw new BenchFlagError(`--${soakOnly[0]} belongs to --scenario soak`);
   if (o.scenarios === null) resolveWorkload(flags); // bad workload flags fail now, not after start-up
   return o;
 }

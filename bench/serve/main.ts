@@ -4,6 +4,7 @@
 //   npm run bench -- [workload flags] [-- launcher flags]           a deployment of its own
 //   npm run bench -- --concurrency 1,4,16,64 ...                    a sweep, one run per value
 //   npm run bench -- --scenario router                              a scenario (scenarios.ts)
+//   npm run bench -- --scenario soak --duration 30m                 the soak (soak.ts)
 // Stays true: a deployment the bench started is stopped on every way out (done, error, Ctrl-C,
 // SIGTERM). Exit status: 0 done (failed requests are reported, not fatal), 1 the target failed
 // (unreachable, refused, crashed), 2 bad flags or a bad dataset, 130/143 interrupted.
@@ -13,6 +14,7 @@ import { BenchFlagError, describeWorkload, parseCli, resolveWorkload, USAGE, typ
 import { machineInfo, writeReport, type ReportGroup, type RunReport } from './report.ts';
 import { endpointModel, measure, TargetError, type Measure } from './run.ts';
 import { runScenario, SCENARIO_NAMES } from './scenarios.ts';
+import { soakOptions } from './soak.ts';
 
 // The runs: one, or one per --concurrency value; every sweep point gets its own dataset seed,
 // so a point never finds the previous point's prompts in the prefix cache. Built before any
@@ -41,6 +43,7 @@ async function main(argv: string[]): Promise<void> {
   }
   const unknown = cli.scenarios?.filter((s) => !SCENARIO_NAMES.includes(s)) ?? [];
   if (unknown.length) throw new BenchFlagError(`--scenario: unknown ${unknown.join(', ')}; the scenarios: ${SCENARIO_NAMES.join(', ')}`);
+  if (cli.scenarios?.includes('soak')) soakOptions(cli); // bad soak flags fail now, not after start-up
   const base = { date: new Date().toISOString(), command: ['npm run bench --', ...argv].join(' '), machine: machineInfo() };
 
   if (cli.scenarios) {

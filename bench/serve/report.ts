@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { packageRoot } from '../../ts/native/loader.ts';
 import { writeCharts } from './charts.ts';
+import type * as vl from 'vega-lite';
 import type { WorkloadOptions } from './flags.ts';
 import type { Distribution, RequestRecord, Summary } from './stats.ts';
 
@@ -35,7 +36,7 @@ export type RunOutcome = RunReport | SkippedRun;
 export interface ReportGroup {
   title: string;
   workload: string; // one line
-  options: WorkloadOptions;
+  options: WorkloadOptions | null; // null: a load of the scenario's own (soak)
   runs: RunOutcome[];
 }
 
@@ -54,7 +55,7 @@ export interface Report {
   machine: Machine;
   target: string; // an endpoint, or "its own deployments"
   groups: ReportGroup[];
-  extra?: { markdown: string; data: unknown }; // a scenario's own section (the engine's)
+  extra?: { markdown: string; data: unknown; charts?: [string, vl.TopLevelSpec][] }; // a scenario's own section (the engine's, the soak's) and charts
 }
 
 export const isSkipped = (r: RunOutcome): r is SkippedRun => 'skipped' in r;
@@ -133,7 +134,7 @@ export async function writeReport(report: Report, outputJson: string | null): Pr
   const md = markdown(report);
   process.stdout.write(`\n${md}`);
   const files = [`${base}.json`, `${base}.md`];
-  fs.writeFileSync(files[0]!, JSON.stringify(report, (_, v: unknown) => (v === Infinity ? 'inf' : v), 2));
+  fs.writeFileSync(files[0]!, JSON.stringify(report, (k, v: unknown) => (k === 'charts' ? undefined : v === Infinity ? 'inf' : v), 2));
   fs.writeFileSync(files[1]!, md);
   files.push(...(await writeCharts(report, base)));
   process.stdout.write(`\nwrote ${files.map((p) => path.relative(process.cwd(), p)).join(', ')}\n`);

@@ -13,6 +13,8 @@
 //                     on the interference workload: long prompts among decode-heavy short ones
 //   engine            `npm run bench:engine` (our engine against llama.cpp; the flags after `--`
 //                     go to it), its speeds and target ratios in the report
+//   soak              one deployment under a mixed load for --duration (soak.ts): RSS, fds,
+//                     active blocks and Redis memory sampled and checked flat
 // A topology the launcher refuses (e.g. TP on a model it does not split) is reported as skipped
 // with the launcher's reason. The user's workload flags override a scenario's, and
 // launcher flags after `--` are added to every case's (engine: given to bench:engine).
@@ -26,6 +28,7 @@ import { describeWorkload, parseBenchArgs, resolveWorkload, type CliOptions } fr
 import { seededRng } from './random.ts';
 import { isSkipped, type Report, type ReportGroup, type RunReport } from './report.ts';
 import { measureOnDeployment, type Measure } from './run.ts';
+import { runSoak } from './soak.ts';
 
 interface Case {
   name: string;
@@ -140,7 +143,7 @@ export const SCENARIOS: Record<string, Scenario> = {
   },
 };
 
-export const SCENARIO_NAMES = [...Object.keys(SCENARIOS), 'engine'];
+export const SCENARIO_NAMES = [...Object.keys(SCENARIOS), 'engine', 'soak'];
 
 // The group's workload: its presets under the user's flags; several presets are mixed (each
 // with its own seed, so they share no tokens) and shuffled into one arrival order.
@@ -200,6 +203,7 @@ async function runEngine(date: string, engineArgs: string[]): Promise<NonNullabl
 }
 
 export async function runScenario(name: string, cli: CliOptions, base: Omit<Report, 'kind' | 'title' | 'groups' | 'target'>): Promise<Report> {
+  if (name === 'soak') return runSoak(cli, base);
   if (name === 'engine') {
     return { ...base, kind: 'scenario-engine', title: 'engine: our engine against llama.cpp', target: 'the engine in process', groups: [], extra: await runEngine(base.date, cli.launcherArgs) };
   }

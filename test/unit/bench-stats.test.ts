@@ -1,6 +1,6 @@
 // The bench's pure parts against hand-computed cases: numpy's percentiles, vLLM's TPOT,
 // throughputs and goodput, gamma arrivals (mean gap 1/rate whatever the burstiness), the
-// datasets' shapes, and strict flags.
+// datasets' shapes, strict flags, and the soak's growth rule.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import { buildDataset, DatasetError, type DatasetOptions } from '../../bench/serve/datasets.ts';
 import { BenchFlagError, parseCli, resolveWorkload } from '../../bench/serve/flags.ts';
 import { arrivalTimesMs, gammaSample, seededRng } from '../../bench/serve/random.ts';
+import { flatness, growthOver, parseDuration, soakOptions } from '../../bench/serve/soak.ts';
 import { distribution, errorCounts, percentile, summarize, tpotMs, type RequestRecord } from '../../bench/serve/stats.ts';
 
 function record(r: Partial<RequestRecord>): RequestRecord {
@@ -159,5 +160,42 @@ describe('flags', () => {
     const scenario = parseCli(['--input-len', '7', '--output-len', '5']).flags;
     const user = parseCli(['--input-len', '9']).flags;
     expect(resolveWorkload(scenario, user)).toMatchObject({ inputLen: 9, outputLen: 5 });
+  });
+});
+
+describe('soak', () => {
+  const sample = (t: number, anon: number, fds = 30) => ({ t, rssMiB: { w: anon + 100 }, anonMiB: { w: anon }, shmemMiB: { w: 100 }, fds: { w: fds }, activeBlocks: { w: 0 }, redisMiB: 2, redisKeys: 10 });
+
+  it('measures growth as the least-squares slope times the span', () => {
+    const line = Array.from({ length: 11 }, (_, i) => ({ t: i * 10, y: 2 * i * 10 + 5 }));
+    expect(growthOver(line)).toEqual({ growth: 200, mean: 105 });
+    expect(growthOver([{ t: 0, y: 1 }, { t: 10, y: NaN }, { t: 20, y: 1 }]).growth).toBe(0); // a missed sample is left out
+    expect(growthOver([{ t: 0, y: 1 }]).growth).toBeNaN();
+  });
+
+  it('calls noise flat and a slow leak not flat, after the warm-up', () => {
+    const rng = seededRng(1);
+    // 30 min at 10 s: a warm-up climb of 50 MiB, then noise of +-3 MiB around 200 MiB.
+    const steady = Array.from({ length: 181 }, (_, i) => sample(i * 10, i < 36 ? 150 + (50 * i) / 36 : 200 + 6 * (rng() - 0.5)));
+    expect(flatness(steady, 360).every((v) => v.flat)).toBe(true);
+    // 1 MiB a minute on top: 24 MiB over the 24 min after the warm-up, above 10% of ~212 MiB.
+    const leak = steady.map((s) => sample(s.t, s.anonMiB.w + s.t / 60));
+    const anon = flatness(leak, 360).find((v) => v.series === 'private RSS MiB: w')!;
+    expect(anon.flat).toBe(false);
+    expect(anon.growth).toBeCloseTo(24, 0);
+    // File descriptors: one more every minute is a leak whatever the mean.
+    const fds = flatness(steady.map((s) => sample(s.t, 200, 30 + Math.floor(s.t / 60))), 360).find((v) => v.series === 'open fds: w')!;
+    expect(fds.flat).toBe(false);
+  });
+
+  it('takes durations and refuses soak flags elsewhere', () => {
+    expect(parseDuration('duration', '30m')).toBe(1_800_000);
+    expect(parseDuration('duration', '90s')).toBe(90_000);
+    expect(parseDuration('duration', '1.5h')).toBe(5_400_000);
+    expect(parseDuration('duration', '45')).toBe(45_000);
+    for (const bad of ['', '0', '-1m', '3d', 'soon']) expect(() => parseDuration('duration', bad), bad).toThrow(BenchFlagError);
+    expect(() => parseCli(['--duration', '10m'])).toThrow(/belongs to --scenario soak/);
+    expect(soakOptions(parseCli(['--scenario', 'soak', '--duration', '2m', '--max-concurrency', '3']))).toEqual({ durationMs: 120_000, sampleMs: 10_000, concurrency: 3, seed: 0 });
+    expect(() => soakOptions(parseCli(['--scenario', 'soak', '--duration', '30s']))).toThrow(/at least 5 sample intervals/);
   });
 });
