@@ -148,15 +148,21 @@ describe('kv routing', () => {
 });
 
 describe('Redis outage', () => {
-  it('answers 503 while Redis is down, then routes by cache again on its own', async () => {
+  it('keeps routing on the last known workers while Redis is down, then routes by cache again on its own', async () => {
     const prefix = tokens(7000, 320);
     const owner = (await complete([...prefix, 1, 2, 3])).workerId;
     const port = redis.port;
     await redis.stop();
-    await until('503 while Redis is down', async () => (await complete(tokens(7100, 32))).status === 503, 10_000);
-    expect((await fetch(`${server.url}/health`)).status).toBe(200);
+    await until('the frontend saw Redis go', async () => /Redis is unreachable: routing on the last known workers/.test(server.output()), 10_000);
+    const during = [];
+    for (let i = 0; i < 8; i++) during.push(await complete(tokens(7100 + i, 32)));
+    expect(during.map((r) => r.status)).toEqual(Array(8).fill(200));
+    expect(new Set(during.map((r) => r.workerId)).size).toBeGreaterThan(1); // spread over the workers it knew
+    expect((await complete([...prefix, 7, 8, 9])).workerId).toBe(owner); // the index as it was
+    expect((await fetch(`${server.url}/ready`)).status).toBe(200);
     redis = await startPrivateRedis({ port, password: redis.password }); // a new, empty Redis on the same address and password
-    await until('routing again', async () => (await complete(tokens(7200, 32))).status === 200, 30_000);
+    await until('Redis back', async () => /Redis is back/.test(server.output()), 30_000);
+    expect((await complete(tokens(7200, 32))).status).toBe(200);
     await until('the replays', async () => {
       const [line] = await metric('kvserve:router_indexed_blocks');
       return line !== undefined && Number(line.split(' ').pop()) >= 20;

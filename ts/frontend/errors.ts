@@ -30,7 +30,6 @@ export const apiErrors = {
   ERR_WORKER_UNAVAILABLE: { status: 503, type: 'service_unavailable_error', code: 'worker_unavailable' },
   ERR_SHUTTING_DOWN: { status: 503, type: 'service_unavailable_error', code: 'shutting_down' },
   ERR_OVERLOADED: { status: 503, type: 'service_unavailable_error', code: 'overloaded' },
-  ERR_REDIS_UNAVAILABLE: { status: 503, type: 'service_unavailable_error', code: 'routing_unavailable' },
   ERR_DEADLINE_EXCEEDED: { status: 504, type: 'server_error', code: 'deadline_exceeded' },
 } as const;
 

@@ -11,8 +11,12 @@
 //     index at once; one that does not answer the health probe (worker-health.ts) or the request
 //     plane before its lease expires is set aside (not routed to) until it answers again (then
 //     it rejoins with a replay) or its lease goes;
-//   - while Redis is unreachable select() fails with ERR_REDIS_UNAVAILABLE (HTTP 503) and
-//     ready() is false; once it is back, routing resumes on its own after the replays.
+//   - while Redis is unreachable, requests are still routed: to the last known workers (the
+//     discovery watcher keeps its set, and the health probe still sets aside a worker that stops
+//     answering), on the probes' loads and on the KV index as it was (no events arrive, so the
+//     overlap it scores may be stale: that costs a prefill, never a wrong answer). One line is
+//     logged when Redis goes and one when it is back; after a reconnect the workers replay and
+//     the index is the truth again.
 // The request's block hashes are computed once, here, with the engine's own hash (the addon).
 import type { FastifyBaseLogger } from 'fastify';
 import { blockHashes } from '../native/index.ts';
@@ -94,6 +98,10 @@ export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
 
   async start(log: FastifyBaseLogger): Promise<void> {
     this.log = log;
+    this.watcher.on('status', (connected) => {
+      if (connected) this.log.warn('Redis is back: discovery and KV events resume');
+      else this.log.warn({ workers: this.members.size }, 'Redis is unreachable: routing on the last known workers, their health probes and the KV index as it was');
+    });
     // Events first, so a worker's replay after its join is not missed.
     await this.consumer.start();
     await this.watcher.start();
@@ -137,20 +145,15 @@ export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
     this.log.warn({ workerId: id, why }, 'worker unreachable: not routed to until it answers again');
   }
 
-  private connected(): boolean {
-    return this.watcher.isConnected() && this.consumer.isConnected();
-  }
-
   workers(): WorkerInfo[] {
     return [...this.members.values()].map((m) => m.info);
   }
 
   ready(): boolean {
-    return this.members.size > 0 && this.connected();
+    return this.members.size > 0;
   }
 
   async select(promptTokenIds: readonly number[], requestId: RequestId, opts: SelectOptions = {}): Promise<WorkerSelection> {
-    if (!this.connected()) throw new ApiError('ERR_REDIS_UNAVAILABLE', 'the routing service (Redis) is unavailable; retry shortly');
     let hashes = this.hashes.get(promptTokenIds); // the n choices of one prompt share its hashes
     if (hashes === undefined) {
       hashes = blockHashes(promptTokenIds, this.opts.blockSize) as BlockHash[];

@@ -90,7 +90,14 @@ export class PrefillQueue {
     });
   }
 
+  // The connection retries commands while Redis is away (BullMQ needs that), so a call made then
+  // would wait for Redis: refuse it at once instead, and the caller prefills locally.
+  private connected(): void {
+    if (this.connection.status !== 'ready') throw new Error(`Redis is not connected (${this.connection.status})`);
+  }
+
   async push(job: RemotePrefillJob): Promise<void> {
+    this.connected();
     await this.queue.add('prefill', job, {
       attempts: MAX_ATTEMPTS,
       backoff: { type: 'fixed', delay: 100 },
@@ -101,6 +108,7 @@ export class PrefillQueue {
 
   // Jobs not yet taken by a prefill worker.
   async depth(): Promise<number> {
+    this.connected();
     return this.queue.getWaitingCount();
   }
 

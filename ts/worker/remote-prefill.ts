@@ -15,7 +15,8 @@
 //      is taken back (pending | taken:P -> local) and the engine prefills locally. While jobs
 //      wait, their claims are read every LEASE_CHECK_MS: a job taken by a prefill worker whose
 //      lease has lapsed (dead, stopped, partitioned, or restarted as another instance) is
-//      taken back at once the same way, not at its deadline. A client abort of a parked
+//      taken back at once the same way, not at its deadline; so is a job whose claim has
+//      vanished (Redis restarted empty: the job went with it). A client abort of a parked
 //      request takes the claim back the same way before the engine frees the blocks, so no
 //      prefill worker ever writes into blocks that were given to someone else.
 // Prefill side (PrefillJobRunner), per job: drop it if past its deadline or if the decode
@@ -119,8 +120,15 @@ export class RemotePrefillDecoder {
     this.checking = true;
     try {
       for (const [id, p] of pushed) {
-        const state = await this.opts.claims.get(id).catch(() => null);
-        if (!state?.startsWith('taken:') || this.pending.get(id) !== p || p.settling) continue;
+        const state = await this.opts.claims.get(id).catch(() => undefined); // undefined: Redis away, look next time
+        if (state === undefined || this.pending.get(id) !== p || p.settling) continue;
+        if (state === null) {
+          // The claim is gone while its job waits: Redis lost its data (restarted empty), and the
+          // job with it, so nobody will prefill it. Taken back as an expired claim is.
+          void this.settle(id as RequestId, p, 'its claim and job were lost with Redis');
+          continue;
+        }
+        if (!state.startsWith('taken:')) continue;
         const holder = state.slice('taken:'.length);
         if (await this.opts.isWriterAlive(holder).catch(() => true)) continue;
         void this.settle(id as RequestId, p, `its prefill worker ${holder} lost its lease`);
