@@ -4,7 +4,10 @@
 //   `<ns>:kv-events`  ONE stream for all workers. Each entry: field `event` = the contract JSON
 //                     {worker_id, event_id, data: {stored | removed | cleared}}, field `instance`
 //                     = the publishing process's instance id (the lease's instanceId). Capped
-//                     with XADD MAXLEN ~ streamMaxLen (approximate trimming, cheap).
+//                     with XADD MAXLEN ~ streamMaxLen (approximate trimming, cheap): the
+//                     stream is history for a consumer that fell behind or reconnects, not a
+//                     log; an entry is about 270 bytes, so the default holds Redis to ~3 MB
+//                     for it, and a consumer more than that many events behind resyncs.
 //   `<ns>:load`       pub/sub, JSON WorkerLoad (the contract's load metrics + worker_id + the
 //                     cumulative prefix-cache counters). Pub/sub, not a stream: a load report is a
 //                     latest value, a lost one is replaced within ~100 ms, and nothing piles up.
@@ -47,7 +50,7 @@
 // `cleared`, event_id 1); asks requestReplay(worker) on a per-worker gap; and on onResync calls
 // requestReplay('*').
 // Settings (ranges): maxBufferedEvents [1, 10^7] default 100000; streamMaxLen [1000, 10^8]
-// default 100000; loadIntervalMs [10, 10000] default 100; batchSize [1, 10000] default 1000.
+// default 10000; loadIntervalMs [10, 10000] default 100; batchSize [1, 10000] default 1000.
 import { EventEmitter } from 'node:events';
 import type { NativeKvEvent, NativeLoadMetrics } from '../native/addon.js';
 import type { KvEvent, WorkerId, WorkerLoad } from '../protocol/index.ts';
@@ -157,7 +160,7 @@ export class EventPlanePublisher {
     this.namespace = opts.namespace ?? DEFAULT_NAMESPACE;
     this.stream = kvEventsStream(this.namespace);
     this.maxBuffered = checkRange('maxBufferedEvents', opts.maxBufferedEvents ?? 100_000, 1, 10_000_000);
-    this.streamMaxLen = String(checkRange('streamMaxLen', opts.streamMaxLen ?? 100_000, 1000, 100_000_000));
+    this.streamMaxLen = String(checkRange('streamMaxLen', opts.streamMaxLen ?? 10_000, 1000, 100_000_000));
     this.loadIntervalMs = checkRange('loadIntervalMs', opts.loadIntervalMs ?? 100, 10, 10_000);
     this.log = opts.log ?? ((line) => process.stderr.write(line + '\n'));
   }
