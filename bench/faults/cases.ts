@@ -114,6 +114,26 @@ export const cases: FaultCase[] = [
     },
   },
   {
+    // The rank's group gives up on it after 2 s stopped; the worker fails its requests, which
+    // migrate, and the launcher restarts it (SIGCONT then finds the old rank killed).
+    name: 'SIGSTOP of one tensor-parallel rank for 10 s, then SIGCONT',
+    args: ['--workers', '2', '--worker-tp', '2'],
+    durationMs: 4000,
+    inject: async (ctx) => {
+      const worker = await ctx.dep.workerPid('worker-0');
+      const rank = descendants(worker).find((p) => cmdline(p).includes('tp-rank-main'));
+      if (rank === undefined) return ctx.fail('worker-0 has no rank process');
+      process.kill(rank, 'SIGSTOP');
+      ctx.notes.push(`SIGSTOP rank 1 of worker-0 (pid ${rank})`);
+      await ctx.sleep(10_000);
+      try {
+        process.kill(rank, 'SIGCONT');
+      } catch {
+        ctx.notes.push('rank 1 was gone by SIGCONT (its worker restarted)');
+      }
+    },
+  },
+  {
     name: 'SIGSTOP of a worker for 10 s, then SIGCONT',
     args: ['--workers', '2'],
     durationMs: 4000,

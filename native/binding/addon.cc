@@ -152,6 +152,7 @@ Napi::Object step_to_js(Napi::Env env, const llm::StepResult& s) {
   o.Set("outputs", outs);
   o.Set("kvEvents", evs);
   o.Set("metrics", metrics_to_js(env, s.metrics));
+  if (!s.fatal.empty()) o.Set("fatal", s.fatal);
   return o;
 }
 

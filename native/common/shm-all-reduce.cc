@@ -96,19 +96,26 @@ void futex_wake_all(std::atomic<uint32_t>* a) {
 }
 
 // True when `pid` has exited: no such process, or a zombie nobody has reaped yet.
-bool process_gone(int pid) {
-  if (pid <= 0) return false;
+// The state letter of /proc/PID/stat (R, S, D, T, t, Z, X, ...); '?' where it cannot be read,
+// 'X' where the process does not exist.
+char process_state(int pid) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/%d/stat", pid);
   FILE* f = std::fopen(path, "r");
-  if (!f) return kill(pid, 0) != 0 && errno == ESRCH;
+  if (!f) return kill(pid, 0) != 0 && errno == ESRCH ? 'X' : '?';
   char buf[512];
   const size_t len = std::fread(buf, 1, sizeof buf - 1, f);
   std::fclose(f);
   buf[len] = '\0';
   const char* paren = std::strrchr(buf, ')');  // the name may hold spaces and parentheses
-  if (!paren || paren[1] != ' ') return false;
-  return paren[2] == 'Z' || paren[2] == 'X';
+  if (!paren || paren[1] != ' ' || paren[2] == '\0') return '?';
+  return paren[2];
+}
+
+bool process_gone(int pid) {
+  if (pid <= 0) return false;
+  const char state = process_state(pid);
+  return state == 'Z' || state == 'X';
 }
 
 size_t header_bytes(int world) {
@@ -329,13 +336,28 @@ Status ShmAllReduce::wait_all(uint32_t gen, int timeout_ms) {
     t = now_us();
   }
   int64_t next_pid_check = t;
+  std::vector<int64_t> stopped_since(static_cast<size_t>(world_), 0);  // when a rank was first seen stopped
   for (;;) {
     if (arrived()) return Status::Ok();
     t = now_us();
     if (t >= next_pid_check) {
-      for (int r = q; r < world_; ++r)
-        if (static_cast<int32_t>(lines_[r].arrive.load(std::memory_order_acquire) - gen) < 0)
-          LLM_RETURN_IF_ERROR(check_peer(r, gen, true));
+      for (int r = q; r < world_; ++r) {
+        if (static_cast<int32_t>(lines_[r].arrive.load(std::memory_order_acquire) - gen) >= 0) continue;
+        LLM_RETURN_IF_ERROR(check_peer(r, gen, true));
+        const int pid = lines_[r].pid.load(std::memory_order_acquire);
+        int64_t& since = stopped_since[static_cast<size_t>(r)];
+        if (timeout_ms < 0 || pid <= 0 || process_state(pid) != 'T') {
+          since = 0;
+        } else if (since == 0) {
+          since = t;
+        } else if (t - since >= int64_t{opts_.stopped_timeout_ms} * 1000) {
+          return Status(StatusCode::transfer_peer, "all-reduce rank " + std::to_string(rank_) + ", segment " +
+                                                       shm_->name() + ": rank " + std::to_string(r) + " (pid " +
+                                                       std::to_string(pid) + ") has been stopped (SIGSTOP) for " +
+                                                       std::to_string(opts_.stopped_timeout_ms) +
+                                                       " ms at barrier " + std::to_string(gen));
+        }
+      }
       next_pid_check = t + 10000;
     } else {
       LLM_RETURN_IF_ERROR(check_peer(q, gen, false));

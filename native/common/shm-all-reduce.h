@@ -22,6 +22,10 @@
 //  - Every rank must make the same calls (all_reduce with the same n, broadcast, gather with the
 //    same counts, sync) in the same order; a size mismatch is reported (invalid_argument) on
 //    every rank. broadcast and gather go in rounds through the same slots, under the same rule.
+//  - A barrier with a deadline also fails once a rank it waits for has been stopped (SIGSTOP:
+//    state T in /proc) for stopped_timeout_ms, naming it: a stopped rank holds its whole group,
+//    and its worker's requests can go elsewhere only once the group says so. A rank stopped by a
+//    debugger (state t) is waited for as usual.
 //  - A negative timeout waits without a deadline (a rank idle until rank 0 has work); it still
 //    fails as soon as a rank it waits for has exited, left or given up.
 //  - One thread per rank calls all_reduce at a time. Sleeping waits use futexes and a zombie is
@@ -51,6 +55,8 @@ struct ShmAllReduceOptions {
   size_t split_min_floats = size_t{1} << 14;
   // How long a barrier waits for the slowest rank before failing.
   int timeout_ms = 5000;
+  // How long a barrier with a deadline waits for a rank the kernel reports stopped (SIGSTOP).
+  int stopped_timeout_ms = 2000;
   // How long create() waits for the segment to appear (ranks > 0) and for every rank to join.
   int join_timeout_ms = 30000;
   // A waiting rank spins this long, then yields the CPU until yield_us, then sleeps on a futex.

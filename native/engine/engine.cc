@@ -329,6 +329,7 @@ Status Engine::step(StepResult* out) {
     }
 
     if (!result.ok()) {
+      if (tp_) out->fatal = "tensor-parallel group broken: " + result.message();
       // The batch failed as a whole: finish its requests with the error, never leave them hanging.
       for (const ScheduledRequest& sr : sched.scheduled) scheduler_->abort(sr.req->request_id);
       for (auto& r : scheduler_->take_aborted()) {

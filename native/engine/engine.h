@@ -93,6 +93,10 @@ struct StepResult {
   std::vector<RequestOutput> outputs;
   std::vector<KVEvent> events;
   LoadMetrics metrics;
+  // Set when the engine can run no further step: a failed step of a tensor-parallel engine leaves
+  // its group broken (a rank died, stopped or missed the deadline), so every later batch would
+  // fail too. The owner stops the engine (a worker exits, and is restarted with new ranks).
+  std::string fatal;
 };
 
 // Where the KV pool lives, for the transfer agent (native/transfer): the pool's view (block b is

@@ -292,6 +292,29 @@ TEST(a_rank_that_stalls_fails_the_others_at_the_deadline_and_then_fails_itself) 
   }));
 }
 
+TEST(a_stopped_rank_fails_the_others_after_stopped_timeout_ms_naming_it) {
+  const std::string name = SharedMemory::unique_name("ar");
+  ShmAllReduceOptions o;
+  o.timeout_ms = 20000;
+  o.stopped_timeout_ms = 300;
+  CHECK(run_ranks(2, 60, [&](int rank) {
+    std::unique_ptr<ShmAllReduce> ar;
+    if (!ShmAllReduce::create(name, rank, 2, o, &ar).ok()) return false;
+    float x[4] = {};
+    if (!ar->all_reduce(x, 4).ok()) return false;
+    if (rank == 1) {
+      raise(SIGSTOP);  // continued by rank 0 once it has given up
+      return failed_naming(ar->all_reduce(x, 4), StatusCode::transfer_peer, "rank 0 (pid", "gave up");
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    const Status st = ar->all_reduce(x, 4);
+    const double took = seconds_since(t0);
+    kill(0, SIGCONT);  // the process group: rank 1 (and the others, which are running anyway)
+    return failed_naming(st, StatusCode::transfer_peer, "rank 1 (pid", "stopped (SIGSTOP) for 300 ms") &&
+           took >= 0.29 && took < 5.0;
+  }));
+}
+
 TEST(a_rank_that_never_joins_fails_create_naming_it_or_the_segment) {
   ShmAllReduceOptions o;
   o.join_timeout_ms = 400;

@@ -290,7 +290,8 @@ export class Generation {
   }
 
   // Picks a worker and waits for the choice's first delta. A worker that does not answer at all
-  // (dead, or its lease not yet expired) is reported to the pool and another one is tried.
+  // (dead, or its lease not yet expired), drops the stream or fails the request before any output
+  // is reported to the pool and another one is tried.
   private async startChoice(c: Choice): Promise<void> {
     let lost: unknown; // the worker that did not answer, when another is tried
     for (let attempt = 1; ; attempt++) {
@@ -306,8 +307,9 @@ export class Generation {
         if (!c.first.done) this.deps.pool.prefilled?.(c.engineRequestId);
         return;
       } catch (err) {
-        const unavailable = err instanceof RequestPlaneError && err.code === 'ERR_WORKER_UNAVAILABLE';
-        if (!unavailable || attempt >= MAX_WORKER_ATTEMPTS || c.abort.signal.aborted) throw err;
+        // Nothing was streamed yet: a worker that went away or whose engine failed the request
+        // can be replaced by another as if it had never been chosen.
+        if (!workerGone(err) || attempt >= MAX_WORKER_ATTEMPTS || c.abort.signal.aborted) throw err;
         const workerId = c.selection!.worker.workerId;
         lost = err;
         await this.close(c);

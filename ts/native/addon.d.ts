@@ -140,6 +140,7 @@ export interface NativeStepOutput {
   outputs: NativeRequestOutput[];
   kvEvents: NativeKvEvent[];
   metrics: NativeLoadMetrics;
+  fatal?: string; // the engine can run no further step (its tensor-parallel group broke): why
 }
 
 export interface NativeEngineInfo {

@@ -254,6 +254,7 @@ export class Engine {
   private readonly streams = new Map<string, OutputStream>();
   private readonly kvListeners = new Set<(events: NativeKvEvent[]) => void>();
   private readonly metricsListeners = new Set<(m: NativeLoadMetrics) => void>();
+  private readonly fatalListeners = new Set<(why: string) => void>();
   private closed = false;
   readonly info: NativeEngineInfo;
   readonly limits: Readonly<NativeRequestLimits>; // the addon's; per-engine ones are in info
@@ -313,6 +314,13 @@ export class Engine {
     return () => this.metricsListeners.delete(fn);
   }
 
+  // Called once a step says the engine can run no further step (NativeStepOutput.fatal), after
+  // that step's outputs (the failed requests' errors) have gone to their streams.
+  onFatal(fn: (why: string) => void): () => void {
+    this.fatalListeners.add(fn);
+    return () => this.fatalListeners.delete(fn);
+  }
+
   replayKvEvents(): void {
     if (!this.closed) this.native.replayKvEvents();
   }
@@ -356,6 +364,7 @@ export class Engine {
     }
     if (step.kvEvents.length > 0) for (const fn of this.kvListeners) fn(step.kvEvents);
     for (const fn of this.metricsListeners) fn(step.metrics);
+    if (step.fatal !== undefined) for (const fn of this.fatalListeners) fn(step.fatal);
   }
 }
 

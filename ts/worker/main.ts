@@ -131,8 +131,14 @@ async function main(): Promise<void> {
   // A rank that dies takes the worker down: the step it was in fails its requests with an error
   // naming the rank; the rest end when this process exits (the launcher restarts the worker
   // under --restart, new ranks with it).
+  // So does a group that broke with every rank alive (one stopped, or past the step deadline):
+  // no later step could run.
   ranks?.onExit((rank, how) => {
     console.error(`[${cfg.workerId}] error: tensor-parallel rank ${rank} exited (${how}); the worker stops`);
+    setTimeout(() => process.exit(1), 200).unref();
+  });
+  engine.onFatal((why) => {
+    console.error(`[${cfg.workerId}] error: ${why}; the worker stops`);
     setTimeout(() => process.exit(1), 200).unref();
   });
   if (engine.info.backend === 'cuda') {
