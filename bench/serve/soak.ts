@@ -316,7 +316,7 @@ function lineChart(title: string, yTitle: string, values: { t: number; series: s
   };
 }
 
-function soakCharts(samples: readonly Sample[]): [string, vl.TopLevelSpec][] {
+export function soakCharts(samples: readonly Sample[]): [string, vl.TopLevelSpec][] {
   const per = (f: (s: Sample) => Record<string, number>) => samples.flatMap((s) => Object.entries(f(s)).map(([series, y]) => ({ t: s.t, series, y })));
   return [
     ['rss', lineChart('soak: resident memory of every process (private, file and shared pages)', 'RSS (MiB)', per((s) => s.rssMiB))],
