@@ -10,6 +10,9 @@
 //   embedding, cache_write   exact (a copy, or one rounding to the pool dtype)
 // Kernels run on a 4-thread pool (more threads than this machine may have) so that every
 // shape is also split across workers unevenly.
+#include <sched.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -105,6 +108,32 @@ TEST(allowed_cpu_range_is_a_slice_of_the_allowed_cpus) {
   CHECK(llm::cpu::allowed_cpu_range(0, 0).empty());
   CHECK(llm::cpu::allowed_cpu_range(n, 1).empty());
   CHECK(llm::cpu::allowed_cpu_range(0, n + 1).empty());
+}
+
+// A pool pins its caller to its first CPU; a second pool built on that thread must still spread
+// over the process's CPUs: its helpers were once created with the caller's single CPU as their
+// whole mask, so two threads took turns on one CPU.
+TEST(a_second_pool_on_a_pinned_thread_runs_its_threads_on_different_cpus) {
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) {
+    std::printf("  skipped: one CPU\n");
+    return;
+  }
+  {
+    ThreadPool first(2);
+    first.parallel_for(2, [](int64_t, int64_t) {});  // pins this thread
+  }
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CHECK(sched_getaffinity(0, sizeof set, &set) == 0);
+  CHECK(CPU_COUNT(&set) == 1);
+  ThreadPool second(2);
+  cpu_set_t mask[2];
+  second.parallel_for(2, [&](int64_t begin, int64_t) {
+    CPU_ZERO(&mask[begin]);
+    sched_getaffinity(0, sizeof mask[begin], &mask[begin]);
+  });
+  CHECK(CPU_COUNT(&mask[0]) == 1 && CPU_COUNT(&mask[1]) == 1);  // each pinned to one CPU
+  CHECK(!CPU_EQUAL(&mask[0], &mask[1]));                        // and not the same one
 }
 
 TEST(pool_shuts_down_idle) {

@@ -32,15 +32,18 @@ int64_t chunk_begin(int64_t n, int64_t chunks, int64_t c) { return n * c / chunk
 }  // namespace
 
 std::vector<int> allowed_cpus() {
-  std::vector<int> cpus;
+  static const std::vector<int> process_cpus = [] {
+    std::vector<int> cpus;
 #if defined(__linux__)
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0)
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-      if (CPU_ISSET(c, &set)) cpus.push_back(c);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) == 0)
+      for (int c = 0; c < CPU_SETSIZE; ++c)
+        if (CPU_ISSET(c, &set)) cpus.push_back(c);
 #endif
-  return cpus;
+    return cpus;
+  }();
+  return process_cpus;
 }
 
 std::vector<int> allowed_cpu_range(int offset, int count) {

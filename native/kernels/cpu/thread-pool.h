@@ -26,7 +26,10 @@
 
 namespace llm::cpu {
 
-// The CPUs this thread may run on (sched_getaffinity), in order; empty when unknown.
+// The CPUs this process may run on, in order; empty when unknown. Read once, at the first call
+// (sched_getaffinity of the calling thread, before any pool has pinned it): a pool pins its
+// caller to one CPU, and a later pool built on that thread must still see every CPU, or its
+// helpers would inherit the caller's single CPU and run one after another.
 std::vector<int> allowed_cpus();
 // allowed_cpus()[offset, offset + count): a process's own cores when several share a machine;
 // empty when offset < 0, count < 1 or the range passes the allowed CPUs.
