@@ -1,29 +1,31 @@
 // bench/faults/cases.ts: the fault-injection cases of `npm run test:faults` (run.ts runs one).
-import fs from 'node:fs';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
+import { procFile } from '../../test/helpers/launcher.ts';
 import { promptTokens } from '../../test/helpers/prompts.ts';
 import { descendants, percentile, streamOnce, type CaseContext, type Deployment, type FaultCase } from './run.ts';
 
-const comm = (pid: number) => {
-  try {
-    return fs.readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
-  } catch {
-    return '';
-  }
-};
-const cmdline = (pid: number) => {
-  try {
-    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replaceAll('\0', ' ');
-  } catch {
-    return '';
-  }
-};
+const comm = (pid: number) => procFile(pid, 'comm').trim();
+const cmdline = (pid: number) => procFile(pid, 'cmdline').replaceAll('\0', ' ');
 
 async function kill(ctx: CaseContext, name: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<number> {
   const pid = await ctx.dep.workerPid(name);
   process.kill(pid, signal);
   ctx.notes.push(`${signal} ${name} (pid ${pid})`);
   return pid;
+}
+
+// Rank 1 of worker-0 (--worker-tp 2): sent `signal`, which the case's notes record; undefined
+// (and the case failed) when worker-0 has no rank process.
+async function signalRank(ctx: CaseContext, signal: NodeJS.Signals): Promise<number | undefined> {
+  const worker = await ctx.dep.workerPid('worker-0');
+  const rank = descendants(worker).find((p) => cmdline(p).includes('tp-rank-main'));
+  if (rank === undefined) {
+    ctx.fail('worker-0 has no rank process');
+    return undefined;
+  }
+  process.kill(rank, signal);
+  ctx.notes.push(`${signal} rank 1 of worker-0 (pid ${rank})`);
+  return rank;
 }
 
 function redisPid(dep: Deployment): number {
@@ -106,11 +108,7 @@ export const cases: FaultCase[] = [
     name: 'kill -9 of one tensor-parallel rank',
     args: ['--workers', '2', '--worker-tp', '2'],
     inject: async (ctx) => {
-      const worker = await ctx.dep.workerPid('worker-0');
-      const rank = descendants(worker).find((p) => cmdline(p).includes('tp-rank-main'));
-      if (rank === undefined) return ctx.fail('worker-0 has no rank process');
-      process.kill(rank, 'SIGKILL');
-      ctx.notes.push(`SIGKILL rank 1 of worker-0 (pid ${rank})`);
+      await signalRank(ctx, 'SIGKILL');
     },
   },
   {
@@ -120,11 +118,8 @@ export const cases: FaultCase[] = [
     args: ['--workers', '2', '--worker-tp', '2'],
     durationMs: 4000,
     inject: async (ctx) => {
-      const worker = await ctx.dep.workerPid('worker-0');
-      const rank = descendants(worker).find((p) => cmdline(p).includes('tp-rank-main'));
-      if (rank === undefined) return ctx.fail('worker-0 has no rank process');
-      process.kill(rank, 'SIGSTOP');
-      ctx.notes.push(`SIGSTOP rank 1 of worker-0 (pid ${rank})`);
+      const rank = await signalRank(ctx, 'SIGSTOP');
+      if (rank === undefined) return;
       await ctx.sleep(10_000);
       try {
         process.kill(rank, 'SIGCONT');

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { WorkerLoad } from '../../ts/protocol/index.ts';
 import { packageRoot } from '../../ts/native/loader.ts';
-import { alive, childPids, freePort, launch, launchNpm, type Launched } from '../../test/helpers/launcher.ts';
+import { alive, childPids, freePort, launch, launchNpm, readyWorkers, type Launched } from '../../test/helpers/launcher.ts';
 import { promptTokens } from '../../test/helpers/prompts.ts';
 
 export const HANG_MS = 30_000;
@@ -87,11 +87,7 @@ async function deploy(c: FaultCase, modelDir: string): Promise<Deployment> {
   let l: Launched;
   if (c.viaNpm) l = await launchNpm(args, env);
   else l = await launch(args, env);
-  const workers = () => {
-    const out = new Map<string, string>();
-    for (const m of l.output().matchAll(/((?:worker|decode|prefill)-\d+) \(\w+\) ready at (http:\/\/\S+)/g)) out.set(m[1]!, m[2]!);
-    return out;
-  };
+  const workers = () => readyWorkers(l.output());
   return {
     url: l.url,
     output: l.output,
@@ -186,16 +182,19 @@ function classify(r: StreamResult, want: string[], o: Outcome): void {
   } else o.wrong++;
 }
 
-async function activeBlocks(dep: Deployment): Promise<number> {
-  let sum = 0;
-  for (const address of dep.workers().values()) {
-    try {
-      sum += ((await (await fetch(`${address}/load`, { signal: AbortSignal.timeout(2000) })).json()) as WorkerLoad).kv_active_blocks;
-    } catch {
-      // a worker that is gone holds nothing
-    }
+// Each worker's active KV blocks (GET /load), by name; NaN for one that does not answer.
+export async function workerActiveBlocks(workers: Map<string, string>): Promise<Record<string, number>> {
+  const out: Record<string, number> = {};
+  for (const [name, address] of workers) {
+    const load = (await fetch(`${address}/load`, { signal: AbortSignal.timeout(2000) }).then((r) => r.json()).catch(() => null)) as WorkerLoad | null;
+    out[name] = load ? load.kv_active_blocks : NaN;
   }
-  return sum;
+  return out;
+}
+
+// The blocks active on every worker; a worker that is gone holds nothing.
+async function activeBlocks(dep: Deployment): Promise<number> {
+  return Object.values(await workerActiveBlocks(dep.workers())).reduce((sum, b) => sum + (Number.isNaN(b) ? 0 : b), 0);
 }
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));

@@ -144,7 +144,7 @@ export function parseBenchArgs(argv: readonly string[]): RawFlags {
   }
 }
 
-function int(name: string, v: string, min: number): number {
+export function int(name: string, v: string, min: number): number {
   if (!/^\d+$/.test(v) || Number(v) < min) throw new BenchFlagError(`--${name} must be an integer >= ${min}, got '${v}'`);
   return Number(v);
 }

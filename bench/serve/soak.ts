@@ -25,12 +25,12 @@ import fs from 'node:fs';
 import type * as vl from 'vega-lite';
 import { Redis } from 'ioredis';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
-import type { WorkerLoad } from '../../ts/protocol/index.ts';
 import { badHttpCases, badInputCases, sendRawHttp } from '../../test/helpers/bad-inputs.ts';
-import { descendants, streamOnce } from '../faults/run.ts';
+import { descendants, streamOnce, workerActiveBlocks } from '../faults/run.ts';
+import { parentPid, procFile, readyWorkers } from '../../test/helpers/launcher.ts';
 import { sendCompletion } from './client.ts';
 import { startDeployment, type Launched } from './deployment.ts';
-import { BenchFlagError, type CliOptions } from './flags.ts';
+import { BenchFlagError, int, type CliOptions } from './flags.ts';
 import { randomInt, randomTokens, seededRng, type Rng } from './random.ts';
 import type { Report, RunReport } from './report.ts';
 import { errorCounts, summarize, type RequestRecord } from './stats.ts';
@@ -65,15 +65,12 @@ export function parseDuration(flag: string, v: string): number {
 
 export function soakOptions(cli: CliOptions): SoakOptions {
   const f = cli.flags;
-  const concurrency = f['max-concurrency'] === undefined ? 8 : Number(f['max-concurrency']);
-  if (!Number.isInteger(concurrency) || concurrency < 1) throw new BenchFlagError(`--max-concurrency must be an integer >= 1, got '${f['max-concurrency']}'`);
   const o = {
     durationMs: parseDuration('duration', f.duration ?? '30m'),
     sampleMs: parseDuration('sample-interval', f['sample-interval'] ?? '10s'),
-    concurrency,
-    seed: Number(f.seed ?? 0),
+    concurrency: int('max-concurrency', f['max-concurrency'] ?? '8', 1),
+    seed: int('seed', f.seed ?? '0', 0),
   };
-  if (!Number.isInteger(o.seed) || o.seed < 0) throw new BenchFlagError(`--seed must be an integer >= 0, got '${f.seed}'`);
   if (o.sampleMs * 5 > o.durationMs) throw new BenchFlagError(`--duration must be at least 5 sample intervals (${o.sampleMs * 5} ms) for the slopes to mean something`);
   return o;
 }
@@ -102,14 +99,9 @@ class ProcessNames {
   private byPid = new Map<number, string>();
   constructor(private d: Launched, private redis: PrivateRedis | null) {}
 
-  private workers(): Map<string, string> {
-    const out = new Map<string, string>();
-    for (const m of this.d.output().matchAll(/((?:worker|decode|prefill)-\d+) \(\w+\) ready at (http:\/\/\S+)/g)) out.set(m[1]!, m[2]!);
-    return out;
-  }
-
-  workerAddresses(): Map<string, string> {
-    return this.workers();
+  // Each ready worker's address, by name.
+  workers(): Map<string, string> {
+    return readyWorkers(this.d.output());
   }
 
   // Current name -> pid of every process; a new pid is named from /info or its command line.
@@ -126,10 +118,10 @@ class ProcessNames {
     for (const pid of pids) {
       let name = this.byPid.get(pid);
       if (name === undefined) {
-        const cmd = readProc(pid, 'cmdline').replaceAll('\0', ' ');
-        const comm = readProc(pid, 'comm').trim();
+        const cmd = procFile(pid, 'cmdline').replaceAll('\0', ' ');
+        const comm = procFile(pid, 'comm').trim();
         const rank = / --rank (\d+)/.exec(cmd);
-        const parent = this.byPid.get(ppidOf(pid));
+        const parent = this.byPid.get(parentPid(pid));
         if (pid === launcher) name = 'launcher';
         else if (comm === 'redis-server') name = 'redis-server';
         else if (cmd.includes('ts/frontend/main.ts')) name = 'frontend';
@@ -143,22 +135,9 @@ class ProcessNames {
   }
 }
 
-function readProc(pid: number, file: string): string {
-  try {
-    return fs.readFileSync(`/proc/${pid}/${file}`, 'utf8');
-  } catch {
-    return '';
-  }
-}
-
-function ppidOf(pid: number): number {
-  const stat = readProc(pid, 'stat');
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-}
-
 // VmRSS, RssAnon and RssShmem of /proc/PID/status, MiB.
 function memoryMiB(pid: number): { rss: number; anon: number; shmem: number } {
-  const status = readProc(pid, 'status');
+  const status = procFile(pid, 'status');
   const field = (name: string) => Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1] ?? NaN) / 1024;
   return { rss: field('VmRSS'), anon: field('RssAnon'), shmem: field('RssShmem') };
 }
@@ -169,15 +148,6 @@ function openFds(pid: number): number {
   } catch {
     return NaN;
   }
-}
-
-async function workerLoads(names: ProcessNames): Promise<Record<string, number>> {
-  const out: Record<string, number> = {};
-  for (const [name, address] of names.workerAddresses()) {
-    const load = (await fetch(`${address}/load`, { signal: AbortSignal.timeout(2000) }).then((r) => r.json()).catch(() => null)) as WorkerLoad | null;
-    out[name] = load ? load.kv_active_blocks : NaN;
-  }
-  return out;
 }
 
 async function redisStats(redis: Redis): Promise<{ mib: number; keys: number }> {
@@ -368,7 +338,7 @@ export async function runSoak(cli: CliOptions, base: Omit<Report, 'kind' | 'titl
     const restarted = new Set<string>();
     const takeSample = async () => {
       const now = await names.current();
-      const s: Sample = { t: (performance.now() - t0) / 1000, rssMiB: {}, anonMiB: {}, shmemMiB: {}, fds: {}, activeBlocks: await workerLoads(names), redisMiB: NaN, redisKeys: NaN };
+      const s: Sample = { t: (performance.now() - t0) / 1000, rssMiB: {}, anonMiB: {}, shmemMiB: {}, fds: {}, activeBlocks: await workerActiveBlocks(names.workers()), redisMiB: NaN, redisKeys: NaN };
       for (const [name, pid] of now) {
         const m = memoryMiB(pid);
         s.rssMiB[name] = m.rss;
@@ -392,10 +362,10 @@ export async function runSoak(cli: CliOptions, base: Omit<Report, 'kind' | 'titl
     clearInterval(sampler);
     // The load has stopped: every worker settles to no active block.
     const settleEnd = Date.now() + SETTLE_MS;
-    let loads = await workerLoads(names);
+    let loads = await workerActiveBlocks(names.workers());
     while (Object.values(loads).some((b) => b !== 0) && Date.now() < settleEnd) {
       await new Promise((r) => setTimeout(r, 250));
-      loads = await workerLoads(names);
+      loads = await workerActiveBlocks(names.workers());
     }
     await takeSample();
 

@@ -110,18 +110,33 @@ export function alive(pid: number): boolean {
   }
 }
 
+// /proc/PID/FILE as text; '' when it cannot be read (the process has ended).
+export function procFile(pid: number, file: string): string {
+  try {
+    return fs.readFileSync(`/proc/${pid}/${file}`, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+// The parent of pid from /proc/PID/stat; NaN when it has ended.
+export function parentPid(pid: number): number {
+  const stat = procFile(pid, 'stat');
+  return stat ? Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]) : NaN;
+}
+
 // Pids of the processes whose parent is pid.
 export function childPids(pid: number): number[] {
-  const out: number[] = [];
-  for (const d of fs.readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const stat = fs.readFileSync(`/proc/${d}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === pid) out.push(Number(d));
-    } catch {
-      // the process ended while we looked
-    }
-  }
+  return fs
+    .readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d) && parentPid(Number(d)) === pid)
+    .map(Number);
+}
+
+// The workers a launcher's output says are ready, by name (worker-N, decode-N, prefill-N), each at
+// its latest address.
+export function readyWorkers(output: string): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const m of output.matchAll(/((?:worker|decode|prefill)-\d+) \(\w+\) ready at (http:\/\/\S+)/g)) out.set(m[1]!, m[2]!);
   return out;
 }
