@@ -1,6 +1,8 @@
 // request-limits.cc: see request-limits.h.
 #include "request-limits.h"
 
+#include "token-masks.h"
+
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -58,7 +60,11 @@ Status check_request(const Request& r, const RequestBounds& b) {
                        num(L::max_penalty) + "]");
   if (p.logprobs < -1 || p.logprobs > L::max_logprobs)
     return bad_request("logprobs must be in [0, " + std::to_string(L::max_logprobs) + "]");
-  // 5. The engine's context and KV pool. Output tokens a resumed request brings count against
+  // 5. Structured output: a constrained request brings its first output's token mask, whose
+  // length is the model's (token-masks.h); another request brings none.
+  if (p.constrained && b.vocab_size > 0) LLM_RETURN_IF_ERROR(check_token_mask_words(r.token_mask.size(), b.vocab_size));
+  if (!p.constrained && !r.token_mask.empty()) return bad_request("a token mask was given for a request that is not constrained");
+  // 6. The engine's context and KV pool. Output tokens a resumed request brings count against
   // max_tokens, so the total is the same as for the request it continues.
   const int64_t total = r.num_prompt_tokens() + p.max_tokens;
   if (total > b.max_model_len)

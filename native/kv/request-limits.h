@@ -32,7 +32,8 @@ struct RequestLimits {
 
 // The per-engine limits a request is checked against.
 struct RequestBounds {
-  int64_t vocab_size = 0;     // prompt and stop token ids in [0, vocab_size); 0 = ids unchecked
+  int64_t vocab_size = 0;     // prompt and stop token ids in [0, vocab_size), a constrained request's
+                              // token mask ceil(vocab_size / 32) words; 0 = neither checked
   int64_t max_model_len = 1;  // prompt tokens + max_tokens <= max_model_len
   int64_t block_size = 1;     // with num_kv_blocks: the blocks prompt + max_tokens need fit the pool
   int64_t num_kv_blocks = 0;

@@ -13,6 +13,11 @@
 // them after the prompt, they are prefilled (or found in the prefix cache) like the prompt, and
 // they count as outputs for max_tokens, min_tokens, the presence/frequency penalties and the
 // generator's position (Engine::add_request), so it goes on as the request it continues would.
+//
+// A constrained request (structured output) is added with token_mask, the allowed-token bitmask
+// of its first sampled output (output index num_output_tokens(), so a resumed request's index is
+// the number of outputs it brings); the engine moves it to its TokenMasks board
+// (token-masks.h), where the caller puts the mask of every later output.
 #pragma once
 
 #include <cstdint>
@@ -38,6 +43,7 @@ struct SamplingParams {
   int64_t max_tokens = 16;          // >= 1
   int64_t min_tokens = 0;           // EOS and stop tokens are masked until reached
   int32_t logprobs = -1;            // -1 = none; N >= 0: sampled token's logprob + top N
+  bool constrained = false;         // structured output: every sampled token obeys a token mask
 };
 
 // awaiting_kv: admitted with blocks for its prompt, waiting for external KV (remote prefill);
@@ -73,6 +79,10 @@ struct Request {
   // samples nothing and then holds its blocks (held) until release_held.
   int64_t num_external_tokens = 0;     // [0, prompt tokens - 1]
   bool prefill_only = false;
+
+  // params.constrained: the first sampled output's mask, ceil(vocab_size / 32) int32 words in
+  // XGrammar's layout (token-masks.h); emptied when the engine takes the request. Else empty.
+  std::vector<int32_t> token_mask;
 
   int64_t num_tokens() const { return static_cast<int64_t>(all_token_ids.size()); }
   int64_t num_prompt_tokens() const { return static_cast<int64_t>(prompt_token_ids.size()); }

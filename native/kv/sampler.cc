@@ -13,6 +13,11 @@
 //   remaining mass (at least one token);  min-p: those with p_i >= min_p * p_max.
 // The nucleus is found on a sorted prefix grown 64 -> 1024 -> ... rather than a full sort of the
 // vocabulary, since it is usually short.
+//
+// Token mask: one pass over the words; a word of all ones (the usual case far from a grammar's
+// constraint) costs a compare, a word of zeros a fill of 32 floats. When every allowed token's
+// logit is -inf or NaN (a broken model), the lowest allowed id is taken rather than a disallowed
+// argmax.
 #include "sampler.h"
 
 #include <algorithm>
@@ -28,6 +33,42 @@ constexpr double kGreedyTemperature = 1e-5;  // below: greedy (vLLM's _SAMPLING_
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 double key_of(float x) { return std::isnan(x) ? -std::numeric_limits<double>::infinity() : x; }
+
+bool mask_allows(const int32_t* mask, int64_t t) {
+  return (static_cast<uint32_t>(mask[t >> 5]) >> (t & 31)) & 1u;
+}
+
+int popcount32(uint32_t x) {
+#if defined(__GNUC__) || defined(__clang__)
+  return __builtin_popcount(x);
+#else
+  int n = 0;
+  for (; x; x &= x - 1) ++n;
+  return n;
+#endif
+}
+
+// Sets the logits of the tokens the mask disallows to -inf; returns how many of [0, vocab) it allows.
+int64_t apply_token_mask(const int32_t* mask, float* logits, int64_t vocab) {
+  int64_t allowed = 0;
+  for (int64_t base = 0; base < vocab; base += 32) {
+    const int64_t n = std::min<int64_t>(32, vocab - base);
+    uint32_t bits = static_cast<uint32_t>(mask[base >> 5]);
+    if (n < 32) bits &= (uint32_t{1} << n) - 1;  // bits past the vocabulary are ignored
+    if (bits == 0xffffffffu) {
+      allowed += 32;
+      continue;
+    }
+    allowed += popcount32(bits);
+    if (bits == 0) {
+      std::fill(logits + base, logits + base + n, kNegInf);
+      continue;
+    }
+    for (int64_t b = 0; b < n; ++b)
+      if (!((bits >> b) & 1u)) logits[base + b] = kNegInf;
+  }
+  return allowed;
+}
 
 int32_t argmax(const float* x, int64_t n) {
   int64_t best = 0;
@@ -45,12 +86,12 @@ int32_t argmax(const float* x, int64_t n) {
 
 bool Sampler::is_plain_greedy(const Request& req) {
   const SamplingParams& p = req.params;
-  return p.temperature < kGreedyTemperature && p.logprobs < 0 && p.repetition_penalty == 1.0f &&
+  return p.temperature < kGreedyTemperature && !p.constrained && p.logprobs < 0 && p.repetition_penalty == 1.0f &&
          p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f && req.num_output_tokens() >= p.min_tokens;
 }
 
 SampleResult Sampler::sample(Request* req, float* logits, int64_t vocab,
-                             const std::vector<int64_t>& eos_token_ids) {
+                             const std::vector<int64_t>& eos_token_ids, const int32_t* token_mask) {
   SampleResult res;
   if (vocab <= 0) return res;
   const SamplingParams& p = req->params;
@@ -58,23 +99,53 @@ SampleResult Sampler::sample(Request* req, float* logits, int64_t vocab,
     counts_.assign(static_cast<size_t>(vocab), 0);
     seen_.assign(static_cast<size_t>(vocab), 0);
   }
+  auto nothing_allowed = [&res] {
+    res.token_id = -1;
+    res.error = kNoAllowedToken;
+    return res;
+  };
+
+  // 0. Token mask: disallowed tokens are gone before anything else looks at the logits.
+  int64_t allowed = vocab;
+  if (token_mask) {
+    allowed = apply_token_mask(token_mask, logits, vocab);
+    if (allowed == 0) return nothing_allowed();
+  }
+  const int64_t top_n = std::min<int64_t>(p.logprobs, allowed);
   if (p.logprobs >= 0) raw_.assign(logits, logits + vocab);
 
   // 1. Penalties, 2. min_tokens: EOS and stop ids cannot be drawn yet.
   apply_penalties(*req, logits, vocab);
+  std::vector<int32_t>& held_back = held_back_;  // allowed ids min_tokens masked (token mask only)
+  held_back.clear();
   if (req->num_output_tokens() < p.min_tokens) {
-    for (int64_t t : eos_token_ids)
-      if (t >= 0 && t < vocab) logits[t] = kNegInf;
-    for (int32_t t : p.stop_token_ids)
-      if (t >= 0 && t < vocab) logits[t] = kNegInf;
+    auto hold_back = [&](int64_t t) {
+      if (t < 0 || t >= vocab) return;
+      logits[t] = kNegInf;
+      if (token_mask && mask_allows(token_mask, t) &&
+          std::find(held_back.begin(), held_back.end(), t) == held_back.end())
+        held_back.push_back(static_cast<int32_t>(t));
+    };
+    for (int64_t t : eos_token_ids) hold_back(t);
+    for (int32_t t : p.stop_token_ids) hold_back(t);
+    if (token_mask && static_cast<int64_t>(held_back.size()) == allowed) return nothing_allowed();
   }
 
   // 3. Greedy, or temperature + truncation + draw.
   res.token_id = p.temperature < kGreedyTemperature ? argmax(logits, vocab) : draw(req, logits, vocab);
+  if (token_mask && !mask_allows(token_mask, res.token_id)) {
+    // Every allowed logit is -inf or NaN: the lowest allowed id that min_tokens leaves.
+    for (int64_t t = 0; t < vocab; ++t) {
+      if (mask_allows(token_mask, t) && std::find(held_back.begin(), held_back.end(), t) == held_back.end()) {
+        res.token_id = static_cast<int32_t>(t);
+        break;
+      }
+    }
+  }
 
   if (p.logprobs >= 0) {
     res.has_logprobs = true;
-    res.logprobs = compute_logprobs(res.token_id, p.logprobs, vocab);
+    res.logprobs = compute_logprobs(res.token_id, top_n, vocab);
   }
   return res;
 }
@@ -184,7 +255,7 @@ int32_t Sampler::draw(Request* req, const float* logits, int64_t vocab) {
   return last;  // only when rounding left target at the very end of the mass
 }
 
-TokenLogprobs Sampler::compute_logprobs(int32_t token_id, int32_t top_n, int64_t vocab) {
+TokenLogprobs Sampler::compute_logprobs(int32_t token_id, int64_t top_n, int64_t vocab) {
   keys_.resize(static_cast<size_t>(vocab));
   double max_logit = -std::numeric_limits<double>::infinity();
   for (int64_t i = 0; i < vocab; ++i) {

@@ -151,6 +151,30 @@ TEST(logprobs) {
   CHECK(invalid(check([](Request& r) { r.params.logprobs = -2; }), "logprobs must be in [0, 20]"));
 }
 
+TEST(a_constrained_request_brings_a_token_mask_of_the_models_length) {
+  // vocab 100: ceil(100 / 32) = 4 words.
+  CHECK_OK(check([](Request& r) {
+    r.params.constrained = true;
+    r.token_mask.assign(4, -1);
+  }));
+  CHECK(invalid(check([](Request& r) {
+                  r.params.constrained = true;
+                  r.token_mask.assign(3, -1);
+                }),
+                "the token mask has 3 words; this model's vocabulary of 100 tokens needs 4 (ceil(vocab_size / 32))"));
+  CHECK(invalid(check([](Request& r) { r.params.constrained = true; }),
+                "the token mask has 0 words; this model's vocabulary of 100 tokens needs 4 (ceil(vocab_size / 32))"));
+  CHECK(invalid(check([](Request& r) { r.token_mask.assign(4, -1); }),
+                "a token mask was given for a request that is not constrained"));
+  // Prefill-only and resumed constrained requests are checked the same way.
+  CHECK_OK(check([](Request& r) {
+    r.params.constrained = true;
+    r.prefill_only = true;
+    r.output_token_ids = {5, 6};
+    r.token_mask.assign(4, -1);
+  }));
+}
+
 TEST(the_context_length) {
   RequestBounds b = bounds();
   b.num_kv_blocks = 1000;  // only the context limits here

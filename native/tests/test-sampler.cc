@@ -1,6 +1,6 @@
 // test-sampler.cc: greedy and its ties, temperature, top-k / top-p / min-p supports (by
 // sampling many times), per-request seeds, penalties and logprobs against hand computations,
-// and min_tokens masking.
+// min_tokens masking, and token masks (structured output) in every mode.
 #include <cmath>
 #include <map>
 #include <set>
@@ -46,6 +46,27 @@ std::vector<float> logits_of(const std::vector<double>& weights) {
   std::vector<float> out;
   for (double w : weights) out.push_back(static_cast<float>(std::log(w)));
   return out;
+}
+
+// A token mask (XGrammar's layout) allowing exactly `allowed` of a vocabulary of `vocab`.
+std::vector<int32_t> mask_of(int64_t vocab, const std::set<int32_t>& allowed) {
+  std::vector<int32_t> words(static_cast<size_t>((vocab + 31) / 32), 0);
+  for (int32_t t : allowed) words[t / 32] = static_cast<int32_t>(static_cast<uint32_t>(words[t / 32]) | (1u << (t % 32)));
+  return words;
+}
+
+SampleResult sample_masked(Sampler& s, Request* r, std::vector<float> logits, const std::vector<int32_t>& mask,
+                           const std::vector<int64_t>& eos = {}) {
+  return s.sample(r, logits.data(), static_cast<int64_t>(logits.size()), eos, mask.data());
+}
+
+// Token frequencies over n masked draws.
+std::map<int32_t, int> masked_histogram(Request* r, const std::vector<float>& logits, const std::vector<int32_t>& mask,
+                                        int n) {
+  Sampler s;
+  std::map<int32_t, int> h;
+  for (int i = 0; i < n; ++i) ++h[sample_masked(s, r, logits, mask).token_id];
+  return h;
 }
 
 }  // namespace
@@ -235,6 +256,129 @@ TEST(min_tokens_masks_eos_and_stop_ids) {
   std::set<int32_t> seen;
   for (int i = 0; i < 1000; ++i) seen.insert(sample(s, &t, logits, {2}));
   CHECK(seen == (std::set<int32_t>{0, 1, 4}));
+}
+
+TEST(token_mask_greedy_takes_the_best_allowed_token) {
+  // 70 tokens: three words, the last one partly past the vocabulary (its high bits are ignored).
+  std::vector<float> logits(70);
+  for (int i = 0; i < 70; ++i) logits[i] = std::sin(i * 0.9f) * 4.0f;
+  Sampler s;
+  Request r = make_request(0.0f);
+  r.params.constrained = true;
+  CHECK(!Sampler::is_plain_greedy(r));
+  for (const std::set<int32_t>& allowed : {std::set<int32_t>{5}, std::set<int32_t>{3, 40, 65}, std::set<int32_t>{69}}) {
+    int32_t best = *allowed.begin();
+    for (int32_t t : allowed)
+      if (logits[t] > logits[best]) best = t;
+    const SampleResult res = sample_masked(s, &r, logits, mask_of(70, allowed));
+    CHECK(res.error.empty());
+    CHECK_EQ(res.token_id, best);
+  }
+  // Bits past the vocabulary allow nothing.
+  std::vector<int32_t> past = mask_of(70, {});
+  past[2] = static_cast<int32_t>(0xffffffc0u);  // tokens 70..95
+  const SampleResult none = sample_masked(s, &r, logits, past);
+  CHECK_EQ(none.token_id, -1);
+  CHECK(none.error == Sampler::kNoAllowedToken);
+  // Every allowed logit -inf (a broken model): the lowest allowed id, never a disallowed argmax.
+  std::vector<float> dead(70, 1.0f);
+  dead[7] = dead[9] = -INFINITY;
+  CHECK_EQ(sample_masked(s, &r, dead, mask_of(70, {9, 7})).token_id, 7);
+}
+
+TEST(token_mask_restricts_every_sampling_mode) {
+  const std::vector<float> logits = logits_of({0.3, 0.05, 0.25, 0.1, 0.2, 0.1});
+  const std::set<int32_t> allowed = {1, 3, 4};
+  const std::vector<int32_t> mask = mask_of(6, allowed);
+  // Temperature alone: the allowed tokens in proportion 0.05 : 0.1 : 0.2.
+  Request t = make_request(1.0f, 21);
+  auto h = masked_histogram(&t, logits, mask, 6000);
+  CHECK(support(h) == allowed);
+  CHECK_NEAR(h.at(4) / 6000.0, 0.2 / 0.35, 0.03);
+  // top-k over the allowed tokens only: 4 and 3.
+  Request k = make_request(1.0f, 22);
+  k.params.top_k = 2;
+  CHECK(support(masked_histogram(&k, logits, mask, 3000)) == (std::set<int32_t>{3, 4}));
+  // top-p of the allowed mass: 0.2 / 0.35 = 0.57 < 0.6 <= (0.2 + 0.1) / 0.35.
+  Request p = make_request(1.0f, 23);
+  p.params.top_p = 0.6f;
+  CHECK(support(masked_histogram(&p, logits, mask, 3000)) == (std::set<int32_t>{3, 4}));
+  // min-p relative to the best allowed token (0.2): 0.3 keeps 0.1 and 0.2.
+  Request m = make_request(1.0f, 24);
+  m.params.min_p = 0.3f;
+  CHECK(support(masked_histogram(&m, logits, mask, 3000)) == (std::set<int32_t>{3, 4}));
+  // Penalties act on the allowed tokens only: 4 repeated twice falls below 3.
+  Request pen = make_request(0.0f);
+  pen.params.constrained = true;
+  pen.output_token_ids = {4, 4};
+  pen.all_token_ids = {0, 4, 4};
+  pen.params.frequency_penalty = 1.0f;
+  Sampler s;
+  CHECK_EQ(sample_masked(s, &pen, logits, mask).token_id, 3);
+  // A seed gives the same constrained draws whatever else the sampler served in between.
+  Request a = make_request(0.9f, 77), b = make_request(0.9f, 77), other = make_request(0.9f, 5);
+  Sampler s1, s2;
+  std::vector<int32_t> seq_a, seq_b;
+  for (int i = 0; i < 200; ++i) {
+    seq_a.push_back(sample_masked(s1, &a, logits, mask).token_id);
+    sample(s2, &other, logits);
+    seq_b.push_back(sample_masked(s2, &b, logits, mask).token_id);
+  }
+  CHECK(seq_a == seq_b);
+  for (int32_t x : seq_a) CHECK(allowed.count(x) == 1);
+}
+
+TEST(token_mask_logprobs_are_normalised_over_the_allowed_tokens) {
+  // Allowed {1, 2}: log Z = log(e^2 + e^3) = 3.3132616875182226.
+  std::vector<float> l = {5.0f, 2.0f, 3.0f, 4.0f};
+  Request r = make_request(0.0f);
+  r.params.constrained = true;
+  r.params.logprobs = 3;  // more than the allowed two: those two only
+  Sampler s;
+  const SampleResult res = sample_masked(s, &r, l, mask_of(4, {1, 2}));
+  CHECK_EQ(res.token_id, 2);
+  CHECK(res.has_logprobs);
+  CHECK_NEAR(res.logprobs.logprob, 3.0 - 3.3132616875182226, 1e-6);
+  CHECK(res.logprobs.top_ids == (std::vector<int32_t>{2, 1}));
+  CHECK_NEAR(res.logprobs.top_logprobs[1], 2.0 - 3.3132616875182226, 1e-6);
+  CHECK_NEAR(std::exp(res.logprobs.top_logprobs[0]) + std::exp(res.logprobs.top_logprobs[1]), 1.0, 1e-6);
+}
+
+TEST(token_mask_allowing_nothing_is_an_error_not_a_draw) {
+  const std::vector<float> logits = {0.0f, 1.0f, 5.0f, 4.0f};
+  Sampler s;
+  Request r = make_request(1.0f, 3);
+  Request twin = make_request(1.0f, 3);
+  const SampleResult res = sample_masked(s, &r, logits, mask_of(4, {}));
+  CHECK_EQ(res.token_id, -1);
+  CHECK(res.error == "structured output: the grammar allows no token");
+  // The generator was not used: r goes on drawing as its twin does.
+  CHECK_EQ(sample(s, &r, logits), sample(s, &twin, logits));
+  // Only EOS and a stop id allowed while min_tokens masks them: nothing left.
+  Request m = make_request(0.0f);
+  m.params.min_tokens = 1;
+  m.params.stop_token_ids = {3, 2};
+  CHECK(sample_masked(s, &m, logits, mask_of(4, {2, 3}), {2}).error == Sampler::kNoAllowedToken);
+  // One more allowed token: that one.
+  CHECK_EQ(sample_masked(s, &m, logits, mask_of(4, {0, 2, 3}), {2}).token_id, 0);
+  m.append_output_token(0);
+  CHECK_EQ(sample_masked(s, &m, logits, mask_of(4, {0, 2, 3}), {2}).token_id, 2);
+}
+
+TEST(an_all_ones_mask_changes_nothing) {
+  std::vector<float> logits;
+  for (int i = 0; i < 100; ++i) logits.push_back(std::cos(i * 0.61f) * 2.0f);
+  std::vector<int32_t> ones((100 + 31) / 32, -1);
+  Request a = make_request(0.7f, 13), b = make_request(0.7f, 13);
+  a.params.top_k = b.params.top_k = 20;
+  a.params.logprobs = b.params.logprobs = 2;
+  Sampler s;
+  for (int i = 0; i < 50; ++i) {
+    const SampleResult x = s.sample(&a, std::vector<float>(logits).data(), 100, {});
+    const SampleResult y = sample_masked(s, &b, logits, ones);
+    CHECK_EQ(x.token_id, y.token_id);
+    CHECK(x.logprobs.top_ids == y.logprobs.top_ids);
+  }
 }
 
 int main() { return llm_test::run_all(); }
