@@ -19,6 +19,8 @@ Status EngineThread::add_request(std::unique_ptr<Request> req) {
   if (stop_) return Status(StatusCode::engine_closed, "the engine is closed");
   if (!live_ids_.insert(req->request_id).second)
     return Status(StatusCode::request_duplicate, "request id '" + req->request_id + "' is already in use");
+  // Open now, so that set_token_mask takes masks while the add is still queued.
+  if (req->params.constrained) engine_->token_masks().open(req->request_id, req->num_output_tokens());
   Command c{Command::Kind::add, std::move(req), {}};
   commands_.push_back(std::move(c));
   cv_.notify_one();
@@ -31,7 +33,19 @@ void EngineThread::push(Command c) {
   cv_.notify_one();
 }
 
-void EngineThread::abort(const std::string& request_id) { push(Command{Command::Kind::abort, nullptr, request_id}); }
+void EngineThread::abort(const std::string& request_id) {
+  push(Command{Command::Kind::abort, nullptr, request_id});
+  engine_->token_masks().cancel(request_id);  // a step waiting for its mask: now
+}
+
+bool EngineThread::set_token_mask(const std::string& request_id, int64_t output_index, std::vector<int32_t> words) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stop_ || !live_ids_.count(request_id)) return false;
+  }
+  // Not open (not constrained, or finishing this very step), a sampled output, a bad length: refused.
+  return engine_->token_masks().put(request_id, output_index, std::move(words)).ok();
+}
 
 void EngineThread::complete_external_kv(const std::string& request_id, bool ok) {
   push(Command{ok ? Command::Kind::kv_arrived : Command::Kind::kv_failed, nullptr, request_id});
@@ -55,6 +69,7 @@ void EngineThread::stop() {
     stop_ = true;
     stopped_ = true;
   }
+  engine_->token_masks().cancel_all();  // a step waiting for a token mask ends now
   cv_.notify_one();
   if (thread_.joinable()) thread_.join();
 }
@@ -86,6 +101,7 @@ void EngineThread::loop() {
           o.num_prompt_tokens = c.req->num_prompt_tokens();
           Status st = engine_->add_request(std::move(c.req));
           if (!st.ok()) {  // validated already; only an engine-side refusal lands here
+            engine_->token_masks().drop(o.request_id);  // opened by add_request above
             o.finish_reason = FinishReason::error;
             o.error = std::string(st.code_name()) + ": " + st.message();
             rejected.push_back(std::move(o));

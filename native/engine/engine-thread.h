@@ -7,6 +7,9 @@
 // produced outputs or events or changed the load metrics; it must not block for long.
 // A request id is live from add_request until the output that finishes it has been handed to
 // the callback, so a duplicate id is refused synchronously.
+// Token masks (structured output) bypass the queue: set_token_mask puts them straight on the
+// engine's board (TokenMasks), since the loop may be inside step() waiting for them; abort also
+// cancels such a wait, and stop() ends every one.
 #pragma once
 
 #include <condition_variable>
@@ -32,9 +35,17 @@ class EngineThread {
   EngineThread& operator=(const EngineThread&) = delete;
 
   const Engine& engine() const { return *engine_; }
-  // Validates on the calling thread, then queues. Fails on a duplicate live id.
+  // Validates on the calling thread, then queues. Fails on a duplicate live id. A constrained
+  // request is open on the token-mask board from here on.
   Status add_request(std::unique_ptr<Request> req);
+  // Queued; a step waiting for the request's token mask stops waiting at once and finishes it as
+  // aborted.
   void abort(const std::string& request_id);
+  // The token mask of output `output_index` of a live constrained request, for the step that
+  // samples that output. False, storing nothing, for an id that is not live or not constrained,
+  // an output already sampled, or a mask whose length is not ceil(vocab_size / 32) words
+  // (engine().token_masks().check_words says why).
+  bool set_token_mask(const std::string& request_id, int64_t output_index, std::vector<int32_t> words);
   void complete_external_kv(const std::string& request_id, bool ok);
   void release_held(const std::string& request_id);
   void request_replay();

@@ -6,6 +6,8 @@
 #include "../kv/request-limits.h"
 
 #include <algorithm>
+#include <cassert>
+#include <chrono>
 #include <cstring>
 
 namespace llm {
@@ -31,6 +33,8 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   if (cfg.max_num_batched_tokens < 1) return invalid("max_num_batched_tokens must be >= 1");
   if (cfg.max_model_len < 0 || cfg.num_kv_blocks < 0 || cfg.kv_cache_bytes < 0 || cfg.num_threads < 0)
     return invalid("max_model_len, num_kv_blocks, kv_cache_bytes and num_threads must be >= 0");
+  if (cfg.token_mask_timeout_ms < 1 || cfg.token_mask_timeout_ms > 3600000)
+    return invalid("token_mask_timeout_ms must be in [1, 3600000]");
 
   std::unique_ptr<Engine> e(new Engine());
   e->cfg_ = cfg;
@@ -148,6 +152,9 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   e->info_.max_model_len = max_model_len;
   e->info_.kv_dtype = mc.dtype;
   e->info_.kv_block_bytes = block_bytes;
+  e->info_.vocab_size = mc.vocab_size;
+  e->masks_ = std::make_unique<TokenMasks>(mc.vocab_size);
+  e->info_.token_mask_words = e->masks_->num_words();
   e->max_blocks_per_seq_ = (max_model_len + cfg.block_size - 1) / cfg.block_size;
   *out = std::move(e);
   return Status::Ok();
@@ -206,6 +213,15 @@ Status Engine::add_request(std::unique_ptr<Request> req) {
   // A resumed request continues its draws where the run it continues left them: the sampler
   // takes exactly one output of the generator per token drawn (sampler.cc).
   r->rng.discard(static_cast<unsigned long long>(r->num_output_tokens()));
+  // Structured output: the first mask, for the first output this request samples (its length
+  // was checked with the request).
+  if (r->params.constrained) {
+    masks_->open(r->request_id, r->num_output_tokens());
+    const Status put = masks_->put(r->request_id, r->num_output_tokens(), std::move(r->token_mask));
+    assert(put.ok());
+    (void)put;
+    r->token_mask.clear();
+  }
   return Status::Ok();
 }
 
@@ -243,7 +259,23 @@ LoadMetrics Engine::metrics() const {
   m.prefix_cache_hit_rate =
       m.prefix_cache_queries > 0 ? static_cast<double>(m.prefix_cache_hits) / m.prefix_cache_queries : 0.0;
   m.num_preemptions = scheduler_->num_preemptions();
+  m.token_mask_wait_seconds = mask_wait_seconds_;
+  m.token_mask_wait_steps = mask_wait_steps_;
   return m;
+}
+
+void Engine::wait_for_token_masks(const SchedulerOutput& sched) {
+  mask_needs_.clear();
+  for (const ScheduledRequest& sr : sched.scheduled)
+    if (sr.samples && sr.req->params.constrained) mask_needs_.push_back({&sr.req->request_id, sr.req->num_output_tokens()});
+  mask_states_.clear();
+  if (mask_needs_.empty()) return;
+  using Clock = TokenMasks::Clock;
+  const Clock::time_point start = Clock::now();
+  if (masks_->wait(mask_needs_, start + std::chrono::milliseconds(cfg_.token_mask_timeout_ms), &mask_states_)) {
+    ++mask_wait_steps_;
+    mask_wait_seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
+  }
 }
 
 // Flattens the scheduled requests into the batch arrays (layout in model-runner.h).
@@ -292,10 +324,11 @@ Status Engine::step(StepResult* out) {
     o.num_prompt_tokens = r->num_prompt_tokens();
     o.num_cached_tokens = std::max<int64_t>(0, r->num_cached_tokens);
     out->outputs.push_back(std::move(o));
+    if (r->params.constrained) masks_->drop(r->request_id);
   }
   pending_aborts_.clear();
 
-  // 2. Schedule, 3. run the batch, 4. sample.
+  // 2. Schedule, 3. run the batch.
   Status result = Status::Ok();
   SchedulerOutput sched = scheduler_->schedule();
   out->num_scheduled_tokens = sched.num_scheduled_tokens;
@@ -339,24 +372,61 @@ Status Engine::step(StepResult* out) {
         o.error = std::string(result.code_name()) + ": " + result.message();
         o.num_prompt_tokens = r->num_prompt_tokens();
         out->outputs.push_back(std::move(o));
+        if (r->params.constrained) masks_->drop(r->request_id);
       }
     } else {
+      // 4. Sample; constrained rows once their token masks are there. A row that cannot be
+      // sampled (no mask in time, aborted while waiting, a mask allowing nothing) is aborted in the
+      // scheduler before update(), which then skips it, and finishes with its reason below.
+      wait_for_token_masks(sched);
+      struct Unsampled {
+        const Request* req;
+        FinishReason reason;
+        std::string error;
+      };
+      std::vector<Unsampled> unsampled;
       std::vector<int32_t> sampled;
       std::vector<SampleResult> samples;
       std::vector<Request*> sampled_reqs;
       int64_t row = 0;
+      size_t need = 0;
       for (const ScheduledRequest& sr : sched.scheduled) {
         if (!sr.samples) continue;
+        Request* r = sr.req;
+        const int64_t this_row = row++;
         SampleResult res;
         if (device_greedy) {
-          res.token_id = greedy_ids_[static_cast<size_t>(row)];
+          res.token_id = greedy_ids_[static_cast<size_t>(this_row)];
+        } else if (!r->params.constrained) {
+          res = sampler_.sample(r, logits_.data() + this_row * vocab, vocab, model_->config.eos_token_ids);
         } else {
-          res = sampler_.sample(sr.req, logits_.data() + row * vocab, vocab, model_->config.eos_token_ids);
+          const int64_t index = r->num_output_tokens();
+          const TokenMasks::State state = mask_states_[need++];
+          Unsampled u{r, FinishReason::none, std::string()};
+          if (state == TokenMasks::State::cancelled) {
+            u.reason = FinishReason::abort;
+          } else if (state != TokenMasks::State::ready || !masks_->take(r->request_id, index, &mask_words_)) {
+            u.reason = FinishReason::error;
+            u.error = "structured output: no token mask for output " + std::to_string(index) + " within " +
+                      std::to_string(cfg_.token_mask_timeout_ms) + " ms";
+          } else {
+            res = sampler_.sample(r, logits_.data() + this_row * vocab, vocab, model_->config.eos_token_ids,
+                                  mask_words_.data());
+            if (!res.error.empty()) {
+              u.reason = FinishReason::error;
+              u.error = res.error;
+            }
+          }
+          if (u.reason != FinishReason::none) {
+            scheduler_->abort(r->request_id);
+            unsampled.push_back(std::move(u));
+            sampled.push_back(0);  // a placeholder: update() skips the aborted request
+            continue;
+          }
         }
-        ++row;
         sampled.push_back(res.token_id);
         samples.push_back(std::move(res));
-        sampled_reqs.push_back(sr.req);
+        sampled_reqs.push_back(r);
       }
       // 5. Update: tokens appended, stops applied, finished requests handed back.
       std::vector<std::unique_ptr<Request>> finished = scheduler_->update(sched, sampled);
@@ -374,6 +444,18 @@ Status Engine::step(StepResult* out) {
         o.num_prompt_tokens = r->num_prompt_tokens();
         o.num_cached_tokens = std::max<int64_t>(0, r->num_cached_tokens);
         out->outputs.push_back(std::move(o));
+        if (r->params.constrained && r->finish_reason != FinishReason::none) masks_->drop(r->request_id);
+      }
+      for (std::unique_ptr<Request>& r : scheduler_->take_aborted()) {
+        const auto u = std::find_if(unsampled.begin(), unsampled.end(), [&](const Unsampled& x) { return x.req == r.get(); });
+        RequestOutput o;
+        o.request_id = r->request_id;
+        o.finish_reason = u != unsampled.end() ? u->reason : FinishReason::abort;
+        if (u != unsampled.end()) o.error = u->error;
+        o.num_prompt_tokens = r->num_prompt_tokens();
+        o.num_cached_tokens = std::max<int64_t>(0, r->num_cached_tokens);
+        out->outputs.push_back(std::move(o));
+        masks_->drop(r->request_id);
       }
     }
   }
@@ -388,6 +470,7 @@ Status Engine::step(StepResult* out) {
     RequestOutput o = block_output(*r);
     o.finish_reason = FinishReason::prefilled;
     out->outputs.push_back(std::move(o));
+    if (r->params.constrained) masks_->drop(r->request_id);
   }
 
   // 7. Events (a requested replay follows whatever this step changed) and metrics.

@@ -1,14 +1,25 @@
 // engine.h: one engine = one model + one paged KV pool + scheduler + sampler + model runner.
 // Engine::step() is one iteration of continuous batching:
 //
-//   schedule -> build the flattened batch -> forward -> sample -> update -> outputs + events
+//   schedule -> build the flattened batch -> forward -> [wait for token masks] -> sample -> update
+//   -> outputs + events
+//
+// Structured output: each sampled row of a constrained request (request.h) needs the token mask
+// of its output index num_output_tokens() on the board (token_masks(), kv/token-masks.h), put
+// there by another thread while the forward pass runs. After the forward pass the step waits
+// once for all of them, up to token_mask_timeout_ms: a row whose mask did not come finishes
+// with FinishReason::error ("structured output: no token mask for output N within T ms"), one
+// whose request was cancelled on the board (aborted) finishes as aborted, and one whose mask
+// allows no token finishes with the sampler's error; the other rows are sampled as usual. The
+// time the engine thread spent waiting and the steps that waited are in LoadMetrics.
 //
 // With tensor parallelism the engine is rank 0: it sends each batch to the other ranks
 // (tensor-parallel.h) before its own forward, and samples from the logits gathered on it.
 //
 // Owns: the KV pool memory, the scheduler (and through it every live Request), the runner.
 // Stays true: Engine is single-threaded (EngineThread owns the thread and the locking);
-// validate_request() reads only immutable facts and may be called from any thread.
+// validate_request() reads only immutable facts and token_masks() is thread-safe: both may be
+// used from any thread.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +33,7 @@
 #include "../kv/request.h"
 #include "../kv/sampler.h"
 #include "../kv/scheduler.h"
+#include "../kv/token-masks.h"
 #include "../model/model-weights.h"
 #include "kv-pool-memory.h"
 #include "model-runner-cuda.h"
@@ -57,6 +69,9 @@ struct EngineConfig {
   int tp_size = 1;
   std::string tp_group;
   std::vector<int> tp_rank_pids;
+  // Structured output: how long a step waits for the token masks of its constrained rows,
+  // [1, 3600000] ms.
+  int64_t token_mask_timeout_ms = 10000;
 };
 
 struct LoadMetrics {
@@ -70,6 +85,10 @@ struct LoadMetrics {
   int64_t prefix_cache_queries = 0;
   int64_t prefix_cache_hits = 0;
   int64_t num_preemptions = 0;
+  // Structured output: time the engine thread spent waiting for token masks, and the steps that
+  // waited (a mask missing when sampling began), both cumulative.
+  double token_mask_wait_seconds = 0;
+  int64_t token_mask_wait_steps = 0;
 };
 
 struct RequestOutput {
@@ -124,6 +143,8 @@ struct EngineInfo {
   DType kv_dtype = DType::bf16;
   int64_t kv_block_bytes = 0;            // the whole model's block (every rank's part of it)
   int tp_size = 1;                       // tensor-parallel ranks
+  int64_t vocab_size = 0;                // the logits' width (the model's config vocab_size)
+  int64_t token_mask_words = 0;          // a token mask's length: ceil(vocab_size / 32)
 };
 
 class Engine {
@@ -133,7 +154,8 @@ class Engine {
 
   // Thread-safe: checks a request against immutable limits (token ids, lengths, params).
   Status validate_request(const Request& req) const;
-  // Queues a validated request (seeds its rng).
+  // Queues a validated request (seeds its rng; a constrained one's first token mask goes to the
+  // board for output index num_output_tokens()).
   Status add_request(std::unique_ptr<Request> req);
   void abort(const std::string& request_id);
   // Remote prefill (request.h): see Scheduler::complete_external_kv / release_held.
@@ -150,6 +172,9 @@ class Engine {
 
   const Model& model() const { return *model_; }
   const EngineInfo& info() const { return info_; }
+  // The token masks of constrained requests; thread-safe. A request is open there from
+  // add_request (or earlier: EngineThread) until the step that outputs its finish.
+  TokenMasks& token_masks() const { return *masks_; }
   // Every rank's KV pool, in rank order (one region without tensor parallelism).
   std::vector<KvRegion> kv_regions() const;
   KvRegion kv_region() const { return kv_regions().front(); }  // this rank's (rank 0's)
@@ -157,6 +182,9 @@ class Engine {
  private:
   Engine() = default;
   void build_batch(const SchedulerOutput& sched);
+  // Blocks until the token masks of the step's constrained rows are there (or the deadline);
+  // fills mask_states_, one per constrained sampled row in batch order.
+  void wait_for_token_masks(const SchedulerOutput& sched);
   RequestOutput block_output(const Request& r) const;
 
   EngineConfig cfg_;
@@ -171,6 +199,9 @@ class Engine {
   bool replay_requested_ = false;
   std::vector<std::unique_ptr<Request>> pending_aborts_;
   uint64_t seed_counter_ = 0;
+  std::unique_ptr<TokenMasks> masks_;
+  double mask_wait_seconds_ = 0;
+  int64_t mask_wait_steps_ = 0;
 
   // Batch scratch, reused across steps.
   std::vector<int32_t> token_ids_, positions_, query_start_loc_, seq_lens_, block_tables_,
@@ -178,6 +209,9 @@ class Engine {
   std::vector<int64_t> slot_mapping_;
   std::vector<float> logits_;
   std::vector<int32_t> greedy_ids_;
+  std::vector<TokenMasks::Need> mask_needs_;
+  std::vector<TokenMasks::State> mask_states_;
+  std::vector<int32_t> mask_words_;
   int64_t max_blocks_per_seq_ = 0;
 };
 
