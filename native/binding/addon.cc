@@ -79,6 +79,8 @@ Napi::Object metrics_to_js(Napi::Env env, const llm::LoadMetrics& m) {
   o.Set("prefixCacheQueries", static_cast<double>(m.prefix_cache_queries));
   o.Set("prefixCacheHits", static_cast<double>(m.prefix_cache_hits));
   o.Set("numPreemptions", static_cast<double>(m.num_preemptions));
+  o.Set("tokenMaskWaitSeconds", m.token_mask_wait_seconds);
+  o.Set("tokenMaskWaitSteps", static_cast<double>(m.token_mask_wait_steps));
   return o;
 }
 
@@ -181,6 +183,7 @@ llm::EngineConfig engine_config(Napi::Env env, const Napi::Object& o) {
   if (o.Has("tpRankPids")) {
     for (int32_t pid : get_int32_array(env, o.Get("tpRankPids"), "tpRankPids")) cfg.tp_rank_pids.push_back(pid);
   }
+  if (o.Has("tokenMaskTimeoutMs")) cfg.token_mask_timeout_ms = get_int(o, "tokenMaskTimeoutMs");
   return cfg;
 }
 
@@ -206,6 +209,7 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     return DefineClass(env, "Engine",
                        {InstanceMethod("info", &EngineWrap::Info), InstanceMethod("addRequest", &EngineWrap::AddRequest),
                         InstanceMethod("abort", &EngineWrap::Abort),
+                        InstanceMethod("setTokenMask", &EngineWrap::SetTokenMask),
                         InstanceMethod("completeExternalKv", &EngineWrap::CompleteExternalKv),
                         InstanceMethod("releaseHeld", &EngineWrap::ReleaseHeld),
                         InstanceMethod("replayKvEvents", &EngineWrap::ReplayKvEvents),
@@ -275,6 +279,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     o.Set("kvCacheDtype", llm::dtype_name(ei.kv_dtype));
     o.Set("kvBlockBytes", static_cast<double>(ei.kv_block_bytes));
     o.Set("tpSize", static_cast<double>(ei.tp_size));
+    o.Set("vocabSize", static_cast<double>(ei.vocab_size));
+    o.Set("tokenMaskWords", static_cast<double>(ei.token_mask_words));
     o.Set("model", model_info_.Value());
     return o;
   }
@@ -342,6 +348,12 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (!outputs.IsUndefined()) req->output_token_ids = get_int32_array(env, outputs, "outputTokenIds");
     req->num_external_tokens = get_int(o, "numExternalTokens");
     req->prefill_only = get_bool(o, "prefillOnly");
+    // Structured output: present = constrained, the mask of its first sampled output.
+    const Napi::Value mask = o.Get("tokenMask");
+    if (!mask.IsUndefined()) {
+      req->params.constrained = true;
+      req->token_mask = get_int32_array(env, mask, "tokenMask");
+    }
     Status st = t->add_request(std::move(req));
     if (!st.ok()) throw_status(env, st);
     if (inflight_++ == 0) tsfn_.Ref(env);
@@ -353,6 +365,20 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (info.Length() < 1 || !info[0].IsString()) throw_invalid(env, "abort(requestId): requestId must be a string");
     live(env)->abort(info[0].As<Napi::String>().Utf8Value());
     return env.Undefined();
+  }
+
+  // setTokenMask(requestId, outputIndex, mask) -> stored. Off the command queue (the engine
+  // thread may be waiting for this very mask); a wrong length throws, naming both lengths.
+  Napi::Value SetTokenMask(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    llm::EngineThread* t = live(env);
+    if (info.Length() < 3 || !info[0].IsString() || !info[1].IsNumber())
+      throw_invalid(env, "setTokenMask(requestId, outputIndex, mask): requestId must be a string and outputIndex a number");
+    const int64_t index = info[1].As<Napi::Number>().Int64Value();
+    std::vector<int32_t> words = arg_int32_array(info, 2, "mask");
+    const Status st = t->engine().token_masks().check_words(words.size());
+    if (!st.ok()) throw_status(env, st);
+    return Napi::Boolean::New(env, t->set_token_mask(info[0].As<Napi::String>().Utf8Value(), index, std::move(words)));
   }
 
   Napi::Value CompleteExternalKv(const Napi::CallbackInfo& info) {

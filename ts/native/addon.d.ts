@@ -63,6 +63,7 @@ export interface NativeEngineOptions {
   kvSharedMemory: boolean; // the KV pool lives in a named shm segment (for the transfer agent)
   device?: string; // 'cpu' (default) | 'cuda' | 'auto' (cuda when usable, else cpu)
   seed: number; // engine seed for requests without their own (uint32)
+  tokenMaskTimeoutMs?: number; // how long a step waits for a constrained request's token mask, [1, 3600000], default 10000
 }
 
 // One request as the native side takes it: every field present, already validated.
@@ -93,6 +94,12 @@ export interface NativeRequest {
   // counted as outputs (max_tokens, min_tokens, presence/frequency penalties, the seeded
   // generator's position); fewer than maxTokens. Absent: none.
   outputTokenIds?: Int32Array;
+  // Structured output: present = the request is constrained, and this is the allowed-token mask
+  // of its first sampled output (output index outputTokenIds.length), in XGrammar's layout: bit b
+  // of word w (LSB first) allows token 32 * w + b; exactly Engine.info().tokenMaskWords words
+  // (else ERR_REQUEST_INVALID naming both lengths). Every later output's mask comes through
+  // Engine.setTokenMask. Absent: unconstrained.
+  tokenMask?: Int32Array;
 }
 
 export type NativeFinishReason = 'stop' | 'length' | 'abort' | 'error' | 'prefilled';
@@ -134,6 +141,10 @@ export interface NativeLoadMetrics {
   prefixCacheQueries: number; // tokens, cumulative
   prefixCacheHits: number; // tokens, cumulative
   numPreemptions: number; // cumulative
+  // Structured output: seconds the engine thread waited for token masks (a mask not there when
+  // the forward pass ended), and the steps that waited; both cumulative.
+  tokenMaskWaitSeconds: number;
+  tokenMaskWaitSteps: number;
 }
 
 export interface NativeStepOutput {
@@ -152,6 +163,8 @@ export interface NativeEngineInfo {
   kvCacheDtype: 'f32' | 'f16' | 'bf16';
   kvBlockBytes: number; // the whole model's block (every tensor-parallel rank's part of it)
   tpSize: number; // tensor-parallel ranks (1 without)
+  vocabSize: number; // the logits' width (model.vocabSize), what a token mask covers
+  tokenMaskWords: number; // a token mask's length in int32 words: ceil(vocabSize / 32)
   model: NativeModelInfo;
 }
 
@@ -184,7 +197,14 @@ export declare class Engine {
   constructor(options: NativeEngineOptions, onStep: (step: NativeStepOutput) => void);
   info(): NativeEngineInfo;
   addRequest(request: NativeRequest): void; // throws ERR_REQUEST_* synchronously
-  abort(requestId: string): void; // unknown ids are ignored
+  abort(requestId: string): void; // unknown ids are ignored; ends a step's wait for its token mask
+  // Structured output: the token mask (layout of NativeRequest.tokenMask) of output outputIndex
+  // (0-based, counting resumed outputs) of a constrained request, for the step that samples it.
+  // Not queued: it reaches a step already waiting for it. A step whose mask does not come within
+  // tokenMaskTimeoutMs finishes the request with 'error'. Throws ERR_REQUEST_INVALID for a mask
+  // of another length than tokenMaskWords; false (nothing stored) for an id that is not live or
+  // not constrained, or an output already sampled.
+  setTokenMask(requestId: string, outputIndex: number, mask: Int32Array): boolean;
   // A parked request's external KV is in its blocks (ok) or will not come (it computes it
   // itself). Ids not parked (duplicates, late completions) are ignored.
   completeExternalKv(requestId: string, ok: boolean): void;

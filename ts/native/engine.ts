@@ -49,6 +49,9 @@ export interface EngineOptions {
   tpSize?: number; // [1, 64], default 1
   tpGroup?: string;
   tpRankPids?: number[];
+  // Structured output: how long a step waits for a constrained request's next token mask
+  // (setTokenMask) before finishing that request with an error; [1, 3600000] ms, default 10000.
+  tokenMaskTimeoutMs?: number;
 }
 
 // The options as the addon takes them, checked and with defaults (new Engine and the ranks of a
@@ -83,6 +86,7 @@ export function nativeEngineOptions(opts: EngineOptions) {
     tpSize,
     tpGroup,
     tpRankPids: Int32Array.from(pids.map((p, i) => checkInt(`tpRankPids[${i}]`, p, 1, INT_MAX))),
+    tokenMaskTimeoutMs: checkInt('tokenMaskTimeoutMs', opts.tokenMaskTimeoutMs ?? 10000, 1, 3_600_000),
   };
 }
 
@@ -110,6 +114,10 @@ export interface RemotePrefillOptions {
   // A resumed request (request migration): the tokens it generated before, on a worker that went
   // away; fewer than maxTokens, which stays the request's total. Default none.
   outputTokenIds?: ArrayLike<number>;
+  // Structured output: makes the request constrained; the allowed-token mask of its first sampled
+  // output (index outputTokenIds.length), info.tokenMaskWords int32 words in XGrammar's layout
+  // (NativeRequest.tokenMask). Each later output's mask goes in with Engine.setTokenMask.
+  tokenMask?: Int32Array;
 }
 
 export type { NativeKvEvent as KvEvent, NativeLoadMetrics as LoadMetrics, NativeRequestOutput as RequestOutput };
@@ -219,6 +227,9 @@ export function normaliseSampling(
   if (outputTokenIds.length >= maxTokens) {
     throw invalidArgument(`a resumed request's output tokens (${outputTokenIds.length}) must be fewer than maxTokens (${maxTokens})`);
   }
+  // 7. Structured output: the first mask (its length, the model's, is checked by the engine).
+  const tokenMask = remote.tokenMask;
+  if (tokenMask !== undefined && !(tokenMask instanceof Int32Array)) throw invalidArgument('tokenMask must be an Int32Array');
   return {
     requestId,
     promptTokenIds: prompt,
@@ -238,6 +249,7 @@ export function normaliseSampling(
     numExternalTokens,
     prefillOnly,
     outputTokenIds,
+    ...(tokenMask !== undefined ? { tokenMask } : {}),
   };
 }
 
@@ -293,6 +305,24 @@ export class Engine {
 
   abort(requestId: string): void {
     if (!this.closed && this.streams.has(requestId)) this.native.abort(requestId);
+  }
+
+  // Structured output: the token mask of output outputIndex (0-based, counting a resumed
+  // request's outputs) of a constrained request (generate with remote.tokenMask), for the step
+  // that samples it; it reaches a step already waiting for it. Call it as soon as output
+  // outputIndex - 1 arrives: the engine samples that output once the forward pass ends, waiting
+  // up to tokenMaskTimeoutMs for the mask, else the request finishes with 'error'. The mask is
+  // info.tokenMaskWords words (else ERR_REQUEST_INVALID naming both lengths). False, nothing
+  // stored: the engine is closed, the request is not live (finished, aborted) or not
+  // constrained, or that output was sampled already.
+  setTokenMask(requestId: string, outputIndex: number, mask: Int32Array): boolean {
+    // 1. Arguments.
+    if (typeof requestId !== 'string' || requestId.length === 0) throw invalidArgument('requestId must be a non-empty string');
+    checkInt('outputIndex', outputIndex, 0, INT_MAX);
+    if (!(mask instanceof Int32Array)) throw invalidArgument('mask must be an Int32Array');
+    // 2. Straight to the engine's mask board (not its command queue).
+    if (this.closed) return false;
+    return callNative(() => this.native.setTokenMask(requestId, outputIndex, mask));
   }
 
   // Remote prefill hooks; ids that are not parked / held are ignored by the engine.
