@@ -116,27 +116,27 @@ SampleResult Sampler::sample(Request* req, float* logits, int64_t vocab,
 
   // 1. Penalties, 2. min_tokens: EOS and stop ids cannot be drawn yet.
   apply_penalties(*req, logits, vocab);
-  std::vector<int32_t>& held_back = held_back_;  // allowed ids min_tokens masked (token mask only)
-  held_back.clear();
+  held_back_.clear();
+  auto usable = [&](int64_t t) {  // with a token mask: allowed, and not held back by min_tokens
+    return mask_allows(token_mask, t) && std::find(held_back_.begin(), held_back_.end(), t) == held_back_.end();
+  };
   if (req->num_output_tokens() < p.min_tokens) {
     auto hold_back = [&](int64_t t) {
       if (t < 0 || t >= vocab) return;
       logits[t] = kNegInf;
-      if (token_mask && mask_allows(token_mask, t) &&
-          std::find(held_back.begin(), held_back.end(), t) == held_back.end())
-        held_back.push_back(static_cast<int32_t>(t));
+      if (token_mask && usable(t)) held_back_.push_back(static_cast<int32_t>(t));
     };
     for (int64_t t : eos_token_ids) hold_back(t);
     for (int32_t t : p.stop_token_ids) hold_back(t);
-    if (token_mask && static_cast<int64_t>(held_back.size()) == allowed) return nothing_allowed();
+    if (token_mask && static_cast<int64_t>(held_back_.size()) == allowed) return nothing_allowed();
   }
 
   // 3. Greedy, or temperature + truncation + draw.
   res.token_id = p.temperature < kGreedyTemperature ? argmax(logits, vocab) : draw(req, logits, vocab);
-  if (token_mask && !mask_allows(token_mask, res.token_id)) {
-    // Every allowed logit is -inf or NaN: the lowest allowed id that min_tokens leaves.
+  if (token_mask && !usable(res.token_id)) {
+    // Every usable logit is -inf or NaN (a broken model): the lowest usable id.
     for (int64_t t = 0; t < vocab; ++t) {
-      if (mask_allows(token_mask, t) && std::find(held_back.begin(), held_back.end(), t) == held_back.end()) {
+      if (usable(t)) {
         res.token_id = static_cast<int32_t>(t);
         break;
       }

@@ -284,6 +284,8 @@ TEST(token_mask_greedy_takes_the_best_allowed_token) {
   std::vector<float> dead(70, 1.0f);
   dead[7] = dead[9] = -INFINITY;
   CHECK_EQ(sample_masked(s, &r, dead, mask_of(70, {9, 7})).token_id, 7);
+  r.params.min_tokens = 1;  // ... and one min_tokens leaves: 7 is EOS
+  CHECK_EQ(sample_masked(s, &r, dead, mask_of(70, {9, 7}), {7}).token_id, 9);
 }
 
 TEST(token_mask_restricts_every_sampling_mode) {
