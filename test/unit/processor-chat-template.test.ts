@@ -63,6 +63,28 @@ describe('rendering', () => {
     expect(qwenTemplate.render(conversation, { addGenerationPrompt: false })).toBe(qwenExpected.replace('<|im_start|>assistant\n', ''));
   });
 
+  it("renders Qwen 3's tools, an assistant's tool call (its JSON arguments as an object) and the tool's answer", () => {
+    const tools = [{ type: 'function', function: { name: 'get_weather', parameters: { type: 'object', properties: { city: { type: 'string' } } } } }];
+    const messages = [
+      { role: 'user', content: 'Weather in Paris?' },
+      { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city": "Paris"}' } }] },
+      { role: 'tool', tool_call_id: 'call_1', content: '{"temp": 21}' },
+    ] as ChatMessage[];
+    expect(qwenTemplate.rendersTools).toBe(true);
+    expect(llamaTemplate.rendersTools).toBe(false);
+    expect(qwenTemplate.render(messages, { tools })).toBe(
+      '<|im_start|>system\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n' +
+        'You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n' +
+        '{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}\n</tools>\n\n' +
+        'For each function call, return a json object with function name and arguments within <tool_call></tool_call> XML tags:\n' +
+        '<tool_call>\n{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n' +
+        '<|im_start|>user\nWeather in Paris?<|im_end|>\n' +
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n' +
+        '<|im_start|>user\n<tool_response>\n{"temp": 21}\n</tool_response><|im_end|>\n' +
+        '<|im_start|>assistant\n',
+    );
+  });
+
   it('passes template kwargs (Qwen 3 enable_thinking)', () => {
     const rendered = qwenTemplate.render(conversation, { templateKwargs: { enable_thinking: false } });
     expect(rendered).toBe(qwenExpected + '<think>\n\n</think>\n\n');

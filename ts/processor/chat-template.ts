@@ -6,8 +6,9 @@
 //   string or an array of {type: 'text', text} parts (joined with "\n", as vLLM does); null or
 //   missing content only for an assistant message (one that carries tool_calls). Anything else is
 //   an ERR_INVALID_MESSAGE error naming the field.
-// - The template sees `messages`, `add_generation_prompt`, `bos_token`, `eos_token` and any extra
-//   variables the request passes (vLLM's chat_template_kwargs, e.g. Qwen 3's enable_thinking);
+// - The template sees `messages` (tool calls' arguments as objects), `tools` (when given),
+//   `add_generation_prompt`, `bos_token`, `eos_token` and any extra variables the request passes
+//   (vLLM's chat_template_kwargs, e.g. Qwen 3's enable_thinking);
 //   `raise_exception` and `strftime_now` are the Jinja globals. Whatever fails while rendering
 //   (raise_exception included) is an ERR_CHAT_TEMPLATE_RENDER error: a 400, as in vLLM.
 // - The rendered prompt already holds BOS where the model wants it: tokenize it without special
@@ -36,6 +37,9 @@ export interface RenderOptions {
   readonly addGenerationPrompt?: boolean;
   // Extra template variables (vLLM's chat_template_kwargs).
   readonly templateKwargs?: Readonly<Record<string, unknown>>;
+  // The request's tools, in OpenAI's shape ({type: 'function', function: {...}}): the template's
+  // `tools` (absent when the request has none).
+  readonly tools?: readonly unknown[];
 }
 
 const roles: ReadonlySet<string> = new Set<ChatRole>(['system', 'user', 'assistant', 'tool']);
@@ -51,11 +55,14 @@ interface TemplateMessage {
 
 export class ChatTemplate {
   private readonly template: Template;
+  // Whether the template reads `tools` at all (Llama 3.0's does not; Llama 3.1+ and Qwen's do).
+  readonly rendersTools: boolean;
 
   constructor(
     source: string,
     private readonly specials: { readonly bosToken: string; readonly eosToken: string },
   ) {
+    this.rendersTools = /\btools\b/.test(source);
     try {
       this.template = new Template(source);
     } catch (err) {
@@ -82,6 +89,7 @@ export class ChatTemplate {
     const context = {
       ...options.templateKwargs,
       messages: messages.map(toTemplateMessage),
+      ...(options.tools ? { tools: options.tools } : {}),
       add_generation_prompt: options.addGenerationPrompt ?? true,
       bos_token: this.specials.bosToken,
       eos_token: this.specials.eosToken,
@@ -108,7 +116,7 @@ export class ChatTemplate {
 
 // The render context without the request's extra keys (the reserved ones it may not override stay).
 function withoutKwargs(context: Record<string, unknown>, kwargs: Readonly<Record<string, unknown>>): Record<string, unknown> {
-  const reserved = new Set(['messages', 'add_generation_prompt', 'bos_token', 'eos_token']);
+  const reserved = new Set(['messages', 'tools', 'add_generation_prompt', 'bos_token', 'eos_token']);
   return Object.fromEntries(Object.entries(context).filter(([k]) => reserved.has(k) || !(k in kwargs)));
 }
 
@@ -123,9 +131,24 @@ function toTemplateMessage(message: ChatMessage, index: number): TemplateMessage
   }
   const out: TemplateMessage = { role, content: contentText(message, at) };
   if (name !== undefined) out.name = name;
-  if (tool_calls !== undefined) out.tool_calls = tool_calls;
+  if (tool_calls !== undefined) out.tool_calls = Array.isArray(tool_calls) ? tool_calls.map(withParsedArguments) : tool_calls;
   if (tool_call_id !== undefined) out.tool_call_id = tool_call_id;
   return out;
+}
+
+// An assistant message's tool call with its arguments as an object, as templates expect them
+// (Llama 3's writes `arguments | tojson`, Qwen's an object or a string as it is); OpenAI clients
+// send the JSON text. Arguments that are not a JSON object's text stay as they are.
+function withParsedArguments(call: unknown): unknown {
+  const f = (call as { function?: { arguments?: unknown } } | null)?.function;
+  if (typeof f?.arguments !== 'string') return call;
+  try {
+    const args: unknown = JSON.parse(f.arguments);
+    if (typeof args !== 'object' || args === null || Array.isArray(args)) return call;
+    return { ...(call as object), function: { ...f, arguments: args } };
+  } catch {
+    return call;
+  }
 }
 
 function contentText(message: ChatMessage, at: string): string {

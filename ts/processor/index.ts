@@ -5,12 +5,28 @@
 export { ProcessorError, processorErrorStatus, type ProcessorErrorCode } from './errors.js';
 export {
   TextTokenizer,
+  byteEncodingOf,
   loadTokenizer,
+  type ByteEncoding,
   type DecodeOptions,
   type EncodeOptions,
   type SpecialToken,
   type TokenizerSources,
 } from './tokenizer.js';
+export {
+  HermesExtractor,
+  Llama3JsonExtractor,
+  NamedCallExtractor,
+  RequiredCallsExtractor,
+  autoCallExtractor,
+  isToolCallParserName,
+  toolCallParserNames,
+  unknownToolCallParserMessage,
+  type ToolCallExtractor,
+  type ToolCallParserName,
+  type ToolCallPiece,
+  type ToolCallSplit,
+} from './tool-call-parser.js';
 export { ChatTemplate, type ChatMessage, type ChatRole, type ChatTextPart, type RenderOptions } from './chat-template.js';
 export { chatPrompt, completionPromptTokenIds, encodeChatPrompt, encodeCompletionPrompt, type ChatPrompt, type PromptEncoder } from './prompt.js';
 export { BodyParseError, EncoderPool, PromptTooLongError, type EncoderPoolOptions, type PromptScreen, type PromptSize } from './encoder-pool.js';

@@ -192,9 +192,9 @@ function pickDefaultTemplate(template: ConfigChatTemplate): string | null {
 
 // How the decoder turns tokens into raw bytes: GPT-2's byte-level alphabet (Llama 3, Qwen), or
 // sentencepiece's `<0xNN>` byte-fallback tokens (Llama 2, Mistral).
-type ByteEncoding = 'byte-level' | 'byte-fallback';
+export type ByteEncoding = 'byte-level' | 'byte-fallback';
 
-function byteEncodingOf(decoder: unknown): ByteEncoding | null {
+export function byteEncodingOf(decoder: unknown): ByteEncoding | null {
   const d = decoder as { type?: unknown; decoders?: unknown } | null | undefined;
   if (d?.type === 'ByteLevel') return 'byte-level';
   if (d?.type === 'ByteFallback') return 'byte-fallback';
