@@ -80,12 +80,13 @@ export function badInputCases(model: string, maxModelLen: number): BadInputCase[
     { name: 'seed not an integer', body: chatBody({ seed: 1.5 }), status: 400, param: 'seed' },
     { name: 'stream not a boolean', body: chatBody({ stream: 'yes' }), status: 400, param: 'stream' },
     { name: 'min_tokens above max_tokens', body: chatBody({ min_tokens: 10 }), status: 400, param: 'min_tokens' },
-    { name: 'response_format json_object', body: chatBody({ response_format: { type: 'json_object' } }), status: 400, param: 'response_format' },
+    // Structured outputs and tools the server cannot honour: refused by name, never ignored.
+    { name: 'response_format structural_tag', body: chatBody({ response_format: { type: 'structural_tag' } }), status: 400, param: 'response_format.type', code: 'unsupported_parameter' },
+    { name: 'tools with tool_choice auto and no parser', body: chatBody({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }), status: 400, param: 'tool_choice', message: /--enable-auto-tool-choice/ },
+    { name: 'tool_choice required without tools', body: chatBody({ tool_choice: 'required' }), status: 400, param: 'tool_choice' },
+    { name: 'guided_choice empty', body: chatBody({ guided_choice: [] }), status: 400, param: 'guided_choice' },
+    { name: 'guided_json keyword not enforced', url: '/v1/completions', body: completionBody({ guided_json: { type: 'integer', multipleOf: 3 } }), status: 400, param: 'guided_json', message: /multipleOf/ },
     // Fields that would change the answer and are not implemented: refused by name, never ignored.
-    { name: 'tools', body: chatBody({ tools: [{ type: 'function', function: { name: 'f', parameters: {} } }] }), status: 400, param: 'tools', code: 'unsupported_parameter' },
-    { name: 'tool_choice required', body: chatBody({ tool_choice: 'required' }), status: 400, param: 'tool_choice', code: 'unsupported_parameter' },
-    { name: 'guided_choice', body: chatBody({ guided_choice: ['a', 'b'] }), status: 400, param: 'guided_choice', code: 'unsupported_parameter' },
-    { name: 'guided_json on completions', url: '/v1/completions', body: completionBody({ guided_json: { type: 'object' } }), status: 400, param: 'guided_json', code: 'unsupported_parameter' },
     { name: 'logit_bias', body: chatBody({ logit_bias: { '42': 100 } }), status: 400, param: 'logit_bias', code: 'unsupported_parameter' },
     { name: 'best_of 2', url: '/v1/completions', body: completionBody({ best_of: 2 }), status: 400, param: 'best_of', code: 'unsupported_parameter' },
     { name: 'suffix', url: '/v1/completions', body: completionBody({ suffix: 'end' }), status: 400, param: 'suffix', code: 'unsupported_parameter' },

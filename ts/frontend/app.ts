@@ -35,6 +35,8 @@ import { FrontendMetrics } from './metrics.ts';
 import { chatRoutes } from './routes-chat.ts';
 import { completionRoutes } from './routes-completions.ts';
 import type { WorkerPool } from './worker-pool.ts';
+import { GrammarChecker } from '../grammar/grammar-service.ts';
+import type { ToolSettings } from './tools.ts';
 
 export const BODY_LIMIT_BYTES = 32 << 20;
 
@@ -44,9 +46,11 @@ export interface AppOptions {
   pool: WorkerPool;
   tokenizer: TextTokenizer;
   encoder?: EncoderPool; // default: inline only (no threads)
+  grammar?: GrammarChecker; // structured outputs' checks; default: one of its own, started at first use
   maxModelLen: number;
   samplingDefaults?: SamplingDefaults; // none when absent
   reasoningParser?: ReasoningParserName;
+  tools?: ToolSettings; // default: no auto tool choice
   migration?: MigrationSettings; // default: up to DEFAULT_MIGRATION_LIMIT migrations, no length cap
   stallTimeoutMs?: number; // default DEFAULT_STALL_TIMEOUT_MS; 0 = off (generation.ts)
   requestTimeoutMs?: number; // default none; 0 = none
@@ -113,9 +117,11 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     pool: opts.pool,
     tokenizer: opts.tokenizer,
     encoder: opts.encoder ?? EncoderPool.inline(opts.tokenizer),
+    grammar: opts.grammar ?? new GrammarChecker(),
     chatTemplate: chatTemplateOf(opts.tokenizer),
     samplingDefaults: opts.samplingDefaults ?? {},
     reasoningParser: opts.reasoningParser,
+    tools: opts.tools ?? { enableAutoToolChoice: false },
     metrics: new FrontendMetrics(opts.modelName),
     migration: opts.migration ?? { limit: DEFAULT_MIGRATION_LIMIT },
     stallTimeoutMs: opts.stallTimeoutMs ?? DEFAULT_STALL_TIMEOUT_MS,
@@ -211,6 +217,7 @@ export async function buildApp(opts: AppOptions): Promise<FastifyInstance> {
     for (const gen of context.active) gen.abort();
   });
   app.addHook('onClose', async () => {
+    await context.grammar.close();
     await context.pool.close?.();
   });
   return app;

@@ -4,6 +4,8 @@
 //
 // Stays true: every generation in flight is in `active` until its response has ended, so closing
 // the server can abort them (their streams then end at once).
+import type { ToolSettings } from './tools.ts';
+import type { GrammarChecker } from '../grammar/grammar-service.ts';
 import type { FastifyBaseLogger } from 'fastify';
 import type { ChatTemplate, EncoderPool, ProcessorError, PromptSize, ReasoningParserName, SamplingDefaults, TextTokenizer } from '../processor/index.ts';
 import { ApiError } from './errors.ts';
@@ -19,12 +21,16 @@ export interface FrontendContext {
   tokenizer: TextTokenizer;
   // Prompts to token ids: long ones on worker threads, after a size check that needs no tokenizing.
   encoder: EncoderPool;
+  // Structured outputs: a request's grammar is checked here (on XGrammar's thread) before any worker is used.
+  grammar: GrammarChecker;
   // The model's chat template, or why it has none usable (chat requests then get that error).
   chatTemplate: ChatTemplate | ProcessorError;
   // For requests that leave them unset (generation_config.json; {} with --generation-config vllm).
   samplingDefaults: SamplingDefaults;
   // --reasoning-parser: splits chat answers into reasoning_content and content; absent: off.
   reasoningParser?: ReasoningParserName;
+  // --enable-auto-tool-choice, --tool-call-parser.
+  tools: ToolSettings;
   metrics: FrontendMetrics;
   // --migration-limit, --migration-max-seq-len: a choice whose worker goes away mid-stream goes on
   // on another worker (generation.ts).

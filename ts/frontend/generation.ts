@@ -349,6 +349,7 @@ export class Generation {
         sampling: choiceSampling(this.plan, c.promptIndex, c.index - c.promptIndex * this.plan.n),
         prefixHitRate: c.selection.prefixHitRate,
         ...(outputs ? { outputTokenIds: outputs } : {}),
+        ...(this.plan.grammar ? { grammar: this.plan.grammar } : {}),
       },
       AbortSignal.any([c.abort.signal, c.attempt.signal]),
     );

@@ -34,6 +34,9 @@ import {
   loadSamplingDefaults,
   loadTokenizer,
   reasoningMarkers,
+  isToolCallParserName,
+  unknownToolCallParserMessage,
+  type ToolCallParserName,
   unknownReasoningParserMessage,
   type ReasoningParserName,
   type TextTokenizer,
@@ -52,6 +55,8 @@ export interface FrontendConfig {
   workers: WorkerInfo[];
   logLevel?: string;
   reasoningParser?: string;
+  enableAutoToolChoice?: boolean;
+  toolCallParser?: string;
   generationConfig?: string; // 'auto' when absent
   metricsRequireKey?: boolean;
   shutdownGraceMs?: number; // default 30000
@@ -105,6 +110,10 @@ async function main(): Promise<void> {
     throw new Error(unknownReasoningParserMessage(cfg.reasoningParser));
   }
   const reasoningParser = cfg.reasoningParser as ReasoningParserName | undefined;
+  if (cfg.toolCallParser !== undefined && !isToolCallParserName(cfg.toolCallParser)) {
+    throw new Error(unknownToolCallParserMessage(cfg.toolCallParser));
+  }
+  const tools = { enableAutoToolChoice: cfg.enableAutoToolChoice ?? false, toolCallParser: cfg.toolCallParser as ToolCallParserName | undefined };
   const sampling = loadSamplingDefaults(cfg.generationConfig ?? 'auto', cfg.modelDir);
   const kvLimit = Math.min(...cfg.workers.map((w) => w.kvTotalBlocks * w.blockSize));
   const redisUrl = process.env.KVSERVE_REDIS_URL || undefined;
@@ -121,6 +130,7 @@ async function main(): Promise<void> {
     encoder,
     samplingDefaults: sampling.defaults,
     reasoningParser,
+    tools,
     migration: { limit: cfg.migrationLimit ?? DEFAULT_MIGRATION_LIMIT, maxSeqLen: cfg.migrationMaxSeqLen },
     stallTimeoutMs: cfg.stallTimeoutMs,
     requestTimeoutMs: cfg.requestTimeoutMs,

@@ -9,7 +9,11 @@
 // With a reasoning parser (chat only), as vLLM: a whole message carries reasoning_content (a
 // string) and content (null when empty); a chunk's delta carries reasoning_content and/or content,
 // whichever the delta has, and is {} when it has neither.
-import type { TextTokenizer } from '../processor/index.ts';
+// With tools, content goes through the choice's tool-call extractor: a delta carries the content it
+// lets through and OpenAI's delta.tool_calls ([{index, id, type, function: {name, arguments}}],
+// id, type and name on a call's first piece only); a whole message has content (null when empty)
+// and tool_calls (when there are calls).
+import type { TextTokenizer, ToolCallExtractor, ToolCallPiece, ToolCallSplit } from '../processor/index.ts';
 import type { TokenLogprobs } from '../protocol/index.ts';
 import type { ChoiceDelta, Usage } from './generation.ts';
 
@@ -37,6 +41,9 @@ export interface ShapeContext {
   choices: number; // how many
   tokenizer: TextTokenizer;
   returnTokensAsIds: boolean;
+  // Chat with tools (tools.ts): each choice's content goes through a fresh extractor, which finds
+  // its tool calls; finishAsToolCalls: an answer with calls that stopped says "tool_calls".
+  tools?: { extractor: () => ToolCallExtractor; finishAsToolCalls: boolean };
 }
 
 const MIN_LOGPROB = -9999;
@@ -70,9 +77,31 @@ function chunkPrefix(ctx: ShapeContext, object: string): string {
   return `{"id":${JSON.stringify(ctx.id)},"object":"${object}","created":${ctx.created},"model":${JSON.stringify(ctx.model)},"choices":[`;
 }
 
+// A stream's tool-call pieces as OpenAI's delta.tool_calls.
+function toolCallDeltas(pieces: readonly ToolCallPiece[]) {
+  return pieces.map((p) =>
+    p.id === undefined
+      ? { index: p.index, function: { arguments: p.arguments } }
+      : { index: p.index, id: p.id, type: 'function', function: { name: p.name, arguments: p.arguments } },
+  );
+}
+
+// A whole answer's pieces as message.tool_calls.
+function toolCalls(pieces: readonly ToolCallPiece[]) {
+  const calls: { id: string; type: 'function'; function: { name: string; arguments: string } }[] = [];
+  for (const p of pieces) {
+    if (p.id !== undefined) calls[p.index] = { id: p.id, type: 'function', function: { name: p.name ?? '', arguments: '' } };
+    calls[p.index].function.arguments += p.arguments;
+  }
+  return calls;
+}
+
+const joinSplits = (a: ToolCallSplit, b: ToolCallSplit): ToolCallSplit => ({ content: a.content + b.content, calls: [...a.calls, ...b.calls] });
+
 export class ChatShape implements ResponseShape {
   private readonly prefix: string;
   private readonly names: TokenNames;
+  private readonly extractors = new Map<number, ToolCallExtractor>(); // streaming, by choice
 
   constructor(private readonly ctx: ShapeContext) {
     this.prefix = chunkPrefix(ctx, 'chat.completion.chunk');
@@ -87,9 +116,27 @@ export class ChatShape implements ResponseShape {
   }
 
   chunk(d: ChoiceDelta): string {
+    if (this.ctx.tools) return this.toolChunk(d, this.ctx.tools);
     const delta = d.reasoning === null ? contentDelta(d) : reasoningDelta(d.reasoning, d.text);
     const logprobs = d.logprobs === null ? 'null' : JSON.stringify(this.logprobs(d.logprobs));
     return `${this.prefix}{"index":${d.index},"delta":${delta},"logprobs":${logprobs},${finishJson(d)}}]}`;
+  }
+
+  private toolChunk(d: ChoiceDelta, tools: NonNullable<ShapeContext['tools']>): string {
+    let extractor = this.extractors.get(d.index);
+    if (!extractor) this.extractors.set(d.index, (extractor = tools.extractor()));
+    let split = extractor.feed(d.text);
+    if (d.finishReason !== null) {
+      split = joinSplits(split, extractor.flush());
+      this.extractors.delete(d.index);
+    }
+    const delta: Record<string, unknown> = {};
+    if (d.reasoning !== null && d.reasoning.length > 0) delta.reasoning_content = d.reasoning;
+    if (split.content.length > 0) delta.content = split.content;
+    if (split.calls.length > 0) delta.tool_calls = toolCallDeltas(split.calls);
+    const finishReason = tools.finishAsToolCalls && d.finishReason === 'stop' && extractor.callCount > 0 ? 'tool_calls' : d.finishReason;
+    const logprobs = d.logprobs === null ? 'null' : JSON.stringify(this.logprobs(d.logprobs));
+    return `${this.prefix}{"index":${d.index},"delta":${JSON.stringify(delta)},"logprobs":${logprobs},${finishJson({ finishReason, stopReason: d.stopReason })}}]}`;
   }
 
   usageChunk(usage: Usage): string {
@@ -102,13 +149,26 @@ export class ChatShape implements ResponseShape {
       object: 'chat.completion',
       created: this.ctx.created,
       model: this.ctx.model,
-      choices: choices.map((c) => ({
-        index: c.index,
-        message: c.reasoning === null ? { role: 'assistant', content: c.text } : { role: 'assistant', reasoning_content: c.reasoning, content: c.text.length > 0 ? c.text : null },
-        logprobs: c.logprobs === null ? null : this.logprobs(c.logprobs),
-        finish_reason: c.finishReason,
-        stop_reason: c.stopReason,
-      })),
+      choices: choices.map((c) => {
+        const message: Record<string, unknown> =
+          c.reasoning === null ? { role: 'assistant', content: c.text } : { role: 'assistant', reasoning_content: c.reasoning, content: c.text.length > 0 ? c.text : null };
+        let finishReason = c.finishReason;
+        const tools = this.ctx.tools;
+        if (tools) {
+          const extractor = tools.extractor();
+          const split = joinSplits(extractor.feed(c.text), extractor.flush());
+          message.content = split.content.length > 0 ? split.content : null;
+          if (split.calls.length > 0) message.tool_calls = toolCalls(split.calls);
+          if (tools.finishAsToolCalls && finishReason === 'stop' && extractor.callCount > 0) finishReason = 'tool_calls';
+        }
+        return {
+          index: c.index,
+          message,
+          logprobs: c.logprobs === null ? null : this.logprobs(c.logprobs),
+          finish_reason: finishReason,
+          stop_reason: c.stopReason,
+        };
+      }),
       usage,
     };
   }

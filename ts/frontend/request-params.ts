@@ -15,7 +15,7 @@
 //   neutral; its max_new_tokens caps max_tokens, after the context checks (vLLM's order);
 // - the reasoning parser reaches the output processor only where the route passes it (chat).
 import type { OutputProcessorOptions, ReasoningParserName, SamplingDefaults } from '../processor/index.ts';
-import type { SamplingParams } from '../protocol/index.ts';
+import type { GrammarSpec, SamplingParams } from '../protocol/index.ts';
 import { ApiError } from './errors.ts';
 import type { SamplingBody } from './schemas.ts';
 
@@ -29,6 +29,7 @@ export interface GenerationPlan {
   returnTokensAsIds: boolean;
   stream: boolean;
   includeUsage: boolean;
+  grammar?: GrammarSpec; // structured outputs: every choice's tokens follow it
 }
 
 export interface PlanOptions {
@@ -40,6 +41,7 @@ export interface PlanOptions {
   promptWord: 'messages' | 'prompt'; // for the context-length message
   samplingDefaults?: SamplingDefaults; // the model's generation config
   reasoningParser?: ReasoningParserName;
+  grammar?: GrammarSpec; // checked (structured-output.ts)
 }
 
 export function planGeneration(body: SamplingBody, opts: PlanOptions): GenerationPlan {
@@ -83,6 +85,7 @@ export function planGeneration(body: SamplingBody, opts: PlanOptions): Generatio
     returnTokensAsIds: body.return_tokens_as_token_ids ?? false,
     stream: body.stream ?? false,
     includeUsage: body.stream_options?.include_usage ?? false,
+    ...(opts.grammar ? { grammar: opts.grammar } : {}),
   };
 }
 

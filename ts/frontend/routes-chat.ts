@@ -5,8 +5,9 @@
 // (ts/processor/reasoning-parser.ts).
 //
 // Checks beyond the schema: the model name; fields that would change the answer and are not
-// implemented (unsupported-fields.ts: 400 naming them); response_format other than "text"
-// (unsupported: 400); top_logprobs only with logprobs: true (as OpenAI); message roles and content parts (the
+// implemented (unsupported-fields.ts: 400 naming them); a structured output's grammar
+// (structured-output.ts: response_format, guided_*, 400 when XGrammar refuses it); tools
+// (tools.ts: tool_choice, and the tool-call parser that reads calls out of the answer); top_logprobs only with logprobs: true (as OpenAI); message roles and content parts (the
 // processor's chat template, which names the field at fault).
 import type { FastifyPluginAsync } from 'fastify';
 import { encodeChatPrompt, ProcessorError, type ChatMessage } from '../processor/index.ts';
@@ -18,6 +19,8 @@ import { requestId } from './ids.ts';
 import { planGeneration } from './request-params.ts';
 import { chatCompletionSchema, type ChatCompletionBody } from './schemas.ts';
 import { serveGeneration } from './serve.ts';
+import { grammarOf } from './structured-output.ts';
+import { planTools } from './tools.ts';
 import { refuseUnsupportedFields } from './unsupported-fields.ts';
 
 export const chatRoutes: FastifyPluginAsync = async (app) => {
@@ -27,21 +30,24 @@ export const chatRoutes: FastifyPluginAsync = async (app) => {
     // 1. What the schema cannot say.
     checkModel(ctx, body.model);
     refuseUnsupportedFields(body, 'chat');
-    if (body.response_format && body.response_format.type !== 'text') {
-      throw new ApiError('ERR_UNSUPPORTED', `response_format ${JSON.stringify(body.response_format.type)} is not supported`, 'response_format');
-    }
     if ((body.top_logprobs ?? 0) > 0 && !body.logprobs) {
       throw new ApiError('ERR_INVALID_REQUEST', 'top_logprobs requires logprobs to be true', 'top_logprobs');
     }
     checkChoices(ctx, 1, body.n ?? 1, 'messages');
     checkStopTokenIds(ctx, body.stop_token_ids);
     if (ctx.chatTemplate instanceof ProcessorError) throw ctx.chatTemplate;
+    const tools = planTools(body, ctx.tools, ctx.chatTemplate.rendersTools);
+    const grammar = await grammarOf(ctx.grammar, body, tools.grammar);
     // 2. The prompt.
     const { promptTokenIds } = await encodeChatPrompt(
       ctx.encoder,
       ctx.chatTemplate,
       body.messages as unknown as ChatMessage[],
-      { addGenerationPrompt: body.add_generation_prompt ?? true, templateKwargs: body.chat_template_kwargs ?? undefined },
+      {
+        addGenerationPrompt: body.add_generation_prompt ?? true,
+        templateKwargs: body.chat_template_kwargs ?? undefined,
+        ...(tools.templateTools ? { tools: tools.templateTools } : {}),
+      },
       (text) => checkPromptSize(ctx, text, 'messages'),
     );
     // 3. The plan, and the response.
@@ -54,6 +60,7 @@ export const chatRoutes: FastifyPluginAsync = async (app) => {
       promptWord: 'messages',
       samplingDefaults: ctx.samplingDefaults,
       reasoningParser: ctx.reasoningParser,
+      grammar,
     });
     const id = requestId('chatcmpl');
     const shape = new ChatShape({
@@ -63,6 +70,7 @@ export const chatRoutes: FastifyPluginAsync = async (app) => {
       choices: plan.n,
       tokenizer: ctx.tokenizer,
       returnTokensAsIds: plan.returnTokensAsIds,
+      ...(tools.extractor ? { tools: { extractor: tools.extractor, finishAsToolCalls: tools.finishAsToolCalls } } : {}),
     });
     return serveGeneration(request, reply, new Generation(ctx, plan, id), shape);
   });

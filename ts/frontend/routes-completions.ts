@@ -3,8 +3,9 @@
 // or its stream.
 //
 // Checks beyond the schema: the model name; fields that would change the answer and are not
-// implemented (unsupported-fields.ts: 400 naming them); token ids inside the vocabulary; echo works, but not
-// together with logprobs (prompt logprobs are not computed by the engine: 400).
+// implemented (unsupported-fields.ts: 400 naming them); a structured output's grammar
+// (structured-output.ts); token ids inside the vocabulary; echo works, but not together with
+// logprobs (prompt logprobs are not computed by the engine: 400).
 import type { FastifyPluginAsync } from 'fastify';
 import { encodeCompletionPrompt, type TextTokenizer } from '../processor/index.ts';
 import { checkChoices, checkModel, checkPromptSize, checkStopTokenIds } from './context.ts';
@@ -15,6 +16,7 @@ import { CompletionShape } from './openai-shapes.ts';
 import { planGeneration } from './request-params.ts';
 import { completionSchema, type CompletionBody } from './schemas.ts';
 import { serveGeneration } from './serve.ts';
+import { grammarOf } from './structured-output.ts';
 import { refuseUnsupportedFields } from './unsupported-fields.ts';
 
 // OpenAI's legacy default for /v1/completions (vLLM's too).
@@ -30,6 +32,7 @@ export const completionRoutes: FastifyPluginAsync = async (app) => {
     if (body.echo && body.logprobs !== undefined && body.logprobs !== null) {
       throw new ApiError('ERR_UNSUPPORTED', 'echo together with logprobs (prompt logprobs) is not supported', 'echo');
     }
+    const grammar = await grammarOf(ctx.grammar, body);
     // 2. The prompts.
     const inputs = batchOf(body.prompt);
     checkChoices(ctx, inputs.length, body.n ?? 1, 'prompt');
@@ -54,6 +57,7 @@ export const completionRoutes: FastifyPluginAsync = async (app) => {
       logprobs: body.logprobs ?? undefined,
       promptWord: 'prompt',
       samplingDefaults: ctx.samplingDefaults, // no reasoning parser here: completions are text as generated
+      grammar,
     });
     const id = requestId('cmpl');
     const shapeContext = {

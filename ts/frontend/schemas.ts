@@ -13,8 +13,10 @@
 // Checks a schema cannot express (message roles and content parts, lengths against the context,
 // min_tokens <= max_tokens) are made by request-params.ts and the processor.
 import { REQUEST_LIMITS as ENGINE } from '../native/request-limits.ts';
+import type { StructuredOutputBody } from './structured-output.ts';
+import type { ToolsBody } from './tools.ts';
 
-export interface SamplingBody {
+export interface SamplingBody extends StructuredOutputBody {
   model?: string;
   n?: number | null;
   max_tokens?: number | null;
@@ -45,14 +47,13 @@ export interface ChatMessageBody {
   tool_call_id?: string;
 }
 
-export interface ChatCompletionBody extends SamplingBody {
+export interface ChatCompletionBody extends SamplingBody, ToolsBody {
   messages: ChatMessageBody[];
   max_completion_tokens?: number | null;
   logprobs?: boolean | null;
   top_logprobs?: number | null;
   chat_template_kwargs?: Record<string, unknown> | null;
   add_generation_prompt?: boolean | null;
-  response_format?: { type: string } | null;
 }
 
 export interface CompletionBody extends SamplingBody {
@@ -94,6 +95,8 @@ const samplingProperties = {
   skip_special_tokens: maybe('boolean'),
   return_tokens_as_token_ids: maybe('boolean'),
   user: maybe('string'),
+  // Structured outputs: their shapes are checked by structured-output.ts, which names the field.
+  response_format: { type: ['object', 'null'] },
 };
 
 export const chatCompletionSchema = {
@@ -111,7 +114,6 @@ export const chatCompletionSchema = {
     top_logprobs: int(0, ENGINE.maxLogprobs),
     chat_template_kwargs: maybe('object'),
     add_generation_prompt: maybe('boolean'),
-    response_format: { type: ['object', 'null'], required: ['type'], properties: { type: { type: 'string' } } },
   },
 } as const;
 

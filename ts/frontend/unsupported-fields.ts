@@ -24,17 +24,11 @@ const COMMON: Refused[] = [
   { field: 'bad_words', neutral: 'empty', what: 'bad_words is not supported' },
   { field: 'truncate_prompt_tokens', neutral: 'null', what: 'truncate_prompt_tokens is not supported' },
   { field: 'logits_processors', neutral: 'empty', what: 'logits_processors is not supported' },
-  { field: 'guided_json', neutral: 'null', what: 'guided decoding is not supported yet' },
-  { field: 'guided_regex', neutral: 'null', what: 'guided decoding is not supported yet' },
-  { field: 'guided_choice', neutral: 'null', what: 'guided decoding is not supported yet' },
-  { field: 'guided_grammar', neutral: 'null', what: 'guided decoding is not supported yet' },
-  { field: 'structured_outputs', neutral: 'null', what: 'structured outputs are not supported yet' },
+  { field: 'guided_whitespace_pattern', neutral: 'null', what: 'guided_whitespace_pattern is not supported (structured JSON output is compact)' },
   { field: 'spaces_between_special_tokens', neutral: 'true', what: 'spaces_between_special_tokens: false is not supported' },
 ];
 
 const CHAT: Refused[] = [
-  { field: 'tools', neutral: 'empty', what: 'tool calling is not supported yet' },
-  { field: 'tool_choice', neutral: 'none', what: 'tool calling is not supported yet' },
   { field: 'functions', neutral: 'empty', what: 'function calling is not supported' },
   { field: 'function_call', neutral: 'none', what: 'function calling is not supported' },
   { field: 'include_reasoning', neutral: 'true', what: 'include_reasoning: false is not supported' },
@@ -50,7 +44,6 @@ const CHAT: Refused[] = [
 
 const COMPLETIONS: Refused[] = [
   { field: 'suffix', neutral: 'null', what: 'suffix is not supported' },
-  { field: 'response_format', neutral: 'null', what: 'response_format is not supported on completions yet' },
 ];
 
 function isNeutral(value: unknown, neutral: Neutral): boolean {

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { maskRedisUrl } from '../runtime/redis-connection.ts';
 import { isReasoningParserName, unknownReasoningParserMessage, type ReasoningParserName } from '../processor/reasoning-parser.ts';
+import { isToolCallParserName, unknownToolCallParserMessage, type ToolCallParserName } from '../processor/tool-call-parser.ts';
 
 export interface LauncherFlags {
   model?: string;
@@ -30,6 +31,8 @@ export interface LauncherFlags {
   kvCacheMemory?: number; // bytes
   servedModelName?: string;
   reasoningParser?: ReasoningParserName;
+  enableAutoToolChoice: boolean;
+  toolCallParser?: ToolCallParserName;
   generationConfig: string; // 'auto', 'vllm', or an absolute directory
   restart: boolean; // default on; --no-restart turns it off
   shutdownGraceS: number;
@@ -113,6 +116,10 @@ Engine
 Serving
   --reasoning-parser NAME       split chat answers into reasoning_content and content;
                                 deepseek_r1: reasoning until </think> (default: off)
+  --enable-auto-tool-choice     tool_choice "auto": the model may call the request's tools
+                                (needs --tool-call-parser)
+  --tool-call-parser NAME       how tool calls are read from the answer: hermes (Hermes,
+                                Qwen 2.5, Qwen 3), llama3_json (Llama 3.1-3.3)
   --http-port N                 OpenAI server port (default 8181)
   --host ADDR                   address to listen on (default 0.0.0.0)
   --redis-url URL               use this Redis; otherwise a private redis-server, with a
@@ -211,6 +218,12 @@ function oneOf<T extends string>(name: string, v: string | undefined, allowed: r
   return v as T;
 }
 
+function toolCallParser(v: string | undefined): ToolCallParserName | undefined {
+  if (v === undefined) return undefined;
+  if (!isToolCallParserName(v)) throw new FlagError(`--tool-call-parser: ${unknownToolCallParserMessage(v)}`);
+  return v;
+}
+
 function reasoningParser(v: string | undefined): ReasoningParserName | undefined {
   if (v === undefined) return undefined;
   if (!isReasoningParserName(v)) throw new FlagError(`--reasoning-parser: ${unknownReasoningParserMessage(v)}`);
@@ -240,6 +253,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
         'served-model-name': { type: 'string' },
         'generation-config': { type: 'string' },
         'reasoning-parser': { type: 'string' },
+        'enable-auto-tool-choice': { type: 'boolean' },
+        'tool-call-parser': { type: 'string' },
         workers: { type: 'string' },
         'decode-workers': { type: 'string' },
         'prefill-workers': { type: 'string' },
@@ -286,6 +301,9 @@ export function parseFlags(argv: string[]): LauncherFlags {
   if (v.workers !== undefined && v['decode-workers'] !== undefined && v.workers !== v['decode-workers']) {
     throw new FlagError('--workers and --decode-workers name the same thing; give one');
   }
+  if (v['enable-auto-tool-choice'] && v['tool-call-parser'] === undefined) {
+    throw new FlagError('--enable-auto-tool-choice needs --tool-call-parser (hermes or llama3_json)');
+  }
   if (v['decode-tp'] !== undefined && v['worker-tp'] !== undefined && v['decode-tp'] !== v['worker-tp']) {
     throw new FlagError('--decode-tp and --worker-tp name the same thing; give one');
   }
@@ -293,6 +311,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
     model: v.model,
     servedModelName: v['served-model-name'],
     reasoningParser: reasoningParser(v['reasoning-parser']),
+    enableAutoToolChoice: v['enable-auto-tool-choice'] ?? false,
+    toolCallParser: toolCallParser(v['tool-call-parser']),
     generationConfig: generationConfig(v['generation-config']),
     workers: int('workers', v.workers ?? v['decode-workers'], 1, 256) ?? 1,
     prefillWorkers: int('prefill-workers', v['prefill-workers'], 0, 256) ?? 0,

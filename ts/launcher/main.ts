@@ -315,6 +315,8 @@ async function run(f: LauncherFlags): Promise<number> {
         workers,
         logLevel: f.logLevel,
         reasoningParser: f.reasoningParser,
+        enableAutoToolChoice: f.enableAutoToolChoice,
+        toolCallParser: f.toolCallParser,
         generationConfig: f.generationConfig,
         metricsRequireKey: f.metricsRequireKey,
         shutdownGraceMs: f.shutdownGraceS * 1000,

@@ -48,6 +48,16 @@ export interface SamplingParams {
   logprobs?: number; // top-N, [0, 20]
 }
 
+// Structured outputs: the grammar every sampled token of a request must follow (ts/grammar).
+// json_schema's schema is the JSON text of the schema; choice is one of the strings exactly;
+// ebnf is XGrammar's EBNF (GBNF) with a `root` rule.
+export type GrammarSpec =
+  | { kind: 'json_schema'; schema: string }
+  | { kind: 'json_object' }
+  | { kind: 'regex'; pattern: string }
+  | { kind: 'choice'; choices: string[] }
+  | { kind: 'ebnf'; grammar: string };
+
 export interface GenerateRequest {
   requestId: RequestId;
   promptTokenIds: number[];
@@ -57,6 +67,8 @@ export interface GenerateRequest {
   // a worker that went away. The worker continues after them: they follow the prompt and count
   // as outputs (sampling.maxTokens stays the total; penalties, min_tokens, the seed's position).
   outputTokenIds?: number[];
+  // Structured outputs: the worker masks every sampled token to this grammar.
+  grammar?: GrammarSpec;
 }
 
 export interface TokenLogprobs {

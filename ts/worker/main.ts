@@ -34,7 +34,8 @@ import { DEFAULT_LEASE_TTL_MS, DEFAULT_NAMESPACE, WorkerLease, getWorker } from 
 import { EventPlanePublisher } from '../runtime/event-plane.ts';
 import { RedisConnection } from '../runtime/redis-connection.ts';
 import { PrefillJobRunner, RemotePrefillDecoder, type Log } from './remote-prefill.ts';
-import { startWorkerServer, type GenerateFn } from './server.ts';
+import { engineGenerate, startWorkerServer, type EngineGenerateFn } from './server.ts';
+import { grammarMatchersFor, withStructuredOutput } from './structured-output.ts';
 import { startTpRanks, type TpRanks } from './tp-ranks.ts';
 
 export interface WorkerConfig {
@@ -197,7 +198,7 @@ async function main(): Promise<void> {
     const shown = { debug: ['debug', 'trace'], info: ['info', 'debug', 'trace'], warn: ['warn', 'info', 'debug', 'trace'] }[level];
     if (shown.includes(cfg.logLevel ?? 'info')) console.error(`[${cfg.workerId}] ${level}: ${msg}`);
   };
-  let generate: GenerateFn | undefined;
+  let generate: EngineGenerateFn = engineGenerate(engine);
   let disaggCounters: (() => DisaggCounters) | undefined;
   let queue: PrefillQueue | undefined;
   let consumer: PrefillConsumer | undefined;
@@ -220,7 +221,7 @@ async function main(): Promise<void> {
         log,
       });
       onNotification = (message) => decoder.onNotification(message);
-      generate = (body, signal) => decoder.generate(body, signal);
+      generate = (body, signal, start) => decoder.generate(body, signal, start);
       disaggCounters = () => ({ ...decoder.counters });
     } else {
       const runner = new PrefillJobRunner({
@@ -249,7 +250,7 @@ async function main(): Promise<void> {
     host: cfg.host,
     port: cfg.port,
     requestPort: cfg.requestPort,
-    generate,
+    generate: withStructuredOutput(generate, engine, grammarMatchersFor(engine, cfg.modelDir), log),
     disagg: disaggCounters,
     clusterSecret: secret,
   });

@@ -37,6 +37,7 @@ import type {
   WorkerId,
 } from '../protocol/index.ts';
 import type { ClaimState, PrefillClaims, PrefillQueue } from '../queue/prefill-queue.ts';
+import type { GenerateStart } from './server.ts';
 
 // What the worker needs of the native transfer agent (ts/native/transfer.ts).
 export interface KvTransfer {
@@ -138,23 +139,25 @@ export class RemotePrefillDecoder {
     }
   }
 
-  // Like Engine.generate: throws synchronously when the engine refuses the request.
-  generate(body: GenerateRequest, signal: AbortSignal): AsyncIterable<RequestOutput> {
+  // Like Engine.generate: throws synchronously when the engine refuses the request. `start`: the
+  // token mask of its first sampled output (structured outputs), whoever computes the prompt.
+  generate(body: GenerateRequest, signal: AbortSignal, start: GenerateStart = {}): AsyncIterable<RequestOutput> {
     const { engine, maxLocalPrefillLength } = this.opts;
     const prompt = body.promptTokenIds ?? [];
     const outputTokenIds = body.outputTokenIds ?? [];
     if (outputTokenIds.length > 0) {
       this.counters.local_prefills++;
       this.opts.log('debug', `${body.requestId}: prefill local: a resumed request (${prompt.length} prompt + ${outputTokenIds.length} output tokens)`);
-      return engine.generate(body.requestId, prompt, body.sampling ?? {}, signal, { outputTokenIds });
+      return engine.generate(body.requestId, prompt, body.sampling ?? {}, signal, { outputTokenIds, ...start });
     }
     if (prompt.length - 1 <= maxLocalPrefillLength) {
       this.counters.local_prefills++;
       this.opts.log('debug', `${body.requestId}: prefill local: prompt ${prompt.length} tokens, at most ${prompt.length - 1} uncached <= max-local-prefill-length ${maxLocalPrefillLength}`);
-      return engine.generate(body.requestId, prompt, body.sampling ?? {}, signal);
+      return engine.generate(body.requestId, prompt, body.sampling ?? {}, signal, start);
     }
     const stream = engine.generate(body.requestId, prompt, body.sampling ?? {}, undefined, {
       numExternalTokens: prompt.length - 1,
+      ...start,
     });
     this.pending.set(body.requestId, { state: 'parking', aborted: false, pushedAt: 0, settling: false });
     return this.follow(body, stream, signal);

@@ -109,9 +109,18 @@ async function readJson(req: http.IncomingMessage): Promise<unknown> {
   return JSON.parse(Buffer.concat(chunks).toString('utf8'));
 }
 
-// Starts a request: the engine's, or disaggregation's wrapper of it (remote-prefill.ts). Throws
-// synchronously when the engine refuses the request up front.
-export type GenerateFn = (body: GenerateRequest, signal: AbortSignal) => AsyncIterable<RequestOutput>;
+// How an engine request starts beyond its body: the allowed tokens of its first sampled output
+// (structured outputs: the grammar's first mask; structured-output.ts computes it).
+export interface GenerateStart {
+  tokenMask?: Int32Array;
+}
+
+// Starts a request on the engine, or through disaggregation's wrapper of it (remote-prefill.ts).
+// Throws synchronously when the engine refuses the request up front.
+export type EngineGenerateFn = (body: GenerateRequest, signal: AbortSignal, start?: GenerateStart) => AsyncIterable<RequestOutput>;
+// What the servers call: an EngineGenerateFn, or the structured-output wrapper of one, which first
+// prepares the request's grammar (a rejected promise is a refusal, like a synchronous throw).
+export type GenerateFn = (body: GenerateRequest, signal: AbortSignal) => AsyncIterable<RequestOutput> | Promise<AsyncIterable<RequestOutput>>;
 
 async function handleGenerate(generate: GenerateFn, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
   let body: GenerateRequest;
@@ -123,7 +132,7 @@ async function handleGenerate(generate: GenerateFn, req: http.IncomingMessage, r
   const abort = new AbortController();
   let stream: AsyncIterable<RequestOutput>;
   try {
-    stream = generate(body, abort.signal);
+    stream = await generate(body, abort.signal);
   } catch (err) {
     const e = err as NativeError;
     return sendJson(res, statusOf(err), { error: { code: e.code ?? 'ERR_INTERNAL', message: e.message } });
@@ -144,6 +153,12 @@ async function handleGenerate(generate: GenerateFn, req: http.IncomingMessage, r
     if (!res.destroyed) res.write(JSON.stringify(failedDelta(body, err)) + '\n');
   }
   res.end();
+}
+
+// The engine's own generate, for a request body.
+export function engineGenerate(engine: Engine): EngineGenerateFn {
+  return (body, signal, start = {}) =>
+    engine.generate(body.requestId, body.promptTokenIds ?? [], body.sampling ?? {}, signal, { outputTokenIds: body.outputTokenIds, ...start });
 }
 
 // ---- the TCP request plane ----
@@ -214,16 +229,20 @@ function serveRequestPlane(generate: GenerateFn, socket: net.Socket, secret: str
       return;
     }
     const abort = new AbortController();
-    let stream: AsyncIterable<RequestOutput>;
-    try {
-      stream = generate(body, abort.signal);
-    } catch (err) {
+    const refuse = (err: unknown): void => {
+      if (open.get(id) === abort) open.delete(id);
       const e = err as NativeError;
       send({ t: 'err', id, requestId: body.requestId, status: statusOf(err), code: e.code ?? 'ERR_INTERNAL', message: e.message });
-      return;
+    };
+    let started: AsyncIterable<RequestOutput> | Promise<AsyncIterable<RequestOutput>>;
+    try {
+      started = generate(body, abort.signal);
+    } catch (err) {
+      return refuse(err);
     }
-    open.set(id, abort);
-    void pump(id, body, stream, abort);
+    open.set(id, abort); // an abort frame from here on reaches the request, even while it starts
+    if (started instanceof Promise) started.then((stream) => void pump(id, body, stream, abort), refuse);
+    else void pump(id, body, started, abort);
   };
 
   const lines = new LineSplitter((line) => {
@@ -278,9 +297,7 @@ export async function startWorkerServer(opts: {
   clusterSecret?: string; // every peer must present it (see the header); absent = none asked
 }): Promise<WorkerServer> {
   const { engine, clusterSecret } = opts;
-  const generate: GenerateFn =
-    opts.generate ??
-    ((body, signal) => engine.generate(body.requestId, body.promptTokenIds ?? [], body.sampling ?? {}, signal, { outputTokenIds: body.outputTokenIds }));
+  const generate: GenerateFn = opts.generate ?? engineGenerate(engine);
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
     const presented = req.headers[CLUSTER_SECRET_HEADER];
