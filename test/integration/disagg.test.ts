@@ -89,6 +89,21 @@ describe('disaggregated serving', () => {
     await until('no KV blocks held', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
   }, 60_000);
 
+  it('a constrained request prefilled remotely follows its grammar, with the tokens of aggregated serving', async () => {
+    const body = (prompt: number[]) => ({ prompt, max_tokens: 60, temperature: 0, guided_regex: '[a-z]{2,8}-[0-9]{1,3}' });
+    const post = async (url: string, prompt: number[]) => {
+      const res = await fetch(`${url}/v1/completions`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body(prompt)) });
+      expect(res.status).toBe(200);
+      return ((await res.json()) as { choices: { text: string }[] }).choices[0]!.text;
+    };
+    const before = await metric('kvserve:remote_prefills_total');
+    const prompt = tokens(20, 300);
+    const text = await post(disagg.url, prompt);
+    expect(text).toMatch(/^[a-z]{2,8}-[0-9]{1,3}$/);
+    expect(text).toBe(await post(agg.url, prompt));
+    expect(await metric('kvserve:remote_prefills_total')).toBe(before + 1);
+  }, 60_000);
+
   it('prefills locally when the queue is full, and after a missed deadline, with the same tokens', async () => {
     const pid = await prefillPid();
     process.kill(pid, 'SIGSTOP'); // jobs pile up in the queue (default size 2)

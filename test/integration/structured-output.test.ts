@@ -12,7 +12,7 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import { jsonSchemas } from '../fixtures/json-schemas.ts';
-import { freePort, launch, type Launched } from '../helpers/launcher.ts';
+import { freePort, launch, runLauncher, type Launched } from '../helpers/launcher.ts';
 
 const ajv = new Ajv({ strict: false, allErrors: true });
 let tiny: Launched;
@@ -177,6 +177,20 @@ describe('constrained and unconstrained requests in one batch', () => {
     // Only prefixes of the choices have probability, and theirs sums to one.
     for (const t of allowed) expect(['yes', 'no'].some((c) => c.startsWith(t.token))).toBe(true);
     expect(allowed.reduce((sum, t) => sum + Math.exp(t.logprob), 0)).toBeCloseTo(1, 4);
+  });
+});
+
+describe('the tool flags', () => {
+  it('--help lists them; an unknown parser, or auto tool choice without one, is refused at start', async () => {
+    const help = await runLauncher(['--help']);
+    expect(help.output).toContain('--enable-auto-tool-choice');
+    expect(help.output).toContain('--tool-call-parser NAME');
+    const unknown = await runLauncher(['--tool-call-parser', 'mistral']);
+    expect(unknown.code).toBe(2);
+    expect(unknown.output).toContain('--tool-call-parser: unknown tool call parser "mistral" (known: hermes, llama3_json; Qwen 3 uses hermes)');
+    const alone = await runLauncher(['--enable-auto-tool-choice']);
+    expect(alone.code).toBe(2);
+    expect(alone.output).toContain('--enable-auto-tool-choice needs --tool-call-parser');
   });
 });
 

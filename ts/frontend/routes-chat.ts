@@ -2,12 +2,13 @@
 // token ids -> n choices (Generation) -> chat.completion or chat.completion.chunk stream.
 //
 // With --reasoning-parser, each choice's answer is split into reasoning_content and content
-// (ts/processor/reasoning-parser.ts).
+// (ts/processor/reasoning-parser.ts), unless a grammar constrains it (then it is all content).
 //
 // Checks beyond the schema: the model name; fields that would change the answer and are not
 // implemented (unsupported-fields.ts: 400 naming them); a structured output's grammar
 // (structured-output.ts: response_format, guided_*, 400 when XGrammar refuses it); tools
-// (tools.ts: tool_choice, and the tool-call parser that reads calls out of the answer); top_logprobs only with logprobs: true (as OpenAI); message roles and content parts (the
+// (tools.ts: tool_choice, and the tool-call parser that reads calls out of the answer);
+// top_logprobs only with logprobs: true (as OpenAI); message roles and content parts (the
 // processor's chat template, which names the field at fault).
 import type { FastifyPluginAsync } from 'fastify';
 import { encodeChatPrompt, ProcessorError, type ChatMessage } from '../processor/index.ts';
@@ -59,7 +60,8 @@ export const chatRoutes: FastifyPluginAsync = async (app) => {
       logprobs: body.logprobs ? (body.top_logprobs ?? 0) : undefined,
       promptWord: 'messages',
       samplingDefaults: ctx.samplingDefaults,
-      reasoningParser: ctx.reasoningParser,
+      // A grammar applies from the first token: a constrained answer has no reasoning to split off.
+      reasoningParser: grammar ? undefined : ctx.reasoningParser,
       grammar,
     });
     const id = requestId('chatcmpl');

@@ -2,8 +2,8 @@
 // (grammar-thread.ts); this is its caller's side.
 //
 // - GrammarChecker (the frontend's): is a request's grammar valid? Parsed without a vocabulary,
-//   so a bad schema, regex or EBNF is a 400 before any worker is used. Valid specs are
-//   remembered (by specKey, LRU), so a repeated schema costs nothing.
+//   so a bad schema, regex or EBNF is a 400 before any worker is used. Answers are remembered
+//   (by specKey, LRU), so a repeated schema, good or bad, costs nothing.
 // - GrammarMatchers (a worker's): one matcher per constrained request, on a thread holding the
 //   model's vocabulary and the compiled grammars (cached by specKey). open() compiles (or finds)
 //   the grammar and answers the first mask; accept() feeds each new output token and hands the
@@ -115,17 +115,21 @@ class GrammarThread {
 
 export class GrammarChecker {
   private readonly thread = new GrammarThread({}, () => undefined, () => undefined);
-  private readonly valid = new Map<string, true>();
+  // The answers by specKey, least recently used first: true, or the reason it is refused (a
+  // refusal costs a fresh thread when XGrammar aborted, so a repeated bad spec must not).
+  private readonly answers = new Map<string, true | string>();
 
   constructor(private readonly cacheSize = 256) {}
 
   // Throws GrammarError naming what is wrong with the spec.
   async check(spec: GrammarSpec): Promise<void> {
     const key = specKey(spec);
-    if (this.valid.has(key)) {
-      this.valid.delete(key);
-      this.valid.set(key, true);
-      return;
+    const known = this.answers.get(key);
+    if (known !== undefined) {
+      this.answers.delete(key);
+      this.answers.set(key, known);
+      if (known === true) return;
+      throw new GrammarError(known);
     }
     let r: Reply;
     for (let attempt = 1; ; attempt++) {
@@ -136,9 +140,9 @@ export class GrammarChecker {
         if (!(err instanceof ThreadLost) || attempt === 3) throw err;
       }
     }
+    this.answers.set(key, r.error ?? true);
+    if (this.answers.size > this.cacheSize) this.answers.delete(this.answers.keys().next().value as string);
     if (r.error !== undefined) throw new GrammarError(r.error);
-    this.valid.set(key, true);
-    if (this.valid.size > this.cacheSize) this.valid.delete(this.valid.keys().next().value as string);
   }
 
   start(): Promise<void> {

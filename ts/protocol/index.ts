@@ -146,6 +146,10 @@ export interface WorkerLoad extends LoadMetrics {
   prefix_cache_hits: number; // tokens, cumulative
   num_preemptions: number;
   disagg?: DisaggCounters; // decode workers only
+  // Structured outputs: how long the engine thread waited for token masks (the matcher was
+  // slower than the forward pass), and in how many steps; cumulative. GET /load only.
+  token_mask_wait_seconds?: number;
+  token_mask_wait_steps?: number;
 }
 
 // ---- disaggregation (DESIGN.md section 5, contract) ----

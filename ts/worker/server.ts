@@ -313,7 +313,10 @@ export async function startWorkerServer(opts: {
     } else if (req.method === 'GET' && url === '/info') {
       sendJson(res, 200, opts.info());
     } else if (req.method === 'GET' && url === '/load') {
-      const load = toWorkerLoad(opts.info().workerId, engine.metrics());
+      const metrics = engine.metrics();
+      const load = toWorkerLoad(opts.info().workerId, metrics);
+      load.token_mask_wait_seconds = metrics.tokenMaskWaitSeconds;
+      load.token_mask_wait_steps = metrics.tokenMaskWaitSteps;
       if (opts.disagg) load.disagg = opts.disagg();
       sendJson(res, 200, load);
     } else if (req.method === 'GET' && url === '/health') {
