@@ -81,6 +81,7 @@ Napi::Object metrics_to_js(Napi::Env env, const llm::LoadMetrics& m) {
   o.Set("numPreemptions", static_cast<double>(m.num_preemptions));
   o.Set("tokenMaskWaitSeconds", m.token_mask_wait_seconds);
   o.Set("tokenMaskWaitSteps", static_cast<double>(m.token_mask_wait_steps));
+  o.Set("tokenMaskDeferredRows", static_cast<double>(m.token_mask_deferred_rows));
   return o;
 }
 

@@ -261,21 +261,38 @@ LoadMetrics Engine::metrics() const {
   m.num_preemptions = scheduler_->num_preemptions();
   m.token_mask_wait_seconds = mask_wait_seconds_;
   m.token_mask_wait_steps = mask_wait_steps_;
+  m.token_mask_deferred_rows = mask_deferred_rows_;
   return m;
 }
 
 void Engine::wait_for_token_masks(const SchedulerOutput& sched) {
   mask_needs_.clear();
-  for (const ScheduledRequest& sr : sched.scheduled)
+  bool others = false;  // a row this step advances whatever the masks do
+  for (const ScheduledRequest& sr : sched.scheduled) {
     if (sr.samples && sr.req->params.constrained) mask_needs_.push_back({&sr.req->request_id, sr.req->num_output_tokens()});
+    else others = true;
+  }
   mask_states_.clear();
   if (mask_needs_.empty()) return;
   using Clock = TokenMasks::Clock;
   const Clock::time_point start = Clock::now();
-  if (masks_->wait(mask_needs_, start + std::chrono::milliseconds(cfg_.token_mask_timeout_ms), &mask_states_)) {
+  // A request's deadline runs from the first step that wanted its current mask.
+  Clock::time_point deadline = Clock::time_point::max();
+  for (const TokenMasks::Need& n : mask_needs_) {
+    const Clock::time_point from = mask_wanted_since_.try_emplace(*n.request_id, start).first->second;
+    deadline = std::min(deadline, from + std::chrono::milliseconds(cfg_.token_mask_timeout_ms));
+  }
+  // With other rows in the step, a late mask is waited for only briefly: its row is deferred.
+  if (others) deadline = std::min(deadline, start + kTokenMaskGrace);
+  if (masks_->wait(mask_needs_, deadline, &mask_states_)) {
     ++mask_wait_steps_;
     mask_wait_seconds_ += std::chrono::duration<double>(Clock::now() - start).count();
   }
+}
+
+bool Engine::token_mask_overdue(const std::string& request_id, TokenMasks::Clock::time_point now) const {
+  const auto it = mask_wanted_since_.find(request_id);
+  return it == mask_wanted_since_.end() || now - it->second >= std::chrono::milliseconds(cfg_.token_mask_timeout_ms);
 }
 
 // Flattens the scheduled requests into the batch arrays (layout in model-runner.h).
@@ -324,7 +341,7 @@ Status Engine::step(StepResult* out) {
     o.num_prompt_tokens = r->num_prompt_tokens();
     o.num_cached_tokens = std::max<int64_t>(0, r->num_cached_tokens);
     out->outputs.push_back(std::move(o));
-    if (r->params.constrained) masks_->drop(r->request_id);
+    if (r->params.constrained) drop_masks(r->request_id);
   }
   pending_aborts_.clear();
 
@@ -372,7 +389,7 @@ Status Engine::step(StepResult* out) {
         o.error = std::string(result.code_name()) + ": " + result.message();
         o.num_prompt_tokens = r->num_prompt_tokens();
         out->outputs.push_back(std::move(o));
-        if (r->params.constrained) masks_->drop(r->request_id);
+        if (r->params.constrained) drop_masks(r->request_id);
       }
     } else {
       // 4. Sample; constrained rows once their token masks are there. A row that cannot be
@@ -403,6 +420,13 @@ Status Engine::step(StepResult* out) {
           const int64_t index = r->num_output_tokens();
           const TokenMasks::State state = mask_states_[need++];
           Unsampled u{r, FinishReason::none, std::string()};
+          if (state == TokenMasks::State::missing && !token_mask_overdue(r->request_id, TokenMasks::Clock::now())) {
+            // Late, not yet overdue: not sampled this step; its last token runs again next step.
+            ++mask_deferred_rows_;
+            sampled.push_back(Scheduler::kDeferred);
+            continue;
+          }
+          mask_wanted_since_.erase(r->request_id);
           if (state == TokenMasks::State::cancelled) {
             u.reason = FinishReason::abort;
           } else if (state != TokenMasks::State::ready || !masks_->take(r->request_id, index, &mask_words_)) {
@@ -444,7 +468,7 @@ Status Engine::step(StepResult* out) {
         o.num_prompt_tokens = r->num_prompt_tokens();
         o.num_cached_tokens = std::max<int64_t>(0, r->num_cached_tokens);
         out->outputs.push_back(std::move(o));
-        if (r->params.constrained && r->finish_reason != FinishReason::none) masks_->drop(r->request_id);
+        if (r->params.constrained && r->finish_reason != FinishReason::none) drop_masks(r->request_id);
       }
       for (std::unique_ptr<Request>& r : scheduler_->take_aborted()) {
         const auto u = std::find_if(unsampled.begin(), unsampled.end(), [&](const Unsampled& x) { return x.req == r.get(); });
@@ -455,7 +479,7 @@ Status Engine::step(StepResult* out) {
         o.num_prompt_tokens = r->num_prompt_tokens();
         o.num_cached_tokens = std::max<int64_t>(0, r->num_cached_tokens);
         out->outputs.push_back(std::move(o));
-        masks_->drop(r->request_id);
+        drop_masks(r->request_id);
       }
     }
   }
@@ -470,7 +494,7 @@ Status Engine::step(StepResult* out) {
     RequestOutput o = block_output(*r);
     o.finish_reason = FinishReason::prefilled;
     out->outputs.push_back(std::move(o));
-    if (r->params.constrained) masks_->drop(r->request_id);
+    if (r->params.constrained) drop_masks(r->request_id);
   }
 
   // 7. Events (a requested replay follows whatever this step changed) and metrics.

@@ -7,11 +7,15 @@
 // Structured output: each sampled row of a constrained request (request.h) needs the token mask
 // of its output index num_output_tokens() on the board (token_masks(), kv/token-masks.h), put
 // there by another thread while the forward pass runs. After the forward pass the step waits
-// once for all of them, up to token_mask_timeout_ms: a row whose mask did not come finishes
-// with FinishReason::error ("structured output: no token mask for output N within T ms"), one
-// whose request was cancelled on the board (aborted) finishes as aborted, and one whose mask
-// allows no token finishes with the sampler's error; the other rows are sampled as usual. The
-// time the engine thread spent waiting and the steps that waited are in LoadMetrics.
+// once for all of them. When the step has other rows (unconstrained, or prefill chunks), it
+// waits at most kTokenMaskGrace: a row whose mask is still missing is deferred (not sampled;
+// its last token runs again in the next step, Scheduler::kDeferred), so a late matcher never
+// holds back the other requests. When every row of the step needs a mask, it waits for them.
+// A request whose mask has been missing for token_mask_timeout_ms (counted from the first step
+// that wanted it) finishes with FinishReason::error ("structured output: no token mask for
+// output N within T ms"); one whose request was cancelled on the board (aborted) finishes as
+// aborted, and one whose mask allows no token finishes with the sampler's error. The time the
+// engine thread spent waiting, the steps that waited and the rows deferred are in LoadMetrics.
 //
 // With tensor parallelism the engine is rank 0: it sends each batch to the other ranks
 // (tensor-parallel.h) before its own forward, and samples from the logits gathered on it.
@@ -22,9 +26,11 @@
 // used from any thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../common/status.h"
@@ -41,6 +47,9 @@
 #include "tensor-parallel.h"
 
 namespace llm {
+
+// How long a step with other rows waits for a late token mask before deferring its row.
+inline constexpr std::chrono::milliseconds kTokenMaskGrace{2};
 
 struct EngineConfig {
   std::string model_dir;
@@ -89,6 +98,7 @@ struct LoadMetrics {
   // waited (a mask missing when sampling began), both cumulative.
   double token_mask_wait_seconds = 0;
   int64_t token_mask_wait_steps = 0;
+  int64_t token_mask_deferred_rows = 0;  // rows not sampled in a step because their mask was late
 };
 
 struct RequestOutput {
@@ -185,6 +195,14 @@ class Engine {
   // Blocks until the token masks of the step's constrained rows are there (or the deadline);
   // fills mask_states_, one per constrained sampled row in batch order.
   void wait_for_token_masks(const SchedulerOutput& sched);
+  // Whether the request's current mask has been wanted for token_mask_timeout_ms (its clock starts
+  // at the first step that waits for it, wait_for_token_masks).
+  bool token_mask_overdue(const std::string& request_id, TokenMasks::Clock::time_point now) const;
+  // A constrained request is done: its masks and its deferral clock go.
+  void drop_masks(const std::string& request_id) {
+    masks_->drop(request_id);
+    mask_wanted_since_.erase(request_id);
+  }
   RequestOutput block_output(const Request& r) const;
 
   EngineConfig cfg_;
@@ -202,6 +220,8 @@ class Engine {
   std::unique_ptr<TokenMasks> masks_;
   double mask_wait_seconds_ = 0;
   int64_t mask_wait_steps_ = 0;
+  int64_t mask_deferred_rows_ = 0;
+  std::unordered_map<std::string, TokenMasks::Clock::time_point> mask_wanted_since_;  // by request, until sampled
 
   // Batch scratch, reused across steps.
   std::vector<int32_t> token_ids_, positions_, query_start_loc_, seq_lens_, block_tables_,

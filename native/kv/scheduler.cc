@@ -245,13 +245,14 @@ std::vector<std::unique_ptr<Request>> Scheduler::update(const SchedulerOutput& o
     const size_t sample_index = sr.samples ? next_sample++ : sampled.size();
     Request* r = sr.req;
     if (!live.count(r)) continue;
-    r->num_computed_tokens += sr.num_new_tokens;
+    const bool deferred = sr.samples && sample_index < sampled.size() && sampled[sample_index] == kDeferred;
+    r->num_computed_tokens += deferred ? sr.num_new_tokens - 1 : sr.num_new_tokens;
     assert(r->num_computed_tokens <= r->num_tokens());
     if (r->num_computed_tokens >= std::min(r->num_prompt_tokens(), r->num_target_tokens()))
       unregister_prefill(r);  // done with its prompt: its full blocks are cached below
 
     FinishReason reason = FinishReason::none;
-    if (sr.samples && sample_index < sampled.size()) {
+    if (sr.samples && sample_index < sampled.size() && !deferred) {
       const int32_t token = sampled[sample_index];
       const bool stops_allowed = r->num_output_tokens() >= r->params.min_tokens;
       r->append_output_token(token);

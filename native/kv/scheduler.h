@@ -99,9 +99,13 @@ class Scheduler {
   // blocks. `sampled` holds one token per scheduled request with samples=true, in batch order
   // (requests with samples=false have no entry). Requests aborted between schedule() and
   // update() are skipped (their Request must still be alive: take_aborted() only after update).
+  // An entry of kDeferred: the row was not sampled this step (its token mask came late): its last
+  // scheduled token counts as not computed, so the next step runs that token again (its KV is
+  // rewritten with the same values) and samples then.
   // Returns the finished requests (owned by the caller from then on).
   std::vector<std::unique_ptr<Request>> update(const SchedulerOutput& out,
                                                const std::vector<int32_t>& sampled);
+  static constexpr int32_t kDeferred = -1;
 
   // Aborted requests since the last call (owned by the caller from then on).
   std::vector<std::unique_ptr<Request>> take_aborted();

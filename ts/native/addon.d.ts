@@ -145,6 +145,7 @@ export interface NativeLoadMetrics {
   // the forward pass ended), and the steps that waited; both cumulative.
   tokenMaskWaitSeconds: number;
   tokenMaskWaitSteps: number;
+  tokenMaskDeferredRows: number; // rows a step did not sample because their mask was late (run again next step)
 }
 
 export interface NativeStepOutput {

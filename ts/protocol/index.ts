@@ -147,9 +147,11 @@ export interface WorkerLoad extends LoadMetrics {
   num_preemptions: number;
   disagg?: DisaggCounters; // decode workers only
   // Structured outputs: how long the engine thread waited for token masks (the matcher was
-  // slower than the forward pass), and in how many steps; cumulative. GET /load only.
+  // slower than the forward pass), in how many steps, and the rows it deferred rather than
+  // wait with other rows in the step; cumulative. GET /load only.
   token_mask_wait_seconds?: number;
   token_mask_wait_steps?: number;
+  token_mask_deferred_rows?: number; // rows deferred to the next step, their mask being late
 }
 
 // ---- disaggregation (DESIGN.md section 5, contract) ----

@@ -317,6 +317,7 @@ export async function startWorkerServer(opts: {
       const load = toWorkerLoad(opts.info().workerId, metrics);
       load.token_mask_wait_seconds = metrics.tokenMaskWaitSeconds;
       load.token_mask_wait_steps = metrics.tokenMaskWaitSteps;
+      load.token_mask_deferred_rows = metrics.tokenMaskDeferredRows;
       if (opts.disagg) load.disagg = opts.disagg();
       sendJson(res, 200, load);
     } else if (req.method === 'GET' && url === '/health') {
