@@ -66,6 +66,8 @@ class GrammarThread {
       });
       worker.once('error', reject);
     });
+    // A thread that did not start is not kept: the next call starts another.
+    this.ready.catch(() => this.lose(worker, 'the grammar thread did not start'));
     worker.on('message', (r: Reply) => {
       if (r.ready !== undefined) return;
       if (r.id !== undefined) {
