@@ -263,6 +263,7 @@ async function main(): Promise<void> {
     lease = new WorkerLease(redis.redis, info(address, requestPlane), namespace, cfg.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, instanceId);
     await lease.start();
   }
+  server.setReadiness('ready');
 
   let stopping = false;
   // graceMs: the closes below talk to Redis; if it is gone they must not keep the process alive
@@ -271,6 +272,7 @@ async function main(): Promise<void> {
   const stop = async (graceMs: number) => {
     if (stopping) return;
     stopping = true;
+    server.setReadiness('draining');
     setTimeout(() => process.exit(0), graceMs);
     await consumer?.close();
     await queue?.close();

@@ -33,6 +33,11 @@
 //   GET  /info       WorkerInfo
 //   GET  /load       WorkerLoad (the contract's load metrics + counters)
 //   GET  /health     {"status":"ok"}
+//   GET  /ready      200 {"status":"ready"} once the worker said so (setReadiness: the engine is
+//                    loaded, the server listens and, with Redis, its discovery lease is
+//                    announced); 503 {"status":"starting"|"draining"} before that and once it
+//                    stops. A readiness probe (Kubernetes) cannot carry a secret, and the answer
+//                    reveals nothing else: /ready is open without the cluster secret.
 // Owns: nothing but the plumbing; the engine belongs to the worker process (main.ts).
 // Stays true: every accepted request ends with exactly one delta carrying finishReason, unless
 // the client went away or aborted it first (then the engine request is aborted instead).
@@ -279,10 +284,15 @@ function serveRequestPlane(generate: GenerateFn, socket: net.Socket, secret: str
   });
 }
 
+// What GET /ready answers: 'starting' until the worker calls setReadiness('ready'), 'draining'
+// once it stops.
+export type WorkerReadiness = 'starting' | 'ready' | 'draining';
+
 export interface WorkerServer {
   server: http.Server;
   address: string; // http://HOST:PORT
   requestPlane: string; // tcp://HOST:PORT
+  setReadiness(readiness: WorkerReadiness): void;
   close(): Promise<void>;
 }
 
@@ -298,10 +308,13 @@ export async function startWorkerServer(opts: {
 }): Promise<WorkerServer> {
   const { engine, clusterSecret } = opts;
   const generate: GenerateFn = opts.generate ?? engineGenerate(engine);
+  let readiness: WorkerReadiness = 'starting';
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
     const presented = req.headers[CLUSTER_SECRET_HEADER];
-    if (clusterSecret !== undefined && !(typeof presented === 'string' && secretsEqual(presented, clusterSecret))) {
+    if (req.method === 'GET' && url === '/ready') {
+      sendJson(res, readiness === 'ready' ? 200 : 503, { status: readiness });
+    } else if (clusterSecret !== undefined && !(typeof presented === 'string' && secretsEqual(presented, clusterSecret))) {
       // The body is not read: the connection is closed after the answer.
       res.setHeader('connection', 'close');
       sendJson(res, 401, { error: { code: 'ERR_WORKER_UNAUTHORIZED', message: `this worker requires the cluster secret in the ${CLUSTER_SECRET_HEADER} header` } });
@@ -353,6 +366,9 @@ export async function startWorkerServer(opts: {
     server,
     address: `http://${opts.host ?? '127.0.0.1'}:${port}`,
     requestPlane: `tcp://${opts.host ?? '127.0.0.1'}:${requestPort}`,
+    setReadiness: (r) => {
+      readiness = r;
+    },
     close: () =>
       Promise.all([
         new Promise<void>((resolve) => {

@@ -1,0 +1,61 @@
+// worker-ready.test.ts: a worker's GET /ready, the readiness probe of its Kubernetes Deployment
+// (deploy/k8s/):
+//   - the server alone (no engine is touched): 503 "starting" until setReadiness('ready'), then
+//     200, then 503 "draining"; open without the cluster secret, while /health still wants it;
+//   - a real worker process on the generated tiny Llama, with a secret: 200 once it reported
+//     ready, without the header.
+import { afterAll, describe, expect, it } from 'vitest';
+import type { Engine } from '../../ts/native/index.ts';
+import { ensureModel } from '../../ts/modelgen/index.ts';
+import type { WorkerId, WorkerInfo } from '../../ts/protocol/index.ts';
+import { startWorkerServer, type WorkerServer } from '../../ts/worker/server.ts';
+import { forkWorker, type ForkedWorker } from '../helpers/worker.ts';
+
+const SECRET = 'test-cluster-secret-0123456789';
+
+async function ready(address: string): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(new URL('/ready', address));
+  return { status: res.status, body: await res.json() };
+}
+
+let server: WorkerServer | undefined;
+let worker: ForkedWorker | undefined;
+
+afterAll(async () => {
+  await server?.close();
+  await worker?.stop('SIGKILL');
+});
+
+describe('GET /ready on a worker', () => {
+  it('is 503 starting, 200 ready, 503 draining, and needs no cluster secret', async () => {
+    // /ready reads nothing of the engine: an empty stand-in, so no model loads here.
+    server = await startWorkerServer({
+      engine: {} as Engine,
+      info: () => ({ workerId: 'w' as WorkerId }) as WorkerInfo,
+      clusterSecret: SECRET,
+    });
+    expect(await ready(server.address)).toEqual({ status: 503, body: { status: 'starting' } });
+    server.setReadiness('ready');
+    expect(await ready(server.address)).toEqual({ status: 200, body: { status: 'ready' } });
+    expect((await fetch(new URL('/health', server.address))).status).toBe(401);
+    server.setReadiness('draining');
+    expect(await ready(server.address)).toEqual({ status: 503, body: { status: 'draining' } });
+  });
+
+  it('is 200 on a worker process once it reported ready', async () => {
+    const modelDir = (await ensureModel('tiny-llama')).dir;
+    worker = await forkWorker(
+      {
+        workerId: 'worker-r',
+        role: 'monolith',
+        model: 'tiny',
+        modelDir,
+        host: '127.0.0.1',
+        port: 0,
+        engine: { blockSize: 16, kvCacheBytes: 64 << 20, numThreads: 1, maxModelLen: 256 },
+      },
+      { KVSERVE_CLUSTER_SECRET: SECRET },
+    );
+    expect(await ready(worker.info.address)).toEqual({ status: 200, body: { status: 'ready' } });
+  });
+});
