@@ -72,6 +72,7 @@ export interface FrontendConfig {
     blockSize: number;
     overlapWeight?: number;
     temperature?: number;
+    sharedLoad?: boolean; // share the router's pending load with other frontends (default on)
   };
 }
 

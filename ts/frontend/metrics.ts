@@ -13,7 +13,9 @@
 // counts the choices sent to another worker after theirs went away mid-stream (generation.ts).
 // Overload: kvserve:router_queue_depth and kvserve:router_queued say who waited for a worker with
 // room, kvserve:router_rejected_total{reason} who got 503, kvserve:worker_busy which workers the
-// router counts busy (its capacity rule or a busy threshold).
+// router counts busy (its capacity rule or a busy threshold). With several frontends,
+// kvserve:router_remote_active_blocks{worker_id} is what the other frontends placed on a worker
+// that its reports do not show yet, as this frontend adds it (ts/runtime/load-sharing.ts).
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { DisaggCounters, WorkerLoad } from '../protocol/index.ts';
 import type { RouterMetrics } from '../router/index.ts';
@@ -43,6 +45,7 @@ export class FrontendMetrics {
   private readonly router: Record<'decisions' | 'hitRate' | 'queueDepth' | 'indexedBlocks' | 'queuedTotal', Gauge>;
   private readonly rejected: Counter;
   private readonly busy: Gauge;
+  private readonly remoteBlocks: Gauge;
   private readonly promptTokens: Counter;
   private readonly generationTokens: Counter;
   private readonly success: Counter;
@@ -74,6 +77,7 @@ export class FrontendMetrics {
       queuedTotal: gauge('kvserve:router_queued', 'Requests that had to wait for a worker with room, since start.'),
     };
     this.rejected = counter('kvserve:router_rejected_total', 'Requests refused with 503 by the router: queue_full, timeout (waited too long), no_workers.', ['model_name', 'reason']);
+    this.remoteBlocks = gauge('kvserve:router_remote_active_blocks', "Blocks the other frontends placed on this worker that its load reports do not show yet.", perWorker);
     this.busy = gauge('kvserve:worker_busy', 'Whether the router counts this worker busy (1) or with room (0).', perWorker);
     this.workerGauges = {
       running: gauge('kvserve:worker_num_requests_running', 'Requests running in one worker.', perWorker),
@@ -148,7 +152,11 @@ export class FrontendMetrics {
       this.rejected.reset();
       for (const [reason, count] of Object.entries(router.rejected)) this.rejected.inc({ ...this.labels, reason }, count);
       this.busy.reset();
-      for (const w of router.workers) this.busy.set({ ...this.labels, worker_id: w.workerId }, w.busy ? 1 : 0);
+      this.remoteBlocks.reset();
+      for (const w of router.workers) {
+        this.busy.set({ ...this.labels, worker_id: w.workerId }, w.busy ? 1 : 0);
+        this.remoteBlocks.set({ ...this.labels, worker_id: w.workerId }, w.remoteBlocks);
+      }
     }
   }
 }

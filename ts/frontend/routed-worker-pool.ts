@@ -17,13 +17,19 @@
 //     overlap it scores may be stale: that costs a prefill, never a wrong answer). One line is
 //     logged when Redis goes and one when it is back; after a reconnect the workers replay and
 //     the index is the truth again.
+//   - with several frontends on the same workers, each publishes what its router placed and the
+//     workers' reports do not show yet, and adds the others' to its estimate
+//     (ts/runtime/load-sharing.ts): no Redis round trip in the routing decision; with Redis away
+//     the others' shares lapse within about a second and this frontend routes on its own view.
 // The request's block hashes are computed once, here, with the engine's own hash (the addon).
+import { randomUUID } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { blockHashes } from '../native/index.ts';
 import type { BlockHash, RequestId, WorkerId, WorkerInfo } from '../protocol/index.ts';
 import { KvRouter, type PolicyName } from '../router/index.ts';
 import { DiscoveryWatcher, type LeasedWorkerInfo } from '../runtime/discovery.ts';
 import { EventPlaneConsumer } from '../runtime/event-plane.ts';
+import { LoadSharing, type LoadSharingStats } from '../runtime/load-sharing.ts';
 import { WorkerClient } from '../runtime/request-client.ts';
 import { ApiError } from './errors.ts';
 import type { HealthSettings } from './worker-health.ts';
@@ -41,6 +47,10 @@ export interface RoutedPoolOptions {
   temperature?: number;
   overload?: OverloadSettings;
   health?: HealthSettings;
+  // Share this router's pending load with the other frontends (load-sharing.ts); default on.
+  sharedLoad?: boolean;
+  sharedLoadTtlMs?: number; // default 1000
+  frontendId?: string; // default: a random id
 }
 
 export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
@@ -51,10 +61,13 @@ export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
   private readonly suspects = new Map<WorkerId, LeasedWorkerInfo>();
   private log!: FastifyBaseLogger; // set by start()
   private readonly hashes = new WeakMap<readonly number[], BlockHash[]>();
+  private readonly sharing: LoadSharing | undefined;
 
   constructor(private readonly opts: RoutedPoolOptions) {
+    let sharing: LoadSharing | undefined;
     super(
       new KvRouter({
+        onPendingChange: () => sharing?.changed(),
         blockSize: opts.blockSize,
         policy: opts.policy,
         overlapWeight: opts.overlapWeight,
@@ -74,6 +87,17 @@ export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
       },
       opts.health,
     );
+    if (opts.sharedLoad !== false) {
+      sharing = new LoadSharing({
+        url: opts.redisUrl,
+        namespace: opts.namespace,
+        frontendId: opts.frontendId ?? `frontend-${randomUUID()}`,
+        ttlMs: opts.sharedLoadTtlMs,
+        ownLoad: () => this.router.pendingLoad(),
+        onRemote: (id, share) => this.router.setRemoteLoad(id, share),
+      });
+    }
+    this.sharing = sharing;
     this.watcher = new DiscoveryWatcher({ url: opts.redisUrl, namespace: opts.namespace });
     this.watcher.on('join', (w) => this.onJoin(w));
     this.watcher.on('leave', (id) => this.onLeave(id));
@@ -104,7 +128,13 @@ export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
     });
     // Events first, so a worker's replay after its join is not missed.
     await this.consumer.start();
+    await this.sharing?.start();
     await this.watcher.start();
+  }
+
+  // Snapshots this frontend sent and received (undefined when sharing is off).
+  sharingStats(): LoadSharingStats | undefined {
+    return this.sharing?.stats();
   }
 
   private onJoin(w: LeasedWorkerInfo): void {
@@ -176,6 +206,6 @@ export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
 
   async close(): Promise<void> {
     await super.close();
-    await Promise.all([this.watcher.close(), this.consumer.close()]);
+    await Promise.all([this.watcher.close(), this.consumer.close(), this.sharing?.close()]);
   }
 }

@@ -138,6 +138,16 @@ export interface LoadMetrics {
   prefix_cache_hit_rate: number;
 }
 
+// What one frontend routed to each worker and that worker's load reports do not show yet (its
+// router's pending blocks and requests), pub/sub on `<namespace>:frontend-load`
+// (ts/runtime/load-sharing.ts). A snapshot: it replaces the frontend's previous one, and lapses
+// ttl_ms after it arrived unless a newer one came. `workers` lists only workers with any.
+export interface FrontendLoad {
+  frontend_id: string;
+  ttl_ms: number;
+  workers: Record<WorkerId, [blocks: number, requests: number]>;
+}
+
 // What a worker reports on GET /load: the contract's load metrics plus counters the frontend
 // exports as Prometheus metrics.
 export interface WorkerLoad extends LoadMetrics {

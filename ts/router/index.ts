@@ -2,6 +2,7 @@
 // kv-index (block hash -> workers, replayed from KV events), policy (cost and selection),
 // router (workers, load estimate, capacity, wait queue), errors (overload -> HTTP 503).
 export { RouterOverloadedError, type RouterOverloadReason } from './errors.ts';
+export { RemoteLoads } from './remote-loads.ts';
 export { KvIndex, type ApplyStatus, type KvIndexStats } from './kv-index.ts';
 export {
   createPolicy,
@@ -23,5 +24,6 @@ export {
   type RouterMetrics,
   type RouterSettings,
   type WorkerMetrics,
+  type LoadShare,
   type WorkerSpec,
 } from './router.ts';

@@ -41,6 +41,13 @@
 //   Requests are estimated the same way: base = request_active_slots + num_requests_waiting, plus
 //   one per request routed since the report, minus finished ones. Before a worker's first report,
 //   base = 0 and the estimate is the router's own bookkeeping alone.
+//   With several frontends, the estimate the cost and the capacity rule use is
+//     activeBlocks = base + pending + remote
+//   where remote is what the other frontends routed to w since their last report of it (their
+//   own `pending`), set by the owner through setRemoteLoad() (ts/runtime/shared-load.ts shares
+//   it over Redis). pendingLoad() is this router's own part, for the owner to publish, and
+//   onPendingChange tells the owner when it changed. The base is the worker's own report, so it
+//   is shared by construction; only the part no report shows yet travels between frontends.
 //
 // Capacity: a request of n blocks skips worker w when w is not idle (estimated active blocks or
 // requests > 0) and either
@@ -77,6 +84,7 @@
 //   predictionGraceMs number >= 0, default 0 (off): how long a finished request's prediction lives
 //   rng             () => [0, 1), default Math.random: tie-breaks and sampling (seed it in tests)
 //   now             () => ms, default performance.now: the clock of FINISH_WINDOW_MS
+//   onPendingChange () => void, default none: called (synchronously) after pendingLoad() changed
 import type { BlockHash, KvEvent, LoadMetrics, RequestId, WorkerId } from '../protocol/index.ts';
 import { RouterOverloadedError } from './errors.ts';
 import { KvIndex, type ApplyStatus } from './kv-index.ts';
@@ -100,6 +108,13 @@ export interface RouterSettings {
   predictionGraceMs?: number; // 0 = off (predictions.ts)
   rng?: Rng;
   now?: () => number; // milliseconds, default performance.now (tests pass their own clock)
+  onPendingChange?: () => void; // pendingLoad() changed (see the header)
+}
+
+// Blocks and requests on one worker (pendingLoad(), setRemoteLoad()).
+export interface LoadShare {
+  blocks: number;
+  requests: number;
 }
 
 // What a worker announces when it joins (discovery's WorkerInfo plus its request slots).
@@ -133,8 +148,10 @@ export interface WorkerMetrics {
   workerId: WorkerId;
   routed: number; // decisions that chose this worker
   overlapBlocks: number; // sum of the overlap of those decisions
-  activeBlocks: number; // current estimate
+  activeBlocks: number; // current estimate: this frontend's view (report + its own pending)
   activeRequests: number; // current estimate (running + waiting)
+  remoteBlocks: number; // other frontends' pending on it (setRemoteLoad), on top of activeBlocks
+  remoteRequests: number;
   prefillTokens: number; // prompt tokens routed to it and not yet prefilled
   busy: boolean; // a request of one new block would skip it now (capacity or a busy threshold)
   cachedBlocks: number; // blocks the index holds for it
@@ -206,6 +223,8 @@ export class KvRouter {
   readonly #now: () => number;
   readonly #queue: Waiting[] = []; // in arrival order
   readonly #groupInFlight = new Map<string, number>();
+  readonly #remote = new Map<WorkerId, LoadShare>(); // setRemoteLoad(); workers that left may stay
+  readonly #onPendingChange: (() => void) | undefined;
   #joinSeq = 0;
   #routeSeq = 0;
   #closed = false;
@@ -240,6 +259,7 @@ export class KvRouter {
     this.#queueTimeoutMs = queueTimeoutMs;
     this.#policy = createPolicy(policy, { overlapWeight: settings.overlapWeight, temperature: settings.temperature }, rng);
     this.#now = settings.now ?? (() => performance.now());
+    this.#onPendingChange = settings.onPendingChange;
     const grace = settings.predictionGraceMs ?? 0;
     if (!Number.isFinite(grace) || grace < 0) throw new RangeError(`router predictionGraceMs must be a number >= 0, got ${grace}`);
     this.#predicted = new PredictedPrefixes(grace);
@@ -291,7 +311,11 @@ export class KvRouter {
   removeWorker(workerId: WorkerId): boolean {
     this.index.removeWorker(workerId);
     this.#predicted.removeWorker(workerId);
-    return this.#workers.delete(workerId);
+    const worker = this.#workers.get(workerId);
+    if (worker === undefined) return false;
+    this.#workers.delete(workerId);
+    if (worker.pendingBlocks !== 0 || worker.pendingRequests !== 0) this.#onPendingChange?.();
+    return true;
   }
 
   // ---- event plane ----
@@ -313,6 +337,7 @@ export class KvRouter {
     const recent = worker.recentFinishes;
     while (recent.length > 0 && now - recent[0].at > FINISH_WINDOW_MS) recent.shift();
     const finishedBlocks = recent.reduce((sum, f) => sum + f.blocks, 0);
+    const hadPending = worker.pendingBlocks !== 0 || worker.pendingRequests !== 0;
     worker.baseBlocks = Math.max(0, load.kv_active_blocks - finishedBlocks);
     worker.baseRequests = Math.max(0, load.request_active_slots + load.num_requests_waiting - recent.length);
     worker.pendingBlocks = 0;
@@ -320,8 +345,29 @@ export class KvRouter {
     worker.reportSeq = this.#routeSeq;
     if (load.kv_total_blocks > 0) worker.kvTotalBlocks = load.kv_total_blocks;
     if (load.request_total_slots > 0) worker.requestTotalSlots = load.request_total_slots;
+    if (hadPending) this.#onPendingChange?.();
     this.#drainQueue();
     return true;
+  }
+
+  // What the other frontends routed to a worker and its reports do not show yet (their pending
+  // blocks and requests, summed): added to this router's estimate of it. Zeros forget it. Kept
+  // for a worker that has not joined (or left), for when it does.
+  setRemoteLoad(workerId: WorkerId, load: LoadShare): void {
+    const old = this.#remote.get(workerId);
+    if (load.blocks === 0 && load.requests === 0) this.#remote.delete(workerId);
+    else this.#remote.set(workerId, { blocks: load.blocks, requests: load.requests });
+    if (old !== undefined && (load.blocks < old.blocks || load.requests < old.requests)) this.#drainQueue();
+  }
+
+  // This router's own pending part, per worker with any: the requests it routed there since the
+  // worker's last report (and not finished), with their new blocks (see the header).
+  pendingLoad(): Map<WorkerId, LoadShare> {
+    const out = new Map<WorkerId, LoadShare>();
+    for (const w of this.#workers.values()) {
+      if (w.pendingBlocks !== 0 || w.pendingRequests !== 0) out.set(w.workerId, { blocks: w.pendingBlocks, requests: w.pendingRequests });
+    }
+    return out;
   }
 
   // ---- requests ----
@@ -395,6 +441,7 @@ export class KvRouter {
     if (flight.seq > worker.reportSeq) {
       worker.pendingBlocks -= flight.newBlocks;
       worker.pendingRequests -= 1;
+      if (this.#workers.get(worker.workerId) === worker) this.#onPendingChange?.();
     } else {
       worker.baseBlocks = Math.max(0, worker.baseBlocks - flight.newBlocks);
       worker.baseRequests = Math.max(0, worker.baseRequests - 1);
@@ -442,6 +489,8 @@ export class KvRouter {
         overlapBlocks: w.overlapBlocks,
         activeBlocks: w.baseBlocks + w.pendingBlocks,
         activeRequests: w.baseRequests + w.pendingRequests,
+        remoteBlocks: this.#remote.get(w.workerId)?.blocks ?? 0,
+        remoteRequests: this.#remote.get(w.workerId)?.requests ?? 0,
         prefillTokens: w.prefillTokens,
         busy: !this.#hasRoom(w, 1),
         cachedBlocks: this.index.workerBlocks(w.workerId),
@@ -458,8 +507,9 @@ export class KvRouter {
   // The capacity rule, the bulk share and the busy thresholds (see the header), for a request
   // adding newBlocks.
   #hasRoom(worker: WorkerState, newBlocks: number, bulk = false): boolean {
-    const activeBlocks = worker.baseBlocks + worker.pendingBlocks;
-    const requests = worker.baseRequests + worker.pendingRequests;
+    const remote = this.#remote.get(worker.workerId);
+    const activeBlocks = worker.baseBlocks + worker.pendingBlocks + (remote?.blocks ?? 0);
+    const requests = worker.baseRequests + worker.pendingRequests + (remote?.requests ?? 0);
     if (activeBlocks <= 0 && requests <= 0) return true; // idle
     if (activeBlocks + newBlocks > worker.kvTotalBlocks || requests > worker.requestTotalSlots) return false;
     if (bulk && requests + 1 > Math.max(1, Math.floor(BULK_SHARE * worker.requestTotalSlots))) return false;
@@ -480,7 +530,7 @@ export class KvRouter {
     for (const worker of this.#workers.values()) {
       const overlap = overlaps.get(worker.workerId) ?? 0;
       if (!this.#hasRoom(worker, n - overlap, bulk)) continue;
-      const activeBlocks = worker.baseBlocks + worker.pendingBlocks;
+      const activeBlocks = worker.baseBlocks + worker.pendingBlocks + (this.#remote.get(worker.workerId)?.blocks ?? 0);
       const heldBlocks = held.get(worker.workerId) ?? 0;
       candidates.push({ workerId: worker.workerId, joinSeq: worker.joinSeq, overlap, activeBlocks, heldBlocks });
       states.push(worker);
@@ -504,6 +554,7 @@ export class KvRouter {
     this.#decisions++;
     this.#requestBlocks += n;
     this.#overlapBlocks += overlap;
+    this.#onPendingChange?.();
     return { workerId: worker.workerId, requestBlocks: n, overlapBlocks: overlap, prefixHitRate: n === 0 ? 0 : overlap / n };
   }
 
