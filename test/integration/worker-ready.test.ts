@@ -3,12 +3,16 @@
 //   - the server alone (no engine is touched): 503 "starting" until setReadiness('ready'), then
 //     200, then 503 "draining"; open without the cluster secret, while /health still wants it;
 //   - a real worker process on the generated tiny Llama, with a secret: 200 once it reported
-//     ready, without the header.
+//     ready, without the header; scripts/worker-ready.mjs (the manifests' exec probe, which finds
+//     the workers' ports in their command lines) exits 0 for it, and 1 when more workers are
+//     wanted than run.
+import { spawnSync } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Engine } from '../../ts/native/index.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { WorkerId, WorkerInfo } from '../../ts/protocol/index.ts';
 import { startWorkerServer, type WorkerServer } from '../../ts/worker/server.ts';
+import { freePort } from '../helpers/launcher.ts';
 import { forkWorker, type ForkedWorker } from '../helpers/worker.ts';
 
 const SECRET = 'test-cluster-secret-0123456789';
@@ -51,11 +55,19 @@ describe('GET /ready on a worker', () => {
         model: 'tiny',
         modelDir,
         host: '127.0.0.1',
-        port: 0,
+        port: await freePort(), // fixed, as the launcher fixes it: the probe reads it from the command line
         engine: { blockSize: 16, kvCacheBytes: 64 << 20, numThreads: 1, maxModelLen: 256 },
       },
       { KVSERVE_CLUSTER_SECRET: SECRET },
     );
     expect(await ready(worker.info.address)).toEqual({ status: 200, body: { status: 'ready' } });
+    const probe = (...extra: string[]) =>
+      spawnSync(process.execPath, ['scripts/worker-ready.mjs', '--parent', String(process.pid), ...extra], { encoding: 'utf8' });
+    const ok = probe();
+    expect(ok.stdout.trim()).toBe(`ready: ${new URL(worker.info.address).host}`);
+    expect(ok.status).toBe(0);
+    const two = probe('--min', '2');
+    expect(two.stdout.trim()).toBe('not ready: 1 worker process(es) running, 2 wanted');
+    expect(two.status).toBe(1);
   });
 });
