@@ -88,6 +88,12 @@ void wire_seeds(const std::string& dir) {
           frame(xfer::FrameType::write, "req-1 done", {3, 5}, 1) + data +
           frame(xfer::FrameType::read, "", {0, 7}, 0));
   put(dir, "listener-tp2-hello", listener + frame(xfer::FrameType::hello, metadata(2), {}, 7));
+  // A listener with a cluster secret: the handshake's two auth frames (a MAC the fuzzer must not
+  // be able to pass), then a hello it must not reach.
+  const std::string with_secret = std::string(1, '\2');
+  put(dir, "listener-secret-auth-hello",
+      with_secret + frame(xfer::FrameType::auth, std::string(32, 'a'), {}, 1) +
+          frame(xfer::FrameType::auth, std::string(64, '0'), {}, 2) + frame(xfer::FrameType::hello, metadata(1), {}, 0));
   const std::string client = std::string(1, '\1');
   put(dir, "client-replies",
       client + frame(xfer::FrameType::reply, "", {}, 0) +

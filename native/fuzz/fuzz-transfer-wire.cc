@@ -5,12 +5,17 @@
 // Input: byte 0 picks the side, the rest is what arrives on one connection, fed through a
 // socketpair whose other end is then closed:
 //   even  the listener's side: frames decoded as Agent::serve does (the agent's threads are not
-//         run here): a hello's metadata parsed and checked against this listener's pool (the
+//         run here); with byte 0 % 4 == 2 the listener has a cluster secret, and auth frames go
+//         through the agent's own ListenerHandshake (transfer-auth.h) as Agent::serve_auth does,
+//         any other frame before the handshake ending the connection; then a hello's metadata
+//         parsed and checked against this listener's pool (the
 //         two-rank pool of fuzz-common.h), a write's or read's region checked (a bad one ends
 //         the connection), and a write's block data read past (the listener drains it for bad
 //         block ids too), so the frames after it are decoded where the listener would decode them;
 //   odd   the client's side: replies decoded by recv_reply.
-// Findings: metadata that metadata_from_json accepts must pass check_regions, survive a
+// Findings: the handshake never lets a client in without the MAC only the secret gives (the
+// fuzzer cannot compute it, so a connection with a secret never gets past it), and answers
+// every auth frame with an ok text or a refusal; metadata that metadata_from_json accepts must pass check_regions, survive a
 // metadata_to_json round trip unchanged, and plan a copy for every head of every region within
 // both pools' bounds; a reply's carried code must be a known StatusCode; the listener's frame
 // buffers never hold more than kFrameFirstChunk and twice the input, whatever the headers claim.
@@ -18,6 +23,7 @@
 #include <unistd.h>
 
 #include "fuzz-common.h"
+#include "transfer/transfer-auth.h"
 #include "transfer/transfer-wire.h"
 
 namespace xfer = llm::transfer;
@@ -70,7 +76,8 @@ void check_hello(const std::string& text) {
 
 // The listener's loop: Agent::serve, serve_write and serve_read without the pool. `input_bytes`:
 // all the bytes that arrive on the connection.
-void serve(const xfer::Socket& s, size_t input_bytes) {
+void serve(const xfer::Socket& s, size_t input_bytes, bool with_secret) {
+  xfer::ListenerHandshake handshake(with_secret ? "fuzz secret" : "", "fuzz");
   const xfer::Layout self = llm_fuzz::wire_layout();
   const std::vector<xfer::RegionSpec> regions = llm_fuzz::wire_regions(2);
   xfer::FrameHeader h;
@@ -83,6 +90,14 @@ void serve(const xfer::Socket& s, size_t input_bytes) {
     if (!ok) return;
     FUZZ_CHECK(h.magic == xfer::kFrameMagic && text.size() == h.text_bytes && ids.size() == h.num_blocks);
     const auto type = static_cast<xfer::FrameType>(h.type);
+    if (type == xfer::FrameType::auth) {
+      const xfer::ListenerHandshake::Answer a = handshake.on_auth(h.arg, text);
+      FUZZ_CHECK(!a.text.empty() || (a.ok && h.arg == 2));
+      FUZZ_CHECK(!(with_secret && handshake.authenticated()));
+      if (!a.ok) return;
+      continue;
+    }
+    if (!handshake.authenticated()) return;  // the listener refuses it and ends the connection
     if (type == xfer::FrameType::hello) {
       check_hello(text);
       continue;
@@ -115,6 +130,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   xfer::Socket writer(sv[0]), reader(sv[1]);
   FUZZ_CHECK(xfer::send_all(writer, data + 1, size - 1).ok());
   ::shutdown(writer.fd(), SHUT_WR);
-  if (data[0] % 2 == 0) serve(reader, size - 1); else client(reader);
+  if (data[0] % 2 == 0) serve(reader, size - 1, data[0] % 4 == 2); else client(reader);
   return 0;
 }

@@ -581,8 +581,7 @@ void Agent::serve(Inbound* in) {
   const Socket& s = in->socket;
   const std::string address = peer_address(s);
   std::string peer_name;  // set by a successful hello
-  bool authenticated = cfg_.cluster_secret.empty();
-  std::string client_nonce, listener_nonce;
+  ListenerHandshake handshake(cfg_.cluster_secret, self_.name);
   FrameHeader h;
   std::string text;
   std::vector<int32_t> ids;
@@ -604,8 +603,8 @@ void Agent::serve(Inbound* in) {
     }
     const auto type = static_cast<FrameType>(h.type);
     if (type == FrameType::auth) {
-      if (!serve_auth(s, h, text, &client_nonce, &listener_nonce, &authenticated)) break;
-    } else if (!authenticated) {
+      if (!serve_auth(s, h, text, &handshake)) break;
+    } else if (!handshake.authenticated()) {
       send_reply(s, Status(StatusCode::transfer_peer, "agent '" + self_.name +
                                                           "' requires the cluster secret (--cluster-secret, "
                                                           "KVSERVE_CLUSTER_SECRET)"));
@@ -644,30 +643,13 @@ void Agent::serve(Inbound* in) {
   in->done = true;
 }
 
-bool Agent::serve_auth(const Socket& s, const FrameHeader& h, const std::string& text, std::string* client_nonce,
-                       std::string* listener_nonce, bool* authenticated) {
-  const std::string& secret = cfg_.cluster_secret;
-  auto refuse = [&](const std::string& why) {
-    send_reply(s, Status(StatusCode::transfer_peer, why));
+bool Agent::serve_auth(const Socket& s, const FrameHeader& h, const std::string& text, ListenerHandshake* handshake) {
+  const ListenerHandshake::Answer a = handshake->on_auth(h.arg, text);
+  if (!a.ok) {
+    send_reply(s, Status(StatusCode::transfer_peer, a.text));
     return false;
-  };
-  if (secret.empty())
-    return refuse("agent '" + self_.name +
-                  "' runs without a cluster secret: give every worker the same --cluster-secret");
-  if (*authenticated) return refuse("a second cluster-secret handshake");
-  if (h.arg == 1 && client_nonce->empty() && text.size() == 32) {
-    *listener_nonce = random_nonce_hex();
-    if (listener_nonce->empty()) return refuse("agent '" + self_.name + "' has no randomness for a handshake nonce");
-    *client_nonce = text;
-    return send_ok_reply(s, *listener_nonce + " " + listener_mac(secret, *client_nonce, *listener_nonce)).ok();
   }
-  if (h.arg == 2 && !client_nonce->empty()) {
-    if (!equal_constant_time(text, client_mac(secret, *listener_nonce, *client_nonce)))
-      return refuse("wrong cluster secret");
-    *authenticated = true;
-    return send_reply(s, Status::Ok()).ok();
-  }
-  return refuse("a malformed cluster-secret handshake");
+  return (a.text.empty() ? send_reply(s, Status::Ok()) : send_ok_reply(s, a.text)).ok();
 }
 
 Status Agent::serve_hello(const std::string& text, uint64_t expected, std::string* peer_name, bool* malformed) {

@@ -80,6 +80,7 @@
 
 #include "common/shared-memory.h"
 #include "device-ipc.h"
+#include "transfer-auth.h"
 #include "transfer-metadata.h"
 #include "transfer-wire.h"
 
@@ -186,8 +187,7 @@ class Agent {
   // The client's half of the cluster-secret handshake, with the peer's mu held.
   Status authenticate(Peer& p) const;
   // The listener's answer to an auth frame; false: the connection ends (the reply is sent).
-  bool serve_auth(const Socket& s, const FrameHeader& h, const std::string& text, std::string* client_nonce,
-                  std::string* listener_nonce, bool* authenticated);
+  bool serve_auth(const Socket& s, const FrameHeader& h, const std::string& text, ListenerHandshake* handshake);
   void accept_loop();
   void serve(Inbound* in);
   // *malformed: the hello's metadata did not parse (the connection ends after the reply).

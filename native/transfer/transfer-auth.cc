@@ -134,5 +134,24 @@ std::string client_mac(const std::string& secret, const std::string& listener_no
   return hmac_sha256_hex(secret, "kvserve transfer client\n" + listener_nonce + "\n" + client_nonce);
 }
 
+ListenerHandshake::Answer ListenerHandshake::on_auth(uint64_t arg, const std::string& text) {
+  auto refuse = [](std::string why) { return Answer{false, std::move(why)}; };
+  if (secret_.empty())
+    return refuse("agent '" + name_ + "' runs without a cluster secret: give every worker the same --cluster-secret");
+  if (authenticated_) return refuse("a second cluster-secret handshake");
+  if (arg == 1 && client_nonce_.empty() && text.size() == 32) {
+    listener_nonce_ = random_nonce_hex();
+    if (listener_nonce_.empty()) return refuse("agent '" + name_ + "' has no randomness for a handshake nonce");
+    client_nonce_ = text;
+    return Answer{true, listener_nonce_ + " " + listener_mac(secret_, client_nonce_, listener_nonce_)};
+  }
+  if (arg == 2 && !client_nonce_.empty()) {
+    if (!equal_constant_time(text, client_mac(secret_, listener_nonce_, client_nonce_))) return refuse("wrong cluster secret");
+    authenticated_ = true;
+    return Answer{true, std::string()};
+  }
+  return refuse("a malformed cluster-secret handshake");
+}
+
 }  // namespace transfer
 }  // namespace llm

@@ -19,6 +19,7 @@
 #include <array>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 namespace llm {
 namespace transfer {
@@ -34,6 +35,27 @@ bool equal_constant_time(const std::string& a, const std::string& b);
 std::string listener_mac(const std::string& secret, const std::string& client_nonce,
                          const std::string& listener_nonce);
 std::string client_mac(const std::string& secret, const std::string& listener_nonce, const std::string& client_nonce);
+
+// The listener's side of the handshake on one connection: each auth frame's answer. A listener
+// without a secret refuses every auth (its client is told to give one); with one, it takes
+// exactly arg 1 (a 32-character nonce) then arg 2 (the client's MAC), once.
+class ListenerHandshake {
+ public:
+  struct Answer {
+    bool ok = false;       // an ok reply (with text) or a refusal (text: why); a refusal ends the connection
+    std::string text;
+  };
+  ListenerHandshake(std::string secret, std::string agent_name)
+      : secret_(std::move(secret)), name_(std::move(agent_name)), authenticated_(secret_.empty()) {}
+  Answer on_auth(uint64_t arg, const std::string& text);
+  // True once the client proved the secret, or from the start without one.
+  bool authenticated() const { return authenticated_; }
+
+ private:
+  std::string secret_, name_;
+  std::string client_nonce_, listener_nonce_;
+  bool authenticated_;
+};
 
 }  // namespace transfer
 }  // namespace llm
