@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // run-tests.mjs: `npm test`. The C++ tests (native-tests.mjs: Release, then ASan), then vitest,
 // then one line saying which kernel paths and devices the run exercised and which it skipped,
-// with why: a green run on a machine without AMX or a GPU says so instead of passing silently.
+// with why: a green run on a machine without AMX, a GPU or a container tool says so instead of
+// passing silently.
 // The tests append what they ran to $KVSERVE_COVERAGE_FILE (test-harness.h record_coverage,
 // test/helpers/coverage-setup.ts); this script sets it to a fresh file.
 // Exit: non-zero when either suite failed (the line is printed either way).
@@ -37,6 +38,6 @@ for (const line of fs.readFileSync(coverage, 'utf8').split('\n')) {
 for (const what of exercised) skipped.delete(what);
 const ran = [...exercised].sort().join(', ') || 'nothing recorded';
 const missed = [...skipped].map(([what, why]) => (why ? `${what} (${why})` : what)).join('; ') || 'nothing';
-console.log(`\nnpm test: exercised ${ran}. Skipped for missing hardware: ${missed}.`);
+console.log(`\nnpm test: exercised ${ran}. Skipped for what this machine lacks (hardware, a container tool): ${missed}.`);
 fs.rmSync(path.dirname(coverage), { recursive: true, force: true });
 process.exit(nativeOk && vitestOk ? 0 : 1);
