@@ -2,7 +2,10 @@
 // generated tiny Llama:
 //   - a worker with a secret refuses a request-plane client without it (one `refused` line, then
 //     the connection closes), and one with a wrong secret; a client with it is served;
-//   - the worker's HTTP answers 401 without the x-kvserve-cluster-secret header, 200 with it;
+//   - the worker's HTTP answers 401 without the x-kvserve-cluster-auth header (a MAC of the
+//     secret, the method, the path, the time and a nonce; never the secret), with a wrong one, a
+//     replayed one, one for another path or one outside the time window, and 200 with a fresh
+//     one; GET /ready needs none;
 //   - a worker bound off loopback without a secret refuses to start, naming the flag;
 //   - through the launcher (the secret in KVSERVE_CLUSTER_SECRET), disaggregated: requests are
 //     served and prefilled remotely (the transfer agents authenticate too), and neither a command
@@ -10,6 +13,7 @@
 import net from 'node:net';
 import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLUSTER_AUTH_HEADER, httpAuthHeader } from '../../ts/runtime/cluster-secret.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { RequestId, WorkerInfo } from '../../ts/protocol/index.ts';
 import { newNonce, requestPlaneMac } from '../../ts/runtime/cluster-secret.ts';
@@ -124,18 +128,26 @@ describe('the request plane with a cluster secret', () => {
     delete process.env.KVSERVE_CLUSTER_SECRET;
   });
 
-  it('answers HTTP without the header with 401', async () => {
-    for (const path of ['/load', '/info', '/health']) {
-      const res = await fetch(new URL(path, worker.info.address));
-      expect(res.status, path).toBe(401);
-      expect((await res.json()).error.code).toBe('ERR_WORKER_UNAUTHORIZED');
-    }
-    const wrong = await fetch(new URL('/load', worker.info.address), { headers: { 'x-kvserve-cluster-secret': SECRET + 'x' } });
-    expect(wrong.status).toBe(401);
-    const gen = await fetch(new URL('/generate', worker.info.address), { method: 'POST', body: '{}' });
-    expect(gen.status).toBe(401);
-    const ok = await fetch(new URL('/load', worker.info.address), { headers: { 'x-kvserve-cluster-secret': SECRET } });
-    expect(ok.status).toBe(200);
+  it('answers HTTP without a good x-kvserve-cluster-auth header with 401, and never needs the secret on the wire', async () => {
+    const get = (path: string, header?: string) =>
+      fetch(new URL(path, worker.info.address), header === undefined ? {} : { headers: { [CLUSTER_AUTH_HEADER]: header } });
+    const refused = async (res: Response, why: RegExp) => {
+      expect(res.status).toBe(401);
+      const e = (await res.json()).error;
+      expect(e.code).toBe('ERR_WORKER_UNAUTHORIZED');
+      expect(e.message).toMatch(why);
+    };
+    for (const path of ['/load', '/info', '/health']) await refused(await get(path), /no x-kvserve-cluster-auth header/);
+    await refused(await fetch(new URL('/generate', worker.info.address), { method: 'POST', body: '{}' }), /no x-kvserve-cluster-auth/);
+    await refused(await get('/load', httpAuthHeader(SECRET + 'x', 'GET', '/load')), /wrong cluster secret/);
+    await refused(await get('/load', httpAuthHeader(SECRET, 'GET', '/info')), /wrong cluster secret/); // made for another path
+    await refused(await get('/load', httpAuthHeader(SECRET, 'GET', '/load', Date.now() - 5 * 60_000)), /older or newer/);
+    await refused(await get('/load', 'not-a-header'), /malformed/);
+    const header = httpAuthHeader(SECRET, 'GET', '/load');
+    expect(header).not.toContain(SECRET);
+    expect((await get('/load', header)).status).toBe(200);
+    await refused(await get('/load', header), /used before/); // overheard and sent again
+    expect((await get('/ready')).status).toBe(200);
   });
 });
 

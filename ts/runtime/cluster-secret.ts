@@ -18,12 +18,18 @@
 // refuses (it would talk to a worker anyone can reach). A worker with a secret refuses anything
 // else before a valid auth with one line {"t":"refused","reason"} and closes the connection.
 // Nonces: 16 random bytes, hex.
-// HTTP: every request to a worker with a secret carries x-kvserve-cluster-secret: SECRET, else 401.
+// HTTP: every request to a worker with a secret (but GET /ready, which tells nothing) carries
+//   x-kvserve-cluster-auth: T.N.HMAC(secret, "kvserve http\n" METHOD "\n" PATH "\n" T "\n" N)
+// (T: the sender's clock in ms, N: a nonce), else 401. The secret never crosses the network; a
+// worker takes a header only within HTTP_AUTH_WINDOW_MS of its own clock (hosts' clocks may
+// differ by that much) and only once (the nonces it saw within the window are kept), so a header
+// overheard on the wire cannot be sent again, nor for another method or path.
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import net from 'node:net';
 
 export const CLUSTER_SECRET_ENV = 'KVSERVE_CLUSTER_SECRET';
-export const CLUSTER_SECRET_HEADER = 'x-kvserve-cluster-secret';
+export const CLUSTER_AUTH_HEADER = 'x-kvserve-cluster-auth';
+export const HTTP_AUTH_WINDOW_MS = 60_000;
 
 // The secret of this process, or undefined (unset or empty).
 export function clusterSecret(): string | undefined {
@@ -43,6 +49,39 @@ export function secretsEqual(a: string, b: string): boolean {
   const da = createHash('sha256').update(a).digest();
   const db = createHash('sha256').update(b).digest();
   return timingSafeEqual(da, db);
+}
+
+function httpMac(secret: string, method: string, path: string, time: string, nonce: string): string {
+  return createHmac('sha256', secret).update(`kvserve http\n${method}\n${path}\n${time}\n${nonce}`).digest('hex');
+}
+
+// The header a request to a worker carries (see the header of this file).
+export function httpAuthHeader(secret: string, method: string, path: string, now = Date.now()): string {
+  const nonce = newNonce();
+  return `${now}.${nonce}.${httpMac(secret, method, path, String(now), nonce)}`;
+}
+
+// A worker's check of that header: undefined when it is good, else why not.
+export class HttpAuthCheck {
+  private readonly seen = new Map<string, number>(); // nonce -> when it may be forgotten
+
+  constructor(private readonly secret: string) {}
+
+  check(method: string, path: string, header: string | string[] | undefined, now = Date.now()): string | undefined {
+    if (typeof header !== 'string') return `no ${CLUSTER_AUTH_HEADER} header`;
+    const m = /^(\d{1,16})\.([0-9a-f]{32})\.([0-9a-f]{64})$/.exec(header);
+    if (!m) return `a malformed ${CLUSTER_AUTH_HEADER} header`;
+    const [, time, nonce, mac] = m as unknown as [string, string, string, string];
+    if (!secretsEqual(mac, httpMac(this.secret, method, path, time, nonce))) return 'a wrong cluster secret';
+    if (Math.abs(now - Number(time)) > HTTP_AUTH_WINDOW_MS) return `a ${CLUSTER_AUTH_HEADER} header older or newer than ${HTTP_AUTH_WINDOW_MS / 1000} s (are the hosts' clocks apart?)`;
+    for (const [n, until] of this.seen) {
+      if (until > now) break; // inserted in time order, roughly: the rest are younger
+      this.seen.delete(n);
+    }
+    if (this.seen.has(nonce)) return `a ${CLUSTER_AUTH_HEADER} header used before`;
+    this.seen.set(nonce, now + 2 * HTTP_AUTH_WINDOW_MS);
+    return undefined;
+  }
 }
 
 export function isLoopback(host: string): boolean {

@@ -26,7 +26,7 @@
 // HTTP request carries the secret in the x-kvserve-cluster-secret header.
 import http from 'node:http';
 import net from 'node:net';
-import { CLUSTER_SECRET_HEADER, clusterSecret, newNonce, requestPlaneMac, secretsEqual } from './cluster-secret.ts';
+import { CLUSTER_AUTH_HEADER, clusterSecret, httpAuthHeader, newNonce, requestPlaneMac, secretsEqual } from './cluster-secret.ts';
 import type {
   GenerateDelta,
   GenerateRequest,
@@ -63,7 +63,7 @@ function request(url: URL, method: string, body: string | undefined, signal?: Ab
         signal,
         headers: {
           ...(body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }),
-          ...(secret === undefined ? {} : { [CLUSTER_SECRET_HEADER]: secret }),
+          ...(secret === undefined ? {} : { [CLUSTER_AUTH_HEADER]: httpAuthHeader(secret, method, url.pathname + url.search) }),
         },
       },
       resolve,

@@ -55,7 +55,7 @@ import type {
   RequestPlaneWorkerHandshake,
   WorkerInfo,
 } from '../protocol/index.ts';
-import { CLUSTER_SECRET_ENV, CLUSTER_SECRET_HEADER, newNonce, requestPlaneMac, secretsEqual } from '../runtime/cluster-secret.ts';
+import { CLUSTER_AUTH_HEADER, CLUSTER_SECRET_ENV, HttpAuthCheck, newNonce, requestPlaneMac, secretsEqual } from '../runtime/cluster-secret.ts';
 import { toWorkerLoad } from '../runtime/event-plane.ts';
 import { LineSplitter } from '../runtime/request-client.ts';
 
@@ -309,15 +309,18 @@ export async function startWorkerServer(opts: {
   const { engine, clusterSecret } = opts;
   const generate: GenerateFn = opts.generate ?? engineGenerate(engine);
   let readiness: WorkerReadiness = 'starting';
+  const auth = clusterSecret === undefined ? undefined : new HttpAuthCheck(clusterSecret);
   const server = http.createServer((req, res) => {
     const url = req.url ?? '/';
-    const presented = req.headers[CLUSTER_SECRET_HEADER];
+    const refused = req.method === 'GET' && url === '/ready' ? undefined : auth?.check(req.method ?? '', url, req.headers[CLUSTER_AUTH_HEADER]);
     if (req.method === 'GET' && url === '/ready') {
       sendJson(res, readiness === 'ready' ? 200 : 503, { status: readiness });
-    } else if (clusterSecret !== undefined && !(typeof presented === 'string' && secretsEqual(presented, clusterSecret))) {
+    } else if (refused !== undefined) {
       // The body is not read: the connection is closed after the answer.
       res.setHeader('connection', 'close');
-      sendJson(res, 401, { error: { code: 'ERR_WORKER_UNAUTHORIZED', message: `this worker requires the cluster secret in the ${CLUSTER_SECRET_HEADER} header` } });
+      sendJson(res, 401, {
+        error: { code: 'ERR_WORKER_UNAUTHORIZED', message: `this worker requires the cluster secret's proof in the ${CLUSTER_AUTH_HEADER} header: ${refused}` },
+      });
     } else if (req.method === 'POST' && url === '/generate') {
       handleGenerate(generate, req, res).catch((err) => {
         if (!res.headersSent) sendJson(res, 500, { error: { code: 'ERR_INTERNAL', message: String(err) } });
