@@ -41,7 +41,8 @@ COPY scripts/worker-ready.mjs scripts/worker-ready.mjs
 RUN mkdir -p /models "$KVSERVE_CACHE" "$HF_HOME" \
  && chown node:node "$KVSERVE_CACHE" "$HF_HOME" \
  && node -e "require('/app/build/Release/kvserve.node')"
-USER node
+# Numeric, so a Kubernetes runAsNonRoot check can verify it (the image's user node).
+USER 1000:1000
 EXPOSE 8181
 VOLUME ["/models"]
 ENTRYPOINT ["node", "--import", "tsx", "ts/launcher/main.ts"]
