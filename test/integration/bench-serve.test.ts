@@ -113,7 +113,7 @@ describe('npm run bench against --url', () => {
     expect(down.stderr).toMatch(/cannot reach http:\/\/127\.0\.0\.1:\d+: connect ECONNREFUSED/);
     const refused = await bench(['--', '--workers', '0']);
     expect(refused.code).toBe(1);
-    expect(refused.stderr).toContain('the launcher refused: --workers must be in [1, 256], got 0');
+    expect(refused.stderr).toContain('the launcher refused: --workers 0: a leader without workers serves the workers of other nodes');
   });
 });
 

@@ -175,7 +175,7 @@ describe('launcher', () => {
       '--max-model-len', '--max-num-seqs', '--max-num-batched-tokens', '--kv-cache-memory', '--restart', '--kv-overlap-weight', '--router-temperature',
       '--prefill-deadline-ms', '--no-restart', '--shutdown-grace-s', '--api-key', '--metrics-require-key', '--migration-limit', '--migration-max-seq-len',
       '--stall-timeout-s', '--request-timeout', '--active-decode-blocks-threshold', '--active-prefill-tokens-threshold', '--router-queue-threshold', '--max-choices-per-request',
-      '--cluster-secret']) {
+      '--cluster-secret', '--role', '--remote-prefill', '--advertise-host', '--redis-port', '--redis-password-file']) {
       expect(output).toContain(flag);
     }
   });
@@ -195,6 +195,18 @@ describe('launcher', () => {
     [['--active-decode-blocks-threshold', '1.5'], /--active-decode-blocks-threshold must be a number in \(0, 1\]/],
     [['--stall-timeout-s', 'soon'], /--stall-timeout-s must be a number >= 0/],
     [['--cluster-secret', 'short-secret'], /--cluster-secret \(or KVSERVE_CLUSTER_SECRET\) must have at least 16 printable ASCII characters/],
+    [['--role', 'primary'], /--role must be one of leader, frontend, worker, prefill, got 'primary'/],
+    [['--role', 'worker'], /--role worker joins an existing deployment: give --redis-url/],
+    [['--role', 'worker', '--redis-url', 'redis://127.0.0.1:1', '--router', 'kv', '--prefill-workers', '1'], /--router, --prefill-workers do not apply to --role worker/],
+    [['--role', 'prefill', '--redis-url', 'redis://127.0.0.1:1', '--decode-tp', '2'], /--decode-tp does not apply to --role prefill/],
+    [['--role', 'frontend', '--redis-url', 'redis://127.0.0.1:1', '--kv-cache-memory', '1GiB'], /--kv-cache-memory does not apply to --role frontend/],
+    [['--role', 'worker', '--redis-url', 'redis://127.0.0.1:1', '--advertise-host', '127.0.0.1', '--max-prefill-queue-size', '3'], /add --remote-prefill/],
+    [['--role', 'worker', '--redis-url', 'redis://127.0.0.1:1', '--advertise-host', '10.11.12.13'], /--advertise-host 10\.11\.12\.13 is not loopback.*give --cluster-secret/],
+    [['--role', 'frontend', '--redis-url', 'redis://10.11.12.13:6379'], /--role frontend with a Redis on 10\.11\.12\.13, another host.*--cluster-secret/],
+    [['--advertise-host', '0.0.0.0'], /--advertise-host must be one address of this host/],
+    [['--advertise-host', '10.11.12.13', '--cluster-secret', 'test-cluster-secret-0123456789'], /--advertise-host 10\.11\.12\.13: the leader's private Redis then serves other hosts.*--redis-password-file/],
+    [['--redis-url', 'redis://127.0.0.1:1', '--redis-port', '7000'], /--redis-port configures the leader's private redis-server, which --redis-url replaces/],
+    [['--workers', '0'], /--workers 0: a leader without workers serves the workers of other nodes/],
     [['--worker-tp', '3'], /--decode-tp 3 does not split this model: it must divide num_attention_heads 8 and intermediate_size/],
     ...((loadAddon().cudaDevice().usable
       ? [[['--device', 'cuda', '--workers', '2'], /2 workers on one GPU: give each worker's KV cache with --kv-cache-memory/]]

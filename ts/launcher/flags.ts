@@ -2,22 +2,37 @@
 // examples run unchanged). Parsing is strict: an unknown flag or a bad value is an error with
 // the flag's name; flags whose feature has not landed yet are refused, never ignored.
 import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
+import { CLUSTER_SECRET_ENV, isLoopback } from '../runtime/cluster-secret.ts';
 import { maskRedisUrl } from '../runtime/redis-connection.ts';
 import { isReasoningParserName, unknownReasoningParserMessage, type ReasoningParserName } from '../processor/reasoning-parser.ts';
 import { isToolCallParserName, unknownToolCallParserMessage, type ToolCallParserName } from '../processor/tool-call-parser.ts';
 
+// What one launcher starts (DESIGN.md section 8): a leader is a whole deployment (its Redis when
+// a mode needs one, workers, a frontend); the other roles join an existing deployment through its
+// Redis and start only their own processes.
+export const ROLES = ['leader', 'frontend', 'worker', 'prefill'] as const;
+export type NodeRole = (typeof ROLES)[number];
+
 export interface LauncherFlags {
+  role: NodeRole;
   model?: string;
-  workers: number; // monolithic workers, or decode workers when prefill workers exist
-  prefillWorkers: number;
+  workers: number; // monolithic workers, or decode workers when prefill workers exist (or --remote-prefill); 0 on a prefill or frontend node
+  prefillWorkers: number; // 0 on a worker or frontend node
+  remotePrefill: boolean; // decode workers push long prompts to the prefill queue: --prefill-workers > 0 or --remote-prefill
+  advertiseHost: string; // what this node's workers bind to and publish in discovery
+  redisPort?: number; // leader: the private redis-server's port (default: a free one)
+  redisPasswordFile?: string; // leader: the private redis-server's password, read from (or written to) this file
   router: 'round-robin' | 'kv' | 'random';
   kvOverlapWeight: number;
   routerTemperature: number;
   decodeTp: number;
   prefillTp: number;
   blockSize: number;
+  blockSizeGiven: boolean; // a frontend node without --block-size takes its workers'
   maxLocalPrefillLength: number;
   maxPrefillQueueSize: number;
   prefillDeadlineMs: number;
@@ -63,6 +78,33 @@ export const HELP = `Usage: npm run start -- [flags]
 Serves an OpenAI-compatible API (POST /v1/chat/completions, /v1/completions, GET /v1/models,
 /health, /ready, /metrics) in front of native engine workers.
 
+Roles (one launcher per host; a deployment has one leader, or an external Redis)
+  --role leader|frontend|worker|prefill
+                                leader (default): the whole deployment on this host: Redis
+                                when a mode needs one, workers and a frontend. The other roles
+                                join an existing deployment through --redis-url and start only
+                                their own processes: frontend = a frontend with its router
+                                (workers learnt from discovery); worker = decode (or monolithic)
+                                workers (--workers N, --decode-tp N; --remote-prefill when the
+                                deployment has prefill nodes); prefill = prefill workers
+                                (--prefill-workers N, default 1, --prefill-tp N). A flag that
+                                does not apply to the role is refused, naming it
+  --remote-prefill              decode workers push long prompts to the prefill queue, served by
+                                prefill workers of this or other nodes (--role prefill); implied
+                                on a leader by --prefill-workers > 0
+  --advertise-host HOST         the address this node's workers bind their internal listeners
+                                (request plane, HTTP, KV transfer) to and publish in discovery
+                                (default: 127.0.0.1 on a leader, else the host's first
+                                non-loopback IPv4 address); off loopback it needs
+                                --cluster-secret. On a leader it also opens the private Redis
+                                to other hosts (on HOST as well as loopback)
+  --redis-port N                leader: the private redis-server's port (default: a free one)
+  --redis-password-file FILE    leader: the private redis-server's password is read from FILE,
+                                or, if FILE does not exist, a random one is written to it (mode
+                                0600); other nodes join with
+                                --redis-url redis://:PASSWORD@HOST:PORT. Required when a leader
+                                serves other hosts with its private Redis
+
 Model
   --model DIR|ORG/NAME          Hugging Face model directory, or an id resolved in the local HF
                                 cache ($HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub).
@@ -78,7 +120,8 @@ Model
 Topology
   --workers N, --decode-workers N
                                 monolithic worker processes (decode workers with prefill
-                                workers) (default 1)
+                                workers) (default 1; a leader with a Redis may have 0 and
+                                serve the workers of other nodes)
   --prefill-workers N           prefill worker processes; > 0 turns on disaggregation: decode
                                 workers push long prompts to a prefill queue (Redis), a
                                 prefill worker computes their KV and writes it into the decode
@@ -249,6 +292,11 @@ export function parseFlags(argv: string[]): LauncherFlags {
       strict: true,
       allowPositionals: false,
       options: {
+        role: { type: 'string' },
+        'remote-prefill': { type: 'boolean' },
+        'advertise-host': { type: 'string' },
+        'redis-port': { type: 'string' },
+        'redis-password-file': { type: 'string' },
         model: { type: 'string' },
         'served-model-name': { type: 'string' },
         'generation-config': { type: 'string' },
@@ -298,6 +346,8 @@ export function parseFlags(argv: string[]): LauncherFlags {
     throw new FlagError(`${(err as Error).message} (see --help)`);
   }
   const v = parsed.values;
+  const role = oneOf('role', v.role, ROLES, 'leader');
+  checkRoleFlags(role, Object.keys(v).filter((k) => v[k as keyof typeof v] !== undefined));
   if (v.workers !== undefined && v['decode-workers'] !== undefined && v.workers !== v['decode-workers']) {
     throw new FlagError('--workers and --decode-workers name the same thing; give one');
   }
@@ -314,14 +364,20 @@ export function parseFlags(argv: string[]): LauncherFlags {
     enableAutoToolChoice: v['enable-auto-tool-choice'] ?? false,
     toolCallParser: toolCallParser(v['tool-call-parser']),
     generationConfig: generationConfig(v['generation-config']),
-    workers: int('workers', v.workers ?? v['decode-workers'], 1, 256) ?? 1,
-    prefillWorkers: int('prefill-workers', v['prefill-workers'], 0, 256) ?? 0,
+    role,
+    workers: role === 'leader' || role === 'worker' ? (int(v.workers !== undefined ? 'workers' : 'decode-workers', v.workers ?? v['decode-workers'], role === 'leader' ? 0 : 1, 256) ?? 1) : 0,
+    prefillWorkers: role === 'leader' || role === 'prefill' ? (int('prefill-workers', v['prefill-workers'], role === 'leader' ? 0 : 1, 256) ?? (role === 'prefill' ? 1 : 0)) : 0,
+    remotePrefill: false, // set below
+    advertiseHost: advertiseHost(role, v['advertise-host']),
+    redisPort: int('redis-port', v['redis-port'], 1, 65535),
+    redisPasswordFile: v['redis-password-file'] === undefined ? undefined : path.resolve(v['redis-password-file']),
     router: oneOf('router', v.router, ['round-robin', 'kv', 'random'] as const, 'round-robin'),
     kvOverlapWeight: num('kv-overlap-weight', v['kv-overlap-weight'], 0) ?? 1,
     routerTemperature: num('router-temperature', v['router-temperature'], 0) ?? 0,
     decodeTp: int('decode-tp', v['decode-tp'] ?? v['worker-tp'], 1, 64) ?? 1,
     prefillTp: int('prefill-tp', v['prefill-tp'], 1, 64) ?? 1,
     blockSize: int('block-size', v['block-size'], 1, 1024) ?? 16,
+    blockSizeGiven: v['block-size'] !== undefined,
     maxLocalPrefillLength: int('max-local-prefill-length', v['max-local-prefill-length'], 0) ?? 1000,
     maxPrefillQueueSize: int('max-prefill-queue-size', v['max-prefill-queue-size'], 0) ?? 2,
     prefillDeadlineMs: int('prefill-deadline-ms', v['prefill-deadline-ms'], 100, 3_600_000) ?? 30_000,
@@ -349,11 +405,14 @@ export function parseFlags(argv: string[]): LauncherFlags {
     logLevel: oneOf('log-level', v['log-level'], ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const, 'info'),
     help: v.help ?? false,
   };
+  flags.remotePrefill = role === 'worker' ? (v['remote-prefill'] ?? false) : flags.prefillWorkers > 0 || (v['remote-prefill'] ?? false);
   if (v.restart && v['no-restart']) throw new FlagError('--restart and --no-restart contradict each other; give one');
   const disaggKnobs = ['max-local-prefill-length', 'max-prefill-queue-size', 'prefill-deadline-ms'] as const;
   const givenKnob = disaggKnobs.find((k) => v[k] !== undefined);
-  if (flags.prefillWorkers === 0 && givenKnob) {
-    throw new FlagError(`--${givenKnob} applies to disaggregated serving: add --prefill-workers N`);
+  if (!flags.remotePrefill && givenKnob) {
+    throw new FlagError(
+      `--${givenKnob} applies to disaggregated serving: add ${role === 'worker' ? '--remote-prefill (prefill workers on other nodes)' : '--prefill-workers N (or --remote-prefill for prefill workers on other nodes)'}`,
+    );
   }
   if (flags.apiKey !== undefined && !/^[\x21-\x7e]+$/.test(flags.apiKey)) {
     throw new FlagError('--api-key (or KVSERVE_API_KEY) must be printable ASCII without spaces, as an HTTP header carries it');
@@ -367,7 +426,108 @@ export function parseFlags(argv: string[]): LauncherFlags {
   if (flags.clusterSecret !== undefined && !/^[\x21-\x7e]{16,}$/.test(flags.clusterSecret)) {
     throw new FlagError('--cluster-secret (or KVSERVE_CLUSTER_SECRET) must have at least 16 printable ASCII characters without spaces, as an HTTP header carries it');
   }
+  checkNode(flags, v['advertise-host'] !== undefined);
   return flags;
+}
+
+// Which flags each role takes: a leader takes every one; a flag outside its role's groups is
+// refused, naming it and the role (never ignored).
+const FLAG_GROUPS = {
+  common: ['role', 'model', 'served-model-name', 'redis-url', 'cluster-secret', 'restart', 'no-restart', 'log-level', 'help'],
+  engine: ['device', 'block-size', 'max-model-len', 'max-num-seqs', 'max-num-batched-tokens', 'kv-cache-memory', 'advertise-host'],
+  decode: ['workers', 'decode-workers', 'decode-tp', 'worker-tp', 'remote-prefill', 'max-local-prefill-length', 'max-prefill-queue-size', 'prefill-deadline-ms'],
+  prefill: ['prefill-workers', 'prefill-tp'],
+  frontend: [
+    'generation-config', 'reasoning-parser', 'enable-auto-tool-choice', 'tool-call-parser', 'router', 'kv-overlap-weight', 'router-temperature',
+    'http-port', 'host', 'api-key', 'metrics-require-key', 'migration-limit', 'migration-max-seq-len', 'stall-timeout-s', 'request-timeout',
+    'active-decode-blocks-threshold', 'active-prefill-tokens-threshold', 'router-queue-threshold', 'max-choices-per-request', 'shutdown-grace-s',
+  ],
+} as const;
+const ROLE_FLAGS: Record<Exclude<NodeRole, 'leader'>, ReadonlySet<string>> = {
+  worker: new Set([...FLAG_GROUPS.common, ...FLAG_GROUPS.engine, ...FLAG_GROUPS.decode]),
+  prefill: new Set([...FLAG_GROUPS.common, ...FLAG_GROUPS.engine, ...FLAG_GROUPS.prefill]),
+  // --block-size on a frontend: the router's block size (default: its first worker's)
+  frontend: new Set([...FLAG_GROUPS.common, ...FLAG_GROUPS.frontend, 'block-size']),
+};
+const ROLE_HINT: Record<Exclude<NodeRole, 'leader'>, string> = {
+  worker: 'a worker node starts decode (or monolithic) workers only; prefill workers run on --role prefill nodes (--remote-prefill sends them long prompts), the frontend on the leader or --role frontend nodes',
+  prefill: 'a prefill node starts prefill workers only; decode workers run on --role worker nodes, the frontend on the leader or --role frontend nodes',
+  frontend: 'a frontend node starts a frontend only; workers run on --role worker and --role prefill nodes, each with its own engine flags',
+};
+
+function checkRoleFlags(role: NodeRole, given: string[]): void {
+  if (role === 'leader') return;
+  const refused = given.filter((k) => !ROLE_FLAGS[role].has(k));
+  if (refused.length > 0) {
+    throw new FlagError(`${refused.map((k) => `--${k}`).join(', ')} ${refused.length > 1 ? 'do' : 'does'} not apply to --role ${role}: ${ROLE_HINT[role]}`);
+  }
+}
+
+// The host's first non-loopback IPv4 address, in the order the interfaces are listed.
+export function firstNonLoopbackIPv4(): string | undefined {
+  for (const addrs of Object.values(os.networkInterfaces())) {
+    for (const a of addrs ?? []) if (a.family === 'IPv4' && !a.internal && !isLoopback(a.address)) return a.address;
+  }
+  return undefined;
+}
+
+function advertiseHost(role: NodeRole, given: string | undefined): string {
+  if (given !== undefined) {
+    const h = given.replace(/^\[(.*)\]$/, '$1');
+    if (h === '' || h === '0.0.0.0' || h === '::') {
+      throw new FlagError(`--advertise-host must be one address of this host that other nodes reach, not '${given}' (a wildcard is not an address to publish)`);
+    }
+    if (!net.isIP(h) && !/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(h)) throw new FlagError(`--advertise-host must be an IP address or a host name, got '${given}'`);
+    return h;
+  }
+  if (role === 'leader' || role === 'frontend') return '127.0.0.1';
+  const found = firstNonLoopbackIPv4();
+  if (!found) throw new FlagError(`--role ${role}: this host has no non-loopback IPv4 address to publish; give --advertise-host HOST`);
+  return found;
+}
+
+// What a node needs to take part in a deployment of several hosts.
+function checkNode(f: LauncherFlags, advertiseGiven: boolean): void {
+  const secretHint = `--cluster-secret SECRET (or ${CLUSTER_SECRET_ENV}), the same on every node`;
+  if (f.role !== 'leader') {
+    if (f.redisUrl === undefined) {
+      throw new FlagError(`--role ${f.role} joins an existing deployment: give --redis-url redis://:PASSWORD@HOST:PORT of the leader's (or any shared) Redis, or set KVSERVE_REDIS_URL`);
+    }
+    const redisHost = redisUrlHost(f.redisUrl);
+    if (f.role === 'frontend' && f.clusterSecret === undefined && !isLoopback(redisHost)) {
+      throw new FlagError(`--role frontend with a Redis on ${redisHost}, another host: its workers are off loopback and let in only peers that know the cluster secret; give ${secretHint}`);
+    }
+  }
+  if (f.role !== 'frontend' && f.clusterSecret === undefined && !isLoopback(f.advertiseHost)) {
+    throw new FlagError(
+      `${advertiseGiven ? '' : `--role ${f.role} advertises this host's address by default: `}--advertise-host ${f.advertiseHost} is not loopback, so this node's internal listeners (request plane, workers' HTTP, KV transfer) would be open to the network; give ${secretHint}`,
+    );
+  }
+  if (f.role === 'leader') {
+    const servesOthers = !isLoopback(f.advertiseHost);
+    const hasRedis = f.router !== 'round-robin' || f.redisUrl !== undefined || f.prefillWorkers > 0 || f.remotePrefill || servesOthers;
+    if (f.workers === 0 && !hasRedis) {
+      throw new FlagError('--workers 0: a leader without workers serves the workers of other nodes, which join through its Redis: add --advertise-host HOST (and --redis-password-file FILE), or --router kv, or --redis-url URL');
+    }
+    if (f.redisUrl !== undefined) {
+      const own = f.redisPort !== undefined ? '--redis-port' : f.redisPasswordFile !== undefined ? '--redis-password-file' : undefined;
+      if (own) throw new FlagError(`${own} configures the leader's private redis-server, which --redis-url replaces; give one of them`);
+    } else if (!hasRedis && (f.redisPort !== undefined || f.redisPasswordFile !== undefined)) {
+      throw new FlagError(`${f.redisPort !== undefined ? '--redis-port' : '--redis-password-file'} configures the leader's private redis-server, which this mode does not start (round-robin on one host): add --router kv, --prefill-workers N or --advertise-host HOST`);
+    } else if (servesOthers && hasRedis && f.redisPasswordFile === undefined) {
+      throw new FlagError(
+        `--advertise-host ${f.advertiseHost}: the leader's private Redis then serves other hosts, which need its password: give --redis-password-file FILE (read if it exists, else written with a random password) or --redis-url of your own Redis`,
+      );
+    }
+  }
+}
+
+export function redisUrlHost(url: string): string {
+  try {
+    return new URL(url).hostname.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1';
+  } catch {
+    return '127.0.0.1';
+  }
 }
 
 // A tensor-parallel split must be whole, as vLLM requires (the engine checks it again):

@@ -1,6 +1,11 @@
-// main.ts: `npm run start -- [flags]`: the "leader". It resolves the model, starts the worker
-// processes, then the frontend, prints where everything is, and stops them all on Ctrl-C /
-// SIGTERM. SIGTERM drains: the frontend refuses new requests and lets the streams in flight
+// main.ts: `npm run start -- [flags]`: one node of a deployment (--role, flags.ts). The leader
+// (default) resolves the model, starts Redis when a mode needs one, the worker processes, then
+// the frontend, prints where everything is, and stops them all on Ctrl-C / SIGTERM. The other
+// roles join the deployment whose Redis --redis-url names and start only their part: a worker or
+// prefill node its workers (ids `worker-N@HOST`, `prefill-N@HOST`, HOST its --advertise-host, so
+// nodes never collide in discovery), a frontend node its frontend. A frontend whose node started
+// no worker (a frontend node, a leader with --workers 0) waits for the first worker of its model
+// to join discovery, and takes its context length and block size from the workers it finds. SIGTERM drains: the frontend refuses new requests and lets the streams in flight
 // finish (--shutdown-grace-s) before the workers and Redis stop; SIGINT, or a second signal,
 // stops at once. Started by npm, the launcher also stops when npm is gone.
 // Supervision: a child that dies after it served is restarted at once, and the private Redis
@@ -32,8 +37,10 @@ import { FlagError, HELP, checkTpSplit, parseFlags, refuseUnimplemented, type La
 import { cpuShares } from './placement.ts';
 import { freePorts } from './ports.ts';
 import { resolveModel, type ResolvedModel } from './model-resolve.ts';
-import { maskRedisUrl } from '../runtime/redis-connection.ts';
-import { startPrivateRedis, superviseRedis, type SupervisedRedis } from './redis.ts';
+import { isLoopback } from '../runtime/cluster-secret.ts';
+import { DEFAULT_NAMESPACE, listWorkers, type LeasedWorkerInfo } from '../runtime/discovery.ts';
+import { maskRedisUrl, RedisConnection } from '../runtime/redis-connection.ts';
+import { newRedisPassword, startPrivateRedis, superviseRedis, type SupervisedRedis } from './redis.ts';
 import { Supervisor, type Child } from './supervisor.ts';
 
 const WORKER_READY_TIMEOUT_MS = 15 * 60_000; // large models take a while to page in
@@ -50,7 +57,7 @@ function log(msg: string): void {
 // its KV cache to 90% of the GPU memory free when it starts, so several workers on one GPU need
 // --kv-cache-memory: cuda refuses without it, auto then takes the CPU.
 function resolveDevice(f: LauncherFlags): Exclude<EngineDevice, 'auto'> {
-  if (f.device === 'cpu') return 'cpu';
+  if (f.device === 'cpu' || f.workers + f.prefillWorkers === 0) return 'cpu';
   const cuda = loadAddon().cudaDevice();
   const engines = f.workers + f.prefillWorkers;
   const shareGpu = engines > 1 && f.kvCacheMemory === undefined;
@@ -102,7 +109,7 @@ function workerConfig(
     role,
     model: model.name,
     modelDir: model.dir,
-    host: '127.0.0.1',
+    host: f.advertiseHost,
     port,
     requestPort,
     engine: {
@@ -130,6 +137,55 @@ function workerConfig(
   };
 }
 
+// --advertise-host must be an address of this host: tried before any worker loads the model.
+function checkLocalAddress(host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', (err: NodeJS.ErrnoException) => {
+      const why = err.code === 'EADDRNOTAVAIL' ? 'it is not an address of this host' : err.code === 'ENOTFOUND' ? 'the name does not resolve' : err.message;
+      reject(new FlagError(`--advertise-host ${host}: cannot listen there (${why})`));
+    });
+    probe.listen({ host, port: 0 }, () => probe.close(() => resolve()));
+  });
+}
+
+// --redis-password-file: the password of the leader's private Redis, read from the file, or a new
+// random one written to it (mode 0600) when the file does not exist.
+function redisPasswordFrom(file: string): { password: string; created: boolean } {
+  if (fs.existsSync(file)) {
+    const password = fs.readFileSync(file, 'utf8').trim();
+    if (!/^[A-Za-z0-9_-]{16,}$/.test(password)) throw new FlagError(`--redis-password-file ${file}: the password must be 16 or more characters of [A-Za-z0-9_-]`);
+    return { password, created: false };
+  }
+  const password = newRedisPassword();
+  fs.writeFileSync(file, `${password}\n`, { mode: 0o600, flag: 'wx' });
+  return { password, created: true };
+}
+
+// The workers a frontend serves when its node started none: the first worker of its model that
+// discovery lists, waited for (one line now, one every minute), and any others already there.
+async function awaitWorkers(redisUrl: string, modelName: string, isStopping: () => boolean): Promise<LeasedWorkerInfo[]> {
+  const connection = new RedisConnection(redisUrl, { name: 'launcher-discovery' });
+  try {
+    log(`waiting for workers of model "${modelName}" to join discovery at ${maskRedisUrl(redisUrl)}`);
+    let lastLog = Date.now();
+    for (;;) {
+      if (isStopping()) throw new Error('stopped while waiting for workers');
+      const found = await listWorkers(connection.redis, DEFAULT_NAMESPACE).catch(() => []);
+      const serving = found.filter((w) => w.model === modelName && w.role !== 'prefill');
+      if (serving.length > 0) return serving;
+      if (Date.now() - lastLog > 60_000) {
+        lastLog = Date.now();
+        const others = [...new Set(found.filter((w) => w.role !== 'prefill').map((w) => w.model))];
+        log(`still waiting for workers of model "${modelName}"${others.length > 0 ? ` (discovery has workers of ${others.map((m) => `"${m}"`).join(', ')}: give the same --served-model-name)` : ''}`);
+      }
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  } finally {
+    await connection.close();
+  }
+}
+
 // The OpenAI server's port, tried before anything loads: taken, it is refused at once rather than
 // by the frontend after every worker has loaded the model.
 function checkPortFree(host: string, port: number): Promise<void> {
@@ -154,16 +210,23 @@ async function run(f: LauncherFlags): Promise<number> {
   const model = await resolveModel(f.model);
   const served = { ...model, name: f.servedModelName ?? model.name };
   log(`model ${served.name} at ${model.dir}`);
-  loadSamplingDefaults(f.generationConfig, model.dir); // a bad generation config stops here, before any worker loads
+  const hasFrontend = f.role === 'leader' || f.role === 'frontend';
+  const engines = f.workers + f.prefillWorkers;
+  if (hasFrontend) loadSamplingDefaults(f.generationConfig, model.dir); // a bad generation config stops here, before any worker loads
   if (f.decodeTp > 1 || f.prefillTp > 1) checkTpSplit(f, inspectModel(model.dir));
-  const tileWeights = device === 'cpu' && cpuTileWeights(model.dir, f.workers + f.prefillWorkers);
-  await checkPortFree(f.host, f.httpPort); // after every refusal of the flags, before any process starts
+  const tileWeights = device === 'cpu' && engines > 0 && cpuTileWeights(model.dir, engines);
+  if (engines > 0 && !isLoopback(f.advertiseHost)) await checkLocalAddress(f.advertiseHost);
+  if (hasFrontend) await checkPortFree(f.host, f.httpPort); // after every refusal of the flags, before any process starts
 
-  // 2. Redis, when this mode needs it.
-  const needsRedis = f.router !== 'round-robin' || f.redisUrl !== undefined || f.prefillWorkers > 0;
+  // 2. Redis, when this mode needs it: a leader's private one unless --redis-url; a node of
+  // another role always has --redis-url (flags.ts).
+  const servesOthers = f.role === 'leader' && !isLoopback(f.advertiseHost);
+  const needsRedis = f.role !== 'leader' || f.router !== 'round-robin' || f.redisUrl !== undefined || f.remotePrefill || servesOthers;
   let privateRedis: SupervisedRedis | undefined;
   if (needsRedis && f.redisUrl === undefined) {
-    const first = await startPrivateRedis();
+    const fromFile = f.redisPasswordFile ? redisPasswordFrom(f.redisPasswordFile) : undefined;
+    const redisOptions = { alsoBind: servesOthers ? f.advertiseHost : undefined };
+    const first = await startPrivateRedis({ ...redisOptions, port: f.redisPort, password: fromFile?.password });
     privateRedis = superviseRedis(first, {
       onRestart: (message) => {
         if (!f.restart) {
@@ -173,9 +236,14 @@ async function run(f: LauncherFlags): Promise<number> {
         log(message);
       },
       onGiveUp: (err) => fail(err),
-    });
-    const why = f.prefillWorkers > 0 ? 'the prefill queue needs one' : `--router ${f.router} needs one`;
+    }, redisOptions);
+    const why = servesOthers ? 'other nodes join through it' : f.remotePrefill ? 'the prefill queue needs one' : `--router ${f.router} needs one`;
     log(`started a private redis-server at ${maskRedisUrl(first.url)} (${why}; pass --redis-url to use yours)`);
+    if (servesOthers) {
+      const joinUrl = `redis://:${first.password}@${f.advertiseHost.includes(':') ? `[${f.advertiseHost}]` : f.advertiseHost}:${first.port}`;
+      const file = `${f.redisPasswordFile}${fromFile!.created ? ', written now' : ''}`;
+      log(`other nodes join with --redis-url ${maskRedisUrl(joinUrl)} (the password is in ${file}) and the same --cluster-secret`);
+    }
   }
   const redisUrl = needsRedis ? (f.redisUrl ?? privateRedis!.url) : undefined;
   // Every child's secrets, set or emptied (a variable of the launcher's own environment must not
@@ -268,10 +336,12 @@ async function run(f: LauncherFlags): Promise<number> {
 
   try {
     // 4. Workers (decode workers when prefill workers exist, then those), all loading at once.
-    const disagg = f.prefillWorkers > 0;
+    // A node that joins another's deployment names its workers after its address.
+    const disagg = f.remotePrefill;
+    const suffix = f.role === 'leader' ? '' : `@${f.advertiseHost}`;
     const roles: { role: WorkerRole; id: string }[] = [
-      ...Array.from({ length: f.workers }, (_, i) => ({ role: (disagg ? 'decode' : 'monolith') as WorkerRole, id: `worker-${i}` })),
-      ...Array.from({ length: f.prefillWorkers }, (_, i) => ({ role: 'prefill' as WorkerRole, id: `prefill-${i}` })),
+      ...Array.from({ length: f.workers }, (_, i) => ({ role: (disagg ? 'decode' : 'monolith') as WorkerRole, id: `worker-${i}${suffix}` })),
+      ...Array.from({ length: f.prefillWorkers }, (_, i) => ({ role: 'prefill' as WorkerRole, id: `prefill-${i}${suffix}` })),
     ];
     const ports = await freePorts(2 * roles.length);
     const cores = os.availableParallelism?.() ?? os.cpus().length;
@@ -299,7 +369,19 @@ async function run(f: LauncherFlags): Promise<number> {
         return info;
       }),
     );
-    const workers = started.filter((w) => w.role !== 'prefill');
+    const plural = (n: number, what: string) => `${n} ${what}${n > 1 ? 's' : ''}`;
+    if (!hasFrontend) {
+      starting = false;
+      const what = f.role === 'prefill' ? plural(started.length, 'prefill worker') : plural(started.length, disagg ? 'decode worker' : 'worker');
+      log(`ready: ${what} of model "${served.name}" at ${f.advertiseHost}, in the deployment of ${maskRedisUrl(redisUrl!)}: ${started.map((w) => w.workerId).join(', ')} (Ctrl-C to stop)`);
+      await done;
+      if (runFailure) throw runFailure;
+      return exitCode;
+    }
+    const local = started.filter((w) => w.role !== 'prefill');
+    const workers: WorkerInfo[] = local.length > 0 ? local : await awaitWorkers(redisUrl!, served.name, () => shuttingDown !== undefined);
+    // The router's block size: this node's, else --block-size when given, else the workers'.
+    const routerBlockSize = local.length > 0 || f.blockSizeGiven ? f.blockSize : workers[0]!.blockSize;
 
     // 5. The frontend.
     const frontend = supervisor.start({
@@ -331,7 +413,7 @@ async function run(f: LauncherFlags): Promise<number> {
           maxQueued: f.routerQueueThreshold,
         },
         router: redisUrl
-          ? { policy: f.router, blockSize: f.blockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
+          ? { policy: f.router, blockSize: routerBlockSize, overlapWeight: f.kvOverlapWeight, temperature: f.routerTemperature }
           : undefined,
       },
     });
@@ -348,8 +430,12 @@ async function run(f: LauncherFlags): Promise<number> {
       )
       .finally(() => awaited.delete(frontend));
     starting = false;
-    const plural = (n: number, what: string) => `${n} ${what}${n > 1 ? 's' : ''}`;
-    const topology = disagg ? `${plural(workers.length, 'decode worker')} + ${plural(f.prefillWorkers, 'prefill worker')}` : plural(workers.length, 'worker');
+    const topology =
+      local.length === 0
+        ? `the workers of the deployment, ${plural(workers.length, 'worker')} so far`
+        : disagg
+          ? `${plural(workers.length, 'decode worker')} + ${plural(f.prefillWorkers, 'prefill worker')}`
+          : plural(workers.length, 'worker');
     log(`ready: ${url}  (model "${served.name}", ${topology}; Ctrl-C to stop)`);
   } catch (err) {
     // The first failure is the reason; those after it (children stopped because of it) are not.

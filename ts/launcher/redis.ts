@@ -1,6 +1,7 @@
 // redis.ts: a private redis-server for the launcher (and tests) when no --redis-url is given.
 //
-// Owns: one redis-server child on 127.0.0.1, no persistence (`save ""`, `appendonly no`):
+// Owns: one redis-server child on 127.0.0.1 (and on alsoBind, an address of this host, when a
+// leader serves other hosts), no persistence (`save ""`, `appendonly no`):
 // its data lives and dies with it, which the planes are built for (leases are re-created,
 // consumers are told to ask for replays). It requires a password (`requirepass`), 32 random
 // bytes unless one is given: its whole configuration reaches redis-server on stdin (`redis-server
@@ -33,6 +34,7 @@ export interface PrivateRedis {
 
 export interface PrivateRedisOptions {
   port?: number;
+  alsoBind?: string; // an address of this host to listen on besides loopback, for other hosts (protected by the password)
   password?: string; // default: 32 random bytes, hex; [A-Za-z0-9_-] only
   redisServer?: string; // the binary, default `redis-server` on PATH
   timeoutMs?: number;
@@ -86,7 +88,8 @@ async function startOn(port: number, password: string, opts: PrivateRedisOptions
   const bin = opts.redisServer ?? 'redis-server';
   if (!/^[A-Za-z0-9_-]{16,}$/.test(password)) throw new Error('a private Redis password must have 16 or more characters of [A-Za-z0-9_-]');
   // `-`: the configuration is read from stdin, so the password is on no command line.
-  const config = [`port ${port}`, `bind ${HOST}`, 'save ""', 'appendonly no', 'protected-mode yes', 'daemonize no', 'loglevel warning', `requirepass "${password}"`];
+  const bind = opts.alsoBind && opts.alsoBind !== HOST ? `${HOST} ${opts.alsoBind}` : HOST;
+  const config = [`port ${port}`, `bind ${bind}`, 'save ""', 'appendonly no', 'protected-mode yes', 'daemonize no', 'loglevel warning', `requirepass "${password}"`];
   const exe = onPath(bin);
   if (!exe) throw new Error(`${bin} not found: install redis-server (e.g. apt-get install redis-server) or pass --redis-url`);
   const setpriv = onPath('setpriv');
