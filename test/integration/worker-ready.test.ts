@@ -5,14 +5,16 @@
 //   - a real worker process on the generated tiny Llama, with a secret: 200 once it reported
 //     ready, without the header; scripts/worker-ready.mjs (the manifests' exec probe, which finds
 //     the workers' ports in their command lines) exits 0 for it, and 1 when more workers are
-//     wanted than run.
+//     wanted than run;
+//   - the probe against the workers a launcher started (the ports it picked, read from their
+//     command lines): 0 with both workers of `--workers 2`.
 import { spawnSync } from 'node:child_process';
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Engine } from '../../ts/native/index.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { WorkerId, WorkerInfo } from '../../ts/protocol/index.ts';
 import { startWorkerServer, type WorkerServer } from '../../ts/worker/server.ts';
-import { freePort } from '../helpers/launcher.ts';
+import { freePort, launch, type Launched } from '../helpers/launcher.ts';
 import { forkWorker, type ForkedWorker } from '../helpers/worker.ts';
 
 const SECRET = 'test-cluster-secret-0123456789';
@@ -24,11 +26,16 @@ async function ready(address: string): Promise<{ status: number; body: unknown }
 
 let server: WorkerServer | undefined;
 let worker: ForkedWorker | undefined;
+let launched: Launched | undefined;
 
 afterAll(async () => {
   await server?.close();
   await worker?.stop('SIGKILL');
+  await launched?.stop();
 });
+
+const probe = (parent: number, ...extra: string[]) =>
+  spawnSync(process.execPath, ['scripts/worker-ready.mjs', '--parent', String(parent), ...extra], { encoding: 'utf8' });
 
 describe('GET /ready on a worker', () => {
   it('is 503 starting, 200 ready, 503 draining, and needs no cluster secret', async () => {
@@ -61,13 +68,18 @@ describe('GET /ready on a worker', () => {
       { KVSERVE_CLUSTER_SECRET: SECRET },
     );
     expect(await ready(worker.info.address)).toEqual({ status: 200, body: { status: 'ready' } });
-    const probe = (...extra: string[]) =>
-      spawnSync(process.execPath, ['scripts/worker-ready.mjs', '--parent', String(process.pid), ...extra], { encoding: 'utf8' });
-    const ok = probe();
+    const ok = probe(process.pid);
     expect(ok.stdout.trim()).toBe(`ready: ${new URL(worker.info.address).host}`);
     expect(ok.status).toBe(0);
-    const two = probe('--min', '2');
+    const two = probe(process.pid, '--min', '2');
     expect(two.stdout.trim()).toBe('not ready: 1 worker process(es) running, 2 wanted');
     expect(two.status).toBe(1);
+  });
+
+  it("the probe finds a launcher's workers on the ports it picked", async () => {
+    launched = await launch(['--workers', '2', '--http-port', String(await freePort()), '--no-restart']);
+    const r = probe(launched.proc.pid!, '--min', '2');
+    expect(r.stdout).toMatch(/^ready: 127\.0\.0\.1:\d+, 127\.0\.0\.1:\d+$/m);
+    expect(r.status).toBe(0);
   });
 });
