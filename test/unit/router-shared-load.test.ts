@@ -96,21 +96,62 @@ describe('KvRouter: remote load', () => {
     expect(router.tryRoute({ requestId: rid('big2'), blockHashes: blocks(6000, 995) })!.workerId).toBe('w1');
   });
 
-  it('pendingLoad is what it routed since each worker\'s last report; onPendingChange says when it changes', () => {
+  it('pendingLoad: what changed since each worker\'s last report: routed since, less finished since of those it counted', () => {
     let changes = 0;
-    const router = twoWorkerRouter(2, () => changes++);
+    const router = new KvRouter({ blockSize: 16, rng: seededRng(2), onPendingChange: () => changes++ });
+    router.addWorker(spec('w0'));
     const d = router.tryRoute({ requestId: rid('a'), blockHashes: blocks(0, 6) })!;
     expect(changes).toBe(1);
     expect(router.pendingLoad().get(d.workerId)).toEqual({ blocks: 6, requests: 1 });
     router.updateLoad(d.workerId, { ...idle, kv_active_blocks: 6, request_active_slots: 1 });
     expect(changes).toBe(2);
     expect(router.pendingLoad().size).toBe(0);
-    router.finish(rid('a')); // routed before the report: its blocks leave the base, not pending
-    expect(changes).toBe(2);
+    // counted by the report, finished since: the others lower the report by all its blocks
+    router.finish(rid('a'));
+    expect(changes).toBe(3);
+    expect(router.pendingLoad().get(d.workerId)).toEqual({ blocks: -6, requests: -1 });
+    // routed and finished between two reports: no report shows it, nothing to correct
     router.tryRoute({ requestId: rid('b'), blockHashes: blocks(50, 3) });
+    expect(router.pendingLoad().get(d.workerId)).toEqual({ blocks: -3, requests: 0 });
     router.finish(rid('b'));
-    expect(changes).toBe(4);
+    expect(changes).toBe(5);
+    expect(router.pendingLoad().get(d.workerId)).toEqual({ blocks: -6, requests: -1 });
+    // the next report shows it all
+    router.updateLoad(d.workerId, idle);
+    expect(changes).toBe(6);
     expect(router.pendingLoad().size).toBe(0);
+    // a negative remote share never makes the estimate negative
+    const other = new KvRouter({ blockSize: 16, rng: seededRng(3) });
+    other.addWorker(spec('w0'));
+    other.setRemoteLoad(wid('w0'), { blocks: -50, requests: -2 });
+    expect(other.metrics().workers[0]).toMatchObject({ remoteBlocks: -50, busy: false });
+    expect(other.tryRoute({ requestId: rid('c'), blockHashes: blocks(70, 2) })).toMatchObject({ workerId: 'w0' });
+  });
+});
+
+describe('KvRouter: holdUntilPrefilled', () => {
+  it('a report empties pending only of requests that had their first output', () => {
+    const router = new KvRouter({ blockSize: 16, rng: seededRng(4), holdUntilPrefilled: true });
+    router.addWorker(spec('w0'));
+    router.tryRoute({ requestId: rid('a'), blockHashes: blocks(0, 10) });
+    // taken before the engine admitted it: a report of an idle worker leaves it pending
+    router.updateLoad(wid('w0'), idle);
+    expect(router.metrics().workers[0]).toMatchObject({ activeBlocks: 10, activeRequests: 1 });
+    expect(router.pendingLoad().get(wid('w0'))).toEqual({ blocks: 10, requests: 1 });
+    // admitted: the report counts it too until its first output
+    router.updateLoad(wid('w0'), { ...idle, kv_active_blocks: 10, request_active_slots: 1 });
+    expect(router.metrics().workers[0]).toMatchObject({ activeBlocks: 20, activeRequests: 2 });
+    router.prefilled(rid('a'));
+    router.updateLoad(wid('w0'), { ...idle, kv_active_blocks: 11, request_active_slots: 1 });
+    expect(router.metrics().workers[0]).toMatchObject({ activeBlocks: 11, activeRequests: 1 });
+    expect(router.pendingLoad().size).toBe(0);
+    // prefilled and finished before a report absorbed it: it leaves pending and the base
+    router.tryRoute({ requestId: rid('b'), blockHashes: blocks(100, 4) });
+    router.updateLoad(wid('w0'), { ...idle, kv_active_blocks: 15, request_active_slots: 2 });
+    router.prefilled(rid('b'));
+    router.finish(rid('b'));
+    expect(router.metrics().workers[0]).toMatchObject({ activeBlocks: 11, activeRequests: 1 });
+    expect(router.pendingLoad().get(wid('w0'))).toEqual({ blocks: -4, requests: -1 });
   });
 });
 

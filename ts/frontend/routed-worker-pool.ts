@@ -7,6 +7,9 @@
 // Stays true:
 //   - a worker whose block size differs from the router's is refused with one log line (a
 //     silent mismatch would mean zero overlap forever);
+//   - start() returns once the workers known at start have replayed their caches into the index
+//     (a frontend started after the workers routes on their caches from its first request), or
+//     after 3 s, logging the ones missing;
 //   - a worker that leaves (lease gone, kill -9 included) leaves the router and its blocks the
 //     index at once; one that does not answer the health probe (worker-health.ts) or the request
 //     plane before its lease expires is set aside (not routed to) until it answers again (then
@@ -36,6 +39,7 @@ import type { HealthSettings } from './worker-health.ts';
 import { overloadError, RouterBackedPool, type OverloadSettings, type SelectOptions, type WorkerPool, type WorkerSelection } from './worker-pool.ts';
 
 const PREDICTION_GRACE_MS = 2000;
+const START_REPLAY_WAIT_MS = 3000;
 
 export interface RoutedPoolOptions {
   redisUrl: string;
@@ -74,6 +78,8 @@ export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
         temperature: opts.temperature,
         // Count a routed prompt as cached on its worker until its KV events arrive.
         predictionGraceMs: PREDICTION_GRACE_MS,
+        // A report shows a request only once the engine admitted it: keep it pending until then.
+        holdUntilPrefilled: true,
         ...opts.overload,
       }),
       {
@@ -130,6 +136,14 @@ export class RoutedWorkerPool extends RouterBackedPool implements WorkerPool {
     await this.consumer.start();
     await this.sharing?.start();
     await this.watcher.start();
+    // The index is the replay of the workers' caches; a request routed before a worker's replay
+    // arrived would see no overlap there. So start() returns once every worker known now has
+    // replayed (one round trip through Redis and the worker), or after START_REPLAY_WAIT_MS.
+    const deadline = performance.now() + START_REPLAY_WAIT_MS;
+    const pending = () => [...this.members.keys()].filter((id) => !this.router.index.replayed(id));
+    while (pending().length > 0 && performance.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    const missing = pending();
+    if (missing.length > 0) this.log.warn({ workers: missing }, `no KV replay from these workers within ${START_REPLAY_WAIT_MS} ms: routing starts without their caches, which arrive with their replay`);
   }
 
   // Snapshots this frontend sent and received (undefined when sharing is off).

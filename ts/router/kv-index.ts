@@ -154,6 +154,13 @@ export class KvIndex {
   }
 
   // True after a 'gap' until the worker's next `cleared` (the replay) arrives.
+  // Whether the index has the worker's whole cache: it saw a `cleared` (a replay's start) and no
+  // gap since.
+  replayed(workerId: WorkerId): boolean {
+    const worker = this.#workers.get(workerId);
+    return worker !== undefined && !worker.awaitingReplay;
+  }
+
   awaitingReplay(workerId: WorkerId): boolean {
     return this.#workers.get(workerId)?.awaitingReplay ?? false;
   }

@@ -28,10 +28,17 @@
 //   - routing a request of n blocks to w with overlap o adds its new blocks, n - o, to `pending`
 //     and remembers them per request (prompt blocks only: decode growth reaches the estimate
 //     through the next load report);
-//   - a load report sets base = kv_active_blocks and pending = 0: every request routed so far
-//     counts as included in the report;
-//   - finish(request) subtracts the request's blocks from `pending` if it was routed after the
-//     last report, else from `base` (clamped at 0): the report had counted it;
+//   - a load report sets base = kv_active_blocks and empties pending: every request routed so far
+//     counts as included in the report. With holdUntilPrefilled, only the requests that have
+//     had their first output (prefilled()) are: the engine counts a request in its metrics only
+//     after the step that admitted it, so a report taken while the request travelled to the
+//     worker, or waited there for a long step to end, does not show it, and forgetting it then
+//     would make the worker look idle (measured with two frontends: pairs of long requests 40 ms
+//     apart landed on one worker). A request then counts twice, in the report and pending,
+//     from its admission until its first output: a busy worker looks busier while it prefills;
+//   - finish(request) subtracts the request's blocks from `pending` if it is still there, else
+//     from `base` (clamped at 0): the report had counted it (held in pending after its first
+//     output, from both);
 //   - a report may have been taken before a request finished and arrive after it: so every report
 //     is lowered by the blocks (and requests) of the requests that finished on that worker in the
 //     last FINISH_WINDOW_MS: all n of a request's blocks, since the engine counts the cached
@@ -42,12 +49,15 @@
 //   one per request routed since the report, minus finished ones. Before a worker's first report,
 //   base = 0 and the estimate is the router's own bookkeeping alone.
 //   With several frontends, the estimate the cost and the capacity rule use is
-//     activeBlocks = base + pending + remote
-//   where remote is what the other frontends routed to w since their last report of it (their
-//   own `pending`), set by the owner through setRemoteLoad() (ts/runtime/shared-load.ts shares
-//   it over Redis). pendingLoad() is this router's own part, for the owner to publish, and
-//   onPendingChange tells the owner when it changed. The base is the worker's own report, so it
-//   is shared by construction; only the part no report shows yet travels between frontends.
+//     activeBlocks = max(0, base + pending + remote)
+//   where remote is the other frontends' own corrections to w's reports, summed, set by the
+//   owner through setRemoteLoad() (ts/runtime/load-sharing.ts shares them over Redis). Each
+//   router's correction, pendingLoad(), is what changed since w's last report as far as this
+//   router knows: its pending part, minus all n blocks (and one request) of each request that
+//   the report counted and that has finished since (it may be negative). Both drop back to 0 at
+//   w's next report. onPendingChange tells the owner when it may have changed. The base is the
+//   worker's own report, so it is shared by construction; only what no report shows yet travels
+//   between frontends.
 //
 // Capacity: a request of n blocks skips worker w when w is not idle (estimated active blocks or
 // requests > 0) and either
@@ -82,6 +92,7 @@
 //   activeDecodeBlocksThreshold number in (0, 1], default 1 (only the capacity rule)
 //   activePrefillTokensThreshold integer >= 1, default none
 //   predictionGraceMs number >= 0, default 0 (off): how long a finished request's prediction lives
+//   holdUntilPrefilled boolean, default false: a report empties pending only of prefilled requests
 //   rng             () => [0, 1), default Math.random: tie-breaks and sampling (seed it in tests)
 //   now             () => ms, default performance.now: the clock of FINISH_WINDOW_MS
 //   onPendingChange () => void, default none: called (synchronously) after pendingLoad() changed
@@ -106,6 +117,7 @@ export interface RouterSettings {
   activeDecodeBlocksThreshold?: number;
   activePrefillTokensThreshold?: number;
   predictionGraceMs?: number; // 0 = off (predictions.ts)
+  holdUntilPrefilled?: boolean; // see the header
   rng?: Rng;
   now?: () => number; // milliseconds, default performance.now (tests pass their own clock)
   onPendingChange?: () => void; // pendingLoad() changed (see the header)
@@ -150,7 +162,7 @@ export interface WorkerMetrics {
   overlapBlocks: number; // sum of the overlap of those decisions
   activeBlocks: number; // current estimate: this frontend's view (report + its own pending)
   activeRequests: number; // current estimate (running + waiting)
-  remoteBlocks: number; // other frontends' pending on it (setRemoteLoad), on top of activeBlocks
+  remoteBlocks: number; // the other frontends' corrections (setRemoteLoad), on top of activeBlocks; may be < 0
   remoteRequests: number;
   prefillTokens: number; // prompt tokens routed to it and not yet prefilled
   busy: boolean; // a request of one new block would skip it now (capacity or a busy threshold)
@@ -183,7 +195,9 @@ interface WorkerState {
   pendingBlocks: number;
   baseRequests: number;
   pendingRequests: number;
-  reportSeq: number; // #routeSeq when the last load report arrived
+  flights: Set<InFlight>; // its requests in flight
+  finishedBlocks: number; // all n of the requests the last report counted and that finished since
+  finishedRequests: number;
   recentFinishes: { at: number; blocks: number }[]; // finishes of the last FINISH_WINDOW_MS, oldest first
   prefillTokens: number; // of requests in flight that have not reported their first output
   routed: number;
@@ -194,9 +208,10 @@ interface InFlight {
   readonly worker: WorkerState;
   readonly newBlocks: number;
   readonly requestBlocks: number; // n: every block the request holds on its worker, cached ones too
-  readonly seq: number;
+  inPending: boolean; // its blocks are in the worker's pending part (not yet in a report)
   readonly group: string;
   prefillTokens: number; // 0 once prefilled
+  prefilled: boolean; // its first output came
 }
 
 interface Waiting {
@@ -226,7 +241,7 @@ export class KvRouter {
   readonly #remote = new Map<WorkerId, LoadShare>(); // setRemoteLoad(); workers that left may stay
   readonly #onPendingChange: (() => void) | undefined;
   #joinSeq = 0;
-  #routeSeq = 0;
+  readonly #holdUntilPrefilled: boolean;
   #closed = false;
   #decisions = 0;
   #requestBlocks = 0;
@@ -260,6 +275,7 @@ export class KvRouter {
     this.#policy = createPolicy(policy, { overlapWeight: settings.overlapWeight, temperature: settings.temperature }, rng);
     this.#now = settings.now ?? (() => performance.now());
     this.#onPendingChange = settings.onPendingChange;
+    this.#holdUntilPrefilled = settings.holdUntilPrefilled ?? false;
     const grace = settings.predictionGraceMs ?? 0;
     if (!Number.isFinite(grace) || grace < 0) throw new RangeError(`router predictionGraceMs must be a number >= 0, got ${grace}`);
     this.#predicted = new PredictedPrefixes(grace);
@@ -295,7 +311,9 @@ export class KvRouter {
         pendingBlocks: 0,
         baseRequests: 0,
         pendingRequests: 0,
-        reportSeq: this.#routeSeq,
+        flights: new Set(),
+        finishedBlocks: 0,
+        finishedRequests: 0,
         recentFinishes: [],
         prefillTokens: 0,
         routed: 0,
@@ -337,12 +355,22 @@ export class KvRouter {
     const recent = worker.recentFinishes;
     while (recent.length > 0 && now - recent[0].at > FINISH_WINDOW_MS) recent.shift();
     const finishedBlocks = recent.reduce((sum, f) => sum + f.blocks, 0);
-    const hadPending = worker.pendingBlocks !== 0 || worker.pendingRequests !== 0;
+    const hadPending = worker.pendingBlocks !== 0 || worker.pendingRequests !== 0 || worker.finishedRequests !== 0;
+    worker.finishedBlocks = 0;
+    worker.finishedRequests = 0;
     worker.baseBlocks = Math.max(0, load.kv_active_blocks - finishedBlocks);
     worker.baseRequests = Math.max(0, load.request_active_slots + load.num_requests_waiting - recent.length);
     worker.pendingBlocks = 0;
     worker.pendingRequests = 0;
-    worker.reportSeq = this.#routeSeq;
+    for (const flight of worker.flights) {
+      if (!flight.inPending) continue;
+      if (this.#holdUntilPrefilled && !flight.prefilled) {
+        worker.pendingBlocks += flight.newBlocks;
+        worker.pendingRequests += 1;
+      } else {
+        flight.inPending = false;
+      }
+    }
     if (load.kv_total_blocks > 0) worker.kvTotalBlocks = load.kv_total_blocks;
     if (load.request_total_slots > 0) worker.requestTotalSlots = load.request_total_slots;
     if (hadPending) this.#onPendingChange?.();
@@ -357,15 +385,18 @@ export class KvRouter {
     const old = this.#remote.get(workerId);
     if (load.blocks === 0 && load.requests === 0) this.#remote.delete(workerId);
     else this.#remote.set(workerId, { blocks: load.blocks, requests: load.requests });
-    if (old !== undefined && (load.blocks < old.blocks || load.requests < old.requests)) this.#drainQueue();
+    if (load.blocks < (old?.blocks ?? 0) || load.requests < (old?.requests ?? 0)) this.#drainQueue();
   }
 
-  // This router's own pending part, per worker with any: the requests it routed there since the
-  // worker's last report (and not finished), with their new blocks (see the header).
+  // This router's correction to each worker's last report, per worker with one (see the header):
+  // the requests it routed there since (and not finished), with their new blocks, less those the
+  // report counted that finished since, with all their blocks.
   pendingLoad(): Map<WorkerId, LoadShare> {
     const out = new Map<WorkerId, LoadShare>();
     for (const w of this.#workers.values()) {
-      if (w.pendingBlocks !== 0 || w.pendingRequests !== 0) out.set(w.workerId, { blocks: w.pendingBlocks, requests: w.pendingRequests });
+      const blocks = w.pendingBlocks - w.finishedBlocks;
+      const requests = w.pendingRequests - w.finishedRequests;
+      if (blocks !== 0 || requests !== 0) out.set(w.workerId, { blocks, requests });
     }
     return out;
   }
@@ -438,14 +469,20 @@ export class KvRouter {
     else this.#groupInFlight.delete(flight.group);
     worker.prefillTokens -= flight.prefillTokens;
     worker.recentFinishes.push({ at: this.#now(), blocks: flight.requestBlocks }); // kv_active_blocks counted them all
-    if (flight.seq > worker.reportSeq) {
+    worker.flights.delete(flight);
+    if (flight.inPending) {
       worker.pendingBlocks -= flight.newBlocks;
       worker.pendingRequests -= 1;
-      if (this.#workers.get(worker.workerId) === worker) this.#onPendingChange?.();
-    } else {
+    }
+    // Held in pending after its first output (holdUntilPrefilled): the last report may count it
+    // too, so it leaves the base as well (an undercount only until the next report).
+    if (!flight.inPending || flight.prefilled) {
       worker.baseBlocks = Math.max(0, worker.baseBlocks - flight.newBlocks);
       worker.baseRequests = Math.max(0, worker.baseRequests - 1);
+      worker.finishedBlocks += flight.requestBlocks;
+      worker.finishedRequests += 1;
     }
+    if (this.#workers.get(worker.workerId) === worker) this.#onPendingChange?.();
     this.#drainQueue();
   }
 
@@ -453,7 +490,8 @@ export class KvRouter {
   // prefill count, and waiting requests are retried. Unknown ids are ignored.
   prefilled(requestId: RequestId): void {
     const flight = this.#inFlight.get(requestId);
-    if (flight === undefined || flight.prefillTokens === 0) return;
+    if (flight === undefined || flight.prefilled) return;
+    flight.prefilled = true;
     flight.worker.prefillTokens -= flight.prefillTokens;
     flight.prefillTokens = 0;
     this.#drainQueue();
@@ -507,13 +545,21 @@ export class KvRouter {
   // The capacity rule, the bulk share and the busy thresholds (see the header), for a request
   // adding newBlocks.
   #hasRoom(worker: WorkerState, newBlocks: number, bulk = false): boolean {
-    const remote = this.#remote.get(worker.workerId);
-    const activeBlocks = worker.baseBlocks + worker.pendingBlocks + (remote?.blocks ?? 0);
-    const requests = worker.baseRequests + worker.pendingRequests + (remote?.requests ?? 0);
+    const activeBlocks = this.#activeBlocks(worker);
+    const requests = this.#activeRequests(worker);
     if (activeBlocks <= 0 && requests <= 0) return true; // idle
     if (activeBlocks + newBlocks > worker.kvTotalBlocks || requests > worker.requestTotalSlots) return false;
     if (bulk && requests + 1 > Math.max(1, Math.floor(BULK_SHARE * worker.requestTotalSlots))) return false;
     return activeBlocks <= this.#busyBlocks * worker.kvTotalBlocks && worker.prefillTokens <= this.#busyPrefillTokens;
+  }
+
+  // The estimate the cost and the capacity rule use (see the header).
+  #activeBlocks(worker: WorkerState): number {
+    return Math.max(0, worker.baseBlocks + worker.pendingBlocks + (this.#remote.get(worker.workerId)?.blocks ?? 0));
+  }
+
+  #activeRequests(worker: WorkerState): number {
+    return Math.max(0, worker.baseRequests + worker.pendingRequests + (this.#remote.get(worker.workerId)?.requests ?? 0));
   }
 
   // Picks and commits a worker with room, or returns undefined.
@@ -530,7 +576,7 @@ export class KvRouter {
     for (const worker of this.#workers.values()) {
       const overlap = overlaps.get(worker.workerId) ?? 0;
       if (!this.#hasRoom(worker, n - overlap, bulk)) continue;
-      const activeBlocks = worker.baseBlocks + worker.pendingBlocks + (this.#remote.get(worker.workerId)?.blocks ?? 0);
+      const activeBlocks = this.#activeBlocks(worker);
       const heldBlocks = held.get(worker.workerId) ?? 0;
       candidates.push({ workerId: worker.workerId, joinSeq: worker.joinSeq, overlap, activeBlocks, heldBlocks });
       states.push(worker);
@@ -549,7 +595,9 @@ export class KvRouter {
     worker.overlapBlocks += overlap;
     const group = request.group ?? request.requestId;
     this.#groupInFlight.set(group, (this.#groupInFlight.get(group) ?? 0) + 1);
-    this.#inFlight.set(request.requestId, { worker, newBlocks, requestBlocks: n, seq: ++this.#routeSeq, group, prefillTokens });
+    const flight: InFlight = { worker, newBlocks, requestBlocks: n, inPending: true, group, prefillTokens, prefilled: false };
+    this.#inFlight.set(request.requestId, flight);
+    worker.flights.add(flight);
     this.#predicted.add(request.requestId, worker.workerId, hashes);
     this.#decisions++;
     this.#requestBlocks += n;

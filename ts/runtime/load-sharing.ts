@@ -3,20 +3,22 @@
 //
 // What is shared. A worker's own load report (the event plane's `<ns>:load`, ~100 ms and after
 // every engine step that changed it) already reaches every frontend, and each router's estimate
-// starts from it. What a report cannot show yet is what was routed since it was taken: each
-// router keeps that as its `pending` part (ts/router/router.ts). So each frontend publishes its
-// pending part, per worker, as one snapshot (FrontendLoad, ts/protocol) on the pub/sub channel
-// `<ns>:frontend-load`, and adds the other frontends' latest snapshots to its estimate
-// (ts/router/remote-loads.ts -> KvRouter.setRemoteLoad). Pending drops back to 0 at each report
-// of the worker, so a snapshot is small and lives about one report interval.
+// starts from it. What a report cannot show yet is what was routed since it was taken (each
+// router's `pending` part, ts/router/router.ts), and which of the requests it counted have
+// finished since. So each frontend publishes that
+// correction, per worker (KvRouter.pendingLoad), as one snapshot (FrontendLoad, ts/protocol) on
+// the pub/sub channel `<ns>:frontend-load`, and adds the other frontends' latest snapshots to
+// its estimate (ts/router/remote-loads.ts -> KvRouter.setRemoteLoad). Both parts drop back to 0
+// at each report of the worker, so a snapshot is small and lives about one report interval.
 //
 // Stays true:
 //   - the routing decision never waits on Redis: changed() only marks the snapshot dirty; it is
 //     sent once per event-loop turn (setImmediate), so a burst of decisions in one turn is one
-//     PUBLISH, fire and forget; an unchanged snapshot is not sent again, except that a non-empty
-//     one is repeated every ttlMs / 3 so it does not lapse while it is true;
+//     PUBLISH, fire and forget; it is also recomputed every TICK_MS; an
+//     unchanged snapshot is not sent again, except that a non-empty one is repeated every
+//     ttlMs / 3 so it does not lapse while it is true;
 //   - a snapshot lapses ttlMs after it arrived unless a newer one replaced it (swept every
-//     ttlMs / 4): a frontend that dies leaves phantom load for at most 1.25 ttlMs; one that
+//     TICK_MS): a frontend that dies leaves phantom load for at most ttlMs + TICK_MS; one that
 //     closes sends an empty snapshot first, which clears its share at once;
 //   - Redis away: nothing is sent (not queued either: a snapshot is a latest value), nothing
 //     arrives, the others' shares lapse, and each frontend routes on its own view, as before
@@ -27,6 +29,8 @@ import type { FrontendLoad, WorkerId } from '../protocol/index.ts';
 import { RemoteLoads, type LoadShare } from '../router/index.ts';
 import { DEFAULT_NAMESPACE } from './discovery.ts';
 import { RedisConnection } from './redis-connection.ts';
+
+const TICK_MS = 100; // how often lapsed snapshots go and this frontend's own is recomputed
 
 export function frontendLoadChannel(namespace: string): string {
   return `${namespace}:frontend-load`;
@@ -81,7 +85,7 @@ export class LoadSharing {
     await Promise.all([this.pub.whenReady(timeoutMs), this.sub.whenReady(timeoutMs)]);
     this.sub.redis.on('message', (_channel: string, text: string) => this.onMessage(text));
     await this.sub.redis.subscribe(this.channel);
-    this.timer = setInterval(() => this.tick(), Math.max(25, Math.floor(this.ttlMs / 4)));
+    this.timer = setInterval(() => this.tick(), TICK_MS);
     this.timer.unref();
   }
 
@@ -114,8 +118,12 @@ export class LoadSharing {
 
   private tick(): void {
     for (const id of this.remote.expire(this.now())) this.opts.onRemote(id, this.remote.total(id));
-    // Repeat a non-empty snapshot before it lapses at the others.
+    // Repeat a non-empty snapshot before it lapses at the others; else send it if it changed.
     if (!this.lastEmpty && this.now() - this.lastSentAt >= this.ttlMs / 3) this.flush(true);
+    else {
+      this.dirty = true;
+      this.flush(false);
+    }
   }
 
   private flush(repeat: boolean): void {

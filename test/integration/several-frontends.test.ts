@@ -1,0 +1,161 @@
+// Several frontends serving the same workers: two real frontend processes (ts/frontend/main.ts,
+// forked with their JSON config as the launcher forks them) with the KV router, two real workers
+// (ts/worker/main.ts), one real Redis, real HTTP. Shows that
+//   - a frontend started after the workers have cached a prefix learns it from the event plane's
+//     replay, and kv routing puts that prefix on its worker whichever frontend a request enters;
+//   - long requests entering the two frontends at nearly the same time land on different idle
+//     workers (each frontend adds what the other placed: ts/runtime/load-sharing.ts), in pairs
+//     and in a burst split between the frontends.
+// Every loop is bounded in count and time.
+import { fork, type ChildProcess } from 'node:child_process';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FrontendConfig } from '../../ts/frontend/main.ts';
+import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
+import { ensureModel } from '../../ts/modelgen/index.ts';
+import type { WorkerInfo } from '../../ts/protocol/index.ts';
+import type { WorkerConfig } from '../../ts/worker/main.ts';
+import { until } from '../helpers/launcher.ts';
+import { forkWorker, type ForkedWorker } from '../helpers/worker.ts';
+
+interface Frontend {
+  url: string;
+  proc: ChildProcess;
+  stop(): Promise<void>;
+}
+
+let modelDir: string;
+let redis: PrivateRedis;
+const workers: ForkedWorker[] = [];
+const frontends: Frontend[] = [];
+
+async function forkFrontend(infos: WorkerInfo[]): Promise<Frontend> {
+  const config: FrontendConfig = {
+    host: '127.0.0.1',
+    port: 0,
+    modelName: 'tiny',
+    modelDir,
+    maxModelLen: Math.min(...infos.map((w) => w.maxModelLen)),
+    workers: infos,
+    logLevel: 'warn',
+    router: { policy: 'kv', blockSize: 16 },
+  };
+  const proc = fork('ts/frontend/main.ts', ['--config', JSON.stringify(config)], {
+    execArgv: ['--import', 'tsx'],
+    stdio: 'inherit',
+    env: { ...process.env, KVSERVE_REDIS_URL: redis.url, KVSERVE_API_KEY: '', KVSERVE_CLUSTER_SECRET: '' },
+  });
+  const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+  const url = await new Promise<string>((resolve, reject) => {
+    proc.on('message', (m: { type: string; url?: string; message?: string }) => {
+      if (m.type === 'ready') resolve(m.url!);
+      if (m.type === 'fatal') reject(new Error(m.message));
+    });
+    void exited.then(() => reject(new Error('frontend exited before ready')));
+  });
+  const frontend = {
+    url,
+    proc,
+    stop: async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGINT');
+      await exited;
+    },
+  };
+  frontends.push(frontend);
+  return frontend;
+}
+
+// Token ids of a deterministic pseudo-random prompt.
+function tokens(seed: number, len: number): number[] {
+  let x = seed * 7919 + 17;
+  return Array.from({ length: len }, () => {
+    x = (x * 1103515245 + 12345) >>> 0;
+    return 1000 + (x % 30000);
+  });
+}
+
+async function complete(f: Frontend, prompt: number[], maxTokens: number): Promise<string> {
+  const res = await fetch(`${f.url}/v1/completions`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ model: 'tiny', prompt, max_tokens: maxTokens, temperature: 0, ignore_eos: true }),
+  });
+  await res.arrayBuffer();
+  expect(res.status).toBe(200);
+  return res.headers.get('x-worker-id')!;
+}
+
+async function workersIn(f: Frontend): Promise<number> {
+  const text = await (await fetch(`${f.url}/metrics`)).text();
+  return text.split('\n').filter((l) => l.startsWith('kvserve:worker_busy{')).length;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+beforeAll(async () => {
+  modelDir = (await ensureModel('tiny-llama')).dir;
+  redis = await startPrivateRedis();
+  for (const workerId of ['worker-a', 'worker-b']) {
+    const config: WorkerConfig = {
+      workerId,
+      role: 'monolith',
+      model: 'tiny',
+      modelDir,
+      host: '127.0.0.1',
+      port: 0,
+      engine: { kvCacheBytes: 64 << 20, numThreads: 1 },
+    };
+    workers.push(await forkWorker(config, { KVSERVE_REDIS_URL: redis.url }));
+  }
+  const first = await forkFrontend(workers.map((w) => w.info));
+  await until('both workers in the first frontend', async () => (await workersIn(first)) === 2);
+});
+
+afterAll(async () => {
+  for (const f of frontends) await f.stop();
+  for (const w of workers) await w.stop();
+  await redis?.stop();
+});
+
+describe('several frontends on the same workers', () => {
+  it('a frontend started after the workers learns their caches: a shared prefix stays on its worker whichever frontend it enters', async () => {
+    const [first] = frontends;
+    const prefix = tokens(1, 320); // 20 blocks of 16
+    const home = await complete(first, [...prefix, ...tokens(100, 24)], 2);
+    // The second frontend starts now, after the prefix is cached: it knows it only by the replay.
+    const second = await forkFrontend(workers.map((w) => w.info));
+    await until('both workers in the second frontend', async () => (await workersIn(second)) === 2);
+    // One request at a time, 150 ms apart: a worker's load report (every 100 ms) then shows the
+    // previous request finished. Closer than that, the report of it running can still be the
+    // latest here, and the other frontend's word that it finished is one pub/sub hop behind the
+    // client's next request (the shared-prefix race of "Several frontends" in the README).
+    for (let i = 0; i < 6; i++) {
+      const f = i % 2 === 0 ? second : first;
+      expect(await complete(f, [...prefix, ...tokens(200 + i, 24)], 2)).toBe(home);
+      await sleep(150);
+    }
+  });
+
+  it('long requests entering the two frontends at nearly the same time go to different idle workers', async () => {
+    const [first, second] = frontends;
+    // Pairs: one request into each frontend, 40 ms apart (less than a long prompt's prefill, so
+    // no load report shows the first yet): each pair is split over the two workers.
+    for (let round = 0; round < 4; round++) {
+      const a = complete(first, tokens(1000 + round, 1024), 16);
+      await sleep(40);
+      const b = complete(second, tokens(2000 + round, 1024), 16);
+      const [wa, wb] = await Promise.all([a, b]);
+      expect(wb, `round ${round}`).not.toBe(wa);
+    }
+    // A burst of 6 split between the frontends (3 each, alternating, 40 ms apart), all running
+    // at once: 3 on each worker.
+    const burst: Promise<string>[] = [];
+    for (let i = 0; i < 6; i++) {
+      burst.push(complete(i % 2 === 0 ? first : second, tokens(3000 + i, 1024), 16));
+      await sleep(40);
+    }
+    const landed = await Promise.all(burst);
+    const counts = new Map<string, number>();
+    for (const w of landed) counts.set(w, (counts.get(w) ?? 0) + 1);
+    expect([...counts.values()].sort()).toEqual([3, 3]);
+  });
+});
