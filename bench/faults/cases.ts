@@ -1,6 +1,10 @@
 // bench/faults/cases.ts: the fault-injection cases of `npm run test:faults` (run.ts runs one).
+import path from 'node:path';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
-import { procFile } from '../../test/helpers/launcher.ts';
+import { ensureModel } from '../../ts/modelgen/index.ts';
+import { packageRoot } from '../../ts/native/loader.ts';
+import { procFile, until } from '../../test/helpers/launcher.ts';
+import { Hosts, netnsUnavailable } from '../../test/helpers/netns.ts';
 import { promptTokens } from '../../test/helpers/prompts.ts';
 import { descendants, percentile, streamOnce, type CaseContext, type Deployment, type FaultCase } from './run.ts';
 
@@ -154,12 +158,7 @@ export const cases: FaultCase[] = [
     { name: 'Redis away 5 s, then started empty (prefill workers)', args: ['--decode-workers', '1', '--prefill-workers', '1', ...disagg], durationMs: 10_000 },
     (_ctx, restart) => restart(),
   ),
-  {
-    name: 'network partition of a worker',
-    args: [],
-    skip: () => 'workers bind to loopback in one network namespace; a partition needs the cross-host roles and --advertise-host',
-    inject: async () => undefined,
-  },
+  partitionOfAWorkerNode(),
   {
     name: 'client disconnect storm (100 streams aborted at random times)',
     args: ['--workers', '2'],
@@ -238,3 +237,70 @@ export const cases: FaultCase[] = [
     },
   },
 ];
+
+const PARTITION_SECRET = 'fault-suite-cluster-secret-0123';
+const PARTITION_MS = 8000;
+
+// A worker node on another "host" (a network namespace, test/helpers/netns.ts) beside the
+// deployment's own worker: its link goes down for PARTITION_MS under load, then comes back. Its
+// streams migrate to the local worker (--stall-timeout-s 2 finds them stalled), and when the
+// link is back it rejoins; no request may fail. Root only (skipped with the reason elsewhere).
+function partitionOfAWorkerNode(): FaultCase {
+  let hosts: Hosts | undefined;
+  let redis: PrivateRedis | undefined;
+  let node: ReturnType<Hosts['spawn']> | undefined;
+  return {
+    name: 'network partition of a worker node (--role worker in a network namespace)',
+    args: ['--workers', '1', '--router', 'kv', '--stall-timeout-s', '2'],
+    durationMs: 12_000,
+    skip: netnsUnavailable,
+    prepare: async () => {
+      const modelDir = (await ensureModel('tiny-llama')).dir;
+      const cleanup = async () => {
+        if (node && node.exitCode === null && node.signalCode === null) node.kill('SIGTERM');
+        await redis?.stop();
+        hosts?.destroy();
+        delete process.env.KVSERVE_CLUSTER_SECRET;
+      };
+      try {
+        hosts = new Hosts(['far']);
+        const here = `${hosts.subnet}.254`; // this process's address on the hosts' network
+        redis = await startPrivateRedis({ alsoBind: here });
+        const env = {
+          ...process.env,
+          KVSERVE_CPU_KERNELS: 'reference',
+          KVSERVE_REDIS_URL: `redis://:${redis.password}@${here}:${redis.port}`,
+          KVSERVE_CLUSTER_SECRET: PARTITION_SECRET,
+        };
+        const args = ['--import', 'tsx', path.join(packageRoot, 'ts/launcher/main.ts'), '--role', 'worker', '--model', modelDir, '--device', 'cpu', '--kv-cache-memory', '64MiB'];
+        node = hosts.spawn('far', process.execPath, args, env, packageRoot);
+        let out = '';
+        node.stdout!.on('data', (d) => (out += d));
+        node.stderr!.on('data', (d) => (out += d));
+        await until('the worker node is ready', async () => {
+          if (node!.exitCode !== null) throw new Error(`the worker node exited (${node!.exitCode}):\n${out}`);
+          return /\] ready: /.test(out);
+        }, 120_000);
+        process.env.KVSERVE_CLUSTER_SECRET = PARTITION_SECRET; // the deployment's frontend talks to the node with it
+        return { args: ['--redis-url', redis.url], cleanup };
+      } catch (err) {
+        await cleanup();
+        throw err;
+      }
+    },
+    inject: async (ctx) => {
+      const far = `worker-0@${hosts!.get('far').address}`;
+      await until('the frontend routes to the far node', async () => (await (await fetch(`${ctx.dep.url}/metrics`)).text()).includes(`worker_id="${far}"`), 30_000);
+      hosts!.linkDown('far');
+      ctx.notes.push(`link of ${far} down for ${PARTITION_MS / 1000} s`);
+      await ctx.sleep(PARTITION_MS);
+      hosts!.linkUp('far');
+      try {
+        await until('the far node rejoins', async () => (await (await fetch(`${ctx.dep.url}/metrics`)).text()).includes(`worker_id="${far}"`), 30_000, 500);
+        ctx.notes.push(`${far} rejoined after the link came back`);
+      } catch {
+        ctx.fail(`${far} did not rejoin within 30 s of the link coming back`);
+      }
+    },
+  };
+}

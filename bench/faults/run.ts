@@ -13,6 +13,7 @@
 // Pass rule: no hang, no wrong answer, no leak; and no failure at all unless the case allows it
 // (no other worker, Redis itself gone, the deployment stopping).
 // References: each prompt's greedy tokens from the same deployment before the fault.
+import { CLUSTER_AUTH_HEADER, clusterSecret, httpAuthHeader } from '../../ts/runtime/cluster-secret.ts';
 import fs from 'node:fs';
 import path from 'node:path';
 import { ensureModel } from '../../ts/modelgen/index.ts';
@@ -95,7 +96,7 @@ async function deploy(c: FaultCase, modelDir: string): Promise<Deployment> {
     exited: l.exited,
     stop: l.stop,
     workers,
-    workerPid: async (name) => ((await (await fetch(`${workers().get(name)}/info`)).json()) as { pid: number }).pid,
+    workerPid: async (name) => ((await (await fetch(`${workers().get(name)}/info`, { headers: secretHeader('GET', '/info') })).json()) as { pid: number }).pid,
     descendants: () => descendants(l.proc.pid!),
   };
 }
@@ -183,10 +184,18 @@ function classify(r: StreamResult, want: string[], o: Outcome): void {
 }
 
 // Each worker's active KV blocks (GET /load), by name; NaN for one that does not answer.
+// A case whose deployment has a cluster secret (in this process's environment) shows it to the workers' HTTP.
+const secretHeader = (method: string, path: string): Record<string, string> => {
+  const secret = clusterSecret();
+  return secret ? { [CLUSTER_AUTH_HEADER]: httpAuthHeader(secret, method, path) } : {};
+};
+
 export async function workerActiveBlocks(workers: Map<string, string>): Promise<Record<string, number>> {
   const out: Record<string, number> = {};
   for (const [name, address] of workers) {
-    const load = (await fetch(`${address}/load`, { signal: AbortSignal.timeout(2000) }).then((r) => r.json()).catch(() => null)) as WorkerLoad | null;
+    const load = (await fetch(`${address}/load`, { headers: secretHeader('GET', '/load'), signal: AbortSignal.timeout(2000) })
+      .then((r) => (r.ok ? r.json() : null))
+      .catch(() => null)) as WorkerLoad | null;
     out[name] = load ? load.kv_active_blocks : NaN;
   }
   return out;

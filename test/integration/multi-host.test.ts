@@ -266,7 +266,13 @@ describe.skipIf(why !== undefined)(why ? `several hosts (skipped: ${why})` : 'se
     const out = nodes.get('nosecret')!.output();
     expect(out).toContain(`--advertise-host ${address} is not loopback`);
     expect(out).toContain('--cluster-secret');
-    expect(out).not.toContain(fs.readFileSync(passwordFile, 'utf8').trim()); // the Redis password is never printed
+    // Neither the Redis password nor the cluster secret is ever printed, by any node.
+    const password = fs.readFileSync(passwordFile, 'utf8').trim();
+    for (const [name, n] of nodes) {
+      expect(n.output(), name).not.toContain(password);
+      expect(n.output(), name).not.toContain(SECRET);
+    }
+    expect(nodes.get('leader')!.output()).toContain(`other nodes join with --redis-url redis://:***@${hosts.get('leader').address}:${REDIS_PORT} (the password is in ${passwordFile}`);
     expect((await listWorkers(redis)).some((w) => w.workerId.endsWith(`@${address}`))).toBe(false);
     for (let i = 0; i < 4; i++) expect((await complete(frontendUrl('leader'), promptTokens(700 + i, 20), 2)).worker).not.toContain(address);
   });
