@@ -196,6 +196,8 @@ interface WorkerState {
   baseRequests: number;
   pendingRequests: number;
   flights: Set<InFlight>; // its requests in flight
+  remoteBlocks: number; // setRemoteLoad()
+  remoteRequests: number;
   finishedBlocks: number; // all n of the requests the last report counted and that finished since
   finishedRequests: number;
   recentFinishes: { at: number; blocks: number }[]; // finishes of the last FINISH_WINDOW_MS, oldest first
@@ -312,6 +314,8 @@ export class KvRouter {
         baseRequests: 0,
         pendingRequests: 0,
         flights: new Set(),
+        remoteBlocks: this.#remote.get(spec.workerId)?.blocks ?? 0,
+        remoteRequests: this.#remote.get(spec.workerId)?.requests ?? 0,
         finishedBlocks: 0,
         finishedRequests: 0,
         recentFinishes: [],
@@ -385,6 +389,11 @@ export class KvRouter {
     const old = this.#remote.get(workerId);
     if (load.blocks === 0 && load.requests === 0) this.#remote.delete(workerId);
     else this.#remote.set(workerId, { blocks: load.blocks, requests: load.requests });
+    const worker = this.#workers.get(workerId);
+    if (worker !== undefined) {
+      worker.remoteBlocks = load.blocks;
+      worker.remoteRequests = load.requests;
+    }
     if (load.blocks < (old?.blocks ?? 0) || load.requests < (old?.requests ?? 0)) this.#drainQueue();
   }
 
@@ -527,8 +536,8 @@ export class KvRouter {
         overlapBlocks: w.overlapBlocks,
         activeBlocks: w.baseBlocks + w.pendingBlocks,
         activeRequests: w.baseRequests + w.pendingRequests,
-        remoteBlocks: this.#remote.get(w.workerId)?.blocks ?? 0,
-        remoteRequests: this.#remote.get(w.workerId)?.requests ?? 0,
+        remoteBlocks: w.remoteBlocks,
+        remoteRequests: w.remoteRequests,
         prefillTokens: w.prefillTokens,
         busy: !this.#hasRoom(w, 1),
         cachedBlocks: this.index.workerBlocks(w.workerId),
@@ -555,11 +564,11 @@ export class KvRouter {
 
   // The estimate the cost and the capacity rule use (see the header).
   #activeBlocks(worker: WorkerState): number {
-    return Math.max(0, worker.baseBlocks + worker.pendingBlocks + (this.#remote.get(worker.workerId)?.blocks ?? 0));
+    return Math.max(0, worker.baseBlocks + worker.pendingBlocks + worker.remoteBlocks);
   }
 
   #activeRequests(worker: WorkerState): number {
-    return Math.max(0, worker.baseRequests + worker.pendingRequests + (this.#remote.get(worker.workerId)?.requests ?? 0));
+    return Math.max(0, worker.baseRequests + worker.pendingRequests + worker.remoteRequests);
   }
 
   // Picks and commits a worker with room, or returns undefined.
