@@ -5,13 +5,14 @@
 //   decode2   (--role worker --workers 1 --remote-prefill)
 //   prefill   (--role prefill)
 //   frontend2 (--role frontend --router kv)
-//   nosecret  (a worker node without --cluster-secret)
+//   nosecret  (a worker node without --cluster-secret, then with another one)
 // Cases: the seed's Example 4 across the hosts gives the greedy tokens of a one-host
 // `--decode-workers 1 --prefill-workers 1` deployment, long prompts prefilled remotely and the KV
 // over TCP (the prefill host's connection to the decode host); both frontends put a shared prefix
 // on one worker; decode2's link goes down mid-load: its streams migrate or fail cleanly, the rest
 // go on, and it rejoins when the link is back; a node without the secret does not start and
-// nothing of it reaches discovery.
+// nothing of it reaches discovery; one with another secret is in discovery but never serves a
+// request (the request plane's handshake fails both ways).
 // Root only: elsewhere the suite is skipped with the reason (in its title and in the line `npm
 // test` ends with). Test traffic goes to the namespaces' own addresses and to loopback only;
 // every load loop is bounded in count and time.
@@ -275,5 +276,26 @@ describe.skipIf(why !== undefined)(why ? `several hosts (skipped: ${why})` : 'se
     expect(nodes.get('leader')!.output()).toContain(`other nodes join with --redis-url redis://:***@${hosts.get('leader').address}:${REDIS_PORT} (the password is in ${passwordFile}`);
     expect((await listWorkers(redis)).some((w) => w.workerId.endsWith(`@${address}`))).toBe(false);
     for (let i = 0; i < 4; i++) expect((await complete(frontendUrl('leader'), promptTokens(700 + i, 20), 2)).worker).not.toContain(address);
+  });
+
+  it('never serves a request on a node with another secret, which the frontends refuse at the handshake', async () => {
+    const address = hosts.get('nosecret').address;
+    const wrong = await startNode('nosecret', ['--role', 'worker', ...engineFlags()], { KVSERVE_REDIS_URL: redisUrl, KVSERVE_CLUSTER_SECRET: 'another-cluster-secret-45678901' });
+    try {
+      await until('the node with another secret is in discovery', async () => (await listWorkers(redis)).some((w) => w.workerId.endsWith(`@${address}`)), 30_000);
+      // Both frontends saw it join and set it aside: it does not pass their checks.
+      for (const fe of ['leader', 'frontend2']) {
+        await until(`${fe} sets the node with another secret aside`, async () =>
+          nodes.get(fe)!.output().split('\n').some((l) => l.includes(`@${address}`) && /worker unreachable|refused/.test(l)), 30_000);
+      }
+      for (const fe of ['leader', 'frontend2']) {
+        for (let i = 0; i < 6; i++) {
+          const r = await complete(frontendUrl(fe), promptTokens(800 + i, 20), 2);
+          expect(r.worker).not.toContain(address);
+        }
+      }
+    } finally {
+      await wrong.stop();
+    }
   });
 });
