@@ -45,6 +45,7 @@ import { Supervisor, type Child } from './supervisor.ts';
 
 const WORKER_READY_TIMEOUT_MS = 15 * 60_000; // large models take a while to page in
 const FRONTEND_READY_TIMEOUT_MS = 120_000;
+const REDIS_START_TIMEOUT_MS = 10_000; // a frontend node's first answer from the deployment's Redis
 const MAX_FAILED_RESTARTS = 3;
 const restartDelayMs = (failures: number) => (failures === 0 ? 0 : Math.min(10_000, 500 * 2 ** (failures - 1)));
 
@@ -167,6 +168,13 @@ function redisPasswordFrom(file: string): { password: string; created: boolean }
 async function awaitWorkers(redisUrl: string, modelName: string, isStopping: () => boolean): Promise<LeasedWorkerInfo[]> {
   const connection = new RedisConnection(redisUrl, { name: 'launcher-discovery' });
   try {
+    // A Redis that does not answer, or refuses the password, is an error now, not a silent wait.
+    try {
+      await connection.whenReady(REDIS_START_TIMEOUT_MS);
+      await connection.redis.ping();
+    } catch (err) {
+      throw new Error(`${(err as Error).message.split(redisUrl).join(maskRedisUrl(redisUrl))}: the deployment's Redis, which a frontend needs to find its workers (check --redis-url or KVSERVE_REDIS_URL)`);
+    }
     log(`waiting for workers of model "${modelName}" to join discovery at ${maskRedisUrl(redisUrl)}`);
     let lastLog = Date.now();
     for (;;) {
@@ -203,7 +211,7 @@ function checkPortFree(host: string, port: number): Promise<void> {
 async function run(f: LauncherFlags): Promise<number> {
   const device = resolveDevice(f);
   refuseUnimplemented(f, device);
-  log(`device: ${device === 'cuda' ? `cuda, ${loadAddon().cudaDevice().description}` : 'cpu'}`);
+  if (f.workers + f.prefillWorkers > 0) log(`device: ${device === 'cuda' ? `cuda, ${loadAddon().cudaDevice().description}` : 'cpu'}`);
 
   // 1. The model.
   if (!f.model) log('no --model given: using the built-in tiny model (generated on first use)');
