@@ -1,6 +1,9 @@
 // flags.ts: the launcher's command line (DESIGN.md section 1; the seed's flag names, so its six
 // examples run unchanged). Parsing is strict: an unknown flag or a bad value is an error with
-// the flag's name; flags whose feature has not landed yet are refused, never ignored.
+// the flag's name; flags whose feature has not landed yet are refused, never ignored, and so are
+// flags that do not apply to the node's --role (FLAG_GROUPS). checkNode holds what a node of a
+// deployment over several hosts needs: the Redis URL, the cluster secret off loopback, and a
+// leader's Redis password file when its Redis serves other hosts.
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -193,11 +196,12 @@ Serving
                                 (default: no cap beyond the context length)
   --cluster-secret SECRET       every peer of the internal planes (the request plane, the
                                 workers' HTTP, the KV transfer agents) must prove it knows
-                                SECRET (an HMAC handshake once per connection; HTTP: the
-                                x-kvserve-cluster-secret header), else it is refused; at least
+                                SECRET (an HMAC handshake once per connection; HTTP: an HMAC
+                                in the x-kvserve-cluster-auth header), else it is refused; at least
                                 16 printable ASCII characters; $KVSERVE_CLUSTER_SECRET does the
                                 same without putting it on a command line. Loopback listeners
-                                (the default) need none; a worker bound to another address
+                                (the default) need none; a node whose --advertise-host is not
+                                loopback, or a frontend node whose Redis is on another host,
                                 refuses to start without it (default: none)
 
 Overload and stalls
