@@ -8,7 +8,7 @@
 // Processes start in a host with their own UTS namespace and the host's name as hostname, so a
 // transfer agent (which tells hosts apart by hostname and boot id) sees other hosts as remote and
 // moves KV over TCP, as between machines.
-// Names are unique per run (the pid in the tag); destroy() kills what runs in the namespaces and
+// Names are unique per run (the pid and a count in the tag); destroy() kills what runs in the namespaces and
 // deletes them, which deletes the veth pairs too, and never throws.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 
@@ -42,9 +42,12 @@ export function netnsUnavailable(): string | undefined {
   }
 }
 
+let made = 0; // Hosts made by this process: part of the names and the subnet, so two never clash
+
 export class Hosts {
-  readonly tag = `kv${process.pid % 100000}`;
-  readonly subnet = `10.${200 + (process.pid % 50)}.${(process.pid >> 6) % 250}`;
+  private readonly n = made++ % 10;
+  readonly tag = `kv${process.pid % 100000}${this.n}`;
+  readonly subnet = `10.${200 + (process.pid % 50)}.${(((process.pid >> 6) % 25) * 10 + this.n) % 250}`;
   readonly hosts = new Map<string, NetHost>();
   private readonly sw = `${this.tag}sw`;
   private readonly procs: ChildProcess[] = [];
