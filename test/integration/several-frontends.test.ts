@@ -5,7 +5,8 @@
 //     replay, and kv routing puts that prefix on its worker whichever frontend a request enters;
 //   - long requests entering the two frontends at nearly the same time land on different idle
 //     workers (each frontend adds what the other placed: ts/runtime/load-sharing.ts), in pairs
-//     and in a burst split between the frontends.
+//     and in a burst split between the frontends;
+//   - a frontend killed with -9 leaves no load behind in the other once its share lapses.
 // Every loop is bounded in count and time.
 import { fork, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -157,5 +158,20 @@ describe('several frontends on the same workers', () => {
     const counts = new Map<string, number>();
     for (const w of landed) counts.set(w, (counts.get(w) ?? 0) + 1);
     expect([...counts.values()].sort()).toEqual([3, 3]);
+  });
+
+  it('a frontend killed with -9 leaves no load behind in the other: its share lapses, and the other serves on', async () => {
+    const [first, second] = frontends;
+    const remoteBlocks = async () => {
+      const text = await (await fetch(`${first.url}/metrics`)).text();
+      return text.split('\n').filter((l) => l.startsWith('kvserve:router_remote_active_blocks{')).reduce((sum, l) => sum + Number(l.split(' ').pop()), 0);
+    };
+    // Long prompts into the second frontend: the first counts them until their first outputs.
+    const doomed = Array.from({ length: 4 }, (_, i) => complete(second, tokens(4000 + i, 1024), 64).catch(() => 'failed'));
+    await until('the first frontend counts the second one\'s requests', async () => (await remoteBlocks()) > 0, 10_000, 5);
+    second.proc.kill('SIGKILL');
+    await until('the dead frontend\'s share lapsed', async () => (await remoteBlocks()) === 0, 5_000, 50);
+    await Promise.all(doomed);
+    expect(await complete(first, tokens(5000, 64), 4)).toMatch(/^worker-/);
   });
 });

@@ -33,9 +33,10 @@
 //     had their first output (prefilled()) are: the engine counts a request in its metrics only
 //     after the step that admitted it, so a report taken while the request travelled to the
 //     worker, or waited there for a long step to end, does not show it, and forgetting it then
-//     would make the worker look idle (measured with two frontends: pairs of long requests 40 ms
-//     apart landed on one worker). A request then counts twice, in the report and pending,
-//     from its admission until its first output: a busy worker looks busier while it prefills;
+//     would make the worker look idle (to every frontend: two long requests entering two
+//     frontends 40 ms apart would both go to it). A request then counts twice, in the report
+//     and pending, from its admission until its first output: a worker looks busier while it
+//     prefills;
 //   - finish(request) subtracts the request's blocks from `pending` if it is still there, else
 //     from `base` (clamped at 0): the report had counted it (held in pending after its first
 //     output, from both);
