@@ -66,6 +66,11 @@ describe('RemoteLoads', () => {
     expect(r.expire(1700)).toEqual([]);
     expect(r.total(wid('w0'))).toEqual({ blocks: 2, requests: 1 });
     expect(r.clear()).toEqual(['w0']);
+    // a sender's ttl is capped at 60 s
+    const capped = new RemoteLoads();
+    capped.apply(snap('c', { w1: [7, 1] }, 1e12), 0);
+    expect(capped.expire(59_999)).toEqual([]);
+    expect(capped.expire(60_000)).toEqual(['w1']);
     expect(r.total(wid('w0'))).toEqual({ blocks: 0, requests: 0 });
   });
 

@@ -6,13 +6,16 @@
 // Stays true:
 //   - a frontend's newer snapshot replaces its older one whole (a worker it no longer lists
 //     drops to 0 from it);
-//   - a snapshot lapses ttlMs after it arrived (the receiver's clock: no clocks compared across
-//     hosts): a frontend that died, or a Redis that went away, leaves its share for at most
-//     ttlMs, then the sums are this frontend's own view again;
+//   - a snapshot lapses ttl_ms after it arrived (the receiver's clock: no clocks compared across
+//     hosts; at most MAX_TTL_MS whatever the sender says): a frontend that died, or a Redis that
+//     went away, leaves its share for at most that long, then the sums are this frontend's own
+//     view again;
 //   - total(w) is the sum over the live snapshots, kept up to date by apply() and expire(),
 //     which return the workers whose sum changed.
 import type { FrontendLoad, WorkerId } from '../protocol/index.ts';
 import type { LoadShare } from './router.ts';
+
+const MAX_TTL_MS = 60_000;
 
 interface Snapshot {
   workers: Map<WorkerId, LoadShare>;
@@ -38,7 +41,7 @@ export class RemoteLoads {
     }
     const changed = this.#drop(load.frontend_id);
     if (workers.size > 0) {
-      const ttl = Number.isFinite(load.ttl_ms) && load.ttl_ms > 0 ? load.ttl_ms : 0;
+      const ttl = Number.isFinite(load.ttl_ms) ? Math.min(Math.max(load.ttl_ms, 0), MAX_TTL_MS) : 0;
       this.#byFrontend.set(load.frontend_id, { workers, expiresAt: now + ttl });
       for (const [id, share] of workers) this.#add(id, share, 1, changed);
     }
