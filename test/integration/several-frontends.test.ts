@@ -2,7 +2,8 @@
 // forked with their JSON config as the launcher forks them) with the KV router, two real workers
 // (ts/worker/main.ts), one real Redis, real HTTP. Shows that
 //   - a frontend started after the workers have cached a prefix learns it from the event plane's
-//     replay, and kv routing puts that prefix on its worker whichever frontend a request enters;
+//     replay, and kv routing puts that prefix on its worker whichever frontend a request enters,
+//     one forked directly and one started by the launcher as a frontend node (--role frontend);
 //   - long requests entering the two frontends at nearly the same time land on different idle
 //     workers (each frontend adds what the other placed: ts/runtime/load-sharing.ts), in pairs
 //     and in a burst split between the frontends;
@@ -15,7 +16,7 @@ import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { WorkerInfo } from '../../ts/protocol/index.ts';
 import type { WorkerConfig } from '../../ts/worker/main.ts';
-import { until } from '../helpers/launcher.ts';
+import { freePort, launch, until } from '../helpers/launcher.ts';
 import { forkWorker, type ForkedWorker } from '../helpers/worker.ts';
 
 interface Frontend {
@@ -133,6 +134,23 @@ describe('several frontends on the same workers', () => {
       const f = i % 2 === 0 ? second : first;
       expect(await complete(f, [...prefix, ...tokens(200 + i, 24)], 2)).toBe(home);
       await sleep(150);
+    }
+  });
+
+  it('a frontend node started through the launcher (--role frontend) joins them: the shared prefix stays on its worker', async () => {
+    const [first] = frontends;
+    const prefix = tokens(7, 320);
+    const home = await complete(first, [...prefix, ...tokens(700, 24)], 2);
+    const node = await launch(['--role', 'frontend', '--model', modelDir, '--served-model-name', 'tiny', '--router', 'kv', '--http-port', String(await freePort())], { KVSERVE_REDIS_URL: redis.url });
+    try {
+      const third: Frontend = { url: node.url, proc: node.proc, stop: async () => void (await node.stop()) };
+      await until('both workers in the frontend node', async () => (await workersIn(third)) === 2);
+      for (let i = 0; i < 4; i++) {
+        expect(await complete(i % 2 === 0 ? third : first, [...prefix, ...tokens(800 + i, 24)], 2)).toBe(home);
+        await sleep(150);
+      }
+    } finally {
+      await node.stop();
     }
   });
 
