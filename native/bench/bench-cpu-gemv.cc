@@ -1,8 +1,9 @@
 // bench-cpu-gemv.cc: the decode matmuls over a whole Llama-3.2-1B-shaped model's matmul
 // weights (16 layers x q, k, v, o, gate, up, down, and the 128256 x 2048 lm_head: 2.47 GB of
 // bf16, far past the caches) for a batch of `rows` tokens (1: the GEMV), on one kernel path,
-// with the weights row-major or in Layout::amx_tiles (paths with amx_tiles only), each in 4 KiB
-// pages or (huge) madvise'd for transparent huge pages.
+// with the weights row-major or (tiles) in the path's packed layout (Layout::amx_tiles or
+// bf16_pairs, on paths that have one), each in 4 KiB pages or (huge) madvise'd for transparent
+// huge pages.
 // Prints the best-of-rounds time of one pass (one decode step's matmuls), the weight bandwidth
 // it reached, and tokens/s (rows / time); then that bandwidth as a fraction of the read-bandwidth
 // probe's (bandwidth-probe.h) and the GFLOP/s as a fraction of the path's compute peak
@@ -72,7 +73,7 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 17) * 0.0625f - 0.5f;
   for (const std::string& name : split_list(layouts)) {
     const bool tiles = name.rfind("tiles", 0) == 0, huge = name.find("huge") != std::string::npos;
-    if (tiles && !k->amx_tiles) continue;
+    if (tiles && !k->pack) continue;
     auto* src = static_cast<uint16_t*>(std::aligned_alloc(size_t{2} << 20, bytes));
     if (huge) madvise(src, bytes, MADV_HUGEPAGE);
     for (size_t i = 0; i < total; ++i) src[i] = f32_to_bf16(static_cast<float>(i % 251) * 1e-3f);
@@ -85,7 +86,7 @@ int main(int argc, char** argv) {
     size_t at = 0;
     for (const Shape& s : shapes) {
       TensorView v{src + at, DType::bf16, s.rows, s.cols};
-      if (tiles) v = pack_amx_tiles(v, dst + at);
+      if (tiles) v = k->pack(v, dst + at);
       views.push_back(v);
       at += static_cast<size_t>(s.rows * s.cols);
     }

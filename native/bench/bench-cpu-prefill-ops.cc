@@ -2,8 +2,9 @@
 // on the Llama-3.2-1B shapes (hidden 2048, 32 heads, 8 kv heads, head_dim 64, FFN 8192, 16
 // layers), random bf16 weights and a bf16 KV pool. Not a test: timing only.
 // Build: the CMake target bench-cpu-prefill-ops (x86 builds with LLM_BUILD_TESTS=ON).
-// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512,avx512-bf16] (amx-tiles: weights in
-//      Layout::amx_tiles, the MLP in one op (kernels.mlp) and q/k/v in one pass, as the CPU runner runs them) [only=all|matmul] [threads=2] [huge]
+// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512,avx512-bf16,avx512-bf16-packed]
+//      (amx-tiles: weights in Layout::amx_tiles, the MLP in one op (kernels.mlp) and q/k/v in one pass;
+//      avx512-bf16-packed: weights in Layout::bf16_pairs; as the CPU runner runs them) [only=all|matmul] [threads=2] [huge]
 // Prints per op the best-of-rounds time for one layer and its share of the 16-layer total, and the
 // matmuls' GFLOP/s as a fraction of the path's compute peak (compute-peak.h, measured per path).
 #include <chrono>
@@ -114,12 +115,13 @@ int main(int argc, char** argv) {
   for (int64_t i = 0; i < kHd / 2; ++i) inv_freq[i] = std::pow(500000.0f, -2.0f * i / kHd);
 
   for (const std::string& name : split_list(paths)) {
-    const bool tiles = name == "amx-tiles";  // the amx path on weights in Layout::amx_tiles (as the runner keeps them)
-    const CpuPath path = name == "amx" || tiles        ? CpuPath::amx
-                         : name == "amx-exact"         ? CpuPath::amx_exact
-                         : name == "avx512-bf16"       ? CpuPath::avx512_bf16
-                         : name == "avx2"              ? CpuPath::avx2
-                                                       : CpuPath::avx512;
+    // amx-tiles, avx512-bf16-packed: the path on weights in its packed layout (as the runner keeps them)
+    const bool tiles = name == "amx-tiles" || name == "avx512-bf16-packed";
+    const CpuPath path = name == "amx" || name == "amx-tiles"                   ? CpuPath::amx
+                         : name == "amx-exact"                                  ? CpuPath::amx_exact
+                         : name == "avx512-bf16" || name == "avx512-bf16-packed" ? CpuPath::avx512_bf16
+                         : name == "avx2"                                       ? CpuPath::avx2
+                                                                                : CpuPath::avx512;
     const CpuKernels* kp = cpu_kernels_for(path);
     if (!kp) {
       std::printf("%s: not on this CPU\n", name.c_str());
@@ -128,9 +130,9 @@ int main(int argc, char** argv) {
     const CpuKernels& K = *kp;
     std::vector<Buf<uint16_t>> packed;
     auto weight = [&](const TensorView& w) {
-      if (!tiles) return w;
+      if (!tiles || !K.pack) return w;
       packed.emplace_back(static_cast<size_t>(w.rows * w.cols));
-      return pack_amx_tiles(w, packed.back().data());
+      return K.pack(w, packed.back().data());
     };
     packed.reserve(9);
     const TensorView vq = weight(rq), vk = weight(rk), vv = weight(rv), vo = weight(ro);

@@ -99,17 +99,17 @@ class CpuModelRunner final : public ModelRunner {
     num_heads_ = l0 ? l0->wq.rows / c.head_dim : c.num_heads;
     num_kv_heads_ = l0 ? l0->wk.rows / c.head_dim : c.num_kv_heads;
     intermediate_ = l0 ? l0->w_gate.rows : c.intermediate_size;
-    if (kernels_.amx_tiles && opts.tile_weights) pack_weights();
+    if (kernels_.pack && opts.tile_weights) pack_weights();
   }
 
   const char* backend_name() const override { return "cpu"; }
-  // The kernel path, and how many weight matrices are in tile order (amx paths).
+  // The kernel path, and how many weight matrices are in its packed layout (amx, avx512-bf16).
   std::string describe() const override {
     std::string s = kernels_.name;
-    if (kernels_.amx_tiles)
-      s += packed_count_ ? ", " + std::to_string(packed_count_) + " weight matrices in tile order (gate/up fused with silu in " +
-                               std::to_string(present_count(gate_up_)) + " layers, q/k/v in " +
-                               std::to_string(present_count(qkv_)) + ")"
+    if (kernels_.pack)
+      s += packed_count_ ? ", " + std::to_string(packed_count_) + " weight matrices in " + layout_name() +
+                               " order (gate/up fused with silu in " + std::to_string(present_count(gate_up_)) +
+                               " layers, q/k/v in " + std::to_string(present_count(qkv_)) + ")"
                          : ", weights row-major";
     return s;
   }
@@ -141,10 +141,11 @@ class CpuModelRunner final : public ModelRunner {
   // sum is already whole.
   Status all_reduce(float* x, int64_t n) { return all_reduce_ ? all_reduce_(x, n) : Status::Ok(); }
 
-  // On the amx paths, the matmul weights (and an lm_head, tied or not) go into Layout::amx_tiles,
-  // in one buffer this runner owns: a prefill then reads its weight tiles where they lie instead
-  // of copying them into tile order on every matmul (about a fifth of its matmul time at 512
-  // tokens), and decode reads them at the same bandwidth. weights_ points there; the embedding
+  // On the paths with a packed layout (kernels_.packed_layout: amx_tiles on the amx paths,
+  // bf16_pairs on avx512-bf16), the matmul weights (and an lm_head, tied or not) go into it, in
+  // one buffer this runner owns: a prefill then reads its weights where they lie instead of
+  // reordering them on every matmul (about a fifth of the amx matmul's time at 512 tokens), and
+  // decode reads them at the same bandwidth. weights_ points there; the embedding
   // table and the norms stay the model's views. The results are the same bits (cpu-kernels.h).
   // When the buffer cannot be allocated, the weights stay row-major.
   // A layer's gate and up go in together (gate_up_[l], for kernels_.mlp), and so do its
@@ -162,14 +163,14 @@ class CpuModelRunner final : public ModelRunner {
       if (fuse) fused.push_back(i);
       // q, k, v stay in this order in todo (and so in packed_): qkv_[i] then views all three.
       const bool qkv = kernels_.matmul_qkv && !l.bq.present() && !l.bk.present() && !l.bv.present() &&
-                       cpu::can_pack_amx_tiles(l.wq) && cpu::can_pack_amx_tiles(l.wk) && cpu::can_pack_amx_tiles(l.wv) &&
+                       kernels_.can_pack(l.wq) && kernels_.can_pack(l.wk) && kernels_.can_pack(l.wv) &&
                        l.wq.rows % 32 == 0 && l.wk.rows % 32 == 0 && l.wk.rows == l.wv.rows &&
                        l.wq.cols == l.wk.cols && l.wk.cols == l.wv.cols;
-      if (qkv) qkv_[i] = Tensor{nullptr, DType::bf16, l.wq.rows + 2 * l.wk.rows, l.wq.cols, Layout::amx_tiles};
+      if (qkv) qkv_[i] = Tensor{nullptr, DType::bf16, l.wq.rows + 2 * l.wk.rows, l.wq.cols, kernels_.packed_layout};
       for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
-        if (!(fuse && (t == &l.w_gate || t == &l.w_up)) && cpu::can_pack_amx_tiles(*t)) todo.push_back(t);
+        if (!(fuse && (t == &l.w_gate || t == &l.w_up)) && kernels_.can_pack(*t)) todo.push_back(t);
     }
-    if (cpu::can_pack_amx_tiles(weights_.lm_head)) todo.push_back(&weights_.lm_head);
+    if (kernels_.can_pack(weights_.lm_head)) todo.push_back(&weights_.lm_head);
     size_t total = 0;
     for (const Tensor* t : todo) total += static_cast<size_t>(t->rows * t->cols);
     for (size_t i : fused) total += static_cast<size_t>(2 * weights_.layers[i].w_gate.rows * weights_.layers[i].w_gate.cols);
@@ -194,9 +195,9 @@ class CpuModelRunner final : public ModelRunner {
       if (model_.files) model_.files->release_pages(t.data, static_cast<uint64_t>(t.rows * t.cols) * 2);
     };
     for (Tensor* t : todo) {
-      jobs.push_back([t, at, release] {
+      jobs.push_back([this, t, at, release] {
         const Tensor source = *t;
-        *t = cpu::pack_amx_tiles(source, at);
+        *t = kernels_.pack(source, at);
         release(source);
       });
       at += t->rows * t->cols;
@@ -229,8 +230,9 @@ class CpuModelRunner final : public ModelRunner {
 
   const Model& model_;
   ModelWeights weights_;                            // model_.weights, or their packed copies
-  std::unique_ptr<uint16_t, FreeDeleter> packed_;  // the packed weights (amx paths)
+  std::unique_ptr<uint16_t, FreeDeleter> packed_;  // the packed weights (paths with a packed layout)
   int64_t packed_count_ = 0;                        // matrices in packed_
+  const char* layout_name() const { return kernels_.packed_layout == Layout::amx_tiles ? "tile" : "bf16-pair"; }
   static int64_t present_count(const std::vector<Tensor>& ts) {
     return std::count_if(ts.begin(), ts.end(), [](const Tensor& t) { return t.present(); });
   }

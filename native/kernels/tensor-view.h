@@ -8,16 +8,23 @@
 
 namespace llm {
 
-// How a matrix's elements are ordered in memory.
-//   row_major  element (r, c) at r * cols + c.
-//   amx_tiles  the order the AMX matmul's A tiles read (cpu-amx.cc), so that a prefill reads its
-//              tiles where they lie instead of copying the weights into that order on every call:
-//              16-row blocks one after the other; in each, cols / 32 tiles of 16 rows x 32
-//              columns (1 KiB in bf16), row by row. Element (r, c) at
-//              ((r / 16) * (cols / 32) + c / 32) * 512 + (r % 16) * 32 + c % 32.
-//              Only bf16, rows % 16 == 0 and cols % 32 == 0; only the kernel tables with
-//              CpuKernels::amx_tiles read it (the CPU runner converts its weights at load).
-enum class Layout : uint8_t { row_major, amx_tiles };
+// How a matrix's elements are ordered in memory. The layouts other than row_major are the
+// order one kernel path's matmul reads its weights in, so that it reads them where they lie
+// instead of reordering them on every call; only the kernel table whose packed_layout it is
+// reads it, and the CPU runner converts its weights into it at load (CpuKernels::pack).
+//   row_major   element (r, c) at r * cols + c.
+//   amx_tiles   the amx paths (cpu-amx.cc): the AMX matmul's A tiles. 16-row blocks one after
+//               the other; in each, cols / 32 tiles of 16 rows x 32 columns (1 KiB in bf16),
+//               row by row. Element (r, c) at
+//               ((r / 16) * (cols / 32) + c / 32) * 512 + (r % 16) * 32 + c % 32.
+//               Only bf16, rows % 16 == 0 and cols % 32 == 0.
+//   bf16_pairs  the avx512-bf16 path (cpu-avx512-bf16.cc): vdpbf16ps's operand, 16 rows (the
+//               outputs) in the lanes and two columns in each lane. 16-row blocks one after the
+//               other; in each, cols / 2 pairs of columns, each pair's 16 rows x 2 columns (64
+//               bytes) row by row. Element (r, c) at
+//               (r / 16) * 16 * cols + (c / 2) * 32 + (r % 16) * 2 + c % 2.
+//               Only bf16, rows % 16 == 0 and cols % 2 == 0.
+enum class Layout : uint8_t { row_major, amx_tiles, bf16_pairs };
 
 // A read-only matrix (rows, cols) or vector (rows = 1); row-major (cols contiguous) unless
 // layout says otherwise.

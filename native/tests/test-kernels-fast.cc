@@ -158,7 +158,7 @@ TEST(matmul_avx512_bf16_rows_do_not_depend_on_the_batch) {
   if (!k) return;
   const int64_t M = 140, N = 203;
   for (DType dt : kDTypes)
-    for (int64_t K : {288, 100}) {
+    for (int64_t K : {288, 100, 1100}) {
       const std::vector<float> x = random_floats(M * K);
       const TypedBuffer w(dt, random_floats(N * K)), b(dt, random_floats(N));
       const TensorView bias = b.view(1, N);
@@ -212,7 +212,7 @@ TEST(matmul_amx_tiles_layout_gives_the_same_bits) {
         placed = placed && packed[((r / 16) * (K / 32) + c / 32) * 512 + (r % 16) * 32 + c % 32] == src[r * K + c];
     CHECK(placed);
     for (auto [path, k] : fast_paths()) {
-      if (!k->amx_tiles) continue;
+      if (!(k->packed_layout == Layout::amx_tiles)) continue;
       for (int64_t M : {1, 2, 3, 4, 5, 17, 32, 33, 70, 130})
         for (bool with_bias : {false, true}) {
           const std::vector<float> x = random_floats(M * K);
@@ -225,6 +225,55 @@ TEST(matmul_amx_tiles_layout_gives_the_same_bits) {
           if (!same)
             std::printf("  %s: M %ld N %ld K %ld bias %d: tiles differ from row-major\n", k->name, (long)M, (long)N,
                         (long)K, (int)with_bias);
+          CHECK(same);
+        }
+    }
+  }
+}
+
+// Layout::bf16_pairs (the CPU runner's weights on avx512-bf16): pack puts every element where
+// tensor-view.h says, and the matmul on the packed weights gives the same bits as on the
+// row-major ones (which it packs a chunk at a time itself), on every route: the GEMV (one row,
+// K in one go on packed weights, in chunks on row-major ones), tiles of 1..4 rows, more rows
+// than a work item's block, K in several chunks, N not a whole panel, with and without a bias.
+TEST(matmul_bf16_pairs_layout_gives_the_same_bits) {
+  for (auto [path, k] : fast_paths()) {
+    if (k->packed_layout != Layout::bf16_pairs) continue;
+    const TensorView not_bf16{nullptr, DType::f32, 16, 32};
+    CHECK(!k->can_pack(not_bf16));
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{16, 2}, {48, 64}, {96, 290}, {592, 544}, {112, 1090}}) {
+      const TypedBuffer w(DType::bf16, random_floats(N * K));
+      const TypedBuffer bias(DType::bf16, random_floats(N));
+      CHECK(k->can_pack(w.view(N, K)));
+      CHECK(!k->can_pack(w.view(N - 1, K)) && !k->can_pack(w.view(N, K - 1)));
+      std::vector<uint16_t> packed(static_cast<size_t>(N * K));
+      const TensorView wp = k->pack(w.view(N, K), packed.data());
+      CHECK(wp.layout == Layout::bf16_pairs && wp.rows == N && wp.cols == K && wp.data == packed.data());
+      const auto* src = static_cast<const uint16_t*>(w.view(N, K).data);
+      bool placed = true;
+      for (int64_t r = 0; r < N; ++r)
+        for (int64_t c = 0; c < K; ++c)
+          placed = placed && packed[(r / 16) * 16 * K + (c / 2) * 32 + (r % 16) * 2 + c % 2] == src[r * K + c];
+      CHECK(placed);
+      for (int64_t M : {1, 2, 3, 4, 5, 17, 32, 33, 70, 130})
+        for (bool with_bias : {false, true}) {
+          const std::vector<float> x = random_floats(M * K);
+          const TensorView b = bias.view(1, N);
+          std::vector<float> y(static_cast<size_t>(M * N)), y_packed(y.size());
+          k->matmul(test_pool(), x.data(), M, w.view(N, K), with_bias ? &b : nullptr, y.data());
+          k->matmul(test_pool(), x.data(), M, wp, with_bias ? &b : nullptr, y_packed.data());
+          bool same = true;
+          for (size_t i = 0; i < y.size(); ++i) same = same && y[i] == y_packed[i];
+          // and each row as a batch of one (the GEMV), against the batch
+          if (M > 1)
+            for (int64_t m : {int64_t{0}, M - 1}) {
+              std::vector<float> y1(static_cast<size_t>(N));
+              k->matmul(test_pool(), x.data() + m * K, 1, wp, with_bias ? &b : nullptr, y1.data());
+              for (int64_t n = 0; n < N; ++n) same = same && y1[n] == y[m * N + n];
+            }
+          if (!same)
+            std::printf("  %s: M %ld N %ld K %ld bias %d: bf16_pairs differ from row-major or from one row alone\n", k->name,
+                        (long)M, (long)N, (long)K, (int)with_bias);
           CHECK(same);
         }
     }
@@ -245,7 +294,7 @@ TEST(gate_up_silu_gives_the_same_bits_as_matmul_then_silu) {
     const TensorView w = pack_amx_gate_up(gate.view(F, K), up.view(F, K), packed.data());
     CHECK(w.rows == 2 * F && w.cols == K && w.layout == Layout::amx_tiles);
     for (auto [path, k] : fast_paths()) {
-      CHECK((k->gate_up_silu != nullptr) == k->amx_tiles);
+      CHECK((k->gate_up_silu != nullptr) == (k->packed_layout == Layout::amx_tiles));
       if (!k->gate_up_silu) continue;
       for (int64_t M : {1, 2, 3, 4, 5, 32, 33, 70}) {
         const std::vector<float> x = random_floats(M * K, -2.0f, 2.0f);
@@ -277,7 +326,7 @@ TEST(mlp_gives_the_same_bits_as_gate_up_silu_then_matmul) {
     const TensorView b = bias.view(1, D);
     for (const TensorView& wd : {down.view(D, F), pack_amx_tiles(down.view(D, F), down_tiles.data()), down_f32.view(D, F)})
       for (auto [path, k] : fast_paths()) {
-        CHECK((k->mlp != nullptr) == k->amx_tiles);
+        CHECK((k->mlp != nullptr) == (k->packed_layout == Layout::amx_tiles));
         if (!k->mlp) continue;
         for (int64_t M : {1, 3, 4, 5, 32, 33, 70})
           for (const TensorView* bp : {static_cast<const TensorView*>(nullptr), &b}) {
@@ -310,7 +359,7 @@ TEST(matmul_qkv_gives_the_same_bits_as_three_matmuls) {
     pack_amx_tiles(wv.view(nkv, K), packed.data() + (nq + nkv) * K);
     const TensorView w{packed.data(), DType::bf16, nq + 2 * nkv, K, Layout::amx_tiles};
     for (auto [path, k] : fast_paths()) {
-      CHECK((k->matmul_qkv != nullptr) == k->amx_tiles);
+      CHECK((k->matmul_qkv != nullptr) == (k->packed_layout == Layout::amx_tiles));
       if (!k->matmul_qkv) continue;
       for (int64_t M : {1, 2, 3, 4, 5, 32, 33, 70}) {
         const std::vector<float> x = random_floats(M * K);
@@ -414,7 +463,7 @@ TEST(paged_attention_fast_prefill_chunks_match_reference) {
 // (its few-row and key-major routes sum in different orders).
 TEST(paged_attention_amx_rows_do_not_depend_on_the_step) {
   for (auto [path, k] : fast_paths())
-    if (k->amx_tiles)
+    if ((k->packed_layout == Layout::amx_tiles))
     for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{8, 2}, {4, 4}})
       for (int64_t window : {0, 21}) {
         const int64_t hd = 64, L = 70;

@@ -529,7 +529,9 @@ CpuKernels amx_table(const char* name) {
   CpuKernels k = cpu_avx512_kernels();
   k.name = name;
   k.matmul = matmul_amx<kTerms>;
-  k.amx_tiles = true;
+  k.packed_layout = Layout::amx_tiles;
+  k.can_pack = can_pack_amx_tiles;
+  k.pack = pack_amx_tiles;
   k.gate_up_silu = gate_up_silu_amx<kTerms>;
   k.mlp = mlp_amx<kTerms>;
   k.matmul_qkv = matmul_qkv_amx<kTerms>;

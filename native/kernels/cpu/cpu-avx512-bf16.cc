@@ -1,27 +1,28 @@
 // cpu-avx512-bf16.cc: the avx512-bf16 kernel path: the AVX-512 table with the matmul on
 // vdpbf16ps (AVX512_BF16), for CPUs that have it and no AMX.
 //
-// y[M, N] = x[M, K] @ w[N, K]^T (+ bias) on the weights as they are, row-major bf16 (K
-// contiguous). x is rounded to bf16 once per call (round to nearest even, |dx| <= 2^-9 |x|,
-// as the amx path's one term), into xb[M][Kp], Kp = K rounded up to 32, zero-padded. Both
-// operands then run along K, so vdpbf16ps needs no interleaving: lane j of an accumulator sums
-// the products of columns 32 c + 2 j and 32 c + 2 j + 1 over the 32-column chunks c, in order; a
-// last partial chunk loads w under a mask (the padded x is zero there). Each accumulator is
-// summed horizontally once, at the end, then the bias is added.
-// Register tile: MB rows of x by NB rows of w, MB x NB accumulators; per chunk MB + NB loads and
-// MB x NB vdpbf16ps. Work items are panels of kPanel weight rows (48 KiB at K = 2048: about L1)
-// by blocks of kBlockM rows of x, panel-major: a thread's contiguous range streams each panel
-// from memory once and reads it again from L1/L2 for the next rows of x. Within an item, each
-// MB rows of x meet the panel's weight rows NB at a time over the whole of K (blocking K, with
-// the vector accumulators kept in memory between blocks, measured slower on the 1B shapes). At
-// M = 1 this is the decode GEMV: every weight byte is read once, by one thread. The first MB
-// rows of an item prefetch the next tile's weight rows as they go (the rest find the panel in
-// cache). Threads split the items: N, and M where there are more rows than kBlockM.
-// Stays true: a row's y does not depend on M or on the other rows of x (every accumulator sees
-// the same chunks in the same order from zero, whichever tile shape computes it): preemption and
-// disaggregation rely on it (test-kernels-fast). Only x is rounded; bf16 x bf16 products are
-// exact in fp32 and sums are fp32 (bounds in test-kernels-fast.cc). Weights that are not bf16
-// go to the AVX-512 matmul with x as it is.
+// y[M, N] = x[M, K] @ w[N, K]^T (+ bias) for bf16 w, on the layout vdpbf16ps is made for:
+// Layout::bf16_pairs (tensor-view.h), 16 output columns in the lanes and pairs of K columns in
+// each lane, so x is broadcast (one pair, 32 bits) and every product lands where its output lives:
+// no horizontal sums, and a vector of weights serves MB rows of x. The CPU runner converts its
+// weights at load (pack_bf16_pairs). Row-major bf16 weights give the same bits: for several rows
+// of x they are converted here a chunk of a panel at a time into a per-thread buffer and run by
+// the same tiles; for one row (gemv_rows) 16 rows of 16 pairs are transposed in registers and
+// used at once, with a software prefetch two lines ahead on each of the 16 streams.
+// x is rounded to bf16 once per call (round to nearest even, |dx| <= 2^-9 |x|, as the amx path's
+// one term), into xb[M][Kp], Kp = K rounded up to 32, zero-padded.
+// Register tile: MB rows of x by NB blocks of 16 columns, MB x NB accumulators; per pair of K
+// columns NB weight loads, MB broadcasts and MB x NB vdpbf16ps. Work items are panels of kNB
+// blocks (at M = 1, kGemvNB) by blocks of kBlockM rows of x; within an item, K goes in chunks of
+// kChunk pairs, each chunk's weights read from memory once and from L1/L2 for every tile of rows
+// after the first, the accumulators kept in a per-thread buffer between chunks (an fp32 store and
+// load: exact). Threads split the items: N, and M where there are more rows than kBlockM.
+// Stays true: y[m, n] is the sum over the pairs p = 0, 1, ... in order, from zero, of
+// vdpbf16ps's pair products, then + bias[n]: it does not depend on M, on the other rows of x, on
+// the tile or the chunk that computed it, or on the weights' layout. Preemption and
+// disaggregation rely on it (test-kernels-fast). Only x is rounded; bf16 x bf16 products are exact
+// in fp32 and sums are fp32 (bounds in test-kernels-fast.cc). Weights that are not bf16 go to the
+// AVX-512 matmul with x as it is.
 // Compiled with the AVX-512 flags and -mavx512bf16 (CMakeLists.txt); called only when
 // cpu_isa().avx512_bf16 is set.
 #include <immintrin.h>
@@ -36,11 +37,12 @@ namespace llm::cpu {
 
 namespace {
 
-constexpr int kMB = 4;  // 4 x 6 accumulators + 4 x + 1 w registers of 32
+constexpr int kMB = 4;              // 4 x 6 accumulators + 6 w + 1 x registers of 32
 constexpr int kNB = 6;
-constexpr int kGemvNB = 8;            // M = 1: weight rows per tile
-constexpr int64_t kBlockM = 64;       // rows of x per work item
-constexpr int64_t kPanel = 12;        // weight rows per work item (a multiple of kNB and of kGemvNB / 2)
+constexpr int kGemvNB = 8;          // M = 1: blocks of 16 columns per tile and per work item
+constexpr int kGemvRowNB = 1;       // blocks summed at once by gemv_rows (row-major weights)
+constexpr int64_t kBlockM = 64;     // rows of x per work item
+constexpr int64_t kChunk = 256;     // pairs of K columns per chunk: kNB blocks of it are 96 KiB
 
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -64,98 +66,230 @@ void round_rows(const float* x, int64_t K, int64_t Kp, int64_t m0, int64_t m1, u
   }
 }
 
-// y[m, n0 + n] = sum over K of xb[m] w[n0 + n] (+ bias[n]) for m < MB, n < NB; xb rows Kp apart,
-// w rows K apart. ahead: prefetch the next NB weight rows, a line of each per chunk (the GEMV).
+// r[e] = element e (32 bits) of the 16 rows r[0..15]: a 16 x 16 transpose, in place.
+inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  // r[4 i + j], 128-bit lane l: element 4 l + j of rows 4 i .. 4 i + 3.
+  for (int i = 0; i < 4; ++i) {
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  // Then, for each j, the 4 x 4 transpose of the lanes of r[j], r[4 + j], r[8 + j], r[12 + j].
+  for (int j = 0; j < 4; ++j) {
+    const __m512i u0 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0x44), u1 = _mm512_shuffle_i32x4(r[j], r[4 + j], 0xee);
+    const __m512i u2 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0x44), u3 = _mm512_shuffle_i32x4(r[8 + j], r[12 + j], 0xee);
+    t[j] = _mm512_shuffle_i32x4(u0, u2, 0x88);
+    t[4 + j] = _mm512_shuffle_i32x4(u0, u2, 0xdd);
+    t[8 + j] = _mm512_shuffle_i32x4(u1, u3, 0x88);
+    t[12 + j] = _mm512_shuffle_i32x4(u1, u3, 0xdd);
+  }
+  for (int e = 0; e < 16; ++e) r[e] = t[e];
+}
+
+// Pairs [p0, p1) of blocks [b0, b1) of row-major w (N x K bf16) in Layout::bf16_pairs order
+// into out (block stride 32 (p1 - p0)); p0 a multiple of 16. Rows past N and the column past an
+// odd K are zero. 16 pairs (32 columns) of 16 rows at a time: 16 loads, one transpose of their
+// 32-bit pairs.
+void pack_blocks(const uint16_t* w, int64_t N, int64_t K, int64_t b0, int64_t b1, int64_t p0, int64_t p1,
+                 uint16_t* out) {
+  for (int64_t b = b0; b < b1; ++b) {
+    uint16_t* dst = out + (b - b0) * 32 * (p1 - p0);
+    const int64_t r0 = b * 16, live = min_i64(16, N - r0);
+    for (int64_t p = p0; p < p1; p += 16) {
+      const int64_t cols = min_i64(32, K - 2 * p);
+      const __mmask32 mask = static_cast<__mmask32>(cols >= 32 ? 0xffffffffu : (1u << cols) - 1);
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; ++i)
+        r[i] = i < live ? _mm512_maskz_loadu_epi16(mask, w + (r0 + i) * K + 2 * p) : _mm512_setzero_si512();
+      transpose16(r);
+      const int64_t n = min_i64(16, p1 - p);
+      for (int64_t e = 0; e < n; ++e) _mm512_storeu_si512(dst + (p - p0 + e) * 32, r[e]);
+    }
+  }
+}
+
+// Weight blocks in Layout::bf16_pairs order: pair p of block n at w + n * bs + (p - p_base) * 32.
+struct Blocks {
+  const uint16_t* w;
+  int64_t bs;
+  int64_t p_base;
+  const uint16_t* at(int n, int64_t p) const { return w + n * bs + (p - p_base) * 32; }
+};
+
+// acc[m][n] (+)= the pair products of xb's rows m < MB (row stride Kp) and weight blocks n < NB
+// over pairs [p0, p1), in order.
 template <int MB, int NB>
-void tile(const uint16_t* xb, int64_t Kp, const uint16_t* w, int64_t K, int64_t n0, const float* bias, float* y,
-          int64_t N, bool ahead) {
+inline void tile(const uint16_t* xb, int64_t Kp, const Blocks& wb, int64_t p0, int64_t p1, __m512 (&acc)[MB][NB]) {
+  for (int64_t p = p0; p < p1; ++p) {
+    __m512bh wv[NB];
+    for (int n = 0; n < NB; ++n) wv[n] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(wb.at(n, p)));
+    for (int m = 0; m < MB; ++m) {
+      int32_t pair;
+      std::memcpy(&pair, xb + m * Kp + 2 * p, 4);
+      const __m512bh xv = reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair));
+      for (int n = 0; n < NB; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], xv, wv[n]);
+    }
+  }
+}
+
+constexpr int64_t kPartStride = kGemvNB * 16;  // floats per row of x in a work item's partial sums
+
+// What one tile works on besides its weights: rows of x, the chunk [p0, p1) of P pairs, where
+// its sums wait between chunks (part: a row of x every kPartStride floats), and y (columns from
+// col0; N wide) with the bias of its columns (nullptr: none).
+struct TileArgs {
+  const uint16_t* xb;
+  int64_t Kp, p0, p1, P;
+  float* part;
+  float* y;
+  int64_t N, col0;
+  const float* bias;
+};
+
+// One tile of MB rows and NB blocks over one chunk: its accumulators start from zero (the first
+// chunk) or from part, and go to part (not the last chunk) or to y + bias (the last; columns past
+// N are not written).
+template <int MB, int NB>
+void run_tile(const Blocks& wb, const TileArgs& a) {
   __m512 acc[MB][NB];
   for (int m = 0; m < MB; ++m)
-    for (int n = 0; n < NB; ++n) acc[m][n] = _mm512_setzero_ps();
-  const uint16_t* wr = w + n0 * K;
-  const int64_t K_main = K / 32 * 32;
-  const char* next = reinterpret_cast<const char*>(wr + NB * K);
-  for (int64_t k = 0; k < K_main; k += 32) {
-    if (ahead)
-      for (int n = 0; n < NB; ++n) _mm_prefetch(next + (n * K + k) * 2, _MM_HINT_T0);
-    __m512bh xv[MB];
-    for (int m = 0; m < MB; ++m) xv[m] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + m * Kp + k));
-    for (int n = 0; n < NB; ++n) {
-      const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_loadu_si512(wr + n * K + k));
-      for (int m = 0; m < MB; ++m) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], xv[m], wv);
-    }
+    for (int n = 0; n < NB; ++n) acc[m][n] = a.p0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(a.part + m * kPartStride + n * 16);
+  tile<MB, NB>(a.xb, a.Kp, wb, a.p0, a.p1, acc);
+  if (a.p1 < a.P) {
+    for (int m = 0; m < MB; ++m)
+      for (int n = 0; n < NB; ++n) _mm512_storeu_ps(a.part + m * kPartStride + n * 16, acc[m][n]);
+    return;
   }
-  if (K_main < K) {  // the last K % 32 columns: w under a mask, x zero-padded
-    const __mmask32 mask = static_cast<__mmask32>((uint64_t{1} << (K - K_main)) - 1);
-    __m512bh xv[MB];
-    for (int m = 0; m < MB; ++m) xv[m] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(xb + m * Kp + K_main));
-    for (int n = 0; n < NB; ++n) {
-      const __m512bh wv = reinterpret_cast<__m512bh>(_mm512_maskz_loadu_epi16(mask, wr + n * K + K_main));
-      for (int m = 0; m < MB; ++m) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], xv[m], wv);
-    }
+  for (int n = 0; n < NB; ++n) {
+    const int64_t c = a.col0 + n * 16;
+    const int64_t live = min_i64(16, a.N - c);
+    const __mmask16 mask = static_cast<__mmask16>(live >= 16 ? 0xffff : (1u << live) - 1);
+    const __m512 b = a.bias ? _mm512_loadu_ps(a.bias + n * 16) : _mm512_setzero_ps();
+    for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(a.y + m * a.N + c, mask, _mm512_add_ps(acc[m][n], b));
   }
-  for (int m = 0; m < MB; ++m)
-    for (int n = 0; n < NB; ++n) y[m * N + n0 + n] = _mm512_reduce_add_ps(acc[m][n]) + (bias ? bias[n] : 0.0f);
 }
 
-// tile<mb, NB> for a runtime mb in [1, MB].
-template <int NB, int MB = kMB>
-void tile_rows(int mb, const uint16_t* xb, int64_t Kp, const uint16_t* w, int64_t K, int64_t n0, const float* bias,
-               float* y, int64_t N, bool ahead) {
-  if (mb == MB) return tile<MB, NB>(xb, Kp, w, K, n0, bias, y, N, ahead);
-  if constexpr (MB > 1) tile_rows<NB, MB - 1>(mb, xb, Kp, w, K, n0, bias, y, N, ahead);
+// run_tile<mb, nb> for runtime mb in [1, MB] and nb in [1, NB].
+template <int NB, int MB>
+void run_tile_rows(int mb, const Blocks& wb, const TileArgs& a) {
+  if (mb == MB) return run_tile<MB, NB>(wb, a);
+  if constexpr (MB > 1) run_tile_rows<NB, MB - 1>(mb, wb, a);
+}
+template <int NB, int MB>
+void run_tile_any(int nb, int mb, const Blocks& wb, const TileArgs& a) {
+  if (nb == NB) return run_tile_rows<NB, MB>(mb, wb, a);
+  if constexpr (NB > 1) run_tile_any<NB - 1, MB>(nb, mb, wb, a);
 }
 
-// tile_rows<nb> for a runtime nb in [1, NB].
-template <int NB = kNB>
-void tile_cols(int nb, int mb, const uint16_t* xb, int64_t Kp, const uint16_t* w, int64_t K, int64_t n0,
-               const float* bias, float* y, int64_t N) {
-  if (nb == NB) return tile_rows<NB>(mb, xb, Kp, w, K, n0, bias, y, N, false);
-  if constexpr (NB > 1) tile_cols<NB - 1>(nb, mb, xb, Kp, w, K, n0, bias, y, N);
+// The GEMV on row-major weights: y[n] for the NB blocks of 16 rows from block b (+ bias, columns
+// past N not written), each 16 pairs of 16 rows loaded and transposed in registers into
+// Layout::bf16_pairs order and summed at once: the same pair products in the same order as
+// tile<1, NB> on packed weights, with no copy of the weights.
+template <int NB>
+void gemv_rows(const uint16_t* xb, const uint16_t* w, int64_t N, int64_t K, int64_t b, const float* bias, float* y) {
+  const int64_t P = (K + 1) / 2;
+  __m512 acc[NB];
+  for (int n = 0; n < NB; ++n) acc[n] = _mm512_setzero_ps();
+  for (int64_t p = 0; p < P; p += 16) {
+    const int64_t cols = min_i64(32, K - 2 * p), count = min_i64(16, P - p);
+    const __mmask32 mask = static_cast<__mmask32>(cols >= 32 ? 0xffffffffu : (1u << cols) - 1);
+    for (int n = 0; n < NB; ++n) {
+      const int64_t r0 = (b + n) * 16, live = min_i64(16, N - r0);
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        if (i >= live) { r[i] = _mm512_setzero_si512(); continue; }
+        _mm_prefetch(reinterpret_cast<const char*>(w + (r0 + i) * K + 2 * p + 64), _MM_HINT_T0);
+        r[i] = _mm512_maskz_loadu_epi16(mask, w + (r0 + i) * K + 2 * p);
+      }
+      transpose16(r);
+      for (int64_t e = 0; e < count; ++e) {
+        int32_t pair;
+        std::memcpy(&pair, xb + 2 * (p + e), 4);
+        acc[n] = _mm512_dpbf16_ps(acc[n], reinterpret_cast<__m512bh>(_mm512_set1_epi32(pair)), reinterpret_cast<__m512bh>(r[e]));
+      }
+    }
+  }
+  for (int n = 0; n < NB; ++n) {
+    const int64_t c = (b + n) * 16, live = min_i64(16, N - c);
+    const __m512 bv = bias ? _mm512_loadu_ps(bias + n * 16) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(y + c, static_cast<__mmask16>(live >= 16 ? 0xffff : (1u << live) - 1), _mm512_add_ps(acc[n], bv));
+  }
 }
 
 void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
   if (M <= 0) return;
-  if (w.dtype != DType::bf16 || w.layout != Layout::row_major) return matmul_avx512(pool, x, M, w, bias, y);
+  const bool pairs = w.layout == Layout::bf16_pairs;
+  if (w.dtype != DType::bf16 || (w.layout != Layout::row_major && !pairs)) return matmul_avx512(pool, x, M, w, bias, y);
   const int64_t N = w.rows, K = w.cols, Kp = (K + 31) / 32 * 32;
+  const int64_t P = (K + 1) / 2, bs = 32 * P;  // pairs; block stride in elements
   thread_local Scratch<uint16_t> xb_buf;
   uint16_t* xb = xb_buf.get(M * Kp);
   if (M * K < (int64_t{1} << 16)) round_rows(x, K, Kp, 0, M, xb);
   else pool.parallel_for(M, [&](int64_t m0, int64_t m1) { round_rows(x, K, Kp, m0, m1, xb); });
   const uint16_t* wd = static_cast<const uint16_t*>(w.data);
   const bool has_bias = bias && bias->present();
-  // Panels of kPanel weight rows (at M = 1, 2 kPanel: whole GEMV tiles) by blocks of kBlockM rows
-  // of x.
-  const int64_t panel = M == 1 ? 2 * kPanel : kPanel;
-  const int64_t m_blocks = (M + kBlockM - 1) / kBlockM, panels = (N + panel - 1) / panel;
+  const int64_t blocks = (N + 15) / 16;
+  // Blocks per work item, and pairs per chunk. The GEMV reads K in one go, straight from memory:
+  // packed weights by tile<1, kGemvNB>, row-major ones by gemv_rows.
+  const int64_t panel = M == 1 ? kGemvNB : kNB;
+  const int64_t chunk = M == 1 ? P : kChunk;
+  const int64_t m_blocks = (M + kBlockM - 1) / kBlockM, panels = (blocks + panel - 1) / panel;
   pool.parallel_for(panels * m_blocks, [&](int64_t begin, int64_t end) {
-    alignas(64) float b[2 * kPanel];
+    thread_local Scratch<uint16_t> chunk_buf;
+    thread_local Scratch<float> part_buf;
+    float* part = P > chunk ? part_buf.get(kBlockM * kPartStride) : nullptr;
+    alignas(64) float b[kGemvNB * 16];
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t p0 = item / m_blocks * panel, p1 = min_i64(N, p0 + panel);
+      const int64_t b0 = item / m_blocks * panel, b1 = min_i64(blocks, b0 + panel);
       const int64_t m0 = item % m_blocks * kBlockM, m1 = min_i64(M, m0 + kBlockM);
+      const int nbl = static_cast<int>(b1 - b0);
       const float* bp = nullptr;
       if (has_bias) {
-        for (int64_t n = p0; n < p1; ++n) b[n - p0] = element_f32(bias->dtype, bias->data, n);
+        for (int64_t n = b0 * 16; n < b1 * 16; ++n) b[n - b0 * 16] = n < N ? element_f32(bias->dtype, bias->data, n) : 0.0f;
         bp = b;
       }
-      if (M == 1) {  // the GEMV: weight rows kGemvNB at a time, the next ones prefetched
-        int64_t n = p0;
-        for (; n + kGemvNB <= p1; n += kGemvNB)
-          tile<1, kGemvNB>(xb, Kp, wd, K, n, bp ? bp + (n - p0) : nullptr, y, N, n + 2 * kGemvNB <= N);
-        for (; n < p1; ++n) tile<1, 1>(xb, Kp, wd, K, n, bp ? bp + (n - p0) : nullptr, y, N, false);
+      if (M == 1 && !pairs) {
+        int64_t n = 0;
+        for (; n + kGemvRowNB <= nbl; n += kGemvRowNB) gemv_rows<kGemvRowNB>(xb, wd, N, K, b0 + n, bp ? bp + n * 16 : nullptr, y);
+        for (; n < nbl; ++n) gemv_rows<1>(xb, wd, N, K, b0 + n, bp ? bp + n * 16 : nullptr, y);
         continue;
       }
-      for (int64_t m = m0; m < m1; m += kMB) {
-        const int mb = static_cast<int>(min_i64(kMB, m1 - m));
-        const uint16_t* xm = xb + m * Kp;
-        float* ym = y + m * N;
-        int64_t n = p0;
-        for (; n + kNB <= p1; n += kNB)
-          tile_rows<kNB>(mb, xm, Kp, wd, K, n, bp ? bp + (n - p0) : nullptr, ym, N, m == m0 && n + 2 * kNB <= N);
-        if (n < p1) tile_cols(static_cast<int>(p1 - n), mb, xm, Kp, wd, K, n, bp ? bp + (n - p0) : nullptr, ym, N);
+      for (int64_t p0 = 0; p0 < P; p0 += chunk) {
+        const int64_t p1 = min_i64(P, p0 + chunk);
+        Blocks wb{wd + b0 * bs, bs, 0};
+        if (!pairs) {  // row-major: this chunk of the panel into bf16_pairs order first
+          uint16_t* packed = chunk_buf.get(panel * 32 * chunk);
+          pack_blocks(wd, N, K, b0, b1, p0, p1, packed);
+          wb = Blocks{packed, 32 * (p1 - p0), p0};
+        }
+        for (int64_t m = m0; m < m1; m += kMB) {
+          const int mb = static_cast<int>(min_i64(kMB, m1 - m));
+          const TileArgs a{xb + m * Kp, Kp, p0, p1, P, part ? part + (m - m0) * kPartStride : nullptr, y + m * N, N, b0 * 16, bp};
+          if (M == 1) run_tile_any<kGemvNB, 1>(nbl, 1, wb, a);
+          else run_tile_any<kNB, kMB>(nbl, mb, wb, a);
+        }
       }
     }
   });
+}
+
+bool can_pack_bf16_pairs(const TensorView& w) {
+  return w.data && w.dtype == DType::bf16 && w.layout == Layout::row_major && w.rows > 0 && w.rows % 16 == 0 &&
+         w.cols > 0 && w.cols % 2 == 0;
+}
+
+TensorView pack_bf16_pairs(const TensorView& w, uint16_t* out) {
+  pack_blocks(static_cast<const uint16_t*>(w.data), w.rows, w.cols, 0, w.rows / 16, 0, w.cols / 2, out);
+  TensorView packed = w;
+  packed.data = out;
+  packed.layout = Layout::bf16_pairs;
+  return packed;
 }
 
 }  // namespace
@@ -165,6 +299,9 @@ const CpuKernels& cpu_avx512_bf16_kernels() {
     CpuKernels k = cpu_avx512_kernels();
     k.name = "avx512-bf16";
     k.matmul = matmul_bf16;
+    k.packed_layout = Layout::bf16_pairs;
+    k.can_pack = can_pack_bf16_pairs;
+    k.pack = pack_bf16_pairs;
     return k;
   }();
   return table;

@@ -61,9 +61,15 @@ struct CpuKernels {
   void (*paged_attention)(ThreadPool& pool, const float* q, KVCacheView cache, int64_t layer,
                           const AttentionBatch& batch, float* out);
 
-  // matmul also takes weights in Layout::amx_tiles (the amx tables), and is fastest on them: the
-  // CPU runner converts every weight that can_pack_amx_tiles() into it at load.
-  bool amx_tiles = false;
+  // The layout matmul is fastest on, besides row-major (tensor-view.h): Layout::amx_tiles on the
+  // amx tables, Layout::bf16_pairs on avx512-bf16, row_major (none) on the others. The CPU
+  // runner converts every weight that can_pack() accepts into it at load, with pack(): w into out
+  // (w.rows * w.cols bf16), returning the view of out; the matmul's results on it are the same
+  // bits as on w. pack runs on the calling thread alone (a ThreadPool would pin its caller,
+  // thread-pool.h); the runner calls it from plain threads of its own.
+  Layout packed_layout = Layout::row_major;
+  bool (*can_pack)(const TensorView& w) = nullptr;
+  TensorView (*pack)(const TensorView& w, uint16_t* out) = nullptr;
 
   // The MLP's first half in one pass: out[M, F] = silu(x @ gate^T) * (x @ up^T), w = gate and up
   // packed together by pack_amx_gate_up. The same bits as matmul into gate and up, then silu_mul
