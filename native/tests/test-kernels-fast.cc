@@ -94,11 +94,10 @@ TEST(matmul_fast_matches_reference) {
           const TypedBuffer b(dt, random_floats(sh.N));
           const TensorView bias = b.view(1, sh.N);
           const TensorView* bp = with_bias ? &bias : nullptr;
-          // amx and amx-bf16 round x to one bf16 term for every weight AMX can run (cpu-amx.cc);
-          // avx512-bf16 for every bf16 weight (cpu-avx512-bf16.cc).
+          // amx, amx-bf16 (cpu-amx.cc) and avx512-bf16 (cpu-avx512-bf16.cc) round x to one bf16
+          // term for every bf16 weight, whatever its shape.
           const bool one_term =
-              ((path == CpuPath::amx || path == CpuPath::amx_bf16) && dt == DType::bf16 && sh.K % 32 == 0) ||
-              (path == CpuPath::avx512_bf16 && dt == DType::bf16);
+              (path == CpuPath::amx || path == CpuPath::amx_bf16 || path == CpuPath::avx512_bf16) && dt == DType::bf16;
           const bool two_terms = path == CpuPath::amx_exact;
           std::vector<float> y(static_cast<size_t>(sh.M * sh.N), NAN), y_ref(y), y_ref_bf16(y);
           k->matmul(test_pool(), x.data(), sh.M, w.view(sh.N, sh.K), bp, y.data());

@@ -7,10 +7,11 @@
 //   amx       the default (also named amx-bf16): x = bf16(x), one term (|dx| <= 2^-9 |x|), as
 //             Hugging Face transformers in bf16, llama.cpp's BF16 path and oneDNN's bf16 matmul
 //             do. At every M, decode included, and in the columns and shapes this file hands to
-//             the AVX-512 matmul (rounded_x): a weight AMX can run (bf16, K % 32 == 0) sees the
-//             same rounded x whatever the batch, so that a sequence's tokens do not depend on
-//             the batch it ran in (a preempted and recomputed request, a request alone or
-//             batched: test/native/engine.test.ts). One term is ~1.4x the prefill speed of two
+//             the AVX-512 matmul (rounded_x): a bf16 weight sees the same rounded x whatever the
+//             batch and whether AMX can run its shape (K % 32 == 0) or not, so that a sequence's
+//             tokens depend neither on the batch it ran in (a preempted and recomputed request,
+//             a request alone or batched: test/native/engine.test.ts) nor on a tensor-parallel
+//             rank's slice of K (test-tensor-parallel). One term is ~1.4x the prefill speed of two
 //             and free at batch-1 decode (the AVX-512 GEMV on rounded x).
 //   amx-exact x = hi + lo, hi = bf16(x), lo = bf16(x - hi) (x to about 16 significant bits, where
 //             bf16 alone keeps 8); every product is w hi + w lo; the AVX-512 parts see x itself.
@@ -321,7 +322,12 @@ void matmul_amx_impl(ThreadPool& pool, const float* x, int64_t M, const TensorVi
   const int64_t N = w.rows, K = w.cols;
   const int64_t N32 = N / 32 * 32;
   const bool tiled = w.layout == Layout::amx_tiles;  // else row-major
-  if (!tiled && (w.dtype != DType::bf16 || K % 32 != 0)) return matmul_avx512(pool, x, M, w, bias, y);
+  if (!tiled && (w.dtype != DType::bf16 || K % 32 != 0)) {
+    // A bf16 weight AMX cannot run still sees x rounded (one term): which rounding a matrix gets
+    // must not depend on its shape (a tensor-parallel rank's slice of K, say).
+    const bool round = kTerms == 1 && w.dtype == DType::bf16;
+    return matmul_avx512(pool, round ? rounded_x(x, M * K) : x, M, w, bias, y);
+  }
   // One term: the weights AMX runs (bf16, K % 32 == 0) see x rounded to bf16 at every M, in
   // every column; two terms: the AVX-512 parts see x itself (its hi + lo is x to 2^-18).
   if (M < kMinRows || N32 == 0) {
