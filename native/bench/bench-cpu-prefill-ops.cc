@@ -3,8 +3,9 @@
 // layers), random bf16 weights and a bf16 KV pool. Not a test: timing only.
 // Build: the CMake target bench-cpu-prefill-ops (x86 builds with LLM_BUILD_TESTS=ON).
 // Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512,avx512-bf16,avx512-bf16-packed]
-//      (amx-tiles: weights in Layout::amx_tiles, the MLP in one op (kernels.mlp) and q/k/v in one pass;
-//      avx512-bf16-packed: weights in Layout::bf16_pairs; as the CPU runner runs them) [only=all|matmul] [threads=2] [huge]
+//      (amx-tiles, avx512-bf16-packed: the weights prepared as the CPU runner prepares them,
+//      CpuWeights: packed, fused where the path fuses, and q/k/v, o and the MLP each timed as one
+//      op) [only=all|matmul] [threads=2] [huge]
 // Prints per op the best-of-rounds time for one layer and its share of the 16-layer total, and the
 // matmuls' GFLOP/s as a fraction of the path's compute peak (compute-peak.h, measured per path).
 #include <chrono>
@@ -21,6 +22,7 @@
 #include "bench-common.h"
 #include "kernels/cpu/compute-peak.h"
 #include "kernels/cpu/cpu-kernels.h"
+#include "kernels/cpu/cpu-weights.h"
 #include "kernels/dtype.h"
 
 using namespace llm;
@@ -128,29 +130,13 @@ int main(int argc, char** argv) {
       continue;
     }
     const CpuKernels& K = *kp;
-    std::vector<Buf<uint16_t>> packed;
-    auto weight = [&](const TensorView& w) {
-      if (!tiles || !K.pack) return w;
-      packed.emplace_back(static_cast<size_t>(w.rows * w.cols));
-      return K.pack(w, packed.back().data());
-    };
-    packed.reserve(9);
-    const TensorView vq = weight(rq), vk = weight(rk), vv = weight(rv), vo = weight(ro);
-    const TensorView vg = weight(rg), vu = weight(ru), vd = weight(rd);
-    TensorView vgu;  // amx-tiles: gate and up together, for gate_up_silu (as the runner packs them)
-    if (tiles && K.gate_up_silu) {
-      packed.emplace_back(static_cast<size_t>(2 * kF * kD));
-      vgu = pack_amx_gate_up(rg, ru, packed.back().data());
-    }
-    TensorView vqkv;  // amx-tiles: q, k, v one after another, for matmul_qkv
-    if (tiles && K.matmul_qkv) {
-      packed.emplace_back(static_cast<size_t>((kD + 2 * kHkv * kHd) * kD));
-      uint16_t* at = packed.back().data();
-      pack_amx_tiles(rq, at);
-      pack_amx_tiles(rk, at + kD * kD);
-      pack_amx_tiles(rv, at + (kD + kHkv * kHd) * kD);
-      vqkv = TensorView{at, DType::bf16, kD + 2 * kHkv * kHd, kD, Layout::amx_tiles};
-    }
+    // The weights as the CPU runner prepares them (cpu-weights.h): on the *-tiles / *-packed runs
+    // packed, and fused where the path fuses; row-major otherwise.
+    CpuWeightOptions prep;
+    prep.pack = tiles;
+    const CpuLayerMatmuls layer{rq, rk, rv, {}, {}, {}, ro, {}, rg, ru, rd, {}, {}, {}};
+    const CpuWeights prepared(K, {layer}, TensorView{}, prep);
+    const TensorView vq = rq, vk = rk, vv = rv, vo = ro, vg = rg, vu = ru, vd = rd;
     struct Op {
       const char* name;
       double flops;
@@ -172,16 +158,15 @@ int main(int argc, char** argv) {
         {"silu_mul", 0, [&] { K.silu_mul(pool, hb.data(), hb2.data(), hb.data(), T * kF); }},
         {"matmul down", 2.0 * T * kD * kF, [&] { K.matmul(pool, hb.data(), T, vd, nullptr, xb.data()); }},
     };
-    if (vgu.present()) {  // gate, up, silu_mul and down as the runner runs them: one op
+    if (tiles) {  // the matmuls as the runner calls them: q/k/v, o and the MLP, each one op
       ops.erase(ops.begin() + 9, ops.begin() + 13);
       ops.insert(ops.begin() + 9, Op{"matmul mlp", 6.0 * T * kD * kF,
-                                     [&] { K.mlp(pool, xb.data(), T, vgu, vd, nullptr, hb.data(), yo.data()); }});
-    }
-    if (vqkv.present()) {  // q, k and v likewise
+                                     [&] { prepared.mlp(pool, 0, xb.data(), T, hb.data(), hb2.data(), yo.data()); }});
+      ops[7].run = [&] { prepared.attn_out(pool, 0, att.data(), T, yo.data()); };
       ops.erase(ops.begin() + 1, ops.begin() + 4);
-      ops.insert(ops.begin() + 1, Op{"matmul qkv", 2.0 * T * kD * (kD + 1024), [&] {
-                                       K.matmul_qkv(pool, xb.data(), T, vqkv, kD, kHkv * kHd, q.data(), k.data(), v.data());
-                                     }});
+      ops.insert(ops.begin() + 1, Op{"matmul qkv", 2.0 * T * kD * (kD + 1024),
+                                     [&] { prepared.qkv(pool, 0, xb.data(), T, q.data(), k.data(), v.data()); }});
+      std::printf("%s: %s\n", name.c_str(), prepared.describe().c_str());
     }
     // Keep the attention input sane: softmax over random q.k is fine at scale 1/8.
     for (int r = 0; r < rounds; ++r)

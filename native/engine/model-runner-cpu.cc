@@ -1,6 +1,8 @@
 // model-runner-cpu.cc: the CPU forward pass (see model-runner.h), Llama / Mistral / Qwen2 / Qwen3.
 //
-// Owns: CpuModelRunner = the kernel table, a thread pool, and the RunState activations.
+// Owns: CpuModelRunner = the kernel table, the matmul weights prepared for its path (CpuWeights,
+// cpu-weights.h: packed layouts and fusions are the backend's), a thread pool, and the RunState
+// activations. The runner itself is only the forward pass.
 // Stays true: a batch is validated before any kernel runs, so the kernels never read or write
 // outside the pool, the weights or the caller's arrays; RunState only grows (a step allocates
 // only when it is larger than every step before it).
@@ -18,9 +20,8 @@
 #include <thread>
 #include <vector>
 
-#include <sys/mman.h>
-
 #include "../kernels/cpu/cpu-kernels.h"
+#include "../kernels/cpu/cpu-weights.h"
 #include "model-runner.h"
 
 namespace llm {
@@ -85,10 +86,10 @@ class CpuModelRunner final : public ModelRunner {
  public:
   CpuModelRunner(const Model& model, KVCacheView kv_cache, const CpuRunnerOptions& opts)
       : model_(model),
-        weights_(model.weights),
         kv_cache_(kv_cache),
         kernels_(cpu::cpu_kernels()),
         pool_(opts.num_threads, opts.cpus),
+        matmuls_(kernels_, layer_matmuls(model.weights), model.weights.lm_head, weight_options(model, opts, pool_.size())),
         all_reduce_(opts.all_reduce),
         gather_(opts.gather),
         inv_freq_(rope_inv_freq(model.config)) {
@@ -99,19 +100,13 @@ class CpuModelRunner final : public ModelRunner {
     num_heads_ = l0 ? l0->wq.rows / c.head_dim : c.num_heads;
     num_kv_heads_ = l0 ? l0->wk.rows / c.head_dim : c.num_kv_heads;
     intermediate_ = l0 ? l0->w_gate.rows : c.intermediate_size;
-    if (kernels_.pack && opts.tile_weights) pack_weights();
   }
 
   const char* backend_name() const override { return "cpu"; }
-  // The kernel path, and how many weight matrices are in its packed layout (amx, avx512-bf16).
+  // The kernel path, and how its weights were prepared (packed layout, fusions).
   std::string describe() const override {
-    std::string s = kernels_.name;
-    if (kernels_.pack)
-      s += packed_count_ ? ", " + std::to_string(packed_count_) + " weight matrices in " + layout_name() +
-                               " order (gate/up fused with silu in " + std::to_string(present_count(gate_up_)) +
-                               " layers, q/k/v in " + std::to_string(present_count(qkv_)) + ")"
-                         : ", weights row-major";
-    return s;
+    const std::string prepared = matmuls_.describe();
+    return prepared.empty() ? std::string(kernels_.name) : std::string(kernels_.name) + ", " + prepared;
   }
   int64_t vocab_size() const override { return model_.config.vocab_size; }
 
@@ -122,11 +117,6 @@ class CpuModelRunner final : public ModelRunner {
   Status tp_logits(int64_t num_logits, float* logits);
 
   // The kernels, bound to this runner's pool and model.
-  void matmul(const float* x, int64_t M, const Tensor& w, const Tensor* bias, float* y) {
-    const TensorView wv = view(w);
-    const TensorView bv = bias ? view(*bias) : TensorView{};
-    kernels_.matmul(pool_, x, M, wv, bv.present() ? &bv : nullptr, y);
-  }
   void rmsnorm(const float* x, const Tensor& weight, int64_t M, float* out) {
     kernels_.rmsnorm(pool_, x, view(weight), model_.config.rms_norm_eps, M, model_.config.hidden_size, out);
   }
@@ -141,106 +131,30 @@ class CpuModelRunner final : public ModelRunner {
   // sum is already whole.
   Status all_reduce(float* x, int64_t n) { return all_reduce_ ? all_reduce_(x, n) : Status::Ok(); }
 
-  // On the paths with a packed layout (kernels_.packed_layout: amx_tiles on the amx paths,
-  // bf16_pairs on avx512-bf16), the matmul weights (and an lm_head, tied or not) go into it, in
-  // one buffer this runner owns: a prefill then reads its weights where they lie instead of
-  // reordering them on every matmul (about a fifth of the amx matmul's time at 512 tokens), and
-  // decode reads them at the same bandwidth. weights_ points there; the embedding
-  // table and the norms stay the model's views. The results are the same bits (cpu-kernels.h).
-  // When the buffer cannot be allocated, the weights stay row-major.
-  // A layer's gate and up go in together (gate_up_[l], for kernels_.mlp), and so do its
-  // q, k and v (qkv_[l], for kernels_.matmul_qkv: packed one right after the other), where they
-  // can and have no biases.
-  void pack_weights() {
-    std::vector<Tensor*> todo;
-    std::vector<size_t> fused;  // layers whose gate and up go into gate_up_
-    gate_up_.assign(weights_.layers.size(), Tensor{});
-    qkv_.assign(weights_.layers.size(), Tensor{});
-    for (size_t i = 0; i < weights_.layers.size(); ++i) {
-      LayerWeights& l = weights_.layers[i];
-      const bool fuse = kernels_.mlp && cpu::can_pack_amx_gate_up(l.w_gate, l.w_up) && !l.b_gate.present() &&
-                        !l.b_up.present();
-      if (fuse) fused.push_back(i);
-      // q, k, v stay in this order in todo (and so in packed_): qkv_[i] then views all three.
-      const bool qkv = kernels_.matmul_qkv && !l.bq.present() && !l.bk.present() && !l.bv.present() &&
-                       kernels_.can_pack(l.wq) && kernels_.can_pack(l.wk) && kernels_.can_pack(l.wv) &&
-                       l.wq.rows % 32 == 0 && l.wk.rows % 32 == 0 && l.wk.rows == l.wv.rows &&
-                       l.wq.cols == l.wk.cols && l.wk.cols == l.wv.cols;
-      if (qkv) qkv_[i] = Tensor{nullptr, DType::bf16, l.wq.rows + 2 * l.wk.rows, l.wq.cols, kernels_.packed_layout};
-      for (Tensor* t : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down})
-        if (!(fuse && (t == &l.w_gate || t == &l.w_up)) && kernels_.can_pack(*t)) todo.push_back(t);
-    }
-    if (kernels_.can_pack(weights_.lm_head)) todo.push_back(&weights_.lm_head);
-    size_t total = 0;
-    for (const Tensor* t : todo) total += static_cast<size_t>(t->rows * t->cols);
-    for (size_t i : fused) total += static_cast<size_t>(2 * weights_.layers[i].w_gate.rows * weights_.layers[i].w_gate.cols);
-    if (total == 0) return;
-    constexpr size_t kHuge = size_t{2} << 20;
-    const size_t bytes = (total * 2 + kHuge - 1) / kHuge * kHuge;
-    packed_.reset(static_cast<uint16_t*>(std::aligned_alloc(kHuge, bytes)));
-    if (!packed_) return;
-    // Transparent huge pages where the system allows them ("madvise" mode, as on our machine):
-    // the decode GEMV streams all of it every token (bench-cpu-gemv: 2.47 GB in 89-91 ms against
-    // 94-106 in 4 KiB pages; `npm run bench:engine` batch 1: 9.3-9.7 against 7.6-8.5 tok/s).
-    madvise(packed_.get(), bytes, MADV_HUGEPAGE);
-    // Each matrix's place in packed_, then the copies on as many threads as the pool has (plain
-    // threads: the pool would pin this thread, the engine's creator; thread-pool.h). The copies
-    // read the model files (page cache, or disk the first time) and fault in the huge pages.
-    // Then the model file's pages of what was copied are unmapped (they stay in the page cache):
-    // this process's memory counts the weights once. A tied lm_head's table is the embedding,
-    // which maps its rows in again as tokens need them.
-    std::vector<std::function<void()>> jobs;
-    uint16_t* at = packed_.get();
-    auto release = [this](const Tensor& t) {
-      if (model_.files) model_.files->release_pages(t.data, static_cast<uint64_t>(t.rows * t.cols) * 2);
-    };
-    for (Tensor* t : todo) {
-      jobs.push_back([this, t, at, release] {
-        const Tensor source = *t;
-        *t = kernels_.pack(source, at);
-        release(source);
-      });
-      at += t->rows * t->cols;
-    }
-    for (size_t i : fused) {
-      LayerWeights& l = weights_.layers[i];
-      jobs.push_back([this, i, &l, at, release] {
-        gate_up_[i] = cpu::pack_amx_gate_up(l.w_gate, l.w_up, at);
-        release(l.w_gate);
-        release(l.w_up);
-      });
-      at += 2 * l.w_gate.rows * l.w_gate.cols;
-    }
-    std::atomic<size_t> next{0};
-    auto work = [&] {
-      for (size_t j; (j = next.fetch_add(1)) < jobs.size();) jobs[j]();
-    };
-    std::vector<std::thread> threads;
-    for (int i = 1; i < pool_.size(); ++i) threads.emplace_back(work);
-    work();
-    for (std::thread& th : threads) th.join();
-    for (size_t i = 0; i < qkv_.size(); ++i)
-      if (qkv_[i].rows) qkv_[i].data = weights_.layers[i].wq.data;  // wk and wv follow it
-    packed_count_ = static_cast<int64_t>(todo.size() + 2 * fused.size());
+  static std::vector<cpu::CpuLayerMatmuls> layer_matmuls(const ModelWeights& w) {
+    std::vector<cpu::CpuLayerMatmuls> out;
+    for (const LayerWeights& l : w.layers)
+      out.push_back({l.wq, l.wk, l.wv, l.bq, l.bk, l.bv, l.wo, l.bo, l.w_gate, l.w_up, l.w_down, l.b_gate, l.b_up, l.b_down});
+    return out;
   }
-
-  struct FreeDeleter {
-    void operator()(uint16_t* p) const { std::free(p); }
-  };
+  // Packing (CpuRunnerOptions::tile_weights) on as many plain threads as the pool has; the model
+  // file's pages of what was copied are unmapped (they stay in the page cache), so this process
+  // counts the weights once. A tied lm_head's table is the embedding, which maps its rows in
+  // again as tokens need them.
+  static cpu::CpuWeightOptions weight_options(const Model& model, const CpuRunnerOptions& opts, int threads) {
+    cpu::CpuWeightOptions o;
+    o.pack = opts.tile_weights;
+    o.threads = threads;
+    const SafetensorsModel* files = model.files.get();
+    if (files) o.release = [files](const void* data, uint64_t bytes) { files->release_pages(data, bytes); };
+    return o;
+  }
 
   const Model& model_;
-  ModelWeights weights_;                            // model_.weights, or their packed copies
-  std::unique_ptr<uint16_t, FreeDeleter> packed_;  // the packed weights (paths with a packed layout)
-  int64_t packed_count_ = 0;                        // matrices in packed_
-  const char* layout_name() const { return kernels_.packed_layout == Layout::amx_tiles ? "tile" : "bf16-pair"; }
-  static int64_t present_count(const std::vector<Tensor>& ts) {
-    return std::count_if(ts.begin(), ts.end(), [](const Tensor& t) { return t.present(); });
-  }
-  std::vector<Tensor> gate_up_;                     // per layer: gate and up packed together, or absent
-  std::vector<Tensor> qkv_;                         // per layer: q, k, v packed one after another, or absent
   KVCacheView kv_cache_;
   const cpu::CpuKernels& kernels_;
   cpu::ThreadPool pool_;
+  cpu::CpuWeights matmuls_;  // the matmul weights, prepared for kernels_' path
   std::function<Status(float*, int64_t)> all_reduce_;  // empty at tp_size 1
   std::function<Status(const float*, const std::vector<size_t>&, float*)> gather_;  // empty at tp_size 1
   std::vector<float> inv_freq_;  // (head_dim / 2)
@@ -256,7 +170,7 @@ Status CpuModelRunner::validate(const ForwardBatch& b) const {
 
 Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
   const ModelConfig& c = model_.config;
-  const ModelWeights& w = weights_;
+  const ModelWeights& w = model_.weights;
   const int64_t T = b.num_tokens;
   const int64_t D = c.hidden_size;
   const int64_t head_dim = c.head_dim;
@@ -292,15 +206,8 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
     // xb = rmsnorm(x) * attn_norm
     rmsnorm(s.x.data(), lw.attn_norm, T, s.xb.data());
     const size_t li = static_cast<size_t>(l);
-    if (!qkv_.empty() && qkv_[li].present()) {
-      // q, k, v = xb @ (wq, wk, wv)^T in one pass (the same bits as below)
-      kernels_.matmul_qkv(pool_, s.xb.data(), T, qkv_[li], q_dim, kv_dim, s.q.data(), s.k.data(), s.v.data());
-    } else {
-      // q = xb @ wq^T + bq;  k = xb @ wk^T + bk;  v = xb @ wv^T + bv   (biases: Qwen2)
-      matmul(s.xb.data(), T, lw.wq, &lw.bq, s.q.data());
-      matmul(s.xb.data(), T, lw.wk, &lw.bk, s.k.data());
-      matmul(s.xb.data(), T, lw.wv, &lw.bv, s.v.data());
-    }
+    // q = xb @ wq^T + bq;  k = xb @ wk^T + bk;  v = xb @ wv^T + bv   (biases: Qwen2)
+    matmuls_.qkv(pool_, li, s.xb.data(), T, s.q.data(), s.k.data(), s.v.data());
     if (lw.q_norm.present()) {
       // q, k = rmsnorm(q) * q_norm, rmsnorm(k) * k_norm, each head on its own   (Qwen3)
       kernels_.rmsnorm(pool_, s.q.data(), view(lw.q_norm), c.rms_norm_eps, T * num_heads_, head_dim, s.q.data());
@@ -314,7 +221,7 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
     // att = softmax(q K^T / sqrt(head_dim), causal, sliding window) V over each sequence's context
     kernels_.paged_attention(pool_, s.q.data(), kv_cache_, l, attn, s.att.data());
     // xb = att @ wo^T + bo   (bias: Llama attention_bias)
-    matmul(s.att.data(), T, lw.wo, &lw.bo, s.xb.data());
+    matmuls_.attn_out(pool_, li, s.att.data(), T, s.xb.data());
     LLM_RETURN_IF_ERROR(all_reduce(s.xb.data(), T * D));
     // x = x + xb
     add_in_place(s.x.data(), s.xb.data(), T * D);
@@ -322,21 +229,9 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
     // ---- feed-forward block ----
     // xb = rmsnorm(x) * mlp_norm
     rmsnorm(s.x.data(), lw.mlp_norm, T, s.xb.data());
-    if (!gate_up_.empty() && gate_up_[li].present()) {
-      // xb = (silu(xb @ w_gate^T) * (xb @ w_up^T)) @ w_down^T + b_down, gate and up in one pass
-      // and their product handed to down without the fp32 round trip (the same bits as below)
-      const TensorView b_down = view(lw.b_down);
-      kernels_.mlp(pool_, s.xb.data(), T, gate_up_[li], view(lw.w_down), b_down.present() ? &b_down : nullptr,
-                   s.hb.data(), s.xb.data());
-    } else {
-      // hb = xb @ w_gate^T + b_gate;  hb2 = xb @ w_up^T + b_up   (biases: Llama mlp_bias)
-      matmul(s.xb.data(), T, lw.w_gate, &lw.b_gate, s.hb.data());
-      matmul(s.xb.data(), T, lw.w_up, &lw.b_up, s.hb2.data());
-      // hb = silu(hb) * hb2
-      kernels_.silu_mul(pool_, s.hb.data(), s.hb2.data(), s.hb.data(), T * F);
-      // xb = hb @ w_down^T + b_down
-      matmul(s.hb.data(), T, lw.w_down, &lw.b_down, s.xb.data());
-    }
+    // xb = (silu(xb @ w_gate^T + b_gate) * (xb @ w_up^T + b_up)) @ w_down^T + b_down
+    //   (biases: Llama mlp_bias; hb, hb2: gate and up)
+    matmuls_.mlp(pool_, li, s.xb.data(), T, s.hb.data(), s.hb2.data(), s.xb.data());
     LLM_RETURN_IF_ERROR(all_reduce(s.xb.data(), T * D));
     // x = x + xb
     add_in_place(s.x.data(), s.xb.data(), T * D);
@@ -350,7 +245,7 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
   rmsnorm(s.x_out.data(), w.final_norm, b.num_logits, s.x_out.data());
   if (sh.size == 1) {
     // logits = x_out @ lm_head^T
-    matmul(s.x_out.data(), b.num_logits, w.lm_head, nullptr, logits);
+    matmuls_.logits(pool_, s.x_out.data(), b.num_logits, logits);
     return Status::Ok();
   }
   return tp_logits(b.num_logits, logits);
@@ -377,7 +272,7 @@ Status CpuModelRunner::tp_logits(int64_t num_logits, float* logits) {
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::out_of_memory, "cannot allocate logits for " + std::to_string(num_logits) + " rows");
   }
-  matmul(s.x_out.data(), num_logits, weights_.lm_head, nullptr, s.logits_part.data());
+  matmuls_.logits(pool_, s.x_out.data(), num_logits, s.logits_part.data());
   LLM_RETURN_IF_ERROR(gather_(s.logits_part.data(), counts, sh.rank == 0 ? s.logits_all.data() : nullptr));
   if (sh.rank != 0) return Status::Ok();
   const float* from = s.logits_all.data();

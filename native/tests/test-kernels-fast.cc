@@ -34,6 +34,7 @@
 
 #include "kernel-fixtures.h"
 #include "kernels/cpu/cpu-kernels.h"
+#include "kernels/cpu/cpu-weights.h"
 #include "test-harness.h"
 
 using namespace llm;
@@ -279,7 +280,7 @@ TEST(matmul_bf16_pairs_layout_gives_the_same_bits) {
   }
 }
 
-// gate_up_silu (the amx paths' fused MLP half, on pack_amx_gate_up's layout): the same bits as
+// gate_up_silu (the amx paths' fused MLP half, CpuFusions, on pack_amx_gate_up's layout): the same
 // the table's matmul on gate and on up, then its silu_mul, on every route (1..3 rows of x, 4..32,
 // more), with gate values large enough to saturate the sigmoid both ways.
 TEST(gate_up_silu_gives_the_same_bits_as_matmul_then_silu) {
@@ -293,15 +294,16 @@ TEST(gate_up_silu_gives_the_same_bits_as_matmul_then_silu) {
     const TensorView w = pack_amx_gate_up(gate.view(F, K), up.view(F, K), packed.data());
     CHECK(w.rows == 2 * F && w.cols == K && w.layout == Layout::amx_tiles);
     for (auto [path, k] : fast_paths()) {
-      CHECK((k->gate_up_silu != nullptr) == (k->packed_layout == Layout::amx_tiles));
-      if (!k->gate_up_silu) continue;
+      CHECK((k->fusions != nullptr) == (k->packed_layout == Layout::amx_tiles));
+      if (!k->fusions) continue;
+      CHECK(k->fusions->can_pack_gate_up(gate.view(F, K), up.view(F, K)));
       for (int64_t M : {1, 2, 3, 4, 5, 32, 33, 70}) {
         const std::vector<float> x = random_floats(M * K, -2.0f, 2.0f);
         std::vector<float> g(static_cast<size_t>(M * F)), u(g.size()), want(g.size()), got(g.size());
         k->matmul(test_pool(), x.data(), M, gate.view(F, K), nullptr, g.data());
         k->matmul(test_pool(), x.data(), M, up.view(F, K), nullptr, u.data());
         k->silu_mul(test_pool(), g.data(), u.data(), want.data(), M * F);
-        k->gate_up_silu(test_pool(), x.data(), M, w, got.data());
+        k->fusions->gate_up_silu(test_pool(), x.data(), M, w, got.data());
         bool same = true;
         for (size_t i = 0; i < got.size(); ++i) same = same && got[i] == want[i];
         if (!same) std::printf("  %s: M %ld F %ld K %ld: gate_up_silu differs\n", k->name, (long)M, (long)F, (long)K);
@@ -325,16 +327,16 @@ TEST(mlp_gives_the_same_bits_as_gate_up_silu_then_matmul) {
     const TensorView b = bias.view(1, D);
     for (const TensorView& wd : {down.view(D, F), pack_amx_tiles(down.view(D, F), down_tiles.data()), down_f32.view(D, F)})
       for (auto [path, k] : fast_paths()) {
-        CHECK((k->mlp != nullptr) == (k->packed_layout == Layout::amx_tiles));
-        if (!k->mlp) continue;
+        CHECK((k->fusions != nullptr) == (k->packed_layout == Layout::amx_tiles));
+        if (!k->fusions) continue;
         for (int64_t M : {1, 3, 4, 5, 32, 33, 70})
           for (const TensorView* bp : {static_cast<const TensorView*>(nullptr), &b}) {
             const std::vector<float> x = random_floats(M * K, -2.0f, 2.0f);
             std::vector<float> h(static_cast<size_t>(M * F)), want(static_cast<size_t>(M * D)), got(want.size());
-            k->gate_up_silu(test_pool(), x.data(), M, w, h.data());
+            k->fusions->gate_up_silu(test_pool(), x.data(), M, w, h.data());
             k->matmul(test_pool(), h.data(), M, wd, bp, want.data());
             std::vector<float> scratch(h.size());
-            k->mlp(test_pool(), x.data(), M, w, wd, bp, scratch.data(), got.data());
+            k->fusions->mlp(test_pool(), x.data(), M, w, wd, bp, scratch.data(), got.data());
             bool same = true;
             for (size_t i = 0; i < got.size(); ++i) same = same && got[i] == want[i];
             if (!same)
@@ -358,8 +360,10 @@ TEST(matmul_qkv_gives_the_same_bits_as_three_matmuls) {
     pack_amx_tiles(wv.view(nkv, K), packed.data() + (nq + nkv) * K);
     const TensorView w{packed.data(), DType::bf16, nq + 2 * nkv, K, Layout::amx_tiles};
     for (auto [path, k] : fast_paths()) {
-      CHECK((k->matmul_qkv != nullptr) == (k->packed_layout == Layout::amx_tiles));
-      if (!k->matmul_qkv) continue;
+      CHECK((k->fusions != nullptr) == (k->packed_layout == Layout::amx_tiles));
+      if (!k->fusions) continue;
+      CHECK(k->fusions->can_stack_qkv(wq.view(nq, K), wk.view(nkv, K), wv.view(nkv, K)));
+      CHECK(!k->fusions->can_stack_qkv(wq.view(nq, K), wk.view(nkv, K), wv.view(nkv - 16, K)));
       for (int64_t M : {1, 2, 3, 4, 5, 32, 33, 70}) {
         const std::vector<float> x = random_floats(M * K);
         std::vector<float> q(static_cast<size_t>(M * nq)), kk(static_cast<size_t>(M * nkv)), v(kk.size());
@@ -367,7 +371,7 @@ TEST(matmul_qkv_gives_the_same_bits_as_three_matmuls) {
         k->matmul(test_pool(), x.data(), M, wq.view(nq, K), nullptr, q.data());
         k->matmul(test_pool(), x.data(), M, wk.view(nkv, K), nullptr, kk.data());
         k->matmul(test_pool(), x.data(), M, wv.view(nkv, K), nullptr, v.data());
-        k->matmul_qkv(test_pool(), x.data(), M, w, nq, nkv, q2.data(), k2.data(), v2.data());
+        k->fusions->matmul_qkv(test_pool(), x.data(), M, w, nq, nkv, q2.data(), k2.data(), v2.data());
         const bool same = q == q2 && kk == k2 && v == v2;
         if (!same) std::printf("  %s: M %ld nq %ld nkv %ld K %ld: matmul_qkv differs\n", k->name, (long)M, (long)nq, (long)nkv, (long)K);
         CHECK(same);
@@ -462,7 +466,7 @@ TEST(paged_attention_fast_prefill_chunks_match_reference) {
 // (its few-row and key-major routes sum in different orders).
 TEST(paged_attention_amx_rows_do_not_depend_on_the_step) {
   for (auto [path, k] : fast_paths())
-    if ((k->packed_layout == Layout::amx_tiles))
+    if (k->packed_layout == Layout::amx_tiles)
     for (auto [H, Hkv] : {std::pair<int64_t, int64_t>{8, 2}, {4, 4}})
       for (int64_t window : {0, 21}) {
         const int64_t hd = 64, L = 70;

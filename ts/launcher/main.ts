@@ -77,8 +77,8 @@ function resolveDevice(f: LauncherFlags): Exclude<EngineDevice, 'auto'> {
   return 'cuda';
 }
 
-// CPU engines on the amx path keep a private copy of the matmul weights in AMX tile order (a
-// faster prefill) unless the copies of every engine started here would take more than half of
+// CPU engines on a kernel path with a packed layout (amx: AMX tile order; avx512-bf16: bf16
+// pairs) keep a private copy of the matmul weights in it (a faster prefill) unless the copies of every engine started here would take more than half of
 // the memory available now; then they all read the model files' mapping, one copy in the page
 // cache for every engine (Example 3's 8 workers of a 1B model: 8 x 2.5 GB).
 function cpuTileWeights(modelDir: string, engines: number): boolean {
@@ -89,7 +89,7 @@ function cpuTileWeights(modelDir: string, engines: number): boolean {
   const fits = engines * weightBytes <= availableBytes / 2;
   if (!fits) {
     const gb = (b: number) => `${(b / 1e9).toFixed(1)} GB`;
-    log(`weights: ${engines} engines x ${gb(weightBytes)} of tile-order copies would pass half of the ${gb(availableBytes)} available; they share the model files' mapping instead`);
+    log(`weights: ${engines} engines x ${gb(weightBytes)} of packed copies would pass half of the ${gb(availableBytes)} available; they share the model files' mapping instead`);
   }
   return fits;
 }

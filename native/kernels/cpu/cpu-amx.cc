@@ -46,6 +46,7 @@
 #include "cpu-avx512-simd.h"
 #include "cpu-paths.h"
 #include "cpu-scratch.h"
+#include "cpu-weights.h"
 
 namespace llm::cpu {
 
@@ -530,6 +531,13 @@ void matmul_qkv_amx(ThreadPool& pool, const float* x, int64_t M, const TensorVie
   matmul_amx_impl<kTerms>(pool, x, M, w, nullptr, nullptr, Output{Output::split, {q, k, v}, {nq, nkv, nkv}});
 }
 
+// q, k and v can go in one matmul_qkv: each in Layout::amx_tiles, the same K, k and v the same
+// shape, every part a multiple of 32 rows (the fused matmul's blocks never straddle two parts).
+bool can_stack_qkv(const TensorView& wq, const TensorView& wk, const TensorView& wv) {
+  return can_pack_amx_tiles(wq) && can_pack_amx_tiles(wk) && can_pack_amx_tiles(wv) && wq.rows % 32 == 0 &&
+         wk.rows % 32 == 0 && wk.rows == wv.rows && wq.cols == wk.cols && wk.cols == wv.cols;
+}
+
 template <int kTerms>
 CpuKernels amx_table(const char* name) {
   CpuKernels k = cpu_avx512_kernels();
@@ -538,9 +546,9 @@ CpuKernels amx_table(const char* name) {
   k.packed_layout = Layout::amx_tiles;
   k.can_pack = can_pack_amx_tiles;
   k.pack = pack_amx_tiles;
-  k.gate_up_silu = gate_up_silu_amx<kTerms>;
-  k.mlp = mlp_amx<kTerms>;
-  k.matmul_qkv = matmul_qkv_amx<kTerms>;
+  static const CpuFusions fusions = {can_pack_amx_gate_up, pack_amx_gate_up, gate_up_silu_amx<kTerms>,
+                                     mlp_amx<kTerms>, can_stack_qkv, matmul_qkv_amx<kTerms>};
+  k.fusions = &fusions;
   k.paged_attention = paged_attention_amx;
   return k;
 }

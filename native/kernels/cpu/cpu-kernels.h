@@ -25,6 +25,8 @@ namespace llm::cpu {
 
 using llm::AttentionBatch;  // tensor-view.h: shared with the CUDA kernels
 
+struct CpuFusions;  // cpu-weights.h
+
 struct CpuKernels {
   const char* name;
 
@@ -62,53 +64,20 @@ struct CpuKernels {
                           const AttentionBatch& batch, float* out);
 
   // The layout matmul is fastest on, besides row-major (tensor-view.h): Layout::amx_tiles on the
-  // amx tables, Layout::bf16_pairs on avx512-bf16, row_major (none) on the others. The CPU
-  // runner converts every weight that can_pack() accepts into it at load, with pack(): w into out
-  // (w.rows * w.cols bf16), returning the view of out; the matmul's results on it are the same
-  // bits as on w. pack runs on the calling thread alone (a ThreadPool would pin its caller,
-  // thread-pool.h); the runner calls it from plain threads of its own.
+  // amx tables, Layout::bf16_pairs on avx512-bf16, row_major (none) on the others. CpuWeights
+  // (cpu-weights.h) converts every weight that can_pack() accepts into it at load, with pack():
+  // w into out (w.rows * w.cols bf16), returning the view of out; the matmul's results on it are
+  // the same bits as on w. pack runs on the calling thread alone.
   Layout packed_layout = Layout::row_major;
   bool (*can_pack)(const TensorView& w) = nullptr;
   TensorView (*pack)(const TensorView& w, uint16_t* out) = nullptr;
 
-  // The MLP's first half in one pass: out[M, F] = silu(x @ gate^T) * (x @ up^T), w = gate and up
-  // packed together by pack_amx_gate_up. The same bits as matmul into gate and up, then silu_mul
-  // (this table's). nullptr where a table has none (every path but amx): matmul twice, silu_mul.
-  void (*gate_up_silu)(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, float* out) = nullptr;
-
-  // The whole MLP: y[M, D] = (silu(x @ gate^T) * (x @ up^T)) @ w_down^T (+ b_down), w_gate_up
-  // from pack_amx_gate_up, hb an [M, F] buffer it may use. The same bits as gate_up_silu into hb
-  // and then matmul; faster where the silu output can go to the down matmul without the fp32
-  // round trip. nullptr where a table has none (every path but amx).
-  void (*mlp)(ThreadPool& pool, const float* x, int64_t M, const TensorView& w_gate_up, const TensorView& w_down,
-              const TensorView* b_down, float* hb, float* y) = nullptr;
-
-  // q, k, v in one pass: w = wq, wk, wv stacked in Layout::amx_tiles (nq + 2 nkv rows, each a
-  // multiple of 32: pack each of them with pack_amx_tiles right after the one before), q[M, nq],
-  // k[M, nkv], v[M, nkv]. The same bits as three matmuls; x is packed once. nullptr where a
-  // table has none (every path but amx).
-  void (*matmul_qkv)(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, int64_t nq, int64_t nkv,
-                     float* q, float* k, float* v) = nullptr;
+  // The fused matmuls CpuWeights may prepare for this path (cpu-weights.h); nullptr where a table
+  // has none (every path but amx).
+  const CpuFusions* fusions = nullptr;
 };
 
-// Whether w can be stored in Layout::amx_tiles (tensor-view.h): row-major bf16, rows % 16 == 0,
-// cols % 32 == 0.
-bool can_pack_amx_tiles(const TensorView& w);
-// Writes w (can_pack_amx_tiles) into out (w.rows * w.cols bf16) in Layout::amx_tiles and returns
-// the view of out. The matmul's results on it are the same bits as on w. On the calling thread
-// alone: a ThreadPool would pin its caller (thread-pool.h), and the CPU runner packs on the
-// thread that creates the engine (the addon's caller).
-TensorView pack_amx_tiles(const TensorView& w, uint16_t* out);
-// Whether gate and up can be packed together: both can_pack_amx_tiles, the same shape F x K, and
-// F % 32 == 0 (unfused, every row then runs on AMX, as in the fused matmul: the same bits).
-bool can_pack_amx_gate_up(const TensorView& gate, const TensorView& up);
-// gate and up (can_pack_amx_gate_up) into out (2 F x K bf16) for gate_up_silu: Layout::amx_tiles
-// of 2 F rows whose 16-row blocks alternate, gate rows [16 j, 16 j + 16) at block 2 j and the
-// same rows of up at block 2 j + 1.
-TensorView pack_amx_gate_up(const TensorView& gate, const TensorView& up, uint16_t* out);
-
-// amx: the matmul's x rounded to bf16 (one term) wherever the weight is one AMX can run (bf16,
-// K % 32 == 0), at every M. amx_bf16 ("amx-bf16", the name of that rounding before it became the
+// amx: the matmul's x rounded to bf16 (one term) for every bf16 weight, at every M. amx_bf16 ("amx-bf16", the name of that rounding before it became the
 // default) is the same table under that name. amx_exact ("amx-exact": x as two bf16 terms, within
 // the fp32 bounds) is never chosen by itself, only when named.
 // avx512_bf16 ("avx512-bf16"): the AVX-512 table with the matmul on vdpbf16ps, x rounded to bf16 once

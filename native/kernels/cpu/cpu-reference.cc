@@ -290,51 +290,6 @@ void paged_attention_reference(ThreadPool& pool, const float* q, KVCacheView cac
 
 }  // namespace
 
-bool can_pack_amx_tiles(const TensorView& w) {
-  return w.present() && w.layout == Layout::row_major && w.dtype == DType::bf16 && w.rows > 0 && w.rows % 16 == 0 &&
-         w.cols > 0 && w.cols % 32 == 0;
-}
-
-namespace {
-
-// Rows [16 b, 16 b + 16) of the row-major src (K columns) as one 16-row block of
-// Layout::amx_tiles at dst.
-void pack_block16(const uint16_t* src, int64_t K, int64_t b, uint16_t* dst) {
-  for (int64_t r = 0; r < 16; ++r) {
-    const uint16_t* row = src + (b * 16 + r) * K;
-    for (int64_t kb = 0; kb < K / 32; ++kb) std::memcpy(dst + kb * 512 + r * 32, row + kb * 32, 64);
-  }
-}
-
-}  // namespace
-
-TensorView pack_amx_tiles(const TensorView& w, uint16_t* out) {
-  const auto* src = static_cast<const uint16_t*>(w.data);
-  for (int64_t b = 0; b < w.rows / 16; ++b) pack_block16(src, w.cols, b, out + b * 16 * w.cols);
-  TensorView packed = w;
-  packed.data = out;
-  packed.layout = Layout::amx_tiles;
-  return packed;
-}
-
-bool can_pack_amx_gate_up(const TensorView& gate, const TensorView& up) {
-  return can_pack_amx_tiles(gate) && can_pack_amx_tiles(up) && gate.rows == up.rows && gate.cols == up.cols &&
-         gate.rows % 32 == 0;
-}
-
-TensorView pack_amx_gate_up(const TensorView& gate, const TensorView& up, uint16_t* out) {
-  const int64_t K = gate.cols;
-  for (int64_t b = 0; b < gate.rows / 16; ++b) {
-    pack_block16(static_cast<const uint16_t*>(gate.data), K, b, out + 2 * b * 16 * K);
-    pack_block16(static_cast<const uint16_t*>(up.data), K, b, out + (2 * b + 1) * 16 * K);
-  }
-  TensorView packed = gate;
-  packed.data = out;
-  packed.rows = 2 * gate.rows;
-  packed.layout = Layout::amx_tiles;
-  return packed;
-}
-
 const CpuKernels& cpu_reference_kernels() {
   static const CpuKernels table = {
       "reference",
