@@ -2,8 +2,8 @@
 // on the Llama-3.2-1B shapes (hidden 2048, 32 heads, 8 kv heads, head_dim 64, FFN 8192, 16
 // layers), random bf16 weights and a bf16 KV pool. Not a test: timing only.
 // Build: the CMake target bench-cpu-prefill-ops (x86 builds with LLM_BUILD_TESTS=ON).
-// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512,avx512-bf16,avx512-bf16-packed]
-//      (amx-tiles, avx512-bf16-packed: the weights prepared as the CPU runner prepares them,
+// Run: bench-cpu-prefill-ops [T=512] [rounds=3] [paths=amx,amx-tiles,amx-exact,avx512,avx512-bf16,avx512-bf16-packed,avx2,avx2-packed]
+//      (amx-tiles, avx512-bf16-packed, avx2-packed: the weights prepared as the CPU runner prepares them,
 //      CpuWeights: packed, fused where the path fuses, and q/k/v, o and the MLP each timed as one
 //      op) [only=all|matmul] [threads=2] [huge]
 // Prints per op the best-of-rounds time for one layer and its share of the 16-layer total, and the
@@ -118,11 +118,11 @@ int main(int argc, char** argv) {
 
   for (const std::string& name : split_list(paths)) {
     // amx-tiles, avx512-bf16-packed: the path on weights in its packed layout (as the runner keeps them)
-    const bool tiles = name == "amx-tiles" || name == "avx512-bf16-packed";
+    const bool tiles = name == "amx-tiles" || name == "avx512-bf16-packed" || name == "avx2-packed";
     const CpuPath path = name == "amx" || name == "amx-tiles"                   ? CpuPath::amx
                          : name == "amx-exact"                                  ? CpuPath::amx_exact
                          : name == "avx512-bf16" || name == "avx512-bf16-packed" ? CpuPath::avx512_bf16
-                         : name == "avx2"                                       ? CpuPath::avx2
+                         : name == "avx2" || name == "avx2-packed"              ? CpuPath::avx2
                                                                                 : CpuPath::avx512;
     const CpuKernels* kp = cpu_kernels_for(path);
     if (!kp) {

@@ -148,45 +148,48 @@ TEST(matmul_amx_rows_do_not_depend_on_the_batch) {
   }
 }
 
-// avx512-bf16: a row of y is the same bits whatever the other rows of x and their number (from
-// 1 row to more than one block of rows, starting anywhere in the batch), so that a request's
-// tokens do not depend on the batch it ran in (preemption and disaggregation recompute or move
-// them). For bf16 weights with K a multiple of 32 and not, and for the f32 and f16 weights it
-// hands to the AVX-512 matmul.
-TEST(matmul_avx512_bf16_rows_do_not_depend_on_the_batch) {
-  const CpuKernels* k = cpu_kernels_for(CpuPath::avx512_bf16);
-  if (!k) return;
-  const int64_t M = 140, N = 203;
-  for (DType dt : kDTypes)
-    for (int64_t K : {288, 100, 1100}) {
-      const std::vector<float> x = random_floats(M * K);
-      const TypedBuffer w(dt, random_floats(N * K)), b(dt, random_floats(N));
-      const TensorView bias = b.view(1, N);
-      std::vector<float> y_all(static_cast<size_t>(M * N));
-      k->matmul(test_pool(), x.data(), M, w.view(N, K), &bias, y_all.data());
-      for (int64_t first : {0, 3, 67})
-        for (int64_t rows : {1, 2, 3, 4, 5, 8, 32, 33, 64, 65}) {
-          if (first + rows > M) continue;
-          std::vector<float> y(static_cast<size_t>(rows * N));
-          k->matmul(test_pool(), x.data() + first * K, rows, w.view(N, K), &bias, y.data());
-          bool same = true;
-          for (int64_t i = 0; i < rows * N; ++i) same = same && y[i] == y_all[first * N + i];
-          if (!same)
-            std::printf("  avx512-bf16 %s K=%ld: rows %ld..%ld differ from the same rows in a batch of %ld\n",
-                        dtype_name(dt), (long)K, (long)first, (long)(first + rows), (long)M);
-          CHECK(same);
-        }
-      // The same rows among other rows: a batch of the row alone, then between two others.
-      std::vector<float> mixed(static_cast<size_t>(3 * K)), y3(static_cast<size_t>(3 * N));
-      const std::vector<float> other = random_floats(2 * K);
-      std::copy(other.begin(), other.begin() + K, mixed.begin());
-      std::copy(x.begin() + 10 * K, x.begin() + 11 * K, mixed.begin() + K);
-      std::copy(other.begin() + K, other.end(), mixed.begin() + 2 * K);
-      k->matmul(test_pool(), mixed.data(), 3, w.view(N, K), &bias, y3.data());
-      bool same = true;
-      for (int64_t n = 0; n < N; ++n) same = same && y3[N + n] == y_all[10 * N + n];
-      CHECK(same);
-    }
+// avx512-bf16 and avx2 (their own bf16 matmuls on Layout::bf16_pairs, row-major weights packed a
+// chunk at a time): a row of y is the same bits whatever the other rows of x and their number
+// (from 1 row to more than one block of rows, starting anywhere in the batch), so that a
+// request's tokens do not depend on the batch it ran in (preemption and disaggregation recompute
+// or move them). For bf16 weights with K a multiple of 32 and not, and for the f32 and f16
+// weights they hand to the shared SIMD matmul.
+TEST(matmul_bf16_pairs_paths_rows_do_not_depend_on_the_batch) {
+  for (CpuPath path : {CpuPath::avx512_bf16, CpuPath::avx2}) {
+    const CpuKernels* k = cpu_kernels_for(path);
+    if (!k) continue;
+    const int64_t M = 140, N = 203;
+    for (DType dt : kDTypes)
+      for (int64_t K : {288, 100, 1100}) {
+        const std::vector<float> x = random_floats(M * K);
+        const TypedBuffer w(dt, random_floats(N * K)), b(dt, random_floats(N));
+        const TensorView bias = b.view(1, N);
+        std::vector<float> y_all(static_cast<size_t>(M * N));
+        k->matmul(test_pool(), x.data(), M, w.view(N, K), &bias, y_all.data());
+        for (int64_t first : {0, 3, 67})
+          for (int64_t rows : {1, 2, 3, 4, 5, 8, 32, 33, 64, 65}) {
+            if (first + rows > M) continue;
+            std::vector<float> y(static_cast<size_t>(rows * N));
+            k->matmul(test_pool(), x.data() + first * K, rows, w.view(N, K), &bias, y.data());
+            bool same = true;
+            for (int64_t i = 0; i < rows * N; ++i) same = same && y[i] == y_all[first * N + i];
+            if (!same)
+              std::printf("  %s %s K=%ld: rows %ld..%ld differ from the same rows in a batch of %ld\n", k->name,
+                          dtype_name(dt), (long)K, (long)first, (long)(first + rows), (long)M);
+            CHECK(same);
+          }
+        // The same rows among other rows: a batch of the row alone, then between two others.
+        std::vector<float> mixed(static_cast<size_t>(3 * K)), y3(static_cast<size_t>(3 * N));
+        const std::vector<float> other = random_floats(2 * K);
+        std::copy(other.begin(), other.begin() + K, mixed.begin());
+        std::copy(x.begin() + 10 * K, x.begin() + 11 * K, mixed.begin() + K);
+        std::copy(other.begin() + K, other.end(), mixed.begin() + 2 * K);
+        k->matmul(test_pool(), mixed.data(), 3, w.view(N, K), &bias, y3.data());
+        bool same = true;
+        for (int64_t n = 0; n < N; ++n) same = same && y3[N + n] == y_all[10 * N + n];
+        CHECK(same);
+      }
+  }
 }
 
 // Layout::amx_tiles (the CPU runner's weights on the amx paths): pack_amx_tiles puts every
@@ -231,8 +234,8 @@ TEST(matmul_amx_tiles_layout_gives_the_same_bits) {
   }
 }
 
-// Layout::bf16_pairs (the CPU runner's weights on avx512-bf16): pack puts every element where
-// tensor-view.h says, and the matmul on the packed weights gives the same bits as on the
+// Layout::bf16_pairs (the CPU runner's weights on avx512-bf16 and avx2): pack puts every element
+// where tensor-view.h says, and the matmul on the packed weights gives the same bits as on the
 // row-major ones (which it packs a chunk at a time itself), on every route: the GEMV (one row,
 // K in one go on packed weights, in chunks on row-major ones), tiles of 1..4 rows, more rows
 // than a work item's block, K in several chunks, N not a whole panel, with and without a bias.
