@@ -7,11 +7,12 @@
 // odd: a mask), 8 output columns in the lanes, x[m][k] broadcast. Register tile: kMB rows of x
 // by the 16 rows of one block (2 x kMB accumulators); per column of K, 2 widenings, kMB
 // broadcasts and 2 kMB FMAs. The CPU runner converts its weights at load (pack_pairs); row-major
-// bf16 weights are converted here a chunk of a panel at a time into a per-thread buffer, so both
-// layouts give the same bits. Work items are panels of kPanel blocks by kBlockM rows of x; K goes
-// in chunks of kChunk pairs, each chunk's weights read from memory once (packed ones prefetched
-// into L2 a chunk ahead), the sums kept in a per-thread fp32 buffer between chunks (exact). At
-// M = 1 on packed weights the chunk is all of K.
+// bf16 weights are converted here a chunk of a panel at a time into a per-thread buffer (at one
+// row of x: transposed in registers, gemv_rows), so both layouts give the same bits. Work items
+// are panels of kPanel blocks by kBlockM rows of x; K goes in chunks of kChunk pairs, each
+// chunk's weights read from memory once (packed ones prefetched into L2 a chunk ahead), the sums
+// kept in a per-thread fp32 buffer between chunks (exact). At M = 1 on packed weights the chunk
+// is all of K.
 // Stays true: y[m, n] is the fp32 sum over k = 0, 1, ... in order, from zero, of x[m][k] w[n][k]
 // (one FMA each), then + bias[n]: it does not depend on M, on the other rows of x, on the tile or
 // chunk, or on the layout (test-kernels-fast). f32 and f16 weights go to the shared SIMD matmul.
@@ -242,6 +243,53 @@ void run_tile_rows(int mb, const Tile& t) {
   if constexpr (MB > 1) run_tile_rows<MB - 1>(mb, t);
 }
 
+// The GEMV on row-major weights: y[n] for the NB blocks of 16 rows from block b (+ bias, columns
+// past N not written), each 8 pairs of 8 rows loaded and transposed in registers into
+// Layout::bf16_pairs order and summed at once: the same FMAs in the same order as run_tile<1> on
+// packed weights, with no copy of the weights. Each row's next lines are prefetched (a row is a
+// stream of its own, and the hardware prefetcher stops at page ends).
+template <int NB>
+void gemv_rows(const float* x, const uint16_t* w, int64_t N, int64_t K, int64_t b, const float* bias, float* y) {
+  const int64_t P = (K + 1) / 2, full = K / 2;
+  const __m256i odd = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  __m256 acc[NB][2];
+  for (int n = 0; n < NB; ++n) acc[n][0] = acc[n][1] = _mm256_setzero_ps();
+  for (int64_t p = 0; p < P; p += 8) {
+    const int64_t cols = min_i64(16, K - 2 * p), count = min_i64(8, P - p);
+    for (int n = 0; n < NB; ++n)
+      for (int h = 0; h < 2; ++h) {
+        const int64_t r0 = (b + n) * 16 + h * 8, live = min_i64(8, N - r0);
+        __m256i r[8];
+        for (int64_t i = 0; i < 8; ++i) {
+          const uint16_t* row = w + (r0 + i) * K + 2 * p;
+          if (i >= live) {
+            r[i] = _mm256_setzero_si256();
+          } else if (cols == 16) {
+            _mm_prefetch(reinterpret_cast<const char*>(row) + 128, _MM_HINT_T0);
+            r[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row));
+          } else {
+            alignas(32) uint16_t tail[16] = {};
+            for (int64_t c = 0; c < cols; ++c) tail[c] = row[c];
+            r[i] = _mm256_load_si256(reinterpret_cast<const __m256i*>(tail));
+          }
+        }
+        transpose8(r);
+        for (int64_t e = 0; e < count; ++e) {
+          const int64_t k = 2 * (p + e);
+          acc[n][h] = _mm256_fmadd_ps(_mm256_broadcast_ss(x + k), _mm256_castsi256_ps(_mm256_slli_epi32(r[e], 16)), acc[n][h]);
+          if (p + e < full)
+            acc[n][h] = _mm256_fmadd_ps(_mm256_broadcast_ss(x + k + 1), _mm256_castsi256_ps(_mm256_and_si256(r[e], odd)), acc[n][h]);
+        }
+      }
+  }
+  for (int n = 0; n < NB; ++n) {
+    const Tile t{x, K, 0, P, P, nullptr, nullptr, y, N, (b + n) * 16, bias ? bias + n * 16 : nullptr};
+    const __m256 a[1][2] = {{acc[n][0], acc[n][1]}};
+    store_half<1, 0>(t, a);
+    store_half<1, 1>(t, a);
+  }
+}
+
 void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
   if (M <= 0) return;
   const bool pairs = w.layout == Layout::bf16_pairs;
@@ -252,9 +300,9 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
   const uint16_t* wd = static_cast<const uint16_t*>(w.data);
   const bool has_bias = bias && bias->present();
   const int64_t blocks = (N + 15) / 16;
-  // At M = 1 the weights stream once in long runs (a whole block's K at a time): packed ones
-  // straight from memory, row-major ones through the per-thread buffer a block at a time.
-  const int64_t panel = M == 1 ? 1 : kPanel;
+  // At M = 1 the weights stream once in long runs: packed ones a whole block's K at a time,
+  // row-major ones two blocks at a time through gemv_rows.
+  const int64_t panel = M == 1 ? (pairs ? 1 : 2) : kPanel;
   const int64_t chunk = M == 1 && pairs ? P : kChunk;
   const int64_t m_blocks = (M + kBlockM - 1) / kBlockM, panels = (blocks + panel - 1) / panel;
   pool.parallel_for(panels * m_blocks, [&](int64_t begin, int64_t end) {
@@ -269,6 +317,11 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
       if (has_bias) {
         for (int64_t n = b0 * 16; n < b1 * 16; ++n) b[n - b0 * 16] = n < N ? element_f32(bias->dtype, bias->data, n) : 0.0f;
         bp = b;
+      }
+      if (M == 1 && !pairs) {
+        if (b1 - b0 == 2) gemv_rows<2>(x, wd, N, K, b0, bp, y);
+        else gemv_rows<1>(x, wd, N, K, b0, bp, y);
+        continue;
       }
       for (int64_t p0 = 0; p0 < P; p0 += chunk) {
         const int64_t p1 = min_i64(P, p0 + chunk);
