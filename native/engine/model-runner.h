@@ -88,7 +88,7 @@ Status validate_forward_batch(const Model& model, int64_t num_heads, int64_t num
 struct CpuRunnerOptions {
   int num_threads = 0;  // 0 = all cores (of `cpus`, when given)
   std::vector<int> cpus;  // the CPUs the pool is pinned to (a tensor-parallel rank's share); empty = all allowed
-  // On the kernel paths with a packed layout (amx, avx512-bf16), a private copy of the matmul
+  // On the kernel paths with a packed layout (amx, avx512-bf16, avx2), a private copy of the matmul
   // weights in it, fused where the path fuses (faster prefill; CpuWeights, cpu-weights.h).
   // false: every weight stays in the model files' mapping, which the processes that load the
   // same model share.

@@ -77,10 +77,11 @@ function resolveDevice(f: LauncherFlags): Exclude<EngineDevice, 'auto'> {
   return 'cuda';
 }
 
-// CPU engines on a kernel path with a packed layout (amx: AMX tile order; avx512-bf16: bf16
-// pairs) keep a private copy of the matmul weights in it (a faster prefill) unless the copies of every engine started here would take more than half of
-// the memory available now; then they all read the model files' mapping, one copy in the page
-// cache for every engine (Example 3's 8 workers of a 1B model: 8 x 2.5 GB).
+// CPU engines on a kernel path with a packed layout (amx: AMX tile order; avx512-bf16 and avx2:
+// bf16 pairs) keep a private copy of the matmul weights in it (a faster prefill) unless the
+// copies of every engine started here would take more than half of the memory available now;
+// then they all read the model files' mapping, one copy in the page cache for every engine
+// (Example 3's 8 workers of a 1B model: 8 x 2.5 GB).
 function cpuTileWeights(modelDir: string, engines: number): boolean {
   let weightBytes = 0;
   for (const name of fs.readdirSync(modelDir)) if (name.endsWith('.safetensors')) weightBytes += fs.statSync(path.join(modelDir, name)).size;

@@ -58,7 +58,7 @@ export interface NativeEngineOptions {
   kvCacheBytes: number; // used when numKvBlocks is 0
   numThreads: number; // 0 = all cores
   cpuOffset?: number; // >= 0: the threads take the allowed CPUs [cpuOffset, cpuOffset + numThreads); -1 = the first ones
-  cpuTileWeights: boolean; // CPU paths with a packed layout (amx, avx512-bf16): a private copy of the weights in it
+  cpuTileWeights: boolean; // CPU paths with a packed layout (amx, avx512-bf16, avx2): a private copy of the weights in it
   enablePrefixCaching: boolean;
   kvSharedMemory: boolean; // the KV pool lives in a named shm segment (for the transfer agent)
   device?: string; // 'cpu' (default) | 'cuda' | 'auto' (cuda when usable, else cpu)

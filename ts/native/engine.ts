@@ -35,10 +35,10 @@ export interface EngineOptions {
   // CPU: the engine's threads (every rank's) take the allowed CPUs [cpuOffset, cpuOffset +
   // numThreads), so engines side by side get disjoint cores; absent = the first numThreads.
   cpuOffset?: number;
-  // CPU kernel paths with a packed layout (amx: AMX tile order; avx512-bf16: bf16 pairs): keep a
-  // private copy of the matmul weights in it (default true: faster prefill and batched decode,
-  // one more copy of the weights in memory); false reads them from the model files' mapping,
-  // which every process loading that model shares.
+  // CPU kernel paths with a packed layout (amx: AMX tile order; avx512-bf16, avx2: bf16
+  // pairs): keep a private copy of the matmul weights in it (default true: faster prefill and
+  // batched decode, one more copy of the weights in memory); false reads them from the model
+  // files' mapping, which every process loading that model shares.
   cpuTileWeights?: boolean;
   enablePrefixCaching?: boolean; // default true
   kvSharedMemory?: boolean; // default false: put the KV pool in shm for the transfer agent

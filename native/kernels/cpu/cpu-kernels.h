@@ -64,10 +64,10 @@ struct CpuKernels {
                           const AttentionBatch& batch, float* out);
 
   // The layout matmul is fastest on, besides row-major (tensor-view.h): Layout::amx_tiles on the
-  // amx tables, Layout::bf16_pairs on avx512-bf16, row_major (none) on the others. CpuWeights
-  // (cpu-weights.h) converts every weight that can_pack() accepts into it at load, with pack():
-  // w into out (w.rows * w.cols bf16), returning the view of out; the matmul's results on it are
-  // the same bits as on w. pack runs on the calling thread alone.
+  // amx tables, Layout::bf16_pairs on avx512-bf16 and avx2, row_major (none) on the others.
+  // CpuWeights (cpu-weights.h) converts every weight that can_pack() accepts into it at load,
+  // with pack(): w into out (w.rows * w.cols bf16), returning the view of out; the matmul's
+  // results on it are the same bits as on w. pack runs on the calling thread alone.
   Layout packed_layout = Layout::row_major;
   bool (*can_pack)(const TensorView& w) = nullptr;
   TensorView (*pack)(const TensorView& w, uint16_t* out) = nullptr;
