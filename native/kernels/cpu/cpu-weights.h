@@ -4,8 +4,8 @@
 // Owns: the weights' copies in the path's packed layout (CpuKernels::packed_layout: amx_tiles on
 // the amx paths, bf16_pairs on avx512-bf16 and avx2), in one buffer of transparent huge pages,
 // and the choice of the path's fusions (CpuFusions: gate and up packed together and run with
-// silu, and the MLP in one call; q, k and v in one pass). The forward pass (model-runner-cpu.cc) calls
-// qkv / attn_out / mlp / logits and sees neither layouts nor fusions.
+// silu, and the MLP in one call; q, k and v in one pass). The forward pass
+// (model-runner-cpu.cc) calls qkv / attn_out / mlp / logits and sees neither layouts nor fusions.
 // Stays true: every method gives the same bits as the path's plain matmul (and silu_mul) on the
 // weights as loaded, whatever was packed or fused (test-kernels-fast checks each kernel;
 // test-forward-cpu the whole pass with and without preparation).
