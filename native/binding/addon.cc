@@ -349,6 +349,8 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
     if (!outputs.IsUndefined()) req->output_token_ids = get_int32_array(env, outputs, "outputTokenIds");
     req->num_external_tokens = get_int(o, "numExternalTokens");
     req->prefill_only = get_bool(o, "prefillOnly");
+    // Scheduling priority, lower first (scheduler.h). Absent: 0.
+    if (!o.Get("priority").IsUndefined()) req->priority = static_cast<int32_t>(get_int(o, "priority"));
     // Structured output: present = constrained, the mask of its first sampled output.
     const Napi::Value mask = o.Get("tokenMask");
     if (!mask.IsUndefined()) {

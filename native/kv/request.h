@@ -69,6 +69,11 @@ struct Request {
   int64_t num_cached_tokens = -1;      // prefix-cache hit at first scheduling; -1 = not yet
   int64_t num_preemptions = 0;
   uint64_t arrival_seq = 0;            // admission order
+  // Scheduling priority, lower first (vLLM's convention): admitted before requests of a higher
+  // value, and while one is still to be prefilled, running rows of a higher value sit the step
+  // out (scheduler.h). 0 by default; the frontend gives bulk requests (many choices) 1.
+  int32_t priority = 0;
+  int32_t sat_out = 0;                 // steps in a row this request was left out for priority
   std::vector<uint64_t> block_hashes;  // chained hashes of the full blocks of all_token_ids
   std::mt19937_64 rng;                 // seeded from params.seed, or from the engine's seed
 

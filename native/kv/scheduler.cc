@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <limits>
 #include <unordered_set>
 #include <utility>
 
@@ -116,11 +117,19 @@ SchedulerOutput Scheduler::schedule() {
     budget -= n;
   };
 
-  // 1. Running requests, oldest first; the newest give way when blocks run out.
+  // 1. Running requests, oldest first; the newest give way when blocks run out. Rows of a higher
+  // priority value than a request still to be prefilled sit this step out (at most kMaxSatOut
+  // steps in a row).
+  const int32_t urgent = urgent_priority();
   for (size_t i = 0; i < running_.size() && budget > 0; ++i) {
     Request* r = running_[i];
     const int64_t n = std::min(r->num_target_tokens() - r->num_computed_tokens, budget);
     if (n <= 0) continue;  // only if update() was not given its sampled token
+    if (r->priority > urgent && r->sat_out < kMaxSatOut) {
+      ++r->sat_out;
+      continue;
+    }
+    r->sat_out = 0;
     bool allocated = kv_->allocate_slots(r, n, {});
     while (!allocated) {
       Request* victim = running_.back();  // never one scheduled already: those are older than r
@@ -133,8 +142,11 @@ SchedulerOutput Scheduler::schedule() {
     emit(r, n);
   }
 
-  // 2. Waiting requests in order, only when nobody had to give way this step.
+  // 2. Waiting requests in priority order, then in order, only when nobody had to give way this
+  // step.
   if (!out.preempted.empty()) return out;
+  if (urgent != std::numeric_limits<int32_t>::max())
+    std::stable_sort(waiting_.begin(), waiting_.end(), [](const Request* a, const Request* b) { return a->priority < b->priority; });
   for (size_t i = 0; i < waiting_.size() && budget > 0 && num_running() < cfg_.max_num_seqs;) {
     Request* r = waiting_[i];
     int64_t num_cached = 0;
@@ -166,6 +178,16 @@ SchedulerOutput Scheduler::schedule() {
     }
   }
   return out;
+}
+
+int32_t Scheduler::urgent_priority() const {
+  int32_t urgent = std::numeric_limits<int32_t>::max();
+  // A waiting request counts only when a seat is free for it: rows that sit out do not free one.
+  if (num_running() < cfg_.max_num_seqs)
+    for (const Request* r : waiting_) urgent = std::min(urgent, r->priority);
+  for (const Request* r : running_)
+    if (r->num_computed_tokens < r->num_prompt_tokens()) urgent = std::min(urgent, r->priority);
+  return urgent;
 }
 
 void Scheduler::register_prefill(Request* r, int64_t num_cached) {

@@ -18,6 +18,11 @@
 // cached prefix, a waiting request whose first uncached block is one of them (same chained hash:
 // same prefix) is not admitted yet; it waits (later requests may go ahead of it) until those
 // blocks are cached and then starts from them, instead of computing the same prefix twice.
+// Priority (Request::priority, lower first): waiting requests are admitted in priority order
+// (arrival order within one priority). While a request is waiting with a seat free for it, or
+// is still prefilling, running rows of a higher priority value sit the step out (they keep their blocks and seats), so that
+// its first token does not wait on a step full of bulk rows; a row sits out at most
+// kMaxSatOut steps in a row, then runs whatever waits.
 // Remote prefill (request.h): a request with num_external_tokens beyond its cached prefix is
 // admitted with blocks for its target tokens and parked in parked_ (a seat, its blocks, never
 // preempted: another worker may be writing into them) until complete_external_kv; a
@@ -106,6 +111,8 @@ class Scheduler {
   std::vector<std::unique_ptr<Request>> update(const SchedulerOutput& out,
                                                const std::vector<int32_t>& sampled);
   static constexpr int32_t kDeferred = -1;
+  // The most steps in a row a running row sits out for requests of a lower priority value.
+  static constexpr int32_t kMaxSatOut = 4;
 
   // Aborted requests since the last call (owned by the caller from then on).
   std::vector<std::unique_ptr<Request>> take_aborted();
@@ -121,6 +128,9 @@ class Scheduler {
 
  private:
   void preempt(Request* req);
+  // The lowest priority value among requests still to be prefilled: waiting ones (when a seat is
+  // free) and running ones whose prompt is not computed yet (INT32_MAX: none).
+  int32_t urgent_priority() const;
   void hold(Request* req);
   // In-flight prefixes (see the header): r's prompt blocks it will compute, registered while it
   // prefills; r waits while its first uncached block is someone else's.

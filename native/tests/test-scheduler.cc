@@ -150,6 +150,69 @@ TEST(max_num_seqs_limits_the_running_set) {
   CHECK(!c_seen_with_others);
 }
 
+// Priority: a request of a lower value is admitted ahead of earlier waiting ones of a higher
+// value, and while it prefills the running rows of a higher value sit the step out (keeping
+// their blocks), never more than kMaxSatOut steps in a row; everyone finishes with the tokens it
+// would have had.
+TEST(priority_admits_first_and_bulk_rows_sit_out_its_prefill) {
+  Fixture f(256, 4, config(8, 8, 256));
+  int32_t first_token = 1000;
+  for (const char* id : {"bulk1", "bulk2"}) {
+    auto r = make_request(id, 4, 40, first_token += 100);
+    r->priority = 1;
+    CHECK(f.sched.add_request(std::move(r)).ok());
+  }
+  SchedulerOutput out = f.sched.schedule();
+  f.sched.update(out, fake_samples(out));
+  CHECK(find(out, "bulk1") && find(out, "bulk2"));
+  // A later bulk request and a short one arrive together, the short one last.
+  auto late = make_request("bulk3", 4, 40, first_token += 100);
+  late->priority = 1;
+  CHECK(f.sched.add_request(std::move(late)).ok());
+  CHECK(f.sched.add_request(make_request("short", 20, 3, first_token += 100)).ok());
+  // Its 20-token prompt takes 3 steps of 8 tokens; the bulk rows sit them out, and "short" is
+  // admitted before "bulk3".
+  for (int step = 0; step < 3; ++step) {
+    out = f.sched.schedule();
+    check_step(f, out);
+    CHECK(find(out, "short") != nullptr);
+    CHECK(find(out, "bulk1") == nullptr && find(out, "bulk2") == nullptr);
+    if (step == 0) CHECK(find(out, "bulk3") == nullptr);
+    f.sched.update(out, fake_samples(out));
+  }
+  // Prefilled: the bulk rows run again beside it.
+  out = f.sched.schedule();
+  CHECK(find(out, "bulk1") && find(out, "bulk2") && find(out, "short"));
+  f.sched.update(out, fake_samples(out));
+  auto done = drive(f, 400);
+  CHECK_EQ(done.size(), size_t{4});
+  for (auto& kv : done) CHECK_EQ(kv.second->num_output_tokens(), kv.first == "short" ? int64_t{3} : int64_t{40});
+}
+
+// A stream of urgent prompts cannot starve the bulk rows: they run at least every
+// kMaxSatOut + 1 steps.
+TEST(priority_never_starves_a_running_row) {
+  Fixture f(1024, 4, config(64, 4, 512));
+  auto bulk = make_request("bulk", 4, 30, 500);
+  bulk->priority = 1;
+  CHECK(f.sched.add_request(std::move(bulk)).ok());
+  SchedulerOutput out = f.sched.schedule();
+  f.sched.update(out, fake_samples(out));
+  int since_bulk = 0, worst = 0, n = 0;
+  for (int step = 0; step < 60; ++step) {
+    // a new 8-token urgent prompt every step: 2 steps of prefill each at a budget of 4
+    CHECK(f.sched.add_request(make_request("u" + std::to_string(n), 8, 1, 2000 + 20 * n)).ok());
+    ++n;
+    out = f.sched.schedule();
+    check_step(f, out);
+    since_bulk = find(out, "bulk") ? 0 : since_bulk + 1;
+    worst = std::max(worst, since_bulk);
+    f.sched.update(out, fake_samples(out));
+  }
+  CHECK(worst <= Scheduler::kMaxSatOut);
+  CHECK(worst == Scheduler::kMaxSatOut);  // it did sit out
+}
+
 TEST(preempts_the_newest_and_recomputes_it_later) {
   // 6 blocks of 4 tokens. a and b each start with 2 blocks (8-token prompts) and grow to 4.
   Fixture f(6, 4, config(4, 64, 64));

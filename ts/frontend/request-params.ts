@@ -44,6 +44,9 @@ export interface PlanOptions {
   grammar?: GrammarSpec; // checked (structured-output.ts)
 }
 
+// Choices (n times prompts) above which a request is bulk: engine priority 1 unless it names one.
+export const BULK_CHOICES = 4;
+
 export function planGeneration(body: SamplingBody, opts: PlanOptions): GenerationPlan {
   // 1. Token budgets against the context.
   const defaults = opts.samplingDefaults ?? {};
@@ -68,6 +71,13 @@ export function planGeneration(body: SamplingBody, opts: PlanOptions): Generatio
     ignoreEos: body.ignore_eos ?? false,
   };
   if (opts.logprobs !== undefined) sampling.logprobs = opts.logprobs;
+  // Scheduling priority, lower first (the engine's scheduler.h; vLLM's `priority` field): as the
+  // request gives it, else 1 for a bulk request (more than BULK_CHOICES choices in all), whose
+  // rows then sit out the prefill steps of other requests' prompts, so that a short request's
+  // first token does not wait on steps full of its rows; else 0.
+  const choices = (body.n ?? 1) * opts.prompts.length;
+  const priority = body.priority ?? (choices > BULK_CHOICES ? 1 : 0);
+  if (priority !== 0) sampling.priority = priority;
   // 3. Output: stop strings and detokenizing.
   const stop = typeof body.stop === 'string' ? [body.stop] : (body.stop ?? []);
   return {

@@ -37,6 +37,7 @@ export interface SamplingBody extends StructuredOutputBody {
   include_stop_str_in_output?: boolean | null;
   skip_special_tokens?: boolean | null;
   return_tokens_as_token_ids?: boolean | null;
+  priority?: number | null; // vLLM's: scheduling priority, lower first (request-params.ts)
 }
 
 export interface ChatMessageBody {
@@ -94,6 +95,7 @@ const samplingProperties = {
   include_stop_str_in_output: maybe('boolean'),
   skip_special_tokens: maybe('boolean'),
   return_tokens_as_token_ids: maybe('boolean'),
+  priority: int(-(2 ** 31), 2 ** 31 - 1),
   user: maybe('string'),
   // Structured outputs: their shapes are checked by structured-output.ts, which names the field.
   response_format: { type: ['object', 'null'] },

@@ -1,8 +1,8 @@
 // unsupported-fields.ts: request fields that OpenAI or vLLM define, that would change the answer,
 // and that this server does not implement. A request carrying one with a value other than its
 // neutral one gets a 400 naming it, before any work: it must never be served as if the field
-// were absent. Fields that only label or route a request (user, metadata, store, service_tier,
-// priority) are not here: the schemas let them through.
+// were absent. Fields that only label or route a request (user, metadata, store, service_tier)
+// are not here: the schemas let them through (priority is implemented: request-params.ts).
 import { ApiError } from './errors.ts';
 
 type Neutral = 'null' | 'false' | 'empty' | 'one' | 'none' | 'true';

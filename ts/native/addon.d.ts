@@ -90,6 +90,10 @@ export interface NativeRequest {
   // Compute the prompt except its last token, sample nothing, finish with 'prefilled' and hold
   // the blocks (listed in that output) until releaseHeld.
   prefillOnly: boolean;
+  // Scheduling priority, an int32, lower first (vLLM's convention): admitted before waiting
+  // requests of a higher value, whose running rows sit out its prefill steps (a few in a row at
+  // most). Absent: 0.
+  priority?: number;
   // A resumed request (request migration): tokens it generated before, put after the prompt and
   // counted as outputs (max_tokens, min_tokens, presence/frequency penalties, the seeded
   // generator's position); fewer than maxTokens. Absent: none.

@@ -105,6 +105,7 @@ export interface SamplingOptions {
   stopTokenIds?: number[];
   ignoreEos?: boolean;
   logprobs?: number; // top-N logprobs, N in [0, maxLogprobs] (20)
+  priority?: number; // scheduling priority, an int32, lower first (NativeRequest.priority); default 0
 }
 
 // How a request starts, beyond its prompt and sampling (see NativeRequest in addon.d.ts).
@@ -219,6 +220,7 @@ export function normaliseSampling(
   const ignoreEos = s.ignoreEos ?? false;
   if (typeof ignoreEos !== 'boolean') throw invalidArgument('ignoreEos must be a boolean');
   const logprobs = s.logprobs === undefined || s.logprobs === null ? -1 : checkInt('logprobs', s.logprobs, 0, L.maxLogprobs);
+  const priority = checkInt('priority', s.priority ?? 0, -INT_MAX - 1, INT_MAX);
   // 5. Remote prefill.
   const numExternalTokens = checkInt('numExternalTokens', remote.numExternalTokens ?? 0, 0, prompt.length - 1);
   const prefillOnly = remote.prefillOnly ?? false;
@@ -247,6 +249,7 @@ export function normaliseSampling(
     stopTokenIds,
     ignoreEos,
     logprobs,
+    priority,
     numExternalTokens,
     prefillOnly,
     outputTokenIds,

@@ -46,6 +46,9 @@ export interface SamplingParams {
   stopTokenIds?: number[];
   ignoreEos?: boolean;
   logprobs?: number; // top-N, [0, 20]
+  // Scheduling priority, lower first (the engine's; vLLM's `priority`): the frontend's choice
+  // (request-params.ts). Absent: 0.
+  priority?: number;
 }
 
 // Structured outputs: the grammar every sampled token of a request must follow (ts/grammar).
