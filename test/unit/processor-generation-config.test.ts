@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { planGeneration, type PlanOptions } from '../../ts/frontend/request-params.ts';
+import { BULK_CHOICES, planGeneration, type PlanOptions } from '../../ts/frontend/request-params.ts';
 import { ProcessorError, describeSamplingDefaults, loadSamplingDefaults } from '../../ts/processor/index.ts';
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'kvserve-genconfig-'));
@@ -123,5 +123,17 @@ describe('planGeneration with sampling defaults', () => {
   it('the reasoning parser reaches the output options only when the route passes it', () => {
     expect(planGeneration({}, opts({ reasoningParser: 'deepseek_r1' })).output.reasoningParser).toBe('deepseek_r1');
     expect(planGeneration({}, opts()).output.reasoningParser).toBeUndefined();
+  });
+
+  it('gives the engine priority 1 to bulk requests (more than BULK_CHOICES choices) unless the request names one', () => {
+    expect(planGeneration({}, opts()).sampling.priority).toBeUndefined();
+    expect(planGeneration({ n: BULK_CHOICES }, opts()).sampling.priority).toBeUndefined();
+    expect(planGeneration({ n: BULK_CHOICES + 1 }, opts()).sampling.priority).toBe(1);
+    const prompts = Array.from({ length: BULK_CHOICES + 1 }, () => [1, 2, 3]);
+    expect(planGeneration({}, opts({ prompts })).sampling.priority).toBe(1);
+    expect(planGeneration({ n: 2 }, opts({ prompts: [[1], [2], [3]] })).sampling.priority).toBe(1);
+    expect(planGeneration({ n: 128, priority: 0 }, opts()).sampling.priority).toBeUndefined();
+    expect(planGeneration({ priority: -3 }, opts()).sampling.priority).toBe(-3);
+    expect(planGeneration({ n: 128, priority: null }, opts()).sampling.priority).toBe(1);
   });
 });
