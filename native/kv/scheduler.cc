@@ -185,8 +185,9 @@ int32_t Scheduler::urgent_priority() const {
   // A waiting request counts only when a seat is free for it: rows that sit out do not free one.
   if (num_running() < cfg_.max_num_seqs)
     for (const Request* r : waiting_) urgent = std::min(urgent, r->priority);
+  // Running: more than the last token left to compute (a prompt, or a resumed request's outputs).
   for (const Request* r : running_)
-    if (r->num_computed_tokens < r->num_prompt_tokens()) urgent = std::min(urgent, r->priority);
+    if (r->num_computed_tokens + 1 < r->num_tokens()) urgent = std::min(urgent, r->priority);
   return urgent;
 }
 

@@ -129,7 +129,7 @@ class Scheduler {
  private:
   void preempt(Request* req);
   // The lowest priority value among requests still to be prefilled: waiting ones (when a seat is
-  // free) and running ones whose prompt is not computed yet (INT32_MAX: none).
+  // free) and running ones with more than their last token to compute (INT32_MAX: none).
   int32_t urgent_priority() const;
   void hold(Request* req);
   // In-flight prefixes (see the header): r's prompt blocks it will compute, registered while it

@@ -157,14 +157,17 @@ describe('several frontends on the same workers', () => {
   it('long requests entering the two frontends at nearly the same time go to different idle workers', async () => {
     const [first, second] = frontends;
     // Pairs: one request into each frontend, 40 ms apart (less than a long prompt's prefill, so
-    // no load report shows the first yet): the pairs are split over the two workers. On a loaded
-    // machine (the whole suite runs files side by side) a snapshot can take longer than 40 ms to
-    // cross, so one round of four may land together; without sharing most rounds do.
+    // no load report shows the first yet, and the first frontend still counts it: a frontend
+    // shares a request's load until its first output): the pairs are split over the two workers.
+    // The prompts are 6,000 tokens, so that the first is still prefilling when the second comes
+    // on the fastest kernel path too (with 1,024 a round could find both workers idle). On a
+    // loaded machine (the whole suite runs files side by side) a snapshot can take longer than
+    // 40 ms to cross, so one round of four may land together; without sharing most rounds do.
     let split = 0;
     for (let round = 0; round < 4; round++) {
-      const a = complete(first, tokens(1000 + round, 1024), 16);
+      const a = complete(first, tokens(1000 + round, 6000), 16);
       await sleep(40);
-      const b = complete(second, tokens(2000 + round, 1024), 16);
+      const b = complete(second, tokens(2000 + round, 6000), 16);
       const [wa, wb] = await Promise.all([a, b]);
       if (wb !== wa) split++;
     }
