@@ -145,8 +145,9 @@ SchedulerOutput Scheduler::schedule() {
   // 2. Waiting requests in priority order, then in order, only when nobody had to give way this
   // step.
   if (!out.preempted.empty()) return out;
-  if (urgent != std::numeric_limits<int32_t>::max())
-    std::stable_sort(waiting_.begin(), waiting_.end(), [](const Request* a, const Request* b) { return a->priority < b->priority; });
+  const auto before = [](const Request* a, const Request* b) { return a->priority < b->priority; };
+  if (!std::is_sorted(waiting_.begin(), waiting_.end(), before))
+    std::stable_sort(waiting_.begin(), waiting_.end(), before);
   for (size_t i = 0; i < waiting_.size() && budget > 0 && num_running() < cfg_.max_num_seqs;) {
     Request* r = waiting_[i];
     int64_t num_cached = 0;

@@ -23,6 +23,7 @@
 #include "cpu-simd-kernels.h"
 #include "cpu-paths.h"
 #include "cpu-scratch.h"
+#include "cpu-weights.h"
 
 namespace llm::cpu {
 
@@ -365,11 +366,6 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
   });
 }
 
-bool can_pack_pairs(const TensorView& w) {
-  return w.data && w.dtype == DType::bf16 && w.layout == Layout::row_major && w.rows > 0 && w.rows % 16 == 0 &&
-         w.cols > 0 && w.cols % 2 == 0;
-}
-
 TensorView pack_pairs(const TensorView& w, uint16_t* out) {
   pack_blocks(static_cast<const uint16_t*>(w.data), w.rows, w.cols, 0, w.rows / 16, 0, w.cols / 2, out);
   TensorView packed = w;
@@ -385,7 +381,7 @@ const CpuKernels& cpu_avx2_kernels() {
     CpuKernels k = SimdKernels<Avx2>::table("avx2");
     k.matmul = matmul_bf16;
     k.packed_layout = Layout::bf16_pairs;
-    k.can_pack = can_pack_pairs;
+    k.can_pack = can_pack_bf16_pairs;
     k.pack = pack_pairs;
     return k;
   }();

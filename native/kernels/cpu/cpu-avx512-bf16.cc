@@ -32,6 +32,7 @@
 #include "cpu-avx512-simd.h"
 #include "cpu-paths.h"
 #include "cpu-scratch.h"
+#include "cpu-weights.h"
 
 namespace llm::cpu {
 
@@ -40,7 +41,6 @@ namespace {
 constexpr int kMB = 4;              // 4 x 6 accumulators + 6 w + 1 x registers of 32
 constexpr int kNB = 6;
 constexpr int kGemvNB = 8;          // M = 1: blocks of 16 columns per tile and per work item
-constexpr int kGemvRowNB = 1;       // blocks summed at once by gemv_rows (row-major weights)
 constexpr int64_t kBlockM = 64;     // rows of x per work item
 constexpr int64_t kChunk = 256;     // pairs of K columns per chunk: kNB blocks of it are 96 KiB
 
@@ -255,9 +255,7 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
         bp = b;
       }
       if (M == 1 && !pairs) {
-        int64_t n = 0;
-        for (; n + kGemvRowNB <= nbl; n += kGemvRowNB) gemv_rows<kGemvRowNB>(xb, wd, N, K, b0 + n, bp ? bp + n * 16 : nullptr, y);
-        for (; n < nbl; ++n) gemv_rows<1>(xb, wd, N, K, b0 + n, bp ? bp + n * 16 : nullptr, y);
+        for (int64_t n = 0; n < nbl; ++n) gemv_rows<1>(xb, wd, N, K, b0 + n, bp ? bp + n * 16 : nullptr, y);
         continue;
       }
       for (int64_t p0 = 0; p0 < P; p0 += chunk) {
@@ -277,11 +275,6 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
       }
     }
   });
-}
-
-bool can_pack_bf16_pairs(const TensorView& w) {
-  return w.data && w.dtype == DType::bf16 && w.layout == Layout::row_major && w.rows > 0 && w.rows % 16 == 0 &&
-         w.cols > 0 && w.cols % 2 == 0;
 }
 
 TensorView pack_bf16_pairs(const TensorView& w, uint16_t* out) {

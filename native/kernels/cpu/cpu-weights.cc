@@ -41,6 +41,11 @@ TensorView pack_amx_tiles(const TensorView& w, uint16_t* out) {
   return packed;
 }
 
+bool can_pack_bf16_pairs(const TensorView& w) {
+  return w.data && w.dtype == DType::bf16 && w.layout == Layout::row_major && w.rows > 0 && w.rows % 16 == 0 &&
+         w.cols > 0 && w.cols % 2 == 0;
+}
+
 bool can_pack_amx_gate_up(const TensorView& gate, const TensorView& up) {
   return can_pack_amx_tiles(gate) && can_pack_amx_tiles(up) && gate.rows == up.rows && gate.cols == up.cols &&
          gate.rows % 32 == 0;

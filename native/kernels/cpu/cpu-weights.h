@@ -54,6 +54,9 @@ struct CpuFusions {
 // bf16) in it, returning the view of out.
 bool can_pack_amx_tiles(const TensorView& w);
 TensorView pack_amx_tiles(const TensorView& w, uint16_t* out);
+// Layout::bf16_pairs, the avx512-bf16 and avx2 tables' packed layout: whether w can be stored in
+// it (row-major bf16, rows % 16 == 0, cols % 2 == 0). Each table packs with its own ISA.
+bool can_pack_bf16_pairs(const TensorView& w);
 // gate and up together for the amx fusions: both can_pack_amx_tiles, the same shape F x K, and
 // F % 32 == 0; packed as Layout::amx_tiles of 2 F rows whose 16-row blocks alternate, gate rows
 // [16 j, 16 j + 16) at block 2 j and the same rows of up at block 2 j + 1.
