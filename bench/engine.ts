@@ -13,7 +13,9 @@
 //   and F16 (written by bench/gguf, cached next to the model): batch-1 decode and prompt
 //   processing of the same 512 tokens;
 // then prints a table of our/llama.cpp ratios against the path's targets (TARGETS) and writes JSON
-// (bench/results/engine-<time>.json).
+// (bench/results/engine-<time>.json). The ratios the targets hold (against llama.cpp and the
+// roofline) are the median of each round's own ratio, since bandwidth moves between rounds; the
+// tables of tokens/s show each figure's best round.
 //
 // Flags: --model DIR (another Llama model), --preset NAME (default llama-3.2-1b), --threads N
 //        (default 2), --decode-tokens N (per request, default 16), --batches 1,8,32,
@@ -223,6 +225,17 @@ async function measurePeer(peer: Peer): Promise<LlamaCppSpeed> {
   return speed;
 }
 
+// a / b, undefined when either is missing.
+const ratioOf = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a / b);
+
+// The median of the defined values (the mean of the middle two for an even count).
+function median(xs: (number | undefined)[]): number | undefined {
+  const v = xs.filter((x): x is number => x !== undefined && Number.isFinite(x)).sort((a, b) => a - b);
+  if (v.length === 0) return undefined;
+  const h = Math.floor(v.length / 2);
+  return v.length % 2 ? v[h] : (v[h - 1]! + v[h]!) / 2;
+}
+
 const faster = <T extends { tokensPerSecond: number }>(a: T, b: T): T => (b.tokensPerSecond > a.tokensPerSecond ? b : a);
 
 // Matmul FLOPs of one layer per token (q, k, v, o, gate, up, down) and of the lm_head per token.
@@ -299,12 +312,22 @@ async function main() {
 
   const bytesPerToken = info.model.weightBytes;
   const rooflineTokensPerSecond = (bandwidth.GBs * 1e9) / bytesPerToken;
+  // The same ratios within each round (its own bandwidth probe, ours and llama.cpp back to back),
+  // and their median: the machine's bandwidth moves between rounds, so a ratio of two bests taken
+  // in different rounds can be off by more than the difference it is meant to show.
+  const ourB1 = (r: (typeof rounds)[number]) => r.ours.decode.find((d) => d.batch === 1)?.tokensPerSecond;
+  const bf16Index = peers.findIndex((p) => p.dtype === 'bf16');
+  const paired = {
+    decodeVsLlamaCppBf16: median(rounds.map((r) => ratioOf(ourB1(r), r.peers[bf16Index]?.decodeTokensPerSecond))),
+    decodeRooflineFraction: median(rounds.map((r) => ratioOf(ourB1(r), (r.GBs * 1e9) / bytesPerToken))),
+    prefillVsLlamaCppBf16: median(rounds.map((r) => ratioOf(r.ours.prefill.tokensPerSecond, r.peers[bf16Index]?.prefillTokensPerSecond))),
+  };
   const b1 = ours.decode.find((d) => d.batch === 1)?.tokensPerSecond;
   const b32 = ours.decode.find((d) => d.batch === 32)?.tokensPerSecond;
   const prefill = ours.prefill.tokensPerSecond;
   const { bf16, f16 } = llamacpp;
   const ofRoofline = (x: number | undefined) => (x === undefined ? undefined : x / rooflineTokensPerSecond);
-  const ratio = (a: number | undefined, b: number | undefined) => (a === undefined || b === undefined ? undefined : a / b);
+  const ratio = ratioOf;
   // GFLOP/s reached: prefill (matmuls + causal attention) and each decode batch (matmuls).
   const m = info.model;
   const flops = matmulFlops(m);
@@ -317,11 +340,11 @@ async function main() {
   const targets = !T
     ? []
     : [
-        { name: 'batch-1 decode / llama.cpp BF16', value: ratio(b1, bf16?.decodeTokensPerSecond), target: T.decodeVsLlamaCppBf16, show: times },
-        { name: 'batch-1 decode / roofline', value: ofRoofline(b1), target: T.decodeRooflineFraction, show: pct },
+        { name: 'batch-1 decode / llama.cpp BF16, median of rounds', value: paired.decodeVsLlamaCppBf16, target: T.decodeVsLlamaCppBf16, show: times },
+        { name: 'batch-1 decode / roofline, median of rounds', value: paired.decodeRooflineFraction, target: T.decodeRooflineFraction, show: pct },
         ...(T.prefillTokensPerSecond === undefined ? [] : [{ name: `prefill ${prefillLen}, tok/s`, value: prefill, target: T.prefillTokensPerSecond, show: (x?: number) => fmt(x, 1) }]),
         ...(T.prefillPeakFraction === undefined ? [] : [{ name: `prefill ${prefillLen} / compute peak`, value: ofPeak(prefillGflops), target: T.prefillPeakFraction, show: pct }]),
-        { name: 'prefill / llama.cpp BF16', value: ratio(prefill, bf16?.prefillTokensPerSecond), target: T.prefillVsLlamaCppBf16, show: times },
+        { name: 'prefill / llama.cpp BF16, median of rounds', value: paired.prefillVsLlamaCppBf16, target: T.prefillVsLlamaCppBf16, show: times },
         { name: 'batch-32 decode / batch-1 decode', value: ratio(b32, b1), target: T.batch32VsBatch1, show: times },
       ];
 
@@ -340,6 +363,7 @@ async function main() {
     const tps = ours.decode.find((x) => x.batch === d.batch)!.tokensPerSecond;
     console.log(`| decode batch ${d.batch} | ${fmt(tps)} | ${fmt(d.gflops, 1)} | ${pct(ofPeak(d.gflops))} | ${d.batch === 1 ? pct(ofRoofline(tps)) : ''} |`);
   }
+  console.log(`\nper round: batch-1 decode / llama.cpp BF16 ${rounds.map((r) => times(ratioOf(ourB1(r), r.peers[bf16Index]?.decodeTokensPerSecond))).join(', ')}; / roofline ${rounds.map((r) => pct(ratioOf(ourB1(r), (r.GBs * 1e9) / bytesPerToken))).join(', ')}`);
   if (targets.length === 0) console.log(`\nno targets for the ${kernelPath} path`);
   else console.log(`\n| target (${kernelPath}) | measured | target | met |\n|---|---:|---:|---|`);
   for (const t of targets) {
@@ -363,6 +387,7 @@ async function main() {
     computePeak: { path: kernelPath, gflops: peakGflops, threads },
     gflops: { prefill: prefillGflops, decode: decodeGflops, prefillFlops, decodeFlopsPerToken: flops.layers + flops.lmHead },
     roofline: { weightBytesPerToken: bytesPerToken, tokensPerSecond: rooflineTokensPerSecond },
+    paired,
     ours: { decode: ours.decode, prefill: { promptTokens: prefillLen, ...ours.prefill } },
     llamacpp: { package: 'node-llama-cpp 3.21.1', ...llamacpp },
     targets: targets.map(({ show: _, ...t }) => ({ ...t, met: t.value === undefined ? null : t.value >= t.target })),
