@@ -283,23 +283,30 @@ TEST(matmul_bf16_pairs_layout_gives_the_same_bits) {
   }
 }
 
-// gate_up_silu (the amx paths' fused MLP half, CpuFusions, on pack_amx_gate_up's layout): the same
-// the table's matmul on gate and on up, then its silu_mul, on every route (1..3 rows of x, 4..32,
-// more), with gate values large enough to saturate the sigmoid both ways.
+// The paths that fuse (CpuFusions): the amx ones and avx512-bf16, each on its own packed layout.
+bool fuses(CpuPath path) {
+  return path == CpuPath::amx || path == CpuPath::amx_exact || path == CpuPath::amx_bf16 || path == CpuPath::avx512_bf16;
+}
+
+// gate_up_silu (a fusing path's MLP half, on its own pack_gate_up layout): the same bits as the
+// table's matmul on gate and on up, then its silu_mul, on every route (1..3 rows of x, 4..32, more;
+// K in one chunk and in several), with gate values large enough to saturate the sigmoid both ways.
 TEST(gate_up_silu_gives_the_same_bits_as_matmul_then_silu) {
   const TypedBuffer g16(DType::bf16, random_floats(48 * 64));
   CHECK(!can_pack_amx_gate_up(g16.view(48, 64), g16.view(48, 64)));  // F % 32 != 0
   CHECK(!can_pack_amx_gate_up(g16.view(32, 64), g16.view(32, 32)));  // shapes differ
-  for (auto [F, K] : {std::pair<int64_t, int64_t>{32, 32}, {64, 96}, {160, 288}}) {
+  for (auto [F, K] : {std::pair<int64_t, int64_t>{32, 32}, {48, 64}, {64, 96}, {160, 288}, {32, 640}}) {
     const TypedBuffer gate(DType::bf16, random_floats(F * K, -3.0f, 3.0f)), up(DType::bf16, random_floats(F * K));
-    CHECK(can_pack_amx_gate_up(gate.view(F, K), up.view(F, K)));
-    std::vector<uint16_t> packed(static_cast<size_t>(2 * F * K));
-    const TensorView w = pack_amx_gate_up(gate.view(F, K), up.view(F, K), packed.data());
-    CHECK(w.rows == 2 * F && w.cols == K && w.layout == Layout::amx_tiles);
     for (auto [path, k] : fast_paths()) {
-      CHECK((k->fusions != nullptr) == (k->packed_layout == Layout::amx_tiles));
+      CHECK((k->fusions != nullptr) == fuses(path));
       if (!k->fusions) continue;
-      CHECK(k->fusions->can_pack_gate_up(gate.view(F, K), up.view(F, K)));
+      if (!k->fusions->can_pack_gate_up(gate.view(F, K), up.view(F, K))) {
+        CHECK(F % 32 != 0 && k->packed_layout == Layout::amx_tiles);  // amx needs F % 32 == 0; bf16 pairs F % 16
+        continue;
+      }
+      std::vector<uint16_t> packed(static_cast<size_t>(2 * F * K));
+      const TensorView w = k->fusions->pack_gate_up(gate.view(F, K), up.view(F, K), packed.data());
+      CHECK(w.rows == 2 * F && w.cols == K && w.layout == k->packed_layout);
       for (int64_t M : {1, 2, 3, 4, 5, 32, 33, 70}) {
         const std::vector<float> x = random_floats(M * K, -2.0f, 2.0f);
         std::vector<float> g(static_cast<size_t>(M * F)), u(g.size()), want(g.size()), got(g.size());
@@ -316,22 +323,23 @@ TEST(gate_up_silu_gives_the_same_bits_as_matmul_then_silu) {
   }
 }
 
-// mlp (the amx paths' whole MLP: silu(gate) * up handed to down as its bf16 x tiles where it
-// can): the same bits as gate_up_silu then matmul, on both of its routes (few rows, D % 32 != 0 or
-// an f32 down: the two calls; else the packed hand-over), with down in tile order or row-major,
-// with a bias.
+// mlp (a fusing path's whole MLP; on amx, silu(gate) * up handed to down as its bf16 x tiles where
+// it can): the same bits as gate_up_silu then matmul, on every route (amx: few rows, D % 32 != 0 or
+// an f32 down: the two calls; else the packed hand-over), with down in the path's packed layout or
+// row-major or f32, with a bias.
 TEST(mlp_gives_the_same_bits_as_gate_up_silu_then_matmul) {
   for (auto [F, K, D] : {std::tuple<int64_t, int64_t, int64_t>{32, 32, 32}, {64, 96, 64}, {160, 288, 96}, {64, 64, 48}}) {
     const TypedBuffer gate(DType::bf16, random_floats(F * K, -3.0f, 3.0f)), up(DType::bf16, random_floats(F * K));
     const std::vector<float> down_values = random_floats(D * F);
     const TypedBuffer down(DType::bf16, down_values), down_f32(DType::f32, down_values), bias(DType::bf16, random_floats(D));
-    std::vector<uint16_t> packed(static_cast<size_t>(2 * F * K)), down_tiles(static_cast<size_t>(D * F));
-    const TensorView w = pack_amx_gate_up(gate.view(F, K), up.view(F, K), packed.data());
     const TensorView b = bias.view(1, D);
-    for (const TensorView& wd : {down.view(D, F), pack_amx_tiles(down.view(D, F), down_tiles.data()), down_f32.view(D, F)})
-      for (auto [path, k] : fast_paths()) {
-        CHECK((k->fusions != nullptr) == (k->packed_layout == Layout::amx_tiles));
-        if (!k->fusions) continue;
+    for (auto [path, k] : fast_paths()) {
+      CHECK((k->fusions != nullptr) == fuses(path));
+      if (!k->fusions) continue;
+      std::vector<uint16_t> packed(static_cast<size_t>(2 * F * K)), down_packed(static_cast<size_t>(D * F));
+      const TensorView w = k->fusions->pack_gate_up(gate.view(F, K), up.view(F, K), packed.data());
+      CHECK(k->can_pack(down.view(D, F)));
+      for (const TensorView& wd : {down.view(D, F), k->pack(down.view(D, F), down_packed.data()), down_f32.view(D, F)})
         for (int64_t M : {1, 3, 4, 5, 32, 33, 70})
           for (const TensorView* bp : {static_cast<const TensorView*>(nullptr), &b}) {
             const std::vector<float> x = random_floats(M * K, -2.0f, 2.0f);
@@ -344,29 +352,29 @@ TEST(mlp_gives_the_same_bits_as_gate_up_silu_then_matmul) {
             for (size_t i = 0; i < got.size(); ++i) same = same && got[i] == want[i];
             if (!same)
               std::printf("  %s: M %ld F %ld K %ld D %ld %s%s: mlp differs\n", k->name, (long)M, (long)F, (long)K, (long)D,
-                          wd.layout == Layout::amx_tiles ? "tiles" : wd.dtype == DType::f32 ? "f32" : "row-major", bp ? " bias" : "");
+                          wd.layout != Layout::row_major ? "packed" : wd.dtype == DType::f32 ? "f32" : "row-major", bp ? " bias" : "");
             CHECK(same);
           }
-      }
+    }
   }
 }
 
-// matmul_qkv (the amx paths' q, k and v in one pass, on the three packed one after another): the
-// same bits as three matmuls, on every route (1..3 rows of x, 4..32, more).
+// matmul_qkv (a fusing path's q, k and v in one pass, on the three packed one after another in
+// its layout): the same bits as three matmuls, on every route (1..3 rows of x, 4..32, more).
 TEST(matmul_qkv_gives_the_same_bits_as_three_matmuls) {
-  for (auto [nq, nkv, K] : {std::tuple<int64_t, int64_t, int64_t>{32, 32, 32}, {128, 32, 96}, {256, 64, 288}}) {
+  for (auto [nq, nkv, K] : {std::tuple<int64_t, int64_t, int64_t>{32, 32, 32}, {128, 32, 96}, {256, 64, 288}, {96, 32, 640}}) {
     const TypedBuffer wq(DType::bf16, random_floats(nq * K)), wk(DType::bf16, random_floats(nkv * K));
     const TypedBuffer wv(DType::bf16, random_floats(nkv * K));
-    std::vector<uint16_t> packed(static_cast<size_t>((nq + 2 * nkv) * K));
-    pack_amx_tiles(wq.view(nq, K), packed.data());
-    pack_amx_tiles(wk.view(nkv, K), packed.data() + nq * K);
-    pack_amx_tiles(wv.view(nkv, K), packed.data() + (nq + nkv) * K);
-    const TensorView w{packed.data(), DType::bf16, nq + 2 * nkv, K, Layout::amx_tiles};
     for (auto [path, k] : fast_paths()) {
-      CHECK((k->fusions != nullptr) == (k->packed_layout == Layout::amx_tiles));
+      CHECK((k->fusions != nullptr) == fuses(path));
       if (!k->fusions) continue;
       CHECK(k->fusions->can_stack_qkv(wq.view(nq, K), wk.view(nkv, K), wv.view(nkv, K)));
       CHECK(!k->fusions->can_stack_qkv(wq.view(nq, K), wk.view(nkv, K), wv.view(nkv - 16, K)));
+      std::vector<uint16_t> packed(static_cast<size_t>((nq + 2 * nkv) * K));
+      k->pack(wq.view(nq, K), packed.data());
+      k->pack(wk.view(nkv, K), packed.data() + nq * K);
+      k->pack(wv.view(nkv, K), packed.data() + (nq + nkv) * K);
+      const TensorView w{packed.data(), DType::bf16, nq + 2 * nkv, K, k->packed_layout};
       for (int64_t M : {1, 2, 3, 4, 5, 32, 33, 70}) {
         const std::vector<float> x = random_floats(M * K);
         std::vector<float> q(static_cast<size_t>(M * nq)), kk(static_cast<size_t>(M * nkv)), v(kk.size());

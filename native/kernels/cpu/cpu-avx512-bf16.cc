@@ -23,6 +23,10 @@
 // disaggregation rely on it (test-kernels-fast). Only x is rounded; bf16 x bf16 products are exact
 // in fp32 and sums are fp32 (bounds in test-kernels-fast.cc). Weights that are not bf16 go to the
 // AVX-512 matmul with x as it is.
+// The fusions (CpuFusions) run on the same tiles and differ only in where a finished tile goes:
+// gate and up packed with their 16-row blocks alternating, so a tile holds a gate block and its up
+// block and stores silu(gate) * up (the AVX-512 silu_mul's vector code); q, k and v packed one after
+// another, each block stored to the matrix it belongs to.
 // Compiled with the AVX-512 flags and -mavx512bf16 (CMakeLists.txt); called only when
 // cpu_isa().avx512_bf16 is set.
 #include <immintrin.h>
@@ -140,21 +144,66 @@ inline void tile(const uint16_t* xb, int64_t Kp, const Blocks& wb, int64_t p0, i
 
 constexpr int64_t kPartStride = kGemvNB * 16;  // floats per row of x in a work item's partial sums
 
-// What one tile works on besides its weights: rows of x, the chunk [p0, p1) of P pairs, where
-// its sums wait between chunks (part: a row of x every kPartStride floats), and y (columns from
-// col0; N wide) with the bias of its columns (nullptr: none).
+// Where the product goes. plain: y[M, N] (+ bias). silu_pairs (gate_up_silu: w from
+// pack_gate_up_pairs, no bias): y[M, N / 2] = silu(gate) * up, each gate block combined with the
+// up block after it where they are stored, with the AVX-512 path's silu_mul arithmetic. split
+// (matmul_qkv: three matrices stacked, no bias): columns go to part[0..2][M, width[p]] in turn
+// (widths multiples of 16, so no block straddles two parts), y unused.
+struct Output {
+  enum Kind { plain, silu_pairs, split } kind = plain;
+  float* part[3] = {};
+  int64_t width[3] = {};
+};
+
+// What one tile works on besides its weights: rows [row0, row0 + MB) of x (xb: row row0), the
+// chunk [p0, p1) of P pairs, where its sums wait between chunks (part: a row of x every
+// kPartStride floats), and the output (columns from col0 of N) with the bias of its columns
+// (nullptr: none).
 struct TileArgs {
   const uint16_t* xb;
   int64_t Kp, p0, p1, P;
   float* part;
   float* y;
-  int64_t N, col0;
+  int64_t row0, N, col0;
   const float* bias;
+  const Output* out;
 };
 
+// The tile's finished sums: acc + bias (+ 0 without one, so that -0 turns +0 as an unfused
+// matmul's store does) to where out puts them; columns past N are not written.
+template <int MB, int NB>
+void store_tile(const TileArgs& a, __m512 (&acc)[MB][NB]) {
+  const Output& o = *a.out;
+  if (o.kind == Output::silu_pairs) {
+    const int64_t F = a.N / 2;
+    const __m512 zero = _mm512_setzero_ps();
+    for (int n = 0; n + 1 < NB; n += 2) {
+      const int64_t f = (a.col0 + n * 16) / 2;
+      for (int m = 0; m < MB; ++m)
+        _mm512_storeu_ps(a.y + (a.row0 + m) * F + f,
+                         SimdKernels<Avx512>::silu_mul_v(_mm512_add_ps(acc[m][n], zero), _mm512_add_ps(acc[m][n + 1], zero)));
+    }
+    return;
+  }
+  for (int n = 0; n < NB; ++n) {
+    const int64_t c = a.col0 + n * 16;
+    const int64_t live = min_i64(16, a.N - c);
+    const __mmask16 mask = static_cast<__mmask16>(live >= 16 ? 0xffff : (1u << live) - 1);
+    const __m512 b = a.bias ? _mm512_loadu_ps(a.bias + n * 16) : _mm512_setzero_ps();
+    float* dst = a.y + a.row0 * a.N + c;
+    int64_t stride = a.N;
+    if (o.kind == Output::split) {
+      int64_t p = 0, begin = 0;
+      while (c >= begin + o.width[p]) begin += o.width[p++];
+      dst = o.part[p] + a.row0 * o.width[p] + (c - begin);
+      stride = o.width[p];
+    }
+    for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(dst + m * stride, mask, _mm512_add_ps(acc[m][n], b));
+  }
+}
+
 // One tile of MB rows and NB blocks over one chunk: its accumulators start from zero (the first
-// chunk) or from part, and go to part (not the last chunk) or to y + bias (the last; columns past
-// N are not written).
+// chunk) or from part, and go to part (not the last chunk) or to the output (the last).
 template <int MB, int NB>
 void run_tile(const Blocks& wb, const TileArgs& a) {
   __m512 acc[MB][NB];
@@ -166,13 +215,7 @@ void run_tile(const Blocks& wb, const TileArgs& a) {
       for (int n = 0; n < NB; ++n) _mm512_storeu_ps(a.part + m * kPartStride + n * 16, acc[m][n]);
     return;
   }
-  for (int n = 0; n < NB; ++n) {
-    const int64_t c = a.col0 + n * 16;
-    const int64_t live = min_i64(16, a.N - c);
-    const __mmask16 mask = static_cast<__mmask16>(live >= 16 ? 0xffff : (1u << live) - 1);
-    const __m512 b = a.bias ? _mm512_loadu_ps(a.bias + n * 16) : _mm512_setzero_ps();
-    for (int m = 0; m < MB; ++m) _mm512_mask_storeu_ps(a.y + m * a.N + c, mask, _mm512_add_ps(acc[m][n], b));
-  }
+  store_tile<MB, NB>(a, acc);
 }
 
 // run_tile<mb, nb> for runtime mb in [1, MB] and nb in [1, NB].
@@ -222,10 +265,13 @@ void gemv_rows(const uint16_t* xb, const uint16_t* w, int64_t N, int64_t K, int6
   }
 }
 
-void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
+// The matmul, and the fused ones' (out.kind other than plain: w in Layout::bf16_pairs, no bias).
+void matmul_bf16_impl(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y,
+                      const Output& out) {
   if (M <= 0) return;
   const bool pairs = w.layout == Layout::bf16_pairs;
-  if (w.dtype != DType::bf16 || (w.layout != Layout::row_major && !pairs)) return matmul_avx512(pool, x, M, w, bias, y);
+  if (out.kind == Output::plain && (w.dtype != DType::bf16 || (w.layout != Layout::row_major && !pairs)))
+    return matmul_avx512(pool, x, M, w, bias, y);
   const int64_t N = w.rows, K = w.cols, Kp = (K + 31) / 32 * 32;
   const int64_t P = (K + 1) / 2, bs = 32 * P;  // pairs; block stride in elements
   thread_local Scratch<uint16_t> xb_buf;
@@ -268,7 +314,7 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
         }
         for (int64_t m = m0; m < m1; m += kMB) {
           const int mb = static_cast<int>(min_i64(kMB, m1 - m));
-          const TileArgs a{xb + m * Kp, Kp, p0, p1, P, part ? part + (m - m0) * kPartStride : nullptr, y + m * N, N, b0 * 16, bp};
+          const TileArgs a{xb + m * Kp, Kp, p0, p1, P, part ? part + (m - m0) * kPartStride : nullptr, y, m, N, b0 * 16, bp, &out};
           if (M == 1) run_tile_any<kGemvNB, 1>(nbl, 1, wb, a);
           else run_tile_any<kNB, kMB>(nbl, mb, wb, a);
         }
@@ -277,12 +323,62 @@ void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& 
   });
 }
 
+void matmul_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, const TensorView* bias, float* y) {
+  matmul_bf16_impl(pool, x, M, w, bias, y, Output{});
+}
+
 TensorView pack_bf16_pairs(const TensorView& w, uint16_t* out) {
   pack_blocks(static_cast<const uint16_t*>(w.data), w.rows, w.cols, 0, w.rows / 16, 0, w.cols / 2, out);
   TensorView packed = w;
   packed.data = out;
   packed.layout = Layout::bf16_pairs;
   return packed;
+}
+
+// ---- the fusions (CpuFusions) on Layout::bf16_pairs ----
+
+// gate and up packed together: the same shape F x K, each can_pack_bf16_pairs; 16-row blocks
+// alternate, gate rows [16 j, 16 j + 16) at block 2 j and the same rows of up at block 2 j + 1. The
+// work items' panels hold an even number of blocks, so a gate block and its up block always meet
+// in one tile.
+bool can_pack_gate_up_pairs(const TensorView& gate, const TensorView& up) {
+  return can_pack_bf16_pairs(gate) && can_pack_bf16_pairs(up) && gate.rows == up.rows && gate.cols == up.cols;
+}
+
+TensorView pack_gate_up_pairs(const TensorView& gate, const TensorView& up, uint16_t* out) {
+  const int64_t K = gate.cols, bs = 16 * K;  // a block of 16 rows, in either layout
+  for (int64_t b = 0; b < gate.rows / 16; ++b) {
+    pack_blocks(static_cast<const uint16_t*>(gate.data) + b * bs, 16, K, 0, 1, 0, K / 2, out + 2 * b * bs);
+    pack_blocks(static_cast<const uint16_t*>(up.data) + b * bs, 16, K, 0, 1, 0, K / 2, out + (2 * b + 1) * bs);
+  }
+  TensorView packed = gate;
+  packed.data = out;
+  packed.rows = 2 * gate.rows;
+  packed.layout = Layout::bf16_pairs;
+  return packed;
+}
+
+void gate_up_silu_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, float* out) {
+  matmul_bf16_impl(pool, x, M, w, nullptr, out, Output{Output::silu_pairs});
+}
+
+// Gate/up with silu into hb, then down: the down matmul rounds hb to bf16 as any x.
+void mlp_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& w_gate_up, const TensorView& w_down,
+              const TensorView* b_down, float* hb, float* y) {
+  gate_up_silu_bf16(pool, x, M, w_gate_up, hb);
+  matmul_bf16(pool, hb, M, w_down, b_down, y);
+}
+
+// q, k and v in one matmul: each can_pack_bf16_pairs (so every part is whole blocks), the same
+// K, k and v the same shape.
+bool can_stack_qkv_pairs(const TensorView& wq, const TensorView& wk, const TensorView& wv) {
+  return can_pack_bf16_pairs(wq) && can_pack_bf16_pairs(wk) && can_pack_bf16_pairs(wv) && wk.rows == wv.rows &&
+         wq.cols == wk.cols && wk.cols == wv.cols;
+}
+
+void matmul_qkv_bf16(ThreadPool& pool, const float* x, int64_t M, const TensorView& w, int64_t nq, int64_t nkv, float* q,
+                     float* k, float* v) {
+  matmul_bf16_impl(pool, x, M, w, nullptr, nullptr, Output{Output::split, {q, k, v}, {nq, nkv, nkv}});
 }
 
 }  // namespace
@@ -295,6 +391,9 @@ const CpuKernels& cpu_avx512_bf16_kernels() {
     k.packed_layout = Layout::bf16_pairs;
     k.can_pack = can_pack_bf16_pairs;
     k.pack = pack_bf16_pairs;
+    static const CpuFusions fusions = {can_pack_gate_up_pairs, pack_gate_up_pairs, gate_up_silu_bf16,
+                                       mlp_bf16, can_stack_qkv_pairs, matmul_qkv_bf16};
+    k.fusions = &fusions;
     return k;
   }();
   return table;

@@ -73,7 +73,7 @@ struct CpuKernels {
   TensorView (*pack)(const TensorView& w, uint16_t* out) = nullptr;
 
   // The fused matmuls CpuWeights may prepare for this path (cpu-weights.h); nullptr where a table
-  // has none (every path but amx).
+  // has none (avx512, avx2, reference).
   const CpuFusions* fusions = nullptr;
 };
 

@@ -29,8 +29,9 @@ struct CpuLayerMatmuls {
   TensorView w_gate, w_up, w_down, b_gate, b_up, b_down;
 };
 
-// A path's fused matmuls over weights packed together (CpuKernels::fusions; only the amx tables
-// have them, cpu-amx.cc). Each gives the same bits as the path's matmul and silu_mul unfused.
+// A path's fused matmuls over weights packed together (CpuKernels::fusions: the amx tables',
+// cpu-amx.cc, and avx512-bf16's, cpu-avx512-bf16.cc, each on its packed layout). Each gives the
+// same bits as the path's matmul and silu_mul unfused.
 struct CpuFusions {
   // Whether gate and up can go in together (pack_gate_up), and their packing into out (2 F x K).
   bool (*can_pack_gate_up)(const TensorView& gate, const TensorView& up);
