@@ -13,7 +13,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import type { KvEvent, RequestId, WorkerId, WorkerInfo, WorkerLoad } from '../../ts/protocol/index.ts';
-import { DiscoveryWatcher, listWorkers, type LeasedWorkerInfo } from '../../ts/runtime/discovery.ts';
+import { DEFAULT_NAMESPACE, DiscoveryWatcher, WorkerLease, listWorkers, workerKey, type LeasedWorkerInfo } from '../../ts/runtime/discovery.ts';
 import { EventPlaneConsumer, type KvEventMeta, type ResyncReason } from '../../ts/runtime/event-plane.ts';
 import { RedisConnection } from '../../ts/runtime/redis-connection.ts';
 import { WorkerClient } from '../../ts/runtime/request-client.ts';
@@ -260,6 +260,43 @@ describe('discovery', () => {
     expect(joins[1].instanceId).not.toBe(joins[0].instanceId);
     expect(watcher.workers().map((x) => x.workerId)).toEqual(['worker-d2']);
     await again.stop();
+  }, 30_000);
+
+  it('refuses a second live worker with the same id, naming the first, which goes on serving', async () => {
+    const { watcher, joins } = watch();
+    const first = await startWorker('worker-d3', redis.url);
+    await watcher.start();
+    await expect(startWorker('worker-d3', redis.url)).rejects.toThrow(new RegExp(`worker id worker-d3 is held by a live worker at ${first.info.address}.*--advertise-host`));
+    await new Promise((r) => setTimeout(r, 1500)); // past a refresh of the first
+    expect(watcher.workers().map((x) => [x.workerId, x.address])).toEqual([['worker-d3', first.info.address]]);
+    expect(joins.map((j) => j.instanceId)).toEqual([joins[0].instanceId]);
+    expect((await first.client.load(2000)).worker_id).toBe('worker-d3');
+    await first.stop();
+  }, 30_000);
+
+  it('takes over the lease a dead worker left; a live worker whose id is taken reports it', async () => {
+    const conn = new RedisConnection(redis.url, { name: 'lease-test' });
+    await conn.whenReady(5000);
+    const info = (n: string): WorkerInfo => ({ workerId: 'worker-d4' as WorkerId, role: 'monolith', address: `http://${n}`, model: 'tiny', modelDir: '/m', blockSize: BLOCK_SIZE, kvTotalBlocks: 8, maxNumSeqs: 4, maxModelLen: 64, vocabSize: 100, pid: 1 });
+    try {
+      // A predecessor killed with -9: its lease is there, and nobody refreshes it.
+      const dead = { ...info('dead'), instanceId: 'dead-instance', startedAt: Date.now() };
+      await conn.redis.set(workerKey(DEFAULT_NAMESPACE, 'worker-d4'), JSON.stringify(dead), 'PX', 3000);
+      const lease = new WorkerLease(conn.redis, info('new'), DEFAULT_NAMESPACE, 3000);
+      const t0 = Date.now();
+      await lease.start();
+      expect(Date.now() - t0).toBeLessThan(2500); // one refresh period and the slack, not the whole TTL
+      expect(JSON.parse((await conn.redis.get(workerKey(DEFAULT_NAMESPACE, 'worker-d4')))!).instanceId).toBe(lease.instanceId);
+      // Another instance writes over the key while this one lives: its next refresh says so.
+      const conflicts: (LeasedWorkerInfo | null)[] = [];
+      lease.onConflict = (holder) => conflicts.push(holder);
+      await conn.redis.set(workerKey(DEFAULT_NAMESPACE, 'worker-d4'), JSON.stringify({ ...info('other'), instanceId: 'other-instance', startedAt: Date.now() }), 'PX', 3000);
+      await until('the conflict', async () => conflicts.length === 1, 3000);
+      expect(conflicts[0]?.address).toBe('http://other');
+      await lease.stop();
+    } finally {
+      await conn.close();
+    }
   }, 30_000);
 });
 

@@ -15,6 +15,13 @@
 //   every 1 s, a check every 1 s) a dead worker is gone within 4 s;
 // - a lease lost with Redis (restarted empty) is re-created as soon as the connection is back
 //   (the lease refreshes and re-announces on 'ready'), and at the latest by the next refresh;
+// - one worker id, one live worker: a lease that starts where another instance holds the key
+//   watches it for one refresh period (plus CLAIM_SLACK_MS); if its holder refreshes it, start()
+//   throws DuplicateWorkerIdError naming the holder (two nodes, or two deployments on one Redis,
+//   name their workers alike), else the holder is a dead predecessor (kill -9, then a restart)
+//   and the key is taken over. A refresh only renews a key that is absent or this instance's
+//   (one script), so a live worker whose key another instance took reports it (onConflict)
+//   instead of the two overwriting each other's address;
 // - a watcher never reports a leave for a worker it could not check (Redis away keeps the last
 //   known set), and after a reconnect it waits one TTL before it trusts a missing key, so a
 //   restarted Redis does not make every worker flap.
@@ -47,7 +54,45 @@ export function discoveryChannel(namespace: string): string {
   return `${namespace}:discovery`;
 }
 
+// How long past one refresh period a starting lease waits for the holder of its key to refresh it.
+const CLAIM_SLACK_MS = 500;
+
+// The renewal: the key is set only where it is absent or holds this instance (ARGV[2] is the
+// `"instanceId":"..."` text of the value); 0 back means another instance holds it.
+const REFRESH_SCRIPT = `
+local v = redis.call('GET', KEYS[1])
+if v and not string.find(v, ARGV[2], 1, true) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+return 1`;
+
+// Another live worker holds this worker id (start() of a WorkerLease).
+export class DuplicateWorkerIdError extends Error {
+  readonly code = 'ERR_DUPLICATE_WORKER_ID';
+  constructor(
+    readonly workerId: WorkerId,
+    readonly holder: LeasedWorkerInfo,
+  ) {
+    super(
+      `worker id ${workerId} is held by a live worker at ${holder.address} (started ${new Date(holder.startedAt).toISOString()}): ` +
+        'two nodes, or two deployments on one Redis and namespace, name their workers alike; give each node its own --advertise-host ' +
+        '(a joining node names its workers <name>@<advertise host>) or each deployment its own Redis',
+    );
+  }
+}
+
+function parseLease(text: string | null): LeasedWorkerInfo | null {
+  if (text === null) return null;
+  try {
+    return JSON.parse(text) as LeasedWorkerInfo;
+  } catch {
+    return null;
+  }
+}
+
 export class WorkerLease {
+  // Called once when a refresh finds the key held by another instance (see the header).
+  onConflict: ((holder: LeasedWorkerInfo | null) => void) | undefined;
+  private conflicted = false;
   private timer: NodeJS.Timeout | undefined;
   private readonly key: string;
   private readonly leased: LeasedWorkerInfo;
@@ -70,7 +115,9 @@ export class WorkerLease {
   }
 
   // Creates and announces the lease; if Redis is away just then, it appears on reconnect.
+  // Throws DuplicateWorkerIdError where a live worker holds the id.
   async start(): Promise<void> {
+    await this.claim();
     this.redis.on('ready', this.onReady);
     await this.announce().catch(() => undefined);
     this.timer = setInterval(() => {
@@ -90,8 +137,42 @@ export class WorkerLease {
     await this.redis.publish(discoveryChannel(this.namespace), JSON.stringify(leave)).catch(() => undefined);
   }
 
+  // Returns once the key is free (absent, or this instance's) or taken over from a holder that did
+  // not refresh it for one refresh period; Redis away: at once (the lease appears on reconnect,
+  // unchecked).
+  private async claim(): Promise<void> {
+    const holderOf = async () => parseLease(await this.redis.get(this.key));
+    let holder: LeasedWorkerInfo | null;
+    try {
+      holder = await holderOf();
+      if (holder === null || holder.instanceId === this.instanceId) return;
+      let pttl = await this.redis.pttl(this.key);
+      let at = performance.now();
+      const deadline = at + Math.floor(this.ttlMs / 3) + CLAIM_SLACK_MS;
+      while (performance.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        const [now, current] = [performance.now(), await this.redis.pttl(this.key)];
+        if (current < 0) return; // lapsed or deleted
+        const other = await holderOf();
+        if (other === null) return;
+        // Renewed (its TTL went up by more than the time that passed), or taken by a third instance.
+        if (current > pttl - (now - at) + 250 || other.instanceId !== holder.instanceId) throw new DuplicateWorkerIdError(this.leased.workerId, other);
+        [pttl, at] = [current, now];
+      }
+      await this.redis.set(this.key, JSON.stringify(this.leased), 'PX', this.ttlMs); // a dead holder's
+    } catch (err) {
+      if (err instanceof DuplicateWorkerIdError) throw err;
+      // Redis away: start() goes on as before, and the lease appears on reconnect.
+    }
+  }
+
   private async refresh(): Promise<void> {
-    await this.redis.set(this.key, JSON.stringify(this.leased), 'PX', this.ttlMs);
+    const renewed = await this.redis.eval(REFRESH_SCRIPT, 1, this.key, JSON.stringify(this.leased), `"instanceId":"${this.instanceId}"`, String(this.ttlMs));
+    if (renewed === 0 && !this.conflicted) {
+      this.conflicted = true;
+      const holder = parseLease(await this.redis.get(this.key).catch(() => null));
+      this.onConflict?.(holder);
+    }
   }
 
   private async announce(): Promise<void> {

@@ -261,6 +261,12 @@ async function main(): Promise<void> {
   let lease: WorkerLease | undefined;
   if (redis) {
     lease = new WorkerLease(redis.redis, info(address, requestPlane), namespace, cfg.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS, instanceId);
+    // Another live worker took this id (two nodes name their workers alike): routing could no
+    // longer tell the two apart, so this one stops (a restart then meets the holder at start).
+    lease.onConflict = (holder) => {
+      console.error(`[${cfg.workerId}] error: another worker (${holder ? `at ${holder.address}` : 'gone again'}) took the worker id ${cfg.workerId}; two workers must not share an id: the worker stops`);
+      setTimeout(() => process.exit(1), 200).unref();
+    };
     await lease.start();
   }
   server.setReadiness('ready');
