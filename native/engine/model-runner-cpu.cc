@@ -105,8 +105,12 @@ class CpuModelRunner final : public ModelRunner {
   const char* backend_name() const override { return "cpu"; }
   // The kernel path, and how its weights were prepared (packed layout, fusions).
   std::string describe() const override {
+    std::string s = kernels_.name;
     const std::string prepared = matmuls_.describe();
-    return prepared.empty() ? std::string(kernels_.name) : std::string(kernels_.name) + ", " + prepared;
+    if (!prepared.empty()) s += ", " + prepared;
+    const std::vector<int>& nodes = pool_.numa_nodes();
+    for (size_t i = 0; i < nodes.size(); ++i) s += (i ? "," : nodes.size() > 1 ? ", memory on NUMA nodes " : ", memory on NUMA node ") + std::to_string(nodes[i]);
+    return s;
   }
   int64_t vocab_size() const override { return model_.config.vocab_size; }
 

@@ -11,18 +11,23 @@
 // Kernels run on a 4-thread pool (more threads than this machine may have) so that every
 // shape is also split across workers unevenly.
 #include <sched.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernel-fixtures.h"
 #include "kernels/cpu/cpu-kernels.h"
+#include "kernels/cpu/numa.h"
 #include "test-harness.h"
 
 using namespace llm;
@@ -134,6 +139,46 @@ TEST(a_second_pool_on_a_pinned_thread_runs_its_threads_on_different_cpus) {
   });
   CHECK(CPU_COUNT(&mask[0]) == 1 && CPU_COUNT(&mask[1]) == 1);  // each pinned to one CPU
   CHECK(!CPU_EQUAL(&mask[0], &mask[1]));                        // and not the same one
+}
+
+TEST(cpu_lists_parse_as_sysfs_writes_them) {
+  CHECK((llm::cpu::parse_cpu_list("0-3,8,10-11\n") == std::vector<int>{0, 1, 2, 3, 8, 10, 11}));
+  CHECK((llm::cpu::parse_cpu_list("5") == std::vector<int>{5}));
+  CHECK(llm::cpu::parse_cpu_list("").empty());
+  CHECK(llm::cpu::parse_cpu_list("3-1").empty());
+  CHECK(llm::cpu::parse_cpu_list("a-b").empty());
+}
+
+// The nodes of a set of CPUs, from a sysfs-like tree of two nodes (with the entries that are not
+// nodes which sysfs has beside them), and what a pinned pool does with the real one.
+TEST(numa_nodes_of_cpus_and_a_pinned_pools_memory_policy) {
+  char dir[] = "/tmp/kvserve-numa-XXXXXX";
+  CHECK(mkdtemp(dir) != nullptr);
+  const std::string root = dir;
+  for (auto [node, list] : {std::pair<const char*, const char*>{"node0", "0-3,8-11"}, {"node1", "4-7,12-15"}}) {
+    CHECK(mkdir((root + "/" + node).c_str(), 0700) == 0);
+    FILE* f = std::fopen((root + "/" + node + "/cpulist").c_str(), "w");
+    std::fprintf(f, "%s\n", list);
+    std::fclose(f);
+  }
+  CHECK(mkdir((root + "/power").c_str(), 0700) == 0);
+  CHECK(llm::cpu::numa_node_count(root) == 2);
+  CHECK((llm::cpu::numa_nodes_of({4, 5}, root) == std::vector<int>{1}));
+  CHECK((llm::cpu::numa_nodes_of({3, 4}, root) == std::vector<int>{0, 1}));
+  CHECK((llm::cpu::numa_nodes_of({9, 10}, root) == std::vector<int>{0}));
+  CHECK(llm::cpu::numa_nodes_of({16}, root).empty());
+  CHECK(llm::cpu::numa_nodes_of({0}, root + "/missing").empty());
+  std::system(("rm -rf " + root).c_str());
+
+  // This machine: one node changes nothing; on several, a pool pinned to its first CPU prefers
+  // that CPU's node, and the policy is this thread's.
+  const std::vector<int> all = llm::cpu::allowed_cpus();
+  ThreadPool pool(1, {all.front()});
+  const int nodes = llm::cpu::numa_node_count();
+  std::printf("  this machine: %d NUMA node(s); a pool on CPU %d prefers %s\n", nodes, all.front(),
+              pool.numa_nodes().empty() ? "no node (policy unchanged)" : std::to_string(pool.numa_nodes()[0]).c_str());
+  if (nodes < 2) CHECK(pool.numa_nodes().empty());
+  else CHECK(pool.numa_nodes() == llm::cpu::numa_nodes_of({all.front()}));
 }
 
 TEST(pool_shuts_down_idle) {

@@ -22,6 +22,8 @@
 #define LLM_CPU_RELAX() std::this_thread::yield()
 #endif
 
+#include "numa.h"
+
 namespace llm::cpu {
 
 namespace {
@@ -85,6 +87,7 @@ ThreadPool::ThreadPool(int num_threads, const std::vector<int>& only_cpus) {
   num_threads_ = std::max(1, num_threads);
   if (!cpus.empty() && num_threads_ <= static_cast<int>(cpus.size()) && (num_threads_ > 1 || !only_cpus.empty()))
     cpus_.assign(cpus.begin(), cpus.begin() + num_threads_);
+  if (!cpus_.empty()) numa_nodes_ = prefer_memory_near(cpus_);  // before the helpers: they inherit it
   slots_.reset(new Slot[static_cast<size_t>(num_threads_)]);
   threads_.reserve(static_cast<size_t>(num_threads_ - 1));
   for (int i = 1; i < num_threads_; ++i) threads_.emplace_back([this, i] { worker_main(i); });

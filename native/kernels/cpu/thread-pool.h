@@ -12,6 +12,9 @@
 // Setting: num_threads in [1, CPUs]; 0 (or less) means every CPU this process may run on.
 // only_cpus (a tensor-parallel rank's share): the CPUs to use instead of all allowed ones; the
 // pool is then pinned to them even with one thread.
+// NUMA: a pinned pool sets the constructing thread's memory policy to prefer the nodes of its
+// CPUs before it starts its helpers (numa.h), where the machine has several nodes and the CPUs
+// do not span them all; numa_nodes() says which (empty: unchanged).
 // More threads than cores is allowed (tests do it) but only oversubscribes.
 #pragma once
 
@@ -46,6 +49,7 @@ class ThreadPool {
 
   int size() const { return num_threads_; }
   bool pinned() const { return !cpus_.empty(); }
+  const std::vector<int>& numa_nodes() const { return numa_nodes_; }
 
   // Splits [0, n) into at most size() contiguous ranges and runs fn(begin, end) on each.
   void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)>& fn);
@@ -63,6 +67,7 @@ class ThreadPool {
 
   int num_threads_ = 1;
   std::vector<int> cpus_;                    // CPU of worker i; empty = not pinned
+  std::vector<int> numa_nodes_;              // the nodes memory is preferred on; empty = unchanged
   std::thread::id pinned_caller_;
   std::vector<std::thread> threads_;
   std::unique_ptr<Slot[]> slots_;            // [num_threads] (slot 0 unused)
