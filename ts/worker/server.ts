@@ -365,10 +365,12 @@ export async function startWorkerServer(opts: {
     throw err;
   }
   const requestPort = (tcp.address() as AddressInfo).port;
+  const host = opts.host ?? '127.0.0.1';
+  const urlHost = net.isIPv6(host) ? `[${host}]` : host; // an IPv6 literal in a URL is bracketed
   return {
     server,
-    address: `http://${opts.host ?? '127.0.0.1'}:${port}`,
-    requestPlane: `tcp://${opts.host ?? '127.0.0.1'}:${requestPort}`,
+    address: `http://${urlHost}:${port}`,
+    requestPlane: `tcp://${urlHost}:${requestPort}`,
     setReadiness: (r) => {
       readiness = r;
     },
