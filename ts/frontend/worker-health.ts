@@ -8,8 +8,8 @@
 // (onLoad), and routes only to workers that are up.
 // Stays true: at most one probe per worker is in flight; a worker no longer watched is never
 // reported again; the timer keeps no process alive.
-import type { WorkerId, WorkerLoad } from '../protocol/index.ts';
-import type { WorkerClient } from '../runtime/request-client.ts';
+import { WORKER_DRAINING_CODE, type WorkerId, type WorkerLoad } from '../protocol/index.ts';
+import { RequestPlaneError, type WorkerClient } from '../runtime/request-client.ts';
 
 export interface HealthSettings {
   intervalMs: number;
@@ -88,7 +88,8 @@ export class HealthMonitor {
         (err: Error) => {
           w.probing = false;
           if (this.watched.get(id) !== w) return;
-          if (++w.failures >= this.settings.failuresToDown) this.markDown(id, `${w.failures} health probes failed: ${err.message}`);
+          if (err instanceof RequestPlaneError && err.status === 503 && err.message.includes(WORKER_DRAINING_CODE)) this.markDown(id, 'it is draining');
+          else if (++w.failures >= this.settings.failuresToDown) this.markDown(id, `${w.failures} health probes failed: ${err.message}`);
         },
       );
     }

@@ -181,8 +181,10 @@ Serving
                                 --no-restart stops everything when a child dies
   --shutdown-grace-s N          on SIGTERM, the frontend answers new requests with 503 and
                                 Retry-After and lets the streams in flight finish for up to N
-                                seconds before everything stops (default 30; SIGINT/Ctrl-C
-                                stops at once)
+                                seconds before everything stops; then each worker (on a node
+                                of workers only: at once) leaves the frontends' routing and
+                                finishes its own streams within N seconds (default 30;
+                                SIGINT/Ctrl-C stops at once)
   --api-key KEY                 require Authorization: Bearer KEY on every /v1/ route (401
                                 otherwise); $KVSERVE_API_KEY does the same without putting the
                                 key on a command line other local users can read
@@ -437,14 +439,14 @@ export function parseFlags(argv: string[]): LauncherFlags {
 // Which flags each role takes: a leader takes every one; a flag outside its role's groups is
 // refused, naming it and the role (never ignored).
 const FLAG_GROUPS = {
-  common: ['role', 'model', 'served-model-name', 'redis-url', 'cluster-secret', 'restart', 'no-restart', 'log-level', 'help'],
+  common: ['role', 'model', 'served-model-name', 'redis-url', 'cluster-secret', 'restart', 'no-restart', 'log-level', 'shutdown-grace-s', 'help'],
   engine: ['device', 'block-size', 'max-model-len', 'max-num-seqs', 'max-num-batched-tokens', 'kv-cache-memory', 'advertise-host'],
   decode: ['workers', 'decode-workers', 'decode-tp', 'worker-tp', 'remote-prefill', 'max-local-prefill-length', 'max-prefill-queue-size', 'prefill-deadline-ms'],
   prefill: ['prefill-workers', 'prefill-tp'],
   frontend: [
     'generation-config', 'reasoning-parser', 'enable-auto-tool-choice', 'tool-call-parser', 'router', 'kv-overlap-weight', 'router-temperature',
     'http-port', 'host', 'api-key', 'metrics-require-key', 'migration-limit', 'migration-max-seq-len', 'stall-timeout-s', 'request-timeout',
-    'active-decode-blocks-threshold', 'active-prefill-tokens-threshold', 'router-queue-threshold', 'max-choices-per-request', 'shutdown-grace-s',
+    'active-decode-blocks-threshold', 'active-prefill-tokens-threshold', 'router-queue-threshold', 'max-choices-per-request',
   ],
 } as const;
 const ROLE_FLAGS: Record<Exclude<NodeRole, 'leader'>, ReadonlySet<string>> = {

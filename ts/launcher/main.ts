@@ -127,6 +127,7 @@ function workerConfig(
       tpSize: role === 'prefill' ? f.prefillTp : f.decodeTp,
     },
     logLevel: f.logLevel,
+    drainMs: f.shutdownGraceS * 1000,
     disagg:
       role === 'monolith'
         ? undefined
@@ -272,11 +273,13 @@ async function run(f: LauncherFlags): Promise<number> {
   let shuttingDown: Promise<void> | undefined;
   let stopped!: () => void;
   const done = new Promise<void>((resolve) => (stopped = resolve));
-  // drainMs > 0: the frontend is stopped first and given that long to finish its streams.
+  // drainMs > 0: the frontend is stopped first and given that long to finish its streams; then
+  // the workers, given as long to finish theirs (a node without a frontend: the requests other
+  // nodes' frontends sent them).
   const shutdown = (code: number, drainMs = 0) => {
     exitCode = Math.max(exitCode, code);
     shuttingDown ??= supervisor
-      .stopAll(drainMs > 0 ? { names: ['frontend'], graceMs: drainMs } : undefined)
+      .stopAll(drainMs > 0 ? { first: ['frontend'], graceMs: drainMs } : undefined)
       .then(() => privateRedis?.stop())
       .then(stopped);
     return shuttingDown;
@@ -327,7 +330,8 @@ async function run(f: LauncherFlags): Promise<number> {
         log(`${sig}: stopping now`);
         return void supervisor.killAll();
       }
-      log(drain ? `${sig}: draining (new requests get 503; streams in flight have ${f.shutdownGraceS} s), then stopping` : `${sig}: stopping`);
+      const how = hasFrontend ? 'new requests get 503' : 'the frontends stop sending requests here';
+      log(drain ? `${sig}: draining (${how}; streams in flight have ${f.shutdownGraceS} s), then stopping` : `${sig}: stopping`);
       void shutdown(0, drain ? f.shutdownGraceS * 1000 + 5000 : 0);
     });
   }

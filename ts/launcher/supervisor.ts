@@ -5,9 +5,10 @@
 // launcher killed with SIGKILL leaves no orphan behind. A child reports {type: 'ready'} once it
 // serves and {type: 'fatal', message} when it cannot start: the supervisor keeps both on the
 // Child, so the launcher can tell a crash of a serving child from a failed start.
-// Stays true: after stopAll() resolves, no child is alive and no restart is pending (SIGTERM,
-// then SIGKILL after the grace period; a `first` group is stopped, and awaited, before the
-// rest). A child that exits while we are not stopping is reported to onExit, after the
+// Stays true: after stopAll() resolves, no child is alive and no restart is pending (a drain:
+// SIGTERM, which the children take as "finish what you have", to a `first` group, awaited, then
+// to the rest, each given the drain's grace; else SIGINT, "stop now", to all, given graceMs;
+// SIGKILL after the grace). A child that exits while we are not stopping is reported to onExit, after the
 // shared-memory segments it named after its pid are removed.
 import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
@@ -119,12 +120,13 @@ export class Supervisor {
 
   // Stops every child: those named in `first` (the frontend, draining its streams) before the
   // others, each given its own grace before SIGKILL.
-  async stopAll(first?: { names: string[]; graceMs: number }): Promise<void> {
+  async stopAll(drain?: { first: string[]; graceMs: number }): Promise<void> {
     this.stopping = true;
     for (const t of this.pending) clearTimeout(t);
     this.pending.clear();
-    if (first) await this.stopSome((c) => first.names.includes(c.spec.name), first.graceMs);
-    await this.stopSome(() => true, this.graceMs);
+    if (!drain) return this.stopSome(() => true, this.graceMs, 'SIGINT');
+    await this.stopSome((c) => drain.first.includes(c.spec.name), drain.graceMs, 'SIGTERM');
+    await this.stopSome(() => true, drain.graceMs, 'SIGTERM');
   }
 
   // SIGKILL to every child now (a second Ctrl-C while stopping); stopAll() then ends at once.
@@ -132,9 +134,9 @@ export class Supervisor {
     for (const c of this.children.values()) c.process.kill('SIGKILL');
   }
 
-  private async stopSome(which: (c: Child) => boolean, graceMs: number): Promise<void> {
+  private async stopSome(which: (c: Child) => boolean, graceMs: number, signal: NodeJS.Signals): Promise<void> {
     const some = [...this.children.values()].filter(which);
-    for (const c of some) c.process.kill('SIGTERM');
+    for (const c of some) c.process.kill(signal);
     await Promise.all(
       some.map(async (c) => {
         const timer = setTimeout(() => c.process.kill('SIGKILL'), graceMs);

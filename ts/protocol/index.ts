@@ -151,6 +151,10 @@ export interface FrontendLoad {
   workers: Record<WorkerId, [blocks: number, requests: number]>;
 }
 
+// What GET /load answers instead (503, {error: {code}}) while a worker drains: the frontends'
+// health probe then sets it aside at once, and its requests in flight go on.
+export const WORKER_DRAINING_CODE = 'ERR_WORKER_DRAINING';
+
 // What a worker reports on GET /load: the contract's load metrics plus counters the frontend
 // exports as Prometheus metrics.
 export interface WorkerLoad extends LoadMetrics {

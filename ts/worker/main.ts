@@ -26,7 +26,7 @@
 // 'fatal' ERR_REDIS_UNAVAILABLE); later outages are ridden out (events buffered, lease
 // re-created on reconnect).
 import { randomUUID } from 'node:crypto';
-import { Engine, TransferAgent, loadAddon, type EngineOptions } from '../native/index.ts';
+import { Engine, TransferAgent, loadAddon, type EngineOptions, type RequestOutput } from '../native/index.ts';
 import type { DisaggCounters, WorkerId, WorkerInfo, WorkerRole } from '../protocol/index.ts';
 import { PrefillClaims, PrefillConsumer, PrefillQueue } from '../queue/prefill-queue.ts';
 import { clusterSecret, offLoopbackWithoutSecret } from '../runtime/cluster-secret.ts';
@@ -34,7 +34,7 @@ import { DEFAULT_LEASE_TTL_MS, DEFAULT_NAMESPACE, WorkerLease, getWorker } from 
 import { EventPlanePublisher } from '../runtime/event-plane.ts';
 import { RedisConnection } from '../runtime/redis-connection.ts';
 import { PrefillJobRunner, RemotePrefillDecoder, type Log } from './remote-prefill.ts';
-import { engineGenerate, startWorkerServer, type EngineGenerateFn } from './server.ts';
+import { engineGenerate, startWorkerServer, type EngineGenerateFn, type GenerateFn } from './server.ts';
 import { grammarMatchersFor, withStructuredOutput } from './structured-output.ts';
 import { startTpRanks, type TpRanks } from './tp-ranks.ts';
 
@@ -53,6 +53,10 @@ export interface WorkerConfig {
   engine: Omit<EngineOptions, 'modelDir' | 'workerId'>;
   disagg?: DisaggConfig; // decode and prefill workers (needs KVSERVE_REDIS_URL)
   logLevel?: 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace'; // default info
+  // SIGTERM: how long the requests in flight may take to finish (0 = none: they are cut). While
+  // draining, GET /ready and GET /load answer 503 (the frontends set the worker aside at once), a
+  // prefill worker takes no new job, and requests that still arrive are served.
+  drainMs?: number;
 }
 
 export interface DisaggConfig {
@@ -244,13 +248,14 @@ async function main(): Promise<void> {
 
   let address = '';
   let requestPlane = '';
+  const inFlight = { streams: 0 }; // generate streams open now
   const server = await startWorkerServer({
     engine,
     info: () => info(address, requestPlane),
     host: cfg.host,
     port: cfg.port,
     requestPort: cfg.requestPort,
-    generate: withStructuredOutput(generate, engine, grammarMatchersFor(engine, cfg.modelDir), log),
+    generate: counted(withStructuredOutput(generate, engine, grammarMatchersFor(engine, cfg.modelDir), log), inFlight),
     disagg: disaggCounters,
     clusterSecret: secret,
   });
@@ -272,15 +277,26 @@ async function main(): Promise<void> {
   server.setReadiness('ready');
 
   let stopping = false;
+  let cut = false; // a second signal ends the drain
+  const cutNow = () => {
+    cut = true;
+  };
   // graceMs: the closes below talk to Redis; if it is gone they must not keep the process alive
   // longer than that. With the launcher gone (its Redis usually with it) there is nobody to be
-  // graceful to: 2 s, so nothing of a killed launcher is left 5 s later.
-  const stop = async (graceMs: number) => {
+  // graceful to: 2 s, so nothing of a killed launcher is left 5 s later. drainMs: first, how long
+  // the requests in flight may take (WorkerConfig.drainMs).
+  const stop = async (graceMs: number, drainMs = 0) => {
     if (stopping) return;
     stopping = true;
     server.setReadiness('draining');
-    setTimeout(() => process.exit(0), graceMs);
-    await consumer?.close();
+    setTimeout(() => process.exit(0), drainMs + graceMs);
+    await consumer?.close(); // a prefill worker's jobs in flight finish first
+    if (drainMs > 0 && inFlight.streams > 0) {
+      log('info', `draining: ${inFlight.streams} request(s) in flight, up to ${drainMs / 1000} s`);
+      const end = performance.now() + drainMs;
+      while (inFlight.streams > 0 && performance.now() < end && !cut) await new Promise((r) => setTimeout(r, 50));
+      if (inFlight.streams > 0) log('warn', `drain: ${inFlight.streams} request(s) still in flight are cut`);
+    }
     await queue?.close();
     await publisher?.close();
     await lease?.stop();
@@ -291,10 +307,32 @@ async function main(): Promise<void> {
     await engine.close(); // stops the ranks
     process.exit(0);
   };
-  process.on('SIGTERM', () => void stop(5000));
-  process.on('SIGINT', () => void stop(5000));
+  // SIGTERM: drain (a second one, or SIGINT: stop now, cutting what is in flight).
+  process.on('SIGTERM', () => void (stopping ? cutNow() : stop(5000, cfg.drainMs ?? 0)));
+  process.on('SIGINT', () => void (stopping ? cutNow() : stop(5000)));
   process.on('disconnect', () => void stop(2000)); // the launcher is gone
   send({ type: 'ready', info: info(address, requestPlane) });
+}
+
+// fn with the streams it has open counted in counter.streams (the drain waits for them).
+function counted(fn: GenerateFn, counter: { streams: number }): GenerateFn {
+  return async (body, signal) => {
+    counter.streams++;
+    let stream: AsyncIterable<RequestOutput>;
+    try {
+      stream = await fn(body, signal);
+    } catch (err) {
+      counter.streams--;
+      throw err;
+    }
+    return (async function* () {
+      try {
+        yield* stream;
+      } finally {
+        counter.streams--;
+      }
+    })();
+  };
 }
 
 // Any other failure on the way to 'ready' (the config, the servers, Redis, the lease): one

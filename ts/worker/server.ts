@@ -44,16 +44,17 @@
 import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { Engine, NativeError, type RequestOutput } from '../native/index.ts';
-import type {
-  DisaggCounters,
-  GenerateDelta,
-  GenerateRequest,
-  RequestId,
-  RequestPlaneClientFrame,
-  RequestPlaneClientHandshake,
-  RequestPlaneWorkerFrame,
-  RequestPlaneWorkerHandshake,
-  WorkerInfo,
+import {
+  WORKER_DRAINING_CODE,
+  type DisaggCounters,
+  type GenerateDelta,
+  type GenerateRequest,
+  type RequestId,
+  type RequestPlaneClientFrame,
+  type RequestPlaneClientHandshake,
+  type RequestPlaneWorkerFrame,
+  type RequestPlaneWorkerHandshake,
+  type WorkerInfo,
 } from '../protocol/index.ts';
 import { CLUSTER_AUTH_HEADER, CLUSTER_SECRET_ENV, HttpAuthCheck, newNonce, requestPlaneMac, secretsEqual } from '../runtime/cluster-secret.ts';
 import { toWorkerLoad } from '../runtime/event-plane.ts';
@@ -328,6 +329,9 @@ export async function startWorkerServer(opts: {
       });
     } else if (req.method === 'GET' && url === '/info') {
       sendJson(res, 200, opts.info());
+    } else if (req.method === 'GET' && url === '/load' && readiness === 'draining') {
+      // The frontends' health probe: a draining worker is set aside at once (worker-health.ts).
+      sendJson(res, 503, { error: { code: WORKER_DRAINING_CODE, message: 'the worker is draining: it finishes the requests it has and takes no new ones' } });
     } else if (req.method === 'GET' && url === '/load') {
       const metrics = engine.metrics();
       const load = toWorkerLoad(opts.info().workerId, metrics);
