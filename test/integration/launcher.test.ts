@@ -196,6 +196,7 @@ describe('launcher', () => {
     [['--stall-timeout-s', 'soon'], /--stall-timeout-s must be a number >= 0/],
     [['--cluster-secret', 'short-secret'], /--cluster-secret \(or KVSERVE_CLUSTER_SECRET\) must have at least 16 printable ASCII characters/],
     [['--role', 'primary'], /--role must be one of leader, frontend, worker, prefill, got 'primary'/],
+    [['--redis-url', 'redis+sentinel://:pw@127.0.0.1:26379/'], /--redis-url: a Sentinel URL is redis\+sentinel:\/\/\[:PASSWORD@\]HOST:PORT\[,HOST:PORT\.\.\.\]\/MASTER_NAME, got 'redis\+sentinel:\/\/\*\*\*@127\.0\.0\.1:26379\/'/],
     [['--role', 'worker'], /--role worker joins an existing deployment: give --redis-url/],
     [['--role', 'worker', '--redis-url', 'redis://127.0.0.1:1', '--router', 'kv', '--prefill-workers', '1'], /--router, --prefill-workers do not apply to --role worker/],
     [['--role', 'prefill', '--redis-url', 'redis://127.0.0.1:1', '--decode-tp', '2'], /--decode-tp does not apply to --role prefill/],

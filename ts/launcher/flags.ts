@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { CLUSTER_SECRET_ENV, isLoopback } from '../runtime/cluster-secret.ts';
-import { maskRedisUrl } from '../runtime/redis-connection.ts';
+import { maskRedisUrl, parseSentinelUrl } from '../runtime/redis-connection.ts';
 import { isReasoningParserName, unknownReasoningParserMessage, type ReasoningParserName } from '../processor/reasoning-parser.ts';
 import { isToolCallParserName, unknownToolCallParserMessage, type ToolCallParserName } from '../processor/tool-call-parser.ts';
 
@@ -174,7 +174,10 @@ Serving
                                 none). The URL may carry a password (redis://:PW@HOST:PORT,
                                 rediss://USER:PW@HOST:PORT); it is never logged, and
                                 $KVSERVE_REDIS_URL does the same without putting it on a
-                                command line other local users can read
+                                command line other local users can read. A Redis that
+                                Sentinel watches: redis+sentinel://[:PW@]HOST:PORT[,HOST:PORT
+                                ...]/MASTER (the sentinels, the master's name): every client
+                                follows the master across a failover
   --restart, --no-restart       a child process that dies is restarted, with backoff, while
                                 the others keep serving, and one that fails to start again 3
                                 times in a row stops the launcher (--restart, the default);
@@ -426,8 +429,15 @@ export function parseFlags(argv: string[]): LauncherFlags {
   if (flags.metricsRequireKey && flags.apiKey === undefined) {
     throw new FlagError('--metrics-require-key needs an API key: add --api-key KEY or set KVSERVE_API_KEY');
   }
-  if (flags.redisUrl !== undefined && !/^rediss?:\/\//.test(flags.redisUrl)) {
-    throw new FlagError(`--redis-url (or KVSERVE_REDIS_URL) must look like redis://host:port, got '${maskRedisUrl(flags.redisUrl)}'`);
+  if (flags.redisUrl !== undefined && !/^(rediss?|redis\+sentinel):\/\//.test(flags.redisUrl)) {
+    throw new FlagError(`--redis-url (or KVSERVE_REDIS_URL) must look like redis://host:port (or redis+sentinel://host:port,.../master), got '${maskRedisUrl(flags.redisUrl)}'`);
+  }
+  if (flags.redisUrl !== undefined) {
+    try {
+      parseSentinelUrl(flags.redisUrl);
+    } catch (err) {
+      throw new FlagError(`--redis-url: ${(err as Error).message}`);
+    }
   }
   if (flags.clusterSecret !== undefined && !/^[\x21-\x7e]{16,}$/.test(flags.clusterSecret)) {
     throw new FlagError('--cluster-secret (or KVSERVE_CLUSTER_SECRET) must have at least 16 printable ASCII characters without spaces, as an HTTP header carries it');
@@ -530,6 +540,8 @@ function checkNode(f: LauncherFlags, advertiseGiven: boolean): void {
 
 export function redisUrlHost(url: string): string {
   try {
+    const sentinel = parseSentinelUrl(url);
+    if (sentinel) return sentinel.sentinels[0]!.host;
     return new URL(url).hostname.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1';
   } catch {
     return '127.0.0.1';

@@ -19,6 +19,7 @@
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import type { RemotePrefillJob } from '../protocol/index.ts';
+import { newRedis } from '../runtime/redis-connection.ts';
 
 export const PREFILL_QUEUE = 'prefill';
 export const MAX_ATTEMPTS = 3;
@@ -31,7 +32,7 @@ const CAS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEY
 
 // BullMQ needs its own connections that retry commands (its blocking reads do).
 function bullConnection(url: string, name: string): Redis {
-  const r = new Redis(url, { connectionName: name, maxRetriesPerRequest: null, retryStrategy: (n) => Math.min(50 * 2 ** Math.min(n, 10), 1000) });
+  const r = newRedis(url, { connectionName: name, maxRetriesPerRequest: null, retryStrategy: (n) => Math.min(50 * 2 ** Math.min(n, 10), 1000) });
   r.on('error', () => {
     // reconnects by itself; callers see rejected commands
   });

@@ -11,10 +11,14 @@
 // After an outage, Redis may be a new, empty server (no persistence): whenReady() callers use
 // serverRunId() to tell, since the run id changes on every redis-server start.
 // A Redis URL may carry a password (redis://:PASSWORD@host:port, rediss://user:PASSWORD@...):
-// every line that shows one shows maskRedisUrl(url).
+// every line that shows one shows maskRedisUrl(url). A Sentinel URL,
+// redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER[?sentinelPassword=P], names the
+// sentinels and the master they watch: every client (newRedis) connects to the master they
+// report and follows it across a failover (ioredis asks them again on reconnect, and listens for
+// their +switch-master); PASSWORD is the master's.
 // Settings: maxBackoffMs in [100, 30000], default 1000.
 import { EventEmitter } from 'node:events';
-import { Redis } from 'ioredis';
+import { Redis, type RedisOptions } from 'ioredis';
 
 export interface RedisConnectionOptions {
   name: string; // shows in logs and in CLIENT LIST
@@ -40,7 +44,7 @@ export class RedisConnection extends EventEmitter<RedisConnectionEvents> {
     const maxBackoffMs = opts.maxBackoffMs ?? 1000;
     if (maxBackoffMs < 100 || maxBackoffMs > 30_000) throw new RangeError('maxBackoffMs must be in [100, 30000]');
     const log = opts.log ?? ((line: string) => process.stderr.write(line + '\n'));
-    this.redis = new Redis(url, {
+    this.redis = newRedis(url, {
       connectionName: opts.name,
       retryStrategy: (attempt) => Math.min(50 * 2 ** Math.min(attempt, 16), maxBackoffMs),
       maxRetriesPerRequest: 0, // in-flight commands reject when the connection drops
@@ -121,7 +125,31 @@ export class RedisConnection extends EventEmitter<RedisConnectionEvents> {
 // a user without a password (redis://NAME@host, which some clients take as the password) is
 // masked too; a string that does not parse as a URL has everything between '//' and the last '@'
 // replaced.
+// A redis+sentinel:// URL's parts (see the header); undefined for any other URL. Throws on a
+// Sentinel URL without a master name or with a host that has no port.
+export function parseSentinelUrl(url: string): { sentinels: { host: string; port: number }[]; name: string; password?: string; sentinelPassword?: string } | undefined {
+  const m = /^redis\+sentinel:\/\/(?:([^@/]*)@)?([^/?]+)\/([^/?]*)(?:\?(.*))?$/.exec(url);
+  if (!url.startsWith('redis+sentinel://')) return undefined;
+  if (!m || m[3] === '') throw new Error(`a Sentinel URL is redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME, got '${maskRedisUrl(url)}'`);
+  const sentinels = m[2]!.split(',').map((hp) => {
+    const at = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(hp);
+    if (!at) throw new Error(`a sentinel in a Sentinel URL is HOST:PORT, got '${hp}'`);
+    return { host: at[1]!.replace(/^\[(.*)\]$/, '$1'), port: Number(at[2]) };
+  });
+  const auth = m[1] ? decodeURIComponent(m[1].slice(m[1].indexOf(':') + 1)) : undefined;
+  const sentinelPassword = new URLSearchParams(m[4] ?? '').get('sentinelPassword') ?? undefined;
+  return { sentinels, name: decodeURIComponent(m[3]!), password: auth || undefined, sentinelPassword };
+}
+
+// An ioredis client for url (redis://, rediss://, or redis+sentinel://) with options.
+export function newRedis(url: string, options: RedisOptions): Redis {
+  const s = parseSentinelUrl(url);
+  if (!s) return new Redis(url, options);
+  return new Redis({ ...options, sentinels: s.sentinels, name: s.name, password: s.password, sentinelPassword: s.sentinelPassword, failoverDetector: true });
+}
+
 export function maskRedisUrl(url: string): string {
+  if (url.startsWith('redis+sentinel://')) return url.replace(/\/\/[^@/]*@/, '//***@').replace(/(sentinelPassword=)[^&]*/, '$1***');
   try {
     const u = new URL(url);
     if (u.password === '' && u.username === '') return url;
@@ -130,6 +158,18 @@ export function maskRedisUrl(url: string): string {
     return u.toString().replace(/\/$/, url.endsWith('/') ? '/' : '');
   } catch {
     return url.replace(/\/\/.*@/, '//***@');
+  }
+}
+
+// Throws (code ERR_REDIS_CLUSTER) when redis is a Redis Cluster node: the planes need one master
+// (their Lua scripts, streams and BullMQ's queue touch keys of several hash slots at once).
+export async function refuseRedisCluster(redis: Redis): Promise<void> {
+  const info = await redis.info('cluster');
+  if (/^cluster_enabled:1\s*$/m.test(info)) {
+    throw Object.assign(
+      new Error('this Redis is a Redis Cluster node (cluster_enabled:1), which kvserve does not use: it needs one master (its scripts, streams and queue touch keys of several hash slots); give a standalone Redis, or redis+sentinel://HOST:PORT/MASTER for one with failover'),
+      { code: 'ERR_REDIS_CLUSTER' },
+    );
   }
 }
 

@@ -32,7 +32,7 @@ import { PrefillClaims, PrefillConsumer, PrefillQueue } from '../queue/prefill-q
 import { clusterSecret, offLoopbackWithoutSecret } from '../runtime/cluster-secret.ts';
 import { DEFAULT_LEASE_TTL_MS, DEFAULT_NAMESPACE, WorkerLease, getWorker } from '../runtime/discovery.ts';
 import { EventPlanePublisher } from '../runtime/event-plane.ts';
-import { RedisConnection } from '../runtime/redis-connection.ts';
+import { RedisConnection, refuseRedisCluster } from '../runtime/redis-connection.ts';
 import { PrefillJobRunner, RemotePrefillDecoder, type Log } from './remote-prefill.ts';
 import { engineGenerate, startWorkerServer, type EngineGenerateFn, type GenerateFn } from './server.ts';
 import { grammarMatchersFor, withStructuredOutput } from './structured-output.ts';
@@ -178,6 +178,7 @@ async function main(): Promise<void> {
     redis = new RedisConnection(redisUrl, { name: cfg.workerId });
     try {
       await redis.whenReady(REDIS_START_TIMEOUT_MS);
+      await refuseRedisCluster(redis.redis);
       publisher = new EventPlanePublisher({
         connection: redis,
         workerId: cfg.workerId as WorkerId,
@@ -188,7 +189,8 @@ async function main(): Promise<void> {
       });
       await publisher.start();
     } catch (err) {
-      send({ type: 'fatal', workerId: cfg.workerId, code: 'ERR_REDIS_UNAVAILABLE', message: (err as Error).message, stack: (err as Error).stack });
+      const code = (err as { code?: unknown }).code === 'ERR_REDIS_CLUSTER' ? 'ERR_REDIS_CLUSTER' : 'ERR_REDIS_UNAVAILABLE';
+      send({ type: 'fatal', workerId: cfg.workerId, code, message: (err as Error).message, stack: (err as Error).stack });
       await publisher?.close();
       await redis.close();
       await engine.close();
