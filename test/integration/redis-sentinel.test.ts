@@ -84,6 +84,10 @@ describe('--redis-url redis+sentinel://', () => {
     const r = await runLauncher(['--model', (await ensureModel('tiny-llama')).dir, '--workers', '1', '--router', 'kv', '--redis-url', `redis://127.0.0.1:${port}`, '--http-port', String(await freePort())]);
     expect(r.code).toBe(1);
     expect(r.output).toMatch(/this Redis is a Redis Cluster node \(cluster_enabled:1\), which kvserve does not use.*redis\+sentinel:\/\//);
+    // A frontend node, which waits for workers from elsewhere, refuses it as well.
+    const f = await runLauncher(['--role', 'frontend', '--model', (await ensureModel('tiny-llama')).dir, '--router', 'kv', '--redis-url', `redis://127.0.0.1:${port}`, '--http-port', String(await freePort())]);
+    expect(f.code).toBe(1);
+    expect(f.output).toMatch(/this Redis is a Redis Cluster node \(cluster_enabled:1\)/);
   }, 120_000);
 
   it('carries prefill jobs through the queue on the master Sentinel names (Example 4)', async () => {

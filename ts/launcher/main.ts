@@ -39,7 +39,7 @@ import { freePorts } from './ports.ts';
 import { resolveModel, type ResolvedModel } from './model-resolve.ts';
 import { isLoopback } from '../runtime/cluster-secret.ts';
 import { DEFAULT_NAMESPACE, listWorkers, type LeasedWorkerInfo } from '../runtime/discovery.ts';
-import { maskRedisUrl, RedisConnection } from '../runtime/redis-connection.ts';
+import { maskRedisUrl, RedisConnection, refuseRedisCluster } from '../runtime/redis-connection.ts';
 import { newRedisPassword, startPrivateRedis, superviseRedis, type SupervisedRedis } from './redis.ts';
 import { Supervisor, type Child } from './supervisor.ts';
 
@@ -177,6 +177,7 @@ async function awaitWorkers(redisUrl: string, modelName: string, isStopping: () 
     } catch (err) {
       throw new Error(`${(err as Error).message.split(redisUrl).join(maskRedisUrl(redisUrl))}: the deployment's Redis, which a frontend needs to find its workers (check --redis-url or KVSERVE_REDIS_URL)`);
     }
+    await refuseRedisCluster(connection.redis); // no worker would ever join there
     log(`waiting for workers of model "${modelName}" to join discovery at ${maskRedisUrl(redisUrl)}`);
     let lastLog = Date.now();
     for (;;) {
