@@ -147,17 +147,17 @@ export class WorkerLease {
       holder = await holderOf();
       if (holder === null || holder.instanceId === this.instanceId) return;
       let pttl = await this.redis.pttl(this.key);
-      let at = performance.now();
-      const deadline = at + Math.floor(this.ttlMs / 3) + CLAIM_SLACK_MS;
+      const deadline = performance.now() + Math.floor(this.ttlMs / 3) + CLAIM_SLACK_MS;
       while (performance.now() < deadline) {
         await new Promise((r) => setTimeout(r, 100));
-        const [now, current] = [performance.now(), await this.redis.pttl(this.key)];
+        const current = await this.redis.pttl(this.key);
         if (current < 0) return; // lapsed or deleted
         const other = await holderOf();
         if (other === null) return;
-        // Renewed (its TTL went up by more than the time that passed), or taken by a third instance.
-        if (current > pttl - (now - at) + 250 || other.instanceId !== holder.instanceId) throw new DuplicateWorkerIdError(this.leased.workerId, other);
-        [pttl, at] = [current, now];
+        // Renewed (a TTL only goes up when its holder sets it again: by about a third of it, here
+        // between two reads 100 ms apart), or taken by a third instance.
+        if (current > pttl + 100 || other.instanceId !== holder.instanceId) throw new DuplicateWorkerIdError(this.leased.workerId, other);
+        pttl = current;
       }
       await this.redis.set(this.key, JSON.stringify(this.leased), 'PX', this.ttlMs); // a dead holder's
     } catch (err) {
