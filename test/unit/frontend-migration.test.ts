@@ -9,7 +9,7 @@ import { planGeneration } from '../../ts/frontend/request-params.ts';
 import type { WorkerPool, WorkerSelection } from '../../ts/frontend/worker-pool.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import { loadTokenizer, type TextTokenizer } from '../../ts/processor/index.ts';
-import type { GenerateDelta, GenerateRequest, RequestId, WorkerId, WorkerInfo } from '../../ts/protocol/index.ts';
+import { WORKER_DRAINING_CODE, type GenerateDelta, type GenerateRequest, type RequestId, type WorkerId, type WorkerInfo } from '../../ts/protocol/index.ts';
 import { RequestPlaneError } from '../../ts/runtime/request-client.ts';
 import { ApiError } from '../../ts/frontend/errors.ts';
 
@@ -29,11 +29,21 @@ const gone = (w: string) => new RequestPlaneError(503, 'ERR_WORKER_UNAVAILABLE',
 // drops; 'all' streams to the end; 'refuse' fails the request up front.
 type Script = number | 'all' | 'refuse';
 
+// Worker w0 may fall silent for pauseMs after its first delta; every worker's health probe
+// (load) answers as `load` does (default: alive).
+interface PoolOptions {
+  pauseMs?: number;
+  load?: () => Promise<unknown>;
+}
+
 class ScriptedPool implements WorkerPool {
   readonly events: string[] = [];
   readonly requests: GenerateRequest[] = [];
   private next = 0;
-  constructor(private readonly scripts: Script[]) {}
+  constructor(
+    private readonly scripts: Script[],
+    private readonly opts: PoolOptions = {},
+  ) {}
 
   workers(): WorkerInfo[] {
     return [];
@@ -46,8 +56,10 @@ class ScriptedPool implements WorkerPool {
     const name = `w${this.next}`;
     const script = this.scripts[this.next++]!;
     this.events.push(`select ${name} ${requestId}`);
+    const pauseMs = name === 'w0' ? (this.opts.pauseMs ?? 0) : 0;
     const client = {
-      generate: (body: GenerateRequest) => {
+      load: this.opts.load ?? (async () => ({})),
+      generate: (body: GenerateRequest, signal?: AbortSignal) => {
         this.requests.push(body);
         return (async function* (): AsyncGenerator<GenerateDelta> {
           if (script === 'refuse') throw new RequestPlaneError(400, 'ERR_REQUEST_TOO_LONG', 'too long');
@@ -55,6 +67,10 @@ class ScriptedPool implements WorkerPool {
           const rest = TOKENS.slice(done);
           const n = script === 'all' ? rest.length : script;
           yield { requestId: body.requestId, tokenIds: [], numPromptTokens: PROMPT.length, numCachedTokens: 0 };
+          if (pauseMs > 0) {
+            await new Promise((r) => setTimeout(r, pauseMs));
+            if (signal?.aborted) throw gone(name); // the stall watchdog gave up on it
+          }
           for (let i = 0; i < n; i += 2) {
             const ids = rest.slice(i, Math.min(i + 2, n));
             const last = done + i + ids.length >= MAX_TOKENS;
@@ -78,12 +94,12 @@ class ScriptedPool implements WorkerPool {
   }
 }
 
-async function run(scripts: Script[], migration: MigrationSettings | undefined) {
-  const pool = new ScriptedPool(scripts);
+async function run(scripts: Script[], migration: MigrationSettings | undefined, poolOptions: PoolOptions = {}, stallTimeoutMs = 0) {
+  const pool = new ScriptedPool(scripts, poolOptions);
   const metrics = new FrontendMetrics('m');
   const logs: string[] = [];
   const log = { info: (_o: unknown, msg: string) => logs.push(msg), warn: (_o: unknown, msg: string) => logs.push(msg) };
-  const deps: GenerationDeps = { pool, tokenizer, metrics, migration, log: log as unknown as GenerationDeps['log'] };
+  const deps: GenerationDeps = { pool, tokenizer, metrics, migration, stallTimeoutMs, log: log as unknown as GenerationDeps['log'] };
   const plan = planGeneration({ max_tokens: MAX_TOKENS, temperature: 0, ignore_eos: true, stream: true }, {
     prompts: [PROMPT],
     maxModelLen: 64,
@@ -158,5 +174,17 @@ describe('request migration (Generation)', () => {
     expect(off.error).toBe(gone('w0').message);
     expect(off.pool.requests).toHaveLength(1);
     expect(off.migrations).toBe(0);
+  });
+
+  it('--stall-timeout-s: a silent worker that does not answer its probe is given up on; one that answers it is draining is waited for', async () => {
+    const silent = await run(['all', 'all'], { limit: 3 }, { pauseMs: 800, load: async () => Promise.reject(gone('w0')) }, 200);
+    expect(silent.error).toBeUndefined();
+    expect(silent.migrations).toBe(1);
+    expect(silent.pool.events).toContain('select w1 cmpl-x-0-m1');
+    const draining = await run(['all', 'all'], { limit: 3 }, { pauseMs: 800, load: async () => Promise.reject(new RequestPlaneError(503, WORKER_DRAINING_CODE, 'draining')) }, 200);
+    expect(draining.error).toBeUndefined();
+    expect(draining.migrations).toBe(0);
+    expect(draining.text).toBe(tokenizer.decode(TOKENS, { skipSpecialTokens: true }));
+    expect(draining.pool.events.filter((e) => e.startsWith('select'))).toEqual(['select w0 cmpl-x-0']);
   });
 });

@@ -38,7 +38,7 @@
 import type { FastifyBaseLogger } from 'fastify';
 import type { FinishReason, OutputProcessorOptions, TextTokenizer } from '../processor/index.ts';
 import { OutputProcessor } from '../processor/index.ts';
-import type { GenerateDelta, RequestId, TokenLogprobs } from '../protocol/index.ts';
+import { WORKER_DRAINING_CODE, type GenerateDelta, type RequestId, type TokenLogprobs } from '../protocol/index.ts';
 import { RequestPlaneError } from '../runtime/request-client.ts';
 import { ApiError, toApiError } from './errors.ts';
 import type { FrontendMetrics } from './metrics.ts';
@@ -211,22 +211,22 @@ export class Generation {
       c.probing = true;
       const { worker, client } = c.selection;
       const attempt = c.attempt;
-      client.load(STALL_PROBE_TIMEOUT_MS).then(
-        () => {
-          c.probing = false;
-          c.lastActivityAt = performance.now(); // alive, only slow: another window
-        },
-        () => {
-          c.probing = false;
-          if (c.attempt !== attempt || c.done) return;
-          c.stalled = new RequestPlaneError(
-            503,
-            'ERR_WORKER_UNAVAILABLE',
-            `worker ${worker.workerId} produced nothing for ${stallMs / 1000} s and did not answer its health probe`,
-          );
-          attempt.abort();
-        },
-      );
+      const alive = () => {
+        c.probing = false;
+        c.lastActivityAt = performance.now(); // alive, only slow: another window
+      };
+      client.load(STALL_PROBE_TIMEOUT_MS).then(alive, (err: unknown) => {
+        // A draining worker refuses the probe but still finishes the requests it has.
+        if (err instanceof RequestPlaneError && err.code === WORKER_DRAINING_CODE) return alive();
+        c.probing = false;
+        if (c.attempt !== attempt || c.done) return;
+        c.stalled = new RequestPlaneError(
+          503,
+          'ERR_WORKER_UNAVAILABLE',
+          `worker ${worker.workerId} produced nothing for ${stallMs / 1000} s and did not answer its health probe`,
+        );
+        attempt.abort();
+      });
     }
   }
 

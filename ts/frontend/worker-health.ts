@@ -88,7 +88,7 @@ export class HealthMonitor {
         (err: Error) => {
           w.probing = false;
           if (this.watched.get(id) !== w) return;
-          if (err instanceof RequestPlaneError && err.status === 503 && err.message.includes(WORKER_DRAINING_CODE)) this.markDown(id, 'it is draining');
+          if (err instanceof RequestPlaneError && err.code === WORKER_DRAINING_CODE) this.markDown(id, 'it is draining');
           else if (++w.failures >= this.settings.failuresToDown) this.markDown(id, `${w.failures} health probes failed: ${err.message}`);
         },
       );

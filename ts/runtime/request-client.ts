@@ -50,6 +50,19 @@ export class RequestPlaneError extends Error {
   }
 }
 
+// A worker's answer other than 200 as an error: the code and message of its {error} body, or its
+// raw text with ERR_WORKER.
+async function httpError(res: http.IncomingMessage): Promise<RequestPlaneError> {
+  const text = await readAll(res);
+  let error: WireError = { code: 'ERR_WORKER', message: text };
+  try {
+    error = (JSON.parse(text) as { error: WireError }).error ?? error;
+  } catch {
+    // not JSON: keep the raw text
+  }
+  return new RequestPlaneError(res.statusCode ?? 500, error.code, error.message);
+}
+
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1024, keepAliveMsecs: 10_000, noDelay: true });
 
 function request(url: URL, method: string, body: string | undefined, signal?: AbortSignal): Promise<http.IncomingMessage> {
@@ -375,16 +388,7 @@ export class WorkerClient {
       if (signal?.aborted) return;
       throw unavailable(this.address, err);
     }
-    if (res.statusCode !== 200) {
-      const text = await readAll(res);
-      let error: WireError = { code: 'ERR_WORKER', message: text };
-      try {
-        error = (JSON.parse(text) as { error: WireError }).error;
-      } catch {
-        // not JSON: keep the raw text
-      }
-      throw new RequestPlaneError(res.statusCode ?? 500, error.code, error.message);
-    }
+    if (res.statusCode !== 200) throw await httpError(res);
     res.setEncoding('utf8');
     // The final delta is held until the response has ended (the worker ends it right after),
     // so the keep-alive socket goes back to the pool instead of being destroyed mid-response.
@@ -430,8 +434,7 @@ export class WorkerClient {
     } catch (err) {
       throw unavailable(this.address, err);
     }
-    const text = await readAll(res);
-    if (res.statusCode !== 200) throw new RequestPlaneError(res.statusCode ?? 500, 'ERR_WORKER', text);
-    return JSON.parse(text) as T;
+    if (res.statusCode !== 200) throw await httpError(res);
+    return JSON.parse(await readAll(res)) as T;
   }
 }
