@@ -327,7 +327,6 @@ async function main() {
   const prefill = ours.prefill.tokensPerSecond;
   const { bf16, f16 } = llamacpp;
   const ofRoofline = (x: number | undefined) => (x === undefined ? undefined : x / rooflineTokensPerSecond);
-  const ratio = ratioOf;
   // GFLOP/s reached: prefill (matmuls + causal attention) and each decode batch (matmuls).
   const m = info.model;
   const flops = matmulFlops(m);
@@ -352,9 +351,9 @@ async function main() {
   console.log('\n| tokens/s | ours | llama.cpp BF16 | llama.cpp F16 | ours / BF16 | ours / F16 |\n|---|---:|---:|---:|---:|---:|');
   for (const d of ours.decode) {
     const [lb, lf] = d.batch === 1 ? [bf16?.decodeTokensPerSecond, f16?.decodeTokensPerSecond] : [undefined, undefined];
-    console.log(`| decode batch ${d.batch} | ${fmt(d.tokensPerSecond)} | ${fmt(lb)} | ${fmt(lf)} | ${times(ratio(d.tokensPerSecond, lb))} | ${times(ratio(d.tokensPerSecond, lf))} |`);
+    console.log(`| decode batch ${d.batch} | ${fmt(d.tokensPerSecond)} | ${fmt(lb)} | ${fmt(lf)} | ${times(ratioOf(d.tokensPerSecond, lb))} | ${times(ratioOf(d.tokensPerSecond, lf))} |`);
   }
-  console.log(`| prefill ${prefillLen} | ${fmt(prefill, 1)} | ${fmt(bf16?.prefillTokensPerSecond, 1)} | ${fmt(f16?.prefillTokensPerSecond, 1)} | ${times(ratio(prefill, bf16?.prefillTokensPerSecond))} | ${times(ratio(prefill, f16?.prefillTokensPerSecond))} |`);
+  console.log(`| prefill ${prefillLen} | ${fmt(prefill, 1)} | ${fmt(bf16?.prefillTokensPerSecond, 1)} | ${fmt(f16?.prefillTokensPerSecond, 1)} | ${times(ratioOf(prefill, bf16?.prefillTokensPerSecond))} | ${times(ratioOf(prefill, f16?.prefillTokensPerSecond))} |`);
   console.log(`| batch-1 decode / roofline | ${pct(ofRoofline(b1))} | ${pct(ofRoofline(bf16?.decodeTokensPerSecond))} | ${pct(ofRoofline(f16?.decodeTokensPerSecond))} | | |`);
   console.log(`\ncompute peak (${kernelPath}): ${fmt(peakGflops, 1)} GFLOP/s, ${threads} threads`);
   console.log('\n| ours, kernels ' + kernelPath + ' | tokens/s | GFLOP/s | of peak | of roofline |\n|---|---:|---:|---:|---:|');

@@ -11,15 +11,22 @@ export { freePort } from '../../ts/launcher/ports.ts';
 
 export interface Launched {
   proc: ChildProcess;
-  url: string;
+  url: string; // its frontend's; '' for a node without one
   output: () => string;
   exited: Promise<number | null>;
   stop: (signal?: NodeJS.Signals) => Promise<number | null>;
 }
 
-// Starts the launcher with args; resolves once it prints "ready:" (rejects if it exits first).
+// Starts the launcher with args; resolves once it prints "ready: URL" (rejects if it exits first).
 export async function launch(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 180_000): Promise<Launched> {
   return untilReady('launcher', process.execPath, ['--import', 'tsx', path.join(packageRoot, 'ts/launcher/main.ts'), ...args], env, timeoutMs);
+}
+
+// The same for a node without a frontend (`--role worker` or `prefill`): ready once it prints
+// "ready: N worker(s) ..."; its url is ''.
+export async function launchNode(args: string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 180_000): Promise<Launched> {
+  const entry = path.join(packageRoot, 'ts/launcher/main.ts');
+  return untilReady('worker node', process.execPath, ['--import', 'tsx', entry, ...args], env, timeoutMs, /ready: \d+ (?:decode |prefill )?workers? /);
 }
 
 // The same through `npm run start -- ARGS`, as a user starts it: signals go to the npm process.
@@ -27,7 +34,8 @@ export async function launchNpm(args: string[], env: NodeJS.ProcessEnv = {}, tim
   return untilReady('npm run start', 'npm', ['run', '--silent', 'start', '--', ...args], env, timeoutMs);
 }
 
-async function untilReady(what: string, command: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number): Promise<Launched> {
+// ready: the line that says so; its first group, if any, is the url.
+async function untilReady(what: string, command: string, args: string[], env: NodeJS.ProcessEnv, timeoutMs: number, ready = /ready: (http:\/\/\S+)/): Promise<Launched> {
   const proc = spawn(command, args, { cwd: packageRoot, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout!.on('data', (d) => (out += d));
@@ -36,10 +44,10 @@ async function untilReady(what: string, command: string, args: string[], env: No
   const url = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`${what} not ready in time:\n${out}`)), timeoutMs);
     const onData = () => {
-      const m = /ready: (http:\/\/\S+)/.exec(out);
+      const m = ready.exec(out);
       if (m) {
         clearTimeout(timer);
-        resolve(m[1]!);
+        resolve(m[1] ?? '');
       }
     };
     proc.stdout!.on('data', onData);

@@ -3,46 +3,22 @@
 // finish the streams they have, and the node exits once they are done; requests sent meanwhile go
 // to the leader's worker. The real launcher, twice (a leader with a worker, and a worker node on
 // the leader's Redis), the official openai client.
-import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
-import { packageRoot } from '../../ts/native/loader.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
-import { childPids, freePort, launch, until, type Launched } from '../helpers/launcher.ts';
-
-interface Node {
-  proc: ChildProcess;
-  output: () => string;
-  exited: Promise<number | null>;
-}
-
-// A launcher of `--role worker`, once it says its workers are ready.
-async function workerNode(args: string[]): Promise<Node> {
-  const proc = spawn(process.execPath, ['--import', 'tsx', path.join(packageRoot, 'ts/launcher/main.ts'), '--role', 'worker', ...args], {
-    cwd: packageRoot,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let out = '';
-  proc.stdout!.on('data', (d) => (out += d));
-  proc.stderr!.on('data', (d) => (out += d));
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
-  await until('the worker node', async () => /ready: 1 worker /.test(out) || proc.exitCode !== null, 180_000);
-  if (proc.exitCode !== null) throw new Error(`the worker node exited:\n${out}`);
-  return { proc, output: () => out, exited };
-}
+import { childPids, freePort, launch, launchNode, until, type Launched } from '../helpers/launcher.ts';
 
 let redis: PrivateRedis;
 let leader: Launched;
-let node: Node;
+let node: Launched;
 
 beforeAll(async () => {
   const modelDir = (await ensureModel('tiny-llama')).dir;
   redis = await startPrivateRedis();
   const common = ['--model', modelDir, '--redis-url', redis.url, '--workers', '1', '--kv-cache-memory', '64MiB'];
   leader = await launch([...common, '--http-port', String(await freePort())]);
-  node = await workerNode([...common, '--advertise-host', '127.0.0.1', '--shutdown-grace-s', '60']);
+  node = await launchNode(['--role', 'worker', ...common, '--advertise-host', '127.0.0.1', '--shutdown-grace-s', '60']);
   await until('both workers in the frontend', async () => {
     const text = await (await fetch(`${leader.url}/metrics`)).text();
     return text.split('\n').filter((l) => l.startsWith('kvserve:worker_num_requests_running{')).length === 2;

@@ -8,8 +8,8 @@
 // Stays true: after stopAll() resolves, no child is alive and no restart is pending (a drain:
 // SIGTERM, which the children take as "finish what you have", to a `first` group, awaited, then
 // to the rest, each given the drain's grace; else SIGINT, "stop now", to all, given graceMs;
-// SIGKILL after the grace). A child that exits while we are not stopping is reported to onExit, after the
-// shared-memory segments it named after its pid are removed.
+// SIGKILL after the grace). A child that exits while we are not stopping is reported to onExit,
+// after the shared-memory segments it named after its pid are removed.
 import { fork, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -118,8 +118,8 @@ export class Supervisor {
     });
   }
 
-  // Stops every child: those named in `first` (the frontend, draining its streams) before the
-  // others, each given its own grace before SIGKILL.
+  // Stops every child: with a drain, those named in `first` (the frontend, draining its streams)
+  // before the others, each group given the drain's grace before SIGKILL; else all at once.
   async stopAll(drain?: { first: string[]; graceMs: number }): Promise<void> {
     this.stopping = true;
     for (const t of this.pending) clearTimeout(t);

@@ -121,15 +121,11 @@ export class RedisConnection extends EventEmitter<RedisConnectionEvents> {
   }
 }
 
-// The URL with its password replaced by ***: redis://:***@host:port, rediss://user:***@host:port;
-// a user without a password (redis://NAME@host, which some clients take as the password) is
-// masked too; a string that does not parse as a URL has everything between '//' and the last '@'
-// replaced.
 // A redis+sentinel:// URL's parts (see the header); undefined for any other URL. Throws on a
 // Sentinel URL without a master name or with a host that has no port.
 export function parseSentinelUrl(url: string): { sentinels: { host: string; port: number }[]; name: string; password?: string; sentinelPassword?: string } | undefined {
-  const m = /^redis\+sentinel:\/\/(?:([^@/]*)@)?([^/?]+)\/([^/?]*)(?:\?(.*))?$/.exec(url);
   if (!url.startsWith('redis+sentinel://')) return undefined;
+  const m = /^redis\+sentinel:\/\/(?:([^@/]*)@)?([^/?]+)\/([^/?]*)(?:\?(.*))?$/.exec(url);
   if (!m || m[3] === '') throw new Error(`a Sentinel URL is redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME, got '${maskRedisUrl(url)}'`);
   const sentinels = m[2]!.split(',').map((hp) => {
     const at = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(hp);
@@ -148,6 +144,10 @@ export function newRedis(url: string, options: RedisOptions): Redis {
   return new Redis({ ...options, sentinels: s.sentinels, name: s.name, password: s.password, sentinelPassword: s.sentinelPassword, failoverDetector: true });
 }
 
+// The URL with its password replaced by ***: redis://:***@host:port, rediss://user:***@host:port;
+// a user without a password (redis://NAME@host, which some clients take as the password) is
+// masked too; so are a redis+sentinel:// URL's password and sentinelPassword; a string that does
+// not parse as a URL has everything between '//' and the last '@' replaced.
 export function maskRedisUrl(url: string): string {
   if (url.startsWith('redis+sentinel://')) return url.replace(/\/\/[^@/]*@/, '//***@').replace(/(sentinelPassword=)[^&]*/, '$1***');
   try {

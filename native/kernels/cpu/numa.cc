@@ -19,9 +19,11 @@ namespace {
 constexpr int kMpolPreferred = 1;      // <linux/mempolicy.h> MPOL_PREFERRED
 constexpr int kMpolPreferredMany = 5;  // MPOL_PREFERRED_MANY (Linux 5.15)
 
-// node<N> entries of root, with their CPUs.
-std::vector<std::pair<int, std::vector<int>>> read_nodes(const std::string& root) {
-  std::vector<std::pair<int, std::vector<int>>> nodes;
+using NodeTable = std::vector<std::pair<int, std::vector<int>>>;
+
+// node<N> entries of root, with their CPUs, by node.
+NodeTable read_nodes(const std::string& root) {
+  NodeTable nodes;
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(root, ec)) {
     const std::string name = entry.path().filename().string();
@@ -33,6 +35,15 @@ std::vector<std::pair<int, std::vector<int>>> read_nodes(const std::string& root
   }
   std::sort(nodes.begin(), nodes.end());
   return nodes;
+}
+
+// The nodes of table that hold any of cpus.
+std::vector<int> nodes_holding(const NodeTable& table, const std::vector<int>& cpus) {
+  std::vector<int> out;
+  for (const auto& [node, node_cpus] : table)
+    if (std::any_of(cpus.begin(), cpus.end(), [&](int c) { return std::find(node_cpus.begin(), node_cpus.end(), c) != node_cpus.end(); }))
+      out.push_back(node);
+  return out;
 }
 
 }  // namespace
@@ -52,20 +63,16 @@ std::vector<int> parse_cpu_list(const std::string& text) {
 }
 
 std::vector<int> numa_nodes_of(const std::vector<int>& cpus, const std::string& root) {
-  std::vector<int> out;
-  for (const auto& [node, node_cpus] : read_nodes(root))
-    if (std::any_of(cpus.begin(), cpus.end(), [&](int c) { return std::find(node_cpus.begin(), node_cpus.end(), c) != node_cpus.end(); }))
-      out.push_back(node);
-  return out;
+  return nodes_holding(read_nodes(root), cpus);
 }
 
 int numa_node_count(const std::string& root) { return static_cast<int>(read_nodes(root).size()); }
 
 std::vector<int> prefer_memory_near(const std::vector<int>& cpus) {
-  const int count = numa_node_count();
-  if (count < 2 || cpus.empty()) return {};
-  std::vector<int> nodes = numa_nodes_of(cpus);
-  if (nodes.empty() || static_cast<int>(nodes.size()) == count || nodes.back() >= 1024) return {};
+  static const NodeTable table = read_nodes("/sys/devices/system/node");  // fixed while we run
+  if (table.size() < 2 || cpus.empty()) return {};
+  const std::vector<int> nodes = nodes_holding(table, cpus);
+  if (nodes.empty() || nodes.size() == table.size() || nodes.back() >= 1024) return {};
   unsigned long mask[1024 / (8 * sizeof(unsigned long))] = {};
   for (int n : nodes) mask[n / (8 * sizeof(unsigned long))] |= 1ul << (n % (8 * sizeof(unsigned long)));
 #if defined(__linux__)
