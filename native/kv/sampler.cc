@@ -23,7 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
-#include <numeric>
+#include <cstring>
 
 namespace llm {
 
@@ -31,8 +31,6 @@ namespace {
 
 constexpr double kGreedyTemperature = 1e-5;  // below: greedy (vLLM's _SAMPLING_EPS)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-
-double key_of(float x) { return std::isnan(x) ? -std::numeric_limits<double>::infinity() : x; }
 
 bool mask_allows(const int32_t* mask, int64_t t) {
   return (static_cast<uint32_t>(mask[t >> 5]) >> (t & 31)) & 1u;
@@ -70,19 +68,196 @@ int64_t apply_token_mask(const int32_t* mask, float* logits, int64_t vocab) {
   return allowed;
 }
 
+// The passes over the whole vocabulary run on GCC/Clang vector types of kLanes floats, which the
+// compiler maps to the baseline ISA's registers (one SSE register on x86-64); the sums keep a
+// double per lane. Their results do not depend on the batch.
+constexpr int64_t kLanes = 4;
+typedef float Floats __attribute__((vector_size(kLanes * 4)));
+typedef int32_t Ints __attribute__((vector_size(kLanes * 4)));
+typedef uint32_t Words __attribute__((vector_size(kLanes * 4)));
+typedef double Doubles __attribute__((vector_size(kLanes * 8)));
+// The draw's walk sums the weights of kChunk ids at a time and skips the chunks below its target.
+constexpr int64_t kChunk = 1024;
+
+[[gnu::always_inline]] inline Floats load(const float* p) {
+  Floats v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+[[gnu::always_inline]] inline void store(float* p, Floats v) { std::memcpy(p, &v, sizeof v); }
+
+// mask lanes (-1 or 0) ? a : b.
+[[gnu::always_inline]] inline Floats select(Ints mask, Floats a, Floats b) { return (Floats)(((Ints)a & mask) | ((Ints)b & ~mask)); }
+
+[[gnu::always_inline]] inline Floats splat(float x) { return Floats{} + x; }
+
+[[gnu::always_inline]] inline double sum_lanes(const Doubles& v) {
+  double s = 0.0;
+  for (int64_t j = 0; j < kLanes; ++j) s += v[j];
+  return s;
+}
+
+// The largest logit, NaN counted as -inf (a NaN never compares greater).
+float max_logit(const float* x, int64_t n) {
+  Floats lane = splat(kNegInf);
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Floats v = load(x + i);
+    lane = select(v > lane, v, lane);
+  }
+  float m = kNegInf;
+  for (int64_t j = 0; j < kLanes; ++j) m = lane[j] > m ? lane[j] : m;
+  for (; i < n; ++i) m = x[i] > m ? x[i] : m;
+  return m;
+}
+
 int32_t argmax(const float* x, int64_t n) {
-  int64_t best = 0;
-  double best_key = key_of(x[0]);
-  for (int64_t i = 1; i < n; ++i) {
-    if (key_of(x[i]) > best_key) {
-      best = i;
-      best_key = key_of(x[i]);
+  const float m = max_logit(x, n);
+  if (m == kNegInf) return 0;  // all -inf or NaN
+  for (int64_t i = 0;; ++i)
+    if (x[i] == m) return static_cast<int32_t>(i);
+}
+
+uint32_t bits_of(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof b);
+  return b;
+}
+
+// exp(z) (float, a few ulp: range reduction by ln 2 and Cephes' expf polynomial) for z in
+// [kExpFloor, 0]; 0 below kExpFloor (where exp is under 1e-37), for -inf and for NaN.
+constexpr float kExpFloor = -86.0f;
+[[gnu::always_inline]] inline Floats exp_nonpositive(Floats z) {
+  const Ints in_range = z >= splat(kExpFloor);
+  const Floats shifter = splat(12582912.0f);  // 1.5 * 2^23: adding it rounds to an integer
+  const Floats t = z * 1.44269504088896341f + shifter;
+  const Floats n = t - shifter;
+  const Words ni = (Words)t - (Words)shifter;
+  const Floats r = (z - n * 0.693359375f) - n * -2.12194440e-4f;
+  Floats p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const Floats e = (Floats)((Words)p + (ni << 23));  // p * 2^n, a normal float in range
+  return select(in_range, e, Floats{});
+}
+
+// p[i] = exp((x[i] - m) * inv_t), as exp_nonpositive; returns the sum.
+double exp_shifted(const float* x, int64_t n, float m, float inv_t, float* p) {
+  Doubles lane = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    const Floats e = exp_nonpositive((load(x + i) - m) * inv_t);
+    store(p + i, e);
+    lane += __builtin_convertvector(e, Doubles);
+  }
+  double sum = sum_lanes(lane);
+  if (i < n) {  // the tail, through a padded vector
+    float tail[kLanes];
+    std::fill(tail, tail + kLanes, kNegInf);
+    std::copy(x + i, x + n, tail);
+    const Floats e = exp_nonpositive((load(tail) - m) * inv_t);
+    for (int64_t j = 0; i + j < n; ++j) {
+      p[i + j] = e[j];
+      sum += e[j];
     }
   }
-  return static_cast<int32_t>(best);
+  return sum;
+}
+
+// Sort keys, higher first: a probability's bits as they are (p >= 0 orders like its bits); a
+// logit's bits mapped so that unsigned order is float order, NaN as -inf.
+uint32_t logit_key(float x) {
+  const uint32_t b = bits_of(std::isnan(x) ? kNegInf : x);
+  return (b & 0x80000000u) ? ~b : b | 0x80000000u;
 }
 
 }  // namespace
+
+// The order every truncation and logprob uses is key descending, then id ascending. A prefix of
+// that order is {i : key[i] > key, or key[i] == key and i <= cut}.
+struct Sampler::Prefix {
+  uint32_t key = 0;
+  int64_t cut = std::numeric_limits<int64_t>::max();  // key 0, no cut: everything
+  double weight = 0.0;  // the prefix's weight (count or mass)
+  bool contains(uint32_t k, int64_t i) const { return k > key || (k == key && i <= cut); }
+  bool shorter_than(const Prefix& o) const { return key > o.key || (key == o.key && cut < o.cut); }
+};
+
+// The shortest prefix of the order whose weight (mass[i], or 1 each when mass is null) reaches
+// need; everything when the whole vocabulary does not. A radix select: bucket the candidates by
+// the key's top 12 bits, walk the buckets down to the one where the weight is reached, keep only
+// its members (in id order), and again on the next 12 bits and the last 8; the members left share
+// one key, and the cut is where, in id order, the weight is reached. No sort of the vocabulary.
+Sampler::Prefix Sampler::shortest_prefix(const uint32_t* keys, const float* mass, int64_t n, double need) {
+  Prefix out;
+  double acc = 0.0;  // weight of the keys above the current bucket
+  members_.clear();
+  bool all = true;  // members_ not built yet: every id
+  const int shifts[] = {20, 8, 0};
+  const uint32_t masks[] = {0xfff, 0xfff, 0xff};
+  for (int level = 0; level < 3; ++level) {
+    const int shift = shifts[level];
+    const uint32_t mask = masks[level];
+    std::fill(bucket_weight_.begin(), bucket_weight_.end(), 0.0);
+    auto add = [&](int64_t i) { bucket_weight_[(keys[i] >> shift) & mask] += mass ? static_cast<double>(mass[i]) : 1.0; };
+    if (all)
+      for (int64_t i = 0; i < n; ++i) add(i);
+    else
+      for (int32_t i : members_) add(i);
+    int64_t chosen = -1;
+    for (int64_t b = mask; b >= 0; --b) {
+      if (bucket_weight_[b] == 0.0 && !(mass && level > 0)) continue;
+      if (acc + bucket_weight_[b] >= need) {
+        chosen = b;
+        break;
+      }
+      acc += bucket_weight_[b];
+    }
+    if (chosen < 0) {
+      if (level == 0) {  // the whole vocabulary weighs less than need
+        out.weight = acc;
+        return out;
+      }
+      // Rounding: this group sums to a hair under what its bucket did. Its lowest bucket holds
+      // the boundary: take back that bucket's weight and choose it.
+      for (int64_t b = 0; b <= static_cast<int64_t>(mask); ++b)
+        if (bucket_weight_[b] > 0.0 || (!mass && bucket_weight_[b] != 0.0)) {
+          chosen = b;
+          break;
+        }
+      if (chosen < 0) chosen = 0;
+      acc -= bucket_weight_[chosen];
+    }
+    const uint32_t c = static_cast<uint32_t>(chosen);
+    if (all) {
+      for (int64_t i = 0; i < n; ++i)
+        if (((keys[i] >> shift) & mask) == c) members_.push_back(static_cast<int32_t>(i));
+      all = false;
+    } else {
+      size_t kept = 0;
+      for (int32_t i : members_)
+        if (((keys[i] >> shift) & mask) == c) members_[kept++] = i;
+      members_.resize(kept);
+    }
+  }
+  // One key left; ids in ascending order.
+  out.key = keys[members_.front()];
+  out.cut = members_.back();
+  for (int32_t i : members_) {
+    acc += mass ? static_cast<double>(mass[i]) : 1.0;
+    if (acc >= need) {
+      out.cut = i;
+      break;
+    }
+  }
+  out.weight = acc;
+  return out;
+}
 
 bool Sampler::is_plain_greedy(const Request& req) {
   const SamplingParams& p = req.params;
@@ -175,106 +350,108 @@ void Sampler::apply_penalties(const Request& req, float* logits, int64_t vocab) 
   }
 }
 
-// Puts the k highest keys' ids, in descending key order (ties: lower id), in idx_[0 .. k).
-void Sampler::sort_top(int64_t k, const double* keys, int64_t vocab) {
-  idx_.resize(static_cast<size_t>(vocab));
-  std::iota(idx_.begin(), idx_.end(), 0);
-  auto before = [keys](int32_t a, int32_t b) { return keys[a] > keys[b] || (keys[a] == keys[b] && a < b); };
-  if (k < vocab) std::nth_element(idx_.begin(), idx_.begin() + k, idx_.end(), before);
-  std::sort(idx_.begin(), idx_.begin() + k, before);
-}
-
+// The draw: probabilities after temperature, the kept prefix of the order (top-k, then top-p
+// within it), min-p as a floor, then the request's one generator output walks the kept tokens in
+// id order. The walk skips whole chunks of kChunk ids by their summed weight.
 int32_t Sampler::draw(Request* req, const float* logits, int64_t vocab) {
   const SamplingParams& p = req->params;
-  double max_logit = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < vocab; ++i) max_logit = std::max(max_logit, key_of(logits[i]));
-  if (!std::isfinite(max_logit)) return argmax(logits, vocab);
+  const float m = max_logit(logits, vocab);
+  if (!std::isfinite(m)) return argmax(logits, vocab);
 
-  const double inv_t = 1.0 / static_cast<double>(p.temperature);
   probs_.resize(static_cast<size_t>(vocab));
-  double total = 0.0;
-  for (int64_t i = 0; i < vocab; ++i) {
-    const double l = key_of(logits[i]);
-    probs_[i] = l > -std::numeric_limits<double>::infinity() ? std::exp((l - max_logit) * inv_t) : 0.0;
-    total += probs_[i];
-  }
+  float* prob = probs_.data();
+  const double total = exp_shifted(logits, vocab, m, static_cast<float>(1.0 / static_cast<double>(p.temperature)), prob);
 
-  // Candidates: idx_[0 .. count) in descending order once sorted, else every id in order.
-  bool sorted = false;
-  int64_t count = vocab;
-  if (p.top_k > 0 && p.top_k < vocab) {
-    sort_top(p.top_k, probs_.data(), vocab);
-    sorted = true;
-    count = p.top_k;
-    total = 0.0;
-    for (int64_t j = 0; j < count; ++j) total += probs_[idx_[j]];
-  }
-  if (p.top_p < 1.0f) {
-    const double want = static_cast<double>(p.top_p) * total;
-    const int64_t limit = count;
-    int64_t sorted_k = sorted ? count : 0;  // idx_[0 .. sorted_k) is in order
-    for (int64_t k = std::min<int64_t>(limit, 64);; k = std::min(limit, k * 16)) {
-      if (k > sorted_k) {
-        sort_top(k, probs_.data(), vocab);
-        sorted_k = k;
-      }
-      double cum = 0.0;
-      int64_t found = 0;
-      for (int64_t j = 0; j < k && found == 0; ++j) {
-        cum += probs_[idx_[j]];
-        if (cum >= want) found = j + 1;
-      }
-      if (found > 0 || k == limit) {
-        count = found > 0 ? found : limit;
-        break;
-      }
+  // Truncation: a prefix of the order (probability descending, ties by lower id).
+  Prefix keep;
+  if ((p.top_k > 0 && p.top_k < vocab) || p.top_p < 1.0f) {
+    keys_.resize(static_cast<size_t>(vocab));
+    std::memcpy(keys_.data(), prob, static_cast<size_t>(vocab) * sizeof(float));  // p >= 0: bits order like values
+    double kept = total;
+    if (p.top_k > 0 && p.top_k < vocab) {
+      keep = shortest_prefix(keys_.data(), nullptr, vocab, static_cast<double>(p.top_k));
+      kept = 0.0;
+      for (int64_t i = 0; i < vocab; ++i)
+        if (keep.contains(keys_[i], i)) kept += prob[i];
     }
-    sorted = true;
+    if (p.top_p < 1.0f) {
+      const Prefix nucleus = shortest_prefix(keys_.data(), prob, vocab, static_cast<double>(p.top_p) * kept);
+      if (nucleus.shorter_than(keep)) keep = nucleus;
+    }
   }
-  const double min_p = static_cast<double>(p.min_p);  // p_max is 1 by construction
-  if (sorted)
-    while (count > 1 && probs_[idx_[count - 1]] < min_p) --count;
+  const float min_p = p.min_p;  // p_max is 1 by construction
+  const bool everything = keep.key == 0 && min_p <= 0.0f;
+  auto weight = [&](int64_t i) -> float {
+    return keep.contains(bits_of(prob[i]), i) && prob[i] >= min_p ? prob[i] : 0.0f;
+  };
 
-  auto candidate = [&](int64_t j) -> int32_t { return sorted ? idx_[j] : static_cast<int32_t>(j); };
-  auto weight = [&](int32_t t) { return probs_[t] >= min_p ? probs_[t] : 0.0; };
+  const int64_t chunks = (vocab + kChunk - 1) / kChunk;
+  chunk_mass_.assign(static_cast<size_t>(chunks), 0.0);
   double mass = 0.0;
-  for (int64_t j = 0; j < count; ++j) mass += weight(candidate(j));
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t begin = c * kChunk, end = std::min(vocab, begin + kChunk);
+    double sum = 0.0;
+    int64_t i = begin;
+    if (everything) {
+      Doubles lane = {};
+      for (; i + kLanes <= end; i += kLanes) lane += __builtin_convertvector(load(prob + i), Doubles);
+      sum = sum_lanes(lane);
+    }
+    for (; i < end; ++i) sum += weight(i);
+    chunk_mass_[c] = sum;
+    mass += sum;
+  }
 
   const double u = static_cast<double>(req->rng() >> 11) * 0x1.0p-53;
   const double target = u * mass;
   double cum = 0.0;
-  int32_t last = candidate(0);
-  for (int64_t j = 0; j < count; ++j) {
-    const int32_t t = candidate(j);
-    const double w = weight(t);
-    if (w <= 0.0) continue;
-    cum += w;
-    last = t;
-    if (cum > target) return t;
+  int64_t last_chunk = 0;
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (chunk_mass_[c] <= 0.0) continue;
+    last_chunk = c;
+    if (cum + chunk_mass_[c] <= target) {
+      cum += chunk_mass_[c];
+      continue;
+    }
+    for (int64_t i = c * kChunk, end = std::min(vocab, i + kChunk); i < end; ++i) {
+      const float w = weight(i);
+      if (w <= 0.0f) continue;
+      cum += w;
+      if (cum > target) return static_cast<int32_t>(i);
+    }
   }
-  return last;  // only when rounding left target at the very end of the mass
+  // Rounding left target at the very end of the mass: the last token with weight.
+  for (int64_t i = std::min(vocab, (last_chunk + 1) * kChunk) - 1; i >= 0; --i)
+    if (weight(i) > 0.0f) return static_cast<int32_t>(i);
+  return argmax(logits, vocab);  // unreachable: the top token has weight 1
 }
 
 TokenLogprobs Sampler::compute_logprobs(int32_t token_id, int64_t top_n, int64_t vocab) {
-  keys_.resize(static_cast<size_t>(vocab));
-  double max_logit = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < vocab; ++i) {
-    keys_[i] = key_of(raw_[i]);
-    max_logit = std::max(max_logit, keys_[i]);
+  const float* raw = raw_.data();
+  const float m = max_logit(raw, vocab);
+  double log_z = m;
+  if (std::isfinite(m)) {
+    probs_.resize(static_cast<size_t>(vocab));
+    log_z = static_cast<double>(m) + std::log(exp_shifted(raw, vocab, m, 1.0f, probs_.data()));
   }
-  double sum = 0.0;
-  for (int64_t i = 0; i < vocab; ++i) sum += std::exp(keys_[i] - max_logit);
-  const double log_z = max_logit + std::log(sum);
+  auto logprob = [&](int32_t t) { return static_cast<float>(static_cast<double>(std::isnan(raw[t]) ? kNegInf : raw[t]) - log_z); };
 
   TokenLogprobs out;
   out.token_id = token_id;
-  out.logprob = static_cast<float>(keys_[token_id] - log_z);
+  out.logprob = logprob(token_id);
   const int64_t n = std::min<int64_t>(top_n, vocab);
   if (n > 0) {
-    sort_top(n, keys_.data(), vocab);
-    for (int64_t j = 0; j < n; ++j) {
-      out.top_ids.push_back(idx_[j]);
-      out.top_logprobs.push_back(static_cast<float>(keys_[idx_[j]] - log_z));
+    keys_.resize(static_cast<size_t>(vocab));
+    for (int64_t i = 0; i < vocab; ++i) keys_[i] = logit_key(raw[i]);
+    const Prefix top = shortest_prefix(keys_.data(), nullptr, vocab, static_cast<double>(n));
+    members_.clear();
+    for (int64_t i = 0; i < vocab; ++i)
+      if (top.contains(keys_[i], i)) members_.push_back(static_cast<int32_t>(i));
+    const uint32_t* keys = keys_.data();
+    std::sort(members_.begin(), members_.end(), [keys](int32_t a, int32_t b) { return keys[a] > keys[b] || (keys[a] == keys[b] && a < b); });
+    for (int32_t t : members_) {
+      out.top_ids.push_back(t);
+      out.top_logprobs.push_back(logprob(t));
     }
   }
   return out;

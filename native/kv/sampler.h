@@ -55,15 +55,18 @@ class Sampler {
   static constexpr const char* kNoAllowedToken = "structured output: the grammar allows no token";
 
  private:
+  struct Prefix;
   void apply_penalties(const Request& req, float* logits, int64_t vocab);
   int32_t draw(Request* req, const float* logits, int64_t vocab);
-  void sort_top(int64_t k, const double* keys, int64_t vocab);
+  Prefix shortest_prefix(const uint32_t* keys, const float* mass, int64_t n, double need);
   TokenLogprobs compute_logprobs(int32_t token_id, int64_t top_n, int64_t vocab);
 
   // Scratch, reused across calls (sized to the vocabulary on first use).
-  std::vector<double> probs_;    // [vocab] unnormalised probabilities after temperature
-  std::vector<double> keys_;     // [vocab] raw logits as sort keys (NaN -> -inf)
-  std::vector<int32_t> idx_;     // [vocab] token ids, a sorted prefix in front
+  std::vector<float> probs_;     // [vocab] unnormalised probabilities after temperature
+  std::vector<uint32_t> keys_;   // [vocab] sort keys (sampler.cc)
+  std::vector<int32_t> members_; // ids of the group a radix select narrowed to, ascending
+  std::vector<double> bucket_weight_ = std::vector<double>(4096);  // one radix select level
+  std::vector<double> chunk_mass_;  // the draw's weight per chunk of ids
   std::vector<float> raw_;       // [vocab] logits before any processing (for logprobs)
   std::vector<int32_t> counts_;  // [vocab] output-token counts, all zero between calls
   std::vector<uint8_t> seen_;    // [vocab] repetition-penalty marks, all zero between calls

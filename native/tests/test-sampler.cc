@@ -1,7 +1,10 @@
 // test-sampler.cc: greedy and its ties, temperature, top-k / top-p / min-p supports (by
 // sampling many times), per-request seeds, penalties and logprobs against hand computations,
 // min_tokens masking, and token masks (structured output) in every mode.
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <random>
 #include <map>
 #include <set>
 
@@ -127,8 +130,8 @@ TEST(top_p_keeps_the_shortest_prefix_holding_p) {
   CHECK(support(histogram(&r, logits, 4000)) == (std::set<int32_t>{1, 2}));
 }
 
-TEST(top_p_on_a_large_vocabulary_grows_its_sorted_prefix) {
-  // 5000 tokens, flat: the nucleus of 0.5 is 2500 tokens, beyond the first 64 and 1024 tried.
+TEST(top_p_on_a_large_flat_vocabulary_breaks_ties_by_lower_id) {
+  // 5000 tokens, flat: the nucleus of 0.5 is the top token and the 2500 lowest ids of the rest.
   Request r = make_request(1.0f, 11);
   r.params.top_p = 0.5f;
   std::vector<float> logits(5000, 0.0f);
@@ -136,6 +139,79 @@ TEST(top_p_on_a_large_vocabulary_grows_its_sorted_prefix) {
   const auto h = histogram(&r, logits, 1000);
   for (auto& kv : h) CHECK(kv.first < 2500 || kv.first == 4321);
   CHECK(support(h).size() > 500);
+}
+
+namespace {
+
+// 50,000 logits on a grid of 1/8 (many exact ties, over a range that spans the radix select's
+// buckets), with their order by the sampler's rule: logit descending, then lower id.
+struct TiedVocabulary {
+  std::vector<float> logits;
+  std::vector<int32_t> order;
+  TiedVocabulary() {
+    std::mt19937_64 g(17);
+    std::normal_distribution<double> normal(0.0, 2.0);
+    for (int i = 0; i < 50000; ++i) logits.push_back(static_cast<float>(std::floor(normal(g) * 8.0) / 8.0));
+    for (int i = 0; i < 50000; ++i) order.push_back(i);
+    std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  }
+  std::set<int32_t> first(size_t n) const { return std::set<int32_t>(order.begin(), order.begin() + n); }
+};
+
+}  // namespace
+
+TEST(top_k_and_top_p_on_a_large_vocabulary_keep_exactly_the_sorted_prefix) {
+  const TiedVocabulary v;
+  // The 37th and 38th most likely share a logit: the tie goes to the lower id.
+  size_t k = 37;
+  while (v.logits[v.order[k - 1]] != v.logits[v.order[k]]) ++k;
+  Request r = make_request(1.0f, 21);
+  r.params.top_k = static_cast<int32_t>(k);
+  auto h = histogram(&r, v.logits, 4000);
+  CHECK(support(h) == v.first(k));
+
+  // top_p halfway between the masses of the first 60 and 61 (double precision): exactly 61 kept.
+  const double top = v.logits[v.order[0]];
+  double total = 0.0, first60 = 0.0, first61 = 0.0;
+  for (size_t j = 0; j < v.order.size(); ++j) {
+    const double p = std::exp(v.logits[v.order[j]] - top);
+    total += p;
+    if (j < 60) first60 += p;
+    if (j < 61) first61 += p;
+  }
+  Request q = make_request(1.0f, 22);
+  q.params.top_p = static_cast<float>((first60 + first61) / 2.0 / total);
+  h = histogram(&q, v.logits, 5000);
+  CHECK(support(h) == v.first(61));
+}
+
+TEST(logprobs_on_a_large_vocabulary_give_the_sorted_top_and_log_softmax) {
+  const TiedVocabulary v;
+  double top = v.logits[v.order[0]], sum = 0.0;
+  for (float l : v.logits) sum += std::exp(l - top);
+  const double log_z = top + std::log(sum);
+  Request r = make_request(0.0f);
+  r.params.logprobs = 20;
+  Sampler s;
+  std::vector<float> l = v.logits;
+  const SampleResult res = s.sample(&r, l.data(), static_cast<int64_t>(l.size()), {});
+  CHECK_EQ(res.token_id, v.order[0]);
+  CHECK(res.logprobs.top_ids == std::vector<int32_t>(v.order.begin(), v.order.begin() + 20));
+  for (size_t j = 0; j < 20; ++j) CHECK_NEAR(res.logprobs.top_logprobs[j], v.logits[v.order[j]] - log_z, 1e-5);
+  CHECK_NEAR(res.logprobs.logprob, v.logits[v.order[0]] - log_z, 1e-5);
+}
+
+TEST(the_draw_walks_across_chunk_boundaries_in_proportion) {
+  // Mass only at the edges of the walk's chunks of ids (and the last id): each drawn in
+  // proportion to its weight.
+  std::vector<float> logits(4100, -std::numeric_limits<float>::infinity());
+  const std::vector<int32_t> ids = {0, 1023, 1024, 2047, 3072, 4099};
+  const std::vector<double> weights = {1, 2, 3, 1, 2, 3};
+  for (size_t j = 0; j < ids.size(); ++j) logits[ids[j]] = static_cast<float>(std::log(weights[j]));
+  Request r = make_request(1.0f, 23);
+  const auto h = histogram(&r, logits, 24000);
+  CHECK(support(h) == std::set<int32_t>(ids.begin(), ids.end()));
+  for (size_t j = 0; j < ids.size(); ++j) CHECK_NEAR(h.at(ids[j]) / 24000.0, weights[j] / 12.0, 0.015);
 }
 
 TEST(min_p_drops_tokens_below_a_fraction_of_the_top) {
