@@ -26,6 +26,9 @@
 //        among avx2, avx512, avx512-bf16, amx; llama.cpp runs in the first child only; then a
 //        table of the paths side by side). Without --paths: the path the addon picks (or the one
 //        KVSERVE_CPU_KERNELS names).
+//        --sampling greedy|temperature|top-p (how our decode requests sample: greedy, the
+//        default; temperature 1 over the whole vocabulary; temperature 0.6 with top_p 0.9, the
+//        Llama 3 generation config; llama.cpp stays greedy, so pair it with --llamacpp none),
 //        --tp 1,2,4 (tensor parallelism instead: for each size, an engine of that many rank
 //        processes sharing the --threads cores, each rank pinned to its share; decode at
 //        --batches and the prefill, then a table of the sizes; no llama.cpp).
@@ -56,8 +59,20 @@ const { values: args } = parseArgs({
     out: { type: 'string' },
     paths: { type: 'string' },
     tp: { type: 'string' },
+    sampling: { type: 'string', default: 'greedy' },
   },
 });
+
+const SAMPLING = {
+  greedy: { temperature: 0 },
+  temperature: { temperature: 1, seed: 1 },
+  'top-p': { temperature: 0.6, topP: 0.9, seed: 1 },
+} as const;
+if (!(args.sampling! in SAMPLING)) {
+  console.error(`--sampling must be one of ${Object.keys(SAMPLING).join(', ')}, got '${args.sampling}'`);
+  process.exit(2);
+}
+const decodeSampling = SAMPLING[args.sampling as keyof typeof SAMPLING];
 
 // The targets the report holds a path to, on this 2-core machine: the AMX engine's (absolute
 // prefill speed), and those of the paths for CPUs without AMX (prefill as a fraction of the path's
@@ -114,7 +129,7 @@ async function measureDecode(engine: Engine, B: number, idPrefix: string): Promi
   await Promise.all(
     Array.from({ length: B }, async (_, i) => {
       let seen = false;
-      for await (const o of engine.generate(`${idPrefix}-${i}`, promptOf(i, 16), { temperature: 0, ignoreEos: true, maxTokens: decodeTokens })) {
+      for await (const o of engine.generate(`${idPrefix}-${i}`, promptOf(i, 16), { ...decodeSampling, ignoreEos: true, maxTokens: decodeTokens })) {
         if (!seen) {
           seen = true;
           if (++firstSeen === B) firstAt = performance.now();
@@ -147,7 +162,7 @@ function openEngine(modelDir: string, tp = 1): Engine {
   }
   ranks?.stopping(); // they stop with engine.close()
   const info = engine.info;
-  console.log(`engine: backend ${info.backend}, kernels ${info.kernels}, KV ${info.kvCacheDtype}, ${info.numKvBlocks} blocks, ${threads} threads${tp > 1 ? ` over ${tp} tensor-parallel ranks` : ''}`);
+  console.log(`engine: backend ${info.backend}, kernels ${info.kernels}, KV ${info.kvCacheDtype}, ${info.numKvBlocks} blocks, ${threads} threads${tp > 1 ? ` over ${tp} tensor-parallel ranks` : ''}, decode sampling ${args.sampling}`);
   return engine;
 }
 

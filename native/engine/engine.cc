@@ -405,6 +405,20 @@ Status Engine::step(StepResult* out) {
       std::vector<int32_t> sampled;
       std::vector<SampleResult> samples;
       std::vector<Request*> sampled_reqs;
+      // Unconstrained rows first, on the runner's host threads: each request draws from its own
+      // generator, so its token does not depend on how the rows are split.
+      std::vector<Request*> rows;
+      for (const ScheduledRequest& sr : sched.scheduled)
+        if (sr.samples) rows.push_back(sr.req);
+      std::vector<SampleResult> free_rows(device_greedy ? 0 : rows.size());
+      if (!device_greedy) {
+        row_samplers_.resize(static_cast<size_t>(std::max(1, runner_->host_threads())));
+        runner_->parallel_rows(static_cast<int64_t>(rows.size()), [&](int worker, int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i)
+            if (!rows[i]->params.constrained)
+              free_rows[i] = row_samplers_[worker].sample(rows[i], logits_.data() + i * vocab, vocab, model_->config.eos_token_ids);
+        });
+      }
       int64_t row = 0;
       size_t need = 0;
       for (const ScheduledRequest& sr : sched.scheduled) {
@@ -415,7 +429,7 @@ Status Engine::step(StepResult* out) {
         if (device_greedy) {
           res.token_id = greedy_ids_[static_cast<size_t>(this_row)];
         } else if (!r->params.constrained) {
-          res = sampler_.sample(r, logits_.data() + this_row * vocab, vocab, model_->config.eos_token_ids);
+          res = std::move(free_rows[this_row]);
         } else {
           const int64_t index = r->num_output_tokens();
           const TokenMasks::State state = mask_states_[need++];

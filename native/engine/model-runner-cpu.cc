@@ -113,6 +113,10 @@ class CpuModelRunner final : public ModelRunner {
     return s;
   }
   int64_t vocab_size() const override { return model_.config.vocab_size; }
+  int host_threads() const override { return pool_.size(); }
+  void parallel_rows(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn) override {
+    pool_.parallel_for_indexed(n, fn);
+  }
 
   Status forward(const ForwardBatch& batch, float* logits) override;
 

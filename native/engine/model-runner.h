@@ -55,6 +55,14 @@ class ModelRunner {
   // Whether forward_greedy saves work over forward + the sampler (the engine then uses it for
   // steps whose every sampled request is plain greedy).
   virtual bool greedy_on_device() const { return false; }
+  // Host threads for per-row work between forward passes (the sampler's): parallel_rows splits
+  // [0, n) into at most host_threads() contiguous ranges and runs fn(worker, begin, end) on
+  // each, worker in [0, host_threads()). Here one range on the calling thread; the CPU runner
+  // uses its kernels' pool, idle between forward passes.
+  virtual int host_threads() const { return 1; }
+  virtual void parallel_rows(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn) {
+    if (n > 0) fn(0, 0, n);
+  }
 
  private:
   std::vector<float> greedy_logits_;  // forward_greedy's scratch
