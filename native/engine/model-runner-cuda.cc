@@ -40,6 +40,7 @@
 #include <string>
 #include <vector>
 
+#include "../kernels/cpu/thread-pool.h"
 #include "../kernels/cuda/argmax.h"
 #include "../kernels/cuda/cache-write.h"
 #include "../kernels/cuda/device-memory.h"
@@ -127,6 +128,16 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   Status forward(const ForwardBatch& batch, float* logits) override;
   Status forward_greedy(const ForwardBatch& batch, int32_t* token_ids) override;
   bool greedy_on_device() const override { return true; }
+  // The sampler's rows (anything but plain greedy) on host threads beside the GPU: up to
+  // kHostSamplingThreads of the CPUs this process may run on, unpinned, started at the first
+  // step that samples (a tensor-parallel rank other than 0 never does); they sleep between steps.
+  int host_threads() const override {
+    return std::max(1, std::min<int>(kHostSamplingThreads, static_cast<int>(cpu::allowed_cpus().size())));
+  }
+  void parallel_rows(int64_t n, const std::function<void(int, int64_t, int64_t)>& fn) override {
+    if (!host_pool_) host_pool_ = std::make_unique<cpu::ThreadPool>(host_threads(), std::vector<int>{}, false);
+    host_pool_->parallel_for_indexed(n, fn);
+  }
 
   size_t free_device_bytes() const override {
     size_t free = 0, total = 0;
@@ -182,6 +193,8 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
 
   const Model& model_;
   CudaRunnerOptions opts_;
+  static constexpr int kHostSamplingThreads = 8;
+  std::unique_ptr<cpu::ThreadPool> host_pool_;  // parallel_rows
   cuda::DeviceInfo device_;
   cudaStream_t stream_ = nullptr;
   std::unique_ptr<cuda::CublasGemm> gemm_;

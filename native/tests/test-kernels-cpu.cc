@@ -23,6 +23,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernel-fixtures.h"
@@ -139,6 +140,28 @@ TEST(a_second_pool_on_a_pinned_thread_runs_its_threads_on_different_cpus) {
   });
   CHECK(CPU_COUNT(&mask[0]) == 1 && CPU_COUNT(&mask[1]) == 1);  // each pinned to one CPU
   CHECK(!CPU_EQUAL(&mask[0], &mask[1]));                        // and not the same one
+}
+
+// An unpinned pool (host work beside a GPU) ties neither its caller nor its helpers to one CPU.
+TEST(an_unpinned_pool_leaves_every_thread_on_all_the_allowed_cpus) {
+  const std::vector<int> all = llm::cpu::allowed_cpus();
+  if (all.size() < 2) {
+    std::printf("  skipped: one CPU\n");
+    return;
+  }
+  std::thread([&] {
+    cpu_set_t every;
+    CPU_ZERO(&every);
+    for (int c : all) CPU_SET(c, &every);
+    CHECK(sched_setaffinity(0, sizeof every, &every) == 0);  // this test's thread may have inherited a pin
+    ThreadPool pool(2, {}, /*pin=*/false);
+    cpu_set_t mask[2];
+    pool.parallel_for(2, [&](int64_t begin, int64_t) {
+      CPU_ZERO(&mask[begin]);
+      sched_getaffinity(0, sizeof mask[begin], &mask[begin]);
+    });
+    CHECK(CPU_EQUAL(&mask[0], &every) && CPU_EQUAL(&mask[1], &every));
+  }).join();
 }
 
 TEST(cpu_lists_parse_as_sysfs_writes_them) {

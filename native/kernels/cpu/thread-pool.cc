@@ -80,12 +80,12 @@ bool spin_until(const Done& done) {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int num_threads, const std::vector<int>& only_cpus) {
+ThreadPool::ThreadPool(int num_threads, const std::vector<int>& only_cpus, bool pin) {
   const std::vector<int> cpus = only_cpus.empty() ? allowed_cpus() : only_cpus;
   const int available = cpus.empty() ? static_cast<int>(std::thread::hardware_concurrency()) : static_cast<int>(cpus.size());
   if (num_threads <= 0) num_threads = available;
   num_threads_ = std::max(1, num_threads);
-  if (!cpus.empty() && num_threads_ <= static_cast<int>(cpus.size()) && (num_threads_ > 1 || !only_cpus.empty()))
+  if (pin && !cpus.empty() && num_threads_ <= static_cast<int>(cpus.size()) && (num_threads_ > 1 || !only_cpus.empty()))
     cpus_.assign(cpus.begin(), cpus.begin() + num_threads_);
   if (!cpus_.empty()) numa_nodes_ = prefer_memory_near(cpus_);  // before the helpers: they inherit it
   slots_.reset(new Slot[static_cast<size_t>(num_threads_)]);

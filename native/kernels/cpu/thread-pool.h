@@ -11,7 +11,8 @@
 // first parallel_for, to the first; with more threads than CPUs nothing is pinned.
 // Setting: num_threads in [1, CPUs]; 0 (or less) means every CPU this process may run on.
 // only_cpus (a tensor-parallel rank's share): the CPUs to use instead of all allowed ones; the
-// pool is then pinned to them even with one thread.
+// pool is then pinned to them even with one thread. pin = false: never pinned (a pool for short
+// host work beside a GPU, which must not tie its caller to one CPU).
 // NUMA: a pinned pool sets the constructing thread's memory policy to prefer the nodes of its
 // CPUs before it starts its helpers (numa.h), where the machine has several nodes and the CPUs
 // do not span them all; numa_nodes() says which (empty: unchanged).
@@ -42,7 +43,7 @@ class ThreadPool {
  public:
   static constexpr int kSpinMicros = 50;
 
-  explicit ThreadPool(int num_threads = 0, const std::vector<int>& only_cpus = {});
+  explicit ThreadPool(int num_threads = 0, const std::vector<int>& only_cpus = {}, bool pin = true);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
