@@ -212,6 +212,7 @@ export const cases: FaultCase[] = [
     // The issue's own mix: 4 bodies of 10 MB at once, 20 requests with n = 128, 20 with 1,000 prompts.
     name: 'a 10 MB body, n = 128 and 1,000-prompt requests mixed in',
     args: ['--workers', '2'],
+    kernels: 'default',
     durationMs: 1000,
     inject: async (ctx) => {
       const url = ctx.dep.url;

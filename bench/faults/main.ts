@@ -23,7 +23,7 @@ if (chosen.length === 0) {
 }
 
 const cpu = os.cpus()[0]?.model ?? 'unknown CPU';
-console.log(`fault injection: ${chosen.length} cases, ${streams} streaming clients each, tiny model, reference kernels, ${cpu}\n`);
+console.log(`fault injection: ${chosen.length} cases, ${streams} streaming clients each, tiny model, reference kernels (the heavy-request case: this CPU's default path), ${cpu}\n`);
 const results: CaseResult[] = [];
 for (const c of chosen) {
   process.stdout.write(`${c.name} ... `);

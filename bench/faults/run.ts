@@ -1,5 +1,6 @@
 // bench/faults/run.ts: one fault-injection case: a real deployment (the launcher, the tiny model,
-// the reference CPU kernels so that a migrated greedy stream is exact), steady streaming load
+// the reference CPU kernels so that a migrated greedy stream is exact, unless the case asks for
+// the machine's own path), steady streaming load
 // from `streams` client loops, one fault injected while it runs, then the accounting:
 //   sent       requests the loops sent
 //   ok         streamed to finish_reason 'length' with the tokens of an undisturbed run
@@ -74,6 +75,10 @@ export interface FaultCase {
   allowedFailures?: RegExp; // with allowFailures: only these codes; others fail the case
   gone?: boolean; // the deployment is meant to end: no leak check, and the "nothing left" check
   prompts?: number; // prompt length (default 40)
+  // 'default': the kernel path this CPU serves with (KVSERVE_CPU_KERNELS, else the best it has),
+  // for a case that measures latency and migrates nothing; the reference kernels are plain loops
+  // whose step costs in proportion to its rows, which no deployment serves with.
+  kernels?: 'reference' | 'default';
   durationMs?: number; // load time after the fault (default 8 s)
   skip?: () => string | undefined;
   // Resources of the case's own (a Redis it kills); extra launcher args; cleanup at the end.
@@ -84,7 +89,7 @@ export interface FaultCase {
 async function deploy(c: FaultCase, modelDir: string): Promise<Deployment> {
   const port = await freePort();
   const args = ['--model', modelDir, '--device', 'cpu', '--kv-cache-memory', '64MiB', '--http-port', String(port), ...c.args];
-  const env = { KVSERVE_CPU_KERNELS: 'reference' };
+  const env: NodeJS.ProcessEnv = c.kernels === 'default' ? {} : { KVSERVE_CPU_KERNELS: 'reference' };
   let l: Launched;
   if (c.viaNpm) l = await launchNpm(args, env);
   else l = await launch(args, env);
