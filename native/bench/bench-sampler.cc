@@ -2,7 +2,7 @@
 // vocabulary of V logits shaped like a trained model's (a few tokens far above a normal bulk,
 // "peaked") or like a random-weight model's (all of them close, "flat"). Not engine code.
 //
-//   bench-sampler [vocab=128256] [rounds=200] [only modes whose name contains this]
+//   bench-sampler [vocab=128256] [rounds=200] [only modes whose name contains this] [vector width cap]
 //
 // Prints one line per mode and shape: microseconds per row (median of rounds). A row is what the
 // engine pays once per sampled request per step, on its own thread.
@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
   const int64_t vocab = argc > 1 ? std::atoll(argv[1]) : 128256;
   const int rounds = argc > 2 ? std::atoi(argv[2]) : 200;
   const std::string only = argc > 3 ? argv[3] : "";
+  if (argc > 4) sampler_force_lanes(std::atoi(argv[4]));
   const Mode modes[] = {
       {"greedy", 0.0f, 0, 1.0f, 0.0f, -1},
       {"temperature 1", 1.0f, 0, 1.0f, 0.0f, -1},
@@ -53,7 +54,8 @@ int main(int argc, char** argv) {
       {"min_p 0.05", 1.0f, 0, 1.0f, 0.05f, -1},
       {"temperature 1, logprobs 5", 1.0f, 0, 1.0f, 0.0f, 5},
   };
-  std::printf("sampler, one thread, vocabulary %lld, median of %d rows\n", static_cast<long long>(vocab), rounds);
+  std::printf("sampler, one thread, vocabulary %lld, vectors of %d floats, median of %d rows\n", static_cast<long long>(vocab),
+              sampler_vector_lanes(), rounds);
   std::printf("%-28s %10s %10s\n", "mode", "peaked us", "flat us");
   for (const Mode& m : modes) {
     if (std::string(m.name).find(only) == std::string::npos) continue;

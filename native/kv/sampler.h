@@ -58,19 +58,25 @@ class Sampler {
   struct Prefix;
   void apply_penalties(const Request& req, float* logits, int64_t vocab);
   int32_t draw(Request* req, const float* logits, int64_t vocab);
-  Prefix shortest_prefix(const uint32_t* keys, const float* mass, int64_t n, double need);
+  Prefix shortest_prefix(const uint32_t* keys, const float* mass, int64_t n, double need, uint32_t floor);
   TokenLogprobs compute_logprobs(int32_t token_id, int64_t top_n, int64_t vocab);
 
   // Scratch, reused across calls (sized to the vocabulary on first use).
   std::vector<float> probs_;     // [vocab] unnormalised probabilities after temperature
   std::vector<uint32_t> keys_;   // [vocab] sort keys (sampler.cc)
   std::vector<int32_t> members_; // ids of the group a radix select narrowed to, ascending
-  std::vector<double> bucket_weight_ = std::vector<double>(4096);  // one radix select level
+  std::vector<double> bucket_weight_;  // one radix select level's histograms
   std::vector<double> chunk_mass_;  // the draw's weight per chunk of ids
   std::vector<float> raw_;       // [vocab] logits before any processing (for logprobs)
   std::vector<int32_t> counts_;  // [vocab] output-token counts, all zero between calls
   std::vector<uint8_t> seen_;    // [vocab] repetition-penalty marks, all zero between calls
   std::vector<int32_t> held_back_;  // allowed EOS/stop ids that min_tokens masked (token mask only)
 };
+
+// The vector width, in floats, of the sampler's passes over the vocabulary on this CPU (16 with
+// AVX-512, 8 with AVX2, else 4). sampler_force_lanes(w) caps it at w (tests: each width on one
+// machine); 0 lifts the cap.
+int sampler_vector_lanes();
+void sampler_force_lanes(int lanes);
 
 }  // namespace llm

@@ -3,6 +3,7 @@
 // min_tokens masking, and token masks (structured output) in every mode.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <random>
 #include <map>
@@ -212,6 +213,50 @@ TEST(the_draw_walks_across_chunk_boundaries_in_proportion) {
   const auto h = histogram(&r, logits, 24000);
   CHECK(support(h) == std::set<int32_t>(ids.begin(), ids.end()));
   for (size_t j = 0; j < ids.size(); ++j) CHECK_NEAR(h.at(ids[j]) / 24000.0, weights[j] / 12.0, 0.015);
+}
+
+// The passes over the vocabulary at each vector width this CPU has (16: AVX-512, 8: AVX2, 4: the
+// baseline): the same kept sets, top logprobs and seeded tokens.
+TEST(every_vector_width_gives_the_same_tokens_and_logprobs) {
+  const TiedVocabulary v;
+  struct Run {
+    std::vector<int32_t> tokens, top_ids;
+    std::vector<float> top_logprobs;
+  };
+  auto run = [&] {
+    Run out;
+    for (int mode = 0; mode < 4; ++mode) {
+      Request r = make_request(mode == 0 ? 1.0f : 0.7f, 31 + mode);
+      if (mode == 1) r.params.top_k = 40;
+      if (mode == 2) r.params.top_p = 0.8f;
+      if (mode == 3) r.params.min_p = 0.02f;
+      Sampler s;
+      for (int i = 0; i < 300; ++i) out.tokens.push_back(sample(s, &r, v.logits));
+    }
+    Request g = make_request(0.0f);
+    g.params.logprobs = 20;
+    Sampler s;
+    std::vector<float> l = v.logits;
+    const SampleResult res = s.sample(&g, l.data(), static_cast<int64_t>(l.size()), {});
+    out.top_ids = res.logprobs.top_ids;
+    out.top_logprobs = res.logprobs.top_logprobs;
+    out.tokens.push_back(res.token_id);
+    return out;
+  };
+  const int widest = sampler_vector_lanes();
+  CHECK(widest == 4 || widest == 8 || widest == 16);
+  const Run base = run();
+  for (int lanes = 4; lanes < widest; lanes *= 2) {
+    sampler_force_lanes(lanes);
+    CHECK_EQ(sampler_vector_lanes(), lanes);
+    const Run other = run();
+    CHECK(other.tokens == base.tokens);
+    CHECK(other.top_ids == base.top_ids);
+    for (size_t j = 0; j < base.top_logprobs.size(); ++j) CHECK_NEAR(other.top_logprobs[j], base.top_logprobs[j], 1e-6);
+  }
+  sampler_force_lanes(0);
+  CHECK_EQ(sampler_vector_lanes(), widest);
+  std::printf("  vector widths checked: 4 to %d floats\n", widest);
 }
 
 TEST(min_p_drops_tokens_below_a_fraction_of_the_top) {
