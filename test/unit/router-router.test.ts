@@ -285,6 +285,26 @@ describe('KvRouter: capacity and the wait queue', () => {
     expect(router.metrics().rejected).toEqual({ queue_full: 1, timeout: 0, no_workers: 0 });
   });
 
+  it('refusesNow says before any prompt what route() would: queue_full only when nothing has room and the queue is full', async () => {
+    const none = routerWith({}, { maxQueued: 0 });
+    expect(none.refusesNow()).toBeUndefined(); // no workers: route() answers no_workers itself
+    const router = routerWith({ a: [] }, { maxQueued: 1 }, { a: { kvTotalBlocks: 4 } });
+    expect(router.refusesNow()).toBeUndefined(); // idle
+    await router.route({ requestId: rid('r1'), blockHashes: blocks(0, 4) });
+    expect(router.refusesNow()).toBeUndefined(); // full, but one may wait
+    const queued = router.route({ requestId: rid('r2'), blockHashes: blocks(10, 4) });
+    const refused = router.refusesNow();
+    expect(refused).toBeInstanceOf(RouterOverloadedError);
+    expect(refused).toMatchObject({ reason: 'queue_full', status: 503 });
+    await expect(router.route({ requestId: rid('r3'), blockHashes: blocks(20, 1) })).rejects.toMatchObject({ reason: 'queue_full' });
+    expect(router.metrics().rejected.queue_full).toBe(2); // counted as route() counts it
+    // Once the requests finish, nothing is refused.
+    router.finish(rid('r1'));
+    await queued;
+    router.finish(rid('r2'));
+    expect(router.refusesNow()).toBeUndefined();
+  });
+
   it('a request that waits past the timeout is rejected', async () => {
     vi.useFakeTimers();
     const router = routerWith({ a: [] }, { queueTimeoutMs: 5000 }, { a: { kvTotalBlocks: 4 } });

@@ -89,6 +89,14 @@ export function checkChoices(ctx: FrontendContext, prompts: number, n: number, p
   );
 }
 
+// Every worker busy and the queue full now: the 503 before any grammar is compiled or prompt
+// tokenized (the pool's refusesNow), so a refusal costs neither. A request let through is routed
+// as usual and may still wait or be refused there.
+export function refuseWhenFull(ctx: FrontendContext): void {
+  const refused = ctx.pool.refusesNow?.();
+  if (refused) throw refused;
+}
+
 // stop_token_ids inside the vocabulary (the engine would refuse them without naming the field).
 export function checkStopTokenIds(ctx: FrontendContext, ids: readonly number[] | null | undefined): void {
   if (!ids || ids.length === 0) return;

@@ -12,7 +12,7 @@
 // processor's chat template, which names the field at fault).
 import type { FastifyPluginAsync } from 'fastify';
 import { encodeChatPrompt, ProcessorError, type ChatMessage } from '../processor/index.ts';
-import { checkChoices, checkModel, checkPromptSize, checkStopTokenIds } from './context.ts';
+import { checkChoices, checkModel, checkPromptSize, checkStopTokenIds, refuseWhenFull } from './context.ts';
 import { ApiError } from './errors.ts';
 import { Generation } from './generation.ts';
 import { ChatShape } from './openai-shapes.ts';
@@ -38,6 +38,7 @@ export const chatRoutes: FastifyPluginAsync = async (app) => {
     checkStopTokenIds(ctx, body.stop_token_ids);
     if (ctx.chatTemplate instanceof ProcessorError) throw ctx.chatTemplate;
     const tools = planTools(body, ctx.tools, ctx.chatTemplate.rendersTools);
+    refuseWhenFull(ctx);
     const grammar = await grammarOf(ctx.grammar, body, tools.grammar);
     // 2. The prompt.
     const { promptTokenIds } = await encodeChatPrompt(

@@ -8,7 +8,7 @@
 // logprobs (prompt logprobs are not computed by the engine: 400).
 import type { FastifyPluginAsync } from 'fastify';
 import { encodeCompletionPrompt, type TextTokenizer } from '../processor/index.ts';
-import { checkChoices, checkModel, checkPromptSize, checkStopTokenIds } from './context.ts';
+import { checkChoices, checkModel, checkPromptSize, checkStopTokenIds, refuseWhenFull } from './context.ts';
 import { ApiError } from './errors.ts';
 import { Generation } from './generation.ts';
 import { requestId } from './ids.ts';
@@ -32,11 +32,12 @@ export const completionRoutes: FastifyPluginAsync = async (app) => {
     if (body.echo && body.logprobs !== undefined && body.logprobs !== null) {
       throw new ApiError('ERR_UNSUPPORTED', 'echo together with logprobs (prompt logprobs) is not supported', 'echo');
     }
-    const grammar = await grammarOf(ctx.grammar, body);
-    // 2. The prompts.
     const inputs = batchOf(body.prompt);
     checkChoices(ctx, inputs.length, body.n ?? 1, 'prompt');
     checkStopTokenIds(ctx, body.stop_token_ids);
+    refuseWhenFull(ctx);
+    const grammar = await grammarOf(ctx.grammar, body);
+    // 2. The prompts.
     const param = (i: number) => (inputs.length > 1 ? `prompt[${i}]` : 'prompt');
     const prompts = await Promise.all(
       inputs.map(async (p, i) => {

@@ -48,6 +48,9 @@ export interface WorkerPool {
   // The worker did not answer on the request plane (connection refused or reset before any
   // output): the pool may stop choosing it until it answers again.
   reportUnavailable?(workerId: WorkerId): void;
+  // A new request's refusal decided before its prompt is tokenized (every worker busy and the
+  // queue full now: ERR_OVERLOADED); undefined when select() might place or queue it.
+  refusesNow?(): ApiError | undefined;
   // What the router decided so far (pools that route by KV cache).
   routerMetrics?(): RouterMetrics;
   // The current load of every worker that answers (one that does not is left out).
@@ -90,6 +93,11 @@ export abstract class RouterBackedPool {
 
   reportUnavailable(id: WorkerId): void {
     this.health.markDown(id, 'the request plane could not reach it');
+  }
+
+  refusesNow(): ApiError | undefined {
+    const refused = this.router.refusesNow();
+    return refused ? (overloadError(refused) as ApiError) : undefined;
   }
 
   routerMetrics(): RouterMetrics {

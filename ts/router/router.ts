@@ -413,6 +413,19 @@ export class KvRouter {
 
   // ---- requests ----
 
+  // route()'s queue_full refusal of a new request, decided now without its prompt: no worker has
+  // room even for a fully cached prompt (or requests wait ahead) and the queue is full; counted as
+  // route() counts it. Undefined when route() might place or queue it (closed, no workers: route()
+  // answers those itself). A frontend asks before tokenizing, so a refusal costs no tokenizer time.
+  refusesNow(): RouterOverloadedError | undefined {
+    if (this.#closed || this.#workers.size === 0) return undefined;
+    if (this.#queue.length === 0 && [...this.#workers.values()].some((w) => this.#hasRoom(w, 0))) return undefined;
+    const waiting = this.#queue.reduce((k, w) => k + (w.admitted ? 0 : 1), 0);
+    if (waiting < this.#maxQueued) return undefined;
+    this.#rejected.queue_full++;
+    return new RouterOverloadedError('queue_full', `every worker is at capacity and ${waiting} requests wait`);
+  }
+
   // Routes now if a worker has room and nothing waits ahead, else waits in the queue. Rejects
   // with RouterOverloadedError (queue full, timeout, no workers, closed) or the signal's reason.
   // A request id already routed or waiting throws a TypeError at once; so does a malformed block
