@@ -25,7 +25,9 @@ export const PREFILL_QUEUE = 'prefill';
 export const MAX_ATTEMPTS = 3;
 export const CLAIM_TTL_MS = 10 * 60_000;
 
-export type ClaimState = 'pending' | 'local' | 'aborted' | `taken:${string}` | `writing:${string}`;
+// dropped:<prefill worker>: that worker will not run the job (its decode worker's lease names
+// another instance, or the deadline passed): the decode side takes it back at once.
+export type ClaimState = 'pending' | 'local' | 'aborted' | `taken:${string}` | `writing:${string}` | `dropped:${string}`;
 
 // Sets KEYS[1] to ARGV[2] (with a TTL of ARGV[3] ms) if it holds ARGV[1]; returns 1 if it did.
 const CAS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end return 0`;

@@ -16,7 +16,9 @@
 //      wait, their claims are read every LEASE_CHECK_MS: a job taken by a prefill worker whose
 //      lease has lapsed (dead, stopped, partitioned, or restarted as another instance) is
 //      taken back at once the same way, not at its deadline; so is a job whose claim has
-//      vanished (Redis restarted empty: the job went with it). A client abort of a parked
+//      vanished (Redis restarted empty: the job went with it), and one a prefill worker marked
+//      dropped (it found this worker's lease naming another instance: a restarted worker serves
+//      before its lease is taken over). A client abort of a parked
 //      request takes the claim back the same way before the engine frees the blocks, so no
 //      prefill worker ever writes into blocks that were given to someone else.
 // Prefill side (PrefillJobRunner), per job: drop it if past its deadline or if the decode
@@ -127,6 +129,10 @@ export class RemotePrefillDecoder {
           // The claim is gone while its job waits: Redis lost its data (restarted empty), and the
           // job with it, so nobody will prefill it. Taken back as an expired claim is.
           void this.settle(id as RequestId, p, 'its claim and job were lost with Redis');
+          continue;
+        }
+        if (state.startsWith('dropped:')) {
+          void this.settle(id as RequestId, p, `its prefill worker ${state.slice('dropped:'.length)} dropped the job`);
           continue;
         }
         if (!state.startsWith('taken:')) continue;
@@ -292,7 +298,7 @@ export class RemotePrefillDecoder {
         if (!(await this.opts.claims.move(id, 'pending', to))) {
           state = await this.opts.claims.get(id);
           if (state === null) break; // expired: nobody holds it any more
-          if (state.startsWith('taken:')) {
+          if (state.startsWith('taken:') || state.startsWith('dropped:')) {
             if (!(await this.opts.claims.move(id, state, to))) continue; // its holder moved on: look again
           } else if (state.startsWith('writing:')) {
             const writer = state.slice('writing:'.length);
@@ -344,9 +350,11 @@ export class PrefillJobRunner {
   async run(job: RemotePrefillJob, attempt: number): Promise<void> {
     const { engine, transfer, blockSize, claims, log, workerId } = this.opts;
     const id = job.request_id;
-    if (Date.now() > job.deadline_ms) return this.drop(id, 'past its deadline');
+    if (Date.now() > job.deadline_ms) return this.drop(id, 'past its deadline', 'pending');
     const peer = await this.peer(job);
-    if (!peer) return this.drop(id, `decode worker ${job.decode_worker_id} restarted or left`);
+    // The lease names another instance: the job's decode worker died, or it has not yet taken
+    // over its lease after a restart and is waiting for this job.
+    if (!peer) return this.drop(id, `decode worker ${job.decode_worker_id} restarted or left`, 'pending');
     const taken: ClaimState = `taken:${workerId}/${this.opts.instanceId}`;
     if (!(await claims.take(id, taken))) return this.drop(id, 'the decode worker took it back');
 
@@ -381,7 +389,7 @@ export class PrefillJobRunner {
         }
       }
       if (!held) throw new Error(`prefill of ${id} ended without its blocks`);
-      if (Date.now() > job.deadline_ms) return this.drop(id, 'computed after its deadline');
+      if (Date.now() > job.deadline_ms) return this.drop(id, 'computed after its deadline', taken);
       const writing: ClaimState = `writing:${workerId}/${this.opts.instanceId}`;
       if (!(await claims.move(id, taken, writing))) return this.drop(id, 'the decode worker took it back');
       // The blocks, then (so the notification can say how long they took) the notification: the
@@ -410,9 +418,12 @@ export class PrefillJobRunner {
     }
   }
 
-  private drop(id: string, why: string): void {
+  // Drops the job; one whose claim is still `claim` is marked dropped:<me>, so that a decode
+  // worker waiting for it takes it back at once instead of at its deadline.
+  private async drop(id: string, why: string, claim?: ClaimState): Promise<void> {
     this.counters.prefill_jobs_dropped++;
     this.opts.log('debug', `${id}: job dropped: ${why}`);
+    if (claim) await this.opts.claims.move(id, claim, `dropped:${this.opts.workerId}/${this.opts.instanceId}`).catch(() => undefined);
   }
 
   // Counts a transfer of `blocks` that started at `since`; returns its seconds.
