@@ -3,16 +3,18 @@
 // Determinism: greedy picks the lowest token id among exact ties. Random draws take exactly one
 // 64-bit output of the request's std::mt19937_64 (fully specified by the C++ standard) and turn
 // it into u = (x >> 11) * 2^-53 in [0, 1), instead of std::uniform_real_distribution whose
-// algorithm is implementation-defined. Candidates are visited in a fixed order (descending
-// probability, ties by lower id, once truncation sorted them; else by id), and the first whose
-// cumulative probability exceeds u * (kept mass) is drawn.
+// algorithm is implementation-defined. The kept tokens are visited in id order, and the first
+// whose cumulative probability exceeds u * (kept mass) is drawn; whole chunks of kChunk ids whose
+// summed weight stays below the target are skipped.
 //
 // Truncation works on probabilities after temperature p_i = exp((l_i - l_max) / T) (so the top
-// token has p = 1), renormalising implicitly after each step:
-//   top-k: the k most probable;  top-p: the shortest descending prefix holding top_p of the
-//   remaining mass (at least one token);  min-p: those with p_i >= min_p * p_max.
-// The nucleus is found on a sorted prefix grown 64 -> 1024 -> ... rather than a full sort of the
-// vocabulary, since it is usually short.
+// token has p = 1), renormalising implicitly after each step, on the order "probability
+// descending, ties by lower id":
+//   top-k: the k first;  top-p: the shortest prefix holding top_p of the remaining mass (at
+//   least one token);  min-p: those with p_i >= min_p * p_max.
+// A kept prefix is found without sorting the vocabulary: a radix select on the probabilities'
+// bits (Sampler::shortest_prefix), first among the likely tokens. The top logprobs use the same
+// select on the logits, then sort only the ones it keeps.
 //
 // Token mask: one pass over the words; a word of all ones (the usual case far from a grammar's
 // constraint) costs a compare, a word of zeros a fill of 32 floats. When every allowed token's
@@ -23,8 +25,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <limits>
 #include <cstring>
+#include <limits>
 
 namespace llm {
 
