@@ -49,6 +49,13 @@ uint32_t bits_of(float x) {
   return b;
 }
 
+// Sort keys, higher first: a probability's bits as they are (p >= 0 orders like its bits); a
+// logit's bits mapped so that unsigned order is float order, NaN as -inf.
+uint32_t logit_key(float x) {
+  const uint32_t b = bits_of(std::isnan(x) ? kNegInf : x);
+  return (b & 0x80000000u) ? ~b : b | 0x80000000u;
+}
+
 bool mask_allows(const int32_t* mask, int64_t t) {
   return (static_cast<uint32_t>(mask[t >> 5]) >> (t & 31)) & 1u;
 }
@@ -245,7 +252,7 @@ template <int W>
   return s;
 }
 
-// keys[i] = logit_key(x[i]) (below).
+// keys[i] = logit_key(x[i]).
 template <int W>
 [[gnu::always_inline]] inline void logit_keys_of(const float* x, int64_t n, uint32_t* keys) {
   using Floats = typename Lanes<W>::Floats;
@@ -259,10 +266,7 @@ template <int W>
     const Ints k = b ^ ((b >> 31) | (Ints{} + static_cast<int32_t>(0x80000000u)));
     std::memcpy(keys + i, &k, sizeof k);
   }
-  for (; i < n; ++i) {
-    const uint32_t b = bits_of(std::isnan(x[i]) ? kNegInf : x[i]);
-    keys[i] = (b & 0x80000000u) ? ~b : b | 0x80000000u;
-  }
+  for (; i < n; ++i) keys[i] = logit_key(x[i]);
 }
 
 // The passes at one width, as plain functions (each compiled for its ISA).
@@ -299,7 +303,9 @@ LLM_SAMPLER_PASSES(16, __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl
 int widest_lanes() {
 #ifdef LLM_SAMPLER_X86
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq")) return 16;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl"))
+    return 16;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return 8;
 #endif
   return 4;
@@ -327,15 +333,6 @@ int32_t argmax(const float* x, int64_t n) {
     if (x[i] == m) return static_cast<int32_t>(i);
 }
 
-// Sort keys, higher first: a probability's bits as they are (p >= 0 orders like its bits); a
-// logit's bits mapped so that unsigned order is float order, NaN as -inf.
-uint32_t logit_key(float x) {
-  const uint32_t b = bits_of(std::isnan(x) ? kNegInf : x);
-  return (b & 0x80000000u) ? ~b : b | 0x80000000u;
-}
-
-}  // namespace
-
 // The sum of p[i] over i in [begin, end) that the prefix (key, cut) keeps and that are at least
 // min_p: probabilities are >= 0, so their order by bits is their order by value; ids up to cut
 // keep the key itself, later ids only what lies above it.
@@ -345,6 +342,9 @@ double kept_sum(const float* p, int64_t begin, int64_t end, uint32_t key, int64_
   const int64_t mid = cut >= end ? end : std::max(begin, cut + 1);
   return passes().sum_above(p, begin, mid, floor, true, min_p) + passes().sum_above(p, mid, end, floor, false, min_p);
 }
+
+}  // namespace
+
 
 int sampler_vector_lanes() { return passes().lanes; }
 void sampler_force_lanes(int lanes) { forced_lanes.store(lanes, std::memory_order_relaxed); }
