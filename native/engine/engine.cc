@@ -448,8 +448,8 @@ Status Engine::step(StepResult* out) {
             u.error = "structured output: no token mask for output " + std::to_string(index) + " within " +
                       std::to_string(cfg_.token_mask_timeout_ms) + " ms";
           } else {
-            res = sampler_.sample(r, logits_.data() + this_row * vocab, vocab, model_->config.eos_token_ids,
-                                  mask_words_.data());
+            res = row_samplers_[0].sample(r, logits_.data() + this_row * vocab, vocab, model_->config.eos_token_ids,
+                                          mask_words_.data());
             if (!res.error.empty()) {
               u.reason = FinishReason::error;
               u.error = res.error;

@@ -213,8 +213,9 @@ class Engine {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ModelRunner> runner_;
   std::unique_ptr<TpGroup> tp_;              // tensor parallelism: this engine is rank 0 of the group
-  Sampler sampler_;                     // constrained rows, in order on the engine thread
-  std::vector<Sampler> row_samplers_;   // the others, one per host thread of the runner
+  // One per host thread of the runner (the unconstrained rows); the first also samples the
+  // constrained rows, in order on the engine thread, once the others are done.
+  std::vector<Sampler> row_samplers_;
   bool replay_requested_ = false;
   std::vector<std::unique_ptr<Request>> pending_aborts_;
   uint64_t seed_counter_ = 0;

@@ -354,16 +354,16 @@ void sampler_force_lanes(int lanes) { forced_lanes.store(lanes, std::memory_orde
 struct Sampler::Prefix {
   uint32_t key = 0;
   int64_t cut = std::numeric_limits<int64_t>::max();  // key 0, no cut: everything
-  double weight = 0.0;  // the prefix's weight (count or mass)
   bool contains(uint32_t k, int64_t i) const { return k > key || (k == key && i <= cut); }
   bool shorter_than(const Prefix& o) const { return key > o.key || (key == o.key && cut < o.cut); }
 };
 
 // The shortest prefix of the order whose weight (mass[i], or 1 each when mass is null) reaches
 // need; everything when the whole vocabulary does not. A radix select: bucket the candidates by
-// the key's top 12 bits, walk the buckets down to the one where the weight is reached, keep only
-// its members (in id order), and again on the next 12 bits and the last 8; the members left share
-// one key, and the cut is where, in id order, the weight is reached. No sort of the vocabulary.
+// the key's top 11 bits, walk the buckets down to the one where the weight is reached, keep only
+// its members (in id order), and again on the next 11 bits and the last 10; the members left
+// share one key, and the cut is where, in id order, the weight is reached. No sort of the
+// vocabulary.
 Sampler::Prefix Sampler::shortest_prefix(const uint32_t* keys, const float* mass, int64_t n, double need,
                                          uint32_t floor) {
   Prefix out;
@@ -417,7 +417,6 @@ Sampler::Prefix Sampler::shortest_prefix(const uint32_t* keys, const float* mass
     }
     if (chosen < 0) {
       if (level == 0) {  // the whole vocabulary weighs less than need
-        out.weight = acc;
         return out;
       }
       // Rounding: this group sums to a hair under what its bucket did. Its lowest bucket holds
@@ -449,7 +448,6 @@ Sampler::Prefix Sampler::shortest_prefix(const uint32_t* keys, const float* mass
       break;
     }
   }
-  out.weight = acc;
   return out;
 }
 
