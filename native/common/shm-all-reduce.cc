@@ -239,6 +239,9 @@ Status ShmAllReduce::create(const std::string& name, int rank, int world_size, c
 
 ShmAllReduce::~ShmAllReduce() {
   if (lines_) {
+    // A rank that leaves because the group broke gave up on it: the others then look for the
+    // cause instead of naming this rank.
+    if (!broken_.ok()) lines_[rank_].failed.store(1, std::memory_order_seq_cst);
     lines_[rank_].left.store(1, std::memory_order_seq_cst);
     if (rank_ == 0) header_->closed.store(1, std::memory_order_seq_cst);
     wake_all();
@@ -280,11 +283,12 @@ Status ShmAllReduce::barrier(int timeout_ms) {
   return Status::Ok();
 }
 
-// The error naming a rank whose process exited without giving up first, if one has: the cause,
-// when other ranks gave up because of it.
+// The error naming a rank whose process exited without giving up or leaving first, if one has:
+// the cause, when other ranks gave up or left because of it.
 Status ShmAllReduce::exited_rank(uint32_t gen) const {
   for (int r = 0; r < world_; ++r) {
-    if (r == rank_ || lines_[r].failed.load(std::memory_order_acquire)) continue;  // gave up first: not the cause
+    if (r == rank_ || lines_[r].failed.load(std::memory_order_acquire) || lines_[r].left.load(std::memory_order_acquire))
+      continue;  // gave up or left first: not the cause
     const int pid = lines_[r].pid.load(std::memory_order_acquire);
     if (pid > 0 && process_gone(pid))
       return Status(StatusCode::transfer_peer, "all-reduce rank " + std::to_string(rank_) + ", segment " +
@@ -304,7 +308,9 @@ Status ShmAllReduce::check_peer(int q, uint32_t gen, bool check_pid) const {
                      : check_pid && process_gone(pid)         ? "exited"
                                                               : nullptr;
   if (!what) return Status::Ok();
-  if (l.failed.load(std::memory_order_acquire)) LLM_RETURN_IF_ERROR(exited_rank(gen));  // name the cause
+  // A rank that gave up or left may have done so because another one died: name that one.
+  if (l.failed.load(std::memory_order_acquire) || l.left.load(std::memory_order_acquire))
+    LLM_RETURN_IF_ERROR(exited_rank(gen));
   return Status(StatusCode::transfer_peer, "all-reduce rank " + std::to_string(rank_) + ", segment " + shm_->name() +
                                                ": rank " + std::to_string(q) +
                                                (pid > 0 ? " (pid " + std::to_string(pid) + ") " : " ") + what +

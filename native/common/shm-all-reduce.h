@@ -15,10 +15,10 @@
 //    futex sleep (ranks may outnumber cores). It gives up at a deadline (timeout_ms), or as soon as
 //    a rank that has not arrived is seen to have exited (its pid gone or a zombie) or to have
 //    destroyed its ShmAllReduce, with an error (StatusCode::transfer_peer) naming that rank and the
-//    segment (when a rank gave up because another exited, the error names the one that exited).
-//    After any error the group is broken: later calls return the same error, and a rank
-//    whose barrier failed marks itself, so that peers arriving later fail too instead of counting
-//    its arrival.
+//    segment (when a rank gave up or left while another had exited without leaving, the error
+//    names the one that exited). After any error the group is broken: later calls return the same
+//    error, and a rank whose barrier failed, or that is destroyed with its group broken, marks
+//    itself, so that peers arriving later fail too instead of counting its arrival.
 //  - Every rank must make the same calls (all_reduce with the same n, broadcast, gather with the
 //    same counts, sync) in the same order; a size mismatch is reported (invalid_argument) on
 //    every rank. broadcast and gather go in rounds through the same slots, under the same rule.

@@ -271,6 +271,28 @@ TEST(a_rank_that_leaves_fails_the_others_naming_it) {
   }));
 }
 
+TEST(a_rank_that_leaves_after_another_exited_is_not_named_as_the_cause) {
+  // Rank 2 exits without leaving (as a kill -9 does); rank 1 then leaves cleanly, for a reason of
+  // its own. Rank 0, waiting for rank 1 first, names the rank that exited.
+  const std::string name = SharedMemory::unique_name("ar");
+  ShmAllReduceOptions o;
+  o.timeout_ms = 20000;
+  CHECK(run_ranks(3, 60, [&](int rank) {
+    std::unique_ptr<ShmAllReduce> ar;
+    if (!ShmAllReduce::create(name, rank, 3, o, &ar).ok()) return false;
+    if (rank == 2) _exit(0);
+    if (rank == 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      ar.reset();
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(600));
+    float x[4] = {};
+    return failed_naming(ar->all_reduce(x, 4), StatusCode::transfer_peer, "rank 2 (pid", "exited");
+  }));
+}
+
 TEST(a_rank_that_stalls_fails_the_others_at_the_deadline_and_then_fails_itself) {
   const std::string name = SharedMemory::unique_name("ar");
   ShmAllReduceOptions o;

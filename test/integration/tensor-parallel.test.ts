@@ -133,7 +133,7 @@ describe('tensor-parallel workers', () => {
     process.kill(victim.pid, 'SIGKILL');
     const outcome = await inFlight;
     expect(outcome).not.toBe('completed');
-    expect(outcome).toMatch(/HTTP 502: .*rank 2 \(pid \d+\) exited/);
+    expect(outcome, `the deployment's log ends:\n${tp4.output().slice(-4000)}`).toMatch(/HTTP 502: .*rank 2 \(pid \d+\) exited/);
     // The worker stops, noticing the death either by the rank's exit or by its failed all-reduce.
     await expect
       .poll(() => tp4.output(), { timeout: 10_000 })
