@@ -20,6 +20,9 @@
 // Flags: --model DIR (another Llama model), --preset NAME (default llama-3.2-1b), --threads N
 //        (default 2), --decode-tokens N (per request, default 16), --batches 1,8,32,
 //        --prefill-len 512, --llamacpp bf16,f16 (GGUF dtypes; 'none' skips llama.cpp),
+//        --llamacpp-cpu VARIANT (llama.cpp's CPU build: by default the best this CPU runs, e.g.
+//        zen4; 'haswell' is its AVX2 build, llama.cpp as on a CPU without AVX-512, the peer of
+//        our avx2 path; the build it ran is printed and kept in the JSON),
 //        --repeat N (rounds; each figure is the fastest of its N: the machine is shared), --out FILE,
 //        --paths P (kernel paths, each in a child process with KVSERVE_CPU_KERNELS=P, since the
 //        addon picks its path once per process: a comma list, or 'all' = every one this CPU runs
@@ -44,7 +47,7 @@ import { collect, Engine, loadAddon } from '../ts/native/index.ts';
 import { writeResult } from './common.ts';
 import { startTpRanks } from '../ts/worker/tp-ranks.ts';
 import { ensureGguf, type GgufDtype } from './gguf/hf-to-gguf.ts';
-import { llamaCppSpeed, openLlamaCpp, type LlamaCppSession, type LlamaCppSpeed } from './llamacpp.ts';
+import { llamaCppSpeed, loadedLlamaCppCpuVariant, openLlamaCpp, useLlamaCppCpuVariant, type LlamaCppSession, type LlamaCppSpeed } from './llamacpp.ts';
 
 const { values: args } = parseArgs({
   options: {
@@ -55,6 +58,7 @@ const { values: args } = parseArgs({
     batches: { type: 'string', default: '1,8,32' },
     'prefill-len': { type: 'string', default: '512' },
     llamacpp: { type: 'string', default: 'bf16,f16' },
+    'llamacpp-cpu': { type: 'string' },
     repeat: { type: 'string', default: '1' },
     out: { type: 'string' },
     paths: { type: 'string' },
@@ -225,12 +229,14 @@ interface Peer {
 
 async function openPeers(modelDir: string): Promise<Peer[]> {
   const peers: Peer[] = [];
+  useLlamaCppCpuVariant(args['llamacpp-cpu']);
   for (const dtype of ggufDtypes) {
     const t0 = performance.now();
     const gguf = await ensureGguf(modelDir, dtype);
     console.log(`llama.cpp ${dtype}: ${gguf} (ready in ${((performance.now() - t0) / 1000).toFixed(1)} s)`);
     peers.push({ dtype, gguf, session: await openLlamaCpp(gguf, { threads, contextSize: prefillLen + 64, batchSize: prefillLen }) });
   }
+  if (peers.length) console.log(`llama.cpp CPU build: ${loadedLlamaCppCpuVariant() ?? 'unknown'} (${args['llamacpp-cpu'] ? 'chosen by --llamacpp-cpu' : "llama.cpp's pick for this CPU"})`);
   return peers;
 }
 
@@ -407,7 +413,7 @@ async function main() {
     roofline: { weightBytesPerToken: bytesPerToken, tokensPerSecond: rooflineTokensPerSecond },
     paired,
     ours: { decode: ours.decode, prefill: { promptTokens: prefillLen, ...ours.prefill } },
-    llamacpp: { package: 'node-llama-cpp 3.21.1', ...llamacpp },
+    llamacpp: { package: 'node-llama-cpp 3.21.1', cpuVariant: peers.length ? loadedLlamaCppCpuVariant() : undefined, cpuVariantForced: args['llamacpp-cpu'] !== undefined, ...llamacpp },
     targets: targets.map(({ show: _, ...t }) => ({ ...t, met: t.value === undefined ? null : t.value >= t.target })),
   };
   writeResult('engine', result, args.out);

@@ -7,6 +7,8 @@
 // Stays true: token ids go in and come out unchanged (no BOS, no chat template, no detokenizing);
 // greedy is temperature 0 with no repeat penalty; every model and context is disposed.
 
+import fs from 'node:fs';
+
 import { importNodeLlamaCpp } from './peer.ts';
 
 // The part of node-llama-cpp 3.21.1's API used here (the package lives in the peer cache, not in
@@ -50,13 +52,32 @@ interface NodeLlamaCpp {
 }
 
 let llamaPromise: Promise<Llama> | undefined;
+let llamaCpuVariant: string | undefined;
+
+// Which of llama.cpp's CPU builds (libggml-cpu-VARIANT.so) the next load takes: undefined (the
+// default) lets llama.cpp pick the best this CPU runs; a name keeps only that one
+// (nodeLlamaCppCpuVariantDir). Set it before the first openLlamaCpp of the process.
+export function useLlamaCppCpuVariant(variant: string | undefined): void {
+  if (llamaPromise && variant !== llamaCpuVariant) throw new Error('llama.cpp is already loaded in this process: choose its CPU variant first');
+  llamaCpuVariant = variant;
+}
 
 // One llama.cpp instance per process, CPU only, from the prebuilt binaries.
 function loadLlamaCpp(): Promise<Llama> {
-  llamaPromise ??= importNodeLlamaCpp<NodeLlamaCpp>().then(({ getLlama, LlamaLogLevel }) =>
+  llamaPromise ??= importNodeLlamaCpp<NodeLlamaCpp>(llamaCpuVariant).then(({ getLlama, LlamaLogLevel }) =>
     getLlama({ gpu: false, build: 'never', logLevel: LlamaLogLevel.error }),
   );
   return llamaPromise;
+}
+
+// The CPU build llama.cpp loaded in this process (the VARIANT of the libggml-cpu-VARIANT.so
+// mapped into it, from /proc/self/maps), or undefined where none is mapped or /proc is absent.
+export function loadedLlamaCppCpuVariant(): string | undefined {
+  try {
+    return /libggml-cpu-([A-Za-z0-9_]+)\.so/.exec(fs.readFileSync('/proc/self/maps', 'utf8'))?.[1];
+  } catch {
+    return undefined;
+  }
 }
 
 export interface LlamaCppContextOptions {

@@ -76,10 +76,65 @@ function entryFile(dir: string): string {
   return path.join(pkgDir, entry);
 }
 
-// node-llama-cpp, installed first if it is not there. T: the module's type, as the caller
-// declares the part it uses (the package is not installed where tsc looks).
-export async function importNodeLlamaCpp<T>(): Promise<T> {
-  return (await import(pathToFileURL(entryFile(ensureNodeLlamaCpp())).href)) as T;
+// llama.cpp's prebuilt CPU binaries come as one library per CPU family (libggml-cpu-haswell.so:
+// AVX2; -skylakex: AVX-512; -zen4: AVX-512 with BF16; ...), and it loads the best one the CPU
+// runs. A copy of the installed peer that holds only `variant`'s library (and only this
+// platform's binaries), in <cache>/peers/node-llama-cpp-VERSION-cpu-VARIANT: llama.cpp as it runs
+// on a CPU of that family, on this one. Its files are hard links to the installed ones (a copy
+// where the file system refuses links), made once, in a staging directory renamed into place.
+export function nodeLlamaCppCpuVariantDir(variant: string): string {
+  if (!/^[a-z0-9_]+$/.test(variant)) throw new Error(`a llama.cpp CPU variant is a name like haswell, got '${variant}'`);
+  const src = ensureNodeLlamaCpp();
+  const dir = `${src}-cpu-${variant}`;
+  if (fs.existsSync(path.join(dir, MARKER))) return dir;
+  const platformPkg = `${process.platform}-${process.arch}`;
+  const bins = path.join(src, 'node_modules', '@node-llama-cpp', platformPkg, 'bins', platformPkg);
+  const libs = fs.existsSync(bins) ? fs.readdirSync(bins).filter((f) => /^libggml-cpu-.*\.so$/.test(f)) : [];
+  const lib = `libggml-cpu-${variant}.so`;
+  if (!libs.includes(lib)) {
+    const known = libs.map((f) => f.slice('libggml-cpu-'.length, -'.so'.length)).sort();
+    throw new Error(`node-llama-cpp ${NODE_LLAMA_CPP_VERSION} has no CPU variant '${variant}' for ${platformPkg}; it has: ${known.join(', ') || 'none'}`);
+  }
+  const staging = fs.mkdtempSync(`${dir}.making-`);
+  const skip = (rel: string, name: string) =>
+    (rel === path.join('node_modules', '@node-llama-cpp') && name !== platformPkg) || (/^libggml-cpu-.*\.so$/.test(name) && name !== lib);
+  const mirror = (rel: string) => {
+    for (const e of fs.readdirSync(path.join(src, rel), { withFileTypes: true })) {
+      if (skip(rel, e.name)) continue;
+      const from = path.join(src, rel, e.name);
+      const to = path.join(staging, rel, e.name);
+      if (e.isDirectory()) {
+        fs.mkdirSync(to);
+        mirror(path.join(rel, e.name));
+      } else if (e.isSymbolicLink()) {
+        fs.symlinkSync(fs.readlinkSync(from), to);
+      } else {
+        try {
+          fs.linkSync(from, to);
+        } catch {
+          fs.copyFileSync(from, to);
+        }
+      }
+    }
+  };
+  try {
+    mirror('');
+    fs.rmSync(path.join(staging, MARKER), { force: true });
+    fs.writeFileSync(path.join(staging, MARKER), `${new Date().toISOString()}\n`);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.renameSync(staging, dir);
+  } finally {
+    fs.rmSync(staging, { recursive: true, force: true });
+  }
+  return dir;
+}
+
+// node-llama-cpp, installed first if it is not there; with cpuVariant, the copy that holds only
+// that CPU variant (nodeLlamaCppCpuVariantDir). T: the module's type, as the caller declares the
+// part it uses (the package is not installed where tsc looks).
+export async function importNodeLlamaCpp<T>(cpuVariant?: string): Promise<T> {
+  const dir = cpuVariant ? nodeLlamaCppCpuVariantDir(cpuVariant) : ensureNodeLlamaCpp();
+  return (await import(pathToFileURL(entryFile(dir)).href)) as T;
 }
 
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
