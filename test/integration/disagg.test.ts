@@ -112,7 +112,7 @@ describe('disaggregated serving', () => {
       const before = { local: await metric('kvserve:local_prefills_total'), fallbacks: await metric('kvserve:remote_prefill_fallbacks_total') };
       const started = Date.now();
       const first = [complete(disagg.url, prompts[0]!), complete(disagg.url, prompts[1]!)];
-      await until('two jobs queued', async () => (await client.llen('kvserve:prefill:wait')) === 2);
+      await until('two jobs queued', async () => (await client.llen('{kvserve}:prefill:wait')) === 2);
       const third = await complete(disagg.url, prompts[2]!); // the queue holds 2: local at once
       expect(Date.now() - started).toBeLessThan(DEADLINE_MS);
       expect(await metric('kvserve:local_prefills_total')).toBe(before.local + 1);
@@ -123,7 +123,7 @@ describe('disaggregated serving', () => {
     } finally {
       process.kill(pid, 'SIGCONT'); // it finds the stale jobs and drops them unwritten
     }
-    await until('stale jobs drained', async () => (await client.llen('kvserve:prefill:wait')) === 0);
+    await until('stale jobs drained', async () => (await client.llen('{kvserve}:prefill:wait')) === 0);
     await until('no KV blocks held', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
   }, 60_000);
 
@@ -141,12 +141,12 @@ describe('disaggregated serving', () => {
         body: JSON.stringify({ prompt: tokens(30, 400), max_tokens: 8, stream: true }),
         signal: abort.signal,
       }).then((r) => r.text());
-      await until('the job queued', async () => (await client.llen('kvserve:prefill:wait')) === 1);
+      await until('the job queued', async () => (await client.llen('{kvserve}:prefill:wait')) === 1);
       expect(await metric('kvserve:worker_kv_active_blocks')).toBeGreaterThan(0);
       abort.abort();
       await expect(res).rejects.toThrow();
       await until('blocks freed', async () => (await metric('kvserve:worker_kv_active_blocks')) === 0);
-      const claims = await client.keys('kvserve:prefill-claim:*');
+      const claims = await client.keys('{kvserve}:prefill-claim:*');
       expect(await Promise.all(claims.map((k) => client.get(k)))).toContain('aborted');
     } finally {
       process.kill(pid, 'SIGCONT');
@@ -162,11 +162,11 @@ describe('disaggregated serving', () => {
     const pid = await prefillPid();
     const started = Date.now();
     const text = complete(disagg.url, prompt);
-    await until('the job is active', async () => (await client.llen('kvserve:prefill:active')) > 0, 10_000, 5);
+    await until('the job is active', async () => (await client.llen('{kvserve}:prefill:active')) > 0, 10_000, 5);
     const fallbacksBefore = await metric('kvserve:remote_prefill_fallbacks_total');
     process.kill(pid, 'SIGKILL');
     // It died mid-job: the job's claim names it (a prefill worker takes the claim when it starts a job).
-    const claims = await client.keys('kvserve:prefill-claim:*');
+    const claims = await client.keys('{kvserve}:prefill-claim:*');
     expect(await Promise.all(claims.map((k) => client.get(k)))).toContainEqual(expect.stringMatching(/^taken:prefill-0\//));
     const got = await text;
     // Taken back once its lease lapsed (or its restart replaced the lease), not at the deadline.

@@ -110,7 +110,7 @@ describe('--redis-url with a password', () => {
     const { runLauncher } = await import('../helpers/launcher.ts');
     const r = await runLauncher(['--redis-url', 'http://:hunter2hunter2@127.0.0.1:1']);
     expect(r.code).toBe(2);
-    expect(r.output).toMatch(/--redis-url \(or KVSERVE_REDIS_URL\) must look like redis:\/\/host:port \(or redis\+sentinel:\/\/host:port,...\/master\), got 'http:\/\/:\*\*\*@127\.0\.0\.1:1'/);
+    expect(r.output).toMatch(/--redis-url \(or KVSERVE_REDIS_URL\) must look like redis:\/\/host:port \(or redis\+sentinel:\/\/host:port,...\/master, or redis\+cluster:\/\/host:port,...\), got 'http:\/\/:\*\*\*@127\.0\.0\.1:1'/);
     expect(r.output).not.toContain('hunter2');
   });
 });

@@ -1,7 +1,6 @@
 // redis-sentinel.test.ts: a deployment on a Redis that Sentinel watches (--redis-url
 // redis+sentinel://HOST:PORT/MASTER): a master, its replica and one sentinel, all real
-// redis-server processes; the real launcher: refused on a Redis Cluster node; Example 4 (its
-// prefill jobs through the queue), then
+// redis-server processes; the real launcher: Example 4 (its prefill jobs through the queue), then
 // kv routing over two workers, whose master is killed with -9 mid-load: the sentinel promotes
 // the replica, every request sent before, during and after the failover is answered, and the KV
 // events reach the router through the new master.
@@ -13,7 +12,7 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import { parseSentinelUrl } from '../../ts/runtime/redis-connection.ts';
-import { freePort, launch, runLauncher, until, type Launched } from '../helpers/launcher.ts';
+import { freePort, launch, until, type Launched } from '../helpers/launcher.ts';
 
 const MASTER = 'kvserve-test';
 const procs: ChildProcess[] = [];
@@ -76,19 +75,6 @@ describe('--redis-url redis+sentinel://', () => {
     expect(() => parseSentinelUrl('redis+sentinel://10.0.0.1:26379/')).toThrow(/MASTER_NAME/);
     expect(() => parseSentinelUrl('redis+sentinel://10.0.0.1/main')).toThrow(/HOST:PORT/);
   });
-
-  it('refuses a Redis Cluster node at start, naming it, instead of failing on its first cross-slot command', async () => {
-    const port = await freePort();
-    redisServer(['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir, '--cluster-enabled', 'yes', '--cluster-config-file', path.join(dir, `nodes-${port}.conf`)]);
-    await until('the cluster node', async () => cli(port, 'ping') === 'PONG');
-    const r = await runLauncher(['--model', (await ensureModel('tiny-llama')).dir, '--workers', '1', '--router', 'kv', '--redis-url', `redis://127.0.0.1:${port}`, '--http-port', String(await freePort())]);
-    expect(r.code).toBe(1);
-    expect(r.output).toMatch(/this Redis is a Redis Cluster node \(cluster_enabled:1\), which kvserve does not use.*redis\+sentinel:\/\//);
-    // A frontend node, which waits for workers from elsewhere, refuses it as well.
-    const f = await runLauncher(['--role', 'frontend', '--model', (await ensureModel('tiny-llama')).dir, '--router', 'kv', '--redis-url', `redis://127.0.0.1:${port}`, '--http-port', String(await freePort())]);
-    expect(f.code).toBe(1);
-    expect(f.output).toMatch(/this Redis is a Redis Cluster node \(cluster_enabled:1\)/);
-  }, 120_000);
 
   it('carries prefill jobs through the queue on the master Sentinel names (Example 4)', async () => {
     const modelDir = (await ensureModel('tiny-llama')).dir;

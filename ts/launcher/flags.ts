@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { CLUSTER_SECRET_ENV, isLoopback } from '../runtime/cluster-secret.ts';
-import { maskRedisUrl, parseSentinelUrl } from '../runtime/redis-connection.ts';
+import { maskRedisUrl, parseClusterUrl, parseSentinelUrl } from '../runtime/redis-connection.ts';
 import { isReasoningParserName, unknownReasoningParserMessage, type ReasoningParserName } from '../processor/reasoning-parser.ts';
 import { isToolCallParserName, unknownToolCallParserMessage, type ToolCallParserName } from '../processor/tool-call-parser.ts';
 
@@ -177,7 +177,9 @@ Serving
                                 command line other local users can read. A Redis that
                                 Sentinel watches: redis+sentinel://[:PW@]HOST:PORT[,HOST:PORT
                                 ...]/MASTER (the sentinels, the master's name): every client
-                                follows the master across a failover
+                                follows the master across a failover. A Redis Cluster:
+                                redis+cluster://[:PW@]HOST:PORT[,HOST:PORT...] (some of its
+                                nodes); a namespace's keys share one hash slot ({kvserve})
   --restart, --no-restart       a child process that dies is restarted, with backoff, while
                                 the others keep serving, and one that fails to start again 3
                                 times in a row stops the launcher (--restart, the default);
@@ -429,12 +431,13 @@ export function parseFlags(argv: string[]): LauncherFlags {
   if (flags.metricsRequireKey && flags.apiKey === undefined) {
     throw new FlagError('--metrics-require-key needs an API key: add --api-key KEY or set KVSERVE_API_KEY');
   }
-  if (flags.redisUrl !== undefined && !/^(rediss?|redis\+sentinel):\/\//.test(flags.redisUrl)) {
-    throw new FlagError(`--redis-url (or KVSERVE_REDIS_URL) must look like redis://host:port (or redis+sentinel://host:port,.../master), got '${maskRedisUrl(flags.redisUrl)}'`);
+  if (flags.redisUrl !== undefined && !/^(rediss?|redis\+sentinel|redis\+cluster):\/\//.test(flags.redisUrl)) {
+    throw new FlagError(`--redis-url (or KVSERVE_REDIS_URL) must look like redis://host:port (or redis+sentinel://host:port,.../master, or redis+cluster://host:port,...), got '${maskRedisUrl(flags.redisUrl)}'`);
   }
   if (flags.redisUrl !== undefined) {
     try {
       parseSentinelUrl(flags.redisUrl);
+      parseClusterUrl(flags.redisUrl);
     } catch (err) {
       throw new FlagError(`--redis-url: ${(err as Error).message}`);
     }
@@ -542,6 +545,8 @@ export function redisUrlHost(url: string): string {
   try {
     const sentinel = parseSentinelUrl(url);
     if (sentinel) return sentinel.sentinels[0]!.host;
+    const cluster = parseClusterUrl(url);
+    if (cluster) return cluster.nodes[0]!.host;
     return new URL(url).hostname.replace(/^\[(.*)\]$/, '$1') || '127.0.0.1';
   } catch {
     return '127.0.0.1';

@@ -2,8 +2,9 @@
 // decides, per job, whether the prefill worker may still write into the decode worker's blocks.
 //
 // Owns: the BullMQ Queue (decode side: push, depth) and Worker (prefill side: pull), both on
-// queue `prefill` under the namespace's key prefix, and the claim keys
-// `<namespace>:prefill-claim:<request_id>`.
+// queue `prefill` under the namespace's key prefix `{<namespace>}` (a hash tag: BullMQ's scripts
+// touch several keys, which must share a slot on a Redis Cluster), and the claim keys
+// `{<namespace>}:prefill-claim:<request_id>`.
 // Delivery is at least once: a prefill worker that dies mid-job stops renewing its lock, the job
 // is stalled after lockDurationMs and handed to another worker (up to MAX_ATTEMPTS attempts).
 // The claim makes late writes impossible. A job's claim moves, by atomic compare-and-set, from
@@ -17,9 +18,8 @@
 // Stays true: every key expires (claims after CLAIM_TTL_MS); a Redis error rejects the call
 // (callers decide: the decode side falls back to local prefill).
 import { Queue, Worker, type Job } from 'bullmq';
-import { Redis } from 'ioredis';
 import type { RemotePrefillJob } from '../protocol/index.ts';
-import { newRedis } from '../runtime/redis-connection.ts';
+import { keyspace, newRedis, type RedisClient } from '../runtime/redis-connection.ts';
 
 export const PREFILL_QUEUE = 'prefill';
 export const MAX_ATTEMPTS = 3;
@@ -33,7 +33,7 @@ export type ClaimState = 'pending' | 'local' | 'aborted' | `taken:${string}` | `
 const CAS = `if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 end return 0`;
 
 // BullMQ needs its own connections that retry commands (its blocking reads do).
-function bullConnection(url: string, name: string): Redis {
+function bullConnection(url: string, name: string): RedisClient {
   const r = newRedis(url, { connectionName: name, maxRetriesPerRequest: null, retryStrategy: (n) => Math.min(50 * 2 ** Math.min(n, 10), 1000) });
   r.on('error', () => {
     // reconnects by itself; callers see rejected commands
@@ -43,12 +43,12 @@ function bullConnection(url: string, name: string): Redis {
 
 export class PrefillClaims {
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     private readonly namespace: string,
   ) {}
 
   key(requestId: string): string {
-    return `${this.namespace}:prefill-claim:${requestId}`;
+    return `${keyspace(this.namespace)}:prefill-claim:${requestId}`;
   }
 
   async create(requestId: string): Promise<void> {
@@ -83,11 +83,11 @@ export class PrefillClaims {
 // Decode side.
 export class PrefillQueue {
   private readonly queue: Queue;
-  private readonly connection: Redis;
+  private readonly connection: RedisClient;
 
   constructor(redisUrl: string, namespace: string) {
     this.connection = bullConnection(redisUrl, 'prefill-queue');
-    this.queue = new Queue(PREFILL_QUEUE, { connection: this.connection, prefix: namespace });
+    this.queue = new Queue(PREFILL_QUEUE, { connection: this.connection, prefix: keyspace(namespace) });
     this.queue.on('error', () => {
       // a Redis outage: push() and depth() reject meanwhile
     });
@@ -132,7 +132,7 @@ export interface PrefillConsumerOptions {
 // Prefill side: runs `handle` for each job; a throw fails the attempt (retried up to MAX_ATTEMPTS).
 export class PrefillConsumer {
   private readonly worker: Worker<RemotePrefillJob>;
-  private readonly connection: Redis;
+  private readonly connection: RedisClient;
 
   constructor(opts: PrefillConsumerOptions, handle: (job: RemotePrefillJob, attempt: number) => Promise<void>) {
     this.connection = bullConnection(opts.redisUrl, `prefill-consumer-${opts.workerId}`);
@@ -142,7 +142,7 @@ export class PrefillConsumer {
       (job: Job<RemotePrefillJob>) => handle(job.data, job.attemptsMade + 1),
       {
         connection: this.connection,
-        prefix: opts.namespace,
+        prefix: keyspace(opts.namespace),
         concurrency: opts.concurrency,
         lockDuration,
         stalledInterval: Math.max(500, Math.floor(lockDuration / 2)),

@@ -29,7 +29,7 @@
 // (one SCAN + MGET per check, per watcher).
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import type { Redis } from 'ioredis';
+import { keyspace, serverOf, type RedisClient } from './redis-connection.ts';
 import type { WorkerId, WorkerInfo } from '../protocol/index.ts';
 import { RedisConnection } from './redis-connection.ts';
 
@@ -47,7 +47,7 @@ export type DiscoveryMessage =
   | { type: 'leave'; workerId: WorkerId; instanceId: string };
 
 export function workerKey(namespace: string, workerId: string): string {
-  return `${namespace}:workers:${workerId}`;
+  return `${keyspace(namespace)}:workers:${workerId}`;
 }
 
 export function discoveryChannel(namespace: string): string {
@@ -99,7 +99,7 @@ export class WorkerLease {
   private readonly onReady = () => void this.announce().catch(() => undefined);
 
   constructor(
-    private readonly redis: Redis,
+    private readonly redis: RedisClient,
     info: WorkerInfo,
     private readonly namespace = DEFAULT_NAMESPACE,
     private readonly ttlMs = DEFAULT_LEASE_TTL_MS,
@@ -183,17 +183,19 @@ export class WorkerLease {
 }
 
 // One worker's lease, or null when it holds none (gone, or never there).
-export async function getWorker(redis: Redis, namespace: string, workerId: string): Promise<LeasedWorkerInfo | null> {
+export async function getWorker(redis: RedisClient, namespace: string, workerId: string): Promise<LeasedWorkerInfo | null> {
   const v = await redis.get(workerKey(namespace, workerId));
   return v === null ? null : (JSON.parse(v) as LeasedWorkerInfo);
 }
 
-// Every worker holding a lease now: one SCAN pass and one MGET.
-export async function listWorkers(redis: Redis, namespace = DEFAULT_NAMESPACE): Promise<LeasedWorkerInfo[]> {
+// Every worker holding a lease now: one SCAN pass (of the server that holds the namespace's
+// slot, on a cluster) and one MGET.
+export async function listWorkers(redis: RedisClient, namespace = DEFAULT_NAMESPACE): Promise<LeasedWorkerInfo[]> {
   const keys: string[] = [];
+  const server = await serverOf(redis, workerKey(namespace, ''));
   let cursor = '0';
   do {
-    const [next, batch] = await redis.scan(cursor, 'MATCH', `${namespace}:workers:*`, 'COUNT', 1000);
+    const [next, batch] = await server.scan(cursor, 'MATCH', `${keyspace(namespace)}:workers:*`, 'COUNT', 1000);
     cursor = next;
     keys.push(...batch);
   } while (cursor !== '0');

@@ -55,14 +55,14 @@ import { EventEmitter } from 'node:events';
 import type { NativeKvEvent, NativeLoadMetrics } from '../native/addon.js';
 import type { KvEvent, WorkerId, WorkerLoad } from '../protocol/index.ts';
 import { DEFAULT_NAMESPACE } from './discovery.ts';
-import { RedisConnection, serverRunId } from './redis-connection.ts';
+import { keyspace, RedisConnection, serverRunId } from './redis-connection.ts';
 
 export const LOAD_MIN_GAP_MS = 10;
 const PUBLISH_BATCH = 512; // XADDs per pipeline
 const BLOCK_MS = 1000; // XREAD BLOCK timeout: how often the read loop looks at close()
 
 export function kvEventsStream(namespace: string): string {
-  return `${namespace}:kv-events`;
+  return `${keyspace(namespace)}:kv-events`;
 }
 
 export function loadChannel(namespace: string): string {
@@ -169,7 +169,7 @@ export class EventPlanePublisher {
   // opening `cleared`, starts the load reports.
   async start(): Promise<void> {
     const { source, workerId } = this.opts;
-    this.runId = await serverRunId(this.conn.redis);
+    this.runId = await serverRunId(this.conn.redis, this.stream);
     this.sub = this.conn.duplicate(`${workerId}-replay`);
     await this.sub.whenReady(10_000);
     this.sub.redis.on('message', (_channel: string, text: string) => this.onReplayRequest(text));
@@ -251,7 +251,7 @@ export class EventPlanePublisher {
 
   private async onReconnect(): Promise<void> {
     try {
-      const runId = await serverRunId(this.conn.redis);
+      const runId = await serverRunId(this.conn.redis, this.stream);
       if (runId !== this.runId && this.state === 'live') this.opts.source.replayKvEvents();
       this.runId = runId;
     } catch {
@@ -365,7 +365,7 @@ export class EventPlaneConsumer extends EventEmitter<EventPlaneConsumerEvents> {
   async start(): Promise<void> {
     const timeoutMs = this.opts.startTimeoutMs ?? 10_000;
     await Promise.all([this.read.whenReady(timeoutMs), this.sub.whenReady(timeoutMs), this.cmd.whenReady(timeoutMs)]);
-    this.runId = await serverRunId(this.read.redis);
+    this.runId = await serverRunId(this.read.redis, this.stream);
     const last = await this.read.redis.xrevrange(this.stream, '+', '-', 'COUNT', 1);
     this.lastId = last[0]?.[0] ?? '0-0';
     this.recheck = false;
@@ -443,7 +443,10 @@ export class EventPlaneConsumer extends EventEmitter<EventPlaneConsumerEvents> {
         }
         reply = (await this.read.redis.xread('COUNT', this.batchSize, 'BLOCK', BLOCK_MS, 'STREAMS', this.stream, this.lastId)) as typeof reply;
       } catch {
-        // The connection dropped (the next turn waits for it), or the command failed: retry.
+        // The connection dropped (the next turn waits for it), or the command failed: retry,
+        // asking first whether the stream's server changed (on a cluster, a failover of the
+        // stream's node shows only as failed commands, the client staying connected).
+        this.recheck = true;
         if (this.read.isConnected() && !this.closed) await new Promise((r) => setTimeout(r, 100));
         continue;
       }
@@ -480,7 +483,7 @@ export class EventPlaneConsumer extends EventEmitter<EventPlaneConsumerEvents> {
   // After a reconnect, or a full batch: did Redis restart (a new run id: start the new stream
   // from its beginning) or trim entries this consumer had not read?
   private async checkPosition(): Promise<void> {
-    const runId = await serverRunId(this.read.redis);
+    const runId = await serverRunId(this.read.redis, this.stream);
     if (runId !== this.runId) {
       this.runId = runId;
       this.lastId = '0-0';
