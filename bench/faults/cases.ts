@@ -1,6 +1,8 @@
 // bench/faults/cases.ts: the fault-injection cases of `npm run test:faults` (run.ts runs one).
 import path from 'node:path';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
+import { DEFAULT_NAMESPACE, getWorker } from '../../ts/runtime/discovery.ts';
+import { RedisConnection } from '../../ts/runtime/redis-connection.ts';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import { packageRoot } from '../../ts/native/loader.ts';
 import { procFile, until } from '../../test/helpers/launcher.ts';
@@ -159,6 +161,7 @@ export const cases: FaultCase[] = [
     (_ctx, restart) => restart(),
   ),
   partitionOfAWorkerNode(),
+  redisRestartWithAWorkerNode(),
   {
     name: 'client disconnect storm (100 streams aborted at random times)',
     args: ['--workers', '2'],
@@ -239,21 +242,33 @@ export const cases: FaultCase[] = [
   },
 ];
 
-const PARTITION_SECRET = 'fault-suite-cluster-secret-0123';
+const NODE_SECRET = 'fault-suite-cluster-secret-0123';
 const PARTITION_MS = 8000;
 
+// What a case with a worker node on another host sees: the hosts, the node's worker id, and a
+// restart of the Redis the deployment and the node share (killed -9, started again empty on the
+// same port and addresses after REDIS_AWAY_MS).
+interface NodeContext {
+  hosts: Hosts;
+  far: string;
+  restartRedis(): Promise<void>;
+  // Whether the far node's worker holds its lease in the Redis now.
+  leased(): Promise<boolean>;
+  // Passes once the frontend routes to the far node (its id on /metrics) within `ms`.
+  routed(ms?: number): Promise<boolean>;
+}
+
 // A worker node on another "host" (a network namespace, test/helpers/netns.ts) beside the
-// deployment's own worker: its link goes down for PARTITION_MS under load, then comes back. Its
-// streams migrate to the local worker (--stall-timeout-s 2 finds them stalled), and when the
-// link is back it rejoins; no request may fail. Root only (skipped with the reason elsewhere).
-function partitionOfAWorkerNode(): FaultCase {
+// deployment's own worker (args), both on a private Redis this process starts on an address of
+// the hosts' network. inject runs once the frontend routes to the node. Root only (skipped with
+// the reason elsewhere).
+function withAWorkerNode(c: Omit<FaultCase, 'prepare' | 'inject' | 'skip'>, inject: (ctx: CaseContext, node: NodeContext) => Promise<void>): FaultCase {
   let hosts: Hosts | undefined;
   let redis: PrivateRedis | undefined;
+  let here = '';
   let node: ReturnType<Hosts['spawn']> | undefined;
   return {
-    name: 'network partition of a worker node (--role worker in a network namespace)',
-    args: ['--workers', '1', '--router', 'kv', '--stall-timeout-s', '2'],
-    durationMs: 12_000,
+    ...c,
     skip: netnsUnavailable,
     prepare: async () => {
       const modelDir = (await ensureModel('tiny-llama')).dir;
@@ -265,13 +280,13 @@ function partitionOfAWorkerNode(): FaultCase {
       };
       try {
         hosts = new Hosts(['far']);
-        const here = `${hosts.subnet}.254`; // this process's address on the hosts' network
+        here = `${hosts.subnet}.254`; // this process's address on the hosts' network
         redis = await startPrivateRedis({ alsoBind: here });
         const env = {
           ...process.env,
           KVSERVE_CPU_KERNELS: 'reference',
           KVSERVE_REDIS_URL: `redis://:${redis.password}@${here}:${redis.port}`,
-          KVSERVE_CLUSTER_SECRET: PARTITION_SECRET,
+          KVSERVE_CLUSTER_SECRET: NODE_SECRET,
         };
         const args = ['--import', 'tsx', path.join(packageRoot, 'ts/launcher/main.ts'), '--role', 'worker', '--model', modelDir, '--device', 'cpu', '--kv-cache-memory', '64MiB'];
         node = hosts.spawn('far', process.execPath, args, env, packageRoot);
@@ -282,7 +297,7 @@ function partitionOfAWorkerNode(): FaultCase {
           if (node!.exitCode !== null) throw new Error(`the worker node exited (${node!.exitCode}):\n${out}`);
           return /\] ready: /.test(out);
         }, 120_000);
-        process.env.KVSERVE_CLUSTER_SECRET = PARTITION_SECRET; // the deployment's frontend talks to the node with it
+        process.env.KVSERVE_CLUSTER_SECRET = NODE_SECRET; // the deployment's frontend talks to the node with it
         return { args: ['--redis-url', redis.url], cleanup };
       } catch (err) {
         await cleanup();
@@ -291,17 +306,64 @@ function partitionOfAWorkerNode(): FaultCase {
     },
     inject: async (ctx) => {
       const far = `worker-0@${hosts!.get('far').address}`;
-      await until('the frontend routes to the far node', async () => (await (await fetch(`${ctx.dep.url}/metrics`)).text()).includes(`worker_id="${far}"`), 30_000);
-      hosts!.linkDown('far');
-      ctx.notes.push(`link of ${far} down for ${PARTITION_MS / 1000} s`);
-      await ctx.sleep(PARTITION_MS);
-      hosts!.linkUp('far');
-      try {
-        await until('the far node rejoins', async () => (await (await fetch(`${ctx.dep.url}/metrics`)).text()).includes(`worker_id="${far}"`), 30_000, 500);
-        ctx.notes.push(`${far} rejoined after the link came back`);
-      } catch {
-        ctx.fail(`${far} did not rejoin within 30 s of the link coming back`);
-      }
+      const routed = (ms = 30_000) =>
+        until('the frontend routes to the far node', async () => (await (await fetch(`${ctx.dep.url}/metrics`)).text()).includes(`worker_id="${far}"`), ms, 500).then(
+          () => true,
+          () => false,
+        );
+      if (!(await routed())) return ctx.fail(`the frontend never routed to ${far}`);
+      const restartRedis = async () => {
+        const old = redis!;
+        old.process.kill('SIGKILL');
+        await ctx.sleep(REDIS_AWAY_MS);
+        redis = await startPrivateRedis({ port: old.port, password: old.password, alsoBind: here });
+        ctx.notes.push(`Redis on ${here}:${old.port} killed and started again empty after ${REDIS_AWAY_MS / 1000} s`);
+      };
+      const leased = async () => {
+        const conn = new RedisConnection(redis!.url, { name: 'fault-suite', log: () => undefined });
+        try {
+          await conn.whenReady(2000);
+          return (await getWorker(conn.redis, DEFAULT_NAMESPACE, far)) !== null;
+        } catch {
+          return false;
+        } finally {
+          await conn.close();
+        }
+      };
+      await inject(ctx, { hosts: hosts!, far, restartRedis, routed, leased });
     },
   };
+}
+
+// The node's link goes down for PARTITION_MS under load, then comes back. Its streams migrate to
+// the local worker (--stall-timeout-s 2 finds them stalled), and when the link is back it
+// rejoins; no request may fail.
+function partitionOfAWorkerNode(): FaultCase {
+  return withAWorkerNode(
+    { name: 'network partition of a worker node (--role worker in a network namespace)', args: ['--workers', '1', '--router', 'kv', '--stall-timeout-s', '2'], durationMs: 12_000 },
+    async (ctx, { hosts, far, routed }) => {
+      hosts.linkDown('far');
+      ctx.notes.push(`link of ${far} down for ${PARTITION_MS / 1000} s`);
+      await ctx.sleep(PARTITION_MS);
+      hosts.linkUp('far');
+      if (await routed()) ctx.notes.push(`${far} rejoined after the link came back`);
+      else ctx.fail(`${far} did not rejoin within 30 s of the link coming back`);
+    },
+  );
+}
+
+// The Redis of a deployment with a worker node on another host is killed and started again empty:
+// the node's worker, over the network, announces its lease again and replays its KV events, and
+// the frontend routes to it again; no request may fail meanwhile.
+function redisRestartWithAWorkerNode(): FaultCase {
+  return withAWorkerNode(
+    { name: 'Redis away 5 s, then started empty, with a worker node on another host (--router kv)', args: ['--workers', '1', '--router', 'kv'], durationMs: 12_000 },
+    async (ctx, { far, restartRedis, routed, leased }) => {
+      await restartRedis();
+      const back = await until('the far node\'s lease in the new Redis', leased, 30_000, 250).then(() => true, () => false);
+      if (!back) return ctx.fail(`${far} held no lease in the new Redis within 30 s of its start`);
+      if (await routed()) ctx.notes.push(`${far} leased again and routed to after Redis came back`);
+      else ctx.fail(`${far} was leased again but not routed to within 30 s`);
+    },
+  );
 }
