@@ -239,9 +239,6 @@ Status ShmAllReduce::create(const std::string& name, int rank, int world_size, c
 
 ShmAllReduce::~ShmAllReduce() {
   if (lines_) {
-    // A rank that leaves because the group broke gave up on it: the others then look for the
-    // cause instead of naming this rank.
-    if (!broken_.ok()) lines_[rank_].failed.store(1, std::memory_order_seq_cst);
     lines_[rank_].left.store(1, std::memory_order_seq_cst);
     if (rank_ == 0) header_->closed.store(1, std::memory_order_seq_cst);
     wake_all();
