@@ -121,6 +121,10 @@ const prefillLen = Number(args['prefill-len']);
 const decodeTokens = Number(args['decode-tokens']);
 const batches = args.batches!.split(',').map(Number);
 const ggufDtypes = args.llamacpp === 'none' ? [] : (args.llamacpp!.split(',') as GgufDtype[]);
+if (args['llamacpp-cpu'] !== undefined && ggufDtypes.length === 0) {
+  console.error('--llamacpp-cpu chooses the build of llama.cpp, which --llamacpp none does not run');
+  process.exit(2);
+}
 const repeat = Number(args.repeat);
 const prefillPrompt = promptOf(99, prefillLen);
 
@@ -425,17 +429,22 @@ function runPaths(list: string): void {
   const isa = loadAddon().cpuKernelInfo().isa;
   const has: Record<string, boolean> = { avx2: isa.includes('avx2'), avx512: isa.includes('avx512'), 'avx512-bf16': isa.includes('avx512_bf16'), amx: isa.includes('amx_bf16') };
   const paths = list === 'all' ? Object.keys(has).filter((p) => has[p]) : list.split(',');
-  const argv = process.argv.slice(2);
-  const rest: string[] = [];
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--paths') i++;
-    else if (!argv[i]!.startsWith('--paths=')) rest.push(argv[i]!);
-  }
+  // argv without the flags named (each with its value).
+  const without = (argv: string[], ...flags: string[]) => {
+    const kept: string[] = [];
+    for (let i = 0; i < argv.length; i++) {
+      if (flags.includes(argv[i]!)) i++;
+      else if (!flags.some((f) => argv[i]!.startsWith(`${f}=`))) kept.push(argv[i]!);
+    }
+    return kept;
+  };
+  const rest = without(process.argv.slice(2), '--paths', '--out');
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'bench-engine-'));
   const results: { path: string; result?: any }[] = [];
   paths.forEach((p, i) => {
     const out = path.join(dir, `${p}.json`);
-    const args = [...rest.filter((a, j) => a !== '--out' && rest[j - 1] !== '--out'), '--out', out, ...(i > 0 ? ['--llamacpp', 'none'] : [])];
+    // llama.cpp runs in the first child only.
+    const args = [...(i > 0 ? without(rest, '--llamacpp', '--llamacpp-cpu') : rest), '--out', out, ...(i > 0 ? ['--llamacpp', 'none'] : [])];
     console.log(`\n=== kernels ${p} (KVSERVE_CPU_KERNELS=${p}) ===`);
     const child = spawnSync(process.execPath, [...process.execArgv, process.argv[1]!, ...args], { stdio: 'inherit', env: { ...process.env, KVSERVE_CPU_KERNELS: p } });
     results.push({ path: p, result: child.status === 0 && fs.existsSync(out) ? JSON.parse(fs.readFileSync(out, 'utf8')) : undefined });

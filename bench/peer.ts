@@ -41,8 +41,7 @@ export function ensureNodeLlamaCpp(): string {
   if (nodeLlamaCppInstalled()) return dir;
   console.log(`peer: installing node-llama-cpp ${NODE_LLAMA_CPP_VERSION} (llama.cpp for the engine benchmark) into ${dir}, once; its postinstall download is skipped`);
   fs.mkdirSync(path.dirname(dir), { recursive: true });
-  const staging = fs.mkdtempSync(`${dir}.installing-`);
-  try {
+  intoPlace(dir, 'installing', (staging) => {
     fs.writeFileSync(
       path.join(staging, 'package.json'),
       JSON.stringify({ name: 'kvserve-peer-node-llama-cpp', private: true, dependencies: { 'node-llama-cpp': NODE_LLAMA_CPP_VERSION } }, null, 2),
@@ -53,13 +52,22 @@ export function ensureNodeLlamaCpp(): string {
       env: { ...process.env, NODE_LLAMA_CPP_SKIP_DOWNLOAD: 'true', NODE_LLAMA_CPP_POSTINSTALL: 'skip' },
     });
     if (r.status !== 0) throw new Error(`npm install of node-llama-cpp ${NODE_LLAMA_CPP_VERSION} into ${staging} failed (${r.error?.message ?? `exit code ${r.status}`})`);
+  });
+  return dir;
+}
+
+// Fills a fresh sibling of dir (fill), marks it finished (MARKER, written last) and renames it
+// into place, so that an interrupted fill leaves nothing that looks finished.
+function intoPlace(dir: string, doing: string, fill: (staging: string) => void): void {
+  const staging = fs.mkdtempSync(`${dir}.${doing}-`);
+  try {
+    fill(staging);
     fs.writeFileSync(path.join(staging, MARKER), `${new Date().toISOString()}\n`);
     fs.rmSync(dir, { recursive: true, force: true });
     fs.renameSync(staging, dir);
   } finally {
     fs.rmSync(staging, { recursive: true, force: true });
   }
-  return dir;
 }
 
 // The entry of the installed package (its package.json's exports['.'], the ESM build).
@@ -95,17 +103,19 @@ export function nodeLlamaCppCpuVariantDir(variant: string): string {
     const known = libs.map((f) => f.slice('libggml-cpu-'.length, -'.so'.length)).sort();
     throw new Error(`node-llama-cpp ${NODE_LLAMA_CPP_VERSION} has no CPU variant '${variant}' for ${platformPkg}; it has: ${known.join(', ') || 'none'}`);
   }
-  const staging = fs.mkdtempSync(`${dir}.making-`);
+  // The marker too: it is written anew, and a link to the installed one would overwrite that.
   const skip = (rel: string, name: string) =>
-    (rel === path.join('node_modules', '@node-llama-cpp') && name !== platformPkg) || (/^libggml-cpu-.*\.so$/.test(name) && name !== lib);
-  const mirror = (rel: string) => {
+    (rel === '' && name === MARKER) ||
+    (rel === path.join('node_modules', '@node-llama-cpp') && name !== platformPkg) ||
+    (/^libggml-cpu-.*\.so$/.test(name) && name !== lib);
+  const mirror = (staging: string, rel: string) => {
     for (const e of fs.readdirSync(path.join(src, rel), { withFileTypes: true })) {
       if (skip(rel, e.name)) continue;
       const from = path.join(src, rel, e.name);
       const to = path.join(staging, rel, e.name);
       if (e.isDirectory()) {
         fs.mkdirSync(to);
-        mirror(path.join(rel, e.name));
+        mirror(staging, path.join(rel, e.name));
       } else if (e.isSymbolicLink()) {
         fs.symlinkSync(fs.readlinkSync(from), to);
       } else {
@@ -117,15 +127,7 @@ export function nodeLlamaCppCpuVariantDir(variant: string): string {
       }
     }
   };
-  try {
-    mirror('');
-    fs.rmSync(path.join(staging, MARKER), { force: true });
-    fs.writeFileSync(path.join(staging, MARKER), `${new Date().toISOString()}\n`);
-    fs.rmSync(dir, { recursive: true, force: true });
-    fs.renameSync(staging, dir);
-  } finally {
-    fs.rmSync(staging, { recursive: true, force: true });
-  }
+  intoPlace(dir, 'making', (staging) => mirror(staging, ''));
   return dir;
 }
 

@@ -42,12 +42,13 @@ function redisPid(dep: Deployment): number {
 
 const REDIS_AWAY_MS = 5000;
 
-async function restartEmpty(ctx: CaseContext, own: () => PrivateRedis, replace: (r: PrivateRedis) => void): Promise<void> {
+// alsoBind: the address it listened on besides loopback, if any (it listens there again).
+async function restartEmpty(ctx: CaseContext, own: () => PrivateRedis, replace: (r: PrivateRedis) => void, alsoBind?: string): Promise<void> {
   const old = own();
   old.process.kill('SIGKILL');
   await ctx.sleep(REDIS_AWAY_MS);
-  replace(await startPrivateRedis({ port: old.port, password: old.password }));
-  ctx.notes.push(`Redis on port ${old.port} killed and started again empty after ${REDIS_AWAY_MS / 1000} s`);
+  replace(await startPrivateRedis({ port: old.port, password: old.password, alsoBind }));
+  ctx.notes.push(`Redis on ${alsoBind ? `${alsoBind}:` : 'port '}${old.port} killed and started again empty after ${REDIS_AWAY_MS / 1000} s`);
 }
 
 // A case on a Redis of its own (--redis-url), which `restart` kills and starts again empty on its port.
@@ -312,13 +313,7 @@ function withAWorkerNode(c: Omit<FaultCase, 'prepare' | 'inject' | 'skip'>, inje
           () => false,
         );
       if (!(await routed())) return ctx.fail(`the frontend never routed to ${far}`);
-      const restartRedis = async () => {
-        const old = redis!;
-        old.process.kill('SIGKILL');
-        await ctx.sleep(REDIS_AWAY_MS);
-        redis = await startPrivateRedis({ port: old.port, password: old.password, alsoBind: here });
-        ctx.notes.push(`Redis on ${here}:${old.port} killed and started again empty after ${REDIS_AWAY_MS / 1000} s`);
-      };
+      const restartRedis = () => restartEmpty(ctx, () => redis!, (r) => (redis = r), here);
       const leased = async () => {
         const conn = new RedisConnection(redis!.url, { name: 'fault-suite', log: () => undefined });
         try {

@@ -79,6 +79,14 @@ export async function until(what: string, check: () => Promise<boolean>, timeout
   throw new Error(`timed out waiting for ${what}`);
 }
 
+// The value of the first line of a deployment's /metrics that starts with `name` (a series
+// with its labels, or a metric without); NaN where none does.
+export async function metricValue(l: { url: string }, name: string): Promise<number> {
+  const text = await (await fetch(`${l.url}/metrics`)).text();
+  const line = text.split('\n').find((x) => x.startsWith(name));
+  return Number(line?.split(' ').pop() ?? NaN);
+}
+
 // Runs the launcher to completion (for flags that make it exit at once).
 export async function runLauncher(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; output: string }> {
   const proc = spawn(process.execPath, ['--import', 'tsx', path.join(packageRoot, 'ts/launcher/main.ts'), ...args], {

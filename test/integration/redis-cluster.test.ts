@@ -13,7 +13,7 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import { keyspace, maskRedisUrl, parseClusterUrl } from '../../ts/runtime/redis-connection.ts';
-import { freePort, launch, runLauncher, until, type Launched } from '../helpers/launcher.ts';
+import { freePort, launch, metricValue, runLauncher, until, type Launched } from '../helpers/launcher.ts';
 
 const PASSWORD = 'cluster-test-password';
 const procs = new Map<number, ChildProcess>(); // port -> redis-server
@@ -37,12 +37,6 @@ function ownerOfNamespace(askPort: number): number | undefined {
     }
   }
   return undefined;
-}
-
-async function metric(l: Launched, name: string): Promise<number> {
-  const text = await (await fetch(`${l.url}/metrics`)).text();
-  const line = text.split('\n').find((x) => x.startsWith(name));
-  return Number(line?.split(' ').pop() ?? NaN);
 }
 
 beforeAll(async () => {
@@ -131,7 +125,7 @@ describe('--redis-url redis+cluster://', () => {
     await until('both workers in the router', async () => (await fetch(`${s.url}/metrics`)).text().then((t) => t.split('\n').filter((l) => l.startsWith('kvserve:worker_num_requests_running{')).length === 2));
     const ask = (i: number) => client.completions.create({ model, prompt: `cluster request ${i} `.repeat(8), max_tokens: 3 });
     for (let i = 0; i < 4; i++) expect((await ask(i)).choices[0]!.finish_reason).toBe('length');
-    await until('blocks in the router index', async () => (await metric(s, 'kvserve:router_indexed_blocks')) > 0);
+    await until('blocks in the router index', async () => (await metricValue(s, 'kvserve:router_indexed_blocks')) > 0);
 
     let stop = false;
     let served = 0;
@@ -149,9 +143,9 @@ describe('--redis-url redis+cluster://', () => {
       await until("a replica promoted for the namespace's slot", async () => ![undefined, owner].includes(ownerOfNamespace(live)), 30_000);
       const promotedAt = served;
       await until('requests after the failover', async () => served >= promotedAt + 5, 30_000);
-      const before = await metric(s, 'kvserve:router_indexed_blocks');
+      const before = await metricValue(s, 'kvserve:router_indexed_blocks');
       for (let i = 0; i < 3; i++) await client.completions.create({ model, prompt: `after the failover ${i} `.repeat(12), max_tokens: 2 });
-      await until('new blocks indexed through the new master', async () => (await metric(s, 'kvserve:router_indexed_blocks')) > before, 20_000).catch((e: Error) => {
+      await until('new blocks indexed through the new master', async () => (await metricValue(s, 'kvserve:router_indexed_blocks')) > before, 20_000).catch((e: Error) => {
         throw new Error(`${e.message}; the deployment's log ends:\n${s.output().split('\n').filter((l) => !l.includes('request finished')).slice(-40).join('\n')}`);
       });
     } finally {

@@ -12,7 +12,7 @@ import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ensureModel } from '../../ts/modelgen/index.ts';
 import { parseSentinelUrl } from '../../ts/runtime/redis-connection.ts';
-import { freePort, launch, until, type Launched } from '../helpers/launcher.ts';
+import { freePort, launch, metricValue, until, type Launched } from '../helpers/launcher.ts';
 
 const MASTER = 'kvserve-test';
 const procs: ChildProcess[] = [];
@@ -27,12 +27,6 @@ function redisServer(args: string[]): ChildProcess {
 }
 
 const cli = (port: number, ...args: string[]) => spawnSync('redis-cli', ['-p', String(port), ...args], { encoding: 'utf8' }).stdout.trim();
-
-async function metric(name: string): Promise<number> {
-  const text = await (await fetch(`${server.url}/metrics`)).text();
-  const line = text.split('\n').find((l) => l.startsWith(name));
-  return Number(line?.split(' ').pop() ?? NaN);
-}
 
 beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kvserve-sentinel-'));
@@ -107,7 +101,7 @@ describe('--redis-url redis+sentinel://', () => {
     await until('both workers in the router', async () => (await fetch(`${server.url}/metrics`)).text().then((t) => t.split('\n').filter((l) => l.startsWith('kvserve:worker_num_requests_running{')).length === 2));
     const ask = (i: number) => client.completions.create({ model, prompt: `sentinel request ${i} `.repeat(8), max_tokens: 3 });
     for (let i = 0; i < 4; i++) expect((await ask(i)).choices[0]!.finish_reason).toBe('length');
-    await until('blocks in the router index', async () => (await metric('kvserve:router_indexed_blocks')) > 0);
+    await until('blocks in the router index', async () => (await metricValue(server, 'kvserve:router_indexed_blocks')) > 0);
 
     // Load across the failover: a request at a time, each one answered.
     let stop = false;
@@ -125,9 +119,9 @@ describe('--redis-url redis+sentinel://', () => {
     const promotedAt = served;
     await until('requests after the failover', async () => served >= promotedAt + 5, 30_000);
     // The KV events of new prompts reach the router through the new master.
-    const before = await metric('kvserve:router_indexed_blocks');
+    const before = await metricValue(server, 'kvserve:router_indexed_blocks');
     for (let i = 0; i < 3; i++) await client.completions.create({ model, prompt: `after the failover ${i} `.repeat(12), max_tokens: 2 });
-    await until('new blocks indexed through the new master', async () => (await metric('kvserve:router_indexed_blocks')) > before, 20_000);
+    await until('new blocks indexed through the new master', async () => (await metricValue(server, 'kvserve:router_indexed_blocks')) > before, 20_000);
     stop = true;
     await load;
     expect(cli(ports.replica, 'info', 'replication')).toContain('role:master');
