@@ -74,6 +74,7 @@ struct Request {
   // out (scheduler.h). 0 by default; the frontend gives bulk requests (many choices) 1.
   int32_t priority = 0;
   int32_t sat_out = 0;                 // steps in a row this request was left out for priority
+  uint64_t scheduled_step = 0;         // the scheduler's last step that ran it (0: none)
   std::vector<uint64_t> block_hashes;  // chained hashes of the full blocks of all_token_ids
   std::mt19937_64 rng;                 // seeded from params.seed, or from the engine's seed
 

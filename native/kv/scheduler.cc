@@ -4,7 +4,8 @@
 //
 //   add_request ──> waiting_ ──schedule()──> running_ ──update(): stop──> returned to caller
 //                     ^  (front)                │
-//                     └──── preempt (newest) ───┘          abort() ──> aborted_ ──> take_aborted()
+//                     └── preempt (newest, or ──┘          abort() ──> aborted_ ──> take_aborted()
+//                         giving way to priority)
 //
 // requests_ owns every live (waiting, preempted or running) Request; waiting_ and running_ hold
 // plain pointers into it. A request leaves requests_ exactly when it finishes or is aborted, and
@@ -99,19 +100,38 @@ bool Scheduler::abort(const std::string& request_id) {
 void Scheduler::preempt(Request* req) {
   assert(!running_.empty() && running_.back() == req);
   running_.pop_back();
+  release_for_recompute(req);
+  waiting_.push_front(req);
+}
+
+void Scheduler::release_for_recompute(Request* req) {
   unregister_prefill(req);
   kv_->free(req);
   req->num_computed_tokens = 0;
   req->status = RequestStatus::preempted;
   ++req->num_preemptions;
   ++num_preemptions_;
-  waiting_.push_front(req);
+}
+
+Request* Scheduler::give_way_to(const Request* r, uint64_t step) {
+  auto victim = running_.end();
+  for (auto it = running_.begin(); it != running_.end(); ++it)
+    if ((*it)->priority > r->priority && (*it)->scheduled_step != step &&
+        (victim == running_.end() || (*it)->priority >= (*victim)->priority))
+      victim = it;
+  if (victim == running_.end()) return nullptr;
+  Request* v = *victim;
+  running_.erase(victim);
+  release_for_recompute(v);
+  return v;
 }
 
 SchedulerOutput Scheduler::schedule() {
   SchedulerOutput out;
+  const uint64_t step = ++step_;
   int64_t budget = cfg_.max_num_batched_tokens;
   auto emit = [&](Request* r, int64_t n) {
+    r->scheduled_step = step;
     out.scheduled.push_back({r, n, r->num_computed_tokens + n == r->num_tokens()});
     out.num_scheduled_tokens += n;
     budget -= n;
@@ -143,12 +163,21 @@ SchedulerOutput Scheduler::schedule() {
   }
 
   // 2. Waiting requests in priority order, then in order, only when nobody had to give way this
-  // step.
+  // step. One that finds no seat or no blocks takes them from running rows of a higher priority
+  // value that sat this step out (given_way: back to the front of waiting once the loop is done).
   if (!out.preempted.empty()) return out;
   const auto before = [](const Request* a, const Request* b) { return a->priority < b->priority; };
   if (!std::is_sorted(waiting_.begin(), waiting_.end(), before))
     std::stable_sort(waiting_.begin(), waiting_.end(), before);
-  for (size_t i = 0; i < waiting_.size() && budget > 0 && num_running() < cfg_.max_num_seqs;) {
+  std::vector<Request*> given_way;
+  auto give_way = [&](const Request* r) {
+    Request* v = give_way_to(r, step);
+    if (v == nullptr) return false;
+    given_way.push_back(v);
+    out.preempted.push_back(v->request_id);
+    return true;
+  };
+  for (size_t i = 0; i < waiting_.size() && budget > 0;) {
     Request* r = waiting_[i];
     int64_t num_cached = 0;
     const std::vector<KVBlock*> cached = kv_->get_computed_blocks(r, &num_cached);
@@ -158,10 +187,13 @@ SchedulerOutput Scheduler::schedule() {
       ++i;  // its prefix is being computed: it starts from the cache once that is done
       continue;
     }
+    if (num_running() >= cfg_.max_num_seqs && !give_way(r)) break;
     // A parked request gets blocks for all its target tokens now: the remote side writes them.
     const int64_t n = parks ? r->num_target_tokens() - num_cached
                             : std::min(r->num_target_tokens() - num_cached, budget);
-    if (!kv_->allocate_slots(r, n, cached)) break;
+    bool allocated = kv_->allocate_slots(r, n, cached);
+    while (!allocated && give_way(r)) allocated = kv_->allocate_slots(r, n, cached);
+    if (!allocated) break;
     waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
     r->num_computed_tokens = num_cached;
     if (r->num_cached_tokens < 0) r->num_cached_tokens = num_cached;
@@ -178,14 +210,14 @@ SchedulerOutput Scheduler::schedule() {
       emit(r, n);
     }
   }
+  for (auto it = given_way.rbegin(); it != given_way.rend(); ++it) waiting_.push_front(*it);
   return out;
 }
 
 int32_t Scheduler::urgent_priority() const {
   int32_t urgent = std::numeric_limits<int32_t>::max();
-  // A waiting request counts only when a seat is free for it: rows that sit out do not free one.
-  if (num_running() < cfg_.max_num_seqs)
-    for (const Request* r : waiting_) urgent = std::min(urgent, r->priority);
+  // Every waiting request counts: without a free seat it takes one of the rows that sit out.
+  for (const Request* r : waiting_) urgent = std::min(urgent, r->priority);
   // Running: more than the last token left to compute (a prompt, or a resumed request's outputs).
   for (const Request* r : running_)
     if (r->num_computed_tokens + 1 < r->num_tokens()) urgent = std::min(urgent, r->priority);

@@ -11,7 +11,8 @@
 //      preempt the newest running request (free its blocks, back to the front of waiting,
 //      recomputed later) and retry; a request that would have to preempt itself waits.
 //   2. if nothing was preempted, admit waiting requests in order while budget, seats and blocks
-//      last, each starting from its longest cached prefix.
+//      last (taking them from rows of a higher priority value: below), each starting from its
+//      longest cached prefix.
 // A request whose prompt + max_tokens can never fit (max_model_len, or the whole pool) is
 // rejected by add_request, never admitted.
 // In-flight prefixes: while a running request is still prefilling prompt blocks beyond its
@@ -19,10 +20,12 @@
 // same prefix) is not admitted yet; it waits (later requests may go ahead of it) until those
 // blocks are cached and then starts from them, instead of computing the same prefix twice.
 // Priority (Request::priority, lower first): waiting requests are admitted in priority order
-// (arrival order within one priority). While a request is waiting with a seat free for it, or
-// is still prefilling, running rows of a higher priority value sit the step out (they keep their blocks and seats), so that
-// its first token does not wait on a step full of bulk rows; a row sits out at most
-// kMaxSatOut steps in a row, then runs whatever waits.
+// (arrival order within one priority). While a request is waiting or still prefilling, running
+// rows of a higher priority value sit the step out, so that its first token does not wait on a
+// step full of bulk rows; a row sits out at most kMaxSatOut steps in a row, then runs whatever
+// waits. A waiting request that finds every seat taken, or too few free blocks, preempts rows of
+// a higher priority value that sat out (the highest value first, the newest among equals),
+// as vLLM's priority policy does: they go back to the front of waiting and are recomputed.
 // Remote prefill (request.h): a request with num_external_tokens beyond its cached prefix is
 // admitted with blocks for its target tokens and parked in parked_ (a seat, its blocks, never
 // preempted: another worker may be writing into them) until complete_external_kv; a
@@ -128,8 +131,14 @@ class Scheduler {
 
  private:
   void preempt(Request* req);
-  // The lowest priority value among requests still to be prefilled: waiting ones (when a seat is
-  // free) and running ones with more than their last token to compute (INT32_MAX: none).
+  // Frees a running request's blocks for recomputation (its status: preempted); the caller
+  // has taken it out of running_ and puts it back in waiting_.
+  void release_for_recompute(Request* req);
+  // Takes out of running_ the row r may preempt (see the header): of a higher priority value than
+  // r's and not scheduled this step; nullptr when there is none.
+  Request* give_way_to(const Request* r, uint64_t step);
+  // The lowest priority value among requests still to be prefilled: waiting ones and running
+  // ones with more than their last token to compute (INT32_MAX: none).
   int32_t urgent_priority() const;
   void hold(Request* req);
   // In-flight prefixes (see the header): r's prompt blocks it will compute, registered while it
@@ -152,6 +161,7 @@ class Scheduler {
   std::vector<std::unique_ptr<Request>> aborted_;
   uint64_t next_arrival_seq_ = 0;
   int64_t num_preemptions_ = 0;
+  uint64_t step_ = 0;  // schedule() calls so far (Request::scheduled_step)
 };
 
 }  // namespace llm

@@ -1,6 +1,7 @@
 // test-scheduler.cc: continuous batching: the token budget and chunked prefill, max_num_seqs,
 // decode and prefill in one step, preemption under block pressure (newest first, recomputed,
-// never deadlocked), stop conditions, abort, and up-front rejection.
+// never deadlocked), priority (admission order, rows sitting out, seats and blocks taken from
+// rows of a higher value), stop conditions, abort, and up-front rejection.
 #include <algorithm>
 #include <map>
 #include <memory>
@@ -62,6 +63,7 @@ void check_step(const Fixture& f, const SchedulerOutput& out) {
     sum += sr.num_new_tokens;
   }
   CHECK_EQ(sum, out.num_scheduled_tokens);
+  for (const std::string& id : out.preempted) CHECK(find(out, id) == nullptr);  // never both in one step
   CHECK(sum <= f.sched.config().max_num_batched_tokens);
   CHECK(f.sched.num_running() <= f.sched.config().max_num_seqs);
 }
@@ -211,6 +213,72 @@ TEST(priority_never_starves_a_running_row) {
   }
   CHECK(worst <= Scheduler::kMaxSatOut);
   CHECK(worst == Scheduler::kMaxSatOut);  // it did sit out
+}
+
+// A request that finds every seat taken by rows of a higher priority value takes the newest
+// one's seat (vLLM's priority policy): it is admitted at once, the bulk row is recomputed later
+// and ends with the tokens it would have had. One of the same value waits instead.
+TEST(priority_takes_a_seat_from_a_bulk_row) {
+  Fixture f(256, 4, config(2, 64, 256));
+  int32_t first_token = 1000;
+  for (const char* id : {"bulk1", "bulk2"}) {
+    auto r = make_request(id, 4, 12, first_token += 100);
+    r->priority = 1;
+    CHECK(f.sched.add_request(std::move(r)).ok());
+  }
+  for (int step = 0; step < 3; ++step) {
+    SchedulerOutput out = f.sched.schedule();
+    f.sched.update(out, fake_samples(out));
+  }
+  auto same = make_request("same", 4, 3, first_token += 100);
+  same->priority = 1;
+  CHECK(f.sched.add_request(std::move(same)).ok());
+  SchedulerOutput out = f.sched.schedule();
+  check_step(f, out);
+  CHECK(out.preempted.empty() && find(out, "same") == nullptr);  // no seat, and nobody gives way to an equal
+  f.sched.update(out, fake_samples(out));
+
+  CHECK(f.sched.add_request(make_request("short", 6, 3, first_token += 100)).ok());
+  out = f.sched.schedule();
+  check_step(f, out);
+  CHECK(find(out, "short") != nullptr);
+  CHECK(out.preempted == std::vector<std::string>{"bulk2"});
+  CHECK_EQ(f.sched.num_running(), int64_t{2});
+  CHECK_EQ(f.kv.blocks_of("bulk2")->size(), size_t{0});
+  f.sched.update(out, fake_samples(out));
+  auto done = drive(f, 200);
+  CHECK_EQ(done.size(), size_t{4});
+  CHECK_EQ(done["bulk2"]->num_preemptions, int64_t{1});
+  CHECK_EQ(done["bulk1"]->num_preemptions, int64_t{0});
+  for (auto& kv : done) CHECK_EQ(kv.second->num_output_tokens(), kv.first == "bulk1" || kv.first == "bulk2" ? int64_t{12} : int64_t{3});
+  CHECK_EQ(f.kv.num_active_blocks(), int64_t{0});
+}
+
+// The same for blocks: a request of a lower value that needs more blocks than are free
+// preempts rows of a higher value (the highest value first) until it fits.
+TEST(priority_takes_blocks_from_bulk_rows) {
+  // 8 blocks of 4 tokens; three bulk rows of 8-token prompts hold 2 blocks each (6 of 8).
+  Fixture f(8, 4, config(8, 64, 32));
+  int32_t first_token = 1000;
+  for (auto [id, prio] : {std::pair{"p1", 1}, std::pair{"p2", 2}, std::pair{"p1b", 1}}) {
+    auto r = make_request(id, 8, 4, first_token += 100);
+    r->priority = prio;
+    CHECK(f.sched.add_request(std::move(r)).ok());
+  }
+  SchedulerOutput out = f.sched.schedule();
+  CHECK_EQ(out.scheduled.size(), size_t{3});
+  f.sched.update(out, fake_samples(out));
+  // 17 tokens: 5 blocks, 2 free: the priority-2 row goes first, then the newest priority-1 row.
+  CHECK(f.sched.add_request(make_request("short", 17, 2, first_token += 100)).ok());
+  out = f.sched.schedule();
+  check_step(f, out);
+  CHECK(find(out, "short") != nullptr);
+  CHECK(out.preempted == (std::vector<std::string>{"p2", "p1b"}));
+  f.sched.update(out, fake_samples(out));
+  auto done = drive(f, 200);
+  CHECK_EQ(done.size(), size_t{4});
+  for (auto& kv : done) CHECK_EQ(kv.second->num_output_tokens(), kv.first == "short" ? int64_t{2} : int64_t{4});
+  CHECK_EQ(f.kv.num_active_blocks(), int64_t{0});
 }
 
 TEST(preempts_the_newest_and_recomputes_it_later) {
