@@ -23,6 +23,7 @@ Status EngineThread::add_request(std::unique_ptr<Request> req) {
   if (req->params.constrained) engine_->token_masks().open(req->request_id, req->num_output_tokens());
   Command c{Command::Kind::add, std::move(req), {}};
   commands_.push_back(std::move(c));
+  ++queued_adds_;
   cv_.notify_one();
   return Status::Ok();
 }
@@ -59,7 +60,9 @@ void EngineThread::request_replay() { push(Command{Command::Kind::replay, nullpt
 
 LoadMetrics EngineThread::metrics() {
   std::lock_guard<std::mutex> lock(mu_);
-  return metrics_;
+  LoadMetrics m = metrics_;
+  m.num_requests_waiting += queued_adds_;
+  return m;
 }
 
 void EngineThread::stop() {
@@ -89,6 +92,7 @@ void EngineThread::loop() {
       cv_.wait(lock, [&] { return stop_ || !commands_.empty() || engine_->has_work(); });
       if (stop_) return;
       batch.swap(commands_);
+      for (const Command& c : batch) queued_adds_ -= c.kind == Command::Kind::add;
     }
 
     // 1. Apply what callers asked for since the last step.
@@ -134,6 +138,7 @@ void EngineThread::loop() {
       for (const RequestOutput& o : result->outputs)
         if (o.finish_reason != FinishReason::none) live_ids_.erase(o.request_id);
       metrics_ = result->metrics;
+      result->metrics.num_requests_waiting += queued_adds_;  // what the callback reports
     }
     if (!idle_step || !same_metrics(result->metrics, delivered)) {
       delivered = result->metrics;

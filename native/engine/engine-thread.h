@@ -49,7 +49,10 @@ class EngineThread {
   void complete_external_kv(const std::string& request_id, bool ok);
   void release_held(const std::string& request_id);
   void request_replay();
-  LoadMetrics metrics();  // the snapshot after the latest step
+  // The snapshot after the latest step, with the requests added since then counted as waiting
+  // (so is the snapshot each callback gets): a load report never misses a request the engine
+  // has taken.
+  LoadMetrics metrics();
   // Stops the loop after the current step and joins; requests still live get no more output.
   // Idempotent.
   void stop();
@@ -71,6 +74,7 @@ class EngineThread {
   std::deque<Command> commands_;
   std::unordered_set<std::string> live_ids_;
   LoadMetrics metrics_;
+  int64_t queued_adds_ = 0;  // add commands not yet taken by the loop
   bool stop_ = false;
   bool stopped_ = false;
   std::thread thread_;

@@ -2,7 +2,8 @@
 // constrained request samples only what its token masks allow, whoever puts them and when;
 // its unconstrained neighbours get the tokens they get alone; a mask that does not come in time
 // finishes the request with an error, an abort while the step waits finishes it as aborted, a
-// mask allowing nothing is an error; wrong lengths are refused. The model is a tiny random one,
+// mask allowing nothing is an error; wrong lengths are refused; the engine thread's load snapshot
+// counts requests added while a step runs. The model is a tiny random one,
 // so the allowed tokens are rarely its argmax.
 #include <atomic>
 #include <chrono>
@@ -346,6 +347,41 @@ TEST(the_engine_thread_takes_masks_beside_its_queue_and_abort_ends_a_wait) {
   CHECK(wait_for([&] { return last.count("g") == 1; }));
   t.stop();
   CHECK_EQ(t.engine().token_masks().num_open(), size_t{0});
+}
+
+// The load snapshot counts requests added while a step runs (here: one waiting for a mask that
+// does not come) as waiting, so a router reading it never misses a request the engine took.
+TEST(requests_added_during_a_step_count_as_waiting_in_the_load_snapshot) {
+  Fixture f;
+  std::unique_ptr<Engine> engine;
+  CHECK_OK(Engine::create(f.config(60000), &engine));
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<std::string, size_t> outputs;
+  std::set<std::string> done;
+  EngineThread t(std::move(engine), [&](std::unique_ptr<StepResult> s) {
+    std::lock_guard<std::mutex> lock(mu);
+    for (RequestOutput& o : s->outputs) {
+      outputs[o.request_id] += o.new_token_ids.size();
+      if (finished(o)) done.insert(o.request_id);
+    }
+    cv.notify_all();
+  });
+  auto wait_for = [&](auto pred) {
+    std::unique_lock<std::mutex> lock(mu);
+    return cv.wait_for(lock, std::chrono::seconds(60), pred);
+  };
+  CHECK_OK(t.add_request(constrained("w", prompt_of(7, 3), mask_of({4}), 8)));
+  CHECK(wait_for([&] { return outputs["w"] == 1; }));  // no mask for output 1: the next step waits
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  for (int i = 0; i < 3; ++i) CHECK_OK(t.add_request(greedy("g" + std::to_string(i), prompt_of(5, 10 + i), 4)));
+  const LoadMetrics m = t.metrics();
+  CHECK_EQ(m.request_active_slots + m.num_requests_waiting, int64_t{4});
+  t.abort("w");
+  CHECK(wait_for([&] { return done.size() == 4; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  CHECK_EQ(t.metrics().num_requests_waiting + t.metrics().request_active_slots, int64_t{0});
+  t.stop();
 }
 
 int main() { return llm_test::run_all(); }
