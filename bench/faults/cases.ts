@@ -1,5 +1,6 @@
 // bench/faults/cases.ts: the fault-injection cases of `npm run test:faults` (run.ts runs one).
 import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { startPrivateRedis, type PrivateRedis } from '../../ts/launcher/redis.ts';
 import { DEFAULT_NAMESPACE, getWorker } from '../../ts/runtime/discovery.ts';
 import { RedisConnection } from '../../ts/runtime/redis-connection.ts';
@@ -64,14 +65,25 @@ function withOwnRedis(c: Omit<FaultCase, 'prepare' | 'inject'>, inject: (ctx: Ca
   };
 }
 
-// Median TTFT of `count` short streamed requests sent one after another.
-async function ttftMedian(url: string, count: number, seed: number): Promise<number> {
+// The TTFTs of short streamed requests sent one at a time, each SAMPLE_EVERY_MS after the
+// previous one started (or when it ended, if later): `count` of them, or as many as start before
+// `until` settles. With `at`, each one's start in ms from the first.
+const SAMPLE_EVERY_MS = 100;
+async function shortTtfts(url: string, seed: number, opts: { count?: number; until?: Promise<unknown> }, at?: number[]): Promise<number[]> {
+  let settled = false;
+  void opts.until?.finally(() => (settled = true));
   const ttft: number[] = [];
-  for (let i = 0; i < count; i++) {
+  const t0 = performance.now();
+  for (let i = 0; opts.count === undefined ? !settled : i < opts.count; i++) {
+    const started = performance.now();
     const r = await streamOnce(url, promptTokens(seed + i, 24), undefined, 4);
-    if (r.ttftMs !== undefined) ttft.push(r.ttftMs);
+    if (r.ttftMs !== undefined) {
+      ttft.push(r.ttftMs);
+      at?.push(started - t0);
+    }
+    await sleep(Math.max(0, started + SAMPLE_EVERY_MS - performance.now()));
   }
-  return percentile(ttft, 50);
+  return ttft;
 }
 
 // body: an object, or bytes serialized once (a 10 MB body stringified for every request would
@@ -220,7 +232,7 @@ export const cases: FaultCase[] = [
     durationMs: 1000,
     inject: async (ctx) => {
       const url = ctx.dep.url;
-      const quiet = await ttftMedian(url, 12, 3000);
+      const quiet = percentile(await shortTtfts(url, 20_000, { count: 30 }), 50);
       const only = process.env.FAULTS_HEAVY_ONLY || undefined; // body | n | prompts: one kind alone, to see which costs what
       if (only !== undefined && !['body', 'n', 'prompts'].includes(only)) throw new Error(`FAULTS_HEAVY_ONLY must be body, n or prompts, got '${only}'`);
       const big = Buffer.from(JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(10 << 20) }] }));
@@ -234,9 +246,12 @@ export const cases: FaultCase[] = [
         ...times(20, 'prompts', () => send('1,000 prompts', '/v1/completions', { prompt: Array.from({ length: 1000 }, () => 'Hi'), max_tokens: 4 })),
       ]);
       await ctx.sleep(300);
-      const loaded = await ttftMedian(url, 12, 3050);
+      const at: number[] = [];
+      const during = await shortTtfts(url, 30_000, { until: heavy }, at);
       await heavy;
-      ctx.notes.push(`median TTFT of a short request beside the load ${quiet.toFixed(0)} ms, with the heavy requests in flight ${loaded.toFixed(0)} ms (${(loaded / quiet).toFixed(2)}x)`);
+      const loaded = percentile(during, 50);
+      const firstSecond = during.filter((_, i) => at[i]! < 1000);
+      ctx.notes.push(`median TTFT of a short request beside the load ${quiet.toFixed(0)} ms, with the heavy requests in flight ${loaded.toFixed(0)} ms (${(loaded / quiet).toFixed(2)}x; ${during.length} requests over ${(at.at(-1)! / 1000).toFixed(1)} s, p90 ${percentile(during, 90).toFixed(0)} ms; the first second's median ${percentile(firstSecond, 50).toFixed(0)} ms)`);
       ctx.notes.push(`heavy requests: ${[...codes].map(([k, v]) => `${k}: ${v}`).join(', ')}`);
       if (!(loaded <= 2 * quiet)) ctx.fail(`TTFT with heavy requests is ${(loaded / quiet).toFixed(2)}x the undisturbed one (> 2x)`);
     },
