@@ -194,15 +194,20 @@ void run_tile(const Tile& t) {
     for (int h = 0; h < 2; ++h) acc[m][h] = t.p0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(t.part + m * 16 + h * 8);
   const __m256i odd = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   const int64_t full = min_i64(t.p1, t.K / 2);  // pairs whose both columns exist
-  for (int64_t p = t.p0; p < full; ++p) {
-    const uint16_t* wp = t.w + (p - t.p0) * 32;
+  // Walked by pointer (the weights 32 elements a pair, x 2 floats), so that the loop's only
+  // scalar work is two adds and the compare: rows of x at fixed multiples of K from xp.
+  const uint16_t* wp = t.w;
+  const float* xp = t.x + 2 * t.p0;
+  const float* const wend = reinterpret_cast<const float*>(t.w + (full - t.p0) * 32);
+  const int64_t K = t.K;
+  for (; reinterpret_cast<const float*>(wp) < wend; wp += 32, xp += 2) {
     const __m256i raw0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp));
     const __m256i raw1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + 16));
     const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(raw0, 16));
     const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(raw1, 16));
     #pragma GCC unroll 16
     for (int m = 0; m < MB; ++m) {
-      const __m256 xv = _mm256_broadcast_ss(t.x + m * t.K + 2 * p);
+      const __m256 xv = _mm256_broadcast_ss(xp + m * K);
       acc[m][0] = _mm256_fmadd_ps(xv, e0, acc[m][0]);
       acc[m][1] = _mm256_fmadd_ps(xv, e1, acc[m][1]);
     }
@@ -210,7 +215,7 @@ void run_tile(const Tile& t) {
     const __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(raw1, odd));
     #pragma GCC unroll 16
     for (int m = 0; m < MB; ++m) {
-      const __m256 xv = _mm256_broadcast_ss(t.x + m * t.K + 2 * p + 1);
+      const __m256 xv = _mm256_broadcast_ss(xp + m * K + 1);
       acc[m][0] = _mm256_fmadd_ps(xv, o0, acc[m][0]);
       acc[m][1] = _mm256_fmadd_ps(xv, o1, acc[m][1]);
     }
