@@ -1,9 +1,10 @@
 // Request migration in the frontend's Generation, against scripted workers (fake request-plane
 // clients): what a migrated choice resends, that the client's output is the undisturbed one, that
 // every selection is released once, and each way a migration ends in the original error (the
-// limit, --migration-max-seq-len, a refusal, no worker left, migration off).
+// limit, --migration-max-seq-len, a refusal, no worker left, migration off); and that a choice
+// beyond those in flight waits for an earlier one's worker to be released.
 import { beforeAll, describe, expect, it } from 'vitest';
-import { Generation, type GenerationDeps, type MigrationSettings } from '../../ts/frontend/generation.ts';
+import { Generation, MAX_CHOICES_IN_FLIGHT, type GenerationDeps, type MigrationSettings } from '../../ts/frontend/generation.ts';
 import { FrontendMetrics } from '../../ts/frontend/metrics.ts';
 import { planGeneration } from '../../ts/frontend/request-params.ts';
 import type { WorkerPool, WorkerSelection } from '../../ts/frontend/worker-pool.ts';
@@ -94,13 +95,13 @@ class ScriptedPool implements WorkerPool {
   }
 }
 
-async function run(scripts: Script[], migration: MigrationSettings | undefined, poolOptions: PoolOptions = {}, stallTimeoutMs = 0) {
+async function run(scripts: Script[], migration: MigrationSettings | undefined, poolOptions: PoolOptions = {}, stallTimeoutMs = 0, n = 1) {
   const pool = new ScriptedPool(scripts, poolOptions);
   const metrics = new FrontendMetrics('m');
   const logs: string[] = [];
   const log = { info: (_o: unknown, msg: string) => logs.push(msg), warn: (_o: unknown, msg: string) => logs.push(msg) };
   const deps: GenerationDeps = { pool, tokenizer, metrics, migration, stallTimeoutMs, log: log as unknown as GenerationDeps['log'] };
-  const plan = planGeneration({ max_tokens: MAX_TOKENS, temperature: 0, ignore_eos: true, stream: true }, {
+  const plan = planGeneration({ max_tokens: MAX_TOKENS, temperature: 0, ignore_eos: true, stream: true, n }, {
     prompts: [PROMPT],
     maxModelLen: 64,
     maxTokens: MAX_TOKENS,
@@ -124,6 +125,18 @@ async function run(scripts: Script[], migration: MigrationSettings | undefined, 
   const counter = (await metrics.registry.getSingleMetricAsString('kvserve:request_migrations_total')).match(/\} (\d+)$/m);
   return { pool, gen, text, finish, error, logs, migrations: Number(counter?.[1]) };
 }
+
+describe('choices beyond those in flight (Generation)', () => {
+  it('a choice that ends frees its worker before its lane starts the next choice, each once', async () => {
+    const n = MAX_CHOICES_IN_FLIGHT + 1;
+    const r = await run(Array<Script>(n).fill('all'), undefined, {}, 0, n);
+    expect(r.error).toBeUndefined();
+    const later = r.pool.events.indexOf(`select w${n - 1} cmpl-x-${n - 1}`);
+    expect(later).toBeGreaterThan(0);
+    expect(r.pool.events.slice(0, later).filter((e) => e.startsWith('release')).length).toBeGreaterThan(0);
+    expect(r.pool.events.filter((e) => e.startsWith('release'))).toHaveLength(n);
+  });
+});
 
 describe('request migration (Generation)', () => {
   it('resends the prompt with the outputs so far to another worker; the client sees the undisturbed output', async () => {

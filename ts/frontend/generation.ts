@@ -238,11 +238,13 @@ export class Generation {
 
   private async runChoices(onDelta: (d: ChoiceDelta) => void): Promise<void> {
     const later = this.choices.slice(MAX_CHOICES_IN_FLIGHT);
-    // One lane per started choice: when its choice ends, it starts and runs the next waiting one.
+    // One lane per started choice: when its choice ends, it releases that choice's worker (the
+    // router counts the slot free again) and starts and runs the next waiting one.
     const lane = async (first: Choice) => {
       for (let c: Choice | undefined = first; c !== undefined; c = later.shift()) {
         if (c !== first) await this.startLater(c);
         await this.runChoice(c, onDelta);
+        await this.close(c);
       }
     };
     try {
