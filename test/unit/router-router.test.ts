@@ -361,39 +361,40 @@ describe('KvRouter: capacity and the wait queue', () => {
     const big = (i: number) => router.route({ requestId: rid(`big-${i}`), blockHashes: [], group: 'big' });
     const order: string[] = [];
     await big(0);
-    await big(1);
-    await big(2); // 3 in flight: a bulk request may fill 3 of 4 slots (BULK_SHARE)
-    const waiting = [3, 4].map((i) => big(i).then(() => order.push(`big-${i}`)));
+    await big(1); // 2 in flight: a bulk request may fill 2 of 4 slots (BULK_SHARE)
+    const waiting = [2, 3].map((i) => big(i).then(() => order.push(`big-${i}`)));
     expect(router.metrics().queueDepth).toBe(2);
-    // A request with nothing in flight takes the slot kept free, though bulk ones wait ahead of it.
+    // Requests with nothing in flight take the slots kept free, though bulk ones wait ahead of them.
     await router.route({ requestId: rid('small'), blockHashes: [], group: 'small' });
     const other = router.route({ requestId: rid('other'), blockHashes: [], group: 'other' }).then(() => order.push('other'));
-    await other; // 5 requests for 4 slots: a still takes one more (it waits in the engine)
+    await other;
+    await router.route({ requestId: rid('one-more'), blockHashes: [], group: 'one-more' }); // 5 requests for 4 slots: a still takes one more (it waits in the engine)
     const late = router.route({ requestId: rid('late'), blockHashes: [], group: 'late' }).then(() => order.push('late'));
     expect(router.metrics().queueDepth).toBe(3);
     router.finish(rid('big-0'));
     await late;
     expect(order).toEqual(['other', 'late']); // the freed slot went to `late`, not to big's next choice
-    for (const id of ['small', 'other', 'late', 'big-1']) router.finish(rid(id));
+    for (const id of ['small', 'other', 'one-more', 'late', 'big-1']) router.finish(rid(id));
     await Promise.all(waiting);
-    expect(order).toEqual(['other', 'late', 'big-3', 'big-4']);
+    expect(order).toEqual(['other', 'late', 'big-2', 'big-3']);
   });
 
   it('an admitted group waits without the timeout and outside the queue limit; a new one is refused at the limit', async () => {
     vi.useFakeTimers();
     const router = routerWith({ a: [] }, { maxQueued: 1, queueTimeoutMs: 1000 }, { a: { requestTotalSlots: 4 } });
-    for (let i = 0; i < 3; i++) await router.route({ requestId: rid(`big-${i}`), blockHashes: [], group: 'big' });
-    const bulk = [3, 4, 5].map((i) => router.route({ requestId: rid(`big-${i}`), blockHashes: [], group: 'big' }));
-    await router.route({ requestId: rid('x'), blockHashes: [], group: 'x' });
-    await router.route({ requestId: rid('y'), blockHashes: [], group: 'y' }); // 5 of 4: full now
+    for (let i = 0; i < 2; i++) await router.route({ requestId: rid(`big-${i}`), blockHashes: [], group: 'big' });
+    const bulk = [2, 3, 4].map((i) => router.route({ requestId: rid(`big-${i}`), blockHashes: [], group: 'big' }));
+    for (const g of ['x', 'y', 'v']) await router.route({ requestId: rid(g), blockHashes: [], group: g }); // 5 of 4: full now
     const queued = router.route({ requestId: rid('z'), blockHashes: [], group: 'z' });
     await expect(router.route({ requestId: rid('w'), blockHashes: [], group: 'w' })).rejects.toMatchObject({ reason: 'queue_full' });
     const timedOut = expect(queued).rejects.toMatchObject({ reason: 'timeout' });
     vi.advanceTimersByTime(1000);
     await timedOut;
     expect(router.metrics().queueDepth).toBe(3); // the bulk ones still wait
-    for (const id of ['x', 'y', 'big-0', 'big-1', 'big-2']) router.finish(rid(id));
-    await Promise.all(bulk);
+    for (const id of ['x', 'y', 'v', 'big-0', 'big-1']) router.finish(rid(id));
+    await Promise.all(bulk.slice(0, 2)); // big's share again: 2 in flight
+    router.finish(rid('big-2'));
+    await bulk[2];
   });
 
   it('--active-decode-blocks-threshold: a worker above that share of its cache is busy', async () => {

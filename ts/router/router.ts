@@ -79,9 +79,11 @@
 // waiting does not hold back another that has none in flight: each freed slot goes to the group
 // with the least. A request whose group already has one in flight (a later choice of an admitted
 // HTTP request) is `bulk`: it takes a worker's slot only while requests_w < BULK_SHARE of
-// request_total_slots_w, so the last quarter of every worker's slots stays for requests that
-// have nothing in flight yet; and it waits without the queue's timeout, outside maxQueued (the
-// HTTP request was admitted; its client's deadline or disconnect ends the wait).
+// request_total_slots_w, so half of every worker's slots stays for requests that have nothing
+// in flight yet, and a step's bulk rows stay few enough that a short request waiting for the
+// step in flight does not wait long (a CPU engine's step costs in proportion to its rows); and
+// it waits without the queue's timeout, outside maxQueued (the HTTP request was admitted; its
+// client's deadline or disconnect ends the wait).
 //
 // Settings (ranges):
 //   blockSize       integer >= 1, required: a worker announcing another block size is refused
@@ -105,7 +107,7 @@ import { PredictedPrefixes } from './predictions.ts';
 // How long a finished request's blocks are subtracted from load reports (see the header).
 const FINISH_WINDOW_MS = 500;
 // The share of a worker's request slots bulk requests may fill (see the header).
-const BULK_SHARE = 0.75;
+const BULK_SHARE = 0.5;
 import { createPolicy, type Candidate, type Policy, type PolicyName, type Rng } from './policy.ts';
 
 export interface RouterSettings {
