@@ -232,7 +232,9 @@ export const cases: FaultCase[] = [
     durationMs: 1000,
     inject: async (ctx) => {
       const url = ctx.dep.url;
-      const quiet = percentile(await shortTtfts(url, 20_000, { count: 30 }), 50);
+      // The undisturbed TTFTs: 30 before the heavy requests and 30 after them, so that a drift of
+      // the machine's speed over the case moves both sides.
+      const before = await shortTtfts(url, 20_000, { count: 30 });
       const only = process.env.FAULTS_HEAVY_ONLY || undefined; // body | n | prompts: one kind alone, to see which costs what
       if (only !== undefined && !['body', 'n', 'prompts'].includes(only)) throw new Error(`FAULTS_HEAVY_ONLY must be body, n or prompts, got '${only}'`);
       const big = Buffer.from(JSON.stringify({ messages: [{ role: 'user', content: 'x'.repeat(10 << 20) }] }));
@@ -249,6 +251,7 @@ export const cases: FaultCase[] = [
       const at: number[] = [];
       const during = await shortTtfts(url, 30_000, { until: heavy }, at);
       await heavy;
+      const quiet = percentile([...before, ...(await shortTtfts(url, 40_000, { count: 30 }))], 50);
       const loaded = percentile(during, 50);
       const firstSecond = during.filter((_, i) => at[i]! < 1000);
       ctx.notes.push(`median TTFT of a short request beside the load ${quiet.toFixed(0)} ms, with the heavy requests in flight ${loaded.toFixed(0)} ms (${(loaded / quiet).toFixed(2)}x; ${during.length} requests over ${(at.at(-1)! / 1000).toFixed(1)} s, p90 ${percentile(during, 90).toFixed(0)} ms; the first second's median ${percentile(firstSecond, 50).toFixed(0)} ms)`);
