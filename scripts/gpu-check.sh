@@ -12,10 +12,12 @@
 #      it, the copy inside PyTorch's nvidia-cublas wheel is added to LD_LIBRARY_PATH.
 #   3. configure build-gpu/ (Release, LLM_BUILD_TESTS=ON, LLM_CUDA=ON, the GPU's own
 #      architecture only, to build fast: CMake's default is sm_80 + sm_90).
-#   4. build test-cuda-kernels, test-cuda-forward, test-cuda-ipc, bench-cuda-kernels, bench-cuda-engine.
+#   4. build test-cuda-kernels, test-cuda-forward, test-cuda-ipc, test-cuda-tensor-parallel,
+#      bench-cuda-kernels, bench-cuda-engine.
 #   5. test-cuda-kernels: every CUDA kernel against the CPU reference (per-op error bounds);
 #      test-cuda-ipc: prefill in a second process, KV blocks moved by CUDA IPC, the decode
-#      output against local serving.
+#      output against local serving; test-cuda-tensor-parallel: engines of TP 2 and 4 (ranks as
+#      processes sharing the GPUs, all-reduce through host memory) against TP 1 on the GPU.
 #   6. test-cuda-forward on generated models (gpu-reference.py make-models): the CUDA runner and
 #      the engine on CUDA against the CPU runner, greedy tokens and logits.
 #   7. gpu-reference.py compare-hf: the same models' logits against HF transformers on the GPU.
@@ -70,6 +72,10 @@ print_summary() {
   if [[ -f "$logs/ipc.log" ]]; then
     echo "-- test-cuda-ipc:"
     grep -E '^(ok  |FAIL|SKIP)|blocks written|answered|got|CHECK|passed, .* failed' "$logs/ipc.log" || true
+  fi
+  if [[ -f "$logs/tp.log" ]]; then
+    echo "-- test-cuda-tensor-parallel:"
+    grep -E '^(ok  |FAIL|SKIP)|tp [0-9]|compared|step after|CHECK|passed, .* failed' "$logs/tp.log" || true
   fi
   if [[ -f "$logs/compare-hf.log" ]]; then
     echo "-- against HF transformers:"
@@ -135,7 +141,7 @@ fi
 
 # 4. build
 if ! run_step "build" "$logs/build.log" \
-    cmake --build "$build" --target test-cuda-kernels test-cuda-forward test-cuda-ipc bench-cuda-kernels bench-cuda-engine \
+    cmake --build "$build" --target test-cuda-kernels test-cuda-forward test-cuda-ipc test-cuda-tensor-parallel bench-cuda-kernels bench-cuda-engine \
     --parallel "$jobs"; then
   print_summary
   exit 1
@@ -160,6 +166,13 @@ fi
 run_step "test-cuda-ipc" "$logs/ipc.log" timeout 300 "$build/test-cuda-ipc" || true
 if grep -q '^SKIP' "$logs/ipc.log"; then
   summary+=("FAIL  test-cuda-ipc skipped although nvidia-smi sees a GPU")
+  failed=1
+fi
+
+# 6b. tensor parallelism: TP 2 and 4 against TP 1, the ranks sharing the GPUs
+run_step "test-cuda-tensor-parallel" "$logs/tp.log" timeout 300 "$build/test-cuda-tensor-parallel" || true
+if grep -q '^SKIP' "$logs/tp.log"; then
+  summary+=("FAIL  test-cuda-tensor-parallel skipped although nvidia-smi sees a GPU")
   failed=1
 fi
 

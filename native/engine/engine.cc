@@ -39,13 +39,14 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   std::unique_ptr<Engine> e(new Engine());
   e->cfg_ = cfg;
 
+  // The device: auto takes CUDA when this build has it and a device is usable.
+  std::string device;
+  LLM_RETURN_IF_ERROR(resolve_engine_device(cfg.device, &device));
+
   // 2. Tensor parallelism: the other ranks join (they load their slices meanwhile). Then the
   // model (memory-mapped): all of it, or rank 0's slices.
   if (cfg.tp_size < 1 || cfg.tp_size > 64) return invalid("tp_size must be in [1, 64]");
   if (cfg.tp_size > 1) {
-    if (cfg.device != "cpu")
-      return invalid("tensor parallelism (tp_size " + std::to_string(cfg.tp_size) +
-                     ") runs on the CPU only; device '" + cfg.device + "' is not supported with it");
     if (cfg.tp_group.empty()) return invalid("tp_size > 1 needs tp_group, the ranks' shared-memory segment");
     // The split is checked before any rank is waited for.
     ModelConfig peek;
@@ -67,21 +68,17 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
                    std::to_string(model_len));
   const int64_t max_model_len = cfg.max_model_len > 0 ? cfg.max_model_len : model_len;
 
-  // The device: auto takes CUDA when this build has it and a device is usable.
-  std::string device = cfg.device.empty() ? "cpu" : cfg.device;
-  if (device != "cpu" && device != "cuda" && device != "auto")
-    return invalid("device must be cpu, cuda or auto, not '" + device + "'");
-  if (device == "auto") device = cuda_device_usable(nullptr).ok() ? "cuda" : "cpu";
   std::unique_ptr<CudaModelRunner> cuda_runner;
   if (device == "cuda") {
-    std::string why;
-    if (Status st = cuda_device_usable(&why); !st.ok())
-      return Status(StatusCode::device_unavailable, "device cuda: " + st.message());
     CudaRunnerOptions co;
     co.max_num_tokens = cfg.max_num_batched_tokens;
     co.cuda_graphs = cfg.cuda_graphs;
     co.max_graph_batch = std::min<int64_t>(cfg.max_num_seqs, 512);
+    co.device = cuda_rank_device(0);
+    if (e->tp_) co.tp = e->tp_->collectives();
     LLM_RETURN_IF_ERROR(CudaModelRunner::create(*e->model_, co, &cuda_runner));
+    // Every rank's weights are on its device before the free memory is read for the pool.
+    if (e->tp_) LLM_RETURN_IF_ERROR(e->tp_->barrier());
   }
 
   // 4. The KV pool: [num_blocks][num_layers][2][block_size][num_kv_heads][head_dim], sized for
@@ -91,16 +88,22 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   int64_t num_blocks = cfg.num_kv_blocks;
   if (num_blocks == 0) {
     int64_t bytes = cfg.kv_cache_bytes;
+    // A block's bytes in what `bytes` pays for: the whole model's on the CPU (kv_cache_bytes is
+    // every rank's together), a rank's on CUDA (each device's free memory holds its ranks' parts).
+    int64_t sized_block_bytes = block_bytes;
     if (bytes == 0) {
       const int64_t blocks_per_seq = (max_model_len + cfg.block_size - 1) / cfg.block_size;
       const double wanted = static_cast<double>(blocks_per_seq) * cfg.max_num_seqs * block_bytes;
       // CPU: a fixed default; CUDA: up to 90% of what the weights and activations leave free
-      // (vLLM's gpu_memory_utilization).
-      const double room = cuda_runner ? 0.9 * static_cast<double>(cuda_runner->free_device_bytes())
-                                      : static_cast<double>(kDefaultKvCacheBytes);
+      // (vLLM's gpu_memory_utilization), shared by the ranks on rank 0's device.
+      double room = static_cast<double>(kDefaultKvCacheBytes);
+      if (cuda_runner) {
+        sized_block_bytes = make_kv_view(*e->model_, nullptr, 0, cfg.block_size).block_bytes();
+        room = 0.9 * static_cast<double>(cuda_runner->free_device_bytes()) / cuda_ranks_per_device(cfg.tp_size);
+      }
       bytes = static_cast<int64_t>(std::min<double>(wanted, room));
     }
-    num_blocks = bytes / block_bytes;
+    num_blocks = bytes / sized_block_bytes;
   }
   if (num_blocks < 1)
     return invalid("the KV cache holds no block: one block needs " + std::to_string(block_bytes) + " bytes");
@@ -113,7 +116,10 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
                                                          : KvPoolMemory::Kind::host;
   LLM_RETURN_IF_ERROR(KvPoolMemory::create(kind, kv_bytes, &e->kv_memory_));
   const KVCacheView kv_view = make_kv_view(*e->model_, e->kv_memory_->data(), num_blocks, cfg.block_size);
-  if (cuda_runner) LLM_RETURN_IF_ERROR(cuda_runner->set_kv_cache(kv_view));
+  if (cuda_runner) {
+    LLM_RETURN_IF_ERROR(cuda_runner->set_kv_cache(kv_view));
+    if (e->tp_) LLM_RETURN_IF_ERROR(e->tp_->ready());
+  }
 
   // 5. Cache manager, scheduler, runner.
   KVCacheManagerConfig kvc;
@@ -139,7 +145,7 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
     if (e->tp_) {
       ro.cpus = e->tp_->cpus(cfg.num_threads, cfg.cpu_offset);
       ro.num_threads = static_cast<int>(ro.cpus.size());
-      e->tp_->bind(&ro);
+      ro.tp = e->tp_->collectives();
     }
     e->runner_ = make_cpu_runner(*e->model_, kv_view, ro);
     e->info_.kernels = e->runner_->describe();
@@ -157,6 +163,18 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   e->info_.token_mask_words = e->masks_->num_words();
   e->max_blocks_per_seq_ = (max_model_len + cfg.block_size - 1) / cfg.block_size;
   *out = std::move(e);
+  return Status::Ok();
+}
+
+Status resolve_engine_device(const std::string& asked, std::string* device) {
+  *device = asked.empty() ? "cpu" : asked;
+  if (*device != "cpu" && *device != "cuda" && *device != "auto")
+    return invalid("device must be cpu, cuda or auto, not '" + *device + "'");
+  if (*device == "auto") *device = cuda_device_usable(nullptr).ok() ? "cuda" : "cpu";
+  if (*device == "cuda") {
+    if (Status st = cuda_device_usable(nullptr); !st.ok())
+      return Status(StatusCode::device_unavailable, "device cuda: " + st.message());
+  }
   return Status::Ok();
 }
 

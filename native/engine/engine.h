@@ -72,7 +72,7 @@ struct EngineConfig {
   bool kv_shared_memory = false;        // pool shareable with other processes (disaggregation, see kv_region):
                                         // a named shm segment on the CPU; on CUDA every pool is (CUDA IPC)
   uint64_t seed = 0;                    // for requests without their own seed
-  // Tensor parallelism (CPU; tensor-parallel.h): this engine is rank 0 of tp_size ranks that meet
+  // Tensor parallelism (CPU and CUDA; tensor-parallel.h): this engine is rank 0 of tp_size ranks that meet
   // in the shared-memory segment tp_group; ranks 1..tp_size-1 are processes already started
   // (run_tp_rank) with the same config, whose pids tp_rank_pids lists (optional).
   int tp_size = 1;
@@ -82,6 +82,10 @@ struct EngineConfig {
   // [1, 3600000] ms.
   int64_t token_mask_timeout_ms = 10000;
 };
+
+// EngineConfig::device as the engine runs it: cpu or cuda (auto: cuda when a device is usable);
+// ERR_DEVICE_UNAVAILABLE for cuda without a usable device, saying why.
+Status resolve_engine_device(const std::string& asked, std::string* device);
 
 struct LoadMetrics {
   int64_t request_active_slots = 0;

@@ -8,7 +8,7 @@
 // only when it is larger than every step before it).
 // Tensor parallelism: the per-rank head and FFN counts are read off the weight shapes (a rank's
 // slices, model-weights.h), and the two all_reduce() calls are where ranks add their partial sums
-// (CpuRunnerOptions::all_reduce).
+// (TpCollectives::all_reduce).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -90,8 +90,7 @@ class CpuModelRunner final : public ModelRunner {
         kernels_(cpu::cpu_kernels()),
         pool_(opts.num_threads, opts.cpus),
         matmuls_(kernels_, layer_matmuls(model.weights), model.weights.lm_head, weight_options(model, opts, pool_.size())),
-        all_reduce_(opts.all_reduce),
-        gather_(opts.gather),
+        tp_(opts.tp),
         inv_freq_(rope_inv_freq(model.config)) {
     // This rank's share of heads and FFN columns (everything, without tensor parallelism).
     const ModelConfig& c = model.config;
@@ -137,7 +136,7 @@ class CpuModelRunner final : public ModelRunner {
   // With attention heads (before o_proj) or FFN columns (before down_proj) split across ranks,
   // each rank's x[n] here is a partial sum and the ranks add theirs together. With one rank the
   // sum is already whole.
-  Status all_reduce(float* x, int64_t n) { return all_reduce_ ? all_reduce_(x, n) : Status::Ok(); }
+  Status all_reduce(float* x, int64_t n) { return tp_.all_reduce ? tp_.all_reduce(x, n) : Status::Ok(); }
 
   static std::vector<cpu::CpuLayerMatmuls> layer_matmuls(const ModelWeights& w) {
     std::vector<cpu::CpuLayerMatmuls> out;
@@ -163,8 +162,7 @@ class CpuModelRunner final : public ModelRunner {
   const cpu::CpuKernels& kernels_;
   cpu::ThreadPool pool_;
   cpu::CpuWeights matmuls_;  // the matmul weights, prepared for kernels_' path
-  std::function<Status(float*, int64_t)> all_reduce_;  // empty at tp_size 1
-  std::function<Status(const float*, const std::vector<size_t>&, float*)> gather_;  // empty at tp_size 1
+  TpCollectives tp_;  // empty at tp_size 1
   std::vector<float> inv_freq_;  // (head_dim / 2)
   RunState state_;
   int64_t num_heads_ = 0;        // query heads on this rank
@@ -187,8 +185,8 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
   const int64_t F = intermediate_;
   LLM_RETURN_IF_ERROR(validate(b));
   const RankShard& sh = model_.shard;
-  if (sh.size > 1 && (!all_reduce_ || !gather_))
-    return invalid("a tensor-parallel rank's runner needs CpuRunnerOptions::all_reduce and gather (its sums are partial)");
+  if (sh.size > 1 && !tp_.bound())
+    return invalid("a tensor-parallel rank's runner needs CpuRunnerOptions::tp (its sums are partial)");
   if (T == 0) return Status::Ok();
   if (b.num_logits > 0 && !logits && sh.rank == 0) return invalid("logits is required");
   LLM_RETURN_IF_ERROR(state_.grow(T, b.num_logits, D, q_dim, kv_dim, F));
@@ -262,34 +260,15 @@ Status CpuModelRunner::forward(const ForwardBatch& b, float* logits) {
 // Tensor parallelism: logits_part = x_out @ (this rank's lm_head rows)^T, gathered on rank 0 and
 // laid out as (num_logits, vocab).
 Status CpuModelRunner::tp_logits(int64_t num_logits, float* logits) {
-  const RankShard& sh = model_.shard;
-  const int64_t V = model_.config.vocab_size;
   RunState& s = state_;
-  std::vector<size_t> counts(static_cast<size_t>(sh.size));
-  std::vector<int64_t> begins(static_cast<size_t>(sh.size));
-  size_t total = 0;
-  for (int r = 0; r < sh.size; ++r) {
-    int64_t count = 0;
-    vocab_part(V, r, sh.size, &begins[static_cast<size_t>(r)], &count);
-    counts[static_cast<size_t>(r)] = static_cast<size_t>(num_logits * count);
-    total += counts[static_cast<size_t>(r)];
-  }
   try {
-    s.logits_part.resize(counts[static_cast<size_t>(sh.rank)]);
-    if (sh.rank == 0) s.logits_all.resize(total);
+    s.logits_part.resize(static_cast<size_t>(num_logits * model_.shard.vocab_count));
   } catch (const std::bad_alloc&) {
     return Status(StatusCode::out_of_memory, "cannot allocate logits for " + std::to_string(num_logits) + " rows");
   }
   matmuls_.logits(pool_, s.x_out.data(), num_logits, s.logits_part.data());
-  LLM_RETURN_IF_ERROR(gather_(s.logits_part.data(), counts, sh.rank == 0 ? s.logits_all.data() : nullptr));
-  if (sh.rank != 0) return Status::Ok();
-  const float* from = s.logits_all.data();
-  for (int r = 0; r < sh.size; ++r) {
-    const int64_t n = static_cast<int64_t>(counts[static_cast<size_t>(r)]) / std::max<int64_t>(1, num_logits);
-    for (int64_t i = 0; i < num_logits; ++i, from += n)
-      std::copy(from, from + n, logits + i * V + begins[static_cast<size_t>(r)]);
-  }
-  return Status::Ok();
+  return gather_vocab_logits(model_.shard, model_.config.vocab_size, num_logits, s.logits_part.data(), tp_,
+                             &s.logits_all, logits);
 }
 
 }  // namespace

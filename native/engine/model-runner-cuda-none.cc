@@ -19,6 +19,9 @@ Status cuda_device_usable(std::string*) { return not_built(); }
 
 bool cuda_backend_built() { return false; }
 
+int cuda_rank_device(int) { return 0; }
+int cuda_ranks_per_device(int tp_size) { return tp_size; }
+
 Status cuda_alloc_zeroed(size_t, void**) { return not_built(); }
 void cuda_free(void*) {}
 

@@ -17,6 +17,10 @@
 // they are. A hand-written GEMV (one warp per weight row) was measured and lost to cuBLAS on
 // every Llama-3.1-8B projection (0.70-0.78 of the bandwidth against 0.87-0.92), so it is gone.
 //   -> D2H of the fp32 logits, or of the argmax ids (forward_greedy).
+// Tensor parallelism (model-runner-cuda.h): o and down write fp32 partial sums; project_out
+// stages them through pinned host memory for the group's all-reduce and copies the rounded sum
+// back as delta. The stream is synchronised there, twice a layer, so a rank's steps run eagerly
+// (no graphs), and its logits are its vocabulary rows, gathered on rank 0 on the host.
 // Activations are in the model's dtype (bf16 for a bf16 model) with fp32 arithmetic inside each
 // kernel, as Hugging Face computes a bf16 model; the CPU runner keeps fp32 activations, so the
 // two agree to bf16 rounding, and exactly in structure (test-cuda-forward.cc).
@@ -41,6 +45,7 @@
 #include <vector>
 
 #include "../kernels/cpu/thread-pool.h"
+#include "../kernels/dtype.h"
 #include "../kernels/cuda/argmax.h"
 #include "../kernels/cuda/cache-write.h"
 #include "../kernels/cuda/device-memory.h"
@@ -127,7 +132,8 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   int64_t vocab_size() const override { return model_.config.vocab_size; }
   Status forward(const ForwardBatch& batch, float* logits) override;
   Status forward_greedy(const ForwardBatch& batch, int32_t* token_ids) override;
-  bool greedy_on_device() const override { return true; }
+  // With tensor parallelism rank 0 has the whole logits only on the host.
+  bool greedy_on_device() const override { return !tp(); }
   // The sampler's rows (anything but plain greedy) on host threads beside the GPU: up to
   // kHostSamplingThreads of the CPUs this process may run on, unpinned, started at the first
   // step that samples (a tensor-parallel rank other than 0 never does); they sleep between steps.
@@ -148,7 +154,11 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   Status set_kv_cache(const KVCacheView& pool) override;
   KVCacheView kv_cache() const override { return kv_view_; }
   std::string describe() const override {
-    return device_.describe() + ", cuBLAS " + gemm_->library() + (graphs_enabled_ ? ", decode graphs on" : ", graphs off");
+    std::string s = device_.describe() + ", cuBLAS " + gemm_->library() + (graphs_enabled_ ? ", decode graphs on" : ", graphs off");
+    if (tp())
+      s += ", tensor-parallel rank " + std::to_string(model_.shard.rank) + " of " + std::to_string(model_.shard.size) +
+           " on device " + std::to_string(device_.device) + " (all-reduce through host shared memory)";
+    return s;
   }
 
  private:
@@ -158,6 +168,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     cuda::DeviceMemory inputs;  // BatchLayout::of(G, G, G, max_blocks)
   };
 
+  bool tp() const { return model_.shard.size > 1; }
   size_t activation_bytes(int64_t tokens, int64_t logits_rows) const;
   // Destroys every captured graph: called when a buffer a graph points at moves.
   void drop_graphs() {
@@ -171,6 +182,8 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   DeviceBatch device_batch(const ForwardBatch& b, const BatchLayout& layout, const void* base, int64_t pad_to) const;
   // Enqueues the layers and the fp32 logits of the batch's logits rows into logits_.
   Status run_layers(const DeviceBatch& d);
+  // delta = x @ w^T (+ bias), [T, hidden]; with tensor parallelism summed over the ranks.
+  Status project_out(const void* x, int64_t T, const Tensor& w, const Tensor& bias);
   // Runs the batch (a graph when it can) up to logits_ on the device.
   Status enqueue(const ForwardBatch& b);
   Status enqueue_graph(const ForwardBatch& b, int64_t graph_size);
@@ -214,6 +227,10 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   DeviceMemory x_out_;   // [capacity_logits, hidden]
   DeviceMemory logits_;  // [capacity_logits, vocab] fp32
   DeviceMemory tokens_;  // [capacity_logits] int32
+  DeviceMemory partial_;     // tensor parallelism: [capacity_tokens, hidden] fp32, a rank's o or down product
+  PinnedMemory host_sum_;    // tensor parallelism: that product on the host, summed over the ranks in place
+  PinnedMemory host_delta_;  // tensor parallelism: the sum rounded to the model's dtype, for the device
+  std::vector<float> gathered_;  // tensor parallelism, rank 0: every rank's logits rows
   DeviceMemory workspace_;
   DeviceMemory batch_;   // eager steps' packed arrays
   PinnedMemory staging_;
@@ -233,15 +250,16 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
 };
 
 Status CudaModelRunnerImpl::init() {
-  LLM_RETURN_IF_ERROR(cuda::probe_device(&device_));
-  LLM_CUDA_RETURN_IF_ERROR("cudaSetDevice", cudaSetDevice(device_.device));
+  LLM_RETURN_IF_ERROR(cuda::probe_device(&device_, opts_.device));  // current from here on
+  if (tp() && !opts_.tp.bound())
+    return invalid("a tensor-parallel rank's CUDA runner needs CudaRunnerOptions::tp (its sums are partial)");
   LLM_CUDA_RETURN_IF_ERROR("cudaStreamCreate", cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   LLM_RETURN_IF_ERROR(cuda::CublasGemm::create(&gemm_));
   // A workspace of our own: cuBLAS then allocates nothing while a graph is captured.
   LLM_RETURN_IF_ERROR(cublas_workspace_.reserve(size_t{32} << 20, "cuBLAS workspace"));
   LLM_RETURN_IF_ERROR(gemm_->set_workspace(cublas_workspace_.get(), cublas_workspace_.bytes()));
   const char* env = std::getenv("KVSERVE_CUDA_GRAPHS");
-  graphs_enabled_ = opts_.cuda_graphs && !(env && std::strcmp(env, "0") == 0);
+  graphs_enabled_ = opts_.cuda_graphs && !(env && std::strcmp(env, "0") == 0) && !tp();
 
   const ModelConfig& c = model_.config;
   if (model_.weights.layers.empty() || c.head_dim <= 0) return invalid("the model has no layers");
@@ -302,6 +320,7 @@ Status CudaModelRunnerImpl::reserve_activations(int64_t tokens, int64_t logits_r
   LLM_RETURN_IF_ERROR(x_out_.reserve(static_cast<size_t>(L) * c.hidden_size * e, "activations"));
   LLM_RETURN_IF_ERROR(logits_.reserve(static_cast<size_t>(L) * c.vocab_size * 4, "logits"));
   LLM_RETURN_IF_ERROR(tokens_.reserve(static_cast<size_t>(L) * 4, "sampled ids"));
+  if (tp()) LLM_RETURN_IF_ERROR(partial_.reserve(n * c.hidden_size * 4, "partial sums"));
   capacity_tokens_ = T;
   capacity_logits_ = L;
   return Status::Ok();
@@ -436,7 +455,7 @@ Status CudaModelRunnerImpl::run_layers(const DeviceBatch& d) {
                                               stream_));
     mark("attention");
     // delta = att @ wo^T (+ bias)
-    LLM_RETURN_IF_ERROR(gemm(att_.get(), T, lw.wo, lw.bo, delta_.get(), dtype_));
+    LLM_RETURN_IF_ERROR(project_out(att_.get(), T, lw.wo, lw.bo));
     mark("gemm o");
     LLM_RETURN_IF_ERROR(cuda::rmsnorm_residual(x_.get(), delta_.get(), lw.mlp_norm.data, eps, T, D, xb_.get(), dtype_,
                                                stream_));
@@ -455,7 +474,7 @@ Status CudaModelRunnerImpl::run_layers(const DeviceBatch& d) {
       LLM_RETURN_IF_ERROR(cuda::silu_mul(gate_.get(), up_.get(), gate_.get(), T * F, dtype_, stream_));
     }
     mark("silu_mul");
-    LLM_RETURN_IF_ERROR(gemm(gate_.get(), T, lw.w_down, lw.b_down, delta_.get(), dtype_));
+    LLM_RETURN_IF_ERROR(project_out(gate_.get(), T, lw.w_down, lw.b_down));
     mark("gemm down");
   }
   // xb = final_norm(x += delta); x_out = xb[logits_indices]; logits = x_out @ lm_head^T (fp32)
@@ -466,6 +485,35 @@ Status CudaModelRunnerImpl::run_layers(const DeviceBatch& d) {
   mark("final norm, rows");
   LLM_RETURN_IF_ERROR(gemm(x_out_.get(), d.num_logits, w.lm_head, none, logits_.get(), DType::f32));
   mark("lm_head");
+  return Status::Ok();
+}
+
+// With tensor parallelism each rank's product is a partial sum: it is taken in fp32, added over
+// the ranks on the host (the group's all-reduce gives every rank the same bits), rounded once to
+// the model's dtype, as a GEMM's output is at tp_size 1, and copied back. The host buffers are
+// free again after the synchronisation: the previous call's copy back has finished by then.
+Status CudaModelRunnerImpl::project_out(const void* x, int64_t T, const Tensor& w, const Tensor& bias) {
+  if (!tp()) return gemm(x, T, w, bias, delta_.get(), dtype_);
+  const int64_t n = T * model_.config.hidden_size;
+  const size_t e = static_cast<size_t>(dtype_size(dtype_));
+  LLM_RETURN_IF_ERROR(gemm(x, T, w, bias, partial_.get(), DType::f32));
+  LLM_RETURN_IF_ERROR(host_sum_.reserve(static_cast<size_t>(n) * 4, "all-reduce staging"));
+  LLM_RETURN_IF_ERROR(host_delta_.reserve(static_cast<size_t>(n) * e, "all-reduce staging"));
+  float* sum = host_sum_.as<float>();
+  LLM_CUDA_RETURN_IF_ERROR("copying a partial sum to the host",
+                           cudaMemcpyAsync(sum, partial_.get(), static_cast<size_t>(n) * 4, cudaMemcpyDeviceToHost, stream_));
+  LLM_CUDA_RETURN_IF_ERROR("the forward pass", cudaStreamSynchronize(stream_));
+  mark("partial sum to host");
+  LLM_RETURN_IF_ERROR(opts_.tp.all_reduce(sum, n));
+  void* out = host_delta_.as<void>();
+  if (dtype_ == DType::f32) {
+    std::memcpy(out, sum, static_cast<size_t>(n) * 4);
+  } else {
+    for (int64_t i = 0; i < n; ++i) store_f32(out, dtype_, i, sum[i]);
+  }
+  LLM_CUDA_RETURN_IF_ERROR("copying a sum to the device",
+                           cudaMemcpyAsync(delta_.get(), out, static_cast<size_t>(n) * e, cudaMemcpyHostToDevice, stream_));
+  mark("all-reduce");
   return Status::Ok();
 }
 
@@ -556,20 +604,28 @@ Status CudaModelRunnerImpl::enqueue(const ForwardBatch& b) {
 Status CudaModelRunnerImpl::forward(const ForwardBatch& b, float* logits) {
   LLM_RETURN_IF_ERROR(validate_forward_batch(model_, num_heads_, num_kv_heads_, kv_view_, b));
   if (b.num_tokens == 0) return Status::Ok();
-  if (b.num_logits > 0 && !logits) return invalid("logits is required");
+  // Tensor parallelism: only rank 0 returns logits.
+  if (b.num_logits > 0 && !logits && model_.shard.rank == 0) return invalid("logits is required");
+  LLM_CUDA_RETURN_IF_ERROR("cudaSetDevice", cudaSetDevice(device_.device));  // steps may come from another thread
   LLM_RETURN_IF_ERROR(enqueue(b));
-  const size_t bytes = static_cast<size_t>(b.num_logits) * model_.config.vocab_size * 4;
+  // logits_ holds this rank's vocabulary rows: all of them at tp_size 1.
+  const size_t bytes = static_cast<size_t>(b.num_logits) * static_cast<size_t>(weights_.lm_head.rows) * 4;
   LLM_RETURN_IF_ERROR(host_out_.reserve(std::max<size_t>(bytes, 4), "logits staging"));
   LLM_CUDA_RETURN_IF_ERROR("copying the logits",
                            cudaMemcpyAsync(host_out_.as<void>(), logits_.get(), bytes, cudaMemcpyDeviceToHost, stream_));
   LLM_CUDA_RETURN_IF_ERROR("the forward pass", cudaStreamSynchronize(stream_));
   end_trace();
+  if (tp())
+    return gather_vocab_logits(model_.shard, model_.config.vocab_size, b.num_logits, host_out_.as<float>(), opts_.tp,
+                               &gathered_, logits);
   std::memcpy(logits, host_out_.as<void>(), bytes);
   return Status::Ok();
 }
 
 Status CudaModelRunnerImpl::forward_greedy(const ForwardBatch& b, int32_t* token_ids) {
+  if (tp()) return ModelRunner::forward_greedy(b, token_ids);  // the argmax of the gathered logits
   LLM_RETURN_IF_ERROR(validate_forward_batch(model_, num_heads_, num_kv_heads_, kv_view_, b));
+  LLM_CUDA_RETURN_IF_ERROR("cudaSetDevice", cudaSetDevice(device_.device));
   if (b.num_tokens == 0) return Status::Ok();
   if (b.num_logits > 0 && !token_ids) return invalid("token_ids is required");
   LLM_RETURN_IF_ERROR(enqueue(b));
@@ -589,9 +645,6 @@ Status CudaModelRunnerImpl::forward_greedy(const ForwardBatch& b, int32_t* token
 }  // namespace
 
 Status CudaModelRunner::create(const Model& model, const CudaRunnerOptions& opts, std::unique_ptr<CudaModelRunner>* out) {
-  if (model.shard.size > 1)
-    return Status(StatusCode::invalid_argument, "tensor parallelism on CUDA is not implemented yet (tp_size " +
-                                                    std::to_string(model.shard.size) + ")");
   auto runner = std::make_unique<CudaModelRunnerImpl>(model, opts);
   LLM_RETURN_IF_ERROR(runner->init());
   *out = std::move(runner);
@@ -607,11 +660,22 @@ Status cuda_device_usable(std::string* description) {
 
 bool cuda_backend_built() { return true; }
 
+int cuda_rank_device(int rank) {
+  const int count = cuda::device_count();
+  return count > 0 ? rank % count : 0;
+}
+
+int cuda_ranks_per_device(int tp_size) {
+  const int count = std::max(1, cuda::device_count());
+  return (tp_size + count - 1) / count;
+}
+
 Status cuda_alloc_zeroed(size_t bytes, void** out) {
   *out = nullptr;
+  int current = 0;
+  LLM_CUDA_RETURN_IF_ERROR("cudaGetDevice", cudaGetDevice(&current));
   cuda::DeviceInfo device;
-  LLM_RETURN_IF_ERROR(cuda::probe_device(&device));
-  LLM_CUDA_RETURN_IF_ERROR("cudaSetDevice", cudaSetDevice(device.device));
+  LLM_RETURN_IF_ERROR(cuda::probe_device(&device, current));
   void* p = nullptr;
   LLM_CUDA_RETURN_IF_ERROR("cudaMalloc KV cache (" + std::to_string(bytes) + " bytes)", cudaMalloc(&p, bytes));
   if (const cudaError_t err = cudaMemset(p, 0, bytes); err != cudaSuccess) {

@@ -8,6 +8,11 @@
 // checks) before anything is copied, so no kernel reads or writes outside the pool.
 // Decode steps (every sequence one new token, every one sampled, batch <= the largest graph
 // size) replay a CUDA graph captured once per padded batch size; everything else runs eagerly.
+// Tensor parallelism (a model loaded at tp_size > 1, model-weights.h): the runner holds its
+// rank's slices; o_proj and down_proj write fp32 partial sums that are added over the ranks
+// through host memory (CudaRunnerOptions::tp: the group's shared-memory all-reduce, in a fixed
+// order), then rounded once to the model's dtype; the logits of each rank's vocabulary rows are
+// gathered on rank 0. This works for ranks on one GPU or on several; such steps run eagerly.
 #pragma once
 
 #include <cstdint>
@@ -22,12 +27,15 @@ struct CudaRunnerOptions {
   bool cuda_graphs = true;        // decode steps replay captured graphs (KVSERVE_CUDA_GRAPHS=0 turns them off)
   int64_t max_graph_batch = 64;   // graphs for padded batch sizes 1, 2, 4, 8, 16, 24, 32, 48, 64, ... up to this
   int64_t max_num_tokens = 2048;  // activations are sized for this many tokens up front (they grow if needed)
+  int device = 0;                 // the CUDA device (a tensor-parallel rank's: cuda_rank_device)
+  TpCollectives tp;               // tensor parallelism: the group's sums and gather; empty at tp_size 1
 };
 
 class CudaModelRunner : public ModelRunner {
  public:
-  // Copies the weights to device 0 (ERR_DEVICE_UNAVAILABLE without a usable device or cuBLAS,
-  // ERR_OUT_OF_MEMORY when they do not fit). The KV pool comes next, with set_kv_cache.
+  // Copies the weights to opts.device and makes it current on the calling thread
+  // (ERR_DEVICE_UNAVAILABLE without a usable device or cuBLAS, ERR_OUT_OF_MEMORY when they do
+  // not fit). The KV pool comes next, with set_kv_cache.
   static Status create(const Model& model, const CudaRunnerOptions& opts, std::unique_ptr<CudaModelRunner>* out);
 
   // Free device memory now, in bytes (what a KV pool may take, less a margin for activations).
@@ -48,7 +56,14 @@ Status cuda_device_usable(std::string* description);
 // Whether this build has the CUDA backend at all (compiled with nvcc).
 bool cuda_backend_built();
 
-// Device memory on device 0 for a KV pool (kv-pool-memory.h): `bytes`, zeroed; cuda_free frees it.
+// The device of tensor-parallel rank `rank`: rank % the devices this process sees, so ranks
+// share GPUs round-robin when they outnumber them (0 without a device).
+int cuda_rank_device(int rank);
+// How many tensor-parallel ranks of `tp_size` share rank 0's device (the most on any device).
+int cuda_ranks_per_device(int tp_size);
+
+// Device memory for a KV pool (kv-pool-memory.h) on the calling thread's current device (the
+// one CudaModelRunner::create made current): `bytes`, zeroed; cuda_free frees it.
 Status cuda_alloc_zeroed(size_t bytes, void** out);
 void cuda_free(void* p);
 

@@ -212,4 +212,37 @@ Status ModelRunner::forward_greedy(const ForwardBatch& batch, int32_t* token_ids
   return Status::Ok();
 }
 
+// ---------------------------------------------------------------------------------------------
+// Tensor parallelism: the logits of every rank's vocabulary rows, on rank 0
+
+Status gather_vocab_logits(const RankShard& shard, int64_t vocab, int64_t num_logits, const float* part,
+                           const TpCollectives& tp, std::vector<float>* gathered, float* logits) {
+  const size_t n = static_cast<size_t>(shard.size);
+  std::vector<size_t> counts(n);
+  std::vector<int64_t> begins(n);
+  size_t total = 0;
+  for (size_t r = 0; r < n; ++r) {
+    int64_t count = 0;
+    vocab_part(vocab, static_cast<int>(r), shard.size, &begins[r], &count);
+    counts[r] = static_cast<size_t>(num_logits * count);
+    total += counts[r];
+  }
+  if (shard.rank == 0) {
+    try {
+      gathered->resize(total);
+    } catch (const std::bad_alloc&) {
+      return Status(StatusCode::out_of_memory, "cannot allocate logits for " + std::to_string(num_logits) + " rows");
+    }
+  }
+  LLM_RETURN_IF_ERROR(tp.gather(part, counts, shard.rank == 0 ? gathered->data() : nullptr));
+  if (shard.rank != 0) return Status::Ok();
+  // gathered: rank 0's [num_logits, count_0], then rank 1's, ...; logits: [num_logits, vocab]
+  const float* from = gathered->data();
+  for (size_t r = 0; r < n; ++r) {
+    const int64_t cols = static_cast<int64_t>(counts[r]) / std::max<int64_t>(1, num_logits);
+    for (int64_t i = 0; i < num_logits; ++i, from += cols) std::copy(from, from + cols, logits + i * vocab + begins[r]);
+  }
+  return Status::Ok();
+}
+
 }  // namespace llm

@@ -93,6 +93,26 @@ struct SingleSequenceBatch {
 Status validate_forward_batch(const Model& model, int64_t num_heads, int64_t num_kv_heads, const KVCacheView& kv,
                               const ForwardBatch& batch);
 
+// Tensor parallelism: what a rank's runner asks of its group (TpGroup::bind). Both empty at
+// tp_size 1.
+struct TpCollectives {
+  // Sums x[n] over the ranks, in place (every rank gets the same bits). The runner calls it after
+  // o_proj and after down_proj, where each rank holds a partial sum (a model loaded at tp_size > 1:
+  // model-weights.h).
+  std::function<Status(float* x, int64_t n)> all_reduce;
+  // Each rank computes the logits of its vocabulary rows (RankShard::vocab_*); rank 0's root_out
+  // <- every rank's x, concatenated in rank order (counts[r] floats from rank r).
+  std::function<Status(const float* x, const std::vector<size_t>& counts, float* root_out)> gather;
+
+  bool bound() const { return all_reduce && gather; }
+};
+
+// Tensor parallelism: rank 0's logits [num_logits, vocab] from every rank's part, each
+// [num_logits, its RankShard::vocab_count]; `part` is this rank's. The other ranks only send
+// theirs (logits may be null there). gathered: rank 0's scratch.
+Status gather_vocab_logits(const RankShard& shard, int64_t vocab, int64_t num_logits, const float* part,
+                           const TpCollectives& tp, std::vector<float>* gathered, float* logits);
+
 struct CpuRunnerOptions {
   int num_threads = 0;  // 0 = all cores (of `cpus`, when given)
   std::vector<int> cpus;  // the CPUs the pool is pinned to (a tensor-parallel rank's share); empty = all allowed
@@ -101,14 +121,8 @@ struct CpuRunnerOptions {
   // false: every weight stays in the model files' mapping, which the processes that load the
   // same model share.
   bool tile_weights = true;
-  // Tensor parallelism: sums x[n] over the ranks, in place (every rank gets the same bits). The
-  // runner calls it after o_proj and after down_proj, where each rank holds a partial sum (a
-  // model loaded at tp_size > 1: model-weights.h). Empty at tp_size 1.
-  std::function<Status(float* x, int64_t n)> all_reduce;
-  // Tensor parallelism: each rank computes the logits of its vocabulary rows (RankShard::vocab_*);
-  // rank 0's root_out <- every rank's x, concatenated in rank order (counts[r] floats from rank r).
-  // Only rank 0 returns logits; the others pass none to forward. Empty at tp_size 1.
-  std::function<Status(const float* x, const std::vector<size_t>& counts, float* root_out)> gather;
+  // Tensor parallelism: this rank's sums and logits gather (TpGroup::bind). Empty at tp_size 1.
+  TpCollectives tp;
 };
 
 // Rotary inverse frequencies [head_dim / 2] with the config's rope_scaling applied (default,

@@ -21,6 +21,7 @@
 #include "../model/model-weights.h"
 #include "engine.h"
 #include "kv-pool-memory.h"
+#include "model-runner-cuda.h"
 
 namespace llm {
 namespace {
@@ -89,12 +90,14 @@ std::vector<int> TpGroup::cpus(int num_threads, int cpu_offset) const {
                           all.begin() + static_cast<std::ptrdiff_t>((r + 1) * c / n));
 }
 
-void TpGroup::bind(CpuRunnerOptions* opts) {
+TpCollectives TpGroup::collectives() {
   ShmAllReduce* ar = ar_.get();
-  opts->all_reduce = [ar](float* x, int64_t n) { return ar->all_reduce(x, static_cast<size_t>(n)); };
-  opts->gather = [ar](const float* x, const std::vector<size_t>& counts, float* root_out) {
+  TpCollectives tp;
+  tp.all_reduce = [ar](float* x, int64_t n) { return ar->all_reduce(x, static_cast<size_t>(n)); };
+  tp.gather = [ar](const float* x, const std::vector<size_t>& counts, float* root_out) {
     return ar->gather(x, counts, root_out);
   };
+  return tp;
 }
 
 Status TpGroup::send_init(int64_t num_blocks) {
@@ -113,6 +116,8 @@ Status TpGroup::recv_init(int64_t* num_blocks) {
 }
 
 Status TpGroup::ready() { return ar_->sync(-1); }
+
+Status TpGroup::barrier() { return ar_->sync(-1); }
 
 Status TpGroup::send_batch(const ForwardBatch& b) {
   const int64_t T = b.num_tokens, S = b.num_seqs, M = b.max_blocks_per_seq, L = b.num_logits;
@@ -162,13 +167,60 @@ Status TpGroup::recv(bool* stop, ForwardBatch* b) {
   return Status::Ok();
 }
 
+namespace {
+
+// Rank `rank`'s pool and runner on the CPU: its KV heads of the blocks rank 0 sized, in shared
+// memory under the group's name when the pools are shared, and a runner pinned to its CPUs.
+Status cpu_rank(const EngineConfig& cfg, int rank, const Model& model, TpGroup* group, std::unique_ptr<KvPoolMemory>* pool,
+                std::unique_ptr<ModelRunner>* runner) {
+  int64_t num_blocks = 0;
+  LLM_RETURN_IF_ERROR(group->recv_init(&num_blocks));
+  KVCacheView kv = make_kv_view(model, nullptr, num_blocks, cfg.block_size);
+  LLM_RETURN_IF_ERROR(KvPoolMemory::create(cfg.kv_shared_memory ? KvPoolMemory::Kind::shared : KvPoolMemory::Kind::host,
+                                           static_cast<size_t>(num_blocks) * static_cast<size_t>(kv.block_bytes()), pool,
+                                           cfg.kv_shared_memory ? group->kv_pool_name(rank) : std::string()));
+  kv.data = (*pool)->data();
+  CpuRunnerOptions ro;
+  ro.cpus = group->cpus(cfg.num_threads, cfg.cpu_offset);
+  ro.num_threads = static_cast<int>(ro.cpus.size());
+  ro.tile_weights = cfg.cpu_tile_weights;
+  ro.tp = group->collectives();
+  *runner = make_cpu_runner(model, kv, ro);
+  return Status::Ok();
+}
+
+// The same on CUDA: the weights go to the rank's device first, and once every rank's are on
+// theirs (barrier) rank 0 reads the free memory and sizes the pool.
+Status cuda_rank(const EngineConfig& cfg, int rank, const Model& model, TpGroup* group, std::unique_ptr<KvPoolMemory>* pool,
+                 std::unique_ptr<ModelRunner>* runner) {
+  CudaRunnerOptions co;
+  co.max_num_tokens = cfg.max_num_batched_tokens;
+  co.device = cuda_rank_device(rank);
+  co.tp = group->collectives();
+  std::unique_ptr<CudaModelRunner> cuda_runner;
+  LLM_RETURN_IF_ERROR(CudaModelRunner::create(model, co, &cuda_runner));
+  LLM_RETURN_IF_ERROR(group->barrier());
+  int64_t num_blocks = 0;
+  LLM_RETURN_IF_ERROR(group->recv_init(&num_blocks));
+  KVCacheView kv = make_kv_view(model, nullptr, num_blocks, cfg.block_size);
+  // On the runner's device, which create made current on this thread.
+  LLM_RETURN_IF_ERROR(KvPoolMemory::create(KvPoolMemory::Kind::device,
+                                           static_cast<size_t>(num_blocks) * static_cast<size_t>(kv.block_bytes()), pool));
+  kv.data = (*pool)->data();
+  LLM_RETURN_IF_ERROR(cuda_runner->set_kv_cache(kv));
+  *runner = std::move(cuda_runner);
+  return Status::Ok();
+}
+
+}  // namespace
+
 Status run_tp_rank(const EngineConfig& cfg, int rank) {
   if (cfg.tp_size < 2 || rank < 1 || rank >= cfg.tp_size)
     return invalid("run_tp_rank: rank " + std::to_string(rank) + " of tp_size " + std::to_string(cfg.tp_size) +
                    " (rank 0 is the engine)");
   if (cfg.tp_group.empty()) return invalid("run_tp_rank: tp_group is required");
-  if (cfg.device != "cpu")
-    return invalid("tensor parallelism runs on the CPU only; device '" + cfg.device + "' is not supported");
+  std::string device;
+  LLM_RETURN_IF_ERROR(resolve_engine_device(cfg.device, &device));  // rank 0's answer on this host
 #if defined(__linux__)
   // This rank must not outlive the worker that started it.
   const pid_t parent = getppid();
@@ -182,20 +234,10 @@ Status run_tp_rank(const EngineConfig& cfg, int rank) {
   lo.tp_size = cfg.tp_size;
   std::unique_ptr<Model> model;
   LLM_RETURN_IF_ERROR(load_model(cfg.model_dir, lo, &model));
-  int64_t num_blocks = 0;
-  LLM_RETURN_IF_ERROR(group->recv_init(&num_blocks));
-  KVCacheView kv = make_kv_view(*model, nullptr, num_blocks, cfg.block_size);
   std::unique_ptr<KvPoolMemory> pool;
-  LLM_RETURN_IF_ERROR(KvPoolMemory::create(cfg.kv_shared_memory ? KvPoolMemory::Kind::shared : KvPoolMemory::Kind::host,
-                                           static_cast<size_t>(num_blocks) * static_cast<size_t>(kv.block_bytes()),
-                                           &pool, cfg.kv_shared_memory ? group->kv_pool_name(rank) : std::string()));
-  kv.data = pool->data();
-  CpuRunnerOptions ro;
-  ro.cpus = group->cpus(cfg.num_threads, cfg.cpu_offset);
-  ro.num_threads = static_cast<int>(ro.cpus.size());
-  ro.tile_weights = cfg.cpu_tile_weights;
-  group->bind(&ro);
-  std::unique_ptr<ModelRunner> runner = make_cpu_runner(*model, kv, ro);
+  std::unique_ptr<ModelRunner> runner;
+  LLM_RETURN_IF_ERROR(device == "cuda" ? cuda_rank(cfg, rank, *model, group.get(), &pool, &runner)
+                                       : cpu_rank(cfg, rank, *model, group.get(), &pool, &runner));
   LLM_RETURN_IF_ERROR(group->ready());
   for (;;) {
     bool stop = false;

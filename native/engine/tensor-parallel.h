@@ -1,11 +1,16 @@
-// tensor-parallel.h: the ranks of a tensor-parallel CPU worker: N processes on one host, each
-// with its slices of the weights (model-weights.h), its part of the KV pool (its kv heads, the
-// same block ids on every rank) and its own runner pinned to its share of the CPUs.
+// tensor-parallel.h: the ranks of a tensor-parallel worker: N processes on one host, each with
+// its slices of the weights (model-weights.h), its part of the KV pool (its kv heads, the same
+// block ids on every rank) and its own runner: on the CPU pinned to its share of the CPUs, on
+// CUDA on device rank % the devices it sees (model-runner-cuda.h), several ranks to a GPU when
+// they outnumber the GPUs. The sums and the logits gather go through this group's shared memory
+// on both.
 //
 //   rank 0: the Engine (scheduler, sampler)          ranks 1..N-1: run_tp_rank, one process each
 //     TpGroup::join(group, 0, N)     <--- join --->    TpGroup::join(group, r, N)
 //     load_model(rank 0's slices)                      load_model(rank r's slices)
-//     send_init(num_blocks)          ------------->    recv_init: KV pool "<group>-kv<r>", runner
+//     CUDA: runner (weights on the device), barrier() <--> runner, barrier()
+//     send_init(num_blocks)          ------------->    recv_init: KV pool ("<group>-kv<r>" on the
+//                                                      CPU with kv_shared_memory), runner (CPU)
 //     ready()                        <------------>    ready()
 //     each step: send_batch(batch)   ------------->    recv: forward(batch) with no logits out
 //     forward(batch): all-reduce after o and down <--> the same all-reduces
@@ -50,14 +55,16 @@ class TpGroup {
   // cpu_offset and num_threads; without that range, the first num_threads allowed CPUs, 0: all);
   // with fewer CPUs than ranks, rank r shares CPU r * cpus / size with others.
   std::vector<int> cpus(int num_threads, int cpu_offset) const;
-  // The runner's all-reduce and logits gather, over this group.
-  void bind(CpuRunnerOptions* opts);
+  // The runner's all-reduce and logits gather, over this group (which must outlive the runner).
+  TpCollectives collectives();
 
   // Rank 0: what every rank must agree on before it builds its pool.
   Status send_init(int64_t num_blocks);
   Status recv_init(int64_t* num_blocks);  // ranks 1..N-1; waits without a deadline
   // Every rank has its pool and runner (a rank still loading its weights is waited for).
   Status ready();
+  // CUDA: every rank's weights are on its device (rank 0 then reads the free memory for the pool).
+  Status barrier();
 
   // Rank 0: the step's batch to every rank, before its own forward.
   Status send_batch(const ForwardBatch& b);

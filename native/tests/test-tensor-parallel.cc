@@ -30,6 +30,7 @@
 #include "engine-steps.h"
 #include "engine/model-runner.h"
 #include "model-writer.h"
+#include "tp-ranks.h"
 #include "test-harness.h"
 
 using namespace llm;
@@ -108,8 +109,8 @@ Status make_rank(const std::string& dir, int rank, int tp, ThreadAllReduce* ar, 
   CpuRunnerOptions ro;
   ro.num_threads = 1;
   if (ar) {
-    ro.all_reduce = [ar, rank](float* x, int64_t n) { return ar->reduce(rank, x, n); };
-    ro.gather = [ar, rank](const float* x, const std::vector<size_t>& counts, float* out) {
+    ro.tp.all_reduce = [ar, rank](float* x, int64_t n) { return ar->reduce(rank, x, n); };
+    ro.tp.gather = [ar, rank](const float* x, const std::vector<size_t>& counts, float* out) {
       return ar->gather(rank, x, counts, out);
     };
   }
@@ -249,105 +250,28 @@ TEST(a_split_that_is_not_whole_is_refused_naming_the_numbers) {
   if (m) CHECK(m->shard.num_kv_heads == 1 && m->shard.num_heads == 1 && m->shard.intermediate == 12);
 }
 
-namespace {
-
-// Forks ranks 1..cfg.tp_size-1 of cfg's group, each running run_tp_rank (exit 0 when rank 0
-// stopped it, 1 otherwise); their pids.
-std::vector<pid_t> fork_ranks(const EngineConfig& cfg) {
-  std::fflush(stdout);
-  std::vector<pid_t> pids;
-  for (int r = 1; r < cfg.tp_size; ++r) {
-    const pid_t pid = fork();
-    if (pid == 0) {
-      const Status st = run_tp_rank(cfg, r);
-      if (!st.ok()) std::printf("  rank %d: %s\n", r, st.message().c_str());
-      std::fflush(stdout);
-      _exit(st.ok() ? 0 : 1);
-    }
-    pids.push_back(pid);
-  }
-  return pids;
-}
-
-// Whether every pid exits within limit_s with status 0 (or, want_zero false, at all).
-bool reap(const std::vector<pid_t>& pids, double limit_s, bool want_zero = true) {
-  const auto t0 = std::chrono::steady_clock::now();
-  bool ok = true;
-  for (pid_t p : pids) {
-    int status = 0;
-    pid_t got = 0;
-    while ((got = waitpid(p, &status, WNOHANG)) == 0 &&
-           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < limit_s)
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    if (got == 0) {
-      kill(p, SIGKILL);
-      waitpid(p, &status, 0);
-      std::printf("  rank pid %d still running after %.0f s\n", static_cast<int>(p), limit_s);
-      ok = false;
-    } else if (want_zero && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
-      ok = false;
-    }
-  }
-  return ok;
-}
-
-EngineConfig tp_config(const std::string& dir, int tp) {
-  EngineConfig c;
-  c.model_dir = dir;
-  c.block_size = 4;
-  c.num_kv_blocks = 14;  // three requests of 21 tokens need 18: preemption
-  c.max_num_seqs = 8;
-  c.max_num_batched_tokens = 16;  // prompts in chunks
-  c.num_threads = 1;
-  c.tp_size = tp;
-  if (tp > 1) c.tp_group = SharedMemory::unique_name("tp");
-  return c;
-}
-
-// Three greedy requests at once, stepped to the end: each one's tokens, and the preemptions.
-bool serve_three(Engine& e, std::vector<std::vector<int32_t>>* tokens, int64_t* preemptions) {
-  for (int i = 0; i < 3; ++i) {
-    std::vector<int32_t> prompt;
-    for (int j = 0; j < 9; ++j) prompt.push_back(static_cast<int32_t>((i * 11 + j * 7 + 3) % 64));
-    if (!e.add_request(llm_test::greedy_request("r" + std::to_string(i), prompt, 0, false, 12)).ok()) return false;
-  }
-  tokens->assign(3, {});
-  int done = 0;
-  for (int step = 0; step < 500 && done < 3; ++step) {
-    StepResult s;
-    if (!e.step(&s).ok()) return false;
-    for (const RequestOutput& o : s.outputs) {
-      auto& t = (*tokens)[static_cast<size_t>(o.request_id[1] - '0')];
-      t.insert(t.end(), o.new_token_ids.begin(), o.new_token_ids.end());
-      if (o.finish_reason != FinishReason::none) ++done;
-    }
-    *preemptions = s.metrics.num_preemptions;
-  }
-  return done == 3;
-}
-
-}  // namespace
+using llm_test::fork_ranks;
+using llm_test::reap;
+using llm_test::tp_config;
 
 TEST(an_engine_with_rank_processes_gives_the_greedy_tokens_of_tp_1_batched_and_preempted) {
   llm_test::TempDir tmp;
   const std::string dir = tmp.path() + "/m";
   std::filesystem::create_directories(dir);
   llm_test::write_model(dir, spec_for("LlamaForCausalLM", DType::f32));
-  std::vector<std::vector<int32_t>> want;
-  int64_t preemptions = 0;
+  llm_test::Served want;
   {
     std::unique_ptr<Engine> e;
     CHECK(Engine::create(tp_config(dir, 1), &e).ok());
-    CHECK(serve_three(*e, &want, &preemptions));
-    CHECK(preemptions > 0);
+    CHECK(serve_three(*e, &want));
+    CHECK(want.preemptions > 0);
   }
   for (int tp : {2, 4}) {  // 2 kv heads: split, then each on two ranks
     EngineConfig cfg = tp_config(dir, tp);
     cfg.kv_shared_memory = true;
     const std::vector<pid_t> pids = fork_ranks(cfg);
     cfg.tp_rank_pids.assign(pids.begin(), pids.end());
-    std::vector<std::vector<int32_t>> got;
-    int64_t p = 0;
+    llm_test::Served got;
     {
       std::unique_ptr<Engine> e;
       const Status st = Engine::create(cfg, &e);
@@ -363,11 +287,11 @@ TEST(an_engine_with_rank_processes_gives_the_greedy_tokens_of_tp_1_batched_and_p
         CHECK(r.view.num_kv_heads == (tp == 2 ? 1 : 1) && r.model_kv_heads == 2 && !r.shm_name.empty());
         CHECK(r.first_kv_head == (tp == 2 ? r.tp_rank : r.tp_rank / 2));
       }
-      CHECK(serve_three(*e, &got, &p));
-      std::printf("  tp %d: %lld preemptions, tokens %s those of tp 1\n", tp, static_cast<long long>(p),
-                  got == want ? "equal to" : "DIFFERENT from");
-      CHECK(got == want);
-      CHECK(p == preemptions);
+      CHECK(serve_three(*e, &got));
+      std::printf("  tp %d: %lld preemptions, tokens %s those of tp 1\n", tp, static_cast<long long>(got.preemptions),
+                  got.tokens == want.tokens ? "equal to" : "DIFFERENT from");
+      CHECK(got.tokens == want.tokens);
+      CHECK(got.preemptions == want.preemptions);
     }
     CHECK(reap(pids, 10));  // rank 0 stopped them: exit 0
   }

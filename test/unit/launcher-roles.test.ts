@@ -1,7 +1,7 @@
 // launcher-roles.test.ts: --role and the flags of a deployment over several hosts, as parseFlags
 // reads them: what each role starts, the addresses, and the refusals (each naming its flag).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { firstNonLoopbackIPv4, parseFlags } from '../../ts/launcher/flags.ts';
+import { firstNonLoopbackIPv4, parseFlags, refuseUnimplemented } from '../../ts/launcher/flags.ts';
 
 const SECRET = 'unit-test-cluster-secret-0123';
 const REDIS = 'redis://:pw@10.1.2.3:6390';
@@ -82,5 +82,20 @@ describe('--role', () => {
     const f = parseFlags(['--workers', '0', '--advertise-host', '10.1.2.3', '--cluster-secret', SECRET, '--redis-port', '6390', '--redis-password-file', 'pw']);
     expect(f).toMatchObject({ workers: 0, advertiseHost: '10.1.2.3', redisPort: 6390 });
     expect(f.redisPasswordFile).toMatch(/\/pw$/);
+  });
+});
+
+describe('tensor parallelism on CUDA', () => {
+  it('serves TP workers on their own and refuses KV transfer between CUDA TP workers, naming the flags', () => {
+    expect(() => refuseUnimplemented(parseFlags(['--worker-tp', '2']), 'cuda')).not.toThrow();
+    expect(() => refuseUnimplemented(parseFlags(['--decode-workers', '2', '--decode-tp', '4']), 'cuda')).not.toThrow();
+    const disagg = ['--decode-workers', '1', '--prefill-workers', '4', '--decode-tp', '4', '--prefill-tp', '1'];
+    expect(() => refuseUnimplemented(parseFlags(disagg), 'cuda')).toThrow(
+      /tensor parallelism on CUDA \(--decode-tp 4, --prefill-tp 1\).*KV transfer between CUDA tensor-parallel workers is not implemented/,
+    );
+    expect(() => refuseUnimplemented(parseFlags(disagg), 'cpu')).not.toThrow();
+    expect(() => refuseUnimplemented(parseFlags(['--decode-workers', '1', '--remote-prefill', '--worker-tp', '2']), 'cuda')).toThrow(
+      /--remote-prefill/,
+    );
   });
 });

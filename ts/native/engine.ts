@@ -44,7 +44,7 @@ export interface EngineOptions {
   kvSharedMemory?: boolean; // default false: put the KV pool in shm for the transfer agent
   device?: EngineDevice; // default 'cpu'; 'auto' = cuda when a device is usable, else cpu
   seed?: number; // default 0
-  // Tensor parallelism (CPU): this engine is rank 0 of tpSize ranks meeting in the shared-memory
+  // Tensor parallelism (CPU and CUDA): this engine is rank 0 of tpSize ranks meeting in the shared-memory
   // segment tpGroup; ranks 1..tpSize-1 are processes already started with the same options
   // (runTensorParallelRank; ts/worker/tp-ranks.ts starts them), tpRankPids their pids.
   tpSize?: number; // [1, 64], default 1

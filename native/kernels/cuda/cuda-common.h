@@ -35,8 +35,12 @@ struct DeviceInfo {
   std::string describe() const;  // "NVIDIA H100 80GB HBM3 (sm_90, 132 SMs, 79.1 GiB)"
 };
 
-// OK when device 0 can run this build's kernels (a driver, a device, and code for its
-// architecture); otherwise ERR_DEVICE_UNAVAILABLE with the runtime's reason. Fills *info on OK.
-Status probe_device(DeviceInfo* info);
+// OK when device `device` can run this build's kernels (a driver, the device, and code for its
+// architecture); otherwise ERR_DEVICE_UNAVAILABLE with the runtime's reason. Fills *info on OK
+// and leaves `device` current on the calling thread.
+Status probe_device(DeviceInfo* info, int device = 0);
+
+// How many CUDA devices this process sees (0 without a driver or a device).
+int device_count();
 
 }  // namespace llm::cuda

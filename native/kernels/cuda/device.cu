@@ -16,7 +16,7 @@ std::string DeviceInfo::describe() const {
   return buf;
 }
 
-Status probe_device(DeviceInfo* info) {
+Status probe_device(DeviceInfo* info, int device) {
   auto unavailable = [](const char* what, cudaError_t err) {
     return Status(StatusCode::device_unavailable, std::string(what) + ": " + cudaGetErrorString(err));
   };
@@ -27,18 +27,27 @@ Status probe_device(DeviceInfo* info) {
                   std::string("no NVIDIA GPU with a driver for CUDA 12+ found (") + cudaGetErrorString(err) + ")");
   if (err != cudaSuccess) return unavailable("cudaGetDeviceCount", err);
   if (count == 0) return Status(StatusCode::device_unavailable, "no CUDA device");
+  if (device < 0 || device >= count)
+    return Status(StatusCode::device_unavailable,
+                  "CUDA device " + std::to_string(device) + " does not exist (" + std::to_string(count) + " visible)");
+  if ((err = cudaSetDevice(device)) != cudaSuccess) return unavailable("cudaSetDevice", err);
   cudaDeviceProp prop;
-  if ((err = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) return unavailable("cudaGetDeviceProperties", err);
+  if ((err = cudaGetDeviceProperties(&prop, device)) != cudaSuccess) return unavailable("cudaGetDeviceProperties", err);
   // A kernel of this build must have code the device runs (SASS for its arch, or PTX to JIT).
   cudaFuncAttributes attr;
   if ((err = cudaFuncGetAttributes(&attr, probe_kernel)) != cudaSuccess) return unavailable("kernel image", err);
-  info->device = 0;
+  info->device = device;
   info->name = prop.name;
   info->sm_major = prop.major;
   info->sm_minor = prop.minor;
   info->num_sms = prop.multiProcessorCount;
   info->total_memory = prop.totalGlobalMem;
   return Status::Ok();
+}
+
+int device_count() {
+  int count = 0;
+  return cudaGetDeviceCount(&count) == cudaSuccess ? count : 0;
 }
 
 }  // namespace llm::cuda

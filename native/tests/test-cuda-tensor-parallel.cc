@@ -1,0 +1,171 @@
+// test-cuda-tensor-parallel.cc: tensor parallelism on CUDA (model-runner-cuda.h). An Engine on
+// CUDA is rank 0; ranks 1..N-1 are new processes of this program (tp-ranks.h) on the GPUs the
+// machine has, several to a GPU when they outnumber the GPUs, so one GPU checks TP 2 and 4. Each
+// rank holds its slices of the weights and its kv heads of the pool; o and down's partial sums
+// meet in the group's host all-reduce. Against a TP 1 engine on the same device:
+//   - three batched greedy requests with preemption: the same tokens (up to where TP 1's top two
+//     were too close for the dtype to decide) and the top 5 logprobs of each token within a
+//     bound, on f32 and bf16 models, kv heads split (TP 2) and replicated (TP 4), a tied
+//     lm_head split by vocabulary rows;
+//   - a rank killed with SIGKILL: the step fails naming it and the other ranks leave.
+// Without a usable device: SKIP (exit 77).
+#include <signal.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cuda-test-main.h"
+#include "engine/engine.h"
+#include "model-writer.h"
+#include "test-harness.h"
+#include "tp-ranks.h"
+
+using namespace llm;
+using llm_test::Served;
+using llm_test::TinyModelSpec;
+
+namespace {
+
+constexpr int kTopLogprobs = 5;
+
+TinyModelSpec spec_for(const std::string& arch, DType dtype) {
+  TinyModelSpec s;
+  s.arch = arch;
+  s.vocab_size = 64;
+  s.hidden_size = 64;
+  s.num_heads = 8;
+  s.num_kv_heads = 2;
+  s.intermediate_size = 96;
+  s.dtype = dtype;
+  return s;
+}
+
+// Serves the three requests on a CUDA engine of `tp` ranks (its other ranks spawned here).
+bool serve_on_cuda(const std::string& dir, int tp, Served* out) {
+  EngineConfig cfg = llm_test::tp_config(dir, tp, "cuda");
+  const std::vector<pid_t> pids = tp > 1 ? llm_test::spawn_ranks(cfg) : std::vector<pid_t>{};
+  cfg.tp_rank_pids.assign(pids.begin(), pids.end());
+  bool ok = false;
+  {
+    std::unique_ptr<Engine> e;
+    const Status st = Engine::create(cfg, &e);
+    if (!st.ok()) std::printf("  tp %d: %s\n", tp, st.message().c_str());
+    if (e) {
+      if (tp > 1) std::printf("  tp %d: %s\n", tp, e->info().kernels.c_str());
+      ok = llm_test::serve_three(*e, out, kTopLogprobs);
+    }
+  }
+  // Rank 0 stopped them (exit 0), or failed and they left.
+  return llm_test::reap(pids, 20, ok) && ok;
+}
+
+// TP n against TP 1: tokens equal up to the first token whose TP 1 top two logprobs were within
+// `margin` (the paths may part there), and the top logprobs of every token compared within `bound`.
+void compare(const Served& want, const Served& got, double bound, double margin, const std::string& what) {
+  double worst = 0;
+  int compared = 0, close = 0;
+  for (size_t r = 0; r < want.tokens.size(); ++r) {
+    const auto& wl = want.logprobs[r];
+    const auto& gl = got.logprobs[r];
+    CHECK(wl.size() == want.tokens[r].size() && gl.size() == got.tokens[r].size());
+    for (size_t i = 0; i < std::min(wl.size(), gl.size()); ++i) {
+      CHECK(wl[i].top_logprobs.size() == static_cast<size_t>(kTopLogprobs) &&
+            gl[i].top_logprobs.size() == static_cast<size_t>(kTopLogprobs));
+      if (wl[i].top_logprobs.size() < 2 || gl[i].top_logprobs.size() != wl[i].top_logprobs.size()) return;
+      for (size_t k = 0; k < wl[i].top_logprobs.size(); ++k)
+        worst = std::max(worst, static_cast<double>(std::fabs(wl[i].top_logprobs[k] - gl[i].top_logprobs[k])));
+      ++compared;
+      if (wl[i].top_logprobs[0] - wl[i].top_logprobs[1] < margin) {
+        ++close;
+        break;  // TP 1's choice was within rounding: the rest of this request may differ
+      }
+      CHECK(wl[i].token_id == gl[i].token_id);
+      if (wl[i].token_id != gl[i].token_id) break;
+    }
+  }
+  std::printf("  %s: %d tokens compared (%d stopped at a close call), largest top-%d logprob difference %.2e (bound %.0e)\n",
+              what.c_str(), compared, close, kTopLogprobs, worst, bound);
+  CHECK(compared >= 18);
+  CHECK(worst <= bound);
+}
+
+void check_model(const TinyModelSpec& spec, const std::vector<int>& tps) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.path() + "/m";
+  std::filesystem::create_directories(dir);
+  llm_test::write_model(dir, spec);
+  const bool f32 = spec.dtype == DType::f32;
+  Served want;
+  CHECK(serve_on_cuda(dir, 1, &want));
+  CHECK(want.preemptions > 0);
+  for (int tp : tps) {
+    Served got;
+    CHECK(serve_on_cuda(dir, tp, &got));
+    if (got.tokens.size() != want.tokens.size()) continue;
+    const std::string what = spec.arch + " " + dtype_name(spec.dtype) + ", " + std::to_string(spec.num_kv_heads) +
+                             " kv heads, tp " + std::to_string(tp);
+    // f32: only the order of fp32 sums differs. bf16: each sum is rounded once, as TP 1's GEMM
+    // output is, so a value on a rounding edge may land one bf16 step away.
+    compare(want, got, f32 ? 1e-4 : 5e-2, f32 ? 1e-4 : 1e-1, what);
+    if (f32) CHECK(got.tokens == want.tokens);
+    CHECK(got.preemptions == want.preemptions);
+  }
+}
+
+}  // namespace
+
+TEST(llama_with_biases_tp_2_and_4_on_cuda_match_tp_1) {
+  for (DType dt : {DType::f32, DType::bf16}) {
+    TinyModelSpec s = spec_for("LlamaForCausalLM", dt);
+    s.attention_bias = true;  // o's and down's biases on rank 0 only
+    s.mlp_bias = true;
+    check_model(s, {2, 4});
+  }
+}
+
+TEST(qwen2_tied_tp_2_and_4_on_cuda_match_tp_1) {
+  TinyModelSpec s = spec_for("Qwen2ForCausalLM", DType::bf16);
+  s.tie_word_embeddings = true;  // each rank's lm_head rows are a slice of the embedding
+  check_model(s, {2, 4});
+}
+
+TEST(a_killed_rank_on_cuda_fails_the_step_naming_it_and_the_others_leave) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.path() + "/m";
+  std::filesystem::create_directories(dir);
+  llm_test::write_model(dir, spec_for("LlamaForCausalLM", DType::bf16));
+  EngineConfig cfg = llm_test::tp_config(dir, 4, "cuda");
+  const std::vector<pid_t> pids = llm_test::spawn_ranks(cfg);
+  cfg.tp_rank_pids.assign(pids.begin(), pids.end());
+  std::unique_ptr<Engine> e;
+  const Status created = Engine::create(cfg, &e);
+  if (!created.ok()) std::printf("  %s\n", created.message().c_str());
+  CHECK(created.ok());
+  if (!e) {
+    llm_test::reap(pids, 10, false);
+    return;
+  }
+  kill(pids[1], SIGKILL);  // rank 2
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(e->add_request(llm_test::greedy_request("r0", {1, 2, 3, 4, 5})).ok());
+  StepResult s;
+  const Status st = e->step(&s);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("  step after the kill (%.2f s): %s\n", took, st.message().c_str());
+  CHECK(!st.ok() && st.message().find("rank 2") != std::string::npos);
+  CHECK(took < 5);
+  CHECK(s.outputs.size() == 1 && s.outputs[0].finish_reason == FinishReason::error);
+  e.reset();
+  CHECK(llm_test::reap(pids, 10, false));
+}
+
+int main(int argc, char** argv) {
+  if (llm_test::run_rank_from_args(argc, argv)) return 0;  // not reached: a rank exits
+  return llm_test::run_all_on_cuda();
+}
