@@ -23,7 +23,8 @@
 #   7. gpu-reference.py compare-hf: the same models' logits against HF transformers on the GPU.
 #   8. bench-cuda-kernels: bandwidth, decode/prefill attention, cuBLAS GEMM figures.
 #   9. the 8B benchmark: gpu-reference.py make-8b (random weights, Llama-3.1-8B's shape, bf16),
-#      bench-cuda-engine on it, and gpu-reference.py torch-bench (HF generate, SDPA) on it.
+#      bench-cuda-engine on it (then TP 2, two ranks on the GPU, against TP 1 without graphs), and
+#      gpu-reference.py torch-bench (HF generate, SDPA) on it.
 # Settings: KVSERVE_GPU_BUILD (build dir, default build-gpu), KVSERVE_GPU_MODELS (where models
 # are generated, default /tmp/kvserve-gpu-models), KVSERVE_GPU_SKIP_8B=1, KVSERVE_GPU_SKIP_TORCH=1
 # (leaves out the PyTorch comparison), KVSERVE_GPU_SKIP_HF=1 (leaves out compare-hf),
@@ -201,7 +202,8 @@ if [[ "${KVSERVE_GPU_SKIP_8B:-0}" != 1 ]]; then
     big=/dev/shm/kvserve-llama-8b
   fi
   if run_step "make-8b" "$logs/make-8b.log" timeout 300 python3 "$root/scripts/gpu-reference.py" make-8b "$big"; then
-    run_step "bench-cuda-engine (8B)" "$logs/bench-engine.log" timeout 300 "$build/bench-cuda-engine" "$big" || true
+    run_step "bench-cuda-engine (8B, then TP 2 on this GPU)" "$logs/bench-engine.log" timeout 480 \
+      "$build/bench-cuda-engine" "$big" --tp 2 || true
     if [[ "${KVSERVE_GPU_SKIP_TORCH:-0}" != 1 ]]; then
       run_step "torch-bench (8B)" "$logs/torch-bench.log" timeout 300 python3 "$root/scripts/gpu-reference.py" \
         torch-bench "$big" || true

@@ -1,7 +1,7 @@
 // bench-cuda-engine.cc: the engine on CUDA, end to end (scheduler, runner, on-device greedy), on a
 // model directory (scripts/gpu-reference.py make-8b writes one with Llama-3.1-8B's shape).
 //
-//   bench-cuda-engine MODEL_DIR
+//   bench-cuda-engine MODEL_DIR [--tp N]
 //
 // Measures, on one engine (device cuda, bf16, block size 16, prefix caching off):
 //   bandwidth   cudaMemcpy device to device, (read + write bytes) / time, the HBM roofline's base
@@ -11,6 +11,10 @@
 //               Batch 1 is measured again with CUDA graphs off (an engine of its own).
 //   prefill     one 2,048-token prompt per step, best of 3: tokens/s.
 //   per op      batch 1 and 32 without graphs, traced: GPU time per op (cuda_op_trace_start).
+// With --tp N: after those, an engine of N tensor-parallel ranks (ranks 1..N-1 are new processes
+// of this program, on GPU rank % the GPUs: on one GPU they share it) against the TP 1 engine
+// without graphs (a TP engine runs eagerly): decode batch 1 and 32, prefill 2048, and the
+// difference per step, which on one GPU is the all-reduce's cost through host memory.
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
@@ -24,6 +28,7 @@
 
 #include "engine/engine.h"
 #include "engine/model-runner-cuda.h"
+#include "../tests/tp-ranks.h"
 
 using namespace llm;
 
@@ -68,9 +73,15 @@ std::unique_ptr<Request> request(const std::string& id, int64_t prompt_len, int6
   return r;
 }
 
-std::unique_ptr<Engine> make_engine(const std::string& dir, bool graphs) {
+std::unique_ptr<Engine> make_engine(const std::string& dir, bool graphs, int tp = 1, std::vector<pid_t>* ranks = nullptr) {
   EngineConfig cfg;
   cfg.model_dir = dir;
+  cfg.tp_size = tp;
+  if (tp > 1) {
+    cfg.tp_group = SharedMemory::unique_name("tp");
+    *ranks = llm_test::spawn_ranks(cfg);
+    cfg.tp_rank_pids.assign(ranks->begin(), ranks->end());
+  }
   cfg.device = "cuda";
   cfg.cuda_graphs = graphs;
   cfg.max_model_len = 4096;
@@ -133,14 +144,39 @@ double prefill_tok_s(Engine& e, int64_t len) {
   return len * 1000.0 / best;
 }
 
+// TP N against TP 1 without graphs: decode batch 1 and 32, prefill 2048.
+void compare_tp(const std::string& dir, int tp) {
+  double ms1[2] = {0, 0}, prefill1 = 0;
+  {
+    auto e = make_engine(dir, false);
+    ms1[0] = decode_ms(*e, 1, 200);
+    ms1[1] = decode_ms(*e, 32, 201);
+    prefill1 = prefill_tok_s(*e, 2048);
+  }
+  std::vector<pid_t> ranks;
+  {
+    auto e = make_engine(dir, false, tp, &ranks);
+    const int64_t batches[2] = {1, 32};
+    for (int i = 0; i < 2; ++i) {
+      const double ms = decode_ms(*e, batches[i], 300 + i);
+      std::printf("tp %d decode batch %2lld: %7.2f ms/step against %7.2f at tp 1 without graphs (%+.2f ms)\n", tp,
+                  static_cast<long long>(batches[i]), ms, ms1[i], ms - ms1[i]);
+    }
+    std::printf("tp %d prefill 2048 tokens: %.0f tokens/s against %.0f at tp 1\n", tp, prefill_tok_s(*e, 2048), prefill1);
+  }
+  llm_test::reap(ranks, 30);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) {
-    std::fprintf(stderr, "usage: bench-cuda-engine MODEL_DIR\n");
+  if (llm_test::run_rank_from_args(argc, argv)) return 0;  // not reached: a rank exits
+  if (argc != 2 && !(argc == 4 && std::string(argv[2]) == "--tp" && std::atoi(argv[3]) > 1)) {
+    std::fprintf(stderr, "usage: bench-cuda-engine MODEL_DIR [--tp N]   (N >= 2)\n");
     return 2;
   }
   const std::string dir = argv[1];
+  const int tp = argc == 4 ? std::atoi(argv[3]) : 1;
   const double bw = d2d_bandwidth_gbs();
   std::printf("bandwidth (cudaMemcpy D2D, read + write): %.0f GB/s\n", bw);
 
@@ -163,5 +199,7 @@ int main(int argc, char** argv) {
     std::printf("decode batch %2lld: %7.2f ms/step, %8.1f tokens/s\n", static_cast<long long>(B), ms, B * 1000.0 / ms);
   }
   std::printf("prefill 2048 tokens: %.0f tokens/s\n", prefill_tok_s(*e, 2048));
+  e.reset();
+  if (tp > 1) compare_tp(dir, tp);
   return 0;
 }

@@ -673,7 +673,7 @@ int cuda_ranks_per_device(int tp_size) {
 Status cuda_alloc_zeroed(size_t bytes, void** out) {
   *out = nullptr;
   int current = 0;
-  LLM_CUDA_RETURN_IF_ERROR("cudaGetDevice", cudaGetDevice(&current));
+  if (cudaGetDevice(&current) != cudaSuccess) current = 0;  // the probe says why
   cuda::DeviceInfo device;
   LLM_RETURN_IF_ERROR(cuda::probe_device(&device, current));
   void* p = nullptr;
