@@ -16,7 +16,8 @@
 #      bench-cuda-kernels, bench-cuda-engine.
 #   5. test-cuda-kernels: every CUDA kernel against the CPU reference (per-op error bounds);
 #      test-cuda-ipc: prefill in a second process, KV blocks moved by CUDA IPC, the decode
-#      output against local serving; test-cuda-tensor-parallel: engines of TP 2 and 4 (ranks as
+#      output against local serving, then between TP 2 and TP 1 workers both ways;
+#      test-cuda-tensor-parallel: engines of TP 2 and 4 (ranks as
 #      processes sharing the GPUs, all-reduce through host memory) against TP 1 on the GPU.
 #   6. test-cuda-forward on generated models (gpu-reference.py make-models): the CUDA runner and
 #      the engine on CUDA against the CPU runner, greedy tokens and logits.
@@ -72,7 +73,7 @@ print_summary() {
   fi
   if [[ -f "$logs/ipc.log" ]]; then
     echo "-- test-cuda-ipc:"
-    grep -E '^(ok  |FAIL|SKIP)|blocks written|answered|got|CHECK|passed, .* failed' "$logs/ipc.log" || true
+    grep -E '^(ok  |FAIL|SKIP)|blocks written|decode TP|answered|got|CHECK|read:|connect:|passed, .* failed' "$logs/ipc.log" || true
   fi
   if [[ -f "$logs/tp.log" ]]; then
     echo "-- test-cuda-tensor-parallel:"

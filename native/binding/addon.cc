@@ -301,10 +301,16 @@ class EngineWrap : public Napi::ObjectWrap<EngineWrap> {
 
   static Napi::Object kv_region_to_js(Napi::Env env, const llm::KvRegion& r) {
     Napi::Object o = Napi::Object::New(env);
-    o.Set("memory", r.device_data ? "cuda" : "host");
+    const bool gpu = r.device_data || !r.device_ipc_handle.empty();
+    o.Set("memory", gpu ? "cuda" : "host");
     o.Set("shmName", r.shm_name);
-    // A GPU pool: its device pointer, opaque to JS, for TransferAgent.registerRegion.
+    // A GPU pool: this process's device pointer, opaque to JS, for TransferAgent.registerRegions;
+    // another rank's allocation, by the CUDA IPC handle its process exported.
     if (r.device_data) o.Set("deviceRegion", Napi::External<void>::New(env, r.device_data));
+    if (!r.device_ipc_handle.empty()) {
+      o.Set("deviceIpcHandle", r.device_ipc_handle);
+      o.Set("deviceUuid", r.device_uuid);
+    }
     o.Set("bytes", static_cast<double>(r.bytes));
     o.Set("numBlocks", static_cast<double>(r.view.num_blocks));
     o.Set("blockBytes", static_cast<double>(r.view.block_bytes()));

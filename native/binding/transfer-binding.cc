@@ -191,15 +191,25 @@ class TransferAgentWrap : public Napi::ObjectWrap<TransferAgentWrap> {
       specs.push_back(std::move(r));
     }
     if (memory == "cuda") {
-      if (specs.size() != 1 || specs[0].tp_rank != 0 || specs[0].first_kv_head != 0 ||
-          specs[0].num_kv_heads != model.num_kv_heads)
-        check(env, Status(StatusCode::transfer_invalid,
-                          "tensor-parallel GPU pools are not supported by the cuda_ipc backend (a GPU pool registers "
-                          "one region holding every kv head)"));
-      const Napi::Value device = regions[0].Get("deviceRegion");
-      if (!device.IsExternal()) throw_invalid(env, "a GPU region needs its deviceRegion (from Engine.kvRegion())");
-      check(env, agent_->register_device_region(device.As<Napi::External<void>>().Data(),
-                                                static_cast<size_t>(specs[0].bytes), model));
+      // Rank 0's allocation is this process's (deviceRegion); every other rank's was exported by
+      // its own process (deviceIpcHandle, deviceUuid).
+      std::vector<transfer::Agent::DeviceRegion> device_regions;
+      for (size_t i = 0; i < specs.size(); ++i) {
+        transfer::Agent::DeviceRegion d;
+        d.spec = specs[i];
+        const Napi::Value local = regions[i].Get("deviceRegion");
+        if (local.IsExternal()) {
+          d.data = local.As<Napi::External<void>>().Data();
+        } else if (regions[i].Has("deviceIpcHandle")) {
+          d.spec.cuda_ipc_handle = get_string(regions[i], "deviceIpcHandle");
+          d.spec.cuda_device = get_string(regions[i], "deviceUuid");
+        } else {
+          throw_invalid(env, "GPU KV region " + std::to_string(i) +
+                                 " needs its deviceRegion or its deviceIpcHandle and deviceUuid (from Engine.kvRegions())");
+        }
+        device_regions.push_back(std::move(d));
+      }
+      check(env, agent_->register_device_regions(device_regions, model));
     } else {
       check(env, agent_->register_regions(specs, model));
     }

@@ -118,6 +118,17 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   const KVCacheView kv_view = make_kv_view(*e->model_, e->kv_memory_->data(), num_blocks, cfg.block_size);
   if (cuda_runner) {
     LLM_RETURN_IF_ERROR(cuda_runner->set_kv_cache(kv_view));
+    // A shared pool on CUDA: the other ranks' allocations, by the IPC handles their processes made.
+    if (e->tp_ && cfg.kv_shared_memory) {
+      std::vector<std::string> notes;
+      LLM_RETURN_IF_ERROR(e->tp_->gather_notes("", &notes));
+      for (size_t r = 1; r < notes.size(); ++r) {
+        const size_t space = notes[r].find(' ');
+        if (space == std::string::npos)
+          return Status(StatusCode::internal, "tensor-parallel rank " + std::to_string(r) + " sent no KV pool handle");
+        e->rank_pools_.push_back({notes[r].substr(0, space), notes[r].substr(space + 1)});
+      }
+    }
     if (e->tp_) LLM_RETURN_IF_ERROR(e->tp_->ready());
   }
 
@@ -203,6 +214,10 @@ std::vector<KvRegion> Engine::kv_regions() const {
     o.view.num_kv_heads = sh.num_kv_heads;
     o.bytes = static_cast<size_t>(info_.num_kv_blocks) * static_cast<size_t>(o.view.block_bytes());
     o.shm_name = kv_memory_->kind() == KvPoolMemory::Kind::shared ? tp_->kv_pool_name(rank) : std::string();
+    if (static_cast<size_t>(rank) <= rank_pools_.size()) {  // on CUDA, with shared pools
+      o.device_ipc_handle = rank_pools_[static_cast<size_t>(rank) - 1].first;
+      o.device_uuid = rank_pools_[static_cast<size_t>(rank) - 1].second;
+    }
     o.tp_rank = rank;
     o.first_kv_head = sh.first_kv_head;
     o.model_kv_heads = mc.num_kv_heads;

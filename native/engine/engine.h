@@ -142,7 +142,9 @@ struct KvRegion {
   KVCacheView view;
   size_t bytes = 0;
   std::string shm_name;
-  void* device_data = nullptr;
+  void* device_data = nullptr;           // a GPU pool of this process (rank 0's)
+  std::string device_ipc_handle;         // a GPU pool of another rank's process: its CUDA IPC handle
+  std::string device_uuid;               // and the GPU holding it
   int tp_rank = 0;
   int64_t first_kv_head = 0;
   int64_t model_kv_heads = 0;
@@ -213,6 +215,8 @@ class Engine {
   EngineInfo info_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<KvPoolMemory> kv_memory_;  // the pool: host, shared (kv_shared_memory) or device memory
+  // Tensor parallelism on CUDA with shared pools: ranks 1..N-1's pools, (IPC handle, GPU UUID).
+  std::vector<std::pair<std::string, std::string>> rank_pools_;
   std::unique_ptr<KVCacheManager> kv_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ModelRunner> runner_;

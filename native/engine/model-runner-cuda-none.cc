@@ -25,6 +25,8 @@ int cuda_ranks_per_device(int tp_size) { return tp_size; }
 Status cuda_alloc_zeroed(size_t, void**) { return not_built(); }
 void cuda_free(void*) {}
 
+Status cuda_export_ipc(const void*, std::string*, std::string*) { return not_built(); }
+
 void cuda_op_trace_start() {}
 std::string cuda_op_trace_stop() { return std::string(); }
 

@@ -51,6 +51,7 @@
 #include "../kernels/cuda/device-memory.h"
 #include "../kernels/cuda/embedding.h"
 #include "../kernels/cuda/gemm.h"
+#include "../kernels/cuda/ipc-handle.h"
 #include "../kernels/cuda/op-trace.h"
 #include "../kernels/cuda/paged-attention.h"
 #include "../kernels/cuda/rmsnorm.h"
@@ -688,6 +689,10 @@ Status cuda_alloc_zeroed(size_t bytes, void** out) {
 
 void cuda_free(void* p) {
   if (p) cudaFree(p);
+}
+
+Status cuda_export_ipc(const void* base, std::string* handle_hex, std::string* device_uuid) {
+  return cuda::export_ipc_handle(base, handle_hex, device_uuid);
 }
 
 void cuda_op_trace_start() {

@@ -66,6 +66,10 @@ int cuda_ranks_per_device(int tp_size);
 // one CudaModelRunner::create made current): `bytes`, zeroed; cuda_free frees it.
 Status cuda_alloc_zeroed(size_t bytes, void** out);
 void cuda_free(void* p);
+// The CUDA IPC handle of the allocation starting at `base` (a KV pool cuda_alloc_zeroed made) and
+// its GPU's UUID, so that another process (the transfer agent of a tensor-parallel worker's rank
+// 0) can open it.
+Status cuda_export_ipc(const void* base, std::string* handle_hex, std::string* device_uuid);
 
 // For benchmarks: from cuda_op_trace_start, eager steps record the GPU time of each op (an
 // event after each); cuda_op_trace_stop ends it and returns the table of ms per step and us per

@@ -119,6 +119,31 @@ Status TpGroup::ready() { return ar_->sync(-1); }
 
 Status TpGroup::barrier() { return ar_->sync(-1); }
 
+// Each note travels as a fixed slot of floats (the gather copies bytes): its length, then its
+// bytes.
+Status TpGroup::gather_notes(const std::string& mine, std::vector<std::string>* all) {
+  constexpr size_t kSlotFloats = (kMaxNoteBytes + 4) / 4;
+  if (mine.size() > kMaxNoteBytes)
+    return invalid("a tensor-parallel note has at most " + std::to_string(kMaxNoteBytes) + " bytes");
+  std::vector<float> slot(kSlotFloats, 0.0f);
+  const uint32_t len = static_cast<uint32_t>(mine.size());
+  std::memcpy(slot.data(), &len, 4);
+  std::memcpy(reinterpret_cast<char*>(slot.data()) + 4, mine.data(), mine.size());
+  const std::vector<size_t> counts(static_cast<size_t>(size()), kSlotFloats);
+  std::vector<float> gathered(rank() == 0 ? kSlotFloats * counts.size() : 0);
+  LLM_RETURN_IF_ERROR(ar_->gather(slot.data(), counts, rank() == 0 ? gathered.data() : nullptr));
+  if (rank() != 0 || !all) return Status::Ok();
+  all->clear();
+  for (size_t r = 0; r < counts.size(); ++r) {
+    const char* at = reinterpret_cast<const char*>(gathered.data() + r * kSlotFloats);
+    uint32_t n = 0;
+    std::memcpy(&n, at, 4);
+    if (n > kMaxNoteBytes) return Status(StatusCode::internal, "tensor-parallel rank " + std::to_string(r) + ": a malformed note");
+    all->emplace_back(at + 4, n);
+  }
+  return Status::Ok();
+}
+
 Status TpGroup::send_batch(const ForwardBatch& b) {
   const int64_t T = b.num_tokens, S = b.num_seqs, M = b.max_blocks_per_seq, L = b.num_logits;
   put_header(&msg_, kForward, T, S, M, L);
@@ -208,6 +233,12 @@ Status cuda_rank(const EngineConfig& cfg, int rank, const Model& model, TpGroup*
                                            static_cast<size_t>(num_blocks) * static_cast<size_t>(kv.block_bytes()), pool));
   kv.data = (*pool)->data();
   LLM_RETURN_IF_ERROR(cuda_runner->set_kv_cache(kv));
+  // A shared pool: rank 0's transfer agent opens this one by the handle it gets here.
+  if (cfg.kv_shared_memory) {
+    std::string handle, uuid;
+    LLM_RETURN_IF_ERROR(cuda_export_ipc((*pool)->data(), &handle, &uuid));
+    LLM_RETURN_IF_ERROR(group->gather_notes(handle + " " + uuid, nullptr));
+  }
   *runner = std::move(cuda_runner);
   return Status::Ok();
 }

@@ -32,14 +32,14 @@ namespace {
 
 bool same(const xfer::Metadata& a, const xfer::Metadata& b) {
   if (a.name != b.name || a.incarnation != b.incarnation || !(a.host == b.host) || a.tcp_host != b.tcp_host ||
-      a.tcp_port != b.tcp_port || a.memory != b.memory || a.cuda_ipc_handle != b.cuda_ipc_handle ||
-      a.cuda_device != b.cuda_device || !xfer::layout_mismatch(a.layout, b.layout).empty() ||
+      a.tcp_port != b.tcp_port || a.memory != b.memory || !xfer::layout_mismatch(a.layout, b.layout).empty() ||
       a.layout.num_blocks != b.layout.num_blocks || a.regions.size() != b.regions.size())
     return false;
   for (size_t i = 0; i < a.regions.size(); ++i) {
     const xfer::RegionSpec &x = a.regions[i], &y = b.regions[i];
     if (x.shm_name != y.shm_name || x.bytes != y.bytes || x.tp_rank != y.tp_rank ||
-        x.first_kv_head != y.first_kv_head || x.num_kv_heads != y.num_kv_heads)
+        x.first_kv_head != y.first_kv_head || x.num_kv_heads != y.num_kv_heads ||
+        x.cuda_ipc_handle != y.cuda_ipc_handle || x.cuda_device != y.cuda_device)
       return false;
   }
   return true;

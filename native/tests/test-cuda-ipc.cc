@@ -7,9 +7,13 @@
 //     a notification; read: the decode agent copies the held blocks out of the prefill pool;
 //   - the decode engine completes the request. Its greedy tokens must equal those of a CUDA
 //     engine serving the request alone (an f32 model, so the two paths agree to rounding).
+// Then the same between tensor-parallel workers (model-runner-cuda.h): decode TP 2 from prefill
+// TP 1 and decode TP 1 from prefill TP 2, every rank's pool its own allocation, exported by its
+// process and opened by the other side's agent, the kv heads copied between the splits.
 // Also: tcp and shm are refused for GPU pools, and the agents' byte counts add up.
 // The child is this program run again (fork + exec, so it starts without the parent's CUDA
-// state) with --prefill-child; it answers one line per command on its stdout.
+// state) with --prefill-child; it answers one line per command on its stdout. Tensor-parallel
+// ranks are this program again too (tp-ranks.h).
 //
 // Without a usable device it prints "SKIP: no CUDA device (reason)" and exits 77 (ctest: skipped).
 #include <sys/wait.h>
@@ -31,6 +35,7 @@
 #include "model-writer.h"
 #include "cuda-test-main.h"
 #include "test-harness.h"
+#include "tp-ranks.h"
 #include "transfer/transfer-agent.h"
 
 using namespace llm;
@@ -44,7 +49,8 @@ namespace {
 constexpr int64_t kBlockSize = 16;
 constexpr int64_t kVocab = 64;
 
-std::unique_ptr<Engine> cuda_engine(const std::string& dir) {
+// A CUDA engine with a shared pool; at tp > 1 its ranks 1..tp-1 are started here (*ranks).
+std::unique_ptr<Engine> cuda_engine(const std::string& dir, int tp = 1, std::vector<pid_t>* ranks = nullptr) {
   EngineConfig c;
   c.model_dir = dir;
   c.device = "cuda";
@@ -52,9 +58,15 @@ std::unique_ptr<Engine> cuda_engine(const std::string& dir) {
   c.num_kv_blocks = 64;
   c.max_num_batched_tokens = 128;
   c.kv_shared_memory = true;
+  c.tp_size = tp;
+  if (tp > 1) {
+    c.tp_group = SharedMemory::unique_name("tp");
+    *ranks = llm_test::spawn_ranks(c);
+    c.tp_rank_pids.assign(ranks->begin(), ranks->end());
+  }
   std::unique_ptr<Engine> e;
   Status st = Engine::create(c, &e);
-  if (!st.ok()) std::fprintf(stderr, "  Engine::create: %s\n", st.message().c_str());
+  if (!st.ok()) std::fprintf(stderr, "  Engine::create (tp %d): %s\n", tp, st.message().c_str());
   return e;
 }
 
@@ -70,15 +82,32 @@ transfer::Layout layout_of(const KvRegion& r) {
   return l;
 }
 
+// An agent for the engine's pool: one region per rank, rank 0's by its device pointer, the
+// others' by the IPC handles their processes exported (as the addon's registerRegions does).
 std::unique_ptr<transfer::Agent> agent_for(const std::string& name, const Engine& e) {
   transfer::AgentConfig cfg;
   cfg.name = name;
   std::unique_ptr<transfer::Agent> a;
   if (!transfer::Agent::create(cfg, &a).ok()) return nullptr;
-  const KvRegion r = e.kv_region();
-  Status st = a->register_device_region(r.device_data, r.bytes, layout_of(r));
+  const std::vector<KvRegion> regions = e.kv_regions();
+  transfer::Layout model = layout_of(regions[0]);
+  model.num_kv_heads = regions[0].model_kv_heads;
+  transfer::block_bytes_of(model, model.num_kv_heads, &model.block_bytes);
+  std::vector<transfer::Agent::DeviceRegion> specs;
+  for (const KvRegion& r : regions) {
+    transfer::Agent::DeviceRegion d;
+    d.spec.bytes = static_cast<int64_t>(r.bytes);
+    d.spec.tp_rank = r.tp_rank;
+    d.spec.first_kv_head = r.first_kv_head;
+    d.spec.num_kv_heads = r.view.num_kv_heads;
+    d.spec.cuda_ipc_handle = r.device_ipc_handle;
+    d.spec.cuda_device = r.device_uuid;
+    d.data = r.device_data;
+    specs.push_back(d);
+  }
+  Status st = a->register_device_regions(specs, model);
   if (!st.ok()) {
-    std::fprintf(stderr, "  register_device_region: %s\n", st.message().c_str());
+    std::fprintf(stderr, "  register_device_regions: %s\n", st.message().c_str());
     return nullptr;
   }
   return a;
@@ -111,8 +140,9 @@ std::unique_ptr<Request> request(const std::string& id, std::vector<int32_t> pro
 //   prefill ID PROMPT - hold          -> held BLOCKS (kept until release)
 //   release ID                        -> ok
 //   quit
-int prefill_child(const std::string& dir) {
-  auto engine = cuda_engine(dir);
+int prefill_child(const std::string& dir, int tp) {
+  std::vector<pid_t> ranks;
+  auto engine = cuda_engine(dir, tp, &ranks);
   if (!engine) return 3;
   auto agent = agent_for("prefill", *engine);
   if (!agent) return 3;
@@ -166,7 +196,7 @@ struct Child {
   FILE* to = nullptr;
   FILE* from = nullptr;
 
-  explicit Child(const std::string& dir) {
+  explicit Child(const std::string& dir, int tp = 1) {
     int in[2], out[2];
     if (pipe(in) != 0 || pipe(out) != 0) return;
     pid = fork();
@@ -175,7 +205,8 @@ struct Child {
       dup2(out[1], 1);
       close(in[1]);
       close(out[0]);
-      execl("/proc/self/exe", "test-cuda-ipc", "--prefill-child", dir.c_str(), static_cast<char*>(nullptr));
+      const std::string tp_arg = std::to_string(tp);
+      execl("/proc/self/exe", "test-cuda-ipc", "--prefill-child", dir.c_str(), tp_arg.c_str(), static_cast<char*>(nullptr));
       _exit(127);
     }
     close(in[0]);
@@ -319,7 +350,88 @@ TEST(cuda_ipc_prefill_gives_the_tokens_of_local_serving) {
   CHECK_EQ(child.finish(), 0);
 }
 
+// Decode TP 2 from prefill TP 1, and decode TP 1 from prefill TP 2 (the direction Dynamo
+// refuses): writes and reads between the splits give the tokens of local serving.
+TEST(cuda_ipc_between_tensor_parallel_sizes_gives_the_tokens_of_local_serving) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.sub("model");
+  llm_test::TinyModelSpec spec;
+  spec.vocab_size = kVocab;
+  spec.hidden_size = 256;
+  spec.intermediate_size = 256;
+  spec.num_heads = 4;
+  spec.num_kv_heads = 2;  // head_dim 64; TP 2 splits the kv heads
+  spec.dtype = DType::f32;
+  llm_test::write_model(dir, spec);
+  auto alone = cuda_engine(dir);
+  CHECK(alone != nullptr);
+  if (!alone) return;
+  for (auto [decode_tp, prefill_tp] : {std::pair<int, int>{2, 1}, {1, 2}}) {
+    std::vector<pid_t> ranks;
+    {
+      auto decode = cuda_engine(dir, decode_tp, &ranks);
+      CHECK(decode != nullptr);
+      if (!decode) break;
+      auto agent = agent_for("decode", *decode);
+      CHECK(agent != nullptr);
+      if (!agent) break;
+      Child child(dir, prefill_tp);
+      const std::string meta_line = child.read_line();
+      CHECK(meta_line.rfind("meta ", 0) == 0);
+      if (meta_line.rfind("meta ", 0) != 0) {
+        child.finish();
+        break;
+      }
+      transfer::Connection c;
+      Status st = agent->connect(meta_line.substr(5), transfer::Backend::automatic, &c);
+      if (!st.ok()) std::printf("  connect: %s\n", st.message().c_str());
+      CHECK(st.ok() && c.backend == transfer::Backend::cuda_ipc);
+      std::string my_meta;
+      CHECK(agent->metadata(&my_meta).ok());
+      expect_reply(child.ask("connect " + my_meta), "ok");
+      int round = 0, equal = 0;
+      for (int64_t n : {37, 2}) {
+        for (const char* mode : {"write", "read"}) {
+          const std::string id = "t" + std::to_string(decode_tp) + std::to_string(round++);
+          const std::vector<int32_t> prompt = prompt_of(n, static_cast<int32_t>(n) + round + 7);
+          CHECK(alone->add_request(request("alone-" + id, prompt, 0, false)).ok());
+          const std::vector<int32_t> want = step_until(*alone, "alone-" + id, finished).tokens;
+          CHECK(decode->add_request(request(id, prompt, n - 1, false)).ok());
+          Seen d = step_until(*decode, id, awaiting);
+          CHECK(d.found && d.tokens.empty());
+          if (std::strcmp(mode, "write") == 0) {
+            const std::string reply = child.ask("prefill " + id + " " + join(prompt) + " " + join(d.last.block_ids) + " write");
+            CHECK(reply.rfind("written", 0) == 0);
+            if (reply.rfind("written", 0) != 0) std::printf("  %s\n", reply.c_str());
+            CHECK(wait_notification(*agent, "done " + id));
+          } else {
+            const std::string reply = child.ask("prefill " + id + " " + join(prompt) + " - hold");
+            CHECK(reply.rfind("held", 0) == 0);
+            const std::vector<int32_t> remote = split(reply.size() > 5 ? reply.substr(5) : "-");
+            std::vector<int32_t> local = d.last.block_ids;
+            local.resize(remote.size());
+            st = agent->read("prefill", remote, local);
+            if (!st.ok()) std::printf("  read: %s\n", st.message().c_str());
+            CHECK(st.ok());
+            expect_reply(child.ask("release " + id), "ok");
+          }
+          decode->complete_external_kv(id, true);
+          Seen done = step_until(*decode, id, finished);
+          CHECK(done.found && done.tokens == want);
+          if (done.tokens == want) ++equal;
+        }
+      }
+      std::printf("  decode TP %d <- prefill TP %d: %d of 4 requests gave the tokens of local serving\n", decode_tp,
+                  prefill_tp, equal);
+      agent->close();
+      CHECK_EQ(child.finish(), 0);
+    }
+    CHECK(llm_test::reap(ranks, 20));
+  }
+}
+
 int main(int argc, char** argv) {
-  if (argc == 3 && std::strcmp(argv[1], "--prefill-child") == 0) return prefill_child(argv[2]);
+  if (llm_test::run_rank_from_args(argc, argv)) return 0;  // not reached: a rank exits
+  if (argc == 4 && std::strcmp(argv[1], "--prefill-child") == 0) return prefill_child(argv[2], std::atoi(argv[3]));
   return llm_test::run_all_on_cuda();
 }

@@ -335,4 +335,32 @@ TEST(a_killed_rank_fails_the_step_naming_it_and_the_others_leave) {
   CHECK(reap(pids, 10, false));  // ranks 2 and 3 leave (they report the broken group)
 }
 
+// The notes CUDA ranks send rank 0 (their pools' IPC handles): every rank's, in rank order, the
+// longest allowed one intact; a longer one is refused before anything is sent.
+TEST(notes_from_every_rank_reach_rank_0_in_rank_order) {
+  const std::string group = SharedMemory::unique_name("tp");
+  const int n = 4;
+  auto note_of = [](int r) { return r == 2 ? std::string(TpGroup::kMaxNoteBytes, 'x') : "rank " + std::to_string(r); };
+  std::fflush(stdout);
+  std::vector<pid_t> pids;
+  for (int r = 1; r < n; ++r) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      std::unique_ptr<TpGroup> g;
+      Status st = TpGroup::join(group, r, n, {}, &g);
+      if (st.ok()) st = g->gather_notes(note_of(r), nullptr);
+      _exit(st.ok() ? 0 : 1);
+    }
+    pids.push_back(pid);
+  }
+  std::unique_ptr<TpGroup> g;
+  CHECK(TpGroup::join(group, 0, n, std::vector<int>(pids.begin(), pids.end()), &g).ok());
+  if (!g) return;
+  CHECK(g->gather_notes(std::string(TpGroup::kMaxNoteBytes + 1, 'y'), nullptr).code() == StatusCode::invalid_argument);
+  std::vector<std::string> notes;
+  CHECK(g->gather_notes("", &notes).ok());
+  CHECK(notes.size() == 4 && notes[0].empty() && notes[1] == "rank 1" && notes[2] == note_of(2) && notes[3] == "rank 3");
+  CHECK(reap(pids, 10));
+}
+
 int main() { return llm_test::run_all(); }

@@ -174,15 +174,19 @@ TEST(metadata_round_trips_and_rejects_bad_input) {
   Metadata g = m;
   g.memory = Memory::cuda;
   g.regions[0].shm_name.clear();
-  g.cuda_ipc_handle = std::string(128, 'a');
-  g.cuda_device = "GPU-00112233-4455-6677-8899-aabbccddeeff";
+  g.regions[0].cuda_ipc_handle = std::string(128, 'a');
+  g.regions[0].cuda_device = "GPU-00112233-4455-6677-8899-aabbccddeeff";
   CHECK(metadata_from_json(metadata_to_json(g), &back).ok());
-  CHECK(back.memory == Memory::cuda && back.cuda_ipc_handle == g.cuda_ipc_handle && back.cuda_device == g.cuda_device);
+  CHECK(back.memory == Memory::cuda && back.regions[0].cuda_ipc_handle == g.regions[0].cuda_ipc_handle &&
+        back.regions[0].cuda_device == g.regions[0].cuda_device);
   for (const std::string& handle : {std::string(127, 'a'), std::string(128, 'A'), std::string(128, 'g')}) {
     Metadata h = g;
-    h.cuda_ipc_handle = handle;
+    h.regions[0].cuda_ipc_handle = handle;
     CHECK(metadata_from_json(metadata_to_json(h), &back).code() == StatusCode::transfer_invalid);
   }
+  Metadata no_device = g;
+  no_device.regions[0].cuda_device.clear();
+  CHECK(metadata_from_json(metadata_to_json(no_device), &back).code() == StatusCode::transfer_invalid);
 }
 
 // What a host pool does with a GPU one, and the cuda_ipc backend without GPU pools: refused
@@ -193,8 +197,8 @@ TEST(gpu_pools_are_refused_by_host_pools_and_cuda_ipc_needs_them) {
   CHECK(metadata_from_json(b.metadata(), &g).ok());
   g.memory = Memory::cuda;
   g.regions[0].shm_name.clear();
-  g.cuda_ipc_handle = std::string(128, '0');
-  g.cuda_device = "GPU-00000000-0000-0000-0000-000000000000";
+  g.regions[0].cuda_ipc_handle = std::string(128, '0');
+  g.regions[0].cuda_device = "GPU-00000000-0000-0000-0000-000000000000";
   Connection c;
   for (Backend backend : {Backend::automatic, Backend::shm, Backend::tcp, Backend::cuda_ipc}) {
     Status st = a.agent->connect(metadata_to_json(g), backend, &c);
@@ -761,16 +765,22 @@ TEST(tp_metadata_is_checked_and_only_the_model_layout_must_agree) {
     if (!named_it) std::printf("  expected '%s', got: %s\n", b.second, st.message().c_str());
     CHECK(named_it);
   }
-  // A GPU pool of two ranks: refused, saying why.
+  // A GPU pool of two ranks: each region its own allocation's handle and device; a region
+  // without one is refused, saying which.
   CHECK(metadata_from_json(json, &m).ok());
   m.memory = Memory::cuda;
-  m.cuda_ipc_handle = std::string(128, 'a');
-  m.cuda_device = "GPU-00112233-4455-6677-8899-aabbccddeeff";
-  for (RegionSpec& r : m.regions) r.shm_name.clear();
+  for (RegionSpec& r : m.regions) {
+    r.shm_name.clear();
+    r.cuda_ipc_handle = std::string(128, r.tp_rank == 0 ? 'a' : 'b');
+    r.cuda_device = "GPU-00112233-4455-6677-8899-aabbccddeeff";
+  }
+  Metadata gpu_back;
+  CHECK(metadata_from_json(metadata_to_json(m), &gpu_back).ok());
+  CHECK(gpu_back.regions.size() == 2 && gpu_back.regions[1].cuda_ipc_handle == std::string(128, 'b'));
+  m.regions[1].cuda_ipc_handle.clear();
   Status st = metadata_from_json(metadata_to_json(m), &m);
   CHECK(st.code() == StatusCode::transfer_invalid &&
-        st.message().find("tensor-parallel GPU pools (2 regions) are not supported by the cuda_ipc backend") !=
-            std::string::npos);
+        st.message().find("KV region 1: a GPU pool's region has a CUDA IPC handle") != std::string::npos);
 
   // Different TP sizes and pool sizes connect; another model (2 kv heads) does not.
   Connection c;

@@ -62,8 +62,8 @@ inline std::vector<pid_t> fork_ranks(const llm::EngineConfig& cfg) {
 }
 
 // The same as new processes of this program: `--tp-rank R MODEL_DIR TP GROUP DEVICE BLOCK_SIZE
-// MAX_BATCHED_TOKENS`, tp_config's config with cfg's block size and token budget (what a rank's
-// pool and activations depend on).
+// MAX_BATCHED_TOKENS SHARED`, tp_config's config with cfg's block size, token budget and
+// kv_shared_memory (what a rank's pool, activations and start-up exchange depend on).
 inline std::vector<pid_t> spawn_ranks(const llm::EngineConfig& cfg) {
   std::fflush(stdout);
   std::vector<pid_t> pids;
@@ -73,7 +73,8 @@ inline std::vector<pid_t> spawn_ranks(const llm::EngineConfig& cfg) {
       const std::string rank = std::to_string(r), tp = std::to_string(cfg.tp_size);
       const std::string block = std::to_string(cfg.block_size), budget = std::to_string(cfg.max_num_batched_tokens);
       execl("/proc/self/exe", "tp-rank", "--tp-rank", rank.c_str(), cfg.model_dir.c_str(), tp.c_str(),
-            cfg.tp_group.c_str(), cfg.device.c_str(), block.c_str(), budget.c_str(), static_cast<char*>(nullptr));
+            cfg.tp_group.c_str(), cfg.device.c_str(), block.c_str(), budget.c_str(), cfg.kv_shared_memory ? "1" : "0",
+            static_cast<char*>(nullptr));
       std::printf("  rank %d: exec: %s\n", r, std::strerror(errno));
       _exit(1);
     }
@@ -85,12 +86,13 @@ inline std::vector<pid_t> spawn_ranks(const llm::EngineConfig& cfg) {
 // A test's main first: true when this process is a rank spawn_ranks started (it never returns
 // then).
 inline bool run_rank_from_args(int argc, char** argv) {
-  if (argc != 9 || std::strcmp(argv[1], "--tp-rank") != 0) return false;
+  if (argc != 10 || std::strcmp(argv[1], "--tp-rank") != 0) return false;
   const int rank = std::atoi(argv[2]);
   llm::EngineConfig cfg = tp_config(argv[3], std::atoi(argv[4]), argv[6]);
   cfg.tp_group = argv[5];
   cfg.block_size = std::atoll(argv[7]);
   cfg.max_num_batched_tokens = std::atoll(argv[8]);
+  cfg.kv_shared_memory = std::strcmp(argv[9], "1") == 0;
   exit_rank(rank, llm::run_tp_rank(cfg, rank));
   return true;
 }

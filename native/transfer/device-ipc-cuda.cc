@@ -1,6 +1,5 @@
-// device-ipc-cuda.cc: device-ipc.h with the CUDA runtime (cudaIpc*, cudaMemcpyAsync).
-// Devices are named by UUID across processes: a device's index can differ between two processes
-// (CUDA_VISIBLE_DEVICES), its UUID cannot.
+// device-ipc-cuda.cc: device-ipc.h with the CUDA runtime (cudaIpc*, cudaMemcpyAsync); handles are
+// made by kernels/cuda/ipc-handle.h, which names devices by UUID.
 #include <cuda_runtime_api.h>
 
 #include <cstdio>
@@ -8,6 +7,7 @@
 #include <vector>
 
 #include "device-ipc.h"
+#include "kernels/cuda/ipc-handle.h"
 
 namespace llm {
 namespace transfer {
@@ -17,14 +17,6 @@ namespace {
 Status cuda_failed(StatusCode code, const std::string& what, cudaError_t err) {
   cudaGetLastError();  // clear it: the agent's next call must not see this one's error
   return Status(code, what + ": " + cudaGetErrorString(err));
-}
-
-std::string uuid_text(const cudaUUID_t& u) {
-  const auto* b = reinterpret_cast<const unsigned char*>(u.bytes);
-  char s[64];
-  std::snprintf(s, sizeof s, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1],
-                b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
-  return s;
 }
 
 // The index of the device named `uuid` in this process, or -1. The UUIDs of this process's
@@ -38,8 +30,7 @@ int device_of(const std::string& uuid) {
       return all;
     }
     for (int d = 0; d < count; ++d) {
-      cudaDeviceProp prop;
-      all.push_back(cudaGetDeviceProperties(&prop, d) == cudaSuccess ? uuid_text(prop.uuid) : std::string());
+      all.push_back(cuda::device_uuid(d));
     }
     return all;
   }();
@@ -55,24 +46,7 @@ constexpr size_t kHandleBytes = sizeof(cudaIpcMemHandle_t);
 bool device_ipc_built() { return true; }
 
 Status export_device_region(const void* base, std::string* handle_hex, std::string* device_uuid) {
-  cudaPointerAttributes attr;
-  cudaError_t err = cudaPointerGetAttributes(&attr, base);
-  if (err != cudaSuccess) return cuda_failed(StatusCode::transfer_invalid, "the KV region is not device memory", err);
-  if (attr.type != cudaMemoryTypeDevice) return Status(StatusCode::transfer_invalid, "the KV region is not device memory");
-  cudaDeviceProp prop;
-  if ((err = cudaGetDeviceProperties(&prop, attr.device)) != cudaSuccess)
-    return cuda_failed(StatusCode::transfer_invalid, "cudaGetDeviceProperties", err);
-  if ((err = cudaSetDevice(attr.device)) != cudaSuccess) return cuda_failed(StatusCode::transfer_invalid, "cudaSetDevice", err);
-  cudaIpcMemHandle_t h;
-  if ((err = cudaIpcGetMemHandle(&h, const_cast<void*>(base))) != cudaSuccess)
-    return cuda_failed(StatusCode::transfer_invalid, "cudaIpcGetMemHandle (the KV region)", err);
-  static_assert(kHandleBytes == 64, "CUDA IPC handles are 64 bytes");
-  const auto* b = reinterpret_cast<const unsigned char*>(&h);
-  std::string hex(2 * kHandleBytes, '0');
-  for (size_t i = 0; i < kHandleBytes; ++i) std::snprintf(&hex[2 * i], 3, "%02x", b[i]);
-  *handle_hex = hex;
-  *device_uuid = uuid_text(prop.uuid);
-  return Status::Ok();
+  return cuda::export_ipc_handle(base, handle_hex, device_uuid);
 }
 
 Status DeviceMapping::open(const std::string& handle_hex, const std::string& device_uuid,
@@ -105,7 +79,7 @@ DeviceMapping::~DeviceMapping() {
   cudaGetLastError();
 }
 
-Status device_copy(const std::vector<DeviceCopy>& copies, size_t bytes, const std::string& device_uuid) {
+Status device_copy(const std::vector<DeviceCopy>& copies, const std::string& device_uuid) {
   if (copies.empty()) return Status::Ok();
   const int device = device_of(device_uuid);
   if (device < 0) return Status(StatusCode::transfer_peer, "this process sees no GPU " + device_uuid);
@@ -121,14 +95,11 @@ Status device_copy(const std::vector<DeviceCopy>& copies, size_t bytes, const st
       return cuda_failed(StatusCode::transfer_peer, "cudaStreamCreate", err);
     stream_device = device;
   }
-  for (size_t i = 0; i < copies.size();) {
-    size_t n = 1;  // a run of blocks adjacent on both sides: one copy
-    while (i + n < copies.size() && copies[i + n].src == copies[i].src + n * bytes &&
-           copies[i + n].dst == copies[i].dst + n * bytes)
-      ++n;
-    if ((err = cudaMemcpyAsync(copies[i].dst, copies[i].src, n * bytes, cudaMemcpyDeviceToDevice, stream)) != cudaSuccess)
-      return cuda_failed(StatusCode::transfer_peer, "cudaMemcpyAsync (device to device)", err);
-    i += n;
+  // cudaMemcpyDefault: the pointers may be on other GPUs of the host (unified addressing).
+  for (const DeviceCopy& c : copies) {
+    err = c.rows == 1 ? cudaMemcpyAsync(c.dst, c.src, c.width, cudaMemcpyDefault, stream)
+                      : cudaMemcpy2DAsync(c.dst, c.dst_pitch, c.src, c.src_pitch, c.width, c.rows, cudaMemcpyDefault, stream);
+    if (err != cudaSuccess) return cuda_failed(StatusCode::transfer_peer, "cudaMemcpyAsync (device to device)", err);
   }
   if ((err = cudaStreamSynchronize(stream)) != cudaSuccess)
     return cuda_failed(StatusCode::transfer_peer, "the device-to-device copy", err);

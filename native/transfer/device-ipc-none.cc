@@ -22,7 +22,7 @@ Status DeviceMapping::open(const std::string&, const std::string&, std::unique_p
 
 DeviceMapping::~DeviceMapping() = default;
 
-Status device_copy(const std::vector<DeviceCopy>&, size_t, const std::string&) { return not_built(); }
+Status device_copy(const std::vector<DeviceCopy>&, const std::string&) { return not_built(); }
 
 }  // namespace transfer
 }  // namespace llm

@@ -7,6 +7,8 @@
 // Stays true: an exported handle names a whole cudaMalloc allocation (the pool's first byte); a
 // mapping is open until its owner is destroyed; device_copy returns only once every byte has
 // landed (the caller may then tell the peer, which reads the blocks on its own stream).
+// A pool split by tensor parallelism is one allocation per rank, each exported by its own
+// process (the engine's ranks: kernels/cuda/ipc-handle.h) and opened here one by one.
 // CUDA IPC cannot open a handle in the process that exported it: two engines in one process
 // cannot use it (the GPU test runs the prefill side as a child process).
 #pragma once
@@ -47,14 +49,20 @@ class DeviceMapping {
   int device_ = 0;
 };
 
-// One block copy of a transfer: `bytes` from src to dst, both device pointers.
+// One copy of a transfer: `rows` rows of `width` bytes from src (rows src_pitch bytes apart) to
+// dst (dst_pitch apart); device pointers of this process, on any GPU of this host (a pool opened
+// by DeviceMapping included).
 struct DeviceCopy {
   const char* src;
   char* dst;
+  size_t width;
+  size_t rows;
+  size_t src_pitch;
+  size_t dst_pitch;
 };
-// Runs the copies (runs of adjacent blocks merge into one copy) on a stream of the calling thread
-// and waits for them. `device_uuid`: the device both pools are on.
-Status device_copy(const std::vector<DeviceCopy>& copies, size_t bytes, const std::string& device_uuid);
+// Runs the copies on a stream of the calling thread on the device named `device_uuid` and waits
+// for them.
+Status device_copy(const std::vector<DeviceCopy>& copies, const std::string& device_uuid);
 
 }  // namespace transfer
 }  // namespace llm

@@ -27,7 +27,7 @@ struct Agent::Peer {
   Metadata meta;
   Backend backend = Backend::tcp;
   std::vector<std::unique_ptr<SharedMemory>> shm;  // shm backend: every region of the peer, mapped here
-  std::unique_ptr<DeviceMapping> device;  // cuda_ipc backend: the peer's pool, opened here
+  std::vector<std::unique_ptr<DeviceMapping>> devices;  // cuda_ipc backend: every region of the peer, opened here
   std::vector<RegionView> regions;    // the peer's, by rank (base null for tcp)
   std::vector<HeadCopy> write_plan;   // this agent's regions -> the peer's
   std::vector<HeadCopy> read_plan;    // the peer's regions -> this agent's
@@ -98,12 +98,27 @@ BlockShape shape_of(const Layout& l) {
   return BlockShape{2 * l.num_layers * l.block_size, l.head_dim * dtype_size(l.dtype)};
 }
 
-// Copies run `c` of n blocks: src's blocks src_ids[i] -> dst's dst_ids[i]. Whole blocks (runs of
-// adjacent ids merged) when both regions hold exactly the run's heads; else, per block and row,
-// the run's heads.
-template <typename View>
+// Host memory: `rows` rows of `width` bytes, src_pitch and dst_pitch apart.
+struct HostCopy {
+  void operator()(char* dst, const char* src, size_t width, size_t rows, size_t dst_pitch, size_t src_pitch) const {
+    for (size_t r = 0; r < rows; ++r) std::memcpy(dst + r * dst_pitch, src + r * src_pitch, width);
+  }
+};
+
+// GPU memory: the same copies, collected for device_copy.
+struct DeviceCopies {
+  std::vector<DeviceCopy>* out;
+  void operator()(char* dst, const char* src, size_t width, size_t rows, size_t dst_pitch, size_t src_pitch) const {
+    out->push_back(DeviceCopy{src, dst, width, rows, src_pitch, dst_pitch});
+  }
+};
+
+// Copies run `c` of n blocks: src's blocks src_ids[i] -> dst's dst_ids[i], by `copy` (HostCopy or
+// DeviceCopies). Whole blocks (runs of adjacent ids merged) when both regions hold exactly the
+// run's heads; else, per block, the run's heads of every row.
+template <typename View, typename Copy>
 void copy_heads(const BlockShape& g, const View& src, const View& dst, const HeadCopy& c, const int32_t* src_ids,
-                const int32_t* dst_ids, size_t n) {
+                const int32_t* dst_ids, size_t n, const Copy& copy) {
   if (c.num_heads == src.num_kv_heads && c.num_heads == dst.num_kv_heads) {
     const size_t bytes = static_cast<size_t>(src.block_bytes);
     for (size_t i = 0; i < n;) {
@@ -111,17 +126,18 @@ void copy_heads(const BlockShape& g, const View& src, const View& dst, const Hea
       while (i + run < n && src_ids[i + run] == src_ids[i] + static_cast<int32_t>(run) &&
              dst_ids[i + run] == dst_ids[i] + static_cast<int32_t>(run))
         ++run;
-      std::memcpy(dst.base + dst_ids[i] * dst.block_bytes, src.base + src_ids[i] * src.block_bytes, run * bytes);
+      copy(dst.base + dst_ids[i] * dst.block_bytes, src.base + src_ids[i] * src.block_bytes, run * bytes, 1, 0, 0);
       i += run;
     }
     return;
   }
-  const int64_t src_row = src.num_kv_heads * g.head_bytes, dst_row = dst.num_kv_heads * g.head_bytes;
+  const size_t src_row = static_cast<size_t>(src.num_kv_heads * g.head_bytes);
+  const size_t dst_row = static_cast<size_t>(dst.num_kv_heads * g.head_bytes);
   const size_t bytes = static_cast<size_t>(c.num_heads * g.head_bytes);
   for (size_t i = 0; i < n; ++i) {
     const char* from = src.base + src_ids[i] * src.block_bytes + c.src_head * g.head_bytes;
     char* to = dst.base + dst_ids[i] * dst.block_bytes + c.dst_head * g.head_bytes;
-    for (int64_t r = 0; r < g.rows; ++r) std::memcpy(to + r * dst_row, from + r * src_row, bytes);
+    copy(to, from, bytes, static_cast<size_t>(g.rows), dst_row, src_row);
   }
 }
 
@@ -241,22 +257,51 @@ Status Agent::register_region(const std::string& shm_name, size_t bytes, const L
 }
 
 Status Agent::register_device_region(void* data, size_t bytes, const Layout& layout) {
-  if (!data) return invalid("the KV region's device pointer is null");
   if (bytes > static_cast<size_t>(INT64_MAX)) return invalid("a KV region is larger than 2^63 bytes");
-  const RegionSpec region{"", static_cast<int64_t>(bytes), 0, 0, layout.num_kv_heads};
-  LLM_RETURN_IF_ERROR(check_regions({region}, layout, true));
-  std::string handle, device;
-  LLM_RETURN_IF_ERROR(export_device_region(data, &handle, &device));
+  DeviceRegion r;
+  r.spec.bytes = static_cast<int64_t>(bytes);
+  r.spec.num_kv_heads = layout.num_kv_heads;
+  r.data = data;
+  if (!data) return invalid("the KV region's device pointer is null");
+  return register_device_regions({r}, layout);
+}
+
+Status Agent::register_device_regions(const std::vector<DeviceRegion>& regions, const Layout& model_layout) {
+  std::vector<DeviceRegion> by_rank = regions;
+  std::stable_sort(by_rank.begin(), by_rank.end(),
+                   [](const DeviceRegion& a, const DeviceRegion& b) { return a.spec.tp_rank < b.spec.tp_rank; });
+  std::vector<RegionSpec> specs;
+  for (DeviceRegion& r : by_rank) {
+    if (r.data) {  // this process's allocation: exported here
+      if (!r.spec.cuda_ipc_handle.empty()) return invalid("a GPU KV region has a device pointer or a handle, not both");
+      LLM_RETURN_IF_ERROR(export_device_region(r.data, &r.spec.cuda_ipc_handle, &r.spec.cuda_device));
+    }
+    specs.push_back(r.spec);
+  }
+  LLM_RETURN_IF_ERROR(check_regions(specs, model_layout, true));
+  std::vector<std::unique_ptr<DeviceMapping>> maps;
+  std::vector<RegionView> views;
+  for (const DeviceRegion& r : by_rank) {
+    char* base = static_cast<char*>(r.data);
+    if (!base) {  // another process's (a tensor-parallel rank's): opened here
+      std::unique_ptr<DeviceMapping> m;
+      Status st = DeviceMapping::open(r.spec.cuda_ipc_handle, r.spec.cuda_device, &m);
+      if (!st.ok())
+        return invalid("cannot open the GPU KV region of rank " + std::to_string(r.spec.tp_rank) + ": " + st.message());
+      base = m->data();
+      maps.push_back(std::move(m));
+    }
+    views.push_back(RegionView{base, region_block_bytes(model_layout, r.spec), r.spec.num_kv_heads});
+  }
   std::lock_guard<std::mutex> lock(mu_);
   if (closed_) return closed_error();
   if (has_region()) return invalid("a KV region is already registered");
-  device_region_ = static_cast<char*>(data);
-  local_ = {RegionView{device_region_, layout.block_bytes, layout.num_kv_heads}};
+  device_maps_ = std::move(maps);
+  local_ = std::move(views);
+  gpu_pool_ = true;
   self_.memory = Memory::cuda;
-  self_.cuda_ipc_handle = handle;
-  self_.cuda_device = device;
-  self_.layout = layout;
-  self_.regions = {region};
+  self_.layout = model_layout;
+  self_.regions = std::move(specs);
   return Status::Ok();
 }
 
@@ -301,10 +346,14 @@ Status Agent::open_peer(const Metadata& m, Backend backend, std::shared_ptr<Peer
     if (backend != Backend::automatic && backend != Backend::cuda_ipc)
       return invalid(std::string("GPU KV pools move only by cuda_ipc, not ") + backend_name(backend));
     if (!(m.host == self_.host)) return Status(StatusCode::transfer_peer, who + " is on another host; CUDA IPC needs one host");
-    if (m.regions.size() != 1 || self_.regions.size() != 1)  // check_regions refuses them already
-      return invalid("tensor-parallel GPU pools are not supported by the cuda_ipc backend");
-    Status st = DeviceMapping::open(m.cuda_ipc_handle, m.cuda_device, &p->device);
-    if (!st.ok()) return Status(StatusCode::transfer_peer, who + "'s GPU pool cannot be opened: " + st.message());
+    for (const RegionSpec& r : m.regions) {
+      std::unique_ptr<DeviceMapping> one;
+      Status st = DeviceMapping::open(r.cuda_ipc_handle, r.cuda_device, &one);
+      if (!st.ok())
+        return Status(StatusCode::transfer_peer, who + "'s GPU KV region of rank " + std::to_string(r.tp_rank) +
+                                                     " cannot be opened: " + st.message());
+      p->devices.push_back(std::move(one));
+    }
     p->backend = Backend::cuda_ipc;
   } else if (backend == Backend::cuda_ipc) {
     return invalid("the cuda_ipc backend needs GPU KV pools on both sides (register_device_region)");
@@ -329,9 +378,11 @@ Status Agent::open_peer(const Metadata& m, Backend backend, std::shared_ptr<Peer
       p->shm = std::move(maps);
     }
   }
-  if (!p->device) p->backend = p->shm.empty() ? Backend::tcp : Backend::shm;
+  if (p->devices.empty()) p->backend = p->shm.empty() ? Backend::tcp : Backend::shm;
   for (size_t i = 0; i < m.regions.size(); ++i) {
-    char* base = p->device ? p->device->data() : p->shm.empty() ? nullptr : static_cast<char*>(p->shm[i]->data());
+    char* base = !p->devices.empty() ? p->devices[i]->data()
+                 : p->shm.empty()    ? nullptr
+                                     : static_cast<char*>(p->shm[i]->data());
     p->regions.push_back(RegionView{base, region_block_bytes(m.layout, m.regions[i]), m.regions[i].num_kv_heads});
   }
   p->write_plan = plan_head_copies(self_.regions, m.regions);
@@ -450,21 +501,19 @@ AgentStats Agent::stats() const {
 
 Status Agent::copy_direct(const Peer& p, bool to_peer, const std::vector<int32_t>& src_ids,
                           const std::vector<int32_t>& dst_ids) const {
-  if (p.backend == Backend::cuda_ipc) {  // one region each side, all heads: whole blocks
-    std::vector<DeviceCopy> copies;
-    const RegionView& src = to_peer ? local_[0] : p.regions[0];
-    const RegionView& dst = to_peer ? p.regions[0] : local_[0];
-    for (size_t i = 0; i < src_ids.size(); ++i)
-      copies.push_back({src.base + src_ids[i] * src.block_bytes, dst.base + dst_ids[i] * dst.block_bytes});
-    return device_copy(copies, static_cast<size_t>(src.block_bytes), self_.cuda_device);
-  }
   const BlockShape g = shape_of(self_.layout);
+  std::vector<DeviceCopy> device_copies;
   for (const HeadCopy& c : to_peer ? p.write_plan : p.read_plan) {
     const RegionView& src = to_peer ? local_[c.src] : p.regions[c.src];
     const RegionView& dst = to_peer ? p.regions[c.dst] : local_[c.dst];
-    copy_heads(g, src, dst, c, src_ids.data(), dst_ids.data(), src_ids.size());
+    if (p.backend == Backend::cuda_ipc)
+      copy_heads(g, src, dst, c, src_ids.data(), dst_ids.data(), src_ids.size(), DeviceCopies{&device_copies});
+    else
+      copy_heads(g, src, dst, c, src_ids.data(), dst_ids.data(), src_ids.size(), HostCopy{});
   }
-  return Status::Ok();
+  // Every GPU of the host reaches the others' memory (unified addressing): the copies run on
+  // this agent's rank 0 GPU.
+  return p.backend == Backend::cuda_ipc ? device_copy(device_copies, self_.regions[0].cuda_device) : Status::Ok();
 }
 
 Status Agent::send_blocks(Peer& p, const std::vector<int32_t>& local_blocks, const std::vector<int32_t>& remote_blocks,
@@ -489,7 +538,7 @@ Status Agent::send_blocks(Peer& p, const std::vector<int32_t>& local_blocks, con
         const RegionView dst{st.data.data(), bytes, p.regions[d].num_kv_heads};
         for (size_t i = 0; i < n; i += st.chunk) {
           const size_t k = std::min(st.chunk, n - i);
-          for (const HeadCopy& c : runs) copy_heads(g, local_[c.src], dst, c, &local_blocks[i], st.slots.data(), k);
+          for (const HeadCopy& c : runs) copy_heads(g, local_[c.src], dst, c, &local_blocks[i], st.slots.data(), k, HostCopy{});
           LLM_RETURN_IF_ERROR(send_all(s, st.data.data(), k * static_cast<size_t>(bytes)));
         }
         return Status::Ok();
@@ -527,7 +576,7 @@ Status Agent::receive_blocks(Peer& p, const std::vector<int32_t>& remote_blocks,
         for (size_t i = 0; i < n; i += st.chunk) {
           const size_t k = std::min(st.chunk, n - i);
           LLM_RETURN_IF_ERROR(recv_all(s, st.data.data(), k * static_cast<size_t>(bytes)));
-          for (const HeadCopy& c : runs) copy_heads(g, src, local_[c.dst], c, st.slots.data(), &local_blocks[i], k);
+          for (const HeadCopy& c : runs) copy_heads(g, src, local_[c.dst], c, st.slots.data(), &local_blocks[i], k, HostCopy{});
         }
         return Status::Ok();
       };
@@ -698,7 +747,7 @@ Status Agent::serve_write(const Socket& s, const std::string& peer_name, const F
   }
   const size_t bytes = static_cast<size_t>(local_[region].block_bytes);
   Status st = check_blocks(ids, self_.layout.num_blocks, "remote");
-  if (st.ok() && device_region_ && !ids.empty())  // a GPU pool takes blocks only by cuda_ipc (no host copy of it here)
+  if (st.ok() && gpu_pool_ && !ids.empty())  // a GPU pool takes blocks only by cuda_ipc (no host copy of it here)
     st = invalid("agent '" + self_.name + "' has a GPU KV pool: blocks move by cuda_ipc, not over TCP");
   std::vector<char> scratch(st.ok() ? 0 : bytes);
   for (int32_t id : ids) LLM_RETURN_IF_ERROR(recv_all(s, st.ok() ? block(region, id) : scratch.data(), bytes));
@@ -714,7 +763,7 @@ Status Agent::serve_read(const Socket& s, const FrameHeader& h, const std::vecto
     return bad_region;
   }
   Status st = check_blocks(ids, self_.layout.num_blocks, "remote");
-  if (st.ok() && device_region_ && !ids.empty())
+  if (st.ok() && gpu_pool_ && !ids.empty())
     st = invalid("agent '" + self_.name + "' has a GPU KV pool: blocks move by cuda_ipc, not over TCP");
   LLM_RETURN_IF_ERROR(send_reply(s, st));
   for (size_t i = 0; st.ok() && i < ids.size(); ++i)

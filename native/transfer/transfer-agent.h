@@ -34,11 +34,12 @@
 //             of as many of its regions as hold all heads and scatters them into the local
 //             regions. The listener bounds-checks and copies whole blocks into / out of the
 //             region named.
-//   cuda_ipc  both pools are in GPU memory (register_device_region), one region each holding all
-//             heads, on this host: the peer's allocation is opened by CUDA IPC (device-ipc.h),
-//             write and read are device-to-device copies (adjacent blocks merged) that finish
-//             before the notification is sent. GPU pools move only this way; a GPU pool and a
-//             host pool cannot exchange blocks; tensor-parallel GPU pools are refused.
+//   cuda_ipc  both pools are in GPU memory (register_device_regions: one allocation per rank),
+//             on this host: every allocation of the peer is opened by CUDA IPC (device-ipc.h),
+//             write and read are device-to-device copies, whole blocks (adjacent blocks merged)
+//             or one strided copy per block of the heads two regions share, that finish before
+//             the notification is sent. GPU pools move only this way; a GPU pool and a host pool
+//             cannot exchange blocks.
 // Stays true:
 //   - nothing is read or written out of bounds: every block id is checked against both pools
 //     before any byte moves (the listener checks its own again, and the region index); a bad
@@ -146,6 +147,15 @@ class Agent {
   // the allocation's first byte), `bytes` long; it is exported by CUDA IPC. The pool must outlive
   // the agent (close the agent first).
   Status register_device_region(void* data, size_t bytes, const Layout& layout);
+  // Or a GPU pool of one allocation per tensor-parallel rank (RegionSpec as register_regions
+  // takes it, with no segment name): this process's own has `data` (exported here); each other
+  // rank's was exported by its process (spec.cuda_ipc_handle, spec.cuda_device) and is opened
+  // here. Every allocation must outlive the agent.
+  struct DeviceRegion {
+    RegionSpec spec;
+    void* data = nullptr;
+  };
+  Status register_device_regions(const std::vector<DeviceRegion>& regions, const Layout& model_layout);
   // This agent's metadata (JSON), for discovery; needs the region.
   Status metadata(std::string* out) const;
   // Connects to the agent `remote_metadata` describes (replacing an earlier connection to an
@@ -212,7 +222,8 @@ class Agent {
   AgentConfig cfg_;
   Metadata self_;                          // incarnation, host and listener from create(); regions
   std::vector<std::unique_ptr<SharedMemory>> segments_;  // set once by register_regions, by rank
-  char* device_region_ = nullptr;          // or by register_device_region
+  std::vector<std::unique_ptr<DeviceMapping>> device_maps_;  // or: the other ranks' GPU regions, opened
+  bool gpu_pool_ = false;                  // the regions are GPU memory (register_device_regions)
   std::vector<RegionView> local_;          // the regions above, by rank
   Socket listener_;
   std::thread accept_thread_;

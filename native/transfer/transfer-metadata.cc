@@ -108,9 +108,6 @@ Status check_regions(const std::vector<RegionSpec>& regions, const Layout& model
   if (regions.empty() || regions.size() > kMaxRegions)
     return invalid("KV regions: a pool has 1 to " + std::to_string(kMaxRegions) + " regions, not " +
                    std::to_string(regions.size()));
-  if (gpu && regions.size() != 1)
-    return invalid("KV regions: tensor-parallel GPU pools (" + std::to_string(regions.size()) +
-                   " regions) are not supported by the cuda_ipc backend");
   const int64_t heads = model.num_kv_heads;
   std::vector<bool> held(static_cast<size_t>(heads), false);
   for (size_t i = 0; i < regions.size(); ++i) {
@@ -126,6 +123,12 @@ Status check_regions(const std::vector<RegionSpec>& regions, const Layout& model
                      std::to_string(heads) + ")");
     if (gpu != r.shm_name.empty())
       return invalid(what + (gpu ? "a GPU pool has no segment name" : "a host pool's region needs its segment name"));
+    const bool handle_ok = r.cuda_ipc_handle.size() == 128 &&
+                           r.cuda_ipc_handle.find_first_not_of("0123456789abcdef") == std::string::npos;
+    if (gpu && (!handle_ok || r.cuda_device.empty()))
+      return invalid(what + "a GPU pool's region has a CUDA IPC handle (128 lowercase hex digits) and a device");
+    if (!gpu && (!r.cuda_ipc_handle.empty() || !r.cuda_device.empty()))
+      return invalid(what + "a host pool's region has no CUDA handle or device");
     for (size_t j = 0; j < i; ++j)
       if (!gpu && regions[j].shm_name == r.shm_name) return invalid(what + "segment '" + r.shm_name + "' is also region " + std::to_string(j) + "'s");
     const int64_t bb = region_block_bytes(model, r);
@@ -183,8 +186,7 @@ std::string metadata_to_json(const Metadata& m) {
   std::string out = "{\"name\":" + json_quote(m.name) + ",\"incarnation\":\"" + inc + "\",\"hostname\":" +
          json_quote(m.host.hostname) + ",\"boot_id\":" + json_quote(m.host.boot_id) +
          ",\"tcp_host\":" + json_quote(m.tcp_host) + ",\"tcp_port\":" + std::to_string(m.tcp_port) +
-         ",\"memory\":\"" + memory_name(m.memory) + "\",\"cuda_ipc_handle\":" + json_quote(m.cuda_ipc_handle) +
-         ",\"cuda_device\":" + json_quote(m.cuda_device) +
+         ",\"memory\":\"" + memory_name(m.memory) + "\"" +
          ",\"layout\":{\"num_blocks\":" + std::to_string(l.num_blocks) + ",\"block_bytes\":" +
          std::to_string(l.block_bytes) + ",\"num_layers\":" + std::to_string(l.num_layers) +
          ",\"block_size\":" + std::to_string(l.block_size) + ",\"num_kv_heads\":" + std::to_string(l.num_kv_heads) +
@@ -195,7 +197,8 @@ std::string metadata_to_json(const Metadata& m) {
     out += std::string(i ? "," : "") + "{\"shm_name\":" + json_quote(r.shm_name) + ",\"region_bytes\":" +
            std::to_string(r.bytes) + ",\"tp_rank\":" + std::to_string(r.tp_rank) + ",\"first_kv_head\":" +
            std::to_string(r.first_kv_head) + ",\"num_kv_heads\":" + std::to_string(r.num_kv_heads) +
-           ",\"block_bytes\":" + std::to_string(region_block_bytes(l, r)) + "}";
+           ",\"block_bytes\":" + std::to_string(region_block_bytes(l, r)) + ",\"cuda_ipc_handle\":" +
+           json_quote(r.cuda_ipc_handle) + ",\"cuda_device\":" + json_quote(r.cuda_device) + "}";
   }
   return out + "]}";
 }
@@ -216,8 +219,6 @@ Status metadata_from_json(const std::string& json, Metadata* out) {
   LLM_RETURN_IF_ERROR(read_int(root, "tcp_port", 1, 65535, &port));
   std::string memory;
   LLM_RETURN_IF_ERROR(read_string(root, "memory", &memory));
-  LLM_RETURN_IF_ERROR(read_string(root, "cuda_ipc_handle", &m.cuda_ipc_handle));
-  LLM_RETURN_IF_ERROR(read_string(root, "cuda_device", &m.cuda_device));
   const JsonValue* lj = root.get("layout");
   if (!lj || !lj->is_object()) return invalid("transfer metadata: 'layout' must be an object");
   Layout& l = m.layout;
@@ -249,6 +250,8 @@ Status metadata_from_json(const std::string& json, Metadata* out) {
     LLM_RETURN_IF_ERROR(read_int(r, "first_kv_head", 0, kMaxDim - 1, &spec.first_kv_head));
     LLM_RETURN_IF_ERROR(read_int(r, "num_kv_heads", 1, kMaxDim - 1, &spec.num_kv_heads));
     LLM_RETURN_IF_ERROR(read_int(r, "block_bytes", 1, INT64_MAX, &block_bytes));
+    LLM_RETURN_IF_ERROR(read_string(r, "cuda_ipc_handle", &spec.cuda_ipc_handle));
+    LLM_RETURN_IF_ERROR(read_string(r, "cuda_device", &spec.cuda_device));
     int64_t expect = 0;
     if (!block_bytes_of(l, spec.num_kv_heads, &expect) || block_bytes != expect)
       return invalid("transfer metadata: region " + std::to_string(m.regions.size()) + "'s block_bytes " +
@@ -257,13 +260,8 @@ Status metadata_from_json(const std::string& json, Metadata* out) {
   }
   if (memory == "host") {
     m.memory = Memory::host;
-    if (!m.cuda_ipc_handle.empty() || !m.cuda_device.empty())
-      return invalid("transfer metadata: a host pool has no CUDA handle or device");
   } else if (memory == "cuda") {
     m.memory = Memory::cuda;
-    if (m.cuda_device.empty() || m.cuda_ipc_handle.size() != 128 ||
-        m.cuda_ipc_handle.find_first_not_of("0123456789abcdef") != std::string::npos)
-      return invalid("transfer metadata: a GPU pool has a CUDA IPC handle (128 lowercase hex digits) and a device");
   } else {
     return invalid("transfer metadata: 'memory' must be \"host\" or \"cuda\", not '" + memory + "'");
   }

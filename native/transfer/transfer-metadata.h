@@ -7,7 +7,7 @@
 // present and in range, block_bytes equal to the layout's product for the model and for each
 // region, each region large enough for num_blocks blocks, regions listed by tp_rank 0..n-1 and
 // together holding every kv head, a host pool's regions each with their own segment name and no
-// CUDA handle, a GPU pool with a CUDA IPC handle and device, no segment and exactly one region);
+// CUDA handle, a GPU pool's regions each with a CUDA IPC handle and device and no segment);
 // anything else is ERR_TRANSFER_INVALID. Two pools can exchange blocks only when
 // layout_mismatch() is empty: every model-level field but num_blocks agrees (layers, block_size,
 // the model's kv heads, head_dim, dtype); their TP sizes and head splits may differ.
@@ -48,14 +48,18 @@ bool block_bytes_of(const Layout& l, int64_t num_kv_heads, int64_t* out);
 std::string layout_mismatch(const Layout& a, const Layout& b);
 
 // One tensor-parallel rank's part of a pool: the kv heads [first_kv_head, first_kv_head +
-// num_kv_heads) of every block, in its own segment `shm_name` (empty for a GPU pool) of `bytes`.
-// Ranks may hold the same heads (a kv head replicated when TP size > the model's kv heads).
+// num_kv_heads) of every block, in its own segment `shm_name` of `bytes` (a host pool), or in
+// its own GPU allocation named by `cuda_ipc_handle` (128 hex digits) on the GPU `cuda_device`
+// (a UUID; a GPU pool). Ranks may hold the same heads (a kv head replicated when TP size > the
+// model's kv heads).
 struct RegionSpec {
   std::string shm_name;
   int64_t bytes = 0;
   int64_t tp_rank = 0;
   int64_t first_kv_head = 0;
   int64_t num_kv_heads = 0;
+  std::string cuda_ipc_handle = {};
+  std::string cuda_device = {};
 };
 constexpr size_t kMaxRegions = 1024;
 
@@ -64,9 +68,9 @@ int64_t region_block_bytes(const Layout& model, const RegionSpec& r);
 
 // `regions`, in tp_rank order 0..n-1, against `model` (checked too): 1 to kMaxRegions regions,
 // each a non-empty head range inside the model's, large enough for num_blocks blocks; together
-// they hold every kv head. `gpu`: exactly one region with no segment name (the cuda_ipc backend
-// moves whole pools); else every region names its own segment. ERR_TRANSFER_INVALID naming the
-// problem otherwise.
+// they hold every kv head. `gpu`: every region has no segment name and has a CUDA IPC handle
+// and device; else every region names its own segment and has no CUDA handle.
+// ERR_TRANSFER_INVALID naming the problem otherwise.
 Status check_regions(const std::vector<RegionSpec>& regions, const Layout& model, bool gpu);
 
 // A run of kv heads that destination region `dst` takes from source region `src`: the source's
@@ -108,10 +112,8 @@ struct Metadata {
   std::string tcp_host;     // where its listener accepts connections
   int tcp_port = 0;
   Memory memory = Memory::host;
-  std::string cuda_ipc_handle;  // cuda: the pool allocation's IPC handle, 128 hex digits
-  std::string cuda_device;      // cuda: the UUID of the GPU holding it
   Layout layout;                // model-level
-  std::vector<RegionSpec> regions;  // by tp_rank; cuda: one, the allocation, with no shm_name
+  std::vector<RegionSpec> regions;  // by tp_rank
 };
 
 std::string metadata_to_json(const Metadata& m);

@@ -85,17 +85,10 @@ describe('--role', () => {
   });
 });
 
-describe('tensor parallelism on CUDA', () => {
-  it('serves TP workers on their own and refuses KV transfer between CUDA TP workers, naming the flags', () => {
-    expect(() => refuseUnimplemented(parseFlags(['--worker-tp', '2']), 'cuda')).not.toThrow();
-    expect(() => refuseUnimplemented(parseFlags(['--decode-workers', '2', '--decode-tp', '4']), 'cuda')).not.toThrow();
-    const disagg = ['--decode-workers', '1', '--prefill-workers', '4', '--decode-tp', '4', '--prefill-tp', '1'];
-    expect(() => refuseUnimplemented(parseFlags(disagg), 'cuda')).toThrow(
-      /tensor parallelism on CUDA \(--decode-tp 4, --prefill-tp 1\).*KV transfer between CUDA tensor-parallel workers is not implemented/,
-    );
-    expect(() => refuseUnimplemented(parseFlags(disagg), 'cpu')).not.toThrow();
-    expect(() => refuseUnimplemented(parseFlags(['--decode-workers', '1', '--remote-prefill', '--worker-tp', '2']), 'cuda')).toThrow(
-      /--remote-prefill/,
-    );
+describe('tensor parallelism', () => {
+  it('--prefill-tp needs prefill workers; any TP split of decode and prefill workers is taken (on CPU and CUDA alike)', () => {
+    expect(() => refuseUnimplemented(parseFlags(['--worker-tp', '2']))).not.toThrow();
+    expect(() => refuseUnimplemented(parseFlags(['--decode-workers', '1', '--prefill-workers', '4', '--decode-tp', '4', '--prefill-tp', '1']))).not.toThrow();
+    expect(() => refuseUnimplemented(parseFlags(['--prefill-tp', '2']))).toThrow(/--prefill-tp applies to prefill workers: add --prefill-workers N/);
   });
 });

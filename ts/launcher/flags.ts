@@ -569,16 +569,7 @@ export function checkTpSplit(f: LauncherFlags, m: { numHeads: number; numKvHeads
 }
 
 // Combinations that are not implemented: refused with a clear message, never ignored.
-export function refuseUnimplemented(f: LauncherFlags, device: 'cpu' | 'cuda'): void {
-  // A CUDA rank's pool is device memory that only its own process can name: the transfer agent
-  // would need every rank's CUDA IPC handle.
-  if ((f.decodeTp > 1 || f.prefillTp > 1) && device === 'cuda' && (f.remotePrefill || f.prefillWorkers > 0)) {
-    throw new FlagError(
-      `tensor parallelism on CUDA (--decode-tp ${f.decodeTp}, --prefill-tp ${f.prefillTp}) serves without prefill workers ` +
-        'for now: KV transfer between CUDA tensor-parallel workers is not implemented; add --device cpu, or leave out ' +
-        '--prefill-workers and --remote-prefill',
-    );
-  }
+export function refuseUnimplemented(f: LauncherFlags): void {
   if (f.prefillTp > 1 && f.prefillWorkers === 0) {
     throw new FlagError('--prefill-tp applies to prefill workers: add --prefill-workers N');
   }

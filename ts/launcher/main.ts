@@ -213,7 +213,7 @@ function checkPortFree(host: string, port: number): Promise<void> {
 
 async function run(f: LauncherFlags): Promise<number> {
   const device = resolveDevice(f);
-  refuseUnimplemented(f, device);
+  refuseUnimplemented(f);
   if (f.workers + f.prefillWorkers > 0) log(`device: ${device === 'cuda' ? `cuda, ${loadAddon().cudaDevice().description}` : 'cpu'}`);
 
   // 1. The model.

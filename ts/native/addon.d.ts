@@ -175,14 +175,17 @@ export interface NativeEngineInfo {
 
 // Where the engine's KV pool lives (DESIGN.md section 6): block b is bytes
 // [b * blockBytes, (b + 1) * blockBytes) of the shm segment shmName ('' = private, not shareable),
-// or, with memory 'cuda', of the GPU allocation deviceRegion (opaque; moved by CUDA IPC).
-// A tensor-parallel pool is one region per rank, each holding the kv heads
+// or, with memory 'cuda', of the GPU allocation deviceRegion (opaque; moved by CUDA IPC), which
+// for another tensor-parallel rank's allocation is deviceIpcHandle on the GPU deviceUuid (its
+// process exported it). A tensor-parallel pool is one region per rank, each holding the kv heads
 // [firstKvHead, firstKvHead + numKvHeads) of the model's modelKvHeads (a transfer agent takes a
 // region without these three as rank 0 holding all modelKvHeads = numKvHeads).
 export interface NativeKvRegion {
   memory: 'host' | 'cuda';
   shmName: string;
   deviceRegion?: unknown;
+  deviceIpcHandle?: string; // 128 hex digits
+  deviceUuid?: string; // 'GPU-...'
   bytes: number;
   numBlocks: number;
   blockBytes: number;

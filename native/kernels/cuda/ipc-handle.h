@@ -1,0 +1,23 @@
+// ipc-handle.h: naming a device allocation to another process on the same host (CUDA IPC), as
+// plain C++. The engine exports a tensor-parallel rank's KV pool this way; the transfer agent
+// exports and opens pools with it (native/transfer/device-ipc.h).
+// Stays true: devices are named by UUID ("GPU-xxxxxxxx-..."), since a device's index can differ
+// between two processes (CUDA_VISIBLE_DEVICES) and its UUID cannot; a handle is 128 lowercase
+// hex digits and names a whole cudaMalloc allocation (its first byte).
+#pragma once
+
+#include <string>
+
+#include "cuda-common.h"
+
+namespace llm::cuda {
+
+// The IPC handle of the allocation that starts at `base` and the UUID of its device, making that
+// device current. ERR_TRANSFER_INVALID when `base` is not the start of device memory this process
+// allocated.
+Status export_ipc_handle(const void* base, std::string* handle_hex, std::string* device_uuid);
+
+// The UUID of device `device` of this process ("" when it cannot be read).
+std::string device_uuid(int device);
+
+}  // namespace llm::cuda
