@@ -227,13 +227,16 @@ describe('transfer agent', () => {
     expect(await code(() => a.registerRegions([ranks[0], { ...ranks[1], numLayers: 3 }]))).toBe('ERR_TRANSFER_INVALID');
     expect(await code(() => a.registerRegions([ranks[0], { ...ranks[1], tpRank: 0 }]))).toBe('ERR_TRANSFER_INVALID');
     expect(await code(() => a.registerRegions([ranks[0], { ...ranks[1], blockBytes: 64 }]))).toBe('ERR_TRANSFER_INVALID');
+    // GPU regions: each its device pointer (this process's) or another process's IPC handle.
     const gpu = ranks.map((r) => ({ ...r, memory: 'cuda' as const, shmName: '' }));
+    expect(() => a.registerRegions(gpu)).toThrow(/GPU KV region 0 needs its deviceRegion or its deviceIpcHandle and deviceUuid/);
+    const opened = gpu.map((r, i) => ({ ...r, deviceIpcHandle: String(i + 1).repeat(128), deviceUuid: 'GPU-00000000-0000-0000-0000-000000000000' }));
     try {
-      a.registerRegions(gpu);
+      a.registerRegions(opened); // no GPU here holds them, whatever this machine has
       expect.unreachable();
     } catch (err) {
       expect((err as NativeError).code).toBe('ERR_TRANSFER_INVALID');
-      expect((err as NativeError).message).toContain('tensor-parallel GPU pools are not supported by the cuda_ipc backend');
+      expect((err as NativeError).message).toContain('cannot open the GPU KV region of rank 0');
     }
     a.registerRegions(ranks); // nothing above registered anything
     expect(await code(() => a.registerRegions(ranks))).toBe('ERR_TRANSFER_INVALID'); // once

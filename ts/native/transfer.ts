@@ -85,7 +85,8 @@ export class TransferAgent {
 
   // A tensor-parallel worker's pool: one region per rank (any order), each holding its slice of
   // the kv heads, together every head; once. Blocks then move to and from agents of any TP size
-  // whose model-level layout agrees. GPU pools are one region (cuda_ipc has no TP split).
+  // whose model-level layout agrees. On CUDA each rank's region is its own allocation, rank 0's by
+  // its device pointer and the others' by the IPC handles their processes exported.
   registerRegions(regions: NativeKvRegion[]): void {
     // 1. A non-empty array of objects.
     if (!Array.isArray(regions) || regions.length === 0) {
