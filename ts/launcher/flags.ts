@@ -138,9 +138,10 @@ Topology
   --router-temperature T        kv router: 0 picks the lowest cost (ties at random); T > 0
                                 samples a softmax over the negated costs (default 0)
   --decode-tp N, --worker-tp N, --prefill-tp N
-                                tensor-parallel ranks per worker (CPU; default 1): a worker
-                                is N processes, each with 1/N of the attention heads, FFN
-                                columns and vocabulary and its share of the cores; N must
+                                tensor-parallel ranks per worker (default 1): a worker is N
+                                processes, each with 1/N of the attention heads, FFN columns
+                                and vocabulary and its share of the cores (CUDA: rank r on
+                                GPU r modulo the GPUs; not yet run on a GPU); N must
                                 divide the attention heads and the FFN width, and divide or
                                 be a multiple of the KV heads
   --max-local-prefill-length N  with prefill workers: prefill remotely only when more than N
