@@ -47,6 +47,10 @@ constexpr int kNB = 6;
 constexpr int kGemvNB = 8;          // M = 1: blocks of 16 columns per tile and per work item
 constexpr int64_t kBlockM = 64;     // rows of x per work item
 constexpr int64_t kChunk = 256;     // pairs of K columns per chunk: kNB blocks of it are 96 KiB
+// Row tiles per chunk from which the next chunk is prefetched while they run (below it the matmul
+// is bound by memory, and the prefetches only compete with the demand stream; with more than
+// kBlockM rows, prefill, the hardware's prefetch keeps up).
+constexpr int64_t kPrefetchMinTiles = 6;
 
 inline int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 
@@ -126,11 +130,29 @@ struct Blocks {
   const uint16_t* at(int n, int64_t p) const { return w + n * bs + (p - p_base) * 32; }
 };
 
+// The packed weights of a chunk, as 64-byte lines (a pair of a block is one line): line i is pair
+// p0 + i % (p1 - p0) of block i / (p1 - p0) from w (block stride bs elements); [l0, l1) are the
+// lines one tile prefetches.
+struct ChunkLines {
+  const uint16_t* w = nullptr;
+  int64_t bs = 0;
+  int64_t p0 = 0, p1 = 0;
+  int64_t l0 = 0, l1 = 0;
+  void prefetch(int64_t i) const {
+    const int64_t per = p1 - p0;
+    _mm_prefetch(reinterpret_cast<const char*>(w + (i / per) * bs + (p0 + i % per) * 32), _MM_HINT_T0);
+  }
+};
+
 // acc[m][n] (+)= the pair products of xb's rows m < MB (row stride Kp) and weight blocks n < NB
-// over pairs [p0, p1), in order.
+// over pairs [p0, p1), in order. Meanwhile the lines of `next` are prefetched, a few per pair.
 template <int MB, int NB>
-inline void tile(const uint16_t* xb, int64_t Kp, const Blocks& wb, int64_t p0, int64_t p1, __m512 (&acc)[MB][NB]) {
+inline void tile(const uint16_t* xb, int64_t Kp, const Blocks& wb, int64_t p0, int64_t p1, __m512 (&acc)[MB][NB],
+                 const ChunkLines& next) {
+  const int64_t per_pair = next.l1 > next.l0 ? (next.l1 - next.l0 + (p1 - p0) - 1) / (p1 - p0) : 0;
+  int64_t line = next.l0;
   for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t i = 0; i < per_pair && line < next.l1; ++i) next.prefetch(line++);
     __m512bh wv[NB];
     for (int n = 0; n < NB; ++n) wv[n] = reinterpret_cast<__m512bh>(_mm512_loadu_si512(wb.at(n, p)));
     for (int m = 0; m < MB; ++m) {
@@ -205,11 +227,11 @@ void store_tile(const TileArgs& a, __m512 (&acc)[MB][NB]) {
 // One tile of MB rows and NB blocks over one chunk: its accumulators start from zero (the first
 // chunk) or from part, and go to part (not the last chunk) or to the output (the last).
 template <int MB, int NB>
-void run_tile(const Blocks& wb, const TileArgs& a) {
+void run_tile(const Blocks& wb, const TileArgs& a, const ChunkLines& next) {
   __m512 acc[MB][NB];
   for (int m = 0; m < MB; ++m)
     for (int n = 0; n < NB; ++n) acc[m][n] = a.p0 == 0 ? _mm512_setzero_ps() : _mm512_loadu_ps(a.part + m * kPartStride + n * 16);
-  tile<MB, NB>(a.xb, a.Kp, wb, a.p0, a.p1, acc);
+  tile<MB, NB>(a.xb, a.Kp, wb, a.p0, a.p1, acc, next);
   if (a.p1 < a.P) {
     for (int m = 0; m < MB; ++m)
       for (int n = 0; n < NB; ++n) _mm512_storeu_ps(a.part + m * kPartStride + n * 16, acc[m][n]);
@@ -220,14 +242,14 @@ void run_tile(const Blocks& wb, const TileArgs& a) {
 
 // run_tile<mb, nb> for runtime mb in [1, MB] and nb in [1, NB].
 template <int NB, int MB>
-void run_tile_rows(int mb, const Blocks& wb, const TileArgs& a) {
-  if (mb == MB) return run_tile<MB, NB>(wb, a);
-  if constexpr (MB > 1) run_tile_rows<NB, MB - 1>(mb, wb, a);
+void run_tile_rows(int mb, const Blocks& wb, const TileArgs& a, const ChunkLines& next) {
+  if (mb == MB) return run_tile<MB, NB>(wb, a, next);
+  if constexpr (MB > 1) run_tile_rows<NB, MB - 1>(mb, wb, a, next);
 }
 template <int NB, int MB>
-void run_tile_any(int nb, int mb, const Blocks& wb, const TileArgs& a) {
-  if (nb == NB) return run_tile_rows<NB, MB>(mb, wb, a);
-  if constexpr (NB > 1) run_tile_any<NB - 1, MB>(nb, mb, wb, a);
+void run_tile_any(int nb, int mb, const Blocks& wb, const TileArgs& a, const ChunkLines& next = ChunkLines{}) {
+  if (nb == NB) return run_tile_rows<NB, MB>(mb, wb, a, next);
+  if constexpr (NB > 1) run_tile_any<NB - 1, MB>(nb, mb, wb, a, next);
 }
 
 // The GEMV on row-major weights: y[n] for the NB blocks of 16 rows from block b (+ bias, columns
@@ -312,11 +334,32 @@ void matmul_bf16_impl(ThreadPool& pool, const float* x, int64_t M, const TensorV
           pack_blocks(wd, N, K, b0, b1, p0, p1, packed);
           wb = Blocks{packed, 32 * (p1 - p0), p0};
         }
+        // Batched decode (kPrefetchMinTiles to kBlockM rows): what this thread reads next,
+        // prefetched a share per row tile, so that it streams from memory while the tiles compute
+        // from the caches (else the first tile of every chunk waits on memory): the panel's next
+        // chunk, else the next item's first.
+        const int64_t tiles = (m1 - m0 + kMB - 1) / kMB;
+        ChunkLines next;
+        int64_t next_blocks = 0;
+        if (pairs && m_blocks == 1 && tiles >= kPrefetchMinTiles) {
+          if (p1 < P) {
+            next = ChunkLines{wd + b0 * bs, bs, p1, min_i64(P, p1 + chunk)};
+            next_blocks = b1 - b0;
+          } else if (item + 1 < end) {
+            const int64_t nb0 = (item + 1) * panel;
+            next = ChunkLines{wd + nb0 * bs, bs, 0, min_i64(P, chunk)};
+            next_blocks = min_i64(blocks, nb0 + panel) - nb0;
+          }
+        }
+        const int64_t lines = next_blocks * (next.p1 - next.p0);
         for (int64_t m = m0; m < m1; m += kMB) {
+          const int64_t t = (m - m0) / kMB;
+          next.l0 = t * lines / tiles;
+          next.l1 = (t + 1) * lines / tiles;
           const int mb = static_cast<int>(min_i64(kMB, m1 - m));
           const TileArgs a{xb + m * Kp, Kp, p0, p1, P, part ? part + (m - m0) * kPartStride : nullptr, y, m, N, b0 * 16, bp, &out};
           if (M == 1) run_tile_any<kGemvNB, 1>(nbl, 1, wb, a);
-          else run_tile_any<kNB, kMB>(nbl, mb, wb, a);
+          else run_tile_any<kNB, kMB>(nbl, mb, wb, a, next);
         }
       }
     }
