@@ -51,13 +51,14 @@ struct alignas(64) ShmAllReduce::RankLine {
   std::atomic<uint32_t> arrive;  // the last barrier this rank reached
   std::atomic<int32_t> pid;      // 0 until the rank joins
   std::atomic<uint32_t> left;    // the rank destroyed its ShmAllReduce
-  std::atomic<uint32_t> failed;  // a barrier of this rank's failed: its arrivals mean nothing
+  std::atomic<uint32_t> failed;  // a barrier of this rank's failed: its arrivals from then on mean nothing
+  std::atomic<uint32_t> failed_at;  // that barrier (set before failed)
   std::atomic<uint64_t> op_n[2];  // the message size of the op whose first round used set k
 };
 
 namespace {
 
-constexpr uint64_t kMagic = 0x6b76736172310001ull;  // "kvsar1", layout 1
+constexpr uint64_t kMagic = 0x6b76736172310002ull;  // "kvsar1", layout 2
 constexpr size_t kAlignFloats = 16;                 // 64 bytes
 constexpr size_t kPage = 4096;
 constexpr size_t kBlockFloats = 2048;               // the sum's working set per block (8 KiB)
@@ -263,12 +264,16 @@ Status ShmAllReduce::barrier(int timeout_ms) {
   Status st = wait_all(gen_, timeout_ms);
   if (!st.ok()) {
     // This rank stored its arrival and leaves without the others: they must not take it as one.
+    lines_[rank_].failed_at.store(gen_, std::memory_order_seq_cst);
     lines_[rank_].failed.store(1, std::memory_order_seq_cst);
     wake_all();
     return st;
   }
+  // A peer that gave up at this barrier or an earlier one did not pass it; one that gave up at a
+  // later barrier did pass this one (every rank reached it), and this one is whole.
   for (int r = 0; r < world_; ++r) {
-    if (r != rank_ && lines_[r].failed.load(std::memory_order_acquire)) {
+    if (r != rank_ && lines_[r].failed.load(std::memory_order_acquire) &&
+        static_cast<int32_t>(lines_[r].failed_at.load(std::memory_order_acquire) - gen_) <= 0) {
       Status exited = exited_rank(gen_);
       if (!exited.ok()) return exited;
       return Status(StatusCode::transfer_peer, "all-reduce rank " + std::to_string(rank_) + ", segment " +

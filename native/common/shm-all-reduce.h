@@ -17,9 +17,10 @@
 //    destroyed its ShmAllReduce, with an error (StatusCode::transfer_peer) naming that rank and the
 //    segment (when a rank gave up or left while another had exited without leaving, the error
 //    names the one that exited). After any error the group is broken: later calls return the same
-//    error, and a rank whose barrier failed marks itself, so that peers arriving later fail too
-//    instead of counting its arrival (a rank destroyed after a barrier that passed does not: a
-//    peer still checking that barrier would take it for a failure of its own).
+//    error, and a rank whose barrier failed marks itself with that barrier, so that peers arriving
+//    at it later fail too instead of counting its arrival (a peer still checking an earlier
+//    barrier, which every rank passed, is not failed by it; nor by a rank destroyed after a
+//    barrier that passed).
 //  - Every rank must make the same calls (all_reduce with the same n, broadcast, gather with the
 //    same counts, sync) in the same order; a size mismatch is reported (invalid_argument) on
 //    every rank. broadcast and gather go in rounds through the same slots, under the same rule.
