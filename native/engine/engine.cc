@@ -119,16 +119,7 @@ Status Engine::create(const EngineConfig& cfg, std::unique_ptr<Engine>* out) {
   if (cuda_runner) {
     LLM_RETURN_IF_ERROR(cuda_runner->set_kv_cache(kv_view));
     // A shared pool on CUDA: the other ranks' allocations, by the IPC handles their processes made.
-    if (e->tp_ && cfg.kv_shared_memory) {
-      std::vector<std::string> notes;
-      LLM_RETURN_IF_ERROR(e->tp_->gather_notes("", &notes));
-      for (size_t r = 1; r < notes.size(); ++r) {
-        const size_t space = notes[r].find(' ');
-        if (space == std::string::npos)
-          return Status(StatusCode::internal, "tensor-parallel rank " + std::to_string(r) + " sent no KV pool handle");
-        e->rank_pools_.push_back({notes[r].substr(0, space), notes[r].substr(space + 1)});
-      }
-    }
+    if (e->tp_ && cfg.kv_shared_memory) LLM_RETURN_IF_ERROR(e->tp_->gather_device_pools(&e->rank_pools_));
     if (e->tp_) LLM_RETURN_IF_ERROR(e->tp_->ready());
   }
 
@@ -181,11 +172,13 @@ Status resolve_engine_device(const std::string& asked, std::string* device) {
   *device = asked.empty() ? "cpu" : asked;
   if (*device != "cpu" && *device != "cuda" && *device != "auto")
     return invalid("device must be cpu, cuda or auto, not '" + *device + "'");
-  if (*device == "auto") *device = cuda_device_usable(nullptr).ok() ? "cuda" : "cpu";
-  if (*device == "cuda") {
-    if (Status st = cuda_device_usable(nullptr); !st.ok())
-      return Status(StatusCode::device_unavailable, "device cuda: " + st.message());
+  if (*device == "cpu") return Status::Ok();
+  const Status usable = cuda_device_usable(nullptr);  // probed once
+  if (*device == "auto") {
+    *device = usable.ok() ? "cuda" : "cpu";
+    return Status::Ok();
   }
+  if (!usable.ok()) return Status(StatusCode::device_unavailable, "device cuda: " + usable.message());
   return Status::Ok();
 }
 

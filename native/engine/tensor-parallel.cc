@@ -144,6 +144,24 @@ Status TpGroup::gather_notes(const std::string& mine, std::vector<std::string>* 
   return Status::Ok();
 }
 
+// A pool travels as the note "<handle> <uuid>".
+Status TpGroup::send_device_pool(const std::string& ipc_handle, const std::string& device_uuid) {
+  return gather_notes(ipc_handle + " " + device_uuid, nullptr);
+}
+
+Status TpGroup::gather_device_pools(std::vector<std::pair<std::string, std::string>>* pools) {
+  std::vector<std::string> notes;
+  LLM_RETURN_IF_ERROR(gather_notes("", &notes));
+  pools->clear();
+  for (size_t r = 1; r < notes.size(); ++r) {
+    const size_t space = notes[r].find(' ');
+    if (space == std::string::npos)
+      return Status(StatusCode::internal, "tensor-parallel rank " + std::to_string(r) + " sent no KV pool handle");
+    pools->emplace_back(notes[r].substr(0, space), notes[r].substr(space + 1));
+  }
+  return Status::Ok();
+}
+
 Status TpGroup::send_batch(const ForwardBatch& b) {
   const int64_t T = b.num_tokens, S = b.num_seqs, M = b.max_blocks_per_seq, L = b.num_logits;
   put_header(&msg_, kForward, T, S, M, L);
@@ -237,7 +255,7 @@ Status cuda_rank(const EngineConfig& cfg, int rank, const Model& model, TpGroup*
   if (cfg.kv_shared_memory) {
     std::string handle, uuid;
     LLM_RETURN_IF_ERROR(cuda_export_ipc((*pool)->data(), &handle, &uuid));
-    LLM_RETURN_IF_ERROR(group->gather_notes(handle + " " + uuid, nullptr));
+    LLM_RETURN_IF_ERROR(group->send_device_pool(handle, uuid));
   }
   *runner = std::move(cuda_runner);
   return Status::Ok();

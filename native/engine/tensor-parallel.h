@@ -11,7 +11,8 @@
 //     CUDA: runner (weights on the device), barrier() <--> runner, barrier()
 //     send_init(num_blocks)          ------------->    recv_init: KV pool ("<group>-kv<r>" on the
 //                                                      CPU with kv_shared_memory), runner (CPU)
-//     CUDA, kv_shared_memory: gather_notes <------    gather_notes(its pool's IPC handle)
+//     CUDA, kv_shared_memory:
+//       gather_device_pools          <-------------    send_device_pool(its pool's IPC handle)
 //     ready()                        <------------>    ready()
 //     each step: send_batch(batch)   ------------->    recv: forward(batch) with no logits out
 //     forward(batch): all-reduce after o and down <--> the same all-reduces
@@ -67,9 +68,13 @@ class TpGroup {
   // CUDA: every rank's weights are on its device (rank 0 then reads the free memory for the pool).
   Status barrier();
   // Every rank passes `mine` (at most kMaxNoteBytes bytes); rank 0 gets them all in rank order in
-  // *all (the others pass null). CUDA with shared pools: each rank's pool's IPC handle.
+  // *all (the others pass null).
   static constexpr size_t kMaxNoteBytes = 252;
   Status gather_notes(const std::string& mine, std::vector<std::string>* all);
+  // CUDA with shared pools: ranks 1..N-1 send their KV pool as their process exported it (CUDA
+  // IPC handle, GPU UUID); rank 0 gets theirs, in rank order.
+  Status send_device_pool(const std::string& ipc_handle, const std::string& device_uuid);
+  Status gather_device_pools(std::vector<std::pair<std::string, std::string>>* pools);
 
   // Rank 0: the step's batch to every rank, before its own forward.
   Status send_batch(const ForwardBatch& b);

@@ -29,22 +29,11 @@
 using namespace llm;
 using llm_test::Served;
 using llm_test::TinyModelSpec;
+using llm_test::tp_spec;
 
 namespace {
 
 constexpr int kTopLogprobs = 5;
-
-TinyModelSpec spec_for(const std::string& arch, DType dtype) {
-  TinyModelSpec s;
-  s.arch = arch;
-  s.vocab_size = 64;
-  s.hidden_size = 64;
-  s.num_heads = 8;
-  s.num_kv_heads = 2;
-  s.intermediate_size = 96;
-  s.dtype = dtype;
-  return s;
-}
 
 // Serves the three requests on a CUDA engine of `tp` ranks (its other ranks spawned here).
 bool serve_on_cuda(const std::string& dir, int tp, Served* out) {
@@ -122,7 +111,7 @@ void check_model(const TinyModelSpec& spec, const std::vector<int>& tps) {
 
 TEST(llama_with_biases_tp_2_and_4_on_cuda_match_tp_1) {
   for (DType dt : {DType::f32, DType::bf16}) {
-    TinyModelSpec s = spec_for("LlamaForCausalLM", dt);
+    TinyModelSpec s = tp_spec("LlamaForCausalLM", dt);
     s.attention_bias = true;  // o's and down's biases on rank 0 only
     s.mlp_bias = true;
     check_model(s, {2, 4});
@@ -130,7 +119,7 @@ TEST(llama_with_biases_tp_2_and_4_on_cuda_match_tp_1) {
 }
 
 TEST(qwen2_tied_tp_2_and_4_on_cuda_match_tp_1) {
-  TinyModelSpec s = spec_for("Qwen2ForCausalLM", DType::bf16);
+  TinyModelSpec s = tp_spec("Qwen2ForCausalLM", DType::bf16);
   s.tie_word_embeddings = true;  // each rank's lm_head rows are a slice of the embedding
   check_model(s, {2, 4});
 }
@@ -139,7 +128,7 @@ TEST(a_killed_rank_on_cuda_fails_the_step_naming_it_and_the_others_leave) {
   llm_test::TempDir tmp;
   const std::string dir = tmp.path() + "/m";
   std::filesystem::create_directories(dir);
-  llm_test::write_model(dir, spec_for("LlamaForCausalLM", DType::bf16));
+  llm_test::write_model(dir, tp_spec("LlamaForCausalLM", DType::bf16));
   EngineConfig cfg = llm_test::tp_config(dir, 4, "cuda");
   const std::vector<pid_t> pids = llm_test::spawn_ranks(cfg);
   cfg.tp_rank_pids.assign(pids.begin(), pids.end());

@@ -35,6 +35,7 @@
 
 using namespace llm;
 using llm_test::TinyModelSpec;
+using llm_test::tp_spec;
 
 namespace {
 
@@ -193,25 +194,13 @@ void check_model(const TinyModelSpec& spec, const std::vector<int>& tps) {
   }
 }
 
-TinyModelSpec spec_for(const std::string& arch, DType dtype) {
-  TinyModelSpec s;
-  s.arch = arch;
-  s.vocab_size = 64;
-  s.hidden_size = 64;
-  s.num_heads = 8;
-  s.num_kv_heads = 2;
-  s.intermediate_size = 96;
-  s.dtype = dtype;
-  return s;
-}
-
 }  // namespace
 
 // Llama with q/k/v/o and MLP biases (o's and down's on rank 0 only): tp 2 splits the kv heads,
 // tp 4 replicates each on two ranks.
 TEST(llama_with_biases_tp_2_and_4_equal_tp_1) {
   for (DType dt : {DType::f32, DType::bf16}) {
-    TinyModelSpec s = spec_for("LlamaForCausalLM", dt);
+    TinyModelSpec s = tp_spec("LlamaForCausalLM", dt);
     s.attention_bias = true;
     s.mlp_bias = true;
     check_model(s, {2, 4});
@@ -220,14 +209,14 @@ TEST(llama_with_biases_tp_2_and_4_equal_tp_1) {
 
 // Qwen2: q/k/v biases, no o bias; tied embeddings.
 TEST(qwen2_tp_2_and_4_equal_tp_1) {
-  TinyModelSpec s = spec_for("Qwen2ForCausalLM", DType::bf16);
+  TinyModelSpec s = tp_spec("Qwen2ForCausalLM", DType::bf16);
   s.tie_word_embeddings = true;
   check_model(s, {2, 4});
 }
 
 // One kv head, eight ranks: every rank holds it.
 TEST(mqa_tp_8_equals_tp_1) {
-  TinyModelSpec s = spec_for("LlamaForCausalLM", DType::f32);
+  TinyModelSpec s = tp_spec("LlamaForCausalLM", DType::f32);
   s.num_kv_heads = 1;
   check_model(s, {8});
 }
@@ -236,7 +225,7 @@ TEST(a_split_that_is_not_whole_is_refused_naming_the_numbers) {
   llm_test::TempDir tmp;
   const std::string dir = tmp.path() + "/m";
   std::filesystem::create_directories(dir);
-  TinyModelSpec s = spec_for("LlamaForCausalLM", DType::f32);
+  TinyModelSpec s = tp_spec("LlamaForCausalLM", DType::f32);
   s.num_kv_heads = 4;
   llm_test::write_model(dir, s);
   std::unique_ptr<Model> m;
@@ -258,7 +247,7 @@ TEST(an_engine_with_rank_processes_gives_the_greedy_tokens_of_tp_1_batched_and_p
   llm_test::TempDir tmp;
   const std::string dir = tmp.path() + "/m";
   std::filesystem::create_directories(dir);
-  llm_test::write_model(dir, spec_for("LlamaForCausalLM", DType::f32));
+  llm_test::write_model(dir, tp_spec("LlamaForCausalLM", DType::f32));
   llm_test::Served want;
   {
     std::unique_ptr<Engine> e;
@@ -301,7 +290,7 @@ TEST(a_tp_size_that_does_not_split_the_model_is_refused_before_any_rank_is_await
   llm_test::TempDir tmp;
   const std::string dir = tmp.path() + "/m";
   std::filesystem::create_directories(dir);
-  llm_test::write_model(dir, spec_for("LlamaForCausalLM", DType::f32));
+  llm_test::write_model(dir, tp_spec("LlamaForCausalLM", DType::f32));
   std::unique_ptr<Engine> e;
   const auto t0 = std::chrono::steady_clock::now();
   const Status st = Engine::create(tp_config(dir, 3), &e);
@@ -313,7 +302,7 @@ TEST(a_killed_rank_fails_the_step_naming_it_and_the_others_leave) {
   llm_test::TempDir tmp;
   const std::string dir = tmp.path() + "/m";
   std::filesystem::create_directories(dir);
-  llm_test::write_model(dir, spec_for("LlamaForCausalLM", DType::f32));
+  llm_test::write_model(dir, tp_spec("LlamaForCausalLM", DType::f32));
   EngineConfig cfg = tp_config(dir, 3 - 1 + 2);  // 4 ranks
   const std::vector<pid_t> pids = fork_ranks(cfg);
   cfg.tp_rank_pids.assign(pids.begin(), pids.end());

@@ -23,8 +23,23 @@
 #include "engine-steps.h"
 #include "engine/engine.h"
 #include "engine/tensor-parallel.h"
+#include "model-writer.h"
 
 namespace llm_test {
+
+// The tensor-parallel tests' model: 8 query heads and 2 kv heads (TP 2 splits them, TP 4
+// replicates each on two ranks), FFN 96, vocabulary 64.
+inline TinyModelSpec tp_spec(const std::string& arch, llm::DType dtype) {
+  TinyModelSpec s;
+  s.arch = arch;
+  s.vocab_size = 64;
+  s.hidden_size = 64;
+  s.num_heads = 8;
+  s.num_kv_heads = 2;
+  s.intermediate_size = 96;
+  s.dtype = dtype;
+  return s;
+}
 
 // A small pool for three requests of 21 tokens (they need 18 blocks: preemption), prompts in
 // chunks, one thread per rank.
