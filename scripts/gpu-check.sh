@@ -13,12 +13,14 @@
 #   3. configure build-gpu/ (Release, LLM_BUILD_TESTS=ON, LLM_CUDA=ON, the GPU's own
 #      architecture only, to build fast: CMake's default is sm_80 + sm_90).
 #   4. build test-cuda-kernels, test-cuda-forward, test-cuda-ipc, test-cuda-tensor-parallel,
-#      bench-cuda-kernels, bench-cuda-engine.
+#      test-cuda-all-reduce, bench-cuda-kernels, bench-cuda-engine.
 #   5. test-cuda-kernels: every CUDA kernel against the CPU reference (per-op error bounds);
 #      test-cuda-ipc: prefill in a second process, KV blocks moved by CUDA IPC, the decode
 #      output against local serving, then between TP 2 and TP 1 workers both ways;
 #      test-cuda-tensor-parallel: engines of TP 2 and 4 (ranks as
-#      processes sharing the GPUs, all-reduce through host memory) against TP 1 on the GPU.
+#      processes sharing the GPUs, all-reduce through host memory) against TP 1 on the GPU, and
+#      with a GPU per rank (2+ GPUs) the one-shot CUDA IPC and NCCL sums;
+#      test-cuda-all-reduce: the one-shot kernel with 2..8 ranks in one process, bit for bit.
 #   6. test-cuda-forward on generated models (gpu-reference.py make-models): the CUDA runner and
 #      the engine on CUDA against the CPU runner, greedy tokens and logits.
 #   7. gpu-reference.py compare-hf: the same models' logits against HF transformers on the GPU.
@@ -78,6 +80,10 @@ print_summary() {
   if [[ -f "$logs/tp.log" ]]; then
     echo "-- test-cuda-tensor-parallel:"
     grep -E '^(ok  |FAIL|SKIP)|tp [0-9]|compared|step after|CHECK|passed, .* failed' "$logs/tp.log" || true
+  fi
+  if [[ -f "$logs/all-reduce.log" ]]; then
+    echo "-- test-cuda-all-reduce:"
+    grep -E '^(ok  |FAIL|SKIP)|ranks|gave up|CHECK|passed, .* failed' "$logs/all-reduce.log" || true
   fi
   if [[ -f "$logs/compare-hf.log" ]]; then
     echo "-- against HF transformers:"
@@ -143,7 +149,8 @@ fi
 
 # 4. build
 if ! run_step "build" "$logs/build.log" \
-    cmake --build "$build" --target test-cuda-kernels test-cuda-forward test-cuda-ipc test-cuda-tensor-parallel bench-cuda-kernels bench-cuda-engine \
+    cmake --build "$build" --target test-cuda-kernels test-cuda-forward test-cuda-ipc test-cuda-tensor-parallel test-cuda-all-reduce \
+      bench-cuda-kernels bench-cuda-engine \
     --parallel "$jobs"; then
   print_summary
   exit 1
@@ -173,8 +180,15 @@ fi
 
 # 6b. tensor parallelism: TP 2 and 4 against TP 1, the ranks sharing the GPUs
 run_step "test-cuda-tensor-parallel" "$logs/tp.log" timeout 300 "$build/test-cuda-tensor-parallel" || true
-if grep -q '^SKIP' "$logs/tp.log"; then
+if grep -q '^SKIP: no CUDA' "$logs/tp.log"; then
   summary+=("FAIL  test-cuda-tensor-parallel skipped although nvidia-smi sees a GPU")
+  failed=1
+fi
+
+# 6c. the one-shot all-reduce kernel, ranks as streams of this process
+run_step "test-cuda-all-reduce" "$logs/all-reduce.log" timeout 180 "$build/test-cuda-all-reduce" || true
+if grep -q '^SKIP: no CUDA' "$logs/all-reduce.log"; then
+  summary+=("FAIL  test-cuda-all-reduce skipped although nvidia-smi sees a GPU")
   failed=1
 fi
 

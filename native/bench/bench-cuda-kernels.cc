@@ -10,7 +10,12 @@
 //   - GEMM bf16 -> bf16 through cuBLAS, Llama-3.2-1B's projections (hidden 2048, intermediate
 //     8192, 32 heads, 8 kv heads, head_dim 64) at decode (M = 1, 32, 64) and prefill (M = 2048)
 //     sizes: TFLOP/s, and for decode the weight bytes per second as a fraction of the bandwidth.
-// Timings: CUDA events around 20-50 back-to-back launches after 3 warm-up launches.
+//   - the one-shot all-reduce (all-reduce.h) with 2 and 4 ranks as streams of this process on
+//     this GPU (every part read from this GPU's memory, not over NVLink: a lower bound on its
+//     fixed costs, not a figure for ranks on separate GPUs), fp32 parts to a bf16 sum, for 16 KiB,
+//     256 KiB and 4 MiB of parts, against a D2D memcpy of the same bytes.
+// Timings: CUDA events around 20-50 back-to-back launches after 3 warm-up launches (the
+// all-reduce: the host clock around 200 calls of every rank).
 // Without a usable device it prints "SKIP: no CUDA device (reason)" and exits 0.
 #include <cuda_runtime_api.h>
 
@@ -23,6 +28,9 @@
 #include <string>
 #include <vector>
 
+#include <chrono>
+
+#include "kernels/cuda/all-reduce.h"
 #include "kernels/cuda/gemm.h"
 #include "kernels/cuda/paged-attention.h"
 
@@ -77,6 +85,37 @@ double time_ms(const std::function<void()>& f, int iters) {
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   return ms / iters;
+}
+
+// Microseconds per all-reduce of `bytes` of fp32 parts over `world` ranks as streams of this
+// process (one-shot, bf16 result), every rank's call of a round in flight together.
+double time_one_shot_us(int world, size_t bytes) {
+  std::vector<std::unique_ptr<cuda::DeviceAllReduce>> ranks;
+  check(cuda::make_local_ipc_all_reduce_group(world, std::max<size_t>(bytes, size_t{2} << 20), &ranks), "one-shot group");
+  const int64_t n = static_cast<int64_t>(bytes / 4);
+  std::vector<cudaStream_t> streams(static_cast<size_t>(world));
+  std::vector<std::unique_ptr<DeviceBuffer>> in, out;
+  for (cudaStream_t& st : streams) check(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking), "stream");
+  for (int p = 0; p < world; ++p) {
+    in.push_back(std::make_unique<DeviceBuffer>(bytes));
+    out.push_back(std::make_unique<DeviceBuffer>(bytes / 2));
+  }
+  auto round = [&] {
+    for (int p = 0; p < world; ++p)
+      check(ranks[static_cast<size_t>(p)]->run(static_cast<const float*>(in[static_cast<size_t>(p)]->ptr), n,
+                                               out[static_cast<size_t>(p)]->ptr, DType::bf16, streams[static_cast<size_t>(p)]),
+            "one-shot");
+  };
+  for (int i = 0; i < 10; ++i) round();
+  check(cudaDeviceSynchronize(), "sync");
+  constexpr int kRounds = 200;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < kRounds; ++i) round();
+  check(cudaDeviceSynchronize(), "sync");
+  const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count() / kRounds;
+  for (int p = 0; p < world; ++p) check(ranks[static_cast<size_t>(p)]->error(), "one-shot");
+  for (cudaStream_t st : streams) cudaStreamDestroy(st);
+  return us;
 }
 
 double measure_bandwidth() {
@@ -208,6 +247,15 @@ int main() {
       std::printf("  %-24s M %5lld %8.1f us  %6.1f TFLOP/s  %6.0f GB/s (fraction %.2f)\n", p.name,
                   static_cast<long long>(M), s * 1e6, tflops, bytes / s / 1e9, bytes / s / bw);
     }
+
+  std::printf("\none-shot all-reduce, ranks as streams on this GPU, fp32 parts -> bf16 sum:\n");
+  for (size_t bytes : {size_t{16} << 10, size_t{256} << 10, size_t{4} << 20}) {
+    DeviceBuffer a(bytes), b(bytes);
+    const double copy_us = time_ms([&] { check(cudaMemcpyAsync(b.ptr, a.ptr, bytes, cudaMemcpyDeviceToDevice), "copy"); }, 50) * 1e3;
+    for (int world : {2, 4})
+      std::printf("  %5zu KiB  %d ranks %8.1f us   (memcpy D2D of the same bytes %6.1f us)\n", bytes >> 10, world,
+                  time_one_shot_us(world, bytes), copy_us);
+  }
 
   return 0;
 }

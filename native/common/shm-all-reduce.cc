@@ -301,6 +301,13 @@ Status ShmAllReduce::exited_rank(uint32_t gen) const {
   return Status::Ok();
 }
 
+Status ShmAllReduce::peers_alive() const {
+  if (!broken_.ok()) return broken_;
+  for (int q = 0; q < world_; ++q)
+    if (q != rank_) LLM_RETURN_IF_ERROR(check_peer(q, gen_, true));
+  return Status::Ok();
+}
+
 Status ShmAllReduce::check_peer(int q, uint32_t gen, bool check_pid) const {
   const RankLine& l = lines_[q];
   int pid = l.pid.load(std::memory_order_acquire);

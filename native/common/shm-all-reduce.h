@@ -90,6 +90,10 @@ class ShmAllReduce {
   Status gather(const float* x, const std::vector<size_t>& counts, float* root_out);
   // Returns once every rank has called sync (timeout_ms negative: no deadline).
   Status sync(int timeout_ms);
+  // The group's error once broken, else an error naming a rank that has exited (its pid gone or a
+  // zombie), left or given up, else OK. Reads the segment only; asked by the thread that makes
+  // this rank's calls, between them.
+  Status peers_alive() const;
 
   int rank() const { return rank_; }
   int world_size() const { return world_; }

@@ -17,10 +17,12 @@
 // they are. A hand-written GEMV (one warp per weight row) was measured and lost to cuBLAS on
 // every Llama-3.1-8B projection (0.70-0.78 of the bandwidth against 0.87-0.92), so it is gone.
 //   -> D2H of the fp32 logits, or of the argmax ids (forward_greedy).
-// Tensor parallelism (model-runner-cuda.h): o and down write fp32 partial sums; project_out
-// stages them through pinned host memory for the group's all-reduce and copies the rounded sum
-// back as delta. The stream is synchronised there, twice a layer, so a rank's steps run eagerly
-// (no graphs), and its logits are its vocabulary rows, gathered on rank 0 on the host.
+// Tensor parallelism (model-runner-cuda.h): o and down write fp32 partial sums. Ranks on GPUs of
+// their own add them on the devices (one-shot over CUDA IPC for small sums, NCCL for large, as
+// setup_all_reduce chose) into delta, rounded once; ranks that share a GPU stage them through
+// pinned host memory for the group's all-reduce, synchronising the stream twice a layer. Either
+// way a rank's steps run eagerly (no graphs), and its logits are its vocabulary rows, gathered on
+// rank 0 on the host.
 // Activations are in the model's dtype (bf16 for a bf16 model) with fp32 arithmetic inside each
 // kernel, as Hugging Face computes a bf16 model; the CPU runner keeps fp32 activations, so the
 // two agree to bf16 rounding, and exactly in structure (test-cuda-forward.cc).
@@ -46,6 +48,7 @@
 
 #include "../kernels/cpu/thread-pool.h"
 #include "../kernels/dtype.h"
+#include "../kernels/cuda/all-reduce.h"
 #include "../kernels/cuda/argmax.h"
 #include "../kernels/cuda/cache-write.h"
 #include "../kernels/cuda/device-memory.h"
@@ -158,7 +161,7 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
     std::string s = device_.describe() + ", cuBLAS " + gemm_->library() + (graphs_enabled_ ? ", decode graphs on" : ", graphs off");
     if (tp())
       s += ", tensor-parallel rank " + std::to_string(model_.shard.rank) + " of " + std::to_string(model_.shard.size) +
-           " on device " + std::to_string(device_.device) + " (all-reduce through host shared memory)";
+           " on device " + std::to_string(device_.device) + " (all-reduce: " + all_reduce_description_ + ")";
     return s;
   }
 
@@ -185,6 +188,15 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   Status run_layers(const DeviceBatch& d);
   // delta = x @ w^T (+ bias), [T, hidden]; with tensor parallelism summed over the ranks.
   Status project_out(const void* x, int64_t T, const Tensor& w, const Tensor& bias);
+  // Tensor parallelism: how the ranks add their parts (KVSERVE_TP_ALL_REDUCE, where they are).
+  Status setup_all_reduce();
+  // The device method for a sum of `bytes`, or null: through the host.
+  cuda::DeviceAllReduce* device_all_reduce(size_t bytes) const {
+    if (small_sums_ && bytes <= small_sum_max_bytes_) return small_sums_.get();
+    return large_sums_.get();
+  }
+  // cudaStreamSynchronize, or the device all-reduce's wait, which gives up on a rank that is gone.
+  Status wait_for_step();
   // Runs the batch (a graph when it can) up to logits_ on the device.
   Status enqueue(const ForwardBatch& b);
   Status enqueue_graph(const ForwardBatch& b, int64_t graph_size);
@@ -232,6 +244,11 @@ class CudaModelRunnerImpl final : public CudaModelRunner {
   PinnedMemory host_sum_;    // tensor parallelism: that product on the host, summed over the ranks in place
   PinnedMemory host_delta_;  // tensor parallelism: the sum rounded to the model's dtype, for the device
   std::vector<float> gathered_;  // tensor parallelism, rank 0: every rank's logits rows
+  // Tensor parallelism, ranks on GPUs of their own: the device sums up to small_sum_max_bytes_
+  // (one-shot), and above it (NCCL); a size neither takes goes through the host.
+  std::unique_ptr<cuda::DeviceAllReduce> small_sums_, large_sums_;
+  size_t small_sum_max_bytes_ = 0;
+  std::string all_reduce_description_ = "through host shared memory";
   DeviceMemory workspace_;
   DeviceMemory batch_;   // eager steps' packed arrays
   PinnedMemory staging_;
@@ -261,6 +278,7 @@ Status CudaModelRunnerImpl::init() {
   LLM_RETURN_IF_ERROR(gemm_->set_workspace(cublas_workspace_.get(), cublas_workspace_.bytes()));
   const char* env = std::getenv("KVSERVE_CUDA_GRAPHS");
   graphs_enabled_ = opts_.cuda_graphs && !(env && std::strcmp(env, "0") == 0) && !tp();
+  if (tp()) LLM_RETURN_IF_ERROR(setup_all_reduce());
 
   const ModelConfig& c = model_.config;
   if (model_.weights.layers.empty() || c.head_dim <= 0) return invalid("the model has no layers");
@@ -498,6 +516,11 @@ Status CudaModelRunnerImpl::project_out(const void* x, int64_t T, const Tensor& 
   const int64_t n = T * model_.config.hidden_size;
   const size_t e = static_cast<size_t>(dtype_size(dtype_));
   LLM_RETURN_IF_ERROR(gemm(x, T, w, bias, partial_.get(), DType::f32));
+  if (cuda::DeviceAllReduce* ar = device_all_reduce(static_cast<size_t>(n) * 4)) {
+    LLM_RETURN_IF_ERROR(ar->run(partial_.as<float>(), n, delta_.get(), dtype_, stream_));
+    mark("all-reduce");
+    return Status::Ok();
+  }
   LLM_RETURN_IF_ERROR(host_sum_.reserve(static_cast<size_t>(n) * 4, "all-reduce staging"));
   LLM_RETURN_IF_ERROR(host_delta_.reserve(static_cast<size_t>(n) * e, "all-reduce staging"));
   float* sum = host_sum_.as<float>();
@@ -516,6 +539,88 @@ Status CudaModelRunnerImpl::project_out(const void* x, int64_t T, const Tensor& 
                            cudaMemcpyAsync(delta_.get(), out, static_cast<size_t>(n) * e, cudaMemcpyHostToDevice, stream_));
   mark("all-reduce");
   return Status::Ok();
+}
+
+// KVSERVE_TP_ALL_REDUCE: auto (the default), host, ipc or nccl. Every rank says what it can do
+// (a GPU of its own; peer access to every other rank's GPU; NCCL) and all take what all can:
+//   auto: sums up to kOneShotMaxBytes one-shot when every pair has peer access, larger ones with
+//         NCCL when every rank loads it, the rest through the host (all of them when ranks
+//         share a GPU);
+//   host / ipc / nccl: every sum that way, or the start fails naming the rank that cannot.
+// The one-shot bound follows vLLM's custom all-reduce (which moves bf16, half these bytes); it
+// is not measured here.
+Status CudaModelRunnerImpl::setup_all_reduce() {
+  const char* env = std::getenv("KVSERVE_TP_ALL_REDUCE");
+  const std::string mode = env && *env ? env : "auto";
+  if (mode != "auto" && mode != "host" && mode != "ipc" && mode != "nccl")
+    return invalid("KVSERVE_TP_ALL_REDUCE=" + mode + ": expected auto, host, ipc or nccl");
+  const int rank = model_.shard.rank, world = model_.shard.size;
+  if (mode == "host") return Status::Ok();
+  if (!opts_.tp.all_gather) {
+    if (mode == "auto") return Status::Ok();
+    return invalid("KVSERVE_TP_ALL_REDUCE=" + mode + ": this runner's group cannot exchange handles");
+  }
+  // What this rank can do, as a note "own p2p nccl" of 0s and 1s, and why not.
+  const bool own = cuda::device_count() >= world && world <= cuda::kMaxAllReduceRanks;
+  bool p2p = own;
+  for (int p = 0; p < world && p2p; ++p) p2p = cuda::peer_access(device_.device, cuda_rank_device(p));
+  std::string nccl_why;
+  const bool nccl = own && cuda::nccl_available(&nccl_why);
+  const std::string mine = std::string(own ? "1" : "0") + (p2p ? "1" : "0") + (nccl ? "1" : "0");
+  std::vector<std::string> notes;
+  LLM_RETURN_IF_ERROR(opts_.tp.all_gather(mine, &notes));
+  bool all_p2p = true, all_nccl = true;
+  std::string lacking;  // the first rank that cannot do what was asked, and why
+  for (int r = 0; r < world; ++r) {
+    const std::string& n = notes[static_cast<size_t>(r)];
+    if (n.size() != 3) return Status(StatusCode::internal, "tensor-parallel rank " + std::to_string(r) + " sent a malformed note");
+    const bool r_own = n[0] == '1', r_p2p = n[1] == '1', r_nccl = n[2] == '1';
+    all_p2p = all_p2p && r_p2p;
+    all_nccl = all_nccl && r_nccl;
+    if (!lacking.empty()) continue;
+    if (!r_own)
+      lacking = "rank " + std::to_string(r) + " shares its GPU (" + std::to_string(cuda::device_count()) + " GPUs for " +
+                std::to_string(world) + " ranks)";
+    else if (mode == "ipc" && !r_p2p)
+      lacking = "rank " + std::to_string(r) + "'s GPU has no peer access to every other rank's";
+    else if (mode == "nccl" && !r_nccl)
+      lacking = "rank " + std::to_string(r) + " cannot load NCCL" + (r == rank && !nccl_why.empty() ? ": " + nccl_why : "");
+  }
+  if (mode != "auto" && !lacking.empty()) return Status(StatusCode::device_unavailable, "KVSERVE_TP_ALL_REDUCE=" + mode + ": " + lacking);
+  const auto failed = [&](const Status& st) {
+    return Status(st.code(), st.message() + " (KVSERVE_TP_ALL_REDUCE=host adds through host memory instead)");
+  };
+  std::vector<std::string> parts;
+  if (all_p2p && mode != "nccl") {
+    constexpr size_t kOneShotMaxBytes = size_t{2} << 20;
+    const size_t bound = mode == "ipc" ? SIZE_MAX : world == 2 ? kOneShotMaxBytes : world <= 4 ? kOneShotMaxBytes / 2 : kOneShotMaxBytes / 4;
+    if (Status st = cuda::make_ipc_all_reduce(rank, world, std::min(bound, kOneShotMaxBytes), opts_.tp.all_gather, &small_sums_); !st.ok())
+      return failed(st);
+    small_sum_max_bytes_ = bound;
+    parts.push_back(small_sums_->describe() + (mode == "ipc" ? "" : " up to " + std::to_string(bound >> 10) + " KiB"));
+  }
+  if (all_nccl && mode != "ipc") {
+    if (Status st = cuda::make_nccl_all_reduce(rank, world, opts_.tp.all_gather, &large_sums_); !st.ok()) return failed(st);
+    parts.push_back(large_sums_->describe() + (small_sums_ ? " above" : ""));
+  } else if (small_sums_ && mode == "auto") {
+    parts.push_back("through host shared memory above");
+  }
+  if (!parts.empty()) {
+    all_reduce_description_.clear();
+    for (const std::string& p : parts) all_reduce_description_ += (all_reduce_description_.empty() ? "" : ", ") + p;
+  }
+  return Status::Ok();
+}
+
+Status CudaModelRunnerImpl::wait_for_step() {
+  if (!small_sums_ && !large_sums_) {
+    LLM_CUDA_RETURN_IF_ERROR("the forward pass", cudaStreamSynchronize(stream_));
+    return Status::Ok();
+  }
+  std::vector<cuda::DeviceAllReduce*> methods;
+  if (small_sums_) methods.push_back(small_sums_.get());
+  if (large_sums_) methods.push_back(large_sums_.get());
+  return cuda::wait_for_stream(stream_, methods, opts_.tp.peers_alive);
 }
 
 int64_t CudaModelRunnerImpl::graph_size_for(const ForwardBatch& b) const {
@@ -614,7 +719,7 @@ Status CudaModelRunnerImpl::forward(const ForwardBatch& b, float* logits) {
   LLM_RETURN_IF_ERROR(host_out_.reserve(std::max<size_t>(bytes, 4), "logits staging"));
   LLM_CUDA_RETURN_IF_ERROR("copying the logits",
                            cudaMemcpyAsync(host_out_.as<void>(), logits_.get(), bytes, cudaMemcpyDeviceToHost, stream_));
-  LLM_CUDA_RETURN_IF_ERROR("the forward pass", cudaStreamSynchronize(stream_));
+  LLM_RETURN_IF_ERROR(wait_for_step());
   end_trace();
   if (tp())
     return gather_vocab_logits(model_.shard, model_.config.vocab_size, b.num_logits, host_out_.as<float>(), opts_.tp,

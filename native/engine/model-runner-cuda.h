@@ -9,10 +9,12 @@
 // Decode steps (every sequence one new token, every one sampled, batch <= the largest graph
 // size) replay a CUDA graph captured once per padded batch size; everything else runs eagerly.
 // Tensor parallelism (a model loaded at tp_size > 1, model-weights.h): the runner holds its
-// rank's slices; o_proj and down_proj write fp32 partial sums that are added over the ranks
-// through host memory (CudaRunnerOptions::tp: the group's shared-memory all-reduce, in a fixed
-// order), then rounded once to the model's dtype; the logits of each rank's vocabulary rows are
-// gathered on rank 0. This works for ranks on one GPU or on several; such steps run eagerly.
+// rank's slices; o_proj and down_proj write fp32 partial sums that are added over the ranks and
+// rounded once to the model's dtype. Ranks on GPUs of their own add on the devices
+// (kernels/cuda/all-reduce.h: one-shot over CUDA IPC for small sums, NCCL for large); ranks
+// that share a GPU add through host memory (CudaRunnerOptions::tp: the group's shared-memory
+// all-reduce, in a fixed order). KVSERVE_TP_ALL_REDUCE (auto, host, ipc, nccl) forces a method.
+// The logits of each rank's vocabulary rows are gathered on rank 0; such steps run eagerly.
 #pragma once
 
 #include <cstdint>

@@ -103,6 +103,12 @@ struct TpCollectives {
   // Each rank computes the logits of its vocabulary rows (RankShard::vocab_*); rank 0's root_out
   // <- every rank's x, concatenated in rank order (counts[r] floats from rank r).
   std::function<Status(const float* x, const std::vector<size_t>& counts, float* root_out)> gather;
+  // Every rank passes a short note (at most TpGroup::kMaxNoteBytes) and gets every rank's, in
+  // rank order: how CUDA ranks agree on their all-reduce and exchange its handles.
+  std::function<Status(const std::string& mine, std::vector<std::string>* all)> all_gather;
+  // An error naming a rank that has exited or left the group, else OK (cheap: asked while a
+  // device waits on sums that need every rank).
+  std::function<Status()> peers_alive;
 
   bool bound() const { return all_reduce && gather; }
 };

@@ -97,6 +97,8 @@ TpCollectives TpGroup::collectives() {
   tp.gather = [ar](const float* x, const std::vector<size_t>& counts, float* root_out) {
     return ar->gather(x, counts, root_out);
   };
+  tp.all_gather = [this](const std::string& mine, std::vector<std::string>* all) { return all_gather_notes(mine, all); };
+  tp.peers_alive = [ar] { return ar->peers_alive(); };
   return tp;
 }
 
@@ -140,6 +142,32 @@ Status TpGroup::gather_notes(const std::string& mine, std::vector<std::string>* 
     std::memcpy(&n, at, 4);
     if (n > kMaxNoteBytes) return Status(StatusCode::internal, "tensor-parallel rank " + std::to_string(r) + ": a malformed note");
     all->emplace_back(at + 4, n);
+  }
+  return Status::Ok();
+}
+
+// Rank 0 sends the notes on as one message: for each, its length (uint32) and its bytes.
+Status TpGroup::all_gather_notes(const std::string& mine, std::vector<std::string>* all) {
+  LLM_RETURN_IF_ERROR(ar_->sync(-1));
+  std::vector<std::string> notes;
+  LLM_RETURN_IF_ERROR(gather_notes(mine, &notes));
+  std::vector<uint8_t> m;
+  if (rank() == 0) {
+    for (const std::string& n : notes) {
+      const uint32_t len = static_cast<uint32_t>(n.size());
+      put(&m, &len, 1);
+      put(&m, n.data(), static_cast<int64_t>(n.size()));
+    }
+  }
+  LLM_RETURN_IF_ERROR(ar_->broadcast(&m, rank() == 0 ? kJoinTimeoutMs : -1));
+  all->clear();
+  size_t at = 0;
+  std::vector<uint32_t> len;
+  std::vector<char> bytes;
+  for (int r = 0; r < size(); ++r) {
+    if (!take(m, &at, 1, &len) || !take(m, &at, len[0], &bytes))
+      return Status(StatusCode::internal, "tensor-parallel rank " + std::to_string(rank()) + ": a malformed notes message");
+    all->emplace_back(bytes.begin(), bytes.end());
   }
   return Status::Ok();
 }

@@ -3,12 +3,14 @@
 // block ids on every rank) and its own runner: on the CPU pinned to its share of the CPUs, on
 // CUDA on device rank % the devices it sees (model-runner-cuda.h), several ranks to a GPU when
 // they outnumber the GPUs. The sums and the logits gather go through this group's shared memory
-// on both.
+// on both, except that CUDA ranks on GPUs of their own add on the devices (all-reduce.h) and use
+// the group to exchange handles and to notice a rank that is gone.
 //
 //   rank 0: the Engine (scheduler, sampler)          ranks 1..N-1: run_tp_rank, one process each
 //     TpGroup::join(group, 0, N)     <--- join --->    TpGroup::join(group, r, N)
 //     load_model(rank 0's slices)                      load_model(rank r's slices)
-//     CUDA: runner (weights on the device), barrier() <--> runner, barrier()
+//     CUDA: runner (weights on the device;  <--->    runner, barrier()
+//       ranks on their own GPUs: the device all-reduce's handles, all_gather_notes), barrier()
 //     send_init(num_blocks)          ------------->    recv_init: KV pool ("<group>-kv<r>" on the
 //                                                      CPU with kv_shared_memory), runner (CPU)
 //     CUDA, kv_shared_memory:
@@ -69,8 +71,11 @@ class TpGroup {
   Status barrier();
   // Every rank passes `mine` (at most kMaxNoteBytes bytes); rank 0 gets them all in rank order in
   // *all (the others pass null).
-  static constexpr size_t kMaxNoteBytes = 252;
+  static constexpr size_t kMaxNoteBytes = 1020;
   Status gather_notes(const std::string& mine, std::vector<std::string>* all);
+  // The same, and every rank gets them all (rank 0 sends them on). Waits for every rank without a
+  // deadline (a rank may still be loading), though not for one that has exited.
+  Status all_gather_notes(const std::string& mine, std::vector<std::string>* all);
   // CUDA with shared pools: ranks 1..N-1 send their KV pool as their process exported it (CUDA
   // IPC handle, GPU UUID); rank 0 gets theirs, in rank order.
   Status send_device_pool(const std::string& ipc_handle, const std::string& device_uuid);

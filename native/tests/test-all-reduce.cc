@@ -253,6 +253,25 @@ TEST(a_rank_that_exits_fails_the_others_naming_it_before_the_deadline) {
   CHECK(!segment_exists(name));
 }
 
+TEST(peers_alive_names_a_rank_that_exits_without_any_call_of_the_group) {
+  // How a rank whose GPU waits on sums notices a dead peer: it asks, and makes no group call.
+  const std::string name = SharedMemory::unique_name("ar");
+  CHECK(run_ranks(3, 60, [&](int rank) {
+    std::unique_ptr<ShmAllReduce> ar;
+    if (!ShmAllReduce::create(name, rank, 3, small_slots(), &ar).ok()) return false;
+    if (!ar->peers_alive().ok()) return false;  // every rank joined, none has exited yet
+    if (!ar->sync(5000).ok()) return false;
+    if (rank == 2) _exit(0);
+    const auto t0 = std::chrono::steady_clock::now();
+    Status st;
+    while (st.ok() && seconds_since(t0) < 5.0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      st = ar->peers_alive();
+    }
+    return failed_naming(st, StatusCode::transfer_peer, "rank 2 (pid", "exited") && seconds_since(t0) < 2.0;
+  }));
+}
+
 TEST(a_rank_that_leaves_fails_the_others_naming_it) {
   const std::string name = SharedMemory::unique_name("ar");
   CHECK(run_ranks(2, 60, [&](int rank) {

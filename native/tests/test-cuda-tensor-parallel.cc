@@ -7,7 +7,10 @@
 //     were too close for the dtype to decide) and the top 5 logprobs of each token within a
 //     bound, on f32 and bf16 models, kv heads split (TP 2) and replicated (TP 4), a tied
 //     lm_head split by vocabulary rows;
-//   - a rank killed with SIGKILL: the step fails naming it and the other ranks leave.
+//   - a rank killed with SIGKILL: the step fails naming it and the other ranks leave;
+//   - the all-reduce (KVSERVE_TP_ALL_REDUCE): ranks that share a GPU refuse ipc and nccl naming
+//     why and serve with host; with a GPU per rank, ipc and nccl each against TP 1 (reported as
+//     skipped with fewer GPUs, or without NCCL).
 // Without a usable device: SKIP (exit 77).
 #include <signal.h>
 
@@ -21,6 +24,8 @@
 #include <vector>
 
 #include "cuda-test-main.h"
+#include "kernels/cuda/all-reduce.h"
+#include "kernels/cuda/cuda-common.h"
 #include "engine/engine.h"
 #include "model-writer.h"
 #include "test-harness.h"
@@ -35,8 +40,9 @@ namespace {
 
 constexpr int kTopLogprobs = 5;
 
-// Serves the three requests on a CUDA engine of `tp` ranks (its other ranks spawned here).
-bool serve_on_cuda(const std::string& dir, int tp, Served* out) {
+// Serves the three requests on a CUDA engine of `tp` ranks (its other ranks spawned here, with
+// KVSERVE_TP_ALL_REDUCE as it is set). *create_error: why the engine did not start.
+bool serve_on_cuda(const std::string& dir, int tp, Served* out, Status* create_error = nullptr) {
   EngineConfig cfg = llm_test::tp_config(dir, tp, "cuda");
   const std::vector<pid_t> pids = tp > 1 ? llm_test::spawn_ranks(cfg) : std::vector<pid_t>{};
   cfg.tp_rank_pids.assign(pids.begin(), pids.end());
@@ -44,6 +50,7 @@ bool serve_on_cuda(const std::string& dir, int tp, Served* out) {
   {
     std::unique_ptr<Engine> e;
     const Status st = Engine::create(cfg, &e);
+    if (create_error) *create_error = st;
     if (!st.ok()) std::printf("  tp %d: %s\n", tp, st.message().c_str());
     if (e) {
       if (tp > 1) std::printf("  tp %d: %s\n", tp, e->info().kernels.c_str());
@@ -152,6 +159,67 @@ TEST(a_killed_rank_on_cuda_fails_the_step_naming_it_and_the_others_leave) {
   CHECK(s.outputs.size() == 1 && s.outputs[0].finish_reason == FinishReason::error);
   e.reset();
   CHECK(llm_test::reap(pids, 10, false));
+}
+
+// KVSERVE_TP_ALL_REDUCE=mode for this scope (ranks spawned inside it inherit it).
+struct AllReduceMode {
+  explicit AllReduceMode(const char* mode) { setenv("KVSERVE_TP_ALL_REDUCE", mode, 1); }
+  ~AllReduceMode() { unsetenv("KVSERVE_TP_ALL_REDUCE"); }
+};
+
+TEST(the_all_reduce_method_is_chosen_and_one_the_gpus_cannot_take_is_refused_naming_why) {
+  llm_test::TempDir tmp;
+  const std::string dir = tmp.path() + "/m";
+  std::filesystem::create_directories(dir);
+  const TinyModelSpec spec = tp_spec("LlamaForCausalLM", DType::bf16);
+  llm_test::write_model(dir, spec);
+  Served want;
+  CHECK(serve_on_cuda(dir, 1, &want));
+  {
+    AllReduceMode m("bogus");
+    Served got;
+    Status st;
+    CHECK(!serve_on_cuda(dir, 2, &got, &st));
+    CHECK(st.message().find("KVSERVE_TP_ALL_REDUCE=bogus: expected auto, host, ipc or nccl") != std::string::npos);
+  }
+  {
+    AllReduceMode m("host");
+    Served got;
+    CHECK(serve_on_cuda(dir, 2, &got));
+    compare(want, got, 5e-2, 1e-1, "tp 2, host");
+  }
+  const int gpus = llm::cuda::device_count();
+  if (gpus < 2) {
+    // One GPU: both ranks on it, so neither device method can run.
+    for (const char* mode : {"ipc", "nccl"}) {
+      AllReduceMode m(mode);
+      Served got;
+      Status st;
+      CHECK(!serve_on_cuda(dir, 2, &got, &st));
+      CHECK(st.code() == StatusCode::device_unavailable && st.message().find("shares its GPU") != std::string::npos);
+    }
+    std::printf("SKIP: ipc and nccl sums between GPUs (this machine has %d GPU)\n", gpus);
+    llm_test::record_coverage("tensor parallelism on CUDA: device all-reduce between GPUs", false, "fewer than 2 GPUs");
+    return;
+  }
+  std::string nccl_why;
+  for (const char* mode : {"ipc", "nccl"}) {
+    if (std::string(mode) == "nccl" && !llm::cuda::nccl_available(&nccl_why)) {
+      std::printf("SKIP: nccl (%s)\n", nccl_why.c_str());
+      llm_test::record_coverage("tensor parallelism on CUDA: NCCL", false, nccl_why);
+      continue;
+    }
+    AllReduceMode m(mode);
+    Served got;
+    Status st;
+    const bool served = serve_on_cuda(dir, 2, &got, &st);
+    if (!served && std::string(mode) == "ipc" && st.message().find("peer access") != std::string::npos) {
+      std::printf("SKIP: ipc (%s)\n", st.message().c_str());
+      continue;
+    }
+    CHECK(served);
+    if (served) compare(want, got, 5e-2, 1e-1, std::string("tp 2, ") + mode);
+  }
 }
 
 int main(int argc, char** argv) {

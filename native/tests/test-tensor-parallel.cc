@@ -326,7 +326,7 @@ TEST(a_killed_rank_fails_the_step_naming_it_and_the_others_leave) {
 
 // The notes CUDA ranks send rank 0 (their pools' IPC handles): every rank's, in rank order, the
 // longest allowed one intact; a longer one is refused before anything is sent.
-TEST(notes_from_every_rank_reach_rank_0_in_rank_order) {
+TEST(notes_from_every_rank_reach_rank_0_in_rank_order_and_all_gather_reaches_every_rank) {
   const std::string group = SharedMemory::unique_name("tp");
   const int n = 4;
   auto note_of = [](int r) { return r == 2 ? std::string(TpGroup::kMaxNoteBytes, 'x') : "rank " + std::to_string(r); };
@@ -338,7 +338,10 @@ TEST(notes_from_every_rank_reach_rank_0_in_rank_order) {
       std::unique_ptr<TpGroup> g;
       Status st = TpGroup::join(group, r, n, {}, &g);
       if (st.ok()) st = g->gather_notes(note_of(r), nullptr);
-      _exit(st.ok() ? 0 : 1);
+      std::vector<std::string> all;
+      if (st.ok()) st = g->all_gather_notes(note_of(r), &all);
+      const bool got = all.size() == 4 && all[0] == note_of(0) && all[2] == note_of(2) && all[3] == note_of(3);
+      _exit(st.ok() && got ? 0 : 1);
     }
     pids.push_back(pid);
   }
@@ -349,6 +352,8 @@ TEST(notes_from_every_rank_reach_rank_0_in_rank_order) {
   std::vector<std::string> notes;
   CHECK(g->gather_notes("", &notes).ok());
   CHECK(notes.size() == 4 && notes[0].empty() && notes[1] == "rank 1" && notes[2] == note_of(2) && notes[3] == "rank 3");
+  CHECK(g->all_gather_notes(note_of(0), &notes).ok());
+  CHECK(notes.size() == 4 && notes[0] == "rank 0" && notes[1] == "rank 1" && notes[2] == note_of(2));
   CHECK(reap(pids, 10));
 }
 

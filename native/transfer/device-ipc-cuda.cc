@@ -39,8 +39,6 @@ int device_of(const std::string& uuid) {
   return -1;
 }
 
-constexpr size_t kHandleBytes = sizeof(cudaIpcMemHandle_t);
-
 }  // namespace
 
 bool device_ipc_built() { return true; }
@@ -51,20 +49,10 @@ Status export_device_region(const void* base, std::string* handle_hex, std::stri
 
 Status DeviceMapping::open(const std::string& handle_hex, const std::string& device_uuid,
                            std::unique_ptr<DeviceMapping>* out) {
-  if (handle_hex.size() != 2 * kHandleBytes || handle_hex.find_first_not_of("0123456789abcdef") != std::string::npos)
-    return Status(StatusCode::transfer_invalid, "a CUDA IPC handle has 128 lowercase hex digits");
-  cudaIpcMemHandle_t h;
-  auto* b = reinterpret_cast<unsigned char*>(&h);
-  for (size_t i = 0; i < kHandleBytes; ++i) b[i] = static_cast<unsigned char>(std::stoul(handle_hex.substr(2 * i, 2), nullptr, 16));
   const int device = device_of(device_uuid);
   if (device < 0) return Status(StatusCode::transfer_peer, "this process sees no GPU " + device_uuid);
-  cudaError_t err = cudaSetDevice(device);
-  if (err != cudaSuccess) return cuda_failed(StatusCode::transfer_peer, "cudaSetDevice", err);
   void* p = nullptr;
-  err = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
-  if (err != cudaSuccess)
-    return cuda_failed(StatusCode::transfer_peer,
-                       "cudaIpcOpenMemHandle (a stale handle, or one exported by this same process)", err);
+  LLM_RETURN_IF_ERROR(cuda::open_ipc_handle(handle_hex, device, &p));
   std::unique_ptr<DeviceMapping> m(new DeviceMapping());
   m->data_ = static_cast<char*>(p);
   m->device_ = device;
@@ -72,12 +60,7 @@ Status DeviceMapping::open(const std::string& handle_hex, const std::string& dev
   return Status::Ok();
 }
 
-DeviceMapping::~DeviceMapping() {
-  if (!data_) return;
-  cudaSetDevice(device_);
-  cudaIpcCloseMemHandle(data_);
-  cudaGetLastError();
-}
+DeviceMapping::~DeviceMapping() { cuda::close_ipc_handle(data_, device_); }
 
 Status device_copy(const std::vector<DeviceCopy>& copies, const std::string& device_uuid) {
   if (copies.empty()) return Status::Ok();

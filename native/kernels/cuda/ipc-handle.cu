@@ -2,6 +2,7 @@
 #include "ipc-handle.h"
 
 #include <cstdio>
+#include <string>
 
 #include "cuda-common.cuh"
 
@@ -12,6 +13,11 @@ namespace {
 Status failed(const std::string& what, cudaError_t err) {
   cudaGetLastError();  // clear it: the next call must not see this one's error
   return Status(StatusCode::transfer_invalid, what + ": " + cudaGetErrorString(err));
+}
+
+Status failed_peer(const std::string& what, cudaError_t err) {
+  cudaGetLastError();
+  return Status(StatusCode::transfer_peer, what + ": " + cudaGetErrorString(err));
 }
 
 std::string uuid_text(const cudaUUID_t& u) {
@@ -31,6 +37,29 @@ std::string device_uuid(int device) {
     return std::string();
   }
   return uuid_text(prop.uuid);
+}
+
+Status open_ipc_handle(const std::string& handle_hex, int device, void** out) {
+  *out = nullptr;
+  cudaIpcMemHandle_t h;
+  if (handle_hex.size() != 2 * sizeof h || handle_hex.find_first_not_of("0123456789abcdef") != std::string::npos)
+    return Status(StatusCode::transfer_invalid, "a CUDA IPC handle has 128 lowercase hex digits");
+  auto* b = reinterpret_cast<unsigned char*>(&h);
+  for (size_t i = 0; i < sizeof h; ++i) b[i] = static_cast<unsigned char>(std::stoul(handle_hex.substr(2 * i, 2), nullptr, 16));
+  cudaError_t err = cudaSetDevice(device);
+  if (err != cudaSuccess) return failed_peer("cudaSetDevice", err);
+  if ((err = cudaIpcOpenMemHandle(out, h, cudaIpcMemLazyEnablePeerAccess)) != cudaSuccess) {
+    *out = nullptr;
+    return failed_peer("cudaIpcOpenMemHandle (a stale handle, or one exported by this same process)", err);
+  }
+  return Status::Ok();
+}
+
+void close_ipc_handle(void* p, int device) {
+  if (!p) return;
+  cudaSetDevice(device);
+  cudaIpcCloseMemHandle(p);
+  cudaGetLastError();
 }
 
 Status export_ipc_handle(const void* base, std::string* handle_hex, std::string* uuid) {
