@@ -569,6 +569,8 @@ Status CudaModelRunnerImpl::setup_all_reduce() {
   const std::string mine = std::string(own ? "1" : "0") + (p2p ? "1" : "0") + (nccl ? "1" : "0");
   std::vector<std::string> notes;
   LLM_RETURN_IF_ERROR(opts_.tp.all_gather(mine, &notes));
+  if (notes.size() != static_cast<size_t>(world))
+    return Status(StatusCode::internal, "the all-reduce exchange returned " + std::to_string(notes.size()) + " notes");
   bool all_p2p = true, all_nccl = true;
   std::string lacking;  // the first rank that cannot do what was asked, and why
   for (int r = 0; r < world; ++r) {
@@ -578,9 +580,11 @@ Status CudaModelRunnerImpl::setup_all_reduce() {
     all_p2p = all_p2p && r_p2p;
     all_nccl = all_nccl && r_nccl;
     if (!lacking.empty()) continue;
-    if (!r_own)
-      lacking = "rank " + std::to_string(r) + " shares its GPU (" + std::to_string(cuda::device_count()) + " GPUs for " +
-                std::to_string(world) + " ranks)";
+    if (!r_own && world > cuda::kMaxAllReduceRanks)
+      lacking = "the device all-reduce takes at most " + std::to_string(cuda::kMaxAllReduceRanks) + " ranks";
+    else if (!r_own)
+      lacking = "rank " + std::to_string(r) + " shares its GPU (" + std::to_string(world) + " ranks, " +
+                std::to_string(cuda::device_count()) + (cuda::device_count() == 1 ? " GPU)" : " GPUs)");
     else if (mode == "ipc" && !r_p2p)
       lacking = "rank " + std::to_string(r) + "'s GPU has no peer access to every other rank's";
     else if (mode == "nccl" && !r_nccl)
@@ -594,8 +598,14 @@ Status CudaModelRunnerImpl::setup_all_reduce() {
   if (all_p2p && mode != "nccl") {
     constexpr size_t kOneShotMaxBytes = size_t{2} << 20;
     const size_t bound = mode == "ipc" ? SIZE_MAX : world == 2 ? kOneShotMaxBytes : world <= 4 ? kOneShotMaxBytes / 2 : kOneShotMaxBytes / 4;
-    if (Status st = cuda::make_ipc_all_reduce(rank, world, std::min(bound, kOneShotMaxBytes), opts_.tp.all_gather, &small_sums_); !st.ok())
-      return failed(st);
+    Status st = cuda::make_ipc_all_reduce(rank, world, std::min(bound, kOneShotMaxBytes), opts_.tp.all_gather, &small_sums_);
+    // Every rank learns whether all mapped their peers, so that none goes on to NCCL's start
+    // (which waits for every rank) while another has failed.
+    std::vector<std::string> outcomes;
+    LLM_RETURN_IF_ERROR(opts_.tp.all_gather(st.ok() ? "" : st.message().substr(0, 200), &outcomes));
+    for (size_t r = 0; r < outcomes.size() && st.ok(); ++r)
+      if (!outcomes[r].empty()) st = Status(StatusCode::device_unavailable, "tensor-parallel rank " + std::to_string(r) + ": " + outcomes[r]);
+    if (!st.ok()) return failed(st);
     small_sum_max_bytes_ = bound;
     parts.push_back(small_sums_->describe() + (mode == "ipc" ? "" : " up to " + std::to_string(bound >> 10) + " KiB"));
   }

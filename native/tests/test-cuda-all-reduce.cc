@@ -90,6 +90,7 @@ void check_one_shot(int world, size_t slot_bytes, const std::vector<int64_t>& si
       out.push_back(std::make_unique<DeviceBuffer>(static_cast<size_t>(n) * e));
       CHECK_CUDA(cudaMemcpy(in.back()->p, parts.back().data(), static_cast<size_t>(n) * 4, cudaMemcpyHostToDevice));
     }
+    CHECK_CUDA(cudaDeviceSynchronize());  // the uploads are done before the ranks' streams read them
     // Every rank's call in flight together, each on its stream, as ranks in processes would be.
     for (int p = 0; p < world; ++p) {
       const Status st = ranks[static_cast<size_t>(p)]->run(static_cast<const float*>(in[static_cast<size_t>(p)]->p), n,

@@ -206,20 +206,26 @@ Status make_ipc_all_reduce(int rank, int world, size_t max_bytes, const AllGathe
   LLM_RETURN_IF_ERROR(check_world(rank, world));
   const size_t slot = slot_bytes_for(max_bytes);
   auto mapped = std::make_shared<Mapped>();
-  LLM_CUDA_RETURN_IF_ERROR("cudaGetDevice", cudaGetDevice(&mapped->device));
   mapped->base.assign(static_cast<size_t>(world), nullptr);
   mapped->opened.assign(static_cast<size_t>(world), false);
-  LLM_RETURN_IF_ERROR(alloc_zeroed(kFlagsBytes + 2 * slot, &mapped->base[static_cast<size_t>(rank)]));
-  // Zeroed flags before any peer can signal into them.
-  LLM_CUDA_RETURN_IF_ERROR("zeroing the all-reduce buffer", cudaDeviceSynchronize());
+  // The exchange happens whatever this rank's allocation gave (an empty handle when it failed),
+  // so that every rank's calls of the group still pair up.
   std::string handle, uuid;
-  LLM_RETURN_IF_ERROR(export_ipc_handle(mapped->base[static_cast<size_t>(rank)], &handle, &uuid));
+  auto checked = [](const char* what, cudaError_t err) { return err == cudaSuccess ? Status::Ok() : cuda_error(what, err); };
+  Status mine = checked("cudaGetDevice", cudaGetDevice(&mapped->device));
+  if (mine.ok()) mine = alloc_zeroed(kFlagsBytes + 2 * slot, &mapped->base[static_cast<size_t>(rank)]);
+  // Zeroed flags before any peer can signal into them.
+  if (mine.ok()) mine = checked("zeroing the all-reduce buffer", cudaDeviceSynchronize());
+  if (mine.ok()) mine = export_ipc_handle(mapped->base[static_cast<size_t>(rank)], &handle, &uuid);
   std::vector<std::string> handles;
-  LLM_RETURN_IF_ERROR(exchange(handle, &handles));
+  LLM_RETURN_IF_ERROR(exchange(mine.ok() ? handle : std::string(), &handles));
+  LLM_RETURN_IF_ERROR(mine);
   if (handles.size() != static_cast<size_t>(world))
     return Status(StatusCode::internal, "the all-reduce exchange returned " + std::to_string(handles.size()) + " handles");
   for (int p = 0; p < world; ++p) {
     if (p == rank) continue;
+    if (handles[static_cast<size_t>(p)].empty())
+      return Status(StatusCode::device_unavailable, "one-shot all-reduce: rank " + std::to_string(p) + " has no buffer to share");
     void* peer = nullptr;
     LLM_RETURN_IF_ERROR(open_ipc_handle(handles[static_cast<size_t>(p)], mapped->device, &peer));
     mapped->base[static_cast<size_t>(p)] = static_cast<char*>(peer);

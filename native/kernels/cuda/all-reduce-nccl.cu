@@ -20,6 +20,7 @@
 #include "all-reduce.h"
 #include "cuda-common.cuh"
 #include "device-memory.h"
+#include "ipc-handle.h"
 
 namespace llm::cuda {
 
@@ -93,24 +94,6 @@ const Nccl* load_nccl(std::string* error) {
   return loaded;
 }
 
-std::string to_hex(const void* p, size_t n) {
-  static const char* digits = "0123456789abcdef";
-  const auto* b = static_cast<const unsigned char*>(p);
-  std::string s(2 * n, '0');
-  for (size_t i = 0; i < n; ++i) {
-    s[2 * i] = digits[b[i] >> 4];
-    s[2 * i + 1] = digits[b[i] & 15];
-  }
-  return s;
-}
-
-bool from_hex(const std::string& s, void* p, size_t n) {
-  if (s.size() != 2 * n || s.find_first_not_of("0123456789abcdef") != std::string::npos) return false;
-  auto* b = static_cast<unsigned char*>(p);
-  for (size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>(std::stoul(s.substr(2 * i, 2), nullptr, 16));
-  return true;
-}
-
 class NcclAllReduce : public DeviceAllReduce {
  public:
   NcclAllReduce(const Nccl* lib, ncclComm_t comm, int rank) : lib_(lib), comm_(comm), rank_(rank) {}
@@ -176,17 +159,21 @@ Status make_nccl_all_reduce(int rank, int world, const AllGather& exchange, std:
   std::string why;
   const Nccl* lib = load_nccl(&why);
   if (!lib) return Status(StatusCode::device_unavailable, why);
+  // Rank 0 sends the id, or nothing when it has none: every rank's calls of the group pair up.
   ncclUniqueId id{};
   std::string mine;
+  Status made;
   if (rank == 0) {
     if (const ncclResult_t r = lib->get_unique_id(&id); r != kNcclSuccess)
-      return Status(StatusCode::device_unavailable, std::string("ncclGetUniqueId: ") + lib->error_string(r));
-    mine = to_hex(&id, sizeof id);
+      made = Status(StatusCode::device_unavailable, std::string("ncclGetUniqueId: ") + lib->error_string(r));
+    else
+      mine = to_hex(&id, sizeof id);
   }
   std::vector<std::string> all;
   LLM_RETURN_IF_ERROR(exchange(mine, &all));
+  LLM_RETURN_IF_ERROR(made);
   if (all.empty() || !from_hex(all[0], &id, sizeof id))
-    return Status(StatusCode::internal, "NCCL rank " + std::to_string(rank) + ": rank 0 sent no communicator id");
+    return Status(StatusCode::device_unavailable, "NCCL rank " + std::to_string(rank) + ": rank 0 has no communicator id");
   ncclComm_t comm = nullptr;
   if (const ncclResult_t r = lib->comm_init_rank(&comm, world, id, rank); r != kNcclSuccess)
     return Status(StatusCode::device_unavailable,

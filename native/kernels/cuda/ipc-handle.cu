@@ -39,13 +39,29 @@ std::string device_uuid(int device) {
   return uuid_text(prop.uuid);
 }
 
+std::string to_hex(const void* bytes, size_t n) {
+  static const char digits[] = "0123456789abcdef";
+  const auto* b = static_cast<const unsigned char*>(bytes);
+  std::string s(2 * n, '0');
+  for (size_t i = 0; i < n; ++i) {
+    s[2 * i] = digits[b[i] >> 4];
+    s[2 * i + 1] = digits[b[i] & 15];
+  }
+  return s;
+}
+
+bool from_hex(const std::string& hex, void* bytes, size_t n) {
+  if (hex.size() != 2 * n || hex.find_first_not_of("0123456789abcdef") != std::string::npos) return false;
+  auto* b = static_cast<unsigned char*>(bytes);
+  auto digit = [](char c) { return c <= '9' ? c - '0' : c - 'a' + 10; };
+  for (size_t i = 0; i < n; ++i) b[i] = static_cast<unsigned char>(digit(hex[2 * i]) << 4 | digit(hex[2 * i + 1]));
+  return true;
+}
+
 Status open_ipc_handle(const std::string& handle_hex, int device, void** out) {
   *out = nullptr;
   cudaIpcMemHandle_t h;
-  if (handle_hex.size() != 2 * sizeof h || handle_hex.find_first_not_of("0123456789abcdef") != std::string::npos)
-    return Status(StatusCode::transfer_invalid, "a CUDA IPC handle has 128 lowercase hex digits");
-  auto* b = reinterpret_cast<unsigned char*>(&h);
-  for (size_t i = 0; i < sizeof h; ++i) b[i] = static_cast<unsigned char>(std::stoul(handle_hex.substr(2 * i, 2), nullptr, 16));
+  if (!from_hex(handle_hex, &h, sizeof h)) return Status(StatusCode::transfer_invalid, "a CUDA IPC handle has 128 lowercase hex digits");
   cudaError_t err = cudaSetDevice(device);
   if (err != cudaSuccess) return failed_peer("cudaSetDevice", err);
   if ((err = cudaIpcOpenMemHandle(out, h, cudaIpcMemLazyEnablePeerAccess)) != cudaSuccess) {
@@ -74,10 +90,7 @@ Status export_ipc_handle(const void* base, std::string* handle_hex, std::string*
   if ((err = cudaIpcGetMemHandle(&h, const_cast<void*>(base))) != cudaSuccess)
     return failed("cudaIpcGetMemHandle (the KV region)", err);
   static_assert(sizeof(cudaIpcMemHandle_t) == 64, "CUDA IPC handles are 64 bytes");
-  const auto* b = reinterpret_cast<const unsigned char*>(&h);
-  std::string hex(2 * sizeof h, '0');
-  for (size_t i = 0; i < sizeof h; ++i) std::snprintf(&hex[2 * i], 3, "%02x", b[i]);
-  *handle_hex = hex;
+  *handle_hex = to_hex(&h, sizeof h);
   *uuid = uuid_text(prop.uuid);
   return Status::Ok();
 }

@@ -28,4 +28,9 @@ Status open_ipc_handle(const std::string& handle_hex, int device, void** out);
 // Unmaps what open_ipc_handle mapped on `device`.
 void close_ipc_handle(void* p, int device);
 
+// The text form of handles passed between processes (an IPC handle, NCCL's communicator id):
+// 2 * n lowercase hex digits. from_hex is false for anything else.
+std::string to_hex(const void* bytes, size_t n);
+bool from_hex(const std::string& hex, void* bytes, size_t n);
+
 }  // namespace llm::cuda
