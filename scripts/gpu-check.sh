@@ -164,33 +164,23 @@ if [[ $have_gpu -eq 0 ]]; then
   exit 2
 fi
 
-# 5. kernel tests
-run_step "test-cuda-kernels" "$logs/test.log" timeout 300 "$build/test-cuda-kernels" || true
-if grep -q '^SKIP' "$logs/test.log"; then
-  summary+=("FAIL  test-cuda-kernels skipped although nvidia-smi sees a GPU")
-  failed=1
-fi
-
-# 6a. disaggregated prefill/decode by CUDA IPC (two processes, one GPU)
-run_step "test-cuda-ipc" "$logs/ipc.log" timeout 300 "$build/test-cuda-ipc" || true
-if grep -q '^SKIP' "$logs/ipc.log"; then
-  summary+=("FAIL  test-cuda-ipc skipped although nvidia-smi sees a GPU")
-  failed=1
-fi
-
-# 6b. tensor parallelism: TP 2 and 4 against TP 1, the ranks sharing the GPUs
-run_step "test-cuda-tensor-parallel" "$logs/tp.log" timeout 300 "$build/test-cuda-tensor-parallel" || true
-if grep -q '^SKIP: no CUDA' "$logs/tp.log"; then
-  summary+=("FAIL  test-cuda-tensor-parallel skipped although nvidia-smi sees a GPU")
-  failed=1
-fi
-
-# 6c. the one-shot all-reduce kernel, ranks as streams of this process
-run_step "test-cuda-all-reduce" "$logs/all-reduce.log" timeout 180 "$build/test-cuda-all-reduce" || true
-if grep -q '^SKIP: no CUDA' "$logs/all-reduce.log"; then
-  summary+=("FAIL  test-cuda-all-reduce skipped although nvidia-smi sees a GPU")
-  failed=1
-fi
+# 5, 6a-6c. the CUDA test programs; each must run here, not skip for want of a device.
+run_gpu_test() {  # NAME LOG TIMEOUT_S
+  run_step "$1" "$2" timeout "$3" "$build/$1" || true
+  if grep -q '^SKIP: no CUDA' "$2"; then
+    summary+=("FAIL  $1 skipped although nvidia-smi sees a GPU")
+    failed=1
+  fi
+}
+# every CUDA kernel against the CPU reference
+run_gpu_test test-cuda-kernels "$logs/test.log" 300
+# disaggregated prefill/decode by CUDA IPC (two processes, one GPU)
+run_gpu_test test-cuda-ipc "$logs/ipc.log" 300
+# tensor parallelism: TP 2 and 4 against TP 1, the ranks sharing the GPUs (and, with 2+ GPUs,
+# the device all-reduce methods)
+run_gpu_test test-cuda-tensor-parallel "$logs/tp.log" 300
+# the one-shot all-reduce kernel, ranks as streams of this process
+run_gpu_test test-cuda-all-reduce "$logs/all-reduce.log" 180
 
 # 6. end to end on generated models, 7. against HF transformers
 models="${KVSERVE_GPU_MODELS:-/tmp/kvserve-gpu-models}"

@@ -792,14 +792,7 @@ Status cuda_alloc_zeroed(size_t bytes, void** out) {
   if (cudaGetDevice(&current) != cudaSuccess) current = 0;  // the probe says why
   cuda::DeviceInfo device;
   LLM_RETURN_IF_ERROR(cuda::probe_device(&device, current));
-  void* p = nullptr;
-  LLM_CUDA_RETURN_IF_ERROR("cudaMalloc KV cache (" + std::to_string(bytes) + " bytes)", cudaMalloc(&p, bytes));
-  if (const cudaError_t err = cudaMemset(p, 0, bytes); err != cudaSuccess) {
-    cudaFree(p);
-    return cuda_error("zeroing the KV cache", err);
-  }
-  *out = p;
-  return Status::Ok();
+  return cuda::alloc_zeroed(bytes, "the KV cache", out);
 }
 
 void cuda_free(void* p) {

@@ -148,15 +148,7 @@ TEST(a_killed_rank_on_cuda_fails_the_step_naming_it_and_the_others_leave) {
     return;
   }
   kill(pids[1], SIGKILL);  // rank 2
-  const auto t0 = std::chrono::steady_clock::now();
-  CHECK(e->add_request(llm_test::greedy_request("r0", {1, 2, 3, 4, 5})).ok());
-  StepResult s;
-  const Status st = e->step(&s);
-  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  std::printf("  step after the kill (%.2f s): %s\n", took, st.message().c_str());
-  CHECK(!st.ok() && st.message().find("rank 2") != std::string::npos);
-  CHECK(took < 5);
-  CHECK(s.outputs.size() == 1 && s.outputs[0].finish_reason == FinishReason::error);
+  llm_test::step_after_a_kill(*e, 2);
   e.reset();
   CHECK(llm_test::reap(pids, 10, false));
 }

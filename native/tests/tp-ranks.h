@@ -167,4 +167,19 @@ inline bool serve_three(llm::Engine& e, Served* out, int top_logprobs = -1) {
   return done == 3;
 }
 
+// The first step after rank `rank` was killed: one new request, one step, which must fail within
+// 5 s naming "rank <rank>" and fail the request. The step's outputs, for further checks.
+inline llm::StepResult step_after_a_kill(llm::Engine& e, int rank) {
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(e.add_request(greedy_request("r0", {1, 2, 3, 4, 5})).ok());
+  llm::StepResult s;
+  const llm::Status st = e.step(&s);
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  std::printf("  step after the kill (%.2f s): %s\n", took, st.message().c_str());
+  CHECK(!st.ok() && st.message().find("rank " + std::to_string(rank)) != std::string::npos);
+  CHECK(took < 5);
+  CHECK(s.outputs.size() == 1 && s.outputs[0].finish_reason == llm::FinishReason::error);
+  return s;
+}
+
 }  // namespace llm_test

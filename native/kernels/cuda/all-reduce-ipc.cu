@@ -94,7 +94,7 @@ size_t slot_bytes_for(size_t max_bytes) { return (std::max<size_t>(max_bytes, 40
 
 // The buffers of every rank, as this process sees them, and who frees them.
 struct Mapped {
-  std::vector<char*> base;  // [world]: each rank's allocation (flags, then the two data slots)
+  std::vector<void*> base;  // [world]: each rank's allocation (flags, then the two data slots)
   std::vector<bool> opened;  // base[p] was opened from a peer's handle (else this process allocated it)
   int device = 0;
   ~Mapped() {
@@ -123,8 +123,8 @@ class IpcAllReduce : public DeviceAllReduce {
     LLM_CUDA_RETURN_IF_ERROR("mapping the all-reduce's control words",
                              cudaHostGetDevicePointer(reinterpret_cast<void**>(&control_device_), control_, 0));
     for (int p = 0; p < world_; ++p) {
-      ranks_.flags[p] = reinterpret_cast<uint64_t*>(mapped_->base[static_cast<size_t>(p)]);
-      ranks_.data[p] = reinterpret_cast<const float*>(mapped_->base[static_cast<size_t>(p)] + kFlagsBytes);
+      ranks_.flags[p] = static_cast<uint64_t*>(mapped_->base[static_cast<size_t>(p)]);
+      ranks_.data[p] = reinterpret_cast<const float*>(static_cast<const char*>(mapped_->base[static_cast<size_t>(p)]) + kFlagsBytes);
     }
     return Status::Ok();
   }
@@ -188,17 +188,6 @@ Status check_world(int rank, int world) {
   return Status::Ok();
 }
 
-Status alloc_zeroed(size_t bytes, char** out) {
-  void* p = nullptr;
-  LLM_CUDA_RETURN_IF_ERROR("the all-reduce buffer (" + std::to_string(bytes) + " bytes)", cudaMalloc(&p, bytes));
-  if (const cudaError_t err = cudaMemset(p, 0, bytes); err != cudaSuccess) {
-    cudaFree(p);
-    return cuda_error("zeroing the all-reduce buffer", err);
-  }
-  *out = static_cast<char*>(p);
-  return Status::Ok();
-}
-
 }  // namespace
 
 Status make_ipc_all_reduce(int rank, int world, size_t max_bytes, const AllGather& exchange,
@@ -213,7 +202,7 @@ Status make_ipc_all_reduce(int rank, int world, size_t max_bytes, const AllGathe
   std::string handle, uuid;
   auto checked = [](const char* what, cudaError_t err) { return err == cudaSuccess ? Status::Ok() : cuda_error(what, err); };
   Status mine = checked("cudaGetDevice", cudaGetDevice(&mapped->device));
-  if (mine.ok()) mine = alloc_zeroed(kFlagsBytes + 2 * slot, &mapped->base[static_cast<size_t>(rank)]);
+  if (mine.ok()) mine = alloc_zeroed(kFlagsBytes + 2 * slot, "the all-reduce buffer", &mapped->base[static_cast<size_t>(rank)]);
   // Zeroed flags before any peer can signal into them.
   if (mine.ok()) mine = checked("zeroing the all-reduce buffer", cudaDeviceSynchronize());
   if (mine.ok()) mine = export_ipc_handle(mapped->base[static_cast<size_t>(rank)], &handle, &uuid);
@@ -226,9 +215,7 @@ Status make_ipc_all_reduce(int rank, int world, size_t max_bytes, const AllGathe
     if (p == rank) continue;
     if (handles[static_cast<size_t>(p)].empty())
       return Status(StatusCode::device_unavailable, "one-shot all-reduce: rank " + std::to_string(p) + " has no buffer to share");
-    void* peer = nullptr;
-    LLM_RETURN_IF_ERROR(open_ipc_handle(handles[static_cast<size_t>(p)], mapped->device, &peer));
-    mapped->base[static_cast<size_t>(p)] = static_cast<char*>(peer);
+    LLM_RETURN_IF_ERROR(open_ipc_handle(handles[static_cast<size_t>(p)], mapped->device, &mapped->base[static_cast<size_t>(p)]));
     mapped->opened[static_cast<size_t>(p)] = true;
   }
   auto ar = std::make_unique<IpcAllReduce>(std::move(mapped), rank, world, slot);
@@ -244,7 +231,8 @@ Status make_local_ipc_all_reduce_group(int world, size_t max_bytes, std::vector<
   LLM_CUDA_RETURN_IF_ERROR("cudaGetDevice", cudaGetDevice(&mapped->device));
   mapped->base.assign(static_cast<size_t>(world), nullptr);
   mapped->opened.assign(static_cast<size_t>(world), false);
-  for (int p = 0; p < world; ++p) LLM_RETURN_IF_ERROR(alloc_zeroed(kFlagsBytes + 2 * slot, &mapped->base[static_cast<size_t>(p)]));
+  for (int p = 0; p < world; ++p)
+    LLM_RETURN_IF_ERROR(alloc_zeroed(kFlagsBytes + 2 * slot, "the all-reduce buffer", &mapped->base[static_cast<size_t>(p)]));
   LLM_CUDA_RETURN_IF_ERROR("zeroing the all-reduce buffers", cudaDeviceSynchronize());
   out->clear();
   for (int p = 0; p < world; ++p) {

@@ -10,9 +10,6 @@
 // A call sums the ranks' fp32 parts in place (ncclAllReduce, ncclSum), then rounds once to the
 // model's dtype. ncclCommInitRank blocks until every rank has joined; a sum that a peer never
 // joins is ended by ncclCommAbort once the waiting host sees that peer gone (wait_for_stream).
-#include <dlfcn.h>
-
-#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -21,6 +18,7 @@
 #include "cuda-common.cuh"
 #include "device-memory.h"
 #include "ipc-handle.h"
+#include "shared-library.h"
 
 namespace llm::cuda {
 
@@ -54,41 +52,18 @@ const Nccl* load_nccl(std::string* error) {
   static const Nccl* loaded = nullptr;
   static std::string why;
   std::call_once(once, [] {
-    std::vector<std::string> candidates;
-    if (const char* env = std::getenv("KVSERVE_NCCL")) candidates.push_back(env);
-    for (const char* name : {"libnccl.so.2", "libnccl.so", "/usr/local/cuda/lib64/libnccl.so.2"}) candidates.push_back(name);
-    void* so = nullptr;
-    for (const std::string& c : candidates) {
-      if ((so = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL))) {
-        lib.path = c;
-        break;
-      }
-      const char* e = dlerror();
-      why += "\n  " + c + ": " + (e ? e : "not found");
-    }
-    if (!so) {
-      why = "NCCL not found (set KVSERVE_NCCL or LD_LIBRARY_PATH); tried:" + why;
-      return;
-    }
-    std::string missing;
-    auto sym = [&](const char* name) {
-      void* p = dlsym(so, name);
-      if (!p) missing += std::string(missing.empty() ? "" : ", ") + name;
-      return p;
-    };
-    lib.get_version = reinterpret_cast<decltype(lib.get_version)>(sym("ncclGetVersion"));
-    lib.get_unique_id = reinterpret_cast<decltype(lib.get_unique_id)>(sym("ncclGetUniqueId"));
-    lib.comm_init_rank = reinterpret_cast<decltype(lib.comm_init_rank)>(sym("ncclCommInitRank"));
-    lib.comm_destroy = reinterpret_cast<decltype(lib.comm_destroy)>(sym("ncclCommDestroy"));
-    lib.comm_abort = reinterpret_cast<decltype(lib.comm_abort)>(sym("ncclCommAbort"));
-    lib.comm_get_async_error = reinterpret_cast<decltype(lib.comm_get_async_error)>(sym("ncclCommGetAsyncError"));
-    lib.all_reduce = reinterpret_cast<decltype(lib.all_reduce)>(sym("ncclAllReduce"));
-    lib.error_string = reinterpret_cast<decltype(lib.error_string)>(sym("ncclGetErrorString"));
-    if (!missing.empty()) {
-      why = lib.path + " lacks " + missing;
-      return;
-    }
-    loaded = &lib;
+    SharedLibrary so;
+    if (!so.open("NCCL", "KVSERVE_NCCL", {"libnccl.so.2", "libnccl.so", "/usr/local/cuda/lib64/libnccl.so.2"}, &why)) return;
+    lib.path = so.path();
+    so.resolve("ncclGetVersion", &lib.get_version);
+    so.resolve("ncclGetUniqueId", &lib.get_unique_id);
+    so.resolve("ncclCommInitRank", &lib.comm_init_rank);
+    so.resolve("ncclCommDestroy", &lib.comm_destroy);
+    so.resolve("ncclCommAbort", &lib.comm_abort);
+    so.resolve("ncclCommGetAsyncError", &lib.comm_get_async_error);
+    so.resolve("ncclAllReduce", &lib.all_reduce);
+    so.resolve("ncclGetErrorString", &lib.error_string);
+    if (so.complete(&why)) loaded = &lib;
   });
   if (!loaded && error) *error = why;
   return loaded;

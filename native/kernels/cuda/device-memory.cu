@@ -10,6 +10,18 @@ Status cuda_error(const std::string& what, cudaError_t err) {
                 what + ": " + cudaGetErrorString(err));
 }
 
+Status alloc_zeroed(size_t bytes, const std::string& what, void** out) {
+  *out = nullptr;
+  void* p = nullptr;
+  LLM_CUDA_RETURN_IF_ERROR("cudaMalloc " + what + " (" + std::to_string(bytes) + " bytes)", cudaMalloc(&p, bytes));
+  if (const cudaError_t err = cudaMemset(p, 0, bytes); err != cudaSuccess) {
+    cudaFree(p);
+    return cuda_error("zeroing " + what, err);
+  }
+  *out = p;
+  return Status::Ok();
+}
+
 Status DeviceMemory::reserve(size_t bytes, const char* what) {
   if (bytes <= bytes_) return Status::Ok();
   release();

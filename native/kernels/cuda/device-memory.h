@@ -28,6 +28,10 @@ Status cuda_error(const std::string& what, cudaError_t err);
     if (_err != cudaSuccess) return ::llm::cuda::cuda_error(what, _err); \
   } while (0)
 
+// `bytes` of zeroed device memory on the current device, for an owner that frees it with
+// cudaFree ("<what> (N bytes): <reason>" on failure, nothing left allocated).
+Status alloc_zeroed(size_t bytes, const std::string& what, void** out);
+
 // Device memory that only grows (reserve) and is freed with its owner.
 class DeviceMemory {
  public:

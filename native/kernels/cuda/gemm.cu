@@ -11,17 +11,16 @@
 //
 // Row-major y[M, N] = x[M, K] w[N, K]^T is the column-major product y^T[N, M] = w^T x^T:
 // cublasGemmEx(op_A = T, op_B = N, m = N, n = M, k = K, A = w (lda K), B = x (ldb K), C = y (ldc N)).
-#include <dlfcn.h>
 #include <library_types.h>
 
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
 #include <mutex>
 #include <vector>
 
 #include "cuda-common.cuh"
 #include "gemm.h"
+#include "shared-library.h"
 
 namespace llm::cuda {
 
@@ -56,41 +55,20 @@ const Cublas* load_cublas(std::string* error) {
   static const Cublas* loaded = nullptr;
   static std::string why;
   std::call_once(once, [] {
-    std::vector<std::string> candidates;
-    if (const char* env = std::getenv("KVSERVE_CUBLAS")) candidates.push_back(env);
-    for (const char* name : {"libcublas.so.13", "libcublas.so.12", "libcublas.so", "/usr/local/cuda/lib64/libcublas.so.13",
-                             "/usr/local/cuda/lib64/libcublas.so.12"})
-      candidates.push_back(name);
-    void* so = nullptr;
-    for (const std::string& c : candidates) {
-      if ((so = dlopen(c.c_str(), RTLD_NOW | RTLD_LOCAL))) {
-        lib.path = c;
-        break;
-      }
-      const char* e = dlerror();
-      why += "\n  " + c + ": " + (e ? e : "not found");
-    }
-    if (!so) {
-      why = "cuBLAS not found (set KVSERVE_CUBLAS or LD_LIBRARY_PATH); tried:" + why;
+    SharedLibrary so;
+    if (!so.open("cuBLAS", "KVSERVE_CUBLAS",
+                 {"libcublas.so.13", "libcublas.so.12", "libcublas.so", "/usr/local/cuda/lib64/libcublas.so.13",
+                  "/usr/local/cuda/lib64/libcublas.so.12"},
+                 &why))
       return;
-    }
-    std::string missing;
-    auto sym = [&](const char* name) {
-      void* p = dlsym(so, name);
-      if (!p) missing += std::string(missing.empty() ? "" : ", ") + name;
-      return p;
-    };
-    lib.create = reinterpret_cast<decltype(lib.create)>(sym("cublasCreate_v2"));
-    lib.destroy = reinterpret_cast<decltype(lib.destroy)>(sym("cublasDestroy_v2"));
-    lib.set_stream = reinterpret_cast<decltype(lib.set_stream)>(sym("cublasSetStream_v2"));
-    lib.gemm_ex = reinterpret_cast<decltype(lib.gemm_ex)>(sym("cublasGemmEx"));
-    lib.status_string = reinterpret_cast<decltype(lib.status_string)>(sym("cublasGetStatusString"));
-    lib.set_workspace = reinterpret_cast<decltype(lib.set_workspace)>(sym("cublasSetWorkspace_v2"));
-    if (!missing.empty()) {
-      why = lib.path + " lacks " + missing;
-      return;
-    }
-    loaded = &lib;
+    lib.path = so.path();
+    so.resolve("cublasCreate_v2", &lib.create);
+    so.resolve("cublasDestroy_v2", &lib.destroy);
+    so.resolve("cublasSetStream_v2", &lib.set_stream);
+    so.resolve("cublasGemmEx", &lib.gemm_ex);
+    so.resolve("cublasGetStatusString", &lib.status_string);
+    so.resolve("cublasSetWorkspace_v2", &lib.set_workspace);
+    if (so.complete(&why)) loaded = &lib;
   });
   if (!loaded) *error = why;
   return loaded;
